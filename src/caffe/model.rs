@@ -1,0 +1,243 @@
+//! Net definitions and trained weights: reading `.caffemodel` (binary) and
+//! `.prototxt` (text) `NetParameter`s and upgrading the deprecated V1
+//! `layers` format (the model-zoo CaffeNet) to V2 `layer`s, as Caffe's
+//! `ReadNetParamsFromBinaryFileOrDie` does.
+use super::proto::{
+    v1_layer_parameter::LayerType, LayerParameter, NetParameter, ParamSpec,
+    TransformationParameter, V1LayerParameter,
+};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Reads a binary `.caffemodel` and upgrades it to V2 layers.
+pub fn read_caffemodel(path: &Path) -> Result<NetParameter> {
+    let mut net: NetParameter = super::read_binary(path, "caffemodel (NetParameter)")?;
+    upgrade(&mut net, &path.display().to_string())?;
+    Ok(net)
+}
+
+/// Reads a `.prototxt` net definition and upgrades it to V2 layers.
+pub fn read_net_prototxt(path: &Path) -> Result<NetParameter> {
+    let mut net: NetParameter = super::prototxt::read(path)?;
+    upgrade(&mut net, &path.display().to_string())?;
+    Ok(net)
+}
+
+/// Upgrades V1 layers to V2 and moves deprecated data-layer transform
+/// fields into `transform_param`. Returns whether anything changed.
+pub fn upgrade(net: &mut NetParameter, context: &str) -> Result<bool> {
+    let mut changed = false;
+    if !net.layers.is_empty() {
+        if !net.layer.is_empty() {
+            return Err(Error::invalid(
+                context,
+                "net mixes V1 `layers` and V2 `layer` fields; use one format",
+            ));
+        }
+        net.layer = net
+            .layers
+            .drain(..)
+            .map(|v1| upgrade_v1_layer(v1, context))
+            .collect::<Result<_>>()?;
+        changed = true;
+    }
+    for layer in &mut net.layer {
+        changed |= upgrade_data_transform(layer);
+    }
+    Ok(changed)
+}
+
+/// Caffe's V2 type string for a V1 layer type enum.
+pub fn v1_type_name(t: LayerType) -> Option<&'static str> {
+    use LayerType::*;
+    Some(match t {
+        None => return Option::None,
+        Absval => "AbsVal",
+        Accuracy => "Accuracy",
+        Argmax => "ArgMax",
+        Bnll => "BNLL",
+        Concat => "Concat",
+        ContrastiveLoss => "ContrastiveLoss",
+        Convolution => "Convolution",
+        Data => "Data",
+        Deconvolution => "Deconvolution",
+        Dropout => "Dropout",
+        DummyData => "DummyData",
+        EuclideanLoss => "EuclideanLoss",
+        Eltwise => "Eltwise",
+        Exp => "Exp",
+        Flatten => "Flatten",
+        Hdf5Data => "HDF5Data",
+        Hdf5Output => "HDF5Output",
+        HingeLoss => "HingeLoss",
+        Im2col => "Im2col",
+        ImageData => "ImageData",
+        InfogainLoss => "InfogainLoss",
+        InnerProduct => "InnerProduct",
+        Lrn => "LRN",
+        MemoryData => "MemoryData",
+        MultinomialLogisticLoss => "MultinomialLogisticLoss",
+        Mvn => "MVN",
+        Pooling => "Pooling",
+        Power => "Power",
+        Relu => "ReLU",
+        Sigmoid => "Sigmoid",
+        SigmoidCrossEntropyLoss => "SigmoidCrossEntropyLoss",
+        Silence => "Silence",
+        Softmax => "Softmax",
+        SoftmaxLoss => "SoftmaxWithLoss",
+        Split => "Split",
+        Slice => "Slice",
+        Tanh => "TanH",
+        WindowData => "WindowData",
+        Threshold => "Threshold",
+    })
+}
+
+fn upgrade_v1_layer(v1: V1LayerParameter, context: &str) -> Result<LayerParameter> {
+    let name = v1.name.clone().unwrap_or_default();
+    let ty = LayerType::try_from(v1.r#type.unwrap_or(0)).unwrap_or(LayerType::None);
+    let type_name = v1_type_name(ty).ok_or_else(|| {
+        Error::invalid(
+            context,
+            format!(
+                "V1 layer '{name}' has no or an unknown type ({:?})",
+                v1.r#type
+            ),
+        )
+    })?;
+    let n_params = v1
+        .param
+        .len()
+        .max(v1.blobs_lr.len())
+        .max(v1.weight_decay.len());
+    let param = (0..n_params)
+        .map(|i| ParamSpec {
+            name: v1.param.get(i).cloned(),
+            share_mode: v1.blob_share_mode.get(i).copied(),
+            lr_mult: v1.blobs_lr.get(i).copied(),
+            decay_mult: v1.weight_decay.get(i).copied(),
+        })
+        .collect();
+    Ok(LayerParameter {
+        name: v1.name,
+        r#type: Some(type_name.to_string()),
+        bottom: v1.bottom,
+        top: v1.top,
+        loss_weight: v1.loss_weight,
+        param,
+        blobs: v1.blobs,
+        include: v1.include,
+        exclude: v1.exclude,
+        transform_param: v1.transform_param,
+        loss_param: v1.loss_param,
+        accuracy_param: v1.accuracy_param,
+        concat_param: v1.concat_param,
+        convolution_param: v1.convolution_param,
+        data_param: v1.data_param,
+        dropout_param: v1.dropout_param,
+        dummy_data_param: v1.dummy_data_param,
+        eltwise_param: v1.eltwise_param,
+        image_data_param: v1.image_data_param,
+        inner_product_param: v1.inner_product_param,
+        lrn_param: v1.lrn_param,
+        pooling_param: v1.pooling_param,
+        relu_param: v1.relu_param,
+        softmax_param: v1.softmax_param,
+        ..Default::default()
+    })
+}
+
+/// Moves `scale`, `mean_file`, `crop_size` and `mirror` from a data layer's
+/// own parameters into `transform_param` (Caffe's UpgradeNetDataTransformation).
+fn upgrade_data_transform(layer: &mut LayerParameter) -> bool {
+    let mut moved = Vec::new();
+    if let Some(p) = layer.data_param.as_mut() {
+        moved.push((
+            p.scale.take(),
+            p.mean_file.take(),
+            p.crop_size.take(),
+            p.mirror.take(),
+        ));
+    }
+    if let Some(p) = layer.image_data_param.as_mut() {
+        moved.push((
+            p.scale.take(),
+            p.mean_file.take(),
+            p.crop_size.take(),
+            p.mirror.take(),
+        ));
+    }
+    let mut changed = false;
+    for (scale, mean, crop, mirror) in moved {
+        if scale.is_none() && mean.is_none() && crop.is_none() && mirror.is_none() {
+            continue;
+        }
+        let t: &mut TransformationParameter =
+            layer.transform_param.get_or_insert_with(Default::default);
+        t.scale = scale.or(t.scale);
+        t.mean_file = mean.or(t.mean_file.take());
+        t.crop_size = crop.or(t.crop_size);
+        t.mirror = mirror.or(t.mirror);
+        changed = true;
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caffe::proto::{DataParameter, V1LayerParameter};
+
+    #[test]
+    fn v1_layers_become_v2_with_param_specs() {
+        let mut net = NetParameter {
+            layers: vec![V1LayerParameter {
+                name: Some("conv1".into()),
+                r#type: Some(LayerType::Convolution as i32),
+                blobs_lr: vec![1.0, 2.0],
+                weight_decay: vec![1.0, 0.0],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(upgrade(&mut net, "t").unwrap());
+        let l = &net.layer[0];
+        assert_eq!(l.r#type(), "Convolution");
+        assert_eq!(l.param[1].lr_mult(), 2.0);
+        assert_eq!(l.param[1].decay_mult(), 0.0);
+        assert!(net.layers.is_empty());
+    }
+
+    #[test]
+    fn data_layer_transform_fields_move() {
+        let mut l = LayerParameter {
+            data_param: Some(DataParameter {
+                mean_file: Some("m.binaryproto".into()),
+                crop_size: Some(227),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(upgrade_data_transform(&mut l));
+        let t = l.transform_param.unwrap();
+        assert_eq!(t.mean_file(), "m.binaryproto");
+        assert_eq!(t.crop_size(), 227);
+        assert!(l.data_param.unwrap().mean_file.is_none());
+    }
+
+    #[test]
+    fn untyped_v1_layer_is_an_error() {
+        let mut net = NetParameter {
+            layers: vec![V1LayerParameter {
+                name: Some("x".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(upgrade(&mut net, "m.caffemodel")
+            .unwrap_err()
+            .to_string()
+            .contains("'x'"));
+    }
+}

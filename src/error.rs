@@ -1,0 +1,101 @@
+//! The library's error type: every variant names the file (or URL, or LMDB
+//! key) it is about, so a message is actionable without a backtrace.
+use std::path::PathBuf;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in flickr-style's library code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A binary protobuf file (caffemodel, binaryproto, solverstate) that does not decode.
+    #[error("{}: not a valid {what} file: {source}", path.display())]
+    Proto {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// A protobuf text-format (`.prototxt`) error with its position.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Prototxt {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// An image that cannot be decoded.
+    #[error("{}: cannot decode image: {message}", path.display())]
+    Image { path: PathBuf, message: String },
+    /// A malformed line in a Caffe image list or CSV.
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// An LMDB environment that cannot be opened, read or written.
+    #[error("LMDB {}: {message}", path.display())]
+    Lmdb { path: PathBuf, message: String },
+    /// A record or file whose content is inconsistent (wrong shape, bad field).
+    #[error("{context}: {message}")]
+    Invalid { context: String, message: String },
+    /// A network transfer that failed.
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    /// The user interrupted the run (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Inconsistent content in `context` (a file, a key, a layer name).
+    pub fn invalid(context: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            context: context.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Undecodable image at `path`.
+    pub fn image(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::Image {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// LMDB failure on the environment at `path`.
+    pub fn lmdb(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::Lmdb {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Adds the path to a bare `std::io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

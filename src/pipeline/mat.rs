@@ -1,0 +1,70 @@
+//! [`Mat8`]: an 8-bit image laid out like an OpenCV `Mat` (rows of
+//! interleaved pixels, BGR order for colour), the currency between decoding,
+//! resizing and Caffe's CHW datums.
+
+/// An 8-bit image, row-major, channels interleaved (HWC); colour is BGR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mat8 {
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// 1 (gray), 3 (BGR) or 4 (BGRA).
+    pub channels: usize,
+    /// `height * width * channels` bytes.
+    pub data: Vec<u8>,
+}
+
+impl Mat8 {
+    /// Wraps an HWC buffer; `data.len()` must equal `height * width * channels`.
+    pub fn new(width: usize, height: usize, channels: usize, data: Vec<u8>) -> Self {
+        assert_eq!(data.len(), width * height * channels, "Mat8 buffer size");
+        Mat8 {
+            width,
+            height,
+            channels,
+            data,
+        }
+    }
+
+    /// Caffe's datum layout: planar CHW (`out[(c*H + h)*W + w]`).
+    pub fn to_chw(&self) -> Vec<u8> {
+        let (w, h, c) = (self.width, self.height, self.channels);
+        let plane = w * h;
+        let mut out = vec![0u8; plane * c];
+        if c == 1 {
+            out.copy_from_slice(&self.data);
+            return out;
+        }
+        for (i, px) in self.data.chunks_exact(c).enumerate() {
+            for (ch, &v) in px.iter().enumerate() {
+                out[ch * plane + i] = v;
+            }
+        }
+        out
+    }
+
+    /// The inverse of [`Mat8::to_chw`].
+    pub fn from_chw(width: usize, height: usize, channels: usize, chw: &[u8]) -> Self {
+        let plane = width * height;
+        let mut data = vec![0u8; plane * channels];
+        for ch in 0..channels {
+            for (i, &v) in chw[ch * plane..(ch + 1) * plane].iter().enumerate() {
+                data[i * channels + ch] = v;
+            }
+        }
+        Mat8::new(width, height, channels, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chw_round_trip() {
+        let m = Mat8::new(2, 1, 3, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(m.to_chw(), vec![1, 4, 2, 5, 3, 6]);
+        assert_eq!(Mat8::from_chw(2, 1, 3, &m.to_chw()), m);
+    }
+}

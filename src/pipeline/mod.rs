@@ -1,0 +1,10 @@
+//! Data in: decoding and resizing images like OpenCV, Caffe image lists,
+//! LMDB storage, and the `to-lmdb` / `compute-mean` stages built on them.
+
+pub mod decode;
+pub mod image_list;
+pub mod lmdb_store;
+pub mod mat;
+pub mod mean;
+pub mod resize;
+pub mod to_lmdb;

@@ -1,0 +1,181 @@
+//! Resizing that reproduces OpenCV's `cv::resize(..., INTER_LINEAR)` on 8-bit
+//! images, which is what Caffe's `convert_imageset` and ImageData layer use.
+//!
+//! OpenCV's bilinear does not antialias when shrinking and works in fixed
+//! point: 11-bit coefficients, a horizontal pass into i32 rows, and a vertical
+//! pass whose SIMD form computes `((r0>>4)*b0>>16) + ((r1>>4)*b1>>16) + 2 >> 2`.
+//! An exact 2x shrink in both axes is switched to INTER_AREA, i.e. the
+//! rounded mean of each 2x2 block. Resamplers that antialias (Pillow,
+//! fast_image_resize's convolution) do not reproduce these bytes.
+use super::mat::Mat8;
+
+const COEF_BITS: i32 = 11;
+const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
+/// u8 lanes in OpenCV's baseline (128-bit) SIMD vertical pass.
+const SIMD_LANES: usize = 16;
+
+/// Resizes `src` to `width` x `height` exactly as OpenCV's INTER_LINEAR does.
+pub fn resize_linear(src: &Mat8, width: usize, height: usize) -> Mat8 {
+    assert!(width > 0 && height > 0 && src.width > 0 && src.height > 0);
+    if src.width == width && src.height == height {
+        return src.clone();
+    }
+    if src.width == 2 * width && src.height == 2 * height {
+        return shrink_2x2(src, width, height);
+    }
+    let cn = src.channels;
+    let (xofs, alpha) = axis_coeffs(src.width, width);
+    let (yofs, beta) = axis_coeffs(src.height, height);
+
+    let row_len = width * cn;
+    // Horizontally resized source rows, cached by source row index: each
+    // output row needs two, and neighbouring output rows share them.
+    let mut cache: [(usize, Vec<i32>); 2] = [
+        (usize::MAX, vec![0; row_len]),
+        (usize::MAX, vec![0; row_len]),
+    ];
+    let mut out = vec![0u8; height * row_len];
+    for (dy, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+        let sy0 = yofs[dy];
+        let sy1 = (sy0 + 1).min(src.height - 1);
+        for sy in [sy0, sy1] {
+            if cache[0].0 != sy && cache[1].0 != sy {
+                // Evict the slot not holding the other row we need.
+                let slot = if cache[0].0 == sy0 || cache[0].0 == sy1 {
+                    1
+                } else {
+                    0
+                };
+                horizontal(src, sy, &xofs, &alpha, &mut cache[slot].1);
+                cache[slot].0 = sy;
+            }
+        }
+        let r0 = if cache[0].0 == sy0 {
+            &cache[0].1
+        } else {
+            &cache[1].1
+        };
+        let r1 = if cache[0].0 == sy1 {
+            &cache[0].1
+        } else {
+            &cache[1].1
+        };
+        vertical(r0, r1, beta[dy], out_row);
+    }
+    Mat8::new(width, height, cn, out)
+}
+
+/// Source index and the two 11-bit weights for each output position, computed
+/// with OpenCV's float arithmetic (so ties round the same way).
+fn axis_coeffs(src_len: usize, dst_len: usize) -> (Vec<usize>, Vec<[i32; 2]>) {
+    let inv_scale = dst_len as f64 / src_len as f64;
+    let scale = 1.0 / inv_scale;
+    let mut ofs = Vec::with_capacity(dst_len);
+    let mut coeffs = Vec::with_capacity(dst_len);
+    for d in 0..dst_len {
+        let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+        let mut s = f.floor() as i64;
+        f -= s as f32;
+        if s < 0 {
+            f = 0.0;
+            s = 0;
+        }
+        if s >= src_len as i64 - 1 {
+            f = 0.0;
+            s = src_len as i64 - 1;
+        }
+        ofs.push(s as usize);
+        let w0 = ((1.0f32 - f) * COEF_SCALE).round_ties_even() as i32;
+        let w1 = (f * COEF_SCALE).round_ties_even() as i32;
+        coeffs.push([w0, w1]);
+    }
+    (ofs, coeffs)
+}
+
+fn horizontal(src: &Mat8, sy: usize, xofs: &[usize], alpha: &[[i32; 2]], row: &mut [i32]) {
+    let cn = src.channels;
+    let line = &src.data[sy * src.width * cn..(sy + 1) * src.width * cn];
+    let last = src.width - 1;
+    for (dx, (&sx, &[a0, a1])) in xofs.iter().zip(alpha).enumerate() {
+        let sx1 = (sx + 1).min(last);
+        for c in 0..cn {
+            row[dx * cn + c] = line[sx * cn + c] as i32 * a0 + line[sx1 * cn + c] as i32 * a1;
+        }
+    }
+}
+
+fn vertical(r0: &[i32], r1: &[i32], [b0, b1]: [i32; 2], out: &mut [u8]) {
+    let n = out.len();
+    // OpenCV's SIMD loops cover full 16-lane blocks, then 8- and 4-lane
+    // blocks while strictly more elements remain; the rest is scalar.
+    let mut simd_end = n / SIMD_LANES * SIMD_LANES;
+    while simd_end + 8 < n {
+        simd_end += 8;
+    }
+    while simd_end + 4 < n {
+        simd_end += 4;
+    }
+    let mul_hi = |a: i32, b: i32| ((a >> 4) as i16 as i32 * b) >> 16;
+    for x in 0..simd_end {
+        let v = mul_hi(r0[x], b0) + mul_hi(r1[x], b1);
+        out[x] = ((v + 2) >> 2).clamp(0, 255) as u8;
+    }
+    for x in simd_end..n {
+        let v = (r0[x] * b0 + r1[x] * b1 + (1 << 21)) >> 22;
+        out[x] = v.clamp(0, 255) as u8;
+    }
+}
+
+fn shrink_2x2(src: &Mat8, width: usize, height: usize) -> Mat8 {
+    let cn = src.channels;
+    let stride = src.width * cn;
+    let mut out = vec![0u8; width * height * cn];
+    for dy in 0..height {
+        let top = &src.data[2 * dy * stride..(2 * dy + 1) * stride];
+        let bottom = &src.data[(2 * dy + 1) * stride..(2 * dy + 2) * stride];
+        let dst = &mut out[dy * width * cn..(dy + 1) * width * cn];
+        for dx in 0..width {
+            for c in 0..cn {
+                let i = 2 * dx * cn + c;
+                let sum =
+                    top[i] as u32 + top[i + cn] as u32 + bottom[i] as u32 + bottom[i + cn] as u32;
+                dst[dx * cn + c] = ((sum + 2) >> 2) as u8;
+            }
+        }
+    }
+    Mat8::new(width, height, cn, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_size_is_a_copy() {
+        let m = Mat8::new(3, 2, 1, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(resize_linear(&m, 3, 2), m);
+    }
+
+    #[test]
+    fn exact_half_averages_blocks_with_rounding() {
+        let m = Mat8::new(2, 2, 1, vec![0, 1, 1, 0]);
+        assert_eq!(resize_linear(&m, 1, 1).data, vec![1]); // (2+2)>>2
+        let m = Mat8::new(2, 2, 1, vec![0, 1, 0, 0]);
+        assert_eq!(resize_linear(&m, 1, 1).data, vec![0]);
+    }
+
+    #[test]
+    fn upscale_interpolates_and_clamps_edges() {
+        // 2 -> 4 columns: OpenCV gives 0, 64, 191, 255 for a 0..255 ramp.
+        let m = Mat8::new(2, 1, 1, vec![0, 255]);
+        let r = resize_linear(&m, 4, 1);
+        assert_eq!(r.data, vec![0, 64, 191, 255]);
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let m = Mat8::new(7, 5, 3, vec![200; 7 * 5 * 3]);
+        let r = resize_linear(&m, 13, 3);
+        assert!(r.data.iter().all(|&v| v == 200));
+    }
+}
