@@ -1,1 +1,249 @@
-fn main() {}
+//! `flickr-style`: the command line over the `flickr_style` library. Each
+//! subcommand replaces one step of Caffe's Flickr Style recipe.
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
+use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "flickr-style",
+    version,
+    about = "Caffe's fine-tune-CaffeNet-on-Flickr-Style workflow, fast and reliable"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert an image list to an LMDB of Caffe Datums (convert_imageset).
+    ToLmdb(ToLmdbArgs),
+    /// Compute the per-pixel mean of an LMDB or image list as mean.binaryproto (compute_image_mean).
+    ComputeMean(ComputeMeanArgs),
+    /// Convert a mean between NumPy .npy and Caffe .binaryproto (direction from the extensions).
+    ConvertMean(ConvertMeanArgs),
+    /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
+    GetIlsvrcAux(GetIlsvrcAuxArgs),
+}
+
+#[derive(Args)]
+struct ToLmdbArgs {
+    /// Folder prepended to every path in LIST (Caffe's ROOTFOLDER; keep a trailing slash or not, both work).
+    root: PathBuf,
+    /// Image list: one `relative/path label` per line.
+    list: PathBuf,
+    /// LMDB folder to create (must not exist unless --force).
+    db: PathBuf,
+    /// Resize every image to this height (needs --resize-width too), with OpenCV's bilinear.
+    #[arg(long, default_value_t = 0)]
+    resize_height: usize,
+    /// Resize every image to this width (needs --resize-height too).
+    #[arg(long, default_value_t = 0)]
+    resize_width: usize,
+    /// Store one-channel (grayscale) images instead of BGR.
+    #[arg(long)]
+    gray: bool,
+    /// Shuffle the list before converting (seeded by --seed; Caffe's shuffle is unseeded).
+    #[arg(long)]
+    shuffle: bool,
+    /// Seed for --shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Store encoded images (the original file bytes when nothing changes) instead of raw pixels.
+    #[arg(long)]
+    encoded: bool,
+    /// Encoding for --encoded: jpg, png or bmp (default: each file's own extension).
+    #[arg(long, default_value = "")]
+    encode_type: String,
+    /// Fail if datums differ in size.
+    #[arg(long)]
+    check_size: bool,
+    /// Fail on the first unreadable image instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// Replace DB if it exists (only once the new one is complete).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct ComputeMeanArgs {
+    /// An LMDB folder, or an image list (then use --root and the --resize options).
+    input: PathBuf,
+    /// The mean.binaryproto to write.
+    output: PathBuf,
+    /// Root folder for an image-list INPUT.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Resize list images to this height first.
+    #[arg(long, default_value_t = 0)]
+    resize_height: usize,
+    /// Resize list images to this width first.
+    #[arg(long, default_value_t = 0)]
+    resize_width: usize,
+    /// Read list images as grayscale.
+    #[arg(long)]
+    gray: bool,
+    /// Also write the mean as a NumPy .npy (float32, shape 1xCxHxW).
+    #[arg(long)]
+    npy: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ConvertMeanArgs {
+    /// Input: .npy or .binaryproto.
+    input: PathBuf,
+    /// Output: .binaryproto or .npy.
+    output: PathBuf,
+    /// Element type of a written .npy.
+    #[arg(long, value_enum, default_value = "f4")]
+    dtype: NpyDtype,
+}
+
+#[derive(Args)]
+struct GetIlsvrcAuxArgs {
+    /// Folder to unpack into (Caffe's data/ilsvrc12).
+    #[arg(long, default_value = "data/ilsvrc12")]
+    dir: PathBuf,
+    /// Archive URL (a mirror or a local server).
+    #[arg(long, default_value = ilsvrc_aux::DEFAULT_URL)]
+    url: String,
+    /// Expected SHA-256 of the archive.
+    #[arg(long)]
+    sha256: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::ToLmdb(a) => cmd_to_lmdb(a),
+        Command::ComputeMean(a) => cmd_compute_mean(a),
+        Command::ConvertMean(a) => cmd_convert_mean(a),
+        Command::GetIlsvrcAux(a) => cmd_get_ilsvrc_aux(a),
+    }
+}
+
+fn resize_opt(h: usize, w: usize) -> Result<Option<(usize, usize)>> {
+    match (h, w) {
+        (0, 0) => Ok(None),
+        (h, w) if h > 0 && w > 0 => Ok(Some((h, w))),
+        _ => bail!("--resize-height and --resize-width must be given together"),
+    }
+}
+
+fn cmd_to_lmdb(a: ToLmdbArgs) -> Result<()> {
+    let opts = to_lmdb::ToLmdbOptions {
+        root: a.root,
+        list: a.list,
+        db: a.db.clone(),
+        resize: resize_opt(a.resize_height, a.resize_width)?,
+        gray: a.gray,
+        shuffle: a.shuffle,
+        seed: a.seed,
+        encoded: a.encoded,
+        encode_type: a.encode_type,
+        check_size: a.check_size,
+        strict: a.strict,
+        force: a.force,
+    };
+    let s = to_lmdb::to_lmdb(&opts).with_context(|| format!("to-lmdb into {}", a.db.display()))?;
+    eprintln!(
+        "Processed {} files into {} ({} skipped) in {:.2} s, {:.0} images/s",
+        s.written,
+        a.db.display(),
+        s.skipped.len(),
+        s.seconds,
+        (s.written + s.skipped.len()) as f64 / s.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+fn cmd_compute_mean(a: ComputeMeanArgs) -> Result<()> {
+    let source = if a.input.is_dir() {
+        mean::MeanSource::Lmdb(a.input.clone())
+    } else {
+        mean::MeanSource::List {
+            list: a.input.clone(),
+            root: a.root.unwrap_or_default(),
+            resize: resize_opt(a.resize_height, a.resize_width)?,
+            gray: a.gray,
+        }
+    };
+    let start = std::time::Instant::now();
+    let (m, count) = mean::compute_mean(&source)
+        .with_context(|| format!("computing the mean of {}", a.input.display()))?;
+    m.write_binaryproto(&a.output)?;
+    if let Some(npy) = &a.npy {
+        m.write_npy(npy, NpyDtype::F4)?;
+    }
+    for (c, v) in m.channel_means().iter().enumerate() {
+        println!("mean_value channel [{c}]: {v:.6}");
+    }
+    eprintln!(
+        "Averaged {count} images of {}x{}x{} in {:.2} s into {}",
+        m.channels,
+        m.height,
+        m.width,
+        start.elapsed().as_secs_f64(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn is_npy(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+}
+
+fn cmd_convert_mean(a: ConvertMeanArgs) -> Result<()> {
+    let mean = if is_npy(&a.input) {
+        MeanImage::read_npy(&a.input)?
+    } else {
+        MeanImage::read_binaryproto(&a.input)?
+    };
+    if is_npy(&a.output) {
+        mean.write_npy(&a.output, a.dtype)?;
+    } else {
+        mean.write_binaryproto(&a.output)?;
+    }
+    eprintln!(
+        "Wrote {} ({}x{}x{})",
+        a.output.display(),
+        mean.channels,
+        mean.height,
+        mean.width
+    );
+    Ok(())
+}
+
+fn cmd_get_ilsvrc_aux(a: GetIlsvrcAuxArgs) -> Result<()> {
+    let sum = a.sha256.map(fetch::Checksum::Sha256);
+    let s = ilsvrc_aux::get_ilsvrc_aux(
+        &a.dir,
+        &a.url,
+        sum.as_ref(),
+        &fetch::FetchOptions::default(),
+    )
+    .with_context(|| format!("fetching the ILSVRC aux data from {}", a.url))?;
+    for f in &s.files {
+        println!("{}", f.display());
+    }
+    eprintln!(
+        "ImageNet mean per channel (B, G, R): {:?}; {} synsets",
+        s.channel_means, s.synsets
+    );
+    Ok(())
+}

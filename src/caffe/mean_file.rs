@@ -118,7 +118,7 @@ impl MeanImage {
                 "a mean must be CxHxW or 1xCxHxW, found shape {dims:?}"
             ))
         })?;
-        let descr = npy.dtype().descr();
+        let descr = npy.dtype().descr().trim_matches('\'').to_string();
         let values: Vec<f64> = match descr.as_str() {
             "<f8" => npy.into_vec::<f64>(),
             "<f4" => npy

@@ -73,7 +73,12 @@ impl Accumulator {
             channels: self.shape.0,
             height: self.shape.1,
             width: self.shape.2,
-            values: self.sums.iter().map(|&s| s as f64 / n).collect(),
+            // Rounded once to f32: the mean file stores floats, like Caffe's.
+            values: self
+                .sums
+                .iter()
+                .map(|&s| (s as f64 / n) as f32 as f64)
+                .collect(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! LMDB storage, and the `to-lmdb` / `compute-mean` stages built on them.
 
 pub mod decode;
+pub mod fetch;
+pub mod ilsvrc_aux;
 pub mod image_list;
 pub mod lmdb_store;
 pub mod mat;

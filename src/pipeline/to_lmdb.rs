@@ -131,14 +131,16 @@ pub fn to_lmdb(opts: &ToLmdbOptions) -> Result<ToLmdbSummary> {
                     let size = datum.data().len();
                     match expected_size {
                         None => expected_size = Some(size),
-                        Some(s) if s != size => return Err(Error::Line {
-                            path: opts.list.clone(),
-                            line: entry.line,
-                            message: format!(
+                        Some(s) if s != size => {
+                            return Err(Error::Line {
+                                path: opts.list.clone(),
+                                line: entry.line,
+                                message: format!(
                                 "{}: datum has {size} bytes but the first had {s} (--check-size)",
                                 entry.path
                             ),
-                        }),
+                            })
+                        }
                         _ => {}
                     }
                 }
