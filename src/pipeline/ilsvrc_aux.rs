@@ -38,6 +38,10 @@ pub fn get_ilsvrc_aux(
     let archive = dir.join("caffe_ilsvrc12.tar.gz");
     if !archive.exists() {
         fetch_file(url, &archive, checksum, opts)?;
+        // A download that is not Caffe's archive is removed so a rerun fetches again.
+        return unpack(&archive, dir).inspect_err(|_| {
+            let _ = std::fs::remove_file(&archive);
+        });
     } else if let Some(sum) = checksum {
         let got = sum.digest_file(&archive)?;
         if !got.eq_ignore_ascii_case(match sum {

@@ -139,8 +139,11 @@ impl LmdbWriter {
             .prefix(".lmdb-partial-")
             .tempdir_in(&parent)
             .at(&parent)?;
+        // No fsync per commit: the staging folder is synced once in `finish`
+        // before it is renamed into place, which is what makes it durable.
         let env = Environment::new()
             .set_map_size(INITIAL_MAP)
+            .set_flags(EnvironmentFlags::NO_SYNC | EnvironmentFlags::NO_META_SYNC)
             .open(staging.path())
             .map_err(|e| Error::lmdb(staging.path(), e))?;
         let db = env

@@ -95,11 +95,14 @@ fn axis_coeffs(src_len: usize, dst_len: usize) -> (Vec<usize>, Vec<[i32; 2]>) {
 fn horizontal(src: &Mat8, sy: usize, xofs: &[usize], alpha: &[[i32; 2]], row: &mut [i32]) {
     let cn = src.channels;
     let line = &src.data[sy * src.width * cn..(sy + 1) * src.width * cn];
-    let last = src.width - 1;
-    for (dx, (&sx, &[a0, a1])) in xofs.iter().zip(alpha).enumerate() {
-        let sx1 = (sx + 1).min(last);
-        for c in 0..cn {
-            row[dx * cn + c] = line[sx * cn + c] as i32 * a0 + line[sx1 * cn + c] as i32 * a1;
+    let last = (src.width - 1) * cn;
+    for ((out, &sx), &[a0, a1]) in row.chunks_exact_mut(cn).zip(xofs).zip(alpha) {
+        let i0 = sx * cn;
+        let i1 = (i0 + cn).min(last);
+        let p0 = &line[i0..i0 + cn];
+        let p1 = &line[i1..i1 + cn];
+        for ((o, &v0), &v1) in out.iter_mut().zip(p0).zip(p1) {
+            *o = v0 as i32 * a0 + v1 as i32 * a1;
         }
     }
 }
@@ -116,13 +119,14 @@ fn vertical(r0: &[i32], r1: &[i32], [b0, b1]: [i32; 2], out: &mut [u8]) {
         simd_end += 4;
     }
     let mul_hi = |a: i32, b: i32| ((a >> 4) as i16 as i32 * b) >> 16;
-    for x in 0..simd_end {
-        let v = mul_hi(r0[x], b0) + mul_hi(r1[x], b1);
-        out[x] = ((v + 2) >> 2).clamp(0, 255) as u8;
+    let (head, tail) = out.split_at_mut(simd_end);
+    for ((o, &a), &b) in head.iter_mut().zip(r0).zip(r1) {
+        let v = mul_hi(a, b0) + mul_hi(b, b1);
+        *o = ((v + 2) >> 2).clamp(0, 255) as u8;
     }
-    for x in simd_end..n {
-        let v = (r0[x] * b0 + r1[x] * b1 + (1 << 21)) >> 22;
-        out[x] = v.clamp(0, 255) as u8;
+    for ((o, &a), &b) in tail.iter_mut().zip(&r0[simd_end..]).zip(&r1[simd_end..]) {
+        let v = (a * b0 + b * b1 + (1 << 21)) >> 22;
+        *o = v.clamp(0, 255) as u8;
     }
 }
 

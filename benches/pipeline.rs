@@ -1,0 +1,100 @@
+//! Throughput of the data-preparation stages on a synthetic Flickr-like set:
+//! N JPEGs of about 500x375 made from the fixture photos (varied crops and
+//! flips), then `to-lmdb --resize 256x256` and `compute-mean` on the result.
+//! Run with `scripts/bench-pipeline [N]`; prints a table.
+use flickr_style::pipeline::mean::{compute_mean, MeanSource};
+use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn fixture_images() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/caffe-ref/fixtures/images");
+    let list = std::fs::read_to_string(root.join("list.txt")).expect("fixture list");
+    list.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(p, _)| root.join(p))
+        .collect()
+}
+
+fn make_set(dir: &Path, n: usize) -> PathBuf {
+    let sources: Vec<image::RgbImage> = fixture_images()
+        .iter()
+        .map(|p| image::open(p).expect("fixture decodes").to_rgb8())
+        .map(|im| image::imageops::resize(&im, 560, 420, image::imageops::FilterType::Triangle))
+        .collect();
+    std::fs::create_dir_all(dir.join("img")).unwrap();
+    let mut list = String::new();
+    for i in 0..n {
+        let src = &sources[i % sources.len()];
+        let (x, y) = ((i * 7) % 60, (i * 13) % 45);
+        let mut crop = image::imageops::crop_imm(src, x as u32, y as u32, 500, 375).to_image();
+        if i % 2 == 1 {
+            image::imageops::flip_horizontal_in_place(&mut crop);
+        }
+        let name = format!("{i:05}.jpg");
+        let mut out = std::fs::File::create(dir.join("img").join(&name)).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&crop)
+            .unwrap();
+        list.push_str(&format!("{name} {}\n", i % 20));
+    }
+    let list_path = dir.join("list.txt");
+    std::fs::write(&list_path, list).unwrap();
+    list_path
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let dir = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let list = make_set(dir.path(), n);
+    eprintln!("made {n} JPEGs of 500x375 in {:.1} s", t.elapsed().as_secs_f64());
+    if std::env::var_os("PROBE").is_some() {
+        probe(dir.path());
+    }
+    let db = dir.path().join("db");
+    let opts = ToLmdbOptions {
+        root: dir.path().join("img"),
+        list,
+        db: db.clone(),
+        resize: Some((256, 256)),
+        gray: false,
+        shuffle: false,
+        seed: 0,
+        encoded: false,
+        encode_type: String::new(),
+        check_size: true,
+        strict: true,
+        force: false,
+    };
+    let s = to_lmdb(&opts).unwrap();
+    let t = Instant::now();
+    let (_, count) = compute_mean(&MeanSource::Lmdb(db.clone())).unwrap();
+    let mean_s = t.elapsed().as_secs_f64();
+    let mb = count as f64 * 3.0 * 256.0 * 256.0 / 1e6;
+    println!("| stage | images | seconds | images/s |");
+    println!("|---|---|---|---|");
+    println!("| to-lmdb (JPEG 500x375 -> raw 3x256x256) | {} | {:.2} | {:.0} |", s.written, s.seconds, s.written as f64 / s.seconds);
+    println!("| compute-mean (raw LMDB, {mb:.0} MB of pixels) | {count} | {mean_s:.3} | {:.0} |", count as f64 / mean_s);
+    println!("threads: {}", rayon::current_num_threads());
+}
+
+#[allow(dead_code)]
+fn probe(dir: &Path) {
+    use flickr_style::pipeline::decode::{decode, ColorMode};
+    use rayon::prelude::*;
+    let files: Vec<_> = std::fs::read_dir(dir.join("img")).unwrap().map(|e| e.unwrap().path()).collect();
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let t = Instant::now();
+    let mats: Vec<_> = bytes.par_iter().map(|b| decode(b, ColorMode::Color).unwrap()).collect();
+    eprintln!("decode: {:.0}/s", files.len() as f64 / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let r: Vec<_> = mats.par_iter().map(|m| flickr_style::pipeline::resize::resize_linear(m, 256, 256)).collect();
+    eprintln!("resize: {:.0}/s", files.len() as f64 / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let d: Vec<_> = r.par_iter().map(|m| prost::Message::encode_to_vec(&flickr_style::caffe::Datum::raw(m, 1))).collect();
+    eprintln!("datum: {:.0}/s {}", files.len() as f64 / t.elapsed().as_secs_f64(), d.len());
+}
