@@ -51,7 +51,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let list = make_set(dir.path(), n);
-    eprintln!("made {n} JPEGs of 500x375 in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "made {n} JPEGs of 500x375 in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     if std::env::var_os("PROBE").is_some() {
         probe(dir.path());
     }
@@ -77,8 +80,16 @@ fn main() {
     let mb = count as f64 * 3.0 * 256.0 * 256.0 / 1e6;
     println!("| stage | images | seconds | images/s |");
     println!("|---|---|---|---|");
-    println!("| to-lmdb (JPEG 500x375 -> raw 3x256x256) | {} | {:.2} | {:.0} |", s.written, s.seconds, s.written as f64 / s.seconds);
-    println!("| compute-mean (raw LMDB, {mb:.0} MB of pixels) | {count} | {mean_s:.3} | {:.0} |", count as f64 / mean_s);
+    println!(
+        "| to-lmdb (JPEG 500x375 -> raw 3x256x256) | {} | {:.2} | {:.0} |",
+        s.written,
+        s.seconds,
+        s.written as f64 / s.seconds
+    );
+    println!(
+        "| compute-mean (raw LMDB, {mb:.0} MB of pixels) | {count} | {mean_s:.3} | {:.0} |",
+        count as f64 / mean_s
+    );
     println!("threads: {}", rayon::current_num_threads());
 }
 
@@ -86,15 +97,37 @@ fn main() {
 fn probe(dir: &Path) {
     use flickr_style::pipeline::decode::{decode, ColorMode};
     use rayon::prelude::*;
-    let files: Vec<_> = std::fs::read_dir(dir.join("img")).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(dir.join("img"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
     let t = Instant::now();
-    let mats: Vec<_> = bytes.par_iter().map(|b| decode(b, ColorMode::Color).unwrap()).collect();
-    eprintln!("decode: {:.0}/s", files.len() as f64 / t.elapsed().as_secs_f64());
+    let mats: Vec<_> = bytes
+        .par_iter()
+        .map(|b| decode(b, ColorMode::Color).unwrap())
+        .collect();
+    eprintln!(
+        "decode: {:.0}/s",
+        files.len() as f64 / t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
-    let r: Vec<_> = mats.par_iter().map(|m| flickr_style::pipeline::resize::resize_linear(m, 256, 256)).collect();
-    eprintln!("resize: {:.0}/s", files.len() as f64 / t.elapsed().as_secs_f64());
+    let r: Vec<_> = mats
+        .par_iter()
+        .map(|m| flickr_style::pipeline::resize::resize_linear(m, 256, 256))
+        .collect();
+    eprintln!(
+        "resize: {:.0}/s",
+        files.len() as f64 / t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
-    let d: Vec<_> = r.par_iter().map(|m| prost::Message::encode_to_vec(&flickr_style::caffe::Datum::raw(m, 1))).collect();
-    eprintln!("datum: {:.0}/s {}", files.len() as f64 / t.elapsed().as_secs_f64(), d.len());
+    let d: Vec<_> = r
+        .par_iter()
+        .map(|m| prost::Message::encode_to_vec(&flickr_style::caffe::Datum::raw(m, 1)))
+        .collect();
+    eprintln!(
+        "datum: {:.0}/s {}",
+        files.len() as f64 / t.elapsed().as_secs_f64(),
+        d.len()
+    );
 }

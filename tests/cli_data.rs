@@ -12,7 +12,10 @@ use std::path::Path;
 fn image_dir(dir: &Path, extra: &[(&str, &[u8])]) -> String {
     std::fs::create_dir_all(dir.join("img")).unwrap();
     let mut list = String::new();
-    for (i, name) in ["animal/cat.jpg", "object/camera.png", "vehicle/rocket.jpg"].iter().enumerate() {
+    for (i, name) in ["animal/cat.jpg", "object/camera.png", "vehicle/rocket.jpg"]
+        .iter()
+        .enumerate()
+    {
         let file = name.replace('/', "_");
         std::fs::copy(fixture("images").join(name), dir.join("img").join(&file)).unwrap();
         list.push_str(&format!("{file} {i}\n"));
@@ -46,24 +49,51 @@ fn leftovers(dir: &Path) -> Vec<String> {
 fn corrupt_and_missing_images_are_skipped_and_counted() {
     let t = tempfile::tempdir().unwrap();
     let cat = std::fs::read(fixture("images/animal/cat.jpg")).unwrap();
-    let mut list = image_dir(t.path(), &[("truncated.jpg", &cat[..cat.len() / 3]), ("garbage.jpg", b"nope")]);
+    let mut list = image_dir(
+        t.path(),
+        &[
+            ("truncated.jpg", &cat[..cat.len() / 3]),
+            ("garbage.jpg", b"nope"),
+        ],
+    );
     list.push_str("does_not_exist.jpg 1\n");
     list.push_str("after.jpg 2\n");
-    std::fs::copy(fixture("images/animal/cat_tiny.jpg"), t.path().join("img/after.jpg")).unwrap();
+    std::fs::copy(
+        fixture("images/animal/cat_tiny.jpg"),
+        t.path().join("img/after.jpg"),
+    )
+    .unwrap();
     std::fs::write(t.path().join("list.txt"), list).unwrap();
     let (ok, _, err) = run(
         t.path(),
-        &["to-lmdb", "img/", "list.txt", "db", "--resize-height", "32", "--resize-width", "32"],
+        &[
+            "to-lmdb",
+            "img/",
+            "list.txt",
+            "db",
+            "--resize-height",
+            "32",
+            "--resize-width",
+            "32",
+        ],
     );
     assert!(ok, "{err}");
     assert!(err.contains("warning: skipping truncated.jpg"), "{err}");
     assert!(err.contains("warning: skipping garbage.jpg"), "{err}");
     assert!(err.contains("does_not_exist.jpg"), "{err}");
-    assert!(err.contains("Processed 4 files") && err.contains("(3 skipped)"), "{err}");
+    assert!(
+        err.contains("Processed 4 files") && err.contains("(3 skipped)"),
+        "{err}"
+    );
     // Skipped lines still use up their index, like convert_imageset.
     assert_eq!(
         keys(&t.path().join("db")),
-        vec!["00000000_animal_cat.jpg", "00000001_object_camera.png", "00000002_vehicle_rocket.jpg", "00000006_after.jpg"]
+        vec![
+            "00000000_animal_cat.jpg",
+            "00000001_object_camera.png",
+            "00000002_vehicle_rocket.jpg",
+            "00000006_after.jpg"
+        ]
     );
 }
 
@@ -96,7 +126,16 @@ fn malformed_list_line_is_named_and_nothing_is_written() {
 fn existing_database_is_not_overwritten_without_force() {
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("list.txt"), image_dir(t.path(), &[])).unwrap();
-    let args = ["to-lmdb", "img", "list.txt", "db", "--resize-height", "8", "--resize-width", "8"];
+    let args = [
+        "to-lmdb",
+        "img",
+        "list.txt",
+        "db",
+        "--resize-height",
+        "8",
+        "--resize-width",
+        "8",
+    ];
     assert!(run(t.path(), &args).0);
     let (ok, _, err) = run(t.path(), &args);
     assert!(!ok && err.contains("already exists"), "{err}");
@@ -112,18 +151,46 @@ fn existing_database_is_not_overwritten_without_force() {
 fn encoded_keeps_original_bytes_and_shuffle_is_seeded() {
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("list.txt"), image_dir(t.path(), &[])).unwrap();
-    let (ok, _, err) = run(t.path(), &["to-lmdb", "img", "list.txt", "enc", "--encoded", "--encode-type", "jpg"]);
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "to-lmdb",
+            "img",
+            "list.txt",
+            "enc",
+            "--encoded",
+            "--encode-type",
+            "jpg",
+        ],
+    );
     assert!(ok, "{err}");
-    let recs = LmdbReader::open(&t.path().join("enc")).unwrap().records().unwrap();
+    let recs = LmdbReader::open(&t.path().join("enc"))
+        .unwrap()
+        .records()
+        .unwrap();
     let cat = Datum::decode(recs[0].1.as_slice()).unwrap();
     assert!(cat.encoded() && cat.channels.is_none());
-    assert_eq!(cat.data(), std::fs::read(fixture("images/animal/cat.jpg")).unwrap());
+    assert_eq!(
+        cat.data(),
+        std::fs::read(fixture("images/animal/cat.jpg")).unwrap()
+    );
     // The PNG does not match the jpg encode type, so it is re-encoded as JPEG.
     let png = Datum::decode(recs[1].1.as_slice()).unwrap();
     assert!(png.data().starts_with(&[0xFF, 0xD8]));
 
     let shuffled = |name: &str, seed: &str| {
-        let (ok, _, err) = run(t.path(), &["to-lmdb", "img", "list.txt", name, "--shuffle", "--seed", seed]);
+        let (ok, _, err) = run(
+            t.path(),
+            &[
+                "to-lmdb",
+                "img",
+                "list.txt",
+                name,
+                "--shuffle",
+                "--seed",
+                seed,
+            ],
+        );
         assert!(ok, "{err}");
         keys(&t.path().join(name))
     };
@@ -160,7 +227,10 @@ fn datums_of_different_sizes_name_the_key() {
 
 /// A gzip tar holding the given files.
 fn targz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
     for (name, bytes) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
@@ -176,7 +246,17 @@ fn get_ilsvrc_aux_downloads_verifies_and_unpacks_from_a_local_server() {
     let t = tempfile::tempdir().unwrap();
     let mean = t.path().join("m.binaryproto");
     let npy = caffe_ref().join("ilsvrc12/ilsvrc_2012_mean.npy");
-    assert!(run(t.path(), &["convert-mean", npy.to_str().unwrap(), mean.to_str().unwrap()]).0);
+    assert!(
+        run(
+            t.path(),
+            &[
+                "convert-mean",
+                npy.to_str().unwrap(),
+                mean.to_str().unwrap()
+            ]
+        )
+        .0
+    );
     let synsets: String = (0..1000).map(|i| format!("n{i:08} thing {i}\n")).collect();
     let archive = targz(&[
         ("imagenet_mean.binaryproto", std::fs::read(&mean).unwrap()),
@@ -187,31 +267,74 @@ fn get_ilsvrc_aux_downloads_verifies_and_unpacks_from_a_local_server() {
     let good_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&archive));
     let server = Server::start();
     server.route("/aux.tar.gz", vec![Reply::status(503), Reply::ok(archive)]);
-    server.route("/bad.tar.gz", vec![Reply::ok(b"this is not a tarball".to_vec())]);
+    server.route(
+        "/bad.tar.gz",
+        vec![Reply::ok(b"this is not a tarball".to_vec())],
+    );
     server.route("/gone.tar.gz", vec![Reply::status(404)]);
 
     // Wrong checksum: error, nothing under the final name.
     let (ok, _, err) = run(
         t.path(),
-        &["get-ilsvrc-aux", "--dir", "bad_sum", "--url", &server.url("/aux.tar.gz"), "--sha256", &"0".repeat(64)],
+        &[
+            "get-ilsvrc-aux",
+            "--dir",
+            "bad_sum",
+            "--url",
+            &server.url("/aux.tar.gz"),
+            "--sha256",
+            &"0".repeat(64),
+        ],
     );
     assert!(!ok && err.contains("SHA-256 mismatch"), "{err}");
     assert!(!t.path().join("bad_sum/caffe_ilsvrc12.tar.gz").exists());
 
     let (ok, stdout, err) = run(
         t.path(),
-        &["get-ilsvrc-aux", "--dir", "ilsvrc12", "--url", &server.url("/aux.tar.gz"), "--sha256", &good_sha],
+        &[
+            "get-ilsvrc-aux",
+            "--dir",
+            "ilsvrc12",
+            "--url",
+            &server.url("/aux.tar.gz"),
+            "--sha256",
+            &good_sha,
+        ],
     );
     assert!(ok, "{err}");
     assert!(stdout.contains("imagenet_mean.binaryproto"), "{stdout}");
     assert!(err.contains("1000 synsets"), "{err}");
-    assert_eq!(std::fs::read(t.path().join("ilsvrc12/imagenet_mean.binaryproto")).unwrap(), std::fs::read(&mean).unwrap());
+    assert_eq!(
+        std::fs::read(t.path().join("ilsvrc12/imagenet_mean.binaryproto")).unwrap(),
+        std::fs::read(&mean).unwrap()
+    );
 
-    let (ok, _, err) = run(t.path(), &["get-ilsvrc-aux", "--dir", "bad", "--url", &server.url("/bad.tar.gz")]);
-    assert!(!ok && err.contains("not a gzip tar archive") || err.contains("corrupt archive"), "{err}");
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "get-ilsvrc-aux",
+            "--dir",
+            "bad",
+            "--url",
+            &server.url("/bad.tar.gz"),
+        ],
+    );
+    assert!(
+        !ok && err.contains("not a gzip tar archive") || err.contains("corrupt archive"),
+        "{err}"
+    );
     assert!(!t.path().join("bad/imagenet_mean.binaryproto").exists());
 
-    let (ok, _, err) = run(t.path(), &["get-ilsvrc-aux", "--dir", "gone", "--url", &server.url("/gone.tar.gz")]);
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "get-ilsvrc-aux",
+            "--dir",
+            "gone",
+            "--url",
+            &server.url("/gone.tar.gz"),
+        ],
+    );
     assert!(!ok && err.contains("404"), "{err}");
     assert_eq!(server.hits("/gone.tar.gz"), 1, "a 404 is not retried");
 }

@@ -48,20 +48,30 @@ fn flickr_recipe_prototxts_have_the_expected_content() {
     let c = conv1.convolution_param.as_ref().unwrap();
     assert_eq!((c.num_output(), c.kernel_size[0], c.stride[0]), (96, 11, 4));
     let solver: SolverParameter = prototxt::read(&dir.join("solver.prototxt")).unwrap();
-    assert_eq!((solver.base_lr(), solver.stepsize(), solver.lr_policy()), (0.001, 20000, "step"));
+    assert_eq!(
+        (solver.base_lr(), solver.stepsize(), solver.lr_policy()),
+        (0.001, 20000, "step")
+    );
 }
 
 #[test]
 fn malformed_prototxt_is_an_error_with_position() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.prototxt");
-    std::fs::write(&p, "name: \"x\"\nlayer {\n  name: \"a\"\n  type: \"ReLU\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "name: \"x\"\nlayer {\n  name: \"a\"\n  type: \"ReLU\"\n",
+    )
+    .unwrap();
     let e = model::read_net_prototxt(&p).unwrap_err().to_string();
     assert!(e.contains("bad.prototxt:"), "{e}");
     assert!(e.contains("end of input"), "{e}");
     std::fs::write(&p, "layer { name: \"a\" convolution_param { kernel: 3 } }").unwrap();
     let e = model::read_net_prototxt(&p).unwrap_err().to_string();
-    assert!(e.contains("bad.prototxt:1:") && e.contains("'kernel'"), "{e}");
+    assert!(
+        e.contains("bad.prototxt:1:") && e.contains("'kernel'"),
+        "{e}"
+    );
     std::fs::write(&p, "layers { name: \"a\" type: NOT_A_TYPE }").unwrap();
     let e = model::read_net_prototxt(&p).unwrap_err().to_string();
     assert!(e.contains("NOT_A_TYPE"), "{e}");
@@ -72,7 +82,11 @@ fn caffe_snapshots_decode_and_reencode_exactly() {
     let snap = fixture("tiny-net/snapshots");
     let bytes = std::fs::read(snap.join("tiny_iter_30.caffemodel")).unwrap();
     let net = NetParameter::decode(bytes.as_slice()).unwrap();
-    assert_eq!(net.encode_to_vec(), bytes, "caffemodel re-encodes byte-identically");
+    assert_eq!(
+        net.encode_to_vec(),
+        bytes,
+        "caffemodel re-encodes byte-identically"
+    );
     let fc6 = net.layer.iter().find(|l| l.name() == "fc6").unwrap();
     assert_eq!(fc6.blobs[0].dims(), vec![64, 1568]);
     assert!(net.layer.iter().any(|l| l.name() == "fc8_fc8_0_split"));
@@ -111,7 +125,10 @@ fn v1_caffemodel_is_upgraded_on_load() {
     write_binary(&p, &v1).unwrap();
     let net = model::read_caffemodel(&p).unwrap();
     assert_eq!(net.layer[0].r#type(), "InnerProduct");
-    assert!(flickr_style::caffe::blob::shape_equals(&net.layer[0].blobs[0], &[1000, 4096]));
+    assert!(flickr_style::caffe::blob::shape_equals(
+        &net.layer[0].blobs[0],
+        &[1000, 4096]
+    ));
     assert_eq!(net.layer[0].param[1].decay_mult(), 0.0);
 }
 
@@ -121,7 +138,10 @@ fn garbage_caffemodel_is_a_clear_error() {
     let p = dir.path().join("garbage.caffemodel");
     std::fs::write(&p, b"\xff\xff\xff\xff this is not protobuf \x00\x01").unwrap();
     let e = model::read_caffemodel(&p).unwrap_err().to_string();
-    assert!(e.contains("garbage.caffemodel: not a valid caffemodel"), "{e}");
+    assert!(
+        e.contains("garbage.caffemodel: not a valid caffemodel"),
+        "{e}"
+    );
     // A truncated real model is rejected too.
     let good = std::fs::read(fixture("tiny-net/snapshots/init_iter_0.caffemodel")).unwrap();
     std::fs::write(&p, &good[..good.len() / 2]).unwrap();
@@ -131,7 +151,11 @@ fn garbage_caffemodel_is_a_clear_error() {
 #[test]
 fn every_message_round_trips_through_files() {
     let dir = tempfile::tempdir().unwrap();
-    fn check<T: Message + Default + PartialEq + std::fmt::Debug>(dir: &Path, name: &'static str, msg: T) {
+    fn check<T: Message + Default + PartialEq + std::fmt::Debug>(
+        dir: &Path,
+        name: &'static str,
+        msg: T,
+    ) {
         let p = dir.join(name);
         write_binary(&p, &msg).unwrap();
         let back: T = read_binary(&p, name).unwrap();
@@ -149,8 +173,15 @@ fn every_message_round_trips_through_files() {
             ..Default::default()
         },
     );
-    check(dir.path(), "blob_legacy", BlobProto::legacy_4d(1, 3, 1, 1, vec![1.0, 2.0, 3.0]));
-    let net = model::read_net_prototxt(&caffe_ref().join("models/finetune_flickr_style/train_val.prototxt")).unwrap();
+    check(
+        dir.path(),
+        "blob_legacy",
+        BlobProto::legacy_4d(1, 3, 1, 1, vec![1.0, 2.0, 3.0]),
+    );
+    let net = model::read_net_prototxt(
+        &caffe_ref().join("models/finetune_flickr_style/train_val.prototxt"),
+    )
+    .unwrap();
     check(dir.path(), "net", net.clone());
     let solver: SolverParameter =
         prototxt::read(&caffe_ref().join("models/finetune_flickr_style/solver.prototxt")).unwrap();
@@ -170,5 +201,8 @@ fn every_message_round_trips_through_files() {
     let again: NetParameter = prototxt::parse(&text, Path::new("printed")).unwrap();
     assert_eq!(again, net);
     let text = prototxt::to_string(&solver);
-    assert_eq!(prototxt::parse::<SolverParameter>(&text, Path::new("s")).unwrap(), solver);
+    assert_eq!(
+        prototxt::parse::<SolverParameter>(&text, Path::new("s")).unwrap(),
+        solver
+    );
 }

@@ -3,10 +3,12 @@
 
 pub mod decode;
 pub mod fetch;
+pub mod flickr_csv;
 pub mod ilsvrc_aux;
 pub mod image_list;
 pub mod lmdb_store;
 pub mod mat;
 pub mod mean;
+pub mod numpy_rng;
 pub mod resize;
 pub mod to_lmdb;
