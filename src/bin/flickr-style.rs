@@ -26,6 +26,10 @@ enum Command {
     ComputeMean(ComputeMeanArgs),
     /// Convert a mean between NumPy .npy and Caffe .binaryproto (direction from the extensions).
     ConvertMean(ConvertMeanArgs),
+    /// Select the Flickr Style subset like assemble_data.py and download it in parallel.
+    Assemble(AssembleArgs),
+    /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
+    DownloadModel(DownloadModelArgs),
     /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
     GetIlsvrcAux(GetIlsvrcAuxArgs),
 }
@@ -105,6 +109,61 @@ struct ConvertMeanArgs {
 }
 
 #[derive(Args)]
+struct AssembleArgs {
+    /// Number of images to select (-1 = all 80,000).
+    #[arg(short = 'i', long, default_value_t = -1, allow_negative_numbers = true)]
+    images: i64,
+    /// NumPy seed of the selection (assemble_data.py's --seed).
+    #[arg(short = 's', long, default_value_t = 0)]
+    seed: u32,
+    /// Keep only labels below this (0 = all 20 styles).
+    #[arg(short = 'l', long, default_value_t = 0)]
+    labels: i32,
+    /// Concurrent downloads; 0 or negative (Caffe's --workers=-1) means the default of 64.
+    #[arg(short = 'w', long, default_value_t = 64, allow_negative_numbers = true)]
+    workers: i64,
+    /// The CSV: a path or http(s) URL, gzip or plain (default: OUT/flickr_style.csv.gz, downloaded from Caffe's repository if absent).
+    #[arg(long)]
+    csv: Option<String>,
+    /// Output folder: images/, train.txt, test.txt, manifest.jsonl.
+    #[arg(long, default_value = "data/flickr_style")]
+    out: PathBuf,
+    /// Fetch the same URL paths from this base URL (a mirror) instead of Flickr.
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Also treat bodies with this SHA-1 as a placeholder (repeatable).
+    #[arg(long)]
+    placeholder_sha1: Vec<String>,
+    /// Seconds allowed to connect.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Longest silence in seconds while reading a body.
+    #[arg(long, default_value_t = 20.0)]
+    read_timeout: f64,
+    /// Longest time in seconds for one whole attempt.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Attempts per image for transient failures (timeouts, resets, 5xx, 429).
+    #[arg(long, default_value_t = 4)]
+    attempts: u32,
+    /// First retry delay in seconds (doubled each retry, with seeded jitter).
+    #[arg(long, default_value_t = 0.5)]
+    backoff: f64,
+    /// Print the selection (id,url,label,split) and download nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+struct DownloadModelArgs {
+    /// Model folder holding readme.md (e.g. models/bvlc_reference_caffenet).
+    dir: PathBuf,
+    /// Download from this URL instead of the readme's caffemodel_url (a mirror).
+    #[arg(long)]
+    url: Option<String>,
+}
+
+#[derive(Args)]
 struct GetIlsvrcAuxArgs {
     /// Folder to unpack into (Caffe's data/ilsvrc12).
     #[arg(long, default_value = "data/ilsvrc12")]
@@ -121,6 +180,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<flickr_style::Error>()
+                .is_some_and(|e| matches!(e, flickr_style::Error::Interrupted)) =>
+        {
+            eprintln!("interrupted: the lists and manifest hold what finished; rerun to resume");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -134,6 +200,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::ComputeMean(a) => cmd_compute_mean(a),
         Command::ConvertMean(a) => cmd_convert_mean(a),
         Command::GetIlsvrcAux(a) => cmd_get_ilsvrc_aux(a),
+        Command::Assemble(a) => cmd_assemble(a),
+        Command::DownloadModel(a) => cmd_download_model(a),
     }
 }
 
@@ -245,5 +313,95 @@ fn cmd_get_ilsvrc_aux(a: GetIlsvrcAuxArgs) -> Result<()> {
         "ImageNet mean per channel (B, G, R): {:?}; {} synsets",
         s.channel_means, s.synsets
     );
+    Ok(())
+}
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(s.max(0.001))
+}
+
+fn cmd_assemble(a: AssembleArgs) -> Result<()> {
+    use flickr_style::pipeline::assemble::{assemble, AssembleOptions};
+    use flickr_style::pipeline::downloader::DownloadConfig;
+    let opts = AssembleOptions {
+        csv: a.csv,
+        out: a.out.clone(),
+        seed: a.seed,
+        images: a.images,
+        labels: a.labels,
+        mirror: a.mirror,
+        dry_run: a.dry_run,
+        download: DownloadConfig {
+            workers: if a.workers > 0 {
+                a.workers as usize
+            } else {
+                64
+            },
+            connect_timeout: secs(a.connect_timeout),
+            read_timeout: secs(a.read_timeout),
+            total_timeout: secs(a.timeout),
+            attempts: a.attempts.max(1),
+            backoff: secs(a.backoff),
+            placeholder_sha1: a.placeholder_sha1,
+            seed: a.seed as u64,
+            ..DownloadConfig::default()
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(assemble(&opts, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    if opts.dry_run {
+        eprintln!(
+            "Selected {} images (dry run, nothing downloaded)",
+            summary.selected
+        );
+        return Ok(());
+    }
+    let missing: Vec<String> = summary
+        .missing
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    eprintln!(
+        "Selected {}, {} available ({} reused), {} missing{} in {:.1} s",
+        summary.selected,
+        summary.ok,
+        summary.reused,
+        summary.selected - summary.ok,
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", missing.join(", "))
+        },
+        summary.seconds
+    );
+    eprintln!(
+        "Writing train/test for {} successfully downloaded images ({} train, {} test) to {}",
+        summary.ok,
+        summary.train,
+        summary.test,
+        a.out.display()
+    );
+    if summary.interrupted {
+        return Err(flickr_style::Error::Interrupted.into());
+    }
+    Ok(())
+}
+
+fn cmd_download_model(a: DownloadModelArgs) -> Result<()> {
+    let (path, downloaded) = flickr_style::pipeline::model_zoo::download_model(
+        &a.dir,
+        a.url.as_deref(),
+        &fetch::FetchOptions::default(),
+    )
+    .with_context(|| format!("downloading the model of {}", a.dir.display()))?;
+    if downloaded {
+        eprintln!("Downloaded and verified {}", path.display());
+    } else {
+        eprintln!("{} is already present and verified", path.display());
+    }
     Ok(())
 }

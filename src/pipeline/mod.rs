@@ -1,7 +1,9 @@
 //! Data in: decoding and resizing images like OpenCV, Caffe image lists,
 //! LMDB storage, and the `to-lmdb` / `compute-mean` stages built on them.
 
+pub mod assemble;
 pub mod decode;
+pub mod downloader;
 pub mod fetch;
 pub mod flickr_csv;
 pub mod ilsvrc_aux;
@@ -9,6 +11,7 @@ pub mod image_list;
 pub mod lmdb_store;
 pub mod mat;
 pub mod mean;
+pub mod model_zoo;
 pub mod numpy_rng;
 pub mod resize;
 pub mod to_lmdb;
