@@ -19,6 +19,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Like [`write_atomic`] without the fsync: safe against the process being
+/// killed (the final name only ever holds a complete file), not against power
+/// loss. For bulk outputs whose integrity is checked by hash anyway.
+pub fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(&dir)
+        .at(&dir)?;
+    tmp.write_all(bytes).at(tmp.path())?;
+    tmp.persist(path)
+        .map_err(|e| crate::Error::io(path, e.error))?;
+    Ok(())
+}
+
 /// The folder holding `path` (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

@@ -411,3 +411,55 @@ fn caffe_model_readmes_parse() {
         );
     }
 }
+
+#[test]
+fn http_proxy_is_honoured_and_oversized_bodies_are_refused() {
+    let rows = selection(3);
+    let bodies = fixture_bodies();
+    let server = Server::start();
+    // Through a proxy the request line carries the absolute Flickr URL, so the
+    // local server answers for Flickr and nothing leaves this machine.
+    for (i, r) in rows.iter().enumerate() {
+        server.route(&r.image_url, vec![Reply::ok(bodies[i].clone())]);
+    }
+    let t = tempfile::tempdir().unwrap();
+    let big = bodies[0].len().max(bodies[1].len()).to_string();
+    let out = Command::new(bin())
+        .args([
+            "assemble",
+            "--images",
+            "3",
+            "--seed",
+            "831486",
+            "--out",
+            "out",
+            "--csv",
+            &csv(),
+        ])
+        .args([
+            "--attempts",
+            "1",
+            "--timeout",
+            "5",
+            "--max-image-bytes",
+            &big,
+        ])
+        .env("HTTP_PROXY", &server.base)
+        .env("http_proxy", &server.base)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for r in &rows[..2] {
+        assert_eq!(server.hits(&r.image_url), 1);
+    }
+    // bodies[2] (the third fixture) is larger than the cap.
+    assert!(bodies[2].len() > bodies[0].len().max(bodies[1].len()));
+    assert!(
+        err.contains("2 available") && err.contains("too_large: 1"),
+        "{err}"
+    );
+}

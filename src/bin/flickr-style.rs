@@ -119,8 +119,13 @@ struct AssembleArgs {
     /// Keep only labels below this (0 = all 20 styles).
     #[arg(short = 'l', long, default_value_t = 0)]
     labels: i32,
-    /// Concurrent downloads; 0 or negative (Caffe's --workers=-1) means the default of 64.
-    #[arg(short = 'w', long, default_value_t = 64, allow_negative_numbers = true)]
+    /// Concurrent downloads; 0 or negative (Caffe's --workers=-1) means the default of 128.
+    #[arg(
+        short = 'w',
+        long,
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
     workers: i64,
     /// The CSV: a path or http(s) URL, gzip or plain (default: OUT/flickr_style.csv.gz, downloaded from Caffe's repository if absent).
     #[arg(long)]
@@ -149,6 +154,9 @@ struct AssembleArgs {
     /// First retry delay in seconds (doubled each retry, with seeded jitter).
     #[arg(long, default_value_t = 0.5)]
     backoff: f64,
+    /// Largest accepted image in bytes; bigger bodies count as missing.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_image_bytes: u64,
     /// Print the selection (id,url,label,split) and download nothing.
     #[arg(long)]
     dry_run: bool,
@@ -335,7 +343,7 @@ fn cmd_assemble(a: AssembleArgs) -> Result<()> {
             workers: if a.workers > 0 {
                 a.workers as usize
             } else {
-                64
+                128
             },
             connect_timeout: secs(a.connect_timeout),
             read_timeout: secs(a.read_timeout),
@@ -343,8 +351,8 @@ fn cmd_assemble(a: AssembleArgs) -> Result<()> {
             attempts: a.attempts.max(1),
             backoff: secs(a.backoff),
             placeholder_sha1: a.placeholder_sha1,
+            max_bytes: a.max_image_bytes,
             seed: a.seed as u64,
-            ..DownloadConfig::default()
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -7,7 +7,7 @@
 //! `manifest.jsonl` at once, so a killed run loses nothing; a rerun reuses an
 //! image only when its file still has the SHA-256 the manifest recorded.
 //! On Ctrl-C the lists and manifest are written for what finished.
-use super::downloader::{client, fetch_image, Cause, DownloadConfig, Fetched};
+use super::downloader::{client, fetch_image, on_cpu, Cause, DownloadConfig, Fetched};
 use super::flickr_csv::{read_csv, select, Split, StyleRow};
 use crate::error::{Error, IoContext, Result};
 use futures_util::StreamExt;
@@ -263,14 +263,18 @@ fn entry(
 }
 
 /// Writes `body` to `dest` through a hidden temporary file; returns size and SHA-256.
+///
+/// No fsync per image: the rename already guarantees that a killed run never
+/// leaves a partial file under a final name, and after a power loss the
+/// manifest's SHA-256 check on the next run catches any damaged file.
 async fn store(body: Vec<u8>, dest: PathBuf) -> Result<(u64, String)> {
-    tokio::task::spawn_blocking(move || {
+    on_cpu(move || {
         let sha = hex::encode(Sha256::digest(&body));
-        crate::fsutil::write_atomic(&dest, &body)?;
+        crate::fsutil::write_renamed(&dest, &body)?;
         Ok((body.len() as u64, sha))
     })
     .await
-    .map_err(|e| Error::invalid("image writer", e.to_string()))?
+    .map_err(|e| Error::invalid("image writer", e))?
 }
 
 /// Deletes temporary files a killed run left behind.

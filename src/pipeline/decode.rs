@@ -49,8 +49,11 @@ pub fn decode(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, String
 }
 
 /// Whether `bytes` decode completely as an image (any supported format).
+///
+/// Decodes to one channel: every entropy-coded block is still read (so a
+/// truncated or corrupt file fails) but colour conversion is skipped.
 pub fn is_valid_image(bytes: &[u8]) -> bool {
-    decode(bytes, ColorMode::Native).is_ok()
+    decode(bytes, ColorMode::Gray).is_ok()
 }
 
 fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, String> {

@@ -39,7 +39,7 @@ pub struct DownloadConfig {
 impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {
-            workers: 64,
+            workers: 128,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(20),
             total_timeout: Duration::from_secs(60),
@@ -214,10 +214,27 @@ async fn attempt_once(
     Ok(body)
 }
 
-/// Placeholder and decode checks, on the blocking pool so the network stays busy.
+/// One slot per core for CPU and disk work done off the async runtime.
+/// Unbounded `spawn_blocking` would start hundreds of threads that fight
+/// over the image folder's directory lock.
+static CPU_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+});
+
+/// Runs `f` on the blocking pool, at most one task per core at a time.
+pub async fn on_cpu<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, String> {
+    let _slot = CPU_SLOTS.acquire().await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Placeholder and decode checks, off the async runtime so the network stays busy.
 async fn verify(body: Vec<u8>, cfg: &DownloadConfig) -> Fetched {
     let extra = cfg.placeholder_sha1.clone();
-    let checked = tokio::task::spawn_blocking(move || {
+    let checked = on_cpu(move || {
         let sha1 = hex::encode(Sha1::digest(&body));
         if sha1 == FLICKR_PLACEHOLDER_SHA1 || extra.iter().any(|s| s.eq_ignore_ascii_case(&sha1)) {
             return Fetched::Missing(

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A tiny HTTP/1.1 test server on 127.0.0.1 whose every response can be
 //! scripted: status, body, latency, a stall mid-body, a cut-off body,
 //! redirects. Each connection is served on its own thread; the server lives
