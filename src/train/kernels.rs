@@ -1,0 +1,363 @@
+//! CPU kernels for the layers candle lacks or does slowly: im2col/col2im
+//! (convolution backward as matrix products), max/average pooling with
+//! Caffe's ceil rounding and argmax routing, and cross-channel LRN. Each
+//! works on one image (CHW, contiguous f32); callers parallelise over the batch.
+
+/// Geometry of a 2-D window sweep (convolution or pooling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Input channels, height, width.
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Kernel size.
+    pub kh: usize,
+    pub kw: usize,
+    /// Zero padding.
+    pub ph: usize,
+    pub pw: usize,
+    /// Stride.
+    pub sh: usize,
+    pub sw: usize,
+    /// Dilation (convolution only).
+    pub dh: usize,
+    pub dw: usize,
+    /// Output height and width.
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Unfolds one image into a `(c*kh*kw) x (oh*ow)` column matrix (Caffe's im2col).
+pub fn im2col(x: &[f32], g: &Window, col: &mut [f32]) {
+    let plane = g.oh * g.ow;
+    let mut row = 0;
+    for c in 0..g.c {
+        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let out = &mut col[row * plane..(row + 1) * plane];
+                for oy in 0..g.oh {
+                    let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+                    let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
+                    if iy < 0 || iy >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
+                        *d = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Folds a column matrix back, summing overlaps (the adjoint of [`im2col`]).
+pub fn col2im(col: &[f32], g: &Window, x: &mut [f32]) {
+    x.fill(0.0);
+    let plane = g.oh * g.ow;
+    let mut row = 0;
+    for c in 0..g.c {
+        let xc = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let src = &col[row * plane..(row + 1) * plane];
+                for oy in 0..g.oh {
+                    let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (ox, &v) in src[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
+                        let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
+                        if ix >= 0 && (ix as usize) < g.w {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Caffe's pooled size: ceil rounding, and the last window dropped when it
+/// would start inside the bottom/right padding.
+pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil: bool) -> usize {
+    let span = (input + 2 * pad).saturating_sub(kernel);
+    let mut out = if ceil { span.div_ceil(stride) } else { span / stride } + 1;
+    if pad > 0 && (out - 1) * stride >= input + pad {
+        out -= 1;
+    }
+    out
+}
+
+/// Window bounds `[start, end)` for output position `o`, clipped to the input,
+/// plus the unclipped-to-input size Caffe divides by in average pooling.
+fn bounds(o: usize, stride: usize, pad: usize, kernel: usize, input: usize) -> (usize, usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let end = (start + kernel as isize).min((input + pad) as isize);
+    let size = (end - start) as usize;
+    (start.max(0) as usize, end.min(input as isize) as usize, size)
+}
+
+/// Max pooling of one image; `argmax` receives each output's input index.
+pub fn max_pool(x: &[f32], g: &Window, y: &mut [f32], argmax: &mut [u32]) {
+    for c in 0..g.c {
+        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for oy in 0..g.oh {
+            let (y0, y1, _) = bounds(oy, g.sh, g.ph, g.kh, g.h);
+            for ox in 0..g.ow {
+                let (x0, x1, _) = bounds(ox, g.sw, g.pw, g.kw, g.w);
+                let mut best = f32::NEG_INFINITY;
+                let mut best_i = usize::MAX;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let i = iy * g.w + ix;
+                        // Strictly greater: the first maximum wins, like Caffe.
+                        if xc[i] > best || best_i == usize::MAX {
+                            best = xc[i];
+                            best_i = i;
+                        }
+                    }
+                }
+                let o = (c * g.oh + oy) * g.ow + ox;
+                y[o] = best;
+                argmax[o] = (c * g.h * g.w + best_i) as u32;
+            }
+        }
+    }
+}
+
+/// Routes output gradients to the stored argmax positions (overlaps add up).
+pub fn max_pool_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
+    dx.fill(0.0);
+    for (&g, &i) in dy.iter().zip(argmax) {
+        dx[i as usize] += g;
+    }
+}
+
+/// Average pooling of one image; divides by the window size including
+/// padding (clipped at `input + pad`), as Caffe does.
+pub fn ave_pool(x: &[f32], g: &Window, y: &mut [f32]) {
+    for c in 0..g.c {
+        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for oy in 0..g.oh {
+            let (y0, y1, sy) = bounds(oy, g.sh, g.ph, g.kh, g.h);
+            for ox in 0..g.ow {
+                let (x0, x1, sx) = bounds(ox, g.sw, g.pw, g.kw, g.w);
+                let mut sum = 0.0f32;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        sum += xc[iy * g.w + ix];
+                    }
+                }
+                y[(c * g.oh + oy) * g.ow + ox] = sum / (sy * sx) as f32;
+            }
+        }
+    }
+}
+
+/// Gradient of [`ave_pool`].
+pub fn ave_pool_backward(dy: &[f32], g: &Window, dx: &mut [f32]) {
+    dx.fill(0.0);
+    for c in 0..g.c {
+        let dxc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for oy in 0..g.oh {
+            let (y0, y1, sy) = bounds(oy, g.sh, g.ph, g.kh, g.h);
+            for ox in 0..g.ow {
+                let (x0, x1, sx) = bounds(ox, g.sw, g.pw, g.kw, g.w);
+                let v = dy[(c * g.oh + oy) * g.ow + ox] / (sy * sx) as f32;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        dxc[iy * g.w + ix] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Cross-channel LRN parameters (Caffe's `lrn_param`).
+#[derive(Clone, Copy, Debug)]
+pub struct Lrn {
+    /// Channels in the window.
+    pub size: usize,
+    /// Caffe's alpha (divided by `size` in the formula).
+    pub alpha: f32,
+    /// Exponent.
+    pub beta: f32,
+    /// Additive constant.
+    pub k: f32,
+}
+
+/// `scale = k + alpha/size * sum of squares over the centred window`,
+/// `y = x * scale^-beta`, for one image of `c` planes of `plane` values.
+pub fn lrn_forward(x: &[f32], c: usize, plane: usize, p: &Lrn, y: &mut [f32], scale: &mut [f32]) {
+    let pre = (p.size - 1) / 2;
+    let a = p.alpha / p.size as f32;
+    let mut acc = vec![0.0f32; plane];
+    // Running window sum over channels, as Caffe accumulates it.
+    for ch in 0..pre.min(c) {
+        for (s, &v) in acc.iter_mut().zip(&x[ch * plane..(ch + 1) * plane]) {
+            *s += v * v;
+        }
+    }
+    for ch in 0..c {
+        if ch + pre < c {
+            let add = ch + pre;
+            for (s, &v) in acc.iter_mut().zip(&x[add * plane..(add + 1) * plane]) {
+                *s += v * v;
+            }
+        }
+        if ch > pre {
+            let sub = ch - pre - 1;
+            for (s, &v) in acc.iter_mut().zip(&x[sub * plane..(sub + 1) * plane]) {
+                *s -= v * v;
+            }
+        }
+        let sc = &mut scale[ch * plane..(ch + 1) * plane];
+        for (o, &s) in sc.iter_mut().zip(&acc) {
+            *o = p.k + a * s;
+        }
+        for ((o, &v), &s) in y[ch * plane..(ch + 1) * plane].iter_mut().zip(&x[ch * plane..]).zip(sc.iter()) {
+            *o = v * s.powf(-p.beta);
+        }
+    }
+}
+
+/// Gradient of [`lrn_forward`]:
+/// `dx = dy * scale^-beta - (2*alpha*beta/size) * x * sum_window(dy * y / scale)`.
+pub fn lrn_backward(x: &[f32], y: &[f32], scale: &[f32], dy: &[f32], c: usize, plane: usize, p: &Lrn, dx: &mut [f32]) {
+    let pre = (p.size - 1) / 2;
+    let ratio: Vec<f32> = dy.iter().zip(y).zip(scale).map(|((&g, &o), &s)| g * o / s).collect();
+    let coeff = 2.0 * p.alpha * p.beta / p.size as f32;
+    let mut acc = vec![0.0f32; plane];
+    for ch in 0..pre.min(c) {
+        for (s, &v) in acc.iter_mut().zip(&ratio[ch * plane..(ch + 1) * plane]) {
+            *s += v;
+        }
+    }
+    for ch in 0..c {
+        if ch + pre < c {
+            let add = ch + pre;
+            for (s, &v) in acc.iter_mut().zip(&ratio[add * plane..(add + 1) * plane]) {
+                *s += v;
+            }
+        }
+        if ch > pre {
+            let sub = ch - pre - 1;
+            for (s, &v) in acc.iter_mut().zip(&ratio[sub * plane..(sub + 1) * plane]) {
+                *s -= v;
+            }
+        }
+        let r = ch * plane..(ch + 1) * plane;
+        for (((o, &g), &s), (&xv, &a)) in dx[r.clone()].iter_mut().zip(&dy[r.clone()]).zip(&scale[r.clone()]).zip(x[r].iter().zip(&acc)) {
+            *o = g * s.powf(-p.beta) - coeff * xv * a;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_size_uses_caffe_ceil_rounding() {
+        assert_eq!(pooled_size(30, 3, 0, 2, true), 15); // tiny-net pool1
+        assert_eq!(pooled_size(30, 3, 0, 2, false), 14);
+        assert_eq!(pooled_size(55, 3, 0, 2, true), 27); // CaffeNet pool1
+        assert_eq!(pooled_size(13, 3, 0, 2, true), 6);
+        // With padding, a window starting in the padding is dropped.
+        assert_eq!(pooled_size(4, 2, 1, 2, true), 3);
+    }
+
+    fn window(c: usize, h: usize, w: usize, k: usize, p: usize, s: usize) -> Window {
+        let oh = (h + 2 * p - k) / s + 1;
+        let ow = (w + 2 * p - k) / s + 1;
+        Window { c, h, w, kh: k, kw: k, ph: p, pw: p, sh: s, sw: s, dh: 1, dw: 1, oh, ow }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> == <x, col2im(c)> for arbitrary x, c.
+        let g = window(2, 5, 4, 3, 1, 2);
+        let x: Vec<f32> = (0..2 * 5 * 4).map(|i| (i as f32 * 0.37).sin()).collect();
+        let rows = 2 * 9 * g.oh * g.ow;
+        let c: Vec<f32> = (0..rows).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut col = vec![0.0; rows];
+        im2col(&x, &g, &mut col);
+        let mut back = vec![0.0; x.len()];
+        col2im(&c, &g, &mut back);
+        let lhs: f64 = col.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();
+        let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
+        assert!((lhs - rhs).abs() < 1e-4, "{lhs} {rhs}");
+    }
+
+    /// Finite-difference check of a scalar function's gradient.
+    fn grad_check(x: &[f32], f: impl Fn(&[f32]) -> f64, analytic: &[f32]) {
+        let eps = 1e-2f32;
+        for i in 0..x.len() {
+            let mut xp = x.to_vec();
+            xp[i] += eps;
+            let mut xm = x.to_vec();
+            xm[i] -= eps;
+            let numeric = (f(&xp) - f(&xm)) / (2.0 * eps as f64);
+            let a = analytic[i] as f64;
+            assert!((numeric - a).abs() <= 1e-3 * (1.0 + a.abs()), "index {i}: numeric {numeric} analytic {a}");
+        }
+    }
+
+    #[test]
+    fn lrn_gradient_matches_finite_differences() {
+        let p = Lrn { size: 3, alpha: 0.5, beta: 0.75, k: 1.0 };
+        let (c, plane) = (5, 3);
+        let x: Vec<f32> = (0..c * plane).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+        let w: Vec<f32> = (0..c * plane).map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.2).collect();
+        let loss = |x: &[f32]| {
+            let mut y = vec![0.0; x.len()];
+            let mut s = vec![0.0; x.len()];
+            lrn_forward(x, c, plane, &p, &mut y, &mut s);
+            y.iter().zip(&w).map(|(a, b)| (a * b) as f64).sum::<f64>()
+        };
+        let mut y = vec![0.0; x.len()];
+        let mut s = vec![0.0; x.len()];
+        lrn_forward(&x, c, plane, &p, &mut y, &mut s);
+        let mut dx = vec![0.0; x.len()];
+        lrn_backward(&x, &y, &s, &w, c, plane, &p, &mut dx);
+        grad_check(&x, loss, &dx);
+    }
+
+    #[test]
+    fn pooling_gradients_match_finite_differences() {
+        let g = Window { oh: pooled_size(5, 3, 0, 2, true), ow: pooled_size(6, 3, 0, 2, true), ..window(2, 5, 6, 3, 0, 2) };
+        let x: Vec<f32> = (0..2 * 5 * 6).map(|i| ((i * 13 % 17) as f32) * 0.1 + (i as f32) * 1e-3).collect();
+        let w: Vec<f32> = (0..2 * g.oh * g.ow).map(|i| (i as f32 * 0.3).sin()).collect();
+        let max_loss = |x: &[f32]| {
+            let mut y = vec![0.0; w.len()];
+            let mut a = vec![0; w.len()];
+            max_pool(x, &g, &mut y, &mut a);
+            y.iter().zip(&w).map(|(a, b)| (a * b) as f64).sum::<f64>()
+        };
+        let mut y = vec![0.0; w.len()];
+        let mut a = vec![0; w.len()];
+        max_pool(&x, &g, &mut y, &mut a);
+        let mut dx = vec![0.0; x.len()];
+        max_pool_backward(&w, &a, &mut dx);
+        grad_check(&x, max_loss, &dx);
+
+        let gp = Window { ph: 1, pw: 1, oh: pooled_size(5, 3, 1, 2, true), ow: pooled_size(6, 3, 1, 2, true), ..g };
+        let wp: Vec<f32> = (0..2 * gp.oh * gp.ow).map(|i| (i as f32 * 0.7).cos()).collect();
+        let ave_loss = |x: &[f32]| {
+            let mut y = vec![0.0; wp.len()];
+            ave_pool(x, &gp, &mut y);
+            y.iter().zip(&wp).map(|(a, b)| (a * b) as f64).sum::<f64>()
+        };
+        let mut dx = vec![0.0; x.len()];
+        ave_pool_backward(&wp, &gp, &mut dx);
+        grad_check(&x, ave_loss, &dx);
+    }
+}
