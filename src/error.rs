@@ -50,6 +50,17 @@ pub enum Error {
     /// A network transfer that failed.
     #[error("{url}: {message}")]
     Http { url: String, message: String },
+    /// A tensor operation failed (shape mismatch, device error).
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// A net, layer or solver definition that cannot be run.
+    #[error("{context}: {message}")]
+    Model { context: String, message: String },
+    /// Training stopped on a non-finite loss.
+    #[error(
+        "iteration {iter}: loss is {value}; training diverged (lower base_lr or check the data)"
+    )]
+    Diverged { iter: usize, value: f32 },
     /// The user interrupted the run (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
@@ -77,6 +88,14 @@ impl Error {
         Error::Image {
             path: path.into(),
             message: message.to_string(),
+        }
+    }
+
+    /// A net/layer/solver definition problem in `context` (a layer name, a file).
+    pub fn model(context: impl std::fmt::Display, message: impl Into<String>) -> Self {
+        Error::Model {
+            context: context.to_string(),
+            message: message.into(),
         }
     }
 

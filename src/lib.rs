@@ -12,5 +12,6 @@ pub mod error;
 pub mod fsutil;
 pub mod pipeline;
 pub mod progress;
+pub mod train;
 
 pub use error::{Error, Result};

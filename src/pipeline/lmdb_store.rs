@@ -91,6 +91,29 @@ impl LmdbReader {
         Ok(())
     }
 
+    /// The value stored under `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let txn = self
+            .env
+            .begin_ro_txn()
+            .map_err(|e| Error::lmdb(&self.path, e))?;
+        match txn.get(self.db, &key) {
+            Ok(v) => Ok(Some(v.to_vec())),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(Error::lmdb(&self.path, e)),
+        }
+    }
+
+    /// Every key in order (what a sequential Data layer walks).
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.for_each(|k, _| {
+            out.push(k.to_vec());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Reads every record into memory (small databases and tests).
     pub fn records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();

@@ -46,7 +46,11 @@ pub fn im2col(x: &[f32], g: &Window, col: &mut [f32]) {
                     let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
                     for (ox, d) in dst.iter_mut().enumerate() {
                         let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
-                        *d = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
+                        *d = if ix >= 0 && (ix as usize) < g.w {
+                            src[ix as usize]
+                        } else {
+                            0.0
+                        };
                     }
                 }
                 row += 1;
@@ -88,7 +92,11 @@ pub fn col2im(col: &[f32], g: &Window, x: &mut [f32]) {
 /// would start inside the bottom/right padding.
 pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil: bool) -> usize {
     let span = (input + 2 * pad).saturating_sub(kernel);
-    let mut out = if ceil { span.div_ceil(stride) } else { span / stride } + 1;
+    let mut out = if ceil {
+        span.div_ceil(stride)
+    } else {
+        span / stride
+    } + 1;
     if pad > 0 && (out - 1) * stride >= input + pad {
         out -= 1;
     }
@@ -97,11 +105,21 @@ pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil:
 
 /// Window bounds `[start, end)` for output position `o`, clipped to the input,
 /// plus the unclipped-to-input size Caffe divides by in average pooling.
-fn bounds(o: usize, stride: usize, pad: usize, kernel: usize, input: usize) -> (usize, usize, usize) {
+fn bounds(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    kernel: usize,
+    input: usize,
+) -> (usize, usize, usize) {
     let start = (o * stride) as isize - pad as isize;
     let end = (start + kernel as isize).min((input + pad) as isize);
     let size = (end - start) as usize;
-    (start.max(0) as usize, end.min(input as isize) as usize, size)
+    (
+        start.max(0) as usize,
+        end.min(input as isize) as usize,
+        size,
+    )
 }
 
 /// Max pooling of one image; `argmax` receives each output's input index.
@@ -223,7 +241,11 @@ pub fn lrn_forward(x: &[f32], c: usize, plane: usize, p: &Lrn, y: &mut [f32], sc
         for (o, &s) in sc.iter_mut().zip(&acc) {
             *o = p.k + a * s;
         }
-        for ((o, &v), &s) in y[ch * plane..(ch + 1) * plane].iter_mut().zip(&x[ch * plane..]).zip(sc.iter()) {
+        for ((o, &v), &s) in y[ch * plane..(ch + 1) * plane]
+            .iter_mut()
+            .zip(&x[ch * plane..])
+            .zip(sc.iter())
+        {
             *o = v * s.powf(-p.beta);
         }
     }
@@ -231,9 +253,23 @@ pub fn lrn_forward(x: &[f32], c: usize, plane: usize, p: &Lrn, y: &mut [f32], sc
 
 /// Gradient of [`lrn_forward`]:
 /// `dx = dy * scale^-beta - (2*alpha*beta/size) * x * sum_window(dy * y / scale)`.
-pub fn lrn_backward(x: &[f32], y: &[f32], scale: &[f32], dy: &[f32], c: usize, plane: usize, p: &Lrn, dx: &mut [f32]) {
+pub fn lrn_backward(
+    x: &[f32],
+    y: &[f32],
+    scale: &[f32],
+    dy: &[f32],
+    c: usize,
+    plane: usize,
+    p: &Lrn,
+    dx: &mut [f32],
+) {
     let pre = (p.size - 1) / 2;
-    let ratio: Vec<f32> = dy.iter().zip(y).zip(scale).map(|((&g, &o), &s)| g * o / s).collect();
+    let ratio: Vec<f32> = dy
+        .iter()
+        .zip(y)
+        .zip(scale)
+        .map(|((&g, &o), &s)| g * o / s)
+        .collect();
     let coeff = 2.0 * p.alpha * p.beta / p.size as f32;
     let mut acc = vec![0.0f32; plane];
     for ch in 0..pre.min(c) {
@@ -255,7 +291,12 @@ pub fn lrn_backward(x: &[f32], y: &[f32], scale: &[f32], dy: &[f32], c: usize, p
             }
         }
         let r = ch * plane..(ch + 1) * plane;
-        for (((o, &g), &s), (&xv, &a)) in dx[r.clone()].iter_mut().zip(&dy[r.clone()]).zip(&scale[r.clone()]).zip(x[r].iter().zip(&acc)) {
+        for (((o, &g), &s), (&xv, &a)) in dx[r.clone()]
+            .iter_mut()
+            .zip(&dy[r.clone()])
+            .zip(&scale[r.clone()])
+            .zip(x[r].iter().zip(&acc))
+        {
             *o = g * s.powf(-p.beta) - coeff * xv * a;
         }
     }
@@ -278,7 +319,21 @@ mod tests {
     fn window(c: usize, h: usize, w: usize, k: usize, p: usize, s: usize) -> Window {
         let oh = (h + 2 * p - k) / s + 1;
         let ow = (w + 2 * p - k) / s + 1;
-        Window { c, h, w, kh: k, kw: k, ph: p, pw: p, sh: s, sw: s, dh: 1, dw: 1, oh, ow }
+        Window {
+            c,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            ph: p,
+            pw: p,
+            sh: s,
+            sw: s,
+            dh: 1,
+            dw: 1,
+            oh,
+            ow,
+        }
     }
 
     #[test]
@@ -307,16 +362,28 @@ mod tests {
             xm[i] -= eps;
             let numeric = (f(&xp) - f(&xm)) / (2.0 * eps as f64);
             let a = analytic[i] as f64;
-            assert!((numeric - a).abs() <= 1e-3 * (1.0 + a.abs()), "index {i}: numeric {numeric} analytic {a}");
+            assert!(
+                (numeric - a).abs() <= 1e-3 * (1.0 + a.abs()),
+                "index {i}: numeric {numeric} analytic {a}"
+            );
         }
     }
 
     #[test]
     fn lrn_gradient_matches_finite_differences() {
-        let p = Lrn { size: 3, alpha: 0.5, beta: 0.75, k: 1.0 };
+        let p = Lrn {
+            size: 3,
+            alpha: 0.5,
+            beta: 0.75,
+            k: 1.0,
+        };
         let (c, plane) = (5, 3);
-        let x: Vec<f32> = (0..c * plane).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
-        let w: Vec<f32> = (0..c * plane).map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.2).collect();
+        let x: Vec<f32> = (0..c * plane)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
+        let w: Vec<f32> = (0..c * plane)
+            .map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.2)
+            .collect();
         let loss = |x: &[f32]| {
             let mut y = vec![0.0; x.len()];
             let mut s = vec![0.0; x.len()];
@@ -333,9 +400,17 @@ mod tests {
 
     #[test]
     fn pooling_gradients_match_finite_differences() {
-        let g = Window { oh: pooled_size(5, 3, 0, 2, true), ow: pooled_size(6, 3, 0, 2, true), ..window(2, 5, 6, 3, 0, 2) };
-        let x: Vec<f32> = (0..2 * 5 * 6).map(|i| ((i * 13 % 17) as f32) * 0.1 + (i as f32) * 1e-3).collect();
-        let w: Vec<f32> = (0..2 * g.oh * g.ow).map(|i| (i as f32 * 0.3).sin()).collect();
+        let g = Window {
+            oh: pooled_size(5, 3, 0, 2, true),
+            ow: pooled_size(6, 3, 0, 2, true),
+            ..window(2, 5, 6, 3, 0, 2)
+        };
+        let x: Vec<f32> = (0..2 * 5 * 6)
+            .map(|i| ((i * 13 % 17) as f32) * 0.1 + (i as f32) * 1e-3)
+            .collect();
+        let w: Vec<f32> = (0..2 * g.oh * g.ow)
+            .map(|i| (i as f32 * 0.3).sin())
+            .collect();
         let max_loss = |x: &[f32]| {
             let mut y = vec![0.0; w.len()];
             let mut a = vec![0; w.len()];
@@ -349,8 +424,16 @@ mod tests {
         max_pool_backward(&w, &a, &mut dx);
         grad_check(&x, max_loss, &dx);
 
-        let gp = Window { ph: 1, pw: 1, oh: pooled_size(5, 3, 1, 2, true), ow: pooled_size(6, 3, 1, 2, true), ..g };
-        let wp: Vec<f32> = (0..2 * gp.oh * gp.ow).map(|i| (i as f32 * 0.7).cos()).collect();
+        let gp = Window {
+            ph: 1,
+            pw: 1,
+            oh: pooled_size(5, 3, 1, 2, true),
+            ow: pooled_size(6, 3, 1, 2, true),
+            ..g
+        };
+        let wp: Vec<f32> = (0..2 * gp.oh * gp.ow)
+            .map(|i| (i as f32 * 0.7).cos())
+            .collect();
         let ave_loss = |x: &[f32]| {
             let mut y = vec![0.0; wp.len()];
             ave_pool(x, &gp, &mut y);

@@ -1,0 +1,113 @@
+//! Parameter initialisation from Caffe's `FillerParameter`, drawn from a
+//! seeded ChaCha generator so a run can be repeated. (Caffe's own draws come
+//! from boost's generator and cannot be reproduced; what matches is the
+//! distribution.)
+use crate::caffe::proto::{filler_parameter::VarianceNorm, FillerParameter};
+use crate::error::{Error, Result};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal, Uniform};
+
+/// Values for a blob of `shape` (`shape[0]` outputs, `shape[1]` inputs).
+pub fn fill(
+    param: &FillerParameter,
+    shape: &[usize],
+    seed: u64,
+    context: &str,
+) -> Result<Vec<f32>> {
+    let n: usize = shape.iter().product();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let bad = |m: String| Error::model(context, m);
+    let fan_in = if shape.is_empty() {
+        1
+    } else {
+        n / shape[0].max(1)
+    };
+    let fan_out = if shape.len() > 1 {
+        n / shape[1].max(1)
+    } else {
+        n
+    };
+    let fan = match param.variance_norm() {
+        VarianceNorm::FanIn => fan_in as f32,
+        VarianceNorm::FanOut => fan_out as f32,
+        VarianceNorm::Average => (fan_in + fan_out) as f32 / 2.0,
+    };
+    let mut values: Vec<f32> = match param.r#type() {
+        "constant" => vec![param.value(); n],
+        "uniform" => {
+            let u = Uniform::new_inclusive(param.min(), param.max())
+                .map_err(|e| bad(format!("uniform filler: {e}")))?;
+            (0..n).map(|_| u.sample(&mut rng)).collect()
+        }
+        "gaussian" => {
+            let d = Normal::new(param.mean(), param.std())
+                .map_err(|e| bad(format!("gaussian filler: {e}")))?;
+            (0..n).map(|_| d.sample(&mut rng)).collect()
+        }
+        "xavier" => {
+            let scale = (3.0 / fan).sqrt();
+            let u = Uniform::new_inclusive(-scale, scale)
+                .map_err(|e| bad(format!("xavier filler: {e}")))?;
+            (0..n).map(|_| u.sample(&mut rng)).collect()
+        }
+        "msra" => {
+            let d = Normal::new(0.0, (2.0 / fan).sqrt())
+                .map_err(|e| bad(format!("msra filler: {e}")))?;
+            (0..n).map(|_| d.sample(&mut rng)).collect()
+        }
+        other => return Err(bad(format!(
+            "filler type \"{other}\" is not supported (constant, uniform, gaussian, xavier, msra)"
+        ))),
+    };
+    // Gaussian `sparse`: keep each weight with probability sparse / outputs.
+    if param.r#type() == "gaussian" && param.sparse() >= 0 && !shape.is_empty() {
+        let keep = param.sparse() as f64 / shape[0].max(1) as f64;
+        for v in &mut values {
+            if !rng.random_bool(keep.clamp(0.0, 1.0)) {
+                *v = 0.0;
+            }
+        }
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_has_the_requested_spread_and_is_seeded() {
+        let p = FillerParameter {
+            r#type: Some("gaussian".into()),
+            std: Some(0.01),
+            ..Default::default()
+        };
+        let a = fill(&p, &[100, 50], 7, "t").unwrap();
+        assert_eq!(a, fill(&p, &[100, 50], 7, "t").unwrap());
+        let var = a.iter().map(|v| (v * v) as f64).sum::<f64>() / a.len() as f64;
+        assert!((var.sqrt() - 0.01).abs() < 0.001, "{}", var.sqrt());
+    }
+
+    #[test]
+    fn constant_xavier_and_unknown() {
+        let c = FillerParameter {
+            value: Some(0.1),
+            ..Default::default()
+        };
+        assert!(fill(&c, &[3], 0, "t").unwrap().iter().all(|&v| v == 0.1));
+        let x = FillerParameter {
+            r#type: Some("xavier".into()),
+            ..Default::default()
+        };
+        let v = fill(&x, &[4, 3, 2, 2], 0, "t").unwrap();
+        assert!(v.iter().all(|&v| v.abs() <= (3.0f32 / 12.0).sqrt()));
+        let u = FillerParameter {
+            r#type: Some("bilinear".into()),
+            ..Default::default()
+        };
+        assert!(fill(&u, &[1], 0, "layer 'up'")
+            .unwrap_err()
+            .to_string()
+            .contains("bilinear"));
+    }
+}

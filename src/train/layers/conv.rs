@@ -1,0 +1,226 @@
+//! Convolution as Caffe computes it: im2col, then one matrix product per
+//! group; the backward pass reuses the columns for the weight gradient and
+//! folds `Wᵀ·dy` back with col2im for the input gradient.
+use super::{to_vec, BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{ConvolutionParameter, FillerParameter, Phase};
+use crate::error::{Error, Result};
+use crate::train::filler::fill;
+use crate::train::kernels::{col2im, im2col, Window};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+pub struct Convolution {
+    p: ConvolutionParameter,
+    device: Device,
+    seed: u64,
+    name: String,
+    params: Vec<Tensor>,
+    /// Per-image geometry (input channels = all groups).
+    win: Option<Window>,
+    group: usize,
+    num_output: usize,
+    /// Columns of the last forward: (N, group, K, P).
+    cols: Option<Tensor>,
+}
+
+fn pick(
+    list: &[u32],
+    h: Option<u32>,
+    w: Option<u32>,
+    default: u32,
+    what: &str,
+    name: &str,
+) -> Result<(usize, usize)> {
+    match (h, w) {
+        (Some(h), Some(w)) => Ok((h as usize, w as usize)),
+        (None, None) => match list {
+            [] => Ok((default as usize, default as usize)),
+            [v] => Ok((*v as usize, *v as usize)),
+            [a, b] => Ok((*a as usize, *b as usize)),
+            _ => Err(Error::model(
+                format!("layer '{name}'"),
+                format!(
+                    "only 2-D convolution is supported ({what} has {} values)",
+                    list.len()
+                ),
+            )),
+        },
+        _ => Err(Error::model(
+            format!("layer '{name}'"),
+            format!("{what}_h and {what}_w must be given together"),
+        )),
+    }
+}
+
+impl Convolution {
+    pub fn new(p: ConvolutionParameter, device: Device, seed: u64, name: &str) -> Result<Self> {
+        if p.num_output() == 0 {
+            return Err(Error::model(
+                format!("layer '{name}'"),
+                "convolution_param.num_output must be > 0",
+            ));
+        }
+        Ok(Convolution {
+            group: p.group().max(1) as usize,
+            num_output: p.num_output() as usize,
+            p,
+            device,
+            seed,
+            name: name.to_string(),
+            params: Vec::new(),
+            win: None,
+            cols: None,
+        })
+    }
+}
+
+impl Layer for Convolution {
+    fn type_name(&self) -> &'static str {
+        "Convolution"
+    }
+
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let ctx = format!("layer '{}'", self.name);
+        let [n, c, h, w] = bottom.first().map(|s| s.as_slice()).unwrap_or(&[]) else {
+            return Err(Error::model(
+                &ctx,
+                format!("needs one 4-D bottom, got {bottom:?}"),
+            ));
+        };
+        let (n, c, h, w) = (*n, *c, *h, *w);
+        let p = &self.p;
+        let (kh, kw) = pick(
+            &p.kernel_size,
+            p.kernel_h,
+            p.kernel_w,
+            0,
+            "kernel",
+            &self.name,
+        )?;
+        let (ph, pw) = pick(&p.pad, p.pad_h, p.pad_w, 0, "pad", &self.name)?;
+        let (sh, sw) = pick(&p.stride, p.stride_h, p.stride_w, 1, "stride", &self.name)?;
+        let (dh, dw) = pick(&p.dilation, None, None, 1, "dilation", &self.name)?;
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+            return Err(Error::model(&ctx, "kernel size and stride must be > 0"));
+        }
+        let g = self.group;
+        if c % g != 0 || self.num_output % g != 0 {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "group {g} must divide input channels {c} and num_output {}",
+                    self.num_output
+                ),
+            ));
+        }
+        let ext_h = dh * (kh - 1) + 1;
+        let ext_w = dw * (kw - 1) + 1;
+        if h + 2 * ph < ext_h || w + 2 * pw < ext_w {
+            return Err(Error::model(
+                &ctx,
+                format!("kernel {kh}x{kw} is larger than the padded input {h}x{w}"),
+            ));
+        }
+        let oh = (h + 2 * ph - ext_h) / sh + 1;
+        let ow = (w + 2 * pw - ext_w) / sw + 1;
+        self.win = Some(Window {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            ph,
+            pw,
+            sh,
+            sw,
+            dh,
+            dw,
+            oh,
+            ow,
+        });
+        let wshape = vec![self.num_output, c / g, kh, kw];
+        let wf = p.weight_filler.clone().unwrap_or_default();
+        let weight = fill(&wf, &wshape, self.seed, &ctx)?;
+        self.params = vec![Tensor::from_vec(weight, wshape, &self.device)?];
+        if p.bias_term() {
+            let bf = p.bias_filler.clone().unwrap_or(FillerParameter::default());
+            let bias = fill(&bf, &[self.num_output], self.seed ^ 1, &ctx)?;
+            self.params
+                .push(Tensor::from_vec(bias, self.num_output, &self.device)?);
+        }
+        Ok(vec![vec![n, self.num_output, oh, ow]])
+    }
+
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let win = self.win.expect("setup ran");
+        let x = &bottom[0];
+        let n = x.dim(0)?;
+        let g = self.group;
+        let k = win.c / g * win.kh * win.kw;
+        let plane = win.oh * win.ow;
+        let xs = to_vec(x)?;
+        let img = win.c * win.h * win.w;
+        let mut cols = vec![0.0f32; n * win.c * win.kh * win.kw * plane];
+        cols.par_chunks_mut(win.c * win.kh * win.kw * plane)
+            .zip(xs.par_chunks(img))
+            .for_each(|(col, xi)| im2col(xi, &win, col));
+        let cols = Tensor::from_vec(cols, (n, g, k, plane), &self.device)?;
+        let wt = self.params[0].reshape((1, g, self.num_output / g, k))?;
+        let mut y = wt
+            .broadcast_as((n, g, self.num_output / g, k))?
+            .contiguous()?
+            .matmul(&cols)?;
+        y = y.reshape((n, self.num_output, win.oh, win.ow))?;
+        if let Some(b) = self.params.get(1) {
+            y = y.broadcast_add(&b.reshape((1, self.num_output, 1, 1))?)?;
+        }
+        self.cols = Some(cols);
+        Ok(vec![y])
+    }
+
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let win = self.win.expect("setup ran");
+        let Some(dy) = &a.top_diff[0] else {
+            return Ok((vec![None], vec![None; self.params.len()]));
+        };
+        let n = dy.dim(0)?;
+        let g = self.group;
+        let og = self.num_output / g;
+        let k = win.c / g * win.kh * win.kw;
+        let plane = win.oh * win.ow;
+        let dy = dy.reshape((n, g, og, plane))?;
+        let mut pgrads = vec![None; self.params.len()];
+        if a.param_grad[0] {
+            let cols = self.cols.as_ref().expect("forward ran");
+            let dw = dy.matmul(&cols.transpose(2, 3)?)?.sum(0)?;
+            pgrads[0] = Some(dw.reshape(self.params[0].shape())?);
+        }
+        if self.params.len() > 1 && a.param_grad[1] {
+            pgrads[1] = Some(dy.sum(3)?.sum(0)?.reshape(self.num_output)?);
+        }
+        let mut bgrad = None;
+        if a.propagate[0] {
+            let wt = self.params[0].reshape((1, g, og, k))?.transpose(2, 3)?;
+            let dcols = wt
+                .broadcast_as((n, g, k, og))?
+                .contiguous()?
+                .matmul(&dy.contiguous()?)?;
+            let dcols = to_vec(&dcols)?;
+            let img = win.c * win.h * win.w;
+            let mut dx = vec![0.0f32; n * img];
+            dx.par_chunks_mut(img)
+                .zip(dcols.par_chunks(win.c * win.kh * win.kw * plane))
+                .for_each(|(dxi, col)| col2im(col, &win, dxi));
+            bgrad = Some(Tensor::from_vec(dx, a.bottom[0].shape(), &self.device)?);
+        }
+        Ok((vec![bgrad], pgrads))
+    }
+}

@@ -1,0 +1,374 @@
+//! Data layers: `Data` (an LMDB of Datums) and `ImageData` (a list of image
+//! files), fed by a background thread that decodes and transforms a few
+//! batches ahead on all cores; and `Input` (fixed-shape placeholder).
+//!
+//! A feed is a deterministic function of its position (the number of images
+//! consumed): LMDB records are read in key order and wrap; list images are
+//! reshuffled per epoch from the seed; crop/mirror draws are seeded by
+//! position. So the position alone restores a feed exactly on resume.
+use super::{BackwardArgs, BuildContext, Grads, Layer};
+use crate::caffe::proto::{data_parameter::Db, LayerParameter, Phase};
+use crate::caffe::Datum;
+use crate::error::{Error, Result};
+use crate::pipeline::decode::{read_image, ColorMode};
+use crate::pipeline::image_list::{read_list, ListEntry};
+use crate::pipeline::lmdb_store::LmdbReader;
+use crate::pipeline::resize::resize_linear;
+use crate::train::transform::Transformer;
+use candle_core::{Device, Tensor};
+use prost::Message;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+
+/// Where images come from.
+enum Source {
+    Lmdb {
+        reader: LmdbReader,
+        keys: Vec<Vec<u8>>,
+    },
+    List {
+        entries: Vec<ListEntry>,
+        root: PathBuf,
+        resize: Option<(usize, usize)>,
+        color: bool,
+        shuffle: bool,
+        seed: u64,
+    },
+}
+
+/// One decoded image: (channels, height, width, CHW bytes, label).
+type Item = (usize, usize, usize, Vec<u8>, f32);
+
+impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::Lmdb { keys, .. } => keys.len(),
+            Source::List { entries, .. } => entries.len(),
+        }
+    }
+
+    /// The source index of the image at feed position `pos`.
+    fn index_at(&self, pos: u64, order_cache: &mut Option<(u64, Vec<usize>)>) -> usize {
+        let n = self.len() as u64;
+        match self {
+            Source::List {
+                shuffle: true,
+                seed,
+                ..
+            } => {
+                let epoch = pos / n;
+                if order_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    let mut order: Vec<usize> = (0..n as usize).collect();
+                    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                        seed ^ epoch.wrapping_mul(0x9E37_79B9),
+                    ));
+                    *order_cache = Some((epoch, order));
+                }
+                order_cache.as_ref().expect("just set").1[(pos % n) as usize]
+            }
+            _ => (pos % n) as usize,
+        }
+    }
+
+    fn load(&self, i: usize) -> Result<Item> {
+        match self {
+            Source::Lmdb { reader, keys } => {
+                let key = String::from_utf8_lossy(&keys[i]).into_owned();
+                let value = reader
+                    .get(&keys[i])?
+                    .ok_or_else(|| Error::lmdb(reader.path(), format!("record {key} vanished")))?;
+                let datum = Datum::decode(value.as_slice()).map_err(|e| {
+                    Error::invalid(
+                        format!("{}: record {key}", reader.path().display()),
+                        format!("not a Datum: {e}"),
+                    )
+                })?;
+                let (c, h, w, px) = datum.pixels(&key)?;
+                Ok((c, h, w, px, datum.label() as f32))
+            }
+            Source::List {
+                entries,
+                root,
+                resize,
+                color,
+                ..
+            } => {
+                let e = &entries[i];
+                let mode = if *color {
+                    ColorMode::Color
+                } else {
+                    ColorMode::Gray
+                };
+                let mut m = read_image(&root.join(&e.path), mode)?;
+                if let Some((h, w)) = resize {
+                    m = resize_linear(&m, *w, *h);
+                }
+                Ok((m.channels, m.height, m.width, m.to_chw(), e.label as f32))
+            }
+        }
+    }
+
+    fn describe(&self, i: usize) -> String {
+        match self {
+            Source::Lmdb { reader, keys } => format!(
+                "{}: record {}",
+                reader.path().display(),
+                String::from_utf8_lossy(&keys[i])
+            ),
+            Source::List { entries, root, .. } => root.join(&entries[i].path).display().to_string(),
+        }
+    }
+}
+
+struct Feed {
+    source: Arc<Source>,
+    transformer: Arc<Transformer>,
+    batch: usize,
+    shape: (usize, usize, usize),
+    prefetch: usize,
+    /// Position of the next batch handed to the net.
+    position: u64,
+    rx: Option<Receiver<Result<(Vec<f32>, Vec<f32>)>>>,
+}
+
+impl Feed {
+    /// Starts the background producer at the current position.
+    fn start(&mut self) {
+        let (tx, rx) = sync_channel(self.prefetch.max(1));
+        let (source, tf) = (self.source.clone(), self.transformer.clone());
+        let (batch, (c, h, w), mut pos) = (self.batch, self.shape, self.position);
+        std::thread::spawn(move || {
+            let mut cache = None;
+            loop {
+                let idx: Vec<(u64, usize)> = (0..batch as u64)
+                    .map(|k| (pos + k, source.index_at(pos + k, &mut cache)))
+                    .collect();
+                let per = c * h * w;
+                let mut data = vec![0.0f32; batch * per];
+                let mut labels = vec![0.0f32; batch];
+                let result = data
+                    .par_chunks_mut(per)
+                    .zip(labels.par_iter_mut())
+                    .zip(idx.par_iter())
+                    .try_for_each(|((out, label), &(p, i))| -> Result<()> {
+                        let (ic, ih, iw, px, l) = source.load(i)?;
+                        let what = source.describe(i);
+                        if tf.out_shape(ic, ih, iw) != (c, h, w) {
+                            return Err(Error::model(&what, format!("image is {ic}x{ih}x{iw}, unlike the first one; resize the data (to-lmdb --resize-*) or set crop_size")));
+                        }
+                        tf.apply(ic, ih, iw, &px, p, &what, out)?;
+                        *label = l;
+                        Ok(())
+                    })
+                    .map(|()| (data, labels));
+                let failed = result.is_err();
+                if tx.send(result).is_err() || failed {
+                    return;
+                }
+                pos += batch as u64;
+            }
+        });
+        self.rx = Some(rx);
+    }
+
+    fn next(&mut self) -> Result<(Vec<f32>, Vec<f32>)> {
+        if self.rx.is_none() {
+            self.start();
+        }
+        let batch = self
+            .rx
+            .as_ref()
+            .expect("started")
+            .recv()
+            .map_err(|_| Error::model("data feed", "the loader thread stopped"))??;
+        self.position += self.batch as u64;
+        Ok(batch)
+    }
+}
+
+pub struct DataLayer {
+    name: String,
+    feed: Feed,
+    device: Device,
+    tops: usize,
+}
+
+impl DataLayer {
+    pub fn new(param: &LayerParameter, ctx: &BuildContext, seed: u64) -> Result<Self> {
+        let name = param.name().to_string();
+        let lctx = format!("layer '{name}'");
+        let (source, batch, prefetch, rand_skip) = if param.r#type() == "Data" {
+            let dp = param
+                .data_param
+                .clone()
+                .ok_or_else(|| Error::model(&lctx, "needs data_param"))?;
+            let path = ctx.resolve(dp.source());
+            if dp.backend() == Db::Leveldb && !path.join("data.mdb").exists() {
+                return Err(Error::model(&lctx, format!("{} is not an LMDB; only backend: LMDB is supported (convert with `flickr-style to-lmdb`)", path.display())));
+            }
+            let reader = LmdbReader::open(&path)?;
+            let keys = reader.keys()?;
+            (
+                Source::Lmdb { reader, keys },
+                dp.batch_size() as usize,
+                dp.prefetch() as usize,
+                dp.rand_skip(),
+            )
+        } else {
+            let ip = param
+                .image_data_param
+                .clone()
+                .ok_or_else(|| Error::model(&lctx, "needs image_data_param"))?;
+            let entries = read_list(&ctx.resolve(ip.source()))?;
+            let resize = match (ip.new_height(), ip.new_width()) {
+                (0, 0) => None,
+                (h, w) if h > 0 && w > 0 => Some((h as usize, w as usize)),
+                _ => {
+                    return Err(Error::model(
+                        &lctx,
+                        "new_height and new_width must be set together",
+                    ))
+                }
+            };
+            let root = ctx.resolve(ip.root_folder());
+            let src = Source::List {
+                entries,
+                root,
+                resize,
+                color: ip.is_color(),
+                shuffle: ip.shuffle(),
+                seed,
+            };
+            (src, ip.batch_size() as usize, 4, ip.rand_skip())
+        };
+        if source.len() == 0 {
+            return Err(Error::model(&lctx, "the data source is empty"));
+        }
+        if batch == 0 {
+            return Err(Error::model(&lctx, "batch_size must be > 0"));
+        }
+        let tp = param.transform_param.clone().unwrap_or_default();
+        let transformer = Transformer::new(&tp, ctx.phase, seed, |p| ctx.resolve(p), &lctx)?;
+        let mut cache = None;
+        let first = source.index_at(0, &mut cache);
+        let (c, h, w, _, _) = source.load(first)?;
+        let shape = transformer.out_shape(c, h, w);
+        Ok(DataLayer {
+            name,
+            feed: Feed {
+                source: Arc::new(source),
+                transformer: Arc::new(transformer),
+                batch,
+                shape,
+                prefetch,
+                position: rand_skip as u64,
+                rx: None,
+            },
+            device: ctx.device.clone(),
+            tops: param.top.len(),
+        })
+    }
+}
+
+impl Layer for DataLayer {
+    fn type_name(&self) -> &'static str {
+        "Data"
+    }
+    fn is_data(&self) -> bool {
+        true
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        if !bottom.is_empty() {
+            return Err(Error::model(
+                format!("layer '{}'", self.name),
+                "a data layer takes no bottom",
+            ));
+        }
+        let (c, h, w) = self.feed.shape;
+        let mut tops = vec![vec![self.feed.batch, c, h, w]];
+        if self.tops > 1 {
+            tops.push(vec![self.feed.batch]);
+        }
+        Ok(tops)
+    }
+    fn forward(&mut self, _bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let (data, labels) = self.feed.next()?;
+        let (c, h, w) = self.feed.shape;
+        let mut tops = vec![Tensor::from_vec(
+            data,
+            (self.feed.batch, c, h, w),
+            &self.device,
+        )?];
+        if self.tops > 1 {
+            tops.push(Tensor::from_vec(labels, self.feed.batch, &self.device)?);
+        }
+        Ok(tops)
+    }
+    fn state(&self) -> Option<u64> {
+        Some(self.feed.position)
+    }
+    fn restore_state(&mut self, state: u64) {
+        self.feed.position = state;
+        self.feed.rx = None; // the producer restarts from here on the next batch
+    }
+    fn backward(&mut self, _a: &BackwardArgs) -> Result<Grads> {
+        Ok((vec![], vec![]))
+    }
+}
+
+/// `Input`: tops of fixed shapes (deploy nets), filled with zeros so `time`
+/// can run a net without data.
+pub struct Input {
+    shapes: Vec<Vec<usize>>,
+    device: Device,
+}
+
+impl Input {
+    pub fn new(param: &LayerParameter, device: Device) -> Result<Self> {
+        let shapes: Vec<Vec<usize>> = param
+            .input_param
+            .as_ref()
+            .map(|p| {
+                p.shape
+                    .iter()
+                    .map(|s| s.dim.iter().map(|&d| d as usize).collect())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if shapes.is_empty() {
+            return Err(Error::model(
+                format!("layer '{}'", param.name()),
+                "input_param needs a shape",
+            ));
+        }
+        Ok(Input { shapes, device })
+    }
+}
+
+impl Layer for Input {
+    fn type_name(&self) -> &'static str {
+        "Input"
+    }
+    fn is_data(&self) -> bool {
+        true
+    }
+    fn setup(&mut self, _bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        Ok(self.shapes.clone())
+    }
+    fn forward(&mut self, _bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        self.shapes
+            .iter()
+            .map(|s| {
+                Ok(Tensor::zeros(
+                    s.as_slice(),
+                    candle_core::DType::F32,
+                    &self.device,
+                )?)
+            })
+            .collect()
+    }
+}

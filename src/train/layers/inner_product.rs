@@ -1,0 +1,128 @@
+//! InnerProduct: `y = x·Wᵀ + b` with x flattened from `axis` on
+//! (W is `num_output x K`, Caffe's non-transposed layout).
+use super::{BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{InnerProductParameter, Phase};
+use crate::error::{Error, Result};
+use crate::train::filler::fill;
+use candle_core::{Device, Tensor};
+
+pub struct InnerProduct {
+    p: InnerProductParameter,
+    device: Device,
+    seed: u64,
+    name: String,
+    params: Vec<Tensor>,
+    outer: usize,
+    k: usize,
+}
+
+impl InnerProduct {
+    pub fn new(p: InnerProductParameter, device: Device, seed: u64, name: &str) -> Result<Self> {
+        if p.num_output() == 0 {
+            return Err(Error::model(
+                format!("layer '{name}'"),
+                "inner_product_param.num_output must be > 0",
+            ));
+        }
+        if p.transpose() {
+            return Err(Error::model(
+                format!("layer '{name}'"),
+                "transpose: true is not supported",
+            ));
+        }
+        Ok(InnerProduct {
+            p,
+            device,
+            seed,
+            name: name.to_string(),
+            params: Vec::new(),
+            outer: 0,
+            k: 0,
+        })
+    }
+}
+
+impl Layer for InnerProduct {
+    fn type_name(&self) -> &'static str {
+        "InnerProduct"
+    }
+
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let ctx = format!("layer '{}'", self.name);
+        let shape = bottom
+            .first()
+            .ok_or_else(|| Error::model(&ctx, "needs a bottom"))?;
+        let axis = self.p.axis();
+        let axis = if axis < 0 {
+            shape.len() as i32 + axis
+        } else {
+            axis
+        } as usize;
+        if axis == 0 || axis > shape.len() {
+            return Err(Error::model(
+                &ctx,
+                format!("axis {} is out of range for shape {shape:?}", self.p.axis()),
+            ));
+        }
+        self.outer = shape[..axis].iter().product();
+        self.k = shape[axis..].iter().product();
+        let out = self.p.num_output() as usize;
+        let w = fill(
+            &self.p.weight_filler.clone().unwrap_or_default(),
+            &[out, self.k],
+            self.seed,
+            &ctx,
+        )?;
+        self.params = vec![Tensor::from_vec(w, (out, self.k), &self.device)?];
+        if self.p.bias_term() {
+            let b = fill(
+                &self.p.bias_filler.clone().unwrap_or_default(),
+                &[out],
+                self.seed ^ 1,
+                &ctx,
+            )?;
+            self.params.push(Tensor::from_vec(b, out, &self.device)?);
+        }
+        let mut top = shape[..axis].to_vec();
+        top.push(out);
+        Ok(vec![top])
+    }
+
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let x = bottom[0].reshape((self.outer, self.k))?;
+        let mut y = x.matmul(&self.params[0].t()?)?;
+        if let Some(b) = self.params.get(1) {
+            y = y.broadcast_add(&b.unsqueeze(0)?)?;
+        }
+        Ok(vec![y])
+    }
+
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let Some(dy) = &a.top_diff[0] else {
+            return Ok((vec![None], vec![None; self.params.len()]));
+        };
+        let dy = dy.reshape((self.outer, self.p.num_output() as usize))?;
+        let mut pg = vec![None; self.params.len()];
+        if a.param_grad[0] {
+            let x = a.bottom[0].reshape((self.outer, self.k))?;
+            pg[0] = Some(dy.t()?.matmul(&x)?);
+        }
+        if self.params.len() > 1 && a.param_grad[1] {
+            pg[1] = Some(dy.sum(0)?);
+        }
+        let bg = if a.propagate[0] {
+            Some(dy.matmul(&self.params[0])?.reshape(a.bottom[0].shape())?)
+        } else {
+            None
+        };
+        Ok((vec![bg], pg))
+    }
+}

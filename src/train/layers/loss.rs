@@ -1,0 +1,322 @@
+//! Softmax, SoftmaxWithLoss (Caffe's normalisation modes and ignore_label)
+//! and Accuracy (top-k, ties count against the true class). Computed on the
+//! host in f32 in Caffe's order, so losses match it to the last digits.
+use super::{to_vec, BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{
+    loss_parameter::NormalizationMode, AccuracyParameter, LayerParameter, Phase,
+};
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+
+/// Splits `shape` at `axis` into (outer, channels, inner).
+fn split(shape: &[usize], axis: i32, ctx: &str) -> Result<(usize, usize, usize)> {
+    let a = if axis < 0 {
+        shape.len() as i32 + axis
+    } else {
+        axis
+    };
+    if a < 0 || a as usize >= shape.len() {
+        return Err(Error::model(
+            ctx,
+            format!("axis {axis} is out of range for shape {shape:?}"),
+        ));
+    }
+    let a = a as usize;
+    Ok((
+        shape[..a].iter().product(),
+        shape[a],
+        shape[a + 1..].iter().product(),
+    ))
+}
+
+/// Softmax over the channel axis of an (outer, channels, inner) array.
+fn softmax(x: &[f32], outer: usize, ch: usize, inner: usize) -> Vec<f32> {
+    let mut p = vec![0.0f32; x.len()];
+    for o in 0..outer {
+        for j in 0..inner {
+            let at = |c: usize| o * ch * inner + c * inner + j;
+            let max = (0..ch).map(|c| x[at(c)]).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for c in 0..ch {
+                let e = (x[at(c)] - max).exp();
+                p[at(c)] = e;
+                sum += e;
+            }
+            for c in 0..ch {
+                p[at(c)] /= sum;
+            }
+        }
+    }
+    p
+}
+
+pub struct Softmax {
+    axis: i32,
+    dims: (usize, usize, usize),
+}
+
+impl Softmax {
+    pub fn new(axis: i32) -> Self {
+        Softmax {
+            axis,
+            dims: (0, 0, 0),
+        }
+    }
+}
+
+impl Layer for Softmax {
+    fn type_name(&self) -> &'static str {
+        "Softmax"
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        self.dims = split(&bottom[0], self.axis, "Softmax")?;
+        Ok(vec![bottom[0].clone()])
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let (o, c, i) = self.dims;
+        let p = softmax(&to_vec(&bottom[0])?, o, c, i);
+        Ok(vec![Tensor::from_vec(
+            p,
+            bottom[0].shape(),
+            bottom[0].device(),
+        )?])
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return Ok((vec![None], vec![]));
+        };
+        // dx = y * (dy - sum_c(dy * y))
+        let (o, c, inner) = self.dims;
+        let (y, dy) = (to_vec(&a.top[0])?, to_vec(dy)?);
+        let mut dx = vec![0.0f32; y.len()];
+        for oi in 0..o {
+            for j in 0..inner {
+                let at = |k: usize| oi * c * inner + k * inner + j;
+                let dot: f32 = (0..c).map(|k| dy[at(k)] * y[at(k)]).sum();
+                for k in 0..c {
+                    dx[at(k)] = y[at(k)] * (dy[at(k)] - dot);
+                }
+            }
+        }
+        Ok((
+            vec![Some(Tensor::from_vec(
+                dx,
+                a.bottom[0].shape(),
+                a.bottom[0].device(),
+            )?)],
+            vec![],
+        ))
+    }
+}
+
+pub struct SoftmaxWithLoss {
+    name: String,
+    axis: i32,
+    ignore: Option<i32>,
+    mode: NormalizationMode,
+    dims: (usize, usize, usize),
+    prob: Vec<f32>,
+    normalizer: f32,
+    tops: usize,
+}
+
+impl SoftmaxWithLoss {
+    pub fn new(param: &LayerParameter, name: &str) -> Result<Self> {
+        let lp = param.loss_param.clone().unwrap_or_default();
+        // The deprecated `normalize` flag overrides `normalization` when set.
+        let mode = match lp.normalize {
+            Some(true) => NormalizationMode::Valid,
+            Some(false) => NormalizationMode::BatchSize,
+            None => lp.normalization(),
+        };
+        Ok(SoftmaxWithLoss {
+            name: name.to_string(),
+            axis: param.softmax_param.as_ref().map_or(1, |p| p.axis()),
+            ignore: lp.ignore_label,
+            mode,
+            dims: (0, 0, 0),
+            prob: Vec::new(),
+            normalizer: 1.0,
+            tops: param.top.len().max(1),
+        })
+    }
+}
+
+impl Layer for SoftmaxWithLoss {
+    fn type_name(&self) -> &'static str {
+        "SoftmaxWithLoss"
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let ctx = format!("layer '{}'", self.name);
+        if bottom.len() != 2 {
+            return Err(Error::model(&ctx, "needs two bottoms: scores and labels"));
+        }
+        self.dims = split(&bottom[0], self.axis, &ctx)?;
+        let (o, _, i) = self.dims;
+        if super::count(&bottom[1]) != o * i {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "{} labels for {} predictions (shapes {:?} and {:?})",
+                    super::count(&bottom[1]),
+                    o * i,
+                    bottom[0],
+                    bottom[1]
+                ),
+            ));
+        }
+        let mut tops = vec![vec![]];
+        if self.tops > 1 {
+            tops.push(bottom[0].clone());
+        }
+        Ok(tops)
+    }
+    fn default_loss_weight(&self, i: usize) -> f32 {
+        if i == 0 {
+            1.0
+        } else {
+            0.0
+        }
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let (o, c, inner) = self.dims;
+        self.prob = softmax(&to_vec(&bottom[0])?, o, c, inner);
+        let labels = to_vec(&bottom[1])?;
+        let mut loss = 0.0f32;
+        let mut valid = 0usize;
+        for oi in 0..o {
+            for j in 0..inner {
+                let label = labels[oi * inner + j] as i32;
+                if Some(label) == self.ignore {
+                    continue;
+                }
+                if label < 0 || label as usize >= c {
+                    return Err(Error::model(
+                        format!("layer '{}'", self.name),
+                        format!("label {label} is outside 0..{c}"),
+                    ));
+                }
+                let p = self.prob[oi * c * inner + label as usize * inner + j];
+                loss -= p.max(f32::MIN_POSITIVE).ln();
+                valid += 1;
+            }
+        }
+        let n = match self.mode {
+            NormalizationMode::Full => (o * inner) as f32,
+            NormalizationMode::Valid => valid as f32,
+            NormalizationMode::BatchSize => o as f32,
+            NormalizationMode::None => 1.0,
+        };
+        self.normalizer = n.max(1.0);
+        let dev = bottom[0].device();
+        let mut tops = vec![Tensor::new(loss / self.normalizer, dev)?];
+        if self.tops > 1 {
+            tops.push(Tensor::from_vec(self.prob.clone(), bottom[0].shape(), dev)?);
+        }
+        Ok(tops)
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        if a.propagate.get(1).copied().unwrap_or(false) {
+            return Err(Error::model(
+                format!("layer '{}'", self.name),
+                "cannot backpropagate to the labels",
+            ));
+        }
+        let (Some(dloss), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return Ok((vec![None, None], vec![]));
+        };
+        let (o, c, inner) = self.dims;
+        let labels = to_vec(&a.bottom[1])?;
+        let mut dx = self.prob.clone();
+        for oi in 0..o {
+            for j in 0..inner {
+                let label = labels[oi * inner + j] as i32;
+                if Some(label) == self.ignore {
+                    for k in 0..c {
+                        dx[oi * c * inner + k * inner + j] = 0.0;
+                    }
+                } else {
+                    dx[oi * c * inner + label as usize * inner + j] -= 1.0;
+                }
+            }
+        }
+        let scale = dloss.flatten_all()?.to_vec1::<f32>()?[0] / self.normalizer;
+        for v in &mut dx {
+            *v *= scale;
+        }
+        Ok((
+            vec![
+                Some(Tensor::from_vec(
+                    dx,
+                    a.bottom[0].shape(),
+                    a.bottom[0].device(),
+                )?),
+                None,
+            ],
+            vec![],
+        ))
+    }
+}
+
+pub struct Accuracy {
+    p: AccuracyParameter,
+    dims: (usize, usize, usize),
+}
+
+impl Accuracy {
+    pub fn new(p: AccuracyParameter) -> Self {
+        Accuracy { p, dims: (0, 0, 0) }
+    }
+}
+
+impl Layer for Accuracy {
+    fn type_name(&self) -> &'static str {
+        "Accuracy"
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        if bottom.len() != 2 {
+            return Err(Error::model(
+                "Accuracy",
+                "needs two bottoms: scores and labels",
+            ));
+        }
+        self.dims = split(&bottom[0], self.p.axis(), "Accuracy")?;
+        if self.p.top_k() as usize > self.dims.1 {
+            return Err(Error::model(
+                "Accuracy",
+                "top_k is larger than the number of classes",
+            ));
+        }
+        Ok(vec![vec![]])
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let (o, c, inner) = self.dims;
+        let (x, labels) = (to_vec(&bottom[0])?, to_vec(&bottom[1])?);
+        let k = self.p.top_k() as usize;
+        let (mut right, mut total) = (0usize, 0usize);
+        for oi in 0..o {
+            for j in 0..inner {
+                let label = labels[oi * inner + j] as i32;
+                if Some(label) == self.p.ignore_label {
+                    continue;
+                }
+                let truth = x[oi * c * inner + label.clamp(0, c as i32 - 1) as usize * inner + j];
+                // Classes scoring at least as high as the true one, itself excluded.
+                let better = (0..c)
+                    .filter(|&q| x[oi * c * inner + q * inner + j] >= truth)
+                    .count()
+                    - 1;
+                if better < k {
+                    right += 1;
+                }
+                total += 1;
+            }
+        }
+        let acc = if total == 0 {
+            0.0
+        } else {
+            right as f32 / total as f32
+        };
+        Ok(vec![Tensor::new(acc, bottom[0].device())?])
+    }
+}

@@ -1,0 +1,111 @@
+//! Local response normalisation across channels (Caffe's LRN, alpha/n form).
+use super::{to_vec, BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{lrn_parameter::NormRegion, LrnParameter, Phase};
+use crate::error::{Error, Result};
+use crate::train::kernels::{lrn_backward, lrn_forward, Lrn};
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+pub struct LocalResponseNorm {
+    p: Lrn,
+    name: String,
+    shape: Vec<usize>,
+    scale: Vec<f32>,
+}
+
+impl LocalResponseNorm {
+    pub fn new(p: LrnParameter, name: &str) -> Result<Self> {
+        let ctx = format!("layer '{name}'");
+        if p.norm_region() != NormRegion::AcrossChannels {
+            return Err(Error::model(
+                &ctx,
+                "only norm_region ACROSS_CHANNELS is supported",
+            ));
+        }
+        if p.local_size() % 2 == 0 {
+            return Err(Error::model(&ctx, "local_size must be odd"));
+        }
+        Ok(LocalResponseNorm {
+            p: Lrn {
+                size: p.local_size() as usize,
+                alpha: p.alpha(),
+                beta: p.beta(),
+                k: p.k(),
+            },
+            name: name.to_string(),
+            shape: Vec::new(),
+            scale: Vec::new(),
+        })
+    }
+}
+
+impl Layer for LocalResponseNorm {
+    fn type_name(&self) -> &'static str {
+        "LRN"
+    }
+
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        match bottom.first() {
+            Some(s) if s.len() == 4 => {
+                self.shape = s.clone();
+                Ok(vec![s.clone()])
+            }
+            _ => Err(Error::model(
+                format!("layer '{}'", self.name),
+                format!("needs one 4-D bottom, got {bottom:?}"),
+            )),
+        }
+    }
+
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let x = to_vec(&bottom[0])?;
+        let dims = bottom[0].dims();
+        let (c, plane) = (dims[1], dims[2] * dims[3]);
+        let img = c * plane;
+        let mut y = vec![0.0f32; x.len()];
+        self.scale.resize(x.len(), 0.0);
+        let p = self.p;
+        y.par_chunks_mut(img)
+            .zip(self.scale.par_chunks_mut(img))
+            .zip(x.par_chunks(img))
+            .for_each(|((yi, si), xi)| lrn_forward(xi, c, plane, &p, yi, si));
+        Ok(vec![Tensor::from_vec(
+            y,
+            bottom[0].shape(),
+            bottom[0].device(),
+        )?])
+    }
+
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return Ok((vec![None], vec![]));
+        };
+        let (x, y, dy) = (to_vec(&a.bottom[0])?, to_vec(&a.top[0])?, to_vec(dy)?);
+        let dims = a.bottom[0].dims();
+        let (c, plane) = (dims[1], dims[2] * dims[3]);
+        let img = c * plane;
+        let mut dx = vec![0.0f32; x.len()];
+        let p = self.p;
+        dx.par_chunks_mut(img).enumerate().for_each(|(i, dxi)| {
+            let r = i * img..(i + 1) * img;
+            lrn_backward(
+                &x[r.clone()],
+                &y[r.clone()],
+                &self.scale[r.clone()],
+                &dy[r],
+                c,
+                plane,
+                &p,
+                dxi,
+            )
+        });
+        Ok((
+            vec![Some(Tensor::from_vec(
+                dx,
+                a.bottom[0].shape(),
+                a.bottom[0].device(),
+            )?)],
+            vec![],
+        ))
+    }
+}

@@ -1,0 +1,152 @@
+//! Layers, Caffe's way: each has a setup that infers top shapes from bottom
+//! shapes, a forward pass, and an explicit backward pass that computes only
+//! the gradients the net asks for (no gradient for a frozen parameter, none
+//! for a bottom that does not need one).
+
+mod conv;
+mod data;
+mod inner_product;
+mod loss;
+mod lrn;
+mod pool;
+mod simple;
+
+use crate::caffe::proto::{LayerParameter, Phase};
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+/// What a layer's backward pass is given and asked for.
+pub struct BackwardArgs<'a> {
+    /// Inputs of the forward pass.
+    pub bottom: &'a [Tensor],
+    /// Outputs of the forward pass.
+    pub top: &'a [Tensor],
+    /// Gradient of the loss with respect to each top (`None` = zero).
+    pub top_diff: &'a [Option<Tensor>],
+    /// Which bottoms need a gradient.
+    pub propagate: &'a [bool],
+    /// Which parameters need a gradient (false for `lr_mult: 0`).
+    pub param_grad: &'a [bool],
+}
+
+/// Gradients for the bottoms and the parameters (`None` where not asked).
+pub type Grads = (Vec<Option<Tensor>>, Vec<Option<Tensor>>);
+
+/// One layer of a net.
+pub trait Layer: Send {
+    /// Caffe's type string.
+    fn type_name(&self) -> &'static str;
+    /// Top shapes for these bottom shapes; called once when the net is built.
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>>;
+    /// Learnable blobs (weights, biases), created by `setup`.
+    fn params(&self) -> &[Tensor] {
+        &[]
+    }
+    /// Mutable access for loading weights and solver updates.
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut []
+    }
+    /// Computes the tops.
+    fn forward(&mut self, bottom: &[Tensor], phase: Phase) -> Result<Vec<Tensor>>;
+    /// Computes the requested gradients.
+    fn backward(&mut self, args: &BackwardArgs) -> Result<Grads> {
+        Ok((
+            vec![None; args.bottom.len()],
+            vec![None; args.param_grad.len()],
+        ))
+    }
+    /// Whether this layer produces data (no bottoms, no backward).
+    fn is_data(&self) -> bool {
+        false
+    }
+    /// The layer's resumable state (a data position, a dropout draw count).
+    fn state(&self) -> Option<u64> {
+        None
+    }
+    /// Restores what [`Layer::state`] returned.
+    fn restore_state(&mut self, _state: u64) {}
+    /// Default loss weight of top `i` (1 for the first top of a loss layer).
+    fn default_loss_weight(&self, _i: usize) -> f32 {
+        0.0
+    }
+}
+
+/// Where relative paths in a net (sources, mean files) are resolved from, and
+/// how randomness is seeded.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// Folder relative paths are resolved against (Caffe uses the CWD).
+    pub base_dir: std::path::PathBuf,
+    /// Seed for fillers, dropout masks and data augmentation.
+    pub seed: u64,
+    /// The phase being built.
+    pub phase: Phase,
+    /// The device tensors live on.
+    pub device: Device,
+}
+
+impl BuildContext {
+    /// `path` resolved against the base folder.
+    pub fn resolve(&self, path: &str) -> std::path::PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Creates the layer a `LayerParameter` describes; `index` seeds its randomness.
+pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Result<Box<dyn Layer>> {
+    let name = param.name();
+    let seed = ctx.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let missing = |what: &str| Error::model(format!("layer '{name}'"), format!("needs {what}"));
+    Ok(match param.r#type() {
+        "Convolution" => Box::new(conv::Convolution::new(
+            param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
+            ctx.device.clone(),
+            seed,
+            name,
+        )?),
+        "InnerProduct" => Box::new(inner_product::InnerProduct::new(
+            param.inner_product_param.clone().ok_or_else(|| missing("inner_product_param"))?,
+            ctx.device.clone(),
+            seed,
+            name,
+        )?),
+        "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.clone().unwrap_or_default(), name)?),
+        "LRN" => Box::new(lrn::LocalResponseNorm::new(param.lrn_param.clone().unwrap_or_default(), name)?),
+        "ReLU" => Box::new(simple::Relu::new(param.relu_param.as_ref().map_or(0.0, |p| p.negative_slope()))),
+        "Dropout" => Box::new(simple::Dropout::new(
+            param.dropout_param.as_ref().map_or(0.5, |p| p.dropout_ratio()),
+            seed,
+            name,
+        )?),
+        "Softmax" => Box::new(loss::Softmax::new(param.softmax_param.as_ref().map_or(1, |p| p.axis()))),
+        "SoftmaxWithLoss" => Box::new(loss::SoftmaxWithLoss::new(param, name)?),
+        "Accuracy" => Box::new(loss::Accuracy::new(param.accuracy_param.clone().unwrap_or_default())),
+        "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
+        "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
+        "" => return Err(Error::model(format!("layer '{name}'"), "has no type")),
+        other => {
+            return Err(Error::model(
+                format!("layer '{name}'"),
+                format!(
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, Accuracy)"
+                ),
+            ))
+        }
+    })
+}
+
+/// Flattens a tensor into a `Vec<f32>`.
+pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Number of elements of a shape.
+pub(crate) fn count(shape: &[usize]) -> usize {
+    shape.iter().product()
+}

@@ -1,0 +1,156 @@
+//! Pooling (MAX with argmax routing, AVE), Caffe's output-size rounding.
+use super::{to_vec, BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{
+    pooling_parameter::PoolMethod, pooling_parameter::RoundMode, Phase, PoolingParameter,
+};
+use crate::error::{Error, Result};
+use crate::train::kernels::{
+    ave_pool, ave_pool_backward, max_pool, max_pool_backward, pooled_size, Window,
+};
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+pub struct Pooling {
+    p: PoolingParameter,
+    name: String,
+    win: Option<Window>,
+    argmax: Vec<u32>,
+}
+
+impl Pooling {
+    pub fn new(p: PoolingParameter, name: &str) -> Result<Self> {
+        if p.pool() == PoolMethod::Stochastic {
+            return Err(Error::model(
+                format!("layer '{name}'"),
+                "STOCHASTIC pooling is not supported",
+            ));
+        }
+        Ok(Pooling {
+            p,
+            name: name.to_string(),
+            win: None,
+            argmax: Vec::new(),
+        })
+    }
+}
+
+impl Layer for Pooling {
+    fn type_name(&self) -> &'static str {
+        "Pooling"
+    }
+
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let ctx = format!("layer '{}'", self.name);
+        let [n, c, h, w] = bottom.first().map(|s| s.as_slice()).unwrap_or(&[]) else {
+            return Err(Error::model(
+                &ctx,
+                format!("needs one 4-D bottom, got {bottom:?}"),
+            ));
+        };
+        let (n, c, h, w) = (*n, *c, *h, *w);
+        let p = &self.p;
+        let (kh, kw) = if p.global_pooling() {
+            (h, w)
+        } else {
+            match (p.kernel_h, p.kernel_w, p.kernel_size) {
+                (Some(a), Some(b), _) => (a as usize, b as usize),
+                (None, None, Some(k)) => (k as usize, k as usize),
+                _ => {
+                    return Err(Error::model(
+                        &ctx,
+                        "needs kernel_size (or kernel_h and kernel_w)",
+                    ))
+                }
+            }
+        };
+        let (ph, pw) = match (p.pad_h, p.pad_w) {
+            (Some(a), Some(b)) => (a as usize, b as usize),
+            _ => (p.pad() as usize, p.pad() as usize),
+        };
+        let (sh, sw) = match (p.stride_h, p.stride_w) {
+            (Some(a), Some(b)) => (a as usize, b as usize),
+            _ => (p.stride() as usize, p.stride() as usize),
+        };
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 || kh > h + 2 * ph || kw > w + 2 * pw {
+            return Err(Error::model(
+                &ctx,
+                format!("kernel {kh}x{kw}, stride {sh}x{sw} do not fit the input {h}x{w}"),
+            ));
+        }
+        if (ph > 0 || pw > 0) && (ph >= kh || pw >= kw) {
+            return Err(Error::model(&ctx, "pad must be smaller than the kernel"));
+        }
+        let ceil = p.round_mode() == RoundMode::Ceil;
+        let oh = pooled_size(h, kh, ph, sh, ceil);
+        let ow = pooled_size(w, kw, pw, sw, ceil);
+        self.win = Some(Window {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            ph,
+            pw,
+            sh,
+            sw,
+            dh: 1,
+            dw: 1,
+            oh,
+            ow,
+        });
+        Ok(vec![vec![n, c, oh, ow]])
+    }
+
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let g = self.win.expect("setup ran");
+        let x = to_vec(&bottom[0])?;
+        let n = bottom[0].dim(0)?;
+        let (img, out) = (g.c * g.h * g.w, g.c * g.oh * g.ow);
+        let mut y = vec![0.0f32; n * out];
+        if self.p.pool() == PoolMethod::Max {
+            self.argmax.resize(n * out, 0);
+            y.par_chunks_mut(out)
+                .zip(self.argmax.par_chunks_mut(out))
+                .zip(x.par_chunks(img))
+                .for_each(|((yi, ai), xi)| max_pool(xi, &g, yi, ai));
+        } else {
+            y.par_chunks_mut(out)
+                .zip(x.par_chunks(img))
+                .for_each(|(yi, xi)| ave_pool(xi, &g, yi));
+        }
+        Ok(vec![Tensor::from_vec(
+            y,
+            (n, g.c, g.oh, g.ow),
+            bottom[0].device(),
+        )?])
+    }
+
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return Ok((vec![None], vec![]));
+        };
+        let g = self.win.expect("setup ran");
+        let dy = to_vec(dy)?;
+        let n = a.bottom[0].dim(0)?;
+        let (img, out) = (g.c * g.h * g.w, g.c * g.oh * g.ow);
+        let mut dx = vec![0.0f32; n * img];
+        if self.p.pool() == PoolMethod::Max {
+            dx.par_chunks_mut(img)
+                .zip(dy.par_chunks(out))
+                .zip(self.argmax.par_chunks(out))
+                .for_each(|((dxi, dyi), ai)| max_pool_backward(dyi, ai, dxi));
+        } else {
+            dx.par_chunks_mut(img)
+                .zip(dy.par_chunks(out))
+                .for_each(|(dxi, dyi)| ave_pool_backward(dyi, &g, dxi));
+        }
+        Ok((
+            vec![Some(Tensor::from_vec(
+                dx,
+                a.bottom[0].shape(),
+                a.bottom[0].device(),
+            )?)],
+            vec![],
+        ))
+    }
+}

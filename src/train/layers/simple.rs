@@ -1,0 +1,126 @@
+//! Element-wise layers: ReLU (with negative slope) and inverted Dropout.
+use super::{BackwardArgs, Grads, Layer};
+use crate::caffe::proto::Phase;
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+
+pub struct Relu {
+    slope: f32,
+}
+
+impl Relu {
+    pub fn new(slope: f32) -> Self {
+        Relu { slope }
+    }
+}
+
+impl Layer for Relu {
+    fn type_name(&self) -> &'static str {
+        "ReLU"
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        Ok(vec![bottom[0].clone()])
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let x = &bottom[0];
+        let y = if self.slope == 0.0 {
+            x.relu()?
+        } else {
+            let pos = x.relu()?;
+            let neg = x.minimum(0f32)?;
+            (pos + (neg * self.slope as f64)?)?
+        };
+        Ok(vec![y])
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return Ok((vec![None], vec![]));
+        };
+        // Caffe: dx = dy * ((x > 0) + slope * (x <= 0)).
+        let x = &a.bottom[0];
+        let pos = x.gt(0f32)?.to_dtype(candle_core::DType::F32)?;
+        let factor = if self.slope == 0.0 {
+            pos
+        } else {
+            let neg = x.le(0f32)?.to_dtype(candle_core::DType::F32)?;
+            (pos + (neg * self.slope as f64)?)?
+        };
+        Ok((vec![Some((dy * factor)?)], vec![]))
+    }
+}
+
+pub struct Dropout {
+    ratio: f32,
+    seed: u64,
+    /// Forward passes in TRAIN so far; each draws its mask from its own
+    /// ChaCha stream, so the layer's state is this one number.
+    calls: u64,
+    mask: Option<Tensor>,
+}
+
+impl Dropout {
+    pub fn new(ratio: f32, seed: u64, name: &str) -> Result<Self> {
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(Error::model(
+                format!("layer '{name}'"),
+                format!("dropout_ratio {ratio} must be in [0, 1)"),
+            ));
+        }
+        Ok(Dropout {
+            ratio,
+            seed,
+            calls: 0,
+            mask: None,
+        })
+    }
+}
+
+impl Layer for Dropout {
+    fn type_name(&self) -> &'static str {
+        "Dropout"
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        Ok(vec![bottom[0].clone()])
+    }
+    fn forward(&mut self, bottom: &[Tensor], phase: Phase) -> Result<Vec<Tensor>> {
+        if phase == Phase::Test {
+            return Ok(vec![bottom[0].clone()]);
+        }
+        // Inverted dropout: kept units are scaled by 1/(1-p) at train time.
+        let scale = 1.0 / (1.0 - self.ratio);
+        let n = bottom[0].elem_count();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(self.calls);
+        self.calls += 1;
+        let mask: Vec<f32> = (0..n)
+            .map(|_| {
+                if rng.random::<f32>() >= self.ratio {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, bottom[0].shape(), bottom[0].device())?;
+        let y = (&bottom[0] * &mask)?;
+        self.mask = Some(mask);
+        Ok(vec![y])
+    }
+    fn state(&self) -> Option<u64> {
+        Some(self.calls)
+    }
+    fn restore_state(&mut self, state: u64) {
+        self.calls = state;
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return Ok((vec![None], vec![]));
+        };
+        let dx = match &self.mask {
+            Some(m) => (dy * m)?,
+            None => dy.clone(),
+        };
+        Ok((vec![Some(dx)], vec![]))
+    }
+}

@@ -1,0 +1,11 @@
+//! The learner: Caffe's Net / Layer / Solver split on candle tensors.
+//!
+//! - [`layers`]: one type per Caffe layer, each with an explicit backward pass.
+//! - [`kernels`]: CPU kernels for what candle lacks (pooling with argmax, LRN, im2col).
+//! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
+
+pub mod filler;
+pub mod kernels;
+pub mod layers;
+pub mod net;
+pub mod transform;

@@ -1,0 +1,557 @@
+//! A Net built from a `NetParameter` for one phase: layers filtered by
+//! include/exclude rules, blobs wired by name (in-place tops and shared
+//! bottoms included), Caffe's need-backward analysis, forward with weighted
+//! losses, backward that accumulates gradients, and weights in and out by
+//! layer name.
+use super::layers::{create, BackwardArgs, BuildContext, Layer};
+use crate::caffe::blob::{shape_equals, shape_string};
+use crate::caffe::proto::{LayerParameter, NetParameter, NetState, NetStateRule, Phase};
+use crate::caffe::BlobProto;
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+struct Entry {
+    param: LayerParameter,
+    layer: Box<dyn Layer>,
+    bottoms: Vec<usize>,
+    tops: Vec<usize>,
+    loss_weights: Vec<f32>,
+    need_backward: bool,
+    propagate: Vec<bool>,
+    /// Per parameter: (lr_mult, decay_mult).
+    mults: Vec<(f32, f32)>,
+}
+
+/// A learnable parameter's place and multipliers.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamRef {
+    /// Layer index.
+    pub layer: usize,
+    /// Blob index within the layer.
+    pub index: usize,
+    /// Learning-rate multiplier.
+    pub lr_mult: f32,
+    /// Weight-decay multiplier.
+    pub decay_mult: f32,
+}
+
+/// A net ready to run.
+pub struct Net {
+    /// The net's name.
+    pub name: String,
+    phase: Phase,
+    entries: Vec<Entry>,
+    blob_names: Vec<String>,
+    blob_shapes: Vec<Vec<usize>>,
+    blobs: Vec<Option<Tensor>>,
+    outputs: Vec<usize>,
+    params: Vec<ParamRef>,
+    /// Accumulated parameter gradients, aligned with `params`.
+    grads: Vec<Option<Tensor>>,
+}
+
+/// Whether `state` satisfies `rule` (Caffe's StateMeetsRule).
+fn meets(state: &NetState, rule: &NetStateRule) -> bool {
+    if rule.phase.is_some() && rule.phase() != state.phase() {
+        return false;
+    }
+    if rule.min_level.is_some_and(|m| state.level() < m)
+        || rule.max_level.is_some_and(|m| state.level() > m)
+    {
+        return false;
+    }
+    rule.stage.iter().all(|s| state.stage.contains(s))
+        && !rule.not_stage.iter().any(|s| state.stage.contains(s))
+}
+
+/// Whether a layer belongs to the net in `state`.
+pub fn included(layer: &LayerParameter, state: &NetState) -> bool {
+    if layer.include.is_empty() {
+        !layer.exclude.iter().any(|r| meets(state, r))
+    } else {
+        layer.include.iter().any(|r| meets(state, r))
+    }
+}
+
+impl Net {
+    /// Builds the net for `ctx.phase` (stages and level from `state`).
+    pub fn new(def: &NetParameter, ctx: &BuildContext, state: Option<&NetState>) -> Result<Net> {
+        let mut state = state.cloned().unwrap_or_default();
+        state.phase = Some(ctx.phase as i32);
+        let name = def.name().to_string();
+        let mut net = Net {
+            name: name.clone(),
+            phase: ctx.phase,
+            entries: Vec::new(),
+            blob_names: Vec::new(),
+            blob_shapes: Vec::new(),
+            blobs: Vec::new(),
+            outputs: Vec::new(),
+            params: Vec::new(),
+            grads: Vec::new(),
+        };
+        if !def.input.is_empty() || !def.input_dim.is_empty() {
+            return Err(Error::model(
+                format!("net '{name}'"),
+                "net-level `input:` fields are not supported; use an Input layer",
+            ));
+        }
+        let mut current: HashMap<String, usize> = HashMap::new();
+        let mut consumed: HashSet<usize> = HashSet::new();
+        let mut layer_names = HashSet::new();
+        for (index, lp) in def.layer.iter().enumerate() {
+            if !included(lp, &state) {
+                continue;
+            }
+            let lname = lp.name().to_string();
+            let lctx = format!("layer '{lname}'");
+            if !layer_names.insert(lname.clone()) {
+                return Err(Error::model(
+                    &lctx,
+                    "appears twice in the net; layer names must be unique",
+                ));
+            }
+            let mut layer = create(lp, ctx, index)?;
+            let bottoms: Vec<usize> = lp
+                .bottom
+                .iter()
+                .map(|b| {
+                    current.get(b).copied().ok_or_else(|| {
+                        Error::model(
+                            &lctx,
+                            format!(
+                                "bottom '{b}' is not produced by any earlier layer in the {:?} net",
+                                ctx.phase
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            consumed.extend(&bottoms);
+            let bottom_shapes: Vec<Vec<usize>> = bottoms
+                .iter()
+                .map(|&b| net.blob_shapes[b].clone())
+                .collect();
+            let top_shapes = layer.setup(&bottom_shapes)?;
+            if top_shapes.len() != lp.top.len() {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "has {} tops but a {} layer produces {}",
+                        lp.top.len(),
+                        lp.r#type(),
+                        top_shapes.len()
+                    ),
+                ));
+            }
+            let tops: Vec<usize> = lp
+                .top
+                .iter()
+                .zip(top_shapes)
+                .map(|(t, shape)| {
+                    net.blob_names.push(t.clone());
+                    net.blob_shapes.push(shape);
+                    net.blobs.push(None);
+                    let id = net.blob_names.len() - 1;
+                    current.insert(t.clone(), id);
+                    id
+                })
+                .collect();
+            let loss_weights = if lp.loss_weight.is_empty() {
+                (0..tops.len())
+                    .map(|i| layer.default_loss_weight(i))
+                    .collect()
+            } else if lp.loss_weight.len() == tops.len() {
+                lp.loss_weight.clone()
+            } else {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "{} loss_weight values for {} tops",
+                        lp.loss_weight.len(),
+                        tops.len()
+                    ),
+                ));
+            };
+            let n_params = layer.params().len();
+            if lp.param.len() > n_params {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "{} param specs but the layer has {n_params} parameter blobs",
+                        lp.param.len()
+                    ),
+                ));
+            }
+            if lp
+                .param
+                .iter()
+                .any(|p| p.name.as_deref().is_some_and(|n| !n.is_empty()))
+            {
+                return Err(Error::model(
+                    &lctx,
+                    "shared (named) parameters are not supported",
+                ));
+            }
+            let mults: Vec<(f32, f32)> = (0..n_params)
+                .map(|i| {
+                    lp.param
+                        .get(i)
+                        .map_or((1.0, 1.0), |s| (s.lr_mult(), s.decay_mult()))
+                })
+                .collect();
+            net.entries.push(Entry {
+                param: lp.clone(),
+                layer,
+                bottoms,
+                tops,
+                loss_weights,
+                need_backward: false,
+                propagate: Vec::new(),
+                mults,
+            });
+        }
+        if net.entries.is_empty() {
+            return Err(Error::model(
+                format!("net '{name}'"),
+                format!("has no layers in phase {:?}", ctx.phase),
+            ));
+        }
+        net.outputs = (0..net.blob_names.len())
+            .filter(|id| !consumed.contains(id))
+            .filter(|&id| current.get(&net.blob_names[id]) == Some(&id))
+            .collect();
+        net.outputs
+            .sort_by(|&a, &b| net.blob_names[a].cmp(&net.blob_names[b]));
+        net.analyse_backward();
+        for (li, e) in net.entries.iter().enumerate() {
+            for (pi, &(lr, decay)) in e.mults.iter().enumerate() {
+                net.params.push(ParamRef {
+                    layer: li,
+                    index: pi,
+                    lr_mult: lr,
+                    decay_mult: decay,
+                });
+            }
+        }
+        net.grads = vec![None; net.params.len()];
+        Ok(net)
+    }
+
+    /// Caffe's rule: a layer runs backward if it has a learnable parameter or a
+    /// bottom needing gradients, and only if it contributes to a loss.
+    fn analyse_backward(&mut self) {
+        let mut blob_needs = vec![false; self.blob_names.len()];
+        for e in &mut self.entries {
+            let learnable = e.mults.iter().any(|&(lr, _)| lr != 0.0);
+            e.need_backward =
+                !e.layer.is_data() && (learnable || e.bottoms.iter().any(|&b| blob_needs[b]));
+            for &t in &e.tops {
+                blob_needs[t] = e.need_backward;
+            }
+        }
+        let mut under_loss = vec![false; self.blob_names.len()];
+        for e in self.entries.iter_mut().rev() {
+            let contributes =
+                e.loss_weights.iter().any(|&w| w != 0.0) || e.tops.iter().any(|&t| under_loss[t]);
+            if contributes {
+                for &b in &e.bottoms {
+                    under_loss[b] = true;
+                }
+            } else {
+                e.need_backward = false;
+            }
+            e.propagate = e
+                .bottoms
+                .iter()
+                .map(|&b| e.need_backward && blob_needs[b])
+                .collect();
+        }
+    }
+
+    /// Runs every layer; returns the total weighted loss.
+    pub fn forward(&mut self) -> Result<f32> {
+        let mut loss = 0.0f32;
+        for e in &mut self.entries {
+            let bottom: Vec<Tensor> = e
+                .bottoms
+                .iter()
+                .map(|&b| self.blobs[b].clone().expect("bottom computed"))
+                .collect();
+            let tops = e.layer.forward(&bottom, self.phase)?;
+            for ((&id, t), &w) in e.tops.iter().zip(tops).zip(&e.loss_weights) {
+                if w != 0.0 {
+                    loss += w * t.flatten_all()?.sum(0)?.to_scalar::<f32>()?;
+                }
+                self.blobs[id] = Some(t);
+            }
+        }
+        Ok(loss)
+    }
+
+    /// Backpropagates from the losses, adding parameter gradients to the
+    /// accumulated ones (so `iter_size` passes sum up).
+    pub fn backward(&mut self) -> Result<()> {
+        let mut diffs: Vec<Option<Tensor>> = vec![None; self.blob_names.len()];
+        for e in &self.entries {
+            for (&t, &w) in e.tops.iter().zip(&e.loss_weights) {
+                if w != 0.0 {
+                    let top = self.blobs[t].as_ref().expect("forward ran");
+                    diffs[t] = Some(Tensor::full(w, top.shape(), top.device())?);
+                }
+            }
+        }
+        let mut param_base = self.params.len();
+        for li in (0..self.entries.len()).rev() {
+            let e = &mut self.entries[li];
+            param_base -= e.mults.len();
+            if !e.need_backward {
+                continue;
+            }
+            let bottom: Vec<Tensor> = e
+                .bottoms
+                .iter()
+                .map(|&b| self.blobs[b].clone().expect("computed"))
+                .collect();
+            let top: Vec<Tensor> = e
+                .tops
+                .iter()
+                .map(|&t| self.blobs[t].clone().expect("computed"))
+                .collect();
+            let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
+            let param_grad: Vec<bool> = e.mults.iter().map(|&(lr, _)| lr != 0.0).collect();
+            let (bgrads, pgrads) = e.layer.backward(&BackwardArgs {
+                bottom: &bottom,
+                top: &top,
+                top_diff: &top_diff,
+                propagate: &e.propagate,
+                param_grad: &param_grad,
+            })?;
+            for (&b, g) in e.bottoms.iter().zip(bgrads) {
+                if let Some(g) = g {
+                    diffs[b] = Some(match diffs[b].take() {
+                        Some(d) => (d + g)?,
+                        None => g,
+                    });
+                }
+            }
+            for (i, g) in pgrads.into_iter().enumerate() {
+                if let Some(g) = g {
+                    let slot = &mut self.grads[param_base + i];
+                    *slot = Some(match slot.take() {
+                        Some(d) => (d + g)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets accumulated gradients (start of an iteration).
+    pub fn clear_grads(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = None);
+    }
+
+    /// The learnable parameters in Caffe's order (layer order, weight then bias).
+    pub fn params(&self) -> &[ParamRef] {
+        &self.params
+    }
+
+    /// Current value of parameter `i`.
+    pub fn param(&self, i: usize) -> &Tensor {
+        let p = self.params[i];
+        &self.entries[p.layer].layer.params()[p.index]
+    }
+
+    /// Replaces parameter `i`.
+    pub fn set_param(&mut self, i: usize, value: Tensor) {
+        let p = self.params[i];
+        self.entries[p.layer].layer.params_mut()[p.index] = value;
+    }
+
+    /// Accumulated gradient of parameter `i` (zero if none was computed).
+    pub fn grad(&self, i: usize) -> Result<Tensor> {
+        match &self.grads[i] {
+            Some(g) => Ok(g.clone()),
+            None => Ok(self.param(i).zeros_like()?),
+        }
+    }
+
+    /// Sets the gradient of parameter `i` (after clipping or normalising).
+    pub fn set_grad(&mut self, i: usize, g: Tensor) {
+        self.grads[i] = Some(g);
+    }
+
+    /// Name of the layer owning parameter `i`.
+    pub fn param_layer_name(&self, i: usize) -> &str {
+        self.entries[self.params[i].layer].param.name()
+    }
+
+    /// Output blobs (those no layer consumes), by name, with their loss weights.
+    pub fn outputs(&self) -> Result<Vec<(String, Vec<f32>, f32)>> {
+        self.outputs
+            .iter()
+            .map(|&id| {
+                let t = self.blobs[id]
+                    .as_ref()
+                    .ok_or_else(|| Error::model(&self.blob_names[id], "no forward pass yet"))?;
+                let w = self
+                    .entries
+                    .iter()
+                    .find_map(|e| {
+                        e.tops
+                            .iter()
+                            .position(|&x| x == id)
+                            .map(|i| e.loss_weights[i])
+                    })
+                    .unwrap_or(0.0);
+                Ok((
+                    self.blob_names[id].clone(),
+                    t.flatten_all()?.to_vec1::<f32>()?,
+                    w,
+                ))
+            })
+            .collect()
+    }
+
+    /// The current value of the blob named `name` (its last producer's output).
+    pub fn blob(&self, name: &str) -> Option<&Tensor> {
+        (0..self.blob_names.len())
+            .rev()
+            .find(|&i| self.blob_names[i] == name)
+            .and_then(|i| self.blobs[i].as_ref())
+    }
+
+    /// The output of layer `layer`'s top `i` in the last forward pass.
+    pub fn layer_top(&self, layer: &str, i: usize) -> Option<&Tensor> {
+        let e = self.entries.iter().find(|e| e.param.name() == layer)?;
+        self.blobs[*e.tops.get(i)?].as_ref()
+    }
+
+    /// Layer names with whether each runs backward (for logs and `time`).
+    pub fn layer_summary(&self) -> Vec<(String, String, bool)> {
+        self.entries
+            .iter()
+            .map(|e| {
+                (
+                    e.param.name().to_string(),
+                    e.layer.type_name().to_string(),
+                    e.need_backward,
+                )
+            })
+            .collect()
+    }
+
+    /// Copies weights from a trained net by layer name (Caffe's
+    /// CopyTrainedLayersFrom). Returns the names of ignored source layers.
+    pub fn copy_trained_from(
+        &mut self,
+        source: &NetParameter,
+        source_name: &str,
+    ) -> Result<Vec<String>> {
+        let mut ignored = Vec::new();
+        for src in &source.layer {
+            let Some(e) = self
+                .entries
+                .iter_mut()
+                .find(|e| e.param.name() == src.name())
+            else {
+                ignored.push(src.name().to_string());
+                continue;
+            };
+            let target = e.layer.params_mut();
+            if src.blobs.len() != target.len() {
+                return Err(Error::model(
+                    format!("layer '{}'", src.name()),
+                    format!(
+                        "{source_name} has {} blobs for it but the net expects {}",
+                        src.blobs.len(),
+                        target.len()
+                    ),
+                ));
+            }
+            for (i, (blob, t)) in src.blobs.iter().zip(target.iter_mut()).enumerate() {
+                let dims = t.dims().to_vec();
+                if !shape_equals(blob, &dims) {
+                    return Err(Error::model(
+                        format!("layer '{}'", src.name()),
+                        format!(
+                            "cannot copy param {i} weights from {source_name}: shape mismatch; source has {}, target needs {}. To learn this layer's parameters from scratch rather than copying from a saved net, rename the layer.",
+                            shape_string(&blob.dims()),
+                            shape_string(&dims.iter().map(|&d| d as i64).collect::<Vec<_>>())
+                        ),
+                    ));
+                }
+                *t = Tensor::from_vec(blob.values(), dims, t.device())?;
+            }
+        }
+        Ok(ignored)
+    }
+
+    /// Shares parameter values with `other` by layer name (test nets use the
+    /// train net's weights).
+    pub fn share_from(&mut self, other: &Net) {
+        for e in &mut self.entries {
+            if let Some(o) = other
+                .entries
+                .iter()
+                .find(|o| o.param.name() == e.param.name())
+            {
+                let src = o.layer.params();
+                let dst = e.layer.params_mut();
+                if src.len() == dst.len()
+                    && src
+                        .iter()
+                        .zip(dst.iter())
+                        .all(|(a, b)| a.dims() == b.dims())
+                {
+                    dst.clone_from_slice(src);
+                }
+            }
+        }
+    }
+
+    /// The net as a V2 NetParameter with every layer's blobs (a .caffemodel).
+    pub fn to_proto(&self, def: &NetParameter) -> Result<NetParameter> {
+        let mut out = NetParameter {
+            name: def.name.clone(),
+            ..Default::default()
+        };
+        for e in &self.entries {
+            let mut lp = e.param.clone();
+            lp.phase = Some(self.phase as i32);
+            lp.blobs = e
+                .layer
+                .params()
+                .iter()
+                .map(|t| {
+                    Ok(BlobProto::with_shape(
+                        t.dims(),
+                        t.flatten_all()?.to_vec1::<f32>()?,
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            out.layer.push(lp);
+        }
+        Ok(out)
+    }
+
+    /// Resumable layer states by layer name (data positions, dropout draws).
+    pub fn states(&self) -> BTreeMap<String, u64> {
+        self.entries
+            .iter()
+            .filter_map(|e| e.layer.state().map(|s| (e.param.name().to_string(), s)))
+            .collect()
+    }
+
+    /// Restores what [`Net::states`] returned.
+    pub fn restore_states(&mut self, states: &BTreeMap<String, u64>) {
+        for e in &mut self.entries {
+            if let Some(&s) = states.get(e.param.name()) {
+                e.layer.restore_state(s);
+            }
+        }
+    }
+}
