@@ -7,7 +7,7 @@ use flickr_style::caffe::model::{read_caffemodel, read_net_prototxt};
 use flickr_style::caffe::proto::Phase;
 use flickr_style::train::layers::BuildContext;
 use flickr_style::train::net::Net;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
@@ -108,4 +108,174 @@ fn first_batch_forward_and_gradients_match_pycaffe() {
             assert!(err < 1e-5, "grad {layer}_{idx}: {err}");
         }
     }
+}
+
+use flickr_style::train::solver::{Solver, SolverOptions};
+
+fn solver(prefix: &Path, solver_file: &str) -> Solver {
+    let opts = SolverOptions {
+        solver: PathBuf::from(solver_file),
+        base_dir: common::fixture("tiny-net"),
+        snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
+        max_iter: None,
+        metrics: None,
+        echo: false,
+        progress: false,
+        device: Device::Cpu,
+    };
+    Solver::new(&opts).unwrap()
+}
+
+fn caffe_trajectory() -> Vec<f32> {
+    std::fs::read_to_string(common::fixture(
+        "tiny-net/pycaffe/trajectory_full_precision.csv",
+    ))
+    .unwrap()
+    .lines()
+    .skip(1)
+    .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn one_sgd_step_matches_params_after_iter1() {
+    let t = tempfile::tempdir().unwrap();
+    let mut s = solver(&t.path().join("one"), "solver.prototxt");
+    s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+        .unwrap();
+    run_iterations(&mut s, 1);
+    let dir = common::fixture("tiny-net/pycaffe/params_after_iter1");
+    for i in 0..s.train.params().len() {
+        let layer = s.train.param_layer_name(i).to_string();
+        let idx = s.train.params()[i].index;
+        let (_, want) = npy(&dir.join(format!("{layer}_{idx}.npy")));
+        let got = s
+            .train
+            .param(i)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let err = rel_err(&got, &want, 1e-8);
+        eprintln!("after step 1 {layer}_{idx}: max rel err {err:.2e}");
+        assert!(err < 1e-5, "{layer}_{idx}: {err}");
+    }
+}
+
+/// Runs `n` iterations through the public solve loop with max_iter = iter + n.
+fn run_iterations(s: &mut Solver, n: usize) {
+    let target = s.iter + n;
+    s.set_max_iter(target);
+    s.set_snapshot_after_train(false);
+    s.solve().unwrap();
+}
+
+#[test]
+fn thirty_iterations_match_caffe_and_resume_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let prefix = t.path().join("tiny");
+    let mut s = solver(&prefix, "solver.prototxt");
+    s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+        .unwrap();
+    s.solve().unwrap();
+    let want = caffe_trajectory();
+    assert_eq!(s.trajectory.len(), 30);
+    for ((it, got), w) in s.trajectory.iter().zip(&want) {
+        let rel = (got - w).abs() / w.abs();
+        assert!(rel < 1e-5, "iteration {it}: {got} vs Caffe {w} ({rel:.2e})");
+    }
+    // Test outputs at 0, 15 and 30 as in Caffe's log.
+    let tests: Vec<(usize, f32, f32)> = s
+        .test_results
+        .iter()
+        .map(|(it, _, r)| {
+            (
+                *it,
+                r.iter().find(|x| x.0 == "accuracy").unwrap().1,
+                r.iter().find(|x| x.0 == "loss").unwrap().1,
+            )
+        })
+        .collect();
+    let caffe = [
+        (0, 0.25, 1.38594),
+        (15, 0.458333, 1.27204),
+        (30, 0.458333, 1.138),
+    ];
+    assert_eq!(tests.len(), 3);
+    for ((it, acc, loss), (cit, cacc, closs)) in tests.iter().zip(caffe) {
+        assert_eq!(*it, cit);
+        assert!((acc - cacc).abs() < 1e-5, "test acc at {it}: {acc}");
+        assert!(
+            (loss - closs).abs() / closs < 1e-5,
+            "test loss at {it}: {loss}"
+        );
+    }
+    // Our iteration-30 weights match Caffe's snapshot blob for blob.
+    let caffe30 = read_caffemodel(&common::fixture(
+        "tiny-net/snapshots/tiny_iter_30.caffemodel",
+    ))
+    .unwrap();
+    let ours30 = read_caffemodel(&t.path().join("tiny_iter_30.caffemodel")).unwrap();
+    let mut compared = 0;
+    for l in &caffe30.layer {
+        if l.blobs.is_empty() {
+            continue;
+        }
+        let o = ours30.layer.iter().find(|x| x.name() == l.name()).unwrap();
+        for (a, b) in o.blobs.iter().zip(&l.blobs) {
+            assert_eq!(a.dims(), b.dims());
+            let err = rel_err(&a.values(), &b.values(), 1e-8);
+            assert!(err < 1e-5, "{}: {err}", l.name());
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 12);
+
+    // Resume from our own iteration-15 snapshot: iterations 15..29 repeat bit for bit.
+    let mut r = solver(&t.path().join("resumed"), "solver.prototxt");
+    r.restore(&t.path().join("tiny_iter_15.solverstate"))
+        .unwrap();
+    assert_eq!(r.iter, 15);
+    r.solve().unwrap();
+    assert_eq!(r.trajectory, s.trajectory[15..].to_vec());
+    let a = std::fs::read(t.path().join("tiny_iter_30.caffemodel")).unwrap();
+    let b = std::fs::read(t.path().join("resumed_iter_30.caffemodel")).unwrap();
+    assert_eq!(a, b, "resumed run ends with identical weights");
+
+    // Resume from Caffe's own iteration-15 solverstate (no sidecar) reproduces it too,
+    // because 15 x 8 images is a whole number of epochs.
+    let mut c = solver(&t.path().join("from_caffe"), "solver.prototxt");
+    c.restore(&common::fixture(
+        "tiny-net/snapshots/tiny_iter_15.solverstate",
+    ))
+    .unwrap();
+    c.solve().unwrap();
+    for ((it, got), w) in c.trajectory.iter().zip(&want[15..]) {
+        assert!(
+            (got - w).abs() / w.abs() < 1e-5,
+            "iteration {it}: {got} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn unaligned_resume_is_exact_thanks_to_the_sidecar() {
+    let t = tempfile::tempdir().unwrap();
+    let mut whole = solver(&t.path().join("w"), "solver.prototxt");
+    whole
+        .load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+        .unwrap();
+    run_iterations(&mut whole, 14);
+    // max_iter 10 and snapshot 10: the snapshot is taken before Caffe's
+    // extra reporting forward pass, which also consumes a batch.
+    let mut first = solver(&t.path().join("u"), "solver_unaligned_first10.prototxt");
+    first
+        .load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+        .unwrap();
+    first.solve().unwrap();
+    let mut rest = solver(&t.path().join("u2"), "solver.prototxt");
+    rest.restore(&t.path().join("u_iter_10.solverstate"))
+        .unwrap();
+    run_iterations(&mut rest, 4);
+    assert_eq!(rest.trajectory, whole.trajectory[10..14].to_vec());
 }

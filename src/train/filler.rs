@@ -55,9 +55,11 @@ pub fn fill(
                 .map_err(|e| bad(format!("msra filler: {e}")))?;
             (0..n).map(|_| d.sample(&mut rng)).collect()
         }
-        other => return Err(bad(format!(
+        other => {
+            return Err(bad(format!(
             "filler type \"{other}\" is not supported (constant, uniform, gaussian, xavier, msra)"
-        ))),
+        )))
+        }
     };
     // Gaussian `sparse`: keep each weight with probability sparse / outputs.
     if param.r#type() == "gaussian" && param.sparse() >= 0 && !shape.is_empty() {

@@ -253,6 +253,7 @@ pub fn lrn_forward(x: &[f32], c: usize, plane: usize, p: &Lrn, y: &mut [f32], sc
 
 /// Gradient of [`lrn_forward`]:
 /// `dx = dy * scale^-beta - (2*alpha*beta/size) * x * sum_window(dy * y / scale)`.
+#[allow(clippy::too_many_arguments)] // mirrors the math: x, y, scale, dy, shape, params, out
 pub fn lrn_backward(
     x: &[f32],
     y: &[f32],

@@ -7,5 +7,8 @@
 pub mod filler;
 pub mod kernels;
 pub mod layers;
+pub mod log;
+pub mod lr_policy;
 pub mod net;
+pub mod solver;
 pub mod transform;

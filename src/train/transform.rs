@@ -64,6 +64,7 @@ impl Transformer {
 
     /// Transforms one CHW uint8 image; `position` (the image's global index in
     /// the feed) seeds its crop and mirror draws, so runs and resumes repeat.
+    #[allow(clippy::too_many_arguments)] // one image: shape, pixels, position, context, output
     pub fn apply(
         &self,
         c: usize,

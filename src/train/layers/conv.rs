@@ -2,7 +2,7 @@
 //! group; the backward pass reuses the columns for the weight gradient and
 //! folds `Wᵀ·dy` back with col2im for the input gradient.
 use super::{to_vec, BackwardArgs, Grads, Layer};
-use crate::caffe::proto::{ConvolutionParameter, FillerParameter, Phase};
+use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::kernels::{col2im, im2col, Window};
@@ -143,7 +143,7 @@ impl Layer for Convolution {
         let weight = fill(&wf, &wshape, self.seed, &ctx)?;
         self.params = vec![Tensor::from_vec(weight, wshape, &self.device)?];
         if p.bias_term() {
-            let bf = p.bias_filler.clone().unwrap_or(FillerParameter::default());
+            let bf = p.bias_filler.clone().unwrap_or_default();
             let bias = fill(&bf, &[self.num_output], self.seed ^ 1, &ctx)?;
             self.params
                 .push(Tensor::from_vec(bias, self.num_output, &self.device)?);

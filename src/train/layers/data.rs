@@ -40,6 +40,9 @@ enum Source {
     },
 }
 
+/// A transformed batch: (data, labels).
+type Batch = (Vec<f32>, Vec<f32>);
+
 /// One decoded image: (channels, height, width, CHW bytes, label).
 type Item = (usize, usize, usize, Vec<u8>, f32);
 
@@ -132,7 +135,7 @@ struct Feed {
     prefetch: usize,
     /// Position of the next batch handed to the net.
     position: u64,
-    rx: Option<Receiver<Result<(Vec<f32>, Vec<f32>)>>>,
+    rx: Option<Receiver<Result<Batch>>>,
 }
 
 impl Feed {
@@ -175,7 +178,7 @@ impl Feed {
         self.rx = Some(rx);
     }
 
-    fn next(&mut self) -> Result<(Vec<f32>, Vec<f32>)> {
+    fn next(&mut self) -> Result<Batch> {
         if self.rx.is_none() {
             self.start();
         }

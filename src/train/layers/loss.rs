@@ -122,7 +122,7 @@ pub struct SoftmaxWithLoss {
 
 impl SoftmaxWithLoss {
     pub fn new(param: &LayerParameter, name: &str) -> Result<Self> {
-        let lp = param.loss_param.clone().unwrap_or_default();
+        let lp = param.loss_param.unwrap_or_default();
         // The deprecated `normalize` flag overrides `normalization` when set.
         let mode = match lp.normalize {
             Some(true) => NormalizationMode::Valid,

@@ -1,0 +1,683 @@
+//! Caffe's SGD solver: the iteration loop (tests, display, update,
+//! snapshots), the update rule with the learning rate inside the momentum
+//! history, and snapshots Caffe can read (`.caffemodel` + `.solverstate`)
+//! plus a sidecar with what Caffe forgets (data positions, loss window), so a
+//! resume continues exactly from any iteration.
+use super::layers::BuildContext;
+use super::log::{g, Logger};
+use super::lr_policy::learning_rate;
+use super::net::Net;
+use crate::caffe::model::{read_caffemodel, read_net_prototxt, upgrade};
+use crate::caffe::proto::{
+    solver_parameter::SolverType, NetParameter, Phase, SolverParameter, SolverState,
+};
+use crate::caffe::{prototxt, read_binary, write_binary, BlobProto};
+use crate::error::{Error, IoContext, Result};
+use candle_core::{Device, Tensor};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// How to run a solver.
+#[derive(Clone, Debug)]
+pub struct SolverOptions {
+    /// The solver prototxt.
+    pub solver: PathBuf,
+    /// Folder that relative paths (net, sources, snapshots) are resolved from (Caffe uses the CWD).
+    pub base_dir: PathBuf,
+    /// Overrides the solver's snapshot_prefix.
+    pub snapshot_prefix: Option<String>,
+    /// Overrides the solver's max_iter.
+    pub max_iter: Option<usize>,
+    /// JSONL metrics file.
+    pub metrics: Option<PathBuf>,
+    /// Print log lines to stderr.
+    pub echo: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Where tensors live.
+    pub device: Device,
+}
+
+/// What Caffe does not store in a `.solverstate`, kept beside it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Sidecar {
+    iter: usize,
+    train_states: BTreeMap<String, u64>,
+    test_states: Vec<BTreeMap<String, u64>>,
+    losses: Vec<f32>,
+    smoothed_loss: f32,
+}
+
+/// One test phase: (iteration, test net index, mean outputs by name).
+pub type TestResult = (usize, usize, Vec<(String, f32)>);
+
+/// A running SGD solver.
+pub struct Solver {
+    param: SolverParameter,
+    net_def: NetParameter,
+    base_dir: PathBuf,
+    /// The training net.
+    pub train: Net,
+    /// Test nets.
+    pub tests: Vec<Net>,
+    history: Vec<Tensor>,
+    /// Iterations done.
+    pub iter: usize,
+    current_step: usize,
+    losses: Vec<f32>,
+    smoothed_loss: f32,
+    start_iter: usize,
+    /// Log output.
+    pub log: Logger,
+    metrics: Option<std::fs::File>,
+    stop: Arc<AtomicBool>,
+    progress: bool,
+    /// Losses of every iteration run by [`Solver::solve`] (iteration, loss).
+    pub trajectory: Vec<(usize, f32)>,
+    /// Test outputs of every test phase: (iteration, net, [(name, value)]).
+    pub test_results: Vec<TestResult>,
+}
+
+impl Solver {
+    /// Reads the solver and builds its nets.
+    pub fn new(opts: &SolverOptions) -> Result<Solver> {
+        let solver_path = if opts.solver.is_absolute() {
+            opts.solver.clone()
+        } else {
+            opts.base_dir.join(&opts.solver)
+        };
+        let mut param: SolverParameter = prototxt::read(&solver_path)?;
+        let ctx = format!("solver {}", opts.solver.display());
+        let stype = param.r#type();
+        if stype != "SGD" || param.solver_type() != SolverType::Sgd {
+            let name = if stype != "SGD" {
+                stype.to_string()
+            } else {
+                format!("{:?}", param.solver_type())
+            };
+            return Err(Error::model(
+                &ctx,
+                format!("solver type {name} is not supported; only SGD (Caffe's default) is"),
+            ));
+        }
+        if !matches!(param.regularization_type(), "L2" | "L1") {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "regularization_type \"{}\" is not L1 or L2",
+                    param.regularization_type()
+                ),
+            ));
+        }
+        if let Some(p) = &opts.snapshot_prefix {
+            param.snapshot_prefix = Some(p.clone());
+        } else if param.snapshot_prefix().is_empty() {
+            let stem = opts.solver.with_extension("");
+            param.snapshot_prefix = Some(stem.to_string_lossy().into_owned());
+        }
+        if let Some(m) = opts.max_iter {
+            param.max_iter = Some(m as i32);
+        }
+        let (train_def, test_defs) = net_definitions(&param, &opts.base_dir, &ctx)?;
+        if test_defs.len() != param.test_iter.len() {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "{} test nets but {} test_iter values",
+                    test_defs.len(),
+                    param.test_iter.len()
+                ),
+            ));
+        }
+        let seed = if param.random_seed() >= 0 {
+            param.random_seed() as u64
+        } else {
+            0
+        };
+        let build = |phase| BuildContext {
+            base_dir: opts.base_dir.clone(),
+            seed,
+            phase,
+            device: opts.device.clone(),
+        };
+        let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;
+        let tests = test_defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Net::new(d, &build(Phase::Test), param.test_state.get(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let history = (0..train.params().len())
+            .map(|i| Ok(train.param(i).zeros_like()?))
+            .collect::<Result<Vec<_>>>()?;
+        let metrics = match &opts.metrics {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .at(p)?,
+            ),
+            None => None,
+        };
+        let mut log = Logger::new(opts.echo);
+        for (name, ty, back) in train.layer_summary() {
+            if !back && ty != "Data" {
+                log.info(
+                    "net.cpp:226",
+                    &format!("{name} does not need backward computation."),
+                );
+            }
+        }
+        Ok(Solver {
+            param,
+            net_def: train_def,
+            base_dir: opts.base_dir.clone(),
+            train,
+            tests,
+            history,
+            iter: 0,
+            current_step: 0,
+            losses: Vec::new(),
+            smoothed_loss: 0.0,
+            start_iter: 0,
+            log,
+            metrics,
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: opts.progress,
+            trajectory: Vec::new(),
+            test_results: Vec::new(),
+        })
+    }
+
+    /// The solver parameters in force.
+    pub fn param(&self) -> &SolverParameter {
+        &self.param
+    }
+
+    /// Changes max_iter (e.g. to run a few iterations at a time).
+    pub fn set_max_iter(&mut self, max_iter: usize) {
+        self.param.max_iter = Some(max_iter as i32);
+    }
+
+    /// Changes snapshot_after_train.
+    pub fn set_snapshot_after_train(&mut self, on: bool) {
+        self.param.snapshot_after_train = Some(on);
+    }
+
+    /// A flag that, once set (by a Ctrl-C handler), makes the solver snapshot and stop.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Copies weights from `.caffemodel` files by layer name, in order (`-weights a,b`).
+    pub fn load_weights(&mut self, files: &[PathBuf]) -> Result<()> {
+        for f in files {
+            let path = self.resolve(f);
+            self.log
+                .info("solver.cpp:72", &format!("Finetuning from {}", f.display()));
+            let src = read_caffemodel(&path)?;
+            let ignored = self
+                .train
+                .copy_trained_from(&src, &f.display().to_string())?;
+            for name in ignored {
+                self.log
+                    .info("net.cpp:746", &format!("Ignoring source layer {name}"));
+            }
+            for t in &mut self.tests {
+                t.copy_trained_from(&src, &f.display().to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Restores a `.solverstate` (and its sidecar, if any).
+    pub fn restore(&mut self, state_path: &Path) -> Result<()> {
+        let full = self.resolve(state_path);
+        let state: SolverState = read_binary(&full, "solverstate")?;
+        self.log.info(
+            "sgd_solver.cpp:318",
+            &format!(
+                "Restoring previous solver status from {}",
+                state_path.display()
+            ),
+        );
+        if state.history.len() != self.history.len() {
+            return Err(Error::model(
+                state_path.display(),
+                format!("has {} history blobs but the net has {} learnable parameters; was it written for this net?", state.history.len(), self.history.len()),
+            ));
+        }
+        if let Some(learned) = &state.learned_net {
+            // Caffe opens learned_net relative to the CWD; fall back to the
+            // solverstate's own folder so a moved snapshot still resumes.
+            let mut model = self.resolve(Path::new(learned));
+            if !model.exists() {
+                let beside = crate::fsutil::parent_dir(&full)
+                    .join(Path::new(learned).file_name().unwrap_or_default());
+                if beside.exists() {
+                    model = beside;
+                }
+            }
+            let net = read_caffemodel(&model)?;
+            self.train.copy_trained_from(&net, learned)?;
+        }
+        for (i, (h, blob)) in self.history.iter_mut().zip(&state.history).enumerate() {
+            if blob.count() != h.elem_count() || blob.value_len() != h.elem_count() {
+                return Err(Error::model(
+                    state_path.display(),
+                    format!(
+                        "history blob {i} has {} values, expected {}",
+                        blob.value_len(),
+                        h.elem_count()
+                    ),
+                ));
+            }
+            *h = Tensor::from_vec(blob.values(), h.shape(), h.device())?;
+        }
+        self.iter = state.iter() as usize;
+        self.current_step = state.current_step() as usize;
+        let sidecar_path = sidecar(&full);
+        match std::fs::read_to_string(&sidecar_path) {
+            Ok(text) => {
+                let s: Sidecar = serde_json::from_str(&text)
+                    .map_err(|e| Error::invalid(sidecar_path.display(), format!("corrupt resume sidecar: {e}")))?;
+                self.train.restore_states(&s.train_states);
+                for (t, st) in self.tests.iter_mut().zip(&s.test_states) {
+                    t.restore_states(st);
+                }
+                self.losses = s.losses;
+                self.smoothed_loss = s.smoothed_loss;
+            }
+            Err(_) => self.log.info(
+                "solver.rs:0",
+                "No resume sidecar beside the solverstate: data layers restart at their first record, as in Caffe.",
+            ),
+        }
+        self.start_iter = self.iter;
+        Ok(())
+    }
+
+    /// Runs to max_iter like Caffe's `Solver::Solve`.
+    pub fn solve(&mut self) -> Result<()> {
+        let max_iter = self.param.max_iter().max(0) as usize;
+        self.log
+            .info("solver.cpp:310", &format!("Solving {}", self.train.name));
+        self.log.info(
+            "solver.cpp:311",
+            &format!("Learning Rate Policy: {}", self.param.lr_policy()),
+        );
+        let bar = if self.progress {
+            let b = crate::progress::bar(max_iter as u64, "train");
+            b.set_position(self.iter as u64);
+            Some(b)
+        } else {
+            None
+        };
+        self.log.set_bar(bar.clone());
+        self.start_iter = self.iter;
+        let result = self.step(max_iter, bar.as_ref());
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        self.log.set_bar(None);
+        let stopped = match result {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(e);
+            }
+        };
+        let snap = self.param.snapshot().max(0) as usize;
+        if self.param.snapshot_after_train() && (snap == 0 || self.iter % snap != 0) {
+            self.snapshot()?;
+        }
+        if stopped {
+            self.log
+                .info("solver.cpp:324", "Optimization stopped early.");
+            return Err(Error::Interrupted);
+        }
+        let display = self.param.display().max(0) as usize;
+        if display > 0 && self.iter % display == 0 {
+            // Caffe's extra forward pass to report the loss after the last update.
+            let loss = self.train.forward()?;
+            self.update_smoothed_loss(loss);
+            self.log.info(
+                "solver.cpp:327",
+                &format!("Iteration {}, loss = {}", self.iter, g(self.smoothed_loss)),
+            );
+        }
+        let interval = self.param.test_interval().max(0) as usize;
+        if interval > 0 && self.iter % interval == 0 {
+            self.test_all()?;
+        }
+        self.log.info("solver.cpp:332", "Optimization Done.");
+        Ok(())
+    }
+
+    /// Iterations until `max_iter`; returns whether a stop was requested.
+    fn step(&mut self, max_iter: usize, bar: Option<&indicatif::ProgressBar>) -> Result<bool> {
+        let interval = self.param.test_interval().max(0) as usize;
+        let display = self.param.display().max(0) as usize;
+        let iter_size = self.param.iter_size().max(1) as usize;
+        let snap = self.param.snapshot().max(0) as usize;
+        let mut timer = std::time::Instant::now();
+        let mut timer_iter = self.iter;
+        while self.iter < max_iter {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(true);
+            }
+            self.train.clear_grads();
+            if interval > 0
+                && self.iter % interval == 0
+                && (self.iter > 0 || self.param.test_initialization())
+            {
+                self.test_all()?;
+            }
+            let mut loss = 0.0f32;
+            for _ in 0..iter_size {
+                let l = self.train.forward()?;
+                if !l.is_finite() {
+                    return Err(Error::Diverged {
+                        iter: self.iter,
+                        value: l,
+                    });
+                }
+                self.train.backward()?;
+                loss += l;
+            }
+            loss /= iter_size as f32;
+            self.trajectory.push((self.iter, loss));
+            self.update_smoothed_loss(loss);
+            let show = display > 0 && self.iter % display == 0;
+            let rate = learning_rate(&self.param, self.iter, &mut self.current_step)?;
+            let outputs = self.train.outputs()?;
+            if show {
+                let lapse = timer.elapsed().as_secs_f64();
+                let done = (self.iter - timer_iter).max(1) as f64;
+                self.log.info(
+                    "solver.cpp:239",
+                    &format!(
+                        "Iteration {} ({:.4} iter/s, {:.3}s/{display} iters), loss = {}",
+                        self.iter,
+                        done / lapse.max(1e-9),
+                        lapse,
+                        g(self.smoothed_loss)
+                    ),
+                );
+                let mut k = 0;
+                for (name, values, w) in &outputs {
+                    for v in values {
+                        let extra = if *w != 0.0 {
+                            format!(" (* {} = {} loss)", g(*w), g(w * v))
+                        } else {
+                            String::new()
+                        };
+                        self.log.info(
+                            "solver.cpp:258",
+                            &format!("    Train net output #{k}: {name} = {}{extra}", g(*v)),
+                        );
+                        k += 1;
+                    }
+                }
+                self.log.info(
+                    "sgd_solver.cpp:112",
+                    &format!("Iteration {}, lr = {}", self.iter, g(rate)),
+                );
+                timer = std::time::Instant::now();
+                timer_iter = self.iter;
+            }
+            self.write_metrics(serde_json::json!({
+                "phase": "train", "iter": self.iter, "loss": loss, "smoothed_loss": self.smoothed_loss, "lr": rate,
+                "outputs": outputs.iter().map(|(n, v, _)| (n.clone(), v.first().copied().unwrap_or(0.0))).collect::<BTreeMap<_, _>>(),
+            }))?;
+            self.apply_update(rate)?;
+            self.iter += 1;
+            if let Some(b) = bar {
+                b.set_position(self.iter as u64);
+                b.set_message(format!("loss {}", g(self.smoothed_loss)));
+            }
+            if snap > 0 && self.iter % snap == 0 {
+                self.snapshot()?;
+            }
+        }
+        Ok(false)
+    }
+
+    fn update_smoothed_loss(&mut self, loss: f32) {
+        let window = self.param.average_loss().max(1) as usize;
+        if self.losses.len() < window {
+            self.losses.push(loss);
+            let n = self.losses.len() as f32;
+            self.smoothed_loss = (self.smoothed_loss * (n - 1.0) + loss) / n;
+        } else {
+            let idx = (self.iter - self.start_iter) % window;
+            self.smoothed_loss += (loss - self.losses[idx]) / window as f32;
+            self.losses[idx] = loss;
+        }
+    }
+
+    /// Caffe's SGD step: clip, then per parameter normalise, regularise and
+    /// `h = momentum*h + lr*lr_mult*diff`, and finally `w -= h`.
+    fn apply_update(&mut self, rate: f32) -> Result<()> {
+        let n = self.train.params().len();
+        let clip = self.param.clip_gradients();
+        if clip >= 0.0 {
+            let mut sumsq = 0.0f32;
+            for i in 0..n {
+                if self.train.params()[i].lr_mult != 0.0 {
+                    sumsq += self.train.grad(i)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+                }
+            }
+            let norm = sumsq.sqrt();
+            if norm > clip {
+                let factor = clip / norm;
+                self.log.info("solver.cpp:0", &format!("Gradient clipping: scaling down gradients (L2 norm {} > {}) by scale factor {}", g(norm), g(clip), g(factor)));
+                for i in 0..n {
+                    let gscaled = (self.train.grad(i)? * factor as f64)?;
+                    self.train.set_grad(i, gscaled);
+                }
+            }
+        }
+        let iter_size = self.param.iter_size().max(1);
+        let momentum = self.param.momentum();
+        let weight_decay = self.param.weight_decay();
+        let l1 = self.param.regularization_type() == "L1";
+        for i in 0..n {
+            let p = self.train.params()[i];
+            let mut diff = self.train.grad(i)?;
+            if iter_size > 1 {
+                diff = (diff * (1.0f32 / iter_size as f32) as f64)?;
+            }
+            let local_decay = weight_decay * p.decay_mult;
+            let w = self.train.param(i).clone();
+            if local_decay != 0.0 {
+                let reg = if l1 { w.sign()? } else { w.clone() };
+                diff = ((reg * local_decay as f64)? + diff)?;
+            }
+            let local_rate = rate * p.lr_mult;
+            let h = ((diff * local_rate as f64)? + (&self.history[i] * momentum as f64)?)?;
+            let updated = (w - &h)?;
+            self.history[i] = h;
+            self.train.set_param(i, updated);
+        }
+        Ok(())
+    }
+
+    /// Runs every test net for its test_iter batches and logs the mean outputs.
+    pub fn test_all(&mut self) -> Result<Vec<Vec<(String, f32)>>> {
+        let mut all = Vec::new();
+        for ti in 0..self.tests.len() {
+            self.log.info(
+                "solver.cpp:347",
+                &format!("Iteration {}, Testing net (#{ti})", self.iter),
+            );
+            self.tests[ti].share_from(&self.train);
+            let iters = self.param.test_iter[ti].max(0) as usize;
+            let mut scores: Vec<(String, f32, f32)> = Vec::new();
+            let mut loss = 0.0f32;
+            for i in 0..iters {
+                let l = self.tests[ti].forward()?;
+                loss += l;
+                let mut k = 0;
+                for (name, values, w) in self.tests[ti].outputs()? {
+                    for v in values {
+                        if i == 0 {
+                            scores.push((name.clone(), v, w));
+                        } else {
+                            scores[k].1 += v;
+                        }
+                        k += 1;
+                    }
+                }
+            }
+            if self.param.test_compute_loss() && iters > 0 {
+                self.log.info(
+                    "solver.cpp:402",
+                    &format!("Test loss: {}", g(loss / iters as f32)),
+                );
+            }
+            let mut result = Vec::new();
+            for (k, (name, sum, w)) in scores.into_iter().enumerate() {
+                let mean = sum / iters.max(1) as f32;
+                let extra = if w != 0.0 {
+                    format!(" (* {} = {} loss)", g(w), g(w * mean))
+                } else {
+                    String::new()
+                };
+                self.log.info(
+                    "solver.cpp:414",
+                    &format!("    Test net output #{k}: {name} = {}{extra}", g(mean)),
+                );
+                result.push((name, mean));
+            }
+            self.write_metrics(serde_json::json!({
+                "phase": "test", "iter": self.iter, "net": ti,
+                "outputs": result.iter().cloned().collect::<BTreeMap<_, _>>(),
+            }))?;
+            self.test_results.push((self.iter, ti, result.clone()));
+            all.push(result);
+        }
+        Ok(all)
+    }
+
+    fn write_metrics(&mut self, v: serde_json::Value) -> Result<()> {
+        if let Some(f) = &mut self.metrics {
+            writeln!(f, "{v}").map_err(|e| Error::io("metrics file", e))?;
+        }
+        Ok(())
+    }
+
+    /// The path prefix of the snapshot at the current iteration.
+    fn snapshot_name(&self, ext: &str) -> String {
+        format!("{}_iter_{}{ext}", self.param.snapshot_prefix(), self.iter)
+    }
+
+    /// Writes `<prefix>_iter_N.caffemodel`, `.solverstate` and the resume sidecar, each atomically.
+    pub fn snapshot(&mut self) -> Result<(PathBuf, PathBuf)> {
+        let model_name = self.snapshot_name(".caffemodel");
+        let state_name = self.snapshot_name(".solverstate");
+        let model_path = self.resolve(Path::new(&model_name));
+        let state_path = self.resolve(Path::new(&state_name));
+        self.log.info(
+            "sgd_solver.cpp:273",
+            &format!("Snapshotting to binary proto file {model_name}"),
+        );
+        write_binary(&model_path, &self.train.to_proto(&self.net_def)?)?;
+        let history = self
+            .history
+            .iter()
+            .map(|h| {
+                Ok(BlobProto::with_shape(
+                    h.dims(),
+                    h.flatten_all()?.to_vec1::<f32>()?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let state = SolverState {
+            iter: Some(self.iter as i32),
+            learned_net: Some(model_name),
+            history,
+            current_step: Some(self.current_step as i32),
+        };
+        self.log.info(
+            "sgd_solver.cpp:290",
+            &format!("Snapshotting solver state to binary proto file {state_name}"),
+        );
+        write_binary(&state_path, &state)?;
+        let side = Sidecar {
+            iter: self.iter,
+            train_states: self.train.states(),
+            test_states: self.tests.iter().map(|t| t.states()).collect(),
+            losses: self.losses.clone(),
+            smoothed_loss: self.smoothed_loss,
+        };
+        let text = serde_json::to_vec_pretty(&side).expect("sidecar serialises");
+        crate::fsutil::write_atomic(&sidecar(&state_path), &text)?;
+        Ok((model_path, state_path))
+    }
+}
+
+/// `x.solverstate` → `x.solverstate.resume.json`.
+fn sidecar(state: &Path) -> PathBuf {
+    let mut s = state.as_os_str().to_os_string();
+    s.push(".resume.json");
+    PathBuf::from(s)
+}
+
+/// The train and test net definitions a solver names.
+fn net_definitions(
+    p: &SolverParameter,
+    base: &Path,
+    ctx: &str,
+) -> Result<(NetParameter, Vec<NetParameter>)> {
+    let read = |f: &str| -> Result<NetParameter> {
+        let path = base.join(f);
+        read_net_prototxt(&path)
+    };
+    let inline = |n: &NetParameter| -> Result<NetParameter> {
+        let mut n = n.clone();
+        upgrade(&mut n, ctx)?;
+        Ok(n)
+    };
+    let generic = match (&p.net, &p.net_param) {
+        (Some(f), _) => Some(read(f)?),
+        (None, Some(n)) => Some(inline(n)?),
+        _ => None,
+    };
+    let train = match (&p.train_net, &p.train_net_param, &generic) {
+        (Some(f), _, _) => read(f)?,
+        (None, Some(n), _) => inline(n)?,
+        (None, None, Some(g)) => g.clone(),
+        _ => {
+            return Err(Error::model(
+                ctx,
+                "names no net (set `net:` or `train_net:`)",
+            ))
+        }
+    };
+    let mut tests: Vec<NetParameter> = p.test_net.iter().map(|f| read(f)).collect::<Result<_>>()?;
+    for n in &p.test_net_param {
+        tests.push(inline(n)?);
+    }
+    if let Some(g) = &generic {
+        let generic_instances = if !p.test_state.is_empty() {
+            p.test_state.len()
+        } else {
+            p.test_iter.len().saturating_sub(tests.len())
+        };
+        for _ in 0..generic_instances {
+            tests.push(g.clone());
+        }
+    }
+    Ok((train, tests))
+}
