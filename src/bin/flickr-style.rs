@@ -30,6 +30,12 @@ enum Command {
     Assemble(AssembleArgs),
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
+    /// Train or fine-tune a net from a Caffe solver prototxt (caffe train).
+    Finetune(FinetuneArgs),
+    /// Score a net's TEST phase with trained weights (caffe test).
+    Test(TestArgs),
+    /// Time forward and backward passes, layer by layer (caffe time).
+    Time(TimeArgs),
     /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
     GetIlsvrcAux(GetIlsvrcAuxArgs),
 }
@@ -172,6 +178,66 @@ struct DownloadModelArgs {
 }
 
 #[derive(Args)]
+struct FinetuneArgs {
+    /// The solver prototxt (paths inside are relative to the current folder, like Caffe, or to the solver's folder).
+    #[arg(long)]
+    solver: PathBuf,
+    /// Pretrained .caffemodel(s) to copy weights from by layer name (comma-separated, applied in order).
+    #[arg(long, value_delimiter = ',', conflicts_with = "snapshot")]
+    weights: Vec<PathBuf>,
+    /// Resume from this .solverstate (exactly, when its .resume.json sidecar is beside it).
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Append per-iteration metrics (JSON lines) to this file.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Also write the log to this file.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Override the solver's snapshot_prefix.
+    #[arg(long)]
+    snapshot_prefix: Option<String>,
+    /// Override the solver's max_iter.
+    #[arg(long)]
+    max_iter: Option<usize>,
+    /// Train on GPU N (needs a CUDA build).
+    #[arg(long)]
+    gpu: Option<usize>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Net prototxt (its TEST phase is used).
+    #[arg(long)]
+    model: PathBuf,
+    /// Trained .caffemodel(s), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    weights: Vec<PathBuf>,
+    /// Batches to average over.
+    #[arg(long, default_value_t = 50)]
+    iterations: usize,
+    /// Run on GPU N (needs a CUDA build).
+    #[arg(long)]
+    gpu: Option<usize>,
+}
+
+#[derive(Args)]
+struct TimeArgs {
+    /// Net prototxt (its TRAIN phase is timed).
+    #[arg(long)]
+    model: PathBuf,
+    /// Forward-backward passes to average.
+    #[arg(long, default_value_t = 10)]
+    iterations: usize,
+    /// Replace Data/ImageData layers by inputs of the same shape (no data needed).
+    #[arg(long)]
+    synthetic: bool,
+    /// Run on GPU N (needs a CUDA build).
+    #[arg(long)]
+    gpu: Option<usize>,
+}
+
+#[derive(Args)]
 struct GetIlsvrcAuxArgs {
     /// Folder to unpack into (Caffe's data/ilsvrc12).
     #[arg(long, default_value = "data/ilsvrc12")]
@@ -209,6 +275,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::ConvertMean(a) => cmd_convert_mean(a),
         Command::GetIlsvrcAux(a) => cmd_get_ilsvrc_aux(a),
         Command::Assemble(a) => cmd_assemble(a),
+        Command::Finetune(a) => cmd_finetune(a),
+        Command::Test(a) => cmd_test(a),
+        Command::Time(a) => cmd_time(a),
         Command::DownloadModel(a) => cmd_download_model(a),
     }
 }
@@ -411,5 +480,106 @@ fn cmd_download_model(a: DownloadModelArgs) -> Result<()> {
     } else {
         eprintln!("{} is already present and verified", path.display());
     }
+    Ok(())
+}
+
+/// The compute device for `--gpu`.
+fn device(gpu: Option<usize>) -> Result<candle_core::Device> {
+    match gpu {
+        None => Ok(candle_core::Device::Cpu),
+        Some(n) => bail!(
+            "--gpu {n}: this build has no CUDA support yet; GPU training is not implemented (run without --gpu to train on the CPU)"
+        ),
+    }
+}
+
+fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
+    use flickr_style::train::solver::{Solver, SolverOptions};
+    let opts = SolverOptions {
+        solver: a.solver.clone(),
+        base_dir: PathBuf::from("."),
+        snapshot_prefix: a.snapshot_prefix,
+        max_iter: a.max_iter,
+        metrics: a.metrics,
+        echo: true,
+        progress: true,
+        device: device(a.gpu)?,
+    };
+    let mut solver =
+        Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
+    if let Some(log) = &a.log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening log file {}", log.display()))?;
+        solver.log =
+            std::mem::replace(&mut solver.log, flickr_style::train::log::Logger::new(true))
+                .with_file(file);
+    }
+    let stop = solver.stop_flag();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130); // a second Ctrl-C: give up at once
+        }
+        eprintln!(
+            "\nStopping after this iteration and writing a snapshot (Ctrl-C again to quit now)"
+        );
+    })?;
+    if let Some(state) = &a.snapshot {
+        solver.restore(state)?;
+    } else if !a.weights.is_empty() {
+        solver.load_weights(&a.weights)?;
+    }
+    solver.solve()?;
+    Ok(())
+}
+
+fn cmd_test(a: TestArgs) -> Result<()> {
+    let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
+    let results = flickr_style::train::commands::test(
+        &a.model,
+        &weights,
+        a.iterations,
+        Path::new("."),
+        &device(a.gpu)?,
+    )?;
+    for (name, value, w) in results {
+        let extra = if w != 0.0 {
+            format!(
+                " (* {} = {} loss)",
+                flickr_style::train::log::g(w),
+                flickr_style::train::log::g(w * value)
+            )
+        } else {
+            String::new()
+        };
+        println!("{name} = {}{extra}", flickr_style::train::log::g(value));
+    }
+    Ok(())
+}
+
+fn cmd_time(a: TimeArgs) -> Result<()> {
+    let r = flickr_style::train::commands::time(
+        &a.model,
+        a.iterations,
+        a.synthetic,
+        Path::new("."),
+        &device(a.gpu)?,
+    )?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    println!("| layer | type | forward ms | backward ms |");
+    println!("|---|---|---|---|");
+    for (name, ty, f, b) in &r.layers {
+        println!("| {name} | {ty} | {:.2} | {:.2} |", ms(*f), ms(*b));
+    }
+    println!("Average Forward pass: {:.1} ms.", ms(r.forward));
+    println!("Average Backward pass: {:.1} ms.", ms(r.backward));
+    println!(
+        "Average Forward-Backward: {:.1} ms ({} iterations, {} threads).",
+        ms(r.forward + r.backward),
+        r.iterations,
+        rayon::current_num_threads()
+    );
     Ok(())
 }

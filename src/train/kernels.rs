@@ -88,6 +88,93 @@ pub fn col2im(col: &[f32], g: &Window, x: &mut [f32]) {
     }
 }
 
+/// One row of the batched column matrix: row `r` = (channel, ki, kj) of the
+/// unfolded input, laid out as `n_images` blocks of `oh*ow` values. Filling
+/// rows independently lets callers parallelise over rows and get one big
+/// `(rows) x (images*positions)` matrix for a single GEMM per group.
+pub fn im2col_row(x: &[f32], g: &Window, n_images: usize, r: usize, out: &mut [f32]) {
+    let (c, rest) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+    let (ki, kj) = (rest / g.kw, rest % g.kw);
+    let plane = g.oh * g.ow;
+    let img = g.c * g.h * g.w;
+    // Output columns whose input column lies inside the image: [lo, hi).
+    let shift = (kj * g.dw) as isize - g.pw as isize;
+    let lo = if shift >= 0 {
+        0
+    } else {
+        ((-shift) as usize).div_ceil(g.sw)
+    }
+    .min(g.ow);
+    let limit = g.w as isize - shift;
+    let hi = if limit <= 0 {
+        0
+    } else {
+        (limit as usize).div_ceil(g.sw).min(g.ow)
+    }
+    .max(lo);
+    for n in 0..n_images {
+        let xc = &x[n * img + c * g.h * g.w..n * img + (c + 1) * g.h * g.w];
+        let block = &mut out[n * plane..(n + 1) * plane];
+        for oy in 0..g.oh {
+            let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+            let dst = &mut block[oy * g.ow..(oy + 1) * g.ow];
+            if iy < 0 || iy >= g.h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            let first = (lo * g.sw) as isize + shift;
+            if g.sw == 1 {
+                dst[lo..hi].copy_from_slice(&src[first as usize..first as usize + (hi - lo)]);
+            } else {
+                for (d, s) in dst[lo..hi]
+                    .iter_mut()
+                    .zip(src[first as usize..].iter().step_by(g.sw))
+                {
+                    *d = *s;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_row`] for one (image, channel) plane: sums every
+/// column-matrix entry that came from this plane. `cols` is the whole
+/// `(c*kh*kw) x (n_images*oh*ow)` matrix.
+pub fn col2im_plane(
+    cols: &[f32],
+    g: &Window,
+    n_images: usize,
+    n: usize,
+    c: usize,
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    let plane = g.oh * g.ow;
+    let row_len = n_images * plane;
+    for ki in 0..g.kh {
+        for kj in 0..g.kw {
+            let r = (c * g.kh + ki) * g.kw + kj;
+            let block = &cols[r * row_len + n * plane..r * row_len + (n + 1) * plane];
+            for oy in 0..g.oh {
+                let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let dst = &mut out[iy as usize * g.w..(iy as usize + 1) * g.w];
+                for (ox, &v) in block[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
+                    let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
+                    if ix >= 0 && (ix as usize) < g.w {
+                        dst[ix as usize] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Caffe's pooled size: ceil rounding, and the last window dropped when it
 /// would start inside the bottom/right padding.
 pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil: bool) -> usize {
@@ -351,6 +438,38 @@ mod tests {
         let lhs: f64 = col.iter().zip(&c).map(|(a, b)| (a * b) as f64).sum();
         let rhs: f64 = x.iter().zip(&back).map(|(a, b)| (a * b) as f64).sum();
         assert!((lhs - rhs).abs() < 1e-4, "{lhs} {rhs}");
+    }
+
+    #[test]
+    fn batched_rows_match_per_image_im2col() {
+        let g = window(3, 6, 5, 3, 1, 2);
+        let n = 2;
+        let x: Vec<f32> = (0..n * 3 * 6 * 5)
+            .map(|i| (i as f32 * 0.21).sin())
+            .collect();
+        let rows = 3 * 9;
+        let plane = g.oh * g.ow;
+        let mut batched = vec![0.0; rows * n * plane];
+        for (r, out) in batched.chunks_mut(n * plane).enumerate() {
+            im2col_row(&x, &g, n, r, out);
+        }
+        for img in 0..n {
+            let mut single = vec![0.0; rows * plane];
+            im2col(&x[img * 90..(img + 1) * 90], &g, &mut single);
+            for r in 0..rows {
+                assert_eq!(
+                    &batched[r * n * plane + img * plane..r * n * plane + (img + 1) * plane],
+                    &single[r * plane..(r + 1) * plane]
+                );
+            }
+            let mut a = vec![0.0; 90];
+            col2im(&single, &g, &mut a);
+            let mut b = vec![0.0; 90];
+            for c in 0..3 {
+                col2im_plane(&batched, &g, n, img, c, &mut b[c * 30..(c + 1) * 30]);
+            }
+            assert_eq!(a, b);
+        }
     }
 
     /// Finite-difference check of a scalar function's gradient.

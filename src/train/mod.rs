@@ -4,6 +4,7 @@
 //! - [`kernels`]: CPU kernels for what candle lacks (pooling with argmax, LRN, im2col).
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 
+pub mod commands;
 pub mod filler;
 pub mod kernels;
 pub mod layers;

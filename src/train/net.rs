@@ -10,6 +10,7 @@ use crate::caffe::BlobProto;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 struct Entry {
     param: LayerParameter,
@@ -49,6 +50,8 @@ pub struct Net {
     params: Vec<ParamRef>,
     /// Accumulated parameter gradients, aligned with `params`.
     grads: Vec<Option<Tensor>>,
+    /// Per-layer (forward, backward) time when timing is on.
+    timing: Option<Vec<(Duration, Duration)>>,
 }
 
 /// Whether `state` satisfies `rule` (Caffe's StateMeetsRule).
@@ -90,6 +93,7 @@ impl Net {
             outputs: Vec::new(),
             params: Vec::new(),
             grads: Vec::new(),
+            timing: None,
         };
         if !def.input.is_empty() || !def.input_dim.is_empty() {
             return Err(Error::model(
@@ -273,13 +277,17 @@ impl Net {
     /// Runs every layer; returns the total weighted loss.
     pub fn forward(&mut self) -> Result<f32> {
         let mut loss = 0.0f32;
-        for e in &mut self.entries {
+        for (li, e) in self.entries.iter_mut().enumerate() {
             let bottom: Vec<Tensor> = e
                 .bottoms
                 .iter()
                 .map(|&b| self.blobs[b].clone().expect("bottom computed"))
                 .collect();
+            let start = Instant::now();
             let tops = e.layer.forward(&bottom, self.phase)?;
+            if let Some(t) = &mut self.timing {
+                t[li].0 += start.elapsed();
+            }
             for ((&id, t), &w) in e.tops.iter().zip(tops).zip(&e.loss_weights) {
                 if w != 0.0 {
                     loss += w * t.flatten_all()?.sum(0)?.to_scalar::<f32>()?;
@@ -321,6 +329,7 @@ impl Net {
                 .collect();
             let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
             let param_grad: Vec<bool> = e.mults.iter().map(|&(lr, _)| lr != 0.0).collect();
+            let start = Instant::now();
             let (bgrads, pgrads) = e.layer.backward(&BackwardArgs {
                 bottom: &bottom,
                 top: &top,
@@ -328,6 +337,9 @@ impl Net {
                 propagate: &e.propagate,
                 param_grad: &param_grad,
             })?;
+            if let Some(t) = &mut self.timing {
+                t[li].1 += start.elapsed();
+            }
             for (&b, g) in e.bottoms.iter().zip(bgrads) {
                 if let Some(g) = g {
                     diffs[b] = Some(match diffs[b].take() {
@@ -347,6 +359,30 @@ impl Net {
             }
         }
         Ok(())
+    }
+
+    /// Starts (or resets) per-layer timing.
+    pub fn enable_timing(&mut self) {
+        self.timing = Some(vec![(Duration::ZERO, Duration::ZERO); self.entries.len()]);
+    }
+
+    /// Per-layer (name, type, forward, backward) totals since timing was enabled.
+    pub fn timings(&self) -> Vec<(String, String, Duration, Duration)> {
+        let Some(t) = &self.timing else {
+            return Vec::new();
+        };
+        self.entries
+            .iter()
+            .zip(t)
+            .map(|(e, &(f, b))| {
+                (
+                    e.param.name().to_string(),
+                    e.layer.type_name().to_string(),
+                    f,
+                    b,
+                )
+            })
+            .collect()
     }
 
     /// Forgets accumulated gradients (start of an iteration).
@@ -478,7 +514,7 @@ impl Net {
                     return Err(Error::model(
                         format!("layer '{}'", src.name()),
                         format!(
-                            "cannot copy param {i} weights from {source_name}: shape mismatch; source has {}, target needs {}. To learn this layer's parameters from scratch rather than copying from a saved net, rename the layer.",
+                            "cannot copy param {i} weights from {source_name}; shape mismatch. Source param shape is {}; target param shape is {}. To learn this layer's parameters from scratch rather than copying from a saved net, rename the layer.",
                             shape_string(&blob.dims()),
                             shape_string(&dims.iter().map(|&d| d as i64).collect::<Vec<_>>())
                         ),

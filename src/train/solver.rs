@@ -121,7 +121,16 @@ impl Solver {
         if let Some(m) = opts.max_iter {
             param.max_iter = Some(m as i32);
         }
-        let (train_def, test_defs) = net_definitions(&param, &opts.base_dir, &ctx)?;
+        // Caffe resolves paths from the CWD; if the net is not found there but
+        // is beside the solver, resolve everything from the solver's folder.
+        let mut base_dir = opts.base_dir.clone();
+        let solver_dir = crate::fsutil::parent_dir(&solver_path);
+        if let Some(net) = param.net.as_ref().or(param.train_net.as_ref()) {
+            if !base_dir.join(net).exists() && solver_dir.join(net).exists() {
+                base_dir = solver_dir;
+            }
+        }
+        let (train_def, test_defs) = net_definitions(&param, &base_dir, &ctx)?;
         if test_defs.len() != param.test_iter.len() {
             return Err(Error::model(
                 &ctx,
@@ -138,7 +147,7 @@ impl Solver {
             0
         };
         let build = |phase| BuildContext {
-            base_dir: opts.base_dir.clone(),
+            base_dir: base_dir.clone(),
             seed,
             phase,
             device: opts.device.clone(),
@@ -174,7 +183,7 @@ impl Solver {
         Ok(Solver {
             param,
             net_def: train_def,
-            base_dir: opts.base_dir.clone(),
+            base_dir,
             train,
             tests,
             history,

@@ -1,11 +1,11 @@
 //! Convolution as Caffe computes it: im2col, then one matrix product per
 //! group; the backward pass reuses the columns for the weight gradient and
 //! folds `Wᵀ·dy` back with col2im for the input gradient.
-use super::{to_vec, BackwardArgs, Grads, Layer};
+use super::{to_vec, with_f32, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
-use crate::train::kernels::{col2im, im2col, Window};
+use crate::train::kernels::{col2im_plane, im2col_row, Window};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -19,7 +19,7 @@ pub struct Convolution {
     win: Option<Window>,
     group: usize,
     num_output: usize,
-    /// Columns of the last forward: (N, group, K, P).
+    /// Columns of the last forward: (group, K, N*P).
     cols: Option<Tensor>,
 }
 
@@ -164,26 +164,42 @@ impl Layer for Convolution {
         let x = &bottom[0];
         let n = x.dim(0)?;
         let g = self.group;
+        let og = self.num_output / g;
         let k = win.c / g * win.kh * win.kw;
         let plane = win.oh * win.ow;
-        let xs = to_vec(x)?;
-        let img = win.c * win.h * win.w;
-        let mut cols = vec![0.0f32; n * win.c * win.kh * win.kw * plane];
-        cols.par_chunks_mut(win.c * win.kh * win.kw * plane)
-            .zip(xs.par_chunks(img))
-            .for_each(|(col, xi)| im2col(xi, &win, col));
-        let cols = Tensor::from_vec(cols, (n, g, k, plane), &self.device)?;
-        let wt = self.params[0].reshape((1, g, self.num_output / g, k))?;
-        let mut y = wt
-            .broadcast_as((n, g, self.num_output / g, k))?
-            .contiguous()?
-            .matmul(&cols)?;
-        y = y.reshape((n, self.num_output, win.oh, win.ow))?;
-        if let Some(b) = self.params.get(1) {
-            y = y.broadcast_add(&b.reshape((1, self.num_output, 1, 1))?)?;
-        }
+        // One (rows) x (images * positions) matrix: a single GEMM per group.
+        let mut cols = vec![0.0f32; g * k * n * plane];
+        with_f32(x, |xs| {
+            cols.par_chunks_mut(n * plane)
+                .enumerate()
+                .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
+        })?;
+        let cols = Tensor::from_vec(cols, (g, k, n * plane), &self.device)?;
+        let w = self.params[0].reshape((g, og, k))?;
+        let y = w.matmul(&cols)?; // (g, og, n*plane)
+                                  // Reorder to (n, channels, plane) and add the bias in one pass.
+        let bias = match self.params.get(1) {
+            Some(b) => to_vec(b)?,
+            None => vec![0.0; self.num_output],
+        };
+        let cout = self.num_output;
+        let mut out = vec![0.0f32; n * cout * plane];
+        with_f32(&y, |ys| {
+            out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+                let (img, ch) = (i / cout, i % cout);
+                let src = &ys[(ch * n + img) * plane..(ch * n + img + 1) * plane];
+                let b = bias[ch];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s + b;
+                }
+            })
+        })?;
         self.cols = Some(cols);
-        Ok(vec![y])
+        Ok(vec![Tensor::from_vec(
+            out,
+            (n, cout, win.oh, win.ow),
+            &self.device,
+        )?])
     }
 
     fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
@@ -196,29 +212,39 @@ impl Layer for Convolution {
         let og = self.num_output / g;
         let k = win.c / g * win.kh * win.kw;
         let plane = win.oh * win.ow;
-        let dy = dy.reshape((n, g, og, plane))?;
+        let dy4 = dy.reshape((n, g, og, plane))?;
         let mut pgrads = vec![None; self.params.len()];
+        if self.params.len() > 1 && a.param_grad[1] {
+            pgrads[1] = Some(dy4.sum(3)?.sum(0)?.reshape(self.num_output)?);
+        }
+        if !a.param_grad[0] && !a.propagate[0] {
+            return Ok((vec![None], pgrads));
+        }
+        // (g, og, n*plane), matching the column matrix's layout.
+        let dyg = dy4
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((g, og, n * plane))?;
         if a.param_grad[0] {
             let cols = self.cols.as_ref().expect("forward ran");
-            let dw = dy.matmul(&cols.transpose(2, 3)?)?.sum(0)?;
+            let dw = dyg.matmul(&cols.transpose(1, 2)?)?;
             pgrads[0] = Some(dw.reshape(self.params[0].shape())?);
-        }
-        if self.params.len() > 1 && a.param_grad[1] {
-            pgrads[1] = Some(dy.sum(3)?.sum(0)?.reshape(self.num_output)?);
         }
         let mut bgrad = None;
         if a.propagate[0] {
-            let wt = self.params[0].reshape((1, g, og, k))?.transpose(2, 3)?;
-            let dcols = wt
-                .broadcast_as((n, g, k, og))?
-                .contiguous()?
-                .matmul(&dy.contiguous()?)?;
-            let dcols = to_vec(&dcols)?;
-            let img = win.c * win.h * win.w;
-            let mut dx = vec![0.0f32; n * img];
-            dx.par_chunks_mut(img)
-                .zip(dcols.par_chunks(win.c * win.kh * win.kw * plane))
-                .for_each(|(dxi, col)| col2im(col, &win, dxi));
+            // A contiguous Wᵀ: gemm is several times slower on a transposed lhs view.
+            let wt = self.params[0]
+                .reshape((g, og, k))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let dcols = wt.matmul(&dyg)?; // (g*k, n*plane)
+            let hw = win.h * win.w;
+            let mut dx = vec![0.0f32; n * win.c * hw];
+            with_f32(&dcols, |dc| {
+                dx.par_chunks_mut(hw)
+                    .enumerate()
+                    .for_each(|(i, out)| col2im_plane(dc, &win, n, i / win.c, i % win.c, out))
+            })?;
             bgrad = Some(Tensor::from_vec(dx, a.bottom[0].shape(), &self.device)?);
         }
         Ok((vec![bgrad], pgrads))

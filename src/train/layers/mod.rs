@@ -146,6 +146,20 @@ pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Runs `f` on the tensor's values in row-major order, borrowing the CPU
+/// buffer when the tensor is contiguous (no copy) and copying otherwise.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[start..end]));
+        }
+    }
+    Ok(f(&to_vec(t)?))
+}
+
 /// Number of elements of a shape.
 pub(crate) fn count(shape: &[usize]) -> usize {
     shape.iter().product()

@@ -1,5 +1,5 @@
 //! Element-wise layers: ReLU (with negative slope) and inverted Dropout.
-use super::{BackwardArgs, Grads, Layer};
+use super::{with_f32, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -37,16 +37,21 @@ impl Layer for Relu {
         let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
             return Ok((vec![None], vec![]));
         };
-        // Caffe: dx = dy * ((x > 0) + slope * (x <= 0)).
+        // Caffe: dx = dy * ((x > 0) + slope * (x <= 0)), in one pass.
         let x = &a.bottom[0];
-        let pos = x.gt(0f32)?.to_dtype(candle_core::DType::F32)?;
-        let factor = if self.slope == 0.0 {
-            pos
-        } else {
-            let neg = x.le(0f32)?.to_dtype(candle_core::DType::F32)?;
-            (pos + (neg * self.slope as f64)?)?
-        };
-        Ok((vec![Some((dy * factor)?)], vec![]))
+        let slope = self.slope;
+        let dx = with_f32(x, |xs| {
+            with_f32(dy, |ds| {
+                xs.iter()
+                    .zip(ds)
+                    .map(|(&x, &d)| if x > 0.0 { d } else { d * slope })
+                    .collect::<Vec<f32>>()
+            })
+        })??;
+        Ok((
+            vec![Some(Tensor::from_vec(dx, x.shape(), x.device())?)],
+            vec![],
+        ))
     }
 }
 

@@ -1,0 +1,162 @@
+//! The library side of `test` and `time` (Caffe's `caffe test` / `caffe time`).
+use super::layers::BuildContext;
+use super::net::Net;
+use crate::caffe::model::{read_caffemodel, read_net_prototxt};
+use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
+use crate::error::{Error, Result};
+use candle_core::Device;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Replaces every Data/ImageData layer by an `Input` layer of the shape it
+/// would produce (batch x channels x crop or new size), so a net can be
+/// timed without its data.
+pub fn synthetic_inputs(def: &mut NetParameter) -> Result<()> {
+    for l in &mut def.layer {
+        let (batch, color, h, w) = match l.r#type() {
+            "Data" => {
+                let d = l.data_param.clone().unwrap_or_default();
+                (d.batch_size(), true, 256, 256)
+            }
+            "ImageData" => {
+                let d = l.image_data_param.clone().unwrap_or_default();
+                let (h, w) = (d.new_height(), d.new_width());
+                (
+                    d.batch_size(),
+                    d.is_color(),
+                    if h > 0 { h } else { 256 },
+                    if w > 0 { w } else { 256 },
+                )
+            }
+            _ => continue,
+        };
+        let crop = l.transform_param.as_ref().map_or(0, |t| t.crop_size());
+        let (h, w) = if crop > 0 { (crop, crop) } else { (h, w) };
+        let c = if color { 3 } else { 1 };
+        let mut shapes = vec![BlobShape {
+            dim: vec![batch as i64, c, h as i64, w as i64],
+        }];
+        if l.top.len() > 1 {
+            shapes.push(BlobShape {
+                dim: vec![batch as i64],
+            });
+        }
+        *l = LayerParameter {
+            name: l.name.clone(),
+            r#type: Some("Input".into()),
+            top: l.top.clone(),
+            include: l.include.clone(),
+            exclude: l.exclude.clone(),
+            input_param: Some(InputParameter { shape: shapes }),
+            ..Default::default()
+        };
+    }
+    Ok(())
+}
+
+/// `caffe test`: mean of every output over `iterations` TEST batches.
+pub fn test(
+    model: &Path,
+    weights: &[&Path],
+    iterations: usize,
+    base_dir: &Path,
+    device: &Device,
+) -> Result<Vec<(String, f32, f32)>> {
+    let def = read_net_prototxt(model)?;
+    let ctx = BuildContext {
+        base_dir: base_dir.to_path_buf(),
+        seed: 0,
+        phase: Phase::Test,
+        device: device.clone(),
+    };
+    let mut net = Net::new(&def, &ctx, None)?;
+    for w in weights {
+        net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
+    }
+    let mut sums: Vec<(String, f32, f32)> = Vec::new();
+    for i in 0..iterations.max(1) {
+        net.forward()?;
+        let mut k = 0;
+        for (name, values, weight) in net.outputs()? {
+            for v in values {
+                if i == 0 {
+                    sums.push((name.clone(), v, weight));
+                } else {
+                    sums[k].1 += v;
+                }
+                k += 1;
+            }
+        }
+    }
+    let n = iterations.max(1) as f32;
+    Ok(sums
+        .into_iter()
+        .map(|(name, s, w)| (name, s / n, w))
+        .collect())
+}
+
+/// Per-layer timing from [`time`].
+pub struct TimeReport {
+    /// (layer, type, mean forward, mean backward).
+    pub layers: Vec<(String, String, Duration, Duration)>,
+    /// Mean forward pass.
+    pub forward: Duration,
+    /// Mean backward pass.
+    pub backward: Duration,
+    /// Iterations timed.
+    pub iterations: usize,
+}
+
+/// `caffe time`: forward + backward `iterations` times in TRAIN phase after
+/// one warm-up pass; `synthetic` swaps data layers for inputs of their shape.
+pub fn time(
+    model: &Path,
+    iterations: usize,
+    synthetic: bool,
+    base_dir: &Path,
+    device: &Device,
+) -> Result<TimeReport> {
+    let mut def = read_net_prototxt(model)?;
+    if synthetic {
+        synthetic_inputs(&mut def)?;
+    }
+    let ctx = BuildContext {
+        base_dir: base_dir.to_path_buf(),
+        seed: 0,
+        phase: Phase::Train,
+        device: device.clone(),
+    };
+    let mut net = Net::new(&def, &ctx, None)?;
+    net.forward()?;
+    net.backward()?;
+    net.enable_timing();
+    let iterations = iterations.max(1);
+    let (mut fwd, mut bwd) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..iterations {
+        net.clear_grads();
+        let t = Instant::now();
+        net.forward()?;
+        fwd += t.elapsed();
+        let t = Instant::now();
+        net.backward()?;
+        bwd += t.elapsed();
+    }
+    let n = iterations as u32;
+    let layers = net
+        .timings()
+        .into_iter()
+        .map(|(l, ty, f, b)| (l, ty, f / n, b / n))
+        .collect();
+    if fwd.is_zero() {
+        return Err(Error::model(
+            model.display(),
+            "timing produced no measurement",
+        ));
+    }
+    Ok(TimeReport {
+        layers,
+        forward: fwd / n,
+        backward: bwd / n,
+        iterations,
+    })
+}
