@@ -197,7 +197,13 @@ impl Layer for SoftmaxWithLoss {
                     ));
                 }
                 let p = self.prob[oi * c * inner + label as usize * inner + j];
-                loss -= p.max(f32::MIN_POSITIVE).ln();
+                // Caffe's std::max(p, FLT_MIN): a NaN probability stays NaN.
+                let p = if p < f32::MIN_POSITIVE {
+                    f32::MIN_POSITIVE
+                } else {
+                    p
+                };
+                loss -= p.ln();
                 valid += 1;
             }
         }
@@ -305,8 +311,9 @@ impl Layer for Accuracy {
                 let better = (0..c)
                     .filter(|&q| x[oi * c * inner + q * inner + j] >= truth)
                     .count()
-                    - 1;
-                if better < k {
+                    .saturating_sub(1);
+                // A NaN score is never a correct prediction.
+                if !truth.is_nan() && better < k {
                     right += 1;
                 }
                 total += 1;

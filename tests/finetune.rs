@@ -1,0 +1,272 @@
+//! `finetune` as users run it: Caffe's weight-copy semantics
+//! (`../shared/caffe-ref/fixtures/finetune-semantics`), the binary's log,
+//! metrics, snapshots and resume, and every bad input the issue lists.
+mod common;
+use common::{fixture, run};
+use flickr_style::caffe::model::read_caffemodel;
+use flickr_style::train::solver::{Solver, SolverOptions};
+use std::path::{Path, PathBuf};
+
+fn solver_in(dir: &Path, file: &str, prefix: &Path) -> flickr_style::Result<Solver> {
+    Solver::new(&SolverOptions {
+        solver: PathBuf::from(file),
+        base_dir: dir.to_path_buf(),
+        snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
+        max_iter: None,
+        metrics: None,
+        echo: false,
+        progress: false,
+        device: candle_core::Device::Cpu,
+    })
+}
+
+#[test]
+fn renamed_last_layer_keeps_its_filler_and_the_rest_is_copied_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("finetune-semantics");
+    let mut s = solver_in(&dir, "solver_ft.prototxt", &t.path().join("ft")).unwrap();
+    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    s.load_weights(std::slice::from_ref(&weights)).unwrap();
+    let src = read_caffemodel(&weights).unwrap();
+    for i in 0..s.train.params().len() {
+        let layer = s.train.param_layer_name(i).to_string();
+        let idx = s.train.params()[i].index;
+        let ours = s
+            .train
+            .param(i)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        match src.layer.iter().find(|l| l.name() == layer) {
+            Some(l) => assert_eq!(ours, l.blobs[idx].values(), "{layer} copied bit-exactly"),
+            None => {
+                assert_eq!(layer, "fc8_new");
+                if idx == 0 {
+                    let std = (ours.iter().map(|v| v * v).sum::<f32>() / ours.len() as f32).sqrt();
+                    assert!(
+                        (std - 0.01).abs() < 0.003,
+                        "gaussian std 0.01 filler, got {std}"
+                    );
+                } else {
+                    assert!(ours.iter().all(|&v| v == 0.0), "constant 0 bias filler");
+                }
+            }
+        }
+    }
+    s.solve().unwrap();
+    assert_eq!(s.trajectory.len(), 1);
+}
+
+#[test]
+fn binary_logs_ignored_layers_like_caffe() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("finetune-semantics");
+    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let prefix = t.path().join("ft");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            "solver_ft.prototxt",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("Ignoring source layer fc8\n"), "{err}");
+    assert!(
+        err.contains("Ignoring source layer fc8_fc8_0_split"),
+        "{err}"
+    );
+    assert!(
+        err.contains("] Iteration 0 (") && err.contains("), loss = "),
+        "{err}"
+    );
+    assert!(err.contains("] Iteration 0, lr = 0.001"), "{err}");
+    assert!(err.contains("Iteration 1, loss = "), "{err}");
+}
+
+#[test]
+fn same_name_with_another_shape_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("finetune-semantics");
+    let mut s = solver_in(&dir, "solver_mismatch.prototxt", &t.path().join("m")).unwrap();
+    let e = s
+        .load_weights(&[fixture("tiny-net/snapshots/tiny_iter_30.caffemodel")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer 'fc8'"), "{e}");
+    assert!(
+        e.contains("Source param shape is 4 64 (256); target param shape is 5 64 (320)"),
+        "{e}"
+    );
+    assert!(e.contains("rename the layer"), "{e}");
+}
+
+#[test]
+fn cli_trains_snapshots_and_resumes_with_metrics() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny-net");
+    let prefix = t.path().join("tiny");
+    let metrics = t.path().join("m.jsonl");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+            "--max-iter",
+            "16",
+            "--metrics",
+            metrics.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("Test net output #0: accuracy = 0.25"), "{err}");
+    assert!(
+        err.contains("Test net output #1: loss = 1.38594 (* 1 = 1.38594 loss)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Train net output #1: loss = 1.37753 (* 1 = 1.37753 loss)"),
+        "{err}"
+    );
+    assert!(err.contains("Snapshotting to binary proto file"), "{err}");
+    assert!(t.path().join("tiny_iter_15.caffemodel").exists());
+    assert!(t.path().join("tiny_iter_16.solverstate").exists());
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    let train: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["phase"] == "train")
+        .collect();
+    assert_eq!(train.len(), 16);
+    assert!((train[0]["loss"].as_f64().unwrap() - 1.3775332).abs() < 1e-5);
+
+    // Resume from a copy in another folder: learned_net is found beside the solverstate.
+    let moved = t.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for ext in ["caffemodel", "solverstate", "solverstate.resume.json"] {
+        std::fs::copy(
+            t.path().join(format!("tiny_iter_15.{ext}")),
+            moved.join(format!("tiny_iter_15.{ext}")),
+        )
+        .unwrap();
+    }
+    std::fs::remove_file(t.path().join("tiny_iter_15.caffemodel")).unwrap();
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--snapshot",
+            moved.join("tiny_iter_15.solverstate").to_str().unwrap(),
+            "--snapshot-prefix",
+            t.path().join("again").to_str().unwrap(),
+            "--max-iter",
+            "16",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("Restoring previous solver status"), "{err}");
+    assert_eq!(
+        std::fs::read(t.path().join("again_iter_16.caffemodel")).unwrap(),
+        std::fs::read(t.path().join("tiny_iter_16.caffemodel")).unwrap()
+    );
+}
+
+/// Writes a copy of the tiny net with `edit` applied, paths made absolute.
+fn edited_net(t: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let dir = fixture("tiny-net");
+    let text = std::fs::read_to_string(dir.join("train_val.prototxt"))
+        .unwrap()
+        .replace("\"data/", &format!("\"{}/data/", dir.display()));
+    let net = t.join("net.prototxt");
+    std::fs::write(&net, edit(text)).unwrap();
+    let solver = std::fs::read_to_string(dir.join("solver.prototxt"))
+        .unwrap()
+        .replace("train_val.prototxt", net.to_str().unwrap());
+    std::fs::write(t.join("solver.prototxt"), solver).unwrap();
+    t.join("solver.prototxt")
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    // A layer without a type.
+    let solver = edited_net(p, |s| s.replacen("type: \"ReLU\"", "", 1));
+    let e = solver_in(p, solver.to_str().unwrap(), &p.join("x"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("layer 'relu1'") && e.contains("has no type"),
+        "{e}"
+    );
+    // An unsupported type.
+    let solver = edited_net(p, |s| s.replacen("type: \"ReLU\"", "type: \"Swish\"", 1));
+    let e = solver_in(p, solver.to_str().unwrap(), &p.join("x"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("\"Swish\" is not supported"), "{e}");
+    // Wrong blob count in the weights.
+    let solver = edited_net(p, |s| {
+        s.replacen(
+            "num_output: 16\n",
+            "num_output: 16\n    bias_term: false\n",
+            1,
+        )
+        .replacen("  param { lr_mult: 0 decay_mult: 0 }\n", "", 1)
+    });
+    let mut s = solver_in(p, solver.to_str().unwrap(), &p.join("x")).unwrap();
+    let e = s
+        .load_weights(&[fixture("tiny-net/snapshots/init_iter_0.caffemodel")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 'conv1'") && e.contains("has 2 blobs") && e.contains("expects 1"),
+        "{e}"
+    );
+    // A corrupt snapshot.
+    let good = std::fs::read(fixture("tiny-net/snapshots/tiny_iter_15.solverstate")).unwrap();
+    std::fs::write(p.join("bad.solverstate"), &good[..1000]).unwrap();
+    let solver = edited_net(p, |s| s);
+    let mut s = solver_in(p, solver.to_str().unwrap(), &p.join("x")).unwrap();
+    let e = s
+        .restore(&p.join("bad.solverstate"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad.solverstate: not a valid solverstate"),
+        "{e}"
+    );
+    // Diverging training stops with the iteration named.
+    let diverging = std::fs::read_to_string(&solver)
+        .unwrap()
+        .replace("base_lr: 0.01", "base_lr: 1e12");
+    std::fs::write(p.join("diverge.prototxt"), diverging).unwrap();
+    let mut s = solver_in(p, "diverge.prototxt", &p.join("x")).unwrap();
+    s.load_weights(&[fixture("tiny-net/snapshots/init_iter_0.caffemodel")])
+        .unwrap();
+    let e = s.solve().unwrap_err().to_string();
+    assert!(e.starts_with("iteration ") && e.contains("diverged"), "{e}");
+    // Unsupported solver type.
+    let adam = std::fs::read_to_string(&solver).unwrap() + "type: \"Adam\"\n";
+    std::fs::write(p.join("adam.prototxt"), adam).unwrap();
+    let e = solver_in(p, "adam.prototxt", &p.join("x"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("solver type Adam is not supported"), "{e}");
+}
