@@ -13,5 +13,6 @@ pub mod fsutil;
 pub mod pipeline;
 pub mod progress;
 pub mod train;
+pub mod workflow;
 
 pub use error::{Error, Result};

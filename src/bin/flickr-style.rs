@@ -30,6 +30,8 @@ enum Command {
     Assemble(AssembleArgs),
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
+    /// The whole Flickr Style recipe: assemble, compute-mean, (to-lmdb), fetch CaffeNet, finetune.
+    Pipeline(PipelineArgs),
     /// Train or fine-tune a net from a Caffe solver prototxt (caffe train).
     Finetune(FinetuneArgs),
     /// Score a net's TEST phase with trained weights (caffe test).
@@ -178,6 +180,66 @@ struct DownloadModelArgs {
 }
 
 #[derive(Args)]
+struct PipelineArgs {
+    /// Images to select (-1 = all 80,000).
+    #[arg(
+        short = 'i',
+        long,
+        default_value_t = 2000,
+        allow_negative_numbers = true
+    )]
+    images: i64,
+    /// NumPy seed of the selection (assemble_data.py's --seed); also seeds training.
+    #[arg(short = 's', long, default_value_t = 831486)]
+    seed: u32,
+    /// Keep only labels below this (0 = all 20 styles).
+    #[arg(short = 'l', long, default_value_t = 0)]
+    labels: i32,
+    /// Data folder for images, lists, mean, LMDBs, snapshots.
+    #[arg(long, default_value = "data/flickr_style")]
+    out: PathBuf,
+    /// The Flickr Style CSV (path or URL); default: OUT/flickr_style.csv.gz or Caffe's repository.
+    #[arg(long)]
+    csv: Option<String>,
+    /// Fetch images from this mirror base URL instead of Flickr.
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Concurrent downloads.
+    #[arg(long, default_value_t = 128)]
+    workers: usize,
+    /// Folder with Caffe's finetune_flickr_style train_val.prototxt and solver.prototxt.
+    #[arg(long, default_value = "models/finetune_flickr_style")]
+    recipe: PathBuf,
+    /// Pretrained weights (default: download bvlc_reference_caffenet.caffemodel).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// URL of bvlc_reference_caffenet.caffemodel (a mirror).
+    #[arg(long, default_value = flickr_style::workflow::CAFFENET_URL)]
+    weights_url: String,
+    /// Convert the lists to LMDBs and train from those.
+    #[arg(long)]
+    lmdb: bool,
+    /// Override the nets' batch_size.
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Override the solver's max_iter.
+    #[arg(long)]
+    max_iter: Option<usize>,
+    /// Override test_iter.
+    #[arg(long)]
+    test_iter: Option<i32>,
+    /// Override test_interval.
+    #[arg(long)]
+    test_interval: Option<i32>,
+    /// Override snapshot (iterations between snapshots).
+    #[arg(long)]
+    snapshot: Option<i32>,
+    /// Append training metrics (JSON lines) to this file.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct FinetuneArgs {
     /// The solver prototxt (paths inside are relative to the current folder, like Caffe, or to the solver's folder).
     #[arg(long)]
@@ -276,6 +338,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::GetIlsvrcAux(a) => cmd_get_ilsvrc_aux(a),
         Command::Assemble(a) => cmd_assemble(a),
         Command::Finetune(a) => cmd_finetune(a),
+        Command::Pipeline(a) => cmd_pipeline(a),
         Command::Test(a) => cmd_test(a),
         Command::Time(a) => cmd_time(a),
         Command::DownloadModel(a) => cmd_download_model(a),
@@ -581,5 +644,57 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         r.iterations,
         rayon::current_num_threads()
     );
+    Ok(())
+}
+
+fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
+    use flickr_style::pipeline::assemble::AssembleOptions;
+    use flickr_style::pipeline::downloader::DownloadConfig;
+    use flickr_style::workflow::{run, WorkflowOptions};
+    if !a.recipe.join("train_val.prototxt").exists() {
+        bail!(
+            "{} has no train_val.prototxt: point --recipe at Caffe's models/finetune_flickr_style (e.g. ../shared/caffe-ref/models/finetune_flickr_style)",
+            a.recipe.display()
+        );
+    }
+    let opts = WorkflowOptions {
+        assemble: AssembleOptions {
+            csv: a.csv,
+            out: a.out.clone(),
+            seed: a.seed,
+            images: a.images,
+            labels: a.labels,
+            mirror: a.mirror,
+            dry_run: false,
+            download: DownloadConfig {
+                workers: a.workers.max(1),
+                seed: a.seed as u64,
+                ..DownloadConfig::default()
+            },
+        },
+        recipe: a.recipe,
+        weights: a.weights,
+        weights_url: a.weights_url,
+        lmdb: a.lmdb,
+        batch_size: a.batch_size,
+        max_iter: a.max_iter,
+        test_iter: a.test_iter,
+        test_interval: a.test_interval,
+        snapshot: a.snapshot,
+        metrics: a.metrics,
+        verbose: true,
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nStopping: finishing the current step and saving progress (Ctrl-C again to quit now)"
+        );
+    })?;
+    let model = run(&opts, stop).context("running the Flickr Style pipeline")?;
+    eprintln!("Done: {}", model.display());
     Ok(())
 }
