@@ -270,3 +270,52 @@ fn bad_inputs_are_clear_errors() {
         .to_string();
     assert!(e.contains("solver type Adam is not supported"), "{e}");
 }
+
+#[test]
+fn ctrl_c_snapshots_and_stops() {
+    let t = tempfile::tempdir().unwrap();
+    let prefix = t.path().join("cut");
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+        ])
+        .args([
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+            "--max-iter",
+            "100000",
+        ])
+        .current_dir(fixture("tiny-net"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("Optimization stopped early."), "{err}");
+    let saved: Vec<String> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".solverstate"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    // The snapshot resumes.
+    let mut s = solver_in(
+        &fixture("tiny-net"),
+        "solver.prototxt",
+        &t.path().join("again"),
+    )
+    .unwrap();
+    s.restore(&t.path().join(&saved[0])).unwrap();
+    assert!(s.iter > 0);
+}

@@ -25,7 +25,8 @@ pub fn g(v: f32) -> String {
     } else {
         exp
     };
-    if !(-5..6).contains(&exp) {
+    // %g: scientific when the exponent is below -4 or at least the precision (6).
+    if !(-4..6).contains(&exp) {
         let s = format!("{:.5e}", v);
         let (mant, e) = s.split_once('e').expect("exponent");
         let mant = trim(mant);

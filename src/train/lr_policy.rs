@@ -60,9 +60,11 @@ mod tests {
         let p = solver("base_lr: 0.001 lr_policy: \"step\" gamma: 0.1 stepsize: 20000");
         let mut s = 0;
         assert_eq!(learning_rate(&p, 19999, &mut s).unwrap(), 0.001);
+        // Caffe multiplies the f32 base_lr by pow(gamma, step) in double,
+        // then rounds to f32 (its log prints 0.0001).
         assert_eq!(
             learning_rate(&p, 20000, &mut s).unwrap(),
-            (0.001f64 * 0.1) as f32
+            (0.001f32 as f64 * 0.1f32 as f64) as f32
         );
         assert_eq!(s, 1);
     }

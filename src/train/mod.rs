@@ -6,6 +6,7 @@
 
 pub mod commands;
 pub mod filler;
+pub mod gemm;
 pub mod kernels;
 pub mod layers;
 pub mod log;

@@ -347,7 +347,9 @@ impl Solver {
             }
         };
         let snap = self.param.snapshot().max(0) as usize;
-        if self.param.snapshot_after_train() && (snap == 0 || self.iter % snap != 0) {
+        let just_saved = snap > 0 && self.iter % snap == 0;
+        // A stop request always saves the work done, whatever snapshot_after_train says.
+        if (self.param.snapshot_after_train() || stopped) && !just_saved {
             self.snapshot()?;
         }
         if stopped {

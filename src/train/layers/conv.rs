@@ -5,6 +5,7 @@ use super::{to_vec, with_f32, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
+use crate::train::gemm::{sgemm, View};
 use crate::train::kernels::{col2im_plane, im2col_row, Window};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -19,8 +20,17 @@ pub struct Convolution {
     win: Option<Window>,
     group: usize,
     num_output: usize,
-    /// Columns of the last forward: (group, K, N*P).
-    cols: Option<Tensor>,
+    /// Columns of the last forward: (group, K, N*P), kept for the backward
+    /// pass and reused so the hundreds of MB are not reallocated each step.
+    cols: Vec<f32>,
+    /// GEMM output (group, og, N*P), reordered into the top.
+    ybuf: Vec<f32>,
+    /// Top gradient reordered to (channel, N*P).
+    dybuf: Vec<f32>,
+    /// Column-matrix gradient before col2im.
+    dcols: Vec<f32>,
+    /// Batch size of the last forward.
+    batch: usize,
 }
 
 fn pick(
@@ -69,7 +79,11 @@ impl Convolution {
             name: name.to_string(),
             params: Vec::new(),
             win: None,
-            cols: None,
+            cols: Vec::new(),
+            ybuf: Vec::new(),
+            dybuf: Vec::new(),
+            dcols: Vec::new(),
+            batch: 0,
         })
     }
 }
@@ -167,34 +181,46 @@ impl Layer for Convolution {
         let og = self.num_output / g;
         let k = win.c / g * win.kh * win.kw;
         let plane = win.oh * win.ow;
-        // One (rows) x (images * positions) matrix: a single GEMM per group.
-        let mut cols = vec![0.0f32; g * k * n * plane];
+        let np = n * plane;
+        // One (rows) x (images * positions) column matrix, reused across
+        // iterations: a single GEMM per group.
+        self.cols.resize(g * k * np, 0.0);
+        let cols = &mut self.cols;
         with_f32(x, |xs| {
-            cols.par_chunks_mut(n * plane)
+            cols.par_chunks_mut(np)
                 .enumerate()
                 .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
         })?;
-        let cols = Tensor::from_vec(cols, (g, k, n * plane), &self.device)?;
-        let w = self.params[0].reshape((g, og, k))?;
-        let y = w.matmul(&cols)?; // (g, og, n*plane)
-                                  // Reorder to (n, channels, plane) and add the bias in one pass.
+        self.ybuf.resize(g * og * np, 0.0);
+        let weights = to_vec(&self.params[0])?;
+        for gi in 0..g {
+            sgemm(
+                og,
+                np,
+                k,
+                View::rows(&weights[gi * og * k..(gi + 1) * og * k], k),
+                View::rows(&self.cols[gi * k * np..(gi + 1) * k * np], np),
+                &mut self.ybuf[gi * og * np..(gi + 1) * og * np],
+                false,
+            );
+        }
+        // Reorder (channel, image, position) to (image, channel, position) and add the bias.
         let bias = match self.params.get(1) {
             Some(b) => to_vec(b)?,
             None => vec![0.0; self.num_output],
         };
         let cout = self.num_output;
+        let ys = &self.ybuf;
         let mut out = vec![0.0f32; n * cout * plane];
-        with_f32(&y, |ys| {
-            out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-                let (img, ch) = (i / cout, i % cout);
-                let src = &ys[(ch * n + img) * plane..(ch * n + img + 1) * plane];
-                let b = bias[ch];
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = s + b;
-                }
-            })
-        })?;
-        self.cols = Some(cols);
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (img, ch) = (i / cout, i % cout);
+            let src = &ys[(ch * n + img) * plane..(ch * n + img + 1) * plane];
+            let b = bias[ch];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s + b;
+            }
+        });
+        self.batch = n;
         Ok(vec![Tensor::from_vec(
             out,
             (n, cout, win.oh, win.ow),
@@ -207,44 +233,67 @@ impl Layer for Convolution {
         let Some(dy) = &a.top_diff[0] else {
             return Ok((vec![None], vec![None; self.params.len()]));
         };
-        let n = dy.dim(0)?;
+        let n = self.batch;
         let g = self.group;
         let og = self.num_output / g;
+        let cout = self.num_output;
         let k = win.c / g * win.kh * win.kw;
         let plane = win.oh * win.ow;
-        let dy4 = dy.reshape((n, g, og, plane))?;
+        let np = n * plane;
+        // dy as (channel, image, position), the column matrix's layout.
+        self.dybuf.resize(cout * np, 0.0);
+        let dyg = &mut self.dybuf;
+        with_f32(dy, |ds| {
+            dyg.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+                let (ch, img) = (i / n, i % n);
+                dst.copy_from_slice(&ds[(img * cout + ch) * plane..(img * cout + ch + 1) * plane]);
+            })
+        })?;
         let mut pgrads = vec![None; self.params.len()];
         if self.params.len() > 1 && a.param_grad[1] {
-            pgrads[1] = Some(dy4.sum(3)?.sum(0)?.reshape(self.num_output)?);
+            let db: Vec<f32> = self
+                .dybuf
+                .par_chunks(np)
+                .map(|row| row.iter().sum())
+                .collect();
+            pgrads[1] = Some(Tensor::from_vec(db, cout, &self.device)?);
         }
-        if !a.param_grad[0] && !a.propagate[0] {
-            return Ok((vec![None], pgrads));
-        }
-        // (g, og, n*plane), matching the column matrix's layout.
-        let dyg = dy4
-            .permute((1, 2, 0, 3))?
-            .contiguous()?
-            .reshape((g, og, n * plane))?;
         if a.param_grad[0] {
-            let cols = self.cols.as_ref().expect("forward ran");
-            let dw = dyg.matmul(&cols.transpose(1, 2)?)?;
-            pgrads[0] = Some(dw.reshape(self.params[0].shape())?);
+            let mut dw = vec![0.0f32; cout * k];
+            for gi in 0..g {
+                sgemm(
+                    og,
+                    k,
+                    np,
+                    View::rows(&self.dybuf[gi * og * np..(gi + 1) * og * np], np),
+                    View::transposed(&self.cols[gi * k * np..(gi + 1) * k * np], np),
+                    &mut dw[gi * og * k..(gi + 1) * og * k],
+                    false,
+                );
+            }
+            pgrads[0] = Some(Tensor::from_vec(dw, self.params[0].shape(), &self.device)?);
         }
         let mut bgrad = None;
         if a.propagate[0] {
-            // A contiguous Wᵀ: gemm is several times slower on a transposed lhs view.
-            let wt = self.params[0]
-                .reshape((g, og, k))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let dcols = wt.matmul(&dyg)?; // (g*k, n*plane)
+            let weights = to_vec(&self.params[0])?;
+            self.dcols.resize(g * k * np, 0.0);
+            for gi in 0..g {
+                sgemm(
+                    k,
+                    np,
+                    og,
+                    View::transposed(&weights[gi * og * k..(gi + 1) * og * k], k),
+                    View::rows(&self.dybuf[gi * og * np..(gi + 1) * og * np], np),
+                    &mut self.dcols[gi * k * np..(gi + 1) * k * np],
+                    false,
+                );
+            }
             let hw = win.h * win.w;
             let mut dx = vec![0.0f32; n * win.c * hw];
-            with_f32(&dcols, |dc| {
-                dx.par_chunks_mut(hw)
-                    .enumerate()
-                    .for_each(|(i, out)| col2im_plane(dc, &win, n, i / win.c, i % win.c, out))
-            })?;
+            let dc = &self.dcols;
+            dx.par_chunks_mut(hw)
+                .enumerate()
+                .for_each(|(i, out)| col2im_plane(dc, &win, n, i / win.c, i % win.c, out));
             bgrad = Some(Tensor::from_vec(dx, a.bottom[0].shape(), &self.device)?);
         }
         Ok((vec![bgrad], pgrads))

@@ -1,0 +1,130 @@
+//! A safe wrapper over the `gemm` crate (the kernel candle itself uses) for
+//! strided single-precision products straight into reusable buffers, so the
+//! convolution's large column matrices are neither copied nor reallocated.
+
+/// A row-major view of a matrix inside a slice: element (i, j) is at
+/// `i * row_stride + j * col_stride`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    /// Backing values.
+    pub data: &'a [f32],
+    /// Distance between rows.
+    pub row_stride: usize,
+    /// Distance between columns (1 for row-major, the row length for a transposed view).
+    pub col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// A contiguous row-major `rows x cols` matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        View {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a contiguous row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        View {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * self.row_stride + (cols - 1) * self.col_stride;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst (m x n, row-major) = a (m x k) * b (k x n)`, or `+=` when `accumulate`.
+pub fn sgemm(m: usize, n: usize, k: usize, a: View, b: View, dst: &mut [f32], accumulate: bool) {
+    a.check(m, k);
+    b.check(k, n);
+    assert!(dst.len() >= m * n, "destination too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index the kernel touches was bounds-checked above; the
+    // destination does not alias the (immutable) inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_naive_product_with_transposes() {
+        let (m, n, k) = (3, 4, 5);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| (i as f32).sin()).collect(); // n x k
+        let mut got = vec![1.0; m * n];
+        sgemm(
+            m,
+            n,
+            k,
+            View::rows(&a, k),
+            View::transposed(&bt, k),
+            &mut got,
+            false,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|p| a[i * k + p] * bt[j * k + p]).sum();
+                assert!((got[i * n + j] - want).abs() < 1e-4);
+            }
+        }
+        let before = got.clone();
+        sgemm(
+            m,
+            n,
+            k,
+            View::rows(&a, k),
+            View::transposed(&bt, k),
+            &mut got,
+            true,
+        );
+        for (g, b) in got.iter().zip(&before) {
+            assert!((g - 2.0 * b).abs() < 1e-3);
+        }
+    }
+}
