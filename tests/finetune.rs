@@ -275,7 +275,7 @@ fn bad_inputs_are_clear_errors() {
 fn ctrl_c_snapshots_and_stops() {
     let t = tempfile::tempdir().unwrap();
     let prefix = t.path().join("cut");
-    let mut child = std::process::Command::new(common::bin())
+    let child = std::process::Command::new(common::bin())
         .args([
             "finetune",
             "--solver",
