@@ -639,8 +639,13 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
     println!("Average Forward pass: {:.1} ms.", ms(r.forward));
     println!("Average Backward pass: {:.1} ms.", ms(r.backward));
     println!(
-        "Average Forward-Backward: {:.1} ms ({} iterations, {} threads).",
-        ms(r.forward + r.backward),
+        "Average Forward-Backward: {:.1} ms.",
+        ms(r.forward + r.backward)
+    );
+    println!("Average SGD update: {:.1} ms.", ms(r.update));
+    println!(
+        "Average training step (forward, backward, update): {:.1} ms ({} iterations, {} threads).",
+        ms(r.forward + r.backward + r.update),
         r.iterations,
         rayon::current_num_threads()
     );

@@ -1,6 +1,7 @@
 //! The library side of `test` and `time` (Caffe's `caffe test` / `caffe time`).
 use super::layers::BuildContext;
 use super::net::Net;
+use super::sgd::{sgd_update, SgdConfig};
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
@@ -103,6 +104,8 @@ pub struct TimeReport {
     pub forward: Duration,
     /// Mean backward pass.
     pub backward: Duration,
+    /// Mean SGD update (momentum 0.9, weight decay 5e-4, as in the recipe).
+    pub update: Duration,
     /// Iterations timed.
     pub iterations: usize,
 }
@@ -131,7 +134,17 @@ pub fn time(
     net.backward()?;
     net.enable_timing();
     let iterations = iterations.max(1);
-    let (mut fwd, mut bwd) = (Duration::ZERO, Duration::ZERO);
+    let (mut fwd, mut bwd, mut upd) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut history = (0..net.params().len())
+        .map(|i| Ok(net.param(i).zeros_like()?))
+        .collect::<Result<Vec<_>>>()?;
+    let cfg = SgdConfig {
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        l1: false,
+        iter_size: 1,
+        clip_gradients: -1.0,
+    };
     for _ in 0..iterations {
         net.clear_grads();
         let t = Instant::now();
@@ -140,6 +153,9 @@ pub fn time(
         let t = Instant::now();
         net.backward()?;
         bwd += t.elapsed();
+        let t = Instant::now();
+        sgd_update(&mut net, &mut history, 1e-3, &cfg)?;
+        upd += t.elapsed();
     }
     let n = iterations as u32;
     let layers = net
@@ -157,6 +173,7 @@ pub fn time(
         layers,
         forward: fwd / n,
         backward: bwd / n,
+        update: upd / n,
         iterations,
     })
 }

@@ -12,5 +12,6 @@ pub mod layers;
 pub mod log;
 pub mod lr_policy;
 pub mod net;
+pub mod sgd;
 pub mod solver;
 pub mod transform;

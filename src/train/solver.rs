@@ -7,6 +7,7 @@ use super::layers::BuildContext;
 use super::log::{g, Logger};
 use super::lr_policy::learning_rate;
 use super::net::Net;
+use super::sgd::{sgd_update, SgdConfig};
 use crate::caffe::model::{read_caffemodel, read_net_prototxt, upgrade};
 use crate::caffe::proto::{
     solver_parameter::SolverType, NetParameter, Phase, SolverParameter, SolverState,
@@ -480,46 +481,23 @@ impl Solver {
     /// Caffe's SGD step: clip, then per parameter normalise, regularise and
     /// `h = momentum*h + lr*lr_mult*diff`, and finally `w -= h`.
     fn apply_update(&mut self, rate: f32) -> Result<()> {
-        let n = self.train.params().len();
-        let clip = self.param.clip_gradients();
-        if clip >= 0.0 {
-            let mut sumsq = 0.0f32;
-            for i in 0..n {
-                if self.train.params()[i].lr_mult != 0.0 {
-                    sumsq += self.train.grad(i)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
-                }
-            }
-            let norm = sumsq.sqrt();
-            if norm > clip {
-                let factor = clip / norm;
-                self.log.info("solver.cpp:0", &format!("Gradient clipping: scaling down gradients (L2 norm {} > {}) by scale factor {}", g(norm), g(clip), g(factor)));
-                for i in 0..n {
-                    let gscaled = (self.train.grad(i)? * factor as f64)?;
-                    self.train.set_grad(i, gscaled);
-                }
-            }
-        }
-        let iter_size = self.param.iter_size().max(1);
-        let momentum = self.param.momentum();
-        let weight_decay = self.param.weight_decay();
-        let l1 = self.param.regularization_type() == "L1";
-        for i in 0..n {
-            let p = self.train.params()[i];
-            let mut diff = self.train.grad(i)?;
-            if iter_size > 1 {
-                diff = (diff * (1.0f32 / iter_size as f32) as f64)?;
-            }
-            let local_decay = weight_decay * p.decay_mult;
-            let w = self.train.param(i).clone();
-            if local_decay != 0.0 {
-                let reg = if l1 { w.sign()? } else { w.clone() };
-                diff = ((reg * local_decay as f64)? + diff)?;
-            }
-            let local_rate = rate * p.lr_mult;
-            let h = ((diff * local_rate as f64)? + (&self.history[i] * momentum as f64)?)?;
-            let updated = (w - &h)?;
-            self.history[i] = h;
-            self.train.set_param(i, updated);
+        let cfg = SgdConfig {
+            momentum: self.param.momentum(),
+            weight_decay: self.param.weight_decay(),
+            l1: self.param.regularization_type() == "L1",
+            iter_size: self.param.iter_size().max(1) as usize,
+            clip_gradients: self.param.clip_gradients(),
+        };
+        if let Some((norm, factor)) = sgd_update(&mut self.train, &mut self.history, rate, &cfg)? {
+            self.log.info(
+                "solver.cpp:0",
+                &format!(
+                    "Gradient clipping: scaling down gradients (L2 norm {} > {}) by scale factor {}",
+                    g(norm),
+                    g(cfg.clip_gradients),
+                    g(factor)
+                ),
+            );
         }
         Ok(())
     }

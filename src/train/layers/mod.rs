@@ -148,7 +148,7 @@ pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
 
 /// Runs `f` on the tensor's values in row-major order, borrowing the CPU
 /// buffer when the tensor is contiguous (no copy) and copying otherwise.
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     {
         let (storage, layout) = t.storage_and_layout();
         if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((start, end))) =

@@ -1,0 +1,97 @@
+//! Caffe's SGD update (`SGDSolver::ApplyUpdate`), fused into one pass per
+//! parameter but with Caffe's operations in Caffe's order, so every rounding
+//! is the same: clip, normalise by iter_size, add weight decay, then
+//! `h = lr*lr_mult*diff + momentum*h` and `w -= h`.
+use super::layers::with_f32;
+use super::net::Net;
+use crate::error::Result;
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+/// The solver settings the update needs.
+#[derive(Clone, Copy, Debug)]
+pub struct SgdConfig {
+    /// Momentum.
+    pub momentum: f32,
+    /// Global weight decay (times each parameter's decay_mult).
+    pub weight_decay: f32,
+    /// L1 instead of L2 regularisation.
+    pub l1: bool,
+    /// Gradients were summed over this many passes.
+    pub iter_size: usize,
+    /// Clip the global gradient L2 norm to this (negative = off).
+    pub clip_gradients: f32,
+}
+
+/// Applies one update with learning rate `rate`; returns `(norm, factor)` when gradients were clipped.
+pub fn sgd_update(
+    net: &mut Net,
+    history: &mut [Tensor],
+    rate: f32,
+    cfg: &SgdConfig,
+) -> Result<Option<(f32, f32)>> {
+    let n = net.params().len();
+    let mut clipped = None;
+    if cfg.clip_gradients >= 0.0 {
+        let mut sumsq = 0.0f32;
+        for i in 0..n {
+            if net.params()[i].lr_mult != 0.0 {
+                sumsq += with_f32(&net.grad(i)?, |g| g.iter().map(|v| v * v).sum::<f32>())?;
+            }
+        }
+        let norm = sumsq.sqrt();
+        if norm > cfg.clip_gradients {
+            clipped = Some((norm, cfg.clip_gradients / norm));
+        }
+    }
+    let clip = clipped.map(|(_, f)| f);
+    let inv_iter = (cfg.iter_size > 1).then(|| 1.0f32 / cfg.iter_size as f32);
+    for (i, hist) in history.iter_mut().enumerate().take(n) {
+        let p = net.params()[i];
+        let local_decay = cfg.weight_decay * p.decay_mult;
+        let local_rate = rate * p.lr_mult;
+        let w = net.param(i).clone();
+        let g = net.grad(i)?;
+        let (new_w, new_h) = with_f32(&w, |ws| {
+            with_f32(&g, |gs| {
+                with_f32(hist, |hs| {
+                    let mut nw = vec![0.0f32; ws.len()];
+                    let mut nh = vec![0.0f32; ws.len()];
+                    nw.par_chunks_mut(1 << 14)
+                        .zip(nh.par_chunks_mut(1 << 14))
+                        .enumerate()
+                        .for_each(|(c, (nw, nh))| {
+                            let off = c << 14;
+                            for j in 0..nw.len() {
+                                let (w, mut d, h) = (ws[off + j], gs[off + j], hs[off + j]);
+                                if let Some(f) = clip {
+                                    d *= f;
+                                }
+                                if let Some(s) = inv_iter {
+                                    d *= s;
+                                }
+                                if local_decay != 0.0 {
+                                    let r = if cfg.l1 { sign(w) } else { w };
+                                    d += local_decay * r;
+                                }
+                                let hn = local_rate * d + cfg.momentum * h;
+                                nh[j] = hn;
+                                nw[j] = w - hn;
+                            }
+                        });
+                    (nw, nh)
+                })
+            })
+        })???;
+        *hist = Tensor::from_vec(new_h, hist.shape(), hist.device())?;
+        let shape = w.shape().clone();
+        net.set_param(i, Tensor::from_vec(new_w, shape, w.device())?);
+    }
+    Ok(clipped)
+}
+
+/// Caffe's sign: -1, 0 or 1.
+#[inline]
+fn sign(x: f32) -> f32 {
+    ((0.0 < x) as i32 - (x < 0.0) as i32) as f32
+}
