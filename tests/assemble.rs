@@ -275,7 +275,7 @@ fn serve_selection(server: &Server, rows: &[StyleRow], delay: Duration) {
 fn interrupted_or_killed_runs_resume_to_the_same_lists() {
     let rows = selection(40);
     let server = Server::start();
-    serve_selection(&server, &rows, Duration::from_millis(150));
+    serve_selection(&server, &rows, Duration::from_millis(300));
     let t = tempfile::tempdir().unwrap();
     let csv = csv();
     let with = |out: &'static str| {
@@ -308,7 +308,7 @@ fn interrupted_or_killed_runs_resume_to_the_same_lists() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(700));
+        std::thread::sleep(Duration::from_millis(1200));
         Command::new("kill")
             .args([signal, &child.id().to_string()])
             .status()

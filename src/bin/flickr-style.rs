@@ -460,9 +460,25 @@ fn secs(s: f64) -> std::time::Duration {
     std::time::Duration::from_secs_f64(s.max(0.001))
 }
 
+/// Installs the Ctrl-C handler first thing, so an early Ctrl-C is never
+/// lost: the first sets the returned flag (`what` says what happens next),
+/// a second one exits at once.
+fn stop_on_ctrl_c(what: &'static str) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\n{what} (Ctrl-C again to quit now)");
+    })?;
+    Ok(stop)
+}
+
 fn cmd_assemble(a: AssembleArgs) -> Result<()> {
     use flickr_style::pipeline::assemble::{assemble, AssembleOptions};
     use flickr_style::pipeline::downloader::DownloadConfig;
+    let stop = stop_on_ctrl_c("Stopping: writing the lists and manifest for what finished")?;
     let opts = AssembleOptions {
         csv: a.csv,
         out: a.out.clone(),
@@ -490,8 +506,10 @@ fn cmd_assemble(a: AssembleArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = rt.block_on(assemble(&opts, async {
-        let _ = tokio::signal::ctrl_c().await;
+    let summary = rt.block_on(assemble(&opts, async move {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }))?;
     if opts.dry_run {
         eprintln!(
@@ -558,6 +576,7 @@ fn device(gpu: Option<usize>) -> Result<candle_core::Device> {
 
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     use flickr_style::train::solver::{Solver, SolverOptions};
+    let stop = stop_on_ctrl_c("Stopping after this iteration and writing a snapshot")?;
     let opts = SolverOptions {
         solver: a.solver.clone(),
         base_dir: PathBuf::from("."),
@@ -580,15 +599,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
             std::mem::replace(&mut solver.log, flickr_style::train::log::Logger::new(true))
                 .with_file(file);
     }
-    let stop = solver.stop_flag();
-    ctrlc::set_handler(move || {
-        if stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130); // a second Ctrl-C: give up at once
-        }
-        eprintln!(
-            "\nStopping after this iteration and writing a snapshot (Ctrl-C again to quit now)"
-        );
-    })?;
+    solver.set_stop_flag(stop);
     if let Some(state) = &a.snapshot {
         solver.restore(state)?;
     } else if !a.weights.is_empty() {
@@ -689,16 +700,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         metrics: a.metrics,
         verbose: true,
     };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!(
-            "\nStopping: finishing the current step and saving progress (Ctrl-C again to quit now)"
-        );
-    })?;
+    let stop = stop_on_ctrl_c("Stopping: finishing the current step and saving progress")?;
     let model = run(&opts, stop).context("running the Flickr Style pipeline")?;
     eprintln!("Done: {}", model.display());
     Ok(())

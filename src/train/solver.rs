@@ -217,6 +217,11 @@ impl Solver {
         self.param.snapshot_after_train = Some(on);
     }
 
+    /// Uses `flag` as the stop request (e.g. one a Ctrl-C handler installed early).
+    pub fn set_stop_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = flag;
+    }
+
     /// A flag that, once set (by a Ctrl-C handler), makes the solver snapshot and stop.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
