@@ -173,6 +173,14 @@ impl Solver {
             None => None,
         };
         let mut log = Logger::new(opts.echo);
+        if param.solver_mode() == crate::caffe::proto::solver_parameter::SolverMode::Gpu
+            && opts.device.is_cpu()
+        {
+            log.info(
+                "solver.rs:0",
+                "solver_mode is GPU (Caffe's default) but this run uses the CPU.",
+            );
+        }
         for (name, ty, back) in train.layer_summary() {
             if !back && ty != "Data" {
                 log.info(
