@@ -9,19 +9,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An operating-system I/O error on a named file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A binary protobuf file (caffemodel, binaryproto, solverstate) that does not decode.
-    #[error("{}: not a valid {what} file: {source}", path.display())]
+    #[error("{}: not a valid {what} file: {cause}", path.display())]
     Proto {
         path: PathBuf,
         what: &'static str,
-        #[source]
-        source: prost::DecodeError,
+        cause: prost::DecodeError,
     },
     /// A protobuf text-format (`.prototxt`) error with its position.
     #[error("{}:{line}:{column}: {message}", path.display())]
@@ -68,10 +66,10 @@ pub enum Error {
 
 impl Error {
     /// I/O error on `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 

@@ -31,10 +31,10 @@ use std::path::Path;
 /// There is no 64 MiB limit (prost has none), so a 250 MB caffemodel loads.
 pub fn read_binary<T: Message + Default>(path: &Path, what: &'static str) -> Result<T> {
     let bytes = std::fs::read(path).at(path)?;
-    T::decode(bytes.as_slice()).map_err(|source| Error::Proto {
+    T::decode(bytes.as_slice()).map_err(|cause| Error::Proto {
         path: path.to_path_buf(),
         what,
-        source,
+        cause,
     })
 }
 
