@@ -302,40 +302,20 @@ pub struct Lrn {
 /// `scale = k + alpha/size * sum of squares over the centred window`,
 /// `y = x * scale^-beta`, for one image of `c` planes of `plane` values.
 pub fn lrn_forward(x: &[f32], c: usize, plane: usize, p: &Lrn, y: &mut [f32], scale: &mut [f32]) {
-    let pre = (p.size - 1) / 2;
     let a = p.alpha / p.size as f32;
-    let mut acc = vec![0.0f32; plane];
-    // Running window sum over channels, as Caffe accumulates it.
-    for ch in 0..pre.min(c) {
-        for (s, &v) in acc.iter_mut().zip(&x[ch * plane..(ch + 1) * plane]) {
-            *s += v * v;
-        }
-    }
-    for ch in 0..c {
-        if ch + pre < c {
-            let add = ch + pre;
-            for (s, &v) in acc.iter_mut().zip(&x[add * plane..(add + 1) * plane]) {
-                *s += v * v;
-            }
-        }
-        if ch > pre {
-            let sub = ch - pre - 1;
-            for (s, &v) in acc.iter_mut().zip(&x[sub * plane..(sub + 1) * plane]) {
-                *s -= v * v;
-            }
-        }
-        let sc = &mut scale[ch * plane..(ch + 1) * plane];
-        for (o, &s) in sc.iter_mut().zip(&acc) {
-            *o = p.k + a * s;
-        }
-        for ((o, &v), &s) in y[ch * plane..(ch + 1) * plane]
+    let squares: Vec<f32> = x.iter().map(|v| v * v).collect();
+    channel_window_sums(&squares, c, plane, p.size, |ch, acc| {
+        let r = ch * plane..(ch + 1) * plane;
+        for (((o, sc), &v), &s) in y[r.clone()]
             .iter_mut()
-            .zip(&x[ch * plane..])
-            .zip(sc.iter())
+            .zip(&mut scale[r.clone()])
+            .zip(&x[r])
+            .zip(acc)
         {
-            *o = v * s.powf(-p.beta);
+            *sc = p.k + a * s;
+            *o = v * sc.powf(-p.beta);
         }
-    }
+    });
 }
 
 /// Gradient of [`lrn_forward`]:
@@ -351,7 +331,6 @@ pub fn lrn_backward(
     p: &Lrn,
     dx: &mut [f32],
 ) {
-    let pre = (p.size - 1) / 2;
     let ratio: Vec<f32> = dy
         .iter()
         .zip(y)
@@ -359,34 +338,48 @@ pub fn lrn_backward(
         .map(|((&g, &o), &s)| g * o / s)
         .collect();
     let coeff = 2.0 * p.alpha * p.beta / p.size as f32;
-    let mut acc = vec![0.0f32; plane];
-    for ch in 0..pre.min(c) {
-        for (s, &v) in acc.iter_mut().zip(&ratio[ch * plane..(ch + 1) * plane]) {
-            *s += v;
-        }
-    }
-    for ch in 0..c {
-        if ch + pre < c {
-            let add = ch + pre;
-            for (s, &v) in acc.iter_mut().zip(&ratio[add * plane..(add + 1) * plane]) {
-                *s += v;
-            }
-        }
-        if ch > pre {
-            let sub = ch - pre - 1;
-            for (s, &v) in acc.iter_mut().zip(&ratio[sub * plane..(sub + 1) * plane]) {
-                *s -= v;
-            }
-        }
+    channel_window_sums(&ratio, c, plane, p.size, |ch, acc| {
         let r = ch * plane..(ch + 1) * plane;
         for (((o, &g), &s), (&xv, &a)) in dx[r.clone()]
             .iter_mut()
             .zip(&dy[r.clone()])
             .zip(&scale[r.clone()])
-            .zip(x[r].iter().zip(&acc))
+            .zip(x[r].iter().zip(acc))
         {
             *o = g * s.powf(-p.beta) - coeff * xv * a;
         }
+    });
+}
+
+/// For each channel `ch`, calls `f(ch, sums)` where `sums` holds, per
+/// position, the sum of `v` over the `size` channels centred on `ch` (zero
+/// outside). The sum runs: add the channel entering the window, subtract the
+/// one leaving, as Caffe accumulates it.
+fn channel_window_sums(
+    v: &[f32],
+    c: usize,
+    plane: usize,
+    size: usize,
+    mut f: impl FnMut(usize, &[f32]),
+) {
+    let pre = (size - 1) / 2;
+    let mut acc = vec![0.0f32; plane];
+    let add = |acc: &mut [f32], ch: usize, sign: f32| {
+        for (s, &x) in acc.iter_mut().zip(&v[ch * plane..(ch + 1) * plane]) {
+            *s += sign * x;
+        }
+    };
+    for ch in 0..pre.min(c) {
+        add(&mut acc, ch, 1.0);
+    }
+    for ch in 0..c {
+        if ch + pre < c {
+            add(&mut acc, ch + pre, 1.0);
+        }
+        if ch > pre {
+            add(&mut acc, ch - pre - 1, -1.0);
+        }
+        f(ch, &acc);
     }
 }
 
