@@ -335,3 +335,29 @@ fn ctrl_c_snapshots_and_stops() {
         .unwrap();
     assert_eq!(s.iter, last);
 }
+
+#[test]
+fn test_command_reproduces_caffes_iteration_30_scores() {
+    // Run from elsewhere: the data paths resolve beside the prototxt.
+    let t = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-net/train_val.prototxt");
+    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let (ok, out, err) = run(
+        t.path(),
+        &[
+            "test",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--iterations",
+            "3",
+        ],
+    );
+    assert!(ok, "{err}");
+    // Caffe's log at iteration 30: accuracy = 0.458333, loss = 1.138.
+    assert_eq!(
+        out,
+        "accuracy = 0.458333\nloss = 1.138 (* 1 = 1.138 loss)\n"
+    );
+}

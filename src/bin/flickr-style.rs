@@ -615,7 +615,7 @@ fn cmd_test(a: TestArgs) -> Result<()> {
         &a.model,
         &weights,
         a.iterations,
-        Path::new("."),
+        &flickr_style::train::commands::base_dir_for(&a.model),
         &device(a.gpu)?,
     )?;
     for (name, value, w) in results {
@@ -638,7 +638,7 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         &a.model,
         a.iterations,
         a.synthetic,
-        Path::new("."),
+        &flickr_style::train::commands::base_dir_for(&a.model),
         &device(a.gpu)?,
     )?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;

@@ -55,6 +55,32 @@ pub fn synthetic_inputs(def: &mut NetParameter) -> Result<()> {
     Ok(())
 }
 
+/// Where a net's relative data paths resolve: the current folder, as in
+/// Caffe, unless they only exist beside the prototxt.
+pub fn base_dir_for(model: &Path) -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(".");
+    let Ok(def) = read_net_prototxt(model) else {
+        return here;
+    };
+    let beside = crate::fsutil::parent_dir(model);
+    let sources: Vec<String> = def
+        .layer
+        .iter()
+        .filter_map(|l| {
+            l.data_param
+                .as_ref()
+                .and_then(|p| p.source.clone())
+                .or_else(|| l.image_data_param.as_ref().and_then(|p| p.source.clone()))
+        })
+        .collect();
+    let found = |base: &Path| !sources.is_empty() && sources.iter().all(|s| base.join(s).exists());
+    if !found(&here) && found(&beside) {
+        beside
+    } else {
+        here
+    }
+}
+
 /// `caffe test`: mean of every output over `iterations` TEST batches.
 pub fn test(
     model: &Path,
