@@ -361,3 +361,28 @@ fn test_command_reproduces_caffes_iteration_30_scores() {
         "accuracy = 0.458333\nloss = 1.138 (* 1 = 1.138 loss)\n"
     );
 }
+
+#[test]
+fn data_layer_reads_encoded_datums_with_force_gray() {
+    use flickr_style::caffe::proto::{NetParameter, Phase};
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    let shape = |extra: &str| {
+        let text = format!(
+            "layer {{ name: \"data\" type: \"Data\" top: \"data\" top: \"label\" transform_param {{ {extra} }} data_param {{ source: \"lmdb/jpg256\" batch_size: 4 backend: LMDB }} }}"
+        );
+        let def: NetParameter =
+            flickr_style::caffe::prototxt::parse(&text, Path::new("t")).unwrap();
+        let ctx = BuildContext {
+            base_dir: fixture(""),
+            seed: 0,
+            phase: Phase::Train,
+            device: candle_core::Device::Cpu,
+        };
+        let mut net = Net::new(&def, &ctx, None).unwrap();
+        net.forward().unwrap();
+        net.blob("data").unwrap().dims().to_vec()
+    };
+    assert_eq!(shape(""), vec![4, 3, 256, 256]);
+    assert_eq!(shape("force_gray: true"), vec![4, 1, 256, 256]);
+}

@@ -26,9 +26,11 @@ use std::sync::Arc;
 
 /// Where images come from.
 enum Source {
+    /// `mode` decodes encoded datums (native channels unless force_color/force_gray).
     Lmdb {
         reader: LmdbReader,
         keys: Vec<Vec<u8>>,
+        mode: ColorMode,
     },
     List {
         entries: Vec<ListEntry>,
@@ -79,7 +81,7 @@ impl Source {
 
     fn load(&self, i: usize) -> Result<Item> {
         match self {
-            Source::Lmdb { reader, keys } => {
+            Source::Lmdb { reader, keys, mode } => {
                 let key = String::from_utf8_lossy(&keys[i]).into_owned();
                 let value = reader
                     .get(&keys[i])?
@@ -90,6 +92,18 @@ impl Source {
                         format!("not a Datum: {e}"),
                     )
                 })?;
+                if datum.encoded() && *mode != ColorMode::Native {
+                    let m = crate::pipeline::decode::decode(datum.data(), *mode).map_err(|e| {
+                        Error::invalid(format!("record {key}"), format!("encoded image: {e}"))
+                    })?;
+                    return Ok((
+                        m.channels,
+                        m.height,
+                        m.width,
+                        m.to_chw(),
+                        datum.label() as f32,
+                    ));
+                }
                 let (c, h, w, px) = datum.pixels(&key)?;
                 Ok((c, h, w, px, datum.label() as f32))
             }
@@ -117,7 +131,7 @@ impl Source {
 
     fn describe(&self, i: usize) -> String {
         match self {
-            Source::Lmdb { reader, keys } => format!(
+            Source::Lmdb { reader, keys, .. } => format!(
                 "{}: record {}",
                 reader.path().display(),
                 String::from_utf8_lossy(&keys[i])
@@ -215,8 +229,20 @@ impl DataLayer {
             }
             let reader = LmdbReader::open(&path)?;
             let keys = reader.keys()?;
+            let tp = param.transform_param.clone().unwrap_or_default();
+            let mode = match (tp.force_color(), tp.force_gray()) {
+                (true, true) => {
+                    return Err(Error::model(
+                        &lctx,
+                        "force_color and force_gray cannot both be set",
+                    ))
+                }
+                (true, false) => ColorMode::Color,
+                (false, true) => ColorMode::Gray,
+                _ => ColorMode::Native,
+            };
             (
-                Source::Lmdb { reader, keys },
+                Source::Lmdb { reader, keys, mode },
                 dp.batch_size() as usize,
                 dp.prefetch() as usize,
                 dp.rand_skip(),
