@@ -27,67 +27,6 @@ pub struct Window {
     pub ow: usize,
 }
 
-/// Unfolds one image into a `(c*kh*kw) x (oh*ow)` column matrix (Caffe's im2col).
-pub fn im2col(x: &[f32], g: &Window, col: &mut [f32]) {
-    let plane = g.oh * g.ow;
-    let mut row = 0;
-    for c in 0..g.c {
-        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let out = &mut col[row * plane..(row + 1) * plane];
-                for oy in 0..g.oh {
-                    let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
-                    let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
-                    if iy < 0 || iy >= g.h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
-                        *d = if ix >= 0 && (ix as usize) < g.w {
-                            src[ix as usize]
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-                row += 1;
-            }
-        }
-    }
-}
-
-/// Folds a column matrix back, summing overlaps (the adjoint of [`im2col`]).
-pub fn col2im(col: &[f32], g: &Window, x: &mut [f32]) {
-    x.fill(0.0);
-    let plane = g.oh * g.ow;
-    let mut row = 0;
-    for c in 0..g.c {
-        let xc = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let src = &col[row * plane..(row + 1) * plane];
-                for oy in 0..g.oh {
-                    let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, &v) in src[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
-                        let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
-                        if ix >= 0 && (ix as usize) < g.w {
-                            dst[ix as usize] += v;
-                        }
-                    }
-                }
-                row += 1;
-            }
-        }
-    }
-}
-
 /// One row of the batched column matrix: row `r` = (channel, ki, kj) of the
 /// unfolded input, laid out as `n_images` blocks of `oh*ow` values. Filling
 /// rows independently lets callers parallelise over rows and get one big
@@ -386,6 +325,69 @@ fn channel_window_sums(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Per-image reference implementations (Caffe's im2col/col2im), which the
+    // batched row/plane kernels above must agree with.
+    /// Unfolds one image into a `(c*kh*kw) x (oh*ow)` column matrix (Caffe's im2col).
+    fn im2col(x: &[f32], g: &Window, col: &mut [f32]) {
+        let plane = g.oh * g.ow;
+        let mut row = 0;
+        for c in 0..g.c {
+            let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let out = &mut col[row * plane..(row + 1) * plane];
+                    for oy in 0..g.oh {
+                        let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+                        let dst = &mut out[oy * g.ow..(oy + 1) * g.ow];
+                        if iy < 0 || iy >= g.h as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
+                            *d = if ix >= 0 && (ix as usize) < g.w {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
+
+    /// Folds a column matrix back, summing overlaps (the adjoint of [`im2col`]).
+    fn col2im(col: &[f32], g: &Window, x: &mut [f32]) {
+        x.fill(0.0);
+        let plane = g.oh * g.ow;
+        let mut row = 0;
+        for c in 0..g.c {
+            let xc = &mut x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let src = &col[row * plane..(row + 1) * plane];
+                    for oy in 0..g.oh {
+                        let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let dst = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        for (ox, &v) in src[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
+                            let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
+                            if ix >= 0 && (ix as usize) < g.w {
+                                dst[ix as usize] += v;
+                            }
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
 
     #[test]
     fn pooled_size_uses_caffe_ceil_rounding() {
