@@ -1,7 +1,7 @@
 //! Convolution as Caffe computes it: im2col, then one matrix product per
 //! group; the backward pass reuses the columns for the weight gradient and
 //! folds `Wᵀ·dy` back with col2im for the input gradient.
-use super::{to_vec, with_f32, BackwardArgs, Grads, Layer};
+use super::{nchw, to_vec, with_f32, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
@@ -95,13 +95,7 @@ impl Layer for Convolution {
 
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let ctx = format!("layer '{}'", self.name);
-        let [n, c, h, w] = bottom.first().map(|s| s.as_slice()).unwrap_or(&[]) else {
-            return Err(Error::model(
-                &ctx,
-                format!("needs one 4-D bottom, got {bottom:?}"),
-            ));
-        };
-        let (n, c, h, w) = (*n, *c, *h, *w);
+        let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
         let (kh, kw) = pick(
             &p.kernel_size,

@@ -1,5 +1,5 @@
 //! Local response normalisation across channels (Caffe's LRN, alpha/n form).
-use super::{to_vec, BackwardArgs, Grads, Layer};
+use super::{nchw, to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{lrn_parameter::NormRegion, LrnParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::kernels::{lrn_backward, lrn_forward, Lrn};
@@ -9,7 +9,6 @@ use rayon::prelude::*;
 pub struct LocalResponseNorm {
     p: Lrn,
     name: String,
-    shape: Vec<usize>,
     scale: Vec<f32>,
 }
 
@@ -33,7 +32,6 @@ impl LocalResponseNorm {
                 k: p.k(),
             },
             name: name.to_string(),
-            shape: Vec::new(),
             scale: Vec::new(),
         })
     }
@@ -45,16 +43,8 @@ impl Layer for LocalResponseNorm {
     }
 
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        match bottom.first() {
-            Some(s) if s.len() == 4 => {
-                self.shape = s.clone();
-                Ok(vec![s.clone()])
-            }
-            _ => Err(Error::model(
-                format!("layer '{}'", self.name),
-                format!("needs one 4-D bottom, got {bottom:?}"),
-            )),
-        }
+        nchw(bottom, &format!("layer '{}'", self.name))?;
+        Ok(vec![bottom[0].clone()])
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {

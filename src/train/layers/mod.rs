@@ -160,6 +160,17 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     Ok(f(&to_vec(t)?))
 }
 
+/// The (n, c, h, w) of a layer's single 4-D bottom, or an error naming the layer.
+pub(crate) fn nchw(bottom: &[Vec<usize>], ctx: &str) -> Result<[usize; 4]> {
+    match bottom {
+        [s] if s.len() == 4 => Ok([s[0], s[1], s[2], s[3]]),
+        _ => Err(Error::model(
+            ctx,
+            format!("needs one 4-D bottom, got {bottom:?}"),
+        )),
+    }
+}
+
 /// Number of elements of a shape.
 pub(crate) fn count(shape: &[usize]) -> usize {
     shape.iter().product()

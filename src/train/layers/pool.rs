@@ -1,5 +1,5 @@
 //! Pooling (MAX with argmax routing, AVE), Caffe's output-size rounding.
-use super::{to_vec, BackwardArgs, Grads, Layer};
+use super::{nchw, to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{
     pooling_parameter::PoolMethod, pooling_parameter::RoundMode, Phase, PoolingParameter,
 };
@@ -41,13 +41,7 @@ impl Layer for Pooling {
 
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let ctx = format!("layer '{}'", self.name);
-        let [n, c, h, w] = bottom.first().map(|s| s.as_slice()).unwrap_or(&[]) else {
-            return Err(Error::model(
-                &ctx,
-                format!("needs one 4-D bottom, got {bottom:?}"),
-            ));
-        };
-        let (n, c, h, w) = (*n, *c, *h, *w);
+        let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
         let (kh, kw) = if p.global_pooling() {
             (h, w)
