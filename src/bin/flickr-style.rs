@@ -50,12 +50,8 @@ struct ToLmdbArgs {
     list: PathBuf,
     /// LMDB folder to create (must not exist unless --force).
     db: PathBuf,
-    /// Resize every image to this height (needs --resize-width too), with OpenCV's bilinear.
-    #[arg(long, default_value_t = 0)]
-    resize_height: usize,
-    /// Resize every image to this width (needs --resize-height too).
-    #[arg(long, default_value_t = 0)]
-    resize_width: usize,
+    #[command(flatten)]
+    resize: ResizeArgs,
     /// Store one-channel (grayscale) images instead of BGR.
     #[arg(long)]
     gray: bool,
@@ -82,6 +78,28 @@ struct ToLmdbArgs {
     force: bool,
 }
 
+/// `--resize-height/--resize-width`, shared by the commands that read images.
+#[derive(Args)]
+struct ResizeArgs {
+    /// Resize every image to this height first (needs --resize-width too), with OpenCV's bilinear.
+    #[arg(long, default_value_t = 0)]
+    resize_height: usize,
+    /// Resize every image to this width first (needs --resize-height too).
+    #[arg(long, default_value_t = 0)]
+    resize_width: usize,
+}
+
+impl ResizeArgs {
+    /// `(height, width)` when both are given, `None` when neither is.
+    fn get(&self) -> Result<Option<(usize, usize)>> {
+        match (self.resize_height, self.resize_width) {
+            (0, 0) => Ok(None),
+            (h, w) if h > 0 && w > 0 => Ok(Some((h, w))),
+            _ => bail!("--resize-height and --resize-width must be given together"),
+        }
+    }
+}
+
 #[derive(Args)]
 struct ComputeMeanArgs {
     /// An LMDB folder, or an image list (then use --root and the --resize options).
@@ -91,12 +109,8 @@ struct ComputeMeanArgs {
     /// Root folder for an image-list INPUT.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Resize list images to this height first.
-    #[arg(long, default_value_t = 0)]
-    resize_height: usize,
-    /// Resize list images to this width first.
-    #[arg(long, default_value_t = 0)]
-    resize_width: usize,
+    #[command(flatten)]
+    resize: ResizeArgs,
     /// Read list images as grayscale.
     #[arg(long)]
     gray: bool,
@@ -345,20 +359,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn resize_opt(h: usize, w: usize) -> Result<Option<(usize, usize)>> {
-    match (h, w) {
-        (0, 0) => Ok(None),
-        (h, w) if h > 0 && w > 0 => Ok(Some((h, w))),
-        _ => bail!("--resize-height and --resize-width must be given together"),
-    }
-}
-
 fn cmd_to_lmdb(a: ToLmdbArgs) -> Result<()> {
     let opts = to_lmdb::ToLmdbOptions {
         root: a.root,
         list: a.list,
         db: a.db.clone(),
-        resize: resize_opt(a.resize_height, a.resize_width)?,
+        resize: a.resize.get()?,
         gray: a.gray,
         shuffle: a.shuffle,
         seed: a.seed,
@@ -387,7 +393,7 @@ fn cmd_compute_mean(a: ComputeMeanArgs) -> Result<()> {
         mean::MeanSource::List {
             list: a.input.clone(),
             root: a.root.unwrap_or_default(),
-            resize: resize_opt(a.resize_height, a.resize_width)?,
+            resize: a.resize.get()?,
             gray: a.gray,
         }
     };
