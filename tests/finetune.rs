@@ -2,23 +2,9 @@
 //! (`../shared/caffe-ref/fixtures/finetune-semantics`), the binary's log,
 //! metrics, snapshots and resume, and every bad input the issue lists.
 mod common;
-use common::{fixture, run};
+use common::{fixture, run, solver_in};
 use flickr_style::caffe::model::read_caffemodel;
-use flickr_style::train::solver::{Solver, SolverOptions};
 use std::path::{Path, PathBuf};
-
-fn solver_in(dir: &Path, file: &str, prefix: &Path) -> flickr_style::Result<Solver> {
-    Solver::new(&SolverOptions {
-        solver: PathBuf::from(file),
-        base_dir: dir.to_path_buf(),
-        snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
-        max_iter: None,
-        metrics: None,
-        echo: false,
-        progress: false,
-        device: candle_core::Device::Cpu,
-    })
-}
 
 #[test]
 fn renamed_last_layer_keeps_its_filler_and_the_rest_is_copied_exactly() {

@@ -110,20 +110,10 @@ fn first_batch_forward_and_gradients_match_pycaffe() {
     }
 }
 
-use flickr_style::train::solver::{Solver, SolverOptions};
+use flickr_style::train::solver::Solver;
 
 fn solver(prefix: &Path, solver_file: &str) -> Solver {
-    let opts = SolverOptions {
-        solver: PathBuf::from(solver_file),
-        base_dir: common::fixture("tiny-net"),
-        snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
-        max_iter: None,
-        metrics: None,
-        echo: false,
-        progress: false,
-        device: Device::Cpu,
-    };
-    Solver::new(&opts).unwrap()
+    common::solver_in(&common::fixture("tiny-net"), solver_file, prefix).unwrap()
 }
 
 fn caffe_trajectory() -> Vec<f32> {

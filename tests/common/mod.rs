@@ -31,4 +31,22 @@ pub fn run(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A quiet CPU solver for `file` (relative to `dir`), snapshotting under `prefix`.
+pub fn solver_in(
+    dir: &std::path::Path,
+    file: &str,
+    prefix: &std::path::Path,
+) -> flickr_style::Result<flickr_style::train::solver::Solver> {
+    flickr_style::train::solver::Solver::new(&flickr_style::train::solver::SolverOptions {
+        solver: PathBuf::from(file),
+        base_dir: dir.to_path_buf(),
+        snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
+        max_iter: None,
+        metrics: None,
+        echo: false,
+        progress: false,
+        device: candle_core::Device::Cpu,
+    })
+}
+
 pub mod http;
