@@ -49,7 +49,7 @@ fn reader_decodes_every_caffe_record() {
             assert_eq!(sha(d.data()), e.data_sha256);
             // Re-encoding a Caffe datum gives Caffe's exact bytes back.
             assert_eq!(&d.encode_to_vec(), v, "{name} {}", e.key);
-            let (c, h, w, px) = d.pixels(&e.key).unwrap();
+            let (c, h, w, px) = d.into_pixels(&e.key).unwrap();
             if !e.encoded {
                 assert_eq!(
                     (c as i32, h as i32, w as i32),

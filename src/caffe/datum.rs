@@ -34,7 +34,7 @@ impl Datum {
     ///
     /// Encoded datums are decoded with their native channel count (Caffe's
     /// `DecodeDatumNative`); `key` names the record in errors.
-    pub fn pixels(&self, key: &str) -> Result<(usize, usize, usize, Vec<u8>)> {
+    pub fn into_pixels(mut self, key: &str) -> Result<(usize, usize, usize, Vec<u8>)> {
         if self.encoded() {
             let mat = decode(self.data(), ColorMode::Native).map_err(|m| {
                 Error::invalid(format!("record {key}"), format!("encoded image: {m}"))
@@ -64,7 +64,13 @@ impl Datum {
                 ),
             ));
         }
-        Ok((c as usize, h as usize, w as usize, self.data().to_vec()))
+        // Raw bytes are already CHW: hand them over without a copy.
+        Ok((
+            c as usize,
+            h as usize,
+            w as usize,
+            self.data.take().unwrap_or_default(),
+        ))
     }
 }
 
@@ -84,7 +90,10 @@ mod tests {
         );
         let back = Datum::decode(bytes.as_slice()).unwrap();
         assert_eq!(back, d);
-        assert_eq!(back.pixels("k").unwrap(), (3, 1, 1, vec![10, 20, 30]));
+        assert_eq!(
+            back.clone().into_pixels("k").unwrap(),
+            (3, 1, 1, vec![10, 20, 30])
+        );
     }
 
     #[test]
@@ -93,12 +102,13 @@ mod tests {
         let back = Datum::decode(d.encode_to_vec().as_slice()).unwrap();
         assert!(back.channels.is_none() && back.encoded());
         assert!(back
-            .pixels("k")
+            .clone()
+            .into_pixels("k")
             .unwrap_err()
             .to_string()
             .contains("record k"));
         let mut raw = Datum::raw(&Mat8::new(2, 2, 1, vec![0; 4]), 1);
         raw.data = Some(vec![0; 3]);
-        assert!(raw.pixels("x").is_err());
+        assert!(raw.clone().into_pixels("x").is_err());
     }
 }

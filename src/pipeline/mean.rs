@@ -173,7 +173,7 @@ fn mean_of_lmdb(path: &Path) -> Result<Option<Accumulator>> {
             Box::new(move || {
                 let datum = Datum::decode(value.as_slice())
                     .map_err(|e| Error::invalid(&key, format!("not a Datum: {e}")))?;
-                let (c, h, w, px) = datum.pixels(&key)?;
+                let (c, h, w, px) = datum.into_pixels(&key)?;
                 Ok(((c, h, w), px))
             }),
         ));

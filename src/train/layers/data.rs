@@ -104,8 +104,9 @@ impl Source {
                         datum.label() as f32,
                     ));
                 }
-                let (c, h, w, px) = datum.pixels(&key)?;
-                Ok((c, h, w, px, datum.label() as f32))
+                let label = datum.label() as f32;
+                let (c, h, w, px) = datum.into_pixels(&key)?;
+                Ok((c, h, w, px, label))
             }
             Source::List {
                 entries,
