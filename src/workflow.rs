@@ -3,13 +3,16 @@
 //! skipped when its outputs are already complete, and training resumes from
 //! its latest snapshot, so an interrupted run is continued by running it again.
 use crate::caffe::model::read_net_prototxt;
-use crate::caffe::proto::{DataParameter, NetParameter, SolverParameter};
+use crate::caffe::proto::{
+    solver_parameter::SolverMode, DataParameter, NetParameter, SolverParameter,
+};
 use crate::caffe::{proto::data_parameter::Db, prototxt};
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::assemble::{assemble, AssembleOptions};
 use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
 use crate::pipeline::mean::{compute_mean, MeanSource};
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
+use crate::train::compute::DeviceChoice;
 use crate::train::solver::{Solver, SolverOptions};
 use std::path::{Path, PathBuf};
 
@@ -46,6 +49,8 @@ pub struct WorkflowOptions {
     pub metrics: Option<PathBuf>,
     /// Print progress and Caffe-style logs.
     pub verbose: bool,
+    /// Train on this GPU (needs a CUDA build); `None` trains on the CPU.
+    pub gpu: Option<usize>,
 }
 
 /// Runs every stage; `interrupt` is checked by the long-running ones.
@@ -170,7 +175,8 @@ pub fn run(
         metrics: opts.metrics.clone(),
         echo: opts.verbose,
         progress: opts.verbose,
-        device: candle_core::Device::Cpu,
+        device: opts.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
+        tensor_ops: false,
     })?;
     let stop_flag = solver.stop_flag();
     let watcher_stop = stop.clone();
@@ -271,6 +277,15 @@ fn write_recipe(
     }
     if let Some(s) = opts.snapshot {
         solver.snapshot = Some(s);
+    }
+    // The device is this run's choice (--gpu), not the recipe's solver_mode.
+    solver.set_solver_mode(if opts.gpu.is_some() {
+        SolverMode::Gpu
+    } else {
+        SolverMode::Cpu
+    });
+    if let Some(g) = opts.gpu {
+        solver.device_id = Some(g as i32);
     }
     if solver.random_seed() < 0 {
         solver.random_seed = Some(opts.assemble.seed as i64);

@@ -364,6 +364,7 @@ fn data_layer_reads_encoded_datums_with_force_gray() {
             seed: 0,
             phase: Phase::Train,
             device: candle_core::Device::Cpu,
+            tensor_ops: false,
         };
         let mut net = Net::new(&def, &ctx, None).unwrap();
         net.forward().unwrap();

@@ -33,6 +33,7 @@ fn caffenet_caffemodel(path: &Path) {
         seed: 3,
         phase: Phase::Train,
         device: candle_core::Device::Cpu,
+        tensor_ops: false,
     };
     let net = Net::new(&def, &ctx, None).unwrap();
     let mut model = net.to_proto(&def).unwrap();

@@ -35,6 +35,7 @@ fn tiny_net(phase: Phase) -> Net {
         seed: 1701,
         phase,
         device: Device::Cpu,
+        tensor_ops: false,
     };
     let mut net = Net::new(&def, &ctx, None).unwrap();
     let init = read_caffemodel(&dir.join("snapshots/init_iter_0.caffemodel")).unwrap();
@@ -268,4 +269,53 @@ fn unaligned_resume_is_exact_thanks_to_the_sidecar() {
         .unwrap();
     run_iterations(&mut rest, 4);
     assert_eq!(rest.trajectory, whole.trajectory[10..14].to_vec());
+}
+
+/// The GPU code path (candle tensor ops instead of the CPU kernels), run on
+/// the CPU: the whole 30-iteration fixture run stays within 1e-4 of Caffe,
+/// the tolerance asked of a GPU run.
+#[test]
+fn gpu_code_path_on_the_cpu_matches_caffe() {
+    let t = tempfile::tempdir().unwrap();
+    let mut s = Solver::new(&flickr_style::train::solver::SolverOptions {
+        solver: PathBuf::from("solver.prototxt"),
+        base_dir: common::fixture("tiny-net"),
+        snapshot_prefix: Some(t.path().join("tensor").to_string_lossy().into_owned()),
+        max_iter: None,
+        metrics: None,
+        echo: false,
+        progress: false,
+        device: flickr_style::train::compute::DeviceChoice::Cpu,
+        tensor_ops: true,
+    })
+    .unwrap();
+    assert!(s.train.uses_tensor_ops());
+    s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+        .unwrap();
+    s.solve().unwrap();
+    let want = caffe_trajectory();
+    assert_eq!(s.trajectory.len(), 30);
+    let mut worst = 0f32;
+    for ((it, got), w) in s.trajectory.iter().zip(&want) {
+        let rel = (got - w).abs() / w.abs();
+        worst = worst.max(rel);
+        assert!(rel < 1e-4, "iteration {it}: {got} vs Caffe {w} ({rel:.2e})");
+    }
+    eprintln!("tensor-op trajectory: max rel err {worst:.2e}");
+    let last = s.test_results.last().unwrap();
+    assert_eq!(last.0, 30);
+    let loss = last.2.iter().find(|x| x.0 == "loss").unwrap().1;
+    assert!((loss - 1.138).abs() / 1.138 < 1e-4, "test loss {loss}");
+    let caffe30 = read_caffemodel(&common::fixture(
+        "tiny-net/snapshots/tiny_iter_30.caffemodel",
+    ))
+    .unwrap();
+    let ours30 = read_caffemodel(&t.path().join("tensor_iter_30.caffemodel")).unwrap();
+    for l in caffe30.layer.iter().filter(|l| !l.blobs.is_empty()) {
+        let o = ours30.layer.iter().find(|x| x.name() == l.name()).unwrap();
+        for (a, b) in o.blobs.iter().zip(&l.blobs) {
+            let err = rel_err(&a.values(), &b.values(), 1e-8);
+            assert!(err < 1e-4, "{}: {err}", l.name());
+        }
+    }
 }

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
+use flickr_style::train::compute::{Compute, DeviceChoice};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ enum Command {
     Test(TestArgs),
     /// Time forward and backward passes, layer by layer (caffe time).
     Time(TimeArgs),
+    /// Check every layer's GPU code path against the CPU kernels (on --gpu N, or on the CPU).
+    CheckOps(CheckOpsArgs),
     /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
     GetIlsvrcAux(GetIlsvrcAuxArgs),
 }
@@ -251,6 +254,9 @@ struct PipelineArgs {
     /// Append training metrics (JSON lines) to this file.
     #[arg(long)]
     metrics: Option<PathBuf>,
+    /// Fine-tune on GPU N (needs a build with `--features cuda`).
+    #[arg(long)]
+    gpu: Option<usize>,
 }
 
 #[derive(Args)]
@@ -276,9 +282,17 @@ struct FinetuneArgs {
     /// Override the solver's max_iter.
     #[arg(long)]
     max_iter: Option<usize>,
-    /// Train on GPU N (needs a CUDA build).
-    #[arg(long)]
+    /// Train on GPU N (needs a build with `--features cuda`). Without it a
+    /// CUDA build follows the solver's solver_mode/device_id, like Caffe.
+    #[arg(long, conflicts_with = "cpu")]
     gpu: Option<usize>,
+    /// Train on the CPU even if the solver says solver_mode: GPU.
+    #[arg(long)]
+    cpu: bool,
+    /// Use the GPU code path (device-generic tensor ops) on the CPU: slower,
+    /// for checking that path without a GPU.
+    #[arg(long, hide = true)]
+    tensor_ops: bool,
 }
 
 #[derive(Args)]
@@ -292,9 +306,12 @@ struct TestArgs {
     /// Batches to average over.
     #[arg(long, default_value_t = 50)]
     iterations: usize,
-    /// Run on GPU N (needs a CUDA build).
+    /// Run on GPU N (needs a build with `--features cuda`).
     #[arg(long)]
     gpu: Option<usize>,
+    /// Use the GPU code path (device-generic tensor ops) on the CPU.
+    #[arg(long, hide = true, conflicts_with = "gpu")]
+    tensor_ops: bool,
 }
 
 #[derive(Args)]
@@ -308,9 +325,23 @@ struct TimeArgs {
     /// Replace Data/ImageData layers by inputs of the same shape (no data needed).
     #[arg(long)]
     synthetic: bool,
-    /// Run on GPU N (needs a CUDA build).
+    /// Run on GPU N (needs a build with `--features cuda`).
     #[arg(long)]
     gpu: Option<usize>,
+    /// Use the GPU code path (device-generic tensor ops) on the CPU.
+    #[arg(long, hide = true, conflicts_with = "gpu")]
+    tensor_ops: bool,
+}
+
+#[derive(Args)]
+struct CheckOpsArgs {
+    /// Check on GPU N (needs a build with `--features cuda`); without it the
+    /// GPU code path runs on the CPU.
+    #[arg(long)]
+    gpu: Option<usize>,
+    /// Seed for the random inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -355,6 +386,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pipeline(a) => cmd_pipeline(a),
         Command::Test(a) => cmd_test(a),
         Command::Time(a) => cmd_time(a),
+        Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
     }
 }
@@ -570,14 +602,14 @@ fn cmd_download_model(a: DownloadModelArgs) -> Result<()> {
     Ok(())
 }
 
-/// The compute device for `--gpu`.
-fn device(gpu: Option<usize>) -> Result<candle_core::Device> {
-    match gpu {
-        None => Ok(candle_core::Device::Cpu),
-        Some(n) => bail!(
-            "--gpu {n}: this build has no CUDA support yet; GPU training is not implemented (run without --gpu to train on the CPU)"
-        ),
-    }
+/// Where `test` and `time` run: `--gpu N`, else the CPU.
+fn compute(gpu: Option<usize>, tensor_ops: bool) -> Result<Compute> {
+    let mut c = match gpu {
+        Some(n) => Compute::gpu(n)?,
+        None => Compute::cpu(),
+    };
+    c.tensor_ops |= tensor_ops;
+    Ok(c)
 }
 
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
@@ -591,7 +623,12 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         metrics: a.metrics,
         echo: true,
         progress: true,
-        device: device(a.gpu)?,
+        device: match (a.cpu, a.gpu) {
+            (true, _) => DeviceChoice::Cpu,
+            (false, Some(n)) => DeviceChoice::Gpu(n),
+            (false, None) => DeviceChoice::FromSolver,
+        },
+        tensor_ops: a.tensor_ops,
     };
     let mut solver =
         Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
@@ -622,7 +659,7 @@ fn cmd_test(a: TestArgs) -> Result<()> {
         &weights,
         a.iterations,
         &flickr_style::train::commands::base_dir_for(&a.model),
-        &device(a.gpu)?,
+        &compute(a.gpu, a.tensor_ops)?,
     )?;
     for (name, value, w) in results {
         let extra = if w != 0.0 {
@@ -645,7 +682,7 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         a.iterations,
         a.synthetic,
         &flickr_style::train::commands::base_dir_for(&a.model),
-        &device(a.gpu)?,
+        &compute(a.gpu, a.tensor_ops)?,
     )?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!("| layer | type | forward ms | backward ms |");
@@ -666,6 +703,36 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         r.iterations,
         rayon::current_num_threads()
     );
+    Ok(())
+}
+
+fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
+    use flickr_style::train::op_check::{check_ops, FD_TOLERANCE, TWIN_TOLERANCE};
+    let c = compute(a.gpu, true)?;
+    let reports = check_ops(&c, a.seed)?;
+    println!(
+        "Tensor-op path on {} vs the CPU kernels (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
+        c.describe()
+    );
+    println!("| op | forward | backward | finite diff | result |");
+    println!("|---|---|---|---|---|");
+    let mut failed = 0;
+    for r in &reports {
+        let ok = r.passed();
+        failed += usize::from(!ok);
+        println!(
+            "| {} | {:.1e} | {:.1e} | {:.1e} | {} |",
+            r.name,
+            r.forward,
+            r.backward,
+            r.finite_diff,
+            if ok { "ok" } else { "FAILED" }
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} of {} op checks failed", reports.len());
+    }
+    println!("All {} op checks passed.", reports.len());
     Ok(())
 }
 
@@ -705,6 +772,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         snapshot: a.snapshot,
         metrics: a.metrics,
         verbose: true,
+        gpu: a.gpu,
     };
     let stop = stop_on_ctrl_c("Stopping: finishing the current step and saving progress")?;
     let model = run(&opts, stop).context("running the Flickr Style pipeline")?;

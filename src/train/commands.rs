@@ -1,11 +1,11 @@
 //! The library side of `test` and `time` (Caffe's `caffe test` / `caffe time`).
+use super::compute::Compute;
 use super::layers::BuildContext;
 use super::net::Net;
 use super::sgd::{sgd_update, SgdConfig};
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
-use candle_core::Device;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -87,14 +87,15 @@ pub fn test(
     weights: &[&Path],
     iterations: usize,
     base_dir: &Path,
-    device: &Device,
+    compute: &Compute,
 ) -> Result<Vec<(String, f32, f32)>> {
     let def = read_net_prototxt(model)?;
     let ctx = BuildContext {
         base_dir: base_dir.to_path_buf(),
         seed: 0,
         phase: Phase::Test,
-        device: device.clone(),
+        device: compute.device.clone(),
+        tensor_ops: compute.tensor_ops,
     };
     let mut net = Net::new(&def, &ctx, None)?;
     for w in weights {
@@ -143,7 +144,7 @@ pub fn time(
     iterations: usize,
     synthetic: bool,
     base_dir: &Path,
-    device: &Device,
+    compute: &Compute,
 ) -> Result<TimeReport> {
     let mut def = read_net_prototxt(model)?;
     if synthetic {
@@ -153,7 +154,8 @@ pub fn time(
         base_dir: base_dir.to_path_buf(),
         seed: 0,
         phase: Phase::Train,
-        device: device.clone(),
+        device: compute.device.clone(),
+        tensor_ops: compute.tensor_ops,
     };
     let mut net = Net::new(&def, &ctx, None)?;
     net.forward()?;
@@ -171,16 +173,22 @@ pub fn time(
         iter_size: 1,
         clip_gradients: -1.0,
     };
+    // A GPU queues work: wait for it before reading each clock.
+    let sync = || compute.device.synchronize();
     for _ in 0..iterations {
         net.clear_grads();
+        sync()?;
         let t = Instant::now();
         net.forward()?;
+        sync()?;
         fwd += t.elapsed();
         let t = Instant::now();
         net.backward()?;
+        sync()?;
         bwd += t.elapsed();
         let t = Instant::now();
         sgd_update(&mut net, &mut history, 1e-3, &cfg)?;
+        sync()?;
         upd += t.elapsed();
     }
     let n = iterations as u32;

@@ -131,7 +131,7 @@ pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil:
 
 /// Window bounds `[start, end)` for output position `o`, clipped to the input,
 /// plus the unclipped-to-input size Caffe divides by in average pooling.
-fn bounds(
+pub(crate) fn window_bounds(
     o: usize,
     stride: usize,
     pad: usize,
@@ -153,9 +153,9 @@ pub fn max_pool(x: &[f32], g: &Window, y: &mut [f32], argmax: &mut [u32]) {
     for c in 0..g.c {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for oy in 0..g.oh {
-            let (y0, y1, _) = bounds(oy, g.sh, g.ph, g.kh, g.h);
+            let (y0, y1, _) = window_bounds(oy, g.sh, g.ph, g.kh, g.h);
             for ox in 0..g.ow {
-                let (x0, x1, _) = bounds(ox, g.sw, g.pw, g.kw, g.w);
+                let (x0, x1, _) = window_bounds(ox, g.sw, g.pw, g.kw, g.w);
                 let mut best = f32::NEG_INFINITY;
                 let mut best_i = usize::MAX;
                 for iy in y0..y1 {
@@ -190,9 +190,9 @@ pub fn ave_pool(x: &[f32], g: &Window, y: &mut [f32]) {
     for c in 0..g.c {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for oy in 0..g.oh {
-            let (y0, y1, sy) = bounds(oy, g.sh, g.ph, g.kh, g.h);
+            let (y0, y1, sy) = window_bounds(oy, g.sh, g.ph, g.kh, g.h);
             for ox in 0..g.ow {
-                let (x0, x1, sx) = bounds(ox, g.sw, g.pw, g.kw, g.w);
+                let (x0, x1, sx) = window_bounds(ox, g.sw, g.pw, g.kw, g.w);
                 let mut sum = 0.0f32;
                 for iy in y0..y1 {
                     for ix in x0..x1 {
@@ -211,9 +211,9 @@ pub fn ave_pool_backward(dy: &[f32], g: &Window, dx: &mut [f32]) {
     for c in 0..g.c {
         let dxc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         for oy in 0..g.oh {
-            let (y0, y1, sy) = bounds(oy, g.sh, g.ph, g.kh, g.h);
+            let (y0, y1, sy) = window_bounds(oy, g.sh, g.ph, g.kh, g.h);
             for ox in 0..g.ow {
-                let (x0, x1, sx) = bounds(ox, g.sw, g.pw, g.kw, g.w);
+                let (x0, x1, sx) = window_bounds(ox, g.sw, g.pw, g.kw, g.w);
                 let v = dy[(c * g.oh + oy) * g.ow + ox] / (sy * sx) as f32;
                 for iy in y0..y1 {
                     for ix in x0..x1 {

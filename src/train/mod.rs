@@ -2,9 +2,11 @@
 //!
 //! - [`layers`]: one type per Caffe layer, each with an explicit backward pass.
 //! - [`kernels`]: CPU kernels for what candle lacks (pooling with argmax, LRN, im2col).
+//! - [`tensor_ops`]: the same computations as candle tensor ops, for GPU nets.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 
 pub mod commands;
+pub mod compute;
 pub mod filler;
 pub mod gemm;
 pub mod kernels;
@@ -12,6 +14,8 @@ pub mod layers;
 pub mod log;
 pub mod lr_policy;
 pub mod net;
+pub mod op_check;
 pub mod sgd;
 pub mod solver;
+pub mod tensor_ops;
 pub mod transform;

@@ -52,6 +52,10 @@ pub struct Net {
     grads: Vec<Option<Tensor>>,
     /// Per-layer (forward, backward) time when timing is on.
     timing: Option<Vec<(Duration, Duration)>>,
+    /// Layers compute with tensor ops (GPU nets) rather than CPU kernels.
+    tensor_ops: bool,
+    /// Where the tensors live (timing waits for a GPU's queued work).
+    device: candle_core::Device,
 }
 
 /// Whether `state` satisfies `rule` (Caffe's StateMeetsRule).
@@ -94,6 +98,8 @@ impl Net {
             params: Vec::new(),
             grads: Vec::new(),
             timing: None,
+            tensor_ops: ctx.uses_tensor_ops(),
+            device: ctx.device.clone(),
         };
         if !def.input.is_empty() || !def.input_dim.is_empty() {
             return Err(Error::model(
@@ -286,6 +292,7 @@ impl Net {
             let start = Instant::now();
             let tops = e.layer.forward(&bottom, self.phase)?;
             if let Some(t) = &mut self.timing {
+                self.device.synchronize()?;
                 t[li].0 += start.elapsed();
             }
             for ((&id, t), &w) in e.tops.iter().zip(tops).zip(&e.loss_weights) {
@@ -338,6 +345,7 @@ impl Net {
                 param_grad: &param_grad,
             })?;
             if let Some(t) = &mut self.timing {
+                self.device.synchronize()?;
                 t[li].1 += start.elapsed();
             }
             for (&b, g) in e.bottoms.iter().zip(bgrads) {
@@ -393,6 +401,11 @@ impl Net {
     /// The learnable parameters in Caffe's order (layer order, weight then bias).
     pub fn params(&self) -> &[ParamRef] {
         &self.params
+    }
+
+    /// Whether the layers compute with tensor ops (a GPU net) rather than CPU kernels.
+    pub fn uses_tensor_ops(&self) -> bool {
+        self.tensor_ops
     }
 
     /// Current value of parameter `i`.

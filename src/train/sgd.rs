@@ -4,6 +4,7 @@
 //! `h = lr*lr_mult*diff + momentum*h` and `w -= h`.
 use super::layers::with_f32;
 use super::net::Net;
+use super::tensor_ops;
 use crate::error::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -36,7 +37,12 @@ pub fn sgd_update(
         let mut sumsq = 0.0f32;
         for i in 0..n {
             if net.params()[i].lr_mult != 0.0 {
-                sumsq += with_f32(&net.grad(i)?, |g| g.iter().map(|v| v * v).sum::<f32>())?;
+                let g = net.grad(i)?;
+                sumsq += if net.uses_tensor_ops() {
+                    tensor_ops::sum_sq(&g)?
+                } else {
+                    with_f32(&g, |g| g.iter().map(|v| v * v).sum::<f32>())?
+                };
             }
         }
         let norm = sumsq.sqrt();
@@ -52,6 +58,22 @@ pub fn sgd_update(
         let local_rate = rate * p.lr_mult;
         let w = net.param(i).clone();
         let g = net.grad(i)?;
+        if net.uses_tensor_ops() {
+            let scales: Vec<f32> = clip.into_iter().chain(inv_iter).collect();
+            let (new_w, new_h) = tensor_ops::sgd_step(
+                &w,
+                &g,
+                hist,
+                &scales,
+                local_decay,
+                cfg.l1,
+                local_rate,
+                cfg.momentum,
+            )?;
+            *hist = new_h;
+            net.set_param(i, new_w);
+            continue;
+        }
         let (new_w, new_h) = with_f32(&w, |ws| {
             with_f32(&g, |gs| {
                 with_f32(hist, |hs| {

@@ -3,6 +3,7 @@
 //! history, and snapshots Caffe can read (`.caffemodel` + `.solverstate`)
 //! plus a sidecar with what Caffe forgets (data positions, loss window), so a
 //! resume continues exactly from any iteration.
+use super::compute::{Compute, DeviceChoice};
 use super::layers::BuildContext;
 use super::log::{g, Logger};
 use super::lr_policy::learning_rate;
@@ -14,7 +15,7 @@ use crate::caffe::proto::{
 };
 use crate::caffe::{prototxt, read_binary, write_binary, BlobProto};
 use crate::error::{Error, IoContext, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,8 +39,10 @@ pub struct SolverOptions {
     pub echo: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
-    /// Where tensors live.
-    pub device: Device,
+    /// Where to train.
+    pub device: DeviceChoice,
+    /// Run the GPU code path (tensor ops) even on the CPU.
+    pub tensor_ops: bool,
 }
 
 /// What Caffe does not store in a `.solverstate`, kept beside it.
@@ -147,11 +150,20 @@ impl Solver {
         } else {
             0
         };
+        let mut compute = Compute::for_solver(opts.device, &param).map_err(|e| match e {
+            Error::Invalid { context, message } => Error::Invalid {
+                context: format!("{ctx}: {context}"),
+                message,
+            },
+            e => e,
+        })?;
+        compute.tensor_ops |= opts.tensor_ops;
         let build = |phase| BuildContext {
             base_dir: base_dir.clone(),
             seed,
             phase,
-            device: opts.device.clone(),
+            device: compute.device.clone(),
+            tensor_ops: compute.tensor_ops,
         };
         let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;
         let tests = test_defs
@@ -174,13 +186,14 @@ impl Solver {
         };
         let mut log = Logger::new(opts.echo);
         if param.solver_mode() == crate::caffe::proto::solver_parameter::SolverMode::Gpu
-            && opts.device.is_cpu()
+            && compute.device.is_cpu()
         {
             log.info(
                 "solver.rs:0",
-                "solver_mode is GPU (Caffe's default) but this run uses the CPU.",
+                "solver_mode is GPU (Caffe's default) but this binary has no CUDA support: using the CPU.",
             );
         }
+        log.info("solver.rs:0", &format!("Using {}", compute.describe()));
         for (name, ty, back) in train.layer_summary() {
             if !back && ty != "Data" {
                 log.info(

@@ -45,7 +45,8 @@ pub fn solver_in(
         metrics: None,
         echo: false,
         progress: false,
-        device: candle_core::Device::Cpu,
+        device: flickr_style::train::compute::DeviceChoice::Cpu,
+        tensor_ops: false,
     })
 }
 

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::gemm::{sgemm, View};
 use crate::train::kernels::{col2im_plane, im2col_row, Window};
+use crate::train::tensor_ops::{self, ConvGeom};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -31,6 +32,9 @@ pub struct Convolution {
     dcols: Vec<f32>,
     /// Batch size of the last forward.
     batch: usize,
+    /// Set when the net computes with tensor ops (GPU): the square geometry.
+    tensor: Option<ConvGeom>,
+    tensor_ops: bool,
 }
 
 fn pick(
@@ -63,7 +67,13 @@ fn pick(
 }
 
 impl Convolution {
-    pub fn new(p: ConvolutionParameter, device: Device, seed: u64, name: &str) -> Result<Self> {
+    pub fn new(
+        p: ConvolutionParameter,
+        device: Device,
+        tensor_ops: bool,
+        seed: u64,
+        name: &str,
+    ) -> Result<Self> {
         if p.num_output() == 0 {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -84,6 +94,8 @@ impl Convolution {
             dybuf: Vec::new(),
             dcols: Vec::new(),
             batch: 0,
+            tensor: None,
+            tensor_ops,
         })
     }
 }
@@ -129,6 +141,20 @@ impl Layer for Convolution {
                 format!("kernel {kh}x{kw} is larger than the padded input {h}x{w}"),
             ));
         }
+        if self.tensor_ops {
+            if ph != pw || sh != sw || dh != dw {
+                return Err(Error::model(
+                    &ctx,
+                    "on a GPU, pad, stride and dilation must be the same for height and width (candle's convolution takes one value for both)",
+                ));
+            }
+            self.tensor = Some(ConvGeom {
+                group: g,
+                pad: ph,
+                stride: sh,
+                dilation: dh,
+            });
+        }
         let oh = (h + 2 * ph - ext_h) / sh + 1;
         let ow = (w + 2 * pw - ext_w) / sw + 1;
         self.win = Some(Window {
@@ -168,6 +194,11 @@ impl Layer for Convolution {
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        if let Some(geom) = &self.tensor {
+            let y =
+                tensor_ops::conv_forward(&bottom[0], &self.params[0], self.params.get(1), geom)?;
+            return Ok(vec![y]);
+        }
         let win = self.win.expect("setup ran");
         let x = &bottom[0];
         let n = x.dim(0)?;
@@ -227,6 +258,21 @@ impl Layer for Convolution {
         let Some(dy) = &a.top_diff[0] else {
             return Ok((vec![None], vec![None; self.params.len()]));
         };
+        if let Some(geom) = &self.tensor {
+            let want_db = self.params.len() > 1 && a.param_grad[1];
+            let (dx, dw, db) = tensor_ops::conv_backward(
+                &a.bottom[0],
+                &self.params[0],
+                dy,
+                geom,
+                [a.propagate[0], a.param_grad[0], want_db],
+            )?;
+            let mut pgrads = vec![dw];
+            if self.params.len() > 1 {
+                pgrads.push(db);
+            }
+            return Ok((vec![dx], pgrads));
+        }
         let n = self.batch;
         let g = self.group;
         let og = self.num_output / g;

@@ -3,6 +3,7 @@ use super::{nchw, to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{lrn_parameter::NormRegion, LrnParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::kernels::{lrn_backward, lrn_forward, Lrn};
+use crate::train::tensor_ops::LrnGeom;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
@@ -10,10 +11,12 @@ pub struct LocalResponseNorm {
     p: Lrn,
     name: String,
     scale: Vec<f32>,
+    /// Set for tensor-op LRN (GPU nets).
+    tensor: Option<LrnGeom>,
 }
 
 impl LocalResponseNorm {
-    pub fn new(p: LrnParameter, name: &str) -> Result<Self> {
+    pub fn new(p: LrnParameter, name: &str, tensor_ops: bool) -> Result<Self> {
         let ctx = format!("layer '{name}'");
         if p.norm_region() != NormRegion::AcrossChannels {
             return Err(Error::model(
@@ -33,6 +36,12 @@ impl LocalResponseNorm {
             },
             name: name.to_string(),
             scale: Vec::new(),
+            tensor: tensor_ops.then(|| LrnGeom {
+                size: p.local_size() as usize,
+                alpha: p.alpha(),
+                beta: p.beta(),
+                k: p.k(),
+            }),
         })
     }
 }
@@ -48,6 +57,9 @@ impl Layer for LocalResponseNorm {
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        if let Some(t) = &self.tensor {
+            return Ok(vec![t.forward(&bottom[0])?]);
+        }
         let x = to_vec(&bottom[0])?;
         let dims = bottom[0].dims();
         let (c, plane) = (dims[1], dims[2] * dims[3]);
@@ -70,6 +82,10 @@ impl Layer for LocalResponseNorm {
         let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
             return Ok((vec![None], vec![]));
         };
+        if let Some(t) = &self.tensor {
+            let dx = t.backward(&a.bottom[0], &a.top[0], dy)?;
+            return Ok((vec![Some(dx)], vec![]));
+        }
         let (x, y, dy) = (to_vec(&a.bottom[0])?, to_vec(&a.top[0])?, to_vec(dy)?);
         let dims = a.bottom[0].dims();
         let (c, plane) = (dims[1], dims[2] * dims[3]);

@@ -84,9 +84,18 @@ pub struct BuildContext {
     pub phase: Phase,
     /// The device tensors live on.
     pub device: Device,
+    /// Compute with candle tensor ops (see [`crate::train::tensor_ops`])
+    /// even on the CPU; a GPU device always does. Used to test the GPU
+    /// code path on the CPU.
+    pub tensor_ops: bool,
 }
 
 impl BuildContext {
+    /// Whether layers use the device-generic tensor ops rather than the CPU kernels.
+    pub fn uses_tensor_ops(&self) -> bool {
+        self.tensor_ops || !self.device.is_cpu()
+    }
+
     /// `path` resolved against the base folder.
     pub fn resolve(&self, path: &str) -> std::path::PathBuf {
         let p = Path::new(path);
@@ -103,10 +112,13 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
     let name = param.name();
     let seed = ctx.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let missing = |what: &str| Error::model(format!("layer '{name}'"), format!("needs {what}"));
+    // None: the CPU kernels; Some(device): tensor ops on that device.
+    let ops = ctx.uses_tensor_ops().then(|| ctx.device.clone());
     Ok(match param.r#type() {
         "Convolution" => Box::new(conv::Convolution::new(
             param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
             ctx.device.clone(),
+            ops.is_some(),
             seed,
             name,
         )?),
@@ -116,9 +128,12 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             seed,
             name,
         )?),
-        "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name)?),
-        "LRN" => Box::new(lrn::LocalResponseNorm::new(param.lrn_param.unwrap_or_default(), name)?),
-        "ReLU" => Box::new(simple::Relu::new(param.relu_param.as_ref().map_or(0.0, |p| p.negative_slope()))),
+        "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name, ops)?),
+        "LRN" => Box::new(lrn::LocalResponseNorm::new(param.lrn_param.unwrap_or_default(), name, ops.is_some())?),
+        "ReLU" => Box::new(simple::Relu::new(
+            param.relu_param.as_ref().map_or(0.0, |p| p.negative_slope()),
+            ops.is_some(),
+        )),
         "Dropout" => Box::new(simple::Dropout::new(
             param.dropout_param.as_ref().map_or(0.5, |p| p.dropout_ratio()),
             seed,

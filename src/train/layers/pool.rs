@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::train::kernels::{
     ave_pool, ave_pool_backward, max_pool, max_pool_backward, pooled_size, Window,
 };
-use candle_core::Tensor;
+use crate::train::tensor_ops::PoolTables;
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 pub struct Pooling {
@@ -15,10 +16,13 @@ pub struct Pooling {
     name: String,
     win: Option<Window>,
     argmax: Vec<u32>,
+    /// Device for tensor-op pooling (GPU nets); `None` = CPU kernels.
+    ops: Option<Device>,
+    tables: Option<PoolTables>,
 }
 
 impl Pooling {
-    pub fn new(p: PoolingParameter, name: &str) -> Result<Self> {
+    pub fn new(p: PoolingParameter, name: &str, ops: Option<Device>) -> Result<Self> {
         if p.pool() == PoolMethod::Stochastic {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -30,6 +34,8 @@ impl Pooling {
             name: name.to_string(),
             win: None,
             argmax: Vec::new(),
+            ops,
+            tables: None,
         })
     }
 }
@@ -77,7 +83,7 @@ impl Layer for Pooling {
         let ceil = p.round_mode() == RoundMode::Ceil;
         let oh = pooled_size(h, kh, ph, sh, ceil);
         let ow = pooled_size(w, kw, pw, sw, ceil);
-        self.win = Some(Window {
+        let win = Window {
             c,
             h,
             w,
@@ -91,11 +97,23 @@ impl Layer for Pooling {
             dw: 1,
             oh,
             ow,
-        });
+        };
+        self.win = Some(win);
+        if let Some(device) = &self.ops {
+            self.tables = Some(PoolTables::new(&win, device)?);
+        }
         Ok(vec![vec![n, c, oh, ow]])
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        if let Some(t) = &self.tables {
+            let y = if self.p.pool() == PoolMethod::Max {
+                t.max_forward(&bottom[0])?
+            } else {
+                t.ave_forward(&bottom[0])?
+            };
+            return Ok(vec![y]);
+        }
         let g = self.win.expect("setup ran");
         let x = to_vec(&bottom[0])?;
         let n = bottom[0].dim(0)?;
@@ -123,6 +141,14 @@ impl Layer for Pooling {
         let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
             return Ok((vec![None], vec![]));
         };
+        if let Some(t) = &self.tables {
+            let dx = if self.p.pool() == PoolMethod::Max {
+                t.max_backward(&a.bottom[0], dy)?
+            } else {
+                t.ave_backward(dy)?
+            };
+            return Ok((vec![Some(dx)], vec![]));
+        }
         let g = self.win.expect("setup ran");
         let dy = to_vec(dy)?;
         let n = a.bottom[0].dim(0)?;

@@ -7,11 +7,12 @@ use rand::{Rng, SeedableRng};
 
 pub struct Relu {
     slope: f32,
+    tensor_ops: bool,
 }
 
 impl Relu {
-    pub fn new(slope: f32) -> Self {
-        Relu { slope }
+    pub fn new(slope: f32, tensor_ops: bool) -> Self {
+        Relu { slope, tensor_ops }
     }
 }
 
@@ -40,6 +41,10 @@ impl Layer for Relu {
         // Caffe: dx = dy * ((x > 0) + slope * (x <= 0)), in one pass.
         let x = &a.bottom[0];
         let slope = self.slope;
+        if self.tensor_ops {
+            let dx = crate::train::tensor_ops::relu_backward(x, dy, slope)?;
+            return Ok((vec![Some(dx)], vec![]));
+        }
         let dx = with_f32(x, |xs| {
             with_f32(dy, |ds| {
                 xs.iter()

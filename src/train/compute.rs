@@ -1,0 +1,93 @@
+//! Where a net computes: the CPU (hand-written kernels) or a CUDA GPU
+//! (candle tensor ops), chosen by `--gpu N` or the solver's `solver_mode`.
+use crate::caffe::proto::{solver_parameter::SolverMode, SolverParameter};
+use crate::error::{Error, Result};
+use candle_core::Device;
+
+/// What a training run asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The CPU, whatever the solver says.
+    Cpu,
+    /// This GPU (`--gpu N`).
+    Gpu(usize),
+    /// The solver's `solver_mode` and `device_id`, as `caffe train` does.
+    FromSolver,
+}
+
+/// A device plus the way layers compute on it.
+#[derive(Clone, Debug)]
+pub struct Compute {
+    /// Where tensors live.
+    pub device: Device,
+    /// Use the device-generic tensor ops even on the CPU (a GPU always
+    /// does); this runs the GPU code path on the CPU, for tests and checks.
+    pub tensor_ops: bool,
+}
+
+impl Compute {
+    /// The CPU with its kernels.
+    pub fn cpu() -> Self {
+        Compute {
+            device: Device::Cpu,
+            tensor_ops: false,
+        }
+    }
+
+    /// GPU `ordinal`; an error in a build without the `cuda` feature or when
+    /// no such device can be opened.
+    pub fn gpu(ordinal: usize) -> Result<Self> {
+        Ok(Compute {
+            device: open_gpu(ordinal)?,
+            tensor_ops: true,
+        })
+    }
+
+    /// The device `choice` names. `FromSolver` does what `caffe train`
+    /// does: GPU `device_id` when `solver_mode` is GPU (its default); a
+    /// build without CUDA runs such a solver on the CPU (the caller logs it).
+    pub fn for_solver(choice: DeviceChoice, param: &SolverParameter) -> Result<Self> {
+        match choice {
+            DeviceChoice::Gpu(n) => Self::gpu(n),
+            DeviceChoice::FromSolver if cuda_built() && param.solver_mode() == SolverMode::Gpu => {
+                Self::gpu(param.device_id().max(0) as usize)
+            }
+            _ => Ok(Self::cpu()),
+        }
+    }
+
+    /// "CPU", "CPU (tensor ops)" or "GPU 0".
+    pub fn describe(&self) -> String {
+        match (&self.device, self.tensor_ops) {
+            (Device::Cpu, false) => "CPU".into(),
+            (Device::Cpu, true) => "CPU (tensor ops, the GPU code path)".into(),
+            (d, _) => match d.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("GPU {gpu_id}"),
+                other => format!("{other:?}"),
+            },
+        }
+    }
+}
+
+/// Whether this binary was built with the `cuda` feature.
+pub fn cuda_built() -> bool {
+    cfg!(feature = "cuda")
+}
+
+#[cfg(feature = "cuda")]
+fn open_gpu(ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::invalid(
+            format!("GPU {ordinal}"),
+            format!("cannot open the CUDA device ({e}); check the driver and CUDA_VISIBLE_DEVICES, or run without --gpu to use the CPU"),
+        )
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_gpu(ordinal: usize) -> Result<Device> {
+    Err(Error::invalid(
+        format!("GPU {ordinal}"),
+        "this binary was built without CUDA support; rebuild with `cargo build --release --features cuda` (see ARCHITECTURE.md), or run without --gpu to use the CPU",
+    ))
+}

@@ -1,0 +1,273 @@
+//! `flickr-style check-ops`: every layer's tensor-op path (the one a GPU
+//! runs) against its CPU-kernel twin on the same random inputs, plus a
+//! finite-difference check of the tensor-op gradients, on a chosen device.
+//! CI runs it on the CPU; on a GPU machine it is the GPU-vs-CPU check.
+use super::compute::Compute;
+use super::layers::{create, to_vec, BackwardArgs, BuildContext, Layer};
+use crate::caffe::proto::{LayerParameter, Phase};
+use crate::caffe::prototxt;
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Largest |difference| over the largest |reference| (so values near zero
+/// in a tensor of large ones do not dominate), for forward outputs and
+/// gradients.
+pub const TWIN_TOLERANCE: f32 = 1e-5;
+/// Finite differences in f32 with step 1e-2 (Caffe's GradientChecker
+/// settings): relative to max(|analytic|, |numeric|, 1).
+pub const FD_TOLERANCE: f32 = 1e-2;
+
+/// The outcome for one op.
+#[derive(Clone, Debug)]
+pub struct OpReport {
+    /// What was checked (layer type and geometry).
+    pub name: String,
+    /// Forward output vs the CPU kernels.
+    pub forward: f32,
+    /// Largest error over the input and parameter gradients vs the CPU kernels.
+    pub backward: f32,
+    /// Largest finite-difference error of the tensor-op input gradient.
+    pub finite_diff: f32,
+}
+
+impl OpReport {
+    /// Whether every error is within its tolerance.
+    pub fn passed(&self) -> bool {
+        self.forward <= TWIN_TOLERANCE
+            && self.backward <= TWIN_TOLERANCE
+            && self.finite_diff <= FD_TOLERANCE
+    }
+}
+
+/// (name, layer prototxt, input shape, input quantisation): quantised inputs
+/// have many exact ties, which max pooling must break as Caffe does.
+const CASES: &[(&str, &str, [usize; 4], bool)] = &[
+    (
+        "Convolution 5x5 s2 p1 +bias",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 4 kernel_size: 5 stride: 2 pad: 1 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.2 } }"#,
+        [2, 3, 15, 15],
+        false,
+    ),
+    (
+        "Convolution 3x3 group 2 p1",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 pad: 1 group: 2 weight_filler { type: "gaussian" std: 0.1 } }"#,
+        [2, 4, 9, 9],
+        false,
+    ),
+    (
+        "Convolution 3x3 dilation 2 s2 p2 no bias",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 stride: 2 pad: 2 dilation: 2 bias_term: false weight_filler { type: "xavier" } }"#,
+        [2, 3, 11, 10],
+        false,
+    ),
+    (
+        "Convolution 3x3 s3 (floor drops rows)",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride: 3 weight_filler { type: "gaussian" std: 0.1 } }"#,
+        [1, 2, 11, 10],
+        false,
+    ),
+    (
+        "Pooling MAX 3x3 s2 (ceil overhang)",
+        r#"name: "p" type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }"#,
+        [2, 3, 8, 9],
+        false,
+    ),
+    (
+        "Pooling MAX 3x3 s2 p1, ties",
+        r#"name: "p" type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }"#,
+        [2, 3, 9, 9],
+        true,
+    ),
+    (
+        "Pooling AVE 3x3 s2 p1",
+        r#"name: "p" type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }"#,
+        [2, 3, 8, 7],
+        false,
+    ),
+    (
+        "LRN 5 (CaffeNet)",
+        r#"name: "n" type: "LRN" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }"#,
+        [2, 7, 5, 5],
+        false,
+    ),
+    (
+        "LRN 3 alpha 1 k 2",
+        r#"name: "n" type: "LRN" lrn_param { local_size: 3 alpha: 1 beta: 0.75 k: 2 }"#,
+        [2, 4, 3, 3],
+        false,
+    ),
+    ("ReLU", r#"name: "r" type: "ReLU""#, [2, 3, 4, 4], false),
+    (
+        "ReLU slope 0.1",
+        r#"name: "r" type: "ReLU" relu_param { negative_slope: 0.1 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "InnerProduct",
+        r#"name: "f" type: "InnerProduct" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
+        [3, 2, 3, 3],
+        false,
+    ),
+];
+
+fn relative(a: &[f32], reference: &[f32]) -> f32 {
+    let scale = reference.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(reference)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    if a.len() != reference.len() || diff.is_nan() {
+        return f32::INFINITY;
+    }
+    diff / scale
+}
+
+fn build(param: &LayerParameter, compute: &Compute, shape: &[usize]) -> Result<Box<dyn Layer>> {
+    let ctx = BuildContext {
+        base_dir: ".".into(),
+        seed: 7,
+        phase: Phase::Train,
+        device: compute.device.clone(),
+        tensor_ops: compute.tensor_ops,
+    };
+    let mut layer = create(param, &ctx, 0)?;
+    layer.setup(&[shape.to_vec()])?;
+    Ok(layer)
+}
+
+/// Forward, then backward with `dy`; returns (top, [dx, param grads...]).
+fn run(layer: &mut dyn Layer, x: &Tensor, dy: &Tensor) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let top = layer.forward(std::slice::from_ref(x), Phase::Train)?;
+    let n = layer.params().len();
+    let (bg, pg) = layer.backward(&BackwardArgs {
+        bottom: std::slice::from_ref(x),
+        top: &top,
+        top_diff: &[Some(dy.clone())],
+        propagate: &[true],
+        param_grad: &vec![true; n],
+    })?;
+    let mut grads = Vec::new();
+    for g in bg.into_iter().chain(pg) {
+        grads.push(match g {
+            Some(g) => to_vec(&g)?,
+            None => Vec::new(),
+        });
+    }
+    Ok((to_vec(&top[0])?, grads))
+}
+
+/// Checks one case on `compute` (which should use tensor ops).
+fn check_case(
+    name: &str,
+    text: &str,
+    shape: [usize; 4],
+    ties: bool,
+    compute: &Compute,
+    rng: &mut ChaCha8Rng,
+) -> Result<OpReport> {
+    let param: LayerParameter = prototxt::parse(text, std::path::Path::new(name))?;
+    let cpu = Compute::cpu();
+    let mut reference = build(&param, &cpu, &shape)?;
+    let mut twin = build(&param, compute, &shape)?;
+    let dev = &compute.device;
+    for (i, p) in reference.params().to_vec().iter().enumerate() {
+        twin.params_mut()[i] = p.to_device(dev)?;
+    }
+    let count: usize = shape.iter().product();
+    let xs: Vec<f32> = (0..count)
+        .map(|_| {
+            let v: f32 = rng.random_range(-1.0..1.0);
+            if ties {
+                (v * 2.0).round().max(0.0) // ReLU-like: mostly 0, some 1 and 2
+            } else {
+                v
+            }
+        })
+        .collect();
+    let x_cpu = Tensor::from_vec(xs.clone(), shape.to_vec(), &Device::Cpu)?;
+    let top_shape = reference.forward(std::slice::from_ref(&x_cpu), Phase::Train)?[0]
+        .dims()
+        .to_vec();
+    let top_count: usize = top_shape.iter().product();
+    let dys: Vec<f32> = (0..top_count)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let dy_cpu = Tensor::from_vec(dys.clone(), top_shape.clone(), &Device::Cpu)?;
+    let (y_ref, g_ref) = run(reference.as_mut(), &x_cpu, &dy_cpu)?;
+    let x = x_cpu.to_device(dev)?;
+    let dy = dy_cpu.to_device(dev)?;
+    let (y, g) = run(twin.as_mut(), &x, &dy)?;
+    let forward = relative(&y, &y_ref);
+    let backward = g
+        .iter()
+        .zip(&g_ref)
+        .map(|(a, b)| relative(a, b))
+        .fold(0f32, f32::max);
+    // Finite differences of L = sum(y * dy) on the tensor-op path, at a few
+    // inputs (not for quantised inputs: a tie moves under a step).
+    let mut finite_diff = 0f32;
+    if !ties {
+        let step = 1e-2f32;
+        let loss = |layer: &mut dyn Layer, v: &[f32]| -> Result<f64> {
+            let t = Tensor::from_vec(v.to_vec(), shape.to_vec(), dev)?;
+            let y = to_vec(&layer.forward(&[t], Phase::Train)?[0])?;
+            Ok(y.iter()
+                .zip(&dys)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum())
+        };
+        let base = loss(twin.as_mut(), &xs)?;
+        let (mut accepted, mut tries) = (0, 0);
+        while accepted < 12 && tries < 100 {
+            tries += 1;
+            let i = rng.random_range(0..count);
+            let mut v = xs.clone();
+            v[i] = xs[i] + step;
+            let up = loss(twin.as_mut(), &v)?;
+            v[i] = xs[i] - step;
+            let down = loss(twin.as_mut(), &v)?;
+            // A step across a kink (ReLU at 0, a max changing hands) makes
+            // the one-sided slopes disagree: such points say nothing about
+            // the gradient, so Caffe's checker skips them too.
+            let (right, left) = ((up - base) / step as f64, (base - down) / step as f64);
+            if (right - left).abs() > FD_TOLERANCE as f64 * right.abs().max(left.abs()).max(1.0) {
+                continue;
+            }
+            accepted += 1;
+            let numeric = ((up - down) / (2.0 * step as f64)) as f32;
+            let analytic = g[0][i];
+            let err = (numeric - analytic).abs() / numeric.abs().max(analytic.abs()).max(1.0);
+            finite_diff = finite_diff.max(err);
+        }
+        if accepted == 0 {
+            return Err(Error::model(
+                name,
+                "no smooth point found for the finite-difference check",
+            ));
+        }
+    }
+    Ok(OpReport {
+        name: name.to_string(),
+        forward,
+        backward,
+        finite_diff,
+    })
+}
+
+/// Runs every case; `compute` is the device under test (tensor ops are
+/// switched on, so on the CPU this checks the GPU code path).
+pub fn check_ops(compute: &Compute, seed: u64) -> Result<Vec<OpReport>> {
+    let mut compute = compute.clone();
+    compute.tensor_ops = true;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    CASES
+        .iter()
+        .map(|(name, text, shape, ties)| {
+            check_case(name, text, *shape, *ties, &compute, &mut rng)
+                .map_err(|e| Error::model(format!("op check '{name}'"), e.to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,314 @@
+//! The layers' computations composed from candle tensor ops, so they run on
+//! every candle backend (CUDA included).
+//!
+//! On the CPU the hand-written kernels in [`super::kernels`] stay the fast,
+//! Caffe-exact path; a net built for a GPU uses these instead. Each function
+//! here has a CPU twin there, and the tests compare the two on the CPU (and
+//! check these against finite differences), which is how CI covers the GPU
+//! code without a GPU.
+use super::kernels::{window_bounds, Window};
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+
+/// Square convolution geometry (candle's conv ops take one pad, stride and
+/// dilation for both axes).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvGeom {
+    /// Groups the channels are split into.
+    pub group: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Dilation.
+    pub dilation: usize,
+}
+
+/// `y = conv(x, w) + b`, per group.
+pub fn conv_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
+    let y = x
+        .contiguous()?
+        .conv2d(w, g.pad, g.stride, g.dilation, g.group)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+        None => y,
+    })
+}
+
+/// Gradients of [`conv_forward`]: `(dx, dw, db)`, each only when asked for.
+pub fn conv_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: &ConvGeom,
+    want: [bool; 3],
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (_, c, h, wd) = x.dims4()?;
+    let (o, _, kh, kw) = w.dims4()?;
+    let (_, _, oh, ow) = dy.dims4()?;
+    let (cg, og) = (c / g.group, o / g.group);
+    let db = if want[2] {
+        Some(dy.sum((0, 2, 3))?)
+    } else {
+        None
+    };
+    let (mut dxs, mut dws) = (Vec::new(), Vec::new());
+    for gi in 0..g.group {
+        let dyg = dy.narrow(1, gi * og, og)?.contiguous()?;
+        if want[1] {
+            // dW[o,c,i,j] = sum over images and positions of dy[n,o,p,q] *
+            // x[n,c,p*s+i*d,q*s+j*d]: a convolution of xᵀ by dyᵀ with stride
+            // and dilation swapped, cropped to the kernel size.
+            let xg = x.narrow(1, gi * cg, cg)?.transpose(0, 1)?.contiguous()?;
+            let k = dyg.transpose(0, 1)?.contiguous()?;
+            let dw = xg
+                .conv2d(&k, g.pad, g.dilation, g.stride, 1)?
+                .transpose(0, 1)?
+                .narrow(2, 0, kh)?
+                .narrow(3, 0, kw)?;
+            dws.push(dw.contiguous()?);
+        }
+        if want[0] {
+            let wg = w.narrow(0, gi * og, og)?.contiguous()?;
+            let span = |out: usize, k: usize| (out - 1) * g.stride + g.dilation * (k - 1) + 1;
+            // Rows and columns the forward pass's floor division dropped.
+            let extra = (h + 2 * g.pad - span(oh, kh)).max(wd + 2 * g.pad - span(ow, kw));
+            let dx = dyg.conv_transpose2d(&wg, g.pad, extra, g.stride, g.dilation)?;
+            // Output padding is one number for both axes: crop the excess.
+            dxs.push(dx.narrow(2, 0, h)?.narrow(3, 0, wd)?);
+        }
+    }
+    let dx = if want[0] {
+        Some(Tensor::cat(&dxs, 1)?)
+    } else {
+        None
+    };
+    let dw = if want[1] {
+        Some(Tensor::cat(&dws, 0)?)
+    } else {
+        None
+    };
+    Ok((dx, dw, db))
+}
+
+/// Gather tables for pooling on any device: every output's window as input
+/// positions, with positions outside the image pointing at an extra
+/// "sentinel" row (`-inf` for MAX, 0 for AVE).
+pub struct PoolTables {
+    /// `(outputs * window)` input positions, u32.
+    index: Tensor,
+    /// AVE: Caffe's divisor per output, `(outputs, 1)`.
+    divisor: Tensor,
+    /// MAX tie-breaking: `window, window-1, ..., 1` as `(1, window, 1)`.
+    rank: Tensor,
+    win: Window,
+}
+
+impl PoolTables {
+    /// Tables for one pooling geometry, on `device`.
+    pub fn new(win: &Window, device: &Device) -> Result<Self> {
+        let (k, hw) = (win.kh * win.kw, win.h * win.w);
+        let mut index = Vec::with_capacity(win.oh * win.ow * k);
+        let mut divisor = Vec::with_capacity(win.oh * win.ow);
+        for oy in 0..win.oh {
+            let (y0, y1, sy) = window_bounds(oy, win.sh, win.ph, win.kh, win.h);
+            for ox in 0..win.ow {
+                let (x0, x1, sx) = window_bounds(ox, win.sw, win.pw, win.kw, win.w);
+                divisor.push((sy * sx) as f32);
+                for i in 0..win.kh {
+                    let iy = (oy * win.sh + i) as isize - win.ph as isize;
+                    for j in 0..win.kw {
+                        let ix = (ox * win.sw + j) as isize - win.pw as isize;
+                        let inside = iy >= y0 as isize
+                            && iy < y1 as isize
+                            && ix >= x0 as isize
+                            && ix < x1 as isize;
+                        index.push(if inside {
+                            (iy as usize * win.w + ix as usize) as u32
+                        } else {
+                            hw as u32
+                        });
+                    }
+                }
+            }
+        }
+        let rank: Vec<f32> = (0..k).map(|i| (k - i) as f32).collect();
+        Ok(PoolTables {
+            index: Tensor::from_vec(index, win.oh * win.ow * k, device)?,
+            divisor: Tensor::from_vec(divisor, (win.oh * win.ow, 1), device)?,
+            rank: Tensor::from_vec(rank, (1, k, 1), device)?,
+            win: *win,
+        })
+    }
+
+    /// Every window of `x` (N, C, H, W) as `(outputs, window, N*C)`.
+    fn gather(&self, x: &Tensor, sentinel: f32) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let r = n * c;
+        let xt = x.reshape((r, h * w))?.t()?.contiguous()?;
+        let pad = Tensor::full(sentinel, (1, r), x.device())?;
+        let xt = Tensor::cat(&[xt, pad], 0)?;
+        let g = xt.index_select(&self.index, 0)?;
+        Ok(g.reshape((self.win.oh * self.win.ow, self.win.kh * self.win.kw, r))?)
+    }
+
+    /// `dy` (N, C, OH, OW) as `(outputs, 1, N*C)`.
+    fn top_rows(&self, dy: &Tensor) -> Result<Tensor> {
+        let (n, c, oh, ow) = dy.dims4()?;
+        Ok(dy
+            .reshape((n * c, oh * ow))?
+            .t()?
+            .contiguous()?
+            .unsqueeze(1)?)
+    }
+
+    /// Scatters per-window gradients `(outputs, window, N*C)` back to (N, C, H, W).
+    fn scatter(&self, src: &Tensor, n: usize) -> Result<Tensor> {
+        let win = &self.win;
+        let r = n * win.c;
+        let (hw, k) = (win.h * win.w, win.kh * win.kw);
+        let src = src.contiguous()?.reshape((win.oh * win.ow * k, r))?;
+        let acc = Tensor::zeros((hw + 1, r), src.dtype(), src.device())?;
+        let dxt = acc.index_add(&self.index, &src, 0)?.narrow(0, 0, hw)?;
+        Ok(dxt.t()?.reshape((n, win.c, win.h, win.w))?)
+    }
+
+    /// Output rows `(outputs, N*C)` as (N, C, OH, OW).
+    fn to_top(&self, y: Tensor, n: usize) -> Result<Tensor> {
+        let win = &self.win;
+        Ok(y.t()?.reshape((n, win.c, win.oh, win.ow))?)
+    }
+
+    /// Max pooling.
+    pub fn max_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.gather(x, f32::NEG_INFINITY)?.max(1)?;
+        self.to_top(y, x.dim(0)?)
+    }
+
+    /// Gradient of [`Self::max_forward`]: each output's gradient goes to the
+    /// first maximum of its window in scan order, as Caffe's argmax does.
+    pub fn max_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let g = self.gather(x, f32::NEG_INFINITY)?;
+        let hit = g.broadcast_eq(&g.max_keepdim(1)?)?.to_dtype(DType::F32)?;
+        // Earlier positions rank higher, so the largest ranked hit is the first.
+        let ranked = hit.broadcast_mul(&self.rank)?;
+        let first = (ranked
+            .broadcast_eq(&ranked.max_keepdim(1)?)?
+            .to_dtype(DType::F32)?
+            * hit)?;
+        let src = first.broadcast_mul(&self.top_rows(dy)?)?;
+        self.scatter(&src, x.dim(0)?)
+    }
+
+    /// Average pooling with Caffe's divisor (padding counts, the ceil overhang does not).
+    pub fn ave_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.gather(x, 0.0)?.sum(1)?.broadcast_div(&self.divisor)?;
+        self.to_top(y, x.dim(0)?)
+    }
+
+    /// Gradient of [`Self::ave_forward`].
+    pub fn ave_backward(&self, dy: &Tensor) -> Result<Tensor> {
+        let share = self
+            .top_rows(dy)?
+            .broadcast_div(&self.divisor.unsqueeze(1)?)?;
+        let k = self.win.kh * self.win.kw;
+        let (p, _, r) = share.dims3()?;
+        let src = share.broadcast_as((p, k, r))?;
+        self.scatter(&src, dy.dim(0)?)
+    }
+}
+
+/// Local response normalisation across channels (Caffe's alpha/n form).
+#[derive(Clone, Copy, Debug)]
+pub struct LrnGeom {
+    /// Channels in the window (odd).
+    pub size: usize,
+    /// Caffe's alpha, beta and k.
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+}
+
+/// Sum over a channel window `[c - before, c + after]` with zero padding.
+fn channel_window_sum(t: &Tensor, before: usize, after: usize) -> Result<Tensor> {
+    let c = t.dim(1)?;
+    let padded = t.pad_with_zeros(1, before, after)?;
+    let mut acc = padded.narrow(1, 0, c)?;
+    for i in 1..=before + after {
+        acc = (acc + padded.narrow(1, i, c)?)?;
+    }
+    Ok(acc)
+}
+
+impl LrnGeom {
+    fn pre(&self) -> usize {
+        (self.size - 1) / 2
+    }
+
+    /// `k + alpha/size * (window sum of x²)`.
+    fn scale(&self, x: &Tensor) -> Result<Tensor> {
+        let s = channel_window_sum(&x.sqr()?, self.pre(), self.size - 1 - self.pre())?;
+        Ok(s.affine(self.alpha as f64 / self.size as f64, self.k as f64)?)
+    }
+
+    /// `y = x * scale^-beta`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((x * self.scale(x)?.powf(-self.beta as f64)?)?)
+    }
+
+    /// Caffe's gradient: `dy * scale^-beta - 2*alpha*beta/size * x * window
+    /// sum of (dy * y / scale)`, the window mirrored.
+    pub fn backward(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let scale = self.scale(x)?;
+        let ratio = ((dy * y)? / &scale)?;
+        let acc = channel_window_sum(&ratio, self.size - 1 - self.pre(), self.pre())?;
+        let coeff = 2.0 * self.alpha as f64 * self.beta as f64 / self.size as f64;
+        let first = (dy * scale.powf(-self.beta as f64)?)?;
+        Ok((first - (x * acc)?.affine(coeff, 0.0)?)?)
+    }
+}
+
+/// Caffe's ReLU gradient: `dy` where `x > 0`, `slope * dy` elsewhere.
+pub fn relu_backward(x: &Tensor, dy: &Tensor, slope: f32) -> Result<Tensor> {
+    let other = if slope == 0.0 {
+        dy.zeros_like()?
+    } else {
+        dy.affine(slope as f64, 0.0)?
+    };
+    Ok(x.gt(0f32)?.where_cond(dy, &other)?)
+}
+
+/// One parameter's SGD update in Caffe's order: scale the gradient by each
+/// factor in turn (clip, then 1/iter_size), add weight decay, `h = rate*d + momentum*h`, `w -= h`.
+/// Returns the new `(w, h)`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_step(
+    w: &Tensor,
+    grad: &Tensor,
+    hist: &Tensor,
+    grad_scale: &[f32],
+    decay: f32,
+    l1: bool,
+    rate: f32,
+    momentum: f32,
+) -> Result<(Tensor, Tensor)> {
+    let mut d = grad.clone();
+    for &s in grad_scale {
+        d = d.affine(s as f64, 0.0)?;
+    }
+    if decay != 0.0 {
+        let reg = if l1 { w.sign()? } else { w.clone() };
+        d = (d + reg.affine(decay as f64, 0.0)?)?;
+    }
+    let h = (d.affine(rate as f64, 0.0)? + hist.affine(momentum as f64, 0.0)?)?;
+    let w = (w - &h)?;
+    Ok((w, h))
+}
+
+/// Sum of squares of a tensor, on its device.
+pub fn sum_sq(t: &Tensor) -> Result<f32> {
+    Ok(t.sqr()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?)
+}

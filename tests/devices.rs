@@ -1,0 +1,128 @@
+//! Device selection and the GPU code path, as CI can check them without a
+//! GPU: `check-ops` runs every layer's tensor-op path against the CPU
+//! kernels, `--tensor-ops` trains through that path on the CPU, and `--gpu`
+//! in a build without CUDA is a clear error that writes nothing.
+mod common;
+use common::{fixture, run};
+
+#[test]
+fn check_ops_passes_on_the_cpu() {
+    let t = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("All 12 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 12, "{out}");
+    for op in [
+        "Convolution",
+        "Pooling MAX",
+        "Pooling AVE",
+        "LRN",
+        "ReLU",
+        "InnerProduct",
+    ] {
+        assert!(out.contains(op), "{op} missing from\n{out}");
+    }
+}
+
+#[test]
+fn finetune_through_the_gpu_code_path_on_the_cpu() {
+    let t = tempfile::tempdir().unwrap();
+    let prefix = t.path().join("tensor");
+    let (ok, _, err) = run(
+        &fixture("tiny-net"),
+        &[
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+            "--max-iter",
+            "2",
+            "--tensor-ops",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("Using CPU (tensor ops"), "{err}");
+    // Caffe's first training loss and test scores, as on the CPU kernels.
+    assert!(
+        err.contains("Train net output #1: loss = 1.37753 (* 1 = 1.37753 loss)"),
+        "{err}"
+    );
+    assert!(err.contains("Test net output #0: accuracy = 0.25"), "{err}");
+    assert!(t.path().join("tensor_iter_2.caffemodel").exists());
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpu_without_cuda_support_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let prefix = t.path().join("gpu");
+    let dir = fixture("tiny-net");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+            "--gpu",
+            "0",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("GPU 0"), "{err}");
+    assert!(err.contains("built without CUDA support"), "{err}");
+    assert!(err.contains("--features cuda"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    for args in [
+        &["time", "--model", "train_val.prototxt", "--gpu", "1"][..],
+        &["check-ops", "--gpu", "0"][..],
+    ] {
+        let (ok, _, err) = run(&dir, args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("built without CUDA support"), "{err}");
+    }
+}
+
+/// The Flickr solver says `solver_mode: GPU`; a CPU build runs it on the CPU
+/// and says so, like the recipe always did on CPU-only Caffe builds.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn solver_mode_gpu_runs_on_the_cpu_in_a_cpu_build() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny-net");
+    let solver = std::fs::read_to_string(dir.join("solver.prototxt")).unwrap();
+    let solver = solver
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("solver_mode"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\nsolver_mode: GPU\n";
+    let path = t.path().join("solver.prototxt");
+    std::fs::write(&path, solver).unwrap();
+    let prefix = t.path().join("s");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            path.to_str().unwrap(),
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+            "--max-iter",
+            "1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("this binary has no CUDA support: using the CPU"),
+        "{err}"
+    );
+    assert!(err.contains("Using CPU"), "{err}");
+}
