@@ -10,8 +10,8 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    assert!(out.contains("All 12 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 12, "{out}");
+    assert!(out.contains("All 14 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 14, "{out}");
     for op in [
         "Convolution",
         "Pooling MAX",
