@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# GPU check of the CUDA build, as one script for a GPU machine (which has no
+# Rust toolchain and no network): op checks against the CPU kernels, the
+# tiny-net fixture trajectory, `time` at batch 50 and 256, and end-to-end
+# training throughput from an LMDB of raw 256x256 datums and from JPEG files.
+# Writes a Markdown report to $OUT/gpu-check.md (or ./gpu-check.md).
+#
+# Here (build machine):
+#   cargo fetch && bash ../shared/cuda/prepare-toolkit.sh /tmp/cuda13 && source /tmp/cuda13/env.sh
+#   cargo build --release --features cuda
+#   echo /.gpu/ >> .git/info/exclude && mkdir -p .gpu
+#   cp target/release/flickr-style .gpu/ && cp -r ../shared/caffe-ref/fixtures/tiny-net .gpu/
+#   cp -r ../shared/caffe-ref/models/finetune_flickr_style .gpu/recipe
+# There (device tool, carry [".gpu"]):
+#   bash scripts/gpu-check.sh .gpu
+#
+# DEVICE="" runs everything on the CPU instead (to try the script itself);
+# IMAGES, ITERS, TIME_ITERS, BATCHES and E2E_BATCH make it smaller or larger.
+set -uo pipefail
+KIT=$(cd "${1:-.gpu}" && pwd)
+BIN=${BIN:-$KIT/flickr-style}
+DEVICE=${DEVICE---gpu 0}
+IMAGES=${IMAGES:-2560}
+ITERS=${ITERS:-20}
+TIME_ITERS=${TIME_ITERS:-5}
+BATCHES=${BATCHES:-50 256}
+E2E_BATCH=${E2E_BATCH:-256}
+REPORT=${OUT:-.}/gpu-check.md
+mkdir -p "${OUT:-.}"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# cuBLAS/cuRAND come with the machine's PyTorch wheels (see ../shared/cuda).
+if command -v python3 >/dev/null; then
+  NV=$(python3 -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])' 2>/dev/null)/nvidia
+  for d in "$NV"/*/lib "$NV"/cu13/lib; do [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+  export LD_LIBRARY_PATH
+fi
+FAILED=0
+say() { echo "$@" | tee -a "$REPORT"; }
+fail() { FAILED=1; say "FAILED: $*"; }
+: >"$REPORT"
+say "# gpu-check $(date -u +%FT%TZ)"
+say ""
+say "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
+say "Device arguments: '${DEVICE}'; CPU cores: $(nproc)"
+if ldd "$BIN" | grep -q "not found"; then ldd "$BIN" | tee -a "$REPORT"; fi
+say ""
+
+say "## Ops: tensor-op path vs the CPU kernels"
+"$BIN" check-ops $DEVICE >"$WORK/ops.txt" 2>&1 || fail "check-ops"
+cat "$WORK/ops.txt" | tee -a "$REPORT"
+say ""
+
+say "## tiny-net fixture: 30 iterations vs Caffe"
+(cd "$KIT/tiny-net" && "$BIN" finetune --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
+  --snapshot-prefix "$WORK/tiny" --metrics "$WORK/tiny.jsonl" $DEVICE) >"$WORK/tiny.log" 2>&1 || { fail "tiny-net finetune"; tail -5 "$WORK/tiny.log" | tee -a "$REPORT"; }
+python3 - "$WORK/tiny.jsonl" "$KIT/tiny-net/pycaffe/trajectory_full_precision.csv" <<'EOF' | tee -a "$REPORT"
+import json, sys
+ours = [json.loads(l) for l in open(sys.argv[1])]
+train = {r["iter"]: r["loss"] for r in ours if r["phase"] == "train"}
+tests = [(r["iter"], r["outputs"]) for r in ours if r["phase"] == "test"]
+caffe = {int(l.split(",")[0]): float(l.split(",")[1]) for l in open(sys.argv[2]).read().split("\n")[1:] if l}
+worst = max(abs(train[i] - caffe[i]) / abs(caffe[i]) for i in caffe)
+print(f"iterations compared: {len(caffe)}, max relative loss error {worst:.2e} (pass <= 1e-4)")
+for it, o in tests:
+    print(f"test at {it}: " + ", ".join(f"{k} = {v:.6g}" for k, v in sorted(o.items())))
+sys.exit(0 if len(train) == 30 and worst <= 1e-4 else 1)
+EOF
+[ "${PIPESTATUS[0]}" = 0 ] || fail "tiny-net trajectory"
+say ""
+
+# The Flickr net with our own data layers in front of its third layer (conv1).
+net_with_data() { # $1 = data layer text, $2 = output file
+  python3 - "$KIT/recipe/train_val.prototxt" "$1" "$2" <<'EOF'
+import sys
+text = open(sys.argv[1]).read()
+starts = [i for i in range(len(text)) if text.startswith("layer {", i) and (i == 0 or text[i - 1] == "\n")]
+name = text[:starts[0]]
+open(sys.argv[3], "w").write(name + sys.argv[2] + "\n" + text[starts[2]:])
+EOF
+}
+input_layer() { # $1 = batch
+  echo "layer { name: \"data\" type: \"Input\" top: \"data\" top: \"label\" input_param { shape { dim: $1 dim: 3 dim: 227 dim: 227 } shape { dim: $1 } } }"
+}
+
+say "## time: Flickr CaffeNet training step (synthetic data, mean of $TIME_ITERS iterations after a warm-up)"
+say "| batch | forward ms | backward ms | SGD update ms | step ms | images/s |"
+say "|---|---|---|---|---|---|"
+for b in $BATCHES; do
+  net_with_data "$(input_layer "$b")" "$WORK/time$b.prototxt"
+  if "$BIN" time --model "$WORK/time$b.prototxt" --iterations "$TIME_ITERS" $DEVICE >"$WORK/time$b.txt" 2>&1; then
+    f=$(sed -n 's/^Average Forward pass: \(.*\) ms./\1/p' "$WORK/time$b.txt")
+    k=$(sed -n 's/^Average Backward pass: \(.*\) ms./\1/p' "$WORK/time$b.txt")
+    u=$(sed -n 's/^Average SGD update: \(.*\) ms./\1/p' "$WORK/time$b.txt")
+    s=$(sed -n 's/^Average training step (forward, backward, update): \([0-9.]*\) ms.*/\1/p' "$WORK/time$b.txt")
+    say "| $b | $f | $k | $u | $s | $(python3 -c "print(round($b * 1000 / $s))") |"
+  else
+    fail "time at batch $b: $(tail -1 "$WORK/time$b.txt")"
+  fi
+done
+cat "$WORK"/time*.txt >"${OUT:-.}/gpu-check-time.txt" 2>/dev/null
+say ""
+
+say "## End to end: finetune throughput at batch $E2E_BATCH ($ITERS iterations after 5 warm-up ones)"
+python3 - "$WORK/img" "$IMAGES" <<'EOF'
+# Varied 320x240 JPEGs (gradients plus noise), 20 labels.
+import os, sys
+import numpy as np
+from PIL import Image
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+rng = np.random.default_rng(0)
+yy, xx = np.mgrid[0:240, 0:320]
+with open(os.path.join(out, "list.txt"), "w") as f:
+    for i in range(n):
+        base = (xx * rng.uniform(0.2, 0.8) + yy * rng.uniform(0.2, 0.8))[..., None] * rng.uniform(0.3, 1.0, 3)
+        img = np.clip(base + rng.normal(0, 20, (240, 320, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(out, f"{i:05d}.jpg"), quality=90)
+        f.write(f"{i:05d}.jpg {i % 20}\n")
+EOF
+"$BIN" to-lmdb --resize-height 256 --resize-width 256 "$WORK/img/" "$WORK/img/list.txt" "$WORK/lmdb" >"$WORK/lmdb.log" 2>&1 || { fail "to-lmdb"; tail -3 "$WORK/lmdb.log"; }
+"$BIN" compute-mean "$WORK/lmdb" "$WORK/mean.binaryproto" >"$WORK/mean.log" 2>&1 || { fail "compute-mean"; tail -3 "$WORK/mean.log"; }
+e2e() { # $1 = name, $2 = data layer text
+  net_with_data "$2" "$WORK/$1.prototxt"
+  local times=()
+  for iters in 5 $((5 + ITERS)); do
+    printf 'net: "%s"\nbase_lr: 0.001\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.0005\nmax_iter: %d\ndisplay: 0\nsnapshot_after_train: false\nrandom_seed: 1\n' \
+      "$WORK/$1.prototxt" "$iters" >"$WORK/$1.solver"
+    local t0=$(date +%s.%N)
+    "$BIN" finetune --solver "$WORK/$1.solver" $DEVICE >"$WORK/$1.log" 2>&1 || { fail "$1 finetune"; tail -3 "$WORK/$1.log" | tee -a "$REPORT"; return; }
+    times+=("$(python3 -c "import time; print(time.time() - $t0)")")
+  done
+  say "| $1 | $(python3 -c "print(f'{(${times[1]} - ${times[0]}) * 1000 / $ITERS:.1f} | {$ITERS * $E2E_BATCH / (${times[1]} - ${times[0]}):.0f}')") |"
+}
+say "| source | ms per iteration | images/s |"
+say "|---|---|---|"
+tp="transform_param { mirror: true crop_size: 227 mean_file: \"$WORK/mean.binaryproto\" }"
+e2e lmdb "layer { name: \"data\" type: \"Data\" top: \"data\" top: \"label\" include { phase: TRAIN } $tp data_param { source: \"$WORK/lmdb\" batch_size: $E2E_BATCH backend: LMDB } }"
+e2e jpeg "layer { name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" include { phase: TRAIN } $tp image_data_param { source: \"$WORK/img/list.txt\" root_folder: \"$WORK/img/\" batch_size: $E2E_BATCH shuffle: true new_height: 256 new_width: 256 } }"
+say ""
+if [ "$FAILED" = 0 ]; then say "All checks passed."; else say "SOME CHECKS FAILED (see above)."; fi
+exit "$FAILED"
