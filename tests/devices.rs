@@ -78,14 +78,27 @@ fn gpu_without_cuda_support_is_a_clear_error() {
     assert!(err.contains("--features cuda"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    let out = t.path().join("pipeline");
+    let recipe = common::caffe_ref().join("models/finetune_flickr_style");
     for args in [
         &["time", "--model", "train_val.prototxt", "--gpu", "1"][..],
         &["check-ops", "--gpu", "0"][..],
+        // Refused before any download starts.
+        &[
+            "pipeline",
+            "--gpu",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+            "--recipe",
+            recipe.to_str().unwrap(),
+        ][..],
     ] {
         let (ok, _, err) = run(&dir, args);
         assert!(!ok, "{args:?}");
         assert!(err.contains("built without CUDA support"), "{err}");
     }
+    assert!(!out.exists());
 }
 
 /// The Flickr solver says `solver_mode: GPU`; a CPU build runs it on the CPU

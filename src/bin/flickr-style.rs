@@ -289,6 +289,9 @@ struct FinetuneArgs {
     /// Train on the CPU even if the solver says solver_mode: GPU.
     #[arg(long)]
     cpu: bool,
+    /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
+    #[arg(long)]
+    tf32: bool,
     /// Use the GPU code path (device-generic tensor ops) on the CPU: slower,
     /// for checking that path without a GPU.
     #[arg(long, hide = true)]
@@ -312,6 +315,9 @@ struct TestArgs {
     /// Use the GPU code path (device-generic tensor ops) on the CPU.
     #[arg(long, hide = true, conflicts_with = "gpu")]
     tensor_ops: bool,
+    /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
+    #[arg(long)]
+    tf32: bool,
 }
 
 #[derive(Args)]
@@ -331,6 +337,9 @@ struct TimeArgs {
     /// Use the GPU code path (device-generic tensor ops) on the CPU.
     #[arg(long, hide = true, conflicts_with = "gpu")]
     tensor_ops: bool,
+    /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
+    #[arg(long)]
+    tf32: bool,
 }
 
 #[derive(Args)]
@@ -613,6 +622,7 @@ fn compute(gpu: Option<usize>, tensor_ops: bool) -> Result<Compute> {
 }
 
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
+    flickr_style::train::compute::set_tf32(a.tf32);
     use flickr_style::train::solver::{Solver, SolverOptions};
     let stop = stop_on_ctrl_c("Stopping after this iteration and writing a snapshot")?;
     let opts = SolverOptions {
@@ -653,6 +663,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn cmd_test(a: TestArgs) -> Result<()> {
+    flickr_style::train::compute::set_tf32(a.tf32);
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let results = flickr_style::train::commands::test(
         &a.model,
@@ -677,6 +688,7 @@ fn cmd_test(a: TestArgs) -> Result<()> {
 }
 
 fn cmd_time(a: TimeArgs) -> Result<()> {
+    flickr_style::train::compute::set_tf32(a.tf32);
     let r = flickr_style::train::commands::time(
         &a.model,
         a.iterations,
@@ -745,6 +757,10 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
             "{} has no train_val.prototxt: point --recipe at Caffe's models/finetune_flickr_style (e.g. ../shared/caffe-ref/models/finetune_flickr_style)",
             a.recipe.display()
         );
+    }
+    if let Some(n) = a.gpu {
+        // Fail before hours of downloading, not at the training stage.
+        Compute::gpu(n)?;
     }
     let opts = WorkflowOptions {
         assemble: AssembleOptions {
