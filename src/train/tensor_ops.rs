@@ -41,9 +41,10 @@ pub fn conv_backward(
     w: &Tensor,
     dy: &Tensor,
     g: &ConvGeom,
+    col2im: &Col2Im,
     want: [bool; 3],
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let (_, c, h, wd) = x.dims4()?;
+    let (n, c, _, _) = x.dims4()?;
     let (o, _, kh, kw) = w.dims4()?;
     let (_, _, oh, ow) = dy.dims4()?;
     let (cg, og) = (c / g.group, o / g.group);
@@ -69,17 +70,20 @@ pub fn conv_backward(
             dws.push(dw.contiguous()?);
         }
         if want[0] {
-            let wg = w.narrow(0, gi * og, og)?.contiguous()?;
-            let span = |out: usize, k: usize| (out - 1) * g.stride + g.dilation * (k - 1) + 1;
-            // Rows and columns the forward pass's floor division dropped.
-            let extra = (h + 2 * g.pad - span(oh, kh)).max(wd + 2 * g.pad - span(ow, kw));
-            let dx = dyg.conv_transpose2d(&wg, g.pad, extra, g.stride, g.dilation)?;
-            // Output padding is one number for both axes: crop the excess.
-            dxs.push(dx.narrow(2, 0, h)?.narrow(3, 0, wd)?);
+            // Column-matrix gradient Wᵀ·dy per image (one batched GEMM),
+            // folded back onto the input by `col2im` below.
+            let kg = cg * kh * kw;
+            let wt = w
+                .narrow(0, gi * og, og)?
+                .reshape((og, kg))?
+                .t()?
+                .contiguous()?;
+            let dyg = dyg.reshape((n, og, oh * ow))?;
+            dxs.push(wt.broadcast_left(n)?.matmul(&dyg)?);
         }
     }
     let dx = if want[0] {
-        Some(Tensor::cat(&dxs, 1)?)
+        Some(col2im.apply(&Tensor::cat(&dxs, 1)?)?)
     } else {
         None
     };
@@ -89,6 +93,74 @@ pub fn conv_backward(
         None
     };
     Ok((dx, dw, db))
+}
+
+/// Folds a column-matrix gradient `(N, C*kh*kw, OH*OW)` back onto the
+/// input `(N, C, H, W)` as a gather plus a sum (every input pixel collects
+/// its at most `slots` entries), which runs in parallel on any device where
+/// a scatter-add would serialise on collisions.
+pub struct Col2Im {
+    /// `(C*H*W*slots)` indices into an image's flattened column matrix;
+    /// empty slots point at an extra zero entry.
+    index: Tensor,
+    slots: usize,
+    shape: (usize, usize, usize),
+}
+
+impl Col2Im {
+    /// The table for one convolution geometry, on `device`.
+    pub fn new(win: &Window, device: &Device) -> Result<Self> {
+        let plane = win.oh * win.ow;
+        let per_channel = win.kh * win.kw * plane;
+        // Sources of each pixel of one channel, as offsets within that channel's rows.
+        let mut sources: Vec<Vec<u32>> = vec![Vec::new(); win.h * win.w];
+        for i in 0..win.kh {
+            for j in 0..win.kw {
+                for oy in 0..win.oh {
+                    let iy = (oy * win.sh + i * win.dh) as isize - win.ph as isize;
+                    if iy < 0 || iy >= win.h as isize {
+                        continue;
+                    }
+                    for ox in 0..win.ow {
+                        let ix = (ox * win.sw + j * win.dw) as isize - win.pw as isize;
+                        if ix >= 0 && (ix as usize) < win.w {
+                            sources[iy as usize * win.w + ix as usize]
+                                .push(((i * win.kw + j) * plane + oy * win.ow + ox) as u32);
+                        }
+                    }
+                }
+            }
+        }
+        let slots = sources.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let zero = (win.c * per_channel) as u32;
+        let mut index = Vec::with_capacity(win.c * win.h * win.w * slots);
+        for c in 0..win.c {
+            let base = (c * per_channel) as u32;
+            for src in &sources {
+                index.extend(src.iter().map(|s| base + s));
+                index.extend(std::iter::repeat_n(zero, slots - src.len()));
+            }
+        }
+        Ok(Col2Im {
+            index: Tensor::from_vec(index, win.c * win.h * win.w * slots, device)?,
+            slots,
+            shape: (win.c, win.h, win.w),
+        })
+    }
+
+    /// The input gradient for column-matrix gradient `cols` (N, C*kh*kw, OH*OW).
+    pub fn apply(&self, cols: &Tensor) -> Result<Tensor> {
+        let n = cols.dim(0)?;
+        let flat = cols.reshape((n, cols.elem_count() / n))?;
+        let zero = Tensor::zeros((n, 1), cols.dtype(), cols.device())?;
+        let flat = Tensor::cat(&[flat, zero], 1)?;
+        let (c, h, w) = self.shape;
+        Ok(flat
+            .index_select(&self.index, 1)?
+            .reshape((n, c * h * w, self.slots))?
+            .sum(2)?
+            .reshape((n, c, h, w))?)
+    }
 }
 
 /// Gather tables for pooling on any device: every output's window as input

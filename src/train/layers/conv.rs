@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::gemm::{sgemm, View};
 use crate::train::kernels::{col2im_plane, im2col_row, Window};
-use crate::train::tensor_ops::{self, ConvGeom};
+use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -32,8 +32,9 @@ pub struct Convolution {
     dcols: Vec<f32>,
     /// Batch size of the last forward.
     batch: usize,
-    /// Set when the net computes with tensor ops (GPU): the square geometry.
-    tensor: Option<ConvGeom>,
+    /// Set when the net computes with tensor ops (GPU): the square geometry
+    /// and the input-gradient fold table.
+    tensor: Option<(ConvGeom, Col2Im)>,
     tensor_ops: bool,
 }
 
@@ -141,23 +142,15 @@ impl Layer for Convolution {
                 format!("kernel {kh}x{kw} is larger than the padded input {h}x{w}"),
             ));
         }
-        if self.tensor_ops {
-            if ph != pw || sh != sw || dh != dw {
-                return Err(Error::model(
-                    &ctx,
-                    "on a GPU, pad, stride and dilation must be the same for height and width (candle's convolution takes one value for both)",
-                ));
-            }
-            self.tensor = Some(ConvGeom {
-                group: g,
-                pad: ph,
-                stride: sh,
-                dilation: dh,
-            });
+        if self.tensor_ops && (ph != pw || sh != sw || dh != dw) {
+            return Err(Error::model(
+                &ctx,
+                "on a GPU, pad, stride and dilation must be the same for height and width (candle's convolution takes one value for both)",
+            ));
         }
         let oh = (h + 2 * ph - ext_h) / sh + 1;
         let ow = (w + 2 * pw - ext_w) / sw + 1;
-        self.win = Some(Window {
+        let win = Window {
             c,
             h,
             w,
@@ -171,7 +164,17 @@ impl Layer for Convolution {
             dw,
             oh,
             ow,
-        });
+        };
+        self.win = Some(win);
+        if self.tensor_ops {
+            let geom = ConvGeom {
+                group: g,
+                pad: ph,
+                stride: sh,
+                dilation: dh,
+            };
+            self.tensor = Some((geom, Col2Im::new(&win, &self.device)?));
+        }
         let wshape = vec![self.num_output, c / g, kh, kw];
         let wf = p.weight_filler.clone().unwrap_or_default();
         let weight = fill(&wf, &wshape, self.seed, &ctx)?;
@@ -194,7 +197,7 @@ impl Layer for Convolution {
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
-        if let Some(geom) = &self.tensor {
+        if let Some((geom, _)) = &self.tensor {
             let y =
                 tensor_ops::conv_forward(&bottom[0], &self.params[0], self.params.get(1), geom)?;
             return Ok(vec![y]);
@@ -258,13 +261,14 @@ impl Layer for Convolution {
         let Some(dy) = &a.top_diff[0] else {
             return Ok((vec![None], vec![None; self.params.len()]));
         };
-        if let Some(geom) = &self.tensor {
+        if let Some((geom, col2im)) = &self.tensor {
             let want_db = self.params.len() > 1 && a.param_grad[1];
             let (dx, dw, db) = tensor_ops::conv_backward(
                 &a.bottom[0],
                 &self.params[0],
                 dy,
                 geom,
+                col2im,
                 [a.propagate[0], a.param_grad[0], want_db],
             )?;
             let mut pgrads = vec![dw];
