@@ -139,3 +139,30 @@ fn solver_mode_gpu_runs_on_the_cpu_in_a_cpu_build() {
     );
     assert!(err.contains("Using CPU"), "{err}");
 }
+
+/// candle's convolution takes one pad/stride/dilation for both axes: a GPU
+/// net with a non-square one is refused at build time, naming the layer.
+#[test]
+fn gpu_path_refuses_non_square_convolution_geometry() {
+    use flickr_style::caffe::proto::{LayerParameter, Phase};
+    use flickr_style::train::layers::{create, BuildContext};
+    let param: LayerParameter = flickr_style::caffe::prototxt::parse(
+        r#"name: "odd" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad_h: 1 pad_w: 0 }"#,
+        std::path::Path::new("inline"),
+    )
+    .unwrap();
+    let ctx = |tensor_ops| BuildContext {
+        base_dir: ".".into(),
+        seed: 1,
+        phase: Phase::Train,
+        device: candle_core::Device::Cpu,
+        tensor_ops,
+    };
+    let shape = vec![vec![1, 1, 5, 5]];
+    let mut cpu = create(&param, &ctx(false), 0).unwrap();
+    assert_eq!(cpu.setup(&shape).unwrap(), vec![vec![1, 2, 5, 3]]);
+    let mut gpu = create(&param, &ctx(true), 0).unwrap();
+    let err = gpu.setup(&shape).unwrap_err().to_string();
+    assert!(err.contains("layer 'odd'"), "{err}");
+    assert!(err.contains("same for height and width"), "{err}");
+}
