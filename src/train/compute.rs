@@ -90,9 +90,14 @@ pub fn cuda_built() -> bool {
 #[cfg(feature = "cuda")]
 fn open_gpu(ordinal: usize) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| {
+        // The driver's answer is the message; a backtrace would bury it.
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
         Error::invalid(
             format!("GPU {ordinal}"),
-            format!("cannot open the CUDA device ({e}); check the driver and CUDA_VISIBLE_DEVICES, or run without --gpu to use the CPU"),
+            format!("cannot open the CUDA device ({e}); check the driver and CUDA_VISIBLE_DEVICES, or train on the CPU (no --gpu; --cpu for a solver_mode: GPU solver)"),
         )
     })
 }

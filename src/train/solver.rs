@@ -150,13 +150,7 @@ impl Solver {
         } else {
             0
         };
-        let mut compute = Compute::for_solver(opts.device, &param).map_err(|e| match e {
-            Error::Invalid { context, message } => Error::Invalid {
-                context: format!("{ctx}: {context}"),
-                message,
-            },
-            e => e,
-        })?;
+        let mut compute = Compute::for_solver(opts.device, &param)?;
         compute.tensor_ops |= opts.tensor_ops;
         let build = |phase| BuildContext {
             base_dir: base_dir.clone(),
