@@ -5,17 +5,18 @@
 # training throughput from an LMDB of raw 256x256 datums and from JPEG files.
 # Writes a Markdown report to $OUT/gpu-check.md (or ./gpu-check.md).
 #
-# Here (build machine):
+# Here (build machine; .gpu/ is git-ignored, and what it holds is never committed):
 #   cargo fetch && bash ../shared/cuda/prepare-toolkit.sh /tmp/cuda13 && source /tmp/cuda13/env.sh
 #   cargo build --release --features cuda
-#   echo /.gpu/ >> .git/info/exclude && mkdir -p .gpu
-#   cp target/release/flickr-style .gpu/ && cp -r ../shared/caffe-ref/fixtures/tiny-net .gpu/
-#   cp -r ../shared/caffe-ref/models/finetune_flickr_style .gpu/recipe
+#   mkdir -p .gpu && strip -o .gpu/flickr-style target/release/flickr-style && gzip -f .gpu/flickr-style
+#   cp -r ../shared/caffe-ref/fixtures/tiny-net .gpu/ && cp -r ../shared/caffe-ref/models/finetune_flickr_style .gpu/recipe
+#   (the stripped binary is ~58 MB, ~16 MB gzipped: the device tool carries 64 MiB in all)
 # There (device tool, carry [".gpu"]):
 #   bash scripts/gpu-check.sh .gpu
 #
 # DEVICE="" runs everything on the CPU instead (to try the script itself);
-# IMAGES, ITERS, TIME_ITERS, BATCHES and E2E_BATCH make it smaller or larger.
+# IMAGES, ITERS, TIME_ITERS, BATCHES and E2E_BATCH make it smaller or larger;
+# STEP_TIMEOUT (seconds) bounds each command.
 set -uo pipefail
 KIT=$(cd "${1:-.gpu}" && pwd)
 BIN=${BIN:-$KIT/flickr-style}
@@ -25,10 +26,16 @@ ITERS=${ITERS:-20}
 TIME_ITERS=${TIME_ITERS:-5}
 BATCHES=${BATCHES:-50 256}
 E2E_BATCH=${E2E_BATCH:-256}
+# No single step may eat the device budget.
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+run() { timeout "$STEP_TIMEOUT" "$BIN" "$@"; }
 REPORT=${OUT:-.}/gpu-check.md
 mkdir -p "${OUT:-.}"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+if [ ! -e "$BIN" ] && [ -e "$BIN.gz" ]; then
+  gunzip -c "$BIN.gz" >"$WORK/flickr-style" && chmod +x "$WORK/flickr-style" && BIN=$WORK/flickr-style
+fi
 
 # cuBLAS/cuRAND come with the machine's PyTorch wheels (see ../shared/cuda).
 if command -v python3 >/dev/null; then
@@ -48,12 +55,12 @@ if ldd "$BIN" | grep -q "not found"; then ldd "$BIN" | tee -a "$REPORT"; fi
 say ""
 
 say "## Ops: tensor-op path vs the CPU kernels"
-"$BIN" check-ops $DEVICE >"$WORK/ops.txt" 2>&1 || fail "check-ops"
+run check-ops $DEVICE >"$WORK/ops.txt" 2>&1 || fail "check-ops"
 cat "$WORK/ops.txt" | tee -a "$REPORT"
 say ""
 
 say "## tiny-net fixture: 30 iterations vs Caffe"
-(cd "$KIT/tiny-net" && "$BIN" finetune --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
+(cd "$KIT/tiny-net" && run finetune --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
   --snapshot-prefix "$WORK/tiny" --metrics "$WORK/tiny.jsonl" $DEVICE) >"$WORK/tiny.log" 2>&1 || { fail "tiny-net finetune"; tail -5 "$WORK/tiny.log" | tee -a "$REPORT"; }
 python3 - "$WORK/tiny.jsonl" "$KIT/tiny-net/pycaffe/trajectory_full_precision.csv" <<'EOF' | tee -a "$REPORT"
 import json, sys
@@ -89,7 +96,7 @@ say "| batch | forward ms | backward ms | SGD update ms | step ms | images/s |"
 say "|---|---|---|---|---|---|"
 for b in $BATCHES; do
   net_with_data "$(input_layer "$b")" "$WORK/time$b.prototxt"
-  if "$BIN" time --model "$WORK/time$b.prototxt" --iterations "$TIME_ITERS" $DEVICE >"$WORK/time$b.txt" 2>&1; then
+  if run time --model "$WORK/time$b.prototxt" --iterations "$TIME_ITERS" $DEVICE >"$WORK/time$b.txt" 2>&1; then
     f=$(sed -n 's/^Average Forward pass: \(.*\) ms./\1/p' "$WORK/time$b.txt")
     k=$(sed -n 's/^Average Backward pass: \(.*\) ms./\1/p' "$WORK/time$b.txt")
     u=$(sed -n 's/^Average SGD update: \(.*\) ms./\1/p' "$WORK/time$b.txt")
@@ -119,8 +126,8 @@ with open(os.path.join(out, "list.txt"), "w") as f:
         Image.fromarray(img).save(os.path.join(out, f"{i:05d}.jpg"), quality=90)
         f.write(f"{i:05d}.jpg {i % 20}\n")
 EOF
-"$BIN" to-lmdb --resize-height 256 --resize-width 256 "$WORK/img/" "$WORK/img/list.txt" "$WORK/lmdb" >"$WORK/lmdb.log" 2>&1 || { fail "to-lmdb"; tail -3 "$WORK/lmdb.log"; }
-"$BIN" compute-mean "$WORK/lmdb" "$WORK/mean.binaryproto" >"$WORK/mean.log" 2>&1 || { fail "compute-mean"; tail -3 "$WORK/mean.log"; }
+run to-lmdb --resize-height 256 --resize-width 256 "$WORK/img/" "$WORK/img/list.txt" "$WORK/lmdb" >"$WORK/lmdb.log" 2>&1 || { fail "to-lmdb"; tail -3 "$WORK/lmdb.log"; }
+run compute-mean "$WORK/lmdb" "$WORK/mean.binaryproto" >"$WORK/mean.log" 2>&1 || { fail "compute-mean"; tail -3 "$WORK/mean.log"; }
 e2e() { # $1 = name, $2 = data layer text
   net_with_data "$2" "$WORK/$1.prototxt"
   local times=()
@@ -128,7 +135,7 @@ e2e() { # $1 = name, $2 = data layer text
     printf 'net: "%s"\nbase_lr: 0.001\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.0005\nmax_iter: %d\ndisplay: 0\nsnapshot_after_train: false\nrandom_seed: 1\n' \
       "$WORK/$1.prototxt" "$iters" >"$WORK/$1.solver"
     local t0=$(date +%s.%N)
-    "$BIN" finetune --solver "$WORK/$1.solver" $DEVICE >"$WORK/$1.log" 2>&1 || { fail "$1 finetune"; tail -3 "$WORK/$1.log" | tee -a "$REPORT"; return; }
+    run finetune --solver "$WORK/$1.solver" $DEVICE >"$WORK/$1.log" 2>&1 || { fail "$1 finetune"; tail -3 "$WORK/$1.log" | tee -a "$REPORT"; return; }
     times+=("$(python3 -c "import time; print(time.time() - $t0)")")
   done
   say "| $1 | $(python3 -c "print(f'{(${times[1]} - ${times[0]}) * 1000 / $ITERS:.1f} | {$ITERS * $E2E_BATCH / (${times[1]} - ${times[0]}):.0f}')") |"
