@@ -373,3 +373,81 @@ fn data_layer_reads_encoded_datums_with_force_gray() {
     assert_eq!(shape(""), vec![4, 3, 256, 256]);
     assert_eq!(shape("force_gray: true"), vec![4, 1, 256, 256]);
 }
+
+/// DummyData as Caffe defines it: per-top shapes (or legacy 4-D fields),
+/// constant tops filled once, random tops redrawn every pass from the seed,
+/// and the pass count restored on resume.
+#[test]
+fn dummy_data_layer_fills_refills_and_resumes() {
+    use flickr_style::caffe::proto::{NetParameter, Phase};
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    let build = |layer: &str| {
+        let def: NetParameter =
+            flickr_style::caffe::prototxt::parse(layer, Path::new("dummy.prototxt")).unwrap();
+        let ctx = BuildContext {
+            base_dir: ".".into(),
+            seed: 5,
+            phase: Phase::Train,
+            device: candle_core::Device::Cpu,
+            tensor_ops: false,
+        };
+        Net::new(&def, &ctx, None)
+    };
+    let values = |net: &Net, blob: &str| {
+        net.blob(blob)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let two_tops = r#"layer { name: "d" type: "DummyData" top: "x" top: "y"
+        dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 }
+          data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 7 } } }"#;
+    let mut a = build(two_tops).unwrap();
+    a.forward().unwrap();
+    assert_eq!(a.blob("x").unwrap().dims(), [2, 3]);
+    assert_eq!(values(&a, "y"), vec![7.0, 7.0]);
+    let first = values(&a, "x");
+    assert!(first.iter().any(|v| *v != 0.0));
+    a.forward().unwrap();
+    let second = values(&a, "x");
+    assert_ne!(first, second, "a gaussian top is redrawn every pass");
+    assert_eq!(values(&a, "y"), vec![7.0, 7.0]);
+    // Same seed, same draws; restoring the pass count continues the sequence.
+    let mut b = build(two_tops).unwrap();
+    b.forward().unwrap();
+    assert_eq!(values(&b, "x"), first);
+    let mut c = build(two_tops).unwrap();
+    c.restore_states(&a.states());
+    a.forward().unwrap();
+    c.forward().unwrap();
+    assert_eq!(values(&c, "x"), values(&a, "x"));
+
+    let legacy = r#"layer { name: "d" type: "DummyData" top: "x"
+        dummy_data_param { num: 2 channels: 1 height: 4 width: 4 } }"#;
+    let mut l = build(legacy).unwrap();
+    l.forward().unwrap();
+    assert_eq!(l.blob("x").unwrap().dims(), [2, 1, 4, 4]);
+    assert!(values(&l, "x").iter().all(|v| *v == 0.0));
+
+    for (bad, want) in [
+        (
+            r#"layer { name: "d" type: "DummyData" top: "x" top: "y" dummy_data_param { shape { dim: 1 } data_filler { } data_filler { } data_filler { } } }"#,
+            "data_filler must be given 0, 1 or 2 times, got 3",
+        ),
+        (
+            r#"layer { name: "d" type: "DummyData" top: "x" top: "y" top: "z" dummy_data_param { shape { dim: 1 } shape { dim: 2 } } }"#,
+            "shape must be given once or once per top (3 tops), got 2",
+        ),
+        (
+            r#"layer { name: "d" type: "DummyData" top: "x" }"#,
+            "needs a shape",
+        ),
+    ] {
+        let err = build(bad).err().expect("refused").to_string();
+        assert!(err.contains("layer 'd'"), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}

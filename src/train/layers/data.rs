@@ -402,3 +402,137 @@ impl Layer for Input {
             .collect()
     }
 }
+
+/// `DummyData`: tops of given shapes from fillers (constant 0 by default).
+/// A constant top is filled once; any other filler draws new values on
+/// every forward pass, each from its own seeded stream, so the layer's
+/// state is its pass count.
+pub struct DummyData {
+    tops: Vec<(Vec<usize>, crate::caffe::proto::FillerParameter)>,
+    values: Vec<Option<Tensor>>,
+    seed: u64,
+    calls: u64,
+    name: String,
+    device: Device,
+}
+
+impl DummyData {
+    pub fn new(param: &LayerParameter, device: Device, seed: u64) -> Result<Self> {
+        let name = param.name().to_string();
+        let bad = |m: String| Error::model(format!("layer '{name}'"), m);
+        let p = param.dummy_data_param.clone().unwrap_or_default();
+        let n = param.top.len();
+        if n == 0 {
+            return Err(bad("needs at least one top".into()));
+        }
+        let pick = |len: usize, what: &str| -> Result<()> {
+            if len == 1 || len == n {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "{what} must be given once or once per top ({n} tops), got {len}"
+                )))
+            }
+        };
+        let shapes: Vec<Vec<usize>> = if !p.num.is_empty() {
+            // Legacy 4-D num/channels/height/width, each once or per top.
+            if !p.shape.is_empty() {
+                return Err(bad(
+                    "give either shape or num/channels/height/width, not both".into(),
+                ));
+            }
+            for (v, what) in [
+                (&p.num, "num"),
+                (&p.channels, "channels"),
+                (&p.height, "height"),
+                (&p.width, "width"),
+            ] {
+                pick(v.len(), what)?;
+            }
+            let at = |v: &Vec<u32>, i: usize| v[if v.len() == 1 { 0 } else { i }] as usize;
+            (0..n)
+                .map(|i| {
+                    vec![
+                        at(&p.num, i),
+                        at(&p.channels, i),
+                        at(&p.height, i),
+                        at(&p.width, i),
+                    ]
+                })
+                .collect()
+        } else {
+            if p.shape.is_empty() {
+                return Err(bad("dummy_data_param needs a shape".into()));
+            }
+            pick(p.shape.len(), "shape")?;
+            (0..n)
+                .map(|i| {
+                    let s = &p.shape[if p.shape.len() == 1 { 0 } else { i }];
+                    s.dim
+                        .iter()
+                        .map(|&d| {
+                            usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}")))
+                        })
+                        .collect::<Result<Vec<usize>>>()
+                })
+                .collect::<Result<_>>()?
+        };
+        let fillers: Vec<crate::caffe::proto::FillerParameter> = match p.data_filler.len() {
+            0 => vec![Default::default(); n],
+            1 => vec![p.data_filler[0].clone(); n],
+            k if k == n => p.data_filler.clone(),
+            k => {
+                return Err(bad(format!(
+                    "data_filler must be given 0, 1 or {n} times, got {k}"
+                )))
+            }
+        };
+        Ok(DummyData {
+            tops: shapes.into_iter().zip(fillers).collect(),
+            values: vec![None; n],
+            seed,
+            calls: 0,
+            name,
+            device,
+        })
+    }
+}
+
+impl Layer for DummyData {
+    fn type_name(&self) -> &'static str {
+        "DummyData"
+    }
+    fn is_data(&self) -> bool {
+        true
+    }
+    fn setup(&mut self, _bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        Ok(self.tops.iter().map(|(s, _)| s.clone()).collect())
+    }
+    fn forward(&mut self, _bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let ctx = format!("layer '{}'", self.name);
+        let call = self.calls;
+        self.calls += 1;
+        for (i, ((shape, filler), slot)) in self.tops.iter().zip(&mut self.values).enumerate() {
+            let constant = filler.r#type() == "constant";
+            if constant && slot.is_some() {
+                continue;
+            }
+            let seed = self.seed
+                ^ (call.wrapping_add(1)).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+                ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let v = crate::train::filler::fill(filler, shape, seed, &ctx)?;
+            *slot = Some(Tensor::from_vec(v, shape.as_slice(), &self.device)?);
+        }
+        Ok(self
+            .values
+            .iter()
+            .map(|v| v.clone().expect("filled"))
+            .collect())
+    }
+    fn state(&self) -> Option<u64> {
+        Some(self.calls)
+    }
+    fn restore_state(&mut self, state: u64) {
+        self.calls = state;
+    }
+}

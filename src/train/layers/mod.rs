@@ -144,12 +144,13 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Accuracy" => Box::new(loss::Accuracy::new(param.accuracy_param.unwrap_or_default())),
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
+        "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "" => return Err(Error::model(format!("layer '{name}'"), "has no type")),
         other => {
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, Accuracy)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, Accuracy)"
                 ),
             ))
         }
