@@ -152,11 +152,8 @@ fn gpu_path_refuses_non_square_convolution_geometry() {
     )
     .unwrap();
     let ctx = |tensor_ops| BuildContext {
-        base_dir: ".".into(),
-        seed: 1,
-        phase: Phase::Train,
-        device: candle_core::Device::Cpu,
         tensor_ops,
+        ..BuildContext::cpu(".", 1, Phase::Train)
     };
     let shape = vec![vec![1, 1, 5, 5]];
     let mut cpu = create(&param, &ctx(false), 0).unwrap();

@@ -359,13 +359,7 @@ fn data_layer_reads_encoded_datums_with_force_gray() {
         );
         let def: NetParameter =
             flickr_style::caffe::prototxt::parse(&text, Path::new("t")).unwrap();
-        let ctx = BuildContext {
-            base_dir: fixture(""),
-            seed: 0,
-            phase: Phase::Train,
-            device: candle_core::Device::Cpu,
-            tensor_ops: false,
-        };
+        let ctx = BuildContext::cpu(fixture(""), 0, Phase::Train);
         let mut net = Net::new(&def, &ctx, None).unwrap();
         net.forward().unwrap();
         net.blob("data").unwrap().dims().to_vec()
@@ -385,13 +379,7 @@ fn dummy_data_layer_fills_refills_and_resumes() {
     let build = |layer: &str| {
         let def: NetParameter =
             flickr_style::caffe::prototxt::parse(layer, Path::new("dummy.prototxt")).unwrap();
-        let ctx = BuildContext {
-            base_dir: ".".into(),
-            seed: 5,
-            phase: Phase::Train,
-            device: candle_core::Device::Cpu,
-            tensor_ops: false,
-        };
+        let ctx = BuildContext::cpu(".", 5, Phase::Train);
         Net::new(&def, &ctx, None)
     };
     let values = |net: &Net, blob: &str| {

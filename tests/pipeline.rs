@@ -28,13 +28,7 @@ fn caffenet_caffemodel(path: &Path) {
             }
         }
     }
-    let ctx = BuildContext {
-        base_dir: ".".into(),
-        seed: 3,
-        phase: Phase::Train,
-        device: candle_core::Device::Cpu,
-        tensor_ops: false,
-    };
+    let ctx = BuildContext::cpu(".", 3, Phase::Train);
     let net = Net::new(&def, &ctx, None).unwrap();
     let mut model = net.to_proto(&def).unwrap();
     // Zero biases (CaffeNet's from-scratch fillers use 1) keep the random

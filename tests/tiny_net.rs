@@ -2,7 +2,6 @@
 //! (`../shared/caffe-ref/fixtures/tiny-net`, see its README): per-layer
 //! forward blobs and parameter gradients of the first batch from pycaffe.
 mod common;
-use candle_core::Device;
 use flickr_style::caffe::model::{read_caffemodel, read_net_prototxt};
 use flickr_style::caffe::proto::Phase;
 use flickr_style::train::layers::BuildContext;
@@ -30,13 +29,7 @@ fn rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
 fn tiny_net(phase: Phase) -> Net {
     let dir = common::fixture("tiny-net");
     let def = read_net_prototxt(&dir.join("train_val.prototxt")).unwrap();
-    let ctx = BuildContext {
-        base_dir: dir.clone(),
-        seed: 1701,
-        phase,
-        device: Device::Cpu,
-        tensor_ops: false,
-    };
+    let ctx = BuildContext::cpu(&dir, 1701, phase);
     let mut net = Net::new(&def, &ctx, None).unwrap();
     let init = read_caffemodel(&dir.join("snapshots/init_iter_0.caffemodel")).unwrap();
     net.copy_trained_from(&init, "init_iter_0.caffemodel")

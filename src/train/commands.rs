@@ -90,13 +90,7 @@ pub fn test(
     compute: &Compute,
 ) -> Result<Vec<(String, f32, f32)>> {
     let def = read_net_prototxt(model)?;
-    let ctx = BuildContext {
-        base_dir: base_dir.to_path_buf(),
-        seed: 0,
-        phase: Phase::Test,
-        device: compute.device.clone(),
-        tensor_ops: compute.tensor_ops,
-    };
+    let ctx = BuildContext::new(base_dir, 0, Phase::Test, compute);
     let mut net = Net::new(&def, &ctx, None)?;
     for w in weights {
         net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
@@ -150,13 +144,7 @@ pub fn time(
     if synthetic {
         synthetic_inputs(&mut def)?;
     }
-    let ctx = BuildContext {
-        base_dir: base_dir.to_path_buf(),
-        seed: 0,
-        phase: Phase::Train,
-        device: compute.device.clone(),
-        tensor_ops: compute.tensor_ops,
-    };
+    let ctx = BuildContext::new(base_dir, 0, Phase::Train, compute);
     let mut net = Net::new(&def, &ctx, None)?;
     net.forward()?;
     net.backward()?;

@@ -143,13 +143,7 @@ fn relative(a: &[f32], reference: &[f32]) -> f32 {
 }
 
 fn build(param: &LayerParameter, compute: &Compute, shape: &[usize]) -> Result<Box<dyn Layer>> {
-    let ctx = BuildContext {
-        base_dir: ".".into(),
-        seed: 7,
-        phase: Phase::Train,
-        device: compute.device.clone(),
-        tensor_ops: compute.tensor_ops,
-    };
+    let ctx = BuildContext::new(".", 7, Phase::Train, compute);
     let mut layer = create(param, &ctx, 0)?;
     layer.setup(&[shape.to_vec()])?;
     Ok(layer)

@@ -152,13 +152,7 @@ impl Solver {
         };
         let mut compute = Compute::for_solver(opts.device, &param)?;
         compute.tensor_ops |= opts.tensor_ops;
-        let build = |phase| BuildContext {
-            base_dir: base_dir.clone(),
-            seed,
-            phase,
-            device: compute.device.clone(),
-            tensor_ops: compute.tensor_ops,
-        };
+        let build = |phase| BuildContext::new(&base_dir, seed, phase, &compute);
         let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;
         let tests = test_defs
             .iter()

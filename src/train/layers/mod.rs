@@ -91,6 +91,32 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
+    /// A context computing on `compute`'s device and path.
+    pub fn new(
+        base_dir: impl Into<std::path::PathBuf>,
+        seed: u64,
+        phase: Phase,
+        compute: &crate::train::compute::Compute,
+    ) -> Self {
+        BuildContext {
+            base_dir: base_dir.into(),
+            seed,
+            phase,
+            device: compute.device.clone(),
+            tensor_ops: compute.tensor_ops,
+        }
+    }
+
+    /// A context for the CPU kernels.
+    pub fn cpu(base_dir: impl Into<std::path::PathBuf>, seed: u64, phase: Phase) -> Self {
+        Self::new(
+            base_dir,
+            seed,
+            phase,
+            &crate::train::compute::Compute::cpu(),
+        )
+    }
+
     /// Whether layers use the device-generic tensor ops rather than the CPU kernels.
     pub fn uses_tensor_ops(&self) -> bool {
         self.tensor_ops || !self.device.is_cpu()
