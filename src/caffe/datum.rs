@@ -74,6 +74,121 @@ impl Datum {
     }
 }
 
+/// A Datum read in place from its encoded bytes (an LMDB value), so the
+/// training feed transforms pixels straight out of the memory map instead
+/// of copying them twice (out of LMDB, then into a `Datum`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatumRef<'a> {
+    /// Channels, height, width (0 when unset, as in encoded datums).
+    pub channels: i32,
+    pub height: i32,
+    pub width: i32,
+    /// The `data` field: CHW pixels, or the encoded image file.
+    pub data: &'a [u8],
+    /// The label.
+    pub label: i32,
+    /// Whether `data` is an encoded image file.
+    pub encoded: bool,
+    /// Whether the record carries `float_data` (not supported by the feed).
+    pub has_float_data: bool,
+}
+
+/// Reads a protobuf varint at `*at`.
+fn varint(bytes: &[u8], at: &mut usize) -> std::result::Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at).ok_or("truncated varint")?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
+impl<'a> DatumRef<'a> {
+    /// Parses the wire format (Datum's field numbers 1-7; unknown fields
+    /// are skipped, a repeated scalar's last value wins, as in protobuf).
+    pub fn parse(bytes: &'a [u8]) -> std::result::Result<Self, String> {
+        let mut d = DatumRef {
+            channels: 0,
+            height: 0,
+            width: 0,
+            data: &[],
+            label: 0,
+            encoded: false,
+            has_float_data: false,
+        };
+        let mut at = 0;
+        while at < bytes.len() {
+            let tag = varint(bytes, &mut at)?;
+            let (field, wire) = (tag >> 3, tag & 7);
+            match wire {
+                0 => {
+                    // int32 fields are sign-extended 64-bit varints.
+                    let v = varint(bytes, &mut at)? as i64 as i32;
+                    match field {
+                        1 => d.channels = v,
+                        2 => d.height = v,
+                        3 => d.width = v,
+                        5 => d.label = v,
+                        7 => d.encoded = v != 0,
+                        _ => {}
+                    }
+                }
+                2 => {
+                    let len = usize::try_from(varint(bytes, &mut at)?).map_err(|_| "bad length")?;
+                    let end = at.checked_add(len).filter(|&e| e <= bytes.len());
+                    let end = end
+                        .ok_or_else(|| format!("field {field} runs past the end of the record"))?;
+                    match field {
+                        4 => d.data = &bytes[at..end],
+                        6 => d.has_float_data |= len > 0,
+                        _ => {}
+                    }
+                    at = end;
+                }
+                1 | 5 => {
+                    let size = if wire == 1 { 8 } else { 4 };
+                    if field == 6 {
+                        d.has_float_data = true;
+                    }
+                    at = at
+                        .checked_add(size)
+                        .filter(|&e| e <= bytes.len())
+                        .ok_or("truncated fixed-width field")?;
+                }
+                w => return Err(format!("unsupported wire type {w} for field {field}")),
+            }
+        }
+        Ok(d)
+    }
+
+    /// The raw CHW pixels and their shape, or an error naming `key` when the
+    /// record is encoded, float, or the wrong size.
+    pub fn raw_pixels(&self, key: &str) -> Result<(usize, usize, usize, &'a [u8])> {
+        let bad = |m: String| Error::invalid(format!("record {key}"), m);
+        let (c, h, w) = (self.channels, self.height, self.width);
+        if self.has_float_data && self.data.is_empty() {
+            return Err(bad(
+                "float_data datums are not supported (expected uint8 data)".into(),
+            ));
+        }
+        if c <= 0 || h <= 0 || w <= 0 {
+            return Err(bad(format!("raw datum has shape {c}x{h}x{w}")));
+        }
+        let count = c as usize * h as usize * w as usize;
+        if self.data.len() != count {
+            return Err(bad(format!(
+                "data holds {} bytes but the shape {c}x{h}x{w} needs {count}",
+                self.data.len()
+            )));
+        }
+        Ok((c as usize, h as usize, w as usize, self.data))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +209,48 @@ mod tests {
             back.clone().into_pixels("k").unwrap(),
             (3, 1, 1, vec![10, 20, 30])
         );
+    }
+
+    #[test]
+    fn datum_ref_reads_what_prost_writes_and_refuses_truncation() {
+        let mut d = Datum::raw(&Mat8::new(2, 3, 3, (0..18).collect()), -7);
+        d.float_data = vec![];
+        let bytes = d.encode_to_vec();
+        let r = DatumRef::parse(&bytes).unwrap();
+        assert_eq!(
+            (r.channels, r.height, r.width, r.label),
+            (d.channels(), d.height(), d.width(), -7)
+        );
+        assert!(!r.encoded && !r.has_float_data);
+        let (c, h, w) = (
+            d.channels() as usize,
+            d.height() as usize,
+            d.width() as usize,
+        );
+        assert_eq!(r.raw_pixels("k").unwrap(), (c, h, w, d.data()));
+        let e = Datum::encoded_bytes(vec![9, 8, 7], 4).encode_to_vec();
+        let r = DatumRef::parse(&e).unwrap();
+        assert!(r.encoded);
+        assert_eq!((r.data, r.label), (&[9u8, 8, 7][..], 4));
+        assert!(r.raw_pixels("e").is_err());
+        let f = Datum {
+            float_data: vec![1.0, 2.0],
+            channels: Some(1),
+            height: Some(1),
+            width: Some(2),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let err = DatumRef::parse(&f).unwrap().raw_pixels("f").unwrap_err();
+        assert!(err.to_string().contains("float_data"), "{err}");
+        // A record cut anywhere before the end of its pixels is an error, never a panic.
+        let full = DatumRef::parse(&bytes).unwrap();
+        let data_end = full.data.as_ptr() as usize - bytes.as_ptr() as usize + full.data.len();
+        for cut in 0..data_end {
+            let ok = DatumRef::parse(&bytes[..cut])
+                .and_then(|r| r.raw_pixels("t").map(|_| ()).map_err(|e| e.to_string()));
+            assert!(ok.is_err(), "prefix of {cut} bytes accepted");
+        }
     }
 
     #[test]

@@ -91,6 +91,24 @@ impl LmdbReader {
         Ok(())
     }
 
+    /// Calls `f` on the value stored under `key` in place (no copy out of
+    /// the memory map); `None` if there is no such key.
+    pub fn with_value<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        let txn = self
+            .env
+            .begin_ro_txn()
+            .map_err(|e| Error::lmdb(&self.path, e))?;
+        match txn.get(self.db, &key) {
+            Ok(v) => f(v).map(Some),
+            Err(lmdb::Error::NotFound) => Ok(None),
+            Err(e) => Err(Error::lmdb(&self.path, e)),
+        }
+    }
+
     /// The value stored under `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let txn = self

@@ -7,8 +7,8 @@
 //! reshuffled per epoch from the seed; crop/mirror draws are seeded by
 //! position. So the position alone restores a feed exactly on resume.
 use super::{BackwardArgs, BuildContext, Grads, Layer};
+use crate::caffe::datum::DatumRef;
 use crate::caffe::proto::{data_parameter::Db, LayerParameter, Phase};
-use crate::caffe::Datum;
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::image_list::{read_list, ListEntry};
@@ -16,7 +16,6 @@ use crate::pipeline::lmdb_store::LmdbReader;
 use crate::pipeline::resize::resize_linear;
 use crate::train::transform::Transformer;
 use candle_core::{Device, Tensor};
-use prost::Message;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -44,9 +43,6 @@ enum Source {
 
 /// A transformed batch: (data, labels).
 type Batch = (Vec<f32>, Vec<f32>);
-
-/// One decoded image: (channels, height, width, CHW bytes, label).
-type Item = (usize, usize, usize, Vec<u8>, f32);
 
 impl Source {
     fn len(&self) -> usize {
@@ -79,34 +75,42 @@ impl Source {
         }
     }
 
-    fn load(&self, i: usize) -> Result<Item> {
+    /// Calls `f(channels, height, width, CHW pixels, label)` for source image
+    /// `i`. Raw LMDB datums are read in place from the memory map; other
+    /// sources are decoded into a temporary buffer first.
+    fn with_image<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(usize, usize, usize, &[u8], f32) -> Result<R>,
+    ) -> Result<R> {
         match self {
             Source::Lmdb { reader, keys, mode } => {
                 let key = String::from_utf8_lossy(&keys[i]).into_owned();
-                let value = reader
-                    .get(&keys[i])?
-                    .ok_or_else(|| Error::lmdb(reader.path(), format!("record {key} vanished")))?;
-                let datum = Datum::decode(value.as_slice()).map_err(|e| {
-                    Error::invalid(
-                        format!("{}: record {key}", reader.path().display()),
-                        format!("not a Datum: {e}"),
-                    )
-                })?;
-                if datum.encoded() && *mode != ColorMode::Native {
-                    let m = crate::pipeline::decode::decode(datum.data(), *mode).map_err(|e| {
-                        Error::invalid(format!("record {key}"), format!("encoded image: {e}"))
-                    })?;
-                    return Ok((
-                        m.channels,
-                        m.height,
-                        m.width,
-                        m.to_chw(),
-                        datum.label() as f32,
-                    ));
-                }
-                let label = datum.label() as f32;
-                let (c, h, w, px) = datum.into_pixels(&key)?;
-                Ok((c, h, w, px, label))
+                reader
+                    .with_value(&keys[i], |value| {
+                        let datum = DatumRef::parse(value).map_err(|e| {
+                            Error::invalid(
+                                format!("{}: record {key}", reader.path().display()),
+                                format!("not a Datum: {e}"),
+                            )
+                        })?;
+                        let label = datum.label as f32;
+                        if datum.encoded {
+                            // Caffe decodes with the image's own channels unless forced.
+                            let m = crate::pipeline::decode::decode(datum.data, *mode).map_err(
+                                |e| {
+                                    Error::invalid(
+                                        format!("record {key}"),
+                                        format!("encoded image: {e}"),
+                                    )
+                                },
+                            )?;
+                            return f(m.channels, m.height, m.width, &m.to_chw(), label);
+                        }
+                        let (c, h, w, px) = datum.raw_pixels(&key)?;
+                        f(c, h, w, px, label)
+                    })?
+                    .ok_or_else(|| Error::lmdb(reader.path(), format!("record {key} vanished")))
             }
             Source::List {
                 entries,
@@ -125,7 +129,7 @@ impl Source {
                 if let Some((h, w)) = resize {
                     m = resize_linear(&m, *w, *h);
                 }
-                Ok((m.channels, m.height, m.width, m.to_chw(), e.label as f32))
+                f(m.channels, m.height, m.width, &m.to_chw(), e.label as f32)
             }
         }
     }
@@ -173,14 +177,14 @@ impl Feed {
                     .zip(labels.par_iter_mut())
                     .zip(idx.par_iter())
                     .try_for_each(|((out, label), &(p, i))| -> Result<()> {
-                        let (ic, ih, iw, px, l) = source.load(i)?;
-                        let what = source.describe(i);
-                        if tf.out_shape(ic, ih, iw) != (c, h, w) {
-                            return Err(Error::model(&what, format!("image is {ic}x{ih}x{iw}, unlike the first one; resize the data (to-lmdb --resize-*) or set crop_size")));
-                        }
-                        tf.apply(ic, ih, iw, &px, p, &what, out)?;
-                        *label = l;
-                        Ok(())
+                        source.with_image(i, |ic, ih, iw, px, l| {
+                            if tf.out_shape(ic, ih, iw) != (c, h, w) {
+                                return Err(Error::model(source.describe(i), format!("image is {ic}x{ih}x{iw}, unlike the first one; resize the data (to-lmdb --resize-*) or set crop_size")));
+                            }
+                            tf.apply(ic, ih, iw, px, p, || source.describe(i), out)?;
+                            *label = l;
+                            Ok(())
+                        })
                     })
                     .map(|()| (data, labels));
                 let failed = result.is_err();
@@ -285,7 +289,7 @@ impl DataLayer {
         let transformer = Transformer::new(&tp, ctx.phase, seed, |p| ctx.resolve(p), &lctx)?;
         let mut cache = None;
         let first = source.index_at(0, &mut cache);
-        let (c, h, w, _, _) = source.load(first)?;
+        let (c, h, w) = source.with_image(first, |c, h, w, _, _| Ok((c, h, w)))?;
         let shape = transformer.out_shape(c, h, w);
         Ok(DataLayer {
             name,
