@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 /// Where images come from.
@@ -155,12 +155,17 @@ struct Feed {
     /// Position of the next batch handed to the net.
     position: u64,
     rx: Option<Receiver<Result<Batch>>>,
+    /// Data buffers the net has copied to a GPU, for the producer to refill
+    /// (a fresh buffer per batch would be page-faulted in every time).
+    recycle: Option<SyncSender<Vec<f32>>>,
 }
 
 impl Feed {
     /// Starts the background producer at the current position.
     fn start(&mut self) {
         let (tx, rx) = sync_channel(self.prefetch.max(1));
+        let (recycle_tx, recycle_rx) = sync_channel::<Vec<f32>>(self.prefetch.max(1) + 1);
+        self.recycle = Some(recycle_tx);
         let (source, tf) = (self.source.clone(), self.transformer.clone());
         let (batch, (c, h, w), mut pos) = (self.batch, self.shape, self.position);
         std::thread::spawn(move || {
@@ -170,7 +175,12 @@ impl Feed {
                     .map(|k| (pos + k, source.index_at(pos + k, &mut cache)))
                     .collect();
                 let per = c * h * w;
-                let mut data = vec![0.0f32; batch * per];
+                // Every element is overwritten below, so a returned buffer needs no clearing.
+                let mut data = recycle_rx
+                    .try_recv()
+                    .ok()
+                    .filter(|b| b.len() == batch * per)
+                    .unwrap_or_else(|| vec![0.0f32; batch * per]);
                 let mut labels = vec![0.0f32; batch];
                 let result = data
                     .par_chunks_mut(per)
@@ -209,6 +219,13 @@ impl Feed {
             .map_err(|_| Error::model("data feed", "the loader thread stopped"))??;
         self.position += self.batch as u64;
         Ok(batch)
+    }
+
+    /// Hands a data buffer back for reuse (dropped if the producer has enough).
+    fn give_back(&self, buffer: Vec<f32>) {
+        if let Some(tx) = &self.recycle {
+            let _ = tx.try_send(buffer);
+        }
     }
 }
 
@@ -301,6 +318,7 @@ impl DataLayer {
                 prefetch,
                 position: rand_skip as u64,
                 rx: None,
+                recycle: None,
             },
             device: ctx.device.clone(),
             tops: param.top.len(),
@@ -332,11 +350,15 @@ impl Layer for DataLayer {
     fn forward(&mut self, _bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let (data, labels) = self.feed.next()?;
         let (c, h, w) = self.feed.shape;
-        let mut tops = vec![Tensor::from_vec(
-            data,
-            (self.feed.batch, c, h, w),
-            &self.device,
-        )?];
+        let shape = (self.feed.batch, c, h, w);
+        let mut tops = vec![if self.device.is_cpu() {
+            // The tensor takes the buffer as it is.
+            Tensor::from_vec(data, shape, &self.device)?
+        } else {
+            let t = Tensor::from_slice(&data, shape, &self.device)?;
+            self.feed.give_back(data);
+            t
+        }];
         if self.tops > 1 {
             tops.push(Tensor::from_vec(labels, self.feed.batch, &self.device)?);
         }
