@@ -1,6 +1,8 @@
 //! Throughput of the data-preparation stages on a synthetic Flickr-like set:
 //! N JPEGs of about 500x375 made from the fixture photos (varied crops and
-//! flips), then `to-lmdb --resize 256x256` and `compute-mean` on the result.
+//! flips), then `to-lmdb --resize 256x256` and `compute-mean` on the result,
+//! and the trainer's data feeds at batch 256 (crop 227, mirror, mean file):
+//! Data from that LMDB and ImageData from the JPEGs.
 //! Run with `scripts/bench-pipeline [N]`; prints a table.
 use flickr_style::pipeline::mean::{compute_mean, MeanSource};
 use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
@@ -75,8 +77,18 @@ fn main() {
     };
     let s = to_lmdb(&opts).unwrap();
     let t = Instant::now();
-    let (_, count) = compute_mean(&MeanSource::Lmdb(db.clone())).unwrap();
+    let (mean, count) = compute_mean(&MeanSource::Lmdb(db.clone())).unwrap();
     let mean_s = t.elapsed().as_secs_f64();
+    mean.write_binaryproto(&dir.path().join("mean.binaryproto"))
+        .unwrap();
+    let lmdb_feed = feed_rate(
+        dir.path(),
+        r#"type: "Data" data_param { source: "db" batch_size: 256 backend: LMDB }"#,
+    );
+    let jpeg_feed = feed_rate(
+        dir.path(),
+        r#"type: "ImageData" image_data_param { source: "list.txt" root_folder: "img/" batch_size: 256 new_height: 256 new_width: 256 shuffle: true }"#,
+    );
     let mb = count as f64 * 3.0 * 256.0 * 256.0 / 1e6;
     println!("| stage | images | seconds | images/s |");
     println!("|---|---|---|---|");
@@ -90,7 +102,39 @@ fn main() {
         "| compute-mean (raw LMDB, {mb:.0} MB of pixels) | {count} | {mean_s:.3} | {:.0} |",
         count as f64 / mean_s
     );
+    for (what, (images, secs)) in [
+        ("training feed: Data (raw LMDB)", lmdb_feed),
+        (
+            "training feed: ImageData (JPEG decode + resize 256)",
+            jpeg_feed,
+        ),
+    ] {
+        println!(
+            "| {what}, batch 256, crop 227 + mirror + mean | {images} | {secs:.2} | {:.0} |",
+            images as f64 / secs
+        );
+    }
     println!("threads: {}", rayon::current_num_threads());
+}
+
+/// Images per second a data layer delivers to a net that only consumes them
+/// (after one warm-up batch): (images, seconds).
+fn feed_rate(dir: &Path, layer: &str) -> (usize, f64) {
+    use flickr_style::caffe::proto::{NetParameter, Phase};
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    let text = format!(
+        r#"layer {{ name: "data" top: "data" top: "label" transform_param {{ mirror: true crop_size: 227 mean_file: "mean.binaryproto" }} {layer} }}"#
+    );
+    let def: NetParameter = flickr_style::caffe::prototxt::parse(&text, Path::new("feed")).unwrap();
+    let mut net = Net::new(&def, &BuildContext::cpu(dir, 1, Phase::Train), None).unwrap();
+    net.forward().unwrap();
+    let batches = 8;
+    let t = Instant::now();
+    for _ in 0..batches {
+        net.forward().unwrap();
+    }
+    (batches * 256, t.elapsed().as_secs_f64())
 }
 
 #[allow(dead_code)]
