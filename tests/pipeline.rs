@@ -126,6 +126,11 @@ fn flickr_recipe_trains_snapshots_and_resumes_exactly() {
     ] {
         assert!(data.join(f).exists(), "{f}");
     }
+    // Caffe's recipe says solver_mode: GPU; the rewritten solver names the
+    // device this run used (no --gpu: the CPU).
+    let solver = std::fs::read_to_string(data.join("solver.prototxt")).unwrap();
+    assert!(solver.contains("solver_mode: CPU"), "{solver}");
+    assert!(err.contains("Using CPU"), "{err}");
     let snap = data.join("snapshots");
     assert!(snap
         .join("finetune_flickr_style_iter_5.caffemodel")
