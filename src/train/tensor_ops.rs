@@ -169,6 +169,11 @@ impl Col2Im {
 pub struct PoolTables {
     /// `(outputs * window)` input positions, u32.
     index: Tensor,
+    /// The reverse, for the backward pass as a gather: `(H*W*slots)`
+    /// window entries that read each input pixel; empty slots point at an
+    /// extra zero row.
+    back: Tensor,
+    slots: usize,
     /// AVE: Caffe's divisor per output, `(outputs, 1)`.
     divisor: Tensor,
     /// MAX tie-breaking: `window, window-1, ..., 1` as `(1, window, 1)`.
@@ -204,8 +209,23 @@ impl PoolTables {
                 }
             }
         }
+        let mut readers: Vec<Vec<u32>> = vec![Vec::new(); hw];
+        for (j, &q) in index.iter().enumerate() {
+            if (q as usize) < hw {
+                readers[q as usize].push(j as u32);
+            }
+        }
+        let slots = readers.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let zero = index.len() as u32;
+        let mut back = Vec::with_capacity(hw * slots);
+        for r in &readers {
+            back.extend_from_slice(r);
+            back.extend(std::iter::repeat_n(zero, slots - r.len()));
+        }
         let rank: Vec<f32> = (0..k).map(|i| (k - i) as f32).collect();
         Ok(PoolTables {
+            back: Tensor::from_vec(back, hw * slots, device)?,
+            slots,
             index: Tensor::from_vec(index, win.oh * win.ow * k, device)?,
             divisor: Tensor::from_vec(divisor, (win.oh * win.ow, 1), device)?,
             rank: Tensor::from_vec(rank, (1, k, 1), device)?,
@@ -234,14 +254,19 @@ impl PoolTables {
             .unsqueeze(1)?)
     }
 
-    /// Scatters per-window gradients `(outputs, window, N*C)` back to (N, C, H, W).
+    /// Sums per-window gradients `(outputs, window, N*C)` back onto (N, C, H, W):
+    /// each input pixel gathers the entries that read it (a gather runs in
+    /// parallel where a scatter-add would serialise on overlapping windows).
     fn scatter(&self, src: &Tensor, n: usize) -> Result<Tensor> {
         let win = &self.win;
         let r = n * win.c;
         let (hw, k) = (win.h * win.w, win.kh * win.kw);
         let src = src.contiguous()?.reshape((win.oh * win.ow * k, r))?;
-        let acc = Tensor::zeros((hw + 1, r), src.dtype(), src.device())?;
-        let dxt = acc.index_add(&self.index, &src, 0)?.narrow(0, 0, hw)?;
+        let zero = Tensor::zeros((1, r), src.dtype(), src.device())?;
+        let dxt = Tensor::cat(&[src, zero], 0)?
+            .index_select(&self.back, 0)?
+            .reshape((hw, self.slots, r))?
+            .sum(1)?;
         Ok(dxt.t()?.reshape((n, win.c, win.h, win.w))?)
     }
 
