@@ -282,20 +282,40 @@ struct FinetuneArgs {
     /// Override the solver's max_iter.
     #[arg(long)]
     max_iter: Option<usize>,
-    /// Train on GPU N (needs a build with `--features cuda`). Without it a
-    /// CUDA build follows the solver's solver_mode/device_id, like Caffe.
-    #[arg(long, conflicts_with = "cpu")]
-    gpu: Option<usize>,
-    /// Train on the CPU even if the solver says solver_mode: GPU.
-    #[arg(long)]
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Train on the CPU even if the solver says solver_mode: GPU (without
+    /// --gpu, a CUDA build follows the solver's solver_mode/device_id, like Caffe).
+    #[arg(long, conflicts_with = "gpu")]
     cpu: bool,
+}
+
+/// Where a net runs (finetune, test, time).
+#[derive(Args)]
+struct DeviceArgs {
+    /// Run on GPU N (needs a build with `--features cuda`).
+    #[arg(long)]
+    gpu: Option<usize>,
     /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
     #[arg(long)]
     tf32: bool,
     /// Use the GPU code path (device-generic tensor ops) on the CPU: slower,
     /// for checking that path without a GPU.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "gpu")]
     tensor_ops: bool,
+}
+
+impl DeviceArgs {
+    /// `--gpu N` or the CPU, with `--tensor-ops`; applies `--tf32`.
+    fn compute(&self) -> Result<Compute> {
+        flickr_style::train::compute::set_tf32(self.tf32);
+        let mut c = match self.gpu {
+            Some(n) => Compute::gpu(n)?,
+            None => Compute::cpu(),
+        };
+        c.tensor_ops |= self.tensor_ops;
+        Ok(c)
+    }
 }
 
 #[derive(Args)]
@@ -309,15 +329,8 @@ struct TestArgs {
     /// Batches to average over.
     #[arg(long, default_value_t = 50)]
     iterations: usize,
-    /// Run on GPU N (needs a build with `--features cuda`).
-    #[arg(long)]
-    gpu: Option<usize>,
-    /// Use the GPU code path (device-generic tensor ops) on the CPU.
-    #[arg(long, hide = true, conflicts_with = "gpu")]
-    tensor_ops: bool,
-    /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
-    #[arg(long)]
-    tf32: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -331,15 +344,8 @@ struct TimeArgs {
     /// Replace Data/ImageData layers by inputs of the same shape (no data needed).
     #[arg(long)]
     synthetic: bool,
-    /// Run on GPU N (needs a build with `--features cuda`).
-    #[arg(long)]
-    gpu: Option<usize>,
-    /// Use the GPU code path (device-generic tensor ops) on the CPU.
-    #[arg(long, hide = true, conflicts_with = "gpu")]
-    tensor_ops: bool,
-    /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
-    #[arg(long)]
-    tf32: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -611,19 +617,9 @@ fn cmd_download_model(a: DownloadModelArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where `test` and `time` run: `--gpu N`, else the CPU.
-fn compute(gpu: Option<usize>, tensor_ops: bool) -> Result<Compute> {
-    let mut c = match gpu {
-        Some(n) => Compute::gpu(n)?,
-        None => Compute::cpu(),
-    };
-    c.tensor_ops |= tensor_ops;
-    Ok(c)
-}
-
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
-    flickr_style::train::compute::set_tf32(a.tf32);
     use flickr_style::train::solver::{Solver, SolverOptions};
+    flickr_style::train::compute::set_tf32(a.device.tf32);
     let stop = stop_on_ctrl_c("Stopping after this iteration and writing a snapshot")?;
     let opts = SolverOptions {
         solver: a.solver.clone(),
@@ -633,12 +629,12 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         metrics: a.metrics,
         echo: true,
         progress: true,
-        device: match (a.cpu, a.gpu) {
+        device: match (a.cpu, a.device.gpu) {
             (true, _) => DeviceChoice::Cpu,
             (false, Some(n)) => DeviceChoice::Gpu(n),
             (false, None) => DeviceChoice::FromSolver,
         },
-        tensor_ops: a.tensor_ops,
+        tensor_ops: a.device.tensor_ops,
     };
     let mut solver =
         Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
@@ -663,14 +659,13 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn cmd_test(a: TestArgs) -> Result<()> {
-    flickr_style::train::compute::set_tf32(a.tf32);
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let results = flickr_style::train::commands::test(
         &a.model,
         &weights,
         a.iterations,
         &flickr_style::train::commands::base_dir_for(&a.model),
-        &compute(a.gpu, a.tensor_ops)?,
+        &a.device.compute()?,
     )?;
     for (name, value, w) in results {
         let extra = if w != 0.0 {
@@ -688,13 +683,12 @@ fn cmd_test(a: TestArgs) -> Result<()> {
 }
 
 fn cmd_time(a: TimeArgs) -> Result<()> {
-    flickr_style::train::compute::set_tf32(a.tf32);
     let r = flickr_style::train::commands::time(
         &a.model,
         a.iterations,
         a.synthetic,
         &flickr_style::train::commands::base_dir_for(&a.model),
-        &compute(a.gpu, a.tensor_ops)?,
+        &a.device.compute()?,
     )?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!("| layer | type | forward ms | backward ms |");
@@ -720,7 +714,12 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
 
 fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
     use flickr_style::train::op_check::{check_ops, FD_TOLERANCE, TWIN_TOLERANCE};
-    let c = compute(a.gpu, true)?;
+    let c = DeviceArgs {
+        gpu: a.gpu,
+        tf32: false,
+        tensor_ops: true,
+    }
+    .compute()?;
     let reports = check_ops(&c, a.seed)?;
     println!(
         "Tensor-op path on {} vs the CPU kernels (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
