@@ -6,7 +6,7 @@
 //! here has a CPU twin there, and the tests compare the two on the CPU (and
 //! check these against finite differences), which is how CI covers the GPU
 //! code without a GPU.
-use super::kernels::{window_bounds, Window};
+use super::kernels::{window_bounds, Lrn, Window};
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -315,17 +315,6 @@ impl PoolTables {
     }
 }
 
-/// Local response normalisation across channels (Caffe's alpha/n form).
-#[derive(Clone, Copy, Debug)]
-pub struct LrnGeom {
-    /// Channels in the window (odd).
-    pub size: usize,
-    /// Caffe's alpha, beta and k.
-    pub alpha: f32,
-    pub beta: f32,
-    pub k: f32,
-}
-
 /// Sum over a channel window `[c - before, c + after]` with zero padding.
 fn channel_window_sum(t: &Tensor, before: usize, after: usize) -> Result<Tensor> {
     let c = t.dim(1)?;
@@ -337,32 +326,28 @@ fn channel_window_sum(t: &Tensor, before: usize, after: usize) -> Result<Tensor>
     Ok(acc)
 }
 
-impl LrnGeom {
-    fn pre(&self) -> usize {
-        (self.size - 1) / 2
-    }
+/// LRN's `k + alpha/size * (window sum of x²)`, the window centred as Caffe's.
+fn lrn_scale(p: &Lrn, x: &Tensor) -> Result<Tensor> {
+    let pre = (p.size - 1) / 2;
+    let s = channel_window_sum(&x.sqr()?, pre, p.size - 1 - pre)?;
+    Ok(s.affine(p.alpha as f64 / p.size as f64, p.k as f64)?)
+}
 
-    /// `k + alpha/size * (window sum of x²)`.
-    fn scale(&self, x: &Tensor) -> Result<Tensor> {
-        let s = channel_window_sum(&x.sqr()?, self.pre(), self.size - 1 - self.pre())?;
-        Ok(s.affine(self.alpha as f64 / self.size as f64, self.k as f64)?)
-    }
+/// Local response normalisation across channels: `y = x * scale^-beta`.
+pub fn lrn_forward(p: &Lrn, x: &Tensor) -> Result<Tensor> {
+    Ok((x * lrn_scale(p, x)?.powf(-p.beta as f64)?)?)
+}
 
-    /// `y = x * scale^-beta`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok((x * self.scale(x)?.powf(-self.beta as f64)?)?)
-    }
-
-    /// Caffe's gradient: `dy * scale^-beta - 2*alpha*beta/size * x * window
-    /// sum of (dy * y / scale)`, the window mirrored.
-    pub fn backward(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        let scale = self.scale(x)?;
-        let ratio = ((dy * y)? / &scale)?;
-        let acc = channel_window_sum(&ratio, self.size - 1 - self.pre(), self.pre())?;
-        let coeff = 2.0 * self.alpha as f64 * self.beta as f64 / self.size as f64;
-        let first = (dy * scale.powf(-self.beta as f64)?)?;
-        Ok((first - (x * acc)?.affine(coeff, 0.0)?)?)
-    }
+/// Caffe's LRN gradient: `dy * scale^-beta - 2*alpha*beta/size * x * window
+/// sum of (dy * y / scale)`, the window mirrored.
+pub fn lrn_backward(p: &Lrn, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let pre = (p.size - 1) / 2;
+    let scale = lrn_scale(p, x)?;
+    let ratio = ((dy * y)? / &scale)?;
+    let acc = channel_window_sum(&ratio, p.size - 1 - pre, pre)?;
+    let coeff = 2.0 * p.alpha as f64 * p.beta as f64 / p.size as f64;
+    let first = (dy * scale.powf(-p.beta as f64)?)?;
+    Ok((first - (x * acc)?.affine(coeff, 0.0)?)?)
 }
 
 /// Caffe's ReLU gradient: `dy` where `x > 0`, `slope * dy` elsewhere.

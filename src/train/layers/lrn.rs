@@ -3,7 +3,7 @@ use super::{nchw, to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{lrn_parameter::NormRegion, LrnParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::kernels::{lrn_backward, lrn_forward, Lrn};
-use crate::train::tensor_ops::LrnGeom;
+use crate::train::tensor_ops;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
@@ -11,8 +11,8 @@ pub struct LocalResponseNorm {
     p: Lrn,
     name: String,
     scale: Vec<f32>,
-    /// Set for tensor-op LRN (GPU nets).
-    tensor: Option<LrnGeom>,
+    /// Tensor-op LRN (GPU nets) instead of the CPU kernels.
+    tensor_ops: bool,
 }
 
 impl LocalResponseNorm {
@@ -36,12 +36,7 @@ impl LocalResponseNorm {
             },
             name: name.to_string(),
             scale: Vec::new(),
-            tensor: tensor_ops.then(|| LrnGeom {
-                size: p.local_size() as usize,
-                alpha: p.alpha(),
-                beta: p.beta(),
-                k: p.k(),
-            }),
+            tensor_ops,
         })
     }
 }
@@ -57,8 +52,8 @@ impl Layer for LocalResponseNorm {
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
-        if let Some(t) = &self.tensor {
-            return Ok(vec![t.forward(&bottom[0])?]);
+        if self.tensor_ops {
+            return Ok(vec![tensor_ops::lrn_forward(&self.p, &bottom[0])?]);
         }
         let x = to_vec(&bottom[0])?;
         let dims = bottom[0].dims();
@@ -82,8 +77,8 @@ impl Layer for LocalResponseNorm {
         let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
             return Ok((vec![None], vec![]));
         };
-        if let Some(t) = &self.tensor {
-            let dx = t.backward(&a.bottom[0], &a.top[0], dy)?;
+        if self.tensor_ops {
+            let dx = tensor_ops::lrn_backward(&self.p, &a.bottom[0], &a.top[0], dy)?;
             return Ok((vec![Some(dx)], vec![]));
         }
         let (x, y, dy) = (to_vec(&a.bottom[0])?, to_vec(&a.top[0])?, to_vec(dy)?);
