@@ -183,7 +183,7 @@ impl Solver {
         }
         log.info("solver.rs:0", &format!("Using {}", compute.describe()));
         for (name, ty, back) in train.layer_summary() {
-            if !back && ty != "Data" {
+            if !back && ty != "Data" && ty != "ImageData" {
                 log.info(
                     "net.cpp:226",
                     &format!("{name} does not need backward computation."),

@@ -328,7 +328,10 @@ impl DataLayer {
 
 impl Layer for DataLayer {
     fn type_name(&self) -> &'static str {
-        "Data"
+        match *self.feed.source {
+            Source::Lmdb { .. } => "Data",
+            Source::List { .. } => "ImageData",
+        }
     }
     fn is_data(&self) -> bool {
         true
