@@ -1,6 +1,7 @@
 //! Compiles `proto/caffe.proto` with protox (pure Rust, no `protoc` needed) into
 //! prost types plus an encoded descriptor set that prost-reflect uses to parse
-//! the protobuf text format of `.prototxt` files.
+//! the protobuf text format of `.prototxt` files. With the `cuda` feature it
+//! also compiles the fused GPU kernels (`src/train/fused.cu`) to PTX with nvcc.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,5 +13,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_build::Config::new()
         .enable_type_names()
         .compile_fds(fds)?;
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_ptx(&out)?;
+    }
+    Ok(())
+}
+
+/// `nvcc --ptx` for the compute capability in `CUDA_COMPUTE_CAP` (default
+/// 80: PTX that any sm_80+ driver JIT-compiles). `--fmad=false` keeps each
+/// multiply and add separately rounded, as in the CPU twins.
+fn compile_ptx(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let src = "src/train/fused.cu";
+    println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".into());
+    let cap = cap.trim().replace('.', "");
+    let nvcc = match std::env::var_os("CUDA_HOME") {
+        Some(home) => PathBuf::from(home).join("bin").join("nvcc"),
+        None => PathBuf::from("nvcc"),
+    };
+    let ptx = out.join("fused.ptx");
+    let status = std::process::Command::new(&nvcc)
+        .args(["--ptx", "-O3", "--fmad=false", "-std=c++17"])
+        .arg(format!("--gpu-architecture=compute_{cap}"))
+        .arg(src)
+        .arg("-o")
+        .arg(&ptx)
+        .status()
+        .map_err(|e| format!("cannot run {} ({e}); set CUDA_HOME or put nvcc on PATH (see ../shared/cuda)", nvcc.display()))?;
+    if !status.success() {
+        return Err(format!("{} failed on {src}", nvcc.display()).into());
+    }
     Ok(())
 }

@@ -177,6 +177,7 @@ pub fn run(
         progress: opts.verbose,
         device: opts.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
         tensor_ops: false,
+        fused: false,
     })?;
     let stop_flag = solver.stop_flag();
     let watcher_stop = stop.clone();

@@ -269,6 +269,17 @@ fn unaligned_resume_is_exact_thanks_to_the_sidecar() {
 /// the tolerance asked of a GPU run.
 #[test]
 fn gpu_code_path_on_the_cpu_matches_caffe() {
+    tensor_path_matches_caffe(false);
+}
+
+/// The same with the fused ops (their CPU twins here), which is what a GPU
+/// net runs: checks their wrappers and the layers' fused branches.
+#[test]
+fn fused_gpu_code_path_on_the_cpu_matches_caffe() {
+    tensor_path_matches_caffe(true);
+}
+
+fn tensor_path_matches_caffe(fused: bool) {
     let t = tempfile::tempdir().unwrap();
     let mut s = Solver::new(&flickr_style::train::solver::SolverOptions {
         solver: PathBuf::from("solver.prototxt"),
@@ -280,9 +291,11 @@ fn gpu_code_path_on_the_cpu_matches_caffe() {
         progress: false,
         device: flickr_style::train::compute::DeviceChoice::Cpu,
         tensor_ops: true,
+        fused,
     })
     .unwrap();
     assert!(s.train.uses_tensor_ops());
+    assert_eq!(s.train.uses_fused(), fused);
     s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
         .unwrap();
     s.solve().unwrap();

@@ -303,6 +303,9 @@ struct DeviceArgs {
     /// for checking that path without a GPU.
     #[arg(long, hide = true, conflicts_with = "gpu")]
     tensor_ops: bool,
+    /// With --tensor-ops, use the fused ops (their CPU twins on the CPU).
+    #[arg(long, hide = true, requires = "tensor_ops")]
+    fused_ops: bool,
 }
 
 impl DeviceArgs {
@@ -314,6 +317,7 @@ impl DeviceArgs {
             None => Compute::cpu(),
         };
         c.tensor_ops |= self.tensor_ops;
+        c.fused |= self.fused_ops;
         Ok(c)
     }
 }
@@ -635,6 +639,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
             (false, None) => DeviceChoice::FromSolver,
         },
         tensor_ops: a.device.tensor_ops,
+        fused: a.device.fused_ops,
     };
     let mut solver =
         Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
@@ -718,11 +723,12 @@ fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
         gpu: a.gpu,
         tf32: false,
         tensor_ops: true,
+        fused_ops: false,
     }
     .compute()?;
     let reports = check_ops(&c, a.seed)?;
     println!(
-        "Tensor-op path on {} vs the CPU kernels (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
+        "GPU code path on {} vs the CPU kernels, tensor-op compositions then [fused] kernels (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
         c.describe()
     );
     println!("| op | forward | backward | finite diff | result |");

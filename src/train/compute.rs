@@ -23,6 +23,10 @@ pub struct Compute {
     /// Use the device-generic tensor ops even on the CPU (a GPU always
     /// does); this runs the GPU code path on the CPU, for tests and checks.
     pub tensor_ops: bool,
+    /// With tensor ops, use the fused kernels ([`crate::train::fused`])
+    /// where a layer has one: on a GPU unless `FLICKR_STYLE_NO_FUSED` is
+    /// set; on the CPU it runs their CPU twins (for tests).
+    pub fused: bool,
 }
 
 impl Compute {
@@ -31,6 +35,7 @@ impl Compute {
         Compute {
             device: Device::Cpu,
             tensor_ops: false,
+            fused: false,
         }
     }
 
@@ -40,6 +45,7 @@ impl Compute {
         Ok(Compute {
             device: open_gpu(ordinal)?,
             tensor_ops: true,
+            fused: crate::train::fused::enabled_by_env(),
         })
     }
 
@@ -58,16 +64,27 @@ impl Compute {
 
     /// "CPU", "CPU (tensor ops)" or "GPU 0".
     pub fn describe(&self) -> String {
-        match (&self.device, self.tensor_ops) {
-            (Device::Cpu, false) => "CPU".into(),
-            (Device::Cpu, true) => "CPU (tensor ops, the GPU code path)".into(),
-            (d, _) => match d.location() {
+        match (&self.device, self.tensor_ops, self.fused) {
+            (Device::Cpu, false, _) => "CPU".into(),
+            (Device::Cpu, true, false) => "CPU (tensor ops, the GPU code path)".into(),
+            (Device::Cpu, true, true) => {
+                "CPU (tensor ops with the fused ops' CPU twins, the GPU code path)".into()
+            }
+            (d, _, fused) => match d.location() {
                 candle_core::DeviceLocation::Cuda { gpu_id } => {
                     let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
-                    format!(
-                        "GPU {gpu_id}{}",
-                        if tf32 { " (TF32 matrix products)" } else { "" }
-                    )
+                    let mut notes = Vec::new();
+                    if tf32 {
+                        notes.push("TF32 matrix products");
+                    }
+                    if !fused {
+                        notes.push("fused kernels off");
+                    }
+                    if notes.is_empty() {
+                        format!("GPU {gpu_id}")
+                    } else {
+                        format!("GPU {gpu_id} ({})", notes.join(", "))
+                    }
                 }
                 other => format!("{other:?}"),
             },

@@ -3,11 +3,13 @@
 //! - [`layers`]: one type per Caffe layer, each with an explicit backward pass.
 //! - [`kernels`]: CPU kernels for what candle lacks (pooling with argmax, LRN, im2col).
 //! - [`tensor_ops`]: the same computations as candle tensor ops, for GPU nets.
+//! - [`fused`]: single-kernel versions of the hot ones (CUDA, with CPU twins).
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 
 pub mod commands;
 pub mod compute;
 pub mod filler;
+pub mod fused;
 pub mod gemm;
 pub mod kernels;
 pub mod layers;

@@ -54,6 +54,8 @@ pub struct Net {
     timing: Option<Vec<(Duration, Duration)>>,
     /// Layers compute with tensor ops (GPU nets) rather than CPU kernels.
     tensor_ops: bool,
+    /// The SGD update uses the fused kernel.
+    fused: bool,
     /// Where the tensors live (timing waits for a GPU's queued work).
     device: candle_core::Device,
 }
@@ -99,6 +101,7 @@ impl Net {
             grads: Vec::new(),
             timing: None,
             tensor_ops: ctx.uses_tensor_ops(),
+            fused: ctx.path().fused(),
             device: ctx.device.clone(),
         };
         if !def.input.is_empty() || !def.input_dim.is_empty() {
@@ -406,6 +409,11 @@ impl Net {
     /// Whether the layers compute with tensor ops (a GPU net) rather than CPU kernels.
     pub fn uses_tensor_ops(&self) -> bool {
         self.tensor_ops
+    }
+
+    /// Whether the layers and the SGD update use the fused kernels.
+    pub fn uses_fused(&self) -> bool {
+        self.fused
     }
 
     /// Current value of parameter `i`.

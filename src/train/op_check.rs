@@ -268,17 +268,84 @@ fn check_case(
     })
 }
 
-/// Runs every case; `compute` is the device under test (tensor ops are
-/// switched on, so on the CPU this checks the GPU code path).
-pub fn check_ops(compute: &Compute, seed: u64) -> Result<Vec<OpReport>> {
-    let mut compute = compute.clone();
-    compute.tensor_ops = true;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    CASES
+/// Whether a case's layer has a fused kernel (so the fused pass checks it).
+fn has_fused(name: &str) -> bool {
+    ["Convolution", "Pooling MAX", "LRN", "ReLU"]
         .iter()
-        .map(|(name, text, shape, ties)| {
-            check_case(name, text, *shape, *ties, &compute, &mut rng)
-                .map_err(|e| Error::model(format!("op check '{name}'"), e.to_string()))
-        })
-        .collect()
+        .any(|p| name.starts_with(p))
+}
+
+/// Runs every case on both GPU code paths: the tensor-op compositions, then
+/// the fused kernels (marked `[fused]`) for the layers that have them, plus
+/// the SGD update. `compute` is the device under test; tensor ops are
+/// switched on, so on the CPU this checks the GPU code path (there the
+/// fused ops run their CPU twins, which checks their wrappers).
+pub fn check_ops(compute: &Compute, seed: u64) -> Result<Vec<OpReport>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut reports = Vec::new();
+    for fused in [false, true] {
+        let compute = Compute {
+            tensor_ops: true,
+            fused,
+            ..compute.clone()
+        };
+        for (name, text, shape, ties) in CASES {
+            if fused && !has_fused(name) {
+                continue;
+            }
+            let label = if fused {
+                format!("{name} [fused]")
+            } else {
+                name.to_string()
+            };
+            let mut r = check_case(name, text, *shape, *ties, &compute, &mut rng)
+                .map_err(|e| Error::model(format!("op check '{label}'"), e.to_string()))?;
+            r.name = label;
+            reports.push(r);
+        }
+        for (label, l1) in [("SGD update (clip, iter_size, L2)", false), ("SGD update (L1)", true)] {
+            let label = if fused {
+                format!("{label} [fused]")
+            } else {
+                label.to_string()
+            };
+            reports.push(
+                check_sgd(&label, l1, &compute, &mut rng)
+                    .map_err(|e| Error::model(format!("op check '{label}'"), e.to_string()))?,
+            );
+        }
+    }
+    Ok(reports)
+}
+
+/// One SGD step on `compute`'s path against the CPU update written out
+/// element by element: `forward` is the new weights' error, `backward`
+/// the new history's.
+fn check_sgd(name: &str, l1: bool, compute: &Compute, rng: &mut ChaCha8Rng) -> Result<OpReport> {
+    let n = 1000;
+    let mut draw = || -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let (w, g, h) = (draw(), draw(), draw());
+    let (scales, decay, rate, momentum) = ([0.5f32, 0.25], 5e-4f32, 0.01f32, 0.9f32);
+    let sign = |x: f32| ((0.0 < x) as i32 - (x < 0.0) as i32) as f32;
+    let (mut w_ref, mut h_ref) = (vec![0f32; n], vec![0f32; n]);
+    for i in 0..n {
+        let mut d = g[i] * scales[0] * scales[1];
+        d += decay * if l1 { sign(w[i]) } else { w[i] };
+        h_ref[i] = rate * d + momentum * h[i];
+        w_ref[i] = w[i] - h_ref[i];
+    }
+    let dev = &compute.device;
+    let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), n, dev);
+    let step = if compute.fused {
+        super::fused::sgd_step
+    } else {
+        super::tensor_ops::sgd_step
+    };
+    let (w2, h2) = step(&t(&w)?, &t(&g)?, &t(&h)?, &scales, decay, l1, rate, momentum)?;
+    Ok(OpReport {
+        name: name.to_string(),
+        forward: relative(&to_vec(&w2)?, &w_ref),
+        backward: relative(&to_vec(&h2)?, &h_ref),
+        finite_diff: 0.0,
+    })
 }

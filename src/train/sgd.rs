@@ -4,7 +4,7 @@
 //! `h = lr*lr_mult*diff + momentum*h` and `w -= h`.
 use super::layers::with_f32;
 use super::net::Net;
-use super::tensor_ops;
+use super::{fused, tensor_ops};
 use crate::error::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -60,7 +60,12 @@ pub fn sgd_update(
         let g = net.grad(i)?;
         if net.uses_tensor_ops() {
             let scales: Vec<f32> = clip.into_iter().chain(inv_iter).collect();
-            let (new_w, new_h) = tensor_ops::sgd_step(
+            let step = if net.uses_fused() {
+                fused::sgd_step
+            } else {
+                tensor_ops::sgd_step
+            };
+            let (new_w, new_h) = step(
                 &w,
                 &g,
                 hist,

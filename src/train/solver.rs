@@ -43,6 +43,8 @@ pub struct SolverOptions {
     pub device: DeviceChoice,
     /// Run the GPU code path (tensor ops) even on the CPU.
     pub tensor_ops: bool,
+    /// With `tensor_ops` on the CPU, use the fused ops (their CPU twins).
+    pub fused: bool,
 }
 
 /// What Caffe does not store in a `.solverstate`, kept beside it.
@@ -152,6 +154,7 @@ impl Solver {
         };
         let mut compute = Compute::for_solver(opts.device, &param)?;
         compute.tensor_ops |= opts.tensor_ops;
+        compute.fused |= opts.fused && compute.tensor_ops;
         let build = |phase| BuildContext::new(&base_dir, seed, phase, &compute);
         let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;
         let tests = test_defs

@@ -99,16 +99,26 @@ pub fn conv_backward(
 /// input `(N, C, H, W)` as a gather plus a sum (every input pixel collects
 /// its at most `slots` entries), which runs in parallel on any device where
 /// a scatter-add would serialise on collisions.
-pub struct Col2Im {
-    /// `(C*H*W*slots)` indices into an image's flattened column matrix;
-    /// empty slots point at an extra zero entry.
-    index: Tensor,
-    slots: usize,
-    shape: (usize, usize, usize),
+pub enum Col2Im {
+    /// The gather table, for any device.
+    Gather {
+        /// `(C*H*W*slots)` indices into an image's flattened column matrix;
+        /// empty slots point at an extra zero entry.
+        index: Tensor,
+        slots: usize,
+        shape: (usize, usize, usize),
+    },
+    /// One fused kernel ([`super::fused::col2im`]).
+    Fused(Window),
 }
 
 impl Col2Im {
-    /// The table for one convolution geometry, on `device`.
+    /// The fused kernel for one convolution geometry.
+    pub fn fused(win: &Window) -> Self {
+        Col2Im::Fused(*win)
+    }
+
+    /// The gather table for one convolution geometry, on `device`.
     pub fn new(win: &Window, device: &Device) -> Result<Self> {
         let plane = win.oh * win.ow;
         let per_channel = win.kh * win.kw * plane;
@@ -141,7 +151,7 @@ impl Col2Im {
                 index.extend(std::iter::repeat_n(zero, slots - src.len()));
             }
         }
-        Ok(Col2Im {
+        Ok(Col2Im::Gather {
             index: Tensor::from_vec(index, win.c * win.h * win.w * slots, device)?,
             slots,
             shape: (win.c, win.h, win.w),
@@ -150,14 +160,21 @@ impl Col2Im {
 
     /// The input gradient for column-matrix gradient `cols` (N, C*kh*kw, OH*OW).
     pub fn apply(&self, cols: &Tensor) -> Result<Tensor> {
+        let (index, slots, (c, h, w)) = match self {
+            Col2Im::Fused(win) => return super::fused::col2im(win, cols),
+            Col2Im::Gather {
+                index,
+                slots,
+                shape,
+            } => (index, *slots, *shape),
+        };
         let n = cols.dim(0)?;
         let flat = cols.reshape((n, cols.elem_count() / n))?;
         let zero = Tensor::zeros((n, 1), cols.dtype(), cols.device())?;
         let flat = Tensor::cat(&[flat, zero], 1)?;
-        let (c, h, w) = self.shape;
         Ok(flat
-            .index_select(&self.index, 1)?
-            .reshape((n, c * h * w, self.slots))?
+            .index_select(index, 1)?
+            .reshape((n, c * h * w, slots))?
             .sum(2)?
             .reshape((n, c, h, w))?)
     }

@@ -47,6 +47,7 @@ pub fn solver_in(
         progress: false,
         device: flickr_style::train::compute::DeviceChoice::Cpu,
         tensor_ops: false,
+        fused: false,
     })
 }
 

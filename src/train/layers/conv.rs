@@ -1,7 +1,7 @@
 //! Convolution as Caffe computes it: im2col, then one matrix product per
 //! group; the backward pass reuses the columns for the weight gradient and
 //! folds `Wᵀ·dy` back with col2im for the input gradient.
-use super::{nchw, to_vec, with_f32, BackwardArgs, Grads, Layer};
+use super::{nchw, to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
@@ -35,7 +35,7 @@ pub struct Convolution {
     /// Set when the net computes with tensor ops (GPU): the square geometry
     /// and the input-gradient fold table.
     tensor: Option<(ConvGeom, Col2Im)>,
-    tensor_ops: bool,
+    path: OpPath,
 }
 
 fn pick(
@@ -71,7 +71,7 @@ impl Convolution {
     pub fn new(
         p: ConvolutionParameter,
         device: Device,
-        tensor_ops: bool,
+        path: OpPath,
         seed: u64,
         name: &str,
     ) -> Result<Self> {
@@ -96,7 +96,7 @@ impl Convolution {
             dcols: Vec::new(),
             batch: 0,
             tensor: None,
-            tensor_ops,
+            path,
         })
     }
 }
@@ -142,7 +142,7 @@ impl Layer for Convolution {
                 format!("kernel {kh}x{kw} is larger than the padded input {h}x{w}"),
             ));
         }
-        if self.tensor_ops && (ph != pw || sh != sw || dh != dw) {
+        if self.path.tensor_ops() && (ph != pw || sh != sw || dh != dw) {
             return Err(Error::model(
                 &ctx,
                 "on a GPU, pad, stride and dilation must be the same for height and width (candle's convolution takes one value for both)",
@@ -166,14 +166,19 @@ impl Layer for Convolution {
             ow,
         };
         self.win = Some(win);
-        if self.tensor_ops {
+        if self.path.tensor_ops() {
             let geom = ConvGeom {
                 group: g,
                 pad: ph,
                 stride: sh,
                 dilation: dh,
             };
-            self.tensor = Some((geom, Col2Im::new(&win, &self.device)?));
+            let fold = if self.path.fused() {
+                Col2Im::fused(&win)
+            } else {
+                Col2Im::new(&win, &self.device)?
+            };
+            self.tensor = Some((geom, fold));
         }
         let wshape = vec![self.num_output, c / g, kh, kw];
         let wf = p.weight_filler.clone().unwrap_or_default();

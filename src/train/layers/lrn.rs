@@ -1,9 +1,9 @@
 //! Local response normalisation across channels (Caffe's LRN, alpha/n form).
-use super::{nchw, to_vec, BackwardArgs, Grads, Layer};
+use super::{nchw, to_vec, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{lrn_parameter::NormRegion, LrnParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::kernels::{lrn_backward, lrn_forward, Lrn};
-use crate::train::tensor_ops;
+use crate::train::{fused, tensor_ops};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
@@ -11,12 +11,13 @@ pub struct LocalResponseNorm {
     p: Lrn,
     name: String,
     scale: Vec<f32>,
-    /// Tensor-op LRN (GPU nets) instead of the CPU kernels.
-    tensor_ops: bool,
+    path: OpPath,
+    /// Fused path: the last forward's top stacked with its scale.
+    saved: Option<Tensor>,
 }
 
 impl LocalResponseNorm {
-    pub fn new(p: LrnParameter, name: &str, tensor_ops: bool) -> Result<Self> {
+    pub fn new(p: LrnParameter, name: &str, path: OpPath) -> Result<Self> {
         let ctx = format!("layer '{name}'");
         if p.norm_region() != NormRegion::AcrossChannels {
             return Err(Error::model(
@@ -36,7 +37,8 @@ impl LocalResponseNorm {
             },
             name: name.to_string(),
             scale: Vec::new(),
-            tensor_ops,
+            path,
+            saved: None,
         })
     }
 }
@@ -52,7 +54,12 @@ impl Layer for LocalResponseNorm {
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
-        if self.tensor_ops {
+        if self.path.fused() {
+            let (y, saved) = fused::lrn_forward(&self.p, &bottom[0])?;
+            self.saved = Some(saved);
+            return Ok(vec![y]);
+        }
+        if self.path.tensor_ops() {
             return Ok(vec![tensor_ops::lrn_forward(&self.p, &bottom[0])?]);
         }
         let x = to_vec(&bottom[0])?;
@@ -77,7 +84,11 @@ impl Layer for LocalResponseNorm {
         let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
             return Ok((vec![None], vec![]));
         };
-        if self.tensor_ops {
+        if let (true, Some(saved)) = (self.path.fused(), &self.saved) {
+            let dx = fused::lrn_backward(&self.p, &a.bottom[0], saved, dy)?;
+            return Ok((vec![Some(dx)], vec![]));
+        }
+        if self.path.tensor_ops() {
             let dx = tensor_ops::lrn_backward(&self.p, &a.bottom[0], &a.top[0], dy)?;
             return Ok((vec![Some(dx)], vec![]));
         }

@@ -88,6 +88,33 @@ pub struct BuildContext {
     /// even on the CPU; a GPU device always does. Used to test the GPU
     /// code path on the CPU.
     pub tensor_ops: bool,
+    /// With tensor ops, use the fused kernels of [`crate::train::fused`]
+    /// where a layer has one.
+    pub fused: bool,
+}
+
+/// How a layer computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpPath {
+    /// The hand-written CPU kernels over host buffers.
+    CpuKernels,
+    /// candle tensor-op compositions, on any device.
+    TensorOps,
+    /// Tensor ops, with the fused kernels where a layer has one (CUDA
+    /// kernels on a GPU, their CPU twins on the CPU).
+    Fused,
+}
+
+impl OpPath {
+    /// Whether this path computes with device tensors (not the CPU kernels).
+    pub fn tensor_ops(self) -> bool {
+        self != OpPath::CpuKernels
+    }
+
+    /// Whether fused kernels are used where they exist.
+    pub fn fused(self) -> bool {
+        self == OpPath::Fused
+    }
 }
 
 impl BuildContext {
@@ -104,6 +131,7 @@ impl BuildContext {
             phase,
             device: compute.device.clone(),
             tensor_ops: compute.tensor_ops,
+            fused: compute.fused,
         }
     }
 
@@ -122,6 +150,15 @@ impl BuildContext {
         self.tensor_ops || !self.device.is_cpu()
     }
 
+    /// The path layers built in this context compute on.
+    pub fn path(&self) -> OpPath {
+        match (self.uses_tensor_ops(), self.fused) {
+            (false, _) => OpPath::CpuKernels,
+            (true, false) => OpPath::TensorOps,
+            (true, true) => OpPath::Fused,
+        }
+    }
+
     /// `path` resolved against the base folder.
     pub fn resolve(&self, path: &str) -> std::path::PathBuf {
         let p = Path::new(path);
@@ -138,13 +175,12 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
     let name = param.name();
     let seed = ctx.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let missing = |what: &str| Error::model(format!("layer '{name}'"), format!("needs {what}"));
-    // None: the CPU kernels; Some(device): tensor ops on that device.
-    let ops = ctx.uses_tensor_ops().then(|| ctx.device.clone());
+    let path = ctx.path();
     Ok(match param.r#type() {
         "Convolution" => Box::new(conv::Convolution::new(
             param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
             ctx.device.clone(),
-            ops.is_some(),
+            path,
             seed,
             name,
         )?),
@@ -154,11 +190,11 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             seed,
             name,
         )?),
-        "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name, ops)?),
-        "LRN" => Box::new(lrn::LocalResponseNorm::new(param.lrn_param.unwrap_or_default(), name, ops.is_some())?),
+        "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name, &ctx.device, path)?),
+        "LRN" => Box::new(lrn::LocalResponseNorm::new(param.lrn_param.unwrap_or_default(), name, path)?),
         "ReLU" => Box::new(simple::Relu::new(
             param.relu_param.as_ref().map_or(0.0, |p| p.negative_slope()),
-            ops.is_some(),
+            path,
         )),
         "Dropout" => Box::new(simple::Dropout::new(
             param.dropout_param.as_ref().map_or(0.5, |p| p.dropout_ratio()),

@@ -1,5 +1,5 @@
 //! Pooling (MAX with argmax routing, AVE), Caffe's output-size rounding.
-use super::{nchw, to_vec, BackwardArgs, Grads, Layer};
+use super::{nchw, to_vec, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{
     pooling_parameter::PoolMethod, pooling_parameter::RoundMode, Phase, PoolingParameter,
 };
@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::train::kernels::{
     ave_pool, ave_pool_backward, max_pool, max_pool_backward, pooled_size, Window,
 };
+use crate::train::fused::MaxPool;
 use crate::train::tensor_ops::PoolTables;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -16,13 +17,18 @@ pub struct Pooling {
     name: String,
     win: Option<Window>,
     argmax: Vec<u32>,
-    /// Device for tensor-op pooling (GPU nets); `None` = CPU kernels.
-    ops: Option<Device>,
+    device: Device,
+    path: OpPath,
+    /// Tensor-op pooling (GPU nets): gather tables, or for MAX on the
+    /// fused path the fused kernels.
     tables: Option<PoolTables>,
+    fused: Option<MaxPool>,
+    /// Fused MAX: the last forward's top stacked with its argmax.
+    saved: Option<Tensor>,
 }
 
 impl Pooling {
-    pub fn new(p: PoolingParameter, name: &str, ops: Option<Device>) -> Result<Self> {
+    pub fn new(p: PoolingParameter, name: &str, device: &Device, path: OpPath) -> Result<Self> {
         if p.pool() == PoolMethod::Stochastic {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -34,8 +40,11 @@ impl Pooling {
             name: name.to_string(),
             win: None,
             argmax: Vec::new(),
-            ops,
+            device: device.clone(),
+            path,
             tables: None,
+            fused: None,
+            saved: None,
         })
     }
 }
@@ -99,13 +108,20 @@ impl Layer for Pooling {
             ow,
         };
         self.win = Some(win);
-        if let Some(device) = &self.ops {
-            self.tables = Some(PoolTables::new(&win, device)?);
+        if self.path.fused() && self.p.pool() == PoolMethod::Max {
+            self.fused = Some(MaxPool { win });
+        } else if self.path.tensor_ops() {
+            self.tables = Some(PoolTables::new(&win, &self.device)?);
         }
         Ok(vec![vec![n, c, oh, ow]])
     }
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        if let Some(op) = &self.fused {
+            let (y, saved) = op.forward(&bottom[0])?;
+            self.saved = Some(saved);
+            return Ok(vec![y]);
+        }
         if let Some(t) = &self.tables {
             let y = if self.p.pool() == PoolMethod::Max {
                 t.max_forward(&bottom[0])?
@@ -141,6 +157,9 @@ impl Layer for Pooling {
         let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
             return Ok((vec![None], vec![]));
         };
+        if let (Some(op), Some(saved)) = (&self.fused, &self.saved) {
+            return Ok((vec![Some(op.backward(saved, dy)?)], vec![]));
+        }
         if let Some(t) = &self.tables {
             let dx = if self.p.pool() == PoolMethod::Max {
                 t.max_backward(&a.bottom[0], dy)?

@@ -1,5 +1,5 @@
 //! Element-wise layers: ReLU (with negative slope) and inverted Dropout.
-use super::{with_f32, BackwardArgs, Grads, Layer};
+use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -7,12 +7,12 @@ use rand::{Rng, SeedableRng};
 
 pub struct Relu {
     slope: f32,
-    tensor_ops: bool,
+    path: OpPath,
 }
 
 impl Relu {
-    pub fn new(slope: f32, tensor_ops: bool) -> Self {
-        Relu { slope, tensor_ops }
+    pub fn new(slope: f32, path: OpPath) -> Self {
+        Relu { slope, path }
     }
 }
 
@@ -41,7 +41,11 @@ impl Layer for Relu {
         // Caffe: dx = dy * ((x > 0) + slope * (x <= 0)), in one pass.
         let x = &a.bottom[0];
         let slope = self.slope;
-        if self.tensor_ops {
+        if self.path.fused() {
+            let dx = crate::train::fused::relu_backward(x, dy, slope)?;
+            return Ok((vec![Some(dx)], vec![]));
+        }
+        if self.path.tensor_ops() {
             let dx = crate::train::tensor_ops::relu_backward(x, dy, slope)?;
             return Ok((vec![Some(dx)], vec![]));
         }

@@ -1,0 +1,596 @@
+//! Fused single-pass ops for nets on a CUDA GPU: max pooling with argmax,
+//! LRN, ReLU backward, col2im and the SGD history update, each one kernel
+//! that reads its inputs once (`fused.cu`), where the candle compositions in
+//! [`super::tensor_ops`] take several passes and temporaries.
+//!
+//! Each op is a candle custom op whose CPU forward runs the CPU kernel twin
+//! from [`super::kernels`], so CI exercises every wrapper (shapes, offsets,
+//! parameters) on the CPU and `check-ops --gpu` compares the CUDA kernels
+//! with those twins. Two-output ops (pooling's mask, LRN's scale) return
+//! both stacked on the batch axis: the first half is the top, the second
+//! stays private to the layer's backward pass.
+use super::kernels::{self, Lrn, Window};
+use crate::error::Result;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Environment variable that turns the fused kernels off on a GPU (the
+/// tensor-op compositions run instead), in case a driver or card misbehaves.
+pub const DISABLE_ENV: &str = "FLICKR_STYLE_NO_FUSED";
+
+/// Whether nets on a GPU should use the fused kernels (on unless
+/// [`DISABLE_ENV`] is set).
+pub fn enabled_by_env() -> bool {
+    std::env::var_os(DISABLE_ENV).is_none()
+}
+
+/// The contiguous f32 values of a CPU operand.
+fn host<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        bail!("{op}: operand must be contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[a..b])
+}
+
+/// `dx = dy` where `x > 0`, `slope * dy` elsewhere (Caffe's ReLU gradient).
+pub fn relu_backward(x: &Tensor, dy: &Tensor, slope: f32) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &ReluBackward { slope })?)
+}
+
+struct ReluBackward {
+    slope: f32,
+}
+
+impl CustomOp2 for ReluBackward {
+    fn name(&self) -> &'static str {
+        "fs_relu_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, dy) = (host(s1, l1, self.name())?, host(s2, l2, self.name())?);
+        let dx: Vec<f32> = x
+            .par_iter()
+            .zip(dy)
+            .map(|(&x, &d)| if x > 0.0 { d } else { self.slope * d })
+            .collect();
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (x, dy) = (gpu::view(s1, l1)?, gpu::view(s2, l2)?);
+        let n = l1.shape().elem_count();
+        let out = gpu::alloc(&s1.device, n)?;
+        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let n32 = n as u32;
+        b.arg(&n32).arg(&self.slope).arg(&x).arg(&dy).arg(&out);
+        gpu::launch(b, n)?;
+        Ok((gpu::wrap(out, &s1.device), l1.shape().clone()))
+    }
+}
+
+/// Max pooling for one geometry, with Caffe's first-maximum argmax.
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool {
+    /// The pooling window (dilation unused).
+    pub win: Window,
+}
+
+impl MaxPool {
+    /// `(y, saved)`: the pooled top, and what [`Self::backward`] needs
+    /// (the top stacked with each output's argmax within its plane).
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = x.dim(0)?;
+        let both = x.contiguous()?.apply_op1_no_bwd(self)?;
+        Ok((both.narrow(0, 0, n)?, both))
+    }
+
+    /// The input gradient for top gradient `dy`, from `saved` of the forward pass.
+    pub fn backward(&self, saved: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        Ok(dy
+            .contiguous()?
+            .apply_op2_no_bwd(saved, &MaxPoolBackward(*self))?)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn dims(&self) -> [i32; 10] {
+        let g = &self.win;
+        [g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw].map(|v| v as i32)
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "fs_max_pool_forward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = host(s, l, self.name())?;
+        let g = &self.win;
+        let n = l.dims()[0];
+        let (img, out, plane) = (g.c * g.h * g.w, g.c * g.oh * g.ow, g.h * g.w);
+        let mut both = vec![0f32; 2 * n * out];
+        let (y, mask) = both.split_at_mut(n * out);
+        y.par_chunks_mut(out)
+            .zip(mask.par_chunks_mut(out))
+            .zip(x.par_chunks(img))
+            .for_each(|((yi, mi), xi)| {
+                let mut argmax = vec![0u32; out];
+                kernels::max_pool(xi, g, yi, &mut argmax);
+                for (m, a) in mi.iter_mut().zip(argmax) {
+                    *m = (a as usize % plane) as f32;
+                }
+            });
+        Ok((CpuStorage::F32(both), Shape::from((2 * n, g.c, g.oh, g.ow))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let x = gpu::view(s, l)?;
+        let g = &self.win;
+        let n = l.dims()[0];
+        let count = n * g.c * g.oh * g.ow;
+        let both = gpu::alloc(&s.device, 2 * count)?;
+        let (y, mask) = (both.slice(..count), both.slice(count..));
+        let f = s.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let n32 = count as u32;
+        b.arg(&n32);
+        let d = self.dims();
+        for v in &d {
+            b.arg(v);
+        }
+        b.arg(&x).arg(&y).arg(&mask);
+        gpu::launch(b, count)?;
+        Ok((
+            gpu::wrap(both, &s.device),
+            Shape::from((2 * n, g.c, g.oh, g.ow)),
+        ))
+    }
+}
+
+struct MaxPoolBackward(MaxPool);
+
+impl CustomOp2 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "fs_max_pool_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0.win;
+        let dy = host(s1, l1, self.name())?;
+        let mask = &host(s2, l2, self.name())?[dy.len()..];
+        let n = l1.dims()[0];
+        let (img, out, plane) = (g.c * g.h * g.w, g.c * g.oh * g.ow, g.h * g.w);
+        let mut dx = vec![0f32; n * img];
+        dx.par_chunks_mut(img)
+            .zip(dy.par_chunks(out))
+            .zip(mask.par_chunks(out))
+            .for_each(|((dxi, dyi), mi)| {
+                let argmax: Vec<u32> = mi
+                    .iter()
+                    .enumerate()
+                    .map(|(o, &m)| ((o / (g.oh * g.ow)) * plane + m as usize) as u32)
+                    .collect();
+                kernels::max_pool_backward(dyi, &argmax, dxi);
+            });
+        Ok((CpuStorage::F32(dx), Shape::from((n, g.c, g.h, g.w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.0.win;
+        let dy = gpu::view(s1, l1)?;
+        let saved = gpu::view(s2, l2)?;
+        let mask = saved.slice(l1.shape().elem_count()..);
+        let n = l1.dims()[0];
+        let count = n * g.c * g.h * g.w;
+        let dx = gpu::alloc(&s1.device, count)?;
+        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let n32 = count as u32;
+        b.arg(&n32);
+        let d = self.0.dims();
+        for v in &d {
+            b.arg(v);
+        }
+        b.arg(&dy).arg(&mask).arg(&dx);
+        gpu::launch(b, count)?;
+        Ok((gpu::wrap(dx, &s1.device), Shape::from((n, g.c, g.h, g.w))))
+    }
+}
+
+/// `(y, saved)` of cross-channel LRN over (N, C, H, W): the top, and the
+/// top stacked with the scale `k + alpha/size * window sum of x²`.
+pub fn lrn_forward(p: &Lrn, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = x.dim(0)?;
+    let both = x.contiguous()?.apply_op1_no_bwd(&LrnForward(*p))?;
+    Ok((both.narrow(0, 0, n)?, both))
+}
+
+/// Caffe's LRN input gradient, from `saved` of [`lrn_forward`].
+pub fn lrn_backward(p: &Lrn, x: &Tensor, saved: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op3_no_bwd(saved, &dy.contiguous()?, &LrnBackward(*p))?)
+}
+
+/// (channels, positions per channel) of an (N, C, ...) layout.
+fn channels_plane(l: &Layout) -> (usize, usize) {
+    let d = l.dims();
+    (d[1], d[2..].iter().product())
+}
+
+struct LrnForward(Lrn);
+
+impl CustomOp1 for LrnForward {
+    fn name(&self) -> &'static str {
+        "fs_lrn_forward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = host(s, l, self.name())?;
+        let (c, plane) = channels_plane(l);
+        let mut both = vec![0f32; 2 * x.len()];
+        let (y, scale) = both.split_at_mut(x.len());
+        y.par_chunks_mut(c * plane)
+            .zip(scale.par_chunks_mut(c * plane))
+            .zip(x.par_chunks(c * plane))
+            .for_each(|((yi, si), xi)| kernels::lrn_forward(xi, c, plane, &self.0, yi, si));
+        Ok((CpuStorage::F32(both), stacked(l)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let x = gpu::view(s, l)?;
+        let count = l.shape().elem_count();
+        let (c, plane) = channels_plane(l);
+        let both = gpu::alloc(&s.device, 2 * count)?;
+        let (y, scale) = (both.slice(..count), both.slice(count..));
+        let f = s.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let columns = (count / c) as u32;
+        let (c32, plane32, size) = (c as i32, plane as i32, self.0.size as i32);
+        let a = self.0.alpha / self.0.size as f32;
+        b.arg(&columns).arg(&c32).arg(&plane32).arg(&size);
+        b.arg(&a).arg(&self.0.beta).arg(&self.0.k);
+        b.arg(&x).arg(&y).arg(&scale);
+        gpu::launch(b, count / c)?;
+        Ok((gpu::wrap(both, &s.device), stacked(l)))
+    }
+}
+
+/// The shape of two (N, ...) tensors stacked on the batch axis.
+fn stacked(l: &Layout) -> Shape {
+    let mut d = l.dims().to_vec();
+    d[0] *= 2;
+    Shape::from(d)
+}
+
+struct LrnBackward(Lrn);
+
+#[cfg(feature = "cuda")]
+impl LrnBackward {
+    fn coeff(&self) -> f32 {
+        2.0 * self.0.alpha * self.0.beta / self.0.size as f32
+    }
+}
+
+impl CustomOp3 for LrnBackward {
+    fn name(&self) -> &'static str {
+        "fs_lrn_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = host(s1, l1, self.name())?;
+        let (y, scale) = host(s2, l2, self.name())?.split_at(x.len());
+        let dy = host(s3, l3, self.name())?;
+        let (c, plane) = channels_plane(l1);
+        let img = c * plane;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(img).enumerate().for_each(|(i, dxi)| {
+            let r = i * img..(i + 1) * img;
+            kernels::lrn_backward(
+                &x[r.clone()],
+                &y[r.clone()],
+                &scale[r.clone()],
+                &dy[r],
+                c,
+                plane,
+                &self.0,
+                dxi,
+            )
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let count = l1.shape().elem_count();
+        let x = gpu::view(s1, l1)?;
+        let saved = gpu::view(s2, l2)?;
+        let (y, scale) = (saved.slice(..count), saved.slice(count..));
+        let dy = gpu::view(s3, l3)?;
+        let (c, plane) = channels_plane(l1);
+        let dx = gpu::alloc(&s1.device, count)?;
+        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let columns = (count / c) as u32;
+        let (c32, plane32, size) = (c as i32, plane as i32, self.0.size as i32);
+        let coeff = self.coeff();
+        b.arg(&columns).arg(&c32).arg(&plane32).arg(&size);
+        b.arg(&self.0.beta).arg(&coeff);
+        b.arg(&x).arg(&y).arg(&scale).arg(&dy).arg(&dx);
+        gpu::launch(b, count / c)?;
+        Ok((gpu::wrap(dx, &s1.device), l1.shape().clone()))
+    }
+}
+
+/// Folds a column-matrix gradient `(N, C*kh*kw, OH*OW)` back onto the
+/// input `(N, C, H, W)` of a convolution with geometry `win`.
+pub fn col2im(win: &Window, cols: &Tensor) -> Result<Tensor> {
+    Ok(cols.contiguous()?.apply_op1_no_bwd(&Col2Im(*win))?)
+}
+
+struct Col2Im(Window);
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "fs_col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let cols = host(s, l, self.name())?;
+        let n = l.dims()[0];
+        let per_image = g.c * g.kh * g.kw * g.oh * g.ow;
+        if cols.len() != n * per_image {
+            bail!("{}: {:?} is not (N, C*kh*kw, OH*OW) for {g:?}", self.name(), l.dims());
+        }
+        let mut dx = vec![0f32; n * g.c * g.h * g.w];
+        dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(i, out)| {
+            let (img, c) = (i / g.c, i % g.c);
+            let block = &cols[img * per_image..(img + 1) * per_image];
+            kernels::col2im_plane(block, g, 1, 0, c, out);
+        });
+        Ok((CpuStorage::F32(dx), Shape::from((n, g.c, g.h, g.w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.0;
+        let n = l.dims()[0];
+        if l.shape().elem_count() != n * g.c * g.kh * g.kw * g.oh * g.ow {
+            bail!("{}: {:?} is not (N, C*kh*kw, OH*OW) for {g:?}", self.name(), l.dims());
+        }
+        let cols = gpu::view(s, l)?;
+        let count = n * g.c * g.h * g.w;
+        let dx = gpu::alloc(&s.device, count)?;
+        let f = s.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let n32 = count as u32;
+        b.arg(&n32);
+        let d = [
+            g.c, g.h, g.w, g.kh, g.kw, g.ph, g.pw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow,
+        ]
+        .map(|v| v as i32);
+        for v in &d {
+            b.arg(v);
+        }
+        b.arg(&cols).arg(&dx);
+        gpu::launch(b, count)?;
+        Ok((gpu::wrap(dx, &s.device), Shape::from((n, g.c, g.h, g.w))))
+    }
+}
+
+/// One parameter's SGD step in Caffe's order (see [`super::sgd`]): the
+/// gradient scaled by each of `grad_scale` in turn (at most two: clipping,
+/// then 1/iter_size), plus weight decay, gives `h = rate*d + momentum*h`;
+/// then `w -= h`. Returns the new `(w, h)`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_step(
+    w: &Tensor,
+    grad: &Tensor,
+    hist: &Tensor,
+    grad_scale: &[f32],
+    decay: f32,
+    l1: bool,
+    rate: f32,
+    momentum: f32,
+) -> Result<(Tensor, Tensor)> {
+    if grad_scale.len() > 2 {
+        return Err(crate::error::Error::model(
+            "SGD update",
+            "at most two gradient scales (clipping, iter_size)",
+        ));
+    }
+    let op = SgdHistory {
+        scale: [grad_scale.first().copied(), grad_scale.get(1).copied()],
+        decay,
+        l1,
+        rate,
+        momentum,
+    };
+    let w = w.contiguous()?;
+    let h = w.apply_op3_no_bwd(&grad.contiguous()?, &hist.contiguous()?, &op)?;
+    Ok(((w - &h)?, h))
+}
+
+struct SgdHistory {
+    scale: [Option<f32>; 2],
+    decay: f32,
+    l1: bool,
+    rate: f32,
+    momentum: f32,
+}
+
+impl CustomOp3 for SgdHistory {
+    fn name(&self) -> &'static str {
+        "fs_sgd_history"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (w, g, h) = (
+            host(s1, l1, self.name())?,
+            host(s2, l2, self.name())?,
+            host(s3, l3, self.name())?,
+        );
+        let out: Vec<f32> = w
+            .par_iter()
+            .zip(g)
+            .zip(h)
+            .map(|((&w, &g), &h)| {
+                let mut d = g;
+                for s in self.scale.iter().flatten() {
+                    d *= s;
+                }
+                if self.decay != 0.0 {
+                    let r = if self.l1 {
+                        ((0.0 < w) as i32 - (w < 0.0) as i32) as f32
+                    } else {
+                        w
+                    };
+                    d += self.decay * r;
+                }
+                self.rate * d + self.momentum * h
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (w, g, h) = (gpu::view(s1, l1)?, gpu::view(s2, l2)?, gpu::view(s3, l3)?);
+        let count = l1.shape().elem_count();
+        let out = gpu::alloc(&s1.device, count)?;
+        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let n32 = count as u32;
+        let [(s1v, u1), (s2v, u2)] = self.scale.map(|s| (s.unwrap_or(1.0), s.is_some() as i32));
+        let l1flag = self.l1 as i32;
+        b.arg(&n32).arg(&s1v).arg(&u1).arg(&s2v).arg(&u2);
+        b.arg(&self.decay).arg(&l1flag).arg(&self.rate).arg(&self.momentum);
+        b.arg(&w).arg(&g).arg(&h).arg(&out);
+        gpu::launch(b, count)?;
+        Ok((gpu::wrap(out, &s1.device), l1.shape().clone()))
+    }
+}
+
+/// Loading and launching the PTX that build.rs compiles from `fused.cu`.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig};
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
+    use candle_core::{bail, Layout};
+
+    /// The kernels of `fused.cu`, compiled by build.rs.
+    pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    /// Module name under which the device caches them.
+    pub const MODULE: &str = "flickr_style_fused";
+
+    /// The contiguous f32 view of an operand.
+    pub fn view<'a>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, f32>> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("fused op: operand must be contiguous")
+        };
+        Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+    }
+
+    /// An output buffer; every kernel writes all of it.
+    pub fn alloc(dev: &CudaDevice, n: usize) -> candle_core::Result<CudaSlice<f32>> {
+        // SAFETY: each kernel writes every element before anything reads it.
+        unsafe { dev.alloc::<f32>(n) }
+    }
+
+    /// Launches over `n` elements (the kernels loop grid-stride).
+    pub fn launch(mut b: LaunchArgs<'_>, n: usize) -> candle_core::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if n > u32::MAX as usize {
+            bail!("fused op: {n} elements exceed the kernels' 32-bit indices");
+        }
+        let blocks = (n as u32).div_ceil(256).min(65_535 * 8);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument lists match fused.cu's signatures.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    pub fn wrap(s: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
+        CudaStorage::wrap_cuda_slice(s, dev.clone())
+    }
+}
