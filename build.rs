@@ -16,7 +16,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         compile_ptx(&out)?;
     }
+    compile_host_kernels();
     Ok(())
+}
+
+/// The same kernels as host C++ (one thread sweeping every element, see
+/// `src/train/fused_host.h`), linked so unit tests can check them against
+/// their CPU twins on a machine without a GPU.
+fn compile_host_kernels() {
+    println!("cargo:rerun-if-changed=src/train/fused.cu");
+    println!("cargo:rerun-if-changed=src/train/fused_host.h");
+    cc::Build::new()
+        .cpp(true)
+        .warnings(false)
+        .flag("-x")
+        .flag("c++")
+        .flag("-include")
+        .flag("src/train/fused_host.h")
+        .flag("-ffp-contract=off")
+        .file("src/train/fused.cu")
+        .compile("fused_host");
 }
 
 /// `nvcc --ptx` for the compute capability in `CUDA_COMPUTE_CAP` (default
@@ -41,7 +60,12 @@ fn compile_ptx(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> 
         .arg("-o")
         .arg(&ptx)
         .status()
-        .map_err(|e| format!("cannot run {} ({e}); set CUDA_HOME or put nvcc on PATH (see ../shared/cuda)", nvcc.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot run {} ({e}); set CUDA_HOME or put nvcc on PATH (see ../shared/cuda)",
+                nvcc.display()
+            )
+        })?;
     if !status.success() {
         return Err(format!("{} failed on {src}", nvcc.display()).into());
     }

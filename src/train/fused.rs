@@ -14,6 +14,9 @@ use crate::error::Result;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+
 /// Environment variable that turns the fused kernels off on a GPU (the
 /// tensor-op compositions run instead), in case a driver or card misbehaves.
 pub const DISABLE_ENV: &str = "FLICKR_STYLE_NO_FUSED";
@@ -74,7 +77,9 @@ impl CustomOp2 for ReluBackward {
         let (x, dy) = (gpu::view(s1, l1)?, gpu::view(s2, l2)?);
         let n = l1.shape().elem_count();
         let out = gpu::alloc(&s1.device, n)?;
-        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let f = s1
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let n32 = n as u32;
         b.arg(&n32).arg(&self.slope).arg(&x).arg(&dy).arg(&out);
@@ -150,7 +155,9 @@ impl CustomOp1 for MaxPool {
         let count = n * g.c * g.oh * g.ow;
         let both = gpu::alloc(&s.device, 2 * count)?;
         let (y, mask) = (both.slice(..count), both.slice(count..));
-        let f = s.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let f = s
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let n32 = count as u32;
         b.arg(&n32);
@@ -216,7 +223,9 @@ impl CustomOp2 for MaxPoolBackward {
         let n = l1.dims()[0];
         let count = n * g.c * g.h * g.w;
         let dx = gpu::alloc(&s1.device, count)?;
-        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let f = s1
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let n32 = count as u32;
         b.arg(&n32);
@@ -280,7 +289,9 @@ impl CustomOp1 for LrnForward {
         let (c, plane) = channels_plane(l);
         let both = gpu::alloc(&s.device, 2 * count)?;
         let (y, scale) = (both.slice(..count), both.slice(count..));
-        let f = s.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let f = s
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let columns = (count / c) as u32;
         let (c32, plane32, size) = (c as i32, plane as i32, self.0.size as i32);
@@ -362,7 +373,9 @@ impl CustomOp3 for LrnBackward {
         let dy = gpu::view(s3, l3)?;
         let (c, plane) = channels_plane(l1);
         let dx = gpu::alloc(&s1.device, count)?;
-        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let f = s1
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let columns = (count / c) as u32;
         let (c32, plane32, size) = (c as i32, plane as i32, self.0.size as i32);
@@ -394,14 +407,20 @@ impl CustomOp1 for Col2Im {
         let n = l.dims()[0];
         let per_image = g.c * g.kh * g.kw * g.oh * g.ow;
         if cols.len() != n * per_image {
-            bail!("{}: {:?} is not (N, C*kh*kw, OH*OW) for {g:?}", self.name(), l.dims());
+            bail!(
+                "{}: {:?} is not (N, C*kh*kw, OH*OW) for {g:?}",
+                self.name(),
+                l.dims()
+            );
         }
         let mut dx = vec![0f32; n * g.c * g.h * g.w];
-        dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(i, out)| {
-            let (img, c) = (i / g.c, i % g.c);
-            let block = &cols[img * per_image..(img + 1) * per_image];
-            kernels::col2im_plane(block, g, 1, 0, c, out);
-        });
+        dx.par_chunks_mut(g.h * g.w)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let (img, c) = (i / g.c, i % g.c);
+                let block = &cols[img * per_image..(img + 1) * per_image];
+                kernels::col2im_plane(block, g, 1, 0, c, out);
+            });
         Ok((CpuStorage::F32(dx), Shape::from((n, g.c, g.h, g.w))))
     }
 
@@ -414,12 +433,18 @@ impl CustomOp1 for Col2Im {
         let g = &self.0;
         let n = l.dims()[0];
         if l.shape().elem_count() != n * g.c * g.kh * g.kw * g.oh * g.ow {
-            bail!("{}: {:?} is not (N, C*kh*kw, OH*OW) for {g:?}", self.name(), l.dims());
+            bail!(
+                "{}: {:?} is not (N, C*kh*kw, OH*OW) for {g:?}",
+                self.name(),
+                l.dims()
+            );
         }
         let cols = gpu::view(s, l)?;
         let count = n * g.c * g.h * g.w;
         let dx = gpu::alloc(&s.device, count)?;
-        let f = s.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let f = s
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let n32 = count as u32;
         b.arg(&n32);
@@ -532,13 +557,18 @@ impl CustomOp3 for SgdHistory {
         let (w, g, h) = (gpu::view(s1, l1)?, gpu::view(s2, l2)?, gpu::view(s3, l3)?);
         let count = l1.shape().elem_count();
         let out = gpu::alloc(&s1.device, count)?;
-        let f = s1.device.get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let f = s1
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let n32 = count as u32;
         let [(s1v, u1), (s2v, u2)] = self.scale.map(|s| (s.unwrap_or(1.0), s.is_some() as i32));
         let l1flag = self.l1 as i32;
         b.arg(&n32).arg(&s1v).arg(&u1).arg(&s2v).arg(&u2);
-        b.arg(&self.decay).arg(&l1flag).arg(&self.rate).arg(&self.momentum);
+        b.arg(&self.decay)
+            .arg(&l1flag)
+            .arg(&self.rate)
+            .arg(&self.momentum);
         b.arg(&w).arg(&g).arg(&h).arg(&out);
         gpu::launch(b, count)?;
         Ok((gpu::wrap(out, &s1.device), l1.shape().clone()))
@@ -548,7 +578,9 @@ impl CustomOp3 for SgdHistory {
 /// Loading and launching the PTX that build.rs compiles from `fused.cu`.
 #[cfg(feature = "cuda")]
 mod gpu {
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, LaunchArgs, LaunchConfig,
+    };
     use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
     use candle_core::{bail, Layout};
 
@@ -592,5 +624,424 @@ mod gpu {
 
     pub fn wrap(s: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
         CudaStorage::wrap_cuda_slice(s, dev.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The CUDA kernels, compiled as host C++ by build.rs (one thread
+    //! sweeping all elements), against the CPU twins the ops run on the CPU.
+    //! The argument lists mirror the `cuda_fwd` launches above.
+    use super::*;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    extern "C" {
+        fn fs_relu_backward(n: u32, slope: f32, x: *const f32, dy: *const f32, dx: *mut f32);
+        fn fs_max_pool_forward(
+            n: u32,
+            h: i32,
+            w: i32,
+            oh: i32,
+            ow: i32,
+            kh: i32,
+            kw: i32,
+            sh: i32,
+            sw: i32,
+            ph: i32,
+            pw: i32,
+            x: *const f32,
+            y: *mut f32,
+            mask: *mut f32,
+        );
+        fn fs_max_pool_backward(
+            n: u32,
+            h: i32,
+            w: i32,
+            oh: i32,
+            ow: i32,
+            kh: i32,
+            kw: i32,
+            sh: i32,
+            sw: i32,
+            ph: i32,
+            pw: i32,
+            dy: *const f32,
+            mask: *const f32,
+            dx: *mut f32,
+        );
+        fn fs_lrn_forward(
+            n: u32,
+            c: i32,
+            plane: i32,
+            size: i32,
+            alpha_over_size: f32,
+            beta: f32,
+            k: f32,
+            x: *const f32,
+            y: *mut f32,
+            scale: *mut f32,
+        );
+        fn fs_lrn_backward(
+            n: u32,
+            c: i32,
+            plane: i32,
+            size: i32,
+            beta: f32,
+            coeff: f32,
+            x: *const f32,
+            y: *const f32,
+            scale: *const f32,
+            dy: *const f32,
+            dx: *mut f32,
+        );
+        fn fs_col2im(
+            n: u32,
+            c: i32,
+            h: i32,
+            w: i32,
+            kh: i32,
+            kw: i32,
+            ph: i32,
+            pw: i32,
+            sh: i32,
+            sw: i32,
+            dh: i32,
+            dw: i32,
+            oh: i32,
+            ow: i32,
+            cols: *const f32,
+            dx: *mut f32,
+        );
+        fn fs_sgd_history(
+            n: u32,
+            s1: f32,
+            use_s1: i32,
+            s2: f32,
+            use_s2: i32,
+            decay: f32,
+            l1: i32,
+            rate: f32,
+            momentum: f32,
+            w: *const f32,
+            g: *const f32,
+            h_in: *const f32,
+            h_out: *mut f32,
+        );
+    }
+
+    fn random(n: usize, seed: u64, quantise: bool) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let v: f32 = rng.random_range(-1.0..1.0);
+                if quantise {
+                    (v * 2.0).round().max(0.0)
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn t(v: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * b.abs().max(1.0),
+                "{what}[{i}]: kernel {a}, CPU twin {b}"
+            );
+        }
+    }
+
+    fn pool_window(c: usize, h: usize, w: usize, k: usize, s: usize, p: usize) -> Window {
+        let oh = kernels::pooled_size(h, k, p, s, true);
+        let ow = kernels::pooled_size(w, k, p, s, true);
+        Window {
+            c,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            ph: p,
+            pw: p,
+            sh: s,
+            sw: s,
+            dh: 1,
+            dw: 1,
+            oh,
+            ow,
+        }
+    }
+
+    #[test]
+    fn relu_backward_kernel_matches_its_twin() {
+        for slope in [0.0f32, 0.1] {
+            let (x, dy) = (random(500, 1, true), random(500, 2, false));
+            let want = values(&relu_backward(&t(&x, &[500]), &t(&dy, &[500]), slope).unwrap());
+            let mut got = vec![f32::NAN; 500];
+            unsafe { fs_relu_backward(500, slope, x.as_ptr(), dy.as_ptr(), got.as_mut_ptr()) };
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn max_pool_kernels_match_their_twins() {
+        // CaffeNet pool1-like, a ceil overhang, padding with exact ties.
+        for (win, ties) in [
+            (pool_window(3, 13, 13, 3, 2, 0), false),
+            (pool_window(2, 8, 9, 3, 2, 0), false),
+            (pool_window(2, 9, 9, 3, 2, 1), true),
+        ] {
+            let n = 2;
+            let x = random(n * win.c * win.h * win.w, 3, ties);
+            let xt = t(&x, &[n, win.c, win.h, win.w]);
+            let op = MaxPool { win };
+            let (y, saved) = op.forward(&xt).unwrap();
+            let saved_v = values(&saved);
+            let count = n * win.c * win.oh * win.ow;
+            let d = [
+                win.h, win.w, win.oh, win.ow, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw,
+            ]
+            .map(|v| v as i32);
+            let (mut ky, mut kmask) = (vec![f32::NAN; count], vec![f32::NAN; count]);
+            unsafe {
+                fs_max_pool_forward(
+                    count as u32,
+                    d[0],
+                    d[1],
+                    d[2],
+                    d[3],
+                    d[4],
+                    d[5],
+                    d[6],
+                    d[7],
+                    d[8],
+                    d[9],
+                    x.as_ptr(),
+                    ky.as_mut_ptr(),
+                    kmask.as_mut_ptr(),
+                )
+            };
+            assert_eq!(ky, values(&y), "{win:?} forward");
+            assert_eq!(kmask, saved_v[count..].to_vec(), "{win:?} argmax");
+
+            let dy = random(count, 4, false);
+            let want = values(&op.backward(&saved, &t(&dy, y.dims())).unwrap());
+            let mut dx = vec![f32::NAN; x.len()];
+            unsafe {
+                fs_max_pool_backward(
+                    x.len() as u32,
+                    d[0],
+                    d[1],
+                    d[2],
+                    d[3],
+                    d[4],
+                    d[5],
+                    d[6],
+                    d[7],
+                    d[8],
+                    d[9],
+                    dy.as_ptr(),
+                    kmask.as_ptr(),
+                    dx.as_mut_ptr(),
+                )
+            };
+            assert_eq!(dx, want, "{win:?} backward");
+        }
+    }
+
+    #[test]
+    fn lrn_kernels_match_their_twins() {
+        for (p, c) in [
+            (
+                Lrn {
+                    size: 5,
+                    alpha: 1e-4,
+                    beta: 0.75,
+                    k: 1.0,
+                },
+                7,
+            ),
+            (
+                Lrn {
+                    size: 3,
+                    alpha: 1.0,
+                    beta: 0.75,
+                    k: 2.0,
+                },
+                4,
+            ),
+            (
+                Lrn {
+                    size: 5,
+                    alpha: 0.5,
+                    beta: 0.6,
+                    k: 1.0,
+                },
+                2,
+            ), // window wider than the channels
+        ] {
+            let (n, plane) = (2, 6);
+            let x = random(n * c * plane, 5, false);
+            let xt = t(&x, &[n, c, 2, 3]);
+            let (y, saved) = lrn_forward(&p, &xt).unwrap();
+            let saved_v = values(&saved);
+            let count = x.len();
+            let (mut ky, mut ks) = (vec![f32::NAN; count], vec![f32::NAN; count]);
+            unsafe {
+                fs_lrn_forward(
+                    (count / c) as u32,
+                    c as i32,
+                    plane as i32,
+                    p.size as i32,
+                    p.alpha / p.size as f32,
+                    p.beta,
+                    p.k,
+                    x.as_ptr(),
+                    ky.as_mut_ptr(),
+                    ks.as_mut_ptr(),
+                )
+            };
+            assert_close(&ky, &values(&y), 1e-6, "LRN y");
+            assert_eq!(ks, saved_v[count..].to_vec(), "LRN scale");
+
+            let dy = random(count, 6, false);
+            let want = values(&lrn_backward(&p, &xt, &saved, &t(&dy, xt.dims())).unwrap());
+            let mut dx = vec![f32::NAN; count];
+            let coeff = 2.0 * p.alpha * p.beta / p.size as f32;
+            unsafe {
+                fs_lrn_backward(
+                    (count / c) as u32,
+                    c as i32,
+                    plane as i32,
+                    p.size as i32,
+                    p.beta,
+                    coeff,
+                    x.as_ptr(),
+                    saved_v.as_ptr(),
+                    saved_v[count..].as_ptr(),
+                    dy.as_ptr(),
+                    dx.as_mut_ptr(),
+                )
+            };
+            assert_close(&dx, &want, 1e-6, "LRN dx");
+        }
+    }
+
+    #[test]
+    fn col2im_kernel_matches_its_twin() {
+        let conv = |c, h, w, k, s, p, d| {
+            let out = |i: usize| (i + 2 * p - (d * (k - 1) + 1)) / s + 1;
+            Window {
+                c,
+                h,
+                w,
+                kh: k,
+                kw: k,
+                ph: p,
+                pw: p,
+                sh: s,
+                sw: s,
+                dh: d,
+                dw: d,
+                oh: out(h),
+                ow: out(w),
+            }
+        };
+        for win in [
+            conv(3, 15, 15, 5, 2, 1, 1),
+            conv(3, 11, 10, 3, 2, 2, 2),
+            conv(2, 11, 10, 3, 3, 0, 1),
+        ] {
+            let n = 2;
+            let cols = random(n * win.c * win.kh * win.kw * win.oh * win.ow, 7, false);
+            let ct = t(&cols, &[n, win.c * win.kh * win.kw, win.oh * win.ow]);
+            let want = values(&col2im(&win, &ct).unwrap());
+            let mut dx = vec![f32::NAN; n * win.c * win.h * win.w];
+            let g = [
+                win.c, win.h, win.w, win.kh, win.kw, win.ph, win.pw, win.sh, win.sw, win.dh,
+                win.dw, win.oh, win.ow,
+            ]
+            .map(|v| v as i32);
+            unsafe {
+                fs_col2im(
+                    dx.len() as u32,
+                    g[0],
+                    g[1],
+                    g[2],
+                    g[3],
+                    g[4],
+                    g[5],
+                    g[6],
+                    g[7],
+                    g[8],
+                    g[9],
+                    g[10],
+                    g[11],
+                    g[12],
+                    cols.as_ptr(),
+                    dx.as_mut_ptr(),
+                )
+            };
+            assert_close(&dx, &want, 1e-6, &format!("col2im {win:?}"));
+        }
+    }
+
+    #[test]
+    fn sgd_history_kernel_matches_its_twin() {
+        for (scales, l1, decay) in [
+            (vec![], false, 5e-4f32),
+            (vec![0.5f32, 0.25], true, 1e-3),
+            (vec![0.7], false, 0.0),
+        ] {
+            let (w, g, h) = (
+                random(300, 8, false),
+                random(300, 9, false),
+                random(300, 10, false),
+            );
+            let (nw, nh) = sgd_step(
+                &t(&w, &[300]),
+                &t(&g, &[300]),
+                &t(&h, &[300]),
+                &scales,
+                decay,
+                l1,
+                0.01,
+                0.9,
+            )
+            .unwrap();
+            let mut out = vec![f32::NAN; 300];
+            let s = |i: usize| scales.get(i).map_or((1.0, 0), |&v| (v, 1));
+            let ((s1, u1), (s2, u2)) = (s(0), s(1));
+            unsafe {
+                fs_sgd_history(
+                    300,
+                    s1,
+                    u1,
+                    s2,
+                    u2,
+                    decay,
+                    l1 as i32,
+                    0.01,
+                    0.9,
+                    w.as_ptr(),
+                    g.as_ptr(),
+                    h.as_ptr(),
+                    out.as_mut_ptr(),
+                )
+            };
+            assert_eq!(out, values(&nh));
+            let w_new: Vec<f32> = w.iter().zip(&out).map(|(a, b)| a - b).collect();
+            assert_eq!(w_new, values(&nw));
+        }
     }
 }

@@ -303,7 +303,10 @@ pub fn check_ops(compute: &Compute, seed: u64) -> Result<Vec<OpReport>> {
             r.name = label;
             reports.push(r);
         }
-        for (label, l1) in [("SGD update (clip, iter_size, L2)", false), ("SGD update (L1)", true)] {
+        for (label, l1) in [
+            ("SGD update (clip, iter_size, L2)", false),
+            ("SGD update (L1)", true),
+        ] {
             let label = if fused {
                 format!("{label} [fused]")
             } else {
@@ -341,7 +344,16 @@ fn check_sgd(name: &str, l1: bool, compute: &Compute, rng: &mut ChaCha8Rng) -> R
     } else {
         super::tensor_ops::sgd_step
     };
-    let (w2, h2) = step(&t(&w)?, &t(&g)?, &t(&h)?, &scales, decay, l1, rate, momentum)?;
+    let (w2, h2) = step(
+        &t(&w)?,
+        &t(&g)?,
+        &t(&h)?,
+        &scales,
+        decay,
+        l1,
+        rate,
+        momentum,
+    )?;
     Ok(OpReport {
         name: name.to_string(),
         forward: relative(&to_vec(&w2)?, &w_ref),

@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
 /// Where images come from.
@@ -41,8 +41,8 @@ enum Source {
     },
 }
 
-/// A transformed batch: (data, labels).
-type Batch = (Vec<f32>, Vec<f32>);
+/// A transformed batch on the net's device: (data, labels).
+type Batch = (Tensor, Tensor);
 
 impl Source {
     fn len(&self) -> usize {
@@ -155,32 +155,33 @@ struct Feed {
     /// Position of the next batch handed to the net.
     position: u64,
     rx: Option<Receiver<Result<Batch>>>,
-    /// Data buffers the net has copied to a GPU, for the producer to refill
-    /// (a fresh buffer per batch would be page-faulted in every time).
-    recycle: Option<SyncSender<Vec<f32>>>,
+    /// Where batches go. The producer copies each one there itself, so a
+    /// GPU's host-to-device copy overlaps the net's work instead of
+    /// stalling it.
+    device: Device,
 }
 
 impl Feed {
     /// Starts the background producer at the current position.
     fn start(&mut self) {
         let (tx, rx) = sync_channel(self.prefetch.max(1));
-        let (recycle_tx, recycle_rx) = sync_channel::<Vec<f32>>(self.prefetch.max(1) + 1);
-        self.recycle = Some(recycle_tx);
         let (source, tf) = (self.source.clone(), self.transformer.clone());
         let (batch, (c, h, w), mut pos) = (self.batch, self.shape, self.position);
+        let device = self.device.clone();
         std::thread::spawn(move || {
             let mut cache = None;
+            let per = c * h * w;
+            // A GPU feed copies out of one host buffer, reused for every
+            // batch (a fresh one would be page-faulted in each time); on the
+            // CPU the tensor takes the buffer itself.
+            let mut staging = Vec::new();
             loop {
                 let idx: Vec<(u64, usize)> = (0..batch as u64)
                     .map(|k| (pos + k, source.index_at(pos + k, &mut cache)))
                     .collect();
-                let per = c * h * w;
-                // Every element is overwritten below, so a returned buffer needs no clearing.
-                let mut data = recycle_rx
-                    .try_recv()
-                    .ok()
-                    .filter(|b| b.len() == batch * per)
-                    .unwrap_or_else(|| vec![0.0f32; batch * per]);
+                // Every element is overwritten below, so a reused buffer needs no clearing.
+                let mut data = std::mem::take(&mut staging);
+                data.resize(batch * per, 0.0);
                 let mut labels = vec![0.0f32; batch];
                 let result = data
                     .par_chunks_mut(per)
@@ -196,7 +197,7 @@ impl Feed {
                             Ok(())
                         })
                     })
-                    .map(|()| (data, labels));
+                    .and_then(|()| to_device(data, labels, (batch, c, h, w), &device, &mut staging));
                 let failed = result.is_err();
                 if tx.send(result).is_err() || failed {
                     return;
@@ -220,19 +221,38 @@ impl Feed {
         self.position += self.batch as u64;
         Ok(batch)
     }
+}
 
-    /// Hands a data buffer back for reuse (dropped if the producer has enough).
-    fn give_back(&self, buffer: Vec<f32>) {
-        if let Some(tx) = &self.recycle {
-            let _ = tx.try_send(buffer);
-        }
+/// A batch as tensors on `device`. On a GPU this runs on the producer's
+/// thread and waits for the copy there (CUDA streams are per thread), so the
+/// net gets data that is already on the device; the host buffer goes back
+/// to `staging` for the next batch.
+fn to_device(
+    data: Vec<f32>,
+    labels: Vec<f32>,
+    shape: (usize, usize, usize, usize),
+    device: &Device,
+    staging: &mut Vec<f32>,
+) -> Result<Batch> {
+    let n = labels.len();
+    if device.is_cpu() {
+        return Ok((
+            Tensor::from_vec(data, shape, device)?,
+            Tensor::from_vec(labels, n, device)?,
+        ));
     }
+    let batch = (
+        Tensor::from_slice(&data, shape, device)?,
+        Tensor::from_vec(labels, n, device)?,
+    );
+    device.synchronize()?;
+    *staging = data;
+    Ok(batch)
 }
 
 pub struct DataLayer {
     name: String,
     feed: Feed,
-    device: Device,
     tops: usize,
 }
 
@@ -318,9 +338,8 @@ impl DataLayer {
                 prefetch,
                 position: rand_skip as u64,
                 rx: None,
-                recycle: None,
+                device: ctx.device.clone(),
             },
-            device: ctx.device.clone(),
             tops: param.top.len(),
         })
     }
@@ -352,18 +371,9 @@ impl Layer for DataLayer {
     }
     fn forward(&mut self, _bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let (data, labels) = self.feed.next()?;
-        let (c, h, w) = self.feed.shape;
-        let shape = (self.feed.batch, c, h, w);
-        let mut tops = vec![if self.device.is_cpu() {
-            // The tensor takes the buffer as it is.
-            Tensor::from_vec(data, shape, &self.device)?
-        } else {
-            let t = Tensor::from_slice(&data, shape, &self.device)?;
-            self.feed.give_back(data);
-            t
-        }];
+        let mut tops = vec![data];
         if self.tops > 1 {
-            tops.push(Tensor::from_vec(labels, self.feed.batch, &self.device)?);
+            tops.push(labels);
         }
         Ok(tops)
     }

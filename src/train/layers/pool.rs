@@ -4,10 +4,10 @@ use crate::caffe::proto::{
     pooling_parameter::PoolMethod, pooling_parameter::RoundMode, Phase, PoolingParameter,
 };
 use crate::error::{Error, Result};
+use crate::train::fused::MaxPool;
 use crate::train::kernels::{
     ave_pool, ave_pool_backward, max_pool, max_pool_backward, pooled_size, Window,
 };
-use crate::train::fused::MaxPool;
 use crate::train::tensor_ops::PoolTables;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
