@@ -10,8 +10,9 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    assert!(out.contains("All 14 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 14, "{out}");
+    // 16 tensor-op cases (14 layers, 2 SGD updates), then 14 on the fused path.
+    assert!(out.contains("All 30 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 30, "{out}");
     for op in [
         "Convolution",
         "Pooling MAX",
@@ -19,6 +20,12 @@ fn check_ops_passes_on_the_cpu() {
         "LRN",
         "ReLU",
         "InnerProduct",
+        "SGD update (L1)",
+        "Convolution 5x5 s2 p1 +bias [fused]",
+        "Pooling MAX 3x3 s2 p1, ties [fused]",
+        "LRN 5 (CaffeNet) [fused]",
+        "ReLU slope 0.1 [fused]",
+        "SGD update (clip, iter_size, L2) [fused]",
     ] {
         assert!(out.contains(op), "{op} missing from\n{out}");
     }
