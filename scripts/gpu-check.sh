@@ -16,6 +16,8 @@
 #
 # DEVICE="" runs everything on the CPU instead (to try the script itself);
 # IMAGES, ITERS, TIME_ITERS, BATCHES and E2E_BATCH make it smaller or larger;
+# COMPARE_BATCH (empty: none) adds `time` rows there with TF32 on and with
+# the fused kernels off (FLICKR_STYLE_NO_FUSED=1, the tensor-op compositions);
 # STEP_TIMEOUT (seconds) bounds each command.
 set -uo pipefail
 KIT=$(cd "${1:-.gpu}" && pwd)
@@ -25,6 +27,7 @@ IMAGES=${IMAGES:-2560}
 ITERS=${ITERS:-20}
 TIME_ITERS=${TIME_ITERS:-5}
 BATCHES=${BATCHES:-50 256}
+COMPARE_BATCH=${COMPARE_BATCH-256}
 E2E_BATCH=${E2E_BATCH:-256}
 # No single step may eat the device budget.
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
@@ -54,7 +57,7 @@ say "Device arguments: '${DEVICE}'; CPU cores: $(nproc)"
 if ldd "$BIN" | grep -q "not found"; then ldd "$BIN" | tee -a "$REPORT"; fi
 say ""
 
-say "## Ops: tensor-op path vs the CPU kernels"
+say "## Ops: the GPU code paths (tensor-op compositions, then fused kernels) vs the CPU kernels"
 run check-ops $DEVICE >"$WORK/ops.txt" 2>&1 || fail "check-ops"
 cat "$WORK/ops.txt" | tee -a "$REPORT"
 say ""
@@ -92,20 +95,29 @@ input_layer() { # $1 = batch
 }
 
 say "## time: Flickr CaffeNet training step (synthetic data, mean of $TIME_ITERS iterations after a warm-up)"
-say "| batch | forward ms | backward ms | SGD update ms | step ms | images/s |"
-say "|---|---|---|---|---|---|"
-for b in $BATCHES; do
+say "| batch | kernels | forward ms | backward ms | SGD update ms | step ms | images/s |"
+say "|---|---|---|---|---|---|---|"
+# $1 batch, $2 label, $3 extra flags, $4 environment assignment (or empty)
+time_row() {
+  local b=$1 label=$2 flags=$3 envs=$4 out="$WORK/time$1-${2//[^a-z0-9]/_}.txt"
   net_with_data "$(input_layer "$b")" "$WORK/time$b.prototxt"
-  if run time --model "$WORK/time$b.prototxt" --iterations "$TIME_ITERS" $DEVICE >"$WORK/time$b.txt" 2>&1; then
-    f=$(sed -n 's/^Average Forward pass: \(.*\) ms./\1/p' "$WORK/time$b.txt")
-    k=$(sed -n 's/^Average Backward pass: \(.*\) ms./\1/p' "$WORK/time$b.txt")
-    u=$(sed -n 's/^Average SGD update: \(.*\) ms./\1/p' "$WORK/time$b.txt")
-    s=$(sed -n 's/^Average training step (forward, backward, update): \([0-9.]*\) ms.*/\1/p' "$WORK/time$b.txt")
-    say "| $b | $f | $k | $u | $s | $(python3 -c "print(round($b * 1000 / $s))") |"
+  if env $envs timeout "$STEP_TIMEOUT" "$BIN" time --model "$WORK/time$b.prototxt" --iterations "$TIME_ITERS" $DEVICE $flags >"$out" 2>&1; then
+    f=$(sed -n 's/^Average Forward pass: \(.*\) ms./\1/p' "$out")
+    k=$(sed -n 's/^Average Backward pass: \(.*\) ms./\1/p' "$out")
+    u=$(sed -n 's/^Average SGD update: \(.*\) ms./\1/p' "$out")
+    s=$(sed -n 's/^Average training step (forward, backward, update): \([0-9.]*\) ms.*/\1/p' "$out")
+    say "| $b | $label | $f | $k | $u | $s | $(python3 -c "print(round($b * 1000 / $s))") |"
   else
-    fail "time at batch $b: $(tail -1 "$WORK/time$b.txt")"
+    fail "time at batch $b ($label): $(tail -1 "$out")"
   fi
+}
+for b in $BATCHES; do
+  time_row "$b" "${DEVICE:+fused, fp32}${DEVICE:-CPU kernels}" "" ""
 done
+if [ -n "$COMPARE_BATCH" ] && [ -n "$DEVICE" ]; then
+  time_row "$COMPARE_BATCH" "fused, TF32" "--tf32" ""
+  time_row "$COMPARE_BATCH" "compositions, fp32" "" "FLICKR_STYLE_NO_FUSED=1"
+fi
 cat "$WORK"/time*.txt >"${OUT:-.}/gpu-check-time.txt" 2>/dev/null
 say ""
 
