@@ -10,9 +10,9 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 16 tensor-op cases (14 layers, 2 SGD updates), then 14 on the fused path.
-    assert!(out.contains("All 30 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 30, "{out}");
+    // 17 tensor-op cases (15 layers, 2 SGD updates), then 15 on the fused path.
+    assert!(out.contains("All 32 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 32, "{out}");
     for op in [
         "Convolution",
         "Pooling MAX",
@@ -21,6 +21,7 @@ fn check_ops_passes_on_the_cpu() {
         "ReLU",
         "InnerProduct",
         "SGD update (L1)",
+        "Dropout 0.5 (the same mask on every device) [fused]",
         "Convolution 5x5 s2 p1 +bias [fused]",
         "Pooling MAX 3x3 s2 p1, ties [fused]",
         "LRN 5 (CaffeNet) [fused]",

@@ -200,3 +200,49 @@ extern "C" __global__ void fs_sgd_history(unsigned int n, float s1, int use_s1, 
         h_out[i] = rate * d + momentum * h_in[i];
     }
 }
+
+// One ChaCha quarter round.
+#define FS_ROTL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
+#define FS_QR(a, b, c, d)                    \
+    a += b; d ^= a; d = FS_ROTL(d, 16);      \
+    c += d; b ^= c; b = FS_ROTL(b, 12);      \
+    a += b; d ^= a; d = FS_ROTL(d, 8);       \
+    c += d; b ^= c; b = FS_ROTL(b, 7);
+
+// Inverted-dropout mask (scale where kept, 0 where dropped) drawn from the
+// ChaCha8 keystream that rand_chacha's ChaCha8Rng produces for `key` (its
+// seed) and `stream`: element e uses word e, as u = (word >> 8) * 2^-24,
+// kept when u >= ratio, exactly as the CPU path draws it one value at a
+// time. So a GPU run drops the same units as a CPU run. One thread per
+// 16-word block: the block counter is the block index, the nonce the stream.
+extern "C" __global__ void fs_dropout_mask(unsigned int n, unsigned int k0, unsigned int k1,
+                                           unsigned int k2, unsigned int k3, unsigned int k4,
+                                           unsigned int k5, unsigned int k6, unsigned int k7,
+                                           unsigned int stream_lo, unsigned int stream_hi,
+                                           float ratio, float scale, float* mask) {
+    const unsigned int blocks = (n + 15) / 16;
+    GRID_LOOP(blk, blocks) {
+        const unsigned int in[16] = {0x61707865u, 0x3320646eu, 0x79622d32u, 0x6b206574u,
+                                     k0, k1, k2, k3, k4, k5, k6, k7,
+                                     blk, 0u, stream_lo, stream_hi};
+        unsigned int x[16];
+        for (int j = 0; j < 16; ++j) x[j] = in[j];
+        for (int r = 0; r < 4; ++r) {
+            FS_QR(x[0], x[4], x[8], x[12]);
+            FS_QR(x[1], x[5], x[9], x[13]);
+            FS_QR(x[2], x[6], x[10], x[14]);
+            FS_QR(x[3], x[7], x[11], x[15]);
+            FS_QR(x[0], x[5], x[10], x[15]);
+            FS_QR(x[1], x[6], x[11], x[12]);
+            FS_QR(x[2], x[7], x[8], x[13]);
+            FS_QR(x[3], x[4], x[9], x[14]);
+        }
+        for (int j = 0; j < 16; ++j) {
+            const unsigned int e = blk * 16 + j;
+            if (e < n) {
+                const float u = (float)((x[j] + in[j]) >> 8) * (1.0f / 16777216.0f);
+                mask[e] = u >= ratio ? scale : 0.0f;
+            }
+        }
+    }
+}

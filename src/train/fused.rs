@@ -575,6 +575,85 @@ impl CustomOp3 for SgdHistory {
     }
 }
 
+/// The inverted-dropout mask for forward pass `call` of a layer seeded with
+/// `seed`, shaped like `like` and on its device: `1/(1-ratio)` where a unit
+/// is kept, 0 where it is dropped. Word `e` of rand_chacha's ChaCha8 stream
+/// `call` decides element `e`, on the CPU ([`dropout_mask_host`]) and on a
+/// GPU (one kernel, nothing copied), so both drop the same units.
+pub fn dropout_mask(like: &Tensor, seed: u64, call: u64, ratio: f32) -> Result<Tensor> {
+    Ok(like.apply_op1_no_bwd(&DropoutMask { seed, call, ratio })?)
+}
+
+/// [`dropout_mask`] on the host: `n` values, drawn in parallel chunks (each
+/// chunk jumps to its word position in the stream).
+pub fn dropout_mask_host(n: usize, seed: u64, call: u64, ratio: f32) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    const CHUNK: usize = 1 << 16;
+    let scale = 1.0 / (1.0 - ratio);
+    let mut mask = vec![0f32; n];
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(call);
+        rng.set_word_pos((i * CHUNK) as u128);
+        for m in out {
+            *m = if rng.random::<f32>() >= ratio {
+                scale
+            } else {
+                0.0
+            };
+        }
+    });
+    mask
+}
+
+struct DropoutMask {
+    seed: u64,
+    call: u64,
+    ratio: f32,
+}
+
+impl CustomOp1 for DropoutMask {
+    fn name(&self) -> &'static str {
+        "fs_dropout_mask"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let n = l.shape().elem_count();
+        let mask = dropout_mask_host(n, self.seed, self.call, self.ratio);
+        Ok((CpuStorage::F32(mask), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use rand::SeedableRng;
+        let n = l.shape().elem_count();
+        let seed = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed).get_seed();
+        let key: Vec<u32> = seed
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mask = gpu::alloc(&s.device, n)?;
+        let f = s
+            .device
+            .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
+        let mut b = f.builder();
+        let n32 = n as u32;
+        let (lo, hi) = (self.call as u32, (self.call >> 32) as u32);
+        let scale = 1.0 / (1.0 - self.ratio);
+        b.arg(&n32);
+        for k in &key {
+            b.arg(k);
+        }
+        b.arg(&lo).arg(&hi).arg(&self.ratio).arg(&scale).arg(&mask);
+        gpu::launch(b, n.div_ceil(16))?;
+        Ok((gpu::wrap(mask, &s.device), l.shape().clone()))
+    }
+}
+
 /// Loading and launching the PTX that build.rs compiles from `fused.cu`.
 #[cfg(feature = "cuda")]
 mod gpu {
@@ -712,6 +791,22 @@ mod tests {
             ow: i32,
             cols: *const f32,
             dx: *mut f32,
+        );
+        fn fs_dropout_mask(
+            n: u32,
+            k0: u32,
+            k1: u32,
+            k2: u32,
+            k3: u32,
+            k4: u32,
+            k5: u32,
+            k6: u32,
+            k7: u32,
+            stream_lo: u32,
+            stream_hi: u32,
+            ratio: f32,
+            scale: f32,
+            mask: *mut f32,
         );
         fn fs_sgd_history(
             n: u32,
@@ -993,6 +1088,64 @@ mod tests {
                 )
             };
             assert_close(&dx, &want, 1e-6, &format!("col2im {win:?}"));
+        }
+    }
+
+    /// The kernel's ChaCha8 and the parallel host twin both reproduce
+    /// rand_chacha's sequential stream, which is what the CPU path drew
+    /// before either existed.
+    #[test]
+    fn dropout_mask_kernel_matches_rand_chacha() {
+        for (n, seed, call, ratio) in [
+            (1000usize, 7u64, 0u64, 0.5f32),
+            (200_003, 11, 5, 0.3),
+            (17, 1, 1 << 33, 0.9),
+        ] {
+            let scale = 1.0 / (1.0 - ratio);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(call);
+            let sequential: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.random::<f32>() >= ratio {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            assert_eq!(dropout_mask_host(n, seed, call, ratio), sequential);
+            let like = Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(
+                values(&dropout_mask(&like, seed, call, ratio).unwrap()),
+                sequential
+            );
+            let key: Vec<u32> = rand_chacha::ChaCha8Rng::seed_from_u64(seed)
+                .get_seed()
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let mut got = vec![f32::NAN; n];
+            unsafe {
+                fs_dropout_mask(
+                    n as u32,
+                    key[0],
+                    key[1],
+                    key[2],
+                    key[3],
+                    key[4],
+                    key[5],
+                    key[6],
+                    key[7],
+                    call as u32,
+                    (call >> 32) as u32,
+                    ratio,
+                    scale,
+                    got.as_mut_ptr(),
+                )
+            };
+            assert_eq!(got, sequential, "n {n}, seed {seed}, call {call}");
+            let kept = got.iter().filter(|&&m| m != 0.0).count() as f32 / n as f32;
+            assert!((kept - (1.0 - ratio)).abs() < 0.1, "kept {kept}");
         }
     }
 

@@ -200,6 +200,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             param.dropout_param.as_ref().map_or(0.5, |p| p.dropout_ratio()),
             seed,
             name,
+            path,
         )?),
         "Softmax" => Box::new(loss::Softmax::new(param.softmax_param.as_ref().map_or(1, |p| p.axis()))),
         "SoftmaxWithLoss" => Box::new(loss::SoftmaxWithLoss::new(param, name)?),

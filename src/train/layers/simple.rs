@@ -3,7 +3,6 @@ use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
-use rand::{Rng, SeedableRng};
 
 pub struct Relu {
     slope: f32,
@@ -71,10 +70,12 @@ pub struct Dropout {
     /// ChaCha stream, so the layer's state is this one number.
     calls: u64,
     mask: Option<Tensor>,
+    /// Fused: the mask is drawn on the device (same values as on the host).
+    path: OpPath,
 }
 
 impl Dropout {
-    pub fn new(ratio: f32, seed: u64, name: &str) -> Result<Self> {
+    pub fn new(ratio: f32, seed: u64, name: &str, path: OpPath) -> Result<Self> {
         if !(0.0..1.0).contains(&ratio) {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -86,6 +87,7 @@ impl Dropout {
             seed,
             calls: 0,
             mask: None,
+            path,
         })
     }
 }
@@ -102,21 +104,16 @@ impl Layer for Dropout {
             return Ok(vec![bottom[0].clone()]);
         }
         // Inverted dropout: kept units are scaled by 1/(1-p) at train time.
-        let scale = 1.0 / (1.0 - self.ratio);
-        let n = bottom[0].elem_count();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(self.calls);
+        // Each pass draws from its own ChaCha stream of the layer's seed.
+        let (x, call) = (&bottom[0], self.calls);
         self.calls += 1;
-        let mask: Vec<f32> = (0..n)
-            .map(|_| {
-                if rng.random::<f32>() >= self.ratio {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, bottom[0].shape(), bottom[0].device())?;
+        let mask = if self.path.fused() {
+            crate::train::fused::dropout_mask(x, self.seed, call, self.ratio)?
+        } else {
+            let mask =
+                crate::train::fused::dropout_mask_host(x.elem_count(), self.seed, call, self.ratio);
+            Tensor::from_vec(mask, x.shape(), x.device())?
+        };
         let y = (&bottom[0] * &mask)?;
         self.mask = Some(mask);
         Ok(vec![y])
