@@ -6,6 +6,7 @@
 //! consumed): LMDB records are read in key order and wrap; list images are
 //! reshuffled per epoch from the seed; crop/mirror draws are seeded by
 //! position. So the position alone restores a feed exactly on resume.
+use super::staging::Staging;
 use super::{BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::datum::DatumRef;
 use crate::caffe::proto::{data_parameter::Db, LayerParameter, Phase};
@@ -171,19 +172,16 @@ impl Feed {
         std::thread::spawn(move || {
             let mut cache = None;
             let per = c * h * w;
-            // A GPU feed copies out of one host buffer, reused for every
-            // batch (a fresh one would be page-faulted in each time); on the
-            // CPU the tensor takes the buffer itself.
-            let mut staging = Vec::new();
+            let mut staging = Staging::new(&device, batch * per);
             loop {
                 let idx: Vec<(u64, usize)> = (0..batch as u64)
                     .map(|k| (pos + k, source.index_at(pos + k, &mut cache)))
                     .collect();
-                // Every element is overwritten below, so a reused buffer needs no clearing.
-                let mut data = std::mem::take(&mut staging);
-                data.resize(batch * per, 0.0);
                 let mut labels = vec![0.0f32; batch];
-                let result = data
+                // Every element is overwritten below, so a reused buffer needs no clearing.
+                let result = staging
+                    .buffer()
+                    .and_then(|data| data
                     .par_chunks_mut(per)
                     .zip(labels.par_iter_mut())
                     .zip(idx.par_iter())
@@ -197,7 +195,8 @@ impl Feed {
                             Ok(())
                         })
                     })
-                    .and_then(|()| to_device(data, labels, (batch, c, h, w), &device, &mut staging));
+                    )
+                    .and_then(|()| staging.upload((batch, c, h, w), labels));
                 let failed = result.is_err();
                 if tx.send(result).is_err() || failed {
                     return;
@@ -221,33 +220,6 @@ impl Feed {
         self.position += self.batch as u64;
         Ok(batch)
     }
-}
-
-/// A batch as tensors on `device`. On a GPU this runs on the producer's
-/// thread and waits for the copy there (CUDA streams are per thread), so the
-/// net gets data that is already on the device; the host buffer goes back
-/// to `staging` for the next batch.
-fn to_device(
-    data: Vec<f32>,
-    labels: Vec<f32>,
-    shape: (usize, usize, usize, usize),
-    device: &Device,
-    staging: &mut Vec<f32>,
-) -> Result<Batch> {
-    let n = labels.len();
-    if device.is_cpu() {
-        return Ok((
-            Tensor::from_vec(data, shape, device)?,
-            Tensor::from_vec(labels, n, device)?,
-        ));
-    }
-    let batch = (
-        Tensor::from_slice(&data, shape, device)?,
-        Tensor::from_vec(labels, n, device)?,
-    );
-    device.synchronize()?;
-    *staging = data;
-    Ok(batch)
 }
 
 pub struct DataLayer {

@@ -10,6 +10,7 @@ mod loss;
 mod lrn;
 mod pool;
 mod simple;
+mod staging;
 
 use crate::caffe::proto::{LayerParameter, Phase};
 use crate::error::{Error, Result};
