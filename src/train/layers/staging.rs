@@ -42,7 +42,12 @@ impl Staging {
     pub(super) fn buffer(&mut self) -> Result<&mut [f32]> {
         match &mut self.buf {
             Buf::Host(v) => {
-                v.resize(self.len, 0.0);
+                if v.len() != self.len {
+                    // vec! of zeros comes from calloc: fresh zero pages,
+                    // faulted in by the parallel fill rather than written
+                    // twice by one thread, as resize would.
+                    *v = vec![0.0; self.len];
+                }
                 Ok(v)
             }
             #[cfg(feature = "cuda")]
