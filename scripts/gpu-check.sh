@@ -6,11 +6,7 @@
 # Writes a Markdown report to $OUT/gpu-check.md (or ./gpu-check.md).
 #
 # Here (build machine; .gpu/ is git-ignored, and what it holds is never committed):
-#   cargo fetch && bash ../shared/cuda/prepare-toolkit.sh /tmp/cuda13 && source /tmp/cuda13/env.sh
-#   cargo build --release --features cuda
-#   mkdir -p .gpu && strip -o .gpu/flickr-style target/release/flickr-style && gzip -f .gpu/flickr-style
-#   cp -r ../shared/caffe-ref/fixtures/tiny-net .gpu/ && cp -r ../shared/caffe-ref/models/finetune_flickr_style .gpu/recipe
-#   (the stripped binary is ~58 MB, ~16 MB gzipped: the device tool carries 64 MiB in all)
+#   scripts/make-gpu-kit.sh      (CUDA build, stripped gzipped binary and fixtures into .gpu/)
 # There (device tool, carry [".gpu"]):
 #   bash scripts/gpu-check.sh .gpu
 #
