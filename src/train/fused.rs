@@ -858,23 +858,8 @@ mod tests {
     }
 
     fn pool_window(c: usize, h: usize, w: usize, k: usize, s: usize, p: usize) -> Window {
-        let oh = kernels::pooled_size(h, k, p, s, true);
-        let ow = kernels::pooled_size(w, k, p, s, true);
-        Window {
-            c,
-            h,
-            w,
-            kh: k,
-            kw: k,
-            ph: p,
-            pw: p,
-            sh: s,
-            sw: s,
-            dh: 1,
-            dw: 1,
-            oh,
-            ow,
-        }
+        let out = |i: usize| kernels::pooled_size(i, k, p, s, true);
+        Window::square(c, h, w, k, s, p, 1, (out(h), out(w)))
     }
 
     #[test]
@@ -1036,21 +1021,7 @@ mod tests {
     fn col2im_kernel_matches_its_twin() {
         let conv = |c, h, w, k, s, p, d| {
             let out = |i: usize| (i + 2 * p - (d * (k - 1) + 1)) / s + 1;
-            Window {
-                c,
-                h,
-                w,
-                kh: k,
-                kw: k,
-                ph: p,
-                pw: p,
-                sh: s,
-                sw: s,
-                dh: d,
-                dw: d,
-                oh: out(h),
-                ow: out(w),
-            }
+            Window::square(c, h, w, k, s, p, d, (out(h), out(w)))
         };
         for win in [
             conv(3, 15, 15, 5, 2, 1, 1),

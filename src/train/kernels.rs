@@ -27,6 +27,39 @@ pub struct Window {
     pub ow: usize,
 }
 
+#[cfg(test)]
+impl Window {
+    /// A window with the same kernel `k`, stride `s`, pad `p` and dilation
+    /// `d` on both axes and output `oh` x `ow` (for tests).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn square(
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+        d: usize,
+        (oh, ow): (usize, usize),
+    ) -> Self {
+        Window {
+            c,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            ph: p,
+            pw: p,
+            sh: s,
+            sw: s,
+            dh: d,
+            dw: d,
+            oh,
+            ow,
+        }
+    }
+}
+
 /// One row of the batched column matrix: row `r` = (channel, ki, kj) of the
 /// unfolded input, laid out as `n_images` blocks of `oh*ow` values. Filling
 /// rows independently lets callers parallelise over rows and get one big
@@ -400,23 +433,8 @@ mod tests {
     }
 
     fn window(c: usize, h: usize, w: usize, k: usize, p: usize, s: usize) -> Window {
-        let oh = (h + 2 * p - k) / s + 1;
-        let ow = (w + 2 * p - k) / s + 1;
-        Window {
-            c,
-            h,
-            w,
-            kh: k,
-            kw: k,
-            ph: p,
-            pw: p,
-            sh: s,
-            sw: s,
-            dh: 1,
-            dw: 1,
-            oh,
-            ow,
-        }
+        let out = |i: usize| (i + 2 * p - k) / s + 1;
+        Window::square(c, h, w, k, s, p, 1, (out(h), out(w)))
     }
 
     #[test]
