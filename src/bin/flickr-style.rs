@@ -728,7 +728,7 @@ fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
     .compute()?;
     let reports = check_ops(&c, a.seed)?;
     println!(
-        "GPU code path on {} vs the CPU kernels, tensor-op compositions then [fused] kernels (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
+        "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
         c.describe()
     );
     println!("| op | forward | backward | finite diff | result |");
