@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA build, as one script for a GPU machine (which has no
 # Rust toolchain and no network): op checks against the CPU kernels, the
-# tiny-net fixture trajectory, `time` at batch 50 and 256, and end-to-end
+# tiny-net fixture trajectory (fp32, and bf16 on a GPU), `time` at batch 50 and 256, and end-to-end
 # training throughput from an LMDB of raw 256x256 datums and from JPEG files.
 # Writes a Markdown report to $OUT/gpu-check.md (or ./gpu-check.md).
 #
@@ -12,8 +12,9 @@
 #
 # DEVICE="" runs everything on the CPU instead (to try the script itself);
 # IMAGES, ITERS, TIME_ITERS, BATCHES and E2E_BATCH make it smaller or larger;
-# COMPARE_BATCH (empty: none) adds `time` rows there with TF32 on and with
-# the fused kernels off (FLICKR_STYLE_NO_FUSED=1, the tensor-op compositions);
+# COMPARE_BATCH (empty: none) adds `time` rows there with TF32 on, in bf16
+# mixed precision, and with the fused kernels off (FLICKR_STYLE_NO_FUSED=1,
+# the tensor-op compositions);
 # STEP_TIMEOUT (seconds) bounds each command.
 set -uo pipefail
 KIT=$(cd "${1:-.gpu}" && pwd)
@@ -59,21 +60,28 @@ cat "$WORK/ops.txt" | tee -a "$REPORT"
 say ""
 
 say "## tiny-net fixture: 30 iterations vs Caffe"
-(cd "$KIT/tiny-net" && run finetune --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
-  --snapshot-prefix "$WORK/tiny" --metrics "$WORK/tiny.jsonl" $DEVICE) >"$WORK/tiny.log" 2>&1 || { fail "tiny-net finetune"; tail -5 "$WORK/tiny.log" | tee -a "$REPORT"; }
-python3 - "$WORK/tiny.jsonl" "$KIT/tiny-net/pycaffe/trajectory_full_precision.csv" <<'EOF' | tee -a "$REPORT"
-import json, sys
-ours = [json.loads(l) for l in open(sys.argv[1])]
+# $1 label, $2 tolerance, $3 extra flags
+tiny() {
+  local tag=${1//[^a-z0-9]/_}
+  (cd "$KIT/tiny-net" && run finetune --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
+    --snapshot-prefix "$WORK/tiny$tag" --metrics "$WORK/tiny$tag.jsonl" $DEVICE $3) >"$WORK/tiny$tag.log" 2>&1 || { fail "tiny-net finetune ($1)"; tail -5 "$WORK/tiny$tag.log" | tee -a "$REPORT"; }
+  python3 - "$WORK/tiny$tag.jsonl" "$KIT/tiny-net/pycaffe/trajectory_full_precision.csv" "$1" "$2" <<'EOF' | tee -a "$REPORT"
+import json, os, sys
+label, tol = sys.argv[3], float(sys.argv[4])
+ours = [json.loads(l) for l in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
 train = {r["iter"]: r["loss"] for r in ours if r["phase"] == "train"}
 tests = [(r["iter"], r["outputs"]) for r in ours if r["phase"] == "test"]
 caffe = {int(l.split(",")[0]): float(l.split(",")[1]) for l in open(sys.argv[2]).read().split("\n")[1:] if l}
-worst = max(abs(train[i] - caffe[i]) / abs(caffe[i]) for i in caffe)
-print(f"iterations compared: {len(caffe)}, max relative loss error {worst:.2e} (pass <= 1e-4)")
+worst = max((abs(train[i] - caffe[i]) / abs(caffe[i]) for i in caffe if i in train), default=float("inf"))
+print(f"{label}: iterations compared: {len(train)} of {len(caffe)}, max relative loss error {worst:.2e} (pass <= {tol:g})")
 for it, o in tests:
-    print(f"test at {it}: " + ", ".join(f"{k} = {v:.6g}" for k, v in sorted(o.items())))
-sys.exit(0 if len(train) == 30 and worst <= 1e-4 else 1)
+    print(f"  test at {it}: " + ", ".join(f"{k} = {v:.6g}" for k, v in sorted(o.items())))
+sys.exit(0 if len(train) == 30 and worst <= tol else 1)
 EOF
-[ "${PIPESTATUS[0]}" = 0 ] || fail "tiny-net trajectory"
+  [ "${PIPESTATUS[0]}" = 0 ] || fail "tiny-net trajectory ($1)"
+}
+tiny "fp32" 1e-4 ""
+if [ -n "$DEVICE" ]; then tiny "bf16 mixed precision" 2e-2 "--bf16"; fi
 say ""
 
 # The Flickr net with our own data layers in front of its third layer (conv1).
@@ -112,6 +120,7 @@ for b in $BATCHES; do
 done
 if [ -n "$COMPARE_BATCH" ] && [ -n "$DEVICE" ]; then
   time_row "$COMPARE_BATCH" "fused, TF32" "--tf32" ""
+  time_row "$COMPARE_BATCH" "fused, bf16" "--bf16" ""
   time_row "$COMPARE_BATCH" "compositions, fp32" "" "FLICKR_STYLE_NO_FUSED=1"
 fi
 cat "$WORK"/time*.txt >"${OUT:-.}/gpu-check-time.txt" 2>/dev/null

@@ -51,6 +51,8 @@ pub struct WorkflowOptions {
     pub verbose: bool,
     /// Train on this GPU (needs a CUDA build); `None` trains on the CPU.
     pub gpu: Option<usize>,
+    /// bf16 mixed precision (GPU only; see [`crate::train::precision`]).
+    pub bf16: bool,
 }
 
 /// Runs every stage; `interrupt` is checked by the long-running ones.
@@ -178,6 +180,7 @@ pub fn run(
         device: opts.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
         tensor_ops: false,
         fused: false,
+        bf16: opts.bf16,
     })?;
     let stop_flag = solver.stop_flag();
     let watcher_stop = stop.clone();

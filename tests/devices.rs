@@ -10,9 +10,20 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 17 tensor-op cases (15 layers, 2 SGD updates), then 15 on the fused path.
-    assert!(out.contains("All 32 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 32, "{out}");
+    // 17 tensor-op cases (15 layers, 2 SGD updates), 15 on the fused path,
+    // then the 6 layers with matrix products in bf16.
+    assert!(out.contains("All 38 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 38, "{out}");
+    // bf16 is really on there: its rows show rounding errors fp32 has not.
+    let bf16: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains("[bf16]"))
+        .collect();
+    assert_eq!(bf16.len(), 6, "{out}");
+    for row in bf16 {
+        let forward: f32 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(forward > 1e-4, "{row}");
+    }
     for op in [
         "Convolution",
         "Pooling MAX",
@@ -27,6 +38,8 @@ fn check_ops_passes_on_the_cpu() {
         "LRN 5 (CaffeNet) [fused]",
         "ReLU slope 0.1 [fused]",
         "SGD update (clip, iter_size, L2) [fused]",
+        "Convolution 11x11 s4 (CaffeNet conv1 geometry) [bf16]",
+        "InnerProduct [bf16]",
     ] {
         assert!(out.contains(op), "{op} missing from\n{out}");
     }
@@ -60,6 +73,48 @@ fn finetune_through_the_gpu_code_path_on_the_cpu() {
     );
     assert!(err.contains("Test net output #0: accuracy = 0.25"), "{err}");
     assert!(t.path().join("tensor_iter_2.caffemodel").exists());
+}
+
+/// `--bf16` is the GPU's mixed-precision mode: on the GPU code path it
+/// trains (here through its CPU emulation) and says so; on the CPU kernels,
+/// which are fp32, it is refused before anything is written.
+#[test]
+fn bf16_runs_on_the_gpu_code_path_and_is_refused_on_the_cpu_kernels() {
+    let t = tempfile::tempdir().unwrap();
+    let prefix = t.path().join("bf16");
+    let base = [
+        "finetune",
+        "--solver",
+        "solver.prototxt",
+        "--weights",
+        "snapshots/init_iter_0.caffemodel",
+        "--snapshot-prefix",
+        prefix.to_str().unwrap(),
+        "--max-iter",
+        "2",
+        "--bf16",
+    ];
+    let (ok, _, err) = run(&fixture("tiny-net"), &[&base[..], &["--cpu"]].concat());
+    assert!(!ok);
+    assert!(err.contains("bf16 mixed precision is a GPU mode"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+
+    let (ok, _, err) = run(
+        &fixture("tiny-net"),
+        &[&base[..], &["--tensor-ops", "--fused-ops"]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("bf16 mixed precision"), "{err}");
+    // Caffe's first loss is 1.37753 in fp32; bf16 products move it a little.
+    let loss: f32 = err
+        .lines()
+        .find_map(|l| l.split("Train net output #1: loss = ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no training loss in\n{err}"));
+    assert!((loss - 1.37753).abs() / 1.37753 < 2e-2, "{loss}");
+    assert!(t.path().join("bf16_iter_2.caffemodel").exists());
 }
 
 #[cfg(not(feature = "cuda"))]

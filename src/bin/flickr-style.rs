@@ -257,6 +257,12 @@ struct PipelineArgs {
     /// Fine-tune on GPU N (needs a build with `--features cuda`).
     #[arg(long)]
     gpu: Option<usize>,
+    /// Let the GPU's matrix products use TF32 (see `finetune --help`).
+    #[arg(long, requires = "gpu")]
+    tf32: bool,
+    /// bf16 mixed precision on the GPU (see `finetune --help`).
+    #[arg(long, requires = "gpu")]
+    bf16: bool,
 }
 
 #[derive(Args)]
@@ -299,6 +305,11 @@ struct DeviceArgs {
     /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
     #[arg(long)]
     tf32: bool,
+    /// bf16 mixed precision on the GPU: convolutions and inner products take bf16 inputs and
+    /// accumulate in fp32; weights, the other layers and the SGD update stay fp32 (like PyTorch's
+    /// autocast). Faster on tensor-core GPUs, ~1e-2 relative error per product.
+    #[arg(long)]
+    bf16: bool,
     /// Use the GPU code path (device-generic tensor ops) on the CPU: slower,
     /// for checking that path without a GPU.
     #[arg(long, hide = true, conflicts_with = "gpu")]
@@ -318,7 +329,7 @@ impl DeviceArgs {
         };
         c.tensor_ops |= self.tensor_ops;
         c.fused |= self.fused_ops;
-        Ok(c)
+        Ok(c.with_bf16(self.bf16)?)
     }
 }
 
@@ -640,6 +651,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         },
         tensor_ops: a.device.tensor_ops,
         fused: a.device.fused_ops,
+        bf16: a.device.bf16,
     };
     let mut solver =
         Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
@@ -718,17 +730,18 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
 }
 
 fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
-    use flickr_style::train::op_check::{check_ops, FD_TOLERANCE, TWIN_TOLERANCE};
+    use flickr_style::train::op_check::{check_ops, BF16_TOLERANCE, FD_TOLERANCE, TWIN_TOLERANCE};
     let c = DeviceArgs {
         gpu: a.gpu,
         tf32: false,
+        bf16: false,
         tensor_ops: true,
         fused_ops: false,
     }
     .compute()?;
     let reports = check_ops(&c, a.seed)?;
     println!(
-        "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
+        "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels, then [bf16] mixed precision (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, [bf16] <= {BF16_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
         c.describe()
     );
     println!("| op | forward | backward | finite diff | result |");
@@ -767,6 +780,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         // Fail before hours of downloading, not at the training stage.
         Compute::gpu(n)?;
     }
+    flickr_style::train::compute::set_tf32(a.tf32);
     let opts = WorkflowOptions {
         assemble: AssembleOptions {
             csv: a.csv,
@@ -794,6 +808,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         metrics: a.metrics,
         verbose: true,
         gpu: a.gpu,
+        bf16: a.bf16,
     };
     let stop = stop_on_ctrl_c("Stopping: finishing the current step and saving progress")?;
     let model = run(&opts, stop).context("running the Flickr Style pipeline")?;

@@ -27,6 +27,10 @@ pub struct Compute {
     /// where a layer has one: on a GPU unless `FLICKR_STYLE_NO_FUSED` is
     /// set; on the CPU it runs their CPU twins (for tests).
     pub fused: bool,
+    /// With tensor ops, convolutions and inner products compute in bf16
+    /// mixed precision ([`crate::train::precision`]); off by default, so
+    /// the fp32 path stays Caffe-faithful.
+    pub bf16: bool,
 }
 
 impl Compute {
@@ -36,6 +40,7 @@ impl Compute {
             device: Device::Cpu,
             tensor_ops: false,
             fused: false,
+            bf16: false,
         }
     }
 
@@ -46,7 +51,22 @@ impl Compute {
             device: open_gpu(ordinal)?,
             tensor_ops: true,
             fused: crate::train::fused::enabled_by_env(),
+            bf16: false,
         })
+    }
+
+    /// Switches bf16 mixed precision on or off. An error on the CPU
+    /// kernels, which compute in fp32 (and where bf16 would only be
+    /// slower); the tensor-op path on the CPU accepts it, for tests.
+    pub fn with_bf16(mut self, on: bool) -> Result<Self> {
+        if on && !self.tensor_ops && self.device.is_cpu() {
+            return Err(Error::invalid(
+                "--bf16",
+                "bf16 mixed precision is a GPU mode: train on a GPU (--gpu N, in a build with --features cuda); the CPU kernels compute in fp32",
+            ));
+        }
+        self.bf16 = on;
+        Ok(self)
     }
 
     /// The device `choice` names. `FromSolver` does what `caffe train`
@@ -64,16 +84,24 @@ impl Compute {
 
     /// "CPU", "CPU (tensor ops)" or "GPU 0".
     pub fn describe(&self) -> String {
+        let bf16 = if self.bf16 {
+            ", bf16 mixed precision"
+        } else {
+            ""
+        };
         match (&self.device, self.tensor_ops, self.fused) {
             (Device::Cpu, false, _) => "CPU".into(),
-            (Device::Cpu, true, false) => "CPU (tensor ops, the GPU code path)".into(),
+            (Device::Cpu, true, false) => format!("CPU (tensor ops, the GPU code path{bf16})"),
             (Device::Cpu, true, true) => {
-                "CPU (tensor ops with the fused ops' CPU twins, the GPU code path)".into()
+                format!("CPU (tensor ops with the fused ops' CPU twins, the GPU code path{bf16})")
             }
             (d, _, fused) => match d.location() {
                 candle_core::DeviceLocation::Cuda { gpu_id } => {
                     let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
                     let mut notes = Vec::new();
+                    if self.bf16 {
+                        notes.push("bf16 mixed precision");
+                    }
                     if tf32 {
                         notes.push("TF32 matrix products");
                     }

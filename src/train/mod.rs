@@ -4,6 +4,7 @@
 //! - [`kernels`]: CPU kernels for what candle lacks (pooling with argmax, LRN, im2col).
 //! - [`tensor_ops`]: the same computations as candle tensor ops, for GPU nets.
 //! - [`fused`]: single-kernel versions of the hot ones (CUDA, with CPU twins).
+//! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 
 pub mod commands;
@@ -17,6 +18,7 @@ pub mod log;
 pub mod lr_policy;
 pub mod net;
 pub mod op_check;
+pub mod precision;
 pub mod sgd;
 pub mod solver;
 pub mod tensor_ops;

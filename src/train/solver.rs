@@ -45,6 +45,9 @@ pub struct SolverOptions {
     pub tensor_ops: bool,
     /// With `tensor_ops` on the CPU, use the fused ops (their CPU twins).
     pub fused: bool,
+    /// bf16 mixed-precision convolutions and inner products (GPU, or
+    /// `tensor_ops` on the CPU); see [`crate::train::precision`].
+    pub bf16: bool,
 }
 
 /// What Caffe does not store in a `.solverstate`, kept beside it.
@@ -155,6 +158,7 @@ impl Solver {
         let mut compute = Compute::for_solver(opts.device, &param)?;
         compute.tensor_ops |= opts.tensor_ops;
         compute.fused |= opts.fused && compute.tensor_ops;
+        let compute = compute.with_bf16(opts.bf16)?;
         let build = |phase| BuildContext::new(&base_dir, seed, phase, &compute);
         let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;
         let tests = test_defs

@@ -7,6 +7,7 @@
 //! check these against finite differences), which is how CI covers the GPU
 //! code without a GPU.
 use super::kernels::{window_bounds, Lrn, Window};
+use super::precision::Precision;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -22,13 +23,15 @@ pub struct ConvGeom {
     pub stride: usize,
     /// Dilation.
     pub dilation: usize,
+    /// The arithmetic of the convolution's matrix products.
+    pub precision: Precision,
 }
 
 /// `y = conv(x, w) + b`, per group.
 pub fn conv_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
-    let y = x
-        .contiguous()?
-        .conv2d(w, g.pad, g.stride, g.dilation, g.group)?;
+    let y = g
+        .precision
+        .conv2d(&x.contiguous()?, w, g.pad, g.stride, g.dilation, g.group)?;
     Ok(match b {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
         None => y,
@@ -62,8 +65,9 @@ pub fn conv_backward(
             // and dilation swapped, cropped to the kernel size.
             let xg = x.narrow(1, gi * cg, cg)?.transpose(0, 1)?.contiguous()?;
             let k = dyg.transpose(0, 1)?.contiguous()?;
-            let dw = xg
-                .conv2d(&k, g.pad, g.dilation, g.stride, 1)?
+            let dw = g
+                .precision
+                .conv2d(&xg, &k, g.pad, g.dilation, g.stride, 1)?
                 .transpose(0, 1)?
                 .narrow(2, 0, kh)?
                 .narrow(3, 0, kw)?;
@@ -79,7 +83,7 @@ pub fn conv_backward(
                 .t()?
                 .contiguous()?;
             let dyg = dyg.reshape((n, og, oh * ow))?;
-            dxs.push(wt.broadcast_left(n)?.matmul(&dyg)?);
+            dxs.push(g.precision.matmul(&wt.broadcast_left(n)?, &dyg)?);
         }
     }
     let dx = if want[0] {

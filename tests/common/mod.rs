@@ -48,6 +48,7 @@ pub fn solver_in(
         device: flickr_style::train::compute::DeviceChoice::Cpu,
         tensor_ops: false,
         fused: false,
+        bf16: false,
     })
 }
 

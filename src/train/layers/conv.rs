@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::gemm::{sgemm, View};
 use crate::train::kernels::{col2im_plane, im2col_row, Window};
+use crate::train::precision::Precision;
 use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -36,6 +37,8 @@ pub struct Convolution {
     /// and the input-gradient fold table.
     tensor: Option<(ConvGeom, Col2Im)>,
     path: OpPath,
+    /// The tensor-op path's matrix-product arithmetic.
+    precision: Precision,
 }
 
 fn pick(
@@ -72,6 +75,7 @@ impl Convolution {
         p: ConvolutionParameter,
         device: Device,
         path: OpPath,
+        precision: Precision,
         seed: u64,
         name: &str,
     ) -> Result<Self> {
@@ -97,6 +101,7 @@ impl Convolution {
             batch: 0,
             tensor: None,
             path,
+            precision,
         })
     }
 }
@@ -172,6 +177,7 @@ impl Layer for Convolution {
                 pad: ph,
                 stride: sh,
                 dilation: dh,
+                precision: self.precision,
             };
             let fold = if self.path.fused() {
                 Col2Im::fused(&win)

@@ -4,6 +4,7 @@ use super::{BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{InnerProductParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
+use crate::train::precision::Precision;
 use candle_core::{Device, Tensor};
 
 pub struct InnerProduct {
@@ -14,10 +15,18 @@ pub struct InnerProduct {
     params: Vec<Tensor>,
     outer: usize,
     k: usize,
+    /// The matrix products' arithmetic.
+    precision: Precision,
 }
 
 impl InnerProduct {
-    pub fn new(p: InnerProductParameter, device: Device, seed: u64, name: &str) -> Result<Self> {
+    pub fn new(
+        p: InnerProductParameter,
+        device: Device,
+        precision: Precision,
+        seed: u64,
+        name: &str,
+    ) -> Result<Self> {
         if p.num_output() == 0 {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -38,6 +47,7 @@ impl InnerProduct {
             params: Vec::new(),
             outer: 0,
             k: 0,
+            precision,
         })
     }
 }
@@ -98,7 +108,7 @@ impl Layer for InnerProduct {
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let x = bottom[0].reshape((self.outer, self.k))?;
-        let mut y = x.matmul(&self.params[0].t()?)?;
+        let mut y = self.precision.matmul(&x, &self.params[0].t()?)?;
         if let Some(b) = self.params.get(1) {
             y = y.broadcast_add(&b.unsqueeze(0)?)?;
         }
@@ -113,13 +123,17 @@ impl Layer for InnerProduct {
         let mut pg = vec![None; self.params.len()];
         if a.param_grad[0] {
             let x = a.bottom[0].reshape((self.outer, self.k))?;
-            pg[0] = Some(dy.t()?.matmul(&x)?);
+            pg[0] = Some(self.precision.matmul(&dy.t()?, &x)?);
         }
         if self.params.len() > 1 && a.param_grad[1] {
             pg[1] = Some(dy.sum(0)?);
         }
         let bg = if a.propagate[0] {
-            Some(dy.matmul(&self.params[0])?.reshape(a.bottom[0].shape())?)
+            Some(
+                self.precision
+                    .matmul(&dy, &self.params[0])?
+                    .reshape(a.bottom[0].shape())?,
+            )
         } else {
             None
         };

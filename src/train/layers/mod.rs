@@ -14,6 +14,7 @@ mod staging;
 
 use crate::caffe::proto::{LayerParameter, Phase};
 use crate::error::{Error, Result};
+use crate::train::precision::Precision;
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
@@ -92,6 +93,9 @@ pub struct BuildContext {
     /// With tensor ops, use the fused kernels of [`crate::train::fused`]
     /// where a layer has one.
     pub fused: bool,
+    /// With tensor ops, compute convolutions and inner products in bf16
+    /// mixed precision ([`crate::train::precision`]).
+    pub bf16: bool,
 }
 
 /// How a layer computes.
@@ -133,6 +137,7 @@ impl BuildContext {
             device: compute.device.clone(),
             tensor_ops: compute.tensor_ops,
             fused: compute.fused,
+            bf16: compute.bf16,
         }
     }
 
@@ -160,6 +165,16 @@ impl BuildContext {
         }
     }
 
+    /// The arithmetic of matrix products: bf16 only on the tensor-op path
+    /// (the CPU kernels are fp32).
+    pub fn precision(&self) -> Precision {
+        if self.bf16 && self.uses_tensor_ops() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
     /// `path` resolved against the base folder.
     pub fn resolve(&self, path: &str) -> std::path::PathBuf {
         let p = Path::new(path);
@@ -182,12 +197,14 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
             ctx.device.clone(),
             path,
+            ctx.precision(),
             seed,
             name,
         )?),
         "InnerProduct" => Box::new(inner_product::InnerProduct::new(
             param.inner_product_param.clone().ok_or_else(|| missing("inner_product_param"))?,
             ctx.device.clone(),
+            ctx.precision(),
             seed,
             name,
         )?),
