@@ -279,12 +279,12 @@ fn fused_gpu_code_path_on_the_cpu_matches_caffe() {
     tensor_path_matches_caffe(true);
 }
 
-fn tensor_path_matches_caffe(fused: bool) {
-    let t = tempfile::tempdir().unwrap();
-    let mut s = Solver::new(&flickr_style::train::solver::SolverOptions {
+/// The fixture's solver on the tensor-op (GPU) code path, run on the CPU.
+fn tensor_solver(prefix: &std::path::Path, fused: bool, bf16: bool) -> Solver {
+    Solver::new(&flickr_style::train::solver::SolverOptions {
         solver: PathBuf::from("solver.prototxt"),
         base_dir: common::fixture("tiny-net"),
-        snapshot_prefix: Some(t.path().join("tensor").to_string_lossy().into_owned()),
+        snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
         max_iter: None,
         metrics: None,
         echo: false,
@@ -292,9 +292,14 @@ fn tensor_path_matches_caffe(fused: bool) {
         device: flickr_style::train::compute::DeviceChoice::Cpu,
         tensor_ops: true,
         fused,
-        bf16: false,
+        bf16,
     })
-    .unwrap();
+    .unwrap()
+}
+
+fn tensor_path_matches_caffe(fused: bool) {
+    let t = tempfile::tempdir().unwrap();
+    let mut s = tensor_solver(&t.path().join("tensor"), fused, false);
     assert!(s.train.uses_tensor_ops());
     assert_eq!(s.train.uses_fused(), fused);
     s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
@@ -337,20 +342,7 @@ const BF16_TRAJECTORY_TOLERANCE: f32 = 2e-2;
 #[test]
 fn bf16_mixed_precision_stays_close_to_caffe() {
     let t = tempfile::tempdir().unwrap();
-    let mut s = Solver::new(&flickr_style::train::solver::SolverOptions {
-        solver: PathBuf::from("solver.prototxt"),
-        base_dir: common::fixture("tiny-net"),
-        snapshot_prefix: Some(t.path().join("bf16").to_string_lossy().into_owned()),
-        max_iter: None,
-        metrics: None,
-        echo: false,
-        progress: false,
-        device: flickr_style::train::compute::DeviceChoice::Cpu,
-        tensor_ops: true,
-        fused: true,
-        bf16: true,
-    })
-    .unwrap();
+    let mut s = tensor_solver(&t.path().join("bf16"), true, true);
     s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
         .unwrap();
     s.solve().unwrap();
