@@ -2,7 +2,8 @@
 # GPU check of the CUDA build, as one script for a GPU machine (which has no
 # Rust toolchain and no network): op checks against the CPU kernels, the
 # tiny-net fixture trajectory (fp32, and bf16 on a GPU), `time` at batch 50 and 256, and end-to-end
-# training throughput from an LMDB of raw 256x256 datums and from JPEG files.
+# training throughput from an LMDB of raw 256x256 datums (fp32, and TF32 and
+# bf16 on a GPU) and from JPEG files, and the data feed alone from each.
 # Writes a Markdown report to $OUT/gpu-check.md (or ./gpu-check.md).
 #
 # Here (build machine; .gpu/ is git-ignored, and what it holds is never committed):
@@ -145,23 +146,49 @@ with open(os.path.join(out, "list.txt"), "w") as f:
 EOF
 run to-lmdb --resize-height 256 --resize-width 256 "$WORK/img/" "$WORK/img/list.txt" "$WORK/lmdb" >"$WORK/lmdb.log" 2>&1 || { fail "to-lmdb"; tail -3 "$WORK/lmdb.log"; }
 run compute-mean "$WORK/lmdb" "$WORK/mean.binaryproto" >"$WORK/mean.log" 2>&1 || { fail "compute-mean"; tail -3 "$WORK/mean.log"; }
-e2e() { # $1 = name, $2 = data layer text
-  net_with_data "$2" "$WORK/$1.prototxt"
+e2e() { # $1 = source, $2 = arithmetic label, $3 = data layer text, $4 = extra flags
+  local tag="$1-${2//[^a-zA-Z0-9]/_}"
+  net_with_data "$3" "$WORK/$tag.prototxt"
   local times=()
   for iters in 5 $((5 + ITERS)); do
     printf 'net: "%s"\nbase_lr: 0.001\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.0005\nmax_iter: %d\ndisplay: 0\nsnapshot_after_train: false\nrandom_seed: 1\n' \
-      "$WORK/$1.prototxt" "$iters" >"$WORK/$1.solver"
+      "$WORK/$tag.prototxt" "$iters" >"$WORK/$tag.solver"
     local t0=$(date +%s.%N)
-    run finetune --solver "$WORK/$1.solver" $DEVICE >"$WORK/$1.log" 2>&1 || { fail "$1 finetune"; tail -3 "$WORK/$1.log" | tee -a "$REPORT"; return; }
+    run finetune --solver "$WORK/$tag.solver" $DEVICE $4 >"$WORK/$tag.log" 2>&1 || { fail "$1 finetune ($2)"; tail -3 "$WORK/$tag.log" | tee -a "$REPORT"; return; }
     times+=("$(python3 -c "import time; print(time.time() - $t0)")")
   done
-  say "| $1 | $(python3 -c "print(f'{(${times[1]} - ${times[0]}) * 1000 / $ITERS:.1f} | {$ITERS * $E2E_BATCH / (${times[1]} - ${times[0]}):.0f}')") |"
+  say "| $1 | $2 | $(python3 -c "print(f'{(${times[1]} - ${times[0]}) * 1000 / $ITERS:.1f} | {$ITERS * $E2E_BATCH / (${times[1]} - ${times[0]}):.0f}')") |"
 }
-say "| source | ms per iteration | images/s |"
-say "|---|---|---|"
+# The feed alone: a net of just the data layer, so `time`'s forward pass is
+# the wait for the next batch (decoded, transformed and, on a GPU, copied).
+feed() { # $1 = source, $2 = data layer text
+  printf 'name: "feed"\n%s\n' "$2" >"$WORK/feed-$1.prototxt"
+  local out="$WORK/feed-$1.txt"
+  if run time --model "$WORK/feed-$1.prototxt" --iterations "$ITERS" $DEVICE >"$out" 2>&1; then
+    local f=$(sed -n 's/^Average Forward pass: \(.*\) ms./\1/p' "$out")
+    say "| $1 | $f | $(python3 -c "print(round($E2E_BATCH * 1000 / $f))") |"
+  else
+    fail "$1 feed: $(tail -1 "$out")"
+  fi
+}
+say "| source | arithmetic | ms per iteration | images/s |"
+say "|---|---|---|---|"
 tp="transform_param { mirror: true crop_size: 227 mean_file: \"$WORK/mean.binaryproto\" }"
-e2e lmdb "layer { name: \"data\" type: \"Data\" top: \"data\" top: \"label\" include { phase: TRAIN } $tp data_param { source: \"$WORK/lmdb\" batch_size: $E2E_BATCH backend: LMDB } }"
-e2e jpeg "layer { name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" include { phase: TRAIN } $tp image_data_param { source: \"$WORK/img/list.txt\" root_folder: \"$WORK/img/\" batch_size: $E2E_BATCH shuffle: true new_height: 256 new_width: 256 } }"
+lmdb_layer="layer { name: \"data\" type: \"Data\" top: \"data\" top: \"label\" include { phase: TRAIN } $tp data_param { source: \"$WORK/lmdb\" batch_size: $E2E_BATCH backend: LMDB } }"
+jpeg_layer="layer { name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" include { phase: TRAIN } $tp image_data_param { source: \"$WORK/img/list.txt\" root_folder: \"$WORK/img/\" batch_size: $E2E_BATCH shuffle: true new_height: 256 new_width: 256 } }"
+e2e lmdb fp32 "$lmdb_layer" ""
+if [ -n "$DEVICE" ]; then
+  # An fp32 step bounds end-to-end speed; these show whether the feed keeps up with faster steps.
+  e2e lmdb TF32 "$lmdb_layer" "--tf32"
+  e2e lmdb bf16 "$lmdb_layer" "--bf16"
+fi
+e2e jpeg fp32 "$jpeg_layer" ""
+say ""
+say "## Data feed alone at batch $E2E_BATCH (crop 227, mirror, mean file; mean of $ITERS batches)"
+say "| source | ms per batch | images/s |"
+say "|---|---|---|"
+feed lmdb "$lmdb_layer"
+feed jpeg "$jpeg_layer"
 say ""
 if [ "$FAILED" = 0 ]; then say "All checks passed."; else say "SOME CHECKS FAILED (see above)."; fi
 exit "$FAILED"
