@@ -279,20 +279,30 @@ fn fused_gpu_code_path_on_the_cpu_matches_caffe() {
     tensor_path_matches_caffe(true);
 }
 
+/// Checks a 30-iteration loss trajectory against Caffe's, iteration by
+/// iteration within `tolerance` (relative); returns the largest error.
+fn max_error_vs_caffe(trajectory: &[(usize, f32)], tolerance: f32) -> f32 {
+    let want = caffe_trajectory();
+    assert_eq!(trajectory.len(), 30);
+    let mut worst = 0f32;
+    for ((it, got), w) in trajectory.iter().zip(&want) {
+        let rel = (got - w).abs() / w.abs();
+        worst = worst.max(rel);
+        assert!(
+            rel < tolerance,
+            "iteration {it}: {got} vs Caffe {w} ({rel:.2e})"
+        );
+    }
+    worst
+}
+
 /// The fixture's solver on the tensor-op (GPU) code path, run on the CPU.
 fn tensor_solver(prefix: &std::path::Path, fused: bool, bf16: bool) -> Solver {
     Solver::new(&flickr_style::train::solver::SolverOptions {
-        solver: PathBuf::from("solver.prototxt"),
-        base_dir: common::fixture("tiny-net"),
-        snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
-        max_iter: None,
-        metrics: None,
-        echo: false,
-        progress: false,
-        device: flickr_style::train::compute::DeviceChoice::Cpu,
         tensor_ops: true,
         fused,
         bf16,
+        ..common::solver_options(&common::fixture("tiny-net"), "solver.prototxt", prefix)
     })
     .unwrap()
 }
@@ -305,14 +315,7 @@ fn tensor_path_matches_caffe(fused: bool) {
     s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
         .unwrap();
     s.solve().unwrap();
-    let want = caffe_trajectory();
-    assert_eq!(s.trajectory.len(), 30);
-    let mut worst = 0f32;
-    for ((it, got), w) in s.trajectory.iter().zip(&want) {
-        let rel = (got - w).abs() / w.abs();
-        worst = worst.max(rel);
-        assert!(rel < 1e-4, "iteration {it}: {got} vs Caffe {w} ({rel:.2e})");
-    }
+    let worst = max_error_vs_caffe(&s.trajectory, 1e-4);
     eprintln!("tensor-op trajectory: max rel err {worst:.2e}");
     let last = s.test_results.last().unwrap();
     assert_eq!(last.0, 30);
@@ -346,17 +349,7 @@ fn bf16_mixed_precision_stays_close_to_caffe() {
     s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
         .unwrap();
     s.solve().unwrap();
-    let want = caffe_trajectory();
-    assert_eq!(s.trajectory.len(), 30);
-    let mut worst = 0f32;
-    for ((it, got), w) in s.trajectory.iter().zip(&want) {
-        let rel = (got - w).abs() / w.abs();
-        worst = worst.max(rel);
-        assert!(
-            rel < BF16_TRAJECTORY_TOLERANCE,
-            "iteration {it}: {got} vs Caffe {w} ({rel:.2e})"
-        );
-    }
+    let worst = max_error_vs_caffe(&s.trajectory, BF16_TRAJECTORY_TOLERANCE);
     eprintln!("bf16 trajectory: max rel err {worst:.2e}");
     // fp32 paths are within ~1e-7 of Caffe; bf16 rounding shows.
     assert!(

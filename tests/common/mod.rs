@@ -37,7 +37,16 @@ pub fn solver_in(
     file: &str,
     prefix: &std::path::Path,
 ) -> flickr_style::Result<flickr_style::train::solver::Solver> {
-    flickr_style::train::solver::Solver::new(&flickr_style::train::solver::SolverOptions {
+    flickr_style::train::solver::Solver::new(&solver_options(dir, file, prefix))
+}
+
+/// The options of [`solver_in`]: the CPU kernels, no output but snapshots.
+pub fn solver_options(
+    dir: &std::path::Path,
+    file: &str,
+    prefix: &std::path::Path,
+) -> flickr_style::train::solver::SolverOptions {
+    flickr_style::train::solver::SolverOptions {
         solver: PathBuf::from(file),
         base_dir: dir.to_path_buf(),
         snapshot_prefix: Some(prefix.to_string_lossy().into_owned()),
@@ -49,7 +58,7 @@ pub fn solver_in(
         tensor_ops: false,
         fused: false,
         bf16: false,
-    })
+    }
 }
 
 pub mod http;
