@@ -45,24 +45,31 @@ fn check_ops_passes_on_the_cpu() {
     }
 }
 
+/// `finetune` arguments for two iterations of the tiny-net fixture from
+/// Caffe's initial weights, snapshotting under `prefix`, plus `extra`.
+fn tiny_finetune<'a>(prefix: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "finetune",
+        "--solver",
+        "solver.prototxt",
+        "--weights",
+        "snapshots/init_iter_0.caffemodel",
+        "--snapshot-prefix",
+        prefix,
+        "--max-iter",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn finetune_through_the_gpu_code_path_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let prefix = t.path().join("tensor");
     let (ok, _, err) = run(
         &fixture("tiny-net"),
-        &[
-            "finetune",
-            "--solver",
-            "solver.prototxt",
-            "--weights",
-            "snapshots/init_iter_0.caffemodel",
-            "--snapshot-prefix",
-            prefix.to_str().unwrap(),
-            "--max-iter",
-            "2",
-            "--tensor-ops",
-        ],
+        &tiny_finetune(prefix.to_str().unwrap(), &["--tensor-ops"]),
     );
     assert!(ok, "{err}");
     assert!(err.contains("Using CPU (tensor ops"), "{err}");
@@ -82,19 +89,11 @@ fn finetune_through_the_gpu_code_path_on_the_cpu() {
 fn bf16_runs_on_the_gpu_code_path_and_is_refused_on_the_cpu_kernels() {
     let t = tempfile::tempdir().unwrap();
     let prefix = t.path().join("bf16");
-    let base = [
-        "finetune",
-        "--solver",
-        "solver.prototxt",
-        "--weights",
-        "snapshots/init_iter_0.caffemodel",
-        "--snapshot-prefix",
-        prefix.to_str().unwrap(),
-        "--max-iter",
-        "2",
-        "--bf16",
-    ];
-    let (ok, _, err) = run(&fixture("tiny-net"), &[&base[..], &["--cpu"]].concat());
+    let prefix = prefix.to_str().unwrap();
+    let (ok, _, err) = run(
+        &fixture("tiny-net"),
+        &tiny_finetune(prefix, &["--bf16", "--cpu"]),
+    );
     assert!(!ok);
     assert!(err.contains("bf16 mixed precision is a GPU mode"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -102,7 +101,7 @@ fn bf16_runs_on_the_gpu_code_path_and_is_refused_on_the_cpu_kernels() {
 
     let (ok, _, err) = run(
         &fixture("tiny-net"),
-        &[&base[..], &["--tensor-ops", "--fused-ops"]].concat(),
+        &tiny_finetune(prefix, &["--bf16", "--tensor-ops", "--fused-ops"]),
     );
     assert!(ok, "{err}");
     assert!(err.contains("bf16 mixed precision"), "{err}");
