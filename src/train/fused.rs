@@ -10,6 +10,7 @@
 //! both stacked on the batch axis: the first half is the top, the second
 //! stays private to the layer's backward pass.
 use super::kernels::{self, Lrn, Window};
+use super::sgd::ParamStep;
 use crate::error::Result;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -461,46 +462,20 @@ impl CustomOp1 for Col2Im {
     }
 }
 
-/// One parameter's SGD step in Caffe's order (see [`super::sgd`]): the
-/// gradient scaled by each of `grad_scale` in turn (at most two: clipping,
-/// then 1/iter_size), plus weight decay, gives `h = rate*d + momentum*h`;
-/// then `w -= h`. Returns the new `(w, h)`.
-#[allow(clippy::too_many_arguments)]
+/// One parameter's SGD step (see [`ParamStep`]): the new history in one
+/// kernel, then `w -= h`. Returns the new `(w, h)`.
 pub fn sgd_step(
     w: &Tensor,
     grad: &Tensor,
     hist: &Tensor,
-    grad_scale: &[f32],
-    decay: f32,
-    l1: bool,
-    rate: f32,
-    momentum: f32,
+    step: &ParamStep,
 ) -> Result<(Tensor, Tensor)> {
-    if grad_scale.len() > 2 {
-        return Err(crate::error::Error::model(
-            "SGD update",
-            "at most two gradient scales (clipping, iter_size)",
-        ));
-    }
-    let op = SgdHistory {
-        scale: [grad_scale.first().copied(), grad_scale.get(1).copied()],
-        decay,
-        l1,
-        rate,
-        momentum,
-    };
     let w = w.contiguous()?;
-    let h = w.apply_op3_no_bwd(&grad.contiguous()?, &hist.contiguous()?, &op)?;
+    let h = w.apply_op3_no_bwd(&grad.contiguous()?, &hist.contiguous()?, &SgdHistory(*step))?;
     Ok(((w - &h)?, h))
 }
 
-struct SgdHistory {
-    scale: [Option<f32>; 2],
-    decay: f32,
-    l1: bool,
-    rate: f32,
-    momentum: f32,
-}
+struct SgdHistory(ParamStep);
 
 impl CustomOp3 for SgdHistory {
     fn name(&self) -> &'static str {
@@ -525,21 +500,7 @@ impl CustomOp3 for SgdHistory {
             .par_iter()
             .zip(g)
             .zip(h)
-            .map(|((&w, &g), &h)| {
-                let mut d = g;
-                for s in self.scale.iter().flatten() {
-                    d *= s;
-                }
-                if self.decay != 0.0 {
-                    let r = if self.l1 {
-                        ((0.0 < w) as i32 - (w < 0.0) as i32) as f32
-                    } else {
-                        w
-                    };
-                    d += self.decay * r;
-                }
-                self.rate * d + self.momentum * h
-            })
+            .map(|((&w, &g), &h)| self.0.history(w, g, h))
             .collect();
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -562,13 +523,11 @@ impl CustomOp3 for SgdHistory {
             .get_or_load_custom_func(self.name(), gpu::MODULE, gpu::PTX)?;
         let mut b = f.builder();
         let n32 = count as u32;
-        let [(s1v, u1), (s2v, u2)] = self.scale.map(|s| (s.unwrap_or(1.0), s.is_some() as i32));
-        let l1flag = self.l1 as i32;
+        let p = &self.0;
+        let [(s1v, u1), (s2v, u2)] = p.grad_scale.map(|s| (s.unwrap_or(1.0), s.is_some() as i32));
+        let l1flag = p.l1 as i32;
         b.arg(&n32).arg(&s1v).arg(&u1).arg(&s2v).arg(&u2);
-        b.arg(&self.decay)
-            .arg(&l1flag)
-            .arg(&self.rate)
-            .arg(&self.momentum);
+        b.arg(&p.decay).arg(&l1flag).arg(&p.rate).arg(&p.momentum);
         b.arg(&w).arg(&g).arg(&h).arg(&out);
         gpu::launch(b, count)?;
         Ok((gpu::wrap(out, &s1.device), l1.shape().clone()))
@@ -1132,17 +1091,14 @@ mod tests {
                 random(300, 9, false),
                 random(300, 10, false),
             );
-            let (nw, nh) = sgd_step(
-                &t(&w, &[300]),
-                &t(&g, &[300]),
-                &t(&h, &[300]),
-                &scales,
+            let step = ParamStep {
+                grad_scale: [scales.first().copied(), scales.get(1).copied()],
                 decay,
                 l1,
-                0.01,
-                0.9,
-            )
-            .unwrap();
+                rate: 0.01,
+                momentum: 0.9,
+            };
+            let (nw, nh) = sgd_step(&t(&w, &[300]), &t(&g, &[300]), &t(&h, &[300]), &step).unwrap();
             let mut out = vec![f32::NAN; 300];
             let s = |i: usize| scales.get(i).map_or((1.0, 0), |&v| (v, 1));
             let ((s1, u1), (s2, u2)) = (s(0), s(1));

@@ -384,16 +384,14 @@ fn check_sgd(name: &str, l1: bool, compute: &Compute, rng: &mut ChaCha8Rng) -> R
     } else {
         super::tensor_ops::sgd_step
     };
-    let (w2, h2) = step(
-        &t(&w)?,
-        &t(&g)?,
-        &t(&h)?,
-        &scales,
+    let params = super::sgd::ParamStep {
+        grad_scale: scales.map(Some),
         decay,
         l1,
         rate,
         momentum,
-    )?;
+    };
+    let (w2, h2) = step(&t(&w)?, &t(&g)?, &t(&h)?, &params)?;
     Ok(OpReport {
         name: name.to_string(),
         forward: relative(&to_vec(&w2)?, &w_ref),

@@ -24,6 +24,42 @@ pub struct SgdConfig {
     pub clip_gradients: f32,
 }
 
+/// One parameter's update settings, applied in Caffe's order by every path
+/// (the CPU loop here, [`tensor_ops::sgd_step`], [`fused::sgd_step`]): the
+/// gradient times each present `grad_scale` in turn (clipping, then
+/// 1/iter_size), plus `decay` times the weight (its sign for L1), gives
+/// `h = rate * d + momentum * h`; then `w -= h`.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamStep {
+    /// Gradient factors: the clipping factor, then 1/iter_size.
+    pub grad_scale: [Option<f32>; 2],
+    /// Weight decay times the parameter's decay_mult.
+    pub decay: f32,
+    /// L1 instead of L2 regularisation.
+    pub l1: bool,
+    /// Learning rate times the parameter's lr_mult.
+    pub rate: f32,
+    /// Momentum.
+    pub momentum: f32,
+}
+
+impl ParamStep {
+    /// The new history value of one element with weight `w`, gradient `g`
+    /// and history `h` (the CPU twins' arithmetic, rounding for rounding).
+    #[inline]
+    pub fn history(&self, w: f32, g: f32, h: f32) -> f32 {
+        let mut d = g;
+        for s in self.grad_scale.iter().flatten() {
+            d *= s;
+        }
+        if self.decay != 0.0 {
+            let r = if self.l1 { sign(w) } else { w };
+            d += self.decay * r;
+        }
+        self.rate * d + self.momentum * h
+    }
+}
+
 /// Applies one update with learning rate `rate`; returns `(norm, factor)` when gradients were clipped.
 pub fn sgd_update(
     net: &mut Net,
@@ -54,27 +90,22 @@ pub fn sgd_update(
     let inv_iter = (cfg.iter_size > 1).then(|| 1.0f32 / cfg.iter_size as f32);
     for (i, hist) in history.iter_mut().enumerate().take(n) {
         let p = net.params()[i];
-        let local_decay = cfg.weight_decay * p.decay_mult;
-        let local_rate = rate * p.lr_mult;
+        let step = ParamStep {
+            grad_scale: [clip, inv_iter],
+            decay: cfg.weight_decay * p.decay_mult,
+            l1: cfg.l1,
+            rate: rate * p.lr_mult,
+            momentum: cfg.momentum,
+        };
         let w = net.param(i).clone();
         let g = net.grad(i)?;
         if net.uses_tensor_ops() {
-            let scales: Vec<f32> = clip.into_iter().chain(inv_iter).collect();
-            let step = if net.uses_fused() {
+            let apply = if net.uses_fused() {
                 fused::sgd_step
             } else {
                 tensor_ops::sgd_step
             };
-            let (new_w, new_h) = step(
-                &w,
-                &g,
-                hist,
-                &scales,
-                local_decay,
-                cfg.l1,
-                local_rate,
-                cfg.momentum,
-            )?;
+            let (new_w, new_h) = apply(&w, &g, hist, &step)?;
             *hist = new_h;
             net.set_param(i, new_w);
             continue;
@@ -90,18 +121,8 @@ pub fn sgd_update(
                         .for_each(|(c, (nw, nh))| {
                             let off = c << 14;
                             for j in 0..nw.len() {
-                                let (w, mut d, h) = (ws[off + j], gs[off + j], hs[off + j]);
-                                if let Some(f) = clip {
-                                    d *= f;
-                                }
-                                if let Some(s) = inv_iter {
-                                    d *= s;
-                                }
-                                if local_decay != 0.0 {
-                                    let r = if cfg.l1 { sign(w) } else { w };
-                                    d += local_decay * r;
-                                }
-                                let hn = local_rate * d + cfg.momentum * h;
+                                let w = ws[off + j];
+                                let hn = step.history(w, gs[off + j], hs[off + j]);
                                 nh[j] = hn;
                                 nw[j] = w - hn;
                             }

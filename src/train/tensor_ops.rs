@@ -8,6 +8,7 @@
 //! code without a GPU.
 use super::kernels::{window_bounds, Lrn, Window};
 use super::precision::Precision;
+use super::sgd::ParamStep;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
@@ -381,29 +382,23 @@ pub fn relu_backward(x: &Tensor, dy: &Tensor, slope: f32) -> Result<Tensor> {
     Ok(x.gt(0f32)?.where_cond(dy, &other)?)
 }
 
-/// One parameter's SGD update in Caffe's order: scale the gradient by each
-/// factor in turn (clip, then 1/iter_size), add weight decay, `h = rate*d + momentum*h`, `w -= h`.
+/// One parameter's SGD update (see [`ParamStep`]) as tensor ops.
 /// Returns the new `(w, h)`.
-#[allow(clippy::too_many_arguments)]
 pub fn sgd_step(
     w: &Tensor,
     grad: &Tensor,
     hist: &Tensor,
-    grad_scale: &[f32],
-    decay: f32,
-    l1: bool,
-    rate: f32,
-    momentum: f32,
+    step: &ParamStep,
 ) -> Result<(Tensor, Tensor)> {
     let mut d = grad.clone();
-    for &s in grad_scale {
+    for &s in step.grad_scale.iter().flatten() {
         d = d.affine(s as f64, 0.0)?;
     }
-    if decay != 0.0 {
-        let reg = if l1 { w.sign()? } else { w.clone() };
-        d = (d + reg.affine(decay as f64, 0.0)?)?;
+    if step.decay != 0.0 {
+        let reg = if step.l1 { w.sign()? } else { w.clone() };
+        d = (d + reg.affine(step.decay as f64, 0.0)?)?;
     }
-    let h = (d.affine(rate as f64, 0.0)? + hist.affine(momentum as f64, 0.0)?)?;
+    let h = (d.affine(step.rate as f64, 0.0)? + hist.affine(step.momentum as f64, 0.0)?)?;
     let w = (w - &h)?;
     Ok((w, h))
 }
