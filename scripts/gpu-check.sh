@@ -3,7 +3,9 @@
 # Rust toolchain and no network): op checks against the CPU kernels, the
 # tiny-net fixture trajectory (fp32, and bf16 on a GPU), `time` at batch 50 and 256, and end-to-end
 # training throughput from an LMDB of raw 256x256 datums (fp32, and TF32 and
-# bf16 on a GPU) and from JPEG files, and the data feed alone from each.
+# bf16 on a GPU) and from JPEG files, and the data feed alone from each; then,
+# with the cuDNN build (flickr-style-cudnn, where the machine has libcudnn.so.9),
+# its op checks, fixture trajectory, `time` rows and LMDB end-to-end rows.
 # Writes a Markdown report to $OUT/gpu-check.md (or ./gpu-check.md).
 #
 # Here (build machine; .gpu/ is git-ignored, and what it holds is never committed):
@@ -34,9 +36,15 @@ REPORT=${OUT:-.}/gpu-check.md
 mkdir -p "${OUT:-.}"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-if [ ! -e "$BIN" ] && [ -e "$BIN.gz" ]; then
-  gunzip -c "$BIN.gz" >"$WORK/flickr-style" && chmod +x "$WORK/flickr-style" && BIN=$WORK/flickr-style
-fi
+unpack() { # $1 = binary path; prints the runnable path
+  if [ ! -e "$1" ] && [ -e "$1.gz" ]; then
+    gunzip -c "$1.gz" >"$WORK/${1##*/}" && chmod +x "$WORK/${1##*/}" && echo "$WORK/${1##*/}"
+  else
+    echo "$1"
+  fi
+}
+BIN=$(unpack "$BIN")
+CUDNN_BIN=$(unpack "${CUDNN_BIN:-$KIT/flickr-style-cudnn}")
 
 # cuBLAS/cuRAND come with the machine's PyTorch wheels (see ../shared/cuda).
 if command -v python3 >/dev/null; then
@@ -124,7 +132,6 @@ if [ -n "$COMPARE_BATCH" ] && [ -n "$DEVICE" ]; then
   time_row "$COMPARE_BATCH" "fused, bf16" "--bf16" ""
   time_row "$COMPARE_BATCH" "compositions, fp32" "" "FLICKR_STYLE_NO_FUSED=1"
 fi
-cat "$WORK"/time*.txt >"${OUT:-.}/gpu-check-time.txt" 2>/dev/null
 say ""
 
 say "## End to end: finetune throughput at batch $E2E_BATCH ($ITERS iterations after 5 warm-up ones)"
@@ -189,6 +196,42 @@ say "| source | ms per batch | images/s |"
 say "|---|---|---|"
 feed lmdb "$lmdb_layer"
 feed jpeg "$jpeg_layer"
+say ""
+
+say "## cuDNN build: convolutions (forward, backward data, backward filter) on cuDNN"
+if [ -z "$DEVICE" ]; then
+  say "Skipped: a CPU run."
+elif [ ! -x "$CUDNN_BIN" ]; then
+  say "Skipped: no flickr-style-cudnn in the kit."
+elif ldd "$CUDNN_BIN" | grep -q "not found"; then
+  say "Skipped: the cuDNN build cannot start here:"
+  ldd "$CUDNN_BIN" | grep "not found" | tee -a "$REPORT"
+else
+  BIN=$CUDNN_BIN
+  run check-ops $DEVICE >"$WORK/ops-cudnn.txt" 2>&1 || fail "check-ops (cuDNN build)"
+  head -1 "$WORK/ops-cudnn.txt" | tee -a "$REPORT"
+  say "| op | forward | backward | finite diff | result |"
+  say "|---|---|---|---|---|"
+  grep -E "\[cudnn|FAILED|failed|passed|rror" "$WORK/ops-cudnn.txt" | tee -a "$REPORT"
+  say ""
+  tiny "fp32, cuDNN" 1e-4 ""
+  tiny "bf16, cuDNN" 2e-2 "--bf16"
+  say ""
+  say "| batch | kernels | forward ms | backward ms | SGD update ms | step ms | images/s |"
+  say "|---|---|---|---|---|---|---|"
+  for b in $BATCHES; do time_row "$b" "cuDNN, fp32" "" ""; done
+  if [ -n "$COMPARE_BATCH" ]; then
+    time_row "$COMPARE_BATCH" "cuDNN, TF32" "--tf32" ""
+    time_row "$COMPARE_BATCH" "cuDNN, bf16" "--bf16" ""
+  fi
+  say ""
+  say "| source | arithmetic | ms per iteration | images/s |"
+  say "|---|---|---|---|"
+  e2e lmdb "fp32, cuDNN" "$lmdb_layer" ""
+  e2e lmdb "TF32, cuDNN" "$lmdb_layer" "--tf32"
+  e2e lmdb "bf16, cuDNN" "$lmdb_layer" "--bf16"
+fi
+cat "$WORK"/time*.txt >"${OUT:-.}/gpu-check-time.txt" 2>/dev/null
 say ""
 if [ "$FAILED" = 0 ]; then say "All checks passed."; else say "SOME CHECKS FAILED (see above)."; fi
 exit "$FAILED"

@@ -740,8 +740,13 @@ fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
     }
     .compute()?;
     let reports = check_ops(&c, a.seed)?;
+    let cudnn = if c.cudnn {
+        ", then convolutions on [cudnn] in fp32 and bf16"
+    } else {
+        ""
+    };
     println!(
-        "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels, then [bf16] mixed precision (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, [bf16] <= {BF16_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
+        "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels, then [bf16] mixed precision{cudnn} (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, bf16 <= {BF16_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
         c.describe()
     );
     println!("| op | forward | backward | finite diff | result |");

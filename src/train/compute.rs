@@ -31,6 +31,9 @@ pub struct Compute {
     /// mixed precision ([`crate::train::precision`]); off by default, so
     /// the fp32 path stays Caffe-faithful.
     pub bf16: bool,
+    /// On a GPU, convolutions run on cuDNN: in builds with the `cudnn`
+    /// feature, unless `FLICKR_STYLE_NO_CUDNN` is set.
+    pub cudnn: bool,
 }
 
 impl Compute {
@@ -41,6 +44,7 @@ impl Compute {
             tensor_ops: false,
             fused: false,
             bf16: false,
+            cudnn: false,
         }
     }
 
@@ -52,6 +56,7 @@ impl Compute {
             tensor_ops: true,
             fused: crate::train::fused::enabled_by_env(),
             bf16: false,
+            cudnn: cudnn_by_env(),
         })
     }
 
@@ -108,6 +113,9 @@ impl Compute {
                     if !fused {
                         notes.push("fused kernels off");
                     }
+                    if self.cudnn {
+                        notes.push("cuDNN convolutions");
+                    }
                     if notes.is_empty() {
                         format!("GPU {gpu_id}")
                     } else {
@@ -125,6 +133,15 @@ impl Compute {
 /// path stays Caffe-faithful. Affects GPU runs only.
 pub fn set_tf32(enabled: bool) {
     candle_core::cuda::set_gemm_reduced_precision_f32(enabled);
+}
+
+/// Whether GPU nets convolve with cuDNN: builds with the `cudnn` feature,
+/// unless `FLICKR_STYLE_NO_CUDNN` is set.
+fn cudnn_by_env() -> bool {
+    #[cfg(feature = "cudnn")]
+    return crate::train::cudnn::enabled_by_env();
+    #[cfg(not(feature = "cudnn"))]
+    false
 }
 
 /// Whether this binary was built with the `cuda` feature.

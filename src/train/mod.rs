@@ -4,11 +4,14 @@
 //! - [`kernels`]: CPU kernels for what candle lacks (pooling with argmax, LRN, im2col).
 //! - [`tensor_ops`]: the same computations as candle tensor ops, for GPU nets.
 //! - [`fused`]: single-kernel versions of the hot ones (CUDA, with CPU twins).
+//! - `cudnn` (with the `cudnn` feature): cuDNN convolutions for GPU nets.
 //! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 
 pub mod commands;
 pub mod compute;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 pub mod filler;
 pub mod fused;
 pub mod gemm;

@@ -303,55 +303,102 @@ fn has_products(name: &str) -> bool {
     name.starts_with("Convolution") || name.starts_with("InnerProduct")
 }
 
-/// Runs every case on both GPU code paths: the tensor-op compositions, then
+/// Whether a case is a convolution (so the cuDNN passes check it).
+fn is_convolution(name: &str) -> bool {
+    name.starts_with("Convolution")
+}
+
+/// One pass over the cases: a GPU code path, the cases it covers and the
+/// tag its rows carry.
+struct Pass {
+    fused: bool,
+    bf16: bool,
+    cudnn: bool,
+    covers: fn(&str) -> bool,
+    tag: &'static str,
+    /// Whether the pass also checks the SGD update (fp32 in every mode).
+    sgd: bool,
+}
+
+const PASSES: &[Pass] = &[
+    Pass {
+        fused: false,
+        bf16: false,
+        cudnn: false,
+        covers: |_| true,
+        tag: "",
+        sgd: true,
+    },
+    Pass {
+        fused: true,
+        bf16: false,
+        cudnn: false,
+        covers: has_fused,
+        tag: " [fused]",
+        sgd: true,
+    },
+    Pass {
+        fused: true,
+        bf16: true,
+        cudnn: false,
+        covers: has_products,
+        tag: " [bf16]",
+        sgd: false,
+    },
+    Pass {
+        fused: true,
+        bf16: false,
+        cudnn: true,
+        covers: is_convolution,
+        tag: " [cudnn]",
+        sgd: false,
+    },
+    Pass {
+        fused: true,
+        bf16: true,
+        cudnn: true,
+        covers: is_convolution,
+        tag: " [cudnn bf16]",
+        sgd: false,
+    },
+];
+
+/// Runs every case on each GPU code path: the tensor-op compositions, then
 /// the fused kernels (marked `[fused]`) for the layers that have them, plus
 /// the SGD update; then the layers with matrix products in bf16 mixed
 /// precision (marked `[bf16]`, on the fused path, against the fp32 CPU
-/// kernels within [`BF16_TOLERANCE`]). `compute` is the device under test;
-/// tensor ops are switched on, so on the CPU this checks the GPU code path
-/// (there the fused ops run their CPU twins, which checks their wrappers).
+/// kernels within [`BF16_TOLERANCE`]); and where `compute` convolves with
+/// cuDNN (a GPU in a `cudnn` build), the convolutions on cuDNN in fp32 and
+/// bf16 (`[cudnn]`, `[cudnn bf16]`; the passes before use candle's im2col).
+/// `compute` is the device under test; tensor ops are switched on, so on
+/// the CPU this checks the GPU code path (there the fused ops run their CPU
+/// twins, which checks their wrappers).
 pub fn check_ops(compute: &Compute, seed: u64) -> Result<Vec<OpReport>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut reports = Vec::new();
-    for (fused, bf16) in [(false, false), (true, false), (true, true)] {
+    for pass in PASSES.iter().filter(|p| compute.cudnn || !p.cudnn) {
         let compute = Compute {
             tensor_ops: true,
-            fused,
-            bf16,
+            fused: pass.fused,
+            bf16: pass.bf16,
+            cudnn: pass.cudnn,
             ..compute.clone()
         };
-        for (name, text, shape, ties) in CASES {
-            let wanted = match (fused, bf16) {
-                (_, true) => has_products(name),
-                (true, false) => has_fused(name),
-                (false, false) => true,
-            };
-            if !wanted {
-                continue;
-            }
-            let label = match (fused, bf16) {
-                (_, true) => format!("{name} [bf16]"),
-                (true, false) => format!("{name} [fused]"),
-                (false, false) => name.to_string(),
-            };
+        for (name, text, shape, ties) in CASES.iter().filter(|c| (pass.covers)(c.0)) {
+            let label = format!("{name}{}", pass.tag);
             let mut r = check_case(name, text, *shape, *ties, &compute, &mut rng)
                 .map_err(|e| Error::model(format!("op check '{label}'"), e.to_string()))?;
             r.name = label;
             reports.push(r);
         }
-        if bf16 {
-            // The SGD update is fp32 in every mode.
+        if !pass.sgd {
             continue;
         }
         for (label, l1) in [
             ("SGD update (clip, iter_size, L2)", false),
             ("SGD update (L1)", true),
         ] {
-            let label = if fused {
-                format!("{label} [fused]")
-            } else {
-                label.to_string()
-            };
+            let label = format!("{label}{}", pass.tag);
             reports.push(
                 check_sgd(&label, l1, &compute, &mut rng)
                     .map_err(|e| Error::model(format!("op check '{label}'"), e.to_string()))?,

@@ -26,17 +26,28 @@ pub struct ConvGeom {
     pub dilation: usize,
     /// The arithmetic of the convolution's matrix products.
     pub precision: Precision,
+    /// Convolve with cuDNN (a GPU in a `cudnn` build) instead of candle's
+    /// im2col products; the bias and its gradient stay tensor ops.
+    pub cudnn: bool,
 }
 
 /// `y = conv(x, w) + b`, per group.
 pub fn conv_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &ConvGeom) -> Result<Tensor> {
-    let y = g
-        .precision
-        .conv2d(&x.contiguous()?, w, g.pad, g.stride, g.dilation, g.group)?;
+    let y = convolve(x, w, g)?;
     Ok(match b {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
         None => y,
     })
+}
+
+/// `conv(x, w)` without the bias: cuDNN's when `g.cudnn`, else candle's.
+fn convolve(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if g.cudnn {
+        return super::cudnn::conv_forward(x, w, g);
+    }
+    g.precision
+        .conv2d(&x.contiguous()?, w, g.pad, g.stride, g.dilation, g.group)
 }
 
 /// Gradients of [`conv_forward`]: `(dx, dw, db)`, each only when asked for.
@@ -48,15 +59,28 @@ pub fn conv_backward(
     col2im: &Col2Im,
     want: [bool; 3],
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let (n, c, _, _) = x.dims4()?;
-    let (o, _, kh, kw) = w.dims4()?;
-    let (_, _, oh, ow) = dy.dims4()?;
-    let (cg, og) = (c / g.group, o / g.group);
     let db = if want[2] {
         Some(dy.sum((0, 2, 3))?)
     } else {
         None
     };
+    #[cfg(feature = "cudnn")]
+    if g.cudnn {
+        use super::cudnn;
+        let dx = match want[0] {
+            true => Some(cudnn::conv_backward_data(dy, w, x.dims4()?, g)?),
+            false => None,
+        };
+        let dw = match want[1] {
+            true => Some(cudnn::conv_backward_filter(x, dy, w.dims4()?, g)?),
+            false => None,
+        };
+        return Ok((dx, dw, db));
+    }
+    let (n, c, _, _) = x.dims4()?;
+    let (o, _, kh, kw) = w.dims4()?;
+    let (_, _, oh, ow) = dy.dims4()?;
+    let (cg, og) = (c / g.group, o / g.group);
     let (mut dxs, mut dws) = (Vec::new(), Vec::new());
     for gi in 0..g.group {
         let dyg = dy.narrow(1, gi * og, og)?.contiguous()?;

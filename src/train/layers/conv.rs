@@ -1,7 +1,7 @@
 //! Convolution as Caffe computes it: im2col, then one matrix product per
 //! group; the backward pass reuses the columns for the weight gradient and
 //! folds `Wᵀ·dy` back with col2im for the input gradient.
-use super::{nchw, to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
+use super::{nchw, to_vec, with_f32, BackwardArgs, BuildContext, Grads, Layer, OpPath};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
@@ -39,6 +39,8 @@ pub struct Convolution {
     path: OpPath,
     /// The tensor-op path's matrix-product arithmetic.
     precision: Precision,
+    /// Whether the tensor-op path convolves with cuDNN.
+    cudnn: bool,
 }
 
 fn pick(
@@ -71,14 +73,7 @@ fn pick(
 }
 
 impl Convolution {
-    pub fn new(
-        p: ConvolutionParameter,
-        device: Device,
-        path: OpPath,
-        precision: Precision,
-        seed: u64,
-        name: &str,
-    ) -> Result<Self> {
+    pub fn new(p: ConvolutionParameter, ctx: &BuildContext, seed: u64, name: &str) -> Result<Self> {
         if p.num_output() == 0 {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -89,7 +84,6 @@ impl Convolution {
             group: p.group().max(1) as usize,
             num_output: p.num_output() as usize,
             p,
-            device,
             seed,
             name: name.to_string(),
             params: Vec::new(),
@@ -100,8 +94,10 @@ impl Convolution {
             dcols: Vec::new(),
             batch: 0,
             tensor: None,
-            path,
-            precision,
+            path: ctx.path(),
+            precision: ctx.precision(),
+            cudnn: ctx.cudnn(),
+            device: ctx.device.clone(),
         })
     }
 }
@@ -178,6 +174,7 @@ impl Layer for Convolution {
                 stride: sh,
                 dilation: dh,
                 precision: self.precision,
+                cudnn: self.cudnn,
             };
             let fold = if self.path.fused() {
                 Col2Im::fused(&win)

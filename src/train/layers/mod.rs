@@ -96,6 +96,8 @@ pub struct BuildContext {
     /// With tensor ops, compute convolutions and inner products in bf16
     /// mixed precision ([`crate::train::precision`]).
     pub bf16: bool,
+    /// On a GPU, convolve with cuDNN (builds with the `cudnn` feature).
+    pub cudnn: bool,
 }
 
 /// How a layer computes.
@@ -138,6 +140,7 @@ impl BuildContext {
             tensor_ops: compute.tensor_ops,
             fused: compute.fused,
             bf16: compute.bf16,
+            cudnn: compute.cudnn,
         }
     }
 
@@ -175,6 +178,11 @@ impl BuildContext {
         }
     }
 
+    /// Whether convolutions use cuDNN: only on a CUDA device.
+    pub fn cudnn(&self) -> bool {
+        self.cudnn && self.device.is_cuda()
+    }
+
     /// `path` resolved against the base folder.
     pub fn resolve(&self, path: &str) -> std::path::PathBuf {
         let p = Path::new(path);
@@ -195,9 +203,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
     Ok(match param.r#type() {
         "Convolution" => Box::new(conv::Convolution::new(
             param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
-            ctx.device.clone(),
-            path,
-            ctx.precision(),
+            ctx,
             seed,
             name,
         )?),
