@@ -351,77 +351,49 @@ fn ranked(
 ) -> std::result::Result<Vec<(Algo, sys::cudnnMathType_t)>, CudnnError> {
     const MAX: usize = 16;
     let mut count = 0i32;
-    let keep = |algo, status, det, math| allowed(algo, status, det, math, strict);
+    // The three queries differ only in their types and descriptor order.
+    macro_rules! query {
+        ($perf:ty, $get:path, $variant:path, $($desc:expr),+) => {{
+            let mut perf: [$perf; MAX] = std::mem::zeroed();
+            $get(h, $($desc),+, MAX as i32, &mut count, perf.as_mut_ptr())?;
+            perf[..count.clamp(0, MAX as i32) as usize]
+                .iter()
+                .map(|p| ($variant(p.algo), p.mathType, p.status, p.determinism))
+                .filter(|&(algo, math, status, det)| allowed(algo, status, det, math, strict))
+                .map(|(algo, math, _, _)| (algo, math))
+                .collect()
+        }};
+    }
+    // SAFETY: the descriptors are live and the arrays hold MAX results.
     Ok(unsafe {
         match pass {
-            Pass::Forward => {
-                let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; MAX] = std::mem::zeroed();
-                result::get_convolution_forward_algorithm(
-                    h,
-                    d.x,
-                    d.w,
-                    d.conv,
-                    d.y,
-                    MAX as i32,
-                    &mut count,
-                    perf.as_mut_ptr(),
-                )?;
-                perf[..count.clamp(0, MAX as i32) as usize]
-                    .iter()
-                    .filter(|p| keep(Algo::Forward(p.algo), p.status, p.determinism, p.mathType))
-                    .map(|p| (Algo::Forward(p.algo), p.mathType))
-                    .collect()
-            }
-            Pass::BackwardData => {
-                let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; MAX] = std::mem::zeroed();
-                result::get_convolution_backward_data_algorithm(
-                    h,
-                    d.w,
-                    d.y,
-                    d.conv,
-                    d.x,
-                    MAX as i32,
-                    &mut count,
-                    perf.as_mut_ptr(),
-                )?;
-                perf[..count.clamp(0, MAX as i32) as usize]
-                    .iter()
-                    .filter(|p| {
-                        keep(
-                            Algo::BackwardData(p.algo),
-                            p.status,
-                            p.determinism,
-                            p.mathType,
-                        )
-                    })
-                    .map(|p| (Algo::BackwardData(p.algo), p.mathType))
-                    .collect()
-            }
-            Pass::BackwardFilter => {
-                let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; MAX] = std::mem::zeroed();
-                result::get_convolution_backward_filter_algorithm(
-                    h,
-                    d.x,
-                    d.y,
-                    d.conv,
-                    d.w,
-                    MAX as i32,
-                    &mut count,
-                    perf.as_mut_ptr(),
-                )?;
-                perf[..count.clamp(0, MAX as i32) as usize]
-                    .iter()
-                    .filter(|p| {
-                        keep(
-                            Algo::BackwardFilter(p.algo),
-                            p.status,
-                            p.determinism,
-                            p.mathType,
-                        )
-                    })
-                    .map(|p| (Algo::BackwardFilter(p.algo), p.mathType))
-                    .collect()
-            }
+            Pass::Forward => query!(
+                sys::cudnnConvolutionFwdAlgoPerf_t,
+                result::get_convolution_forward_algorithm,
+                Algo::Forward,
+                d.x,
+                d.w,
+                d.conv,
+                d.y
+            ),
+            Pass::BackwardData => query!(
+                sys::cudnnConvolutionBwdDataAlgoPerf_t,
+                result::get_convolution_backward_data_algorithm,
+                Algo::BackwardData,
+                d.w,
+                d.y,
+                d.conv,
+                d.x
+            ),
+            Pass::BackwardFilter => query!(
+                sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+                result::get_convolution_backward_filter_algorithm,
+                Algo::BackwardFilter,
+                d.x,
+                d.y,
+                d.conv,
+                d.w
+            ),
         }
     })
 }
