@@ -2,7 +2,7 @@
 //! group; the backward pass reuses the columns for the weight gradient and
 //! folds `Wᵀ·dy` back with col2im for the input gradient.
 use super::{nchw, to_vec, with_f32, BackwardArgs, BuildContext, Grads, Layer, OpPath};
-use crate::caffe::proto::{ConvolutionParameter, Phase};
+use crate::caffe::proto::{convolution_parameter::Engine, ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::gemm::{sgemm, View};
@@ -80,6 +80,9 @@ impl Convolution {
                 "convolution_param.num_output must be > 0",
             ));
         }
+        // Caffe's per-layer choice: `engine: CAFFE` keeps a layer on im2col;
+        // DEFAULT and CUDNN take cuDNN where the build has it.
+        let cudnn = ctx.cudnn() && p.engine() != Engine::Caffe;
         Ok(Convolution {
             group: p.group().max(1) as usize,
             num_output: p.num_output() as usize,
@@ -96,7 +99,7 @@ impl Convolution {
             tensor: None,
             path: ctx.path(),
             precision: ctx.precision(),
-            cudnn: ctx.cudnn(),
+            cudnn,
             device: ctx.device.clone(),
         })
     }
