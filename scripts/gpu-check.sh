@@ -135,6 +135,7 @@ fi
 say ""
 
 say "## End to end: finetune throughput at batch $E2E_BATCH ($ITERS iterations after 5 warm-up ones)"
+if python3 -c "import numpy, PIL" 2>/dev/null; then
 python3 - "$WORK/img" "$IMAGES" <<'EOF'
 # Varied 320x240 JPEGs (gradients plus noise), 20 labels.
 import os, sys
@@ -151,6 +152,17 @@ with open(os.path.join(out, "list.txt"), "w") as f:
         Image.fromarray(img).save(os.path.join(out, f"{i:05d}.jpg"), quality=90)
         f.write(f"{i:05d}.jpg {i % 20}\n")
 EOF
+else
+  # No numpy/PIL on this machine: repeat the kit's fixture photos instead.
+  say "(numpy/PIL missing: the JPEG set repeats the kit's $(ls "$KIT"/images/*.jpg | wc -l) fixture photos)"
+  mkdir -p "$WORK/img"
+  srcs=("$KIT"/images/*.jpg)
+  for ((i = 0; i < IMAGES; i++)); do
+    name=$(printf '%05d.jpg' "$i")
+    cp "${srcs[i % ${#srcs[@]}]}" "$WORK/img/$name"
+    echo "$name $((i % 20))"
+  done >"$WORK/img/list.txt"
+fi
 run to-lmdb --resize-height 256 --resize-width 256 "$WORK/img/" "$WORK/img/list.txt" "$WORK/lmdb" >"$WORK/lmdb.log" 2>&1 || { fail "to-lmdb"; tail -3 "$WORK/lmdb.log"; }
 run compute-mean "$WORK/lmdb" "$WORK/mean.binaryproto" >"$WORK/mean.log" 2>&1 || { fail "compute-mean"; tail -3 "$WORK/mean.log"; }
 e2e() { # $1 = source, $2 = arithmetic label, $3 = data layer text, $4 = extra flags

@@ -50,5 +50,8 @@ for variant in cuda cudnn; do
 done
 cp -r ../shared/caffe-ref/fixtures/tiny-net .gpu/
 cp -r ../shared/caffe-ref/models/finetune_flickr_style .gpu/recipe
+# JPEGs for gpu-check's end-to-end set where the GPU machine lacks numpy/PIL.
+mkdir -p .gpu/images
+cp ../shared/caffe-ref/fixtures/images/*/*.jpg .gpu/images/
 chmod -R u+w .gpu
 du -sh .gpu
