@@ -2,7 +2,8 @@
 //! N JPEGs of about 500x375 made from the fixture photos (varied crops and
 //! flips), then `to-lmdb --resize 256x256` and `compute-mean` on the result,
 //! and the trainer's data feeds at batch 256 (crop 227, mirror, mean file):
-//! Data from that LMDB and ImageData from the JPEGs.
+//! Data from that LMDB and ImageData from the JPEGs, and the LMDB fill
+//! into a reused buffer that a GPU feed does.
 //! Run with `scripts/bench-pipeline [N]`; prints a table.
 use flickr_style::pipeline::mean::{compute_mean, MeanSource};
 use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
@@ -81,6 +82,7 @@ fn main() {
     let mean_s = t.elapsed().as_secs_f64();
     mean.write_binaryproto(&dir.path().join("mean.binaryproto"))
         .unwrap();
+    let lmdb_fill = reused_fill(&db, dir.path());
     let lmdb_feed = feed_rate(
         dir.path(),
         r#"type: "Data" data_param { source: "db" batch_size: 256 backend: LMDB }"#,
@@ -104,6 +106,10 @@ fn main() {
     );
     for (what, (images, secs)) in [
         ("training feed: Data (raw LMDB)", lmdb_feed),
+        (
+            "raw LMDB datums into one reused batch buffer (a GPU feed's fill, no tensor)",
+            lmdb_fill,
+        ),
         (
             "training feed: ImageData (JPEG decode + resize 256)",
             jpeg_feed,
@@ -174,4 +180,47 @@ fn probe(dir: &Path) {
         files.len() as f64 / t.elapsed().as_secs_f64(),
         d.len()
     );
+}
+
+/// What a GPU feed's workers do per batch: read raw datums from the LMDB
+/// and transform them into one batch buffer that is reused, as the pinned
+/// staging buffer is (the CPU feed above hands each batch's buffer to its
+/// tensor, so it also pays for fresh pages every batch): (images, seconds).
+fn reused_fill(db: &Path, dir: &Path) -> (usize, f64) {
+    use flickr_style::caffe::datum::DatumRef;
+    use flickr_style::caffe::proto::{Phase, TransformationParameter};
+    use flickr_style::pipeline::lmdb_store::LmdbReader;
+    use flickr_style::train::transform::Transformer;
+    use rayon::prelude::*;
+    let reader = LmdbReader::open(db).unwrap();
+    let keys = reader.keys().unwrap();
+    let tp: TransformationParameter = flickr_style::caffe::prototxt::parse(
+        r#"mirror: true crop_size: 227 mean_file: "mean.binaryproto""#,
+        Path::new("transform_param"),
+    )
+    .unwrap();
+    let tf = Transformer::new(&tp, Phase::Train, 1, |p| dir.join(p), "bench").unwrap();
+    let (batch, per) = (256, 3 * 227 * 227);
+    let mut buf = vec![0f32; batch * per];
+    let mut pos = 0usize;
+    let mut fill = |batches: usize| {
+        let t = Instant::now();
+        for _ in 0..batches {
+            buf.par_chunks_mut(per).enumerate().for_each(|(k, out)| {
+                let i = (pos + k) % keys.len();
+                reader
+                    .with_value(&keys[i], |v| {
+                        let d = DatumRef::parse(v).expect("a Datum");
+                        let (c, h, w, px) = d.raw_pixels("bench")?;
+                        tf.apply(c, h, w, px, (pos + k) as u64, String::new, out)
+                    })
+                    .unwrap();
+            });
+            pos += batch;
+        }
+        t.elapsed().as_secs_f64()
+    };
+    fill(1);
+    let batches = 8;
+    (batches * batch, fill(batches))
 }
