@@ -328,7 +328,9 @@ impl Algo {
 }
 
 /// Whether a ranked algorithm may run: it works, is deterministic, and in
-/// strict fp32 uses FMA arithmetic without transforms.
+/// strict fp32 is no tensor-core kernel and no transform. (Strict runs
+/// set `CUDNN_FMA_MATH` whatever math type the ranking reports, so an
+/// algorithm reported with the default math still computes in FMA.)
 fn allowed(
     algo: Algo,
     status: sys::cudnnStatus_t,
@@ -338,7 +340,16 @@ fn allowed(
 ) -> bool {
     status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
         && determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
-        && (!strict || (math == sys::cudnnMathType_t::CUDNN_FMA_MATH && !algo.transforms()))
+        && (!strict || (!tensor_cores(math) && !algo.transforms()))
+}
+
+/// Whether a math type is one of the tensor-core ones.
+fn tensor_cores(math: sys::cudnnMathType_t) -> bool {
+    matches!(
+        math,
+        sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+            | sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+    )
 }
 
 /// cuDNN's ranked algorithms for `pass`, as (algorithm, math type) in
@@ -419,18 +430,27 @@ fn workspace(
     }
 }
 
-/// The first allowed algorithm whose workspace fits [`WORKSPACE_LIMIT`].
+/// The first allowed algorithm that accepts its math type and whose
+/// workspace fits [`WORKSPACE_LIMIT`].
 fn choose(
     h: sys::cudnnHandle_t,
     d: &Descriptors,
     pass: Pass,
     strict: bool,
 ) -> std::result::Result<Option<Choice>, CudnnError> {
-    for (algo, math) in ranked(h, d, pass, strict)? {
+    for (algo, reported) in ranked(h, d, pass, strict)? {
+        let math = if strict {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        } else {
+            reported
+        };
         // The math type is part of the algorithm: set it before asking
-        // for the workspace, as before running.
+        // for the workspace, as before running. An algorithm that refuses
+        // the pair is passed over.
         unsafe { result::set_convolution_math_type(d.conv, math)? };
-        let bytes = workspace(h, d, algo)?;
+        let Ok(bytes) = workspace(h, d, algo) else {
+            continue;
+        };
         if bytes <= WORKSPACE_LIMIT {
             return Ok(Some(Choice {
                 algo,
@@ -626,7 +646,7 @@ mod tests {
     use sys::cudnnConvolutionBwdFilterAlgo_t as W;
     use sys::cudnnConvolutionFwdAlgo_t as F;
     use sys::cudnnDeterminism_t::{CUDNN_DETERMINISTIC, CUDNN_NON_DETERMINISTIC};
-    use sys::cudnnMathType_t::{CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
+    use sys::cudnnMathType_t::{CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
     use sys::cudnnStatus_t::{CUDNN_STATUS_NOT_SUPPORTED, CUDNN_STATUS_SUCCESS};
 
     fn geom(pad: usize, stride: usize, dilation: usize, group: usize) -> ConvGeom {
@@ -662,6 +682,14 @@ mod tests {
         let filter0 = Algo::BackwardFilter(W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
         let ok = CUDNN_STATUS_SUCCESS;
         assert!(allowed(gemm, ok, CUDNN_DETERMINISTIC, CUDNN_FMA_MATH, true));
+        // Reported with the default math, it still runs under FMA math.
+        assert!(allowed(
+            gemm,
+            ok,
+            CUDNN_DETERMINISTIC,
+            CUDNN_DEFAULT_MATH,
+            true
+        ));
         assert!(!allowed(
             gemm,
             ok,
