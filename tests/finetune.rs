@@ -170,6 +170,51 @@ fn cli_trains_snapshots_and_resumes_with_metrics() {
     );
 }
 
+#[test]
+fn miswired_or_oversized_nets_are_clear_errors_not_aborts() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let setup_error = |edit: &dyn Fn(String) -> String| {
+        let solver = edited_net(p, edit);
+        solver_in(p, solver.to_str().unwrap(), &p.join("x"))
+            .err()
+            .expect("the net must be refused")
+            .to_string()
+    };
+    // Softmax given the labels too (a SoftmaxWithLoss typo).
+    let e = setup_error(&|s| s.replacen("type: \"SoftmaxWithLoss\"", "type: \"Softmax\"", 1));
+    assert!(
+        e.contains("layer 'loss'") && e.contains("has 2 bottom(s), but Softmax layers take 1"),
+        "{e}"
+    );
+    // Sizes past Caffe's INT_MAX elements per blob are refused before any
+    // allocation (they used to abort the process).
+    let e = setup_error(&|s| s.replacen("pad: 1\n", "pad: 100000\n", 1));
+    assert!(
+        e.contains("layer 'conv2'") && e.contains("top 'conv2' of shape [8, 32, 200013, 200013]"),
+        "{e}"
+    );
+    let e = setup_error(&|s| s.replacen("batch_size: 8", "batch_size: 100000000", 1));
+    assert!(
+        e.contains("layer 'data'") && e.contains("Caffe's limit of 2147483647"),
+        "{e}"
+    );
+    let e = setup_error(&|s| s.replacen("num_output: 64", "num_output: 2000000000", 1));
+    assert!(
+        e.contains("layer 'fc6'") && e.contains("parameter blob of shape [2000000000, 1568]"),
+        "{e}"
+    );
+    // Labels the net cannot predict stop the run in Accuracy too (Caffe
+    // checks this only in debug builds).
+    let solver = edited_net(p, |s| s.replacen("num_output: 4", "num_output: 2", 1));
+    let mut s = solver_in(p, solver.to_str().unwrap(), &p.join("x")).unwrap();
+    let e = s.solve().unwrap_err().to_string();
+    assert!(
+        e.contains("layer 'accuracy'") && e.contains("label 2 is outside 0..2"),
+        "{e}"
+    );
+}
+
 /// Writes a copy of the tiny net with `edit` applied, paths made absolute.
 fn edited_net(t: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let dir = fixture("tiny-net");

@@ -14,7 +14,7 @@ pub fn fill(
     seed: u64,
     context: &str,
 ) -> Result<Vec<f32>> {
-    let n: usize = shape.iter().product();
+    let n = crate::train::layers::checked_count(shape, context, "parameter blob")?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let bad = |m: String| Error::model(context, m);
     let fan_in = if shape.is_empty() {
@@ -40,6 +40,14 @@ pub fn fill(
             (0..n).map(|_| u.sample(&mut rng)).collect()
         }
         "gaussian" => {
+            // Caffe's Gaussian draw checks sigma > 0 (rand_distr would
+            // accept a negative std and mirror the values).
+            if param.std().is_nan() || param.std() <= 0.0 {
+                return Err(bad(format!(
+                    "gaussian filler: std must be > 0, got {}",
+                    param.std()
+                )));
+            }
             let d = Normal::new(param.mean(), param.std())
                 .map_err(|e| bad(format!("gaussian filler: {e}")))?;
             (0..n).map(|_| d.sample(&mut rng)).collect()
@@ -88,6 +96,17 @@ mod tests {
         assert_eq!(a, fill(&p, &[100, 50], 7, "t").unwrap());
         let var = a.iter().map(|v| (v * v) as f64).sum::<f64>() / a.len() as f64;
         assert!((var.sqrt() - 0.01).abs() < 0.001, "{}", var.sqrt());
+        let negative = FillerParameter {
+            std: Some(-0.01),
+            ..p.clone()
+        };
+        let e = fill(&negative, &[2], 7, "layer 'fc'")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layer 'fc'") && e.contains("std must be > 0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! bottoms included), Caffe's need-backward analysis, forward with weighted
 //! losses, backward that accumulates gradients, and weights in and out by
 //! layer name.
-use super::layers::{create, BackwardArgs, BuildContext, Layer};
+use super::layers::{checked_count, create, BackwardArgs, BuildContext, Layer};
 use crate::caffe::blob::{shape_equals, shape_string};
 use crate::caffe::proto::{LayerParameter, NetParameter, NetState, NetStateRule, Phase};
 use crate::caffe::BlobProto;
@@ -141,17 +141,31 @@ impl Net {
                     })
                 })
                 .collect::<Result<_>>()?;
+            if bottoms.len() != layer.num_bottoms() {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "has {} bottom(s), but {} layers take {}",
+                        bottoms.len(),
+                        lp.r#type(),
+                        layer.num_bottoms()
+                    ),
+                ));
+            }
             consumed.extend(&bottoms);
             let bottom_shapes: Vec<Vec<usize>> = bottoms
                 .iter()
                 .map(|&b| net.blob_shapes[b].clone())
                 .collect();
             let top_shapes = layer.setup(&bottom_shapes)?;
+            for (t, shape) in lp.top.iter().zip(&top_shapes) {
+                checked_count(shape, &lctx, &format!("top '{t}'"))?;
+            }
             if top_shapes.len() != lp.top.len() {
                 return Err(Error::model(
                     &lctx,
                     format!(
-                        "has {} tops but a {} layer produces {}",
+                        "has {} top(s), but {} layers produce {}",
                         lp.top.len(),
                         lp.r#type(),
                         top_shapes.len()

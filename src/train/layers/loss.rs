@@ -146,6 +146,9 @@ impl Layer for SoftmaxWithLoss {
     fn type_name(&self) -> &'static str {
         "SoftmaxWithLoss"
     }
+    fn num_bottoms(&self) -> usize {
+        2
+    }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let ctx = format!("layer '{}'", self.name);
         if bottom.len() != 2 {
@@ -266,12 +269,17 @@ impl Layer for SoftmaxWithLoss {
 
 pub struct Accuracy {
     p: AccuracyParameter,
+    ctx: String,
     dims: (usize, usize, usize),
 }
 
 impl Accuracy {
-    pub fn new(p: AccuracyParameter) -> Self {
-        Accuracy { p, dims: (0, 0, 0) }
+    pub fn new(p: AccuracyParameter, name: &str) -> Self {
+        Accuracy {
+            p,
+            ctx: format!("layer '{name}'"),
+            dims: (0, 0, 0),
+        }
     }
 }
 
@@ -279,17 +287,31 @@ impl Layer for Accuracy {
     fn type_name(&self) -> &'static str {
         "Accuracy"
     }
+    fn num_bottoms(&self) -> usize {
+        2
+    }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let ctx = &self.ctx;
         if bottom.len() != 2 {
+            return Err(Error::model(ctx, "needs two bottoms: scores and labels"));
+        }
+        self.dims = split(&bottom[0], self.p.axis(), ctx)?;
+        let (outer, _, inner) = self.dims;
+        if super::count(&bottom[1]) != outer * inner {
             return Err(Error::model(
-                "Accuracy",
-                "needs two bottoms: scores and labels",
+                ctx,
+                format!(
+                    "{} labels for {} predictions (shapes {:?} and {:?})",
+                    super::count(&bottom[1]),
+                    outer * inner,
+                    bottom[0],
+                    bottom[1]
+                ),
             ));
         }
-        self.dims = split(&bottom[0], self.p.axis(), "Accuracy")?;
         if self.p.top_k() as usize > self.dims.1 {
             return Err(Error::model(
-                "Accuracy",
+                ctx,
                 "top_k is larger than the number of classes",
             ));
         }
@@ -306,7 +328,16 @@ impl Layer for Accuracy {
                 if Some(label) == self.p.ignore_label {
                     continue;
                 }
-                let truth = x[oi * c * inner + label.clamp(0, c as i32 - 1) as usize * inner + j];
+                // Caffe only checks this in debug builds (and reads past the
+                // scores otherwise); a label the net cannot predict is a
+                // data or prototxt mistake worth stopping for.
+                if label < 0 || label as usize >= c {
+                    return Err(Error::model(
+                        &self.ctx,
+                        format!("label {label} is outside 0..{c}"),
+                    ));
+                }
+                let truth = x[oi * c * inner + label as usize * inner + j];
                 // Classes scoring at least as high as the true one, itself excluded.
                 let better = (0..c)
                     .filter(|&q| x[oi * c * inner + q * inner + j] >= truth)

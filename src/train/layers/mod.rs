@@ -62,6 +62,15 @@ pub trait Layer: Send {
     fn is_data(&self) -> bool {
         false
     }
+    /// How many bottoms the layer takes (Caffe's ExactNumBottomBlobs): none
+    /// for data layers, two for scores-and-labels layers, else one.
+    fn num_bottoms(&self) -> usize {
+        if self.is_data() {
+            0
+        } else {
+            1
+        }
+    }
     /// The layer's resumable state (a data position, a dropout draw count).
     fn state(&self) -> Option<u64> {
         None
@@ -228,7 +237,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         )?),
         "Softmax" => Box::new(loss::Softmax::new(param.softmax_param.as_ref().map_or(1, |p| p.axis()))),
         "SoftmaxWithLoss" => Box::new(loss::SoftmaxWithLoss::new(param, name)?),
-        "Accuracy" => Box::new(loss::Accuracy::new(param.accuracy_param.unwrap_or_default())),
+        "Accuracy" => Box::new(loss::Accuracy::new(param.accuracy_param.unwrap_or_default(), name)),
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
@@ -277,4 +286,27 @@ pub(crate) fn nchw(bottom: &[Vec<usize>], ctx: &str) -> Result<[usize; 4]> {
 /// Number of elements of a shape.
 pub(crate) fn count(shape: &[usize]) -> usize {
     shape.iter().product()
+}
+
+/// Caffe's limit on a blob's element count (`Blob::Reshape` checks INT_MAX).
+pub(crate) const MAX_BLOB_COUNT: usize = i32::MAX as usize;
+
+/// Element count of the blob `what` of `shape`, or an error naming it when
+/// the count passes Caffe's INT_MAX limit. Checked before anything is
+/// allocated, so a typo such as `pad: 100000` or a huge `batch_size` is a
+/// clear error instead of an allocation abort.
+pub(crate) fn checked_count(shape: &[usize], ctx: &str, what: &str) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_BLOB_COUNT)
+        .ok_or_else(|| {
+            Error::model(
+                ctx,
+                format!(
+                    "{what} of shape {shape:?} would pass Caffe's limit of {MAX_BLOB_COUNT} \
+                     elements per blob (check batch_size, pad, kernel and num_output)"
+                ),
+            )
+        })
 }
