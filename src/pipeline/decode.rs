@@ -26,6 +26,23 @@ pub enum ColorMode {
     Native,
 }
 
+/// Largest width or height decoded (JPEG's own limit is 65,535).
+pub const MAX_SIDE: usize = 1 << 16;
+/// Largest pixel count decoded: OpenCV's default `CV_IO_MAX_IMAGE_PIXELS`.
+/// Checked from the header before any pixel buffer is allocated, so a file
+/// that merely claims huge dimensions is an error, not an allocation abort.
+pub const MAX_PIXELS: usize = 1 << 30;
+
+fn check_dimensions(width: usize, height: usize) -> std::result::Result<(), String> {
+    if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
+        return Err(format!(
+            "image claims {width}x{height} pixels, more than the {MAX_SIDE}-pixel side and \
+             {MAX_PIXELS}-pixel area decoded (OpenCV's limit)"
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes the image file at `path`.
 pub fn read_image(path: &Path, mode: ColorMode) -> Result<Mat8> {
     let bytes = std::fs::read(path).at(path)?;
@@ -57,8 +74,14 @@ pub fn is_valid_image(bytes: &[u8]) -> bool {
 }
 
 fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, String> {
-    let mut probe = JpegDecoder::new(ZCursor::new(bytes));
+    let limits = DecoderOptions::default()
+        .set_max_width(MAX_SIDE)
+        .set_max_height(MAX_SIDE);
+    let mut probe = JpegDecoder::new_with_options(ZCursor::new(bytes), limits);
     probe.decode_headers().map_err(|e| format!("JPEG: {e:?}"))?;
+    if let Some(info) = probe.info() {
+        check_dimensions(info.width as usize, info.height as usize)?;
+    }
     let input = probe.input_colorspace().unwrap_or(ColorSpace::YCbCr);
     let gray_input = matches!(input, ColorSpace::Luma | ColorSpace::LumaA);
     let out_space = match mode {
@@ -68,10 +91,8 @@ fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Strin
         ColorMode::Color if gray_input => ColorSpace::Luma,
         _ => ColorSpace::BGR,
     };
-    let options = DecoderOptions::default()
+    let options = limits
         .set_strict_mode(true)
-        .set_max_width(1 << 16)
-        .set_max_height(1 << 16)
         .jpeg_set_out_colorspace(out_space);
     let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     let pixels = dec.decode().map_err(|e| format!("JPEG: {e:?}"))?;
@@ -104,6 +125,8 @@ fn decode_other(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Stri
         .map_err(|e| e.to_string())?;
     let format = reader.format().ok_or("unrecognised image format")?;
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width as usize, height as usize)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -220,6 +243,54 @@ mod tests {
         assert_eq!((r.width, r.height, r.data.clone()), (1, 2, vec![1, 2]));
         let r = orient(m, Orientation::Rotate270);
         assert_eq!(r.data, vec![2, 1]);
+    }
+
+    /// An encoded 8x8 image in `format`.
+    fn encoded(format: image::ImageFormat) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    /// CRC-32 (IEEE), as PNG chunks carry it.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn huge_claimed_dimensions_are_refused_before_allocating() {
+        // A PNG whose header claims 100,000 x 100,000 (30 GB of RGB): it used
+        // to abort the process on the allocation.
+        let mut png = encoded(image::ImageFormat::Png);
+        let ihdr = 8 + 4; // signature, then the IHDR chunk's length field
+        png[ihdr + 4..ihdr + 8].copy_from_slice(&100_000u32.to_be_bytes());
+        png[ihdr + 8..ihdr + 12].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&png[ihdr..ihdr + 4 + 13]);
+        png[ihdr + 17..ihdr + 21].copy_from_slice(&crc.to_be_bytes());
+        let e = decode(&png, ColorMode::Color).unwrap_err();
+        assert!(e.contains("claims 100000x100000"), "{e}");
+        // A JPEG whose frame header claims 60,000 x 60,000.
+        let mut jpg = encoded(image::ImageFormat::Jpeg);
+        let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpg[sof + 5..sof + 7].copy_from_slice(&60_000u16.to_be_bytes());
+        jpg[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
+        let e = decode(&jpg, ColorMode::Color).unwrap_err();
+        assert!(e.contains("claims 60000x60000"), "{e}");
+        // The untouched files decode.
+        assert!(decode(&encoded(image::ImageFormat::Png), ColorMode::Color).is_ok());
+        assert!(decode(&encoded(image::ImageFormat::Jpeg), ColorMode::Color).is_ok());
     }
 
     #[test]
