@@ -5,6 +5,7 @@
 //!
 //! JPEGs go through zune-jpeg in strict mode, so a truncated or corrupt file
 //! is an error rather than a silently grey-filled image (libjpeg only warns).
+//! CMYK JPEGs are converted with OpenCV's formula (Adobe YCCK ones are refused).
 //! Other formats go through the `image` crate.
 use super::mat::Mat8;
 use crate::error::{Error, IoContext, Result};
@@ -84,7 +85,14 @@ fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Strin
     }
     let input = probe.input_colorspace().unwrap_or(ColorSpace::YCbCr);
     let gray_input = matches!(input, ColorSpace::Luma | ColorSpace::LumaA);
+    if input == ColorSpace::YCCK {
+        return Err(
+            "JPEG: Adobe YCCK colour (a print-workflow CMYK variant) is not supported".into(),
+        );
+    }
     let out_space = match mode {
+        // CMYK comes out as stored and is converted below, as OpenCV does.
+        _ if input == ColorSpace::CMYK => ColorSpace::CMYK,
         ColorMode::Gray => ColorSpace::Luma,
         ColorMode::Native if gray_input => ColorSpace::Luma,
         // A gray JPEG read in colour: decode the plane once, replicate below.
@@ -98,14 +106,19 @@ fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Strin
     let pixels = dec.decode().map_err(|e| format!("JPEG: {e:?}"))?;
     let info = dec.info().ok_or("JPEG: no image information")?;
     let (w, h) = (info.width as usize, info.height as usize);
-    let cn = if out_space == ColorSpace::Luma { 1 } else { 3 };
+    let cn = out_space.num_components();
     if pixels.len() != w * h * cn {
         return Err(format!(
             "JPEG: decoder returned {} bytes for {w}x{h}x{cn}",
             pixels.len()
         ));
     }
-    let mut mat = Mat8::new(w, h, cn, pixels);
+    let mut mat = if out_space == ColorSpace::CMYK {
+        cmyk_to(&pixels, w, h, mode)
+    } else {
+        Mat8::new(w, h, cn, pixels)
+    };
+    let cn = mat.channels;
     if mode == ColorMode::Color && cn == 1 {
         mat = gray_to_bgr(&mat);
     }
@@ -176,6 +189,35 @@ fn decode_other(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Stri
         ),
     };
     Ok(orient(mat, orientation))
+}
+
+/// OpenCV's reading of a CMYK JPEG's stored samples (Adobe files store them
+/// inverted, which this formula assumes): each colour channel becomes
+/// `k - ((255 - c) * k >> 8)`, giving R, G, B from C, M, Y; gray mode then
+/// applies `cvtColor`'s weights. Colour and unchanged modes give BGR.
+fn cmyk_to(cmyk: &[u8], width: usize, height: usize, mode: ColorMode) -> Mat8 {
+    let rgb = |p: &[u8]| {
+        let k = p[3] as u32;
+        let ch = |c: u8| (k - (((255 - c as u32) * k) >> 8)) as u8;
+        (ch(p[0]), ch(p[1]), ch(p[2]))
+    };
+    let pixels = cmyk.chunks_exact(4).map(rgb);
+    match mode {
+        ColorMode::Gray => Mat8::new(
+            width,
+            height,
+            1,
+            pixels
+                .map(|(r, g, b)| rgb_to_gray(r, g, b, false))
+                .collect(),
+        ),
+        ColorMode::Color | ColorMode::Native => Mat8::new(
+            width,
+            height,
+            3,
+            pixels.flat_map(|(r, g, b)| [b, g, r]).collect(),
+        ),
+    }
 }
 
 /// Luma as the decoders OpenCV uses compute it: libpng's fixed-point
@@ -291,6 +333,48 @@ mod tests {
         // The untouched files decode.
         assert!(decode(&encoded(image::ImageFormat::Png), ColorMode::Color).is_ok());
         assert!(decode(&encoded(image::ImageFormat::Jpeg), ColorMode::Color).is_ok());
+    }
+
+    #[test]
+    fn cmyk_jpeg_reads_as_opencv_reads_it() {
+        // Golden values from OpenCV itself (provenance in the JSON file).
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+        let bytes = std::fs::read(format!("{dir}cmyk_16x16.jpg")).unwrap();
+        let golden: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{dir}cmyk_16x16_opencv.json")).unwrap(),
+        )
+        .unwrap();
+        let flat = |key: &str| -> Vec<u8> {
+            fn walk(v: &serde_json::Value, out: &mut Vec<u8>) {
+                match v {
+                    serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                    n => out.push(n.as_u64().unwrap() as u8),
+                }
+            }
+            let mut out = Vec::new();
+            walk(&golden[key], &mut out);
+            out
+        };
+        assert!(is_valid_image(&bytes), "assemble keeps CMYK photos");
+        for (mode, key, channels) in [
+            (ColorMode::Color, "bgr", 3),
+            (ColorMode::Native, "bgr", 3),
+            (ColorMode::Gray, "gray", 1),
+        ] {
+            let m = decode(&bytes, mode).unwrap();
+            assert_eq!((m.width, m.height, m.channels), (16, 16, channels));
+            let want = flat(key);
+            // JPEG's inverse DCT rounds a level apart from libjpeg's here and
+            // there (as for YCbCr files); the conversion is OpenCV's formula.
+            let worst = m
+                .data
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| a.abs_diff(b))
+                .max()
+                .unwrap();
+            assert!(worst <= 1, "{mode:?}: off by {worst}");
+        }
     }
 
     #[test]
