@@ -152,9 +152,10 @@ fn to_lmdb_matches_convert_imageset_gray64() {
     o.gray = true;
     o.resize = Some((64, 64));
     to_lmdb(&o).unwrap();
-    // --gray decodes through libjpeg's luma plane and libpng's gamma-aware
-    // conversion in Caffe; see the fixture README for why a tolerance is needed.
-    let (worst, avg) = compare_with_caffe(&db, "lmdb/gray64", 3.0);
+    // --gray: colour PNGs go through libpng's gamma-aware conversion (the sRGB
+    // profile of chelsea.png), which we reproduce exactly; what remains is
+    // libjpeg's inverse DCT rounding a level apart from ours in the JPEGs.
+    let (worst, avg) = compare_with_caffe(&db, "lmdb/gray64", 0.05);
     eprintln!("gray64: worst per-image MAD {worst:.4}, average {avg:.4}");
 }
 

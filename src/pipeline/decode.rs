@@ -8,6 +8,7 @@
 //! CMYK JPEGs are converted with OpenCV's formula (Adobe YCCK ones are refused).
 //! Other formats go through the `image` crate.
 use super::mat::Mat8;
+use super::png_gray::PngGray;
 use crate::error::{Error, IoContext, Result};
 use image::metadata::Orientation;
 use std::path::Path;
@@ -146,18 +147,32 @@ fn decode_other(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Stri
     let is_png = format == image::ImageFormat::Png;
     let has_color = img.color().has_color();
     let has_alpha = img.color().has_alpha();
-    // OpenCV keeps the high byte of 16-bit samples.
-    let rgba: Vec<u8> = match &img {
+    let sixteen = matches!(
+        img,
         DynamicImage::ImageLuma16(_)
-        | DynamicImage::ImageLumaA16(_)
-        | DynamicImage::ImageRgb16(_)
-        | DynamicImage::ImageRgba16(_) => img
-            .to_rgba16()
+            | DynamicImage::ImageLumaA16(_)
+            | DynamicImage::ImageRgb16(_)
+            | DynamicImage::ImageRgba16(_)
+    );
+    if mode == ColorMode::Gray && has_color && is_png {
+        // OpenCV has libpng convert colour PNGs to gray (gamma-aware).
+        let png = PngGray::for_file(bytes);
+        let gray = if sixteen {
+            png.gray16(&img.to_rgba16().into_raw())
+        } else {
+            png.gray8(&img.to_rgba8().into_raw())
+        };
+        return Ok(orient(Mat8::new(w, h, 1, gray), orientation));
+    }
+    // OpenCV keeps the high byte of 16-bit samples.
+    let rgba: Vec<u8> = if sixteen {
+        img.to_rgba16()
             .into_raw()
             .into_iter()
             .map(|v| (v >> 8) as u8)
-            .collect(),
-        _ => img.to_rgba8().into_raw(),
+            .collect()
+    } else {
+        img.to_rgba8().into_raw()
     };
     let mat = match (mode, has_color) {
         (ColorMode::Gray, false) | (ColorMode::Native, false) => {
@@ -168,7 +183,7 @@ fn decode_other(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Stri
             h,
             1,
             rgba.chunks_exact(4)
-                .map(|p| rgb_to_gray(p[0], p[1], p[2], is_png))
+                .map(|p| rgb_to_gray(p[0], p[1], p[2]))
                 .collect(),
         ),
         (ColorMode::Native, true) if has_alpha => Mat8::new(
@@ -207,9 +222,7 @@ fn cmyk_to(cmyk: &[u8], width: usize, height: usize, mode: ColorMode) -> Mat8 {
             width,
             height,
             1,
-            pixels
-                .map(|(r, g, b)| rgb_to_gray(r, g, b, false))
-                .collect(),
+            pixels.map(|(r, g, b)| rgb_to_gray(r, g, b)).collect(),
         ),
         ColorMode::Color | ColorMode::Native => Mat8::new(
             width,
@@ -220,15 +233,11 @@ fn cmyk_to(cmyk: &[u8], width: usize, height: usize, mode: ColorMode) -> Mat8 {
     }
 }
 
-/// Luma as the decoders OpenCV uses compute it: libpng's fixed-point
-/// 0.299/0.587 weights for PNG, `cvtColor`'s 14-bit weights otherwise.
-fn rgb_to_gray(r: u8, g: u8, b: u8, png: bool) -> u8 {
+/// Luma as `cvtColor` (and OpenCV's JPEG reader) computes it: 14-bit
+/// fixed-point BT.601 weights, rounded.
+fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
     let (r, g, b) = (r as u32, g as u32, b as u32);
-    if png {
-        ((r * 9798 + g * 19235 + b * 3735 + (1 << 14)) >> 15) as u8
-    } else {
-        ((r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14) as u8
-    }
+    ((r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14) as u8
 }
 
 fn gray_to_bgr(m: &Mat8) -> Mat8 {
@@ -335,26 +344,48 @@ mod tests {
         assert!(decode(&encoded(image::ImageFormat::Jpeg), ColorMode::Color).is_ok());
     }
 
+    /// A file of `tests/data`.
+    fn test_data(name: &str) -> Vec<u8> {
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/").to_string() + name)
+            .unwrap()
+    }
+
+    /// The nested rows under `key` of a golden-values JSON file, flattened.
+    fn golden(file: &str, key: &str) -> Vec<u8> {
+        fn walk(v: &serde_json::Value, out: &mut Vec<u8>) {
+            match v {
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                n => out.push(n.as_u64().unwrap() as u8),
+            }
+        }
+        let json: serde_json::Value = serde_json::from_slice(&test_data(file)).unwrap();
+        let mut out = Vec::new();
+        walk(&json[key], &mut out);
+        out
+    }
+
+    #[test]
+    fn color_png_reads_as_gray_exactly_as_opencv_reads_it() {
+        // OpenCV asks libpng for the conversion: truncated 15-bit weights,
+        // in linear light when the file states its gamma (sRGB, gAMA), and
+        // for 16-bit files before the strip to 8 bits (sBIT sets the
+        // precision of libpng's gamma tables there).
+        for file in [
+            "rgb8_12x10.png",
+            "rgb16_12x10.png",
+            "rgb8_srgb_12x10.png",
+            "rgb16_gama_sbit_12x10.png",
+        ] {
+            let m = decode(&test_data(file), ColorMode::Gray).unwrap();
+            assert_eq!((m.width, m.height, m.channels), (12, 10, 1));
+            assert_eq!(m.data, golden("png_gray_opencv.json", file), "{file}");
+        }
+    }
+
     #[test]
     fn cmyk_jpeg_reads_as_opencv_reads_it() {
         // Golden values from OpenCV itself (provenance in the JSON file).
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
-        let bytes = std::fs::read(format!("{dir}cmyk_16x16.jpg")).unwrap();
-        let golden: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{dir}cmyk_16x16_opencv.json")).unwrap(),
-        )
-        .unwrap();
-        let flat = |key: &str| -> Vec<u8> {
-            fn walk(v: &serde_json::Value, out: &mut Vec<u8>) {
-                match v {
-                    serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-                    n => out.push(n.as_u64().unwrap() as u8),
-                }
-            }
-            let mut out = Vec::new();
-            walk(&golden[key], &mut out);
-            out
-        };
+        let bytes = test_data("cmyk_16x16.jpg");
         assert!(is_valid_image(&bytes), "assemble keeps CMYK photos");
         for (mode, key, channels) in [
             (ColorMode::Color, "bgr", 3),
@@ -363,7 +394,7 @@ mod tests {
         ] {
             let m = decode(&bytes, mode).unwrap();
             assert_eq!((m.width, m.height, m.channels), (16, 16, channels));
-            let want = flat(key);
+            let want = golden("cmyk_16x16_opencv.json", key);
             // JPEG's inverse DCT rounds a level apart from libjpeg's here and
             // there (as for YCbCr files); the conversion is OpenCV's formula.
             let worst = m

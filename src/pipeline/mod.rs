@@ -13,5 +13,6 @@ pub mod mat;
 pub mod mean;
 pub mod model_zoo;
 pub mod numpy_rng;
+mod png_gray;
 pub mod resize;
 pub mod to_lmdb;
