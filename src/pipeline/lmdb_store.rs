@@ -1,7 +1,9 @@
 //! Caffe-compatible LMDB environments: a read-only, lock-free reader (CI's
-//! copy of the fixtures is read-only) that refuses truncated files, and a
+//! copy of the fixtures is read-only) that refuses truncated or structurally
+//! corrupt files (see [`super::lmdb_check`]), and a
 //! writer that builds the database in a temporary folder, grows the map on
 //! demand and renames it into place only when complete.
+use super::lmdb_check::check_data_file;
 use crate::error::{Error, IoContext, Result};
 use lmdb::{Cursor, Database, Environment, EnvironmentFlags, Transaction, WriteFlags};
 use std::path::{Path, PathBuf};
@@ -17,12 +19,16 @@ impl LmdbReader {
     /// Opens `path` read-only without touching `lock.mdb`.
     pub fn open(path: &Path) -> Result<Self> {
         let data = path.join("data.mdb");
-        let meta = std::fs::metadata(&data).map_err(|e| {
+        std::fs::metadata(&data).map_err(|e| {
             Error::lmdb(
                 path,
                 format!("no readable data.mdb ({e}); is this a Caffe LMDB folder?"),
             )
         })?;
+        // liblmdb trusts the page numbers and sizes in the file and would
+        // crash (SIGSEGV/SIGBUS) on a truncated or corrupt one: walk its
+        // structure first.
+        check_data_file(&data).map_err(|m| Error::lmdb(path, m))?;
         let env = Environment::new()
             .set_flags(
                 EnvironmentFlags::READ_ONLY | EnvironmentFlags::NO_LOCK | EnvironmentFlags::NO_TLS,
@@ -30,20 +36,6 @@ impl LmdbReader {
             .set_max_readers(126)
             .open(path)
             .map_err(|e| Error::lmdb(path, format!("cannot open: {e}")))?;
-        // LMDB maps the file and would crash (SIGBUS) on pages past its end:
-        // check the size the meta page promises before reading anything.
-        let info = env.info().map_err(|e| Error::lmdb(path, e))?;
-        let page = env.stat().map_err(|e| Error::lmdb(path, e))?.page_size() as u64;
-        let needed = (info.last_pgno() as u64 + 1) * page;
-        if meta.len() < needed {
-            return Err(Error::lmdb(
-                path,
-                format!(
-                    "data.mdb is truncated: {} bytes on disk but its header needs {needed}",
-                    meta.len()
-                ),
-            ));
-        }
         let db = env
             .open_db(None)
             .map_err(|e| Error::lmdb(path, format!("cannot open main database: {e}")))?;
