@@ -112,23 +112,26 @@ fn source_name(source: &MeanSource) -> String {
 
 type Decoded = Result<((usize, usize, usize), Vec<u8>)>;
 
-/// Sums a batch in parallel, checking every item against `shape`.
+/// Sums a batch in parallel, checking every item against `shape`. Each
+/// item's label names it in size errors; its own errors name it already.
 fn sum_batch(
     items: Vec<(String, Box<dyn FnOnce() -> Decoded + Send>)>,
     shape: &mut Option<(usize, usize, usize)>,
     total: &mut Option<Accumulator>,
 ) -> Result<()> {
-    let decoded: Vec<(String, Decoded)> = items.into_par_iter().map(|(k, f)| (k, f())).collect();
+    let mut decoded: Vec<(String, Decoded)> =
+        items.into_par_iter().map(|(k, f)| (k, f())).collect();
+    if let Some(i) = decoded.iter().position(|(_, d)| d.is_err()) {
+        return decoded.swap_remove(i).1.map(|_| ());
+    }
     let first_shape = match (&shape, decoded.first()) {
         (Some(s), _) => *s,
         (None, Some((_, Ok((s, _))))) => *s,
-        (None, Some((k, Err(e)))) => return Err(Error::invalid(k, e.to_string())),
-        (None, None) => return Ok(()),
+        (None, _) => return Ok(()),
     };
     *shape = Some(first_shape);
     for (key, d) in &decoded {
         match d {
-            Err(e) => return Err(Error::invalid(key, e.to_string())),
             Ok((s, _)) if *s != first_shape => {
                 return Err(Error::invalid(
                     key,
@@ -168,12 +171,16 @@ fn mean_of_lmdb(path: &Path) -> Result<Option<Accumulator>> {
         let key = String::from_utf8_lossy(k).into_owned();
         let value = v.to_vec();
         let label = format!("{}: record {key}", path.display());
+        let db = path.display().to_string();
         batch.push((
-            label,
+            label.clone(),
             Box::new(move || {
                 let datum = Datum::decode(value.as_slice())
-                    .map_err(|e| Error::invalid(&key, format!("not a Datum: {e}")))?;
-                let (c, h, w, px) = datum.into_pixels(&key)?;
+                    .map_err(|e| Error::invalid(label, format!("not a Datum: {e}")))?;
+                // into_pixels names the record; add the database.
+                let (c, h, w, px) = datum
+                    .into_pixels(&key)
+                    .map_err(|e| Error::invalid(db, e.to_string()))?;
                 Ok(((c, h, w), px))
             }),
         ));
@@ -209,8 +216,10 @@ fn mean_of_list(
             .map(|e| {
                 let path = root.join(&e.path);
                 let label = format!("{}:{} ({})", list.display(), e.line, e.path);
+                let context = label.clone();
                 let f: Box<dyn FnOnce() -> Decoded + Send> = Box::new(move || {
-                    let mut mat = read_image(&path, mode)?;
+                    let mut mat = read_image(&path, mode)
+                        .map_err(|e| Error::invalid(context, e.to_string()))?;
                     if let Some((h, w)) = resize {
                         mat = resize_linear(&mat, w, h);
                     }
