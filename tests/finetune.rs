@@ -204,6 +204,17 @@ fn miswired_or_oversized_nets_are_clear_errors_not_aborts() {
         e.contains("layer 'fc6'") && e.contains("parameter blob of shape [2000000000, 1568]"),
         "{e}"
     );
+    // A batch whose blobs and convolution buffers cannot fit this machine's
+    // memory and swap is refused up front (it used to abort mid-run).
+    let memory = flickr_style::train::memory::machine_memory();
+    if memory.is_some_and(|m| m < 60 << 30) {
+        let e = setup_error(&|s| s.replacen("batch_size: 8", "batch_size: 100000", 1));
+        assert!(
+            e.contains("Train net 'TinyCaffeNet'") && e.contains("needs at least"),
+            "{e}"
+        );
+        assert!(e.contains("lower batch_size"), "{e}");
+    }
     // Labels the net cannot predict stop the run in Accuracy too (Caffe
     // checks this only in debug builds).
     let solver = edited_net(p, |s| s.replacen("num_output: 4", "num_output: 2", 1));

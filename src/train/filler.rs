@@ -15,6 +15,18 @@ pub fn fill(
     context: &str,
 ) -> Result<Vec<f32>> {
     let n = crate::train::layers::checked_count(shape, context, "parameter blob")?;
+    // Up to 2^31 floats (8 GiB) pass the count check: fail cleanly when
+    // the memory is not there, rather than abort in the draws below.
+    let mut values: Vec<f32> = Vec::new();
+    values.try_reserve_exact(n).map_err(|_| {
+        Error::model(
+            context,
+            format!(
+                "cannot allocate {} for a parameter blob of shape {shape:?}",
+                crate::train::memory::gib(n as u64 * 4)
+            ),
+        )
+    })?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let bad = |m: String| Error::model(context, m);
     let fan_in = if shape.is_empty() {
@@ -32,12 +44,12 @@ pub fn fill(
         VarianceNorm::FanOut => fan_out as f32,
         VarianceNorm::Average => (fan_in + fan_out) as f32 / 2.0,
     };
-    let mut values: Vec<f32> = match param.r#type() {
-        "constant" => vec![param.value(); n],
+    match param.r#type() {
+        "constant" => values.resize(n, param.value()),
         "uniform" => {
             let u = Uniform::new_inclusive(param.min(), param.max())
                 .map_err(|e| bad(format!("uniform filler: {e}")))?;
-            (0..n).map(|_| u.sample(&mut rng)).collect()
+            values.extend((0..n).map(|_| u.sample(&mut rng)))
         }
         "gaussian" => {
             // Caffe's Gaussian draw checks sigma > 0 (rand_distr would
@@ -50,18 +62,18 @@ pub fn fill(
             }
             let d = Normal::new(param.mean(), param.std())
                 .map_err(|e| bad(format!("gaussian filler: {e}")))?;
-            (0..n).map(|_| d.sample(&mut rng)).collect()
+            values.extend((0..n).map(|_| d.sample(&mut rng)))
         }
         "xavier" => {
             let scale = (3.0 / fan).sqrt();
             let u = Uniform::new_inclusive(-scale, scale)
                 .map_err(|e| bad(format!("xavier filler: {e}")))?;
-            (0..n).map(|_| u.sample(&mut rng)).collect()
+            values.extend((0..n).map(|_| u.sample(&mut rng)))
         }
         "msra" => {
             let d = Normal::new(0.0, (2.0 / fan).sqrt())
                 .map_err(|e| bad(format!("msra filler: {e}")))?;
-            (0..n).map(|_| d.sample(&mut rng)).collect()
+            values.extend((0..n).map(|_| d.sample(&mut rng)))
         }
         other => {
             return Err(bad(format!(

@@ -7,6 +7,7 @@
 //! - `cudnn` (with the `cudnn` feature): cuDNN convolutions for GPU nets.
 //! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
+//! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
 
 pub mod commands;
 pub mod compute;
@@ -19,6 +20,7 @@ pub mod kernels;
 pub mod layers;
 pub mod log;
 pub mod lr_policy;
+pub mod memory;
 pub mod net;
 pub mod op_check;
 pub mod precision;

@@ -4,6 +4,7 @@
 //! losses, backward that accumulates gradients, and weights in and out by
 //! layer name.
 use super::layers::{checked_count, create, BackwardArgs, BuildContext, Layer};
+use super::memory;
 use crate::caffe::blob::{shape_equals, shape_string};
 use crate::caffe::proto::{LayerParameter, NetParameter, NetState, NetStateRule, Phase};
 use crate::caffe::BlobProto;
@@ -263,7 +264,63 @@ impl Net {
             }
         }
         net.grads = vec![None; net.params.len()];
+        if net.device.is_cpu() {
+            net.check_memory()?;
+        }
         Ok(net)
+    }
+
+    /// Refuses a CPU net that cannot fit the machine (see [`Net::memory_floor`]).
+    fn check_memory(&self) -> Result<()> {
+        memory::check_fits(
+            &format!("{:?} net '{}'", self.phase, self.name),
+            &[self.memory_floor()],
+        )
+    }
+
+    /// Bytes a CPU net holds at least, with a breakdown for messages: its
+    /// blobs, parameters and convolution buffers. A floor, not an estimate:
+    /// a training net also keeps each parameter's gradient and momentum and
+    /// each convolution's backward buffers (as large as its forward ones),
+    /// but blob gradients and temporaries come on top.
+    pub fn memory_floor(&self) -> (u64, String) {
+        // In-place layers reuse their bottom's name: count each name once.
+        let mut per_name: HashMap<&str, u64> = HashMap::new();
+        for (name, shape) in self.blob_names.iter().zip(&self.blob_shapes) {
+            let n = per_name.entry(name).or_default();
+            *n = (*n).max(shape.iter().product::<usize>() as u64);
+        }
+        let blobs: u64 = per_name.values().sum();
+        let params: u64 = self
+            .entries
+            .iter()
+            .flat_map(|e| e.layer.params())
+            .map(|t| t.elem_count() as u64)
+            .sum();
+        let scratch: u64 = self
+            .entries
+            .iter()
+            .map(|e| e.layer.workspace_len() as u64)
+            .sum();
+        let (params, scratch) = if self.phase == Phase::Train {
+            (3 * params, 2 * scratch)
+        } else {
+            (params, scratch)
+        };
+        let (largest, size) = per_name
+            .iter()
+            .max_by_key(|&(_, &n)| n)
+            .map(|(&name, &n)| (name, n))
+            .unwrap_or(("", 0));
+        let detail = format!(
+            "{:?} net: blobs {} (the largest '{largest}' {}), parameters {}, convolution buffers {}",
+            self.phase,
+            memory::gib(4 * blobs),
+            memory::gib(4 * size),
+            memory::gib(4 * params),
+            memory::gib(4 * scratch),
+        );
+        (4 * (blobs + params + scratch), detail)
     }
 
     /// Caffe's rule: a layer runs backward if it has a learnable parameter or a

@@ -166,6 +166,17 @@ impl Solver {
             .enumerate()
             .map(|(i, d)| Net::new(d, &build(Phase::Test), param.test_state.get(i)))
             .collect::<Result<Vec<_>>>()?;
+        if compute.device.is_cpu() {
+            // Each net fits alone (Net::new checks); the solver keeps them all.
+            let floors: Vec<_> = std::iter::once(&train)
+                .chain(&tests)
+                .map(Net::memory_floor)
+                .collect();
+            crate::train::memory::check_fits(
+                &format!("solver {}", opts.solver.display()),
+                &floors,
+            )?;
+        }
         let history = (0..train.params().len())
             .map(|i| Ok(train.param(i).zeros_like()?))
             .collect::<Result<Vec<_>>>()?;

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::gemm::{sgemm, View};
 use crate::train::kernels::{col2im_plane, im2col_row, Window};
+use crate::train::memory::try_resize;
 use crate::train::precision::Precision;
 use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
 use candle_core::{Device, Tensor};
@@ -24,6 +25,8 @@ pub struct Convolution {
     num_output: usize,
     /// Columns of the last forward: (group, K, N*P), kept for the backward
     /// pass and reused so the hundreds of MB are not reallocated each step.
+    /// Scratch elements the CPU forward pass keeps (see `workspace_len`).
+    workspace: usize,
     cols: Vec<f32>,
     /// GEMM output (group, og, N*P), reordered into the top.
     ybuf: Vec<f32>,
@@ -91,6 +94,7 @@ impl Convolution {
             name: name.to_string(),
             params: Vec::new(),
             win: None,
+            workspace: 0,
             cols: Vec::new(),
             ybuf: Vec::new(),
             dybuf: Vec::new(),
@@ -170,6 +174,11 @@ impl Layer for Convolution {
             ow,
         };
         self.win = Some(win);
+        if !self.path.tensor_ops() {
+            // The column matrix and the product, for the whole batch.
+            let k = c / g * kh * kw;
+            self.workspace = (g * k + self.num_output) * n * oh * ow;
+        }
         if self.path.tensor_ops() {
             let geom = ConvGeom {
                 group: g,
@@ -199,6 +208,10 @@ impl Layer for Convolution {
         Ok(vec![vec![n, self.num_output, oh, ow]])
     }
 
+    fn workspace_len(&self) -> usize {
+        self.workspace
+    }
+
     fn params(&self) -> &[Tensor] {
         &self.params
     }
@@ -223,14 +236,15 @@ impl Layer for Convolution {
         let np = n * plane;
         // One (rows) x (images * positions) column matrix, reused across
         // iterations: a single GEMM per group.
-        self.cols.resize(g * k * np, 0.0);
+        let ctx = format!("layer '{}'", self.name);
+        try_resize(&mut self.cols, g * k * np, &ctx)?;
         let cols = &mut self.cols;
         with_f32(x, |xs| {
             cols.par_chunks_mut(np)
                 .enumerate()
                 .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
         })?;
-        self.ybuf.resize(g * og * np, 0.0);
+        try_resize(&mut self.ybuf, g * og * np, &ctx)?;
         let weights = to_vec(&self.params[0])?;
         for gi in 0..g {
             sgemm(
@@ -295,8 +309,9 @@ impl Layer for Convolution {
         let k = win.c / g * win.kh * win.kw;
         let plane = win.oh * win.ow;
         let np = n * plane;
+        let ctx = format!("layer '{}'", self.name);
         // dy as (channel, image, position), the column matrix's layout.
-        self.dybuf.resize(cout * np, 0.0);
+        try_resize(&mut self.dybuf, cout * np, &ctx)?;
         let dyg = &mut self.dybuf;
         with_f32(dy, |ds| {
             dyg.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
@@ -331,7 +346,7 @@ impl Layer for Convolution {
         let mut bgrad = None;
         if a.propagate[0] {
             let weights = to_vec(&self.params[0])?;
-            self.dcols.resize(g * k * np, 0.0);
+            try_resize(&mut self.dcols, g * k * np, &ctx)?;
             for gi in 0..g {
                 sgemm(
                     k,

@@ -71,6 +71,11 @@ pub trait Layer: Send {
             1
         }
     }
+    /// f32 elements of scratch memory the layer keeps for its forward pass
+    /// (the floor of the net's memory check).
+    fn workspace_len(&self) -> usize {
+        0
+    }
     /// The layer's resumable state (a data position, a dropout draw count).
     fn state(&self) -> Option<u64> {
         None

@@ -1,0 +1,80 @@
+//! Whether a CPU net fits in this machine's memory, checked when the net is
+//! built, and fallible allocation of the big scratch buffers: a batch size or
+//! layer size that cannot fit is a clear error naming what to change, rather
+//! than an allocation abort (or the OOM killer) in the middle of a run.
+use crate::error::{Error, Result};
+
+/// Physical memory plus swap in bytes, from Linux's `/proc/meminfo`;
+/// `None` where that is unavailable (the check is then skipped).
+pub fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
+}
+
+/// `bytes` in GiB, for messages.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// Fails, naming `context`, when the memory floors of nets that live
+/// together (each a byte count and a breakdown) pass the machine's memory
+/// and swap. Skipped where the machine's memory is unknown.
+pub(crate) fn check_fits(context: &str, floors: &[(u64, String)]) -> Result<()> {
+    let Some(limit) = machine_memory() else {
+        return Ok(());
+    };
+    let total: u64 = floors.iter().map(|f| f.0).sum();
+    if total <= limit {
+        return Ok(());
+    }
+    let detail: Vec<&str> = floors.iter().map(|f| f.1.as_str()).collect();
+    Err(Error::model(
+        context,
+        format!(
+            "needs at least {} ({}) but this machine has {} of memory and swap; lower batch_size",
+            gib(total),
+            detail.join("; "),
+            gib(limit)
+        ),
+    ))
+}
+
+/// Resizes a scratch buffer to `len` zero-filled elements, failing with an
+/// error naming `context` (a layer) when the memory cannot be had.
+pub(crate) fn try_resize(buf: &mut Vec<f32>, len: usize, context: &str) -> Result<()> {
+    if len > buf.len() {
+        buf.try_reserve_exact(len - buf.len()).map_err(|_| {
+            Error::model(
+                context,
+                format!(
+                    "cannot allocate {} of scratch memory; lower batch_size",
+                    gib(len as u64 * 4)
+                ),
+            )
+        })?;
+    }
+    buf.resize(len, 0.0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_buffers_are_errors() {
+        let mut buf = Vec::new();
+        try_resize(&mut buf, 16, "layer 'c'").unwrap();
+        assert_eq!(buf, vec![0.0; 16]);
+        let e = try_resize(&mut buf, usize::MAX / 8, "layer 'c'").unwrap_err();
+        assert!(e.to_string().contains("layer 'c'"), "{e}");
+        if cfg!(target_os = "linux") {
+            assert!(machine_memory().unwrap() > 1 << 20);
+        }
+    }
+}

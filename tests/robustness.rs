@@ -1,0 +1,206 @@
+//! Mutated inputs are results or clear errors, never panics or crashes:
+//! seeded byte-level mutations of the fixture images, the tiny net's
+//! prototxt, its caffemodel and its solverstate, run in-process so that a
+//! panic (or an abort) fails the test. Mutated LMDBs are covered by the unit
+//! tests of `pipeline::lmdb_check`.
+mod common;
+use common::{fixture, solver_in};
+use flickr_style::pipeline::decode::{decode, ColorMode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+
+/// One to eight edits: overwrite a byte, cut a span, or insert bytes.
+/// Most land near the start, where headers live.
+fn mutate(rng: &mut ChaCha8Rng, good: &[u8]) -> Vec<u8> {
+    let mut b = good.to_vec();
+    for _ in 0..rng.random_range(1..=8) {
+        if b.len() < 4 {
+            break;
+        }
+        let reach = if rng.random_bool(0.7) {
+            b.len().min(2048)
+        } else {
+            b.len()
+        };
+        let at = rng.random_range(0..reach);
+        match rng.random_range(0..10) {
+            0..=5 => b[at] = rng.random(),
+            6..=7 => {
+                let end = (at + rng.random_range(1..64)).min(b.len());
+                b.drain(at..end);
+            }
+            _ => {
+                let n = rng.random_range(1..8);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                b.splice(at..at, bytes);
+            }
+        }
+    }
+    b
+}
+
+#[test]
+fn mutated_images_decode_or_fail_cleanly() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let list = std::fs::read_to_string(fixture("images/list.txt")).unwrap();
+    let (mut decoded, mut refused) = (0, 0);
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap();
+        let good = std::fs::read(fixture("images").join(name)).unwrap();
+        for i in 0..12 {
+            let bad = mutate(&mut rng, &good);
+            let mode = [ColorMode::Color, ColorMode::Gray, ColorMode::Native][i % 3];
+            match decode(&bad, mode) {
+                Ok(m) => {
+                    assert_eq!(m.data.len(), m.width * m.height * m.channels, "{name}");
+                    decoded += 1;
+                }
+                Err(e) => {
+                    assert!(!e.is_empty(), "{name}: an error says why");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // Both outcomes occur, so the mutations reach the decoders' checks.
+    eprintln!("images: {decoded} decoded, {refused} refused");
+    assert!(
+        decoded > 20 && refused > 20,
+        "{decoded} decoded, {refused} refused"
+    );
+}
+
+/// Replaces one to three numbers of `text` with odd values.
+fn swap_numbers(rng: &mut ChaCha8Rng, text: &str) -> String {
+    const ODD: [&str; 9] = [
+        "0",
+        "-1",
+        "1",
+        "2",
+        "7",
+        "100000",
+        "2147483648",
+        "1e30",
+        "0.5",
+    ];
+    let mut out = text.to_string();
+    for _ in 0..rng.random_range(1..=3) {
+        let b = out.as_bytes();
+        let starts: Vec<usize> = (0..b.len())
+            .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_alphanumeric()))
+            .collect();
+        let start = starts[rng.random_range(0..starts.len())];
+        let end = (start..b.len())
+            .find(|&i| !(b[i].is_ascii_digit() || b[i] == b'.'))
+            .unwrap_or(b.len());
+        out.replace_range(start..end, ODD[rng.random_range(0..ODD.len())]);
+    }
+    out
+}
+
+/// Trains up to iteration `iter` (with the solver's test phases), without
+/// snapshots; a failure must say why.
+fn train_to(s: &mut flickr_style::train::solver::Solver, iter: usize) {
+    s.set_max_iter(iter);
+    s.set_snapshot_after_train(false);
+    if let Err(e) = s.solve() {
+        assert!(!e.to_string().is_empty());
+    }
+}
+
+/// The tiny net's solver beside a copy of its net (data paths made absolute).
+fn tiny_solver(dir: &Path, net: &str) -> std::path::PathBuf {
+    let net_path = dir.join("net.prototxt");
+    std::fs::write(&net_path, net).unwrap();
+    let solver = std::fs::read_to_string(fixture("tiny-net/solver.prototxt"))
+        .unwrap()
+        .replace("train_val.prototxt", net_path.to_str().unwrap());
+    std::fs::write(dir.join("solver.prototxt"), solver).unwrap();
+    dir.join("solver.prototxt")
+}
+
+#[test]
+fn mutated_prototxts_build_or_fail_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let data = fixture("tiny-net").display().to_string() + "/data/";
+    let good = std::fs::read_to_string(fixture("tiny-net/train_val.prototxt"))
+        .unwrap()
+        .replace("\"data/", &format!("\"{data}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut refused = 0;
+    for i in 0..150 {
+        // Half byte-level edits (mostly parse errors), half numbers swapped
+        // for odd values (nets that parse but may not fit together).
+        let bad = if i % 2 == 0 {
+            String::from_utf8_lossy(&mutate(&mut rng, good.as_bytes())).into_owned()
+        } else {
+            swap_numbers(&mut rng, &good)
+        };
+        let solver = tiny_solver(t.path(), &bad);
+        match solver_in(t.path(), solver.to_str().unwrap(), &t.path().join("x")) {
+            // A net that builds also trains a step or fails with a reason.
+            Ok(mut s) => train_to(&mut s, 1),
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("nets: {refused} of 150 refused");
+    assert!(
+        (50..140).contains(&refused),
+        "{refused} of 150 mutated nets refused"
+    );
+}
+
+#[test]
+fn mutated_weights_and_solver_states_load_or_fail_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let net = std::fs::read_to_string(fixture("tiny-net/train_val.prototxt"))
+        .unwrap()
+        .replace(
+            "\"data/",
+            &format!("\"{}/data/", fixture("tiny-net").display()),
+        );
+    let solver = tiny_solver(t.path(), &net);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut refused = 0;
+    for (file, restore) in [
+        ("tiny-net/snapshots/tiny_iter_15.caffemodel", false),
+        ("tiny-net/snapshots/tiny_iter_15.solverstate", true),
+    ] {
+        let good = std::fs::read(fixture(file)).unwrap();
+        for _ in 0..60 {
+            let bad_path = t.path().join(if restore {
+                "s.solverstate"
+            } else {
+                "w.caffemodel"
+            });
+            std::fs::write(&bad_path, mutate(&mut rng, &good)).unwrap();
+            if restore {
+                // A solverstate names its caffemodel; keep the real one beside it.
+                std::fs::copy(
+                    fixture("tiny-net/snapshots/tiny_iter_15.caffemodel"),
+                    t.path().join("tiny_iter_15.caffemodel"),
+                )
+                .unwrap();
+            }
+            let mut s = solver_in(t.path(), solver.to_str().unwrap(), &t.path().join("x")).unwrap();
+            let loaded = if restore {
+                s.restore(&bad_path)
+            } else {
+                s.load_weights(&[bad_path.clone()])
+            };
+            match loaded {
+                Ok(()) => train_to(&mut s, if restore { 16 } else { 1 }),
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    refused += 1;
+                }
+            }
+        }
+    }
+    eprintln!("weights and states: {refused} of 120 refused");
+    assert!(refused > 40, "only {refused} of 120 mutated files refused");
+}
