@@ -190,7 +190,7 @@ fn mutated_weights_and_solver_states_load_or_fail_cleanly() {
             let loaded = if restore {
                 s.restore(&bad_path)
             } else {
-                s.load_weights(&[bad_path.clone()])
+                s.load_weights(std::slice::from_ref(&bad_path))
             };
             match loaded {
                 Ok(()) => train_to(&mut s, if restore { 16 } else { 1 }),
