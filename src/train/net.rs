@@ -280,9 +280,9 @@ impl Net {
 
     /// Bytes a CPU net holds at least, with a breakdown for messages: its
     /// blobs, parameters and convolution buffers. A floor, not an estimate:
-    /// a training net also keeps each parameter's gradient and momentum and
-    /// each convolution's backward buffers (as large as its forward ones),
-    /// but blob gradients and temporaries come on top.
+    /// a training net also keeps each parameter's gradient and momentum, but
+    /// blob gradients and temporaries come on top (and the scratch the
+    /// convolutions share is counted once per net, not once per process).
     pub fn memory_floor(&self) -> (u64, String) {
         // In-place layers reuse their bottom's name: count each name once.
         let mut per_name: HashMap<&str, u64> = HashMap::new();
@@ -297,15 +297,22 @@ impl Net {
             .flat_map(|e| e.layer.params())
             .map(|t| t.elem_count() as u64)
             .sum();
-        let scratch: u64 = self
+        let kept: u64 = self
             .entries
             .iter()
-            .map(|e| e.layer.workspace_len() as u64)
+            .map(|e| e.layer.workspace_len().0 as u64)
             .sum();
-        let (params, scratch) = if self.phase == Phase::Train {
-            (3 * params, 2 * scratch)
+        let shared = self
+            .entries
+            .iter()
+            .map(|e| e.layer.workspace_len().1 as u64)
+            .max()
+            .unwrap_or(0);
+        let scratch = kept + shared;
+        let params = if self.phase == Phase::Train {
+            3 * params
         } else {
-            (params, scratch)
+            params
         };
         let (largest, size) = per_name
             .iter()

@@ -12,6 +12,15 @@ use crate::train::precision::Precision;
 use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Scratch shared by the convolutions a thread runs (one at a time): the
+    /// buffers needed only within one forward or backward call (a test
+    /// forward's column matrix, the GEMM results, dy and dx columns) are not
+    /// kept per layer, which saves each layer their size.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
 
 pub struct Convolution {
     p: ConvolutionParameter,
@@ -23,17 +32,15 @@ pub struct Convolution {
     win: Option<Window>,
     group: usize,
     num_output: usize,
-    /// Columns of the last forward: (group, K, N*P), kept for the backward
-    /// pass and reused so the hundreds of MB are not reallocated each step.
-    /// Scratch elements the CPU forward pass keeps (see `workspace_len`).
-    workspace: usize,
+    /// Elements of memory the CPU path keeps in this layer and borrows from
+    /// the shared scratch (see `workspace_len`).
+    workspace: (usize, usize),
+    /// Columns of the last training forward: (group, K, N*P), kept for the
+    /// backward pass and reused so the hundreds of MB are not reallocated
+    /// each step.
     cols: Vec<f32>,
-    /// GEMM output (group, og, N*P), reordered into the top.
-    ybuf: Vec<f32>,
-    /// Top gradient reordered to (channel, N*P).
-    dybuf: Vec<f32>,
-    /// Column-matrix gradient before col2im.
-    dcols: Vec<f32>,
+    /// Whether the net trains (keeps `cols`) or only tests.
+    training: bool,
     /// Batch size of the last forward.
     batch: usize,
     /// Set when the net computes with tensor ops (GPU): the square geometry
@@ -94,11 +101,9 @@ impl Convolution {
             name: name.to_string(),
             params: Vec::new(),
             win: None,
-            workspace: 0,
+            workspace: (0, 0),
             cols: Vec::new(),
-            ybuf: Vec::new(),
-            dybuf: Vec::new(),
-            dcols: Vec::new(),
+            training: ctx.phase == Phase::Train,
             batch: 0,
             tensor: None,
             path: ctx.path(),
@@ -175,9 +180,15 @@ impl Layer for Convolution {
         };
         self.win = Some(win);
         if !self.path.tensor_ops() {
-            // The column matrix and the product, for the whole batch.
-            let k = c / g * kh * kw;
-            self.workspace = (g * k + self.num_output) * n * oh * ow;
+            // The column matrix, the product and the backward's dy and dx
+            // columns, for the whole batch.
+            let cols = c / g * kh * kw * g * n * oh * ow;
+            let out = self.num_output * n * oh * ow;
+            self.workspace = if self.training {
+                (cols, out + cols)
+            } else {
+                (0, cols + out)
+            };
         }
         if self.path.tensor_ops() {
             let geom = ConvGeom {
@@ -208,7 +219,7 @@ impl Layer for Convolution {
         Ok(vec![vec![n, self.num_output, oh, ow]])
     }
 
-    fn workspace_len(&self) -> usize {
+    fn workspace_len(&self) -> (usize, usize) {
         self.workspace
     }
 
@@ -220,7 +231,7 @@ impl Layer for Convolution {
         &mut self.params
     }
 
-    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+    fn forward(&mut self, bottom: &[Tensor], phase: Phase) -> Result<Vec<Tensor>> {
         if let Some((geom, _)) = &self.tensor {
             let y =
                 tensor_ops::conv_forward(&bottom[0], &self.params[0], self.params.get(1), geom)?;
@@ -234,44 +245,55 @@ impl Layer for Convolution {
         let k = win.c / g * win.kh * win.kw;
         let plane = win.oh * win.ow;
         let np = n * plane;
-        // One (rows) x (images * positions) column matrix, reused across
-        // iterations: a single GEMM per group.
         let ctx = format!("layer '{}'", self.name);
-        try_resize(&mut self.cols, g * k * np, &ctx)?;
-        let cols = &mut self.cols;
-        with_f32(x, |xs| {
-            cols.par_chunks_mut(np)
-                .enumerate()
-                .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
-        })?;
-        try_resize(&mut self.ybuf, g * og * np, &ctx)?;
         let weights = to_vec(&self.params[0])?;
-        for gi in 0..g {
-            sgemm(
-                og,
-                np,
-                k,
-                View::rows(&weights[gi * og * k..(gi + 1) * og * k], k),
-                View::rows(&self.cols[gi * k * np..(gi + 1) * k * np], np),
-                &mut self.ybuf[gi * og * np..(gi + 1) * og * np],
-                false,
-            );
-        }
+        SCRATCH.with(|scratch| -> Result<()> {
+            let (shared_cols, ybuf) = &mut *scratch.borrow_mut();
+            // One (rows) x (images * positions) column matrix: a single GEMM
+            // per group. Training keeps it for the weight gradient; a test
+            // forward borrows the shared one.
+            let cols = if phase == Phase::Train {
+                &mut self.cols
+            } else {
+                shared_cols
+            };
+            try_resize(cols, g * k * np, &ctx)?;
+            with_f32(x, |xs| {
+                cols.par_chunks_mut(np)
+                    .enumerate()
+                    .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
+            })?;
+            try_resize(ybuf, g * og * np, &ctx)?;
+            for gi in 0..g {
+                sgemm(
+                    og,
+                    np,
+                    k,
+                    View::rows(&weights[gi * og * k..(gi + 1) * og * k], k),
+                    View::rows(&cols[gi * k * np..(gi + 1) * k * np], np),
+                    &mut ybuf[gi * og * np..(gi + 1) * og * np],
+                    false,
+                );
+            }
+            Ok(())
+        })?;
         // Reorder (channel, image, position) to (image, channel, position) and add the bias.
         let bias = match self.params.get(1) {
             Some(b) => to_vec(b)?,
             None => vec![0.0; self.num_output],
         };
         let cout = self.num_output;
-        let ys = &self.ybuf;
         let mut out = vec![0.0f32; n * cout * plane];
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-            let (img, ch) = (i / cout, i % cout);
-            let src = &ys[(ch * n + img) * plane..(ch * n + img + 1) * plane];
-            let b = bias[ch];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s + b;
-            }
+        SCRATCH.with(|scratch| {
+            let ys = &scratch.borrow().1;
+            out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+                let (img, ch) = (i / cout, i % cout);
+                let src = &ys[(ch * n + img) * plane..(ch * n + img + 1) * plane];
+                let b = bias[ch];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s + b;
+                }
+            })
         });
         self.batch = n;
         Ok(vec![Tensor::from_vec(
@@ -310,62 +332,72 @@ impl Layer for Convolution {
         let plane = win.oh * win.ow;
         let np = n * plane;
         let ctx = format!("layer '{}'", self.name);
-        // dy as (channel, image, position), the column matrix's layout.
-        try_resize(&mut self.dybuf, cout * np, &ctx)?;
-        let dyg = &mut self.dybuf;
-        with_f32(dy, |ds| {
-            dyg.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-                let (ch, img) = (i / n, i % n);
-                dst.copy_from_slice(&ds[(img * cout + ch) * plane..(img * cout + ch + 1) * plane]);
-            })
-        })?;
+        if self.cols.len() != g * k * np {
+            return Err(Error::model(
+                &ctx,
+                "backward needs the column matrix of a training-phase forward",
+            ));
+        }
+        let weights = to_vec(&self.params[0])?;
         let mut pgrads = vec![None; self.params.len()];
-        if self.params.len() > 1 && a.param_grad[1] {
-            let db: Vec<f32> = self
-                .dybuf
-                .par_chunks(np)
-                .map(|row| row.iter().sum())
-                .collect();
-            pgrads[1] = Some(Tensor::from_vec(db, cout, &self.device)?);
-        }
-        if a.param_grad[0] {
-            let mut dw = vec![0.0f32; cout * k];
-            for gi in 0..g {
-                sgemm(
-                    og,
-                    k,
-                    np,
-                    View::rows(&self.dybuf[gi * og * np..(gi + 1) * og * np], np),
-                    View::transposed(&self.cols[gi * k * np..(gi + 1) * k * np], np),
-                    &mut dw[gi * og * k..(gi + 1) * og * k],
-                    false,
-                );
+        let mut dx = None;
+        SCRATCH.with(|scratch| -> Result<()> {
+            let (dybuf, dcols) = &mut *scratch.borrow_mut();
+            // dy as (channel, image, position), the column matrix's layout.
+            try_resize(dybuf, cout * np, &ctx)?;
+            with_f32(dy, |ds| {
+                dybuf
+                    .par_chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(i, dst)| {
+                        let (ch, img) = (i / n, i % n);
+                        dst.copy_from_slice(
+                            &ds[(img * cout + ch) * plane..(img * cout + ch + 1) * plane],
+                        );
+                    })
+            })?;
+            if self.params.len() > 1 && a.param_grad[1] {
+                let db: Vec<f32> = dybuf.par_chunks(np).map(|row| row.iter().sum()).collect();
+                pgrads[1] = Some(Tensor::from_vec(db, cout, &self.device)?);
             }
-            pgrads[0] = Some(Tensor::from_vec(dw, self.params[0].shape(), &self.device)?);
-        }
-        let mut bgrad = None;
-        if a.propagate[0] {
-            let weights = to_vec(&self.params[0])?;
-            try_resize(&mut self.dcols, g * k * np, &ctx)?;
-            for gi in 0..g {
-                sgemm(
-                    k,
-                    np,
-                    og,
-                    View::transposed(&weights[gi * og * k..(gi + 1) * og * k], k),
-                    View::rows(&self.dybuf[gi * og * np..(gi + 1) * og * np], np),
-                    &mut self.dcols[gi * k * np..(gi + 1) * k * np],
-                    false,
-                );
+            if a.param_grad[0] {
+                let mut dw = vec![0.0f32; cout * k];
+                for gi in 0..g {
+                    sgemm(
+                        og,
+                        k,
+                        np,
+                        View::rows(&dybuf[gi * og * np..(gi + 1) * og * np], np),
+                        View::transposed(&self.cols[gi * k * np..(gi + 1) * k * np], np),
+                        &mut dw[gi * og * k..(gi + 1) * og * k],
+                        false,
+                    );
+                }
+                pgrads[0] = Some(Tensor::from_vec(dw, self.params[0].shape(), &self.device)?);
             }
-            let hw = win.h * win.w;
-            let mut dx = vec![0.0f32; n * win.c * hw];
-            let dc = &self.dcols;
-            dx.par_chunks_mut(hw)
-                .enumerate()
-                .for_each(|(i, out)| col2im_plane(dc, &win, n, i / win.c, i % win.c, out));
-            bgrad = Some(Tensor::from_vec(dx, a.bottom[0].shape(), &self.device)?);
-        }
-        Ok((vec![bgrad], pgrads))
+            if a.propagate[0] {
+                try_resize(dcols, g * k * np, &ctx)?;
+                for gi in 0..g {
+                    sgemm(
+                        k,
+                        np,
+                        og,
+                        View::transposed(&weights[gi * og * k..(gi + 1) * og * k], k),
+                        View::rows(&dybuf[gi * og * np..(gi + 1) * og * np], np),
+                        &mut dcols[gi * k * np..(gi + 1) * k * np],
+                        false,
+                    );
+                }
+                let hw = win.h * win.w;
+                let mut grad = vec![0.0f32; n * win.c * hw];
+                let dc = &*dcols;
+                grad.par_chunks_mut(hw)
+                    .enumerate()
+                    .for_each(|(i, out)| col2im_plane(dc, &win, n, i / win.c, i % win.c, out));
+                dx = Some(Tensor::from_vec(grad, a.bottom[0].shape(), &self.device)?);
+            }
+            Ok(())
+        })?;
+        Ok((vec![dx], pgrads))
     }
 }

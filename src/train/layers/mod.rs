@@ -71,10 +71,11 @@ pub trait Layer: Send {
             1
         }
     }
-    /// f32 elements of scratch memory the layer keeps for its forward pass
-    /// (the floor of the net's memory check).
-    fn workspace_len(&self) -> usize {
-        0
+    /// f32 elements of scratch memory the layer keeps, and the most it
+    /// borrows from scratch shared with the thread's other layers (the floor
+    /// of the net's memory check).
+    fn workspace_len(&self) -> (usize, usize) {
+        (0, 0)
     }
     /// The layer's resumable state (a data position, a dropout draw count).
     fn state(&self) -> Option<u64> {
