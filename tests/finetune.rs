@@ -204,6 +204,20 @@ fn miswired_or_oversized_nets_are_clear_errors_not_aborts() {
         e.contains("layer 'fc6'") && e.contains("parameter blob of shape [2000000000, 1568]"),
         "{e}"
     );
+    // Ceil rounding with a stride past the kernel leaves pool1's last window
+    // beyond its 30x30 input (Caffe pools nothing there and writes out of
+    // bounds in backward).
+    let e = setup_error(&|s| {
+        s.replacen(
+            "pooling_param { pool: MAX kernel_size: 3 stride: 2 }",
+            "pooling_param { pool: MAX kernel_size: 1 stride: 2 }",
+            1,
+        )
+    });
+    assert!(
+        e.contains("layer 'pool1'") && e.contains("leaves the last window past the 30x30 input"),
+        "{e}"
+    );
     // A batch whose blobs and convolution buffers cannot fit this machine's
     // memory and swap is refused up front (it used to abort mid-run).
     let memory = flickr_style::train::memory::machine_memory();

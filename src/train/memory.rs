@@ -28,7 +28,7 @@ pub(crate) fn check_fits(context: &str, floors: &[(u64, String)]) -> Result<()> 
     let Some(limit) = machine_memory() else {
         return Ok(());
     };
-    let total: u64 = floors.iter().map(|f| f.0).sum();
+    let total = floors.iter().map(|f| f.0).fold(0, u64::saturating_add);
     if total <= limit {
         return Ok(());
     }

@@ -301,14 +301,14 @@ impl Net {
             .entries
             .iter()
             .map(|e| e.layer.workspace_len().0 as u64)
-            .sum();
+            .fold(0, u64::saturating_add);
         let shared = self
             .entries
             .iter()
             .map(|e| e.layer.workspace_len().1 as u64)
             .max()
             .unwrap_or(0);
-        let scratch = kept + shared;
+        let scratch = kept.saturating_add(shared);
         let params = if self.phase == Phase::Train {
             3 * params
         } else {
@@ -322,12 +322,13 @@ impl Net {
         let detail = format!(
             "{:?} net: blobs {} (the largest '{largest}' {}), parameters {}, convolution buffers {}",
             self.phase,
-            memory::gib(4 * blobs),
-            memory::gib(4 * size),
-            memory::gib(4 * params),
-            memory::gib(4 * scratch),
+            memory::gib(blobs.saturating_mul(4)),
+            memory::gib(size.saturating_mul(4)),
+            memory::gib(params.saturating_mul(4)),
+            memory::gib(scratch.saturating_mul(4)),
         );
-        (4 * (blobs + params + scratch), detail)
+        let total = blobs.saturating_add(params).saturating_add(scratch);
+        (total.saturating_mul(4), detail)
     }
 
     /// Caffe's rule: a layer runs backward if it has a learnable parameter or a

@@ -181,13 +181,15 @@ impl Layer for Convolution {
         self.win = Some(win);
         if !self.path.tensor_ops() {
             // The column matrix, the product and the backward's dy and dx
-            // columns, for the whole batch.
-            let cols = c / g * kh * kw * g * n * oh * ow;
-            let out = self.num_output * n * oh * ow;
+            // columns, for the whole batch (saturating: the net refuses
+            // oversized blobs only after setup).
+            let per_image = (oh).saturating_mul(ow).saturating_mul(n);
+            let cols = (c / g * kh * kw * g).saturating_mul(per_image);
+            let out = self.num_output.saturating_mul(per_image);
             self.workspace = if self.training {
-                (cols, out + cols)
+                (cols, out.saturating_add(cols))
             } else {
-                (0, cols + out)
+                (0, cols.saturating_add(out))
             };
         }
         if self.path.tensor_ops() {

@@ -92,6 +92,19 @@ impl Layer for Pooling {
         let ceil = p.round_mode() == RoundMode::Ceil;
         let oh = pooled_size(h, kh, ph, sh, ceil);
         let ow = pooled_size(w, kw, pw, sw, ceil);
+        // Caffe's ceil rounding can add a last window that starts past the
+        // input when the stride exceeds the kernel (and there is no pad to
+        // trigger its correction); Caffe then pools nothing there and its
+        // backward writes out of bounds. Refuse such a geometry.
+        if (oh - 1) * sh >= h + ph || (ow - 1) * sw >= w + pw {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "kernel {kh}x{kw} with stride {sh}x{sw} leaves the last window past the \
+                     {h}x{w} input (use a stride no larger than the kernel, or floor rounding)"
+                ),
+            ));
+        }
         let win = Window {
             c,
             h,
