@@ -240,6 +240,56 @@ fn miswired_or_oversized_nets_are_clear_errors_not_aborts() {
     );
 }
 
+#[test]
+fn a_failed_iteration_keeps_the_work_done_and_resumes_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    // The tiny net on ImageData: image 10 of the list (in the second
+    // training batch) is a truncated JPEG.
+    let images = fixture("images");
+    let cat = std::fs::read(images.join("animal/cat.jpg")).unwrap();
+    std::fs::write(p.join("bad.jpg"), &cat[..3000]).unwrap();
+    let list: Vec<String> = std::fs::read_to_string(images.join("list.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}/{l}", images.display()))
+        .collect();
+    let mut lines = list.clone();
+    lines[10] = format!("{} 1", p.join("bad.jpg").display());
+    std::fs::write(p.join("list.txt"), lines.join("\n") + "\n").unwrap();
+    let image_data = format!(
+        "image_data_param {{ source: \"{}\" batch_size: 8 new_height: 64 new_width: 64 }}",
+        p.join("list.txt").display()
+    );
+    let solver = edited_net(p, |mut s| {
+        // Each `data_param { ... }` block becomes the image_data_param.
+        while let Some(at) = s.find(" data_param {") {
+            let end = at + s[at..].find('}').unwrap() + 1;
+            s.replace_range(at + 1..end, &image_data);
+        }
+        s.replace("type: \"Data\"", "type: \"ImageData\"")
+    });
+    let text = std::fs::read_to_string(&solver)
+        .unwrap()
+        .replace("test_initialization: true", "test_initialization: false")
+        .replace("max_iter: 30", "max_iter: 6");
+    std::fs::write(&solver, text).unwrap();
+    let mut s = solver_in(p, solver.to_str().unwrap(), &p.join("run")).unwrap();
+    let e = s.solve().unwrap_err().to_string();
+    assert!(e.contains("bad.jpg: cannot decode image"), "{e}");
+    // Iteration 0's update was complete: it is on disk.
+    let state = p.join("run_iter_1.solverstate");
+    assert!(state.exists() && p.join("run_iter_1.caffemodel").exists());
+    // With the image fixed, resuming matches a run that never failed.
+    std::fs::write(p.join("bad.jpg"), &cat).unwrap();
+    let mut resumed = solver_in(p, solver.to_str().unwrap(), &p.join("again")).unwrap();
+    resumed.restore(&state).unwrap();
+    resumed.solve().unwrap();
+    let mut clean = solver_in(p, solver.to_str().unwrap(), &p.join("clean")).unwrap();
+    clean.solve().unwrap();
+    assert_eq!(resumed.trajectory[..], clean.trajectory[1..]);
+}
+
 /// Writes a copy of the tiny net with `edit` applied, paths made absolute.
 fn edited_net(t: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let dir = fixture("tiny-net");

@@ -375,9 +375,7 @@ impl Solver {
         self.log.set_bar(None);
         let stopped = match result {
             Ok(s) => s,
-            Err(e) => {
-                return Err(e);
-            }
+            Err(e) => return Err(self.save_after_error(e)),
         };
         let snap = self.param.snapshot().max(0) as usize;
         let just_saved = snap > 0 && self.iter % snap == 0;
@@ -406,6 +404,40 @@ impl Solver {
         }
         self.log.info("solver.cpp:332", "Optimization Done.");
         Ok(())
+    }
+
+    /// After an iteration fails (an unreadable image, a vanished file, a
+    /// full disk), keeps the work done since the last snapshot: the weights
+    /// and history are those of the last complete update, so they are saved
+    /// as that iteration's snapshot before the error is returned. Not after
+    /// divergence, whose weights are of no use, nor when nothing is unsaved.
+    fn save_after_error(&mut self, e: Error) -> Error {
+        let snap = self.param.snapshot().max(0) as usize;
+        let saved = snap > 0 && self.iter % snap == 0;
+        if matches!(e, Error::Diverged { .. }) || self.iter == self.start_iter || saved {
+            return e;
+        }
+        self.log.info(
+            "solver.rs:0",
+            &format!(
+                "Iteration {} failed; snapshotting the weights after the last complete update",
+                self.iter
+            ),
+        );
+        match self.snapshot() {
+            Ok((_, state)) => self.log.info(
+                "solver.rs:0",
+                &format!(
+                    "Fix the problem below, then resume with --snapshot {}",
+                    state.display()
+                ),
+            ),
+            Err(snap_err) => self.log.info(
+                "solver.rs:0",
+                &format!("Could not save a snapshot either: {snap_err}"),
+            ),
+        }
+        e
     }
 
     /// Iterations until `max_iter`; returns whether a stop was requested.
