@@ -58,10 +58,10 @@ pub(crate) fn check_data_file(path: &Path) -> Result<Summary, String> {
     };
     let pages = meta.last_page + 1;
     if len < pages * psize {
-        return Err(format!(
+        return Err(damaged(format!(
             "data.mdb is truncated: {len} bytes on disk but its header needs {}",
             pages * psize
-        ));
+        )));
     }
     let mut walk = Walk {
         file,
@@ -70,17 +70,23 @@ pub(crate) fn check_data_file(path: &Path) -> Result<Summary, String> {
         entries: 0,
     };
     if meta.root != NO_ROOT {
-        walk.visit(meta.root, meta.depth.min(MAX_DEPTH))?;
+        walk.visit(meta.root, meta.depth.min(MAX_DEPTH))
+            .map_err(damaged)?;
     }
     if walk.entries != meta.entries {
-        return Err(format!(
+        return Err(damaged(format!(
             "the header counts {} entries but the tree holds {}",
             meta.entries, walk.entries
-        ));
+        )));
     }
     Ok(Summary {
         entries: walk.entries,
     })
+}
+
+/// What a user can do about a structurally broken file.
+fn damaged(problem: String) -> String {
+    format!("{problem}; the database is damaged (copy it again, or rebuild it with to-lmdb)")
 }
 
 /// The fields of a meta page the walk needs.
