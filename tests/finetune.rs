@@ -2,9 +2,9 @@
 //! (`../shared/caffe-ref/fixtures/finetune-semantics`), the binary's log,
 //! metrics, snapshots and resume, and every bad input the issue lists.
 mod common;
-use common::{fixture, run, solver_in};
+use common::{edited_net, fixture, run, solver_in};
 use flickr_style::caffe::model::read_caffemodel;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[test]
 fn renamed_last_layer_keeps_its_filler_and_the_rest_is_copied_exactly() {
@@ -288,21 +288,6 @@ fn a_failed_iteration_keeps_the_work_done_and_resumes_exactly() {
     let mut clean = solver_in(p, solver.to_str().unwrap(), &p.join("clean")).unwrap();
     clean.solve().unwrap();
     assert_eq!(resumed.trajectory[..], clean.trajectory[1..]);
-}
-
-/// Writes a copy of the tiny net with `edit` applied, paths made absolute.
-fn edited_net(t: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let dir = fixture("tiny-net");
-    let text = std::fs::read_to_string(dir.join("train_val.prototxt"))
-        .unwrap()
-        .replace("\"data/", &format!("\"{}/data/", dir.display()));
-    let net = t.join("net.prototxt");
-    std::fs::write(&net, edit(text)).unwrap();
-    let solver = std::fs::read_to_string(dir.join("solver.prototxt"))
-        .unwrap()
-        .replace("train_val.prototxt", net.to_str().unwrap());
-    std::fs::write(t.join("solver.prototxt"), solver).unwrap();
-    t.join("solver.prototxt")
 }
 
 #[test]

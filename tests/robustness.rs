@@ -4,11 +4,10 @@
 //! panic (or an abort) fails the test. Mutated LMDBs are covered by the unit
 //! tests of `pipeline::lmdb_check`.
 mod common;
-use common::{fixture, solver_in};
+use common::{edited_net, fixture, solver_in};
 use flickr_style::pipeline::decode::{decode, ColorMode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::Path;
 
 /// One to eight edits: overwrite a byte, cut a span, or insert bytes.
 /// Most land near the start, where headers live.
@@ -109,35 +108,21 @@ fn train_to(s: &mut flickr_style::train::solver::Solver, iter: usize) {
     }
 }
 
-/// The tiny net's solver beside a copy of its net (data paths made absolute).
-fn tiny_solver(dir: &Path, net: &str) -> std::path::PathBuf {
-    let net_path = dir.join("net.prototxt");
-    std::fs::write(&net_path, net).unwrap();
-    let solver = std::fs::read_to_string(fixture("tiny-net/solver.prototxt"))
-        .unwrap()
-        .replace("train_val.prototxt", net_path.to_str().unwrap());
-    std::fs::write(dir.join("solver.prototxt"), solver).unwrap();
-    dir.join("solver.prototxt")
-}
-
 #[test]
 fn mutated_prototxts_build_or_fail_cleanly() {
     let t = tempfile::tempdir().unwrap();
-    let data = fixture("tiny-net").display().to_string() + "/data/";
-    let good = std::fs::read_to_string(fixture("tiny-net/train_val.prototxt"))
-        .unwrap()
-        .replace("\"data/", &format!("\"{data}"));
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let mut refused = 0;
     for i in 0..150 {
         // Half byte-level edits (mostly parse errors), half numbers swapped
         // for odd values (nets that parse but may not fit together).
-        let bad = if i % 2 == 0 {
-            String::from_utf8_lossy(&mutate(&mut rng, good.as_bytes())).into_owned()
-        } else {
-            swap_numbers(&mut rng, &good)
-        };
-        let solver = tiny_solver(t.path(), &bad);
+        let solver = edited_net(t.path(), |good| {
+            if i % 2 == 0 {
+                String::from_utf8_lossy(&mutate(&mut rng, good.as_bytes())).into_owned()
+            } else {
+                swap_numbers(&mut rng, &good)
+            }
+        });
         match solver_in(t.path(), solver.to_str().unwrap(), &t.path().join("x")) {
             // A net that builds also trains a step or fails with a reason.
             Ok(mut s) => train_to(&mut s, 1),
@@ -157,13 +142,7 @@ fn mutated_prototxts_build_or_fail_cleanly() {
 #[test]
 fn mutated_weights_and_solver_states_load_or_fail_cleanly() {
     let t = tempfile::tempdir().unwrap();
-    let net = std::fs::read_to_string(fixture("tiny-net/train_val.prototxt"))
-        .unwrap()
-        .replace(
-            "\"data/",
-            &format!("\"{}/data/", fixture("tiny-net").display()),
-        );
-    let solver = tiny_solver(t.path(), &net);
+    let solver = edited_net(t.path(), |net| net);
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     let mut refused = 0;
     for (file, restore) in [

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `../shared/caffe-ref` relative to the crate root (read-only in CI).
 pub fn caffe_ref() -> PathBuf {
@@ -62,3 +62,18 @@ pub fn solver_options(
 }
 
 pub mod http;
+
+/// Writes a copy of the tiny net with `edit` applied, paths made absolute.
+pub fn edited_net(t: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let dir = fixture("tiny-net");
+    let text = std::fs::read_to_string(dir.join("train_val.prototxt"))
+        .unwrap()
+        .replace("\"data/", &format!("\"{}/data/", dir.display()));
+    let net = t.join("net.prototxt");
+    std::fs::write(&net, edit(text)).unwrap();
+    let solver = std::fs::read_to_string(dir.join("solver.prototxt"))
+        .unwrap()
+        .replace("train_val.prototxt", net.to_str().unwrap());
+    std::fs::write(t.join("solver.prototxt"), solver).unwrap();
+    t.join("solver.prototxt")
+}
