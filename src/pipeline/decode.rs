@@ -39,7 +39,7 @@ fn check_dimensions(width: usize, height: usize) -> std::result::Result<(), Stri
     if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
         return Err(format!(
             "image claims {width}x{height} pixels, more than the {MAX_SIDE}-pixel side and \
-             {MAX_PIXELS}-pixel area decoded (OpenCV's limit)"
+             {MAX_PIXELS}-pixel area decoded (OpenCV's limit); downscale it first"
         ));
     }
     Ok(())
@@ -88,7 +88,9 @@ fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, Strin
     let gray_input = matches!(input, ColorSpace::Luma | ColorSpace::LumaA);
     if input == ColorSpace::YCCK {
         return Err(
-            "JPEG: Adobe YCCK colour (a print-workflow CMYK variant) is not supported".into(),
+            "JPEG: Adobe YCCK colour (a print-workflow CMYK variant) is not supported; \
+             re-save the image as RGB"
+                .into(),
         );
     }
     let out_space = match mode {
