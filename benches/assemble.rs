@@ -33,11 +33,8 @@ fn main() {
     .map(|p| {
         let im = image::open(fixtures.join(p)).unwrap().to_rgb8();
         let im = image::imageops::resize(&im, 500, 375, image::imageops::FilterType::Triangle);
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-            .encode_image(&im)
-            .unwrap();
-        out
+        let bgr: Vec<u8> = im.pixels().flat_map(|p| [p[2], p[1], p[0]]).collect();
+        flickr_style::pipeline::jpeg::encode(&bgr, 500, 375, 3, 90).unwrap()
     })
     .collect();
     let server = http::Server::start();

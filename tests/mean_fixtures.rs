@@ -25,15 +25,14 @@ fn check_against_caffe(lmdb: &str, reference: &str, tolerance: f64) {
 
 #[test]
 fn mean_of_raw_and_gray_lmdbs_equals_compute_image_mean() {
-    check_against_caffe("lmdb/raw256", "mean/raw256_mean.binaryproto", 1e-3);
-    check_against_caffe("lmdb/gray64", "mean/gray64_mean.binaryproto", 1e-3);
+    check_against_caffe("lmdb/raw256", "mean/raw256_mean.binaryproto", 0.0);
+    check_against_caffe("lmdb/gray64", "mean/gray64_mean.binaryproto", 0.0);
 }
 
 #[test]
-fn mean_of_encoded_lmdb_is_close() {
-    // Encoded datums are JPEGs: our decoder differs from libjpeg by a level
-    // here and there, which averages out to well under one level.
-    check_against_caffe("lmdb/jpg256", "mean/jpg256_mean.binaryproto", 1.0);
+fn mean_of_encoded_lmdb_equals_compute_image_mean() {
+    // Encoded datums are JPEGs, decoded by libjpeg-turbo as in OpenCV.
+    check_against_caffe("lmdb/jpg256", "mean/jpg256_mean.binaryproto", 0.0);
 }
 
 #[test]
@@ -67,6 +66,20 @@ fn cli_mean_file_is_byte_identical_to_caffes() {
 }
 
 #[test]
+fn cli_mean_of_encoded_lmdb_is_byte_identical_to_caffes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mean.binaryproto");
+    let db = fixture("lmdb/jpg256");
+    let (ok, _, stderr) = run(
+        dir.path(),
+        &["compute-mean", db.to_str().unwrap(), out.to_str().unwrap()],
+    );
+    assert!(ok, "{stderr}");
+    let caffe = std::fs::read(fixture("mean/jpg256_mean.binaryproto")).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), caffe);
+}
+
+#[test]
 fn mean_of_an_image_list_matches_the_lmdb_route() {
     let (from_list, n) = compute_mean(&MeanSource::List {
         list: fixture("images/list.txt"),
@@ -76,15 +89,10 @@ fn mean_of_an_image_list_matches_the_lmdb_route() {
     })
     .unwrap();
     assert_eq!(n, 24);
+    // Decoding and resizing the sources as convert_imageset did gives the
+    // same mean as the LMDB it wrote.
     let caffe = MeanImage::read_binaryproto(&fixture("mean/raw256_mean.binaryproto")).unwrap();
-    let worst = from_list
-        .values
-        .iter()
-        .zip(&caffe.values)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    // Per-pixel differences of a few levels in single JPEGs, divided by 24.
-    assert!(worst < 1.0, "{worst}");
+    assert_eq!(from_list.values_f32(), caffe.values_f32());
 }
 
 #[test]

@@ -3,19 +3,17 @@
 //! colour mode, alpha dropped, EXIF orientation applied, and for `--gray`
 //! the JPEG luma plane itself.
 //!
-//! JPEGs go through zune-jpeg in strict mode, so a truncated or corrupt file
-//! is an error rather than a silently grey-filled image (libjpeg only warns).
-//! CMYK JPEGs are converted with OpenCV's formula (Adobe YCCK ones are refused).
+//! JPEGs go through libjpeg-turbo's decoder (see `jpeg`), as in OpenCV, so
+//! their pixels are OpenCV's exactly; a truncated or corrupt file is an error
+//! rather than a silently grey-filled image (libjpeg only warns). CMYK and
+//! YCCK JPEGs are converted with OpenCV's formula.
 //! Other formats go through the `image` crate.
+use super::jpeg;
 use super::mat::Mat8;
 use super::png_gray::PngGray;
 use crate::error::{Error, IoContext, Result};
 use image::metadata::Orientation;
 use std::path::Path;
-use zune_core::bytestream::ZCursor;
-use zune_core::colorspace::ColorSpace;
-use zune_core::options::DecoderOptions;
-use zune_jpeg::JpegDecoder;
 
 /// Which channels to produce, as OpenCV's `IMREAD_*` flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,60 +74,23 @@ pub fn is_valid_image(bytes: &[u8]) -> bool {
 }
 
 fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, String> {
-    let limits = DecoderOptions::default()
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE);
-    let mut probe = JpegDecoder::new_with_options(ZCursor::new(bytes), limits);
-    probe.decode_headers().map_err(|e| format!("JPEG: {e:?}"))?;
-    if let Some(info) = probe.info() {
-        check_dimensions(info.width as usize, info.height as usize)?;
-    }
-    let input = probe.input_colorspace().unwrap_or(ColorSpace::YCbCr);
-    let gray_input = matches!(input, ColorSpace::Luma | ColorSpace::LumaA);
-    if input == ColorSpace::YCCK {
-        return Err(
-            "JPEG: Adobe YCCK colour (a print-workflow CMYK variant) is not supported; \
-             re-save the image as RGB"
-                .into(),
-        );
-    }
-    let out_space = match mode {
-        // CMYK comes out as stored and is converted below, as OpenCV does.
-        _ if input == ColorSpace::CMYK => ColorSpace::CMYK,
-        ColorMode::Gray => ColorSpace::Luma,
-        ColorMode::Native if gray_input => ColorSpace::Luma,
-        // A gray JPEG read in colour: decode the plane once, replicate below.
-        ColorMode::Color if gray_input => ColorSpace::Luma,
-        _ => ColorSpace::BGR,
+    let want = match mode {
+        ColorMode::Gray => jpeg::Want::Gray,
+        ColorMode::Color | ColorMode::Native => jpeg::Want::Native,
     };
-    let options = limits
-        .set_strict_mode(true)
-        .jpeg_set_out_colorspace(out_space);
-    let mut dec = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = dec.decode().map_err(|e| format!("JPEG: {e:?}"))?;
-    let info = dec.info().ok_or("JPEG: no image information")?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let cn = out_space.num_components();
-    if pixels.len() != w * h * cn {
-        return Err(format!(
-            "JPEG: decoder returned {} bytes for {w}x{h}x{cn}",
-            pixels.len()
-        ));
-    }
-    let mut mat = if out_space == ColorSpace::CMYK {
-        cmyk_to(&pixels, w, h, mode)
+    let img = jpeg::decode(bytes, want, check_dimensions)?;
+    let (w, h) = (img.width, img.height);
+    let mut mat = if img.channels == 4 {
+        cmyk_to(&img.pixels, w, h, mode)
     } else {
-        Mat8::new(w, h, cn, pixels)
+        Mat8::new(w, h, img.channels, img.pixels)
     };
-    let cn = mat.channels;
-    if mode == ColorMode::Color && cn == 1 {
+    if mode == ColorMode::Color && mat.channels == 1 {
         mat = gray_to_bgr(&mat);
     }
-    let orientation = dec
-        .exif()
-        .and_then(|exif| {
-            Orientation::from_exif_chunk(exif.strip_prefix(b"Exif\0\0").unwrap_or(exif))
-        })
+    let orientation = img
+        .exif
+        .and_then(|exif| Orientation::from_exif_chunk(&exif))
         .unwrap_or(Orientation::NoTransforms);
     Ok(orient(mat, orientation))
 }
@@ -300,6 +261,9 @@ mod tests {
 
     /// An encoded 8x8 image in `format`.
     fn encoded(format: image::ImageFormat) -> Vec<u8> {
+        if format == image::ImageFormat::Jpeg {
+            return jpeg::encode(&[30, 20, 10].repeat(64), 8, 8, 3, 95).unwrap();
+        }
         let img = image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]));
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, format).unwrap();
@@ -352,6 +316,11 @@ mod tests {
             .unwrap()
     }
 
+    fn golden_u32(file: &str, key: &str) -> u32 {
+        let json: serde_json::Value = serde_json::from_slice(&test_data(file)).unwrap();
+        json[key].as_u64().unwrap() as u32
+    }
+
     /// The nested rows under `key` of a golden-values JSON file, flattened.
     fn golden(file: &str, key: &str) -> Vec<u8> {
         fn walk(v: &serde_json::Value, out: &mut Vec<u8>) {
@@ -385,29 +354,48 @@ mod tests {
     }
 
     #[test]
-    fn cmyk_jpeg_reads_as_opencv_reads_it() {
-        // Golden values from OpenCV itself (provenance in the JSON file).
-        let bytes = test_data("cmyk_16x16.jpg");
-        assert!(is_valid_image(&bytes), "assemble keeps CMYK photos");
-        for (mode, key, channels) in [
-            (ColorMode::Color, "bgr", 3),
-            (ColorMode::Native, "bgr", 3),
-            (ColorMode::Gray, "gray", 1),
+    fn cmyk_and_ycck_jpegs_read_as_opencv_reads_them() {
+        // Golden values from OpenCV itself (provenance in the JSON files):
+        // libjpeg hands over CMYK (converting YCCK), then OpenCV's formula.
+        for (file, golden_file) in [
+            ("cmyk_16x16.jpg", "cmyk_16x16_opencv.json"),
+            ("ycck_16x16.jpg", "ycck_16x16_opencv.json"),
         ] {
-            let m = decode(&bytes, mode).unwrap();
-            assert_eq!((m.width, m.height, m.channels), (16, 16, channels));
-            let want = golden("cmyk_16x16_opencv.json", key);
-            // JPEG's inverse DCT rounds a level apart from libjpeg's here and
-            // there (as for YCbCr files); the conversion is OpenCV's formula.
-            let worst = m
-                .data
-                .iter()
-                .zip(&want)
-                .map(|(&a, &b)| a.abs_diff(b))
-                .max()
-                .unwrap();
-            assert!(worst <= 1, "{mode:?}: off by {worst}");
+            let bytes = test_data(file);
+            assert!(is_valid_image(&bytes), "assemble keeps {file}");
+            for (mode, key, channels) in [
+                (ColorMode::Color, "bgr", 3),
+                (ColorMode::Native, "bgr", 3),
+                (ColorMode::Gray, "gray", 1),
+            ] {
+                let m = decode(&bytes, mode).unwrap();
+                assert_eq!((m.width, m.height, m.channels), (16, 16, channels));
+                assert_eq!(m.data, golden(golden_file, key), "{file} {mode:?}");
+            }
         }
+    }
+
+    #[test]
+    fn jpeg_pixels_are_libjpeg_turbos() {
+        // A 4:2:0 JPEG of a smooth colour ramp: the inverse DCT, the fancy
+        // upsampling and the YCbCr tables each round their own way. Golden
+        // values from cv2.imread (opencv-python-headless 5.0.0).
+        let (w, h) = (20, 12);
+        let bgr: Vec<u8> = (0..h)
+            .flat_map(|y| {
+                (0..w).flat_map(move |x| [(x * 12) as u8, (y * 20) as u8, ((x + y) * 7) as u8])
+            })
+            .collect();
+        let jpg = jpeg::encode(&bgr, w, h, 3, 75).unwrap();
+        let m = decode(&jpg, ColorMode::Color).unwrap();
+        assert_eq!(m.data, golden("ramp_20x12_opencv.json", "bgr"));
+        let m = decode(&jpg, ColorMode::Gray).unwrap();
+        assert_eq!(m.data, golden("ramp_20x12_opencv.json", "gray"));
+        // And the encoder is cv2.imencode's, byte for byte.
+        assert_eq!(
+            crc32(&jpg),
+            golden_u32("ramp_20x12_opencv.json", "imencode_q75_crc32")
+        );
     }
 
     #[test]

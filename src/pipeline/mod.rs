@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod flickr_csv;
 pub mod ilsvrc_aux;
 pub mod image_list;
+pub mod jpeg;
 mod lmdb_check;
 pub mod lmdb_store;
 pub mod mat;

@@ -11,8 +11,6 @@ use super::mat::Mat8;
 
 const COEF_BITS: i32 = 11;
 const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
-/// u8 lanes in OpenCV's baseline (128-bit) SIMD vertical pass.
-const SIMD_LANES: usize = 16;
 
 /// Resizes `src` to `width` x `height` exactly as OpenCV's INTER_LINEAR does.
 pub fn resize_linear(src: &Mat8, width: usize, height: usize) -> Mat8 {
@@ -25,7 +23,7 @@ pub fn resize_linear(src: &Mat8, width: usize, height: usize) -> Mat8 {
     }
     let cn = src.channels;
     let (xofs, alpha) = axis_coeffs(src.width, width);
-    let (yofs, beta) = axis_coeffs(src.height, height);
+    let (yofs, beta) = vertical_coeffs(src.height, height);
 
     let row_len = width * cn;
     // Horizontally resized source rows, cached by source row index: each
@@ -36,8 +34,9 @@ pub fn resize_linear(src: &Mat8, width: usize, height: usize) -> Mat8 {
     ];
     let mut out = vec![0u8; height * row_len];
     for (dy, out_row) in out.chunks_exact_mut(row_len).enumerate() {
-        let sy0 = yofs[dy];
-        let sy1 = (sy0 + 1).min(src.height - 1);
+        let last = src.height as i64 - 1;
+        let sy0 = yofs[dy].clamp(0, last) as usize;
+        let sy1 = (yofs[dy] + 1).clamp(0, last) as usize;
         for sy in [sy0, sy1] {
             if cache[0].0 != sy && cache[1].0 != sy {
                 // Evict the slot not holding the other row we need.
@@ -92,6 +91,24 @@ fn axis_coeffs(src_len: usize, dst_len: usize) -> (Vec<usize>, Vec<[i32; 2]>) {
     (ofs, coeffs)
 }
 
+/// The vertical counterpart of `axis_coeffs`. OpenCV clamps only the row
+/// indices here, not the weights: above the first and below the last row an
+/// output row still mixes two (equal) source rows with both weights, and the
+/// vertical pass rounds `a*b0 + a*b1` differently from `a*2048`.
+fn vertical_coeffs(src_len: usize, dst_len: usize) -> (Vec<i64>, Vec<[i32; 2]>) {
+    let scale = 1.0 / (dst_len as f64 / src_len as f64);
+    (0..dst_len)
+        .map(|d| {
+            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let s = f.floor();
+            let f = f - s;
+            let w0 = ((1.0f32 - f) * COEF_SCALE).round_ties_even() as i32;
+            let w1 = (f * COEF_SCALE).round_ties_even() as i32;
+            (s as i64, [w0, w1])
+        })
+        .unzip()
+}
+
 fn horizontal(src: &Mat8, sy: usize, xofs: &[usize], alpha: &[[i32; 2]], row: &mut [i32]) {
     let cn = src.channels;
     let line = &src.data[sy * src.width * cn..(sy + 1) * src.width * cn];
@@ -108,25 +125,10 @@ fn horizontal(src: &Mat8, sy: usize, xofs: &[usize], alpha: &[[i32; 2]], row: &m
 }
 
 fn vertical(r0: &[i32], r1: &[i32], [b0, b1]: [i32; 2], out: &mut [u8]) {
-    let n = out.len();
-    // OpenCV's SIMD loops cover full 16-lane blocks, then 8- and 4-lane
-    // blocks while strictly more elements remain; the rest is scalar.
-    let mut simd_end = n / SIMD_LANES * SIMD_LANES;
-    while simd_end + 8 < n {
-        simd_end += 8;
-    }
-    while simd_end + 4 < n {
-        simd_end += 4;
-    }
     let mul_hi = |a: i32, b: i32| ((a >> 4) as i16 as i32 * b) >> 16;
-    let (head, tail) = out.split_at_mut(simd_end);
-    for ((o, &a), &b) in head.iter_mut().zip(r0).zip(r1) {
+    for ((o, &a), &b) in out.iter_mut().zip(r0).zip(r1) {
         let v = mul_hi(a, b0) + mul_hi(b, b1);
         *o = ((v + 2) >> 2).clamp(0, 255) as u8;
-    }
-    for ((o, &a), &b) in tail.iter_mut().zip(&r0[simd_end..]).zip(&r1[simd_end..]) {
-        let v = (a * b0 + b * b1 + (1 << 21)) >> 22;
-        *o = v.clamp(0, 255) as u8;
     }
 }
 
@@ -181,5 +183,24 @@ mod tests {
         let m = Mat8::new(7, 5, 3, vec![200; 7 * 5 * 3]);
         let r = resize_linear(&m, 13, 3);
         assert!(r.data.iter().all(|&v| v == 200));
+    }
+    #[test]
+    fn upscale_edge_rows_round_as_opencv_does() {
+        // Golden values from cv2.resize(src, (20, 11), INTER_LINEAR) (OpenCV
+        // 5.0.0, whose result equals the 4.6 of Caffe's fixtures): the first
+        // and last output rows lie outside the source rows and mix row 0 (or
+        // row 2) with itself, rounding unlike a single full weight would.
+        let src = Mat8::new(
+            7,
+            3,
+            1,
+            vec![
+                99, 206, 239, 189, 230, 118, 144, 73, 8, 228, 231, 190, 155, 112, 158, 208, 7, 204,
+                143, 113, 181,
+            ],
+        );
+        #[rustfmt::skip]
+        let want = vec![99, 101, 139, 176, 208, 220, 231, 233, 215, 198, 196, 210, 225, 205, 165, 126, 125, 134, 143, 144, 99, 101, 139, 177, 208, 220, 232, 233, 215, 198, 196, 210, 225, 205, 166, 126, 125, 134, 143, 144, 94, 96, 123, 149, 175, 198, 222, 232, 218, 204, 201, 210, 219, 201, 166, 132, 128, 133, 138, 138, 87, 88, 98, 108, 125, 166, 207, 231, 222, 213, 208, 210, 211, 194, 167, 140, 133, 131, 129, 129, 80, 79, 73, 67, 75, 134, 193, 230, 226, 221, 216, 210, 203, 188, 169, 149, 138, 130, 121, 121, 73, 71, 49, 26, 25, 101, 178, 228, 229, 230, 224, 209, 195, 182, 170, 158, 143, 128, 113, 112, 96, 95, 83, 72, 70, 107, 144, 175, 194, 214, 215, 199, 183, 169, 158, 146, 140, 135, 131, 131, 119, 119, 118, 118, 116, 113, 109, 121, 159, 197, 207, 189, 171, 157, 146, 134, 137, 143, 149, 149, 143, 143, 153, 163, 162, 119, 75, 67, 124, 181, 199, 179, 159, 144, 134, 123, 134, 151, 167, 168, 158, 159, 177, 194, 193, 122, 52, 32, 100, 169, 193, 172, 150, 136, 126, 115, 131, 155, 179, 181, 158, 159, 177, 194, 193, 123, 52, 32, 101, 169, 193, 172, 151, 136, 126, 115, 132, 155, 179, 181];
+        assert_eq!(resize_linear(&src, 20, 11).data, want);
     }
 }

@@ -205,10 +205,16 @@ fn make_datum(opts: &ToLmdbOptions, encode_type: &str, entry: &ListEntry) -> Res
     Ok(Datum::encoded_bytes(encoded, entry.label))
 }
 
-/// Encodes a BGR/gray image like `cv::imencode` (JPEG at quality 95).
+/// Encodes a BGR/gray image like `cv::imencode`: JPEG at OpenCV's default
+/// quality 95 through libjpeg-turbo's own encoder (byte-identical to Caffe's
+/// `--encoded` datums); PNG and BMP through the `image` crate (the same
+/// pixels, not OpenCV's exact bytes).
 pub fn encode(mat: &Mat8, ext: &str) -> std::result::Result<Vec<u8>, String> {
-    use image::codecs::{bmp::BmpEncoder, jpeg::JpegEncoder, png::PngEncoder};
+    use image::codecs::{bmp::BmpEncoder, png::PngEncoder};
     use image::{ExtendedColorType, ImageEncoder};
+    if ext == "jpg" {
+        return super::jpeg::encode(&mat.data, mat.width, mat.height, mat.channels, 95);
+    }
     let (color, pixels): (ExtendedColorType, Vec<u8>) = match mat.channels {
         1 => (ExtendedColorType::L8, mat.data.clone()),
         3 => (
@@ -223,7 +229,6 @@ pub fn encode(mat: &Mat8, ext: &str) -> std::result::Result<Vec<u8>, String> {
     let (w, h) = (mat.width as u32, mat.height as u32);
     let mut out = Vec::new();
     let res = match ext {
-        "jpg" => JpegEncoder::new_with_quality(&mut out, 95).write_image(&pixels, w, h, color),
         "png" => PngEncoder::new(&mut out).write_image(&pixels, w, h, color),
         "bmp" => BmpEncoder::new(&mut out).write_image(&pixels, w, h, color),
         other => return Err(format!("cannot encode as {other:?} (use jpg, png or bmp)")),
