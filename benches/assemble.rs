@@ -5,8 +5,10 @@
 #[path = "../tests/common/http.rs"]
 mod http;
 use flickr_style::pipeline::assemble::{assemble, AssembleOptions};
+use flickr_style::pipeline::decode::{read_image, ColorMode};
 use flickr_style::pipeline::downloader::DownloadConfig;
 use flickr_style::pipeline::flickr_csv::{read_csv, select};
+use flickr_style::pipeline::resize::resize_linear;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,10 +33,9 @@ fn main() {
     ]
     .iter()
     .map(|p| {
-        let im = image::open(fixtures.join(p)).unwrap().to_rgb8();
-        let im = image::imageops::resize(&im, 500, 375, image::imageops::FilterType::Triangle);
-        let bgr: Vec<u8> = im.pixels().flat_map(|p| [p[2], p[1], p[0]]).collect();
-        flickr_style::pipeline::jpeg::encode(&bgr, 500, 375, 3, 90).unwrap()
+        let im = read_image(&fixtures.join(p), ColorMode::Color).unwrap();
+        let im = resize_linear(&im, 500, 375);
+        flickr_style::pipeline::jpeg::encode(&im.data, 500, 375, 3, 90).unwrap()
     })
     .collect();
     let server = http::Server::start();

@@ -5,7 +5,10 @@
 //! Data from that LMDB and ImageData from the JPEGs, and the LMDB fill
 //! into a reused buffer that a GPU feed does.
 //! Run with `scripts/bench-pipeline [N]`; prints a table.
+use flickr_style::pipeline::decode::{read_image, ColorMode};
+use flickr_style::pipeline::mat::Mat8;
 use flickr_style::pipeline::mean::{compute_mean, MeanSource};
+use flickr_style::pipeline::resize::resize_linear;
 use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,24 +23,28 @@ fn fixture_images() -> Vec<PathBuf> {
 }
 
 fn make_set(dir: &Path, n: usize) -> PathBuf {
-    let sources: Vec<image::RgbImage> = fixture_images()
+    let sources: Vec<Mat8> = fixture_images()
         .iter()
-        .map(|p| image::open(p).expect("fixture decodes").to_rgb8())
-        .map(|im| image::imageops::resize(&im, 560, 420, image::imageops::FilterType::Triangle))
+        .map(|p| read_image(p, ColorMode::Color).expect("fixture decodes"))
+        .map(|im| resize_linear(&im, 560, 420))
         .collect();
     std::fs::create_dir_all(dir.join("img")).unwrap();
     let mut list = String::new();
     for i in 0..n {
         let src = &sources[i % sources.len()];
         let (x, y) = ((i * 7) % 60, (i * 13) % 45);
-        let mut crop = image::imageops::crop_imm(src, x as u32, y as u32, 500, 375).to_image();
-        if i % 2 == 1 {
-            image::imageops::flip_horizontal_in_place(&mut crop);
+        let mut crop = Vec::with_capacity(500 * 375 * 3);
+        for row in y..y + 375 {
+            let line = &src.data[(row * 560 + x) * 3..(row * 560 + x + 500) * 3];
+            if i % 2 == 1 {
+                crop.extend(line.chunks_exact(3).rev().flatten());
+            } else {
+                crop.extend_from_slice(line);
+            }
         }
         let name = format!("{i:05}.jpg");
         // libjpeg-turbo at quality 90, as most photo JPEGs are made.
-        let bgr: Vec<u8> = crop.pixels().flat_map(|p| [p[2], p[1], p[0]]).collect();
-        let jpeg = flickr_style::pipeline::jpeg::encode(&bgr, 500, 375, 3, 90).unwrap();
+        let jpeg = flickr_style::pipeline::jpeg::encode(&crop, 500, 375, 3, 90).unwrap();
         std::fs::write(dir.join("img").join(&name), jpeg).unwrap();
         list.push_str(&format!("{name} {}\n", i % 20));
     }
