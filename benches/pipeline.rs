@@ -3,7 +3,8 @@
 //! flips), then `to-lmdb --resize 256x256` and `compute-mean` on the result,
 //! and the trainer's data feeds at batch 256 (crop 227, mirror, mean file):
 //! Data from that LMDB and ImageData from the JPEGs, and the LMDB fill
-//! into a reused buffer that a GPU feed does.
+//! into a reused buffer that a GPU feed does; then JPEG decoding and resizing
+//! alone on one thread.
 //! Run with `scripts/bench-pipeline [N]`; prints a table.
 use flickr_style::pipeline::decode::{read_image, ColorMode};
 use flickr_style::pipeline::mat::Mat8;
@@ -98,6 +99,7 @@ fn main() {
         dir.path(),
         r#"type: "ImageData" image_data_param { source: "list.txt" root_folder: "img/" batch_size: 256 new_height: 256 new_width: 256 shuffle: true }"#,
     );
+    let (singles, decode_s, resize_s) = single_thread_times(&dir.path().join("img"));
     let mb = count as f64 * 3.0 * 256.0 * 256.0 / 1e6;
     println!("| stage | images | seconds | images/s |");
     println!("|---|---|---|---|");
@@ -127,7 +129,57 @@ fn main() {
             images as f64 / secs
         );
     }
+    for (what, secs) in [
+        ("JPEG decode alone (500x375 -> BGR), one thread", decode_s),
+        (
+            "resize alone (BGR 500x375 -> 256x256), one thread",
+            resize_s,
+        ),
+    ] {
+        println!(
+            "| {what} | {singles} | {secs:.3} | {:.0} |",
+            singles as f64 / secs
+        );
+    }
     println!("threads: {}", rayon::current_num_threads());
+}
+
+/// How many images, and seconds on one thread, to decode the first (up to)
+/// 500 JPEGs of the set (files
+/// already in memory) and to resize their pixels to 256x256: best of three.
+fn single_thread_times(img: &Path) -> (usize, f64, f64) {
+    use flickr_style::pipeline::decode::decode;
+    let mut names: Vec<PathBuf> = std::fs::read_dir(img)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names.truncate(500);
+    let files: Vec<Vec<u8>> = names.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let best = |f: &dyn Fn()| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let decode_s = best(&|| {
+        for f in &files {
+            std::hint::black_box(decode(f, ColorMode::Color).unwrap());
+        }
+    });
+    let mats: Vec<Mat8> = files
+        .iter()
+        .map(|f| decode(f, ColorMode::Color).unwrap())
+        .collect();
+    let resize_s = best(&|| {
+        for m in &mats {
+            std::hint::black_box(resize_linear(m, 256, 256));
+        }
+    });
+    (names.len(), decode_s, resize_s)
 }
 
 /// Images per second a data layer delivers to a net that only consumes them
