@@ -406,6 +406,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(
+        cli.command,
+        Command::Finetune(_) | Command::Pipeline(_) | Command::Test(_) | Command::Time(_)
+    ) {
+        flickr_style::train::memory::reuse_large_allocations();
+    }
     match cli.command {
         Command::ToLmdb(a) => cmd_to_lmdb(a),
         Command::ComputeMean(a) => cmd_compute_mean(a),
