@@ -391,6 +391,16 @@ mod tests {
         assert_eq!(m.data, golden("ramp_20x12_opencv.json", "bgr"));
         let m = decode(&jpg, ColorMode::Gray).unwrap();
         assert_eq!(m.data, golden("ramp_20x12_opencv.json", "gray"));
+        // Arithmetic-coded files (SOF9) decode too, as with Debian's libjpeg.
+        let arith = test_data("arith_24x16.jpg");
+        assert_eq!(
+            decode(&arith, ColorMode::Color).unwrap().data,
+            golden("arith_24x16_opencv.json", "bgr")
+        );
+        assert_eq!(
+            decode(&arith, ColorMode::Gray).unwrap().data,
+            golden("arith_24x16_opencv.json", "gray")
+        );
         // And the encoder is cv2.imencode's, byte for byte.
         assert_eq!(
             crc32(&jpg),
