@@ -76,18 +76,16 @@ pub fn is_valid_image(bytes: &[u8]) -> bool {
 fn decode_jpeg(bytes: &[u8], mode: ColorMode) -> std::result::Result<Mat8, String> {
     let want = match mode {
         ColorMode::Gray => jpeg::Want::Gray,
-        ColorMode::Color | ColorMode::Native => jpeg::Want::Native,
+        ColorMode::Native => jpeg::Want::Native,
+        ColorMode::Color => jpeg::Want::Bgr,
     };
     let img = jpeg::decode(bytes, want, check_dimensions)?;
     let (w, h) = (img.width, img.height);
-    let mut mat = if img.channels == 4 {
+    let mat = if img.channels == 4 {
         cmyk_to(&img.pixels, w, h, mode)
     } else {
         Mat8::new(w, h, img.channels, img.pixels)
     };
-    if mode == ColorMode::Color && mat.channels == 1 {
-        mat = gray_to_bgr(&mat);
-    }
     let orientation = img
         .exif
         .and_then(|exif| Orientation::from_exif_chunk(&exif))
@@ -201,11 +199,6 @@ fn cmyk_to(cmyk: &[u8], width: usize, height: usize, mode: ColorMode) -> Mat8 {
 fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
     let (r, g, b) = (r as u32, g as u32, b as u32);
     ((r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14) as u8
-}
-
-fn gray_to_bgr(m: &Mat8) -> Mat8 {
-    let data = m.data.iter().flat_map(|&v| [v, v, v]).collect();
-    Mat8::new(m.width, m.height, 3, data)
 }
 
 /// Applies an EXIF orientation by remapping pixels.

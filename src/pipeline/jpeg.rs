@@ -41,6 +41,8 @@ pub enum Want {
     Gray,
     /// Three channels BGR for colour files, one for gray files.
     Native,
+    /// Three channels BGR always (libjpeg replicates a gray plane itself).
+    Bgr,
 }
 
 /// The payload of our error unwinds.
@@ -164,7 +166,7 @@ unsafe fn decode_with(
     // YCCK into CMYK); otherwise gray or BGR.
     cinfo.out_color_space = if cinfo.num_components == 4 {
         ffi::J_COLOR_SPACE::JCS_CMYK
-    } else if want == Want::Gray || cinfo.num_components == 1 {
+    } else if want == Want::Gray || (want == Want::Native && cinfo.num_components == 1) {
         ffi::J_COLOR_SPACE::JCS_GRAYSCALE
     } else {
         ffi::J_COLOR_SPACE::JCS_EXT_BGR
@@ -308,6 +310,12 @@ mod tests {
         assert_eq!((gray.channels, gray.pixels.len()), (1, 48 * 32));
         let gray_file = encode(&gray.pixels, 48, 32, 1, 90).unwrap();
         assert_eq!(decode(&gray_file, Want::Native, ok).unwrap().channels, 1);
+        let bgr = decode(&gray_file, Want::Bgr, ok).unwrap();
+        assert_eq!(bgr.channels, 3);
+        assert!(bgr
+            .pixels
+            .chunks_exact(3)
+            .all(|p| p[0] == p[1] && p[1] == p[2]));
         assert!(color.exif.is_none());
     }
 
