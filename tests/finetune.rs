@@ -544,3 +544,71 @@ fn dummy_data_layer_fills_refills_and_resumes() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// The two ways into a net give the same batches: ImageData decoding and
+/// resizing a list itself (the transformer reads the decoded HWC pixels)
+/// and Data reading to-lmdb's raw CHW datums of that list, with the same
+/// random crops, mirrors and mean subtraction.
+#[test]
+fn image_data_feed_equals_data_feed_of_its_lmdb() {
+    use flickr_style::caffe::proto::{NetParameter, Phase};
+    use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    let t = tempfile::tempdir().unwrap();
+    let images = fixture("images");
+    let db = t.path().join("db");
+    let opts = ToLmdbOptions {
+        root: images.clone(),
+        list: images.join("list.txt"),
+        db: db.clone(),
+        resize: Some((40, 48)), // (height, width)
+        gray: false,
+        shuffle: false,
+        seed: 0,
+        encoded: false,
+        encode_type: String::new(),
+        check_size: false,
+        strict: true,
+        force: false,
+    };
+    assert_eq!(to_lmdb(&opts).unwrap().written, 24);
+    let transform = "transform_param { crop_size: 32 mirror: true mean_value: 104 mean_value: 117 mean_value: 123 scale: 0.5 }";
+    let net = |source: &str| {
+        let text = format!(
+            "layer {{ name: \"data\" type: \"{}\" top: \"data\" top: \"label\" {transform} {source} }}",
+            if source.starts_with("data_param") { "Data" } else { "ImageData" }
+        );
+        let def: NetParameter =
+            flickr_style::caffe::prototxt::parse(&text, Path::new("t")).unwrap();
+        Net::new(&def, &BuildContext::cpu(t.path(), 3, Phase::Train), None).unwrap()
+    };
+    let mut from_db = net(&format!(
+        "data_param {{ source: \"{}\" batch_size: 10 backend: LMDB }}",
+        db.display()
+    ));
+    let mut from_list = net(&format!(
+        "image_data_param {{ source: \"{}\" root_folder: \"{}/\" batch_size: 10 new_height: 40 new_width: 48 }}",
+        images.join("list.txt").display(),
+        images.display()
+    ));
+    let values = |net: &Net, blob: &str| {
+        let b = net.blob(blob).unwrap();
+        (
+            b.dims().to_vec(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        )
+    };
+    // Three batches of 10 wrap around the 24 images.
+    for _ in 0..3 {
+        from_db.forward().unwrap();
+        from_list.forward().unwrap();
+        let (dims, data) = values(&from_list, "data");
+        assert_eq!(dims, [10, 3, 32, 32]);
+        let (db_dims, db_data) = values(&from_db, "data");
+        assert_eq!(db_dims, dims);
+        let differ = data.iter().zip(&db_data).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "values that differ, of {}", data.len());
+        assert_eq!(values(&from_list, "label"), values(&from_db, "label"));
+    }
+}

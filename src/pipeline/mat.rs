@@ -36,6 +36,16 @@ impl Mat8 {
             out.copy_from_slice(&self.data);
             return out;
         }
+        if c == 3 {
+            // The common case, with the planes split up front so the loop
+            // has no bounds checks.
+            let (b, rest) = out.split_at_mut(plane);
+            let (g, r) = rest.split_at_mut(plane);
+            for (((px, b), g), r) in self.data.chunks_exact(3).zip(b).zip(g).zip(r) {
+                (*b, *g, *r) = (px[0], px[1], px[2]);
+            }
+            return out;
+        }
         for (i, px) in self.data.chunks_exact(c).enumerate() {
             for (ch, &v) in px.iter().enumerate() {
                 out[ch * plane + i] = v;
@@ -66,5 +76,8 @@ mod tests {
         let m = Mat8::new(2, 1, 3, vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(m.to_chw(), vec![1, 4, 2, 5, 3, 6]);
         assert_eq!(Mat8::from_chw(2, 1, 3, &m.to_chw()), m);
+        let m = Mat8::new(1, 2, 4, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(m.to_chw(), vec![1, 5, 2, 6, 3, 7, 4, 8]);
+        assert_eq!(Mat8::from_chw(1, 2, 4, &m.to_chw()), m);
     }
 }

@@ -62,20 +62,23 @@ impl Transformer {
         }
     }
 
-    /// Transforms one CHW uint8 image; `position` (the image's global index in
-    /// the feed) seeds its crop and mirror draws, so runs and resumes repeat.
-    /// `context` names the image in errors.
-    #[allow(clippy::too_many_arguments)] // one image: shape, pixels, position, context, output
+    /// Transforms one uint8 image (CHW or HWC); `position` (the image's global
+    /// index in the feed) seeds its crop and mirror draws, so runs and
+    /// resumes repeat. `context` names the image in errors.
     pub fn apply(
         &self,
-        c: usize,
-        h: usize,
-        w: usize,
-        pixels: &[u8],
+        img: ImageRef<'_>,
         position: u64,
         context: impl Fn() -> String,
         out: &mut [f32],
     ) -> Result<()> {
+        let (c, h, w) = (img.channels, img.height, img.width);
+        if img.data.len() != c * h * w {
+            return Err(Error::model(
+                context(),
+                format!("{} pixel bytes for a {c}x{h}x{w} image", img.data.len()),
+            ));
+        }
         if let Some((mc, mh, mw, _)) = &self.mean_image {
             if (*mc, *mh, *mw) != (c, h, w) {
                 return Err(Error::model(
@@ -100,11 +103,17 @@ impl Transformer {
                 format!("crop_size {crop} is larger than the image {h}x{w}"),
             ));
         }
+        let (oh, ow) = if crop > 0 { (crop, crop) } else { (h, w) };
+        if out.len() != c * oh * ow {
+            return Err(Error::model(
+                context(),
+                format!("output holds {} values, not {c}x{oh}x{ow}", out.len()),
+            ));
+        }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(position);
         // Caffe's draw order: mirror first, then the crop offsets.
         let mirror = self.mirror && rng.random_range(0..2) == 1;
-        let (oh, ow) = if crop > 0 { (crop, crop) } else { (h, w) };
         let (h_off, w_off) = if crop == 0 {
             (0, 0)
         } else if self.phase == Phase::Train {
@@ -115,9 +124,6 @@ impl Transformer {
         } else {
             ((h - crop) / 2, (w - crop) / 2)
         };
-        let scale = self.scale;
-        // Row by row with the branches hoisted, so the inner loops vectorise;
-        // each value is still (pixel - mean) * scale, as in Caffe.
         for ch in 0..c {
             let mv = match self.mean_values.len() {
                 0 => 0.0,
@@ -125,35 +131,190 @@ impl Transformer {
                 _ => self.mean_values[ch],
             };
             for y in 0..oh {
-                let start = (ch * h + h_off + y) * w + w_off;
-                let src = &pixels[start..start + ow];
+                // The mean image is CHW whatever the pixels' layout.
+                let chw_start = (ch * h + h_off + y) * w + w_off;
+                let mean = self
+                    .mean_image
+                    .as_ref()
+                    .map(|(_, _, _, m)| &m[chw_start..chw_start + ow]);
                 let dst = &mut out[(ch * oh + y) * ow..(ch * oh + y + 1) * ow];
-                match (&self.mean_image, mirror) {
-                    (Some((_, _, _, m)), false) => {
-                        for ((d, &p), &m) in dst.iter_mut().zip(src).zip(&m[start..start + ow]) {
-                            *d = (p as f32 - m) * scale;
-                        }
+                match img.layout {
+                    Layout::Chw => {
+                        let src = &img.data[chw_start..chw_start + ow];
+                        row(dst, src.iter(), mean, mv, self.scale, mirror)
                     }
-                    (Some((_, _, _, m)), true) => {
-                        for ((d, &p), &m) in
-                            dst.iter_mut().rev().zip(src).zip(&m[start..start + ow])
-                        {
-                            *d = (p as f32 - m) * scale;
-                        }
-                    }
-                    (None, false) => {
-                        for (d, &p) in dst.iter_mut().zip(src) {
-                            *d = (p as f32 - mv) * scale;
-                        }
-                    }
-                    (None, true) => {
-                        for (d, &p) in dst.iter_mut().rev().zip(src) {
-                            *d = (p as f32 - mv) * scale;
-                        }
+                    Layout::Hwc => {
+                        let start = ((h_off + y) * w + w_off) * c + ch;
+                        let src = &img.data[start..start + (ow - 1) * c + 1];
+                        row(dst, src.iter().step_by(c), mean, mv, self.scale, mirror)
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// One output row: each value is (pixel - mean) * scale, as in Caffe. The
+/// branches are hoisted out of the loops so that the CHW case vectorises.
+fn row<'a>(
+    dst: &mut [f32],
+    src: impl Iterator<Item = &'a u8>,
+    mean: Option<&[f32]>,
+    mv: f32,
+    scale: f32,
+    mirror: bool,
+) {
+    match (mean, mirror) {
+        (Some(m), false) => {
+            for ((d, &p), &m) in dst.iter_mut().zip(src).zip(m) {
+                *d = (p as f32 - m) * scale;
+            }
+        }
+        (Some(m), true) => {
+            for ((d, &p), &m) in dst.iter_mut().rev().zip(src).zip(m) {
+                *d = (p as f32 - m) * scale;
+            }
+        }
+        (None, false) => {
+            for (d, &p) in dst.iter_mut().zip(src) {
+                *d = (p as f32 - mv) * scale;
+            }
+        }
+        (None, true) => {
+            for (d, &p) in dst.iter_mut().rev().zip(src) {
+                *d = (p as f32 - mv) * scale;
+            }
+        }
+    }
+}
+
+/// How an image's pixels are ordered in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Channel planes, as in a raw Datum.
+    Chw,
+    /// Interleaved pixels, as decoded (OpenCV's Mat).
+    Hwc,
+}
+
+/// Borrowed uint8 pixels of one image.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageRef<'a> {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub layout: Layout,
+    pub data: &'a [u8],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::mat::Mat8;
+
+    fn transformer(text: &str, phase: Phase, mean: Option<(usize, usize, usize)>) -> Transformer {
+        let p: TransformationParameter =
+            crate::caffe::prototxt::parse(text, std::path::Path::new("t")).unwrap();
+        let mut t = Transformer::new(&p, phase, 7, |f| f.into(), "t").unwrap();
+        if let Some((c, h, w)) = mean {
+            let values = (0..c * h * w).map(|i| (i % 251) as f32 * 0.5).collect();
+            t.mean_image = Some((c, h, w, values));
+        }
+        t
+    }
+
+    /// A decoded (HWC) image gives exactly what its CHW copy gives, for
+    /// every combination of crop, mirror, mean and phase.
+    #[test]
+    fn hwc_input_matches_chw_input() {
+        let (w, h, c) = (13, 9, 3);
+        let data = (0..w * h * c).map(|i| (i * 37 % 256) as u8).collect();
+        let m = Mat8::new(w, h, c, data);
+        let chw = m.to_chw();
+        for text in [
+            "",
+            "mirror: true",
+            "crop_size: 7 mirror: true scale: 0.5",
+            "crop_size: 9 mean_value: 10 mean_value: 20 mean_value: 30",
+            "crop_size: 5 mirror: true mean_value: 3",
+        ] {
+            for phase in [Phase::Train, Phase::Test] {
+                for mean in [None, Some((c, h, w))] {
+                    if mean.is_some() && text.contains("mean_value") {
+                        continue;
+                    }
+                    let t = transformer(text, phase, mean);
+                    let (oc, oh, ow) = t.out_shape(c, h, w);
+                    for pos in 0..8 {
+                        let mut a = vec![0f32; oc * oh * ow];
+                        let mut b = a.clone();
+                        let img = |layout, data| ImageRef {
+                            channels: c,
+                            height: h,
+                            width: w,
+                            layout,
+                            data,
+                        };
+                        t.apply(img(Layout::Chw, &chw), pos, String::new, &mut a)
+                            .unwrap();
+                        t.apply(img(Layout::Hwc, &m.data), pos, String::new, &mut b)
+                            .unwrap();
+                        assert_eq!(a, b, "{text:?} {phase:?} mean {mean:?} position {pos}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Test phase: the centred crop, mirrored or not by the position's draw.
+    #[test]
+    fn centred_crop_and_mirror_by_hand() {
+        // 1 channel, 4x5, pixel = 10 * row + column.
+        let data: Vec<u8> = (0..4)
+            .flat_map(|y| (0..5).map(move |x| 10 * y + x))
+            .collect();
+        let t = transformer("crop_size: 2 mirror: true", Phase::Test, None);
+        let img = ImageRef {
+            channels: 1,
+            height: 4,
+            width: 5,
+            layout: Layout::Hwc,
+            data: &data,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for pos in 0..16 {
+            let mut out = [0f32; 4];
+            t.apply(img, pos, String::new, &mut out).unwrap();
+            seen.insert(out.map(|v| v as u8));
+        }
+        // Offsets ((4-2)/2, (5-2)/2) = (1, 1); both mirror draws occur.
+        let expected = [[11, 12, 21, 22], [12, 11, 22, 21]];
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        let t = transformer("crop_size: 4", Phase::Train, None);
+        let data = [0u8; 9];
+        let img = ImageRef {
+            channels: 1,
+            height: 3,
+            width: 3,
+            layout: Layout::Chw,
+            data: &data,
+        };
+        let e = t.apply(img, 0, || "img.jpg".into(), &mut [0f32; 16]);
+        assert!(e.unwrap_err().to_string().contains("crop_size 4 is larger"));
+        let short = ImageRef {
+            data: &data[..5],
+            ..img
+        };
+        let t = transformer("", Phase::Train, None);
+        let e = t.apply(short, 0, || "img.jpg".into(), &mut [0f32; 9]);
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("5 pixel bytes for a 1x3x3"));
     }
 }

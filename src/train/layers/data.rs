@@ -14,8 +14,9 @@ use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::image_list::{read_list, ListEntry};
 use crate::pipeline::lmdb_store::LmdbReader;
+use crate::pipeline::mat::Mat8;
 use crate::pipeline::resize::resize_linear;
-use crate::train::transform::Transformer;
+use crate::train::transform::{ImageRef, Layout, Transformer};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -76,14 +77,11 @@ impl Source {
         }
     }
 
-    /// Calls `f(channels, height, width, CHW pixels, label)` for source image
-    /// `i`. Raw LMDB datums are read in place from the memory map; other
-    /// sources are decoded into a temporary buffer first.
-    fn with_image<R>(
-        &self,
-        i: usize,
-        f: impl FnOnce(usize, usize, usize, &[u8], f32) -> Result<R>,
-    ) -> Result<R> {
+    /// Calls `f(pixels, label)` for source image `i`. Raw LMDB datums are
+    /// read in place from the memory map (CHW); other sources are decoded
+    /// into a temporary buffer first and handed over as decoded (HWC), as
+    /// the transformer reads either.
+    fn with_image<R>(&self, i: usize, f: impl FnOnce(ImageRef<'_>, f32) -> Result<R>) -> Result<R> {
         match self {
             Source::Lmdb { reader, keys, mode } => {
                 let key = String::from_utf8_lossy(&keys[i]).into_owned();
@@ -106,10 +104,17 @@ impl Source {
                                     )
                                 },
                             )?;
-                            return f(m.channels, m.height, m.width, &m.to_chw(), label);
+                            return f(hwc(&m), label);
                         }
                         let (c, h, w, px) = datum.raw_pixels(&key)?;
-                        f(c, h, w, px, label)
+                        let img = ImageRef {
+                            channels: c,
+                            height: h,
+                            width: w,
+                            layout: Layout::Chw,
+                            data: px,
+                        };
+                        f(img, label)
                     })?
                     .ok_or_else(|| Error::lmdb(reader.path(), format!("record {key} vanished")))
             }
@@ -130,7 +135,7 @@ impl Source {
                 if let Some((h, w)) = resize {
                     m = resize_linear(&m, *w, *h);
                 }
-                f(m.channels, m.height, m.width, &m.to_chw(), e.label as f32)
+                f(hwc(&m), e.label as f32)
             }
         }
     }
@@ -144,6 +149,17 @@ impl Source {
             ),
             Source::List { entries, root, .. } => root.join(&entries[i].path).display().to_string(),
         }
+    }
+}
+
+/// A decoded image's pixels as the transformer takes them.
+fn hwc(m: &Mat8) -> ImageRef<'_> {
+    ImageRef {
+        channels: m.channels,
+        height: m.height,
+        width: m.width,
+        layout: Layout::Hwc,
+        data: &m.data,
     }
 }
 
@@ -186,11 +202,12 @@ impl Feed {
                     .zip(labels.par_iter_mut())
                     .zip(idx.par_iter())
                     .try_for_each(|((out, label), &(p, i))| -> Result<()> {
-                        source.with_image(i, |ic, ih, iw, px, l| {
+                        source.with_image(i, |img, l| {
+                            let (ic, ih, iw) = (img.channels, img.height, img.width);
                             if tf.out_shape(ic, ih, iw) != (c, h, w) {
                                 return Err(Error::model(source.describe(i), format!("image is {ic}x{ih}x{iw}, unlike the first one; resize the data (to-lmdb --resize-*) or set crop_size")));
                             }
-                            tf.apply(ic, ih, iw, px, p, || source.describe(i), out)?;
+                            tf.apply(img, p, || source.describe(i), out)?;
                             *label = l;
                             Ok(())
                         })
@@ -298,7 +315,8 @@ impl DataLayer {
         let transformer = Transformer::new(&tp, ctx.phase, seed, |p| ctx.resolve(p), &lctx)?;
         let mut cache = None;
         let first = source.index_at(0, &mut cache);
-        let (c, h, w) = source.with_image(first, |c, h, w, _, _| Ok((c, h, w)))?;
+        let (c, h, w) =
+            source.with_image(first, |img, _| Ok((img.channels, img.height, img.width)))?;
         let shape = transformer.out_shape(c, h, w);
         Ok(DataLayer {
             name,
