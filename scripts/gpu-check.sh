@@ -134,7 +134,7 @@ if [ -n "$COMPARE_BATCH" ] && [ -n "$DEVICE" ]; then
 fi
 say ""
 
-say "## End to end: finetune throughput at batch $E2E_BATCH ($ITERS iterations after 5 warm-up ones)"
+say "## End to end: finetune throughput at batch $E2E_BATCH ($ITERS iterations after 5 warm-up ones, timed inside the run)"
 if python3 -c "import numpy, PIL" 2>/dev/null; then
 python3 - "$WORK/img" "$IMAGES" <<'EOF'
 # Varied 320x240 JPEGs (gradients plus noise), 20 labels.
@@ -168,15 +168,19 @@ run compute-mean "$WORK/lmdb" "$WORK/mean.binaryproto" >"$WORK/mean.log" 2>&1 ||
 e2e() { # $1 = source, $2 = arithmetic label, $3 = data layer text, $4 = extra flags
   local tag="$1-${2//[^a-zA-Z0-9]/_}"
   net_with_data "$3" "$WORK/$tag.prototxt"
-  local times=()
-  for iters in 5 $((5 + ITERS)); do
-    printf 'net: "%s"\nbase_lr: 0.001\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.0005\nmax_iter: %d\ndisplay: 0\nsnapshot_after_train: false\nrandom_seed: 1\n' \
-      "$WORK/$tag.prototxt" "$iters" >"$WORK/$tag.solver"
-    local t0=$(date +%s.%N)
-    run finetune --solver "$WORK/$tag.solver" $DEVICE $4 >"$WORK/$tag.log" 2>&1 || { fail "$1 finetune ($2)"; tail -3 "$WORK/$tag.log" | tee -a "$REPORT"; return; }
-    times+=("$(python3 -c "import time; print(time.time() - $t0)")")
-  done
-  say "| $1 | $2 | $(python3 -c "print(f'{(${times[1]} - ${times[0]}) * 1000 / $ITERS:.1f} | {$ITERS * $E2E_BATCH / (${times[1]} - ${times[0]}):.0f}')") |"
+  printf 'net: "%s"\nbase_lr: 0.001\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.0005\nmax_iter: %d\ndisplay: 0\nsnapshot_after_train: false\nrandom_seed: 1\n' \
+    "$WORK/$tag.prototxt" $((5 + ITERS)) >"$WORK/$tag.solver"
+  run finetune --solver "$WORK/$tag.solver" --metrics "$WORK/$tag.jsonl" $DEVICE $4 >"$WORK/$tag.log" 2>&1 || { fail "$1 finetune ($2)"; tail -3 "$WORK/$tag.log" | tee -a "$REPORT"; return; }
+  # Timed inside the run (each metrics line carries its wall-clock seconds):
+  # from iteration 4's line to iteration 4+ITERS's, so start-up and warm-up are left out.
+  say "$(python3 - "$WORK/$tag.jsonl" "$1" "$2" "$ITERS" "$E2E_BATCH" <<'PY'
+import json, sys
+path, src, label, n, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+t = {r["iter"]: r["elapsed_s"] for r in map(json.loads, open(path)) if r["phase"] == "train"}
+secs = t[4 + n] - t[4]
+print(f"| {src} | {label} | {secs * 1000 / n:.1f} | {n * batch / secs:.0f} |")
+PY
+)"
 }
 # The feed alone: a net of just the data layer, so `time`'s forward pass is
 # the wait for the next batch (decoded, transformed and, on a GPU, copied).

@@ -136,6 +136,15 @@ fn cli_trains_snapshots_and_resumes_with_metrics() {
         .collect();
     assert_eq!(train.len(), 16);
     assert!((train[0]["loss"].as_f64().unwrap() - 1.3775332).abs() < 1e-5);
+    // Wall-clock seconds since the start, for loss-vs-time plots and throughput.
+    let elapsed: Vec<f64> = train
+        .iter()
+        .map(|v| v["elapsed_s"].as_f64().unwrap())
+        .collect();
+    assert!(
+        elapsed[0] > 0.0 && elapsed.windows(2).all(|w| w[0] <= w[1]),
+        "{elapsed:?}"
+    );
 
     // Resume from a copy in another folder: learned_net is found beside the solverstate.
     let moved = t.path().join("moved");

@@ -276,7 +276,8 @@ struct FinetuneArgs {
     /// Resume from this .solverstate (exactly, when its .resume.json sidecar is beside it).
     #[arg(long)]
     snapshot: Option<PathBuf>,
-    /// Append per-iteration metrics (JSON lines) to this file.
+    /// Append per-iteration metrics to this file: a JSON line per iteration (phase, iter, loss,
+    /// smoothed_loss, lr, outputs, elapsed_s = seconds since the solver started) and per test phase.
     #[arg(long)]
     metrics: Option<PathBuf>,
     /// Also write the log to this file.

@@ -82,6 +82,8 @@ pub struct Solver {
     /// Log output.
     pub log: Logger,
     metrics: Option<std::fs::File>,
+    /// When this solver was built: metrics records carry the seconds since.
+    started: std::time::Instant,
     stop: Arc<AtomicBool>,
     progress: bool,
     /// Losses of every iteration run by [`Solver::solve`] (iteration, loss).
@@ -222,6 +224,7 @@ impl Solver {
             start_iter: 0,
             log,
             metrics,
+            started: std::time::Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
             progress: opts.progress,
             trajectory: Vec::new(),
@@ -514,6 +517,7 @@ impl Solver {
             }
             self.write_metrics(serde_json::json!({
                 "phase": "train", "iter": self.iter, "loss": loss, "smoothed_loss": self.smoothed_loss, "lr": rate,
+                "elapsed_s": self.elapsed_s(),
                 "outputs": outputs.iter().map(|(n, v, _)| (n.clone(), v.first().copied().unwrap_or(0.0))).collect::<BTreeMap<_, _>>(),
             }))?;
             self.apply_update(rate)?;
@@ -614,13 +618,18 @@ impl Solver {
                 result.push((name, mean));
             }
             self.write_metrics(serde_json::json!({
-                "phase": "test", "iter": self.iter, "net": ti,
+                "phase": "test", "iter": self.iter, "net": ti, "elapsed_s": self.elapsed_s(),
                 "outputs": result.iter().cloned().collect::<BTreeMap<_, _>>(),
             }))?;
             self.test_results.push((self.iter, ti, result.clone()));
             all.push(result);
         }
         Ok(all)
+    }
+
+    /// Seconds since the solver was built, to the microsecond.
+    fn elapsed_s(&self) -> f64 {
+        (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e6
     }
 
     fn write_metrics(&mut self, v: serde_json::Value) -> Result<()> {
