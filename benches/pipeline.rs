@@ -249,7 +249,7 @@ fn reused_fill(db: &Path, dir: &Path) -> (usize, f64) {
     use flickr_style::caffe::datum::DatumRef;
     use flickr_style::caffe::proto::{Phase, TransformationParameter};
     use flickr_style::pipeline::lmdb_store::LmdbReader;
-    use flickr_style::train::transform::{ImageRef, Layout, Transformer};
+    use flickr_style::train::transform::{ImageRef, Transformer};
     use rayon::prelude::*;
     let reader = LmdbReader::open(db).unwrap();
     let keys = reader.keys().unwrap();
@@ -271,14 +271,12 @@ fn reused_fill(db: &Path, dir: &Path) -> (usize, f64) {
                     .with_value(&keys[i], |v| {
                         let d = DatumRef::parse(v).expect("a Datum");
                         let (c, h, w, px) = d.raw_pixels("bench")?;
-                        let img = ImageRef {
-                            channels: c,
-                            height: h,
-                            width: w,
-                            layout: Layout::Chw,
-                            data: px,
-                        };
-                        tf.apply(img, (pos + k) as u64, String::new, out)
+                        tf.apply(
+                            ImageRef::chw(c, h, w, px),
+                            (pos + k) as u64,
+                            String::new,
+                            out,
+                        )
                     })
                     .unwrap();
             });

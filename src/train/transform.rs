@@ -5,6 +5,7 @@
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::proto::{Phase, TransformationParameter};
 use crate::error::{Error, Result};
+use crate::pipeline::mat::Mat8;
 use rand::{Rng, SeedableRng};
 
 /// A configured transformer.
@@ -208,10 +209,35 @@ pub struct ImageRef<'a> {
     pub data: &'a [u8],
 }
 
+impl<'a> ImageRef<'a> {
+    /// Channel planes of a `channels x height x width` image (a raw Datum's pixels).
+    pub fn chw(channels: usize, height: usize, width: usize, data: &'a [u8]) -> Self {
+        ImageRef {
+            channels,
+            height,
+            width,
+            layout: Layout::Chw,
+            data,
+        }
+    }
+}
+
+impl<'a> From<&'a Mat8> for ImageRef<'a> {
+    /// A decoded image, read in place.
+    fn from(m: &'a Mat8) -> Self {
+        ImageRef {
+            channels: m.channels,
+            height: m.height,
+            width: m.width,
+            layout: Layout::Hwc,
+            data: &m.data,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::mat::Mat8;
 
     fn transformer(text: &str, phase: Phase, mean: Option<(usize, usize, usize)>) -> Transformer {
         let p: TransformationParameter =

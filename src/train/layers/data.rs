@@ -14,9 +14,8 @@ use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::image_list::{read_list, ListEntry};
 use crate::pipeline::lmdb_store::LmdbReader;
-use crate::pipeline::mat::Mat8;
 use crate::pipeline::resize::resize_linear;
-use crate::train::transform::{ImageRef, Layout, Transformer};
+use crate::train::transform::{ImageRef, Transformer};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -104,17 +103,10 @@ impl Source {
                                     )
                                 },
                             )?;
-                            return f(hwc(&m), label);
+                            return f((&m).into(), label);
                         }
                         let (c, h, w, px) = datum.raw_pixels(&key)?;
-                        let img = ImageRef {
-                            channels: c,
-                            height: h,
-                            width: w,
-                            layout: Layout::Chw,
-                            data: px,
-                        };
-                        f(img, label)
+                        f(ImageRef::chw(c, h, w, px), label)
                     })?
                     .ok_or_else(|| Error::lmdb(reader.path(), format!("record {key} vanished")))
             }
@@ -135,7 +127,7 @@ impl Source {
                 if let Some((h, w)) = resize {
                     m = resize_linear(&m, *w, *h);
                 }
-                f(hwc(&m), e.label as f32)
+                f((&m).into(), e.label as f32)
             }
         }
     }
@@ -149,17 +141,6 @@ impl Source {
             ),
             Source::List { entries, root, .. } => root.join(&entries[i].path).display().to_string(),
         }
-    }
-}
-
-/// A decoded image's pixels as the transformer takes them.
-fn hwc(m: &Mat8) -> ImageRef<'_> {
-    ImageRef {
-        channels: m.channels,
-        height: m.height,
-        width: m.width,
-        layout: Layout::Hwc,
-        data: &m.data,
     }
 }
 
