@@ -32,6 +32,9 @@ E2E_BATCH=${E2E_BATCH:-256}
 # No single step may eat the device budget.
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
 run() { timeout "$STEP_TIMEOUT" "$BIN" "$@"; }
+# finetune follows a solver's solver_mode (GPU is Caffe's default), so a CPU
+# run of a CUDA build says --cpu.
+TRAIN_DEVICE=${DEVICE:---cpu}
 REPORT=${OUT:-.}/gpu-check.md
 mkdir -p "${OUT:-.}"
 WORK=$(mktemp -d)
@@ -73,7 +76,7 @@ say "## tiny-net fixture: 30 iterations vs Caffe"
 tiny() {
   local tag=${1//[^a-z0-9]/_}
   (cd "$KIT/tiny-net" && run finetune --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
-    --snapshot-prefix "$WORK/tiny$tag" --metrics "$WORK/tiny$tag.jsonl" $DEVICE $3) >"$WORK/tiny$tag.log" 2>&1 || { fail "tiny-net finetune ($1)"; tail -5 "$WORK/tiny$tag.log" | tee -a "$REPORT"; }
+    --snapshot-prefix "$WORK/tiny$tag" --metrics "$WORK/tiny$tag.jsonl" $TRAIN_DEVICE $3) >"$WORK/tiny$tag.log" 2>&1 || { fail "tiny-net finetune ($1)"; tail -5 "$WORK/tiny$tag.log" | tee -a "$REPORT"; }
   python3 - "$WORK/tiny$tag.jsonl" "$KIT/tiny-net/pycaffe/trajectory_full_precision.csv" "$1" "$2" <<'EOF' | tee -a "$REPORT"
 import json, os, sys
 label, tol = sys.argv[3], float(sys.argv[4])
@@ -170,7 +173,7 @@ e2e() { # $1 = source, $2 = arithmetic label, $3 = data layer text, $4 = extra f
   net_with_data "$3" "$WORK/$tag.prototxt"
   printf 'net: "%s"\nbase_lr: 0.001\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.0005\nmax_iter: %d\ndisplay: 0\nsnapshot_after_train: false\nrandom_seed: 1\n' \
     "$WORK/$tag.prototxt" $((5 + ITERS)) >"$WORK/$tag.solver"
-  run finetune --solver "$WORK/$tag.solver" --metrics "$WORK/$tag.jsonl" $DEVICE $4 >"$WORK/$tag.log" 2>&1 || { fail "$1 finetune ($2)"; tail -3 "$WORK/$tag.log" | tee -a "$REPORT"; return; }
+  run finetune --solver "$WORK/$tag.solver" --metrics "$WORK/$tag.jsonl" $TRAIN_DEVICE $4 >"$WORK/$tag.log" 2>&1 || { fail "$1 finetune ($2)"; tail -3 "$WORK/$tag.log" | tee -a "$REPORT"; return; }
   # Timed inside the run (each metrics line carries its wall-clock seconds):
   # from iteration 4's line to iteration 4+ITERS's, so start-up and warm-up are left out.
   say "$(python3 - "$WORK/$tag.jsonl" "$1" "$2" "$ITERS" "$E2E_BATCH" <<'PY'
