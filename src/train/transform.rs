@@ -146,8 +146,9 @@ impl Transformer {
                     }
                     Layout::Hwc => {
                         let start = ((h_off + y) * w + w_off) * c + ch;
-                        let src = &img.data[start..start + (ow - 1) * c + 1];
-                        row(dst, src.iter().step_by(c), mean, mv, self.scale, mirror)
+                        // Every c-th byte from here; the row's length bounds the zip.
+                        let src = img.data[start..].iter().step_by(c);
+                        row(dst, src, mean, mv, self.scale, mirror)
                     }
                 }
             }
