@@ -568,18 +568,8 @@ fn image_data_feed_equals_data_feed_of_its_lmdb() {
     let images = fixture("images");
     let db = t.path().join("db");
     let opts = ToLmdbOptions {
-        root: images.clone(),
-        list: images.join("list.txt"),
-        db: db.clone(),
         resize: Some((40, 48)), // (height, width)
-        gray: false,
-        shuffle: false,
-        seed: 0,
-        encoded: false,
-        encode_type: String::new(),
-        check_size: false,
-        strict: true,
-        force: false,
+        ..common::fixture_to_lmdb_options(db.clone())
     };
     assert_eq!(to_lmdb(&opts).unwrap().written, 24);
     let transform = "transform_param { crop_size: 32 mirror: true mean_value: 104 mean_value: 117 mean_value: 123 scale: 0.5 }";

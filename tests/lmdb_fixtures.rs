@@ -1,10 +1,10 @@
 //! `to-lmdb` and the LMDB/Datum readers against LMDBs written by real Caffe
 //! (`../shared/caffe-ref/fixtures/lmdb`, made by convert_imageset; see its README).
 mod common;
-use common::fixture;
+use common::{fixture, fixture_to_lmdb_options};
 use flickr_style::caffe::Datum;
 use flickr_style::pipeline::lmdb_store::LmdbReader;
-use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
+use flickr_style::pipeline::to_lmdb::to_lmdb;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -74,23 +74,6 @@ fn reader_decodes_every_caffe_record() {
     }
 }
 
-fn options(db: std::path::PathBuf) -> ToLmdbOptions {
-    ToLmdbOptions {
-        root: fixture("images"),
-        list: fixture("images/list.txt"),
-        db,
-        resize: Some((256, 256)),
-        gray: false,
-        shuffle: false,
-        seed: 0,
-        encoded: false,
-        encode_type: String::new(),
-        check_size: false,
-        strict: true,
-        force: false,
-    }
-}
-
 /// Asserts that the LMDB at `ours` holds exactly the records of Caffe's
 /// `caffe` fixture: same keys, and serialized values equal byte for byte.
 /// On a mismatch, the per-image pixel difference says how far off it is.
@@ -129,7 +112,7 @@ fn assert_same_as_caffe(ours: &std::path::Path, caffe: &str) {
 fn to_lmdb_matches_convert_imageset_raw256() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("raw256");
-    let summary = to_lmdb(&options(db.clone())).unwrap();
+    let summary = to_lmdb(&fixture_to_lmdb_options(db.clone())).unwrap();
     assert_eq!(summary.written, 24);
     assert_same_as_caffe(&db, "lmdb/raw256");
 }
@@ -138,7 +121,7 @@ fn to_lmdb_matches_convert_imageset_raw256() {
 fn to_lmdb_matches_convert_imageset_gray64() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("gray64");
-    let mut o = options(db.clone());
+    let mut o = fixture_to_lmdb_options(db.clone());
     o.gray = true;
     o.resize = Some((64, 64));
     to_lmdb(&o).unwrap();
@@ -151,7 +134,7 @@ fn to_lmdb_matches_convert_imageset_gray64() {
 fn to_lmdb_applies_exif_orientation_without_resize() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("exif");
-    let mut o = options(db.clone());
+    let mut o = fixture_to_lmdb_options(db.clone());
     o.list = fixture("lmdb/exif-list.txt");
     o.resize = None;
     to_lmdb(&o).unwrap();
@@ -164,7 +147,7 @@ fn to_lmdb_encoded_matches_convert_imageset_jpg256() {
     // quality 95), so even the JPEG bytes are Caffe's.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("jpg256");
-    let mut o = options(db.clone());
+    let mut o = fixture_to_lmdb_options(db.clone());
     o.encoded = true;
     o.encode_type = "jpg".into();
     to_lmdb(&o).unwrap();

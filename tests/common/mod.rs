@@ -77,3 +77,22 @@ pub fn edited_net(t: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     std::fs::write(t.join("solver.prototxt"), solver).unwrap();
     t.join("solver.prototxt")
 }
+
+/// `to-lmdb` of the fixture images' list into `db`: raw datums resized to
+/// 256x256, in list order, failing on any unreadable image.
+pub fn fixture_to_lmdb_options(db: PathBuf) -> flickr_style::pipeline::to_lmdb::ToLmdbOptions {
+    flickr_style::pipeline::to_lmdb::ToLmdbOptions {
+        root: fixture("images"),
+        list: fixture("images/list.txt"),
+        db,
+        resize: Some((256, 256)),
+        gray: false,
+        shuffle: false,
+        seed: 0,
+        encoded: false,
+        encode_type: String::new(),
+        check_size: false,
+        strict: true,
+        force: false,
+    }
+}
