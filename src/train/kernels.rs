@@ -60,16 +60,11 @@ impl Window {
     }
 }
 
-/// One row of the batched column matrix: row `r` = (channel, ki, kj) of the
-/// unfolded input, laid out as `n_images` blocks of `oh*ow` values. Filling
-/// rows independently lets callers parallelise over rows and get one big
-/// `(rows) x (images*positions)` matrix for a single GEMM per group.
-pub fn im2col_row(x: &[f32], g: &Window, n_images: usize, r: usize, out: &mut [f32]) {
-    let (c, rest) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
-    let (ki, kj) = (rest / g.kw, rest % g.kw);
-    let plane = g.oh * g.ow;
-    let img = g.c * g.h * g.w;
-    // Output columns whose input column lies inside the image: [lo, hi).
+/// For kernel column `kj`: the output columns `[lo, hi)` whose input column
+/// lies inside the image (the rest read padding), and the input column of
+/// output column 0 (`ix = ox * sw + shift`). Hoisting this out of the inner
+/// loops leaves plain (for stride 1, contiguous) copies and sums.
+fn inside_columns(g: &Window, kj: usize) -> (usize, usize, isize) {
     let shift = (kj * g.dw) as isize - g.pw as isize;
     let lo = if shift >= 0 {
         0
@@ -84,6 +79,19 @@ pub fn im2col_row(x: &[f32], g: &Window, n_images: usize, r: usize, out: &mut [f
         (limit as usize).div_ceil(g.sw).min(g.ow)
     }
     .max(lo);
+    (lo, hi, shift)
+}
+
+/// One row of the batched column matrix: row `r` = (channel, ki, kj) of the
+/// unfolded input, laid out as `n_images` blocks of `oh*ow` values. Filling
+/// rows independently lets callers parallelise over rows and get one big
+/// `(rows) x (images*positions)` matrix for a single GEMM per group.
+pub fn im2col_row(x: &[f32], g: &Window, n_images: usize, r: usize, out: &mut [f32]) {
+    let (c, rest) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+    let (ki, kj) = (rest / g.kw, rest % g.kw);
+    let plane = g.oh * g.ow;
+    let img = g.c * g.h * g.w;
+    let (lo, hi, shift) = inside_columns(g, kj);
     for n in 0..n_images {
         let xc = &x[n * img + c * g.h * g.w..n * img + (c + 1) * g.h * g.w];
         let block = &mut out[n * plane..(n + 1) * plane];
@@ -130,16 +138,25 @@ pub fn col2im_plane(
         for kj in 0..g.kw {
             let r = (c * g.kh + ki) * g.kw + kj;
             let block = &cols[r * row_len + n * plane..r * row_len + (n + 1) * plane];
+            let (lo, hi, shift) = inside_columns(g, kj);
+            if lo == hi {
+                continue;
+            }
+            let first = ((lo * g.sw) as isize + shift) as usize;
             for oy in 0..g.oh {
                 let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
                 if iy < 0 || iy >= g.h as isize {
                     continue;
                 }
                 let dst = &mut out[iy as usize * g.w..(iy as usize + 1) * g.w];
-                for (ox, &v) in block[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
-                    let ix = (ox * g.sw + kj * g.dw) as isize - g.pw as isize;
-                    if ix >= 0 && (ix as usize) < g.w {
-                        dst[ix as usize] += v;
+                let src = &block[oy * g.ow + lo..oy * g.ow + hi];
+                if g.sw == 1 {
+                    for (d, &v) in dst[first..first + src.len()].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, &v) in dst[first..].iter_mut().step_by(g.sw).zip(src) {
+                        *d += v;
                     }
                 }
             }
@@ -455,33 +472,48 @@ mod tests {
 
     #[test]
     fn batched_rows_match_per_image_im2col() {
-        let g = window(3, 6, 5, 3, 1, 2);
-        let n = 2;
-        let x: Vec<f32> = (0..n * 3 * 6 * 5)
-            .map(|i| (i as f32 * 0.21).sin())
-            .collect();
-        let rows = 3 * 9;
-        let plane = g.oh * g.ow;
-        let mut batched = vec![0.0; rows * n * plane];
-        for (r, out) in batched.chunks_mut(n * plane).enumerate() {
-            im2col_row(&x, &g, n, r, out);
-        }
-        for img in 0..n {
-            let mut single = vec![0.0; rows * plane];
-            im2col(&x[img * 90..(img + 1) * 90], &g, &mut single);
-            for r in 0..rows {
-                assert_eq!(
-                    &batched[r * n * plane + img * plane..r * n * plane + (img + 1) * plane],
-                    &single[r * plane..(r + 1) * plane]
-                );
+        // (channels, height, width, kernel, stride, pad, dilation): strides 1,
+        // 2 and 4 (CaffeNet's conv1), pads wider than the kernel reach (rows
+        // and columns that read only padding), dilation, 1x1 kernels.
+        let cases = [
+            (3, 6, 5, 3, 2, 1, 1),
+            (2, 7, 9, 3, 1, 1, 1),
+            (2, 11, 13, 5, 1, 2, 1),
+            (1, 9, 10, 3, 4, 0, 1),
+            (2, 8, 7, 3, 1, 2, 2),
+            (1, 4, 5, 1, 1, 3, 1),
+            (2, 6, 6, 2, 3, 4, 1),
+        ];
+        for (ch, h, w, k, s, p, d) in cases {
+            let out = |i: usize| (i + 2 * p - (d * (k - 1) + 1)) / s + 1;
+            let g = Window::square(ch, h, w, k, s, p, d, (out(h), out(w)));
+            let n = 2;
+            let img_len = ch * h * w;
+            let x: Vec<f32> = (0..n * img_len).map(|i| (i as f32 * 0.21).sin()).collect();
+            let rows = ch * k * k;
+            let plane = g.oh * g.ow;
+            let mut batched = vec![f32::NAN; rows * n * plane];
+            for (r, out) in batched.chunks_mut(n * plane).enumerate() {
+                im2col_row(&x, &g, n, r, out);
             }
-            let mut a = vec![0.0; 90];
-            col2im(&single, &g, &mut a);
-            let mut b = vec![0.0; 90];
-            for c in 0..3 {
-                col2im_plane(&batched, &g, n, img, c, &mut b[c * 30..(c + 1) * 30]);
+            for img in 0..n {
+                let mut single = vec![0.0; rows * plane];
+                im2col(&x[img * img_len..(img + 1) * img_len], &g, &mut single);
+                for r in 0..rows {
+                    assert_eq!(
+                        &batched[r * n * plane + img * plane..r * n * plane + (img + 1) * plane],
+                        &single[r * plane..(r + 1) * plane],
+                        "{g:?} row {r}"
+                    );
+                }
+                let mut a = vec![0.0; img_len];
+                col2im(&single, &g, &mut a);
+                let mut b = vec![f32::NAN; img_len];
+                for c in 0..ch {
+                    col2im_plane(&batched, &g, n, img, c, &mut b[c * h * w..(c + 1) * h * w]);
+                }
+                assert_eq!(a, b, "{g:?}");
             }
-            assert_eq!(a, b);
         }
     }
 
