@@ -37,6 +37,9 @@ enum Command {
     Finetune(FinetuneArgs),
     /// Score a net's TEST phase with trained weights (caffe test).
     Test(TestArgs),
+    /// Per-class report of trained weights over the TEST data: confusion matrix, precision,
+    /// recall, F1, top-k and mean per-class accuracy.
+    Evaluate(EvaluateArgs),
     /// Time forward and backward passes, layer by layer (caffe time).
     Time(TimeArgs),
     /// Check every layer's GPU code path against the CPU kernels (on --gpu N, or on the CPU).
@@ -350,6 +353,36 @@ struct TestArgs {
 }
 
 #[derive(Args)]
+struct EvaluateArgs {
+    /// Net prototxt (its TEST phase is used, as by `test`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Trained .caffemodel(s), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    weights: Vec<PathBuf>,
+    /// Class names, one per line in label order (e.g. Flickr Style's style_names.txt).
+    #[arg(long)]
+    names: Option<PathBuf>,
+    /// Also write report.md, confusion.csv and metrics.json into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run this many batches instead of one pass over the TEST source.
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Blob of class scores (default: the first bottom of the Accuracy or SoftmaxWithLoss layer).
+    #[arg(long, requires = "label")]
+    scores: Option<String>,
+    /// Blob of labels (with --scores).
+    #[arg(long, requires = "scores")]
+    label: Option<String>,
+    /// The k of the top-k accuracy.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
 struct TimeArgs {
     /// Net prototxt (its TRAIN phase is timed).
     #[arg(long)]
@@ -409,7 +442,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     if matches!(
         cli.command,
-        Command::Finetune(_) | Command::Pipeline(_) | Command::Test(_) | Command::Time(_)
+        Command::Finetune(_)
+            | Command::Pipeline(_)
+            | Command::Test(_)
+            | Command::Evaluate(_)
+            | Command::Time(_)
     ) {
         flickr_style::train::memory::reuse_large_allocations();
     }
@@ -422,6 +459,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Finetune(a) => cmd_finetune(a),
         Command::Pipeline(a) => cmd_pipeline(a),
         Command::Test(a) => cmd_test(a),
+        Command::Evaluate(a) => cmd_evaluate(a),
         Command::Time(a) => cmd_time(a),
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
@@ -702,6 +740,39 @@ fn cmd_test(a: TestArgs) -> Result<()> {
             String::new()
         };
         println!("{name} = {}{extra}", flickr_style::train::log::g(value));
+    }
+    Ok(())
+}
+
+fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+    use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
+    let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
+    let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
+    let compute = a.device.compute()?;
+    let options = EvalOptions {
+        model: &a.model,
+        weights: &weights,
+        base_dir: &base_dir,
+        compute: &compute,
+        iterations: a.iterations,
+        blobs: a.scores.zip(a.label),
+        top_k: a.top_k,
+    };
+    let evaluation = evaluate(&options)?;
+    let names = match &a.names {
+        Some(p) => read_class_names(p, evaluation.confusion.classes())?,
+        None => Vec::new(),
+    };
+    let report = Report {
+        options: &options,
+        evaluation: &evaluation,
+        names: &names,
+    };
+    print!("{}", report.markdown());
+    if let Some(dir) = &a.out {
+        for f in report.write(dir)? {
+            eprintln!("wrote {}", f.display());
+        }
     }
     Ok(())
 }

@@ -8,11 +8,14 @@
 //! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 //! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
+//! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data.
 
 pub mod commands;
 pub mod compute;
+pub mod confusion;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
+pub mod evaluate;
 pub mod filler;
 pub mod fused;
 pub mod gemm;

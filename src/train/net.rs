@@ -566,6 +566,26 @@ impl Net {
         self.blobs[*e.tops.get(i)?].as_ref()
     }
 
+    /// The input blob `i` of layer `layer` in the last forward pass (what
+    /// that layer read, even where a later layer rewrote the blob in place).
+    pub fn layer_bottom(&self, layer: &str, i: usize) -> Option<&Tensor> {
+        let e = self.entries.iter().find(|e| e.param.name() == layer)?;
+        self.blobs[*e.bottoms.get(i)?].as_ref()
+    }
+
+    /// The definitions of the layers in this net (its phase's), in order.
+    pub fn layer_params(&self) -> impl Iterator<Item = &LayerParameter> {
+        self.entries.iter().map(|e| &e.param)
+    }
+
+    /// The image counts of the net's data layers' sources, by layer name.
+    pub fn data_source_lens(&self) -> Vec<(String, usize)> {
+        self.entries
+            .iter()
+            .filter_map(|e| Some((e.param.name().to_string(), e.layer.source_len()?)))
+            .collect()
+    }
+
     /// Layer names with whether each runs backward (for logs and `time`).
     pub fn layer_summary(&self) -> Vec<(String, String, bool)> {
         self.entries

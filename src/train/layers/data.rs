@@ -351,6 +351,9 @@ impl Layer for DataLayer {
     fn state(&self) -> Option<u64> {
         Some(self.feed.position)
     }
+    fn source_len(&self) -> Option<usize> {
+        Some(self.feed.source.len())
+    }
     fn restore_state(&mut self, state: u64) {
         self.feed.position = state;
         self.feed.rx = None; // the producer restarts from here on the next batch

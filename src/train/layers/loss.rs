@@ -6,6 +6,7 @@ use crate::caffe::proto::{
     loss_parameter::NormalizationMode, AccuracyParameter, LayerParameter, Phase,
 };
 use crate::error::{Error, Result};
+use crate::train::confusion::rank_of_label;
 use candle_core::Tensor;
 
 /// Splits `shape` at `axis` into (outer, channels, inner).
@@ -337,14 +338,8 @@ impl Layer for Accuracy {
                         format!("label {label} is outside 0..{c}"),
                     ));
                 }
-                let truth = x[oi * c * inner + label as usize * inner + j];
-                // Classes scoring at least as high as the true one, itself excluded.
-                let better = (0..c)
-                    .filter(|&q| x[oi * c * inner + q * inner + j] >= truth)
-                    .count()
-                    .saturating_sub(1);
-                // A NaN score is never a correct prediction.
-                if !truth.is_nan() && better < k {
+                let rank = rank_of_label(c, label as usize, |q| x[oi * c * inner + q * inner + j]);
+                if rank.is_some_and(|r| r < k) {
                     right += 1;
                 }
                 total += 1;

@@ -81,6 +81,11 @@ pub trait Layer: Send {
     fn state(&self) -> Option<u64> {
         None
     }
+    /// Images in the layer's data source (data layers reading a list or an
+    /// LMDB), so a pass over the whole set can be sized.
+    fn source_len(&self) -> Option<usize> {
+        None
+    }
     /// Restores what [`Layer::state`] returned.
     fn restore_state(&mut self, _state: u64) {}
     /// Default loss weight of top `i` (1 for the first top of a loss layer).

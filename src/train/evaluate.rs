@@ -1,0 +1,312 @@
+//! `evaluate`: one pass of a trained net over its TEST data, counted into a
+//! confusion matrix, and the report files made from it. Caffe's `caffe test`
+//! gives only the mean accuracy; with imbalanced classes (zooplankton, or
+//! Flickr Style's 20 styles) the per-class figures are what tell a model's
+//! quality.
+use super::compute::Compute;
+use super::confusion::{Confusion, Summary};
+use super::layers::{to_vec, BuildContext};
+use super::net::Net;
+use crate::caffe::model::{read_caffemodel, read_net_prototxt};
+use crate::caffe::proto::Phase;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::write_atomic;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// What to evaluate and how.
+pub struct EvalOptions<'a> {
+    /// Net prototxt; its TEST phase runs.
+    pub model: &'a Path,
+    /// Trained weights, loaded by layer name in order.
+    pub weights: &'a [&'a Path],
+    /// Where the net's relative data paths resolve.
+    pub base_dir: &'a Path,
+    /// Device and arithmetic.
+    pub compute: &'a Compute,
+    /// Batches to run (every image of them counted); `None`: each image of
+    /// the data source once.
+    pub iterations: Option<usize>,
+    /// Blobs holding the class scores and the labels; `None`: the bottoms of
+    /// the net's Accuracy layer (else its SoftmaxWithLoss layer).
+    pub blobs: Option<(String, String)>,
+    /// The k of the top-k accuracy.
+    pub top_k: usize,
+}
+
+/// The counts of one evaluation.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// (true, predicted) counts and top-k hits.
+    pub confusion: Confusion,
+    /// The blob read for class scores.
+    pub scores_blob: String,
+    /// The blob read for labels.
+    pub label_blob: String,
+    /// Images skipped because their label is the layer's `ignore_label`.
+    pub ignored: u64,
+}
+
+/// Where the scores and labels come from.
+struct Reader {
+    /// `Some(layer)`: that layer's bottoms 0 and 1; `None`: blobs by name.
+    layer: Option<String>,
+    scores: String,
+    label: String,
+    ignore_label: Option<i32>,
+}
+
+impl Reader {
+    fn find(net: &Net, blobs: &Option<(String, String)>, model: &Path) -> Result<Reader> {
+        if let Some((scores, label)) = blobs {
+            return Ok(Reader {
+                layer: None,
+                scores: scores.clone(),
+                label: label.clone(),
+                ignore_label: None,
+            });
+        }
+        let pick = |ty: &str| net.layer_params().find(|l| l.r#type() == ty);
+        let layer = pick("Accuracy")
+            .or_else(|| pick("SoftmaxWithLoss"))
+            .ok_or_else(|| {
+                Error::model(
+                    model.display(),
+                    "the TEST net has no Accuracy or SoftmaxWithLoss layer to take scores and labels from; name the blobs with --scores and --label",
+                )
+            })?;
+        let ignore_label = match layer.r#type() {
+            "Accuracy" => layer.accuracy_param.as_ref().and_then(|p| p.ignore_label),
+            _ => layer.loss_param.as_ref().and_then(|p| p.ignore_label),
+        };
+        Ok(Reader {
+            layer: Some(layer.name().to_string()),
+            scores: layer.bottom[0].clone(),
+            label: layer.bottom[1].clone(),
+            ignore_label,
+        })
+    }
+
+    /// The scores as (images, classes) and the labels of the last forward pass.
+    fn read(&self, net: &Net) -> Result<(usize, usize, Vec<f32>, Vec<f32>)> {
+        let get = |i: usize, name: &str| {
+            match &self.layer {
+                Some(l) => net.layer_bottom(l, i),
+                None => net.blob(name),
+            }
+            .ok_or_else(|| Error::model(format!("blob '{name}'"), "the TEST net has no such blob"))
+        };
+        let (scores, labels) = (get(0, &self.scores)?, get(1, &self.label)?);
+        let dims = scores.dims();
+        let n = dims.first().copied().unwrap_or(0);
+        if dims.len() < 2 || dims[2..].iter().any(|&d| d != 1) || n == 0 || dims[1] == 0 {
+            return Err(Error::model(
+                format!("blob '{}'", self.scores),
+                format!(
+                    "has shape {dims:?}; evaluate needs one score vector per image (images x classes)"
+                ),
+            ));
+        }
+        if labels.elem_count() != n {
+            return Err(Error::model(
+                format!("blob '{}'", self.label),
+                format!(
+                    "holds {} labels for {n} images in '{}'",
+                    labels.elem_count(),
+                    self.scores
+                ),
+            ));
+        }
+        Ok((n, dims[1], to_vec(scores)?, to_vec(labels)?))
+    }
+}
+
+/// Runs the TEST net of `o.model` over its data and counts every prediction.
+pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
+    let def = read_net_prototxt(o.model)?;
+    let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
+    let mut net = Net::new(&def, &ctx, None)?;
+    for w in o.weights {
+        net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
+    }
+    let reader = Reader::find(&net, &o.blobs, o.model)?;
+    // Images to count: the whole source once (the last batch wraps round to
+    // the first images, which are then not counted twice), or whole batches.
+    let images = match (o.iterations, net.data_source_lens().as_slice()) {
+        (Some(_), _) => None,
+        (None, [(_, len)]) => Some(*len as u64),
+        (None, []) => {
+            return Err(Error::model(
+                o.model.display(),
+                "the TEST net reads no list or LMDB, so its size is unknown; give --iterations",
+            ))
+        }
+        (None, many) => {
+            return Err(Error::model(
+                o.model.display(),
+                format!(
+                    "the TEST net has {} data layers; give --iterations",
+                    many.len()
+                ),
+            ))
+        }
+    };
+    let max_batches = o.iterations.unwrap_or(usize::MAX).max(1);
+    let bar = crate::progress::bar(images.unwrap_or(0), "evaluate");
+    let mut confusion: Option<Confusion> = None;
+    let (mut seen, mut ignored, mut batches) = (0u64, 0u64, 0usize);
+    while batches < max_batches && images.is_none_or(|total| seen < total) {
+        net.forward()?;
+        batches += 1;
+        let (n, classes, scores, labels) = reader.read(&net)?;
+        if images.is_none() && batches == 1 {
+            bar.set_length(max_batches.saturating_mul(n) as u64);
+        }
+        let m = confusion.get_or_insert_with(|| Confusion::new(classes, o.top_k));
+        if m.classes() != classes {
+            return Err(Error::model(
+                format!("blob '{}'", reader.scores),
+                "the number of classes changed between batches",
+            ));
+        }
+        let take = images.map_or(n, |t| ((t - seen) as usize).min(n));
+        for i in 0..take {
+            // Caffe reads labels as floats cast to int.
+            let label = labels[i] as i32;
+            if Some(label) == reader.ignore_label {
+                ignored += 1;
+                continue;
+            }
+            if label < 0 || label as usize >= classes {
+                return Err(Error::model(
+                    format!("blob '{}'", reader.label),
+                    format!(
+                        "image {} of the pass has label {label}, outside the net's {classes} classes (0..{})",
+                        seen + i as u64,
+                        classes - 1
+                    ),
+                ));
+            }
+            m.add(&scores[i * classes..(i + 1) * classes], label as usize);
+        }
+        seen += take as u64;
+        bar.inc(take as u64);
+    }
+    bar.finish_and_clear();
+    Ok(Evaluation {
+        confusion: confusion
+            .ok_or_else(|| Error::model(o.model.display(), "no batch was evaluated"))?,
+        scores_blob: reader.scores,
+        label_blob: reader.label,
+        ignored,
+    })
+}
+
+/// Class names, one per line (blank lines at the end ignored); there must be
+/// one per class.
+pub fn read_class_names(path: &Path, classes: usize) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let names: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    if names.len() != classes {
+        return Err(Error::invalid(
+            path.display(),
+            format!(
+                "has {} class names, but the net scores {classes} classes (one name per line, in label order)",
+                names.len()
+            ),
+        ));
+    }
+    Ok(names)
+}
+
+/// Everything `metrics.json` holds.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    model: &'a Path,
+    weights: &'a [&'a Path],
+    scores_blob: &'a str,
+    label_blob: &'a str,
+    ignored: u64,
+    #[serde(flatten)]
+    summary: &'a Summary,
+}
+
+/// The report of one evaluation: Markdown, the summary, and the files
+/// written by [`Report::write`].
+pub struct Report<'a> {
+    /// What was evaluated.
+    pub options: &'a EvalOptions<'a>,
+    /// Its counts.
+    pub evaluation: &'a Evaluation,
+    /// One name per class (or empty: indices).
+    pub names: &'a [String],
+}
+
+impl Report<'_> {
+    /// The figures.
+    pub fn summary(&self) -> Summary {
+        self.evaluation.confusion.summary(self.names)
+    }
+
+    /// The Markdown report.
+    pub fn markdown(&self) -> String {
+        let weights: Vec<String> = self
+            .options
+            .weights
+            .iter()
+            .map(|w| w.display().to_string())
+            .collect();
+        let mut s = self
+            .summary()
+            .to_markdown(&format!("Evaluation of {}", weights.join(", ")));
+        s += &format!(
+            "\nNet: {} (TEST phase); scores from blob '{}', labels from blob '{}'",
+            self.options.model.display(),
+            self.evaluation.scores_blob,
+            self.evaluation.label_blob
+        );
+        if self.evaluation.ignored > 0 {
+            s += &format!(
+                "; {} images with the ignore_label left out",
+                self.evaluation.ignored
+            );
+        }
+        s += ".\n";
+        s
+    }
+
+    /// Writes `report.md`, `confusion.csv` (rows: true class, columns:
+    /// predicted) and `metrics.json` into `dir`, each complete or not at all.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let summary = self.summary();
+        let json = JsonReport {
+            model: self.options.model,
+            weights: self.options.weights,
+            scores_blob: &self.evaluation.scores_blob,
+            label_blob: &self.evaluation.label_blob,
+            ignored: self.evaluation.ignored,
+            summary: &summary,
+        };
+        let json = serde_json::to_string_pretty(&json)
+            .map_err(|e| Error::invalid("metrics.json", e.to_string()))?;
+        let files = [
+            ("report.md", self.markdown()),
+            (
+                "confusion.csv",
+                self.evaluation.confusion.to_csv(self.names),
+            ),
+            ("metrics.json", json + "\n"),
+        ];
+        let mut written = Vec::new();
+        for (name, text) in files {
+            let path = dir.join(name);
+            write_atomic(&path, text.as_bytes())?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}

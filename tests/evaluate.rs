@@ -1,0 +1,219 @@
+//! `evaluate`: per-class reports over a net's TEST data, checked against the
+//! accuracy Caffe logged for the tiny-net fixture.
+mod common;
+use common::{edited_net, fixture, run};
+use flickr_style::train::compute::Compute;
+use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions};
+use std::path::Path;
+
+/// Evaluates `model` (relative paths resolving beside the fixture) with the
+/// iteration-30 weights.
+fn eval_tiny(
+    model: &Path,
+    iterations: Option<usize>,
+    blobs: Option<(&str, &str)>,
+) -> flickr_style::Result<flickr_style::train::evaluate::Evaluation> {
+    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let compute = Compute::cpu();
+    evaluate(&EvalOptions {
+        model,
+        weights: &[weights.as_path()],
+        base_dir: &fixture("tiny-net"),
+        compute: &compute,
+        iterations,
+        blobs: blobs.map(|(s, l)| (s.to_string(), l.to_string())),
+        top_k: 2,
+    })
+}
+
+fn with_batch(t: &Path, batch: usize) -> std::path::PathBuf {
+    edited_net(t, |s| {
+        s.replace("batch_size: 8", &format!("batch_size: {batch}"))
+    });
+    t.join("net.prototxt")
+}
+
+/// Cuts the net's Accuracy and SoftmaxWithLoss layers (its last two).
+fn without_scoring_layers(net: &Path) {
+    let text = std::fs::read_to_string(net).unwrap();
+    let cut = text
+        .find("layer {\n  name: \"accuracy\"")
+        .expect("accuracy layer");
+    std::fs::write(net, format!("{}\n", &text[..cut])).unwrap();
+}
+
+#[test]
+fn one_pass_over_the_tiny_net_data_matches_caffes_test_accuracy() {
+    let e = eval_tiny(&fixture("tiny-net/train_val.prototxt"), None, None).unwrap();
+    let m = &e.confusion;
+    // 24 images, 6 per class; Caffe's log at iteration 30: accuracy = 0.458333 (11 of 24).
+    assert_eq!(m.total(), 24);
+    assert_eq!(m.classes(), 4);
+    for k in 0..4 {
+        assert_eq!((0..4).map(|p| m.count(k, p)).sum::<u64>(), 6, "class {k}");
+    }
+    assert_eq!((0..4).map(|k| m.count(k, k)).sum::<u64>(), 11);
+    assert_eq!(
+        (e.scores_blob.as_str(), e.label_blob.as_str()),
+        ("fc8", "label")
+    );
+    let s = m.summary(&[]);
+    assert!((s.accuracy - 11.0 / 24.0).abs() < 1e-12);
+    // Balanced classes: the mean per-class accuracy is the accuracy.
+    assert!((s.mean_class_accuracy - s.accuracy).abs() < 1e-12);
+}
+
+#[test]
+fn batches_that_do_not_divide_the_set_count_each_image_once() {
+    let reference = eval_tiny(&fixture("tiny-net/train_val.prototxt"), None, None)
+        .unwrap()
+        .confusion;
+    // 24 images in batches of 5 and 7: the last batch wraps round to the
+    // first images, which must not be counted twice.
+    for batch in [5, 7, 24, 30] {
+        let t = tempfile::tempdir().unwrap();
+        let e = eval_tiny(&with_batch(t.path(), batch), None, None).unwrap();
+        assert_eq!(e.confusion, reference, "batch {batch}");
+    }
+    // Whole batches on request, as `caffe test` runs them: 2 x 8 images.
+    let e = eval_tiny(&fixture("tiny-net/train_val.prototxt"), Some(2), None).unwrap();
+    assert_eq!(e.confusion.total(), 16);
+}
+
+#[test]
+fn named_blobs_and_their_mistakes() {
+    // The same counts when the blobs are named.
+    let t = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-net/train_val.prototxt");
+    let named = eval_tiny(&model, None, Some(("fc8", "label"))).unwrap();
+    let found = eval_tiny(&model, None, None).unwrap();
+    assert_eq!(named.confusion, found.confusion);
+
+    let err = eval_tiny(&model, None, Some(("conv3", "label")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv3") && err.contains("one score vector per image"),
+        "{err}"
+    );
+    let err = eval_tiny(&model, None, Some(("nope", "label")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'nope'") && err.contains("no such blob"),
+        "{err}"
+    );
+
+    // Without an Accuracy or SoftmaxWithLoss layer, the blobs must be named.
+    let net = with_batch(t.path(), 8);
+    without_scoring_layers(&net);
+    let err = eval_tiny(&net, None, None).unwrap_err().to_string();
+    assert!(err.contains("--scores"), "{err}");
+    let e = eval_tiny(&net, None, Some(("fc8", "label"))).unwrap();
+    assert_eq!(e.confusion, found.confusion);
+}
+
+#[test]
+fn labels_the_net_cannot_score_are_errors() {
+    // fc8 with 3 outputs (renamed so it starts from its filler): label 3 is out of range.
+    let t = tempfile::tempdir().unwrap();
+    let net = with_batch(t.path(), 8);
+    let text = std::fs::read_to_string(&net).unwrap();
+    let text = text
+        .replace("num_output: 4", "num_output: 3")
+        .replace("name: \"fc8\"", "name: \"fc8_three\"");
+    std::fs::write(&net, text).unwrap();
+    without_scoring_layers(&net);
+    let err = eval_tiny(&net, None, Some(("fc8", "label")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("label 3") && err.contains("3 classes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn names_must_match_the_classes() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("names.txt");
+    std::fs::write(&p, "a\nb\n c \nd\n\n").unwrap();
+    assert_eq!(read_class_names(&p, 4).unwrap(), ["a", "b", "c", "d"]);
+    let err = read_class_names(&p, 20).unwrap_err().to_string();
+    assert!(
+        err.contains("names.txt") && err.contains("4 class names") && err.contains("20"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_writes_the_report_files() {
+    let t = tempfile::tempdir().unwrap();
+    let names = t.path().join("names.txt");
+    std::fs::write(&names, "circle\nsquare\ntriangle\nstar\n").unwrap();
+    let out = t.path().join("report");
+    let model = fixture("tiny-net/train_val.prototxt");
+    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let (ok, stdout, err) = run(
+        t.path(),
+        &[
+            "evaluate",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--names",
+            names.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(stdout.contains("| 24 | 45.83% |"), "{stdout}");
+    assert!(stdout.contains("| 3 | star | 6 |"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        stdout
+    );
+    let csv = std::fs::read_to_string(out.join("confusion.csv")).unwrap();
+    assert!(
+        csv.starts_with("true \\ predicted,circle,square,triangle,star\n"),
+        "{csv}"
+    );
+    let rows: Vec<u64> = csv
+        .lines()
+        .skip(1)
+        .flat_map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|v| v.parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(rows.iter().sum::<u64>(), 24);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["images"], 24);
+    assert_eq!(json["classes"][3]["name"], "star");
+    assert_eq!(json["classes"][3]["support"], 6);
+
+    // A names file of the wrong length stops before anything is written.
+    std::fs::write(&names, "circle\nsquare\n").unwrap();
+    let out2 = t.path().join("report2");
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "evaluate",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--names",
+            names.to_str().unwrap(),
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("2 class names"), "{err}");
+    assert!(!out2.exists());
+}
