@@ -29,6 +29,9 @@ enum Command {
     ConvertMean(ConvertMeanArgs),
     /// Select the Flickr Style subset like assemble_data.py and download it in parallel.
     Assemble(AssembleArgs),
+    /// A folder-per-class dataset (ROOT/<class>/<image>, e.g. zooplankton) into train.txt, test.txt
+    /// and labels.txt: labels from the sorted folder names, a seeded split stratified by class.
+    ImportFolders(ImportFoldersArgs),
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
     /// The whole Flickr Style recipe: assemble, compute-mean, (to-lmdb), fetch CaffeNet, finetune.
@@ -46,6 +49,32 @@ enum Command {
     CheckOps(CheckOpsArgs),
     /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
     GetIlsvrcAux(GetIlsvrcAuxArgs),
+}
+
+#[derive(Args)]
+struct ImportFoldersArgs {
+    /// Dataset folder: one sub-folder of images per class (nested folders inside a class count too).
+    root: PathBuf,
+    /// Folder for train.txt, test.txt (absolute image paths) and labels.txt (class names in label order).
+    out: PathBuf,
+    /// Share of each class held out for test.txt (each class keeps at least one training image).
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
+    /// Seed of the split and of any re-sampling (the same seed gives the same lists).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip decoding every image (faster; unreadable images then surface in training).
+    #[arg(long)]
+    no_check: bool,
+    /// Fail on the first unreadable image instead of skipping and listing it.
+    #[arg(long, conflicts_with = "no_check")]
+    strict: bool,
+    /// Oversample: repeat a class's training images until it has at least N lines in train.txt.
+    #[arg(long, default_value_t = 0)]
+    min_train_per_class: usize,
+    /// Undersample: keep at most N training images per class.
+    #[arg(long)]
+    max_train_per_class: Option<usize>,
 }
 
 #[derive(Args)]
@@ -456,6 +485,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ConvertMean(a) => cmd_convert_mean(a),
         Command::GetIlsvrcAux(a) => cmd_get_ilsvrc_aux(a),
         Command::Assemble(a) => cmd_assemble(a),
+        Command::ImportFolders(a) => cmd_import_folders(a),
         Command::Finetune(a) => cmd_finetune(a),
         Command::Pipeline(a) => cmd_pipeline(a),
         Command::Test(a) => cmd_test(a),
@@ -464,6 +494,30 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
     }
+}
+
+fn cmd_import_folders(a: ImportFoldersArgs) -> Result<()> {
+    use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
+    let opts = FolderImportOptions {
+        root: a.root.clone(),
+        out: a.out.clone(),
+        test_fraction: a.test_fraction,
+        seed: a.seed,
+        check: !a.no_check,
+        strict: a.strict,
+        min_train_per_class: a.min_train_per_class,
+        max_train_per_class: a.max_train_per_class,
+    };
+    let s =
+        import_folders(&opts).with_context(|| format!("import-folders {}", a.root.display()))?;
+    print!("{}", s.to_markdown());
+    eprintln!(
+        "wrote {}, {} and {}",
+        a.out.join("train.txt").display(),
+        a.out.join("test.txt").display(),
+        a.out.join("labels.txt").display()
+    );
+    Ok(())
 }
 
 fn cmd_to_lmdb(a: ToLmdbArgs) -> Result<()> {

@@ -1,4 +1,5 @@
-//! Data in: decoding and resizing images like OpenCV, Caffe image lists,
+//! Data in: the Flickr Style selection and downloads, folder-per-class
+//! datasets, decoding and resizing images like OpenCV, Caffe image lists,
 //! LMDB storage, and the `to-lmdb` / `compute-mean` stages built on them.
 
 pub mod assemble;
@@ -6,6 +7,7 @@ pub mod decode;
 pub mod downloader;
 pub mod fetch;
 pub mod flickr_csv;
+pub mod folders;
 pub mod ilsvrc_aux;
 pub mod image_list;
 pub mod jpeg;

@@ -1,0 +1,271 @@
+//! `import-folders`: folder-per-class datasets (gray, odd sizes, imbalanced)
+//! into Caffe lists that `to-lmdb` and the ImageData layer read.
+mod common;
+use common::run;
+use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
+use flickr_style::pipeline::image_list::read_list;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+fn gray_png(path: &Path, w: u32, h: u32, shade: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([shade ^ (x * 7 + y * 3) as u8]));
+    img.save(path).unwrap();
+}
+
+/// copepod: 12 gray images (two in a nested folder) plus a corrupt one;
+/// "diatom chain" (a space in the name): 3 colour images; larva: 1 image;
+/// and files that are no images or sit outside any class folder.
+fn dataset(root: &Path) {
+    for i in 0..10 {
+        gray_png(
+            &root.join(format!("copepod/c{i:02}.png")),
+            37 + i,
+            53,
+            i as u8,
+        );
+    }
+    gray_png(&root.join("copepod/day2/c10.png"), 61, 29, 10);
+    gray_png(&root.join("copepod/day2/c11.PNG"), 40, 40, 11);
+    std::fs::write(root.join("copepod/bad.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(root.join("copepod/notes.csv"), "id,length\n").unwrap();
+    std::fs::write(root.join("copepod/.DS_Store"), "x").unwrap();
+    for i in 0..3u32 {
+        let p = root.join(format!("diatom chain/d {i}.png"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        image::RgbImage::from_fn(20 + i, 31, |x, _| image::Rgb([x as u8, 9, 200]))
+            .save(&p)
+            .unwrap();
+    }
+    gray_png(&root.join("larva/l0.png"), 99, 17, 3);
+    std::fs::write(root.join("README.txt"), "about this set").unwrap();
+}
+
+fn options(root: &Path, out: &Path) -> FolderImportOptions {
+    FolderImportOptions {
+        root: root.to_path_buf(),
+        out: out.to_path_buf(),
+        test_fraction: 0.25,
+        seed: 7,
+        check: true,
+        strict: false,
+        min_train_per_class: 0,
+        max_train_per_class: None,
+    }
+}
+
+/// (path, label) lines of a written list.
+fn lines(path: &Path) -> Vec<(String, i32)> {
+    read_list(path)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.label))
+        .collect()
+}
+
+fn paths(list: &[(String, i32)], label: i32) -> BTreeSet<String> {
+    list.iter()
+        .filter(|(_, l)| *l == label)
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+#[test]
+fn stratified_seeded_split_with_labels_from_sorted_folders() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, out) = (t.path().join("set"), t.path().join("lists"));
+    dataset(&root);
+    let s = import_folders(&options(&root, &out)).unwrap();
+
+    assert_eq!(
+        std::fs::read_to_string(out.join("labels.txt")).unwrap(),
+        "copepod\ndiatom chain\nlarva\n"
+    );
+    let counts: Vec<(&str, usize, usize, usize)> = s
+        .classes
+        .iter()
+        .map(|c| (c.name.as_str(), c.images, c.train, c.test))
+        .collect();
+    // 25% held out, rounded, each class keeping a training image.
+    assert_eq!(
+        counts,
+        [
+            ("copepod", 12, 9, 3),
+            ("diatom chain", 3, 2, 1),
+            ("larva", 1, 1, 0)
+        ]
+    );
+    assert_eq!(s.skipped.len(), 1);
+    assert!(
+        s.skipped[0].0.ends_with("copepod/bad.png"),
+        "{:?}",
+        s.skipped
+    );
+    // notes.csv, .DS_Store, README.txt.
+    assert_eq!(s.ignored, 3);
+    let z = s.sizes.clone().unwrap();
+    assert_eq!(
+        (z.width, z.height, z.gray, z.color),
+        ((20, 99), (17, 53), 13, 3)
+    );
+
+    // Every readable image exactly once, under its folder's label, as an
+    // absolute path that exists (spaces survive the list format).
+    let (train, test) = (lines(&out.join("train.txt")), lines(&out.join("test.txt")));
+    let mut seen = BTreeMap::new();
+    for (p, l) in train.iter().chain(&test) {
+        assert!(Path::new(p).is_absolute() && Path::new(p).exists(), "{p}");
+        let class = Path::new(p)
+            .strip_prefix(std::path::absolute(&root).unwrap())
+            .unwrap()
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(["copepod", "diatom chain", "larva"][*l as usize], class);
+        *seen.entry(p.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 16);
+    assert!(seen.values().all(|&n| n == 1));
+    // The training list mixes the classes rather than running class by class.
+    let first_labels: BTreeSet<i32> = train[..6].iter().map(|(_, l)| *l).collect();
+    assert!(first_labels.len() > 1, "{train:?}");
+
+    // Same seed, same files; another seed, another split.
+    let out2 = t.path().join("again");
+    import_folders(&options(&root, &out2)).unwrap();
+    for f in ["train.txt", "test.txt", "labels.txt"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(out2.join(f)).unwrap()
+        );
+    }
+    let out3 = t.path().join("seed8");
+    import_folders(&FolderImportOptions {
+        seed: 8,
+        ..options(&root, &out3)
+    })
+    .unwrap();
+    assert_ne!(paths(&lines(&out3.join("test.txt")), 0), paths(&test, 0));
+
+    // A new class leaves the others' splits as they were (labels shift, paths do not).
+    gray_png(&root.join("amphipod/a0.png"), 10, 10, 1);
+    let out4 = t.path().join("more");
+    import_folders(&options(&root, &out4)).unwrap();
+    assert_eq!(paths(&lines(&out4.join("test.txt")), 1), paths(&test, 0));
+}
+
+#[test]
+fn resampling_for_imbalanced_classes_touches_only_the_training_list() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("set");
+    dataset(&root);
+    let out = t.path().join("lists");
+    let s = import_folders(&FolderImportOptions {
+        min_train_per_class: 5,
+        max_train_per_class: Some(4),
+        ..options(&root, &out)
+    })
+    .unwrap();
+    let counts: Vec<(usize, usize)> = s.classes.iter().map(|c| (c.train, c.test)).collect();
+    assert_eq!(counts, [(5, 3), (5, 1), (5, 0)]);
+    let train = lines(&out.join("train.txt"));
+    // copepod: 4 kept (under the cap), then repeated up to 5.
+    assert_eq!(paths(&train, 0).len(), 4);
+    // diatom chain: its 2 training images, repeated.
+    assert_eq!(paths(&train, 1).len(), 2);
+    // larva: one image five times.
+    assert_eq!(paths(&train, 2).len(), 1);
+    assert_eq!(train.iter().filter(|(_, l)| *l == 2).count(), 5);
+    // Held-out images never appear in training.
+    let test = lines(&out.join("test.txt"));
+    for l in 0..3 {
+        assert!(paths(&train, l).is_disjoint(&paths(&test, l)));
+    }
+}
+
+#[test]
+fn unreadable_images_and_empty_classes_are_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("set");
+    dataset(&root);
+    let out = t.path().join("lists");
+    let err = import_folders(&FolderImportOptions {
+        strict: true,
+        ..options(&root, &out)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bad.png"), "{err}");
+    assert!(!out.exists(), "nothing written on failure");
+
+    // Unchecked, the corrupt file is listed like the rest.
+    let s = import_folders(&FolderImportOptions {
+        check: false,
+        ..options(&root, &out)
+    })
+    .unwrap();
+    assert_eq!(s.classes[0].images, 13);
+    assert!(s.sizes.is_none());
+
+    // A class folder whose only image is unreadable.
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::write(root.join("empty/x.jpg"), b"\xff\xd8 nope").unwrap();
+    let err = import_folders(&options(&root, &out))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("empty") && err.contains("no readable images"),
+        "{err}"
+    );
+
+    for bad in [1.0, -0.1, f64::NAN] {
+        let err = import_folders(&FolderImportOptions {
+            test_fraction: bad,
+            ..options(&root, &out)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--test-fraction"), "{err}");
+    }
+    let err = import_folders(&options(&root.join("copepod/c00.png"), &out))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a folder"), "{err}");
+}
+
+#[test]
+fn cli_lists_feed_to_lmdb() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("set");
+    dataset(&root);
+    let (ok, stdout, err) = run(
+        t.path(),
+        &["import-folders", "set", "lists", "--test-fraction", "0.3"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("| 1 | diatom chain | 3 | 2 | 1 |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("12.0x"), "{stdout}");
+    assert!(stdout.contains("Skipped 1 unreadable images"), "{stdout}");
+    // The lists hold absolute paths: any root folder works for to-lmdb.
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "to-lmdb",
+            "--resize-height",
+            "32",
+            "--resize-width",
+            "32",
+            "/",
+            "lists/train.txt",
+            "train_lmdb",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("Processed 11 files"), "{err}");
+}
