@@ -41,3 +41,14 @@ pub fn parent_dir(path: &Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+/// [`write_atomic`], unless `path` already holds exactly `bytes`: an
+/// unchanged file keeps its modification time, so the stages that compare
+/// times with it (the mean, the LMDBs) are not redone. Returns whether it wrote.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    write_atomic(path, bytes)?;
+    Ok(true)
+}

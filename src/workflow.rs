@@ -1,7 +1,8 @@
-//! The whole Flickr Style recipe in one call: assemble → compute-mean →
-//! to-lmdb (optional) → fetch CaffeNet weights → finetune. Each stage is
-//! skipped when its outputs are already complete, and training resumes from
-//! its latest snapshot, so an interrupted run is continued by running it again.
+//! The whole Flickr Style recipe in one call: assemble (or import a
+//! folder-per-class dataset) → compute-mean → to-lmdb (optional) → fetch
+//! CaffeNet weights → finetune → evaluate. Each stage is skipped when its
+//! outputs are already complete, and training resumes from its latest
+//! snapshot, so an interrupted run is continued by running it again.
 use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{
     solver_parameter::SolverMode, DataParameter, NetParameter, SolverParameter,
@@ -10,9 +11,11 @@ use crate::caffe::{proto::data_parameter::Db, prototxt};
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::assemble::{assemble, AssembleOptions};
 use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
+use crate::pipeline::folders::{import_folders, FolderImportOptions};
 use crate::pipeline::mean::{compute_mean, MeanSource};
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
-use crate::train::compute::DeviceChoice;
+use crate::train::compute::{Compute, DeviceChoice};
+use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
 use crate::train::solver::{Solver, SolverOptions};
 use std::path::{Path, PathBuf};
 
@@ -22,11 +25,43 @@ pub const CAFFENET_URL: &str =
 /// SHA-1 of `bvlc_reference_caffenet.caffemodel`.
 pub const CAFFENET_SHA1: &str = "4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46";
 
+/// Where the images come from.
+#[derive(Clone, Debug)]
+pub enum Dataset {
+    /// Caffe's Flickr Style subset, downloaded (`out` is the data folder).
+    FlickrStyle(AssembleOptions),
+    /// A folder-per-class dataset, split into lists (`out` is the data folder);
+    /// the classifier gets one output per class folder.
+    Folders(FolderImportOptions),
+}
+
+impl Dataset {
+    /// The data folder: lists, mean, LMDBs, rewritten recipe, snapshots, evaluation.
+    pub fn data_dir(&self) -> &Path {
+        match self {
+            Dataset::FlickrStyle(a) => &a.out,
+            Dataset::Folders(f) => &f.out,
+        }
+    }
+
+    /// The run's seed (selection or split, LMDB order, and the solver's
+    /// random_seed when the recipe leaves it unset).
+    pub fn seed(&self) -> u64 {
+        match self {
+            Dataset::FlickrStyle(a) => a.seed as u64,
+            Dataset::Folders(f) => f.seed,
+        }
+    }
+}
+
 /// Options of the whole recipe.
 #[derive(Clone, Debug)]
 pub struct WorkflowOptions {
-    /// The download stage (its `out` is the Flickr Style data folder).
-    pub assemble: AssembleOptions,
+    /// The first stage's input.
+    pub dataset: Dataset,
+    /// Class names for the evaluation report (a folder dataset names its
+    /// classes itself, in `labels.txt`).
+    pub names: Option<PathBuf>,
     /// Folder with Caffe's `train_val.prototxt` and `solver.prototxt` for the recipe.
     pub recipe: PathBuf,
     /// Pretrained weights; `None` downloads the reference CaffeNet.
@@ -60,47 +95,51 @@ pub fn run(
     opts: &WorkflowOptions,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<PathBuf> {
-    let data = opts.assemble.out.clone();
+    let data = opts.dataset.data_dir().to_path_buf();
     let say = |m: String| {
         if opts.verbose {
             eprintln!("{m}");
         }
     };
-    say(format!(
-        "[1/5] assemble: {} images, seed {}",
-        opts.assemble.images, opts.assemble.seed
-    ));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io(&data, e))?;
-    let stop_a = stop.clone();
-    let summary = rt.block_on(assemble(&opts.assemble, async move {
-        while !stop_a.load(std::sync::atomic::Ordering::Relaxed) {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The number of classes when the dataset sets it (folders), else the recipe's.
+    let classes = match &opts.dataset {
+        Dataset::FlickrStyle(a) => {
+            assemble_stage(a, &stop, &say)?;
+            None
         }
-    }))?;
-    drop(rt);
-    if summary.interrupted {
-        return Err(Error::Interrupted);
-    }
-    say(format!(
-        "      {} images available ({} train, {} test)",
-        summary.ok, summary.train, summary.test
-    ));
-    if summary.train == 0 {
-        return Err(Error::model(
-            "assemble",
-            "no training image could be downloaded; nothing to train on",
-        ));
-    }
+        Dataset::Folders(f) => {
+            say(format!(
+                "[1/6] import-folders: {} (test fraction {}, seed {})",
+                f.root.display(),
+                f.test_fraction,
+                f.seed
+            ));
+            let s = import_folders(f)?;
+            let (train, test): (usize, usize) = s
+                .classes
+                .iter()
+                .fold((0, 0), |(a, b), c| (a + c.train, b + c.test));
+            say(format!(
+                "      {} classes, {train} train and {test} test images, {} unreadable skipped",
+                s.classes.len(),
+                s.skipped.len()
+            ));
+            if test == 0 {
+                return Err(Error::model(
+                    "import-folders",
+                    "no test images: the recipe's test phase needs some; raise --test-fraction",
+                ));
+            }
+            Some(s.classes.len())
+        }
+    };
     let (train_list, test_list) = (data.join("train.txt"), data.join("test.txt"));
 
     let mean = data.join("mean.binaryproto");
     if is_newer(&mean, &train_list) {
-        say("[2/5] compute-mean: up to date".into());
+        say("[2/6] compute-mean: up to date".into());
     } else {
-        say("[2/5] compute-mean over train.txt at 256x256".into());
+        say("[2/6] compute-mean over train.txt at 256x256".into());
         let (m, _) = compute_mean(&MeanSource::List {
             list: train_list.clone(),
             root: PathBuf::new(),
@@ -112,7 +151,7 @@ pub fn run(
 
     let mut sources = (train_list.clone(), test_list.clone());
     if opts.lmdb {
-        say("[3/5] to-lmdb: train and test lists at 256x256".into());
+        say("[3/6] to-lmdb: train and test lists at 256x256".into());
         let mut dbs = Vec::new();
         for (list, name) in [(&train_list, "train_lmdb"), (&test_list, "test_lmdb")] {
             let db = data.join(name);
@@ -124,7 +163,7 @@ pub fn run(
                     resize: Some((256, 256)),
                     gray: false,
                     shuffle: true,
-                    seed: opts.assemble.seed as u64,
+                    seed: opts.dataset.seed(),
                     encoded: false,
                     encode_type: String::new(),
                     check_size: false,
@@ -137,13 +176,13 @@ pub fn run(
         sources = (dbs[0].clone(), dbs[1].clone());
     } else {
         say(
-            "[3/5] to-lmdb: skipped (training reads the JPEG lists; pass --lmdb to convert)".into(),
+            "[3/6] to-lmdb: skipped (training reads the JPEG lists; pass --lmdb to convert)".into(),
         );
     }
 
     let weights = match &opts.weights {
         Some(w) => {
-            say(format!("[4/5] weights: {}", w.display()));
+            say(format!("[4/6] weights: {}", w.display()));
             w.clone()
         }
         None => {
@@ -151,11 +190,11 @@ pub fn run(
             let sum = Checksum::Sha1(CAFFENET_SHA1.into());
             if dest.exists() && sum.digest_file(&dest)? == CAFFENET_SHA1 {
                 say(
-                    "[4/5] download-model: bvlc_reference_caffenet.caffemodel present and verified"
+                    "[4/6] download-model: bvlc_reference_caffenet.caffemodel present and verified"
                         .into(),
                 );
             } else {
-                say(format!("[4/5] download-model: {}", opts.weights_url));
+                say(format!("[4/6] download-model: {}", opts.weights_url));
                 fetch_file(
                     &opts.weights_url,
                     &dest,
@@ -167,10 +206,45 @@ pub fn run(
         }
     };
 
-    say("[5/5] finetune".into());
-    let (solver_path, prefix) = write_recipe(opts, &data, &sources, &mean)?;
+    say("[5/6] finetune".into());
+    let (solver_path, net_path, prefix) = write_recipe(opts, &data, &sources, &mean, classes)?;
+    let max_iter = prototxt::read::<SolverParameter>(&solver_path)?
+        .max_iter()
+        .max(0) as usize;
+    let final_model = PathBuf::from(format!("{}_iter_{max_iter}.caffemodel", prefix.display()));
+    if final_model.exists() {
+        say(format!("      already trained: {}", final_model.display()));
+    } else {
+        train(opts, &solver_path, &prefix, &weights, &stop, &say)?;
+    }
+
+    let report_dir = data.join("evaluation");
+    if is_newer(&report_dir.join("report.md"), &final_model) {
+        say(format!(
+            "[6/6] evaluate: up to date ({})",
+            report_dir.display()
+        ));
+    } else {
+        say(format!(
+            "[6/6] evaluate {} on the test list",
+            final_model.display()
+        ));
+        evaluate_stage(opts, &net_path, &final_model, &data, &report_dir, &say)?;
+    }
+    Ok(final_model)
+}
+
+/// Stage 5: fine-tune from `weights`, or resume from the latest snapshot.
+fn train(
+    opts: &WorkflowOptions,
+    solver_path: &Path,
+    prefix: &Path,
+    weights: &Path,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    say: &impl Fn(String),
+) -> Result<()> {
     let mut solver = Solver::new(&SolverOptions {
-        solver: solver_path,
+        solver: solver_path.to_path_buf(),
         base_dir: PathBuf::from("."),
         snapshot_prefix: None,
         max_iter: None,
@@ -191,21 +265,99 @@ pub fn run(
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     });
-    let max_iter = solver.param().max_iter().max(0) as usize;
-    let final_model = PathBuf::from(format!("{}_iter_{max_iter}.caffemodel", prefix.display()));
-    if final_model.exists() {
-        say(format!("      already trained: {}", final_model.display()));
-        return Ok(final_model);
-    }
-    match latest_snapshot(&prefix)? {
+    match latest_snapshot(prefix)? {
         Some(state) => {
             say(format!("      resuming from {}", state.display()));
             solver.restore(&state)?;
         }
-        None => solver.load_weights(&[weights])?,
+        None => solver.load_weights(&[weights.to_path_buf()])?,
     }
-    solver.solve()?;
-    Ok(final_model)
+    solver.solve()
+}
+
+/// Stage 6: the per-class report of the trained weights over the test list.
+fn evaluate_stage(
+    opts: &WorkflowOptions,
+    net_path: &Path,
+    model: &Path,
+    data: &Path,
+    report_dir: &Path,
+    say: &impl Fn(String),
+) -> Result<()> {
+    let compute = match opts.gpu {
+        Some(n) => Compute::gpu(n)?,
+        None => Compute::cpu(),
+    }
+    .with_bf16(opts.bf16)?;
+    let options = EvalOptions {
+        model: net_path,
+        weights: &[model],
+        base_dir: Path::new("."),
+        compute: &compute,
+        iterations: None,
+        blobs: None,
+        top_k: 5,
+    };
+    let evaluation = evaluate(&options)?;
+    let classes = evaluation.confusion.classes();
+    let names = match (&opts.dataset, &opts.names) {
+        (_, Some(p)) => read_class_names(p, classes)?,
+        (Dataset::Folders(_), None) => read_class_names(&data.join("labels.txt"), classes)?,
+        (Dataset::FlickrStyle(_), None) => Vec::new(),
+    };
+    let report = Report {
+        options: &options,
+        evaluation: &evaluation,
+        names: &names,
+    };
+    let s = report.summary();
+    report.write(report_dir)?;
+    say(format!(
+        "      {} test images: accuracy {:.2}%, mean per-class accuracy {:.2}%, macro F1 {:.3} ({})",
+        s.images,
+        100.0 * s.accuracy,
+        100.0 * s.mean_class_accuracy,
+        s.macro_f1,
+        report_dir.join("report.md").display()
+    ));
+    Ok(())
+}
+
+/// Stage 1 for Flickr Style: select and download.
+fn assemble_stage(
+    a: &AssembleOptions,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    say: &impl Fn(String),
+) -> Result<()> {
+    say(format!(
+        "[1/6] assemble: {} images, seed {}",
+        a.images, a.seed
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io(&a.out, e))?;
+    let stop_a = stop.clone();
+    let summary = rt.block_on(assemble(a, async move {
+        while !stop_a.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }))?;
+    drop(rt);
+    if summary.interrupted {
+        return Err(Error::Interrupted);
+    }
+    say(format!(
+        "      {} images available ({} train, {} test)",
+        summary.ok, summary.train, summary.test
+    ));
+    if summary.train == 0 {
+        return Err(Error::model(
+            "assemble",
+            "no training image could be downloaded; nothing to train on",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `out` exists and is at least as new as `input`.
@@ -221,10 +373,15 @@ fn write_recipe(
     data: &Path,
     sources: &(PathBuf, PathBuf),
     mean: &Path,
-) -> Result<(PathBuf, PathBuf)> {
+    classes: Option<usize>,
+) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
-    let mut net: NetParameter = read_net_prototxt(&opts.recipe.join("train_val.prototxt"))?;
+    let recipe_net = opts.recipe.join("train_val.prototxt");
+    let mut net: NetParameter = read_net_prototxt(&recipe_net)?;
     let mut solver: SolverParameter = prototxt::read(&opts.recipe.join("solver.prototxt"))?;
+    if let Some(n) = classes {
+        set_class_count(&mut net, n, &recipe_net)?;
+    }
     for l in &mut net.layer {
         if !matches!(l.r#type(), "ImageData" | "Data") {
             continue;
@@ -267,7 +424,10 @@ fn write_recipe(
     crate::fsutil::write_atomic(&net_path, prototxt::to_string(&net).as_bytes())?;
     let snapshots = data.join("snapshots");
     std::fs::create_dir_all(&snapshots).at(&snapshots)?;
-    let prefix = abs(&snapshots.join("finetune_flickr_style"))?;
+    let prefix = abs(&snapshots.join(match opts.dataset {
+        Dataset::FlickrStyle(_) => "finetune_flickr_style",
+        Dataset::Folders(_) => "finetune",
+    }))?;
     solver.net = Some(abs(&net_path)?.to_string_lossy().into_owned());
     solver.snapshot_prefix = Some(prefix.to_string_lossy().into_owned());
     if let Some(m) = opts.max_iter {
@@ -292,11 +452,40 @@ fn write_recipe(
         solver.device_id = Some(g as i32);
     }
     if solver.random_seed() < 0 {
-        solver.random_seed = Some(opts.assemble.seed as i64);
+        solver.random_seed = Some(opts.dataset.seed() as i64);
     }
     let solver_path = data.join("solver.prototxt");
     crate::fsutil::write_atomic(&solver_path, prototxt::to_string(&solver).as_bytes())?;
-    Ok((abs(&solver_path)?, prefix))
+    Ok((abs(&solver_path)?, abs(&net_path)?, prefix))
+}
+
+/// Gives the classifier (the InnerProduct layer whose output the loss
+/// layer scores) `classes` outputs. Its name must differ from the
+/// pretrained model's layer (Flickr Style's `fc8_flickr`), so it starts
+/// from its filler.
+fn set_class_count(net: &mut NetParameter, classes: usize, recipe: &Path) -> Result<()> {
+    let scores: Vec<String> = net
+        .layer
+        .iter()
+        .filter(|l| matches!(l.r#type(), "SoftmaxWithLoss" | "Accuracy"))
+        .filter_map(|l| l.bottom.first().cloned())
+        .collect();
+    let mut found = false;
+    for l in &mut net.layer {
+        if l.r#type() == "InnerProduct" && l.top.iter().any(|t| scores.contains(t)) {
+            l.inner_product_param
+                .get_or_insert_with(Default::default)
+                .num_output = Some(classes as u32);
+            found = true;
+        }
+    }
+    if !found {
+        return Err(Error::model(
+            recipe.display(),
+            "no InnerProduct layer feeds the loss, so the class count cannot be set",
+        ));
+    }
+    Ok(())
 }
 
 /// The `.solverstate` with the highest iteration under `prefix`, if any.

@@ -1,7 +1,8 @@
 //! The whole recipe end to end against a local server: assemble (real CSV and
 //! selection, images from the fixtures), compute-mean, the Flickr Style
 //! `train_val.prototxt`/`solver.prototxt` rewritten to that data, fine-tuning
-//! from a CaffeNet-shaped caffemodel, snapshots, and an exact resume.
+//! from a CaffeNet-shaped caffemodel, snapshots, an exact resume and the
+//! closing evaluation; and the same pipeline on a folder-per-class dataset.
 mod common;
 use common::http::{Reply, Server};
 use common::{bin, caffe_ref, fixture};
@@ -123,6 +124,8 @@ fn flickr_recipe_trains_snapshots_and_resumes_exactly() {
         "mean.binaryproto",
         "train_val.prototxt",
         "solver.prototxt",
+        "evaluation/report.md",
+        "evaluation/confusion.csv",
     ] {
         assert!(data.join(f).exists(), "{f}");
     }
@@ -170,5 +173,81 @@ fn flickr_recipe_trains_snapshots_and_resumes_exactly() {
         std::fs::read(&final_model).unwrap(),
         before,
         "resumed training is exact"
+    );
+}
+
+#[test]
+fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
+    // The fixture photos sit in one folder per class (animal, object,
+    // science, vehicle: 6 each), as a zooplankton collection would.
+    let t = tempfile::tempdir().unwrap();
+    let weights = t.path().join("caffenet.caffemodel");
+    caffenet_caffemodel(&weights);
+    let recipe = caffe_ref().join("models/finetune_flickr_style");
+    let run = || {
+        let out = Command::new(bin())
+            .args(["pipeline", "--folders", fixture("images").to_str().unwrap()])
+            .args(["--recipe", recipe.to_str().unwrap()])
+            .args(["--weights", weights.to_str().unwrap()])
+            .args([
+                "--test-fraction",
+                "0.34",
+                "--seed",
+                "5",
+                "--batch-size",
+                "4",
+            ])
+            .args(["--max-iter", "4", "--test-iter", "1", "--snapshot", "4"])
+            .current_dir(t.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("4 classes, 16 train and 8 test images"),
+        "{err}"
+    );
+    let data = t.path().join("data/images");
+    assert_eq!(
+        std::fs::read_to_string(data.join("labels.txt")).unwrap(),
+        "animal\nobject\nscience\nvehicle\n"
+    );
+    // The classifier has one output per class folder (Caffe's recipe says 20).
+    let net = read_net_prototxt(&data.join("train_val.prototxt")).unwrap();
+    let fc8 = net.layer.iter().find(|l| l.name() == "fc8_flickr").unwrap();
+    assert_eq!(fc8.inner_product_param.as_ref().unwrap().num_output(), 4);
+    assert!(data.join("snapshots/finetune_iter_4.caffemodel").exists());
+    // The report covers the 8 test images once, named by class.
+    let report = std::fs::read_to_string(data.join("evaluation/report.md")).unwrap();
+    assert!(report.contains("| 3 | vehicle | 2 |"), "{report}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("evaluation/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["images"], 8);
+    assert!(err.contains("8 test images: accuracy"), "{err}");
+
+    // A rerun redoes nothing: the lists are unchanged, so the mean, the
+    // training and the report stay as they are.
+    let mean_time = std::fs::metadata(data.join("mean.binaryproto"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let (ok, err) = run();
+    assert!(ok, "{err}");
+    assert!(err.contains("compute-mean: up to date"), "{err}");
+    assert!(err.contains("already trained"), "{err}");
+    assert!(err.contains("evaluate: up to date"), "{err}");
+    assert_eq!(
+        std::fs::metadata(data.join("mean.binaryproto"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mean_time
     );
 }

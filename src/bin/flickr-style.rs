@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
+use flickr_style::pipeline::folders::FolderImportOptions;
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
 use flickr_style::train::compute::{Compute, DeviceChoice};
 use std::path::{Path, PathBuf};
@@ -57,12 +58,19 @@ struct ImportFoldersArgs {
     root: PathBuf,
     /// Folder for train.txt, test.txt (absolute image paths) and labels.txt (class names in label order).
     out: PathBuf,
-    /// Share of each class held out for test.txt (each class keeps at least one training image).
-    #[arg(long, default_value_t = 0.2)]
-    test_fraction: f64,
     /// Seed of the split and of any re-sampling (the same seed gives the same lists).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+/// How a folder-per-class dataset is split (import-folders, pipeline --folders).
+#[derive(Args)]
+struct SplitArgs {
+    /// Share of each class held out for test.txt (each class keeps at least one training image).
+    #[arg(long, default_value_t = 0.2)]
+    test_fraction: f64,
     /// Skip decoding every image (faster; unreadable images then surface in training).
     #[arg(long)]
     no_check: bool,
@@ -75,6 +83,21 @@ struct ImportFoldersArgs {
     /// Undersample: keep at most N training images per class.
     #[arg(long)]
     max_train_per_class: Option<usize>,
+}
+
+impl SplitArgs {
+    fn options(&self, root: PathBuf, out: PathBuf, seed: u64) -> FolderImportOptions {
+        FolderImportOptions {
+            root,
+            out,
+            test_fraction: self.test_fraction,
+            seed,
+            check: !self.no_check,
+            strict: self.strict,
+            min_train_per_class: self.min_train_per_class,
+            max_train_per_class: self.max_train_per_class,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -244,9 +267,20 @@ struct PipelineArgs {
     /// Keep only labels below this (0 = all 20 styles).
     #[arg(short = 'l', long, default_value_t = 0)]
     labels: i32,
-    /// Data folder for images, lists, mean, LMDBs, snapshots.
-    #[arg(long, default_value = "data/flickr_style")]
-    out: PathBuf,
+    /// Data folder for images, lists, mean, LMDBs, snapshots and the evaluation
+    /// [default: data/flickr_style, or data/<name of the --folders folder>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Train on this folder-per-class dataset (ROOT/<class>/<image>, e.g. zooplankton) instead of
+    /// Flickr Style: it is split like `import-folders` does, and the classifier gets one output per class.
+    #[arg(long, value_name = "ROOT", conflicts_with_all = ["csv", "mirror"])]
+    folders: Option<PathBuf>,
+    #[command(flatten)]
+    split: SplitArgs,
+    /// Class names for the evaluation report, one per line in label order (e.g. Flickr Style's
+    /// style_names.txt; with --folders, labels.txt is used).
+    #[arg(long)]
+    names: Option<PathBuf>,
     /// The Flickr Style CSV (path or URL); default: OUT/flickr_style.csv.gz or Caffe's repository.
     #[arg(long)]
     csv: Option<String>,
@@ -497,17 +531,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_import_folders(a: ImportFoldersArgs) -> Result<()> {
-    use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
-    let opts = FolderImportOptions {
-        root: a.root.clone(),
-        out: a.out.clone(),
-        test_fraction: a.test_fraction,
-        seed: a.seed,
-        check: !a.no_check,
-        strict: a.strict,
-        min_train_per_class: a.min_train_per_class,
-        max_train_per_class: a.max_train_per_class,
-    };
+    use flickr_style::pipeline::folders::import_folders;
+    let opts = a.split.options(a.root.clone(), a.out.clone(), a.seed);
     let s =
         import_folders(&opts).with_context(|| format!("import-folders {}", a.root.display()))?;
     print!("{}", s.to_markdown());
@@ -906,7 +931,7 @@ fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
 fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
     use flickr_style::pipeline::assemble::AssembleOptions;
     use flickr_style::pipeline::downloader::DownloadConfig;
-    use flickr_style::workflow::{run, WorkflowOptions};
+    use flickr_style::workflow::{run, Dataset, WorkflowOptions};
     if !a.recipe.join("train_val.prototxt").exists() {
         bail!(
             "{} has no train_val.prototxt: point --recipe at Caffe's models/finetune_flickr_style (e.g. ../shared/caffe-ref/models/finetune_flickr_style)",
@@ -918,10 +943,23 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         Compute::gpu(n)?;
     }
     flickr_style::train::compute::set_tf32(a.tf32);
-    let opts = WorkflowOptions {
-        assemble: AssembleOptions {
+    let dataset = match &a.folders {
+        Some(root) => {
+            let name = std::path::absolute(root)?
+                .file_name()
+                .map_or_else(|| "dataset".into(), |n| n.to_string_lossy().into_owned());
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| Path::new("data").join(name));
+            Dataset::Folders(a.split.options(root.clone(), out, a.seed as u64))
+        }
+        None => Dataset::FlickrStyle(AssembleOptions {
             csv: a.csv,
-            out: a.out.clone(),
+            out: a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/flickr_style")),
             seed: a.seed,
             images: a.images,
             labels: a.labels,
@@ -932,7 +970,11 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
                 seed: a.seed as u64,
                 ..DownloadConfig::default()
             },
-        },
+        }),
+    };
+    let opts = WorkflowOptions {
+        dataset,
+        names: a.names,
         recipe: a.recipe,
         weights: a.weights,
         weights_url: a.weights_url,
@@ -948,7 +990,11 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         bf16: a.bf16,
     };
     let stop = stop_on_ctrl_c("Stopping: finishing the current step and saving progress")?;
-    let model = run(&opts, stop).context("running the Flickr Style pipeline")?;
+    let what = match &opts.dataset {
+        Dataset::FlickrStyle(_) => "the Flickr Style pipeline".to_string(),
+        Dataset::Folders(f) => format!("the pipeline on {}", f.root.display()),
+    };
+    let model = run(&opts, stop).with_context(|| format!("running {what}"))?;
     eprintln!("Done: {}", model.display());
     Ok(())
 }

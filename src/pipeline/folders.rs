@@ -5,7 +5,7 @@
 //! for heavily imbalanced classes. The test list is never re-sampled, so its
 //! figures describe the data as it is.
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::write_if_changed;
 use crate::pipeline::decode::{decode, ColorMode};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -275,9 +275,10 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
     // Mixed classes in file order, so a feed without `shuffle: true` still
     // sees every class in each stretch of batches.
     train.shuffle(&mut ChaCha8Rng::seed_from_u64(o.seed));
-    write_atomic(&o.out.join("train.txt"), train.concat().as_bytes())?;
-    write_atomic(&o.out.join("test.txt"), test.as_bytes())?;
-    write_atomic(&o.out.join("labels.txt"), labels.as_bytes())?;
+    // Unchanged lists keep their times, so a rerun pipeline skips the later stages.
+    write_if_changed(&o.out.join("train.txt"), train.concat().as_bytes())?;
+    write_if_changed(&o.out.join("test.txt"), test.as_bytes())?;
+    write_if_changed(&o.out.join("labels.txt"), labels.as_bytes())?;
     Ok(summary)
 }
 
