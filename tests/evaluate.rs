@@ -151,23 +151,26 @@ fn cli_writes_the_report_files() {
     let t = tempfile::tempdir().unwrap();
     let names = t.path().join("names.txt");
     std::fs::write(&names, "circle\nsquare\ntriangle\nstar\n").unwrap();
-    let out = t.path().join("report");
     let model = fixture("tiny-net/train_val.prototxt");
     let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
-    let (ok, stdout, err) = run(
-        t.path(),
-        &[
-            "evaluate",
-            "--model",
-            model.to_str().unwrap(),
-            "--weights",
-            weights.to_str().unwrap(),
-            "--names",
-            names.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let evaluate_into = |out: &Path| {
+        run(
+            t.path(),
+            &[
+                "evaluate",
+                "--model",
+                model.to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+                "--names",
+                names.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = t.path().join("report");
+    let (ok, stdout, err) = evaluate_into(&out);
     assert!(ok, "{err}");
     assert!(stdout.contains("| 24 | 45.83% |"), "{stdout}");
     assert!(stdout.contains("| 3 | star | 6 |"), "{stdout}");
@@ -200,20 +203,7 @@ fn cli_writes_the_report_files() {
     // A names file of the wrong length stops before anything is written.
     std::fs::write(&names, "circle\nsquare\n").unwrap();
     let out2 = t.path().join("report2");
-    let (ok, _, err) = run(
-        t.path(),
-        &[
-            "evaluate",
-            "--model",
-            model.to_str().unwrap(),
-            "--weights",
-            weights.to_str().unwrap(),
-            "--names",
-            names.to_str().unwrap(),
-            "--out",
-            out2.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = evaluate_into(&out2);
     assert!(!ok && err.contains("2 class names"), "{err}");
     assert!(!out2.exists());
 }
