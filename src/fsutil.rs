@@ -12,6 +12,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(&dir)
         .at(&dir)?;
+    give_default_permissions(tmp.path(), false)?;
     tmp.write_all(bytes).at(tmp.path())?;
     tmp.as_file().sync_all().at(tmp.path())?;
     tmp.persist(path)
@@ -28,10 +29,42 @@ pub fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(&dir)
         .at(&dir)?;
+    give_default_permissions(tmp.path(), false)?;
     tmp.write_all(bytes).at(tmp.path())?;
     tmp.persist(path)
         .map_err(|e| crate::Error::io(path, e.error))?;
     Ok(())
+}
+
+/// Gives a temporary file or folder (made private, 0600/0700, by `tempfile`)
+/// the permissions a plain create would have given it under the process's
+/// umask, so an output renamed into place is as readable as any other file
+/// the user makes (a shared dataset stays readable by the group).
+pub fn give_default_permissions(path: &Path, dir: bool) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let base = if dir { 0o777 } else { 0o666 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(base & !umask()))
+            .at(path)?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, dir);
+    Ok(())
+}
+
+/// The process's umask, read without changing it (Linux reports it in
+/// /proc/self/status); the common 022 where that is not available.
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// The folder holding `path` (`.` for a bare file name).
@@ -51,4 +84,29 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool> {
     }
     write_atomic(path, bytes)?;
     Ok(true)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn atomic_outputs_get_the_permissions_of_a_plain_create() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("plain"), b"x").unwrap();
+        write_atomic(&t.path().join("atomic"), b"x").unwrap();
+        write_renamed(&t.path().join("renamed"), b"x").unwrap();
+        let want = mode(&t.path().join("plain"));
+        assert_eq!(mode(&t.path().join("atomic")), want);
+        assert_eq!(mode(&t.path().join("renamed")), want);
+        std::fs::create_dir(t.path().join("dir")).unwrap();
+        let staged = tempfile::tempdir_in(t.path()).unwrap();
+        give_default_permissions(staged.path(), true).unwrap();
+        assert_eq!(mode(staged.path()), mode(&t.path().join("dir")));
+    }
 }

@@ -172,6 +172,7 @@ impl LmdbWriter {
             .prefix(".lmdb-partial-")
             .tempdir_in(&parent)
             .at(&parent)?;
+        crate::fsutil::give_default_permissions(staging.path(), true)?;
         // No fsync per commit: the staging folder is synced once in `finish`
         // before it is renamed into place, which is what makes it durable.
         let env = Environment::new()
