@@ -219,6 +219,14 @@ pub fn run(
     }
 
     let report_dir = data.join("evaluation");
+    if let Some(m) = opts.metrics.as_ref().filter(|m| m.exists()) {
+        // A plot is a convenience: a metrics file it cannot read fails no run.
+        let svg = report_dir.join("training.svg");
+        match crate::train::plot::plot_metrics(m, &svg) {
+            Ok(()) => say(format!("      training curves: {}", svg.display())),
+            Err(e) => say(format!("      no training plot: {e}")),
+        }
+    }
     if is_newer(&report_dir.join("report.md"), &final_model) {
         say(format!(
             "[6/6] evaluate: up to date ({})",

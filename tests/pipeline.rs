@@ -126,6 +126,7 @@ fn flickr_recipe_trains_snapshots_and_resumes_exactly() {
         "solver.prototxt",
         "evaluation/report.md",
         "evaluation/confusion.csv",
+        "evaluation/training.svg",
     ] {
         assert!(data.join(f).exists(), "{f}");
     }

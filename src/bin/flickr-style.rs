@@ -46,6 +46,8 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Time forward and backward passes, layer by layer (caffe time).
     Time(TimeArgs),
+    /// Plot a `finetune --metrics` file as SVG: training and test losses, test scores, learning rate.
+    Plot(PlotArgs),
     /// Check every layer's GPU code path against the CPU kernels (on --gpu N, or on the CPU).
     CheckOps(CheckOpsArgs),
     /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
@@ -446,6 +448,14 @@ struct EvaluateArgs {
 }
 
 #[derive(Args)]
+struct PlotArgs {
+    /// The JSON-lines metrics file written by `finetune --metrics` (or `pipeline --metrics`).
+    metrics: PathBuf,
+    /// The SVG file to write.
+    out: PathBuf,
+}
+
+#[derive(Args)]
 struct TimeArgs {
     /// Net prototxt (its TRAIN phase is timed).
     #[arg(long)]
@@ -525,6 +535,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test(a) => cmd_test(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Time(a) => cmd_time(a),
+        Command::Plot(a) => {
+            flickr_style::train::plot::plot_metrics(&a.metrics, &a.out)?;
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
     }

@@ -26,6 +26,7 @@ pub mod lr_policy;
 pub mod memory;
 pub mod net;
 pub mod op_check;
+pub mod plot;
 pub mod precision;
 pub mod sgd;
 pub mod solver;

@@ -1,5 +1,6 @@
-//! `evaluate`: per-class reports over a net's TEST data, checked against the
-//! accuracy Caffe logged for the tiny-net fixture.
+//! Reports on trained nets: `evaluate` (per-class figures over a net's TEST
+//! data, checked against the accuracy Caffe logged for the tiny-net fixture)
+//! and `plot` (training curves from a metrics file).
 mod common;
 use common::{edited_net, fixture, run};
 use flickr_style::train::compute::Compute;
@@ -206,4 +207,53 @@ fn cli_writes_the_report_files() {
     let (ok, _, err) = evaluate_into(&out2);
     assert!(!ok && err.contains("2 class names"), "{err}");
     assert!(!out2.exists());
+}
+
+#[test]
+fn plot_cli_draws_a_training_run_and_names_bad_lines() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny-net");
+    let metrics = t.path().join("m.jsonl");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+            "--snapshot-prefix",
+            t.path().join("tiny").to_str().unwrap(),
+            "--metrics",
+            metrics.to_str().unwrap(),
+            "--max-iter",
+            "15",
+        ],
+    );
+    assert!(ok, "{err}");
+    let svg = t.path().join("m.svg");
+    let (ok, _, err) = run(
+        t.path(),
+        &["plot", metrics.to_str().unwrap(), svg.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{text}");
+    for label in [
+        "test accuracy (net 0)",
+        "test loss (net 0)",
+        "learning rate",
+    ] {
+        assert!(text.contains(label), "{label}");
+    }
+
+    // A damaged line (not the last) is an error naming the file and line.
+    let good = std::fs::read_to_string(&metrics).unwrap();
+    let broken = good.replacen("\"phase\"", "\"phase", 1);
+    std::fs::write(&metrics, broken).unwrap();
+    let (ok, _, err) = run(
+        t.path(),
+        &["plot", metrics.to_str().unwrap(), svg.to_str().unwrap()],
+    );
+    assert!(!ok && err.contains("m.jsonl") && err.contains('1'), "{err}");
 }

@@ -1,0 +1,440 @@
+//! SVG plots of a `--metrics` file: training loss (each iteration and
+//! Caffe's smoothed average), test-phase losses and scores, and the learning
+//! rate, against the iteration. A resumed run appends to the same file, so a
+//! repeated iteration keeps its latest record.
+use crate::error::{Error, IoContext, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One training iteration's record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainPoint {
+    /// This iteration's loss.
+    pub loss: f64,
+    /// Caffe's running average over `average_loss` iterations.
+    pub smoothed: f64,
+    /// Learning rate.
+    pub lr: f64,
+}
+
+/// The records of a metrics file, by iteration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Training records by iteration.
+    pub train: BTreeMap<u64, TrainPoint>,
+    /// Test outputs: (test net, output name) → iteration → value.
+    pub tests: BTreeMap<(u64, String), BTreeMap<u64, f64>>,
+}
+
+fn number(v: &serde_json::Value, key: &str) -> std::result::Result<f64, String> {
+    v.get(key)
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| format!("no number \"{key}\""))
+}
+
+/// Parses metrics JSONL text (`source` names it in errors). A last line cut
+/// short (no newline: the writer was killed mid-line) is left out.
+pub fn parse_metrics(text: &str, source: &Path) -> Result<Metrics> {
+    let mut m = Metrics::default();
+    let lines: Vec<&str> = text.split('\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let torn = i + 1 == lines.len();
+        let bad = |message: String| Error::Line {
+            path: source.to_path_buf(),
+            line: i + 1,
+            message,
+        };
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) if torn => break,
+            Err(e) => return Err(bad(format!("not a JSON record: {e}"))),
+        };
+        let iter = v
+            .get("iter")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| bad("no \"iter\"".into()))?;
+        match v.get("phase").and_then(serde_json::Value::as_str) {
+            Some("train") => {
+                let point = (|| {
+                    Ok::<_, String>(TrainPoint {
+                        loss: number(&v, "loss")?,
+                        smoothed: number(&v, "smoothed_loss")?,
+                        lr: number(&v, "lr")?,
+                    })
+                })()
+                .map_err(bad)?;
+                m.train.insert(iter, point);
+            }
+            Some("test") => {
+                let net = v
+                    .get("net")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0);
+                let outputs = v
+                    .get("outputs")
+                    .and_then(serde_json::Value::as_object)
+                    .ok_or_else(|| bad("no \"outputs\" object".into()))?;
+                for (name, value) in outputs {
+                    let value = value
+                        .as_f64()
+                        .ok_or_else(|| bad(format!("output \"{name}\" is not a number")))?;
+                    m.tests
+                        .entry((net, name.clone()))
+                        .or_default()
+                        .insert(iter, value);
+                }
+            }
+            other => return Err(bad(format!("unknown phase {other:?}"))),
+        }
+    }
+    Ok(m)
+}
+
+/// Reads a metrics file written by `finetune --metrics`.
+pub fn read_metrics(path: &Path) -> Result<Metrics> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    parse_metrics(&text, path)
+}
+
+/// A padded range over the finite values (a flat series gets some height).
+fn span(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if lo > hi {
+        return None;
+    }
+    let pad = if hi > lo {
+        (hi - lo) * 0.05
+    } else {
+        lo.abs().max(1.0) * 0.1
+    };
+    Some((lo - pad, hi + pad))
+}
+
+/// A range for a log axis over the positive finite values, a factor of 1.5
+/// wider on each side.
+fn log_span(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    (lo <= hi).then(|| (lo / 1.5, hi * 1.5))
+}
+
+/// A line (finite points only) to draw with its legend label.
+struct Series {
+    label: String,
+    color: RGBColor,
+    width: u32,
+    points: Vec<(f64, f64)>,
+    /// Draw a dot at each point (test phases are sparse).
+    marks: bool,
+}
+
+fn series(
+    label: String,
+    color: RGBColor,
+    width: u32,
+    marks: bool,
+    points: Vec<(f64, f64)>,
+) -> Series {
+    Series {
+        label,
+        color,
+        width,
+        points: points.into_iter().filter(|(_, y)| y.is_finite()).collect(),
+        marks,
+    }
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+];
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+fn draw_panel(
+    area: &Area,
+    title: &str,
+    x: (f64, f64),
+    lines: &[Series],
+    log_y: bool,
+) -> std::result::Result<(), String> {
+    let values = lines.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let range = if log_y {
+        log_span(values)
+    } else {
+        span(values)
+    };
+    let Some((lo, hi)) = range else {
+        return Ok(());
+    };
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60);
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc("iteration")
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| {
+                    if log_y {
+                        format!("{v:.0e}")
+                    } else {
+                        format!("{v:.3}")
+                    }
+                })
+                .draw()
+                .map_err(e)?;
+            for s in lines.iter().filter(|s| !s.points.is_empty()) {
+                let style = s.color.stroke_width(s.width);
+                let color = s.color;
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().copied(), style))
+                    .map_err(e)?
+                    .label(s.label.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                if s.marks {
+                    chart
+                        .draw_series(
+                            s.points
+                                .iter()
+                                .map(|&p| Circle::new(p, 3, s.color.filled())),
+                        )
+                        .map_err(e)?;
+                }
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK.mix(0.3))
+                .draw()
+                .map_err(e)?;
+        }};
+    }
+    if log_y {
+        draw!(builder
+            .build_cartesian_2d(x.0..x.1, (lo..hi).log_scale())
+            .map_err(e)?);
+    } else {
+        draw!(builder.build_cartesian_2d(x.0..x.1, lo..hi).map_err(e)?);
+    }
+    Ok(())
+}
+
+/// The plot as SVG text: a loss panel, a panel of the other test outputs
+/// (accuracy) when there are any, and the learning rate (log scale when it
+/// spans more than a factor of 10).
+pub fn plot_svg(m: &Metrics, title: &str) -> std::result::Result<String, String> {
+    if m.train.is_empty() {
+        return Err("it has no training records".into());
+    }
+    let last = m
+        .train
+        .keys()
+        .chain(m.tests.values().flat_map(|v| v.keys()))
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let x = (0.0, (last.max(1)) as f64);
+    let train = |f: fn(&TrainPoint) -> f64| -> Vec<(f64, f64)> {
+        m.train.iter().map(|(&i, p)| (i as f64, f(p))).collect()
+    };
+    let mut losses = vec![
+        series(
+            "train loss".into(),
+            RGBColor(150, 180, 225),
+            1,
+            false,
+            train(|p| p.loss),
+        ),
+        series(
+            "train loss (smoothed)".into(),
+            RGBColor(31, 119, 180),
+            2,
+            false,
+            train(|p| p.smoothed),
+        ),
+    ];
+    let mut scores = Vec::new();
+    for (k, ((net, name), values)) in m.tests.iter().enumerate() {
+        let points: Vec<(f64, f64)> = values.iter().map(|(&i, &v)| (i as f64, v)).collect();
+        let s = series(
+            format!("test {name} (net {net})"),
+            PALETTE[k % PALETTE.len()],
+            2,
+            true,
+            points,
+        );
+        if name.contains("loss") {
+            losses.push(s);
+        } else {
+            scores.push(s);
+        }
+    }
+    let lr = vec![series(
+        "learning rate".into(),
+        RGBColor(90, 90, 90),
+        2,
+        false,
+        train(|p| p.lr),
+    )];
+    let (lr_lo, lr_hi) = m.train.values().fold((f64::INFINITY, 0.0f64), |(a, b), p| {
+        (a.min(p.lr), b.max(p.lr))
+    });
+    let log_lr = lr_lo > 0.0 && lr_hi / lr_lo > 10.0;
+    let panels = if scores.is_empty() { 2 } else { 3 };
+    let (w, h) = (960u32, 300 * panels as u32 + 40);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let root = root
+            .titled(title, ("sans-serif", 22))
+            .map_err(|e| e.to_string())?;
+        let areas = root.split_evenly((panels, 1));
+        draw_panel(&areas[0], "loss", x, &losses, false)?;
+        if !scores.is_empty() {
+            draw_panel(&areas[1], "test outputs", x, &scores, false)?;
+        }
+        draw_panel(&areas[panels - 1], "learning rate", x, &lr, log_lr)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}
+
+/// Plots the metrics file `metrics` into the SVG file `out` (written atomically).
+pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
+    let m = read_metrics(metrics)?;
+    let title = metrics
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let svg = plot_svg(&m, &title)
+        .map_err(|e| Error::invalid(metrics.display(), format!("cannot plot: {e}")))?;
+    crate::fsutil::write_atomic(out, svg.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORDS: &str = concat!(
+        r#"{"phase":"test","iter":0,"net":0,"elapsed_s":0.1,"outputs":{"accuracy":0.25,"loss":1.4}}"#,
+        "\n",
+        r#"{"phase":"train","iter":0,"loss":1.5,"smoothed_loss":1.5,"lr":0.01,"elapsed_s":0.2,"outputs":{"loss":1.5}}"#,
+        "\n",
+        r#"{"phase":"train","iter":1,"loss":1.3,"smoothed_loss":1.4,"lr":0.01,"elapsed_s":0.3,"outputs":{"loss":1.3}}"#,
+        "\n",
+        "\n",
+        // A resumed run repeats iteration 1: the later record counts.
+        r#"{"phase":"train","iter":1,"loss":1.2,"smoothed_loss":1.35,"lr":0.001,"elapsed_s":0.1,"outputs":{"loss":1.2}}"#,
+        "\n",
+        r#"{"phase":"test","iter":2,"net":0,"elapsed_s":0.4,"outputs":{"accuracy":0.5,"loss":1.1}}"#,
+        "\n",
+        r#"{"phase":"train","iter":2,"loss":1.0,"smoo"#,
+    );
+
+    #[test]
+    fn later_records_win_and_a_torn_last_line_is_left_out() {
+        let m = parse_metrics(RECORDS, Path::new("m.jsonl")).unwrap();
+        assert_eq!(m.train.len(), 2);
+        assert_eq!(
+            m.train[&1],
+            TrainPoint {
+                loss: 1.2,
+                smoothed: 1.35,
+                lr: 0.001
+            }
+        );
+        let acc = &m.tests[&(0, "accuracy".to_string())];
+        assert_eq!(
+            acc.iter().map(|(&i, &v)| (i, v)).collect::<Vec<_>>(),
+            [(0, 0.25), (2, 0.5)]
+        );
+        assert_eq!(m.tests.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_line_is_named() {
+        let text = RECORDS.replacen("\"iter\":1,", "\"iter\":\"one\",", 1);
+        let err = parse_metrics(&text, Path::new("m.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.jsonl") && err.contains('3') && err.contains("iter"),
+            "{err}"
+        );
+        let text = RECORDS.replacen(
+            "{\"phase\":\"train\",\"iter\":0",
+            "{\"phase\":\"train\" \"iter\":0",
+            1,
+        );
+        let err = parse_metrics(&text, Path::new("m.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") || err.contains(":2"), "{err}");
+        let text = RECORDS.replacen("\"smoothed_loss\":1.5,", "", 1);
+        let err = parse_metrics(&text, Path::new("m.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smoothed_loss"), "{err}");
+    }
+
+    #[test]
+    fn svg_has_a_panel_per_kind_and_a_legend_entry_per_series() {
+        let m = parse_metrics(RECORDS, Path::new("m.jsonl")).unwrap();
+        let svg = plot_svg(&m, "tiny").unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        for label in [
+            "train loss (smoothed)",
+            "test loss (net 0)",
+            "test accuracy (net 0)",
+            "learning rate",
+            "test outputs",
+        ] {
+            assert!(svg.contains(label), "{label}");
+        }
+        // Without test outputs other than losses, two panels.
+        let mut no_scores = m.clone();
+        no_scores.tests.retain(|(_, n), _| n == "loss");
+        let svg = plot_svg(&no_scores, "tiny").unwrap();
+        assert!(!svg.contains("test outputs"));
+        assert!(plot_svg(&Metrics::default(), "x").is_err());
+    }
+
+    #[test]
+    fn spans_pad_flat_and_skip_non_finite_values() {
+        assert_eq!(span([2.0, f64::NAN].into_iter()), Some((1.8, 2.2)));
+        assert_eq!(span([f64::INFINITY].into_iter()), None);
+        assert_eq!(
+            log_span([1e-2, 1e-4, 0.0, -1.0].into_iter()),
+            Some((1e-4 / 1.5, 1.5e-2))
+        );
+        assert_eq!(log_span([0.0].into_iter()), None);
+        let (lo, hi) = span([0.0, 10.0].into_iter()).unwrap();
+        assert!((lo + 0.5).abs() < 1e-12 && (hi - 10.5).abs() < 1e-12);
+    }
+}
