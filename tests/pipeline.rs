@@ -231,6 +231,12 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     )
     .unwrap();
     assert_eq!(json["images"], 8);
+    let predictions = std::fs::read_to_string(data.join("evaluation/predictions.csv")).unwrap();
+    assert_eq!(predictions.lines().count(), 9);
+    assert!(
+        predictions.contains(&format!("{}/", fixture("images").display())),
+        "{predictions}"
+    );
     assert!(err.contains("8 test images: accuracy"), "{err}");
 
     // A rerun redoes nothing: the lists are unchanged, so the mean, the

@@ -47,6 +47,27 @@ fn without_scoring_layers(net: &Path) {
 fn one_pass_over_the_tiny_net_data_matches_caffes_test_accuracy() {
     let e = eval_tiny(&fixture("tiny-net/train_val.prototxt"), None, None).unwrap();
     let m = &e.confusion;
+    // Per image, in the LMDB's key order, agreeing with the matrix; fc8 feeds
+    // SoftmaxWithLoss, so the values are probabilities.
+    let p = e.predictions.as_ref().unwrap();
+    assert_eq!(p.len(), 24);
+    assert_eq!(p[0].image, "00000000_animal/cat.jpg");
+    assert_eq!(p[23].image, "00000023_vehicle/logo_rgba.png");
+    assert!(e.probabilities);
+    for k in 0..4 {
+        for q in 0..4 {
+            let n = p
+                .iter()
+                .filter(|x| (x.label, x.predicted) == (k, q))
+                .count();
+            assert_eq!(n as u64, m.count(k, q));
+        }
+    }
+    for x in p {
+        assert!(
+            x.value_label > 0.0 && x.value_label <= x.value_predicted && x.value_predicted < 1.0
+        );
+    }
     // 24 images, 6 per class; Caffe's log at iteration 30: accuracy = 0.458333 (11 of 24).
     assert_eq!(m.total(), 24);
     assert_eq!(m.classes(), 4);
@@ -71,10 +92,20 @@ fn batches_that_do_not_divide_the_set_count_each_image_once() {
         .confusion;
     // 24 images in batches of 5 and 7: the last batch wraps round to the
     // first images, which must not be counted twice.
+    let outcomes = |e: &flickr_style::train::evaluate::Evaluation| -> Vec<(String, usize, usize)> {
+        e.predictions
+            .as_ref()
+            .expect("the Data layer names its images")
+            .iter()
+            .map(|p| (p.image.clone(), p.label, p.predicted))
+            .collect()
+    };
+    let whole = eval_tiny(&fixture("tiny-net/train_val.prototxt"), None, None).unwrap();
     for batch in [5, 7, 24, 30] {
         let t = tempfile::tempdir().unwrap();
         let e = eval_tiny(&with_batch(t.path(), batch), None, None).unwrap();
         assert_eq!(e.confusion, reference, "batch {batch}");
+        assert_eq!(outcomes(&e), outcomes(&whole), "batch {batch}");
     }
     // Whole batches on request, as `caffe test` runs them: 2 x 8 images.
     let e = eval_tiny(&fixture("tiny-net/train_val.prototxt"), Some(2), None).unwrap();
@@ -200,6 +231,19 @@ fn cli_writes_the_report_files() {
     assert_eq!(json["images"], 24);
     assert_eq!(json["classes"][3]["name"], "star");
     assert_eq!(json["classes"][3]["support"], 6);
+    let predictions = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    let rows: Vec<&str> = predictions.lines().collect();
+    assert_eq!(
+        rows[0],
+        "image,label,predicted,correct,probability_label,probability_predicted"
+    );
+    assert_eq!(rows.len(), 25);
+    assert_eq!(rows.iter().filter(|r| r.contains(",true,")).count(), 11);
+    assert!(
+        rows[24].starts_with("00000023_vehicle/logo_rgba.png,star,"),
+        "{}",
+        rows[24]
+    );
 
     // A names file of the wrong length stops before anything is written.
     std::fs::write(&names, "circle\nsquare\n").unwrap();

@@ -98,8 +98,8 @@ impl Confusion {
     /// Counts one image with these class scores and true class `label`
     /// (`label < classes`, `scores.len() == classes`). The prediction is the
     /// true class when no other class scores as high; otherwise the best
-    /// other class (the first of equal ones).
-    pub fn add(&mut self, scores: &[f32], label: usize) {
+    /// other class (the first of equal ones). Returns the prediction.
+    pub fn add(&mut self, scores: &[f32], label: usize) -> usize {
         let c = self.classes;
         assert!(label < c && scores.len() == c, "caller checks the label");
         let rank = rank_of_label(c, label, |q| scores[q]);
@@ -119,6 +119,7 @@ impl Confusion {
             self.top_k_hits += 1;
         }
         self.counts[label * c + predicted] += 1;
+        predicted
     }
 
     /// Images of class `truth` predicted as `predicted`.

@@ -34,11 +34,31 @@ pub struct EvalOptions<'a> {
     pub top_k: usize,
 }
 
+/// One image's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// Where the image came from (its list path or LMDB key).
+    pub image: String,
+    /// True class.
+    pub label: usize,
+    /// Predicted class.
+    pub predicted: usize,
+    /// Softmax probabilities of the true and the predicted class when the
+    /// scores are a SoftmaxWithLoss input (logits); else the raw scores.
+    pub value_label: f32,
+    /// See `value_label`.
+    pub value_predicted: f32,
+}
+
 /// The counts of one evaluation.
 #[derive(Debug)]
 pub struct Evaluation {
     /// (true, predicted) counts and top-k hits.
     pub confusion: Confusion,
+    /// Per image, in pass order, when the data layer names its images.
+    pub predictions: Option<Vec<Prediction>>,
+    /// Whether `Prediction`'s values are softmax probabilities (else raw scores).
+    pub probabilities: bool,
     /// The blob read for class scores.
     pub scores_blob: String,
     /// The blob read for labels.
@@ -54,16 +74,24 @@ struct Reader {
     scores: String,
     label: String,
     ignore_label: Option<i32>,
+    /// The scores feed a SoftmaxWithLoss layer, so they are logits.
+    logits: bool,
 }
 
 impl Reader {
     fn find(net: &Net, blobs: &Option<(String, String)>, model: &Path) -> Result<Reader> {
+        let feeds_loss = |blob: &str| {
+            net.layer_params().any(|l| {
+                l.r#type() == "SoftmaxWithLoss" && l.bottom.first().is_some_and(|b| b == blob)
+            })
+        };
         if let Some((scores, label)) = blobs {
             return Ok(Reader {
                 layer: None,
                 scores: scores.clone(),
                 label: label.clone(),
                 ignore_label: None,
+                logits: feeds_loss(scores),
             });
         }
         let pick = |ty: &str| net.layer_params().find(|l| l.r#type() == ty);
@@ -84,6 +112,7 @@ impl Reader {
             scores: layer.bottom[0].clone(),
             label: layer.bottom[1].clone(),
             ignore_label,
+            logits: feeds_loss(&layer.bottom[0]),
         })
     }
 
@@ -154,6 +183,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     let max_batches = o.iterations.unwrap_or(usize::MAX).max(1);
     let bar = crate::progress::bar(images.unwrap_or(0), "evaluate");
     let mut confusion: Option<Confusion> = None;
+    let mut predictions = Some(Vec::new());
     let (mut seen, mut ignored, mut batches) = (0u64, 0u64, 0usize);
     while batches < max_batches && images.is_none_or(|total| seen < total) {
         net.forward()?;
@@ -170,6 +200,10 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
             ));
         }
         let take = images.map_or(n, |t| ((t - seen) as usize).min(n));
+        let sources = net.data_batch_sources().filter(|s| s.len() == n);
+        if sources.is_none() {
+            predictions = None;
+        }
         for i in 0..take {
             // Caffe reads labels as floats cast to int.
             let label = labels[i] as i32;
@@ -187,7 +221,24 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                     ),
                 ));
             }
-            m.add(&scores[i * classes..(i + 1) * classes], label as usize);
+            let row = &scores[i * classes..(i + 1) * classes];
+            let predicted = m.add(row, label as usize);
+            if let (Some(p), Some(names)) = (&mut predictions, &sources) {
+                let value = |k: usize| {
+                    if reader.logits {
+                        softmax_at(row, k)
+                    } else {
+                        row[k]
+                    }
+                };
+                p.push(Prediction {
+                    image: names[i].clone(),
+                    label: label as usize,
+                    predicted,
+                    value_label: value(label as usize),
+                    value_predicted: value(predicted),
+                });
+            }
         }
         seen += take as u64;
         bar.inc(take as u64);
@@ -196,10 +247,20 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     Ok(Evaluation {
         confusion: confusion
             .ok_or_else(|| Error::model(o.model.display(), "no batch was evaluated"))?,
+        predictions,
+        probabilities: reader.logits,
         scores_blob: reader.scores,
         label_blob: reader.label,
         ignored,
     })
+}
+
+/// Softmax probability of class `k` for these logits (shifted by the
+/// maximum, as Caffe's Softmax layer does, so large logits do not overflow).
+fn softmax_at(logits: &[f32], k: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
+    (logits[k] - max).exp() / sum
 }
 
 /// Class names, one per line (blank lines at the end ignored); there must be
@@ -279,8 +340,43 @@ impl Report<'_> {
         s
     }
 
+    /// One row per image: its source, true and predicted class (names when
+    /// given), whether it was right, and the two probabilities (or scores).
+    fn predictions_csv(&self, predictions: &[Prediction]) -> String {
+        let name = |k: usize| self.names.get(k).cloned().unwrap_or_else(|| k.to_string());
+        let what = if self.evaluation.probabilities {
+            "probability"
+        } else {
+            "score"
+        };
+        let mut w = csv::Writer::from_writer(Vec::new());
+        // Writing to a Vec cannot fail.
+        w.write_record([
+            "image".to_string(),
+            "label".into(),
+            "predicted".into(),
+            "correct".into(),
+            format!("{what}_label"),
+            format!("{what}_predicted"),
+        ])
+        .expect("in memory");
+        for p in predictions {
+            w.write_record([
+                p.image.clone(),
+                name(p.label),
+                name(p.predicted),
+                (p.label == p.predicted).to_string(),
+                p.value_label.to_string(),
+                p.value_predicted.to_string(),
+            ])
+            .expect("in memory");
+        }
+        String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 names")
+    }
+
     /// Writes `report.md`, `confusion.csv` (rows: true class, columns:
-    /// predicted) and `metrics.json` into `dir`, each complete or not at all.
+    /// predicted), `metrics.json` and, when the data layer names its images,
+    /// `predictions.csv` into `dir`, each complete or not at all.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         let summary = self.summary();
         let json = JsonReport {
@@ -293,7 +389,7 @@ impl Report<'_> {
         };
         let json = serde_json::to_string_pretty(&json)
             .map_err(|e| Error::invalid("metrics.json", e.to_string()))?;
-        let files = [
+        let mut files = vec![
             ("report.md", self.markdown()),
             (
                 "confusion.csv",
@@ -301,6 +397,9 @@ impl Report<'_> {
             ),
             ("metrics.json", json + "\n"),
         ];
+        if let Some(p) = &self.evaluation.predictions {
+            files.push(("predictions.csv", self.predictions_csv(p)));
+        }
         let mut written = Vec::new();
         for (name, text) in files {
             let path = dir.join(name);

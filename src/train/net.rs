@@ -586,6 +586,19 @@ impl Net {
             .collect()
     }
 
+    /// Where the images of the last batch came from, when the net has one
+    /// data layer that knows (list paths or LMDB keys, in batch order).
+    pub fn data_batch_sources(&self) -> Option<Vec<String>> {
+        let mut known = self
+            .entries
+            .iter()
+            .filter(|e| e.layer.source_len().is_some());
+        match (known.next(), known.next()) {
+            (Some(e), None) => e.layer.last_batch_sources(),
+            _ => None,
+        }
+    }
+
     /// Layer names with whether each runs backward (for logs and `time`).
     pub fn layer_summary(&self) -> Vec<(String, String, bool)> {
         self.entries

@@ -132,6 +132,14 @@ impl Source {
         }
     }
 
+    /// Image `i` as its source names it: the list's path as written, or the LMDB key.
+    fn name(&self, i: usize) -> String {
+        match self {
+            Source::Lmdb { keys, .. } => String::from_utf8_lossy(&keys[i]).into_owned(),
+            Source::List { entries, .. } => entries[i].path.clone(),
+        }
+    }
+
     fn describe(&self, i: usize) -> String {
         match self {
             Source::Lmdb { reader, keys, .. } => format!(
@@ -353,6 +361,20 @@ impl Layer for DataLayer {
     }
     fn source_len(&self) -> Option<usize> {
         Some(self.feed.source.len())
+    }
+    fn last_batch_sources(&self) -> Option<Vec<String>> {
+        let batch = self.feed.batch as u64;
+        let first = self.feed.position.checked_sub(batch)?;
+        let mut cache = None;
+        Some(
+            (first..first + batch)
+                .map(|pos| {
+                    self.feed
+                        .source
+                        .name(self.feed.source.index_at(pos, &mut cache))
+                })
+                .collect(),
+        )
     }
     fn restore_state(&mut self, state: u64) {
         self.feed.position = state;

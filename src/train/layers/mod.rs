@@ -86,6 +86,11 @@ pub trait Layer: Send {
     fn source_len(&self) -> Option<usize> {
         None
     }
+    /// Where each image of the batch most recently produced came from (list
+    /// paths or LMDB keys), for data layers that know.
+    fn last_batch_sources(&self) -> Option<Vec<String>> {
+        None
+    }
     /// Restores what [`Layer::state`] returned.
     fn restore_state(&mut self, _state: u64) {}
     /// Default loss weight of top `i` (1 for the first top of a loss layer).
