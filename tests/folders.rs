@@ -129,9 +129,11 @@ fn stratified_seeded_split_with_labels_from_sorted_folders() {
     }
     assert_eq!(seen.len(), 16);
     assert!(seen.values().all(|&n| n == 1));
-    // The training list mixes the classes rather than running class by class.
+    // Both lists mix the classes rather than running class by class.
     let first_labels: BTreeSet<i32> = train[..6].iter().map(|(_, l)| *l).collect();
     assert!(first_labels.len() > 1, "{train:?}");
+    let test_labels: Vec<i32> = test.iter().map(|(_, l)| *l).collect();
+    assert!(!test_labels.is_sorted(), "{test_labels:?}");
 
     // Same seed, same files; another seed, another split.
     let out2 = t.path().join("again");

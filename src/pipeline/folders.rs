@@ -231,7 +231,7 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
              (labels follow the sorted folder names)",
         ));
     }
-    let (mut train, mut test) = (Vec::new(), String::new());
+    let (mut train, mut test) = (Vec::new(), Vec::new());
     let mut labels = String::new();
     for (label, (name, files)) in classes.iter().enumerate() {
         if name.contains('\n') {
@@ -244,8 +244,7 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
         let mut order: Vec<&PathBuf> = files.iter().collect();
         order.shuffle(&mut rng);
         let held_out = test_count(order.len(), o.test_fraction);
-        let (mut held, kept) = (order[..held_out].to_vec(), &order[held_out..]);
-        held.sort();
+        let (held, kept) = (order[..held_out].to_vec(), &order[held_out..]);
         let mut picked: Vec<&PathBuf> = kept.to_vec();
         if let Some(max) = o.max_train_per_class {
             picked.truncate(max);
@@ -258,7 +257,7 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
             picked.extend_from_slice(&again[..extra]);
         }
         for p in &held {
-            test += &list_line(p, label)?;
+            test.push(list_line(p, label)?);
         }
         for p in &picked {
             train.push(list_line(p, label)?);
@@ -272,12 +271,15 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
             test: held.len(),
         });
     }
-    // Mixed classes in file order, so a feed without `shuffle: true` still
-    // sees every class in each stretch of batches.
-    train.shuffle(&mut ChaCha8Rng::seed_from_u64(o.seed));
+    // Classes mixed in file order: a feed without `shuffle: true` still sees
+    // every class in each stretch of batches, and a test phase that reads
+    // only part of test.txt (test_iter x batch) scores a fair sample of it.
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    train.shuffle(&mut rng);
+    test.shuffle(&mut rng);
     // Unchanged lists keep their times, so a rerun pipeline skips the later stages.
     write_if_changed(&o.out.join("train.txt"), train.concat().as_bytes())?;
-    write_if_changed(&o.out.join("test.txt"), test.as_bytes())?;
+    write_if_changed(&o.out.join("test.txt"), test.concat().as_bytes())?;
     write_if_changed(&o.out.join("labels.txt"), labels.as_bytes())?;
     Ok(summary)
 }
