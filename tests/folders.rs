@@ -38,6 +38,9 @@ fn dataset(root: &Path) {
             .unwrap();
     }
     gray_png(&root.join("larva/l0.png"), 99, 17, 3);
+    // A link back into the dataset is not followed (no loop, no image twice).
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("..", root.join("larva/up")).unwrap();
     std::fs::write(root.join("README.txt"), "about this set").unwrap();
 }
 
@@ -101,8 +104,8 @@ fn stratified_seeded_split_with_labels_from_sorted_folders() {
         "{:?}",
         s.skipped
     );
-    // notes.csv, .DS_Store, README.txt.
-    assert_eq!(s.ignored, 3);
+    // notes.csv, .DS_Store, README.txt, larva/up.
+    assert_eq!(s.ignored, 4);
     let z = s.sizes.clone().unwrap();
     assert_eq!(
         (z.width, z.height, z.gray, z.color),
@@ -270,4 +273,22 @@ fn cli_lists_feed_to_lmdb() {
     );
     assert!(ok, "{err}");
     assert!(err.contains("Processed 11 files"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn linked_folders_outside_the_dataset_are_followed_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (root, out) = (t.path().join("set"), t.path().join("lists"));
+    gray_png(&root.join("a/a0.png"), 8, 8, 0);
+    gray_png(&root.join("b/b0.png"), 8, 8, 1);
+    gray_png(&t.path().join("elsewhere/e0.png"), 8, 8, 2);
+    std::os::unix::fs::symlink(t.path().join("elsewhere"), root.join("a/more")).unwrap();
+    // The same outside folder linked twice counts once; a link to a sibling class is ignored.
+    std::os::unix::fs::symlink(t.path().join("elsewhere"), root.join("a/again")).unwrap();
+    std::os::unix::fs::symlink("../b", root.join("a/b_too")).unwrap();
+    let s = import_folders(&options(&root, &out)).unwrap();
+    let images: Vec<usize> = s.classes.iter().map(|c| c.images).collect();
+    assert_eq!(images, [2, 1]);
+    assert_eq!(s.ignored, 2);
 }

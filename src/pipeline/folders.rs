@@ -102,14 +102,28 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Image files under `dir` (recursively, sorted), counting the rest in `ignored`.
-fn images_under(dir: &Path, ignored: &mut usize) -> Result<Vec<PathBuf>> {
+/// Image files under `dir` (recursively, sorted), counting the rest in
+/// `ignored`. A linked folder is followed when it leads out of the dataset
+/// (`root`, canonical), once (`seen`), so links cannot count an image twice
+/// or loop forever; one that leads back into the dataset is ignored.
+fn images_under(
+    dir: &Path,
+    root: &Path,
+    ignored: &mut usize,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in entries(dir)? {
         if is_hidden(&p) {
             *ignored += 1;
         } else if p.is_dir() {
-            out.extend(images_under(&p, ignored)?);
+            let linked = std::fs::symlink_metadata(&p).at(&p)?.is_symlink();
+            let target = std::fs::canonicalize(&p).at(&p)?;
+            if linked && target.starts_with(root) || !seen.insert(target) {
+                *ignored += 1;
+            } else {
+                out.extend(images_under(&p, root, ignored, seen)?);
+            }
         } else if is_image(&p) {
             out.push(p);
         } else {
@@ -155,6 +169,8 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
     let root = std::path::absolute(&o.root).at(&o.root)?;
     let mut summary = FolderImportSummary::default();
     let mut classes: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    let canonical_root = std::fs::canonicalize(&root).at(&root)?;
+    let mut seen = std::collections::HashSet::new();
     for p in entries(&root)? {
         if is_hidden(&p) || !p.is_dir() {
             summary.ignored += 1;
@@ -165,7 +181,7 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::invalid(p.display(), "class folder name is not valid UTF-8"))?
             .to_string();
-        let files = images_under(&p, &mut summary.ignored)?;
+        let files = images_under(&p, &canonical_root, &mut summary.ignored, &mut seen)?;
         classes.push((name, files));
     }
     if classes.is_empty() {
