@@ -75,6 +75,7 @@ fn main() {
         list,
         db: db.clone(),
         resize: Some((256, 256)),
+        pad: None,
         gray: false,
         shuffle: false,
         seed: 0,

@@ -13,6 +13,7 @@ use crate::pipeline::assemble::{assemble, AssembleOptions};
 use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
 use crate::pipeline::folders::{import_folders, FolderImportOptions};
 use crate::pipeline::mean::{compute_mean, MeanSource};
+use crate::pipeline::pad::PadFill;
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use crate::train::compute::{Compute, DeviceChoice};
 use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
@@ -70,6 +71,10 @@ pub struct WorkflowOptions {
     pub weights_url: String,
     /// Train from LMDBs made by to-lmdb instead of decoding JPEGs every epoch.
     pub lmdb: bool,
+    /// Pad images to squares before the 256x256 resize (keeps elongated
+    /// subjects' shape). The ImageData layer cannot pad, so this trains
+    /// from LMDBs.
+    pub pad: Option<PadFill>,
     /// Overrides the nets' batch_size.
     pub batch_size: Option<u32>,
     /// Overrides the solver's max_iter.
@@ -88,6 +93,22 @@ pub struct WorkflowOptions {
     pub gpu: Option<usize>,
     /// bf16 mixed precision (GPU only; see [`crate::train::precision`]).
     pub bf16: bool,
+}
+
+impl WorkflowOptions {
+    /// The suffix of the outputs that depend on padding.
+    fn pad_tag(&self) -> String {
+        match self.pad {
+            None => String::new(),
+            Some(PadFill::Border) => "_padded".into(),
+            Some(PadFill::Value(v)) => format!("_padded{v}"),
+        }
+    }
+
+    /// Whether training reads LMDBs (asked for, or needed for padding).
+    pub fn trains_from_lmdb(&self) -> bool {
+        self.lmdb || self.pad.is_some()
+    }
 }
 
 /// Runs every stage; `interrupt` is checked by the long-running ones.
@@ -135,32 +156,44 @@ pub fn run(
     };
     let (train_list, test_list) = (data.join("train.txt"), data.join("test.txt"));
 
-    let mean = data.join("mean.binaryproto");
+    // Padded images get their own mean, LMDBs, snapshots and evaluation, so
+    // switching --pad-square never reuses outputs made the other way.
+    let tag = opts.pad_tag();
+    let mean = data.join(format!("mean{tag}.binaryproto"));
     if is_newer(&mean, &train_list) {
         say("[2/6] compute-mean: up to date".into());
     } else {
-        say("[2/6] compute-mean over train.txt at 256x256".into());
+        say(format!(
+            "[2/6] compute-mean over train.txt at 256x256{}",
+            if opts.pad.is_some() {
+                ", padded to squares"
+            } else {
+                ""
+            }
+        ));
         let (m, _) = compute_mean(&MeanSource::List {
             list: train_list.clone(),
             root: PathBuf::new(),
             resize: Some((256, 256)),
+            pad: opts.pad,
             gray: false,
         })?;
         m.write_binaryproto(&mean)?;
     }
 
     let mut sources = (train_list.clone(), test_list.clone());
-    if opts.lmdb {
+    if opts.trains_from_lmdb() {
         say("[3/6] to-lmdb: train and test lists at 256x256".into());
         let mut dbs = Vec::new();
-        for (list, name) in [(&train_list, "train_lmdb"), (&test_list, "test_lmdb")] {
-            let db = data.join(name);
+        for (list, name) in [(&train_list, "train"), (&test_list, "test")] {
+            let db = data.join(format!("{name}{tag}_lmdb"));
             if !is_newer(&db.join("data.mdb"), list) {
                 to_lmdb(&ToLmdbOptions {
                     root: PathBuf::new(),
                     list: list.clone(),
                     db: db.clone(),
                     resize: Some((256, 256)),
+                    pad: opts.pad,
                     gray: false,
                     shuffle: true,
                     seed: opts.dataset.seed(),
@@ -218,7 +251,7 @@ pub fn run(
         train(opts, &solver_path, &prefix, &weights, &stop, &say)?;
     }
 
-    let report_dir = data.join("evaluation");
+    let report_dir = data.join(format!("evaluation{tag}"));
     if let Some(m) = opts.metrics.as_ref().filter(|m| m.exists()) {
         // A plot is a convenience: a metrics file it cannot read fails no run.
         let svg = report_dir.join("training.svg");
@@ -408,7 +441,7 @@ fn write_recipe(
         });
         let tp = l.transform_param.get_or_insert_with(Default::default);
         tp.mean_file = Some(abs(mean)?.to_string_lossy().into_owned());
-        if opts.lmdb {
+        if opts.trains_from_lmdb() {
             l.r#type = Some("Data".into());
             l.image_data_param = None;
             l.data_param = Some(DataParameter {
@@ -433,8 +466,8 @@ fn write_recipe(
     let snapshots = data.join("snapshots");
     std::fs::create_dir_all(&snapshots).at(&snapshots)?;
     let prefix = abs(&snapshots.join(match opts.dataset {
-        Dataset::FlickrStyle(_) => "finetune_flickr_style",
-        Dataset::Folders(_) => "finetune",
+        Dataset::FlickrStyle(_) => format!("finetune_flickr_style{}", opts.pad_tag()),
+        Dataset::Folders(_) => format!("finetune{}", opts.pad_tag()),
     }))?;
     solver.net = Some(abs(&net_path)?.to_string_lossy().into_owned());
     solver.snapshot_prefix = Some(prefix.to_string_lossy().into_owned());

@@ -569,6 +569,7 @@ fn image_data_feed_equals_data_feed_of_its_lmdb() {
     let db = t.path().join("db");
     let opts = ToLmdbOptions {
         resize: Some((40, 48)), // (height, width)
+        pad: None,
         ..common::fixture_to_lmdb_options(db.clone())
     };
     assert_eq!(to_lmdb(&opts).unwrap().written, 24);

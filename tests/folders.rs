@@ -1,11 +1,15 @@
 //! `import-folders`: folder-per-class datasets (gray, odd sizes, imbalanced)
-//! into Caffe lists that `to-lmdb` and the ImageData layer read.
+//! into Caffe lists that `to-lmdb` and the ImageData layer read; and
+//! `--pad-square`, which keeps elongated subjects in shape.
 mod common;
 use common::run;
 use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
 use flickr_style::pipeline::image_list::read_list;
+use flickr_style::pipeline::mean::{compute_mean, MeanSource};
+use flickr_style::pipeline::pad::PadFill;
+use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn gray_png(path: &Path, w: u32, h: u32, shade: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -291,4 +295,81 @@ fn linked_folders_outside_the_dataset_are_followed_once() {
     let images: Vec<usize> = s.classes.iter().map(|c| c.images).collect();
     assert_eq!(images, [2, 1]);
     assert_eq!(s.ignored, 2);
+}
+
+/// One image's datum pixels, read back as the mean of a one-image LMDB.
+fn datum_pixels(
+    dir: &Path,
+    image: &Path,
+    pad: Option<PadFill>,
+) -> flickr_style::caffe::mean_file::MeanImage {
+    let list = dir.join("one.txt");
+    std::fs::write(&list, format!("{} 0\n", image.display())).unwrap();
+    let db = dir.join(format!("db{}", pad.is_some()));
+    to_lmdb(&ToLmdbOptions {
+        root: PathBuf::new(),
+        list,
+        db: db.clone(),
+        resize: Some((16, 16)),
+        pad,
+        gray: true,
+        shuffle: false,
+        seed: 0,
+        encoded: false,
+        encode_type: String::new(),
+        check_size: false,
+        strict: true,
+        force: false,
+    })
+    .unwrap();
+    compute_mean(&MeanSource::Lmdb(db)).unwrap().0
+}
+
+#[test]
+fn padding_keeps_elongated_subjects_in_shape_and_the_mean_follows() {
+    let t = tempfile::tempdir().unwrap();
+    // A wide 64x16 "organism" (bright) on a dark background of 20.
+    let img = t.path().join("wide.png");
+    image::GrayImage::from_fn(64, 16, |x, y| {
+        let inside = (4..60).contains(&x) && (4..12).contains(&y);
+        image::Luma([if inside { 200 } else { 20 }])
+    })
+    .save(&img)
+    .unwrap();
+    let squashed = datum_pixels(t.path(), &img, None);
+    let padded = datum_pixels(t.path(), &img, Some(PadFill::Border));
+    assert_eq!((padded.height, padded.width), (16, 16));
+    let row = |m: &flickr_style::caffe::mean_file::MeanImage, y: usize| {
+        m.values[y * 16..(y + 1) * 16].to_vec()
+    };
+    // Squashed, the organism fills the middle half of the rows; padded, the
+    // 64x16 strip becomes 4 rows of 16: the top and bottom 6 rows are the
+    // border fill (20) and the organism keeps its 4:1 shape.
+    assert!(row(&squashed, 6).iter().any(|&v| v > 150.0));
+    for y in (0..6).chain(10..16) {
+        assert!(
+            row(&padded, y).iter().all(|&v| v == 20.0),
+            "row {y}: {:?}",
+            row(&padded, y)
+        );
+    }
+    assert!(row(&padded, 7).iter().any(|&v| v > 100.0));
+
+    // The mean of the list, padded the same way, equals the LMDB's.
+    let list = t.path().join("one.txt");
+    let (from_list, _) = compute_mean(&MeanSource::List {
+        list,
+        root: PathBuf::new(),
+        resize: Some((16, 16)),
+        pad: Some(PadFill::Border),
+        gray: true,
+    })
+    .unwrap();
+    assert_eq!(from_list, padded);
+
+    let (ok, _, err) = run(
+        t.path(),
+        &["to-lmdb", "--pad-square", "grey", "/", "one.txt", "x_lmdb"],
+    );
+    assert!(!ok && err.contains("0-255"), "{err}");
 }

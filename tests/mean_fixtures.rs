@@ -85,6 +85,7 @@ fn mean_of_an_image_list_matches_the_lmdb_route() {
         list: fixture("images/list.txt"),
         root: fixture("images"),
         resize: Some((256, 256)),
+        pad: None,
         gray: false,
     })
     .unwrap();
@@ -101,6 +102,7 @@ fn list_with_mixed_sizes_names_the_offending_image() {
         list: fixture("images/list.txt"),
         root: fixture("images"),
         resize: None,
+        pad: None,
         gray: false,
     })
     .unwrap_err()

@@ -185,9 +185,10 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     let weights = t.path().join("caffenet.caffemodel");
     caffenet_caffemodel(&weights);
     let recipe = caffe_ref().join("models/finetune_flickr_style");
-    let run = || {
+    let run = |extra: &[&str]| {
         let out = Command::new(bin())
             .args(["pipeline", "--folders", fixture("images").to_str().unwrap()])
+            .args(extra)
             .args(["--recipe", recipe.to_str().unwrap()])
             .args(["--weights", weights.to_str().unwrap()])
             .args([
@@ -207,7 +208,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, err) = run();
+    let (ok, err) = run(&[]);
     assert!(ok, "{err}");
     assert!(
         err.contains("4 classes, 16 train and 8 test images"),
@@ -245,7 +246,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         .unwrap()
         .modified()
         .unwrap();
-    let (ok, err) = run();
+    let (ok, err) = run(&[]);
     assert!(ok, "{err}");
     assert!(err.contains("compute-mean: up to date"), "{err}");
     assert!(err.contains("already trained"), "{err}");
@@ -257,4 +258,29 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
             .unwrap(),
         mean_time
     );
+
+    // Padding to squares trains from LMDBs of padded images, with their own
+    // mean, beside the unpadded outputs rather than over them.
+    let (ok, err) = run(&["--pad-square", "border"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("padded to squares"), "{err}");
+    for f in [
+        "mean_padded.binaryproto",
+        "train_padded_lmdb/data.mdb",
+        "test_padded_lmdb/data.mdb",
+        "snapshots/finetune_padded_iter_4.caffemodel",
+        "evaluation_padded/report.md",
+        "mean.binaryproto",
+        "evaluation/report.md",
+    ] {
+        assert!(data.join(f).exists(), "{f}");
+    }
+    let net = read_net_prototxt(&data.join("train_val.prototxt")).unwrap();
+    assert_eq!(net.layer[0].r#type(), "Data");
+    assert!(net.layer[0]
+        .data_param
+        .as_ref()
+        .unwrap()
+        .source()
+        .ends_with("train_padded_lmdb"));
 }

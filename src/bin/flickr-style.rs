@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
 use flickr_style::pipeline::folders::FolderImportOptions;
+use flickr_style::pipeline::pad::PadFill;
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
 use flickr_style::train::compute::{Compute, DeviceChoice};
 use std::path::{Path, PathBuf};
@@ -147,6 +148,11 @@ struct ResizeArgs {
     /// Resize every image to this width first (needs --resize-height too).
     #[arg(long, default_value_t = 0)]
     resize_width: usize,
+    /// Pad every image to a square before resizing, keeping its aspect ratio (elongated plankton
+    /// are not squashed): FILL is `border` (each channel's mean over the image's edge pixels) or a
+    /// value 0-255. Beyond Caffe; the stored datums are plain images Caffe reads.
+    #[arg(long, value_name = "FILL")]
+    pad_square: Option<PadFill>,
 }
 
 impl ResizeArgs {
@@ -304,6 +310,10 @@ struct PipelineArgs {
     /// Convert the lists to LMDBs and train from those.
     #[arg(long)]
     lmdb: bool,
+    /// Pad images to squares before the 256x256 resize, keeping their aspect ratio (see `to-lmdb
+    /// --help`); trains from LMDBs, since Caffe's ImageData layer cannot pad.
+    #[arg(long, value_name = "FILL")]
+    pad_square: Option<PadFill>,
     /// Override the nets' batch_size.
     #[arg(long)]
     batch_size: Option<u32>,
@@ -566,6 +576,7 @@ fn cmd_to_lmdb(a: ToLmdbArgs) -> Result<()> {
         list: a.list,
         db: a.db.clone(),
         resize: a.resize.get()?,
+        pad: a.resize.pad_square,
         gray: a.gray,
         shuffle: a.shuffle,
         seed: a.seed,
@@ -595,6 +606,7 @@ fn cmd_compute_mean(a: ComputeMeanArgs) -> Result<()> {
             list: a.input.clone(),
             root: a.root.unwrap_or_default(),
             resize: a.resize.get()?,
+            pad: a.resize.pad_square,
             gray: a.gray,
         }
     };
@@ -994,6 +1006,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         weights: a.weights,
         weights_url: a.weights_url,
         lmdb: a.lmdb,
+        pad: a.pad_square,
         batch_size: a.batch_size,
         max_iter: a.max_iter,
         test_iter: a.test_iter,

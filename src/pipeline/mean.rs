@@ -10,7 +10,7 @@
 use super::decode::{read_image, ColorMode};
 use super::image_list::read_list;
 use super::lmdb_store::LmdbReader;
-use super::resize::resize_linear;
+use super::pad::{fit, PadFill};
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::Datum;
 use crate::error::{Error, Result};
@@ -31,6 +31,8 @@ pub enum MeanSource {
         root: PathBuf,
         /// Resize to (height, width).
         resize: Option<(usize, usize)>,
+        /// Pad to a square before resizing (as `to-lmdb --pad-square`).
+        pad: Option<PadFill>,
         /// One channel instead of BGR.
         gray: bool,
     },
@@ -94,8 +96,9 @@ pub fn compute_mean(source: &MeanSource) -> Result<(MeanImage, u64)> {
             list,
             root,
             resize,
+            pad,
             gray,
-        } => mean_of_list(list, root, *resize, *gray)?,
+        } => mean_of_list(list, root, *pad, *resize, *gray)?,
     };
     match acc {
         Some(acc) if acc.count > 0 => Ok((acc.mean(), acc.count)),
@@ -198,6 +201,7 @@ fn mean_of_lmdb(path: &Path) -> Result<Option<Accumulator>> {
 fn mean_of_list(
     list: &Path,
     root: &Path,
+    pad: Option<PadFill>,
     resize: Option<(usize, usize)>,
     gray: bool,
 ) -> Result<Option<Accumulator>> {
@@ -218,11 +222,9 @@ fn mean_of_list(
                 let label = format!("{}:{} ({})", list.display(), e.line, e.path);
                 let context = label.clone();
                 let f: Box<dyn FnOnce() -> Decoded + Send> = Box::new(move || {
-                    let mut mat = read_image(&path, mode)
+                    let mat = read_image(&path, mode)
                         .map_err(|e| Error::invalid(context, e.to_string()))?;
-                    if let Some((h, w)) = resize {
-                        mat = resize_linear(&mat, w, h);
-                    }
+                    let mat = fit(mat, pad, resize);
                     Ok(((mat.channels, mat.height, mat.width), mat.to_chw()))
                 });
                 (label, f)

@@ -17,6 +17,7 @@ pub mod mat;
 pub mod mean;
 pub mod model_zoo;
 pub mod numpy_rng;
+pub mod pad;
 mod png_gray;
 pub mod resize;
 pub mod to_lmdb;

@@ -8,7 +8,7 @@ use super::decode::{decode, ColorMode};
 use super::image_list::{read_list, ListEntry};
 use super::lmdb_store::LmdbWriter;
 use super::mat::Mat8;
-use super::resize::resize_linear;
+use super::pad::{fit, PadFill};
 use crate::caffe::Datum;
 use crate::error::{Error, IoContext, Result};
 use prost::Message;
@@ -29,6 +29,8 @@ pub struct ToLmdbOptions {
     pub db: PathBuf,
     /// Resize to (height, width) when both are > 0.
     pub resize: Option<(usize, usize)>,
+    /// Pad to a square first, keeping the aspect ratio (beyond Caffe).
+    pub pad: Option<PadFill>,
     /// One-channel datums (`--gray`).
     pub gray: bool,
     /// Shuffle the list first, seeded by `seed`.
@@ -178,10 +180,8 @@ fn make_datum(opts: &ToLmdbOptions, encode_type: &str, entry: &ListEntry) -> Res
     } else {
         ColorMode::Color
     };
-    let mut mat = decode(&bytes, mode).map_err(|m| Error::image(&path, m))?;
-    if let Some((h, w)) = opts.resize {
-        mat = resize_linear(&mat, w, h);
-    }
+    let mat = decode(&bytes, mode).map_err(|m| Error::image(&path, m))?;
+    let mat = fit(mat, opts.pad, opts.resize);
     if !opts.encoded {
         return Ok(Datum::raw(&mat, entry.label));
     }
@@ -198,7 +198,7 @@ fn make_datum(opts: &ToLmdbOptions, encode_type: &str, entry: &ListEntry) -> Res
     };
     // Caffe keeps the original file bytes when there is no resize and the
     // extension matches (its channel test always holds after imread).
-    if opts.resize.is_none() && target == file_ext {
+    if opts.resize.is_none() && opts.pad.is_none() && target == file_ext {
         return Ok(Datum::encoded_bytes(bytes, entry.label));
     }
     let encoded = encode(&mat, &target).map_err(|m| Error::image(&path, m))?;

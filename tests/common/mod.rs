@@ -86,6 +86,7 @@ pub fn fixture_to_lmdb_options(db: PathBuf) -> flickr_style::pipeline::to_lmdb::
         list: fixture("images/list.txt"),
         db,
         resize: Some((256, 256)),
+        pad: None,
         gray: false,
         shuffle: false,
         seed: 0,
