@@ -301,3 +301,42 @@ fn plot_cli_draws_a_training_run_and_names_bad_lines() {
     );
     assert!(!ok && err.contains("m.jsonl") && err.contains('1'), "{err}");
 }
+
+#[test]
+fn shuffled_image_lists_name_each_prediction_after_its_own_image() {
+    // The tiny net's TEST data as a shuffled ImageData list of the fixture
+    // photos: each named image must carry its own label from the list.
+    let t = tempfile::tempdir().unwrap();
+    let images = fixture("images");
+    edited_net(t.path(), |s| {
+        let start = s.find("layer {\n  name: \"data\"\n  type: \"Data\"\n  top: \"data\"\n  top: \"label\"\n  include { phase: TEST }").unwrap();
+        let end = start + s[start..].find("\nlayer {").unwrap();
+        let image_data = format!(
+            "layer {{ name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" include {{ phase: TEST }} \
+             image_data_param {{ source: \"{}\" root_folder: \"{}/\" batch_size: 5 shuffle: true new_height: 64 new_width: 64 }} }}",
+            images.join("list.txt").display(),
+            images.display()
+        );
+        format!("{}{}{}", &s[..start], image_data, &s[end..])
+    });
+    let e = eval_tiny(&t.path().join("net.prototxt"), None, None).unwrap();
+    let listed: std::collections::HashMap<String, usize> =
+        std::fs::read_to_string(images.join("list.txt"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (p, label) = l.rsplit_once(' ').unwrap();
+                (p.to_string(), label.parse().unwrap())
+            })
+            .collect();
+    let p = e.predictions.unwrap();
+    assert_eq!(p.len(), 24);
+    let names: std::collections::HashSet<&str> = p.iter().map(|x| x.image.as_str()).collect();
+    assert_eq!(names.len(), 24, "each image once");
+    for x in &p {
+        assert_eq!(listed[&x.image], x.label, "{}", x.image);
+    }
+    // Shuffled: not in list order.
+    let order: Vec<&str> = p.iter().map(|x| x.image.as_str()).collect();
+    assert_ne!(order[0], "animal/cat.jpg");
+}
