@@ -2,7 +2,7 @@
 //! (`../shared/caffe-ref/fixtures/finetune-semantics`), the binary's log,
 //! metrics, snapshots and resume, and every bad input the issue lists.
 mod common;
-use common::{edited_net, fixture, run, solver_in};
+use common::{edited_net, fixture, run, solver_in, train_tiny_cli};
 use flickr_style::caffe::model::read_caffemodel;
 use std::path::Path;
 
@@ -99,22 +99,7 @@ fn cli_trains_snapshots_and_resumes_with_metrics() {
     let dir = fixture("tiny-net");
     let prefix = t.path().join("tiny");
     let metrics = t.path().join("m.jsonl");
-    let (ok, _, err) = run(
-        &dir,
-        &[
-            "finetune",
-            "--solver",
-            "solver.prototxt",
-            "--weights",
-            "snapshots/init_iter_0.caffemodel",
-            "--snapshot-prefix",
-            prefix.to_str().unwrap(),
-            "--max-iter",
-            "16",
-            "--metrics",
-            metrics.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = train_tiny_cli(&prefix, &metrics, 16);
     assert!(ok, "{err}");
     assert!(err.contains("Test net output #0: accuracy = 0.25"), "{err}");
     assert!(

@@ -309,17 +309,10 @@ fn datum_pixels(
     to_lmdb(&ToLmdbOptions {
         root: PathBuf::new(),
         list,
-        db: db.clone(),
         resize: Some((16, 16)),
         pad,
         gray: true,
-        shuffle: false,
-        seed: 0,
-        encoded: false,
-        encode_type: String::new(),
-        check_size: false,
-        strict: true,
-        force: false,
+        ..common::fixture_to_lmdb_options(db.clone())
     })
     .unwrap();
     compute_mean(&MeanSource::Lmdb(db)).unwrap().0

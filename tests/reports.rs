@@ -2,7 +2,7 @@
 //! data, checked against the accuracy Caffe logged for the tiny-net fixture)
 //! and `plot` (training curves from a metrics file).
 mod common;
-use common::{edited_net, fixture, run};
+use common::{edited_net, fixture, run, train_tiny_cli};
 use flickr_style::train::compute::Compute;
 use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions};
 use std::path::Path;
@@ -256,24 +256,8 @@ fn cli_writes_the_report_files() {
 #[test]
 fn plot_cli_draws_a_training_run_and_names_bad_lines() {
     let t = tempfile::tempdir().unwrap();
-    let dir = fixture("tiny-net");
     let metrics = t.path().join("m.jsonl");
-    let (ok, _, err) = run(
-        &dir,
-        &[
-            "finetune",
-            "--solver",
-            "solver.prototxt",
-            "--weights",
-            "snapshots/init_iter_0.caffemodel",
-            "--snapshot-prefix",
-            t.path().join("tiny").to_str().unwrap(),
-            "--metrics",
-            metrics.to_str().unwrap(),
-            "--max-iter",
-            "15",
-        ],
-    );
+    let (ok, _, err) = train_tiny_cli(&t.path().join("tiny"), &metrics, 15);
     assert!(ok, "{err}");
     let svg = t.path().join("m.svg");
     let (ok, _, err) = run(

@@ -97,3 +97,25 @@ pub fn fixture_to_lmdb_options(db: PathBuf) -> flickr_style::pipeline::to_lmdb::
         force: false,
     }
 }
+
+/// `finetune` of the tiny-net fixture from its initial weights through the
+/// binary, for `max_iter` iterations, snapshotting under `prefix` and
+/// writing `--metrics` to `metrics`; returns what [`run`] returns.
+pub fn train_tiny_cli(prefix: &Path, metrics: &Path, max_iter: usize) -> (bool, String, String) {
+    run(
+        &fixture("tiny-net"),
+        &[
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+            "--max-iter",
+            &max_iter.to_string(),
+            "--metrics",
+            metrics.to_str().unwrap(),
+        ],
+    )
+}
