@@ -45,22 +45,9 @@ fn check_ops_passes_on_the_cpu() {
     }
 }
 
-/// `finetune` arguments for two iterations of the tiny-net fixture from
-/// Caffe's initial weights, snapshotting under `prefix`, plus `extra`.
+/// Two iterations of the tiny-net fixture with `extra` flags.
 fn tiny_finetune<'a>(prefix: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "finetune",
-        "--solver",
-        "solver.prototxt",
-        "--weights",
-        "snapshots/init_iter_0.caffemodel",
-        "--snapshot-prefix",
-        prefix,
-        "--max-iter",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    args
+    common::tiny_finetune_args(prefix, "2", extra)
 }
 
 #[test]

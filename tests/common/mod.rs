@@ -98,24 +98,39 @@ pub fn fixture_to_lmdb_options(db: PathBuf) -> flickr_style::pipeline::to_lmdb::
     }
 }
 
-/// `finetune` of the tiny-net fixture from its initial weights through the
-/// binary, for `max_iter` iterations, snapshotting under `prefix` and
-/// writing `--metrics` to `metrics`; returns what [`run`] returns.
+/// `finetune` arguments for `max_iter` iterations of the tiny-net fixture
+/// from Caffe's initial weights (run in the fixture's folder), snapshotting
+/// under `prefix`, plus `extra`.
+pub fn tiny_finetune_args<'a>(
+    prefix: &'a str,
+    max_iter: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "finetune",
+        "--solver",
+        "solver.prototxt",
+        "--weights",
+        "snapshots/init_iter_0.caffemodel",
+        "--snapshot-prefix",
+        prefix,
+        "--max-iter",
+        max_iter,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// [`tiny_finetune_args`] run through the binary, writing `--metrics` to
+/// `metrics`; returns what [`run`] returns.
 pub fn train_tiny_cli(prefix: &Path, metrics: &Path, max_iter: usize) -> (bool, String, String) {
+    let max_iter = max_iter.to_string();
     run(
         &fixture("tiny-net"),
-        &[
-            "finetune",
-            "--solver",
-            "solver.prototxt",
-            "--weights",
-            "snapshots/init_iter_0.caffemodel",
-            "--snapshot-prefix",
+        &tiny_finetune_args(
             prefix.to_str().unwrap(),
-            "--max-iter",
-            &max_iter.to_string(),
-            "--metrics",
-            metrics.to_str().unwrap(),
-        ],
+            &max_iter,
+            &["--metrics", metrics.to_str().unwrap()],
+        ),
     )
 }
