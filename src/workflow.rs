@@ -338,6 +338,7 @@ fn evaluate_stage(
         iterations: None,
         blobs: None,
         top_k: 5,
+        threshold: None,
     };
     let evaluation = evaluate(&options)?;
     let classes = evaluation.confusion.classes();

@@ -4,26 +4,40 @@
 mod common;
 use common::{edited_net, fixture, run, train_tiny_cli};
 use flickr_style::train::compute::Compute;
-use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions};
+use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions, ScoreKind};
 use std::path::Path;
 
-/// Evaluates `model` (relative paths resolving beside the fixture) with the
-/// iteration-30 weights.
+/// Options evaluating `model` (relative paths resolving beside the fixture)
+/// with `weights` on the CPU, top-2.
+fn options<'a>(
+    model: &'a Path,
+    weights: &'a [&'a Path],
+    blobs: Option<(&str, &str)>,
+) -> EvalOptions<'a> {
+    static CPU: std::sync::OnceLock<Compute> = std::sync::OnceLock::new();
+    static BASE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EvalOptions {
+        model,
+        weights,
+        base_dir: BASE.get_or_init(|| fixture("tiny-net")),
+        compute: CPU.get_or_init(Compute::cpu),
+        iterations: None,
+        blobs: blobs.map(|(s, l)| (s.to_string(), l.to_string())),
+        top_k: 2,
+        threshold: None,
+    }
+}
+
+/// Evaluates `model` with the iteration-30 weights.
 fn eval_tiny(
     model: &Path,
     iterations: Option<usize>,
     blobs: Option<(&str, &str)>,
 ) -> flickr_style::Result<flickr_style::train::evaluate::Evaluation> {
     let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
-    let compute = Compute::cpu();
     evaluate(&EvalOptions {
-        model,
-        weights: &[weights.as_path()],
-        base_dir: &fixture("tiny-net"),
-        compute: &compute,
         iterations,
-        blobs: blobs.map(|(s, l)| (s.to_string(), l.to_string())),
-        top_k: 2,
+        ..options(model, &[weights.as_path()], blobs)
     })
 }
 
@@ -53,7 +67,7 @@ fn one_pass_over_the_tiny_net_data_matches_caffes_test_accuracy() {
     assert_eq!(p.len(), 24);
     assert_eq!(p[0].image, "00000000_animal/cat.jpg");
     assert_eq!(p[23].image, "00000023_vehicle/logo_rgba.png");
-    assert!(e.probabilities);
+    assert_eq!(e.kind, ScoreKind::Logits);
     for k in 0..4 {
         for q in 0..4 {
             let n = p
@@ -81,6 +95,12 @@ fn one_pass_over_the_tiny_net_data_matches_caffes_test_accuracy() {
     );
     let s = m.summary(&[]);
     assert!((s.accuracy - 11.0 / 24.0).abs() < 1e-12);
+    // The log loss of fc8's softmax is the SoftmaxWithLoss loss Caffe logged: 1.138.
+    assert!(
+        (s.log_loss.unwrap() - 1.138).abs() < 5e-4,
+        "{:?}",
+        s.log_loss
+    );
     // Balanced classes: the mean per-class accuracy is the accuracy.
     assert!((s.mean_class_accuracy - s.accuracy).abs() < 1e-12);
 }
@@ -142,7 +162,32 @@ fn named_blobs_and_their_mistakes() {
     let err = eval_tiny(&net, None, None).unwrap_err().to_string();
     assert!(err.contains("--scores"), "{err}");
     let e = eval_tiny(&net, None, Some(("fc8", "label"))).unwrap();
-    assert_eq!(e.confusion, found.confusion);
+    assert_eq!(e.confusion.to_csv(&[]), found.confusion.to_csv(&[]));
+    // Bare scores: no probabilities, so no log loss and no threshold.
+    assert_eq!(e.kind, ScoreKind::Scores);
+    assert_eq!(e.confusion.summary(&[]).log_loss, None);
+    let err = evaluate(&EvalOptions {
+        threshold: Some(0.5),
+        ..options(&net, &[], Some(("fc8", "label")))
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("needs probabilities"), "{err}");
+
+    // A Softmax layer's output is taken as probabilities as they are.
+    let text = std::fs::read_to_string(&net).unwrap();
+    std::fs::write(
+        &net,
+        text + "layer { name: \"prob\" type: \"Softmax\" bottom: \"fc8\" top: \"prob\" }\n",
+    )
+    .unwrap();
+    let e = eval_tiny(&net, None, Some(("prob", "label"))).unwrap();
+    assert_eq!(e.kind, ScoreKind::Probabilities);
+    let (a, b) = (
+        e.confusion.summary(&[]).log_loss.unwrap(),
+        found.confusion.summary(&[]).log_loss.unwrap(),
+    );
+    assert!((a - b).abs() < 1e-6, "{a} {b}");
 }
 
 #[test]
@@ -198,6 +243,8 @@ fn cli_writes_the_report_files() {
                 names.to_str().unwrap(),
                 "--out",
                 out.to_str().unwrap(),
+                "--threshold",
+                "0.3",
             ],
         )
     };
@@ -206,6 +253,8 @@ fn cli_writes_the_report_files() {
     assert!(ok, "{err}");
     assert!(stdout.contains("| 24 | 45.83% |"), "{stdout}");
     assert!(stdout.contains("| 3 | star | 6 |"), "{stdout}");
+    assert!(stdout.contains("Log loss 1.13"), "{stdout}");
+    assert!(stdout.contains("At a confidence threshold of 0.3: "), "{stdout}");
     assert_eq!(
         std::fs::read_to_string(out.join("report.md")).unwrap(),
         stdout

@@ -453,6 +453,10 @@ struct EvaluateArgs {
     /// The k of the top-k accuracy.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
+    /// Also report how many images get a prediction whose probability reaches this (e.g. 0.6),
+    /// and how accurate those are; the rest would be left to a person.
+    #[arg(long)]
+    threshold: Option<f64>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -863,6 +867,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         iterations: a.iterations,
         blobs: a.scores.zip(a.label),
         top_k: a.top_k,
+        threshold: a.threshold,
     };
     let evaluation = evaluate(&options)?;
     let names = match &a.names {

@@ -2,7 +2,10 @@
 //! matrix, top-k hits, per-class precision/recall/F1, and the class-balanced
 //! summaries that matter when classes are imbalanced (mean per-class
 //! accuracy, macro F1). Ties are scored as Caffe's Accuracy layer scores
-//! them, so the matrix's diagonal equals `caffe test`'s accuracy.
+//! them, so the matrix's diagonal equals `caffe test`'s accuracy. Given class
+//! probabilities it also keeps the multi-class log loss as the Kaggle
+//! plankton challenge (NDSB) scored it, and how many images clear a
+//! confidence threshold (predict, or abstain and leave the image to a person).
 use serde::Serialize;
 
 /// How many classes score at least as high as `label` (itself excluded):
@@ -29,7 +32,14 @@ pub struct Confusion {
     counts: Vec<u64>,
     top_k: usize,
     top_k_hits: u64,
+    /// Sum of -ln(clipped probability of the true class), and its images.
+    log_loss: (f64, u64),
+    /// Confidence threshold, with the images clearing it and those right among them.
+    threshold: Option<(f64, u64, u64)>,
 }
+
+/// NDSB's clipping of probabilities before the logarithm.
+const CLIP: f64 = 1e-15;
 
 /// One class's line of the report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -72,6 +82,15 @@ pub struct Summary {
     pub classes: Vec<ClassMetrics>,
     /// The most frequent mistakes: (true class, predicted class, images), most first.
     pub top_confusions: Vec<(usize, usize, u64)>,
+    /// Mean -ln p(true class), each row scaled to sum 1 and p clipped to
+    /// [1e-15, 1 - 1e-15] (NDSB's rule); `None` without probabilities.
+    pub log_loss: Option<f64>,
+    /// The confidence threshold of `coverage`, when one was set.
+    pub threshold: Option<f64>,
+    /// Share of images whose top probability reaches the threshold.
+    pub coverage: Option<f64>,
+    /// Accuracy over those images.
+    pub covered_accuracy: Option<f64>,
 }
 
 fn ratio(a: u64, b: u64) -> Option<f64> {
@@ -87,7 +106,16 @@ impl Confusion {
             counts: vec![0; classes * classes],
             top_k: top_k.clamp(1, classes.max(1)),
             top_k_hits: 0,
+            log_loss: (0.0, 0),
+            threshold: None,
         }
+    }
+
+    /// Also counts the images whose top probability reaches `threshold`
+    /// (see [`Confusion::add_probabilities`]).
+    pub fn with_threshold(mut self, threshold: f64) -> Self {
+        self.threshold = Some((threshold, 0, 0));
+        self
     }
 
     /// Number of classes.
@@ -120,6 +148,28 @@ impl Confusion {
         }
         self.counts[label * c + predicted] += 1;
         predicted
+    }
+
+    /// Adds an image's class probabilities (after [`Confusion::add`] counted
+    /// it as `predicted`): its log-loss term, and whether it clears the
+    /// threshold. Rows are scaled to sum 1 first, as NDSB did.
+    pub fn add_probabilities(&mut self, probs: &[f32], label: usize, predicted: usize) {
+        let sum: f64 = probs.iter().map(|&p| p.max(0.0) as f64).sum();
+        let p = |k: usize| {
+            if sum > 0.0 {
+                (probs[k].max(0.0) as f64 / sum).clamp(CLIP, 1.0 - CLIP)
+            } else {
+                CLIP
+            }
+        };
+        self.log_loss.0 -= p(label).ln();
+        self.log_loss.1 += 1;
+        if let Some((t, covered, right)) = &mut self.threshold {
+            if p(predicted) >= *t {
+                *covered += 1;
+                *right += u64::from(predicted == label);
+            }
+        }
     }
 
     /// Images of class `truth` predicted as `predicted`.
@@ -189,6 +239,15 @@ impl Confusion {
             macro_f1: mean(|m| m.f1),
             classes,
             top_confusions,
+            log_loss: (self.log_loss.1 > 0).then(|| self.log_loss.0 / self.log_loss.1 as f64),
+            threshold: self.threshold.map(|t| t.0),
+            coverage: self
+                .threshold
+                .filter(|_| self.log_loss.1 > 0)
+                .and_then(|(_, covered, _)| ratio(covered, self.log_loss.1)),
+            covered_accuracy: self
+                .threshold
+                .and_then(|(_, covered, right)| ratio(right, covered)),
         }
     }
 
@@ -232,6 +291,22 @@ impl Summary {
             100.0 * self.mean_class_accuracy,
             self.macro_f1
         );
+        if let Some(l) = self.log_loss {
+            s += &format!(
+                "Log loss {l:.4} (each image's probability of its true class, clipped to [1e-15, 1 - 1e-15] as the Kaggle plankton challenge scored it).\n"
+            );
+        }
+        if let (Some(t), Some(c)) = (self.threshold, self.coverage) {
+            s += &format!(
+                "At a confidence threshold of {t}: {:.2}% of the images get a prediction, {} of them right; the rest are left for a person.\n",
+                100.0 * c,
+                self.covered_accuracy
+                    .map_or_else(|| "none".to_string(), |a| format!("{:.2}%", 100.0 * a))
+            );
+        }
+        if self.log_loss.is_some() || self.threshold.is_some() {
+            s += "\n";
+        }
         s += "| class | name | images | predicted | precision % | recall % | F1 |\n";
         s += "|---|---|---|---|---|---|---|\n";
         for m in &self.classes {
@@ -340,6 +415,41 @@ mod tests {
             md.contains("| 2 | fox | 2 | 1 | 0.0 | 0.0 | 0.000 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn log_loss_and_coverage_from_probabilities() {
+        let mut m = Confusion::new(2, 1).with_threshold(0.7);
+        for (probs, label) in [
+            ([0.8f32, 0.2], 0),
+            ([0.6, 0.4], 1),
+            ([0.0, 1.0], 0),
+            ([2.0, 6.0], 1),
+        ] {
+            let predicted = m.add(&probs, label);
+            m.add_probabilities(&probs, label, predicted);
+        }
+        let s = m.summary(&[]);
+        // -(ln 0.8 + ln 0.4 + ln 1e-15 + ln 0.75) / 4: a confident miss is
+        // clipped, not infinite; the last row is scaled to sum 1.
+        let want = -(0.8f64.ln() + 0.4f64.ln() + 1e-15f64.ln() + 0.75f64.ln()) / 4.0;
+        assert!(
+            (s.log_loss.unwrap() - want).abs() < 1e-6,
+            "{:?}",
+            s.log_loss
+        );
+        // 0.8, 1.0 and 0.75 reach 0.7 (0.6 does not); of those, the 0.8 and 0.75 ones are right.
+        assert_eq!(s.threshold, Some(0.7));
+        assert_eq!(s.coverage, Some(0.75));
+        assert!((s.covered_accuracy.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        let md = s.to_markdown("t");
+        assert!(
+            md.contains("Log loss 8.9915") && md.contains("75.00% of the images"),
+            "{md}"
+        );
+        // Without probabilities, none of it.
+        let plain = Confusion::new(2, 1).summary(&[]);
+        assert_eq!((plain.log_loss, plain.coverage), (None, None));
     }
 
     #[test]

@@ -32,6 +32,20 @@ pub struct EvalOptions<'a> {
     pub blobs: Option<(String, String)>,
     /// The k of the top-k accuracy.
     pub top_k: usize,
+    /// Also count the images whose top probability reaches this (the rest
+    /// would be left to a person); needs probabilities (see [`ScoreKind`]).
+    pub threshold: Option<f64>,
+}
+
+/// What the scores blob holds, which decides what the report can say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoreKind {
+    /// Logits: the blob feeds a SoftmaxWithLoss layer (softmax gives probabilities).
+    Logits,
+    /// Probabilities: the blob is a Softmax layer's output.
+    Probabilities,
+    /// Anything else: only ranks mean something.
+    Scores,
 }
 
 /// One image's outcome.
@@ -43,8 +57,8 @@ pub struct Prediction {
     pub label: usize,
     /// Predicted class.
     pub predicted: usize,
-    /// Softmax probabilities of the true and the predicted class when the
-    /// scores are a SoftmaxWithLoss input (logits); else the raw scores.
+    /// Probabilities of the true and the predicted class (softmax of logits,
+    /// or the blob's own values when it holds probabilities); else raw scores.
     pub value_label: f32,
     /// See `value_label`.
     pub value_predicted: f32,
@@ -57,8 +71,8 @@ pub struct Evaluation {
     pub confusion: Confusion,
     /// Per image, in pass order, when the data layer names its images.
     pub predictions: Option<Vec<Prediction>>,
-    /// Whether `Prediction`'s values are softmax probabilities (else raw scores).
-    pub probabilities: bool,
+    /// What the scores were, so whether `Prediction`'s values are probabilities.
+    pub kind: ScoreKind,
     /// The blob read for class scores.
     pub scores_blob: String,
     /// The blob read for labels.
@@ -74,16 +88,27 @@ struct Reader {
     scores: String,
     label: String,
     ignore_label: Option<i32>,
-    /// The scores feed a SoftmaxWithLoss layer, so they are logits.
-    logits: bool,
+    kind: ScoreKind,
 }
 
 impl Reader {
     fn find(net: &Net, blobs: &Option<(String, String)>, model: &Path) -> Result<Reader> {
-        let feeds_loss = |blob: &str| {
-            net.layer_params().any(|l| {
-                l.r#type() == "SoftmaxWithLoss" && l.bottom.first().is_some_and(|b| b == blob)
-            })
+        let kind = |blob: &str| {
+            let feeds = |ty: &str| {
+                net.layer_params()
+                    .any(|l| l.r#type() == ty && l.bottom.first().is_some_and(|b| b == blob))
+            };
+            let made_by = |ty: &str| {
+                net.layer_params()
+                    .any(|l| l.r#type() == ty && l.top.iter().any(|t| t == blob))
+            };
+            if feeds("SoftmaxWithLoss") {
+                ScoreKind::Logits
+            } else if made_by("Softmax") {
+                ScoreKind::Probabilities
+            } else {
+                ScoreKind::Scores
+            }
         };
         if let Some((scores, label)) = blobs {
             return Ok(Reader {
@@ -91,7 +116,7 @@ impl Reader {
                 scores: scores.clone(),
                 label: label.clone(),
                 ignore_label: None,
-                logits: feeds_loss(scores),
+                kind: kind(scores),
             });
         }
         let pick = |ty: &str| net.layer_params().find(|l| l.r#type() == ty);
@@ -112,7 +137,7 @@ impl Reader {
             scores: layer.bottom[0].clone(),
             label: layer.bottom[1].clone(),
             ignore_label,
-            logits: feeds_loss(&layer.bottom[0]),
+            kind: kind(&layer.bottom[0]),
         })
     }
 
@@ -159,6 +184,12 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
     }
     let reader = Reader::find(&net, &o.blobs, o.model)?;
+    if o.threshold.is_some() && reader.kind == ScoreKind::Scores {
+        return Err(Error::model(
+            format!("blob '{}'", reader.scores),
+            "a confidence threshold needs probabilities: name a blob that feeds SoftmaxWithLoss or comes out of Softmax",
+        ));
+    }
     // Images to count: the whole source once (the last batch wraps round to
     // the first images, which are then not counted twice), or whole batches.
     let images = match (o.iterations, net.data_source_lens().as_slice()) {
@@ -192,7 +223,13 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         if images.is_none() && batches == 1 {
             bar.set_length(max_batches.saturating_mul(n) as u64);
         }
-        let m = confusion.get_or_insert_with(|| Confusion::new(classes, o.top_k));
+        let m = confusion.get_or_insert_with(|| {
+            let m = Confusion::new(classes, o.top_k);
+            match o.threshold {
+                Some(t) => m.with_threshold(t),
+                None => m,
+            }
+        });
         if m.classes() != classes {
             return Err(Error::model(
                 format!("blob '{}'", reader.scores),
@@ -223,20 +260,20 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
             }
             let row = &scores[i * classes..(i + 1) * classes];
             let predicted = m.add(row, label as usize);
+            let probs = match reader.kind {
+                ScoreKind::Logits => softmax(row),
+                _ => row.to_vec(),
+            };
+            if reader.kind != ScoreKind::Scores {
+                m.add_probabilities(&probs, label as usize, predicted);
+            }
             if let (Some(p), Some(names)) = (&mut predictions, &sources) {
-                let value = |k: usize| {
-                    if reader.logits {
-                        softmax_at(row, k)
-                    } else {
-                        row[k]
-                    }
-                };
                 p.push(Prediction {
                     image: names[i].clone(),
                     label: label as usize,
                     predicted,
-                    value_label: value(label as usize),
-                    value_predicted: value(predicted),
+                    value_label: probs[label as usize],
+                    value_predicted: probs[predicted],
                 });
             }
         }
@@ -248,19 +285,20 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         confusion: confusion
             .ok_or_else(|| Error::model(o.model.display(), "no batch was evaluated"))?,
         predictions,
-        probabilities: reader.logits,
+        kind: reader.kind,
         scores_blob: reader.scores,
         label_blob: reader.label,
         ignored,
     })
 }
 
-/// Softmax probability of class `k` for these logits (shifted by the
-/// maximum, as Caffe's Softmax layer does, so large logits do not overflow).
-fn softmax_at(logits: &[f32], k: usize) -> f32 {
+/// Softmax of these logits (shifted by the maximum, as Caffe's Softmax layer
+/// does, so large logits do not overflow).
+fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
-    (logits[k] - max).exp() / sum
+    let exps: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
 }
 
 /// Class names, one per line (blank lines at the end ignored); there must be
@@ -344,10 +382,10 @@ impl Report<'_> {
     /// given), whether it was right, and the two probabilities (or scores).
     fn predictions_csv(&self, predictions: &[Prediction]) -> String {
         let name = |k: usize| self.names.get(k).cloned().unwrap_or_else(|| k.to_string());
-        let what = if self.evaluation.probabilities {
-            "probability"
-        } else {
+        let what = if self.evaluation.kind == ScoreKind::Scores {
             "score"
+        } else {
+            "probability"
         };
         let mut w = csv::Writer::from_writer(Vec::new());
         // Writing to a Vec cannot fail.
