@@ -58,6 +58,7 @@ fn options(root: &Path, out: &Path) -> FolderImportOptions {
         strict: false,
         min_train_per_class: 0,
         max_train_per_class: None,
+        balance_alpha: None,
     }
 }
 
@@ -174,15 +175,15 @@ fn resampling_for_imbalanced_classes_touches_only_the_training_list() {
     let out = t.path().join("lists");
     let s = import_folders(&FolderImportOptions {
         min_train_per_class: 5,
-        max_train_per_class: Some(4),
+        max_train_per_class: Some(6),
         ..options(&root, &out)
     })
     .unwrap();
     let counts: Vec<(usize, usize)> = s.classes.iter().map(|c| (c.train, c.test)).collect();
-    assert_eq!(counts, [(5, 3), (5, 1), (5, 0)]);
+    assert_eq!(counts, [(6, 3), (5, 1), (5, 0)]);
     let train = lines(&out.join("train.txt"));
-    // copepod: 4 kept (under the cap), then repeated up to 5.
-    assert_eq!(paths(&train, 0).len(), 4);
+    // copepod: 6 of its 9 training images (the cap), each once.
+    assert_eq!(paths(&train, 0).len(), 6);
     // diatom chain: its 2 training images, repeated.
     assert_eq!(paths(&train, 1).len(), 2);
     // larva: one image five times.
@@ -193,6 +194,69 @@ fn resampling_for_imbalanced_classes_touches_only_the_training_list() {
     for l in 0..3 {
         assert!(paths(&train, l).is_disjoint(&paths(&test, l)));
     }
+    // A floor above the cap contradicts it.
+    let err = import_folders(&FolderImportOptions {
+        min_train_per_class: 5,
+        max_train_per_class: Some(4),
+        ..options(&root, &out)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--min-train-per-class"), "{err}");
+}
+
+#[test]
+fn tempered_balancing_moves_the_training_list_towards_even_classes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("set");
+    // 64, 16 and 4 images, nothing held out.
+    for (class, n) in [("a", 64), ("b", 16), ("c", 4)] {
+        for i in 0..n {
+            gray_png(&root.join(format!("{class}/{i:03}.png")), 6, 6, i as u8);
+        }
+    }
+    let counts = |alpha: Option<f64>| -> Vec<usize> {
+        let out = t.path().join(format!("lists{alpha:?}"));
+        let s = import_folders(&FolderImportOptions {
+            test_fraction: 0.0,
+            balance_alpha: alpha,
+            ..options(&root, &out)
+        })
+        .unwrap();
+        let train = lines(&out.join("train.txt"));
+        assert_eq!(
+            train.len(),
+            s.classes.iter().map(|c| c.train).sum::<usize>()
+        );
+        s.classes.iter().map(|c| c.train).collect()
+    };
+    // 84 lines in all: n^1 as it is; n^0.5 = 8:4:2 of 84 = 48:24:12; n^0 = 28 each.
+    assert_eq!(counts(None), [64, 16, 4]);
+    assert_eq!(counts(Some(1.0)), [64, 16, 4]);
+    assert_eq!(counts(Some(0.5)), [48, 24, 12]);
+    assert_eq!(counts(Some(0.0)), [28, 28, 28]);
+    // Oversampled classes repeat every image before any image a third time.
+    let out = t.path().join("listsSome(0.0)");
+    let c_lines: Vec<String> = lines(&out.join("train.txt"))
+        .into_iter()
+        .filter(|(_, l)| *l == 2)
+        .map(|(p, _)| p)
+        .collect();
+    let mut per_image = BTreeMap::new();
+    for p in &c_lines {
+        *per_image.entry(p.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_image.values().copied().collect::<Vec<_>>(),
+        [7, 7, 7, 7]
+    );
+    let err = import_folders(&FolderImportOptions {
+        balance_alpha: Some(1.5),
+        ..options(&root, &t.path().join("bad"))
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--balance-alpha"), "{err}");
 }
 
 #[test]

@@ -254,7 +254,10 @@ fn cli_writes_the_report_files() {
     assert!(stdout.contains("| 24 | 45.83% |"), "{stdout}");
     assert!(stdout.contains("| 3 | star | 6 |"), "{stdout}");
     assert!(stdout.contains("Log loss 1.13"), "{stdout}");
-    assert!(stdout.contains("At a confidence threshold of 0.3: "), "{stdout}");
+    assert!(
+        stdout.contains("At a confidence threshold of 0.3: "),
+        "{stdout}"
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("report.md")).unwrap(),
         stdout

@@ -86,6 +86,11 @@ struct SplitArgs {
     /// Undersample: keep at most N training images per class.
     #[arg(long)]
     max_train_per_class: Option<usize>,
+    /// Tempered re-sampling of train.txt for imbalanced classes: class c gets lines in proportion
+    /// to n_c^ALPHA, the total unchanged (1: as the data is, 0: every class equal, 0.5: between);
+    /// applied before --max/--min-train-per-class.
+    #[arg(long, value_name = "ALPHA")]
+    balance_alpha: Option<f64>,
 }
 
 impl SplitArgs {
@@ -99,6 +104,7 @@ impl SplitArgs {
             strict: self.strict,
             min_train_per_class: self.min_train_per_class,
             max_train_per_class: self.max_train_per_class,
+            balance_alpha: self.balance_alpha,
         }
     }
 }

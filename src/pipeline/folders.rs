@@ -38,6 +38,10 @@ pub struct FolderImportOptions {
     pub min_train_per_class: usize,
     /// Keep at most this many training images per class (seeded choice).
     pub max_train_per_class: Option<usize>,
+    /// Tempered re-sampling of the training list: class c gets a share of
+    /// lines proportional to n_c^alpha (1: as it is, 0: classes even, 0.5
+    /// between), the total unchanged; applied before the caps above.
+    pub balance_alpha: Option<f64>,
 }
 
 /// One class's counts.
@@ -154,6 +158,24 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
             format!("{} is not in [0, 1)", o.test_fraction),
         ));
     }
+    if o.balance_alpha.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
+        return Err(Error::invalid(
+            "--balance-alpha",
+            "must be between 0 (classes even) and 1 (as the data is)",
+        ));
+    }
+    if o.max_train_per_class
+        .is_some_and(|max| o.min_train_per_class > max)
+    {
+        return Err(Error::invalid(
+            "--min-train-per-class",
+            format!(
+                "{} is above --max-train-per-class {}",
+                o.min_train_per_class,
+                o.max_train_per_class.unwrap_or(0)
+            ),
+        ));
+    }
     if o.max_train_per_class == Some(0) {
         return Err(Error::invalid(
             "--max-train-per-class",
@@ -247,9 +269,9 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
              (labels follow the sorted folder names)",
         ));
     }
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    let mut labels = String::new();
-    for (label, (name, files)) in classes.iter().enumerate() {
+    // Each class's seeded order: held-out images first, training images after.
+    let mut splits = Vec::new();
+    for (name, files) in &classes {
         if name.contains('\n') {
             return Err(Error::invalid(
                 root.join(name).display(),
@@ -260,18 +282,17 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
         let mut order: Vec<&PathBuf> = files.iter().collect();
         order.shuffle(&mut rng);
         let held_out = test_count(order.len(), o.test_fraction);
-        let (held, kept) = (order[..held_out].to_vec(), &order[held_out..]);
-        let mut picked: Vec<&PathBuf> = kept.to_vec();
-        if let Some(max) = o.max_train_per_class {
-            picked.truncate(max);
-        }
-        let natural = picked.len();
-        while natural > 0 && picked.len() < o.min_train_per_class {
-            let extra = (o.min_train_per_class - picked.len()).min(natural);
-            let mut again = picked[..natural].to_vec();
-            again.shuffle(&mut rng);
-            picked.extend_from_slice(&again[..extra]);
-        }
+        let kept = order.split_off(held_out);
+        splits.push((order, kept, rng));
+    }
+    let natural: Vec<usize> = splits.iter().map(|(_, kept, _)| kept.len()).collect();
+    let targets = train_targets(&natural, o);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    let mut labels = String::new();
+    for (label, (((name, files), (held, kept, mut rng)), target)) in
+        classes.iter().zip(splits).zip(targets).enumerate()
+    {
+        let picked = resample(&kept, target, &mut rng);
         for p in &held {
             test.push(list_line(p, label)?);
         }
@@ -298,6 +319,53 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<FolderImportSummary> {
     write_if_changed(&o.out.join("test.txt"), test.concat().as_bytes())?;
     write_if_changed(&o.out.join("labels.txt"), labels.as_bytes())?;
     Ok(summary)
+}
+
+/// Training lines per class from the classes' training images: tempered by
+/// `balance_alpha` (class c gets a share proportional to n_c^alpha of the
+/// same total: 1 keeps the data as it is, 0 evens the classes out), then
+/// capped by `max_train_per_class` and raised to `min_train_per_class`.
+/// Every class with images keeps at least one line.
+fn train_targets(natural: &[usize], o: &FolderImportOptions) -> Vec<usize> {
+    let total: usize = natural.iter().sum();
+    let mut t: Vec<usize> = match o.balance_alpha {
+        Some(alpha) => {
+            let weights: Vec<f64> = natural.iter().map(|&n| (n as f64).powf(alpha)).collect();
+            let sum: f64 = weights.iter().sum();
+            weights
+                .iter()
+                .map(|w| ((total as f64 * w / sum).round() as usize).max(1))
+                .collect()
+        }
+        None => natural.to_vec(),
+    };
+    for (t, &n) in t.iter_mut().zip(natural) {
+        if let Some(max) = o.max_train_per_class {
+            *t = (*t).min(max);
+        }
+        *t = (*t).max(o.min_train_per_class);
+        if n == 0 {
+            *t = 0;
+        }
+    }
+    t
+}
+
+/// `target` training lines from `kept` (already in seeded order): its first
+/// `target` images, or all of them and then repeats, each round in a fresh
+/// seeded order, so every image appears as evenly as the count allows.
+fn resample<'a>(kept: &[&'a PathBuf], target: usize, rng: &mut ChaCha8Rng) -> Vec<&'a PathBuf> {
+    if kept.is_empty() {
+        return Vec::new();
+    }
+    let mut picked: Vec<&PathBuf> = kept.iter().copied().take(target).collect();
+    while picked.len() < target {
+        let mut again = kept.to_vec();
+        again.shuffle(rng);
+        let extra = (target - picked.len()).min(again.len());
+        picked.extend_from_slice(&again[..extra]);
+    }
+    picked
 }
 
 /// `path label\n`; the path must survive the list format (split at the last
