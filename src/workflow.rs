@@ -13,7 +13,7 @@ use crate::pipeline::assemble::{assemble, AssembleOptions};
 use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
 use crate::pipeline::folders::{import_folders, FolderImportOptions};
 use crate::pipeline::mean::{compute_mean, MeanSource};
-use crate::pipeline::pad::PadFill;
+use crate::pipeline::pad::{Pad, PadFill};
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use crate::train::compute::{Compute, DeviceChoice};
 use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
@@ -71,10 +71,10 @@ pub struct WorkflowOptions {
     pub weights_url: String,
     /// Train from LMDBs made by to-lmdb instead of decoding JPEGs every epoch.
     pub lmdb: bool,
-    /// Pad images to squares before the 256x256 resize (keeps elongated
-    /// subjects' shape). The ImageData layer cannot pad, so this trains
-    /// from LMDBs.
-    pub pad: Option<PadFill>,
+    /// Fit images inside 256x256 keeping their aspect ratio and pad them
+    /// (see [`crate::pipeline::pad::fit`]). The ImageData layer cannot pad,
+    /// so this trains from LMDBs.
+    pub pad: Option<Pad>,
     /// Overrides the nets' batch_size.
     pub batch_size: Option<u32>,
     /// Overrides the solver's max_iter.
@@ -98,11 +98,15 @@ pub struct WorkflowOptions {
 impl WorkflowOptions {
     /// The suffix of the outputs that depend on padding.
     fn pad_tag(&self) -> String {
-        match self.pad {
-            None => String::new(),
-            Some(PadFill::Border) => "_padded".into(),
-            Some(PadFill::Value(v)) => format!("_padded{v}"),
-        }
+        let Some(p) = self.pad else {
+            return String::new();
+        };
+        let fill = match p.fill {
+            PadFill::Border => String::new(),
+            PadFill::Value(v) => v.to_string(),
+        };
+        let shrink_only = if p.upscale { "" } else { "_noupscale" };
+        format!("_padded{fill}{shrink_only}")
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -166,7 +170,7 @@ pub fn run(
         say(format!(
             "[2/6] compute-mean over train.txt at 256x256{}",
             if opts.pad.is_some() {
-                ", padded to squares"
+                ", fitted and padded to squares"
             } else {
                 ""
             }

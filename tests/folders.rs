@@ -6,7 +6,7 @@ use common::run;
 use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
 use flickr_style::pipeline::image_list::read_list;
 use flickr_style::pipeline::mean::{compute_mean, MeanSource};
-use flickr_style::pipeline::pad::PadFill;
+use flickr_style::pipeline::pad::{Pad, PadFill};
 use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -365,8 +365,9 @@ fn linked_folders_outside_the_dataset_are_followed_once() {
 fn datum_pixels(
     dir: &Path,
     image: &Path,
-    pad: Option<PadFill>,
+    pad: Option<Pad>,
 ) -> flickr_style::caffe::mean_file::MeanImage {
+    std::fs::create_dir_all(dir).unwrap();
     let list = dir.join("one.txt");
     std::fs::write(&list, format!("{} 0\n", image.display())).unwrap();
     let db = dir.join(format!("db{}", pad.is_some()));
@@ -394,7 +395,11 @@ fn padding_keeps_elongated_subjects_in_shape_and_the_mean_follows() {
     .save(&img)
     .unwrap();
     let squashed = datum_pixels(t.path(), &img, None);
-    let padded = datum_pixels(t.path(), &img, Some(PadFill::Border));
+    let border = Some(Pad {
+        fill: PadFill::Border,
+        upscale: true,
+    });
+    let padded = datum_pixels(t.path(), &img, border);
     assert_eq!((padded.height, padded.width), (16, 16));
     let row = |m: &flickr_style::caffe::mean_file::MeanImage, y: usize| {
         m.values[y * 16..(y + 1) * 16].to_vec()
@@ -418,7 +423,7 @@ fn padding_keeps_elongated_subjects_in_shape_and_the_mean_follows() {
         list,
         root: PathBuf::new(),
         resize: Some((16, 16)),
-        pad: Some(PadFill::Border),
+        pad: border,
         gray: true,
     })
     .unwrap();
@@ -429,4 +434,27 @@ fn padding_keeps_elongated_subjects_in_shape_and_the_mean_follows() {
         &["to-lmdb", "--pad-square", "grey", "/", "one.txt", "x_lmdb"],
     );
     assert!(!ok && err.contains("0-255"), "{err}");
+    let (ok, _, err) = run(
+        t.path(),
+        &["to-lmdb", "--no-upscale", "/", "one.txt", "x_lmdb"],
+    );
+    assert!(!ok && err.contains("--pad-square"), "{err}");
+
+    // A small 8x4 image is only padded when it may not be enlarged: its 32
+    // pixels keep their size in the middle of the 16x16 canvas.
+    let small = t.path().join("small.png");
+    image::GrayImage::from_pixel(8, 4, image::Luma([200]))
+        .save(&small)
+        .unwrap();
+    let kept = datum_pixels(
+        &t.path().join("kept"),
+        &small,
+        Some(Pad {
+            fill: PadFill::Value(0),
+            upscale: false,
+        }),
+    );
+    assert_eq!(kept.values.iter().filter(|&&v| v == 200.0).count(), 32);
+    assert_eq!(row(&kept, 6)[4..12], [200.0; 8]);
+    assert_eq!(row(&kept, 5), [0.0; 16]);
 }

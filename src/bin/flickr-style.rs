@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
 use flickr_style::pipeline::folders::FolderImportOptions;
-use flickr_style::pipeline::pad::PadFill;
+use flickr_style::pipeline::pad::{Pad, PadFill};
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
 use flickr_style::train::compute::{Compute, DeviceChoice};
 use std::path::{Path, PathBuf};
@@ -154,14 +154,27 @@ struct ResizeArgs {
     /// Resize every image to this width first (needs --resize-height too).
     #[arg(long, default_value_t = 0)]
     resize_width: usize,
-    /// Pad every image to a square before resizing, keeping its aspect ratio (elongated plankton
-    /// are not squashed): FILL is `border` (each channel's mean over the image's edge pixels) or a
-    /// value 0-255. Beyond Caffe; the stored datums are plain images Caffe reads.
+    /// Keep each image's aspect ratio: scale it to fit inside the --resize size (elongated
+    /// plankton are not squashed), then pad it to that size (without a size: to a square). FILL is
+    /// `border` (each channel's mean over the image's edge pixels: the background) or a value
+    /// 0-255. Beyond Caffe; the stored datums are plain images Caffe reads.
     #[arg(long, value_name = "FILL")]
     pad_square: Option<PadFill>,
+    /// With --pad-square: never enlarge an image smaller than the target, only pad it, so the
+    /// organism's size in pixels stays a signal.
+    #[arg(long, requires = "pad_square")]
+    no_upscale: bool,
 }
 
 impl ResizeArgs {
+    /// The padding, when asked for.
+    fn pad(&self) -> Option<Pad> {
+        self.pad_square.map(|fill| Pad {
+            fill,
+            upscale: !self.no_upscale,
+        })
+    }
+
     /// `(height, width)` when both are given, `None` when neither is.
     fn get(&self) -> Result<Option<(usize, usize)>> {
         match (self.resize_height, self.resize_width) {
@@ -316,10 +329,13 @@ struct PipelineArgs {
     /// Convert the lists to LMDBs and train from those.
     #[arg(long)]
     lmdb: bool,
-    /// Pad images to squares before the 256x256 resize, keeping their aspect ratio (see `to-lmdb
+    /// Fit images inside 256x256 keeping their aspect ratio and pad them with FILL (see `to-lmdb
     /// --help`); trains from LMDBs, since Caffe's ImageData layer cannot pad.
     #[arg(long, value_name = "FILL")]
     pad_square: Option<PadFill>,
+    /// With --pad-square: never enlarge small images, only pad them.
+    #[arg(long, requires = "pad_square")]
+    no_upscale: bool,
     /// Override the nets' batch_size.
     #[arg(long)]
     batch_size: Option<u32>,
@@ -586,7 +602,7 @@ fn cmd_to_lmdb(a: ToLmdbArgs) -> Result<()> {
         list: a.list,
         db: a.db.clone(),
         resize: a.resize.get()?,
-        pad: a.resize.pad_square,
+        pad: a.resize.pad(),
         gray: a.gray,
         shuffle: a.shuffle,
         seed: a.seed,
@@ -616,7 +632,7 @@ fn cmd_compute_mean(a: ComputeMeanArgs) -> Result<()> {
             list: a.input.clone(),
             root: a.root.unwrap_or_default(),
             resize: a.resize.get()?,
-            pad: a.resize.pad_square,
+            pad: a.resize.pad(),
             gray: a.gray,
         }
     };
@@ -1017,7 +1033,10 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         weights: a.weights,
         weights_url: a.weights_url,
         lmdb: a.lmdb,
-        pad: a.pad_square,
+        pad: a.pad_square.map(|fill| Pad {
+            fill,
+            upscale: !a.no_upscale,
+        }),
         batch_size: a.batch_size,
         max_iter: a.max_iter,
         test_iter: a.test_iter,

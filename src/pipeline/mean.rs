@@ -10,7 +10,7 @@
 use super::decode::{read_image, ColorMode};
 use super::image_list::read_list;
 use super::lmdb_store::LmdbReader;
-use super::pad::{fit, PadFill};
+use super::pad::{fit, Pad};
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::Datum;
 use crate::error::{Error, Result};
@@ -32,7 +32,7 @@ pub enum MeanSource {
         /// Resize to (height, width).
         resize: Option<(usize, usize)>,
         /// Pad to a square before resizing (as `to-lmdb --pad-square`).
-        pad: Option<PadFill>,
+        pad: Option<Pad>,
         /// One channel instead of BGR.
         gray: bool,
     },
@@ -201,7 +201,7 @@ fn mean_of_lmdb(path: &Path) -> Result<Option<Accumulator>> {
 fn mean_of_list(
     list: &Path,
     root: &Path,
-    pad: Option<PadFill>,
+    pad: Option<Pad>,
     resize: Option<(usize, usize)>,
     gray: bool,
 ) -> Result<Option<Accumulator>> {

@@ -8,7 +8,7 @@ use super::decode::{decode, ColorMode};
 use super::image_list::{read_list, ListEntry};
 use super::lmdb_store::LmdbWriter;
 use super::mat::Mat8;
-use super::pad::{fit, PadFill};
+use super::pad::{fit, Pad};
 use crate::caffe::Datum;
 use crate::error::{Error, IoContext, Result};
 use prost::Message;
@@ -30,7 +30,7 @@ pub struct ToLmdbOptions {
     /// Resize to (height, width) when both are > 0.
     pub resize: Option<(usize, usize)>,
     /// Pad to a square first, keeping the aspect ratio (beyond Caffe).
-    pub pad: Option<PadFill>,
+    pub pad: Option<Pad>,
     /// One-channel datums (`--gray`).
     pub gray: bool,
     /// Shuffle the list first, seeded by `seed`.
