@@ -41,7 +41,7 @@ impl Dataset {
     pub fn data_dir(&self) -> &Path {
         match self {
             Dataset::FlickrStyle(a) => &a.out,
-            Dataset::Folders(f) => &f.out,
+            Dataset::Folders(f) => &f.split.out,
         }
     }
 
@@ -50,7 +50,7 @@ impl Dataset {
     pub fn seed(&self) -> u64 {
         match self {
             Dataset::FlickrStyle(a) => a.seed as u64,
-            Dataset::Folders(f) => f.seed,
+            Dataset::Folders(f) => f.split.seed,
         }
     }
 }
@@ -136,8 +136,8 @@ pub fn run(
             say(format!(
                 "[1/6] import-folders: {} (test fraction {}, seed {})",
                 f.root.display(),
-                f.test_fraction,
-                f.seed
+                f.split.test_fraction,
+                f.split.seed
             ));
             let s = import_folders(f)?;
             let (train, test): (usize, usize) = s

@@ -7,6 +7,7 @@ use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
 use flickr_style::pipeline::image_list::read_list;
 use flickr_style::pipeline::mean::{compute_mean, MeanSource};
 use flickr_style::pipeline::pad::{Pad, PadFill};
+use flickr_style::pipeline::split::SplitOptions;
 use flickr_style::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,8 +50,12 @@ fn dataset(root: &Path) {
 }
 
 fn options(root: &Path, out: &Path) -> FolderImportOptions {
-    FolderImportOptions {
-        root: root.to_path_buf(),
+    tweaked(root, out, |_| {})
+}
+
+/// [`options`] with `edit` applied to the split settings.
+fn tweaked(root: &Path, out: &Path, edit: impl FnOnce(&mut SplitOptions)) -> FolderImportOptions {
+    let mut split = SplitOptions {
         out: out.to_path_buf(),
         test_fraction: 0.25,
         seed: 7,
@@ -59,6 +64,11 @@ fn options(root: &Path, out: &Path) -> FolderImportOptions {
         min_train_per_class: 0,
         max_train_per_class: None,
         balance_alpha: None,
+    };
+    edit(&mut split);
+    FolderImportOptions {
+        root: root.to_path_buf(),
+        split,
     }
 }
 
@@ -153,10 +163,9 @@ fn stratified_seeded_split_with_labels_from_sorted_folders() {
         );
     }
     let out3 = t.path().join("seed8");
-    import_folders(&FolderImportOptions {
-        seed: 8,
-        ..options(&root, &out3)
-    })
+    import_folders(&tweaked(&root, &out3, |s| {
+        s.seed = 8;
+    }))
     .unwrap();
     assert_ne!(paths(&lines(&out3.join("test.txt")), 0), paths(&test, 0));
 
@@ -173,11 +182,10 @@ fn resampling_for_imbalanced_classes_touches_only_the_training_list() {
     let root = t.path().join("set");
     dataset(&root);
     let out = t.path().join("lists");
-    let s = import_folders(&FolderImportOptions {
-        min_train_per_class: 5,
-        max_train_per_class: Some(6),
-        ..options(&root, &out)
-    })
+    let s = import_folders(&tweaked(&root, &out, |s| {
+        s.min_train_per_class = 5;
+        s.max_train_per_class = Some(6);
+    }))
     .unwrap();
     let counts: Vec<(usize, usize)> = s.classes.iter().map(|c| (c.train, c.test)).collect();
     assert_eq!(counts, [(6, 3), (5, 1), (5, 0)]);
@@ -195,11 +203,10 @@ fn resampling_for_imbalanced_classes_touches_only_the_training_list() {
         assert!(paths(&train, l).is_disjoint(&paths(&test, l)));
     }
     // A floor above the cap contradicts it.
-    let err = import_folders(&FolderImportOptions {
-        min_train_per_class: 5,
-        max_train_per_class: Some(4),
-        ..options(&root, &out)
-    })
+    let err = import_folders(&tweaked(&root, &out, |s| {
+        s.min_train_per_class = 5;
+        s.max_train_per_class = Some(4);
+    }))
     .unwrap_err()
     .to_string();
     assert!(err.contains("--min-train-per-class"), "{err}");
@@ -217,11 +224,10 @@ fn tempered_balancing_moves_the_training_list_towards_even_classes() {
     }
     let counts = |alpha: Option<f64>| -> Vec<usize> {
         let out = t.path().join(format!("lists{alpha:?}"));
-        let s = import_folders(&FolderImportOptions {
-            test_fraction: 0.0,
-            balance_alpha: alpha,
-            ..options(&root, &out)
-        })
+        let s = import_folders(&tweaked(&root, &out, |s| {
+            s.test_fraction = 0.0;
+            s.balance_alpha = alpha;
+        }))
         .unwrap();
         let train = lines(&out.join("train.txt"));
         assert_eq!(
@@ -250,10 +256,9 @@ fn tempered_balancing_moves_the_training_list_towards_even_classes() {
         per_image.values().copied().collect::<Vec<_>>(),
         [7, 7, 7, 7]
     );
-    let err = import_folders(&FolderImportOptions {
-        balance_alpha: Some(1.5),
-        ..options(&root, &t.path().join("bad"))
-    })
+    let err = import_folders(&tweaked(&root, &t.path().join("bad"), |s| {
+        s.balance_alpha = Some(1.5)
+    }))
     .unwrap_err()
     .to_string();
     assert!(err.contains("--balance-alpha"), "{err}");
@@ -265,20 +270,18 @@ fn unreadable_images_and_empty_classes_are_clear_errors() {
     let root = t.path().join("set");
     dataset(&root);
     let out = t.path().join("lists");
-    let err = import_folders(&FolderImportOptions {
-        strict: true,
-        ..options(&root, &out)
-    })
+    let err = import_folders(&tweaked(&root, &out, |s| {
+        s.strict = true;
+    }))
     .unwrap_err()
     .to_string();
     assert!(err.contains("bad.png"), "{err}");
     assert!(!out.exists(), "nothing written on failure");
 
     // Unchecked, the corrupt file is listed like the rest.
-    let s = import_folders(&FolderImportOptions {
-        check: false,
-        ..options(&root, &out)
-    })
+    let s = import_folders(&tweaked(&root, &out, |s| {
+        s.check = false;
+    }))
     .unwrap();
     assert_eq!(s.classes[0].images, 13);
     assert!(s.sizes.is_none());
@@ -295,10 +298,9 @@ fn unreadable_images_and_empty_classes_are_clear_errors() {
     );
 
     for bad in [1.0, -0.1, f64::NAN] {
-        let err = import_folders(&FolderImportOptions {
-            test_fraction: bad,
-            ..options(&root, &out)
-        })
+        let err = import_folders(&tweaked(&root, &out, |s| {
+            s.test_fraction = bad;
+        }))
         .unwrap_err()
         .to_string();
         assert!(err.contains("--test-fraction"), "{err}");

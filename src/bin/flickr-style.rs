@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
 use flickr_style::pipeline::folders::FolderImportOptions;
 use flickr_style::pipeline::pad::{Pad, PadFill};
+use flickr_style::pipeline::split::SplitOptions;
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
 use flickr_style::train::compute::{Compute, DeviceChoice};
 use std::path::{Path, PathBuf};
@@ -94,9 +95,8 @@ struct SplitArgs {
 }
 
 impl SplitArgs {
-    fn options(&self, root: PathBuf, out: PathBuf, seed: u64) -> FolderImportOptions {
-        FolderImportOptions {
-            root,
+    fn options(&self, out: PathBuf, seed: u64) -> SplitOptions {
+        SplitOptions {
             out,
             test_fraction: self.test_fraction,
             seed,
@@ -583,7 +583,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn cmd_import_folders(a: ImportFoldersArgs) -> Result<()> {
     use flickr_style::pipeline::folders::import_folders;
-    let opts = a.split.options(a.root.clone(), a.out.clone(), a.seed);
+    let opts = FolderImportOptions {
+        root: a.root.clone(),
+        split: a.split.options(a.out.clone(), a.seed),
+    };
     let s =
         import_folders(&opts).with_context(|| format!("import-folders {}", a.root.display()))?;
     print!("{}", s.to_markdown());
@@ -1006,7 +1009,10 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| Path::new("data").join(name));
-            Dataset::Folders(a.split.options(root.clone(), out, a.seed as u64))
+            Dataset::Folders(FolderImportOptions {
+                root: root.clone(),
+                split: a.split.options(out, a.seed as u64),
+            })
         }
         None => Dataset::FlickrStyle(AssembleOptions {
             csv: a.csv,

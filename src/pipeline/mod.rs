@@ -20,4 +20,5 @@ pub mod numpy_rng;
 pub mod pad;
 mod png_gray;
 pub mod resize;
+pub mod split;
 pub mod to_lmdb;
