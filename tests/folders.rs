@@ -1,10 +1,12 @@
-//! `import-folders`: folder-per-class datasets (gray, odd sizes, imbalanced)
-//! into Caffe lists that `to-lmdb` and the ImageData layer read; and
+//! `import-folders` and `import-manifest`: folder-per-class datasets and
+//! CSV/TSV manifests (gray, odd sizes, imbalanced) into Caffe lists that
+//! `to-lmdb` and the ImageData layer read; and
 //! `--pad-square`, which keeps elongated subjects in shape.
 mod common;
 use common::run;
 use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
 use flickr_style::pipeline::image_list::read_list;
+use flickr_style::pipeline::manifest::{import_manifest, ManifestImportOptions};
 use flickr_style::pipeline::mean::{compute_mean, MeanSource};
 use flickr_style::pipeline::pad::{Pad, PadFill};
 use flickr_style::pipeline::split::SplitOptions;
@@ -459,4 +461,111 @@ fn padding_keeps_elongated_subjects_in_shape_and_the_mean_follows() {
     assert_eq!(kept.values.iter().filter(|&&v| v == 200.0).count(), 32);
     assert_eq!(row(&kept, 6)[4..12], [200.0; 8]);
     assert_eq!(row(&kept, 5), [0.0; 16]);
+}
+
+fn manifest_options(
+    manifest: &Path,
+    out: &Path,
+    set_column: Option<&str>,
+) -> ManifestImportOptions {
+    ManifestImportOptions {
+        manifest: manifest.to_path_buf(),
+        root: None,
+        path_column: "path".into(),
+        label_column: "label".into(),
+        set_column: set_column.map(String::from),
+        split: tweaked(Path::new("."), out, |_| {}).split,
+    }
+}
+
+#[test]
+fn manifests_give_classes_and_may_give_the_split() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let mut rows = String::from("objid,path,label,set\n");
+    for i in 0..12 {
+        let (class, set) = match i % 4 {
+            0 => ("detritus", "train"),
+            1 => ("copepod", "TRAIN"),
+            2 => ("copepod", if i < 6 { "val" } else { "test" }),
+            _ => ("detritus", "test"),
+        };
+        gray_png(&d.join(format!("imgs/{i}.png")), 10 + i as u32, 7, i as u8);
+        rows += &format!("{i},imgs/{i}.png,{class},{set}\n");
+    }
+    std::fs::write(d.join("m.csv"), &rows).unwrap();
+    let out = d.join("lists");
+    let s = import_manifest(&manifest_options(&d.join("m.csv"), &out, Some("set"))).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("labels.txt")).unwrap(),
+        "copepod\ndetritus\n"
+    );
+    let counts: Vec<(usize, usize, usize)> =
+        s.classes.iter().map(|c| (c.train, c.val, c.test)).collect();
+    assert_eq!(counts, [(3, 1, 2), (3, 0, 3)]);
+    // The set column decides: image 2 (copepod, val) is in val.txt, image 3 in test.txt.
+    let val = lines(&out.join("val.txt"));
+    assert_eq!(val.len(), 1);
+    assert!(val[0].0.ends_with("imgs/2.png") && val[0].1 == 0, "{val:?}");
+    let test = lines(&out.join("test.txt"));
+    assert!(test
+        .iter()
+        .any(|(p, l)| p.ends_with("imgs/3.png") && *l == 1));
+    assert!(Path::new(&test[0].0).is_absolute());
+    assert!(s
+        .to_markdown()
+        .contains("| label | class | images | train | val | test |"));
+
+    // Without a set column the classes are split here, as folders are.
+    let tsv = d.join("m.tsv");
+    std::fs::write(&tsv, rows.replace(',', "\t")).unwrap();
+    let s = import_manifest(&manifest_options(&tsv, &d.join("split"), None)).unwrap();
+    let counts: Vec<(usize, usize)> = s.classes.iter().map(|c| (c.train, c.test)).collect();
+    assert_eq!(counts, [(4, 2), (4, 2)]);
+    assert!(!d.join("split/val.txt").exists());
+}
+
+#[test]
+fn manifest_mistakes_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gray_png(&d.join("a.png"), 5, 5, 1);
+    gray_png(&d.join("b.png"), 5, 5, 2);
+    let try_rows = |rows: &str, set: Option<&str>| {
+        let m = d.join("m.csv");
+        std::fs::write(&m, rows).unwrap();
+        import_manifest(&manifest_options(&m, &d.join("out"), set))
+            .unwrap_err()
+            .to_string()
+    };
+    let err = try_rows("file,label\na.png,x\n", None);
+    assert!(
+        err.contains("\"path\"") && err.contains("file, label"),
+        "{err}"
+    );
+    let err = try_rows(
+        "path,label,set\na.png,x,train\nb.png,y,holdout\n",
+        Some("set"),
+    );
+    assert!(
+        err.contains("m.csv") && err.contains(":3") && err.contains("holdout"),
+        "{err}"
+    );
+    let err = try_rows("path,label\na.png,x\nb.png,y\na.png,y\n", None);
+    assert!(
+        err.contains("listed again") && err.contains("line 2"),
+        "{err}"
+    );
+    let err = try_rows("path,label\n", None);
+    assert!(err.contains("lists no images"), "{err}");
+    let err = try_rows("path,label\na.png,\n", None);
+    assert!(err.contains("empty"), "{err}");
+    // Numeric class names are ordered as numbers.
+    let m = d.join("n.csv");
+    std::fs::write(&m, "path,label\na.png,10\nb.png,9\n").unwrap();
+    import_manifest(&manifest_options(&m, &d.join("n"), None)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.join("n/labels.txt")).unwrap(),
+        "9\n10\n"
+    );
 }

@@ -35,6 +35,9 @@ enum Command {
     /// A folder-per-class dataset (ROOT/<class>/<image>, e.g. zooplankton) into train.txt, test.txt
     /// and labels.txt: labels from the sorted folder names, a seeded split stratified by class.
     ImportFolders(ImportFoldersArgs),
+    /// A CSV/TSV manifest (one row per image: path, class, optional set) into train.txt, test.txt,
+    /// val.txt and labels.txt, split like import-folders unless a set column decides.
+    ImportManifest(ImportManifestArgs),
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
     /// The whole Flickr Style recipe: assemble, compute-mean, (to-lmdb), fetch CaffeNet, finetune.
@@ -62,6 +65,31 @@ struct ImportFoldersArgs {
     root: PathBuf,
     /// Folder for train.txt, test.txt (absolute image paths) and labels.txt (class names in label order).
     out: PathBuf,
+    /// Seed of the split and of any re-sampling (the same seed gives the same lists).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+#[derive(Args)]
+struct ImportManifestArgs {
+    /// The manifest: CSV with a header row (tab-separated when it ends in .tsv or .tab).
+    manifest: PathBuf,
+    /// Folder for the lists (absolute image paths) and labels.txt (class names in label order).
+    out: PathBuf,
+    /// Column of image paths (relative ones resolve from --root).
+    #[arg(long, default_value = "path")]
+    path_column: String,
+    /// Column of class names (labels follow their sorted order, numeric when all are numbers).
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Column naming each row's set: train, val or test (empty: split here with --test-fraction).
+    #[arg(long)]
+    set_column: Option<String>,
+    /// Folder relative paths resolve from [default: the manifest's folder].
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Seed of the split and of any re-sampling (the same seed gives the same lists).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -566,6 +594,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::GetIlsvrcAux(a) => cmd_get_ilsvrc_aux(a),
         Command::Assemble(a) => cmd_assemble(a),
         Command::ImportFolders(a) => cmd_import_folders(a),
+        Command::ImportManifest(a) => {
+            use flickr_style::pipeline::manifest::{import_manifest, ManifestImportOptions};
+            let opts = ManifestImportOptions {
+                manifest: a.manifest.clone(),
+                root: a.root,
+                path_column: a.path_column,
+                label_column: a.label_column,
+                set_column: a.set_column,
+                split: a.split.options(a.out.clone(), a.seed),
+            };
+            let s = import_manifest(&opts)
+                .with_context(|| format!("import-manifest {}", a.manifest.display()))?;
+            print!("{}", s.to_markdown());
+            eprintln!("wrote the lists and labels.txt into {}", a.out.display());
+            Ok(())
+        }
         Command::Finetune(a) => cmd_finetune(a),
         Command::Pipeline(a) => cmd_pipeline(a),
         Command::Test(a) => cmd_test(a),

@@ -13,6 +13,7 @@ pub mod image_list;
 pub mod jpeg;
 mod lmdb_check;
 pub mod lmdb_store;
+pub mod manifest;
 pub mod mat;
 pub mod mean;
 pub mod model_zoo;

@@ -5,7 +5,7 @@
 //! `test.txt` (`val.txt` when a manifest has one) and `labels.txt`. The
 //! held-out lists are never re-sampled, so their figures describe the data
 //! as it is.
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_if_changed;
 use crate::pipeline::decode::{decode, ColorMode};
 use rand::seq::SliceRandom;
@@ -358,8 +358,12 @@ pub fn write_lists(
     // Unchanged lists keep their times, so a rerun pipeline skips the later stages.
     write_if_changed(&o.out.join("train.txt"), train.concat().as_bytes())?;
     write_if_changed(&o.out.join("test.txt"), test.concat().as_bytes())?;
+    let val_path = o.out.join("val.txt");
     if !val.is_empty() {
-        write_if_changed(&o.out.join("val.txt"), val.concat().as_bytes())?;
+        write_if_changed(&val_path, val.concat().as_bytes())?;
+    } else if val_path.exists() {
+        // A val.txt from an earlier import would no longer match the others.
+        std::fs::remove_file(&val_path).at(&val_path)?;
     }
     write_if_changed(&o.out.join("labels.txt"), labels.as_bytes())?;
     Ok(summary)
