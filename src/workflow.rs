@@ -75,6 +75,8 @@ pub struct WorkflowOptions {
     /// (see [`crate::pipeline::pad::fit`]). The ImageData layer cannot pad,
     /// so this trains from LMDBs.
     pub pad: Option<Pad>,
+    /// Turn training images by random multiples of 90° (beyond Caffe).
+    pub rotate90: bool,
     /// Overrides the nets' batch_size.
     pub batch_size: Option<u32>,
     /// Overrides the solver's max_iter.
@@ -107,6 +109,13 @@ impl WorkflowOptions {
         };
         let shrink_only = if p.upscale { "" } else { "_noupscale" };
         format!("_padded{fill}{shrink_only}")
+    }
+
+    /// The suffix of the outputs that depend on how the net was trained
+    /// (snapshots, evaluation): the padding's, and `_rot90` when turning.
+    fn run_tag(&self) -> String {
+        let turn = if self.rotate90 { "_rot90" } else { "" };
+        format!("{}{turn}", self.pad_tag())
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -255,7 +264,7 @@ pub fn run(
         train(opts, &solver_path, &prefix, &weights, &stop, &say)?;
     }
 
-    let report_dir = data.join(format!("evaluation{tag}"));
+    let report_dir = data.join(format!("evaluation{}", opts.run_tag()));
     if let Some(m) = opts.metrics.as_ref().filter(|m| m.exists()) {
         // A plot is a convenience: a metrics file it cannot read fails no run.
         let svg = report_dir.join("training.svg");
@@ -300,6 +309,7 @@ fn train(
         tensor_ops: false,
         fused: false,
         bf16: opts.bf16,
+        rotate90: opts.rotate90,
     })?;
     let stop_flag = solver.stop_flag();
     let watcher_stop = stop.clone();
@@ -471,8 +481,8 @@ fn write_recipe(
     let snapshots = data.join("snapshots");
     std::fs::create_dir_all(&snapshots).at(&snapshots)?;
     let prefix = abs(&snapshots.join(match opts.dataset {
-        Dataset::FlickrStyle(_) => format!("finetune_flickr_style{}", opts.pad_tag()),
-        Dataset::Folders(_) => format!("finetune{}", opts.pad_tag()),
+        Dataset::FlickrStyle(_) => format!("finetune_flickr_style{}", opts.run_tag()),
+        Dataset::Folders(_) => format!("finetune{}", opts.run_tag()),
     }))?;
     solver.net = Some(abs(&net_path)?.to_string_lossy().into_owned());
     solver.snapshot_prefix = Some(prefix.to_string_lossy().into_owned());

@@ -597,3 +597,45 @@ fn image_data_feed_equals_data_feed_of_its_lmdb() {
         assert_eq!(values(&from_list, "label"), values(&from_db, "label"));
     }
 }
+
+#[test]
+fn turned_training_images_resume_exactly_and_change_the_run() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny-net");
+    let prefix = |name: &str| t.path().join(name).to_str().unwrap().to_string();
+    let train = |name: &str, iters: &str, extra: &[&str]| {
+        let p = prefix(name);
+        let (ok, _, err) = run(&dir, &common::tiny_finetune_args(&p, iters, extra));
+        assert!(ok, "{err}");
+    };
+    let model =
+        |name: &str| std::fs::read(t.path().join(format!("{name}_iter_4.caffemodel"))).unwrap();
+    train("turned", "4", &["--rotate90"]);
+    train("plain", "4", &[]);
+    assert_ne!(
+        model("turned"),
+        model("plain"),
+        "the turns change what the net sees"
+    );
+    // Stopping at 2 and resuming gives the very same weights: each image's
+    // turn is a function of its position in the feed, like its crop and mirror.
+    train("split", "2", &["--rotate90"]);
+    let state = t.path().join("split_iter_2.solverstate");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            "solver.prototxt",
+            "--snapshot",
+            state.to_str().unwrap(),
+            "--snapshot-prefix",
+            &prefix("split"),
+            "--max-iter",
+            "4",
+            "--rotate90",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(model("split"), model("turned"));
+}

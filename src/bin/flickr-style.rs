@@ -364,6 +364,9 @@ struct PipelineArgs {
     /// With --pad-square: never enlarge small images, only pad them.
     #[arg(long, requires = "pad_square")]
     no_upscale: bool,
+    /// Turn each training image by a random multiple of 90° (see `finetune --help`).
+    #[arg(long)]
+    rotate90: bool,
     /// Override the nets' batch_size.
     #[arg(long)]
     batch_size: Option<u32>,
@@ -417,6 +420,11 @@ struct FinetuneArgs {
     /// Override the solver's max_iter.
     #[arg(long)]
     max_iter: Option<usize>,
+    /// Turn each training image by a random multiple of 90° after Caffe's crop and mirror (with
+    /// mirroring: all eight flips and turns, exact, no interpolation), for subjects with no natural
+    /// up such as plankton. Beyond Caffe; needs square inputs (a crop_size, or square images).
+    #[arg(long)]
+    rotate90: bool,
     #[command(flatten)]
     device: DeviceArgs,
     /// Train on the CPU even if the solver says solver_mode: GPU (without
@@ -876,6 +884,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         tensor_ops: a.device.tensor_ops,
         fused: a.device.fused_ops,
         bf16: a.device.bf16,
+        rotate90: a.rotate90,
     };
     let mut solver =
         Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
@@ -1083,6 +1092,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         weights: a.weights,
         weights_url: a.weights_url,
         lmdb: a.lmdb,
+        rotate90: a.rotate90,
         pad: a.pad_square.map(|fill| Pad {
             fill,
             upscale: !a.no_upscale,

@@ -48,6 +48,8 @@ pub struct SolverOptions {
     /// bf16 mixed-precision convolutions and inner products (GPU, or
     /// `tensor_ops` on the CPU); see [`crate::train::precision`].
     pub bf16: bool,
+    /// Turn training images by random multiples of 90° (beyond Caffe).
+    pub rotate90: bool,
 }
 
 /// What Caffe does not store in a `.solverstate`, kept beside it.
@@ -161,7 +163,10 @@ impl Solver {
         compute.tensor_ops |= opts.tensor_ops;
         compute.fused |= opts.fused && compute.tensor_ops;
         let compute = compute.with_bf16(opts.bf16)?;
-        let build = |phase| BuildContext::new(&base_dir, seed, phase, &compute);
+        let build = |phase| BuildContext {
+            rotate90: opts.rotate90,
+            ..BuildContext::new(&base_dir, seed, phase, &compute)
+        };
         let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;
         let tests = test_defs
             .iter()

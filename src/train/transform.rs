@@ -1,7 +1,10 @@
 //! Caffe's DataTransformer: crop (random in TRAIN, centred in TEST), mirror
 //! (random in both phases when enabled), mean subtraction (a mean image
 //! indexed at the un-mirrored source position, or per-channel values), then
-//! scale — in that order.
+//! scale — in that order. Beyond Caffe, training can also turn each image by
+//! a random multiple of 90° (with mirroring, all eight flips and turns of a
+//! square: exact, no interpolation), which suits subjects with no natural
+//! up, such as plankton.
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::proto::{Phase, TransformationParameter};
 use crate::error::{Error, Result};
@@ -19,6 +22,8 @@ pub struct Transformer {
     mean_values: Vec<f32>,
     phase: Phase,
     seed: u64,
+    /// Turn each output by a random multiple of 90° (after everything else).
+    rotate90: bool,
 }
 
 impl Transformer {
@@ -51,7 +56,16 @@ impl Transformer {
             mean_values: p.mean_value.clone(),
             phase,
             seed,
+            rotate90: false,
         })
+    }
+
+    /// Also turns each output by a random multiple of 90°, drawn after
+    /// Caffe's own draws, so the other transforms of an image are unchanged.
+    /// The outputs must be square (a crop_size, or square images).
+    pub fn with_rotate90(mut self, on: bool) -> Self {
+        self.rotate90 = on;
+        self
     }
 
     /// Output (channels, height, width) for an input of this shape.
@@ -111,6 +125,12 @@ impl Transformer {
                 format!("output holds {} values, not {c}x{oh}x{ow}", out.len()),
             ));
         }
+        if self.rotate90 && oh != ow {
+            return Err(Error::model(
+                context(),
+                format!("turning by 90° needs square outputs, not {oh}x{ow}: set crop_size or resize to a square"),
+            ));
+        }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(position);
         // Caffe's draw order: mirror first, then the crop offsets.
@@ -153,7 +173,31 @@ impl Transformer {
                 }
             }
         }
+        if self.rotate90 {
+            let turns = rng.random_range(0..4u8);
+            for plane in out.chunks_exact_mut(oh * ow) {
+                rotate_square(plane, oh, turns);
+            }
+        }
         Ok(())
+    }
+}
+
+/// Turns a square `n` x `n` plane counter-clockwise by `turns` x 90°, in place.
+fn rotate_square(plane: &mut [f32], n: usize, turns: u8) {
+    if turns % 4 == 0 {
+        return;
+    }
+    let src = plane.to_vec();
+    for y in 0..n {
+        for x in 0..n {
+            let (sy, sx) = match turns % 4 {
+                1 => (x, n - 1 - y),
+                2 => (n - 1 - y, n - 1 - x),
+                _ => (n - 1 - x, y),
+            };
+            plane[y * n + x] = src[sy * n + sx];
+        }
     }
 }
 
@@ -343,5 +387,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("5 pixel bytes for a 1x3x3"));
+    }
+
+    #[test]
+    fn turns_by_90_degrees_cover_the_eight_flips_and_keep_caffes_draws() {
+        // A 2-channel 3x3 image, no crop or mean: every output is one of the
+        // 8 flips and turns of the input, each chosen per position.
+        let data: Vec<u8> = (0..18).collect();
+        let img = ImageRef::chw(2, 3, 3, &data);
+        let plain = transformer("mirror: true", Phase::Train, None);
+        let turned = plain.clone().with_rotate90(true);
+        let run = |t: &Transformer, pos| {
+            let mut out = vec![0.0; 18];
+            t.apply(img, pos, || "t".into(), &mut out).unwrap();
+            out
+        };
+        let mut seen = std::collections::HashSet::new();
+        for pos in 0..200 {
+            let (a, b) = (run(&plain, pos), run(&turned, pos));
+            // The turn comes after Caffe's draws: turning `a` back gives `b`
+            // for one of the four turns, in both channels alike.
+            let k = (0..4u8)
+                .find(|&k| {
+                    let mut t = a.clone();
+                    t.chunks_exact_mut(9).for_each(|p| rotate_square(p, 3, k));
+                    t == b
+                })
+                .expect("a turn of the untouched output");
+            seen.insert((k, a[0] as u32 == data[2] as u32));
+            assert_eq!(run(&turned, pos), b, "repeatable");
+        }
+        assert_eq!(seen.len(), 8, "all turns, mirrored and not: {seen:?}");
+        // Counter-clockwise: the top row becomes the left column, read upwards.
+        let mut p: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        rotate_square(&mut p, 3, 1);
+        assert_eq!(p, [2.0, 5.0, 8.0, 1.0, 4.0, 7.0, 0.0, 3.0, 6.0]);
+        // Non-square outputs cannot turn.
+        let wide: Vec<u8> = vec![0; 6];
+        let mut out = vec![0.0; 6];
+        let err = turned
+            .apply(ImageRef::chw(1, 2, 3, &wide), 0, || "wide".into(), &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("square"), "{err}");
     }
 }

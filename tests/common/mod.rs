@@ -58,6 +58,7 @@ pub fn solver_options(
         tensor_ops: false,
         fused: false,
         bf16: false,
+        rotate90: false,
     }
 }
 

@@ -123,6 +123,9 @@ pub struct BuildContext {
     pub bf16: bool,
     /// On a GPU, convolve with cuDNN (builds with the `cudnn` feature).
     pub cudnn: bool,
+    /// Data layers turn TRAIN images by random multiples of 90° (beyond
+    /// Caffe; see [`crate::train::transform`]).
+    pub rotate90: bool,
 }
 
 /// How a layer computes.
@@ -166,6 +169,7 @@ impl BuildContext {
             fused: compute.fused,
             bf16: compute.bf16,
             cudnn: compute.cudnn,
+            rotate90: false,
         }
     }
 
