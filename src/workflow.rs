@@ -12,8 +12,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::pipeline::assemble::{assemble, AssembleOptions};
 use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
 use crate::pipeline::folders::{import_folders, FolderImportOptions};
+use crate::pipeline::manifest::{import_manifest, ManifestImportOptions};
 use crate::pipeline::mean::{compute_mean, MeanSource};
 use crate::pipeline::pad::{Pad, PadFill};
+use crate::pipeline::split::ImportSummary;
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use crate::train::compute::{Compute, DeviceChoice};
 use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
@@ -34,6 +36,9 @@ pub enum Dataset {
     /// A folder-per-class dataset, split into lists (`out` is the data folder);
     /// the classifier gets one output per class folder.
     Folders(FolderImportOptions),
+    /// A CSV/TSV manifest, split into lists (or split as it says); the
+    /// classifier gets one output per class.
+    Manifest(ManifestImportOptions),
 }
 
 impl Dataset {
@@ -42,6 +47,7 @@ impl Dataset {
         match self {
             Dataset::FlickrStyle(a) => &a.out,
             Dataset::Folders(f) => &f.split.out,
+            Dataset::Manifest(m) => &m.split.out,
         }
     }
 
@@ -51,6 +57,7 @@ impl Dataset {
         match self {
             Dataset::FlickrStyle(a) => a.seed as u64,
             Dataset::Folders(f) => f.split.seed,
+            Dataset::Manifest(m) => m.split.seed,
         }
     }
 }
@@ -60,7 +67,7 @@ impl Dataset {
 pub struct WorkflowOptions {
     /// The first stage's input.
     pub dataset: Dataset,
-    /// Class names for the evaluation report (a folder dataset names its
+    /// Class names for the evaluation report (an imported dataset names its
     /// classes itself, in `labels.txt`).
     pub names: Option<PathBuf>,
     /// Folder with Caffe's `train_val.prototxt` and `solver.prototxt` for the recipe.
@@ -148,23 +155,15 @@ pub fn run(
                 f.split.test_fraction,
                 f.split.seed
             ));
-            let s = import_folders(f)?;
-            let (train, test): (usize, usize) = s
-                .classes
-                .iter()
-                .fold((0, 0), |(a, b), c| (a + c.train, b + c.test));
+            Some(imported(import_folders(f)?, &say)?)
+        }
+        Dataset::Manifest(m) => {
             say(format!(
-                "      {} classes, {train} train and {test} test images, {} unreadable skipped",
-                s.classes.len(),
-                s.skipped.len()
+                "[1/6] import-manifest: {} (seed {})",
+                m.manifest.display(),
+                m.split.seed
             ));
-            if test == 0 {
-                return Err(Error::model(
-                    "import-folders",
-                    "no test images: the recipe's test phase needs some; raise --test-fraction",
-                ));
-            }
-            Some(s.classes.len())
+            Some(imported(import_manifest(m)?, &say)?)
         }
     };
     let (train_list, test_list) = (data.join("train.txt"), data.join("test.txt"));
@@ -358,7 +357,9 @@ fn evaluate_stage(
     let classes = evaluation.confusion.classes();
     let names = match (&opts.dataset, &opts.names) {
         (_, Some(p)) => read_class_names(p, classes)?,
-        (Dataset::Folders(_), None) => read_class_names(&data.join("labels.txt"), classes)?,
+        (Dataset::Folders(_) | Dataset::Manifest(_), None) => {
+            read_class_names(&data.join("labels.txt"), classes)?
+        }
         (Dataset::FlickrStyle(_), None) => Vec::new(),
     };
     let report = Report {
@@ -377,6 +378,27 @@ fn evaluate_stage(
         report_dir.join("report.md").display()
     ));
     Ok(())
+}
+
+/// Stage 1's report for imported datasets; their class count, or an error
+/// when there is nothing to test on.
+fn imported(s: ImportSummary, say: &impl Fn(String)) -> Result<usize> {
+    let (train, test): (usize, usize) = s
+        .classes
+        .iter()
+        .fold((0, 0), |(a, b), c| (a + c.train, b + c.test));
+    say(format!(
+        "      {} classes, {train} train and {test} test images, {} unreadable skipped",
+        s.classes.len(),
+        s.skipped.len()
+    ));
+    if test == 0 {
+        return Err(Error::model(
+            "import",
+            "no test images: the recipe's test phase needs some; raise --test-fraction (or give the manifest a test set)",
+        ));
+    }
+    Ok(s.classes.len())
 }
 
 /// Stage 1 for Flickr Style: select and download.
@@ -482,7 +504,7 @@ fn write_recipe(
     std::fs::create_dir_all(&snapshots).at(&snapshots)?;
     let prefix = abs(&snapshots.join(match opts.dataset {
         Dataset::FlickrStyle(_) => format!("finetune_flickr_style{}", opts.run_tag()),
-        Dataset::Folders(_) => format!("finetune{}", opts.run_tag()),
+        Dataset::Folders(_) | Dataset::Manifest(_) => format!("finetune{}", opts.run_tag()),
     }))?;
     solver.net = Some(abs(&net_path)?.to_string_lossy().into_owned());
     solver.snapshot_prefix = Some(prefix.to_string_lossy().into_owned());

@@ -284,3 +284,49 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         .source()
         .ends_with("train_padded_lmdb"));
 }
+
+#[test]
+fn manifest_dataset_trains_on_the_split_it_gives() {
+    // The fixture photos listed in a TSV manifest whose set column holds out
+    // each class's first two images; classes named by their folder.
+    let t = tempfile::tempdir().unwrap();
+    let weights = t.path().join("caffenet.caffemodel");
+    caffenet_caffemodel(&weights);
+    let mut rows = String::from("path\ttaxon\tset\n");
+    let list = std::fs::read_to_string(fixture("images/list.txt")).unwrap();
+    for (i, line) in list.lines().enumerate() {
+        let path = line.rsplit_once(' ').unwrap().0;
+        let class = path.split('/').next().unwrap();
+        let set = if i % 6 < 2 { "test" } else { "train" };
+        rows += &format!(
+            "{}\t{class}\t{set}\n",
+            fixture("images").join(path).display()
+        );
+    }
+    let manifest = t.path().join("zoo.tsv");
+    std::fs::write(&manifest, rows).unwrap();
+    let recipe = caffe_ref().join("models/finetune_flickr_style");
+    let out = Command::new(bin())
+        .args(["pipeline", "--manifest", manifest.to_str().unwrap()])
+        .args(["--label-column", "taxon", "--set-column", "set"])
+        .args(["--recipe", recipe.to_str().unwrap()])
+        .args(["--weights", weights.to_str().unwrap()])
+        .args(["--batch-size", "4", "--max-iter", "2", "--test-iter", "1"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("4 classes, 16 train and 8 test images"),
+        "{err}"
+    );
+    let data = t.path().join("data/zoo");
+    assert_eq!(
+        std::fs::read_to_string(data.join("labels.txt")).unwrap(),
+        "animal\nobject\nscience\nvehicle\n"
+    );
+    assert!(data.join("snapshots/finetune_iter_2.caffemodel").exists());
+    let report = std::fs::read_to_string(data.join("evaluation/report.md")).unwrap();
+    assert!(report.contains("| 1 | object | 2 |"), "{report}");
+}

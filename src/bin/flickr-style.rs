@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
 use flickr_style::pipeline::folders::FolderImportOptions;
+use flickr_style::pipeline::manifest::ManifestImportOptions;
 use flickr_style::pipeline::pad::{Pad, PadFill};
 use flickr_style::pipeline::split::SplitOptions;
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
@@ -41,7 +42,7 @@ enum Command {
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
     /// The whole Flickr Style recipe: assemble, compute-mean, (to-lmdb), fetch CaffeNet, finetune.
-    Pipeline(PipelineArgs),
+    Pipeline(Box<PipelineArgs>),
     /// Train or fine-tune a net from a Caffe solver prototxt (caffe train).
     Finetune(FinetuneArgs),
     /// Score a net's TEST phase with trained weights (caffe test).
@@ -78,7 +79,19 @@ struct ImportManifestArgs {
     manifest: PathBuf,
     /// Folder for the lists (absolute image paths) and labels.txt (class names in label order).
     out: PathBuf,
-    /// Column of image paths (relative ones resolve from --root).
+    #[command(flatten)]
+    columns: ManifestColumns,
+    /// Seed of the split and of any re-sampling (the same seed gives the same lists).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+/// Which manifest columns say what (import-manifest, pipeline --manifest).
+#[derive(Args)]
+struct ManifestColumns {
+    /// Column of image paths (relative ones resolve from --manifest-root).
     #[arg(long, default_value = "path")]
     path_column: String,
     /// Column of class names (labels follow their sorted order, numeric when all are numbers).
@@ -89,12 +102,20 @@ struct ImportManifestArgs {
     set_column: Option<String>,
     /// Folder relative paths resolve from [default: the manifest's folder].
     #[arg(long)]
-    root: Option<PathBuf>,
-    /// Seed of the split and of any re-sampling (the same seed gives the same lists).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    #[command(flatten)]
-    split: SplitArgs,
+    manifest_root: Option<PathBuf>,
+}
+
+impl ManifestColumns {
+    fn options(&self, manifest: PathBuf, split: SplitOptions) -> ManifestImportOptions {
+        ManifestImportOptions {
+            manifest,
+            root: self.manifest_root.clone(),
+            path_column: self.path_column.clone(),
+            label_column: self.label_column.clone(),
+            set_column: self.set_column.clone(),
+            split,
+        }
+    }
 }
 
 /// How a folder-per-class dataset is split (import-folders, pipeline --folders).
@@ -328,8 +349,14 @@ struct PipelineArgs {
     out: Option<PathBuf>,
     /// Train on this folder-per-class dataset (ROOT/<class>/<image>, e.g. zooplankton) instead of
     /// Flickr Style: it is split like `import-folders` does, and the classifier gets one output per class.
-    #[arg(long, value_name = "ROOT", conflicts_with_all = ["csv", "mirror"])]
+    #[arg(long, value_name = "ROOT", conflicts_with_all = ["csv", "mirror", "manifest"])]
     folders: Option<PathBuf>,
+    /// Train on the images a CSV/TSV manifest lists instead (see `import-manifest --help`), with
+    /// --path-column, --label-column, --set-column and --manifest-root.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["csv", "mirror"])]
+    manifest: Option<PathBuf>,
+    #[command(flatten)]
+    columns: ManifestColumns,
     #[command(flatten)]
     split: SplitArgs,
     /// Class names for the evaluation report, one per line in label order (e.g. Flickr Style's
@@ -603,15 +630,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Assemble(a) => cmd_assemble(a),
         Command::ImportFolders(a) => cmd_import_folders(a),
         Command::ImportManifest(a) => {
-            use flickr_style::pipeline::manifest::{import_manifest, ManifestImportOptions};
-            let opts = ManifestImportOptions {
-                manifest: a.manifest.clone(),
-                root: a.root,
-                path_column: a.path_column,
-                label_column: a.label_column,
-                set_column: a.set_column,
-                split: a.split.options(a.out.clone(), a.seed),
-            };
+            use flickr_style::pipeline::manifest::import_manifest;
+            let opts = a
+                .columns
+                .options(a.manifest.clone(), a.split.options(a.out.clone(), a.seed));
             let s = import_manifest(&opts)
                 .with_context(|| format!("import-manifest {}", a.manifest.display()))?;
             print!("{}", s.to_markdown());
@@ -619,7 +641,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Finetune(a) => cmd_finetune(a),
-        Command::Pipeline(a) => cmd_pipeline(a),
+        Command::Pipeline(a) => cmd_pipeline(*a),
         Command::Test(a) => cmd_test(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Time(a) => cmd_time(a),
@@ -1053,21 +1075,29 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         Compute::gpu(n)?;
     }
     flickr_style::train::compute::set_tf32(a.tf32);
-    let dataset = match &a.folders {
-        Some(root) => {
-            let name = std::path::absolute(root)?
-                .file_name()
-                .map_or_else(|| "dataset".into(), |n| n.to_string_lossy().into_owned());
-            let out = a
-                .out
-                .clone()
-                .unwrap_or_else(|| Path::new("data").join(name));
-            Dataset::Folders(FolderImportOptions {
-                root: root.clone(),
-                split: a.split.options(out, a.seed as u64),
-            })
+    // An imported dataset's data folder defaults to data/<its name>.
+    let data_for = |p: &Path| -> Result<PathBuf> {
+        let p = std::path::absolute(p)?;
+        let name = if p.is_file() {
+            p.file_stem()
+        } else {
+            p.file_name()
         }
-        None => Dataset::FlickrStyle(AssembleOptions {
+        .map_or_else(|| "dataset".into(), |n| n.to_string_lossy().into_owned());
+        Ok(a.out
+            .clone()
+            .unwrap_or_else(|| Path::new("data").join(name)))
+    };
+    let dataset = match (&a.folders, &a.manifest) {
+        (Some(root), _) => Dataset::Folders(FolderImportOptions {
+            root: root.clone(),
+            split: a.split.options(data_for(root)?, a.seed as u64),
+        }),
+        (None, Some(m)) => Dataset::Manifest(
+            a.columns
+                .options(m.clone(), a.split.options(data_for(m)?, a.seed as u64)),
+        ),
+        (None, None) => Dataset::FlickrStyle(AssembleOptions {
             csv: a.csv,
             out: a
                 .out
@@ -1111,6 +1141,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
     let what = match &opts.dataset {
         Dataset::FlickrStyle(_) => "the Flickr Style pipeline".to_string(),
         Dataset::Folders(f) => format!("the pipeline on {}", f.root.display()),
+        Dataset::Manifest(m) => format!("the pipeline on {}", m.manifest.display()),
     };
     let model = run(&opts, stop).with_context(|| format!("running {what}"))?;
     eprintln!("Done: {}", model.display());
