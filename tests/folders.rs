@@ -149,6 +149,31 @@ fn stratified_seeded_split_with_labels_from_sorted_folders() {
     }
     assert_eq!(seen.len(), 16);
     assert!(seen.values().all(|&n| n == 1));
+    // samples.csv: each image once, with its list and original size.
+    let samples = std::fs::read_to_string(out.join("samples.csv")).unwrap();
+    let rows: Vec<Vec<String>> = samples
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["path", "class", "label", "list", "width", "height"]
+    );
+    assert_eq!(rows.len(), 17);
+    let in_test: BTreeSet<&str> = test.iter().map(|(p, _)| p.as_str()).collect();
+    for r in &rows[1..] {
+        let want = if in_test.contains(r[0].as_str()) {
+            "test"
+        } else {
+            "train"
+        };
+        assert_eq!(r[3], want, "{r:?}");
+    }
+    let larva = rows
+        .iter()
+        .find(|r| r[0].ends_with("larva/l0.png"))
+        .unwrap();
+    assert_eq!(larva[1..], ["larva", "2", "train", "99", "17"]);
     // Both lists mix the classes rather than running class by class.
     let first_labels: BTreeSet<i32> = train[..6].iter().map(|(_, l)| *l).collect();
     assert!(first_labels.len() > 1, "{train:?}");
@@ -192,8 +217,11 @@ fn resampling_for_imbalanced_classes_touches_only_the_training_list() {
     let counts: Vec<(usize, usize)> = s.classes.iter().map(|c| (c.train, c.test)).collect();
     assert_eq!(counts, [(6, 3), (5, 1), (5, 0)]);
     let train = lines(&out.join("train.txt"));
-    // copepod: 6 of its 9 training images (the cap), each once.
+    // copepod: 6 of its 9 training images (the cap), each once; the other 3
+    // are marked unused in samples.csv.
     assert_eq!(paths(&train, 0).len(), 6);
+    let samples = std::fs::read_to_string(out.join("samples.csv")).unwrap();
+    assert_eq!(samples.matches(",unused,").count(), 3);
     // diatom chain: its 2 training images, repeated.
     assert_eq!(paths(&train, 1).len(), 2);
     // larva: one image five times.

@@ -2,7 +2,8 @@
 //! lists: every image decoded once to check it, a seeded split stratified
 //! by class (or the split a manifest gives), optional re-sampling of the
 //! training list for heavily imbalanced classes, and `train.txt`,
-//! `test.txt` (`val.txt` when a manifest has one) and `labels.txt`. The
+//! `test.txt` (`val.txt` when a manifest has one), `labels.txt` and
+//! `samples.csv` (every image once: its list and original size). The
 //! held-out lists are never re-sampled, so their figures describe the data
 //! as it is.
 use crate::error::{Error, IoContext, Result};
@@ -13,6 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// How to check, split and re-sample.
@@ -144,8 +146,13 @@ impl SplitOptions {
 }
 
 /// Decodes every image; drops the unreadable ones from `classes` (or fails,
-/// with `strict`) and records them and the sizes in `summary`.
-fn check_images(classes: &mut [Class], strict: bool, summary: &mut ImportSummary) -> Result<()> {
+/// with `strict`) and records them and the size range in `summary`.
+/// Returns each readable image's (width, height).
+fn check_images(
+    classes: &mut [Class],
+    strict: bool,
+    summary: &mut ImportSummary,
+) -> Result<HashMap<PathBuf, (usize, usize)>> {
     let all: Vec<&PathBuf> = classes
         .iter()
         .flat_map(|c| c.images.iter().map(|(p, _)| p))
@@ -164,9 +171,11 @@ fn check_images(classes: &mut [Class], strict: bool, summary: &mut ImportSummary
         .collect();
     bar.finish_and_clear();
     let mut bad = std::collections::HashSet::new();
+    let mut sizes = HashMap::new();
     for (p, r) in all.iter().zip(checked) {
         match r {
             Ok((w, h, c)) => {
+                sizes.insert((*p).clone(), (w, h));
                 let s = summary.sizes.get_or_insert(SizeStats {
                     width: (w, w),
                     height: (h, h),
@@ -195,7 +204,7 @@ fn check_images(classes: &mut [Class], strict: bool, summary: &mut ImportSummary
     for c in classes.iter_mut() {
         c.images.retain(|(p, _)| !bad.contains(p));
     }
-    Ok(())
+    Ok(sizes)
 }
 
 /// A seed for one class: the run's seed mixed with the class name, so adding
@@ -279,9 +288,11 @@ pub fn write_lists(
     mut summary: ImportSummary,
 ) -> Result<ImportSummary> {
     o.validate()?;
-    if o.check {
-        check_images(&mut classes, o.strict, &mut summary)?;
-    }
+    let sizes = if o.check {
+        check_images(&mut classes, o.strict, &mut summary)?
+    } else {
+        HashMap::new()
+    };
     if let Some(c) = classes.iter().find(|c| c.images.is_empty()) {
         return Err(Error::invalid(
             &c.origin,
@@ -325,10 +336,27 @@ pub fn write_lists(
     let targets = train_targets(&natural, o);
     let (mut train, mut test, mut val) = (Vec::new(), Vec::new(), Vec::new());
     let mut labels = String::new();
+    // Every image once, with its list and size: the size a resize discards
+    // is a feature worth keeping for plankton.
+    let mut samples: Vec<(String, &str, usize, &str)> = Vec::new();
     for (label, ((c, (held, held_val, kept, mut rng)), target)) in
         classes.iter().zip(splits).zip(targets).enumerate()
     {
         let picked = resample(&kept, target, &mut rng);
+        let in_train: std::collections::HashSet<&PathBuf> = picked.iter().copied().collect();
+        for (paths, list) in [(&held, "test"), (&held_val, "val")] {
+            for p in paths.iter() {
+                samples.push((p.display().to_string(), &c.name, label, list));
+            }
+        }
+        for p in &kept {
+            let list = if in_train.contains(p) {
+                "train"
+            } else {
+                "unused"
+            };
+            samples.push((p.display().to_string(), &c.name, label, list));
+        }
         for (list, paths) in [
             (&mut test, &held),
             (&mut val, &held_val),
@@ -366,6 +394,29 @@ pub fn write_lists(
         std::fs::remove_file(&val_path).at(&val_path)?;
     }
     write_if_changed(&o.out.join("labels.txt"), labels.as_bytes())?;
+    samples.sort();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    // Writing to a Vec cannot fail.
+    w.write_record(["path", "class", "label", "list", "width", "height"])
+        .expect("in memory");
+    for (path, class, label, list) in &samples {
+        let size = sizes.get(Path::new(path));
+        let dim =
+            |f: fn(&(usize, usize)) -> usize| size.map_or(String::new(), |s| f(s).to_string());
+        w.write_record([
+            path.as_str(),
+            class,
+            &label.to_string(),
+            list,
+            &dim(|s| s.0),
+            &dim(|s| s.1),
+        ])
+        .expect("in memory");
+    }
+    write_if_changed(
+        &o.out.join("samples.csv"),
+        &w.into_inner().expect("in memory"),
+    )?;
     Ok(summary)
 }
 
