@@ -338,7 +338,7 @@ pub fn write_lists(
     let mut labels = String::new();
     // Every image once, with its list and size: the size a resize discards
     // is a feature worth keeping for plankton.
-    let mut samples: Vec<(String, &str, usize, &str)> = Vec::new();
+    let mut samples: Vec<(&PathBuf, &str, usize, &str)> = Vec::new();
     for (label, ((c, (held, held_val, kept, mut rng)), target)) in
         classes.iter().zip(splits).zip(targets).enumerate()
     {
@@ -346,7 +346,7 @@ pub fn write_lists(
         let in_train: std::collections::HashSet<&PathBuf> = picked.iter().copied().collect();
         for (paths, list) in [(&held, "test"), (&held_val, "val")] {
             for p in paths.iter() {
-                samples.push((p.display().to_string(), &c.name, label, list));
+                samples.push((p, &c.name, label, list));
             }
         }
         for p in &kept {
@@ -355,7 +355,7 @@ pub fn write_lists(
             } else {
                 "unused"
             };
-            samples.push((p.display().to_string(), &c.name, label, list));
+            samples.push((p, &c.name, label, list));
         }
         for (list, paths) in [
             (&mut test, &held),
@@ -399,17 +399,21 @@ pub fn write_lists(
     // Writing to a Vec cannot fail.
     w.write_record(["path", "class", "label", "list", "width", "height"])
         .expect("in memory");
-    for (path, class, label, list) in &samples {
-        let size = sizes.get(Path::new(path));
-        let dim =
-            |f: fn(&(usize, usize)) -> usize| size.map_or(String::new(), |s| f(s).to_string());
+    for &(path, class, label, list) in &samples {
+        // Unknown without the decode check.
+        let (width, height) = sizes
+            .get(path)
+            .map_or((String::new(), String::new()), |(w, h)| {
+                (w.to_string(), h.to_string())
+            });
+        // Every path is UTF-8: list_line checked it above.
         w.write_record([
-            path.as_str(),
+            &*path.to_string_lossy(),
             class,
             &label.to_string(),
             list,
-            &dim(|s| s.0),
-            &dim(|s| s.1),
+            &width,
+            &height,
         ])
         .expect("in memory");
     }

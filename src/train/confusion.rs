@@ -93,6 +93,11 @@ pub struct Summary {
     pub covered_accuracy: Option<f64>,
 }
 
+/// Class `k`'s name: `names[k]`, or its index where the names stop short.
+pub fn class_name(names: &[String], k: usize) -> String {
+    names.get(k).cloned().unwrap_or_else(|| k.to_string())
+}
+
 fn ratio(a: u64, b: u64) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
 }
@@ -204,7 +209,7 @@ impl Confusion {
                 });
                 ClassMetrics {
                     class: k,
-                    name: names.get(k).cloned().unwrap_or_else(|| k.to_string()),
+                    name: class_name(names, k),
                     support,
                     predicted,
                     correct,
@@ -254,7 +259,7 @@ impl Confusion {
     /// The matrix as CSV: a header of predicted-class names, then one row per
     /// true class (its name, then its counts).
     pub fn to_csv(&self, names: &[String]) -> String {
-        let name = |k: usize| names.get(k).cloned().unwrap_or_else(|| k.to_string());
+        let name = |k: usize| class_name(names, k);
         let mut w = csv::Writer::from_writer(Vec::new());
         let mut header = vec!["true \\ predicted".to_string()];
         header.extend((0..self.classes).map(name));

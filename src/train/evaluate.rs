@@ -4,7 +4,7 @@
 //! Flickr Style's 20 styles) the per-class figures are what tell a model's
 //! quality.
 use super::compute::Compute;
-use super::confusion::{Confusion, Summary};
+use super::confusion::{class_name, Confusion, Summary};
 use super::layers::{to_vec, BuildContext};
 use super::net::Net;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
@@ -381,7 +381,7 @@ impl Report<'_> {
     /// One row per image: its source, true and predicted class (names when
     /// given), whether it was right, and the two probabilities (or scores).
     fn predictions_csv(&self, predictions: &[Prediction]) -> String {
-        let name = |k: usize| self.names.get(k).cloned().unwrap_or_else(|| k.to_string());
+        let name = |k: usize| class_name(self.names, k);
         let what = if self.evaluation.kind == ScoreKind::Scores {
             "score"
         } else {
