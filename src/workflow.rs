@@ -20,6 +20,7 @@ use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use crate::train::compute::{Compute, DeviceChoice};
 use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
 use crate::train::solver::{Solver, SolverOptions};
+use crate::train::tta::Tta;
 use std::path::{Path, PathBuf};
 
 /// Where Caffe's model zoo serves the reference CaffeNet weights, and their SHA-1.
@@ -84,6 +85,8 @@ pub struct WorkflowOptions {
     pub pad: Option<Pad>,
     /// Turn training images by random multiples of 90° (beyond Caffe).
     pub rotate90: bool,
+    /// Test-time augmentation of the final evaluation.
+    pub tta: Tta,
     /// Overrides the nets' batch_size.
     pub batch_size: Option<u32>,
     /// Overrides the solver's max_iter.
@@ -263,7 +266,11 @@ pub fn run(
         train(opts, &solver_path, &prefix, &weights, &stop, &say)?;
     }
 
-    let report_dir = data.join(format!("evaluation{}", opts.run_tag()));
+    let tta = match opts.tta {
+        Tta::None => String::new(),
+        t => format!("_tta_{t}"),
+    };
+    let report_dir = data.join(format!("evaluation{}{tta}", opts.run_tag()));
     if let Some(m) = opts.metrics.as_ref().filter(|m| m.exists()) {
         // A plot is a convenience: a metrics file it cannot read fails no run.
         let svg = report_dir.join("training.svg");
@@ -352,6 +359,7 @@ fn evaluate_stage(
         blobs: None,
         top_k: 5,
         threshold: None,
+        tta: opts.tta,
     };
     let evaluation = evaluate(&options)?;
     let classes = evaluation.confusion.classes();

@@ -259,6 +259,15 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         mean_time
     );
 
+    // Test-time views reuse the trained weights and report beside the plain
+    // evaluation.
+    let (ok, err) = run(&["--tta", "mirror"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("already trained"), "{err}");
+    let report = std::fs::read_to_string(data.join("evaluation_tta_mirror/report.md")).unwrap();
+    assert!(report.contains("averaged over 2 views"), "{report}");
+    assert!(data.join("evaluation/report.md").exists());
+
     // Padding to squares trains from LMDBs of padded images, with their own
     // mean, beside the unpadded outputs rather than over them.
     let (ok, err) = run(&["--pad-square", "border"]);

@@ -5,6 +5,7 @@ mod common;
 use common::{edited_net, fixture, run, train_tiny_cli};
 use flickr_style::train::compute::Compute;
 use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions, ScoreKind};
+use flickr_style::train::tta::Tta;
 use std::path::Path;
 
 /// Options evaluating `model` (relative paths resolving beside the fixture)
@@ -25,6 +26,7 @@ fn options<'a>(
         blobs: blobs.map(|(s, l)| (s.to_string(), l.to_string())),
         top_k: 2,
         threshold: None,
+        tta: Tta::None,
     }
 }
 
@@ -281,6 +283,7 @@ fn cli_writes_the_report_files() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(json["images"], 24);
+    assert_eq!(json["views"], serde_json::json!(["identity"]));
     assert_eq!(json["classes"][3]["name"], "star");
     assert_eq!(json["classes"][3]["support"], 6);
     let predictions = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
@@ -296,6 +299,46 @@ fn cli_writes_the_report_files() {
         "{}",
         rows[24]
     );
+
+    // Test-time views are named in the report and in metrics.json.
+    let (ok, stdout, err) = run(
+        t.path(),
+        &[
+            "evaluate",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--tta",
+            "rot90",
+            "--out",
+            t.path().join("tta").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains(
+            "probabilities averaged over 4 views of each image (identity, rot90, rot180, rot270)"
+        ),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.path().join("tta/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["views"].as_array().unwrap().len(), 4);
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "evaluate",
+            "--model",
+            "m",
+            "--weights",
+            "w",
+            "--tta",
+            "rot45",
+        ],
+    );
+    assert!(!ok && err.contains("dihedral"), "{err}");
 
     // A names file of the wrong length stops before anything is written.
     std::fs::write(&names, "circle\nsquare\n").unwrap();
@@ -375,4 +418,125 @@ fn shuffled_image_lists_name_each_prediction_after_its_own_image() {
     // Shuffled: not in list order.
     let order: Vec<&str> = p.iter().map(|x| x.image.as_str()).collect();
     assert_ne!(order[0], "animal/cat.jpg");
+}
+
+/// The tiny net's TEST data as an ImageData list (in list order, batches of
+/// 5) with a per-channel mean, which flips and turns leave unchanged.
+fn image_list_net(t: &Path, list: &Path) -> std::path::PathBuf {
+    edited_net(t, |s| {
+        let start = s.find("layer {\n  name: \"data\"\n  type: \"Data\"\n  top: \"data\"\n  top: \"label\"\n  include { phase: TEST }").unwrap();
+        let end = start + s[start..].find("\nlayer {").unwrap();
+        let image_data = format!(
+            "layer {{ name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" include {{ phase: TEST }} \
+             transform_param {{ mean_value: 104 mean_value: 117 mean_value: 123 }} \
+             image_data_param {{ source: \"{}\" batch_size: 5 }} }}",
+            list.display(),
+        );
+        format!("{}{}{}", &s[..start], image_data, &s[end..])
+    });
+    t.join("net.prototxt")
+}
+
+#[test]
+fn test_time_views_average_what_the_net_gives_for_flipped_and_turned_files() {
+    use flickr_style::pipeline::decode::{read_image, ColorMode};
+    use flickr_style::pipeline::resize::resize_linear;
+    use image::{imageops, RgbImage};
+    // The fixture photos at the net's 64x64, as PNGs (lossless), and each of
+    // the eight views of them made by the image crate: scoring a view's files
+    // plainly must give what `--tta` computes by moving the blob's pixels.
+    let t = tempfile::tempdir().unwrap();
+    let images = fixture("images");
+    let list = std::fs::read_to_string(images.join("list.txt")).unwrap();
+    // (mirror, counter-clockwise quarter turns), in Tta::Dihedral's order.
+    let views: Vec<(bool, u8)> = [false, true]
+        .iter()
+        .flat_map(|&m| (0..4).map(move |k| (m, k)))
+        .collect();
+    let mut lists = vec![String::new(); views.len()];
+    for (i, line) in list.lines().enumerate() {
+        let (rel, label) = line.rsplit_once(' ').unwrap();
+        let bgr = resize_linear(
+            &read_image(&images.join(rel), ColorMode::Color).unwrap(),
+            64,
+            64,
+        );
+        let rgb = RgbImage::from_fn(64, 64, |x, y| {
+            let p = &bgr.data[(y as usize * 64 + x as usize) * 3..][..3];
+            image::Rgb([p[2], p[1], p[0]])
+        });
+        for (v, &(mirror, turns)) in views.iter().enumerate() {
+            let m = if mirror {
+                imageops::flip_horizontal(&rgb)
+            } else {
+                rgb.clone()
+            };
+            // The image crate turns clockwise: three of its turns are one
+            // counter-clockwise.
+            let m = match turns {
+                0 => m,
+                1 => imageops::rotate270(&m),
+                2 => imageops::rotate180(&m),
+                _ => imageops::rotate90(&m),
+            };
+            let path = t.path().join(format!("v{v}_{i}.png"));
+            m.save(&path).unwrap();
+            lists[v] += &format!("{} {label}\n", path.display());
+        }
+    }
+    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let run = |v: usize, tta: Tta| {
+        let dir = t.path().join(format!("{v}_{tta}"));
+        std::fs::create_dir(&dir).unwrap();
+        let list = dir.join("list.txt");
+        std::fs::write(&list, &lists[v]).unwrap();
+        let net = image_list_net(&dir, &list);
+        evaluate(&EvalOptions {
+            tta,
+            ..options(&net, &[weights.as_path()], None)
+        })
+        .unwrap()
+    };
+    let plain: Vec<Vec<f32>> = (0..views.len())
+        .map(|v| {
+            let e = run(v, Tta::None);
+            e.predictions
+                .unwrap()
+                .iter()
+                .map(|p| p.value_label)
+                .collect()
+        })
+        .collect();
+    // The views really differ for this net (else the check below is empty).
+    assert!(plain[0]
+        .iter()
+        .zip(&plain[1])
+        .any(|(a, b)| (a - b).abs() > 1e-3));
+    for (tta, n) in [(Tta::Mirror, 2), (Tta::Rot90, 4), (Tta::Dihedral, 8)] {
+        let e = run(0, tta);
+        let picked: Vec<usize> = tta
+            .views()
+            .iter()
+            .map(|v| {
+                views
+                    .iter()
+                    .position(|&w| w == (v.mirror, v.turns))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(picked.len(), n);
+        let p = e.predictions.unwrap();
+        assert_eq!(p.len(), 24);
+        for (i, x) in p.iter().enumerate() {
+            let want = picked.iter().map(|&v| plain[v][i]).sum::<f32>() / n as f32;
+            assert!(
+                (x.value_label - want).abs() < 1e-5,
+                "{tta} image {i}: {} vs {want}",
+                x.value_label
+            );
+            assert!(x.value_predicted >= x.value_label - 1e-7);
+        }
+        let s = e.confusion.summary(&[]);
+        assert_eq!(s.images, 24);
+    }
 }

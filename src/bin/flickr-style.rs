@@ -9,6 +9,7 @@ use flickr_style::pipeline::pad::{Pad, PadFill};
 use flickr_style::pipeline::split::SplitOptions;
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
 use flickr_style::train::compute::{Compute, DeviceChoice};
+use flickr_style::train::tta::Tta;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -394,6 +395,10 @@ struct PipelineArgs {
     /// Turn each training image by a random multiple of 90° (see `finetune --help`).
     #[arg(long)]
     rotate90: bool,
+    /// Test-time augmentation for the final evaluation (see `evaluate --help`); its report goes
+    /// to evaluation*_tta_<VIEWS>.
+    #[arg(long, value_name = "VIEWS", default_value = "none")]
+    tta: Tta,
     /// Override the nets' batch_size.
     #[arg(long)]
     batch_size: Option<u32>,
@@ -542,6 +547,12 @@ struct EvaluateArgs {
     /// and how accurate those are; the rest would be left to a person.
     #[arg(long)]
     threshold: Option<f64>,
+    /// Test-time augmentation: average each image's class probabilities over these views of it:
+    /// none, mirror (left-right), rot90 (the four quarter turns; square inputs) or dihedral (the
+    /// eight flips and turns). Exact pixel moves, no interpolation; suits a net trained with
+    /// --rotate90 or on subjects with no natural up.
+    #[arg(long, value_name = "VIEWS", default_value = "none")]
+    tta: Tta,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -968,6 +979,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         blobs: a.scores.zip(a.label),
         top_k: a.top_k,
         threshold: a.threshold,
+        tta: a.tta,
     };
     let evaluation = evaluate(&options)?;
     let names = match &a.names {
@@ -1123,6 +1135,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         weights_url: a.weights_url,
         lmdb: a.lmdb,
         rotate90: a.rotate90,
+        tta: a.tta,
         pad: a.pad_square.map(|fill| Pad {
             fill,
             upscale: !a.no_upscale,

@@ -7,6 +7,7 @@ use super::compute::Compute;
 use super::confusion::{class_name, Confusion, Summary};
 use super::layers::{to_vec, BuildContext};
 use super::net::Net;
+use super::tta::Tta;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, IoContext, Result};
@@ -35,6 +36,8 @@ pub struct EvalOptions<'a> {
     /// Also count the images whose top probability reaches this (the rest
     /// would be left to a person); needs probabilities (see [`ScoreKind`]).
     pub threshold: Option<f64>,
+    /// Views of each image to average the probabilities (or scores) over.
+    pub tta: Tta,
 }
 
 /// What the scores blob holds, which decides what the report can say.
@@ -211,6 +214,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
             ))
         }
     };
+    let views = o.tta.views();
     let max_batches = o.iterations.unwrap_or(usize::MAX).max(1);
     let bar = crate::progress::bar(images.unwrap_or(0), "evaluate");
     let mut confusion: Option<Confusion> = None;
@@ -220,6 +224,16 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         net.forward()?;
         batches += 1;
         let (n, classes, scores, labels) = reader.read(&net)?;
+        let averaged = match views.len() {
+            1 => None,
+            _ => Some(average_views(
+                &mut net,
+                &reader,
+                &views,
+                scores.clone(),
+                classes,
+            )?),
+        };
         if images.is_none() && batches == 1 {
             bar.set_length(max_batches.saturating_mul(n) as u64);
         }
@@ -259,10 +273,20 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                 ));
             }
             let row = &scores[i * classes..(i + 1) * classes];
-            let predicted = m.add(row, label as usize);
-            let probs = match reader.kind {
-                ScoreKind::Logits => softmax(row),
-                _ => row.to_vec(),
+            // Ranks from the net's own scores; with views, from their
+            // average probabilities (or scores).
+            let (predicted, probs) = match &averaged {
+                Some(a) => {
+                    let avg = &a[i * classes..(i + 1) * classes];
+                    (m.add(avg, label as usize), avg.to_vec())
+                }
+                None => (
+                    m.add(row, label as usize),
+                    match reader.kind {
+                        ScoreKind::Logits => softmax(row),
+                        _ => row.to_vec(),
+                    },
+                ),
             };
             if reader.kind != ScoreKind::Scores {
                 m.add_probabilities(&probs, label as usize, predicted);
@@ -290,6 +314,40 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         label_blob: reader.label,
         ignored,
     })
+}
+
+/// The mean over `views` of each image's probabilities (softmax of logits),
+/// or of its raw values when they are neither; `first` holds the scores of
+/// the unchanged batch, just computed.
+fn average_views(
+    net: &mut Net,
+    reader: &Reader,
+    views: &[super::tta::View],
+    first: Vec<f32>,
+    classes: usize,
+) -> Result<Vec<f32>> {
+    let images = net.batch_images().cloned().ok_or_else(|| {
+        Error::model(
+            format!("net '{}'", net.name),
+            "test-time augmentation needs one data layer reading a list or an LMDB",
+        )
+    })?;
+    let probabilities = |scores: Vec<f32>| -> Vec<f32> {
+        match reader.kind {
+            ScoreKind::Logits => scores.chunks(classes).flat_map(softmax).collect(),
+            _ => scores,
+        }
+    };
+    let mut sum = probabilities(first);
+    for view in &views[1..] {
+        net.forward_images(view.apply(&images)?)?;
+        let (_, _, scores, _) = reader.read(net)?;
+        for (s, p) in sum.iter_mut().zip(probabilities(scores)) {
+            *s += p;
+        }
+    }
+    let n = views.len() as f32;
+    Ok(sum.into_iter().map(|s| s / n).collect())
 }
 
 /// Softmax of these logits (shifted by the maximum, as Caffe's Softmax layer
@@ -330,6 +388,8 @@ struct JsonReport<'a> {
     scores_blob: &'a str,
     label_blob: &'a str,
     ignored: u64,
+    /// The views averaged over (`identity` alone without augmentation).
+    views: Vec<String>,
     #[serde(flatten)]
     summary: &'a Summary,
 }
@@ -368,6 +428,19 @@ impl Report<'_> {
             self.evaluation.scores_blob,
             self.evaluation.label_blob
         );
+        let views = self.options.tta.views();
+        if views.len() > 1 {
+            let what = match self.evaluation.kind {
+                ScoreKind::Scores => "scores",
+                _ => "probabilities",
+            };
+            let names: Vec<String> = views.iter().map(|v| v.to_string()).collect();
+            s += &format!(
+                "; {what} averaged over {} views of each image ({})",
+                views.len(),
+                names.join(", ")
+            );
+        }
         if self.evaluation.ignored > 0 {
             s += &format!(
                 "; {} images with the ignore_label left out",
@@ -423,6 +496,13 @@ impl Report<'_> {
             scores_blob: &self.evaluation.scores_blob,
             label_blob: &self.evaluation.label_blob,
             ignored: self.evaluation.ignored,
+            views: self
+                .options
+                .tta
+                .views()
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
             summary: &summary,
         };
         let json = serde_json::to_string_pretty(&json)

@@ -8,7 +8,8 @@
 //! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 //! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
-//! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data.
+//! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data;
+//!   [`tta`]: the flipped and turned views it can average over.
 
 pub mod commands;
 pub mod compute;
@@ -32,3 +33,4 @@ pub mod sgd;
 pub mod solver;
 pub mod tensor_ops;
 pub mod transform;
+pub mod tta;

@@ -364,8 +364,60 @@ impl Net {
 
     /// Runs every layer; returns the total weighted loss.
     pub fn forward(&mut self) -> Result<f32> {
+        self.forward_layers(true)
+    }
+
+    /// The images of the last batch: top 0 of the net's one data layer that
+    /// reads a list or an LMDB, as the layers after it saw them.
+    pub fn batch_images(&self) -> Option<&Tensor> {
+        let e = self.image_source()?;
+        self.blobs[e.tops[0]].as_ref()
+    }
+
+    /// Runs every layer but the data layers again, with the batch's images
+    /// (see [`Net::batch_images`]) replaced by `images` of the same shape,
+    /// so that one batch can be scored under several views (test-time
+    /// augmentation) without moving the data layers on.
+    pub fn forward_images(&mut self, images: Tensor) -> Result<f32> {
+        let (id, shape) = {
+            let e = self.image_source().ok_or_else(|| {
+                Error::model(
+                    format!("net '{}'", self.name),
+                    "has no single data layer reading a list or an LMDB",
+                )
+            })?;
+            (e.tops[0], self.blob_shapes[e.tops[0]].clone())
+        };
+        if images.dims() != shape.as_slice() {
+            return Err(Error::model(
+                format!("blob '{}'", self.blob_names[id]),
+                format!("has shape {shape:?}, not {:?}", images.dims()),
+            ));
+        }
+        self.blobs[id] = Some(images);
+        self.forward_layers(false)
+    }
+
+    /// The one data layer that names its source, if there is exactly one.
+    fn image_source(&self) -> Option<&Entry> {
+        let mut known = self
+            .entries
+            .iter()
+            .filter(|e| e.layer.source_len().is_some() && !e.tops.is_empty());
+        match (known.next(), known.next()) {
+            (Some(e), None) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Runs the layers (the data layers too when `data`) in order; returns
+    /// the total weighted loss.
+    fn forward_layers(&mut self, data: bool) -> Result<f32> {
         let mut loss = 0.0f32;
         for (li, e) in self.entries.iter_mut().enumerate() {
+            if !data && e.layer.is_data() {
+                continue;
+            }
             let bottom: Vec<Tensor> = e
                 .bottoms
                 .iter()
@@ -589,14 +641,7 @@ impl Net {
     /// Where the images of the last batch came from, when the net has one
     /// data layer that knows (list paths or LMDB keys, in batch order).
     pub fn data_batch_sources(&self) -> Option<Vec<String>> {
-        let mut known = self
-            .entries
-            .iter()
-            .filter(|e| e.layer.source_len().is_some());
-        match (known.next(), known.next()) {
-            (Some(e), None) => e.layer.last_batch_sources(),
-            _ => None,
-        }
+        self.image_source()?.layer.last_batch_sources()
     }
 
     /// Layer names with whether each runs backward (for logs and `time`).

@@ -184,7 +184,7 @@ impl Transformer {
 }
 
 /// Turns a square `n` x `n` plane counter-clockwise by `turns` x 90°, in place.
-fn rotate_square(plane: &mut [f32], n: usize, turns: u8) {
+pub(crate) fn rotate_square(plane: &mut [f32], n: usize, turns: u8) {
     if turns % 4 == 0 {
         return;
     }
