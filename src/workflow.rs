@@ -5,11 +5,13 @@
 //! snapshot, so an interrupted run is continued by running it again.
 use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{
-    solver_parameter::SolverMode, DataParameter, NetParameter, SolverParameter,
+    solver_parameter::SolverMode, DataParameter, InfogainLossParameter, NetParameter,
+    SolverParameter,
 };
 use crate::caffe::{proto::data_parameter::Db, prototxt};
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::assemble::{assemble, AssembleOptions};
+use crate::pipeline::class_weights::write_class_weights;
 use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
 use crate::pipeline::folders::{import_folders, FolderImportOptions};
 use crate::pipeline::manifest::{import_manifest, ManifestImportOptions};
@@ -87,6 +89,10 @@ pub struct WorkflowOptions {
     pub rotate90: bool,
     /// Test-time augmentation of the final evaluation.
     pub tta: Tta,
+    /// Train with a class-weighted loss: the recipe's SoftmaxWithLoss becomes
+    /// an InfogainLoss whose weights are the training labels' counts to the
+    /// power -alpha (see [`crate::pipeline::class_weights`]).
+    pub class_weights: Option<f64>,
     /// Overrides the nets' batch_size.
     pub batch_size: Option<u32>,
     /// Overrides the solver's max_iter.
@@ -122,10 +128,14 @@ impl WorkflowOptions {
     }
 
     /// The suffix of the outputs that depend on how the net was trained
-    /// (snapshots, evaluation): the padding's, and `_rot90` when turning.
+    /// (snapshots, evaluation): the padding's, `_rot90` when turning and
+    /// `_cw<alpha>` with class weights.
     fn run_tag(&self) -> String {
         let turn = if self.rotate90 { "_rot90" } else { "" };
-        format!("{}{turn}", self.pad_tag())
+        let weighted = self
+            .class_weights
+            .map_or(String::new(), |a| format!("_cw{a}"));
+        format!("{}{turn}{weighted}", self.pad_tag())
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -255,7 +265,8 @@ pub fn run(
     };
 
     say("[5/6] finetune".into());
-    let (solver_path, net_path, prefix) = write_recipe(opts, &data, &sources, &mean, classes)?;
+    let (solver_path, net_path, prefix) =
+        write_recipe(opts, &data, &sources, &mean, classes, &say)?;
     let max_iter = prototxt::read::<SolverParameter>(&solver_path)?
         .max_iter()
         .max(0) as usize;
@@ -460,6 +471,7 @@ fn write_recipe(
     sources: &(PathBuf, PathBuf),
     mean: &Path,
     classes: Option<usize>,
+    say: &impl Fn(String),
 ) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
     let recipe_net = opts.recipe.join("train_val.prototxt");
@@ -467,6 +479,23 @@ fn write_recipe(
     let mut solver: SolverParameter = prototxt::read(&opts.recipe.join("solver.prototxt"))?;
     if let Some(n) = classes {
         set_class_count(&mut net, n, &recipe_net)?;
+    }
+    if let Some(alpha) = opts.class_weights {
+        let h = data.join(format!("infogain_cw{alpha}.binaryproto"));
+        let n = classifier_outputs(&net, &recipe_net)?;
+        let (counts, weights) = write_class_weights(&data.join("train.txt"), n, alpha, &h)?;
+        let (lo, hi) = weights
+            .iter()
+            .zip(&counts)
+            .filter(|(_, &c)| c > 0)
+            .fold((f64::MAX, 0.0f64), |(lo, hi), (&w, _)| {
+                (lo.min(w), hi.max(w))
+            });
+        say(format!(
+            "      class-weighted loss (alpha {alpha}): weights {lo:.3} to {hi:.3} in {}",
+            h.display()
+        ));
+        weigh_loss(&mut net, &abs(&h)?, &recipe_net)?;
     }
     for l in &mut net.layer {
         if !matches!(l.r#type(), "ImageData" | "Data") {
@@ -569,6 +598,56 @@ fn set_class_count(net: &mut NetParameter, classes: usize, recipe: &Path) -> Res
         return Err(Error::model(
             recipe.display(),
             "no InnerProduct layer feeds the loss, so the class count cannot be set",
+        ));
+    }
+    Ok(())
+}
+
+/// The num_output of the InnerProduct layer(s) feeding the loss (the
+/// classifier), which must agree.
+fn classifier_outputs(net: &NetParameter, recipe: &Path) -> Result<usize> {
+    let scores: Vec<&String> = net
+        .layer
+        .iter()
+        .filter(|l| l.r#type() == "SoftmaxWithLoss")
+        .filter_map(|l| l.bottom.first())
+        .collect();
+    let outputs: std::collections::BTreeSet<u32> = net
+        .layer
+        .iter()
+        .filter(|l| l.r#type() == "InnerProduct" && l.top.iter().any(|t| scores.contains(&t)))
+        .filter_map(|l| l.inner_product_param.as_ref().map(|p| p.num_output()))
+        .collect();
+    match outputs.iter().collect::<Vec<_>>().as_slice() {
+        [&n] if n > 0 => Ok(n as usize),
+        _ => Err(Error::model(
+            recipe.display(),
+            "class weights need one InnerProduct classifier feeding a SoftmaxWithLoss layer",
+        )),
+    }
+}
+
+/// Turns the net's SoftmaxWithLoss layers into InfogainLoss layers reading
+/// H from `h` (Caffe 1.0's InfogainLoss takes the same logits, labels,
+/// loss_param and softmax axis).
+fn weigh_loss(net: &mut NetParameter, h: &Path, recipe: &Path) -> Result<()> {
+    let mut found = false;
+    for l in net
+        .layer
+        .iter_mut()
+        .filter(|l| l.r#type() == "SoftmaxWithLoss")
+    {
+        l.r#type = Some("InfogainLoss".into());
+        l.infogain_loss_param = Some(InfogainLossParameter {
+            source: Some(h.to_string_lossy().into_owned()),
+            axis: l.softmax_param.take().map(|p| p.axis()),
+        });
+        found = true;
+    }
+    if !found {
+        return Err(Error::model(
+            recipe.display(),
+            "has no SoftmaxWithLoss layer to weigh by class",
         ));
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! `import-folders` and `import-manifest`: folder-per-class datasets and
 //! CSV/TSV manifests (gray, odd sizes, imbalanced) into Caffe lists that
 //! `to-lmdb` and the ImageData layer read; and
-//! `--pad-square`, which keeps elongated subjects in shape.
+//! `--pad-square`, which keeps elongated subjects in shape; and
+//! `class-weights`, the class-weighted loss for imbalanced lists.
 mod common;
 use common::run;
 use flickr_style::pipeline::folders::{import_folders, FolderImportOptions};
@@ -596,4 +597,67 @@ fn manifest_mistakes_are_named() {
         std::fs::read_to_string(d.join("n/labels.txt")).unwrap(),
         "9\n10\n"
     );
+}
+
+#[test]
+fn class_weights_cli_writes_a_diagonal_infogain_matrix() {
+    // 30 / 10 / 0 / 20 images: inverse frequency scaled so the 60 images
+    // average weight 1 gives 20/30, 20/10 and 20/20; the empty class takes
+    // the largest weight.
+    let t = tempfile::tempdir().unwrap();
+    let mut list = String::new();
+    for (label, n) in [(0, 30), (1, 10), (3, 20)] {
+        for i in 0..n {
+            list += &format!("img_{label}_{i}.png {label}\n");
+        }
+    }
+    std::fs::write(t.path().join("train.txt"), list).unwrap();
+    std::fs::write(
+        t.path().join("labels.txt"),
+        "copepod\ndiatom\nmysid\nsalp\n",
+    )
+    .unwrap();
+    let (ok, stdout, err) = run(
+        t.path(),
+        &[
+            "class-weights",
+            "train.txt",
+            "h.binaryproto",
+            "--classes",
+            "4",
+            "--names",
+            "labels.txt",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(stdout.contains("| 0 | copepod | 30 | 0.6667 |"), "{stdout}");
+    assert!(stdout.contains("| 1 | diatom | 10 | 2.0000 |"), "{stdout}");
+    assert!(stdout.contains("| 2 | mysid | 0 | 2.0000 |"), "{stdout}");
+    assert!(err.contains("type: \"InfogainLoss\""), "{err}");
+    let h: flickr_style::caffe::proto::BlobProto =
+        flickr_style::caffe::read_binary(&t.path().join("h.binaryproto"), "H").unwrap();
+    assert_eq!(h.dims(), vec![1, 1, 4, 4]);
+    let v = h.values();
+    let diag: Vec<f32> = (0..4).map(|k| v[k * 5]).collect();
+    let off: f32 = v.iter().sum::<f32>() - diag.iter().sum::<f32>();
+    assert_eq!(off, 0.0);
+    let mean = (30.0 * diag[0] + 10.0 * diag[1] + 20.0 * diag[3]) / 60.0;
+    assert!((mean - 1.0).abs() < 1e-6, "{diag:?}");
+
+    // A label the classes do not cover names its line; nothing is written.
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "class-weights",
+            "train.txt",
+            "h3.binaryproto",
+            "--classes",
+            "3",
+        ],
+    );
+    assert!(
+        !ok && err.contains("train.txt:41") && err.contains("label 3"),
+        "{err}"
+    );
+    assert!(!t.path().join("h3.binaryproto").exists());
 }

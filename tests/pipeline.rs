@@ -268,6 +268,31 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     assert!(report.contains("averaged over 2 views"), "{report}");
     assert!(data.join("evaluation/report.md").exists());
 
+    // A class-weighted loss: the recipe's SoftmaxWithLoss becomes an
+    // InfogainLoss reading H made from train.txt (4 images per class here,
+    // so every weight is 1), trained and evaluated under its own tag.
+    let (ok, err) = run(&["--class-weights", "0.5"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("class-weighted loss (alpha 0.5)"), "{err}");
+    let net = read_net_prototxt(&data.join("train_val.prototxt")).unwrap();
+    let loss = net.layer.iter().find(|l| l.name() == "loss").unwrap();
+    assert_eq!(loss.r#type(), "InfogainLoss");
+    let h_path = loss.infogain_loss_param.as_ref().unwrap().source();
+    assert!(h_path.ends_with("infogain_cw0.5.binaryproto"), "{h_path}");
+    let h: flickr_style::caffe::proto::BlobProto =
+        flickr_style::caffe::read_binary(Path::new(h_path), "H").unwrap();
+    assert_eq!(h.dims(), vec![1, 1, 4, 4]);
+    let eye: Vec<f32> = (0..16)
+        .map(|i| if i % 5 == 0 { 1.0 } else { 0.0 })
+        .collect();
+    assert_eq!(h.values(), eye);
+    for f in [
+        "snapshots/finetune_cw0.5_iter_4.caffemodel",
+        "evaluation_cw0.5/report.md",
+    ] {
+        assert!(data.join(f).exists(), "{f}");
+    }
+
     // Padding to squares trains from LMDBs of padded images, with their own
     // mean, beside the unpadded outputs rather than over them.
     let (ok, err) = run(&["--pad-square", "border"]);

@@ -357,3 +357,55 @@ fn bf16_mixed_precision_stays_close_to_caffe() {
         "bf16 mode left the losses at fp32 precision ({worst:.2e})"
     );
 }
+
+#[test]
+fn infogain_loss_with_the_identity_retraces_caffes_softmax_run() {
+    use flickr_style::caffe::proto::BlobProto;
+    // Caffe 1.0's InfogainLoss applies the softmax itself, so with H = I it is
+    // SoftmaxWithLoss: the fixture's 30 iterations must come out as Caffe's.
+    // With H = 2I the first loss doubles and the steps grow, so the run leaves
+    // Caffe's trajectory.
+    let t = tempfile::tempdir().unwrap();
+    let train = |name: &str, scale: f32| -> Vec<(usize, f32)> {
+        let dir = t.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let h_path = dir.join("h.binaryproto");
+        let mut h = vec![0.0f32; 16];
+        for k in 0..4 {
+            h[k * 5] = scale;
+        }
+        flickr_style::caffe::write_binary(&h_path, &BlobProto::with_shape(&[1, 1, 4, 4], h))
+            .unwrap();
+        let solver = common::edited_net(&dir, |s| {
+            s.replacen(
+                "type: \"SoftmaxWithLoss\"",
+                &format!(
+                    "type: \"InfogainLoss\" infogain_loss_param {{ source: \"{}\" }}",
+                    h_path.display()
+                ),
+                1,
+            )
+        });
+        let mut s = common::solver_in(
+            &common::fixture("tiny-net"),
+            solver.to_str().unwrap(),
+            &dir.join("tiny"),
+        )
+        .unwrap();
+        s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+            .unwrap();
+        s.solve().unwrap();
+        s.trajectory.clone()
+    };
+    let want = caffe_trajectory();
+    let same = train("identity", 1.0);
+    assert_eq!(same.len(), 30);
+    for ((it, got), w) in same.iter().zip(&want) {
+        let rel = (got - w).abs() / w.abs();
+        assert!(rel < 1e-5, "iteration {it}: {got} vs Caffe {w} ({rel:.2e})");
+    }
+    let doubled = train("double", 2.0);
+    assert!((doubled[0].1 - 2.0 * want[0]).abs() / want[0] < 1e-6);
+    let last = doubled.last().unwrap().1;
+    assert!((last - 2.0 * want[29]).abs() / want[29] > 1e-3, "{last}");
+}

@@ -40,6 +40,9 @@ enum Command {
     /// A CSV/TSV manifest (one row per image: path, class, optional set) into train.txt, test.txt,
     /// val.txt and labels.txt, split like import-folders unless a set column decides.
     ImportManifest(ImportManifestArgs),
+    /// Class weights for a class-weighted loss: a training list's label counts as the diagonal
+    /// matrix H of Caffe's InfogainLoss layer (weight proportional to count^-alpha).
+    ClassWeights(ClassWeightsArgs),
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
     /// The whole Flickr Style recipe: assemble, compute-mean, (to-lmdb), fetch CaffeNet, finetune.
@@ -59,6 +62,25 @@ enum Command {
     CheckOps(CheckOpsArgs),
     /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
     GetIlsvrcAux(GetIlsvrcAuxArgs),
+}
+
+#[derive(Args)]
+struct ClassWeightsArgs {
+    /// Training list (`path label` per line, e.g. train.txt from import-folders).
+    list: PathBuf,
+    /// The .binaryproto to write; an InfogainLoss layer reads it from
+    /// `infogain_loss_param { source: ... }`.
+    out: PathBuf,
+    /// Number of classes (the classifier's num_output).
+    #[arg(long)]
+    classes: usize,
+    /// Exponent: each class weighs count^-alpha, scaled so the mean weight per image is 1
+    /// (1: inverse frequency, 0.5: its square root, 0: no weighting).
+    #[arg(long, default_value_t = 1.0)]
+    alpha: f64,
+    /// Class names, one per line in label order (labels.txt), for the printed table.
+    #[arg(long)]
+    names: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -399,6 +421,11 @@ struct PipelineArgs {
     /// to evaluation*_tta_<VIEWS>.
     #[arg(long, value_name = "VIEWS", default_value = "none")]
     tta: Tta,
+    /// Train with a class-weighted loss: the recipe's SoftmaxWithLoss becomes Caffe's InfogainLoss
+    /// with each class weighing count^-ALPHA in train.txt (1: inverse frequency, 0.5: its square
+    /// root; see `class-weights`). Outputs are tagged _cw<ALPHA>.
+    #[arg(long, value_name = "ALPHA")]
+    class_weights: Option<f64>,
     /// Override the nets' batch_size.
     #[arg(long)]
     batch_size: Option<u32>,
@@ -534,7 +561,7 @@ struct EvaluateArgs {
     /// Run this many batches instead of one pass over the TEST source.
     #[arg(long)]
     iterations: Option<usize>,
-    /// Blob of class scores (default: the first bottom of the Accuracy or SoftmaxWithLoss layer).
+    /// Blob of class scores (default: the first bottom of the Accuracy, SoftmaxWithLoss or InfogainLoss layer).
     #[arg(long, requires = "label")]
     scores: Option<String>,
     /// Blob of labels (with --scores).
@@ -663,7 +690,28 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
+        Command::ClassWeights(a) => cmd_class_weights(a),
     }
+}
+
+fn cmd_class_weights(a: ClassWeightsArgs) -> Result<()> {
+    use flickr_style::pipeline::class_weights::{to_markdown, write_class_weights};
+    if a.classes == 0 {
+        bail!("--classes must be at least 1");
+    }
+    let names = match &a.names {
+        Some(p) => flickr_style::train::evaluate::read_class_names(p, a.classes)?,
+        None => Vec::new(),
+    };
+    let (counts, weights) = write_class_weights(&a.list, a.classes, a.alpha, &a.out)
+        .with_context(|| format!("class-weights {}", a.list.display()))?;
+    print!("{}", to_markdown(&counts, &weights, &names));
+    eprintln!(
+        "wrote {}; use it in the net as\n  layer {{ name: \"loss\" type: \"InfogainLoss\" bottom: <scores> bottom: \"label\" top: \"loss\" infogain_loss_param {{ source: \"{}\" }} }}",
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn cmd_import_folders(a: ImportFoldersArgs) -> Result<()> {
@@ -1136,6 +1184,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         lmdb: a.lmdb,
         rotate90: a.rotate90,
         tta: a.tta,
+        class_weights: a.class_weights,
         pad: a.pad_square.map(|fill| Pad {
             fill,
             upscale: !a.no_upscale,

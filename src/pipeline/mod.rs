@@ -1,8 +1,10 @@
 //! Data in: the Flickr Style selection and downloads, folder-per-class
 //! datasets, decoding and resizing images like OpenCV, Caffe image lists,
-//! LMDB storage, and the `to-lmdb` / `compute-mean` stages built on them.
+//! LMDB storage, and the `to-lmdb` / `compute-mean` / `class-weights` stages
+//! built on them.
 
 pub mod assemble;
+pub mod class_weights;
 pub mod decode;
 pub mod downloader;
 pub mod fetch;

@@ -43,7 +43,8 @@ pub struct EvalOptions<'a> {
 /// What the scores blob holds, which decides what the report can say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScoreKind {
-    /// Logits: the blob feeds a SoftmaxWithLoss layer (softmax gives probabilities).
+    /// Logits: the blob feeds a SoftmaxWithLoss or InfogainLoss layer (softmax
+    /// gives probabilities).
     Logits,
     /// Probabilities: the blob is a Softmax layer's output.
     Probabilities,
@@ -105,7 +106,7 @@ impl Reader {
                 net.layer_params()
                     .any(|l| l.r#type() == ty && l.top.iter().any(|t| t == blob))
             };
-            if feeds("SoftmaxWithLoss") {
+            if feeds("SoftmaxWithLoss") || feeds("InfogainLoss") {
                 ScoreKind::Logits
             } else if made_by("Softmax") {
                 ScoreKind::Probabilities
@@ -125,10 +126,11 @@ impl Reader {
         let pick = |ty: &str| net.layer_params().find(|l| l.r#type() == ty);
         let layer = pick("Accuracy")
             .or_else(|| pick("SoftmaxWithLoss"))
+            .or_else(|| pick("InfogainLoss"))
             .ok_or_else(|| {
                 Error::model(
                     model.display(),
-                    "the TEST net has no Accuracy or SoftmaxWithLoss layer to take scores and labels from; name the blobs with --scores and --label",
+                    "the TEST net has no Accuracy, SoftmaxWithLoss or InfogainLoss layer to take scores and labels from; name the blobs with --scores and --label",
                 )
             })?;
         let ignore_label = match layer.r#type() {

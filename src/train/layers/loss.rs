@@ -3,14 +3,14 @@
 //! host in f32 in Caffe's order, so losses match it to the last digits.
 use super::{to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{
-    loss_parameter::NormalizationMode, AccuracyParameter, LayerParameter, Phase,
+    loss_parameter::NormalizationMode, AccuracyParameter, LayerParameter, LossParameter, Phase,
 };
 use crate::error::{Error, Result};
 use crate::train::confusion::rank_of_label;
 use candle_core::Tensor;
 
 /// Splits `shape` at `axis` into (outer, channels, inner).
-fn split(shape: &[usize], axis: i32, ctx: &str) -> Result<(usize, usize, usize)> {
+pub(super) fn split(shape: &[usize], axis: i32, ctx: &str) -> Result<(usize, usize, usize)> {
     let a = if axis < 0 {
         shape.len() as i32 + axis
     } else {
@@ -30,8 +30,30 @@ fn split(shape: &[usize], axis: i32, ctx: &str) -> Result<(usize, usize, usize)>
     ))
 }
 
+/// The normalisation a loss layer uses: `normalization`, or when only the
+/// deprecated `normalize` flag is set, VALID for true and BATCH_SIZE for false.
+pub(super) fn normalization(lp: &LossParameter) -> NormalizationMode {
+    match (lp.normalization, lp.normalize) {
+        (None, Some(true)) => NormalizationMode::Valid,
+        (None, Some(false)) => NormalizationMode::BatchSize,
+        _ => lp.normalization(),
+    }
+}
+
+/// What a loss summed over `outer` x `inner` predictions, `valid` of them not
+/// ignored, is divided by (Caffe's get_normalizer, at least 1).
+pub(super) fn normalizer(mode: NormalizationMode, outer: usize, inner: usize, valid: usize) -> f32 {
+    let n = match mode {
+        NormalizationMode::Full => (outer * inner) as f32,
+        NormalizationMode::Valid => valid as f32,
+        NormalizationMode::BatchSize => outer as f32,
+        NormalizationMode::None => 1.0,
+    };
+    n.max(1.0)
+}
+
 /// Softmax over the channel axis of an (outer, channels, inner) array.
-fn softmax(x: &[f32], outer: usize, ch: usize, inner: usize) -> Vec<f32> {
+pub(super) fn softmax(x: &[f32], outer: usize, ch: usize, inner: usize) -> Vec<f32> {
     let mut p = vec![0.0f32; x.len()];
     for o in 0..outer {
         for j in 0..inner {
@@ -124,17 +146,11 @@ pub struct SoftmaxWithLoss {
 impl SoftmaxWithLoss {
     pub fn new(param: &LayerParameter, name: &str) -> Result<Self> {
         let lp = param.loss_param.unwrap_or_default();
-        // The deprecated `normalize` flag overrides `normalization` when set.
-        let mode = match lp.normalize {
-            Some(true) => NormalizationMode::Valid,
-            Some(false) => NormalizationMode::BatchSize,
-            None => lp.normalization(),
-        };
         Ok(SoftmaxWithLoss {
             name: name.to_string(),
             axis: param.softmax_param.as_ref().map_or(1, |p| p.axis()),
             ignore: lp.ignore_label,
-            mode,
+            mode: normalization(&lp),
             dims: (0, 0, 0),
             prob: Vec::new(),
             normalizer: 1.0,
@@ -211,13 +227,7 @@ impl Layer for SoftmaxWithLoss {
                 valid += 1;
             }
         }
-        let n = match self.mode {
-            NormalizationMode::Full => (o * inner) as f32,
-            NormalizationMode::Valid => valid as f32,
-            NormalizationMode::BatchSize => o as f32,
-            NormalizationMode::None => 1.0,
-        };
-        self.normalizer = n.max(1.0);
+        self.normalizer = normalizer(self.mode, o, inner, valid);
         let dev = bottom[0].device();
         let mut tops = vec![Tensor::new(loss / self.normalizer, dev)?];
         if self.tops > 1 {

@@ -5,6 +5,7 @@
 
 mod conv;
 mod data;
+mod infogain;
 mod inner_product;
 mod loss;
 mod lrn;
@@ -257,6 +258,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         )?),
         "Softmax" => Box::new(loss::Softmax::new(param.softmax_param.as_ref().map_or(1, |p| p.axis()))),
         "SoftmaxWithLoss" => Box::new(loss::SoftmaxWithLoss::new(param, name)?),
+        "InfogainLoss" => Box::new(infogain::InfogainLoss::new(param, name, |p| ctx.resolve(p))?),
         "Accuracy" => Box::new(loss::Accuracy::new(param.accuracy_param.unwrap_or_default(), name)),
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
@@ -266,7 +268,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, Accuracy)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy)"
                 ),
             ))
         }

@@ -1,0 +1,424 @@
+//! InfogainLoss as Caffe 1.0 computes it: a softmax over the class axis of
+//! the logits, then a loss that weighs the log-probability of every class k
+//! by H[label, k], for a matrix H read from a `.binaryproto`. With H the
+//! identity it is SoftmaxWithLoss; with a diagonal of per-class weights it is
+//! a class-weighted loss, the usual answer to heavy imbalance (zooplankton).
+//!
+//! For one prediction with label y and probabilities p:
+//! loss = -sum_k H[y,k] ln(max(p_k, 1e-20)), and the gradient with respect
+//! to logit k is p_k * sum_j H[y,j] - H[y,k]; both are divided by the
+//! normaliser of `loss_param` (VALID by default; `ignore_label` skips a
+//! prediction and zeroes its gradient).
+use super::loss::{normalization, normalizer, softmax, split};
+use super::{to_vec, BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{loss_parameter::NormalizationMode, BlobProto, LayerParameter, Phase};
+use crate::error::{Error, Result};
+use candle_core::Tensor;
+use std::path::Path;
+
+/// Caffe's floor on a probability before its logarithm (kLOG_THRESHOLD).
+const LOG_THRESHOLD: f32 = 1e-20;
+
+pub struct InfogainLoss {
+    ctx: String,
+    axis: i32,
+    ignore: Option<i32>,
+    mode: NormalizationMode,
+    /// H, row-major: row = true class, column = class whose probability is weighed.
+    h: Vec<f32>,
+    /// Where H came from, for messages.
+    source: String,
+    dims: (usize, usize, usize),
+    prob: Vec<f32>,
+    normalizer: f32,
+    tops: usize,
+}
+
+impl InfogainLoss {
+    /// Reads H from `infogain_loss_param.source`, resolved by `resolve`.
+    pub fn new(
+        param: &LayerParameter,
+        name: &str,
+        resolve: impl Fn(&str) -> std::path::PathBuf,
+    ) -> Result<Self> {
+        let ctx = format!("layer '{name}'");
+        if param.bottom.len() > 2 {
+            return Err(Error::model(
+                &ctx,
+                "takes H from infogain_loss_param.source; a third bottom holding H is not supported",
+            ));
+        }
+        let p = param.infogain_loss_param.clone().unwrap_or_default();
+        let source = p.source.as_deref().ok_or_else(|| {
+            Error::model(
+                &ctx,
+                "needs infogain_loss_param { source: \"H.binaryproto\" } (the class-pair weight matrix)",
+            )
+        })?;
+        let path = resolve(source);
+        let blob: BlobProto = crate::caffe::read_binary(&path, "BlobProto (infogain matrix)")?;
+        let lp = param.loss_param.unwrap_or_default();
+        Ok(InfogainLoss {
+            ctx,
+            axis: p.axis(),
+            ignore: lp.ignore_label,
+            mode: normalization(&lp),
+            h: check_matrix(&blob, &path)?,
+            source: path.display().to_string(),
+            dims: (0, 0, 0),
+            prob: Vec::new(),
+            normalizer: 1.0,
+            tops: param.top.len().max(1),
+        })
+    }
+}
+
+/// H's values, which must be finite and form a square matrix (Caffe checks
+/// the count against the classes at setup).
+fn check_matrix(blob: &BlobProto, path: &Path) -> Result<Vec<f32>> {
+    let h = blob.values();
+    if h.len() != blob.count() {
+        return Err(Error::invalid(
+            path.display(),
+            format!(
+                "holds {} values for a blob of shape {:?}",
+                h.len(),
+                blob.dims()
+            ),
+        ));
+    }
+    if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            path.display(),
+            format!("value {i} of the infogain matrix is {}", h[i]),
+        ));
+    }
+    Ok(h)
+}
+
+impl Layer for InfogainLoss {
+    fn type_name(&self) -> &'static str {
+        "InfogainLoss"
+    }
+    fn num_bottoms(&self) -> usize {
+        2
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        if bottom.len() != 2 {
+            return Err(Error::model(
+                &self.ctx,
+                "needs two bottoms: scores and labels",
+            ));
+        }
+        self.dims = split(&bottom[0], self.axis, &self.ctx)?;
+        let (o, c, i) = self.dims;
+        if super::count(&bottom[1]) != o * i {
+            return Err(Error::model(
+                &self.ctx,
+                format!(
+                    "{} labels for {} predictions (shapes {:?} and {:?})",
+                    super::count(&bottom[1]),
+                    o * i,
+                    bottom[0],
+                    bottom[1]
+                ),
+            ));
+        }
+        if self.h.len() != c * c {
+            return Err(Error::model(
+                &self.ctx,
+                format!(
+                    "the infogain matrix {} holds {} values; {c} classes need {c}x{c} = {}",
+                    self.source,
+                    self.h.len(),
+                    c * c
+                ),
+            ));
+        }
+        let mut tops = vec![vec![]];
+        if self.tops > 1 {
+            tops.push(bottom[0].clone());
+        }
+        Ok(tops)
+    }
+    fn default_loss_weight(&self, i: usize) -> f32 {
+        if i == 0 {
+            1.0
+        } else {
+            0.0
+        }
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let (o, c, inner) = self.dims;
+        self.prob = softmax(&to_vec(&bottom[0])?, o, c, inner);
+        let labels = to_vec(&bottom[1])?;
+        let mut loss = 0.0f32;
+        let mut valid = 0usize;
+        for oi in 0..o {
+            for j in 0..inner {
+                let label = labels[oi * inner + j] as i32;
+                if Some(label) == self.ignore {
+                    continue;
+                }
+                if label < 0 || label as usize >= c {
+                    return Err(Error::model(
+                        &self.ctx,
+                        format!("label {label} is outside 0..{c}"),
+                    ));
+                }
+                let row = &self.h[label as usize * c..][..c];
+                for (k, &w) in row.iter().enumerate() {
+                    let p = self.prob[oi * c * inner + k * inner + j];
+                    // max() as Caffe's std::max: a NaN probability stays NaN.
+                    let p = if p < LOG_THRESHOLD { LOG_THRESHOLD } else { p };
+                    loss -= w * p.ln();
+                }
+                valid += 1;
+            }
+        }
+        self.normalizer = normalizer(self.mode, o, inner, valid);
+        let dev = bottom[0].device();
+        let mut tops = vec![Tensor::new(loss / self.normalizer, dev)?];
+        if self.tops > 1 {
+            tops.push(Tensor::from_vec(self.prob.clone(), bottom[0].shape(), dev)?);
+        }
+        Ok(tops)
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        if a.propagate.get(1).copied().unwrap_or(false) {
+            return Err(Error::model(
+                &self.ctx,
+                "cannot backpropagate to the labels",
+            ));
+        }
+        let (Some(dloss), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return Ok((vec![None, None], vec![]));
+        };
+        let (o, c, inner) = self.dims;
+        let labels = to_vec(&a.bottom[1])?;
+        let row_sums: Vec<f32> = self.h.chunks(c).map(|r| r.iter().sum()).collect();
+        let mut dx = vec![0.0f32; self.prob.len()];
+        for oi in 0..o {
+            for j in 0..inner {
+                let label = labels[oi * inner + j] as i32;
+                if Some(label) == self.ignore {
+                    continue;
+                }
+                let l = label as usize;
+                for k in 0..c {
+                    let at = oi * c * inner + k * inner + j;
+                    dx[at] = self.prob[at] * row_sums[l] - self.h[l * c + k];
+                }
+            }
+        }
+        let scale = dloss.flatten_all()?.to_vec1::<f32>()?[0] / self.normalizer;
+        for v in &mut dx {
+            *v *= scale;
+        }
+        Ok((
+            vec![
+                Some(Tensor::from_vec(
+                    dx,
+                    a.bottom[0].shape(),
+                    a.bottom[0].device(),
+                )?),
+                None,
+            ],
+            vec![],
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::loss::SoftmaxWithLoss;
+    use super::*;
+    use crate::caffe::proto::{InfogainLossParameter, LossParameter};
+    use candle_core::Device;
+
+    /// An InfogainLoss layer over (n, c) logits with H written to a file.
+    fn layer(dir: &Path, h: &[f32], c: usize, loss: LossParameter) -> Result<InfogainLoss> {
+        let path = dir.join("h.binaryproto");
+        crate::caffe::write_binary(&path, &BlobProto::with_shape(&[1, 1, c, c], h.to_vec()))?;
+        let param = LayerParameter {
+            name: Some("loss".into()),
+            r#type: Some("InfogainLoss".into()),
+            bottom: vec!["fc".into(), "label".into()],
+            top: vec!["loss".into()],
+            infogain_loss_param: Some(InfogainLossParameter {
+                source: Some("h.binaryproto".into()),
+                axis: None,
+            }),
+            loss_param: Some(loss),
+            ..Default::default()
+        };
+        InfogainLoss::new(&param, "loss", |p| dir.join(p))
+    }
+
+    /// Loss and logit gradient of `l` for these logits and labels.
+    fn run(l: &mut dyn Layer, x: &[f32], labels: &[f32], c: usize) -> (f32, Vec<f32>) {
+        let n = labels.len();
+        l.setup(&[vec![n, c], vec![n]]).unwrap();
+        let bottom = [
+            Tensor::from_vec(x.to_vec(), (n, c), &Device::Cpu).unwrap(),
+            Tensor::from_vec(labels.to_vec(), n, &Device::Cpu).unwrap(),
+        ];
+        let top = l.forward(&bottom, Phase::Train).unwrap();
+        let diff = [Some(Tensor::new(1.0f32, &Device::Cpu).unwrap())];
+        let (g, _) = l
+            .backward(&BackwardArgs {
+                bottom: &bottom,
+                top: &top,
+                top_diff: &diff,
+                propagate: &[true, false],
+                param_grad: &[],
+            })
+            .unwrap();
+        (
+            top[0].to_scalar().unwrap(),
+            to_vec(g[0].as_ref().unwrap()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn by_hand() {
+        // Logits (0, ln 3): p = (1/4, 3/4); label 0 with H row (2, 1):
+        // loss = -(2 ln 1/4 + ln 3/4), gradient = p * 3 - (2, 1).
+        let t = tempfile::tempdir().unwrap();
+        let mut l = layer(t.path(), &[2., 1., 0., 1.], 2, LossParameter::default()).unwrap();
+        let (loss, g) = run(&mut l, &[0.0, 3f32.ln()], &[0.0], 2);
+        let want = -(2.0 * 0.25f32.ln() + 0.75f32.ln());
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        assert!(
+            (g[0] + 1.25).abs() < 1e-6 && (g[1] - 1.25).abs() < 1e-6,
+            "{g:?}"
+        );
+    }
+
+    #[test]
+    fn the_identity_is_softmax_with_loss_to_the_bit() {
+        let t = tempfile::tempdir().unwrap();
+        let c = 5;
+        let mut eye = vec![0.0f32; c * c];
+        for k in 0..c {
+            eye[k * c + k] = 1.0;
+        }
+        let x: Vec<f32> = (0..6 * c)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+            .collect();
+        let labels = [0.0, 4.0, 2.0, 9.0, 1.0, 3.0];
+        // 9 is the ignore label; each normalisation mode must agree too.
+        for mode in [
+            NormalizationMode::Valid,
+            NormalizationMode::Full,
+            NormalizationMode::BatchSize,
+            NormalizationMode::None,
+        ] {
+            let lp = LossParameter {
+                ignore_label: Some(9),
+                normalization: Some(mode as i32),
+                ..Default::default()
+            };
+            let mut info = layer(t.path(), &eye, c, lp).unwrap();
+            let param = LayerParameter {
+                top: vec!["loss".into()],
+                loss_param: Some(lp),
+                ..Default::default()
+            };
+            let mut soft = SoftmaxWithLoss::new(&param, "soft").unwrap();
+            let a = run(&mut info, &x, &labels, c);
+            let b = run(&mut soft, &x, &labels, c);
+            assert_eq!(a, b, "{mode:?}");
+            assert!(a.1[3 * c..4 * c].iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let t = tempfile::tempdir().unwrap();
+        let h = [1.5, 0.2, 0.0, 0.1, 0.7, 0.3, 0.0, 0.4, 2.0];
+        let x = [0.3f32, -1.2, 0.8, 1.1, 0.4, -0.5];
+        let labels = [2.0, 0.0];
+        let mut l = layer(t.path(), &h, 3, LossParameter::default()).unwrap();
+        let (_, g) = run(&mut l, &x, &labels, 3);
+        let eps = 1e-2f32;
+        for i in 0..x.len() {
+            let mut up = x;
+            up[i] += eps;
+            let mut down = x;
+            down[i] -= eps;
+            let mut f = |v: &[f32]| run(&mut l, v, &labels, 3).0;
+            let numeric = (f(&up) - f(&down)) / (2.0 * eps);
+            assert!(
+                (numeric - g[i]).abs() < 2e-3,
+                "logit {i}: {numeric} vs {}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn the_deprecated_normalize_flag_yields_to_normalization() {
+        let lp = |normalization: Option<NormalizationMode>, normalize| LossParameter {
+            normalization: normalization.map(|m| m as i32),
+            normalize,
+            ..Default::default()
+        };
+        assert_eq!(normalization(&lp(None, None)), NormalizationMode::Valid);
+        assert_eq!(
+            normalization(&lp(None, Some(false))),
+            NormalizationMode::BatchSize
+        );
+        assert_eq!(
+            normalization(&lp(Some(NormalizationMode::Full), Some(false))),
+            NormalizationMode::Full
+        );
+    }
+
+    #[test]
+    fn bad_matrices_and_definitions_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        // 2x2 H for 3 classes.
+        let mut l = layer(t.path(), &[1., 0., 0., 1.], 2, LossParameter::default()).unwrap();
+        let e = l.setup(&[vec![4, 3], vec![4]]).unwrap_err().to_string();
+        assert!(e.contains("h.binaryproto") && e.contains("3x3"), "{e}");
+        let e = layer(
+            t.path(),
+            &[1., f32::NAN, 0., 1.],
+            2,
+            LossParameter::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("NaN"), "{e}");
+        // No source; a source that is not there.
+        let param = LayerParameter::default();
+        let e = InfogainLoss::new(&param, "l", |p| t.path().join(p))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("infogain_loss_param"), "{e}");
+        let param = LayerParameter {
+            infogain_loss_param: Some(InfogainLossParameter {
+                source: Some("missing.binaryproto".into()),
+                axis: None,
+            }),
+            ..Default::default()
+        };
+        let e = InfogainLoss::new(&param, "l", |p| t.path().join(p))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("missing.binaryproto"), "{e}");
+        // A label the net cannot score.
+        let mut l = layer(t.path(), &[1., 0., 0., 1.], 2, LossParameter::default()).unwrap();
+        l.setup(&[vec![1, 2], vec![1]]).unwrap();
+        let bottom = [
+            Tensor::new(&[[0.0f32, 1.0]], &Device::Cpu).unwrap(),
+            Tensor::new(&[2.0f32], &Device::Cpu).unwrap(),
+        ];
+        let e = l.forward(&bottom, Phase::Train).unwrap_err().to_string();
+        assert!(e.contains("label 2"), "{e}");
+    }
+}
