@@ -9,7 +9,10 @@
 //! to logit k is p_k * sum_j H[y,j] - H[y,k]; both are divided by the
 //! normaliser of `loss_param` (VALID by default; `ignore_label` skips a
 //! prediction and zeroes its gradient).
-use super::loss::{normalization, normalizer, softmax, split};
+use super::loss::{
+    class_of, loss_diff, loss_tops, normalization, normalizer, scores_and_labels, scores_gradient,
+    softmax,
+};
 use super::{to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{loss_parameter::NormalizationMode, BlobProto, LayerParameter, Phase};
 use crate::error::{Error, Result};
@@ -104,26 +107,8 @@ impl Layer for InfogainLoss {
         2
     }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        if bottom.len() != 2 {
-            return Err(Error::model(
-                &self.ctx,
-                "needs two bottoms: scores and labels",
-            ));
-        }
-        self.dims = split(&bottom[0], self.axis, &self.ctx)?;
-        let (o, c, i) = self.dims;
-        if super::count(&bottom[1]) != o * i {
-            return Err(Error::model(
-                &self.ctx,
-                format!(
-                    "{} labels for {} predictions (shapes {:?} and {:?})",
-                    super::count(&bottom[1]),
-                    o * i,
-                    bottom[0],
-                    bottom[1]
-                ),
-            ));
-        }
+        self.dims = scores_and_labels(bottom, self.axis, &self.ctx)?;
+        let c = self.dims.1;
         if self.h.len() != c * c {
             return Err(Error::model(
                 &self.ctx,
@@ -156,17 +141,11 @@ impl Layer for InfogainLoss {
         let mut valid = 0usize;
         for oi in 0..o {
             for j in 0..inner {
-                let label = labels[oi * inner + j] as i32;
-                if Some(label) == self.ignore {
+                let Some(label) = class_of(labels[oi * inner + j], self.ignore, c, &self.ctx)?
+                else {
                     continue;
-                }
-                if label < 0 || label as usize >= c {
-                    return Err(Error::model(
-                        &self.ctx,
-                        format!("label {label} is outside 0..{c}"),
-                    ));
-                }
-                let row = &self.h[label as usize * c..][..c];
+                };
+                let row = &self.h[label * c..][..c];
                 for (k, &w) in row.iter().enumerate() {
                     let p = self.prob[oi * c * inner + k * inner + j];
                     // max() as Caffe's std::max: a NaN probability stays NaN.
@@ -177,21 +156,10 @@ impl Layer for InfogainLoss {
             }
         }
         self.normalizer = normalizer(self.mode, o, inner, valid);
-        let dev = bottom[0].device();
-        let mut tops = vec![Tensor::new(loss / self.normalizer, dev)?];
-        if self.tops > 1 {
-            tops.push(Tensor::from_vec(self.prob.clone(), bottom[0].shape(), dev)?);
-        }
-        Ok(tops)
+        loss_tops(loss / self.normalizer, &self.prob, self.tops, &bottom[0])
     }
     fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
-        if a.propagate.get(1).copied().unwrap_or(false) {
-            return Err(Error::model(
-                &self.ctx,
-                "cannot backpropagate to the labels",
-            ));
-        }
-        let (Some(dloss), true) = (&a.top_diff[0], a.propagate[0]) else {
+        let Some(dloss) = loss_diff(a, &self.ctx)? else {
             return Ok((vec![None, None], vec![]));
         };
         let (o, c, inner) = self.dims;
@@ -211,21 +179,7 @@ impl Layer for InfogainLoss {
                 }
             }
         }
-        let scale = dloss.flatten_all()?.to_vec1::<f32>()?[0] / self.normalizer;
-        for v in &mut dx {
-            *v *= scale;
-        }
-        Ok((
-            vec![
-                Some(Tensor::from_vec(
-                    dx,
-                    a.bottom[0].shape(),
-                    a.bottom[0].device(),
-                )?),
-                None,
-            ],
-            vec![],
-        ))
+        scores_gradient(dx, dloss, self.normalizer, a)
     }
 }
 

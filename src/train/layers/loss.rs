@@ -52,6 +52,108 @@ pub(super) fn normalizer(mode: NormalizationMode, outer: usize, inner: usize, va
     n.max(1.0)
 }
 
+/// Checks the bottoms of a scores-and-labels layer (two, one label per
+/// prediction) and splits the scores' shape at `axis` into (outer, classes, inner).
+pub(super) fn scores_and_labels(
+    bottom: &[Vec<usize>],
+    axis: i32,
+    ctx: &str,
+) -> Result<(usize, usize, usize)> {
+    if bottom.len() != 2 {
+        return Err(Error::model(ctx, "needs two bottoms: scores and labels"));
+    }
+    let dims = split(&bottom[0], axis, ctx)?;
+    let (o, _, i) = dims;
+    if super::count(&bottom[1]) != o * i {
+        return Err(Error::model(
+            ctx,
+            format!(
+                "{} labels for {} predictions (shapes {:?} and {:?})",
+                super::count(&bottom[1]),
+                o * i,
+                bottom[0],
+                bottom[1]
+            ),
+        ));
+    }
+    Ok(dims)
+}
+
+/// The class of label `raw` (Caffe casts the float to int): `None` for the
+/// ignore label, an error outside `0..classes` (Caffe only checks that in
+/// debug builds and reads past the scores otherwise).
+pub(super) fn class_of(
+    raw: f32,
+    ignore: Option<i32>,
+    classes: usize,
+    ctx: &str,
+) -> Result<Option<usize>> {
+    let label = raw as i32;
+    if Some(label) == ignore {
+        return Ok(None);
+    }
+    if label < 0 || label as usize >= classes {
+        return Err(Error::model(
+            ctx,
+            format!("label {label} is outside 0..{classes}"),
+        ));
+    }
+    Ok(Some(label as usize))
+}
+
+/// A loss layer's tops: the loss, and the probabilities as a second top
+/// when the layer has one.
+pub(super) fn loss_tops(
+    loss: f32,
+    prob: &[f32],
+    tops: usize,
+    like: &Tensor,
+) -> Result<Vec<Tensor>> {
+    let mut out = vec![Tensor::new(loss, like.device())?];
+    if tops > 1 {
+        out.push(Tensor::from_vec(
+            prob.to_vec(),
+            like.shape(),
+            like.device(),
+        )?);
+    }
+    Ok(out)
+}
+
+/// The gradient of a loss layer's top when its scores need one (`None`
+/// otherwise); a gradient for the labels is refused.
+pub(super) fn loss_diff<'a>(a: &'a BackwardArgs, ctx: &str) -> Result<Option<&'a Tensor>> {
+    if a.propagate.get(1).copied().unwrap_or(false) {
+        return Err(Error::model(ctx, "cannot backpropagate to the labels"));
+    }
+    Ok(match (&a.top_diff[0], a.propagate[0]) {
+        (Some(d), true) => Some(d),
+        _ => None,
+    })
+}
+
+/// The scores' gradient: `dx` times the top's gradient over `normalizer`;
+/// the labels get none.
+pub(super) fn scores_gradient(
+    mut dx: Vec<f32>,
+    dloss: &Tensor,
+    normalizer: f32,
+    a: &BackwardArgs,
+) -> Result<Grads> {
+    let scale = dloss.flatten_all()?.to_vec1::<f32>()?[0] / normalizer;
+    for v in &mut dx {
+        *v *= scale;
+    }
+    let like = &a.bottom[0];
+    Ok((
+        vec![
+            Some(Tensor::from_vec(dx, like.shape(), like.device())?),
+            None,
+        ],
+        vec![],
+    ))
+}
+
 /// Softmax over the channel axis of an (outer, channels, inner) array.
 pub(super) fn softmax(x: &[f32], outer: usize, ch: usize, inner: usize) -> Vec<f32> {
     let mut p = vec![0.0f32; x.len()];
@@ -133,7 +235,7 @@ impl Layer for Softmax {
 }
 
 pub struct SoftmaxWithLoss {
-    name: String,
+    ctx: String,
     axis: i32,
     ignore: Option<i32>,
     mode: NormalizationMode,
@@ -147,7 +249,7 @@ impl SoftmaxWithLoss {
     pub fn new(param: &LayerParameter, name: &str) -> Result<Self> {
         let lp = param.loss_param.unwrap_or_default();
         Ok(SoftmaxWithLoss {
-            name: name.to_string(),
+            ctx: format!("layer '{name}'"),
             axis: param.softmax_param.as_ref().map_or(1, |p| p.axis()),
             ignore: lp.ignore_label,
             mode: normalization(&lp),
@@ -167,24 +269,7 @@ impl Layer for SoftmaxWithLoss {
         2
     }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        let ctx = format!("layer '{}'", self.name);
-        if bottom.len() != 2 {
-            return Err(Error::model(&ctx, "needs two bottoms: scores and labels"));
-        }
-        self.dims = split(&bottom[0], self.axis, &ctx)?;
-        let (o, _, i) = self.dims;
-        if super::count(&bottom[1]) != o * i {
-            return Err(Error::model(
-                &ctx,
-                format!(
-                    "{} labels for {} predictions (shapes {:?} and {:?})",
-                    super::count(&bottom[1]),
-                    o * i,
-                    bottom[0],
-                    bottom[1]
-                ),
-            ));
-        }
+        self.dims = scores_and_labels(bottom, self.axis, &self.ctx)?;
         let mut tops = vec![vec![]];
         if self.tops > 1 {
             tops.push(bottom[0].clone());
@@ -206,17 +291,11 @@ impl Layer for SoftmaxWithLoss {
         let mut valid = 0usize;
         for oi in 0..o {
             for j in 0..inner {
-                let label = labels[oi * inner + j] as i32;
-                if Some(label) == self.ignore {
+                let Some(label) = class_of(labels[oi * inner + j], self.ignore, c, &self.ctx)?
+                else {
                     continue;
-                }
-                if label < 0 || label as usize >= c {
-                    return Err(Error::model(
-                        format!("layer '{}'", self.name),
-                        format!("label {label} is outside 0..{c}"),
-                    ));
-                }
-                let p = self.prob[oi * c * inner + label as usize * inner + j];
+                };
+                let p = self.prob[oi * c * inner + label * inner + j];
                 // Caffe's std::max(p, FLT_MIN): a NaN probability stays NaN.
                 let p = if p < f32::MIN_POSITIVE {
                     f32::MIN_POSITIVE
@@ -228,21 +307,10 @@ impl Layer for SoftmaxWithLoss {
             }
         }
         self.normalizer = normalizer(self.mode, o, inner, valid);
-        let dev = bottom[0].device();
-        let mut tops = vec![Tensor::new(loss / self.normalizer, dev)?];
-        if self.tops > 1 {
-            tops.push(Tensor::from_vec(self.prob.clone(), bottom[0].shape(), dev)?);
-        }
-        Ok(tops)
+        loss_tops(loss / self.normalizer, &self.prob, self.tops, &bottom[0])
     }
     fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
-        if a.propagate.get(1).copied().unwrap_or(false) {
-            return Err(Error::model(
-                format!("layer '{}'", self.name),
-                "cannot backpropagate to the labels",
-            ));
-        }
-        let (Some(dloss), true) = (&a.top_diff[0], a.propagate[0]) else {
+        let Some(dloss) = loss_diff(a, &self.ctx)? else {
             return Ok((vec![None, None], vec![]));
         };
         let (o, c, inner) = self.dims;
@@ -260,21 +328,7 @@ impl Layer for SoftmaxWithLoss {
                 }
             }
         }
-        let scale = dloss.flatten_all()?.to_vec1::<f32>()?[0] / self.normalizer;
-        for v in &mut dx {
-            *v *= scale;
-        }
-        Ok((
-            vec![
-                Some(Tensor::from_vec(
-                    dx,
-                    a.bottom[0].shape(),
-                    a.bottom[0].device(),
-                )?),
-                None,
-            ],
-            vec![],
-        ))
+        scores_gradient(dx, dloss, self.normalizer, a)
     }
 }
 
@@ -302,27 +356,10 @@ impl Layer for Accuracy {
         2
     }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        let ctx = &self.ctx;
-        if bottom.len() != 2 {
-            return Err(Error::model(ctx, "needs two bottoms: scores and labels"));
-        }
-        self.dims = split(&bottom[0], self.p.axis(), ctx)?;
-        let (outer, _, inner) = self.dims;
-        if super::count(&bottom[1]) != outer * inner {
-            return Err(Error::model(
-                ctx,
-                format!(
-                    "{} labels for {} predictions (shapes {:?} and {:?})",
-                    super::count(&bottom[1]),
-                    outer * inner,
-                    bottom[0],
-                    bottom[1]
-                ),
-            ));
-        }
+        self.dims = scores_and_labels(bottom, self.p.axis(), &self.ctx)?;
         if self.p.top_k() as usize > self.dims.1 {
             return Err(Error::model(
-                ctx,
+                &self.ctx,
                 "top_k is larger than the number of classes",
             ));
         }
@@ -335,20 +372,12 @@ impl Layer for Accuracy {
         let (mut right, mut total) = (0usize, 0usize);
         for oi in 0..o {
             for j in 0..inner {
-                let label = labels[oi * inner + j] as i32;
-                if Some(label) == self.p.ignore_label {
+                let Some(label) =
+                    class_of(labels[oi * inner + j], self.p.ignore_label, c, &self.ctx)?
+                else {
                     continue;
-                }
-                // Caffe only checks this in debug builds (and reads past the
-                // scores otherwise); a label the net cannot predict is a
-                // data or prototxt mistake worth stopping for.
-                if label < 0 || label as usize >= c {
-                    return Err(Error::model(
-                        &self.ctx,
-                        format!("label {label} is outside 0..{c}"),
-                    ));
-                }
-                let rank = rank_of_label(c, label as usize, |q| x[oi * c * inner + q * inner + j]);
+                };
+                let rank = rank_of_label(c, label, |q| x[oi * c * inner + q * inner + j]);
                 if rank.is_some_and(|r| r < k) {
                     right += 1;
                 }
