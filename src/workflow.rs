@@ -371,6 +371,7 @@ fn evaluate_stage(
         top_k: 5,
         threshold: None,
         tta: opts.tta,
+        ensemble: false,
     };
     let evaluation = evaluate(&options)?;
     let classes = evaluation.confusion.classes();

@@ -27,6 +27,7 @@ fn options<'a>(
         top_k: 2,
         threshold: None,
         tta: Tta::None,
+        ensemble: false,
     }
 }
 
@@ -300,7 +301,12 @@ fn cli_writes_the_report_files() {
         rows[24]
     );
 
-    // Test-time views are named in the report and in metrics.json.
+    // Test-time views and ensembles are named in the report and in metrics.json.
+    let both = format!(
+        "{},{}",
+        fixture("tiny-net/snapshots/tiny_iter_15.caffemodel").display(),
+        weights.display()
+    );
     let (ok, stdout, err) = run(
         t.path(),
         &[
@@ -308,7 +314,8 @@ fn cli_writes_the_report_files() {
             "--model",
             model.to_str().unwrap(),
             "--weights",
-            weights.to_str().unwrap(),
+            &both,
+            "--ensemble",
             "--tta",
             "rot90",
             "--out",
@@ -326,6 +333,11 @@ fn cli_writes_the_report_files() {
         serde_json::from_str(&std::fs::read_to_string(t.path().join("tta/metrics.json")).unwrap())
             .unwrap();
     assert_eq!(json["views"].as_array().unwrap().len(), 4);
+    assert_eq!(json["ensemble"], true);
+    assert!(
+        stdout.contains("an ensemble: the 2 weights files each score every image"),
+        "{stdout}"
+    );
     let (ok, _, err) = run(
         t.path(),
         &[
@@ -438,7 +450,7 @@ fn image_list_net(t: &Path, list: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn test_time_views_average_what_the_net_gives_for_flipped_and_turned_files() {
+fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_turned_files() {
     use flickr_style::pipeline::decode::{read_image, ColorMode};
     use flickr_style::pipeline::resize::resize_linear;
     use image::{imageops, RgbImage};
@@ -484,28 +496,30 @@ fn test_time_views_average_what_the_net_gives_for_flipped_and_turned_files() {
             lists[v] += &format!("{} {label}\n", path.display());
         }
     }
-    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
-    let run = |v: usize, tta: Tta| {
-        let dir = t.path().join(format!("{v}_{tta}"));
-        std::fs::create_dir(&dir).unwrap();
-        let list = dir.join("list.txt");
+    let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let w15 = fixture("tiny-net/snapshots/tiny_iter_15.caffemodel");
+    let evaluate_with = |v: usize, tta: Tta, weights: &[&Path]| {
+        let dir = tempfile::tempdir_in(t.path()).unwrap();
+        let list = dir.path().join("list.txt");
         std::fs::write(&list, &lists[v]).unwrap();
-        let net = image_list_net(&dir, &list);
+        let net = image_list_net(dir.path(), &list);
         evaluate(&EvalOptions {
             tta,
-            ..options(&net, &[weights.as_path()], None)
+            ensemble: weights.len() > 1,
+            ..options(&net, weights, None)
         })
         .unwrap()
     };
+    let run = |v: usize, tta: Tta| evaluate_with(v, tta, &[w30.as_path()]);
+    let label_probabilities = |e: flickr_style::train::evaluate::Evaluation| -> Vec<f32> {
+        e.predictions
+            .unwrap()
+            .iter()
+            .map(|p| p.value_label)
+            .collect()
+    };
     let plain: Vec<Vec<f32>> = (0..views.len())
-        .map(|v| {
-            let e = run(v, Tta::None);
-            e.predictions
-                .unwrap()
-                .iter()
-                .map(|p| p.value_label)
-                .collect()
-        })
+        .map(|v| label_probabilities(run(v, Tta::None)))
         .collect();
     // The views really differ for this net (else the check below is empty).
     assert!(plain[0]
@@ -539,4 +553,27 @@ fn test_time_views_average_what_the_net_gives_for_flipped_and_turned_files() {
         let s = e.confusion.summary(&[]);
         assert_eq!(s.images, 24);
     }
+
+    // An ensemble of the iteration-15 and -30 weights, each under the plain
+    // and the mirrored view: the mean of the four runs on the files.
+    let plain15: Vec<Vec<f32>> = [0, 4]
+        .iter()
+        .map(|&v| label_probabilities(evaluate_with(v, Tta::None, &[w15.as_path()])))
+        .collect();
+    let both = label_probabilities(evaluate_with(
+        0,
+        Tta::Mirror,
+        &[w15.as_path(), w30.as_path()],
+    ));
+    for (i, got) in both.iter().enumerate() {
+        let want = (plain15[0][i] + plain[0][i] + plain15[1][i] + plain[4][i]) / 4.0;
+        assert!((got - want).abs() < 1e-5, "image {i}: {got} vs {want}");
+    }
+    assert!(plain15[0]
+        .iter()
+        .zip(&plain[0])
+        .any(|(a, b)| (a - b).abs() > 1e-3));
+    // The same weights twice are the one model.
+    let twice = label_probabilities(evaluate_with(0, Tta::None, &[w30.as_path(), w30.as_path()]));
+    assert_eq!(twice, plain[0]);
 }

@@ -580,6 +580,11 @@ struct EvaluateArgs {
     /// --rotate90 or on subjects with no natural up.
     #[arg(long, value_name = "VIEWS", default_value = "none")]
     tta: Tta,
+    /// Treat each --weights file as its own model of this net (e.g. runs with other seeds or
+    /// class weights) and average their probabilities over the same test images; without it the
+    /// files are loaded into one net in turn, as `caffe test --weights a,b` does.
+    #[arg(long)]
+    ensemble: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -1028,6 +1033,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         top_k: a.top_k,
         threshold: a.threshold,
         tta: a.tta,
+        ensemble: a.ensemble,
     };
     let evaluation = evaluate(&options)?;
     let names = match &a.names {

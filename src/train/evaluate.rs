@@ -12,6 +12,7 @@ use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
+use candle_core::Tensor;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,10 @@ pub struct EvalOptions<'a> {
     pub threshold: Option<f64>,
     /// Views of each image to average the probabilities (or scores) over.
     pub tta: Tta,
+    /// Each weights file is its own model and their probabilities (or
+    /// scores) are averaged; otherwise they are loaded into one net in turn,
+    /// as Caffe's `--weights a,b` does.
+    pub ensemble: bool,
 }
 
 /// What the scores blob holds, which decides what the report can say.
@@ -148,24 +153,8 @@ impl Reader {
 
     /// The scores as (images, classes) and the labels of the last forward pass.
     fn read(&self, net: &Net) -> Result<(usize, usize, Vec<f32>, Vec<f32>)> {
-        let get = |i: usize, name: &str| {
-            match &self.layer {
-                Some(l) => net.layer_bottom(l, i),
-                None => net.blob(name),
-            }
-            .ok_or_else(|| Error::model(format!("blob '{name}'"), "the TEST net has no such blob"))
-        };
-        let (scores, labels) = (get(0, &self.scores)?, get(1, &self.label)?);
-        let dims = scores.dims();
-        let n = dims.first().copied().unwrap_or(0);
-        if dims.len() < 2 || dims[2..].iter().any(|&d| d != 1) || n == 0 || dims[1] == 0 {
-            return Err(Error::model(
-                format!("blob '{}'", self.scores),
-                format!(
-                    "has shape {dims:?}; evaluate needs one score vector per image (images x classes)"
-                ),
-            ));
-        }
+        let (n, classes, scores) = self.read_scores(net)?;
+        let labels = self.blob(net, 1, &self.label)?;
         if labels.elem_count() != n {
             return Err(Error::model(
                 format!("blob '{}'", self.label),
@@ -176,7 +165,32 @@ impl Reader {
                 ),
             ));
         }
-        Ok((n, dims[1], to_vec(scores)?, to_vec(labels)?))
+        Ok((n, classes, scores, to_vec(labels)?))
+    }
+
+    /// Bottom `i` of the reader's layer, or the blob `name`.
+    fn blob<'n>(&self, net: &'n Net, i: usize, name: &str) -> Result<&'n Tensor> {
+        match &self.layer {
+            Some(l) => net.layer_bottom(l, i),
+            None => net.blob(name),
+        }
+        .ok_or_else(|| Error::model(format!("blob '{name}'"), "the TEST net has no such blob"))
+    }
+
+    /// The scores of the last forward pass as (images, classes, values).
+    fn read_scores(&self, net: &Net) -> Result<(usize, usize, Vec<f32>)> {
+        let scores = self.blob(net, 0, &self.scores)?;
+        let dims = scores.dims();
+        let n = dims.first().copied().unwrap_or(0);
+        if dims.len() < 2 || dims[2..].iter().any(|&d| d != 1) || n == 0 || dims[1] == 0 {
+            return Err(Error::model(
+                format!("blob '{}'", self.scores),
+                format!(
+                    "has shape {dims:?}; evaluate needs one score vector per image (images x classes)"
+                ),
+            ));
+        }
+        Ok((n, dims[1], to_vec(scores)?))
     }
 }
 
@@ -184,11 +198,18 @@ impl Reader {
 pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     let def = read_net_prototxt(o.model)?;
     let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
-    let mut net = Net::new(&def, &ctx, None)?;
-    for w in o.weights {
-        net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
+    // One net with every weights file loaded in turn (Caffe's --weights a,b),
+    // or with `ensemble` one net per file; the first reads the data.
+    let mut nets = Vec::new();
+    for group in weight_groups(o.weights, o.ensemble) {
+        let mut net = Net::new(&def, &ctx, None)?;
+        for w in group {
+            net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
+        }
+        nets.push(net);
     }
-    let reader = Reader::find(&net, &o.blobs, o.model)?;
+    let (net, others) = nets.split_first_mut().expect("at least one weights file");
+    let reader = Reader::find(net, &o.blobs, o.model)?;
     if o.threshold.is_some() && reader.kind == ScoreKind::Scores {
         return Err(Error::model(
             format!("blob '{}'", reader.scores),
@@ -225,11 +246,12 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     while batches < max_batches && images.is_none_or(|total| seen < total) {
         net.forward()?;
         batches += 1;
-        let (n, classes, scores, labels) = reader.read(&net)?;
-        let averaged = match views.len() {
-            1 => None,
+        let (n, classes, scores, labels) = reader.read(net)?;
+        let averaged = match (views.len(), others.len()) {
+            (1, 0) => None,
             _ => Some(average_views(
-                &mut net,
+                net,
+                others,
                 &reader,
                 &views,
                 scores.clone(),
@@ -318,20 +340,32 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     })
 }
 
-/// The mean over `views` of each image's probabilities (softmax of logits),
-/// or of its raw values when they are neither; `first` holds the scores of
-/// the unchanged batch, just computed.
+/// The weights files of each net: all in one (loaded in turn), or one net per
+/// file for an ensemble.
+fn weight_groups<'a>(weights: &'a [&'a Path], ensemble: bool) -> Vec<&'a [&'a Path]> {
+    if ensemble {
+        weights.chunks(1).collect()
+    } else {
+        vec![weights]
+    }
+}
+
+/// The mean over the nets (`net`, then `others`) and `views` of each image's
+/// probabilities (softmax of logits), or of its raw values when they are
+/// neither; `first` holds `net`'s scores of the unchanged batch, just
+/// computed. The other nets score the very tensors `net`'s data layer made.
 fn average_views(
     net: &mut Net,
+    others: &mut [Net],
     reader: &Reader,
     views: &[super::tta::View],
     first: Vec<f32>,
     classes: usize,
 ) -> Result<Vec<f32>> {
-    let images = net.batch_images().cloned().ok_or_else(|| {
+    let batch = net.batch().ok_or_else(|| {
         Error::model(
             format!("net '{}'", net.name),
-            "test-time augmentation needs one data layer reading a list or an LMDB",
+            "test-time views and ensembles need one data layer reading a list or an LMDB",
         )
     })?;
     let probabilities = |scores: Vec<f32>| -> Vec<f32> {
@@ -341,14 +375,25 @@ fn average_views(
         }
     };
     let mut sum = probabilities(first);
-    for view in &views[1..] {
-        net.forward_images(view.apply(&images)?)?;
-        let (_, _, scores, _) = reader.read(net)?;
-        for (s, p) in sum.iter_mut().zip(probabilities(scores)) {
-            *s += p;
+    let mut runs = 1usize;
+    for (k, view) in views.iter().enumerate() {
+        let mut viewed = batch.clone();
+        viewed[0] = view.apply(&batch[0])?;
+        // The first net's unchanged batch is `first`.
+        let skip = usize::from(k == 0);
+        for m in std::iter::once(&mut *net)
+            .chain(others.iter_mut())
+            .skip(skip)
+        {
+            m.forward_batch(viewed.clone())?;
+            let (_, _, scores) = reader.read_scores(m)?;
+            for (s, p) in sum.iter_mut().zip(probabilities(scores)) {
+                *s += p;
+            }
+            runs += 1;
         }
     }
-    let n = views.len() as f32;
+    let n = runs as f32;
     Ok(sum.into_iter().map(|s| s / n).collect())
 }
 
@@ -392,6 +437,8 @@ struct JsonReport<'a> {
     ignored: u64,
     /// The views averaged over (`identity` alone without augmentation).
     views: Vec<String>,
+    /// Whether each weights file was its own model, averaged.
+    ensemble: bool,
     #[serde(flatten)]
     summary: &'a Summary,
 }
@@ -430,6 +477,16 @@ impl Report<'_> {
             self.evaluation.scores_blob,
             self.evaluation.label_blob
         );
+        if self.options.ensemble && self.options.weights.len() > 1 {
+            s += &format!(
+                "; an ensemble: the {} weights files each score every image and their {} are averaged",
+                self.options.weights.len(),
+                match self.evaluation.kind {
+                    ScoreKind::Scores => "scores",
+                    _ => "probabilities",
+                }
+            );
+        }
         let views = self.options.tta.views();
         if views.len() > 1 {
             let what = match self.evaluation.kind {
@@ -505,6 +562,7 @@ impl Report<'_> {
                 .iter()
                 .map(|v| v.to_string())
                 .collect(),
+            ensemble: self.options.ensemble,
             summary: &summary,
         };
         let json = serde_json::to_string_pretty(&json)

@@ -367,34 +367,46 @@ impl Net {
         self.forward_layers(true)
     }
 
-    /// The images of the last batch: top 0 of the net's one data layer that
-    /// reads a list or an LMDB, as the layers after it saw them.
-    pub fn batch_images(&self) -> Option<&Tensor> {
+    /// The last batch as the layers after the data saw it: the tops of the
+    /// net's one data layer that reads a list or an LMDB (images first, then
+    /// labels).
+    pub fn batch(&self) -> Option<Vec<Tensor>> {
         let e = self.image_source()?;
-        self.blobs[e.tops[0]].as_ref()
+        e.tops.iter().map(|&t| self.blobs[t].clone()).collect()
     }
 
-    /// Runs every layer but the data layers again, with the batch's images
-    /// (see [`Net::batch_images`]) replaced by `images` of the same shape,
-    /// so that one batch can be scored under several views (test-time
-    /// augmentation) without moving the data layers on.
-    pub fn forward_images(&mut self, images: Tensor) -> Result<f32> {
-        let (id, shape) = {
-            let e = self.image_source().ok_or_else(|| {
+    /// Runs every layer but the data layers again, with the tops of the data
+    /// layer of [`Net::batch`] set to `tops` (same count and shapes): to score
+    /// one batch under several views (test-time augmentation) without moving
+    /// the data on, or to feed another net with the same images (ensembles).
+    pub fn forward_batch(&mut self, tops: Vec<Tensor>) -> Result<f32> {
+        let ids = self
+            .image_source()
+            .ok_or_else(|| {
                 Error::model(
                     format!("net '{}'", self.name),
                     "has no single data layer reading a list or an LMDB",
                 )
-            })?;
-            (e.tops[0], self.blob_shapes[e.tops[0]].clone())
-        };
-        if images.dims() != shape.as_slice() {
+            })?
+            .tops
+            .clone();
+        if ids.len() != tops.len() {
             return Err(Error::model(
-                format!("blob '{}'", self.blob_names[id]),
-                format!("has shape {shape:?}, not {:?}", images.dims()),
+                format!("net '{}'", self.name),
+                format!("its data layer has {} tops, not {}", ids.len(), tops.len()),
             ));
         }
-        self.blobs[id] = Some(images);
+        for (&id, t) in ids.iter().zip(&tops) {
+            if t.dims() != self.blob_shapes[id].as_slice() {
+                return Err(Error::model(
+                    format!("blob '{}'", self.blob_names[id]),
+                    format!("has shape {:?}, not {:?}", self.blob_shapes[id], t.dims()),
+                ));
+            }
+        }
+        for (id, t) in ids.into_iter().zip(tops) {
+            self.blobs[id] = Some(t);
+        }
         self.forward_layers(false)
     }
 
@@ -418,11 +430,21 @@ impl Net {
             if !data && e.layer.is_data() {
                 continue;
             }
-            let bottom: Vec<Tensor> = e
+            let bottom = e
                 .bottoms
                 .iter()
-                .map(|&b| self.blobs[b].clone().expect("bottom computed"))
-                .collect();
+                .map(|&b| {
+                    self.blobs[b].clone().ok_or_else(|| {
+                        Error::model(
+                            format!("layer '{}'", e.param.name()),
+                            format!(
+                                "its bottom '{}' was not computed (its data layer did not run)",
+                                self.blob_names[b]
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<Tensor>>>()?;
             let start = Instant::now();
             let tops = e.layer.forward(&bottom, self.phase)?;
             if let Some(t) = &mut self.timing {
