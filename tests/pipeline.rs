@@ -239,6 +239,34 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         "{predictions}"
     );
     assert!(err.contains("8 test images: accuracy"), "{err}");
+    // The closing hint classifies new images with the trained net, named.
+    let hint = err
+        .lines()
+        .find_map(|l| l.strip_prefix("Classify new images with: flickr-style "))
+        .expect("a classify hint");
+    let mut args: Vec<String> = hint.split_whitespace().map(String::from).collect();
+    assert_eq!(args.pop().as_deref(), Some("IMAGES_OR_FOLDERS"));
+    args.push(fixture("images/vehicle").display().to_string());
+    let out = Command::new(bin())
+        .args(&args)
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert!(
+        csv.lines()
+            .skip(1)
+            .all(|r| ["animal", "object", "science", "vehicle"]
+                .iter()
+                .any(|c| r.contains(&format!(",{c},")))),
+        "{csv}"
+    );
 
     // A rerun redoes nothing: the lists are unchanged, so the mean, the
     // training and the report stay as they are.

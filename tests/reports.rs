@@ -577,3 +577,164 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
     let twice = label_probabilities(evaluate_with(0, Tta::None, &[w30.as_path(), w30.as_path()]));
     assert_eq!(twice, plain[0]);
 }
+
+#[test]
+fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
+    use flickr_style::train::classify::{classify, ClassifyOptions};
+    // The tiny net's TEST data is convert_imageset's 64x64 LMDB of the
+    // fixture photos. Classifying the photo files themselves (decoded and
+    // resized as OpenCV does, to the mean's 64x64) must give each photo the
+    // probabilities evaluate gives its record.
+    let model = fixture("tiny-net/train_val.prototxt");
+    let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let e = eval_tiny(&model, None, None).unwrap();
+    let images = fixture("images");
+    let files: Vec<std::path::PathBuf> = e
+        .predictions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| images.join(&p.image[9..]))
+        .collect();
+    let compute = Compute::cpu();
+    let base = fixture("tiny-net");
+    let o = ClassifyOptions {
+        model: &model,
+        weights: &[w30.as_path()],
+        ensemble: false,
+        base_dir: &base,
+        compute: &compute,
+        images: &files,
+        size: None,
+        pad: None,
+        gray: false,
+        scores: None,
+        top_k: 4,
+        tta: Tta::None,
+        batch_size: Some(5),
+    };
+    let c = classify(&o).unwrap();
+    assert_eq!(c.classes, 4);
+    assert!(c.failed.is_empty(), "{:?}", c.failed);
+    assert_eq!(c.rows.len(), 24);
+    for (row, p) in c.rows.iter().zip(e.predictions.as_ref().unwrap()) {
+        assert_eq!(row.image, images.join(&p.image[9..]));
+        assert_eq!(row.top[0].0, p.predicted, "{}", p.image);
+        assert!(
+            (row.top[0].1 - p.value_predicted).abs() < 1e-5,
+            "{}",
+            p.image
+        );
+        let label = row.top.iter().find(|t| t.0 == p.label).unwrap();
+        assert!((label.1 - p.value_label).abs() < 1e-5, "{}", p.image);
+        let sum: f32 = row.top.iter().map(|t| t.1).sum();
+        assert!((sum - 1.0).abs() < 1e-5);
+    }
+
+    // An unreadable file is skipped and named; a wrong size is a setup error.
+    let t = tempfile::tempdir().unwrap();
+    let broken = t.path().join("broken.jpg");
+    std::fs::write(&broken, b"\xFF\xD8 not really").unwrap();
+    let two = [files[0].clone(), broken.clone()];
+    let c = classify(&ClassifyOptions {
+        images: &two,
+        scores: None,
+        ..o
+    })
+    .unwrap();
+    assert_eq!(c.rows.len(), 1);
+    assert_eq!(c.failed.len(), 1);
+    assert_eq!(c.failed[0].0, broken);
+    let e = classify(&ClassifyOptions {
+        size: Some((128, 128)),
+        images: &two,
+        ..o
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("64x64") && e.contains("128x128"), "{e}");
+}
+
+#[test]
+fn classify_cli_walks_folders_and_writes_the_top_classes() {
+    let t = tempfile::tempdir().unwrap();
+    let names = t.path().join("names.txt");
+    std::fs::write(&names, "circle\nsquare\ntriangle\nstar\n").unwrap();
+    let model = fixture("tiny-net/train_val.prototxt");
+    let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let out = t.path().join("predictions.csv");
+    let classify_cli = |extra: &[&str]| {
+        let mut args = vec![
+            "classify",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--names",
+            names.to_str().unwrap(),
+            "--top-k",
+            "2",
+            "--threshold",
+            "0.5",
+            "--tta",
+            "mirror",
+        ];
+        args.extend_from_slice(extra);
+        run(t.path(), &args)
+    };
+    let images = fixture("images");
+    let (ok, _, err) = classify_cli(&[images.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("classified 24 images (0 skipped)"), "{err}");
+    let csv = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "image,class_1,probability_1,class_2,probability_2,confident"
+    );
+    assert_eq!(rows.len(), 25);
+    // Folders are searched recursively, in sorted order.
+    assert!(
+        rows[1].starts_with(&format!("{}/animal/", images.display())),
+        "{}",
+        rows[1]
+    );
+    for r in &rows[1..] {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!(f.len(), 6, "{r}");
+        assert!(
+            ["circle", "square", "triangle", "star"].contains(&f[1]),
+            "{r}"
+        );
+        let (p1, p2): (f32, f32) = (f[2].parse().unwrap(), f[4].parse().unwrap());
+        assert!(p1 >= p2 && p1 + p2 <= 1.0 + 1e-6, "{r}");
+        assert_eq!(f[5], (p1 >= 0.5).to_string(), "{r}");
+    }
+
+    // --strict: an unreadable image stops it before anything is written.
+    let broken = t.path().join("broken.png");
+    std::fs::write(&broken, b"not an image").unwrap();
+    let out2 = t.path().join("p2.csv");
+    let (ok, _, err) = classify_cli(&[
+        broken.to_str().unwrap(),
+        images.join("animal/cat.jpg").to_str().unwrap(),
+        "--strict",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("broken.png") && err.contains("1 of 2 images"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+    // Without it the image is skipped and named, the rest classified.
+    let (ok, stdout, err) = classify_cli(&[
+        broken.to_str().unwrap(),
+        images.join("animal/cat.jpg").to_str().unwrap(),
+    ]);
+    assert!(
+        ok && err.contains("skipped") && err.contains("broken.png"),
+        "{err}"
+    );
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+}

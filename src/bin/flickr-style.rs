@@ -54,6 +54,9 @@ enum Command {
     /// Per-class report of trained weights over the TEST data: confusion matrix, precision,
     /// recall, F1, top-k and mean per-class accuracy.
     Evaluate(EvaluateArgs),
+    /// Predict the classes of new, unlabelled images with trained weights (classify.py): the
+    /// net's TEST data layer says how an image becomes its input; writes a CSV of the top classes.
+    Classify(ClassifyArgs),
     /// Time forward and backward passes, layer by layer (caffe time).
     Time(TimeArgs),
     /// Plot a `finetune --metrics` file as SVG: training and test losses, test scores, learning rate.
@@ -590,6 +593,57 @@ struct EvaluateArgs {
 }
 
 #[derive(Args)]
+struct ClassifyArgs {
+    /// Image files, or folders searched recursively for images.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// The net as trained (e.g. data/<name>/train_val.prototxt from the pipeline): its TEST data
+    /// layer's transform_param (crop, mean, scale) and resize are applied to each image.
+    #[arg(long)]
+    model: PathBuf,
+    /// Trained .caffemodel(s), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    weights: Vec<PathBuf>,
+    /// The CSV to write (one row per image: its best classes and their probabilities); default:
+    /// standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Class names, one per line in label order (labels.txt, or style_names.txt).
+    #[arg(long)]
+    names: Option<PathBuf>,
+    /// Classes to list per image.
+    #[arg(long, default_value_t = 3)]
+    top_k: usize,
+    /// Add a `confident` column: whether the best class's probability reaches this.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Test-time augmentation, as for `evaluate`.
+    #[arg(long, value_name = "VIEWS", default_value = "none")]
+    tta: Tta,
+    /// Average the probabilities of each --weights file as its own model, as for `evaluate`.
+    #[arg(long)]
+    ensemble: bool,
+    // Size before the crop; default: the ImageData layer's new_height/new_width, or for a Data
+    // layer its mean image's size (else 256x256, what to-lmdb and the pipeline store).
+    #[command(flatten)]
+    resize: ResizeArgs,
+    /// Read the images as one gray channel.
+    #[arg(long)]
+    gray: bool,
+    /// Blob of class scores (default: the first bottom of the Accuracy or loss layer).
+    #[arg(long)]
+    scores: Option<String>,
+    /// Images per forward pass (default: the data layer's batch_size).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Stop at the first image that cannot be read (default: skip it and say so).
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
 struct PlotArgs {
     /// The JSON-lines metrics file written by `finetune --metrics` (or `pipeline --metrics`).
     metrics: PathBuf,
@@ -661,6 +715,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Pipeline(_)
             | Command::Test(_)
             | Command::Evaluate(_)
+            | Command::Classify(_)
             | Command::Time(_)
     ) {
         flickr_style::train::memory::reuse_large_allocations();
@@ -687,6 +742,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pipeline(a) => cmd_pipeline(*a),
         Command::Test(a) => cmd_test(a),
         Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Classify(a) => cmd_classify(a),
         Command::Time(a) => cmd_time(a),
         Command::Plot(a) => {
             flickr_style::train::plot::plot_metrics(&a.metrics, &a.out)?;
@@ -1054,6 +1110,63 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_classify(a: ClassifyArgs) -> Result<()> {
+    use flickr_style::train::classify::{classify, ClassifyOptions};
+    let images = flickr_style::pipeline::folders::find_images(&a.images)?;
+    if images.is_empty() {
+        bail!("no image files found in the given folders");
+    }
+    let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
+    let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
+    let compute = a.device.compute()?;
+    let result = classify(&ClassifyOptions {
+        model: &a.model,
+        weights: &weights,
+        ensemble: a.ensemble,
+        base_dir: &base_dir,
+        compute: &compute,
+        images: &images,
+        size: a.resize.get()?,
+        pad: a.resize.pad(),
+        gray: a.gray,
+        scores: a.scores,
+        top_k: a.top_k,
+        tta: a.tta,
+        batch_size: a.batch_size,
+    })?;
+    for (p, why) in &result.failed {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    if a.strict && !result.failed.is_empty() {
+        bail!(
+            "{} of {} images could not be read (listed above); nothing was written",
+            result.failed.len(),
+            images.len()
+        );
+    }
+    if result.rows.is_empty() {
+        bail!("none of the {} images could be read", images.len());
+    }
+    let names = match &a.names {
+        Some(p) => flickr_style::train::evaluate::read_class_names(p, result.classes)?,
+        None => Vec::new(),
+    };
+    let csv = result.to_csv(&names, a.threshold);
+    match &a.out {
+        Some(out) => {
+            flickr_style::fsutil::write_atomic(out, csv.as_bytes())?;
+            eprintln!(
+                "classified {} images ({} skipped) into {}",
+                result.rows.len(),
+                result.failed.len(),
+                out.display()
+            );
+        }
+        None => print!("{csv}"),
+    }
+    Ok(())
+}
+
 fn cmd_time(a: TimeArgs) -> Result<()> {
     let r = flickr_style::train::commands::time(
         &a.model,
@@ -1213,5 +1326,25 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
     };
     let model = run(&opts, stop).with_context(|| format!("running {what}"))?;
     eprintln!("Done: {}", model.display());
+    let data = opts.dataset.data_dir();
+    let names = match (&opts.dataset, &opts.names) {
+        (_, Some(n)) => format!(" --names {}", n.display()),
+        (Dataset::FlickrStyle(_), None) => String::new(),
+        _ => format!(" --names {}", data.join("labels.txt").display()),
+    };
+    // Images must be prepared as the training ones were.
+    let pad = opts.pad.map_or(String::new(), |p| {
+        let fill = match p.fill {
+            PadFill::Border => "border".to_string(),
+            PadFill::Value(v) => v.to_string(),
+        };
+        let shrink = if p.upscale { "" } else { " --no-upscale" };
+        format!(" --pad-square {fill}{shrink}")
+    });
+    eprintln!(
+        "Classify new images with: flickr-style classify --model {} --weights {}{names}{pad} IMAGES_OR_FOLDERS",
+        data.join("train_val.prototxt").display(),
+        model.display()
+    );
     Ok(())
 }

@@ -73,6 +73,24 @@ fn images_under(
     Ok(out)
 }
 
+/// The images named by `paths`: a file as it is, a folder's image files
+/// (recursively, sorted, hidden ones left out), in the order given.
+pub fn find_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let root = std::fs::canonicalize(p).at(p)?;
+            let mut seen = std::collections::HashSet::from([root.clone()]);
+            out.extend(images_under(p, &root, &mut 0, &mut seen)?);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::invalid(p.display(), "no such file or folder"));
+        }
+    }
+    Ok(out)
+}
+
 /// Imports the dataset at `o.root` and writes the lists into `o.split.out`.
 pub fn import_folders(o: &FolderImportOptions) -> Result<ImportSummary> {
     o.split.validate()?;

@@ -91,17 +91,21 @@ pub struct Evaluation {
 }
 
 /// Where the scores and labels come from.
-struct Reader {
+pub(crate) struct Reader {
     /// `Some(layer)`: that layer's bottoms 0 and 1; `None`: blobs by name.
     layer: Option<String>,
     scores: String,
     label: String,
     ignore_label: Option<i32>,
-    kind: ScoreKind,
+    pub(crate) kind: ScoreKind,
 }
 
 impl Reader {
-    fn find(net: &Net, blobs: &Option<(String, String)>, model: &Path) -> Result<Reader> {
+    pub(crate) fn find(
+        net: &Net,
+        blobs: &Option<(String, String)>,
+        model: &Path,
+    ) -> Result<Reader> {
         let kind = |blob: &str| {
             let feeds = |ty: &str| {
                 net.layer_params()
@@ -178,7 +182,7 @@ impl Reader {
     }
 
     /// The scores of the last forward pass as (images, classes, values).
-    fn read_scores(&self, net: &Net) -> Result<(usize, usize, Vec<f32>)> {
+    pub(crate) fn read_scores(&self, net: &Net) -> Result<(usize, usize, Vec<f32>)> {
         let scores = self.blob(net, 0, &self.scores)?;
         let dims = scores.dims();
         let n = dims.first().copied().unwrap_or(0);
@@ -342,7 +346,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
 
 /// The weights files of each net: all in one (loaded in turn), or one net per
 /// file for an ensemble.
-fn weight_groups<'a>(weights: &'a [&'a Path], ensemble: bool) -> Vec<&'a [&'a Path]> {
+pub(crate) fn weight_groups<'a>(weights: &'a [&'a Path], ensemble: bool) -> Vec<&'a [&'a Path]> {
     if ensemble {
         weights.chunks(1).collect()
     } else {
@@ -354,7 +358,7 @@ fn weight_groups<'a>(weights: &'a [&'a Path], ensemble: bool) -> Vec<&'a [&'a Pa
 /// probabilities (softmax of logits), or of its raw values when they are
 /// neither; `first` holds `net`'s scores of the unchanged batch, just
 /// computed. The other nets score the very tensors `net`'s data layer made.
-fn average_views(
+pub(crate) fn average_views(
     net: &mut Net,
     others: &mut [Net],
     reader: &Reader,
@@ -399,7 +403,7 @@ fn average_views(
 
 /// Softmax of these logits (shifted by the maximum, as Caffe's Softmax layer
 /// does, so large logits do not overflow).
-fn softmax(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
     let sum: f32 = exps.iter().sum();

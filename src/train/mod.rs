@@ -9,8 +9,10 @@
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
 //! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
 //! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data;
-//!   [`tta`]: the flipped and turned views it can average over.
+//!   [`tta`]: the flipped and turned views it can average over; [`classify`]: predictions
+//!   for new, unlabelled images.
 
+pub mod classify;
 pub mod commands;
 pub mod compute;
 pub mod confusion;

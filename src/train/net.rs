@@ -410,16 +410,18 @@ impl Net {
         self.forward_layers(false)
     }
 
-    /// The one data layer that names its source, if there is exactly one.
+    /// The one data layer that names its source, if there is exactly one;
+    /// else the net's only data layer (an Input layer fed by the caller).
     fn image_source(&self) -> Option<&Entry> {
-        let mut known = self
-            .entries
-            .iter()
-            .filter(|e| e.layer.source_len().is_some() && !e.tops.is_empty());
-        match (known.next(), known.next()) {
-            (Some(e), None) => Some(e),
-            _ => None,
-        }
+        let one = |f: &dyn Fn(&Entry) -> bool| {
+            let mut found = self.entries.iter().filter(|e| !e.tops.is_empty() && f(e));
+            match (found.next(), found.next()) {
+                (Some(e), None) => Some(e),
+                _ => None,
+            }
+        };
+        one(&|e| e.layer.source_len().is_some())
+            .or_else(|| one(&|e| e.layer.is_data()).filter(|_| self.data_source_lens().is_empty()))
     }
 
     /// Runs the layers (the data layers too when `data`) in order; returns

@@ -1,0 +1,395 @@
+//! `classify`: a trained net's predictions for new, unlabelled images (what
+//! Caffe's `classify.py` did for a deploy net). The net is the one that was
+//! trained: its TEST data layer says how an image becomes the net's input
+//! (resize, crop, mean, scale), and is replaced by an Input layer that this
+//! module fills, so no list or LMDB is needed. Test-time views and ensembles
+//! work as in [`crate::train::evaluate`].
+use super::compute::Compute;
+use super::evaluate::{weight_groups, Reader, ScoreKind};
+use super::layers::BuildContext;
+use super::net::{included, Net};
+use super::transform::Transformer;
+use super::tta::Tta;
+use crate::caffe::model::{read_caffemodel, read_net_prototxt};
+use crate::caffe::proto::{
+    BlobShape, InputParameter, LayerParameter, NetParameter, NetState, Phase,
+};
+use crate::error::{Error, Result};
+use crate::pipeline::decode::{read_image, ColorMode};
+use crate::pipeline::pad::{fit, Pad};
+use candle_core::Tensor;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// What to classify and how.
+pub struct ClassifyOptions<'a> {
+    /// The net as trained (e.g. the pipeline's train_val.prototxt): its TEST
+    /// data layer describes the input.
+    pub model: &'a Path,
+    /// Trained weights (see `ensemble`).
+    pub weights: &'a [&'a Path],
+    /// One model per weights file, probabilities averaged; else all loaded
+    /// into one net in turn.
+    pub ensemble: bool,
+    /// Where the net's relative paths (mean file) resolve.
+    pub base_dir: &'a Path,
+    /// Device and arithmetic.
+    pub compute: &'a Compute,
+    /// The image files.
+    pub images: &'a [PathBuf],
+    /// (height, width) to resize to before the crop; `None`: the ImageData
+    /// layer's new_height/new_width, or for a Data layer its mean image's
+    /// size (else 256x256, what `to-lmdb` and the pipeline store).
+    pub size: Option<(usize, usize)>,
+    /// Fit and pad to that size as the training images were (`--pad-square`).
+    pub pad: Option<Pad>,
+    /// Read the images as gray (one channel).
+    pub gray: bool,
+    /// Blob of class scores; `None`: the first bottom of the net's Accuracy
+    /// or loss layer.
+    pub scores: Option<String>,
+    /// Classes to report per image.
+    pub top_k: usize,
+    /// Views to average over.
+    pub tta: Tta,
+    /// Images per forward pass; `None`: the data layer's batch size.
+    pub batch_size: Option<usize>,
+}
+
+/// One image's best classes, most probable first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classified {
+    /// The file.
+    pub image: PathBuf,
+    /// (class, probability, or score when the blob holds neither).
+    pub top: Vec<(usize, f32)>,
+}
+
+/// The outcome of [`classify`].
+#[derive(Debug)]
+pub struct Classification {
+    /// Classes the net scores.
+    pub classes: usize,
+    /// The readable images, in the order given.
+    pub rows: Vec<Classified>,
+    /// Images that could not be read, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+    /// Whether the values are probabilities.
+    pub kind: ScoreKind,
+}
+
+/// How the TEST data layer turns a file into the net's input.
+struct InputSpec {
+    layer: usize,
+    channels: usize,
+    /// Resize (height, width); `None` keeps the image's size.
+    size: Option<(usize, usize)>,
+    /// The input blob's (height, width).
+    out: (usize, usize),
+    batch: usize,
+    transformer: Transformer,
+    /// The layer also has a labels top (fed zeros).
+    label_top: bool,
+}
+
+fn input_spec(def: &NetParameter, o: &ClassifyOptions) -> Result<InputSpec> {
+    let state = NetState {
+        phase: Some(Phase::Test as i32),
+        ..Default::default()
+    };
+    let data: Vec<usize> = (0..def.layer.len())
+        .filter(|&i| {
+            included(&def.layer[i], &state) && matches!(def.layer[i].r#type(), "Data" | "ImageData")
+        })
+        .collect();
+    let [layer] = data[..] else {
+        return Err(Error::model(
+            o.model.display(),
+            format!(
+                "classify needs the net as trained, with one Data or ImageData layer in its TEST phase (found {}); its transform_param says how images become inputs",
+                data.len()
+            ),
+        ));
+    };
+    let l = &def.layer[layer];
+    let ctx = format!("layer '{}'", l.name());
+    let mut tp = l.transform_param.clone().unwrap_or_default();
+    // Mirroring at test time would make a prediction depend on the image's
+    // place in the batch; `--tta mirror` averages over both instead.
+    tp.mirror = Some(false);
+    let resolve = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            o.base_dir.join(p)
+        }
+    };
+    let transformer = Transformer::new(&tp, Phase::Test, 0, resolve, &ctx)?;
+    // (channels, height, width) of the mean image: the datums' shape.
+    let mean = match &tp.mean_file {
+        Some(f) => {
+            let m = crate::caffe::mean_file::MeanImage::read_binaryproto(&resolve(f))?;
+            Some((m.channels, m.height, m.width))
+        }
+        None => None,
+    };
+    let (layer_size, color, batch) = match (&l.image_data_param, &l.data_param) {
+        (Some(p), _) if l.r#type() == "ImageData" => {
+            let size = (p.new_height() > 0 && p.new_width() > 0)
+                .then(|| (p.new_height() as usize, p.new_width() as usize));
+            (size, p.is_color(), p.batch_size() as usize)
+        }
+        (_, d) => (
+            Some(mean.map_or((256, 256), |(_, h, w)| (h, w))),
+            mean.is_none_or(|(c, _, _)| c != 1),
+            d.as_ref().map_or(50, |d| d.batch_size() as usize),
+        ),
+    };
+    let channels = if o.gray || !color { 1 } else { 3 };
+    let size = o.size.or(layer_size);
+    let crop = tp.crop_size() as usize;
+    let out = match (size, crop) {
+        (_, c) if c > 0 => (c, c),
+        (Some(s), _) => s,
+        (None, _) => {
+            return Err(Error::model(
+                &ctx,
+                "neither resizes nor crops, so images of different sizes cannot share a batch; give --size HxW",
+            ))
+        }
+    };
+    if let (Some((_, mh, mw)), Some((h, w))) = (mean, size) {
+        if (mh, mw) != (h, w) {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "its mean image is {mh}x{mw} but images would be resized to {h}x{w}; give --resize-height {mh} --resize-width {mw}"
+                ),
+            ));
+        }
+    }
+    if let (Some((h, w)), true) = (size, crop > 0) {
+        if crop > h || crop > w {
+            return Err(Error::model(
+                &ctx,
+                format!("crop_size {crop} is larger than the {h}x{w} images"),
+            ));
+        }
+    }
+    Ok(InputSpec {
+        layer,
+        channels,
+        size,
+        out,
+        batch: o.batch_size.unwrap_or(batch).max(1),
+        transformer,
+        label_top: l.top.len() > 1,
+    })
+}
+
+/// The net with its TEST data layer replaced by an Input layer of the same
+/// tops: images of the input shape and (unused) labels.
+fn with_input_layer(def: &NetParameter, spec: &InputSpec) -> NetParameter {
+    let mut def = def.clone();
+    let old = &def.layer[spec.layer];
+    let shape = |dims: &[usize]| BlobShape {
+        dim: dims.iter().map(|&d| d as i64).collect(),
+    };
+    let b = spec.batch;
+    let (h, w) = spec.out;
+    let mut shapes = vec![shape(&[b, spec.channels, h, w])];
+    if spec.label_top {
+        shapes.push(shape(&[b]));
+    }
+    def.layer[spec.layer] = LayerParameter {
+        name: old.name.clone(),
+        r#type: Some("Input".into()),
+        top: old.top.clone(),
+        include: old.include.clone(),
+        exclude: old.exclude.clone(),
+        input_param: Some(InputParameter { shape: shapes }),
+        ..Default::default()
+    };
+    def
+}
+
+/// Decodes, resizes (or fits and pads) and transforms one image into `out`.
+fn prepare(
+    path: &Path,
+    spec: &InputSpec,
+    o: &ClassifyOptions,
+    out: &mut [f32],
+) -> std::result::Result<(), String> {
+    let mode = if spec.channels == 1 {
+        ColorMode::Gray
+    } else {
+        ColorMode::Color
+    };
+    let m = read_image(path, mode).map_err(|e| e.to_string())?;
+    let m = fit(m, o.pad, spec.size);
+    let (_, h, w) = spec.transformer.out_shape(m.channels, m.height, m.width);
+    if (h, w) != spec.out {
+        return Err(format!(
+            "is {}x{}, which gives a {h}x{w} input, not {}x{} (give --size)",
+            m.height, m.width, spec.out.0, spec.out.1
+        ));
+    }
+    spec.transformer
+        .apply((&m).into(), 0, || path.display().to_string(), out)
+        .map_err(|e| e.to_string())
+}
+
+/// Classifies `o.images` with the trained net.
+pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
+    let def = read_net_prototxt(o.model)?;
+    let spec = input_spec(&def, o)?;
+    let def = with_input_layer(&def, &spec);
+    let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
+    let mut nets = Vec::new();
+    for group in weight_groups(o.weights, o.ensemble) {
+        let mut net = Net::new(&def, &ctx, None)?;
+        for w in group {
+            net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
+        }
+        nets.push(net);
+    }
+    let (net, others) = nets.split_first_mut().expect("at least one weights file");
+    let reader = Reader::find(net, &o.scores.clone().map(|s| (s, String::new())), o.model)?;
+    let views = o.tta.views();
+    let per_image = spec.channels * spec.out.0 * spec.out.1;
+    let bar = crate::progress::bar(o.images.len() as u64, "classify");
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    let mut classes = 0;
+    let mut pending: &[PathBuf] = o.images;
+    while !pending.is_empty() {
+        // Fill a batch with readable images, in order.
+        let mut batch: Vec<(PathBuf, Vec<f32>)> = Vec::new();
+        while batch.len() < spec.batch && !pending.is_empty() {
+            let take = (spec.batch - batch.len()).min(pending.len());
+            let (now, rest) = pending.split_at(take);
+            pending = rest;
+            let prepared: Vec<_> = now
+                .par_iter()
+                .map(|p| {
+                    let mut buf = vec![0.0f32; per_image];
+                    (p.clone(), prepare(p, &spec, o, &mut buf).map(|()| buf))
+                })
+                .collect();
+            for (p, r) in prepared {
+                match r {
+                    Ok(buf) => batch.push((p, buf)),
+                    Err(e) => failed.push((p, e)),
+                }
+            }
+            bar.inc(take as u64);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let mut data = vec![0.0f32; spec.batch * per_image];
+        for (i, (_, buf)) in batch.iter().enumerate() {
+            data[i * per_image..(i + 1) * per_image].copy_from_slice(buf);
+        }
+        let device = &o.compute.device;
+        let mut tops = vec![Tensor::from_vec(
+            data,
+            (spec.batch, spec.channels, spec.out.0, spec.out.1),
+            device,
+        )?];
+        if spec.label_top {
+            tops.push(Tensor::zeros(spec.batch, candle_core::DType::F32, device)?);
+        }
+        net.forward_batch(tops)?;
+        let (_, c, scores) = reader.read_scores(net)?;
+        classes = c;
+        let probs = if views.len() > 1 || !others.is_empty() {
+            super::evaluate::average_views(net, others, &reader, &views, scores, c)?
+        } else {
+            match reader.kind {
+                ScoreKind::Logits => scores
+                    .chunks(c)
+                    .flat_map(super::evaluate::softmax)
+                    .collect(),
+                _ => scores,
+            }
+        };
+        for (i, (path, _)) in batch.into_iter().enumerate() {
+            rows.push(Classified {
+                image: path,
+                top: top_k(&probs[i * c..(i + 1) * c], o.top_k),
+            });
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Classification {
+        classes,
+        rows,
+        failed,
+        kind: reader.kind,
+    })
+}
+
+/// The `k` largest values with their classes, largest first (equal values:
+/// the lower class first).
+fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(k.max(1))
+        .map(|i| (i, values[i]))
+        .collect()
+}
+
+impl Classification {
+    /// One row per image: the file, then each of the top classes (named by
+    /// `names`, else numbered) with its probability; with `threshold`, whether
+    /// the first reaches it.
+    pub fn to_csv(&self, names: &[String], threshold: Option<f64>) -> String {
+        let what = if self.kind == ScoreKind::Scores {
+            "score"
+        } else {
+            "probability"
+        };
+        let k = self.rows.first().map_or(1, |r| r.top.len());
+        let mut header = vec!["image".to_string()];
+        for r in 1..=k {
+            header.push(format!("class_{r}"));
+            header.push(format!("{what}_{r}"));
+        }
+        if threshold.is_some() {
+            header.push("confident".into());
+        }
+        let mut w = csv::Writer::from_writer(Vec::new());
+        // Writing to a Vec cannot fail.
+        w.write_record(&header).expect("in memory");
+        for row in &self.rows {
+            let mut rec = vec![row.image.display().to_string()];
+            for &(c, p) in &row.top {
+                rec.push(super::confusion::class_name(names, c));
+                rec.push(p.to_string());
+            }
+            if let Some(t) = threshold {
+                rec.push((f64::from(row.top[0].1) >= t).to_string());
+            }
+            w.write_record(&rec).expect("in memory");
+        }
+        String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_classes_largest_first_ties_to_the_lower_class() {
+        assert_eq!(
+            top_k(&[0.1, 0.4, 0.1, 0.4], 3),
+            vec![(1, 0.4), (3, 0.4), (0, 0.1)]
+        );
+        assert_eq!(top_k(&[0.3, 0.7], 5).len(), 2);
+        assert_eq!(top_k(&[0.3, 0.7], 0), vec![(1, 0.7)]);
+    }
+}
