@@ -92,13 +92,17 @@ fn main() {
     mean.write_binaryproto(&dir.path().join("mean.binaryproto"))
         .unwrap();
     let lmdb_fill = reused_fill(&db, dir.path());
-    let lmdb_feed = feed_rate(
+    let data_layer = r#"type: "Data" data_param { source: "db" batch_size: 256 backend: LMDB }"#;
+    let lmdb_feed = feed_rate(dir.path(), data_layer, None);
+    let warped_feed = feed_rate(
         dir.path(),
-        r#"type: "Data" data_param { source: "db" batch_size: 256 backend: LMDB }"#,
+        data_layer,
+        Some(flickr_style::train::augment::Augment::PLANKTON),
     );
     let jpeg_feed = feed_rate(
         dir.path(),
         r#"type: "ImageData" image_data_param { source: "list.txt" root_folder: "img/" batch_size: 256 new_height: 256 new_width: 256 shuffle: true }"#,
+        None,
     );
     let (singles, decode_s, resize_s) = single_thread_times(&dir.path().join("img"));
     let mb = count as f64 * 3.0 * 256.0 * 256.0 / 1e6;
@@ -116,6 +120,10 @@ fn main() {
     );
     for (what, (images, secs)) in [
         ("training feed: Data (raw LMDB)", lmdb_feed),
+        (
+            "training feed: Data (raw LMDB) + `--augment plankton`",
+            warped_feed,
+        ),
         (
             "raw LMDB datums into one reused batch buffer (a GPU feed's fill, no tensor)",
             lmdb_fill,
@@ -185,7 +193,11 @@ fn single_thread_times(img: &Path) -> (usize, f64, f64) {
 
 /// Images per second a data layer delivers to a net that only consumes them
 /// (after one warm-up batch): (images, seconds).
-fn feed_rate(dir: &Path, layer: &str) -> (usize, f64) {
+fn feed_rate(
+    dir: &Path,
+    layer: &str,
+    augment: Option<flickr_style::train::augment::Augment>,
+) -> (usize, f64) {
     use flickr_style::caffe::proto::{NetParameter, Phase};
     use flickr_style::train::layers::BuildContext;
     use flickr_style::train::net::Net;
@@ -193,7 +205,11 @@ fn feed_rate(dir: &Path, layer: &str) -> (usize, f64) {
         r#"layer {{ name: "data" top: "data" top: "label" transform_param {{ mirror: true crop_size: 227 mean_file: "mean.binaryproto" }} {layer} }}"#
     );
     let def: NetParameter = flickr_style::caffe::prototxt::parse(&text, Path::new("feed")).unwrap();
-    let mut net = Net::new(&def, &BuildContext::cpu(dir, 1, Phase::Train), None).unwrap();
+    let ctx = BuildContext {
+        augment,
+        ..BuildContext::cpu(dir, 1, Phase::Train)
+    };
+    let mut net = Net::new(&def, &ctx, None).unwrap();
     net.forward().unwrap();
     let batches = 8;
     let t = Instant::now();

@@ -19,6 +19,7 @@ use crate::pipeline::mean::{compute_mean, MeanSource};
 use crate::pipeline::pad::{Pad, PadFill};
 use crate::pipeline::split::ImportSummary;
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
+use crate::train::augment::Augment;
 use crate::train::compute::{Compute, DeviceChoice};
 use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
 use crate::train::solver::{Solver, SolverOptions};
@@ -87,6 +88,8 @@ pub struct WorkflowOptions {
     pub pad: Option<Pad>,
     /// Turn training images by random multiples of 90° (beyond Caffe).
     pub rotate90: bool,
+    /// Warp training images by random affine maps (beyond Caffe).
+    pub augment: Option<Augment>,
     /// Test-time augmentation of the final evaluation.
     pub tta: Tta,
     /// Train with a class-weighted loss: the recipe's SoftmaxWithLoss becomes
@@ -128,14 +131,17 @@ impl WorkflowOptions {
     }
 
     /// The suffix of the outputs that depend on how the net was trained
-    /// (snapshots, evaluation): the padding's, `_rot90` when turning and
-    /// `_cw<alpha>` with class weights.
+    /// (snapshots, evaluation): the padding's, `_rot90` when turning,
+    /// `_aug...` when warping and `_cw<alpha>` with class weights.
     fn run_tag(&self) -> String {
         let turn = if self.rotate90 { "_rot90" } else { "" };
+        let warp = self
+            .augment
+            .map_or(String::new(), |a| format!("_aug_{}", a.tag()));
         let weighted = self
             .class_weights
             .map_or(String::new(), |a| format!("_cw{a}"));
-        format!("{}{turn}{weighted}", self.pad_tag())
+        format!("{}{turn}{warp}{weighted}", self.pad_tag())
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -327,6 +333,7 @@ fn train(
         fused: false,
         bf16: opts.bf16,
         rotate90: opts.rotate90,
+        augment: opts.augment,
     })?;
     let stop_flag = solver.stop_flag();
     let watcher_stop = stop.clone();

@@ -598,8 +598,11 @@ fn image_data_feed_equals_data_feed_of_its_lmdb() {
     }
 }
 
-#[test]
-fn turned_training_images_resume_exactly_and_change_the_run() {
+/// Trains the tiny net for 4 iterations with the augmentation `flag`, and
+/// checks that it changes the weights and that stopping at 2 and resuming
+/// gives the very same weights: each image's draw is a function of its
+/// position in the feed, like its crop and mirror.
+fn augmentation_resumes_exactly_and_changes_the_run(flag: &[&str]) {
     let t = tempfile::tempdir().unwrap();
     let dir = fixture("tiny-net");
     let prefix = |name: &str| t.path().join(name).to_str().unwrap().to_string();
@@ -610,32 +613,56 @@ fn turned_training_images_resume_exactly_and_change_the_run() {
     };
     let model =
         |name: &str| std::fs::read(t.path().join(format!("{name}_iter_4.caffemodel"))).unwrap();
-    train("turned", "4", &["--rotate90"]);
+    train("augmented", "4", flag);
     train("plain", "4", &[]);
     assert_ne!(
-        model("turned"),
+        model("augmented"),
         model("plain"),
-        "the turns change what the net sees"
+        "{flag:?} changes what the net sees"
     );
-    // Stopping at 2 and resuming gives the very same weights: each image's
-    // turn is a function of its position in the feed, like its crop and mirror.
-    train("split", "2", &["--rotate90"]);
+    train("split", "2", flag);
     let state = t.path().join("split_iter_2.solverstate");
+    let mut args = vec![
+        "finetune",
+        "--solver",
+        "solver.prototxt",
+        "--snapshot",
+        state.to_str().unwrap(),
+        "--snapshot-prefix",
+    ];
+    let split = prefix("split");
+    args.extend([split.as_str(), "--max-iter", "4"]);
+    args.extend_from_slice(flag);
+    let (ok, _, err) = run(&dir, &args);
+    assert!(ok, "{err}");
+    assert_eq!(model("split"), model("augmented"));
+}
+
+#[test]
+fn turned_training_images_resume_exactly_and_change_the_run() {
+    augmentation_resumes_exactly_and_changes_the_run(&["--rotate90"]);
+}
+
+#[test]
+fn warped_training_images_resume_exactly_and_change_the_run() {
+    augmentation_resumes_exactly_and_changes_the_run(&["--augment", "plankton"]);
+    // Both at once, with ranges of one's own.
+    augmentation_resumes_exactly_and_changes_the_run(&[
+        "--rotate90",
+        "--augment",
+        "scale=1.2,translate=3",
+    ]);
+}
+
+#[test]
+fn bad_augment_specs_are_refused_before_training() {
+    let dir = fixture("tiny-net");
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("x").to_str().unwrap().to_string();
     let (ok, _, err) = run(
         &dir,
-        &[
-            "finetune",
-            "--solver",
-            "solver.prototxt",
-            "--snapshot",
-            state.to_str().unwrap(),
-            "--snapshot-prefix",
-            &prefix("split"),
-            "--max-iter",
-            "4",
-            "--rotate90",
-        ],
+        &common::tiny_finetune_args(&p, "2", &["--augment", "scale=0.5"]),
     );
-    assert!(ok, "{err}");
-    assert_eq!(model("split"), model("turned"));
+    assert!(!ok && err.contains("scale must be 1 to 4"), "{err}");
+    assert!(!t.path().join("x_iter_2.caffemodel").exists());
 }

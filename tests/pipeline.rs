@@ -374,6 +374,8 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
         .args(["--recipe", recipe.to_str().unwrap()])
         .args(["--weights", weights.to_str().unwrap()])
         .args(["--batch-size", "4", "--max-iter", "2", "--test-iter", "1"])
+        // Warped training images: the outputs carry the ranges' tag.
+        .args(["--augment", "plankton"])
         .current_dir(t.path())
         .output()
         .unwrap();
@@ -388,7 +390,9 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
         std::fs::read_to_string(data.join("labels.txt")).unwrap(),
         "animal\nobject\nscience\nvehicle\n"
     );
-    assert!(data.join("snapshots/finetune_iter_2.caffemodel").exists());
-    let report = std::fs::read_to_string(data.join("evaluation/report.md")).unwrap();
+    assert!(data
+        .join("snapshots/finetune_aug_plankton_iter_2.caffemodel")
+        .exists());
+    let report = std::fs::read_to_string(data.join("evaluation_aug_plankton/report.md")).unwrap();
     assert!(report.contains("| 1 | object | 2 |"), "{report}");
 }

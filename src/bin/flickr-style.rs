@@ -8,6 +8,7 @@ use flickr_style::pipeline::manifest::ManifestImportOptions;
 use flickr_style::pipeline::pad::{Pad, PadFill};
 use flickr_style::pipeline::split::SplitOptions;
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
+use flickr_style::train::augment::Augment;
 use flickr_style::train::compute::{Compute, DeviceChoice};
 use flickr_style::train::tta::Tta;
 use std::path::{Path, PathBuf};
@@ -420,6 +421,10 @@ struct PipelineArgs {
     /// Turn each training image by a random multiple of 90° (see `finetune --help`).
     #[arg(long)]
     rotate90: bool,
+    /// Warp each training image by a random affine map (see `finetune --help`); outputs are
+    /// tagged _aug<SPEC>.
+    #[arg(long, value_name = "SPEC")]
+    augment: Option<Augment>,
     /// Test-time augmentation for the final evaluation (see `evaluate --help`); its report goes
     /// to evaluation*_tta_<VIEWS>.
     #[arg(long, value_name = "VIEWS", default_value = "none")]
@@ -487,6 +492,12 @@ struct FinetuneArgs {
     /// up such as plankton. Beyond Caffe; needs square inputs (a crop_size, or square images).
     #[arg(long)]
     rotate90: bool,
+    /// Warp each training image by a random affine map after Caffe's steps (beyond Caffe):
+    /// `plankton` (the Kaggle plankton winners' ranges: any rotation, scale 1/1.6-1.6, shear ±20°,
+    /// stretch 1/1.3-1.3, shift ±10 px) or key=value pairs, e.g. `rotate=180,scale=1.2` (keys:
+    /// rotate, scale, shear, translate, stretch). Bilinear; pixels from outside read the mean.
+    #[arg(long, value_name = "SPEC")]
+    augment: Option<Augment>,
     #[command(flatten)]
     device: DeviceArgs,
     /// Train on the CPU even if the solver says solver_mode: GPU (without
@@ -1027,6 +1038,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         fused: a.device.fused_ops,
         bf16: a.device.bf16,
         rotate90: a.rotate90,
+        augment: a.augment,
     };
     let mut solver =
         Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
@@ -1302,6 +1314,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         weights_url: a.weights_url,
         lmdb: a.lmdb,
         rotate90: a.rotate90,
+        augment: a.augment,
         tta: a.tta,
         class_weights: a.class_weights,
         pad: a.pad_square.map(|fill| Pad {

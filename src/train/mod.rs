@@ -6,12 +6,14 @@
 //! - [`fused`]: single-kernel versions of the hot ones (CUDA, with CPU twins).
 //! - `cudnn` (with the `cudnn` feature): cuDNN convolutions for GPU nets.
 //! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
-//! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer.
+//! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer;
+//!   [`augment`]: random affine warps of training images (beyond Caffe).
 //! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
 //! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data;
 //!   [`tta`]: the flipped and turned views it can average over; [`classify`]: predictions
 //!   for new, unlabelled images.
 
+pub mod augment;
 pub mod classify;
 pub mod commands;
 pub mod compute;

@@ -50,6 +50,8 @@ pub struct SolverOptions {
     pub bf16: bool,
     /// Turn training images by random multiples of 90° (beyond Caffe).
     pub rotate90: bool,
+    /// Warp training images by random affine maps (beyond Caffe).
+    pub augment: Option<crate::train::augment::Augment>,
 }
 
 /// What Caffe does not store in a `.solverstate`, kept beside it.
@@ -165,6 +167,7 @@ impl Solver {
         let compute = compute.with_bf16(opts.bf16)?;
         let build = |phase| BuildContext {
             rotate90: opts.rotate90,
+            augment: opts.augment,
             ..BuildContext::new(&base_dir, seed, phase, &compute)
         };
         let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;

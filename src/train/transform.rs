@@ -4,7 +4,9 @@
 //! scale — in that order. Beyond Caffe, training can also turn each image by
 //! a random multiple of 90° (with mirroring, all eight flips and turns of a
 //! square: exact, no interpolation), which suits subjects with no natural
-//! up, such as plankton.
+//! up, such as plankton, and be warped by random affine maps
+//! ([`crate::train::augment`]).
+use super::augment::Augment;
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::proto::{Phase, TransformationParameter};
 use crate::error::{Error, Result};
@@ -22,8 +24,10 @@ pub struct Transformer {
     mean_values: Vec<f32>,
     phase: Phase,
     seed: u64,
-    /// Turn each output by a random multiple of 90° (after everything else).
+    /// Turn each output by a random multiple of 90° (after Caffe's steps).
     rotate90: bool,
+    /// Warp each output by a random affine map (last).
+    augment: Option<Augment>,
 }
 
 impl Transformer {
@@ -57,6 +61,7 @@ impl Transformer {
             phase,
             seed,
             rotate90: false,
+            augment: None,
         })
     }
 
@@ -65,6 +70,14 @@ impl Transformer {
     /// The outputs must be square (a crop_size, or square images).
     pub fn with_rotate90(mut self, on: bool) -> Self {
         self.rotate90 = on;
+        self
+    }
+
+    /// Also warps each output by a random rotation, scale, shear, stretch
+    /// and shift drawn from `augment`'s ranges, after everything else (see
+    /// [`crate::train::augment`]).
+    pub fn with_augment(mut self, augment: Option<Augment>) -> Self {
+        self.augment = augment;
         self
     }
 
@@ -178,6 +191,9 @@ impl Transformer {
             for plane in out.chunks_exact_mut(oh * ow) {
                 rotate_square(plane, oh, turns);
             }
+        }
+        if let Some(a) = &self.augment {
+            a.draw(&mut rng).apply(out, oh, ow)?;
         }
         Ok(())
     }

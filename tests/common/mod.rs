@@ -59,6 +59,7 @@ pub fn solver_options(
         fused: false,
         bf16: false,
         rotate90: false,
+        augment: None,
     }
 }
 

@@ -302,7 +302,8 @@ impl DataLayer {
         }
         let tp = param.transform_param.clone().unwrap_or_default();
         let transformer = Transformer::new(&tp, ctx.phase, seed, |p| ctx.resolve(p), &lctx)?
-            .with_rotate90(ctx.rotate90 && ctx.phase == Phase::Train);
+            .with_rotate90(ctx.rotate90 && ctx.phase == Phase::Train)
+            .with_augment(ctx.augment.filter(|_| ctx.phase == Phase::Train));
         let mut cache = None;
         let first = source.index_at(0, &mut cache);
         let (c, h, w) =

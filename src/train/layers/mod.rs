@@ -127,6 +127,9 @@ pub struct BuildContext {
     /// Data layers turn TRAIN images by random multiples of 90° (beyond
     /// Caffe; see [`crate::train::transform`]).
     pub rotate90: bool,
+    /// Data layers warp TRAIN images by random affine maps drawn from these
+    /// ranges (beyond Caffe; see [`crate::train::augment`]).
+    pub augment: Option<crate::train::augment::Augment>,
 }
 
 /// How a layer computes.
@@ -171,6 +174,7 @@ impl BuildContext {
             bf16: compute.bf16,
             cudnn: compute.cudnn,
             rotate90: false,
+            augment: None,
         }
     }
 
