@@ -183,3 +183,46 @@ fn mutated_weights_and_solver_states_load_or_fail_cleanly() {
     eprintln!("weights and states: {refused} of 120 refused");
     assert!(refused > 40, "only {refused} of 120 mutated files refused");
 }
+
+#[test]
+fn mutated_infogain_matrices_train_or_fail_cleanly() {
+    use flickr_style::caffe::proto::BlobProto;
+    // The tiny net with an InfogainLoss reading H; H's bytes mutated.
+    let t = tempfile::tempdir().unwrap();
+    let h_path = t.path().join("h.binaryproto");
+    let solver = edited_net(t.path(), |s| {
+        s.replacen(
+            "type: \"SoftmaxWithLoss\"",
+            &format!(
+                "type: \"InfogainLoss\" infogain_loss_param {{ source: \"{}\" }}",
+                h_path.display()
+            ),
+            1,
+        )
+    });
+    let h: Vec<f32> = (0..16)
+        .map(|i| if i % 5 == 0 { 1.5 } else { 0.1 })
+        .collect();
+    let good = prost::Message::encode_to_vec(&BlobProto::with_shape(&[1, 1, 4, 4], h));
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut refused = 0;
+    for _ in 0..60 {
+        std::fs::write(&h_path, mutate(&mut rng, &good)).unwrap();
+        match solver_in(
+            &fixture("tiny-net"),
+            solver.to_str().unwrap(),
+            &t.path().join("x"),
+        ) {
+            Ok(mut s) => train_to(&mut s, 1),
+            Err(e) => {
+                assert!(e.to_string().contains("h.binaryproto"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("infogain matrices: {refused} of 60 refused");
+    assert!(
+        refused > 10,
+        "only {refused} of 60 mutated matrices refused"
+    );
+}

@@ -54,7 +54,10 @@ impl BlobProto {
 
     /// Number of elements implied by [`BlobProto::dims`].
     pub fn count(&self) -> usize {
-        self.dims().iter().map(|&d| d.max(0) as usize).product()
+        // Saturating: a damaged file's dimensions must not overflow.
+        self.dims()
+            .iter()
+            .fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
     }
 
     /// The values as f32: `double_data` wins when it is non-empty, like Caffe.
@@ -122,6 +125,17 @@ mod tests {
         let bias = BlobProto::legacy_4d(1, 1, 1, 4, vec![0.0; 4]);
         assert!(shape_equals(&bias, &[4]));
         assert!(!shape_equals(&bias, &[4, 1, 1, 1, 1]));
+    }
+
+    #[test]
+    fn huge_or_negative_dimensions_do_not_overflow_the_count() {
+        let b = BlobProto::with_shape(&[1 << 40, 1 << 40, 3], vec![]);
+        assert_eq!(b.count(), usize::MAX);
+        let b = BlobProto {
+            shape: Some(BlobShape { dim: vec![-4, 3] }),
+            ..Default::default()
+        };
+        assert_eq!(b.count(), 0);
     }
 
     #[test]
