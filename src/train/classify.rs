@@ -5,12 +5,12 @@
 //! module fills, so no list or LMDB is needed. Test-time views and ensembles
 //! work as in [`crate::train::evaluate`].
 use super::compute::Compute;
-use super::evaluate::{weight_groups, Reader, ScoreKind};
+use super::evaluate::{trained_nets, Reader, ScoreKind};
 use super::layers::BuildContext;
-use super::net::{included, Net};
+use super::net::included;
 use super::transform::Transformer;
 use super::tta::Tta;
-use crate::caffe::model::{read_caffemodel, read_net_prototxt};
+use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{
     BlobShape, InputParameter, LayerParameter, NetParameter, NetState, Phase,
 };
@@ -246,15 +246,11 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     let spec = input_spec(&def, o)?;
     let def = with_input_layer(&def, &spec);
     let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
-    let mut nets = Vec::new();
-    for group in weight_groups(o.weights, o.ensemble) {
-        let mut net = Net::new(&def, &ctx, None)?;
-        for w in group {
-            net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
-        }
-        nets.push(net);
-    }
-    let (net, others) = nets.split_first_mut().expect("at least one weights file");
+    let mut nets = trained_nets(&def, &ctx, o.weights, o.ensemble)?;
+    let (net, others) = nets
+        .split_first_mut()
+        .expect("trained_nets makes one at least");
+    // Scores only: the labels blob is never read.
     let reader = Reader::find(net, &o.scores.clone().map(|s| (s, String::new())), o.model)?;
     let views = o.tta.views();
     let per_image = spec.channels * spec.out.0 * spec.out.1;

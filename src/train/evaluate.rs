@@ -202,17 +202,11 @@ impl Reader {
 pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     let def = read_net_prototxt(o.model)?;
     let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
-    // One net with every weights file loaded in turn (Caffe's --weights a,b),
-    // or with `ensemble` one net per file; the first reads the data.
-    let mut nets = Vec::new();
-    for group in weight_groups(o.weights, o.ensemble) {
-        let mut net = Net::new(&def, &ctx, None)?;
-        for w in group {
-            net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
-        }
-        nets.push(net);
-    }
-    let (net, others) = nets.split_first_mut().expect("at least one weights file");
+    let mut nets = trained_nets(&def, &ctx, o.weights, o.ensemble)?;
+    // The first net reads the data.
+    let (net, others) = nets
+        .split_first_mut()
+        .expect("trained_nets makes one at least");
     let reader = Reader::find(net, &o.blobs, o.model)?;
     if o.threshold.is_some() && reader.kind == ScoreKind::Scores {
         return Err(Error::model(
@@ -344,14 +338,31 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     })
 }
 
-/// The weights files of each net: all in one (loaded in turn), or one net per
-/// file for an ensemble.
-pub(crate) fn weight_groups<'a>(weights: &'a [&'a Path], ensemble: bool) -> Vec<&'a [&'a Path]> {
-    if ensemble {
+/// The nets of `def` with trained weights: one with every file loaded in
+/// turn (Caffe's `--weights a,b`), or with `ensemble` one net per file;
+/// always one at least.
+pub(crate) fn trained_nets(
+    def: &crate::caffe::proto::NetParameter,
+    ctx: &BuildContext,
+    weights: &[&Path],
+    ensemble: bool,
+) -> Result<Vec<Net>> {
+    // No weights at all: one net as its fillers make it.
+    let groups: Vec<&[&Path]> = if ensemble && !weights.is_empty() {
         weights.chunks(1).collect()
     } else {
         vec![weights]
-    }
+    };
+    groups
+        .into_iter()
+        .map(|group| {
+            let mut net = Net::new(def, ctx, None)?;
+            for w in group {
+                net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
+            }
+            Ok(net)
+        })
+        .collect()
 }
 
 /// The mean over the nets (`net`, then `others`) and `views` of each image's

@@ -10,7 +10,7 @@
 //! normaliser of `loss_param` (VALID by default; `ignore_label` skips a
 //! prediction and zeroes its gradient).
 use super::loss::{
-    class_of, loss_diff, loss_tops, normalization, normalizer, scores_and_labels, scores_gradient,
+    labelled, loss_diff, loss_tops, normalization, normalizer, scores_and_labels, scores_gradient,
     softmax,
 };
 use super::{to_vec, BackwardArgs, Grads, Layer};
@@ -136,25 +136,17 @@ impl Layer for InfogainLoss {
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let (o, c, inner) = self.dims;
         self.prob = softmax(&to_vec(&bottom[0])?, o, c, inner);
-        let labels = to_vec(&bottom[1])?;
+        let counted = labelled(&to_vec(&bottom[1])?, self.dims, self.ignore, &self.ctx)?;
         let mut loss = 0.0f32;
-        let mut valid = 0usize;
-        for oi in 0..o {
-            for j in 0..inner {
-                let Some(label) = class_of(labels[oi * inner + j], self.ignore, c, &self.ctx)?
-                else {
-                    continue;
-                };
-                let row = &self.h[label * c..][..c];
-                for (k, &w) in row.iter().enumerate() {
-                    let p = self.prob[oi * c * inner + k * inner + j];
-                    // max() as Caffe's std::max: a NaN probability stays NaN.
-                    let p = if p < LOG_THRESHOLD { LOG_THRESHOLD } else { p };
-                    loss -= w * p.ln();
-                }
-                valid += 1;
+        for &(at, label) in &counted {
+            for (k, &w) in self.h[label * c..][..c].iter().enumerate() {
+                let p = self.prob[at + k * inner];
+                // max() as Caffe's std::max: a NaN probability stays NaN.
+                let p = if p < LOG_THRESHOLD { LOG_THRESHOLD } else { p };
+                loss -= w * p.ln();
             }
         }
+        let valid = counted.len();
         self.normalizer = normalizer(self.mode, o, inner, valid);
         loss_tops(loss / self.normalizer, &self.prob, self.tops, &bottom[0])
     }
@@ -162,21 +154,15 @@ impl Layer for InfogainLoss {
         let Some(dloss) = loss_diff(a, &self.ctx)? else {
             return Ok((vec![None, None], vec![]));
         };
-        let (o, c, inner) = self.dims;
-        let labels = to_vec(&a.bottom[1])?;
+        let (_, c, inner) = self.dims;
+        let counted = labelled(&to_vec(&a.bottom[1])?, self.dims, self.ignore, &self.ctx)?;
         let row_sums: Vec<f32> = self.h.chunks(c).map(|r| r.iter().sum()).collect();
+        // Ignored predictions get no gradient.
         let mut dx = vec![0.0f32; self.prob.len()];
-        for oi in 0..o {
-            for j in 0..inner {
-                let label = labels[oi * inner + j] as i32;
-                if Some(label) == self.ignore {
-                    continue;
-                }
-                let l = label as usize;
-                for k in 0..c {
-                    let at = oi * c * inner + k * inner + j;
-                    dx[at] = self.prob[at] * row_sums[l] - self.h[l * c + k];
-                }
+        for &(at, l) in &counted {
+            for k in 0..c {
+                let i = at + k * inner;
+                dx[i] = self.prob[i] * row_sums[l] - self.h[l * c + k];
             }
         }
         scores_gradient(dx, dloss, self.normalizer, a)

@@ -101,6 +101,26 @@ pub(super) fn class_of(
     Ok(Some(label as usize))
 }
 
+/// The predictions that count, in order: for each label that is not the
+/// ignore label, where its class-0 value sits in the (outer, classes, inner)
+/// scores (class k's is `k * inner` further on), and its class.
+pub(super) fn labelled(
+    labels: &[f32],
+    (outer, classes, inner): (usize, usize, usize),
+    ignore: Option<i32>,
+    ctx: &str,
+) -> Result<Vec<(usize, usize)>> {
+    let mut out = Vec::with_capacity(outer * inner);
+    for oi in 0..outer {
+        for j in 0..inner {
+            if let Some(label) = class_of(labels[oi * inner + j], ignore, classes, ctx)? {
+                out.push((oi * classes * inner + j, label));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A loss layer's tops: the loss, and the probabilities as a second top
 /// when the layer has one.
 pub(super) fn loss_tops(
@@ -286,26 +306,19 @@ impl Layer for SoftmaxWithLoss {
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let (o, c, inner) = self.dims;
         self.prob = softmax(&to_vec(&bottom[0])?, o, c, inner);
-        let labels = to_vec(&bottom[1])?;
+        let counted = labelled(&to_vec(&bottom[1])?, self.dims, self.ignore, &self.ctx)?;
         let mut loss = 0.0f32;
-        let mut valid = 0usize;
-        for oi in 0..o {
-            for j in 0..inner {
-                let Some(label) = class_of(labels[oi * inner + j], self.ignore, c, &self.ctx)?
-                else {
-                    continue;
-                };
-                let p = self.prob[oi * c * inner + label * inner + j];
-                // Caffe's std::max(p, FLT_MIN): a NaN probability stays NaN.
-                let p = if p < f32::MIN_POSITIVE {
-                    f32::MIN_POSITIVE
-                } else {
-                    p
-                };
-                loss -= p.ln();
-                valid += 1;
-            }
+        for &(at, label) in &counted {
+            let p = self.prob[at + label * inner];
+            // Caffe's std::max(p, FLT_MIN): a NaN probability stays NaN.
+            let p = if p < f32::MIN_POSITIVE {
+                f32::MIN_POSITIVE
+            } else {
+                p
+            };
+            loss -= p.ln();
         }
+        let valid = counted.len();
         self.normalizer = normalizer(self.mode, o, inner, valid);
         loss_tops(loss / self.normalizer, &self.prob, self.tops, &bottom[0])
     }
@@ -313,20 +326,15 @@ impl Layer for SoftmaxWithLoss {
         let Some(dloss) = loss_diff(a, &self.ctx)? else {
             return Ok((vec![None, None], vec![]));
         };
-        let (o, c, inner) = self.dims;
-        let labels = to_vec(&a.bottom[1])?;
-        let mut dx = self.prob.clone();
-        for oi in 0..o {
-            for j in 0..inner {
-                let label = labels[oi * inner + j] as i32;
-                if Some(label) == self.ignore {
-                    for k in 0..c {
-                        dx[oi * c * inner + k * inner + j] = 0.0;
-                    }
-                } else {
-                    dx[oi * c * inner + label as usize * inner + j] -= 1.0;
-                }
+        let (_, c, inner) = self.dims;
+        let counted = labelled(&to_vec(&a.bottom[1])?, self.dims, self.ignore, &self.ctx)?;
+        // p - onehot(label) where a label counts; 0 where it is ignored.
+        let mut dx = vec![0.0f32; self.prob.len()];
+        for &(at, label) in &counted {
+            for k in 0..c {
+                dx[at + k * inner] = self.prob[at + k * inner];
             }
+            dx[at + label * inner] -= 1.0;
         }
         scores_gradient(dx, dloss, self.normalizer, a)
     }
@@ -366,28 +374,25 @@ impl Layer for Accuracy {
         Ok(vec![vec![]])
     }
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
-        let (o, c, inner) = self.dims;
-        let (x, labels) = (to_vec(&bottom[0])?, to_vec(&bottom[1])?);
+        let (_, c, inner) = self.dims;
+        let x = to_vec(&bottom[0])?;
+        let counted = labelled(
+            &to_vec(&bottom[1])?,
+            self.dims,
+            self.p.ignore_label,
+            &self.ctx,
+        )?;
         let k = self.p.top_k() as usize;
-        let (mut right, mut total) = (0usize, 0usize);
-        for oi in 0..o {
-            for j in 0..inner {
-                let Some(label) =
-                    class_of(labels[oi * inner + j], self.p.ignore_label, c, &self.ctx)?
-                else {
-                    continue;
-                };
-                let rank = rank_of_label(c, label, |q| x[oi * c * inner + q * inner + j]);
-                if rank.is_some_and(|r| r < k) {
-                    right += 1;
-                }
-                total += 1;
-            }
-        }
-        let acc = if total == 0 {
+        let right = counted
+            .iter()
+            .filter(|&&(at, label)| {
+                rank_of_label(c, label, |q| x[at + q * inner]).is_some_and(|r| r < k)
+            })
+            .count();
+        let acc = if counted.is_empty() {
             0.0
         } else {
-            right as f32 / total as f32
+            right as f32 / counted.len() as f32
         };
         Ok(vec![Tensor::new(acc, bottom[0].device())?])
     }
