@@ -608,6 +608,8 @@ fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
         size: None,
         pad: None,
         gray: false,
+        mean: None,
+        mean_values: &[],
         scores: None,
         top_k: 4,
         tta: Tta::None,
@@ -737,4 +739,105 @@ fn classify_cli_walks_folders_and_writes_the_top_classes() {
         "{err}"
     );
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
+}
+
+#[test]
+fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
+    use flickr_style::caffe::mean_file::MeanImage;
+    use flickr_style::caffe::proto::Phase;
+    use flickr_style::train::classify::{classify, ClassifyOptions};
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    // Flickr Style's train_val.prototxt (ImageData: resize 256, crop 227,
+    // the ImageNet mean file) and its deploy.prototxt (an Input layer, a
+    // Softmax "prob"), with the same weights: given the ImageNet mean, the
+    // deploy net must classify the photos as the trained net does.
+    let t = tempfile::tempdir().unwrap();
+    let models = common::caffe_ref().join("models/finetune_flickr_style");
+    let npy = common::caffe_ref().join("ilsvrc12/ilsvrc_2012_mean.npy");
+    let mean = t.path().join("data/ilsvrc12/imagenet_mean.binaryproto");
+    std::fs::create_dir_all(mean.parent().unwrap()).unwrap();
+    MeanImage::read_npy(&npy)
+        .unwrap()
+        .write_binaryproto(&mean)
+        .unwrap();
+    // Random weights for every layer of the net (fc8_flickr included).
+    let mut def =
+        flickr_style::caffe::model::read_net_prototxt(&models.join("train_val.prototxt")).unwrap();
+    flickr_style::train::commands::synthetic_inputs(&mut def).unwrap();
+    let net = Net::new(&def, &BuildContext::cpu(t.path(), 7, Phase::Train), None).unwrap();
+    let weights = t.path().join("w.caffemodel");
+    flickr_style::caffe::write_binary(&weights, &net.to_proto(&def).unwrap()).unwrap();
+    drop(net);
+
+    let images: Vec<std::path::PathBuf> = [
+        "animal/cat.jpg",
+        "vehicle/logo_rgba.png",
+        "animal/cat_gray.jpg",
+    ]
+    .iter()
+    .map(|p| fixture("images").join(p))
+    .collect();
+    let compute = Compute::cpu();
+    let trained_model = models.join("train_val.prototxt");
+    let o = ClassifyOptions {
+        model: &trained_model,
+        weights: &[weights.as_path()],
+        ensemble: false,
+        base_dir: t.path(),
+        compute: &compute,
+        images: &images,
+        size: None,
+        pad: None,
+        gray: false,
+        mean: None,
+        mean_values: &[],
+        scores: None,
+        top_k: 3,
+        tta: Tta::None,
+        batch_size: Some(3),
+    };
+    let trained = classify(&o).unwrap();
+    assert_eq!(trained.classes, 20);
+    assert_eq!(trained.kind, ScoreKind::Logits);
+    let deploy_model = models.join("deploy.prototxt");
+    for m in [mean.as_path(), npy.as_path()] {
+        let deploy = classify(&ClassifyOptions {
+            model: &deploy_model,
+            mean: Some(m),
+            scores: None,
+            ..o
+        })
+        .unwrap();
+        assert_eq!(deploy.kind, ScoreKind::Probabilities);
+        assert_eq!(deploy.rows.len(), 3);
+        for (a, b) in trained.rows.iter().zip(&deploy.rows) {
+            assert_eq!(a.image, b.image);
+            for (x, y) in a.top.iter().zip(&b.top) {
+                assert_eq!(x.0, y.0, "{}", a.image.display());
+                assert!(
+                    (x.1 - y.1).abs() < 1e-5,
+                    "{}: {x:?} vs {y:?}",
+                    a.image.display()
+                );
+            }
+        }
+    }
+    // A deploy net without a mean is refused; so is a mean for a trained net.
+    let e = classify(&ClassifyOptions {
+        model: &deploy_model,
+        scores: None,
+        ..o
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--mean"), "{e}");
+    let e = classify(&ClassifyOptions {
+        mean: Some(&mean),
+        scores: None,
+        ..o
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("deploy nets"), "{e}");
 }

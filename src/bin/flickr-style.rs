@@ -56,7 +56,8 @@ enum Command {
     /// recall, F1, top-k and mean per-class accuracy.
     Evaluate(EvaluateArgs),
     /// Predict the classes of new, unlabelled images with trained weights (classify.py): the
-    /// net's TEST data layer says how an image becomes its input; writes a CSV of the top classes.
+    /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
+    /// with --mean; writes a CSV of the top classes.
     Classify(ClassifyArgs),
     /// Time forward and backward passes, layer by layer (caffe time).
     Time(TimeArgs),
@@ -641,7 +642,17 @@ struct ClassifyArgs {
     /// Read the images as one gray channel.
     #[arg(long)]
     gray: bool,
-    /// Blob of class scores (default: the first bottom of the Accuracy or loss layer).
+    /// For a deploy net (an Input layer, as in Caffe's model zoo): the mean image its training
+    /// subtracted, .binaryproto or .npy (e.g. the ILSVRC-2012 mean); images are resized to its
+    /// size and centre-cropped to the Input shape.
+    #[arg(long, conflicts_with = "mean_value")]
+    mean: Option<PathBuf>,
+    /// For a deploy net: per-channel means instead (e.g. 104,117,123); images are resized to
+    /// 256x256 unless --resize-height/--resize-width say otherwise.
+    #[arg(long, value_delimiter = ',')]
+    mean_value: Vec<f32>,
+    /// Blob of class scores (default: the first bottom of the Accuracy or loss layer; for a deploy
+    /// net, the output of its Softmax layer).
     #[arg(long)]
     scores: Option<String>,
     /// Images per forward pass (default: the data layer's batch_size).
@@ -1141,6 +1152,8 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         size: a.resize.get()?,
         pad: a.resize.pad(),
         gray: a.gray,
+        mean: a.mean.as_deref(),
+        mean_values: &a.mean_value,
         scores: a.scores,
         top_k: a.top_k,
         tta: a.tta,

@@ -10,9 +10,11 @@ use super::layers::BuildContext;
 use super::net::included;
 use super::transform::Transformer;
 use super::tta::Tta;
+use crate::caffe::mean_file::MeanImage;
 use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{
     BlobShape, InputParameter, LayerParameter, NetParameter, NetState, Phase,
+    TransformationParameter,
 };
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
@@ -45,6 +47,11 @@ pub struct ClassifyOptions<'a> {
     pub pad: Option<Pad>,
     /// Read the images as gray (one channel).
     pub gray: bool,
+    /// For a deploy net (an Input layer, no transform_param): the mean image
+    /// to subtract (`.binaryproto` or `.npy`, of the pre-crop size).
+    pub mean: Option<&'a Path>,
+    /// For a deploy net: per-channel means to subtract instead.
+    pub mean_values: &'a [f32],
     /// Blob of class scores; `None`: the first bottom of the net's Accuracy
     /// or loss layer.
     pub scores: Option<String>,
@@ -102,15 +109,119 @@ fn input_spec(def: &NetParameter, o: &ClassifyOptions) -> Result<InputSpec> {
             included(&def.layer[i], &state) && matches!(def.layer[i].r#type(), "Data" | "ImageData")
         })
         .collect();
-    let [layer] = data[..] else {
-        return Err(Error::model(
+    let inputs: Vec<usize> = (0..def.layer.len())
+        .filter(|&i| included(&def.layer[i], &state) && def.layer[i].r#type() == "Input")
+        .collect();
+    match (&data[..], &inputs[..]) {
+        (&[layer], _) => {
+            if o.mean.is_some() || !o.mean_values.is_empty() {
+                return Err(Error::model(
+                    o.model.display(),
+                    "the net's data layer names its own mean; --mean and --mean-value are for deploy nets",
+                ));
+            }
+            trained_input_spec(def, layer, o)
+        }
+        (&[], &[layer]) => deploy_input_spec(def, layer, o),
+        _ => Err(Error::model(
             o.model.display(),
             format!(
-                "classify needs the net as trained, with one Data or ImageData layer in its TEST phase (found {}); its transform_param says how images become inputs",
-                data.len()
+                "classify needs the net as trained (one Data or ImageData layer in its TEST phase, found {}) or a deploy net (one Input layer, found {})",
+                data.len(),
+                inputs.len()
+            ),
+        )),
+    }
+}
+
+/// A deploy net's input: its Input layer's shape, images resized to the
+/// mean's size (else 256x256, Caffe's convention) and centre-cropped to it.
+fn deploy_input_spec(def: &NetParameter, layer: usize, o: &ClassifyOptions) -> Result<InputSpec> {
+    let l = &def.layer[layer];
+    let ctx = format!("layer '{}'", l.name());
+    let shape: Vec<usize> = l
+        .input_param
+        .as_ref()
+        .and_then(|p| p.shape.first())
+        .map(|s| s.dim.iter().map(|&d| d.max(0) as usize).collect())
+        .unwrap_or_default();
+    let [batch, channels, h, w] = shape[..] else {
+        return Err(Error::model(
+            &ctx,
+            format!(
+                "its first shape is {shape:?}; classify needs images x channels x height x width"
             ),
         ));
     };
+    let mean = match o.mean {
+        Some(p) if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) => {
+            Some(MeanImage::read_npy(p)?)
+        }
+        Some(p) => Some(MeanImage::read_binaryproto(p)?),
+        None if o.mean_values.is_empty() => {
+            return Err(Error::model(
+                o.model.display(),
+                "a deploy net does not say what mean its images had subtracted: give --mean FILE (.binaryproto or .npy) or --mean-value B,G,R",
+            ))
+        }
+        None => None,
+    };
+    if let Some(m) = &mean {
+        if m.channels != channels {
+            return Err(Error::model(
+                &ctx,
+                format!("takes {channels} channels but the mean has {}", m.channels),
+            ));
+        }
+    }
+    let size = o
+        .size
+        .or(mean.as_ref().map(|m| (m.height, m.width)))
+        .unwrap_or((256, 256));
+    let crop = if size == (h, w) {
+        0
+    } else if h == w && size.0 >= h && size.1 >= w {
+        h
+    } else {
+        return Err(Error::model(
+            &ctx,
+            format!(
+                "takes {h}x{w} images, which {}x{} images can neither be nor be centre-cropped to; give --resize-height {h} --resize-width {w}",
+                size.0, size.1
+            ),
+        ));
+    };
+    let tp = TransformationParameter {
+        crop_size: Some(crop as u32),
+        mean_value: o.mean_values.to_vec(),
+        ..Default::default()
+    };
+    let mut transformer = Transformer::new(&tp, Phase::Test, 0, |p| p.into(), &ctx)?;
+    if let Some(m) = &mean {
+        if (m.height, m.width) != size {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "the mean is {}x{} but images would be resized to {}x{}",
+                    m.height, m.width, size.0, size.1
+                ),
+            ));
+        }
+        transformer = transformer.with_mean_image(m);
+    }
+    Ok(InputSpec {
+        layer,
+        channels: if o.gray { 1 } else { channels },
+        size: Some(size),
+        out: (h, w),
+        batch: o.batch_size.unwrap_or(batch).max(1),
+        transformer,
+        label_top: false,
+    })
+}
+
+/// A trained net's input: what its TEST data layer does to an image.
+fn trained_input_spec(def: &NetParameter, layer: usize, o: &ClassifyOptions) -> Result<InputSpec> {
     let l = &def.layer[layer];
     let ctx = format!("layer '{}'", l.name());
     let mut tp = l.transform_param.clone().unwrap_or_default();
@@ -129,7 +240,7 @@ fn input_spec(def: &NetParameter, o: &ClassifyOptions) -> Result<InputSpec> {
     // (channels, height, width) of the mean image: the datums' shape.
     let mean = match &tp.mean_file {
         Some(f) => {
-            let m = crate::caffe::mean_file::MeanImage::read_binaryproto(&resolve(f))?;
+            let m = MeanImage::read_binaryproto(&resolve(f))?;
             Some((m.channels, m.height, m.width))
         }
         None => None,
@@ -250,8 +361,20 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     let (net, others) = nets
         .split_first_mut()
         .expect("trained_nets makes one at least");
+    // A deploy net has no Accuracy or loss layer to say where the scores
+    // are: its (last) Softmax output.
+    let scoring = ["Accuracy", "SoftmaxWithLoss", "InfogainLoss"];
+    let scores = o.scores.clone().or_else(|| {
+        if net.layer_params().any(|l| scoring.contains(&l.r#type())) {
+            return None;
+        }
+        net.layer_params()
+            .filter(|l| l.r#type() == "Softmax")
+            .last()
+            .and_then(|l| l.top.first().cloned())
+    });
     // Scores only: the labels blob is never read.
-    let reader = Reader::find(net, &o.scores.clone().map(|s| (s, String::new())), o.model)?;
+    let reader = Reader::find(net, &scores.map(|s| (s, String::new())), o.model)?;
     let views = o.tta.views();
     let per_image = spec.channels * spec.out.0 * spec.out.1;
     let bar = crate::progress::bar(o.images.len() as u64, "classify");

@@ -65,6 +65,14 @@ impl Transformer {
         })
     }
 
+    /// Subtracts `mean` (an image of the pre-crop size) in place of the
+    /// transform_param's mean, for nets that do not name theirs (deploy nets).
+    pub fn with_mean_image(mut self, mean: &MeanImage) -> Self {
+        self.mean_image = Some((mean.channels, mean.height, mean.width, mean.values_f32()));
+        self.mean_values.clear();
+        self
+    }
+
     /// Also turns each output by a random multiple of 90°, drawn after
     /// Caffe's own draws, so the other transforms of an image are unchanged.
     /// The outputs must be square (a crop_size, or square images).
