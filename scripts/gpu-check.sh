@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA build, as one script for a GPU machine (which has no
 # Rust toolchain and no network): op checks against the CPU kernels, the
-# tiny-net fixture trajectory (fp32, and bf16 on a GPU), `time` at batch 50 and 256, and end-to-end
+# tiny-net fixture trajectory (fp32, and bf16 on a GPU), `evaluate` (ensemble, test-time views) and
+# `classify` on the device vs the CPU, `time` at batch 50 and 256, and end-to-end
 # training throughput from an LMDB of raw 256x256 datums (fp32, and TF32 and
 # bf16 on a GPU) and from JPEG files, and the data feed alone from each; then,
 # with the cuDNN build (flickr-style-cudnn, where the machine has libcudnn.so.9),
@@ -94,6 +95,50 @@ EOF
 }
 tiny "fp32" 1e-4 ""
 if [ -n "$DEVICE" ]; then tiny "bf16 mixed precision" 2e-2 "--bf16"; fi
+say ""
+
+say "## evaluate and classify on the device vs the CPU (an ensemble, test-time views)"
+for dev in device cpu; do
+  flags=""
+  [ "$dev" = device ] && flags=$DEVICE
+  (cd "$KIT/tiny-net" && run evaluate --model train_val.prototxt --ensemble --tta dihedral \
+    --weights snapshots/tiny_iter_15.caffemodel,snapshots/tiny_iter_30.caffemodel --out "$WORK/eval_$dev" $flags) \
+    >"$WORK/eval_$dev.log" 2>&1 || { fail "evaluate ($dev)"; tail -3 "$WORK/eval_$dev.log" | tee -a "$REPORT"; }
+  (cd "$KIT/tiny-net" && run classify --model train_val.prototxt --weights snapshots/tiny_iter_30.caffemodel \
+    --tta mirror --top-k 4 --out "$WORK/classify_$dev.csv" "$KIT/images" $flags) \
+    >"$WORK/classify_$dev.log" 2>&1 || { fail "classify ($dev)"; tail -3 "$WORK/classify_$dev.log" | tee -a "$REPORT"; }
+done
+python3 - "$WORK" <<'EOF2' | tee -a "$REPORT"
+import csv, json, os, sys
+w = sys.argv[1]
+def number(x):
+    try:
+        return float(x)
+    except ValueError:
+        return None
+def numbers(path):  # each row's numeric cells (probabilities; names and paths left out)
+    if not os.path.exists(path):
+        return None
+    rows = list(csv.reader(open(path)))[1:]
+    return [[v for v in map(number, r) if v is not None] for r in rows]
+worst, ok = 0.0, True
+for name in ["eval_{}/predictions.csv", "classify_{}.csv"]:
+    a, b = numbers(os.path.join(w, name.format("device"))), numbers(os.path.join(w, name.format("cpu")))
+    if a is None or b is None or len(a) != len(b) or not a:
+        print(f"{name.format('*')}: missing or of different lengths"); ok = False; continue
+    d = max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    worst = max(worst, d)
+    print(f"{name.format('*')}: {len(a)} rows, max |device - cpu| {d:.2e}")
+try:
+    m = [json.load(open(os.path.join(w, f"eval_{d}/metrics.json"))) for d in ("device", "cpu")]
+    print(f"accuracy device {m[0]['accuracy']:.6f} cpu {m[1]['accuracy']:.6f}")
+    ok = ok and m[0]["accuracy"] == m[1]["accuracy"]
+except (OSError, KeyError, ValueError) as e:
+    print(f"metrics.json: {e}"); ok = False
+print(f"pass: max difference <= 1e-4 and equal accuracy: {ok and worst <= 1e-4}")
+sys.exit(0 if ok and worst <= 1e-4 else 1)
+EOF2
+[ "${PIPESTATUS[0]}" = 0 ] || fail "evaluate/classify device vs CPU"
 say ""
 
 # The Flickr net with our own data layers in front of its third layer (conv1).
