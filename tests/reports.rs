@@ -688,6 +688,8 @@ fn classify_cli_walks_folders_and_writes_the_top_classes() {
     let (ok, _, err) = classify_cli(&[images.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(err.contains("classified 24 images (0 skipped)"), "{err}");
+    // The best guesses, counted per class, on stderr.
+    assert!(err.contains("| class | images | at least 0.5 |"), "{err}");
     let csv = std::fs::read_to_string(&out).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(

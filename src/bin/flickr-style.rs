@@ -1177,6 +1177,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         None => Vec::new(),
     };
     let csv = result.to_csv(&names, a.threshold);
+    eprint!("{}", result.summary(&names, a.threshold));
     match &a.out {
         Some(out) => {
             flickr_style::fsutil::write_atomic(out, csv.as_bytes())?;

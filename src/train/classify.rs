@@ -462,6 +462,34 @@ fn top_k(values: &[f32], k: usize) -> Vec<(usize, f32)> {
 }
 
 impl Classification {
+    /// How many images each class got as its best guess (and, with
+    /// `threshold`, how many of those reach it), as a Markdown table of the
+    /// classes that got any, most first.
+    pub fn summary(&self, names: &[String], threshold: Option<f64>) -> String {
+        let mut counts = vec![(0usize, 0usize); self.classes];
+        for r in &self.rows {
+            let (c, p) = r.top[0];
+            counts[c].0 += 1;
+            if threshold.is_some_and(|t| f64::from(p) >= t) {
+                counts[c].1 += 1;
+            }
+        }
+        let mut order: Vec<usize> = (0..self.classes).filter(|&c| counts[c].0 > 0).collect();
+        order.sort_by_key(|&c| std::cmp::Reverse(counts[c].0));
+        let mut s = match threshold {
+            Some(t) => format!("| class | images | at least {t} |\n|---|---:|---:|\n"),
+            None => "| class | images |\n|---|---:|\n".to_string(),
+        };
+        for c in order {
+            let name = super::confusion::class_name(names, c);
+            s += &match threshold {
+                Some(_) => format!("| {name} | {} | {} |\n", counts[c].0, counts[c].1),
+                None => format!("| {name} | {} |\n", counts[c].0),
+            };
+        }
+        s
+    }
+
     /// One row per image: the file, then each of the top classes (named by
     /// `names`, else numbered) with its probability; with `threshold`, whether
     /// the first reaches it.
@@ -501,6 +529,26 @@ impl Classification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_counts_best_guesses_most_first() {
+        let row = |c: usize, p: f32| Classified {
+            image: PathBuf::from("x"),
+            top: vec![(c, p)],
+        };
+        let c = Classification {
+            classes: 3,
+            rows: vec![row(2, 0.9), row(2, 0.4), row(0, 0.7)],
+            failed: vec![],
+            kind: ScoreKind::Probabilities,
+        };
+        let names = ["a".to_string(), "b".into(), "c".into()];
+        assert_eq!(
+            c.summary(&names, Some(0.5)),
+            "| class | images | at least 0.5 |\n|---|---:|---:|\n| c | 2 | 1 |\n| a | 1 | 1 |\n"
+        );
+        assert!(c.summary(&[], None).contains("| 2 | 2 |"));
+    }
 
     #[test]
     fn top_classes_largest_first_ties_to_the_lower_class() {
