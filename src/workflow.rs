@@ -545,6 +545,12 @@ fn write_recipe(
     }
     let net_path = data.join("train_val.prototxt");
     crate::fsutil::write_atomic(&net_path, prototxt::to_string(&net).as_bytes())?;
+    // The deploy net for Caffe, pycaffe or OpenCV's dnn module.
+    let (deploy, comment) = crate::train::deploy::deploy_net(&net, 1, &net_path, data)?;
+    crate::fsutil::write_atomic(
+        &data.join("deploy.prototxt"),
+        (comment + &prototxt::to_string(&deploy)).as_bytes(),
+    )?;
     let snapshots = data.join("snapshots");
     std::fs::create_dir_all(&snapshots).at(&snapshots)?;
     let prefix = abs(&snapshots.join(match opts.dataset {

@@ -219,6 +219,15 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         std::fs::read_to_string(data.join("labels.txt")).unwrap(),
         "animal\nobject\nscience\nvehicle\n"
     );
+    // The deploy net beside it, for Caffe or OpenCV: an Input layer and a
+    // Softmax on the classifier.
+    let deploy = read_net_prototxt(&data.join("deploy.prototxt")).unwrap();
+    assert_eq!(deploy.layer[0].r#type(), "Input");
+    let prob = deploy.layer.last().unwrap();
+    assert_eq!(
+        (prob.r#type(), prob.bottom[0].as_str()),
+        ("Softmax", "fc8_flickr")
+    );
     // The classifier has one output per class folder (Caffe's recipe says 20).
     let net = read_net_prototxt(&data.join("train_val.prototxt")).unwrap();
     let fc8 = net.layer.iter().find(|l| l.name() == "fc8_flickr").unwrap();

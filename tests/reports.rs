@@ -843,3 +843,43 @@ fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
     .to_string();
     assert!(e.contains("deploy nets"), "{e}");
 }
+
+#[test]
+fn deploy_of_flickr_styles_train_val_is_caffes_own_deploy_net() {
+    use flickr_style::caffe::model::read_net_prototxt;
+    // Caffe's model zoo ships finetune_flickr_style's deploy.prototxt beside
+    // its train_val.prototxt: the one `deploy` writes must be the same net.
+    let t = tempfile::tempdir().unwrap();
+    let models = common::caffe_ref().join("models/finetune_flickr_style");
+    let out = t.path().join("deploy.prototxt");
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "deploy",
+            models.join("train_val.prototxt").to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--batch",
+            "10",
+        ],
+    );
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.starts_with("# Deploy net of ")
+            && text.contains("resized to 256x256, centre crop 227"),
+        "{text}"
+    );
+    let ours = read_net_prototxt(&out).unwrap();
+    let caffes = read_net_prototxt(&models.join("deploy.prototxt")).unwrap();
+    assert_eq!(ours, caffes);
+    // A net without a data layer (a deploy net itself) cannot be deployed.
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "deploy",
+            models.join("deploy.prototxt").to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("one Data or ImageData layer"), "{err}");
+}

@@ -59,6 +59,10 @@ enum Command {
     /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
     /// with --mean; writes a CSV of the top classes.
     Classify(ClassifyArgs),
+    /// Write the deploy net of a trained net (its TEST layers with an Input layer in place of the
+    /// data layer, no label layers, a Softmax `prob`), which Caffe, pycaffe and OpenCV's dnn
+    /// module load with the .caffemodel.
+    Deploy(DeployArgs),
     /// Time forward and backward passes, layer by layer (caffe time).
     Time(TimeArgs),
     /// Plot a `finetune --metrics` file as SVG: training and test losses, test scores, learning rate.
@@ -666,6 +670,17 @@ struct ClassifyArgs {
 }
 
 #[derive(Args)]
+struct DeployArgs {
+    /// The net as trained (train_val.prototxt).
+    model: PathBuf,
+    /// The deploy.prototxt to write.
+    out: PathBuf,
+    /// Images per forward pass in the Input layer's shape.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+}
+
+#[derive(Args)]
 struct PlotArgs {
     /// The JSON-lines metrics file written by `finetune --metrics` (or `pipeline --metrics`).
     metrics: PathBuf,
@@ -765,6 +780,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test(a) => cmd_test(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Classify(a) => cmd_classify(a),
+        Command::Deploy(a) => {
+            let def = flickr_style::caffe::model::read_net_prototxt(&a.model)?;
+            let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
+            let (net, comment) =
+                flickr_style::train::deploy::deploy_net(&def, a.batch.max(1), &a.model, &base_dir)?;
+            let text = comment + &flickr_style::caffe::prototxt::to_string(&net);
+            flickr_style::fsutil::write_atomic(&a.out, text.as_bytes())?;
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
         Command::Time(a) => cmd_time(a),
         Command::Plot(a) => {
             flickr_style::train::plot::plot_metrics(&a.metrics, &a.out)?;

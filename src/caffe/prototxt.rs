@@ -1,7 +1,7 @@
 //! The protobuf text format of `.prototxt` files, parsed and printed by
 //! prost-reflect against the descriptor compiled from `proto/caffe.proto`.
 use crate::error::{Error, IoContext, Result};
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Value};
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -48,7 +48,10 @@ pub fn read<T: prost::Message + prost::Name + Default>(path: &Path) -> Result<T>
     parse(&text, path)
 }
 
-/// Prints `msg` in the protobuf text format, one field per line.
+/// Prints `msg` in the protobuf text format as Caffe's own files are laid
+/// out: one field per line, a repeated field as one line per element and a
+/// message as `name { ... }`. (The short list form `layer: [{...}]` is not
+/// used: protobuf 2.x, which older Caffe builds link, cannot read it.)
 pub fn to_string<T: prost::Message + prost::Name>(msg: &T) -> String {
     let desc = POOL
         .get_message_by_name(&T::full_name())
@@ -57,8 +60,84 @@ pub fn to_string<T: prost::Message + prost::Name>(msg: &T) -> String {
     dynamic
         .transcode_from(msg)
         .expect("a prost message transcodes to its own descriptor");
-    let options = prost_reflect::text_format::FormatOptions::new().pretty(true);
-    dynamic.to_text_format_with_options(&options)
+    let mut out = String::new();
+    write_message(&dynamic, 0, &mut out);
+    out
+}
+
+/// Appends the set fields of `msg`, indented by `indent` spaces.
+fn write_message(msg: &DynamicMessage, indent: usize, out: &mut String) {
+    for (field, value) in msg.fields() {
+        match value {
+            Value::List(items) => {
+                for v in items {
+                    write_field(&field, v, indent, out);
+                }
+            }
+            v => write_field(&field, v, indent, out),
+        }
+    }
+}
+
+/// Appends one `name: value` line, or a `name { ... }` block.
+fn write_field(field: &FieldDescriptor, value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    let name = field.name();
+    let scalar = match value {
+        Value::Message(m) => {
+            out.push_str(&format!("{pad}{name} {{\n"));
+            write_message(m, indent + 2, out);
+            out.push_str(&format!("{pad}}}\n"));
+            return;
+        }
+        Value::Bool(v) => v.to_string(),
+        Value::I32(v) => v.to_string(),
+        Value::I64(v) => v.to_string(),
+        Value::U32(v) => v.to_string(),
+        Value::U64(v) => v.to_string(),
+        Value::F32(v) => float(f64::from(*v), v.to_string()),
+        Value::F64(v) => float(*v, v.to_string()),
+        Value::String(v) => quote(v.as_bytes()),
+        Value::Bytes(v) => quote(v),
+        Value::EnumNumber(n) => match field.kind().as_enum().and_then(|e| e.get_value(*n)) {
+            Some(v) => v.name().to_string(),
+            None => n.to_string(),
+        },
+        // caffe.proto has no maps; lists are split by write_message.
+        Value::Map(_) | Value::List(_) => unreachable!("no map or nested list fields"),
+    };
+    out.push_str(&format!("{pad}{name}: {scalar}\n"));
+}
+
+/// A float as the text format spells it: Rust's shortest round-trip digits,
+/// `inf`, `-inf` or `nan`.
+fn float(v: f64, digits: String) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        digits
+    }
+}
+
+/// A double-quoted string with C escapes (non-ASCII bytes as octal, as
+/// protobuf's own printer writes them).
+fn quote(bytes: &[u8]) -> String {
+    let mut s = String::from("\"");
+    for &b in bytes {
+        match b {
+            b'"' => s.push_str("\\\""),
+            b'\\' => s.push_str("\\\\"),
+            b'\n' => s.push_str("\\n"),
+            b'\r' => s.push_str("\\r"),
+            b'\t' => s.push_str("\\t"),
+            0x20..=0x7e => s.push(b as char),
+            _ => s.push_str(&format!("\\{b:03o}")),
+        }
+    }
+    s.push('"');
+    s
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -104,6 +183,60 @@ mod tests {
         let printed = to_string(&net);
         let again: NetParameter = parse(&printed, Path::new("n")).unwrap();
         assert_eq!(net, again);
+    }
+
+    #[test]
+    fn prints_as_caffe_lays_out_its_files() {
+        let text = "name: \"n\"\nlayer { name: \"c\" type: \"Convolution\" top: \"c\" top: \"d\" \
+                    param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 } \
+                    convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: \"gaussian\" std: 0.01 } } }\n\
+                    layer { name: \"p\" type: \"Pooling\" pooling_param { pool: AVE } }";
+        let net: NetParameter = parse(text, Path::new("n")).unwrap();
+        assert_eq!(
+            to_string(&net),
+            "name: \"n\"\n\
+             layer {\n  name: \"c\"\n  type: \"Convolution\"\n  top: \"c\"\n  top: \"d\"\n\
+             \x20 param {\n    lr_mult: 1\n  }\n  param {\n    lr_mult: 2\n    decay_mult: 0\n  }\n\
+             \x20 convolution_param {\n    num_output: 4\n    kernel_size: 3\n\
+             \x20   weight_filler {\n      type: \"gaussian\"\n      std: 0.01\n    }\n  }\n}\n\
+             layer {\n  name: \"p\"\n  type: \"Pooling\"\n  pooling_param {\n    pool: AVE\n  }\n}\n"
+        );
+    }
+
+    #[test]
+    fn caffes_own_files_and_odd_strings_round_trip() {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/caffe-ref");
+        for f in [
+            "models/finetune_flickr_style/train_val.prototxt",
+            "models/finetune_flickr_style/deploy.prototxt",
+            "models/bvlc_reference_caffenet/train_val.prototxt",
+            "fixtures/tiny-net/train_val.prototxt",
+        ] {
+            let net: NetParameter = read(&shared.join(f)).unwrap();
+            let printed = to_string(&net);
+            assert!(!printed.contains('['), "{f}: list syntax");
+            assert_eq!(
+                parse::<NetParameter>(&printed, Path::new(f)).unwrap(),
+                net,
+                "{f}"
+            );
+        }
+        let solver: SolverParameter =
+            read(&shared.join("models/finetune_flickr_style/solver.prototxt")).unwrap();
+        assert_eq!(
+            parse::<SolverParameter>(&to_string(&solver), Path::new("s")).unwrap(),
+            solver
+        );
+        let odd = NetParameter {
+            name: Some("a \"quoted\" \\ name\twith\ttabs, é and ∑".into()),
+            ..Default::default()
+        };
+        let printed = to_string(&odd);
+        assert_eq!(
+            parse::<NetParameter>(&printed, Path::new("o")).unwrap(),
+            odd,
+            "{printed}"
+        );
     }
 
     #[test]

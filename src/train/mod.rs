@@ -20,6 +20,7 @@ pub mod compute;
 pub mod confusion;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
+pub mod deploy;
 pub mod evaluate;
 pub mod filler;
 pub mod fused;

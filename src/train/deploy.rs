@@ -1,0 +1,160 @@
+//! `deploy`: the deploy definition of a trained net, as Caffe's model zoo
+//! ships beside a caffemodel (e.g. finetune_flickr_style/deploy.prototxt):
+//! the TEST phase's layers with the data layer replaced by an Input layer,
+//! the layers that read labels left out, and a Softmax `prob` on the
+//! classifier. Caffe, pycaffe and OpenCV's dnn module load a caffemodel with
+//! it; what the data layer did to images (resize, crop, mean, scale) goes
+//! into a comment at the top, since a deploy net does not carry it.
+use super::net::included;
+use crate::caffe::proto::{
+    BlobShape, InputParameter, LayerParameter, NetParameter, NetState, Phase,
+};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// Layer types that read labels and so have no place in a deploy net.
+const LABEL_LAYERS: &[&str] = &["Accuracy", "SoftmaxWithLoss", "InfogainLoss"];
+
+/// The deploy net of `def` (read from `path`; its relative mean file
+/// resolves against `base_dir`), with `batch` images per forward pass;
+/// returns it and the comment describing its input.
+pub fn deploy_net(
+    def: &NetParameter,
+    batch: usize,
+    path: &Path,
+    base_dir: &Path,
+) -> Result<(NetParameter, String)> {
+    let state = NetState {
+        phase: Some(Phase::Test as i32),
+        ..Default::default()
+    };
+    let layers: Vec<&LayerParameter> = def.layer.iter().filter(|l| included(l, &state)).collect();
+    let data: Vec<&LayerParameter> = layers
+        .iter()
+        .copied()
+        .filter(|l| matches!(l.r#type(), "Data" | "ImageData"))
+        .collect();
+    let [data] = data[..] else {
+        return Err(Error::model(
+            path.display(),
+            format!(
+                "a deploy net is made from one Data or ImageData layer in the TEST phase (found {})",
+                data.len()
+            ),
+        ));
+    };
+    let (image_top, label_top) = (data.top.first(), data.top.get(1));
+    let Some(image_top) = image_top else {
+        return Err(Error::model(
+            format!("layer '{}'", data.name()),
+            "has no top",
+        ));
+    };
+    let tp = data.transform_param.clone().unwrap_or_default();
+    let (resize, channels) = match &data.image_data_param {
+        Some(p) if data.r#type() == "ImageData" => (
+            (p.new_height() > 0).then(|| (p.new_height() as usize, p.new_width() as usize)),
+            if p.is_color() { 3 } else { 1 },
+        ),
+        _ => (None, 3),
+    };
+    // The mean image's (channels, height, width): the datums' shape, which
+    // a Data layer does not state otherwise.
+    let mean = || -> Result<Option<(usize, usize, usize)>> {
+        let Some(f) = &tp.mean_file else {
+            return Ok(None);
+        };
+        let p = Path::new(f);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        };
+        let m = crate::caffe::mean_file::MeanImage::read_binaryproto(&p)?;
+        Ok(Some((m.channels, m.height, m.width)))
+    };
+    // A Data layer's images had the datums' size: the mean image's.
+    let is_data = data.r#type() == "Data";
+    let (channels, resize) = match (is_data, mean()) {
+        (true, Ok(Some((c, h, w)))) => (c, Some((h, w))),
+        _ => (channels, resize),
+    };
+    // The input side: the crop, else the resized (or the mean's) size.
+    let side = match (tp.crop_size(), resize) {
+        (c, _) if c > 0 => (c as usize, c as usize),
+        (_, Some(s)) => s,
+        _ => match mean()? {
+            Some((_, h, w)) => (h, w),
+            None => {
+                return Err(Error::model(
+                    format!("layer '{}'", data.name()),
+                    "neither crops nor resizes, so the input size of the deploy net is unknown",
+                ))
+            }
+        },
+    };
+    let mut out = NetParameter {
+        name: def.name.clone(),
+        ..Default::default()
+    };
+    out.layer.push(LayerParameter {
+        name: data.name.clone(),
+        r#type: Some("Input".into()),
+        top: vec![image_top.clone()],
+        input_param: Some(InputParameter {
+            shape: vec![BlobShape {
+                dim: vec![batch as i64, channels as i64, side.0 as i64, side.1 as i64],
+            }],
+        }),
+        ..Default::default()
+    });
+    let mut classifier = None;
+    for l in layers {
+        if std::ptr::eq(l, data) {
+            continue;
+        }
+        let reads_labels = label_top.is_some_and(|t| l.bottom.contains(t));
+        if LABEL_LAYERS.contains(&l.r#type()) || reads_labels {
+            if matches!(l.r#type(), "SoftmaxWithLoss" | "InfogainLoss") {
+                classifier = l.bottom.first().cloned();
+            }
+            continue;
+        }
+        let mut l = l.clone();
+        l.include.clear();
+        l.exclude.clear();
+        out.layer.push(l);
+    }
+    let Some(scores) = classifier else {
+        return Err(Error::model(
+            path.display(),
+            "has no SoftmaxWithLoss or InfogainLoss layer to say which blob holds the class scores",
+        ));
+    };
+    out.layer.push(LayerParameter {
+        name: Some("prob".into()),
+        r#type: Some("Softmax".into()),
+        bottom: vec![scores],
+        top: vec!["prob".into()],
+        ..Default::default()
+    });
+    let mut comment = format!(
+        "# Deploy net of {} (written by flickr-style deploy).\n# Inputs: {channels}x{}x{} images, made as the TEST data layer made them:",
+        path.display(),
+        side.0,
+        side.1
+    );
+    if let Some((h, w)) = resize {
+        comment += &format!(" resized to {h}x{w},");
+    }
+    if tp.crop_size() > 0 {
+        comment += &format!(" centre crop {},", tp.crop_size());
+    }
+    match (&tp.mean_file, tp.mean_value.is_empty()) {
+        (Some(f), _) => comment += &format!(" minus the mean image {f},"),
+        (None, false) => comment += &format!(" minus the channel means {:?},", tp.mean_value),
+        (None, true) => {}
+    }
+    comment += &format!(" times {}; BGR channel order, 0-255.\n", tp.scale());
+    Ok((out, comment))
+}
