@@ -613,6 +613,7 @@ fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
         scores: None,
         top_k: 4,
         tta: Tta::None,
+        oversample: false,
         batch_size: Some(5),
     };
     let c = classify(&o).unwrap();
@@ -797,6 +798,7 @@ fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
         scores: None,
         top_k: 3,
         tta: Tta::None,
+        oversample: false,
         batch_size: Some(3),
     };
     let trained = classify(&o).unwrap();
@@ -842,6 +844,62 @@ fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("deploy nets"), "{e}");
+
+    // --oversample (classify.py's ten crops): the mean of what the deploy
+    // net gives each 227x227 crop, written out as a file of its own.
+    use flickr_style::pipeline::decode::{read_image, ColorMode};
+    use flickr_style::pipeline::resize::resize_linear;
+    let mut crop_files = Vec::new();
+    for (i, p) in images.iter().enumerate() {
+        let m = resize_linear(&read_image(p, ColorMode::Color).unwrap(), 256, 256);
+        let offsets = [(0, 0), (0, 29), (29, 0), (29, 29), (14, 14)];
+        for v in 0..10 {
+            let (y0, x0) = offsets[v % 5];
+            let img = image::RgbImage::from_fn(227, 227, |x, y| {
+                let x = if v >= 5 { 226 - x } else { x };
+                let at = ((y0 + y as usize) * 256 + x0 + x as usize) * 3;
+                image::Rgb([m.data[at + 2], m.data[at + 1], m.data[at]])
+            });
+            let f = t.path().join(format!("crop_{i}_{v}.png"));
+            img.save(&f).unwrap();
+            crop_files.push(f);
+        }
+    }
+    let means = [104.0f32, 117.0, 123.0];
+    let deploy_with = |images: &[std::path::PathBuf], oversample: bool, size| {
+        classify(&ClassifyOptions {
+            model: &deploy_model,
+            images,
+            mean_values: &means,
+            size,
+            oversample,
+            top_k: 20,
+            scores: None,
+            ..o
+        })
+        .unwrap()
+    };
+    let crops = deploy_with(&crop_files, false, Some((227, 227)));
+    let ten = deploy_with(&images, true, None);
+    let prob = |r: &flickr_style::train::classify::Classified, c: usize| {
+        r.top.iter().find(|t| t.0 == c).unwrap().1
+    };
+    for (i, row) in ten.rows.iter().enumerate() {
+        for c in 0..20 {
+            let want = (0..10)
+                .map(|v| prob(&crops.rows[i * 10 + v], c))
+                .sum::<f32>()
+                / 10.0;
+            assert!((prob(row, c) - want).abs() < 1e-6, "image {i} class {c}");
+        }
+    }
+    // The ten crops differ from the centre crop alone.
+    let centre = deploy_with(&images, false, None);
+    assert!(centre
+        .rows
+        .iter()
+        .zip(&ten.rows)
+        .any(|(a, b)| (prob(a, 0) - prob(b, 0)).abs() > 1e-6));
 }
 
 #[test]

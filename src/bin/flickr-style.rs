@@ -639,6 +639,10 @@ struct ClassifyArgs {
     /// Average the probabilities of each --weights file as its own model, as for `evaluate`.
     #[arg(long)]
     ensemble: bool,
+    /// Average over ten crops of each image, as classify.py does by default: the four corners and
+    /// the centre, and their mirror images (instead of the centre crop; needs a crop_size).
+    #[arg(long, conflicts_with = "tta")]
+    oversample: bool,
     // Size before the crop; default: the ImageData layer's new_height/new_width, or for a Data
     // layer its mean image's size (else 256x256, what to-lmdb and the pipeline store).
     #[command(flatten)]
@@ -662,7 +666,7 @@ struct ClassifyArgs {
     /// Images per forward pass (default: the data layer's batch_size).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Stop at the first image that cannot be read (default: skip it and say so).
+    /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
     #[arg(long)]
     strict: bool,
     #[command(flatten)]
@@ -1182,6 +1186,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         scores: a.scores,
         top_k: a.top_k,
         tta: a.tta,
+        oversample: a.oversample,
         batch_size: a.batch_size,
     })?;
     for (p, why) in &result.failed {

@@ -18,6 +18,7 @@ use crate::caffe::proto::{
 };
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
+use crate::pipeline::mat::Mat8;
 use crate::pipeline::pad::{fit, Pad};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -59,6 +60,9 @@ pub struct ClassifyOptions<'a> {
     pub top_k: usize,
     /// Views to average over.
     pub tta: Tta,
+    /// Average over classify.py's ten crops (corners and centre, and their
+    /// mirror images) instead of the centre crop; needs a crop.
+    pub oversample: bool,
     /// Images per forward pass; `None`: the data layer's batch size.
     pub batch_size: Option<usize>,
 }
@@ -325,13 +329,13 @@ fn with_input_layer(def: &NetParameter, spec: &InputSpec) -> NetParameter {
     def
 }
 
-/// Decodes, resizes (or fits and pads) and transforms one image into `out`.
+/// Decodes and resizes (or fits and pads) one image as the net's input
+/// wants it, before the transformer.
 fn prepare(
     path: &Path,
     spec: &InputSpec,
     o: &ClassifyOptions,
-    out: &mut [f32],
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Mat8, String> {
     let mode = if spec.channels == 1 {
         ColorMode::Gray
     } else {
@@ -342,13 +346,41 @@ fn prepare(
     let (_, h, w) = spec.transformer.out_shape(m.channels, m.height, m.width);
     if (h, w) != spec.out {
         return Err(format!(
-            "is {}x{}, which gives a {h}x{w} input, not {}x{} (give --size)",
+            "is {}x{}, which gives a {h}x{w} input, not {}x{} (give --resize-height/--resize-width)",
             m.height, m.width, spec.out.0, spec.out.1
         ));
     }
+    Ok(m)
+}
+
+/// Views per image with `oversample`: classify.py's ten crops, the four
+/// corners and the centre, then the same mirrored.
+const OVERSAMPLE_VIEWS: usize = 10;
+
+/// Transforms view `view` of image `m` into `out`: the transformer's own
+/// (centre) crop, or with `oversample` crop `view`.
+fn transform_view(
+    spec: &InputSpec,
+    m: &Mat8,
+    view: usize,
+    oversample: bool,
+    path: &Path,
+    out: &mut [f32],
+) -> Result<()> {
+    let context = || path.display().to_string();
+    if !oversample {
+        return spec.transformer.apply(m.into(), 0, context, out);
+    }
+    let (c, h, w) = (spec.transformer.crop_size(), m.height, m.width);
+    let offsets = [
+        (0, 0),
+        (0, w - c),
+        (h - c, 0),
+        (h - c, w - c),
+        ((h - c) / 2, (w - c) / 2),
+    ];
     spec.transformer
-        .apply((&m).into(), 0, || path.display().to_string(), out)
-        .map_err(|e| e.to_string())
+        .apply_at(m.into(), offsets[view % 5], view >= 5, context, out)
 }
 
 /// Classifies `o.images` with the trained net.
@@ -376,6 +408,12 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     // Scores only: the labels blob is never read.
     let reader = Reader::find(net, &scores.map(|s| (s, String::new())), o.model)?;
     let views = o.tta.views();
+    if o.oversample && (o.tta != Tta::None || spec.transformer.crop_size() == 0) {
+        return Err(Error::model(
+            o.model.display(),
+            "--oversample takes ten crops of each image: the net must crop (crop_size), and it replaces --tta",
+        ));
+    }
     let per_image = spec.channels * spec.out.0 * spec.out.1;
     let bar = crate::progress::bar(o.images.len() as u64, "classify");
     let mut rows = Vec::new();
@@ -384,21 +422,18 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     let mut pending: &[PathBuf] = o.images;
     while !pending.is_empty() {
         // Fill a batch with readable images, in order.
-        let mut batch: Vec<(PathBuf, Vec<f32>)> = Vec::new();
+        let mut batch: Vec<(PathBuf, Mat8)> = Vec::new();
         while batch.len() < spec.batch && !pending.is_empty() {
             let take = (spec.batch - batch.len()).min(pending.len());
             let (now, rest) = pending.split_at(take);
             pending = rest;
             let prepared: Vec<_> = now
                 .par_iter()
-                .map(|p| {
-                    let mut buf = vec![0.0f32; per_image];
-                    (p.clone(), prepare(p, &spec, o, &mut buf).map(|()| buf))
-                })
+                .map(|p| (p.clone(), prepare(p, &spec, o)))
                 .collect();
             for (p, r) in prepared {
                 match r {
-                    Ok(buf) => batch.push((p, buf)),
+                    Ok(m) => batch.push((p, m)),
                     Err(e) => failed.push((p, e)),
                 }
             }
@@ -407,33 +442,48 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
         if batch.is_empty() {
             break;
         }
-        let mut data = vec![0.0f32; spec.batch * per_image];
-        for (i, (_, buf)) in batch.iter().enumerate() {
-            data[i * per_image..(i + 1) * per_image].copy_from_slice(buf);
-        }
         let device = &o.compute.device;
-        let mut tops = vec![Tensor::from_vec(
-            data,
-            (spec.batch, spec.channels, spec.out.0, spec.out.1),
-            device,
-        )?];
-        if spec.label_top {
-            tops.push(Tensor::zeros(spec.batch, candle_core::DType::F32, device)?);
-        }
-        net.forward_batch(tops)?;
-        let (_, c, scores) = reader.read_scores(net)?;
-        classes = c;
-        let probs = if views.len() > 1 || !others.is_empty() {
-            super::evaluate::average_views(net, others, &reader, &views, scores, c)?
-        } else {
-            match reader.kind {
-                ScoreKind::Logits => scores
-                    .chunks(c)
-                    .flat_map(super::evaluate::softmax)
-                    .collect(),
-                _ => scores,
+        let crops = if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
+        let mut probs: Vec<f32> = Vec::new();
+        for view in 0..crops {
+            let mut data = vec![0.0f32; spec.batch * per_image];
+            data.par_chunks_mut(per_image)
+                .zip(batch.par_iter())
+                .try_for_each(|(out, (p, m))| {
+                    transform_view(&spec, m, view, o.oversample, p, out)
+                })?;
+            let mut tops = vec![Tensor::from_vec(
+                data,
+                (spec.batch, spec.channels, spec.out.0, spec.out.1),
+                device,
+            )?];
+            if spec.label_top {
+                tops.push(Tensor::zeros(spec.batch, candle_core::DType::F32, device)?);
             }
-        };
+            net.forward_batch(tops)?;
+            let (_, c, scores) = reader.read_scores(net)?;
+            classes = c;
+            let p = if views.len() > 1 || !others.is_empty() {
+                super::evaluate::average_views(net, others, &reader, &views, scores, c)?
+            } else {
+                match reader.kind {
+                    ScoreKind::Logits => scores
+                        .chunks(c)
+                        .flat_map(super::evaluate::softmax)
+                        .collect(),
+                    _ => scores,
+                }
+            };
+            if probs.is_empty() {
+                probs = p;
+            } else {
+                probs.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+            }
+        }
+        if crops > 1 {
+            probs.iter_mut().for_each(|v| *v /= crops as f32);
+        }
+        let c = classes;
         for (i, (path, _)) in batch.into_iter().enumerate() {
             rows.push(Classified {
                 image: path,

@@ -108,6 +108,79 @@ impl Transformer {
         context: impl Fn() -> String,
         out: &mut [f32],
     ) -> Result<()> {
+        let (oh, ow) = self.check(&img, &context, out)?;
+        let (h, w, crop) = (img.height, img.width, self.crop);
+        if self.rotate90 && oh != ow {
+            return Err(Error::model(
+                context(),
+                format!("turning by 90° needs square outputs, not {oh}x{ow}: set crop_size or resize to a square"),
+            ));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(position);
+        // Caffe's draw order: mirror first, then the crop offsets.
+        let mirror = self.mirror && rng.random_range(0..2) == 1;
+        let (h_off, w_off) = if crop == 0 {
+            (0, 0)
+        } else if self.phase == Phase::Train {
+            (
+                rng.random_range(0..=h - crop),
+                rng.random_range(0..=w - crop),
+            )
+        } else {
+            ((h - crop) / 2, (w - crop) / 2)
+        };
+        self.write(&img, (h_off, w_off), mirror, (oh, ow), out);
+        if self.rotate90 {
+            let turns = rng.random_range(0..4u8);
+            for plane in out.chunks_exact_mut(oh * ow) {
+                rotate_square(plane, oh, turns);
+            }
+        }
+        if let Some(a) = &self.augment {
+            a.draw(&mut rng).apply(out, oh, ow)?;
+        }
+        Ok(())
+    }
+
+    /// Transforms one image with the crop at `(h_off, w_off)` and mirroring
+    /// as given instead of drawn (no turns or warps): the views of
+    /// `classify --oversample`.
+    pub fn apply_at(
+        &self,
+        img: ImageRef<'_>,
+        offset: (usize, usize),
+        mirror: bool,
+        context: impl Fn() -> String,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (oh, ow) = self.check(&img, &context, out)?;
+        if offset.0 + oh > img.height || offset.1 + ow > img.width {
+            return Err(Error::model(
+                context(),
+                format!(
+                    "a {oh}x{ow} crop at {offset:?} leaves the {}x{} image",
+                    img.height, img.width
+                ),
+            ));
+        }
+        self.write(&img, offset, mirror, (oh, ow), out);
+        Ok(())
+    }
+
+    /// The crop side (0: none).
+    pub fn crop_size(&self) -> usize {
+        self.crop
+    }
+
+    /// Checks the image, the mean and `out` against each other; returns the
+    /// output (height, width).
+    fn check(
+        &self,
+        img: &ImageRef<'_>,
+        context: &impl Fn() -> String,
+        out: &[f32],
+    ) -> Result<(usize, usize)> {
         let (c, h, w) = (img.channels, img.height, img.width);
         if img.data.len() != c * h * w {
             return Err(Error::model(
@@ -146,26 +219,20 @@ impl Transformer {
                 format!("output holds {} values, not {c}x{oh}x{ow}", out.len()),
             ));
         }
-        if self.rotate90 && oh != ow {
-            return Err(Error::model(
-                context(),
-                format!("turning by 90° needs square outputs, not {oh}x{ow}: set crop_size or resize to a square"),
-            ));
-        }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(position);
-        // Caffe's draw order: mirror first, then the crop offsets.
-        let mirror = self.mirror && rng.random_range(0..2) == 1;
-        let (h_off, w_off) = if crop == 0 {
-            (0, 0)
-        } else if self.phase == Phase::Train {
-            (
-                rng.random_range(0..=h - crop),
-                rng.random_range(0..=w - crop),
-            )
-        } else {
-            ((h - crop) / 2, (w - crop) / 2)
-        };
+        Ok((oh, ow))
+    }
+
+    /// Writes the (oh, ow) crop at `(h_off, w_off)`, mirrored or not, minus
+    /// the mean and times the scale, into `out` (checked by `check`).
+    fn write(
+        &self,
+        img: &ImageRef<'_>,
+        (h_off, w_off): (usize, usize),
+        mirror: bool,
+        (oh, ow): (usize, usize),
+        out: &mut [f32],
+    ) {
+        let (c, h, w) = (img.channels, img.height, img.width);
         for ch in 0..c {
             let mv = match self.mean_values.len() {
                 0 => 0.0,
@@ -194,16 +261,6 @@ impl Transformer {
                 }
             }
         }
-        if self.rotate90 {
-            let turns = rng.random_range(0..4u8);
-            for plane in out.chunks_exact_mut(oh * ow) {
-                rotate_square(plane, oh, turns);
-            }
-        }
-        if let Some(a) = &self.augment {
-            a.draw(&mut rng).apply(out, oh, ow)?;
-        }
-        Ok(())
     }
 }
 
