@@ -265,6 +265,8 @@ fn cli_writes_the_report_files() {
         std::fs::read_to_string(out.join("report.md")).unwrap(),
         stdout
     );
+    let svg = std::fs::read_to_string(out.join("confusion.svg")).unwrap();
+    assert!(svg.contains("\nstar\n"), "the heat map names the classes");
     let csv = std::fs::read_to_string(out.join("confusion.csv")).unwrap();
     assert!(
         csv.starts_with("true \\ predicted,circle,square,triangle,star\n"),

@@ -560,7 +560,8 @@ impl Report<'_> {
     }
 
     /// Writes `report.md`, `confusion.csv` (rows: true class, columns:
-    /// predicted), `metrics.json` and, when the data layer names its images,
+    /// predicted) and its heat map `confusion.svg`, `metrics.json` and, when
+    /// the data layer names its images,
     /// `predictions.csv` into `dir`, each complete or not at all.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         let summary = self.summary();
@@ -590,6 +591,14 @@ impl Report<'_> {
             ),
             ("metrics.json", json + "\n"),
         ];
+        let title = format!(
+            "Confusion matrix: {} images, accuracy {:.2}%",
+            summary.images,
+            100.0 * summary.accuracy
+        );
+        let heat_map = super::plot::confusion_svg(&self.evaluation.confusion, self.names, &title)
+            .map_err(|e| Error::invalid("confusion.svg", e))?;
+        files.push(("confusion.svg", heat_map));
         if let Some(p) = &self.evaluation.predictions {
             files.push(("predictions.csv", self.predictions_csv(p)));
         }

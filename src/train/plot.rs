@@ -1,10 +1,12 @@
 //! SVG plots of a `--metrics` file: training loss (each iteration and
 //! Caffe's smoothed average), test-phase losses and scores, and the learning
 //! rate, against the iteration. A resumed run appends to the same file, so a
-//! repeated iteration keeps its latest record.
+//! repeated iteration keeps its latest record. Also the heat map of an
+//! evaluation's confusion matrix.
 use crate::error::{Error, IoContext, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -324,6 +326,111 @@ pub fn plot_svg(m: &Metrics, title: &str) -> std::result::Result<String, String>
     Ok(svg)
 }
 
+/// The confusion matrix as an SVG heat map: a row per true class, a column
+/// per predicted class, each cell shaded by its share of the row (so a rare
+/// class's row is as readable as a common one's) and, up to 40 classes,
+/// labelled with its count; classes named by `names` (else numbered).
+pub fn confusion_svg(
+    m: &crate::train::confusion::Confusion,
+    names: &[String],
+    title: &str,
+) -> std::result::Result<String, String> {
+    use crate::train::confusion::class_name;
+    let n = m.classes();
+    if n == 0 {
+        return Err("the matrix has no classes".into());
+    }
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let cell = (640 / n).clamp(4, 48) as i32;
+    let labels: Vec<String> = (0..n)
+        .map(|k| {
+            let s = class_name(names, k);
+            match s.char_indices().nth(24) {
+                Some((i, _)) => format!("{}…", &s[..i]),
+                None => s,
+            }
+        })
+        .collect();
+    let show_labels = n <= 80;
+    let margin = if show_labels {
+        12 + 7 * labels.iter().map(|l| l.chars().count()).max().unwrap_or(1) as i32
+    } else {
+        30
+    };
+    let (left, top) = (margin + 30, 60);
+    let side = cell * n as i32;
+    // Wide enough for the title and the legend line.
+    let (w, h) = (
+        (left + side + 30).max(560) as u32,
+        (top + side + margin + 30) as u32,
+    );
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        root.draw(&Text::new(title.to_string(), (10, 10), ("sans-serif", 18)))
+            .map_err(e)?;
+        root.draw(&Text::new(
+            "rows: true class, columns: predicted class, shade: share of the row".to_string(),
+            (10, 34),
+            ("sans-serif", 12),
+        ))
+        .map_err(e)?;
+        let font = ("sans-serif", (cell - 2).clamp(6, 12)).into_font();
+        let centre = Pos::new(HPos::Center, VPos::Center);
+        for (t, label) in labels.iter().enumerate() {
+            let row_total: u64 = (0..n).map(|p| m.count(t, p)).sum();
+            for p in 0..n {
+                let count = m.count(t, p);
+                let share = if row_total > 0 {
+                    count as f64 / row_total as f64
+                } else {
+                    0.0
+                };
+                // White to dark blue.
+                let shade = |full: f64, none: f64| (none + (full - none) * share) as u8;
+                let colour = RGBColor(shade(8.0, 255.0), shade(48.0, 255.0), shade(107.0, 255.0));
+                let (x, y) = (left + p as i32 * cell, top + t as i32 * cell);
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    colour.filled(),
+                ))
+                .map_err(e)?;
+                if n <= 40 && count > 0 {
+                    let ink = if share > 0.5 { &WHITE } else { &BLACK };
+                    root.draw(&Text::new(
+                        count.to_string(),
+                        (x + cell / 2, y + cell / 2),
+                        font.clone().color(ink).pos(centre),
+                    ))
+                    .map_err(e)?;
+                }
+            }
+            if show_labels {
+                root.draw(&Text::new(
+                    label.clone(),
+                    (left - 6, top + t as i32 * cell + cell / 2),
+                    TextStyle::from(font.clone()).pos(Pos::new(HPos::Right, VPos::Center)),
+                ))
+                .map_err(e)?;
+                root.draw(&Text::new(
+                    label.clone(),
+                    (left + t as i32 * cell + cell / 2 - 6, top + side + 6),
+                    font.clone().transform(FontTransform::Rotate90),
+                ))
+                .map_err(e)?;
+            }
+        }
+        root.draw(&Rectangle::new(
+            [(left, top), (left + side, top + side)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(e)?;
+        root.present().map_err(e)?;
+    }
+    Ok(svg)
+}
+
 /// Plots the metrics file `metrics` into the SVG file `out` (written atomically).
 pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
     let m = read_metrics(metrics)?;
@@ -339,6 +446,38 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn confusion_heat_map_names_classes_and_counts() {
+        use crate::train::confusion::Confusion;
+        let mut m = Confusion::new(3, 1);
+        // Two right for class 0, one class-1 image taken for class 2.
+        m.add(&[0.9, 0.05, 0.05], 0);
+        m.add(&[0.8, 0.1, 0.1], 0);
+        m.add(&[0.1, 0.2, 0.7], 1);
+        let names = ["copepod".to_string(), "diatom".into(), "salp".into()];
+        let svg = confusion_svg(&m, &names, "t").unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        for name in &names {
+            assert_eq!(svg.matches(&format!("\n{name}\n")).count(), 2, "{name}");
+        }
+        assert!(svg.contains("\n2\n") && svg.contains("\n1\n"));
+        // The full cells (a row's whole share) are the darkest blue.
+        assert_eq!(svg.matches("fill=\"#08306B\"").count(), 2, "{svg}");
+        // Many classes: small cells, no labels, still a picture.
+        let big = Confusion::new(121, 1);
+        let svg = confusion_svg(&big, &[], "plankton").unwrap();
+        assert!(!svg.contains("\n120\n"));
+        assert!(confusion_svg(&Confusion::new(0, 1), &[], "none").is_err());
+        // Markup in a class name is escaped.
+        let odd = ["a&b<c>".to_string(), "d".into(), "e".into()];
+        let svg = confusion_svg(&m, &odd, "t").unwrap();
+        assert!(
+            !svg.contains("a&b<c>") && svg.contains("a&amp;b&lt;c&gt;"),
+            "{svg}"
+        );
+    }
+
     use super::*;
 
     const RECORDS: &str = concat!(
