@@ -546,7 +546,17 @@ fn write_recipe(
     let net_path = data.join("train_val.prototxt");
     crate::fsutil::write_atomic(&net_path, prototxt::to_string(&net).as_bytes())?;
     // The deploy net for Caffe, pycaffe or OpenCV's dnn module.
-    let (deploy, comment) = crate::train::deploy::deploy_net(&net, 1, &net_path, data)?;
+    let (deploy, mut comment) = crate::train::deploy::deploy_net(&net, 1, &net_path, data)?;
+    if let Some(p) = opts.pad {
+        let fill = match p.fill {
+            PadFill::Border => "each image's edge colour".to_string(),
+            PadFill::Value(v) => format!("the value {v}"),
+        };
+        let shrink = if p.upscale { "" } else { ", never enlarged" };
+        comment += &format!(
+            "# Before that, each image was fitted into 256x256 keeping its aspect ratio{shrink}, and padded with {fill} (flickr-style --pad-square).\n"
+        );
+    }
     crate::fsutil::write_atomic(
         &data.join("deploy.prototxt"),
         (comment + &prototxt::to_string(&deploy)).as_bytes(),
