@@ -336,7 +336,10 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     assert!(ok, "{err}");
     assert!(err.contains("padded to squares"), "{err}");
     let deploy = std::fs::read_to_string(data.join("deploy.prototxt")).unwrap();
-    assert!(deploy.contains("padded with each image's edge colour"), "{deploy}");
+    assert!(
+        deploy.contains("padded with each image's edge colour"),
+        "{deploy}"
+    );
     for f in [
         "mean_padded.binaryproto",
         "train_padded_lmdb/data.mdb",
