@@ -1,6 +1,6 @@
 //! Caffe-compatible LMDB environments: a read-only, lock-free reader (CI's
 //! copy of the fixtures is read-only) that refuses truncated or structurally
-//! corrupt files (see [`super::lmdb_check`]), and a
+//! corrupt files (see the `lmdb_check` module), and a
 //! writer that builds the database in a temporary folder, grows the map on
 //! demand and renames it into place only when complete.
 use super::lmdb_check::check_data_file;
