@@ -379,6 +379,7 @@ fn evaluate_stage(
         threshold: None,
         tta: opts.tta,
         ensemble: false,
+        source: None,
     };
     let evaluation = evaluate(&options)?;
     let classes = evaluation.confusion.classes();

@@ -28,6 +28,7 @@ fn options<'a>(
         threshold: None,
         tta: Tta::None,
         ensemble: false,
+        source: None,
     }
 }
 
@@ -942,4 +943,78 @@ fn deploy_of_flickr_styles_train_val_is_caffes_own_deploy_net() {
         ],
     );
     assert!(!ok && err.contains("one Data or ImageData layer"), "{err}");
+}
+
+#[test]
+fn evaluate_on_another_source_than_the_nets_own() {
+    use flickr_style::pipeline::decode::{read_image, ColorMode};
+    use flickr_style::pipeline::resize::resize_linear;
+    // Six photos as 64x64 PNGs in a folder of their own, listed by relative
+    // paths: `source` points the net's ImageData layer there.
+    let t = tempfile::tempdir().unwrap();
+    let new = t.path().join("cruise2");
+    std::fs::create_dir(&new).unwrap();
+    let (mut relative, mut absolute) = (String::new(), String::new());
+    for (i, (rel, label)) in [
+        ("animal/cat.jpg", 0),
+        ("animal/chelsea.png", 0),
+        ("object/coffee.jpeg", 1),
+        ("science/retina.jpg", 2),
+        ("vehicle/rocket.jpg", 3),
+        ("vehicle/motorcycle.jpg", 3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = resize_linear(
+            &read_image(&fixture("images").join(rel), ColorMode::Color).unwrap(),
+            64,
+            64,
+        );
+        let rgb = image::RgbImage::from_fn(64, 64, |x, y| {
+            let p = &m.data[(y as usize * 64 + x as usize) * 3..][..3];
+            image::Rgb([p[2], p[1], p[0]])
+        });
+        let name = format!("img{i}.png");
+        rgb.save(new.join(&name)).unwrap();
+        relative += &format!("{name} {label}\n");
+        absolute += &format!("{} {label}\n", new.join(&name).display());
+    }
+    std::fs::write(new.join("list.txt"), relative).unwrap();
+    let direct = t.path().join("absolute.txt");
+    std::fs::write(&direct, absolute).unwrap();
+    let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let dir_a = tempfile::tempdir_in(t.path()).unwrap();
+    let net_elsewhere = image_list_net(dir_a.path(), &fixture("images/list.txt"));
+    let moved = evaluate(&EvalOptions {
+        source: Some(&new.join("list.txt")),
+        ..options(&net_elsewhere, &[w30.as_path()], None)
+    })
+    .unwrap();
+    let dir_b = tempfile::tempdir_in(t.path()).unwrap();
+    let net_direct = image_list_net(dir_b.path(), &direct);
+    let want = evaluate(&options(&net_direct, &[w30.as_path()], None)).unwrap();
+    let (a, b) = (moved.predictions.unwrap(), want.predictions.unwrap());
+    assert_eq!(a.len(), 6);
+    assert_eq!(a[0].image, "img0.png");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.label, x.predicted), (y.label, y.predicted));
+        assert_eq!(x.value_label, y.value_label);
+    }
+    // A folder for a list-reading net, a file for an LMDB-reading one.
+    let e = evaluate(&EvalOptions {
+        source: Some(&new),
+        ..options(&net_elsewhere, &[w30.as_path()], None)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("give a list file"), "{e}");
+    let tiny = fixture("tiny-net/train_val.prototxt");
+    let e = evaluate(&EvalOptions {
+        source: Some(&direct),
+        ..options(&tiny, &[w30.as_path()], None)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("to-lmdb"), "{e}");
 }

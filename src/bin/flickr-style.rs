@@ -599,6 +599,11 @@ struct EvaluateArgs {
     /// --rotate90 or on subjects with no natural up.
     #[arg(long, value_name = "VIEWS", default_value = "none")]
     tta: Tta,
+    /// Evaluate on other data than the TEST layer's source, e.g. another cruise's images: an image
+    /// list (`path label` lines; relative paths from the list's folder) for an ImageData net, an
+    /// LMDB folder for a Data net (made like the training one).
+    #[arg(long)]
+    source: Option<PathBuf>,
     /// Treat each --weights file as its own model of this net (e.g. runs with other seeds or
     /// class weights) and average their probabilities over the same test images; without it the
     /// files are loaded into one net in turn, as `caffe test --weights a,b` does.
@@ -1142,6 +1147,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         threshold: a.threshold,
         tta: a.tta,
         ensemble: a.ensemble,
+        source: a.source.as_deref(),
     };
     let evaluation = evaluate(&options)?;
     let names = match &a.names {

@@ -39,6 +39,11 @@ pub struct EvalOptions<'a> {
     pub threshold: Option<f64>,
     /// Views of each image to average the probabilities (or scores) over.
     pub tta: Tta,
+    /// Evaluate on this data instead of the TEST data layer's source (say,
+    /// another cruise's images): an image list for an ImageData layer (paths
+    /// absolute or relative to the list's folder), an LMDB folder for a Data
+    /// layer.
+    pub source: Option<&'a Path>,
     /// Each weights file is its own model and their probabilities (or
     /// scores) are averaged; otherwise they are loaded into one net in turn,
     /// as Caffe's `--weights a,b` does.
@@ -200,7 +205,10 @@ impl Reader {
 
 /// Runs the TEST net of `o.model` over its data and counts every prediction.
 pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
-    let def = read_net_prototxt(o.model)?;
+    let mut def = read_net_prototxt(o.model)?;
+    if let Some(source) = o.source {
+        use_source(&mut def, source, o.model)?;
+    }
     let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
     let mut nets = trained_nets(&def, &ctx, o.weights, o.ensemble)?;
     // The first net reads the data.
@@ -336,6 +344,59 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         label_blob: reader.label,
         ignored,
     })
+}
+
+/// Points the TEST data layer of `def` at `source`: a list for ImageData
+/// (its paths resolved from the list's folder), an LMDB for Data.
+fn use_source(
+    def: &mut crate::caffe::proto::NetParameter,
+    source: &Path,
+    model: &Path,
+) -> Result<()> {
+    let state = crate::caffe::proto::NetState {
+        phase: Some(Phase::Test as i32),
+        ..Default::default()
+    };
+    let mut data: Vec<&mut crate::caffe::proto::LayerParameter> = def
+        .layer
+        .iter_mut()
+        .filter(|l| super::net::included(l, &state) && matches!(l.r#type(), "Data" | "ImageData"))
+        .collect();
+    let [layer] = &mut data[..] else {
+        return Err(Error::model(
+            model.display(),
+            format!(
+                "a new source replaces the TEST phase's one Data or ImageData layer (found {})",
+                data.len()
+            ),
+        ));
+    };
+    let absolute = std::path::absolute(source).map_err(|e| Error::io(source, e))?;
+    let text = absolute.to_string_lossy().into_owned();
+    match (layer.r#type(), source.is_dir()) {
+        ("ImageData", false) => {
+            let p = layer.image_data_param.get_or_insert_with(Default::default);
+            p.source = Some(text);
+            let folder = crate::fsutil::parent_dir(&absolute);
+            p.root_folder = Some(format!("{}/", folder.display()));
+        }
+        ("Data", true) => {
+            layer.data_param.get_or_insert_with(Default::default).source = Some(text);
+        }
+        ("ImageData", true) => {
+            return Err(Error::model(
+                source.display(),
+                "is a folder, but the net's TEST layer reads an image list (give a list file)",
+            ))
+        }
+        _ => {
+            return Err(Error::model(
+                source.display(),
+                "is a file, but the net's TEST layer reads an LMDB (make one with to-lmdb, as for training)",
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// The nets of `def` with trained weights: one with every file loaded in
