@@ -7,7 +7,7 @@
 use super::compute::Compute;
 use super::evaluate::{trained_nets, Reader, ScoreKind};
 use super::layers::BuildContext;
-use super::net::included;
+use super::net::{included, Net};
 use super::transform::Transformer;
 use super::tta::Tta;
 use crate::caffe::mean_file::MeanImage;
@@ -383,6 +383,62 @@ fn transform_view(
         .apply_at(m.into(), offsets[view % 5], view >= 5, context, out)
 }
 
+/// The class probabilities of the images in `batch` (scores when the net
+/// gives neither logits nor probabilities), averaged over the crops of
+/// `--oversample`, the test-time views and the nets; returns the number of
+/// classes and the values, image by image.
+fn score_batch(
+    net: &mut Net,
+    others: &mut [Net],
+    reader: &Reader,
+    spec: &InputSpec,
+    batch: &[(PathBuf, Mat8)],
+    o: &ClassifyOptions,
+) -> Result<(usize, Vec<f32>)> {
+    let per_image = spec.channels * spec.out.0 * spec.out.1;
+    let views = o.tta.views();
+    let crops = if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
+    let (mut classes, mut probs) = (0, Vec::new());
+    for crop in 0..crops {
+        let mut data = vec![0.0f32; spec.batch * per_image];
+        data.par_chunks_mut(per_image)
+            .zip(batch.par_iter())
+            .try_for_each(|(out, (p, m))| transform_view(spec, m, crop, o.oversample, p, out))?;
+        let device = &o.compute.device;
+        let mut tops = vec![Tensor::from_vec(
+            data,
+            (spec.batch, spec.channels, spec.out.0, spec.out.1),
+            device,
+        )?];
+        if spec.label_top {
+            tops.push(Tensor::zeros(spec.batch, candle_core::DType::F32, device)?);
+        }
+        net.forward_batch(tops)?;
+        let (_, c, scores) = reader.read_scores(net)?;
+        classes = c;
+        let p = if views.len() > 1 || !others.is_empty() {
+            super::evaluate::average_views(net, others, reader, &views, scores, c)?
+        } else {
+            match reader.kind {
+                ScoreKind::Logits => scores
+                    .chunks(c)
+                    .flat_map(super::evaluate::softmax)
+                    .collect(),
+                _ => scores,
+            }
+        };
+        if probs.is_empty() {
+            probs = p;
+        } else {
+            probs.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+        }
+    }
+    if crops > 1 {
+        probs.iter_mut().for_each(|v| *v /= crops as f32);
+    }
+    Ok((classes, probs))
+}
+
 /// Classifies `o.images` with the trained net.
 pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     let def = read_net_prototxt(o.model)?;
@@ -407,14 +463,12 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     });
     // Scores only: the labels blob is never read.
     let reader = Reader::find(net, &scores.map(|s| (s, String::new())), o.model)?;
-    let views = o.tta.views();
     if o.oversample && (o.tta != Tta::None || spec.transformer.crop_size() == 0) {
         return Err(Error::model(
             o.model.display(),
             "--oversample takes ten crops of each image: the net must crop (crop_size), and it replaces --tta",
         ));
     }
-    let per_image = spec.channels * spec.out.0 * spec.out.1;
     let bar = crate::progress::bar(o.images.len() as u64, "classify");
     let mut rows = Vec::new();
     let mut failed = Vec::new();
@@ -442,48 +496,8 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
         if batch.is_empty() {
             break;
         }
-        let device = &o.compute.device;
-        let crops = if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
-        let mut probs: Vec<f32> = Vec::new();
-        for view in 0..crops {
-            let mut data = vec![0.0f32; spec.batch * per_image];
-            data.par_chunks_mut(per_image)
-                .zip(batch.par_iter())
-                .try_for_each(|(out, (p, m))| {
-                    transform_view(&spec, m, view, o.oversample, p, out)
-                })?;
-            let mut tops = vec![Tensor::from_vec(
-                data,
-                (spec.batch, spec.channels, spec.out.0, spec.out.1),
-                device,
-            )?];
-            if spec.label_top {
-                tops.push(Tensor::zeros(spec.batch, candle_core::DType::F32, device)?);
-            }
-            net.forward_batch(tops)?;
-            let (_, c, scores) = reader.read_scores(net)?;
-            classes = c;
-            let p = if views.len() > 1 || !others.is_empty() {
-                super::evaluate::average_views(net, others, &reader, &views, scores, c)?
-            } else {
-                match reader.kind {
-                    ScoreKind::Logits => scores
-                        .chunks(c)
-                        .flat_map(super::evaluate::softmax)
-                        .collect(),
-                    _ => scores,
-                }
-            };
-            if probs.is_empty() {
-                probs = p;
-            } else {
-                probs.iter_mut().zip(p).for_each(|(s, v)| *s += v);
-            }
-        }
-        if crops > 1 {
-            probs.iter_mut().for_each(|v| *v /= crops as f32);
-        }
-        let c = classes;
+        let (c, probs) = score_batch(net, others, &reader, &spec, &batch, o)?;
+        classes = c;
         for (i, (path, _)) in batch.into_iter().enumerate() {
             rows.push(Classified {
                 image: path,
