@@ -555,7 +555,7 @@ fn write_recipe(
         };
         let shrink = if p.upscale { "" } else { ", never enlarged" };
         comment += &format!(
-            "# Before that, each image was fitted into 256x256 keeping its aspect ratio{shrink}, and padded with {fill} (flickr-style --pad-square).\n"
+            "# The 256x256 images were not squashed: each was fitted into 256x256 keeping its aspect ratio{shrink}, and padded with {fill} (flickr-style --pad-square).\n"
         );
     }
     crate::fsutil::write_atomic(
