@@ -74,9 +74,12 @@ pub fn deploy_net(
         Ok(Some((m.channels, m.height, m.width)))
     };
     // A Data layer's images had the datums' size: the mean image's.
-    let is_data = data.r#type() == "Data";
-    let (channels, resize) = match (is_data, mean()) {
-        (true, Ok(Some((c, h, w)))) => (c, Some((h, w))),
+    // (Unreadable, it is only needed below when nothing else gives a size.)
+    let (channels, resize) = match data.r#type() {
+        "Data" => match mean() {
+            Ok(Some((c, h, w))) => (c, Some((h, w))),
+            _ => (channels, resize),
+        },
         _ => (channels, resize),
     };
     // The input side: the crop, else the resized (or the mean's) size.
