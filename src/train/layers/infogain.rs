@@ -10,8 +10,8 @@
 //! normaliser of `loss_param` (VALID by default; `ignore_label` skips a
 //! prediction and zeroes its gradient).
 use super::loss::{
-    labelled, loss_diff, loss_tops, normalization, normalizer, scores_and_labels, scores_gradient,
-    softmax,
+    labelled, loss_diff, loss_top_shapes, loss_tops, normalization, normalizer, scores_and_labels,
+    scores_gradient, softmax,
 };
 use super::{to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{loss_parameter::NormalizationMode, BlobProto, LayerParameter, Phase};
@@ -120,11 +120,7 @@ impl Layer for InfogainLoss {
                 ),
             ));
         }
-        let mut tops = vec![vec![]];
-        if self.tops > 1 {
-            tops.push(bottom[0].clone());
-        }
-        Ok(tops)
+        Ok(loss_top_shapes(self.tops, &bottom[0]))
     }
     fn default_loss_weight(&self, i: usize) -> f32 {
         if i == 0 {

@@ -101,6 +101,16 @@ pub(super) fn class_of(
     Ok(Some(label as usize))
 }
 
+/// A loss layer's top shapes: the scalar loss, and the probabilities (the
+/// scores' shape) when it has a second top.
+pub(super) fn loss_top_shapes(tops: usize, scores: &[usize]) -> Vec<Vec<usize>> {
+    let mut shapes = vec![vec![]];
+    if tops > 1 {
+        shapes.push(scores.to_vec());
+    }
+    shapes
+}
+
 /// The predictions that count, in order: for each label that is not the
 /// ignore label, where its class-0 value sits in the (outer, classes, inner)
 /// scores (class k's is `k * inner` further on), and its class.
@@ -290,11 +300,7 @@ impl Layer for SoftmaxWithLoss {
     }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         self.dims = scores_and_labels(bottom, self.axis, &self.ctx)?;
-        let mut tops = vec![vec![]];
-        if self.tops > 1 {
-            tops.push(bottom[0].clone());
-        }
-        Ok(tops)
+        Ok(loss_top_shapes(self.tops, &bottom[0]))
     }
     fn default_loss_weight(&self, i: usize) -> f32 {
         if i == 0 {
