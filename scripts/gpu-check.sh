@@ -252,6 +252,8 @@ if [ -n "$DEVICE" ]; then
   # An fp32 step bounds end-to-end speed; these show whether the feed keeps up with faster steps.
   e2e lmdb TF32 "$lmdb_layer" "--tf32"
   e2e lmdb bf16 "$lmdb_layer" "--bf16"
+  # The feed's affine warps (bilinear, on the CPU workers) against an fp32 step.
+  e2e lmdb "fp32 + augment plankton" "$lmdb_layer" "--augment plankton"
 fi
 e2e jpeg fp32 "$jpeg_layer" ""
 say ""
