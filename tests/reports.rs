@@ -601,23 +601,11 @@ fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
         .collect();
     let compute = Compute::cpu();
     let base = fixture("tiny-net");
+    let weights = [w30.as_path()];
     let o = ClassifyOptions {
-        model: &model,
-        weights: &[w30.as_path()],
-        ensemble: false,
-        base_dir: &base,
-        compute: &compute,
-        images: &files,
-        size: None,
-        pad: None,
-        gray: false,
-        mean: None,
-        mean_values: &[],
-        scores: None,
         top_k: 4,
-        tta: Tta::None,
-        oversample: false,
         batch_size: Some(5),
+        ..ClassifyOptions::new(&model, &weights, &base, &compute, &files)
     };
     let c = classify(&o).unwrap();
     assert_eq!(c.classes, 4);
@@ -786,23 +774,10 @@ fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
     .collect();
     let compute = Compute::cpu();
     let trained_model = models.join("train_val.prototxt");
+    let weights = [weights.as_path()];
     let o = ClassifyOptions {
-        model: &trained_model,
-        weights: &[weights.as_path()],
-        ensemble: false,
-        base_dir: t.path(),
-        compute: &compute,
-        images: &images,
-        size: None,
-        pad: None,
-        gray: false,
-        mean: None,
-        mean_values: &[],
-        scores: None,
-        top_k: 3,
-        tta: Tta::None,
-        oversample: false,
         batch_size: Some(3),
+        ..ClassifyOptions::new(&trained_model, &weights, t.path(), &compute, &images)
     };
     let trained = classify(&o).unwrap();
     assert_eq!(trained.classes, 20);

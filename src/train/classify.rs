@@ -67,6 +67,39 @@ pub struct ClassifyOptions<'a> {
     pub batch_size: Option<usize>,
 }
 
+impl<'a> ClassifyOptions<'a> {
+    /// Options classifying `images` with `model` and `weights` and every
+    /// other choice at its default: one net, the data layer's size, batch
+    /// size and scores, no padding or mean override, the top 3 classes, no
+    /// test-time views.
+    pub fn new(
+        model: &'a Path,
+        weights: &'a [&'a Path],
+        base_dir: &'a Path,
+        compute: &'a Compute,
+        images: &'a [PathBuf],
+    ) -> Self {
+        ClassifyOptions {
+            model,
+            weights,
+            ensemble: false,
+            base_dir,
+            compute,
+            images,
+            size: None,
+            pad: None,
+            gray: false,
+            mean: None,
+            mean_values: &[],
+            scores: None,
+            top_k: 3,
+            tta: Tta::None,
+            oversample: false,
+            batch_size: None,
+        }
+    }
+}
+
 /// One image's best classes, most probable first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Classified {
