@@ -46,7 +46,8 @@ enum Command {
     ClassWeights(ClassWeightsArgs),
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
-    /// The whole Flickr Style recipe: assemble, compute-mean, (to-lmdb), fetch CaffeNet, finetune.
+    /// The whole recipe: assemble Flickr Style (or import class folders or a manifest),
+    /// compute-mean, (to-lmdb), fetch CaffeNet, finetune, evaluate; also writes a deploy net.
     Pipeline(Box<PipelineArgs>),
     /// Train or fine-tune a net from a Caffe solver prototxt (caffe train).
     Finetune(FinetuneArgs),
