@@ -663,6 +663,19 @@ fn weigh_loss(net: &mut NetParameter, h: &Path, recipe: &Path) -> Result<()> {
         .filter(|l| l.r#type() == "SoftmaxWithLoss")
     {
         l.r#type = Some("InfogainLoss".into());
+        // InfogainLoss refuses the deprecated `normalize`: say it the new way.
+        if let Some(lp) = l.loss_param.as_mut() {
+            if let Some(n) = lp.normalize.take() {
+                use crate::caffe::proto::loss_parameter::NormalizationMode;
+                if lp.normalization.is_none() {
+                    lp.set_normalization(if n {
+                        NormalizationMode::Valid
+                    } else {
+                        NormalizationMode::BatchSize
+                    });
+                }
+            }
+        }
         l.infogain_loss_param = Some(InfogainLossParameter {
             source: Some(h.to_string_lossy().into_owned()),
             axis: l.softmax_param.take().map(|p| p.axis()),
@@ -699,4 +712,34 @@ fn latest_snapshot(prefix: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok(best.map(|(_, p)| p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighing_the_loss_keeps_its_settings_in_infogains_terms() {
+        let text = r#"layer { name: "fc" type: "InnerProduct" top: "fc" inner_product_param { num_output: 3 } }
+            layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss"
+                    loss_param { ignore_label: 7 normalize: false } softmax_param { axis: 1 } }"#;
+        let mut net: NetParameter = prototxt::parse(text, Path::new("n")).unwrap();
+        assert_eq!(classifier_outputs(&net, Path::new("n")).unwrap(), 3);
+        weigh_loss(&mut net, Path::new("/h.binaryproto"), Path::new("n")).unwrap();
+        let l = &net.layer[1];
+        assert_eq!(l.r#type(), "InfogainLoss");
+        let p = l.infogain_loss_param.as_ref().unwrap();
+        assert_eq!((p.source(), p.axis()), ("/h.binaryproto", 1));
+        assert!(l.softmax_param.is_none());
+        let lp = l.loss_param.unwrap();
+        assert_eq!(lp.ignore_label, Some(7));
+        assert_eq!(lp.normalize, None);
+        assert_eq!(
+            lp.normalization(),
+            crate::caffe::proto::loss_parameter::NormalizationMode::BatchSize
+        );
+        // Nothing left to weigh.
+        assert!(weigh_loss(&mut net, Path::new("/h"), Path::new("n")).is_err());
+        assert!(classifier_outputs(&net, Path::new("n")).is_err());
+    }
 }

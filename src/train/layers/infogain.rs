@@ -10,7 +10,7 @@
 //! normaliser of `loss_param` (VALID by default; `ignore_label` skips a
 //! prediction and zeroes its gradient).
 use super::loss::{
-    labelled, loss_diff, loss_top_shapes, loss_tops, normalization, normalizer, scores_and_labels,
+    labelled, loss_diff, loss_top_shapes, loss_tops, normalizer, scores_and_labels,
     scores_gradient, softmax,
 };
 use super::{to_vec, BackwardArgs, Grads, Layer};
@@ -61,11 +61,18 @@ impl InfogainLoss {
         let path = resolve(source);
         let blob: BlobProto = crate::caffe::read_binary(&path, "BlobProto (infogain matrix)")?;
         let lp = param.loss_param.unwrap_or_default();
+        if lp.normalize.is_some() {
+            // Caffe's InfogainLoss refuses the flag SoftmaxWithLoss still honours.
+            return Err(Error::model(
+                &ctx,
+                "loss_param.normalize is deprecated and InfogainLoss refuses it (as Caffe does); use normalization: VALID, BATCH_SIZE, FULL or NONE",
+            ));
+        }
         Ok(InfogainLoss {
             ctx,
             axis: p.axis(),
             ignore: lp.ignore_label,
-            mode: normalization(&lp),
+            mode: lp.normalization(),
             h: check_matrix(&blob, &path)?,
             source: path.display().to_string(),
             dims: (0, 0, 0),
@@ -167,7 +174,7 @@ impl Layer for InfogainLoss {
 
 #[cfg(test)]
 mod tests {
-    use super::super::loss::SoftmaxWithLoss;
+    use super::super::loss::{normalization, SoftmaxWithLoss};
     use super::*;
     use crate::caffe::proto::{InfogainLossParameter, LossParameter};
     use candle_core::Device;
@@ -291,6 +298,20 @@ mod tests {
                 g[i]
             );
         }
+    }
+
+    #[test]
+    fn the_deprecated_normalize_flag_is_refused_as_caffe_does() {
+        let t = tempfile::tempdir().unwrap();
+        let lp = LossParameter {
+            normalize: Some(true),
+            ..Default::default()
+        };
+        let e = layer(t.path(), &[1., 0., 0., 1.], 2, lp)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("normalize is deprecated"), "{e}");
     }
 
     #[test]
