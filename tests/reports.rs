@@ -64,6 +64,7 @@ fn without_scoring_layers(net: &Path) {
 #[test]
 fn one_pass_over_the_tiny_net_data_matches_caffes_test_accuracy() {
     let e = eval_tiny(&fixture("tiny-net/train_val.prototxt"), None, None).unwrap();
+    assert_eq!(e.unanimous, None, "one run per image: nothing to agree on");
     let m = &e.confusion;
     // Per image, in the LMDB's key order, agreeing with the matrix; fc8 feeds
     // SoftmaxWithLoss, so the values are probabilities.
@@ -337,6 +338,11 @@ fn cli_writes_the_report_files() {
             .unwrap();
     assert_eq!(json["views"].as_array().unwrap().len(), 4);
     assert_eq!(json["ensemble"], true);
+    assert!(json["unanimous"]["images"].as_u64().unwrap() <= 24);
+    assert!(
+        stdout.contains("All runs (views x models) agreed on the best class for "),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("an ensemble: the 2 weights files each score every image"),
         "{stdout}"
@@ -563,11 +569,33 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
         .iter()
         .map(|&v| label_probabilities(evaluate_with(v, Tta::None, &[w15.as_path()])))
         .collect();
-    let both = label_probabilities(evaluate_with(
-        0,
-        Tta::Mirror,
-        &[w15.as_path(), w30.as_path()],
-    ));
+    let both_eval = evaluate_with(0, Tta::Mirror, &[w15.as_path(), w30.as_path()]);
+    // Unanimity: the images all four runs gave the same best class.
+    let predicted = |e: flickr_style::train::evaluate::Evaluation| -> Vec<(usize, usize)> {
+        e.predictions
+            .unwrap()
+            .iter()
+            .map(|p| (p.predicted, p.label))
+            .collect()
+    };
+    let runs: Vec<Vec<(usize, usize)>> = [(&w15, 0), (&w30, 0), (&w15, 4), (&w30, 4)]
+        .iter()
+        .map(|(w, v)| predicted(evaluate_with(*v, Tta::None, &[w.as_path()])))
+        .collect();
+    let (mut agreed, mut right) = (0u64, 0u64);
+    for i in 0..24 {
+        let first = runs[0][i].0;
+        if runs.iter().all(|r| r[i].0 == first) {
+            agreed += 1;
+            right += u64::from(first == runs[0][i].1);
+        }
+    }
+    assert_eq!(both_eval.unanimous, Some((agreed, right)));
+    assert!(
+        agreed > 0 && agreed < 24,
+        "{agreed}: a check with something to check"
+    );
+    let both = label_probabilities(both_eval);
     for (i, got) in both.iter().enumerate() {
         let want = (plain15[0][i] + plain[0][i] + plain15[1][i] + plain[4][i]) / 4.0;
         assert!((got - want).abs() < 1e-5, "image {i}: {got} vs {want}");
@@ -686,7 +714,7 @@ fn classify_cli_walks_folders_and_writes_the_top_classes() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(
         rows[0],
-        "image,class_1,probability_1,class_2,probability_2,confident"
+        "image,class_1,probability_1,class_2,probability_2,confident,unanimous"
     );
     assert_eq!(rows.len(), 25);
     // Folders are searched recursively, in sorted order.
@@ -697,7 +725,9 @@ fn classify_cli_walks_folders_and_writes_the_top_classes() {
     );
     for r in &rows[1..] {
         let f: Vec<&str> = r.split(',').collect();
-        assert_eq!(f.len(), 6, "{r}");
+        assert_eq!(f.len(), 7, "{r}");
+        // Two views: unanimous when the mirror image's best class is the same.
+        assert!(["true", "false"].contains(&f[6]), "{r}");
         assert!(
             ["circle", "square", "triangle", "star"].contains(&f[1]),
             "{r}"

@@ -5,7 +5,7 @@
 //! module fills, so no list or LMDB is needed. Test-time views and ensembles
 //! work as in [`crate::train::evaluate`].
 use super::compute::Compute;
-use super::evaluate::{trained_nets, Reader, ScoreKind};
+use super::evaluate::{trained_nets, Agreement, Reader, ScoreKind};
 use super::layers::BuildContext;
 use super::net::{included, Net};
 use super::transform::Transformer;
@@ -107,6 +107,9 @@ pub struct Classified {
     pub image: PathBuf,
     /// (class, probability, or score when the blob holds neither).
     pub top: Vec<(usize, f32)>,
+    /// With several runs per image (views, models, crops): whether they all
+    /// ranked the same class first.
+    pub unanimous: Option<bool>,
 }
 
 /// The outcome of [`classify`].
@@ -427,11 +430,12 @@ fn score_batch(
     spec: &InputSpec,
     batch: &[(PathBuf, Mat8)],
     o: &ClassifyOptions,
-) -> Result<(usize, Vec<f32>)> {
+) -> Result<(usize, Vec<f32>, Agreement)> {
     let per_image = spec.channels * spec.out.0 * spec.out.1;
     let views = o.tta.views();
     let crops = if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
     let (mut classes, mut probs) = (0, Vec::new());
+    let mut agreement: Option<Agreement> = None;
     for crop in 0..crops {
         let mut data = vec![0.0f32; spec.batch * per_image];
         data.par_chunks_mut(per_image)
@@ -449,17 +453,23 @@ fn score_batch(
         net.forward_batch(tops)?;
         let (_, c, scores) = reader.read_scores(net)?;
         classes = c;
-        let p = if views.len() > 1 || !others.is_empty() {
+        let (p, agreed) = if views.len() > 1 || !others.is_empty() {
             super::evaluate::average_views(net, others, reader, &views, scores, c)?
         } else {
-            match reader.kind {
+            let p: Vec<f32> = match reader.kind {
                 ScoreKind::Logits => scores
                     .chunks(c)
                     .flat_map(super::evaluate::softmax)
                     .collect(),
                 _ => scores,
-            }
+            };
+            let agreed = Agreement::new(&p, c);
+            (p, agreed)
         };
+        match &mut agreement {
+            Some(a) => a.merge(&agreed),
+            None => agreement = Some(agreed),
+        }
         if probs.is_empty() {
             probs = p;
         } else {
@@ -469,7 +479,7 @@ fn score_batch(
     if crops > 1 {
         probs.iter_mut().for_each(|v| *v /= crops as f32);
     }
-    Ok((classes, probs))
+    Ok((classes, probs, agreement.expect("one crop at least")))
 }
 
 /// Classifies `o.images` with the trained net.
@@ -529,12 +539,16 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
         if batch.is_empty() {
             break;
         }
-        let (c, probs) = score_batch(net, others, &reader, &spec, &batch, o)?;
+        let (c, probs, agreement) = score_batch(net, others, &reader, &spec, &batch, o)?;
+        let runs_per_image = o.tta.views().len()
+            * (1 + others.len())
+            * if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
         classes = c;
         for (i, (path, _)) in batch.into_iter().enumerate() {
             rows.push(Classified {
                 image: path,
                 top: top_k(&probs[i * c..(i + 1) * c], o.top_k),
+                unanimous: (runs_per_image > 1).then(|| agreement.0[i].is_some()),
             });
         }
     }
@@ -605,6 +619,10 @@ impl Classification {
         if threshold.is_some() {
             header.push("confident".into());
         }
+        let unanimity = self.rows.iter().any(|r| r.unanimous.is_some());
+        if unanimity {
+            header.push("unanimous".into());
+        }
         let mut w = csv::Writer::from_writer(Vec::new());
         // Writing to a Vec cannot fail.
         w.write_record(&header).expect("in memory");
@@ -616,6 +634,9 @@ impl Classification {
             }
             if let Some(t) = threshold {
                 rec.push((f64::from(row.top[0].1) >= t).to_string());
+            }
+            if unanimity {
+                rec.push(row.unanimous.unwrap_or(false).to_string());
             }
             w.write_record(&rec).expect("in memory");
         }
@@ -632,6 +653,7 @@ mod tests {
         let row = |c: usize, p: f32| Classified {
             image: PathBuf::from("x"),
             top: vec![(c, p)],
+            unanimous: None,
         };
         let c = Classification {
             classes: 3,

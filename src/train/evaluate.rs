@@ -93,6 +93,9 @@ pub struct Evaluation {
     pub label_blob: String,
     /// Images skipped because their label is the layer's `ignore_label`.
     pub ignored: u64,
+    /// With several runs per image (views, an ensemble): how many images
+    /// every run gave the same best class, and how many of those it was right.
+    pub unanimous: Option<(u64, u64)>,
 }
 
 /// Where the scores and labels come from.
@@ -249,6 +252,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     let mut confusion: Option<Confusion> = None;
     let mut predictions = Some(Vec::new());
     let (mut seen, mut ignored, mut batches) = (0u64, 0u64, 0usize);
+    let mut unanimous: Option<(u64, u64)> = None;
     while batches < max_batches && images.is_none_or(|total| seen < total) {
         net.forward()?;
         batches += 1;
@@ -264,6 +268,9 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                 classes,
             )?),
         };
+        if averaged.is_some() && unanimous.is_none() {
+            unanimous = Some((0, 0));
+        }
         if images.is_none() && batches == 1 {
             bar.set_length(max_batches.saturating_mul(n) as u64);
         }
@@ -306,7 +313,11 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
             // Ranks from the net's own scores; with views, from their
             // average probabilities (or scores).
             let (predicted, probs) = match &averaged {
-                Some(a) => {
+                Some((a, agreement)) => {
+                    if let (Some(c), Some((all, right))) = (agreement.0[i], &mut unanimous) {
+                        *all += 1;
+                        *right += u64::from(c == label as usize);
+                    }
                     let avg = &a[i * classes..(i + 1) * classes];
                     (m.add(avg, label as usize), avg.to_vec())
                 }
@@ -343,6 +354,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         scores_blob: reader.scores,
         label_blob: reader.label,
         ignored,
+        unanimous,
     })
 }
 
@@ -437,7 +449,7 @@ pub(crate) fn average_views(
     views: &[super::tta::View],
     first: Vec<f32>,
     classes: usize,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Agreement)> {
     let batch = net.batch().ok_or_else(|| {
         Error::model(
             format!("net '{}'", net.name),
@@ -451,6 +463,7 @@ pub(crate) fn average_views(
         }
     };
     let mut sum = probabilities(first);
+    let mut agreement = Agreement::new(&sum, classes);
     let mut runs = 1usize;
     for (k, view) in views.iter().enumerate() {
         let mut viewed = batch.clone();
@@ -463,14 +476,57 @@ pub(crate) fn average_views(
         {
             m.forward_batch(viewed.clone())?;
             let (_, _, scores) = reader.read_scores(m)?;
-            for (s, p) in sum.iter_mut().zip(probabilities(scores)) {
+            let p = probabilities(scores);
+            agreement.add(&p, classes);
+            for (s, p) in sum.iter_mut().zip(p) {
                 *s += p;
             }
             runs += 1;
         }
     }
     let n = runs as f32;
-    Ok(sum.into_iter().map(|s| s / n).collect())
+    Ok((sum.into_iter().map(|s| s / n).collect(), agreement))
+}
+
+/// Per image, the class every run (view, model or crop) ranked first, or
+/// `None` once two runs disagree: the unanimity an ensemble can abstain on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agreement(pub Vec<Option<usize>>);
+
+impl Agreement {
+    /// The best class of each `classes`-long row of `values` (the first of
+    /// equal ones).
+    pub fn new(values: &[f32], classes: usize) -> Self {
+        Agreement(values.chunks(classes).map(|r| Some(best(r))).collect())
+    }
+
+    /// Adds a run: images whose best class differs lose their agreement.
+    pub fn add(&mut self, values: &[f32], classes: usize) {
+        self.merge(&Agreement::new(values, classes));
+    }
+
+    /// Combines with the agreement of other runs over the same images.
+    pub fn merge(&mut self, other: &Agreement) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            if *a != *b {
+                *a = None;
+            }
+        }
+    }
+}
+
+/// The index of the largest value (the first of equal ones).
+fn best(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
 }
 
 /// Softmax of these logits (shifted by the maximum, as Caffe's Softmax layer
@@ -515,8 +571,19 @@ struct JsonReport<'a> {
     views: Vec<String>,
     /// Whether each weights file was its own model, averaged.
     ensemble: bool,
+    /// With several runs per image: images they all agreed on, and the
+    /// right ones among those.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unanimous: Option<Unanimous>,
     #[serde(flatten)]
     summary: &'a Summary,
+}
+
+/// Unanimity counts in `metrics.json`.
+#[derive(Serialize)]
+struct Unanimous {
+    images: u64,
+    correct: u64,
 }
 
 /// The report of one evaluation: Markdown, the summary, and the files
@@ -583,6 +650,22 @@ impl Report<'_> {
             );
         }
         s += ".\n";
+        if let Some((agreed, right)) = self.evaluation.unanimous {
+            let images = self.evaluation.confusion.total();
+            let pct = |a: u64, b: u64| {
+                if b == 0 {
+                    0.0
+                } else {
+                    100.0 * a as f64 / b as f64
+                }
+            };
+            s += &format!(
+                "\nAll runs (views x models) agreed on the best class for {agreed} of {images} images ({:.2}%), with accuracy {:.2}% on those; abstaining when they disagree would leave the other {} to a person.\n",
+                pct(agreed, images),
+                pct(right, agreed),
+                images - agreed
+            );
+        }
         s
     }
 
@@ -640,6 +723,10 @@ impl Report<'_> {
                 .map(|v| v.to_string())
                 .collect(),
             ensemble: self.options.ensemble,
+            unanimous: self
+                .evaluation
+                .unanimous
+                .map(|(images, correct)| Unanimous { images, correct }),
             summary: &summary,
         };
         let json = serde_json::to_string_pretty(&json)
@@ -670,5 +757,22 @@ impl Report<'_> {
             written.push(path);
         }
         Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agreement_keeps_the_images_every_run_ranks_alike() {
+        // Three images, two classes; ties go to the first class.
+        let mut a = Agreement::new(&[0.9, 0.1, 0.4, 0.6, 0.5, 0.5], 2);
+        assert_eq!(a.0, vec![Some(0), Some(1), Some(0)]);
+        a.add(&[0.7, 0.3, 0.6, 0.4, 0.2, 0.8], 2);
+        assert_eq!(a.0, vec![Some(0), None, None]);
+        // Once lost, agreement does not come back.
+        a.merge(&Agreement::new(&[0.9, 0.1, 0.4, 0.6, 0.5, 0.5], 2));
+        assert_eq!(a.0, vec![Some(0), None, None]);
     }
 }
