@@ -12,10 +12,7 @@ use super::transform::Transformer;
 use super::tta::Tta;
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::model::read_net_prototxt;
-use crate::caffe::proto::{
-    BlobShape, InputParameter, LayerParameter, NetParameter, NetState, Phase,
-    TransformationParameter,
-};
+use crate::caffe::proto::{NetParameter, NetState, Phase, TransformationParameter};
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::mat::Mat8;
@@ -268,14 +265,8 @@ fn trained_input_spec(def: &NetParameter, layer: usize, o: &ClassifyOptions) -> 
     // Mirroring at test time would make a prediction depend on the image's
     // place in the batch; `--tta mirror` averages over both instead.
     tp.mirror = Some(false);
-    let resolve = |p: &str| {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            o.base_dir.join(p)
-        }
-    };
+    // Path::join keeps an absolute path as it is.
+    let resolve = |p: &str| o.base_dir.join(p);
     let transformer = Transformer::new(&tp, Phase::Test, 0, resolve, &ctx)?;
     // (channels, height, width) of the mean image: the datums' shape.
     let mean = match &tp.mean_file {
@@ -306,7 +297,7 @@ fn trained_input_spec(def: &NetParameter, layer: usize, o: &ClassifyOptions) -> 
         (None, _) => {
             return Err(Error::model(
                 &ctx,
-                "neither resizes nor crops, so images of different sizes cannot share a batch; give --size HxW",
+                "neither resizes nor crops, so images of different sizes cannot share a batch; give --resize-height and --resize-width",
             ))
         }
     };
@@ -343,25 +334,9 @@ fn trained_input_spec(def: &NetParameter, layer: usize, o: &ClassifyOptions) -> 
 /// tops: images of the input shape and (unused) labels.
 fn with_input_layer(def: &NetParameter, spec: &InputSpec) -> NetParameter {
     let mut def = def.clone();
-    let old = &def.layer[spec.layer];
-    let shape = |dims: &[usize]| BlobShape {
-        dim: dims.iter().map(|&d| d as i64).collect(),
-    };
-    let b = spec.batch;
     let (h, w) = spec.out;
-    let mut shapes = vec![shape(&[b, spec.channels, h, w])];
-    if spec.label_top {
-        shapes.push(shape(&[b]));
-    }
-    def.layer[spec.layer] = LayerParameter {
-        name: old.name.clone(),
-        r#type: Some("Input".into()),
-        top: old.top.clone(),
-        include: old.include.clone(),
-        exclude: old.exclude.clone(),
-        input_param: Some(InputParameter { shape: shapes }),
-        ..Default::default()
-    };
+    def.layer[spec.layer] =
+        super::commands::input_layer(&def.layer[spec.layer], [spec.batch, spec.channels, h, w]);
     def
 }
 
@@ -512,6 +487,9 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
             "--oversample takes ten crops of each image: the net must crop (crop_size), and it replaces --tta",
         ));
     }
+    // Views x models x crops: more than one run leaves something to agree on.
+    let runs_per_image =
+        o.tta.views().len() * (1 + others.len()) * if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
     let bar = crate::progress::bar(o.images.len() as u64, "classify");
     let mut rows = Vec::new();
     let mut failed = Vec::new();
@@ -540,9 +518,6 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
             break;
         }
         let (c, probs, agreement) = score_batch(net, others, &reader, &spec, &batch, o)?;
-        let runs_per_image = o.tta.views().len()
-            * (1 + others.len())
-            * if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
         classes = c;
         for (i, (path, _)) in batch.into_iter().enumerate() {
             rows.push(Classified {

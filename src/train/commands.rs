@@ -34,25 +34,31 @@ pub fn synthetic_inputs(def: &mut NetParameter) -> Result<()> {
         let crop = l.transform_param.as_ref().map_or(0, |t| t.crop_size());
         let (h, w) = if crop > 0 { (crop, crop) } else { (h, w) };
         let c = if color { 3 } else { 1 };
-        let mut shapes = vec![BlobShape {
-            dim: vec![batch as i64, c, h as i64, w as i64],
-        }];
-        if l.top.len() > 1 {
-            shapes.push(BlobShape {
-                dim: vec![batch as i64],
-            });
-        }
-        *l = LayerParameter {
-            name: l.name.clone(),
-            r#type: Some("Input".into()),
-            top: l.top.clone(),
-            include: l.include.clone(),
-            exclude: l.exclude.clone(),
-            input_param: Some(InputParameter { shape: shapes }),
-            ..Default::default()
-        };
+        *l = input_layer(l, [batch as usize, c, h as usize, w as usize]);
     }
     Ok(())
+}
+
+/// An `Input` layer in place of the data layer `data`: its name, tops and
+/// phase rules, images of `image` shape (batch x channels x height x width)
+/// and, when it has a second top, that many labels.
+pub(crate) fn input_layer(data: &LayerParameter, image: [usize; 4]) -> LayerParameter {
+    let shape = |dims: &[usize]| BlobShape {
+        dim: dims.iter().map(|&d| d as i64).collect(),
+    };
+    let mut shapes = vec![shape(&image)];
+    if data.top.len() > 1 {
+        shapes.push(shape(&image[..1]));
+    }
+    LayerParameter {
+        name: data.name.clone(),
+        r#type: Some("Input".into()),
+        top: data.top.clone(),
+        include: data.include.clone(),
+        exclude: data.exclude.clone(),
+        input_param: Some(InputParameter { shape: shapes }),
+        ..Default::default()
+    }
 }
 
 /// Where a net's relative data paths resolve: the current folder, as in

@@ -64,13 +64,8 @@ pub fn deploy_net(
         let Some(f) = &tp.mean_file else {
             return Ok(None);
         };
-        let p = Path::new(f);
-        let p = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base_dir.join(p)
-        };
-        let m = crate::caffe::mean_file::MeanImage::read_binaryproto(&p)?;
+        // Path::join keeps an absolute path as it is.
+        let m = crate::caffe::mean_file::MeanImage::read_binaryproto(&base_dir.join(f))?;
         Ok(Some((m.channels, m.height, m.width)))
     };
     // A Data layer's images had the datums' size: the mean image's.

@@ -99,11 +99,8 @@ pub struct Solver {
 impl Solver {
     /// Reads the solver and builds its nets.
     pub fn new(opts: &SolverOptions) -> Result<Solver> {
-        let solver_path = if opts.solver.is_absolute() {
-            opts.solver.clone()
-        } else {
-            opts.base_dir.join(&opts.solver)
-        };
+        // Path::join keeps an absolute path as it is.
+        let solver_path = opts.base_dir.join(&opts.solver);
         let mut param: SolverParameter = prototxt::read(&solver_path)?;
         let ctx = format!("solver {}", opts.solver.display());
         let stype = param.r#type();
@@ -287,11 +284,8 @@ impl Solver {
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        // Path::join keeps an absolute path as it is.
+        self.base_dir.join(p)
     }
 
     /// Restores a `.solverstate` (and its sidecar, if any).

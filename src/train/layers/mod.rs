@@ -17,7 +17,6 @@ use crate::caffe::proto::{LayerParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::precision::Precision;
 use candle_core::{Device, Tensor};
-use std::path::Path;
 
 /// What a layer's backward pass is given and asked for.
 pub struct BackwardArgs<'a> {
@@ -219,12 +218,8 @@ impl BuildContext {
 
     /// `path` resolved against the base folder.
     pub fn resolve(&self, path: &str) -> std::path::PathBuf {
-        let p = Path::new(path);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        // Path::join keeps an absolute path as it is.
+        self.base_dir.join(path)
     }
 }
 
