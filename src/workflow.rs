@@ -285,7 +285,7 @@ pub fn run(
 
     let tta = match opts.tta {
         Tta::None => String::new(),
-        t => format!("_tta_{t}"),
+        t => format!("_tta_{}", t.tag()),
     };
     let report_dir = data.join(format!("evaluation{}{tta}", opts.run_tag()));
     if let Some(m) = opts.metrics.as_ref().filter(|m| m.exists()) {

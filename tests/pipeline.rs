@@ -304,6 +304,13 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     let report = std::fs::read_to_string(data.join("evaluation_tta_mirror/report.md")).unwrap();
     assert!(report.contains("averaged over 2 views"), "{report}");
     assert!(data.join("evaluation/report.md").exists());
+    let (ok, err) = run(&["--tta", "affine:3"]);
+    assert!(ok, "{err}");
+    let report = std::fs::read_to_string(data.join("evaluation_tta_affine3/report.md")).unwrap();
+    assert!(
+        report.contains("the image and 2 quasi-random affine warps"),
+        "{report}"
+    );
 
     // A class-weighted loss: the recipe's SoftmaxWithLoss becomes an
     // InfogainLoss reading H made from train.txt (4 images per class here,

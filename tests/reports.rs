@@ -610,6 +610,110 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
 }
 
 #[test]
+fn affine_test_time_views_warp_the_mean_subtracted_blob_and_average() {
+    use flickr_style::pipeline::decode::{read_image, ColorMode};
+    use flickr_style::pipeline::resize::resize_linear;
+    // The fixture photos at 64x64 as PNGs, and a list of images that are
+    // the mean colour everywhere (zero after mean subtraction).
+    let t = tempfile::tempdir().unwrap();
+    let images = fixture("images");
+    let (mut photos, mut blank) = (String::new(), String::new());
+    let mean_png = t.path().join("mean.png");
+    image::RgbImage::from_pixel(64, 64, image::Rgb([123, 117, 104]))
+        .save(&mean_png)
+        .unwrap();
+    for (i, line) in std::fs::read_to_string(images.join("list.txt"))
+        .unwrap()
+        .lines()
+        .enumerate()
+    {
+        let (rel, label) = line.rsplit_once(' ').unwrap();
+        let bgr = resize_linear(
+            &read_image(&images.join(rel), ColorMode::Color).unwrap(),
+            64,
+            64,
+        );
+        let rgb = image::RgbImage::from_fn(64, 64, |x, y| {
+            let p = &bgr.data[(y as usize * 64 + x as usize) * 3..][..3];
+            image::Rgb([p[2], p[1], p[0]])
+        });
+        let path = t.path().join(format!("{i}.png"));
+        rgb.save(&path).unwrap();
+        photos += &format!("{} {label}\n", path.display());
+        blank += &format!("{} {label}\n", mean_png.display());
+    }
+    let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let run = |list: &str, tta: &str| {
+        let dir = tempfile::tempdir_in(t.path()).unwrap();
+        let path = dir.path().join("list.txt");
+        std::fs::write(&path, list).unwrap();
+        let net = image_list_net(dir.path(), &path);
+        let e = evaluate(&EvalOptions {
+            tta: tta.parse().unwrap(),
+            ..options(&net, &[w30.as_path()], None)
+        })
+        .unwrap();
+        let p: Vec<f32> = e
+            .predictions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.value_label)
+            .collect();
+        (e, p)
+    };
+    let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
+        assert_eq!(a.len(), 24);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() < tol, "{what}, image {i}: {x} vs {y}");
+        }
+    };
+    let (_, plain) = run(&photos, "none");
+    let (_, mirror) = run(&photos, "mirror");
+    let (_, empty) = run(&blank, "none");
+    // The second view shifts the image entirely out of the frame: what is
+    // left is the outside, which reads as the mean, so the view scores like
+    // the mean-coloured image.
+    let (_, gone) = run(&photos, "affine:2:translate=1000");
+    let want: Vec<f32> = plain
+        .iter()
+        .zip(&empty)
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    close(&gone, &want, 1e-5, "shifted out");
+    // A warp of a thousandth of a degree, on the mirror image: the mirror TTA.
+    let (_, tiny) = run(&photos, "affine:2:rotate=0.001");
+    close(&tiny, &mirror, 1e-3, "tiny turn");
+    assert!(plain.iter().zip(&mirror).any(|(a, b)| (a - b).abs() > 1e-3));
+    // The plankton ranges: the same numbers every run, a report that says
+    // what was averaged, and something other than the plain scores.
+    let (e, warped) = run(&photos, "affine:8");
+    assert_eq!(run(&photos, "affine:8").1, warped);
+    assert!(plain.iter().zip(&warped).any(|(a, b)| (a - b).abs() > 1e-3));
+    assert!(e.unanimous.is_some());
+    let out = tempfile::tempdir_in(t.path()).unwrap();
+    let names: Vec<String> = Vec::new();
+    let weights = [w30.as_path()];
+    let report = flickr_style::train::evaluate::Report {
+        evaluation: &e,
+        options: &EvalOptions {
+            tta: "affine:8".parse().unwrap(),
+            ..options(Path::new("net.prototxt"), &weights, None)
+        },
+        names: &names,
+    };
+    report.write(out.path()).unwrap();
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("8 views of each image (the image and 7 quasi-random affine warps"),
+        "{md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(json["views"].as_array().unwrap().len(), 8);
+}
+
+#[test]
 fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
     use flickr_style::train::classify::{classify, ClassifyOptions};
     // The tiny net's TEST data is convert_imageset's 64x64 LMDB of the

@@ -432,7 +432,7 @@ struct PipelineArgs {
     #[arg(long, value_name = "SPEC")]
     augment: Option<Augment>,
     /// Test-time augmentation for the final evaluation (see `evaluate --help`); its report goes
-    /// to evaluation*_tta_<VIEWS>.
+    /// to evaluation*_tta_<VIEWS> (e.g. _tta_dihedral, _tta_affine70).
     #[arg(long, value_name = "VIEWS", default_value = "none")]
     tta: Tta,
     /// Train with a class-weighted loss: the recipe's SoftmaxWithLoss becomes Caffe's InfogainLoss
@@ -596,8 +596,11 @@ struct EvaluateArgs {
     threshold: Option<f64>,
     /// Test-time augmentation: average each image's class probabilities over these views of it:
     /// none, mirror (left-right), rot90 (the four quarter turns; square inputs) or dihedral (the
-    /// eight flips and turns). Exact pixel moves, no interpolation; suits a net trained with
-    /// --rotate90 or on subjects with no natural up.
+    /// eight flips and turns), exact pixel moves that suit a net trained with --rotate90 or on
+    /// subjects with no natural up; or affine:N, the image and N-1 evenly spread (quasi-random)
+    /// warps of it and of its mirror image within --augment's plankton ranges, or affine:N:RANGES
+    /// within others (RANGES as --augment takes them), for a net trained with --augment (the
+    /// Kaggle plankton winners averaged 70). Each view costs a forward pass.
     #[arg(long, value_name = "VIEWS", default_value = "none")]
     tta: Tta,
     /// Evaluate on other data than the TEST layer's source, e.g. another cruise's images: an image

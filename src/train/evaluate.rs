@@ -636,11 +636,10 @@ impl Report<'_> {
                 ScoreKind::Scores => "scores",
                 _ => "probabilities",
             };
-            let names: Vec<String> = views.iter().map(|v| v.to_string()).collect();
             s += &format!(
                 "; {what} averaged over {} views of each image ({})",
                 views.len(),
-                names.join(", ")
+                self.options.tta.describe()
             );
         }
         if self.evaluation.ignored > 0 {
