@@ -304,6 +304,20 @@ fn cli_writes_the_report_files() {
         "{}",
         rows[24]
     );
+    // Every class's probability, beside the same image and its label index.
+    let probabilities = std::fs::read_to_string(out.join("probabilities.csv")).unwrap();
+    let full: Vec<&str> = probabilities.lines().collect();
+    assert_eq!(full[0], "image,label,circle,square,triangle,star");
+    assert_eq!(full.len(), 25);
+    for (row, short) in full[1..].iter().zip(&rows[1..]) {
+        let f: Vec<&str> = row.split(',').collect();
+        let g: Vec<&str> = short.split(',').collect();
+        assert_eq!(f[0], g[0]);
+        let p: Vec<f32> = f[2..].iter().map(|v| v.parse().unwrap()).collect();
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row}");
+        let label: usize = f[1].parse().unwrap();
+        assert_eq!(p[label], g[4].parse::<f32>().unwrap(), "{row}");
+    }
 
     // Test-time views and ensembles are named in the report and in metrics.json.
     let both = format!(

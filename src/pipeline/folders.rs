@@ -128,7 +128,7 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<ImportSummary> {
             "has no class folders (expected ROOT/<class>/<image>)",
         ));
     }
-    write_lists(classes, &o.split, summary)
+    write_lists(classes, &o.split, summary, &Default::default())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! [`split`](super::split). Labels follow the sorted class names (numerically
 //! when every name is a number); a set column, where given, decides the
 //! lists instead of the seeded split.
-use super::split::{write_lists, Class, ImportSummary, Set, SplitOptions};
+use super::split::{write_lists, Carried, Class, ImportSummary, Set, SplitOptions};
 use crate::error::{Error, IoContext, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -81,6 +81,14 @@ pub fn import_manifest(o: &ManifestImportOptions) -> Result<ImportSummary> {
         None => crate::fsutil::parent_dir(m),
     };
     let root = std::path::absolute(&root).at(&root)?;
+    // Every other column travels into samples.csv.
+    let kept: Vec<usize> = (0..headers.len())
+        .filter(|&i| i != path_col && i != label_col && Some(i) != set_col)
+        .collect();
+    let mut carried = Carried {
+        names: kept.iter().map(|&i| headers[i].to_string()).collect(),
+        values: HashMap::new(),
+    };
     // (path, class, set) per row, and the line each path was first seen on.
     let mut rows = Vec::new();
     let mut first_line: HashMap<PathBuf, u64> = HashMap::new();
@@ -111,6 +119,10 @@ pub fn import_manifest(o: &ManifestImportOptions) -> Result<ImportSummary> {
                 path.display()
             )));
         }
+        carried.values.insert(
+            path.clone(),
+            kept.iter().map(|&i| field(i).to_string()).collect(),
+        );
         rows.push((path, class.to_string(), set));
     }
     if rows.is_empty() {
@@ -137,7 +149,7 @@ pub fn import_manifest(o: &ManifestImportOptions) -> Result<ImportSummary> {
             images,
         })
         .collect();
-    write_lists(classes, &o.split, ImportSummary::default())
+    write_lists(classes, &o.split, ImportSummary::default(), &carried)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! by class (or the split a manifest gives), optional re-sampling of the
 //! training list for heavily imbalanced classes, and `train.txt`,
 //! `test.txt` (`val.txt` when a manifest has one), `labels.txt` and
-//! `samples.csv` (every image once: its list and original size). The
+//! `samples.csv` (every image once: its list, original size and any columns
+//! a manifest carries). The
 //! held-out lists are never re-sampled, so their figures describe the data
 //! as it is.
 use crate::error::{Error, IoContext, Result};
@@ -51,6 +52,20 @@ pub enum Set {
     /// `test.txt`.
     Test,
 }
+
+/// Columns of the source carried into `samples.csv` beside each image (a
+/// manifest's other columns: ZooProcess measurements, features), so that
+/// what a resize discards stays next to the sample for `fuse`.
+#[derive(Clone, Debug, Default)]
+pub struct Carried {
+    /// Column names, in the source's order.
+    pub names: Vec<String>,
+    /// Each image's values, by its path as in the lists.
+    pub values: HashMap<PathBuf, Vec<String>>,
+}
+
+/// The columns `samples.csv` always has.
+const SAMPLE_COLUMNS: [&str; 6] = ["path", "class", "label", "list", "width", "height"];
 
 /// One class: its name and its images, each with the list the source put
 /// it in (`None`: split here).
@@ -286,6 +301,7 @@ pub fn write_lists(
     mut classes: Vec<Class>,
     o: &SplitOptions,
     mut summary: ImportSummary,
+    carried: &Carried,
 ) -> Result<ImportSummary> {
     o.validate()?;
     let sizes = if o.check {
@@ -397,8 +413,23 @@ pub fn write_lists(
     samples.sort();
     let mut w = csv::Writer::from_writer(Vec::new());
     // Writing to a Vec cannot fail.
-    w.write_record(["path", "class", "label", "list", "width", "height"])
-        .expect("in memory");
+    // A carried column named like one of ours gets a prefix, so every
+    // header is unique.
+    let carried_names = carried.names.iter().map(|n| {
+        if SAMPLE_COLUMNS.contains(&n.as_str()) {
+            format!("source_{n}")
+        } else {
+            n.clone()
+        }
+    });
+    w.write_record(
+        SAMPLE_COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(carried_names),
+    )
+    .expect("in memory");
+    let no_values = vec![String::new(); carried.names.len()];
     for &(path, class, label, list) in &samples {
         // Unknown without the decode check.
         let (width, height) = sizes
@@ -407,14 +438,19 @@ pub fn write_lists(
                 (w.to_string(), h.to_string())
             });
         // Every path is UTF-8: list_line checked it above.
-        w.write_record([
-            &*path.to_string_lossy(),
-            class,
-            &label.to_string(),
-            list,
-            &width,
-            &height,
-        ])
+        let extra = carried.values.get(path).unwrap_or(&no_values);
+        w.write_record(
+            [
+                &*path.to_string_lossy(),
+                class,
+                &label.to_string(),
+                list,
+                &width,
+                &height,
+            ]
+            .into_iter()
+            .chain(extra.iter().map(String::as_str)),
+        )
         .expect("in memory");
     }
     write_if_changed(

@@ -76,6 +76,8 @@ pub struct Prediction {
     pub value_label: f32,
     /// See `value_label`.
     pub value_predicted: f32,
+    /// Every class's value, of the same kind.
+    pub values: Vec<f32>,
 }
 
 /// The counts of one evaluation.
@@ -339,6 +341,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                     predicted,
                     value_label: probs[label as usize],
                     value_predicted: probs[predicted],
+                    values: probs,
                 });
             }
         }
@@ -702,10 +705,31 @@ impl Report<'_> {
         String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 names")
     }
 
+    /// One row per image: its source, its label (the class index) and every
+    /// class's probability, headed by the class names (or indices), for
+    /// `fuse` and other tools that need the whole distribution.
+    fn probabilities_csv(&self, predictions: &[Prediction]) -> String {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let classes = self.evaluation.confusion.classes();
+        let header = ["image".to_string(), "label".into()]
+            .into_iter()
+            .chain((0..classes).map(|k| class_name(self.names, k)));
+        // Writing to a Vec cannot fail.
+        w.write_record(header).expect("in memory");
+        for p in predictions {
+            let row = [p.image.clone(), p.label.to_string()]
+                .into_iter()
+                .chain(p.values.iter().map(|v| v.to_string()));
+            w.write_record(row).expect("in memory");
+        }
+        String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 names")
+    }
+
     /// Writes `report.md`, `confusion.csv` (rows: true class, columns:
     /// predicted) and its heat map `confusion.svg`, `metrics.json` and, when
-    /// the data layer names its images,
-    /// `predictions.csv` into `dir`, each complete or not at all.
+    /// the data layer names its images, `predictions.csv` and (when the
+    /// values are probabilities) `probabilities.csv` into `dir`, each complete
+    /// or not at all.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         let summary = self.summary();
         let json = JsonReport {
@@ -748,6 +772,9 @@ impl Report<'_> {
         files.push(("confusion.svg", heat_map));
         if let Some(p) = &self.evaluation.predictions {
             files.push(("predictions.csv", self.predictions_csv(p)));
+            if self.evaluation.kind != ScoreKind::Scores {
+                files.push(("probabilities.csv", self.probabilities_csv(p)));
+            }
         }
         let mut written = Vec::new();
         for (name, text) in files {
