@@ -308,6 +308,17 @@ pub fn run(
         ));
         evaluate_stage(opts, &net_path, &final_model, &data, &report_dir, &say)?;
     }
+    let (samples, probabilities) = (
+        data.join("samples.csv"),
+        report_dir.join("probabilities.csv"),
+    );
+    if samples.exists() && probabilities.exists() {
+        say(format!(
+            "      what the images' original sizes add: flickr-style fuse {} --samples {}",
+            probabilities.display(),
+            samples.display()
+        ));
+    }
     Ok(final_model)
 }
 

@@ -248,6 +248,39 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         "{predictions}"
     );
     assert!(err.contains("8 test images: accuracy"), "{err}");
+    // Late fusion of the test images' sizes, as the run suggests: the
+    // evaluation's image names join samples.csv's paths.
+    let hint = err
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("what the images' original sizes add: flickr-style ")
+        })
+        .expect("a fuse hint");
+    let mut args: Vec<String> = hint.split_whitespace().map(String::from).collect();
+    args.extend(["--folds", "2", "--out", "fusion"].map(String::from));
+    let out = Command::new(bin())
+        .args(&args)
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Late fusion on 8 images, 4 classes, 2-fold"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("fusion/fused.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        9
+    );
     // The closing hint classifies new images with the trained net, named.
     let hint = err
         .lines()

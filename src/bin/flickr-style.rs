@@ -60,6 +60,10 @@ enum Command {
     /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
     /// with --mean; writes a CSV of the top classes.
     Classify(ClassifyArgs),
+    /// Late fusion: whether each image's original size (and measurements a manifest carries)
+    /// add to the net's probabilities, by a cross-validated logistic regression on an evaluated
+    /// set (evaluate --out's probabilities.csv with the dataset's samples.csv).
+    Fuse(FuseArgs),
     /// Write the deploy net of a trained net (its TEST layers with an Input layer in place of the
     /// data layer, no label layers, a Softmax `prob`), which Caffe, pycaffe and OpenCV's dnn
     /// module load with the .caffemodel.
@@ -91,6 +95,37 @@ struct ClassWeightsArgs {
     /// Class names, one per line in label order (labels.txt), for the printed table.
     #[arg(long)]
     names: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FuseArgs {
+    /// probabilities.csv from `evaluate --out` (or the pipeline's evaluation folder) over images
+    /// the net did not train on, e.g. the test list.
+    probabilities: PathBuf,
+    /// samples.csv from import-folders or import-manifest (the images' original sizes and the
+    /// manifest's other columns).
+    #[arg(long)]
+    samples: PathBuf,
+    /// A numeric column of samples.csv to use as a feature too (repeatable), e.g. a manifest's
+    /// area or major axis.
+    #[arg(long = "feature", value_name = "COLUMN")]
+    features: Vec<String>,
+    /// Leave out ln(width) and ln(height): use only the --feature columns.
+    #[arg(long)]
+    no_size: bool,
+    /// Cross-validation folds, stratified by class.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// L2 penalty on the feature weights and class biases (keeps a small set from overfitting).
+    #[arg(long, default_value_t = 1e-3)]
+    l2: f64,
+    /// Also write fusion.md, fusion.json (scores and the model fitted on all images) and fused.csv
+    /// (out-of-fold fused probabilities) into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -812,6 +847,28 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
         Command::ClassWeights(a) => cmd_class_weights(a),
+        Command::Fuse(a) => {
+            use flickr_style::train::fusion::{fuse, FuseOptions};
+            let f = fuse(&FuseOptions {
+                probabilities: a.probabilities.clone(),
+                samples: a.samples,
+                size: !a.no_size,
+                features: a.features,
+                folds: a.folds,
+                seed: a.seed,
+                l2: a.l2,
+            })
+            .with_context(|| format!("fuse {}", a.probabilities.display()))?;
+            print!("{}", f.to_markdown());
+            if let Some(dir) = &a.out {
+                f.write(dir)?;
+                eprintln!(
+                    "wrote fusion.md, fusion.json and fused.csv into {}",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
     }
 }
 

@@ -10,8 +10,9 @@
 //!   [`augment`]: random affine warps of training images (beyond Caffe).
 //! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
 //! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data;
-//!   [`tta`]: the flipped and turned views it can average over; [`classify`]: predictions
-//!   for new, unlabelled images.
+//!   [`tta`]: the flipped, turned and warped views it can average over; [`classify`]: predictions
+//!   for new, unlabelled images; [`fusion`]: whether sizes and measurements add to the net's
+//!   probabilities (cross-validated late fusion).
 
 pub mod augment;
 pub mod classify;
@@ -24,6 +25,7 @@ pub mod deploy;
 pub mod evaluate;
 pub mod filler;
 pub mod fused;
+pub mod fusion;
 pub mod gemm;
 pub mod kernels;
 pub mod layers;
