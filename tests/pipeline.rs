@@ -309,6 +309,20 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
                 .any(|c| r.contains(&format!(",{c},")))),
         "{csv}"
     );
+    // The same with the fused model that `fuse --out` fitted: sizes only,
+    // so no samples file is needed.
+    let out = Command::new(bin())
+        .args(&args)
+        .args(["--fusion", "fusion/fusion.json"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 7);
 
     // A rerun redoes nothing: the lists are unchanged, so the mean, the
     // training and the report stay as they are.

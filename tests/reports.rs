@@ -796,6 +796,107 @@ fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
 }
 
 #[test]
+fn classify_with_a_fusion_model_fuses_each_photos_probabilities_with_its_original_size() {
+    use flickr_style::pipeline::decode::{read_image, ColorMode};
+    use flickr_style::train::classify::{classify, ClassifyOptions};
+    use flickr_style::train::fusion::{Fuser, Model};
+    let model = fixture("tiny-net/train_val.prototxt");
+    let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let images = fixture("images");
+    let files: Vec<std::path::PathBuf> = std::fs::read_to_string(images.join("list.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| images.join(l.rsplit_once(' ').unwrap().0))
+        .collect();
+    let compute = Compute::cpu();
+    let base = fixture("tiny-net");
+    let weights = [w30.as_path()];
+    let plain = classify(&ClassifyOptions {
+        top_k: 4,
+        ..ClassifyOptions::new(&model, &weights, &base, &compute, &files)
+    })
+    .unwrap();
+    // A model leaning on the width, the height and a measurement "area".
+    let fusion = Model {
+        features: vec!["ln_width".into(), "ln_height".into(), "area".into()],
+        mean: vec![5.5, 5.0, 10.0],
+        std: vec![0.5, 0.4, 3.0],
+        temperature: 0.8,
+        weights: vec![
+            vec![1.0, -0.5, 0.2],
+            vec![-1.0, 0.3, 0.0],
+            vec![0.4, 0.4, -0.3],
+            vec![0.0, -0.2, 0.1],
+        ],
+        bias: vec![0.1, -0.2, 0.0, 0.3],
+    };
+    let t = tempfile::tempdir().unwrap();
+    let json = t.path().join("fusion.json");
+    std::fs::write(&json, serde_json::json!({ "model": fusion }).to_string()).unwrap();
+    // Every photo but the last has an area (its index).
+    let mut samples = String::from("path,area\n");
+    for (i, f) in files.iter().enumerate().take(23) {
+        samples += &format!("{},{i}\n", f.display());
+    }
+    let samples_path = t.path().join("samples.csv");
+    std::fs::write(&samples_path, samples).unwrap();
+    let fuser = Fuser::load(&json, Some(&samples_path)).unwrap();
+    let fused = classify(&ClassifyOptions {
+        top_k: 4,
+        fusion: Some(&fuser),
+        ..ClassifyOptions::new(&model, &weights, &base, &compute, &files)
+    })
+    .unwrap();
+    assert_eq!(fused.rows.len(), 23);
+    assert_eq!(fused.failed.len(), 1);
+    assert_eq!(fused.failed[0].0, files[23]);
+    assert!(
+        fused.failed[0].1.contains("has no row in"),
+        "{:?}",
+        fused.failed
+    );
+    let by_class = |top: &[(usize, f32)]| {
+        let mut p = [0.0f32; 4];
+        top.iter().for_each(|&(c, v)| p[c] = v);
+        p
+    };
+    let mut moved = 0;
+    for (i, (row, before)) in fused.rows.iter().zip(&plain.rows).enumerate() {
+        assert_eq!(row.image, before.image);
+        // The size of the photo file, not of the 64x64 input.
+        let m = read_image(&files[i], ColorMode::Color).unwrap();
+        let want = fusion.apply(&by_class(&before.top), (m.width, m.height), &[i as f64]);
+        let got = by_class(&row.top);
+        for k in 0..4 {
+            assert!(
+                (got[k] - want[k]).abs() < 1e-6,
+                "{}: {got:?} vs {want:?}",
+                i
+            );
+        }
+        moved += usize::from(row.top[0].0 != before.top[0].0);
+    }
+    assert!(moved > 0, "the model changes some best guesses");
+
+    // Without the samples file the measurement is missing: refused up front.
+    let e = Fuser::load(&json, None).unwrap_err().to_string();
+    assert!(e.contains("also uses area"), "{e}");
+    // A model for another number of classes.
+    let mut three = fusion.clone();
+    three.weights.pop();
+    three.bias.pop();
+    std::fs::write(&json, serde_json::json!({ "model": three }).to_string()).unwrap();
+    let fuser = Fuser::load(&json, Some(&samples_path)).unwrap();
+    let e = classify(&ClassifyOptions {
+        fusion: Some(&fuser),
+        ..ClassifyOptions::new(&model, &weights, &base, &compute, &files)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("fitted for 3"), "{e}");
+}
+
+#[test]
 fn classify_cli_walks_folders_and_writes_the_top_classes() {
     let t = tempfile::tempdir().unwrap();
     let names = t.path().join("names.txt");

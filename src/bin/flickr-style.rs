@@ -710,6 +710,15 @@ struct ClassifyArgs {
     /// Images per forward pass (default: the data layer's batch_size).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Fuse each image's probabilities with its original size (and measurements) by the model in
+    /// this fusion.json from `fuse --out`. Use the --tta/--ensemble of the evaluation it was fitted
+    /// on.
+    #[arg(long)]
+    fusion: Option<PathBuf>,
+    /// With --fusion, the samples file (a `path` column and the model's measurement columns) for a
+    /// model that uses measurements besides the size.
+    #[arg(long, requires = "fusion")]
+    samples: Option<PathBuf>,
     /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
     #[arg(long)]
     strict: bool,
@@ -1238,6 +1247,11 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
+    let fuser = a
+        .fusion
+        .as_deref()
+        .map(|f| flickr_style::train::fusion::Fuser::load(f, a.samples.as_deref()))
+        .transpose()?;
     let result = classify(&ClassifyOptions {
         model: &a.model,
         weights: &weights,
@@ -1255,13 +1269,14 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         tta: a.tta,
         oversample: a.oversample,
         batch_size: a.batch_size,
+        fusion: fuser.as_ref(),
     })?;
     for (p, why) in &result.failed {
         eprintln!("skipped {}: {why}", p.display());
     }
     if a.strict && !result.failed.is_empty() {
         bail!(
-            "{} of {} images could not be read (listed above); nothing was written",
+            "{} of {} images could not be classified (listed above); nothing was written",
             result.failed.len(),
             images.len()
         );

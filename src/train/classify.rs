@@ -6,6 +6,7 @@
 //! work as in [`crate::train::evaluate`].
 use super::compute::Compute;
 use super::evaluate::{trained_nets, Agreement, Reader, ScoreKind};
+use super::fusion::Fuser;
 use super::layers::BuildContext;
 use super::net::{included, Net};
 use super::transform::Transformer;
@@ -62,6 +63,9 @@ pub struct ClassifyOptions<'a> {
     pub oversample: bool,
     /// Images per forward pass; `None`: the data layer's batch size.
     pub batch_size: Option<usize>,
+    /// Late fusion of each image's probabilities with its original size
+    /// (and measurements), as `fuse` fitted it.
+    pub fusion: Option<&'a Fuser>,
 }
 
 impl<'a> ClassifyOptions<'a> {
@@ -93,6 +97,7 @@ impl<'a> ClassifyOptions<'a> {
             tta: Tta::None,
             oversample: false,
             batch_size: None,
+            fusion: None,
         }
     }
 }
@@ -342,17 +347,20 @@ fn with_input_layer(def: &NetParameter, spec: &InputSpec) -> NetParameter {
 
 /// Decodes and resizes (or fits and pads) one image as the net's input
 /// wants it, before the transformer.
+/// The image at `path` as the net's input wants it, and its original
+/// (width, height).
 fn prepare(
     path: &Path,
     spec: &InputSpec,
     o: &ClassifyOptions,
-) -> std::result::Result<Mat8, String> {
+) -> std::result::Result<(Mat8, (usize, usize)), String> {
     let mode = if spec.channels == 1 {
         ColorMode::Gray
     } else {
         ColorMode::Color
     };
     let m = read_image(path, mode).map_err(|e| e.to_string())?;
+    let original = (m.width, m.height);
     let m = fit(m, o.pad, spec.size);
     let (_, h, w) = spec.transformer.out_shape(m.channels, m.height, m.width);
     if (h, w) != spec.out {
@@ -361,7 +369,7 @@ fn prepare(
             m.height, m.width, spec.out.0, spec.out.1
         ));
     }
-    Ok(m)
+    Ok((m, original))
 }
 
 /// Views per image with `oversample`: classify.py's ten crops, the four
@@ -487,6 +495,12 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
             "--oversample takes ten crops of each image: the net must crop (crop_size), and it replaces --tta",
         ));
     }
+    if o.fusion.is_some() && reader.kind == ScoreKind::Scores {
+        return Err(Error::model(
+            o.model.display(),
+            "late fusion needs probabilities, but the scores blob feeds no SoftmaxWithLoss and is no Softmax output",
+        ));
+    }
     // Views x models x crops: more than one run leaves something to agree on.
     let runs_per_image =
         o.tta.views().len() * (1 + others.len()) * if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
@@ -498,6 +512,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     while !pending.is_empty() {
         // Fill a batch with readable images, in order.
         let mut batch: Vec<(PathBuf, Mat8)> = Vec::new();
+        let mut sizes = Vec::new();
         while batch.len() < spec.batch && !pending.is_empty() {
             let take = (spec.batch - batch.len()).min(pending.len());
             let (now, rest) = pending.split_at(take);
@@ -508,7 +523,10 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
                 .collect();
             for (p, r) in prepared {
                 match r {
-                    Ok(m) => batch.push((p, m)),
+                    Ok((m, size)) => {
+                        batch.push((p, m));
+                        sizes.push(size);
+                    }
                     Err(e) => failed.push((p, e)),
                 }
             }
@@ -518,11 +536,31 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
             break;
         }
         let (c, probs, agreement) = score_batch(net, others, &reader, &spec, &batch, o)?;
+        if let Some(f) = o.fusion.filter(|f| f.model.classes() != c) {
+            return Err(Error::model(
+                o.model.display(),
+                format!(
+                    "the net scores {c} classes, but the fusion model was fitted for {}",
+                    f.model.classes()
+                ),
+            ));
+        }
         classes = c;
-        for (i, (path, _)) in batch.into_iter().enumerate() {
+        for (i, ((path, _), size)) in batch.into_iter().zip(sizes).enumerate() {
+            let row = &probs[i * c..(i + 1) * c];
+            let top = match o.fusion {
+                Some(f) => match f.apply(&path, size, row) {
+                    Ok(fused) => top_k(&fused, o.top_k),
+                    Err(e) => {
+                        failed.push((path, e));
+                        continue;
+                    }
+                },
+                None => top_k(row, o.top_k),
+            };
             rows.push(Classified {
                 image: path,
-                top: top_k(&probs[i * c..(i + 1) * c], o.top_k),
+                top,
                 unanimous: (runs_per_image > 1).then(|| agreement.0[i].is_some()),
             });
         }

@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,7 @@ pub struct Score {
 }
 
 /// A fitted fusion model.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     /// Feature names, in the order of `weights`' columns.
     pub features: Vec<String>,
@@ -67,6 +67,207 @@ pub struct Model {
     pub weights: Vec<Vec<f64>>,
     /// Per class bias.
     pub bias: Vec<f64>,
+}
+
+/// The features a model computes from the image itself rather than reads
+/// from a samples file.
+const SIZE_FEATURES: [&str; 2] = ["ln_width", "ln_height"];
+
+impl Model {
+    /// The model in a `fusion.json` that `fuse --out` wrote, checked for
+    /// consistent shapes and finite numbers.
+    pub fn read(path: &Path) -> Result<Model> {
+        let bad = |m: String| Error::invalid(path.display(), m);
+        let text = std::fs::read_to_string(path).at(path)?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let m: Model = serde_json::from_value(v["model"].take())
+            .map_err(|e| bad(format!("is not a fuse --out fusion.json: {e}")))?;
+        let f = m.features.len();
+        let classes = m.bias.len();
+        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+        if f == 0
+            || classes < 2
+            || m.mean.len() != f
+            || m.std.len() != f
+            || m.weights.len() != classes
+            || m.weights.iter().any(|w| w.len() != f || !finite(w))
+            || !finite(&m.mean)
+            || !finite(&m.bias)
+            || !m.temperature.is_finite()
+            || m.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            return Err(bad(
+                "holds a damaged model (shapes that disagree, or numbers that are not finite)"
+                    .into(),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Classes the model scores.
+    pub fn classes(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// Features it reads from a samples file (those that are not the size).
+    pub fn measurements(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .filter(|f| !SIZE_FEATURES.contains(&f.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Fused probabilities of one image from the net's `probs`, its original
+    /// size and its `measurements` (in [`Model::measurements`]' order).
+    pub fn apply(
+        &self,
+        probs: &[f32],
+        (width, height): (usize, usize),
+        measurements: &[f64],
+    ) -> Vec<f32> {
+        let clipped: Vec<f64> = probs
+            .iter()
+            .map(|&v| f64::from(v).clamp(CLIP, 1.0 - CLIP))
+            .collect();
+        let total: f64 = clipped.iter().sum();
+        let mut extra = measurements.iter();
+        let x: Vec<f64> = self
+            .features
+            .iter()
+            .enumerate()
+            .map(|(j, name)| {
+                let raw = match name.as_str() {
+                    "ln_width" => (width.max(1) as f64).ln(),
+                    "ln_height" => (height.max(1) as f64).ln(),
+                    _ => extra.next().copied().unwrap_or(0.0),
+                };
+                (raw - self.mean[j]) / self.std[j]
+            })
+            .collect();
+        let mut z: Vec<f64> = (0..self.classes())
+            .map(|k| {
+                self.temperature * (clipped[k] / total).ln()
+                    + self.bias[k]
+                    + self.weights[k]
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+            })
+            .collect();
+        softmax_in_place(&mut z);
+        z.into_iter().map(|v| v as f32).collect()
+    }
+}
+
+/// Each image's values of `columns` in a samples file, by its path
+/// (canonical where the file exists, so `./a.png` and `/abs/a.png` meet).
+pub fn read_measurements(samples: &Path, columns: &[String]) -> Result<HashMap<PathBuf, Vec<f64>>> {
+    let (header, rows) = read_csv(samples)?;
+    let column = |name: &str| {
+        header.iter().position(|h| h == name).ok_or_else(|| {
+            Error::invalid(
+                samples.display(),
+                format!(
+                    "has no column {name:?}, which the fusion model needs (its columns: {})",
+                    header.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let path_col = column("path")?;
+    let cols = columns
+        .iter()
+        .map(|c| column(c))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = HashMap::new();
+    for (line, rec) in rows {
+        let path = Path::new(rec.get(path_col).unwrap_or(""));
+        let mut values = Vec::with_capacity(cols.len());
+        for (&c, name) in cols.iter().zip(columns) {
+            let v = rec.get(c).unwrap_or("");
+            values.push(
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| Error::Line {
+                        path: samples.to_path_buf(),
+                        line,
+                        message: format!("{name} of {}: {v:?} is not a number", path.display()),
+                    })?,
+            );
+        }
+        out.insert(canonical(path), values);
+    }
+    Ok(out)
+}
+
+/// A fusion model ready to apply to new images: the model and, for the
+/// features it does not compute from the image, each image's values.
+#[derive(Clone, Debug)]
+pub struct Fuser {
+    /// The model.
+    pub model: Model,
+    /// Measurements by canonical image path, in [`Model::measurements`]' order.
+    pub measurements: HashMap<PathBuf, Vec<f64>>,
+    /// Where they came from, for messages.
+    pub samples: Option<PathBuf>,
+}
+
+impl Fuser {
+    /// The model in `fusion_json`; its measurement features (if any) from
+    /// `samples`, which is then required.
+    pub fn load(fusion_json: &Path, samples: Option<&Path>) -> Result<Fuser> {
+        let model = Model::read(fusion_json)?;
+        let needed = model.measurements();
+        let measurements = match (samples, needed.is_empty()) {
+            (Some(s), false) => read_measurements(s, &needed)?,
+            (None, false) => {
+                return Err(Error::invalid(
+                    fusion_json.display(),
+                    format!(
+                        "the model also uses {}: give the samples file that has them",
+                        needed.join(", ")
+                    ),
+                ))
+            }
+            (_, true) => HashMap::new(),
+        };
+        Ok(Fuser {
+            model,
+            measurements,
+            samples: samples.map(Path::to_path_buf),
+        })
+    }
+
+    /// Fused probabilities of the image at `path`, or why there are none.
+    pub fn apply(
+        &self,
+        path: &Path,
+        size: (usize, usize),
+        probs: &[f32],
+    ) -> std::result::Result<Vec<f32>, String> {
+        if self.model.measurements().is_empty() {
+            return Ok(self.model.apply(probs, size, &[]));
+        }
+        match self.measurements.get(&canonical(path)) {
+            Some(m) => Ok(self.model.apply(probs, size, m)),
+            None => Err(format!(
+                "has no row in {}, so the fusion model lacks its {}",
+                self.samples
+                    .as_deref()
+                    .map_or("the samples file".into(), |p| p.display().to_string()),
+                self.model.measurements().join(", ")
+            )),
+        }
+    }
+}
+
+/// The canonical form of `path`, or the path itself when it cannot be resolved.
+pub fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// What fusion gives on one evaluated set.
@@ -809,6 +1010,59 @@ mod tests {
         // Calibration leaves the feature weights at zero.
         let (theta, _, _) = fit(&d, &rows, Kind::Calibrated, 1e-3);
         assert!(theta[1..1 + 3 * 2].iter().all(|&w| w == 0.0));
+    }
+
+    #[test]
+    fn a_saved_model_gives_what_the_fit_gives() {
+        // Features ln_width, ln_height and one measurement: the model as
+        // written to fusion.json, applied to the raw size and measurement,
+        // gives the probabilities `predict` gives from the fitted parameters.
+        let mut d = toy(50, 3, 3, 9);
+        d.feature_names = vec!["ln_width".into(), "ln_height".into(), "area".into()];
+        for (i, x) in d.x.iter_mut().enumerate() {
+            x[0] = (20.0 + i as f64).ln();
+            x[1] = (30.0 + (i * 7 % 11) as f64).ln();
+        }
+        let rows: Vec<usize> = (0..50).collect();
+        let (theta, mean, std) = fit(&d, &rows, Kind::Fused, 1e-3);
+        let model = Model {
+            features: d.feature_names.clone(),
+            mean: mean.clone(),
+            std: std.clone(),
+            temperature: theta[0],
+            weights: (0..3)
+                .map(|k| theta[1 + k * 3..1 + (k + 1) * 3].to_vec())
+                .collect(),
+            bias: theta[10..].to_vec(),
+        };
+        assert_eq!(model.measurements(), ["area"]);
+        for i in [0, 17, 49] {
+            let probs: Vec<f32> = d.log_p[i].iter().map(|v| v.exp() as f32).collect();
+            let got = model.apply(&probs, (20 + i, 30 + i * 7 % 11), &[d.x[i][2]]);
+            let want = predict(&d, &theta, &mean, &std, i);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((f64::from(*a) - b).abs() < 1e-6, "image {i}: {a} vs {b}");
+            }
+        }
+        // Round trip through the file, and a damaged one refused.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fusion.json");
+        let json = serde_json::json!({ "model": model });
+        std::fs::write(&path, json.to_string()).unwrap();
+        assert_eq!(Model::read(&path).unwrap(), model);
+        let mut broken = model.clone();
+        broken.weights[1].pop();
+        std::fs::write(&path, serde_json::json!({ "model": broken }).to_string()).unwrap();
+        let e = Model::read(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("damaged model") && e.contains("fusion.json"),
+            "{e}"
+        );
+        std::fs::write(&path, "{}").unwrap();
+        assert!(Model::read(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a fuse --out"));
     }
 
     #[test]
