@@ -226,3 +226,96 @@ fn mutated_infogain_matrices_train_or_fail_cleanly() {
         "only {refused} of 60 mutated matrices refused"
     );
 }
+
+#[test]
+fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
+    use flickr_style::train::fusion::{fuse, FuseOptions, Fuser};
+    // A small evaluated set (probabilities.csv) and its samples.csv, each
+    // mutated byte-wise and number-wise; then the fitted model's JSON.
+    let t = tempfile::tempdir().unwrap();
+    let mut probs = String::from("image,label,a,b,c\n");
+    let mut samples = String::from("path,class,label,list,width,height,area\n");
+    for i in 0..30 {
+        let label = i % 3;
+        let p = [0.2 + 0.1 * label as f64, 0.3, 0.5 - 0.1 * label as f64];
+        probs += &format!("{i:08}_/d/{i}.png,{label},{},{},{}\n", p[0], p[1], p[2]);
+        samples += &format!(
+            "/d/{i}.png,{label},{label},test,{},{},{}\n",
+            20 + 7 * label + i % 5,
+            30 + i % 7,
+            i * 3
+        );
+    }
+    let o = FuseOptions {
+        probabilities: t.path().join("probabilities.csv"),
+        samples: t.path().join("samples.csv"),
+        size: true,
+        features: vec!["area".into()],
+        folds: 3,
+        seed: 1,
+        l2: 1e-3,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let (mut fused, mut refused) = (0, 0);
+    for i in 0..80 {
+        let (p, s) = match i % 4 {
+            0 => (
+                String::from_utf8_lossy(&mutate(&mut rng, probs.as_bytes())).into_owned(),
+                samples.clone(),
+            ),
+            1 => (
+                probs.clone(),
+                String::from_utf8_lossy(&mutate(&mut rng, samples.as_bytes())).into_owned(),
+            ),
+            2 => (swap_numbers(&mut rng, &probs), samples.clone()),
+            _ => (probs.clone(), swap_numbers(&mut rng, &samples)),
+        };
+        std::fs::write(&o.probabilities, p).unwrap();
+        std::fs::write(&o.samples, s).unwrap();
+        match fuse(&o) {
+            Ok(f) => {
+                assert!(f.fused.log_loss.is_finite(), "{f:?}");
+                fused += 1;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("probabilities.csv") || e.contains("samples.csv"),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("fusion inputs: {fused} fused, {refused} refused");
+    assert!(fused > 5 && refused > 5, "{fused} fused, {refused} refused");
+
+    // The model file: mutated, it loads (and applies) or names itself.
+    std::fs::write(&o.probabilities, &probs).unwrap();
+    std::fs::write(&o.samples, &samples).unwrap();
+    let out = t.path().join("out");
+    fuse(&o).unwrap().write(&out).unwrap();
+    let good = std::fs::read(out.join("fusion.json")).unwrap();
+    let json = out.join("mutated.json");
+    for _ in 0..60 {
+        std::fs::write(&json, mutate(&mut rng, &good)).unwrap();
+        match Fuser::load(&json, Some(&o.samples)) {
+            Ok(f) => {
+                let p = f.model.apply(&[0.2, 0.3, 0.5], (25, 31), &[6.0]);
+                assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
+            }
+            Err(e) => assert!(e.to_string().contains("mutated.json"), "{e}"),
+        }
+    }
+    // Finite but huge numbers overflow no probability.
+    let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    v["model"]["temperature"] = serde_json::json!(1e300);
+    v["model"]["bias"][0] = serde_json::json!(-1e308);
+    std::fs::write(&json, v.to_string()).unwrap();
+    let f = Fuser::load(&json, Some(&o.samples)).unwrap();
+    let p = f.model.apply(&[0.2, 0.3, 0.5], (25, 31), &[6.0]);
+    assert!(
+        p.iter().all(|v| v.is_finite()) && (p.iter().sum::<f32>() - 1.0).abs() < 1e-6,
+        "{p:?}"
+    );
+}

@@ -513,6 +513,14 @@ impl Layout {
 }
 
 fn softmax_in_place(z: &mut [f64]) {
+    // Overflowed logits (a model with huge weights) stay ordered and finite.
+    for v in z.iter_mut() {
+        *v = if v.is_nan() {
+            -1e30
+        } else {
+            v.clamp(-1e30, 1e30)
+        };
+    }
     let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let mut s = 0.0;
     for v in z.iter_mut() {
