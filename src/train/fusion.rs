@@ -166,17 +166,7 @@ impl Model {
 /// (canonical where the file exists, so `./a.png` and `/abs/a.png` meet).
 pub fn read_measurements(samples: &Path, columns: &[String]) -> Result<HashMap<PathBuf, Vec<f64>>> {
     let (header, rows) = read_csv(samples)?;
-    let column = |name: &str| {
-        header.iter().position(|h| h == name).ok_or_else(|| {
-            Error::invalid(
-                samples.display(),
-                format!(
-                    "has no column {name:?}, which the fusion model needs (its columns: {})",
-                    header.iter().collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
-    };
+    let column = |name: &str| column(&header, samples, name, ", which the fusion model needs");
     let path_col = column("path")?;
     let cols = columns
         .iter()
@@ -327,6 +317,20 @@ fn read_csv(path: &Path) -> Result<(csv::StringRecord, Vec<(usize, csv::StringRe
     Ok((header, rows))
 }
 
+/// The index of column `name` in `header`, or an error listing the columns
+/// `file` has.
+fn column(header: &csv::StringRecord, file: &Path, name: &str, why: &str) -> Result<usize> {
+    header.iter().position(|h| h == name).ok_or_else(|| {
+        Error::invalid(
+            file.display(),
+            format!(
+                "has no column {name:?}{why} (its columns: {})",
+                header.iter().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })
+}
+
 /// The image path inside an evaluate image name: an LMDB key is
 /// `%08d_` followed by the list's path.
 fn key_path(image: &str) -> &str {
@@ -351,17 +355,7 @@ fn load(o: &FuseOptions) -> Result<Data> {
     let classes = class_names.len();
 
     let (s_header, s_rows) = read_csv(&o.samples)?;
-    let column = |name: &str| {
-        s_header.iter().position(|h| h == name).ok_or_else(|| {
-            Error::invalid(
-                o.samples.display(),
-                format!(
-                    "has no column {name:?} (its columns: {})",
-                    s_header.iter().collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
-    };
+    let column = |name: &str| column(&s_header, &o.samples, name, "");
     let path_col = column("path")?;
     let label_col = column("label")?;
     let mut feature_names = Vec::new();
