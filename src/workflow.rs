@@ -3,7 +3,7 @@
 //! CaffeNet weights → finetune → evaluate. Each stage is skipped when its
 //! outputs are already complete, and training resumes from its latest
 //! snapshot, so an interrupted run is continued by running it again.
-use crate::caffe::model::read_net_prototxt;
+use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::{
     solver_parameter::SolverMode, DataParameter, InfogainLossParameter, NetParameter,
     SolverParameter,
@@ -22,6 +22,7 @@ use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use crate::train::augment::Augment;
 use crate::train::compute::{Compute, DeviceChoice};
 use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
+use crate::train::gray;
 use crate::train::solver::{Solver, SolverOptions};
 use crate::train::tta::Tta;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,11 @@ pub struct WorkflowOptions {
     /// (see [`crate::pipeline::pad::fit`]). The ImageData layer cannot pad,
     /// so this trains from LMDBs.
     pub pad: Option<Pad>,
+    /// Read the images as one gray channel and train a one-channel net
+    /// (see [`crate::train::gray`]): the first convolution's filters summed
+    /// over their input channels, the same numbers as three equal channels
+    /// with a third of the work.
+    pub gray: bool,
     /// Turn training images by random multiples of 90° (beyond Caffe).
     pub rotate90: bool,
     /// Warp training images by random affine maps (beyond Caffe).
@@ -117,21 +123,23 @@ pub struct WorkflowOptions {
 }
 
 impl WorkflowOptions {
-    /// The suffix of the outputs that depend on padding.
-    fn pad_tag(&self) -> String {
+    /// The suffix of the outputs that depend on how images are read
+    /// (mean, LMDBs): padding and gray.
+    fn data_tag(&self) -> String {
+        let gray = if self.gray { "_gray" } else { "" };
         let Some(p) = self.pad else {
-            return String::new();
+            return gray.to_string();
         };
         let fill = match p.fill {
             PadFill::Border => String::new(),
             PadFill::Value(v) => v.to_string(),
         };
         let shrink_only = if p.upscale { "" } else { "_noupscale" };
-        format!("_padded{fill}{shrink_only}")
+        format!("_padded{fill}{shrink_only}{gray}")
     }
 
     /// The suffix of the outputs that depend on how the net was trained
-    /// (snapshots, evaluation): the padding's, `_rot90` when turning,
+    /// (snapshots, evaluation): the data's, `_rot90` when turning,
     /// `_aug...` when warping and `_cw<alpha>` with class weights.
     fn run_tag(&self) -> String {
         let turn = if self.rotate90 { "_rot90" } else { "" };
@@ -141,7 +149,7 @@ impl WorkflowOptions {
         let weighted = self
             .class_weights
             .map_or(String::new(), |a| format!("_cw{a}"));
-        format!("{}{turn}{warp}{weighted}", self.pad_tag())
+        format!("{}{turn}{warp}{weighted}", self.data_tag())
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -189,7 +197,7 @@ pub fn run(
 
     // Padded images get their own mean, LMDBs, snapshots and evaluation, so
     // switching --pad-square never reuses outputs made the other way.
-    let tag = opts.pad_tag();
+    let tag = opts.data_tag();
     let mean = data.join(format!("mean{tag}.binaryproto"));
     if is_newer(&mean, &train_list) {
         say("[2/6] compute-mean: up to date".into());
@@ -207,7 +215,7 @@ pub fn run(
             root: PathBuf::new(),
             resize: Some((256, 256)),
             pad: opts.pad,
-            gray: false,
+            gray: opts.gray,
         })?;
         m.write_binaryproto(&mean)?;
     }
@@ -225,7 +233,7 @@ pub fn run(
                     db: db.clone(),
                     resize: Some((256, 256)),
                     pad: opts.pad,
-                    gray: false,
+                    gray: opts.gray,
                     shuffle: true,
                     seed: opts.dataset.seed(),
                     encoded: false,
@@ -268,6 +276,11 @@ pub fn run(
             }
             dest
         }
+    };
+    let weights = if opts.gray {
+        gray_weights_stage(opts, &data, &weights, &say)?
+    } else {
+        weights
     };
 
     say("[5/6] finetune".into());
@@ -477,6 +490,37 @@ fn assemble_stage(
     Ok(())
 }
 
+/// The weights with the recipe's first convolution summed over its input
+/// channels, for a one-channel net; made once beside the data.
+fn gray_weights_stage(
+    opts: &WorkflowOptions,
+    data: &Path,
+    weights: &Path,
+    say: &impl Fn(String),
+) -> Result<PathBuf> {
+    let recipe_net = opts.recipe.join("train_val.prototxt");
+    let net = read_net_prototxt(&recipe_net)?;
+    let conv = net.layer[gray::first_conv(&net, &recipe_net.display().to_string())?]
+        .name()
+        .to_string();
+    let stem = weights
+        .file_stem()
+        .map_or("weights".into(), |s| s.to_string_lossy().into_owned());
+    let out = data.join(format!("{stem}_gray.caffemodel"));
+    if is_newer(&out, weights) {
+        say(format!("      gray weights: {} up to date", out.display()));
+        return Ok(out);
+    }
+    let mut w = read_caffemodel(weights)?;
+    let (before, after) = gray::gray_weights(&mut w, &conv, &weights.display().to_string())?;
+    crate::caffe::write_binary(&out, &w)?;
+    say(format!(
+        "      gray weights: {conv} {before} -> {after} in {}",
+        out.display()
+    ));
+    Ok(out)
+}
+
 /// Whether `out` exists and is at least as new as `input`.
 fn is_newer(out: &Path, input: &Path) -> bool {
     let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -554,6 +598,12 @@ fn write_recipe(
                 p.new_width = Some(256);
             }
         }
+    }
+    if opts.gray {
+        let conv = gray::gray_net(&mut net, &recipe_net.display().to_string())?;
+        say(format!(
+            "      one gray channel: {conv} reads it with its filters summed (lr_mult x3, decay_mult /3)"
+        ));
     }
     let net_path = data.join("train_val.prototxt");
     crate::fsutil::write_atomic(&net_path, prototxt::to_string(&net).as_bytes())?;

@@ -413,6 +413,37 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         .unwrap()
         .source()
         .ends_with("train_padded_lmdb"));
+
+    // Gray: one-channel LMDBs and mean, CaffeNet's conv1 summed over its
+    // input channels, and a one-channel deploy net.
+    let (ok, err) = run(&["--gray", "--lmdb"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("gray weights: conv1 96 3 11 11"), "{err}");
+    let mean: flickr_style::caffe::proto::BlobProto =
+        flickr_style::caffe::read_binary(&data.join("mean_gray.binaryproto"), "mean").unwrap();
+    assert_eq!(mean.dims(), vec![1, 1, 256, 256]);
+    let net = read_net_prototxt(&data.join("train_val.prototxt")).unwrap();
+    let conv1 = net.layer.iter().find(|l| l.name() == "conv1").unwrap();
+    assert_eq!(conv1.param[0].lr_mult(), 3.0);
+    let gray_weights =
+        flickr_style::caffe::model::read_caffemodel(&data.join("caffenet_gray.caffemodel"))
+            .unwrap();
+    let w = gray_weights
+        .layer
+        .iter()
+        .find(|l| l.name() == "conv1")
+        .unwrap();
+    assert_eq!(w.blobs[0].dims(), vec![96, 1, 11, 11]);
+    let deploy = read_net_prototxt(&data.join("deploy.prototxt")).unwrap();
+    let shape = &deploy.layer[0].input_param.as_ref().unwrap().shape[0].dim;
+    assert_eq!(shape[1], 1, "{shape:?}");
+    for f in [
+        "train_gray_lmdb/data.mdb",
+        "snapshots/finetune_gray_iter_4.caffemodel",
+        "evaluation_gray/report.md",
+    ] {
+        assert!(data.join(f).exists(), "{f}");
+    }
 }
 
 #[test]

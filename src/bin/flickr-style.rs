@@ -44,6 +44,9 @@ enum Command {
     /// Class weights for a class-weighted loss: a training list's label counts as the diagonal
     /// matrix H of Caffe's InfogainLoss layer (weight proportional to count^-alpha).
     ClassWeights(ClassWeightsArgs),
+    /// A caffemodel for one-channel (gray) input: a convolution's filters summed over their input
+    /// channels, so that it reads one gray channel as it read three equal ones (see `pipeline --gray`).
+    GrayWeights(GrayWeightsArgs),
     /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
     DownloadModel(DownloadModelArgs),
     /// The whole recipe: assemble Flickr Style (or import class folders or a manifest),
@@ -95,6 +98,17 @@ struct ClassWeightsArgs {
     /// Class names, one per line in label order (labels.txt), for the printed table.
     #[arg(long)]
     names: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GrayWeightsArgs {
+    /// The .caffemodel to convert (e.g. bvlc_reference_caffenet.caffemodel).
+    weights: PathBuf,
+    /// The .caffemodel to write.
+    out: PathBuf,
+    /// The layer whose filters to sum: the convolution that reads the data.
+    #[arg(long, default_value = "conv1")]
+    layer: String,
 }
 
 #[derive(Args)]
@@ -459,6 +473,12 @@ struct PipelineArgs {
     /// With --pad-square: never enlarge small images, only pad them.
     #[arg(long, requires = "pad_square")]
     no_upscale: bool,
+    /// Read the images as one gray channel (plankton cameras are gray) and train a one-channel
+    /// CaffeNet: conv1's filters are summed over their input channels (the same numbers as three
+    /// equal channels, with a third of conv1's work and of the LMDBs), and learn with lr_mult x3
+    /// and decay_mult /3, so training matches the three-channel net. Outputs are tagged _gray.
+    #[arg(long)]
+    gray: bool,
     /// Turn each training image by a random multiple of 90° (see `finetune --help`).
     #[arg(long)]
     rotate90: bool,
@@ -856,6 +876,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
         Command::ClassWeights(a) => cmd_class_weights(a),
+        Command::GrayWeights(a) => {
+            let mut w = flickr_style::caffe::model::read_caffemodel(&a.weights)?;
+            let (before, after) = flickr_style::train::gray::gray_weights(
+                &mut w,
+                &a.layer,
+                &a.weights.display().to_string(),
+            )?;
+            flickr_style::caffe::write_binary(&a.out, &w)?;
+            eprintln!(
+                "{}: {before} -> {after}; wrote {}. In the net, read one channel (is_color: false, or \
+                 to-lmdb --gray) and give {}'s weights lr_mult x3 and decay_mult /3 to train as the \
+                 three-channel net would",
+                a.layer,
+                a.out.display(),
+                a.layer
+            );
+            Ok(())
+        }
         Command::Fuse(a) => {
             use flickr_style::train::fusion::{fuse, FuseOptions};
             let f = fuse(&FuseOptions {
@@ -1439,6 +1477,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         weights: a.weights,
         weights_url: a.weights_url,
         lmdb: a.lmdb,
+        gray: a.gray,
         rotate90: a.rotate90,
         augment: a.augment,
         tta: a.tta,

@@ -106,7 +106,8 @@ pub fn shape_equals(proto: &BlobProto, target: &[usize]) -> bool {
 
 /// Formats dims like Caffe's `shape_string` ("64 3 11 11 (23232)").
 pub fn shape_string(dims: &[i64]) -> String {
-    let count: i64 = dims.iter().product();
+    // Saturating: a damaged file's dimensions must not overflow.
+    let count = dims.iter().fold(1i64, |n, &d| n.saturating_mul(d));
     let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
     format!("{} ({count})", parts.join(" "))
 }

@@ -7,7 +7,8 @@
 //! - `cudnn` (with the `cudnn` feature): cuDNN convolutions for GPU nets.
 //! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer;
-//!   [`augment`]: random affine warps of training images (beyond Caffe).
+//!   [`augment`]: random affine warps of training images (beyond Caffe); [`gray`]: one-channel
+//!   nets for gray data with the first filters summed (beyond Caffe).
 //! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
 //! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data;
 //!   [`tta`]: the flipped, turned and warped views it can average over; [`classify`]: predictions
@@ -27,6 +28,7 @@ pub mod filler;
 pub mod fused;
 pub mod fusion;
 pub mod gemm;
+pub mod gray;
 pub mod kernels;
 pub mod layers;
 pub mod log;
