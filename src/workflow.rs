@@ -94,6 +94,10 @@ pub struct WorkflowOptions {
     pub gray: bool,
     /// Turn training images by random multiples of 90° (beyond Caffe).
     pub rotate90: bool,
+    /// Cyclic pooling (beyond Caffe; see [`crate::train::cyclic`]): the
+    /// convolutions see each image in its four quarter turns and the
+    /// classifier their mean, so the net is invariant to quarter turns.
+    pub cyclic: bool,
     /// Warp training images by random affine maps (beyond Caffe).
     pub augment: Option<Augment>,
     /// Test-time augmentation of the final evaluation.
@@ -139,17 +143,19 @@ impl WorkflowOptions {
     }
 
     /// The suffix of the outputs that depend on how the net was trained
-    /// (snapshots, evaluation): the data's, `_rot90` when turning,
+    /// (snapshots, evaluation): the data's, `_rot90` when turning, `_cyclic`
+    /// with cyclic pooling,
     /// `_aug...` when warping and `_cw<alpha>` with class weights.
     fn run_tag(&self) -> String {
         let turn = if self.rotate90 { "_rot90" } else { "" };
+        let cyclic = if self.cyclic { "_cyclic" } else { "" };
         let warp = self
             .augment
             .map_or(String::new(), |a| format!("_aug_{}", a.tag()));
         let weighted = self
             .class_weights
             .map_or(String::new(), |a| format!("_cw{a}"));
-        format!("{}{turn}{warp}{weighted}", self.data_tag())
+        format!("{}{turn}{cyclic}{warp}{weighted}", self.data_tag())
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -603,6 +609,13 @@ fn write_recipe(
         let conv = gray::gray_net(&mut net, &recipe_net.display().to_string())?;
         say(format!(
             "      one gray channel: {conv} reads it with its filters summed (lr_mult x3, decay_mult /3)"
+        ));
+    }
+    if opts.cyclic {
+        let (input, features) =
+            crate::train::cyclic::cyclic_net(&mut net, &recipe_net.display().to_string())?;
+        say(format!(
+            "      cyclic pooling: the layers from '{input}' to '{features}' see each image in four quarter turns (four times their work)"
         ));
     }
     let net_path = data.join("train_val.prototxt");

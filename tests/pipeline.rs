@@ -444,6 +444,29 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     ] {
         assert!(data.join(f).exists(), "{f}");
     }
+
+    // Cyclic pooling: the slice before conv1, the pool before fc6, trained
+    // from CaffeNet's weights as they are, under its own tag.
+    let (ok, err) = run(&["--cyclic"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("cyclic pooling: the layers from 'data' to 'pool5'"),
+        "{err}"
+    );
+    let net = read_net_prototxt(&data.join("train_val.prototxt")).unwrap();
+    let conv1 = net.layer.iter().find(|l| l.name() == "conv1").unwrap();
+    assert_eq!(conv1.bottom, ["data_turns"]);
+    let deploy = std::fs::read_to_string(data.join("deploy.prototxt")).unwrap();
+    assert!(
+        deploy.contains("Caffe and OpenCV cannot run this net"),
+        "{deploy}"
+    );
+    for f in [
+        "snapshots/finetune_cyclic_iter_4.caffemodel",
+        "evaluation_cyclic/report.md",
+    ] {
+        assert!(data.join(f).exists(), "{f}");
+    }
 }
 
 #[test]

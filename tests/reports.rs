@@ -728,6 +728,50 @@ fn affine_test_time_views_warp_the_mean_subtracted_blob_and_average() {
 }
 
 #[test]
+fn a_net_with_cyclic_pooling_scores_every_quarter_turn_alike() {
+    // The tiny net with CyclicSlice before conv1 and CyclicPool before its
+    // first InnerProduct, with the iteration-30 weights (unchanged shapes):
+    // averaging over the four turns changes nothing, while the plain net's
+    // turns differ.
+    let t = tempfile::tempdir().unwrap();
+    edited_net(t.path(), |s| s);
+    let plain = t.path().join("net.prototxt");
+    let mut def = flickr_style::caffe::model::read_net_prototxt(&plain).unwrap();
+    flickr_style::train::cyclic::cyclic_net(&mut def, "tiny").unwrap();
+    let cyclic = t.path().join("cyclic.prototxt");
+    std::fs::write(&cyclic, flickr_style::caffe::prototxt::to_string(&def)).unwrap();
+    let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
+    let probabilities = |net: &Path, tta: Tta| -> Vec<f32> {
+        evaluate(&EvalOptions {
+            tta,
+            ..options(net, &[w30.as_path()], None)
+        })
+        .unwrap()
+        .predictions
+        .unwrap()
+        .iter()
+        .map(|p| p.value_label)
+        .collect()
+    };
+    let (c0, c4) = (
+        probabilities(&cyclic, Tta::None),
+        probabilities(&cyclic, Tta::Rot90),
+    );
+    assert_eq!(c0.len(), 24);
+    for (i, (a, b)) in c0.iter().zip(&c4).enumerate() {
+        assert!((a - b).abs() < 1e-5, "image {i}: {a} vs {b}");
+    }
+    let (p0, p4) = (
+        probabilities(&plain, Tta::None),
+        probabilities(&plain, Tta::Rot90),
+    );
+    assert!(p0.iter().zip(&p4).any(|(a, b)| (a - b).abs() > 1e-3));
+    // Pooling the features inside the net is not the plain net's scores:
+    // the layers really are in the path.
+    assert!(p0.iter().zip(&c0).any(|(a, b)| (a - b).abs() > 1e-3));
+}
+
+#[test]
 fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
     use flickr_style::train::classify::{classify, ClassifyOptions};
     // The tiny net's TEST data is convert_imageset's 64x64 LMDB of the

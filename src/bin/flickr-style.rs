@@ -482,6 +482,12 @@ struct PipelineArgs {
     /// Turn each training image by a random multiple of 90° (see `finetune --help`).
     #[arg(long)]
     rotate90: bool,
+    /// Cyclic pooling (beyond Caffe; the Kaggle plankton winners' nets): a CyclicSlice layer feeds
+    /// the convolutions each image in its four quarter turns and a CyclicPool layer averages them
+    /// before fc6, so the net is invariant to quarter turns; four times the convolutions' work
+    /// (consider a smaller --batch-size). Caffe cannot read such a net. Outputs are tagged _cyclic.
+    #[arg(long)]
+    cyclic: bool,
     /// Warp each training image by a random affine map (see `finetune --help`); outputs are
     /// tagged _aug<SPEC>.
     #[arg(long, value_name = "SPEC")]
@@ -1479,6 +1485,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         lmdb: a.lmdb,
         gray: a.gray,
         rotate90: a.rotate90,
+        cyclic: a.cyclic,
         augment: a.augment,
         tta: a.tta,
         class_weights: a.class_weights,

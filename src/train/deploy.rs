@@ -154,5 +154,17 @@ pub fn deploy_net(
         (None, true) => {}
     }
     comment += &format!(" times {}; BGR channel order, 0-255.\n", tp.scale());
+    let ours: Vec<&str> = out
+        .layer
+        .iter()
+        .filter(|l| matches!(l.r#type(), "CyclicSlice" | "CyclicPool"))
+        .map(|l| l.name())
+        .collect();
+    if !ours.is_empty() {
+        comment += &format!(
+            "# Layers {} are flickr-style's own (cyclic pooling): Caffe and OpenCV cannot run this net; flickr-style classify can.\n",
+            ours.join(", ")
+        );
+    }
     Ok((out, comment))
 }

@@ -8,7 +8,8 @@
 //! - [`precision`]: fp32 or bf16 mixed-precision matrix products.
 //! - [`filler`], [`transform`]: parameter initialisation and Caffe's data transformer;
 //!   [`augment`]: random affine warps of training images (beyond Caffe); [`gray`]: one-channel
-//!   nets for gray data with the first filters summed (beyond Caffe).
+//!   nets for gray data with the first filters summed, [`cyclic`]: cyclic pooling over quarter
+//!   turns (both beyond Caffe).
 //! - [`memory`]: whether a CPU net fits the machine; fallible scratch buffers.
 //! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data;
 //!   [`tta`]: the flipped, turned and warped views it can average over; [`classify`]: predictions
@@ -22,6 +23,7 @@ pub mod compute;
 pub mod confusion;
 #[cfg(feature = "cudnn")]
 pub mod cudnn;
+pub mod cyclic;
 pub mod deploy;
 pub mod evaluate;
 pub mod filler;

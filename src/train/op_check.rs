@@ -131,6 +131,18 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "CyclicSlice (four quarter turns)",
+        r#"name: "s" type: "CyclicSlice""#,
+        [2, 3, 5, 5],
+        false,
+    ),
+    (
+        "CyclicPool",
+        r#"name: "p" type: "CyclicPool""#,
+        [8, 3, 2, 2],
+        false,
+    ),
+    (
         "InnerProduct",
         r#"name: "f" type: "InnerProduct" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
         [3, 2, 3, 3],

@@ -4,6 +4,7 @@
 //! for a bottom that does not need one).
 
 mod conv;
+mod cyclic;
 mod data;
 mod infogain;
 mod inner_product;
@@ -262,12 +263,14 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
+        "CyclicSlice" => Box::new(cyclic::CyclicSlice::new(name)),
+        "CyclicPool" => Box::new(cyclic::CyclicPool::new(name)),
         "" => return Err(Error::model(format!("layer '{name}'"), "has no type")),
         other => {
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
