@@ -557,9 +557,11 @@ fn manifests_give_classes_and_may_give_the_split() {
         .expect("image 5");
     assert!(row5.ends_with(",copepod,0,train,15,7,5,105,2"), "{row5}");
 
-    // Without a set column the classes are split here, as folders are.
+    // Without a set column the classes are split here, as folders are; an
+    // EcoTaxa-style row of column types after the header is skipped.
     let tsv = d.join("m.tsv");
-    std::fs::write(&tsv, rows.replace(',', "\t")).unwrap();
+    let typed = rows.replacen('\n', "\n[f]\t[t]\t[t]\t[t]\t[f]\t[f]\n", 1);
+    std::fs::write(&tsv, typed.replace(',', "\t")).unwrap();
     let s = import_manifest(&manifest_options(&tsv, &d.join("split"), None)).unwrap();
     let counts: Vec<(usize, usize)> = s.classes.iter().map(|c| (c.train, c.test)).collect();
     assert_eq!(counts, [(4, 2), (4, 2)]);

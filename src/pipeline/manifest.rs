@@ -1,5 +1,6 @@
 //! CSV/TSV manifests (one row per image: its path, its class and, as
-//! ZooScanNet ships, maybe its set) into Caffe image lists through
+//! ZooScanNet ships, maybe its set; EcoTaxa's TSVs with their row of column
+//! types too) into Caffe image lists through
 //! [`split`](super::split). Labels follow the sorted class names (numerically
 //! when every name is a number); a set column, where given, decides the
 //! lists instead of the seeded split.
@@ -92,9 +93,14 @@ pub fn import_manifest(o: &ManifestImportOptions) -> Result<ImportSummary> {
     // (path, class, set) per row, and the line each path was first seen on.
     let mut rows = Vec::new();
     let mut first_line: HashMap<PathBuf, u64> = HashMap::new();
-    for record in reader.records() {
+    for (row, record) in reader.records().enumerate() {
         let record = record.map_err(|e| Error::invalid(m.display(), e.to_string()))?;
         let line = record.position().map_or(0, |p| p.line());
+        // EcoTaxa's TSV format types its columns in the row after the
+        // header: [t] for text, [f] for numbers. That row is no image.
+        if row == 0 && record.iter().all(|f| f == "[t]" || f == "[f]") {
+            continue;
+        }
         let bad = |message: String| Error::Line {
             path: m.clone(),
             line: line as usize,
