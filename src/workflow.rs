@@ -332,11 +332,21 @@ pub fn run(
         report_dir.join("probabilities.csv"),
     );
     if samples.exists() && probabilities.exists() {
+        // Columns a manifest carried (beyond path, class, label, list, width, height).
+        let carried = std::fs::read_to_string(&samples)
+            .ok()
+            .and_then(|t| t.lines().next().map(|h| h.split(',').skip(6).count()))
+            .unwrap_or(0);
         say(format!(
             "      what the images' original sizes add: flickr-style fuse {} --samples {}",
             probabilities.display(),
-            samples.display()
+            samples.display(),
         ));
+        if carried > 0 {
+            say(format!(
+                "      (add --feature COLUMN for any of the {carried} columns the manifest carried into samples.csv)"
+            ));
+        }
     }
     Ok(final_model)
 }
