@@ -1,0 +1,809 @@
+//! The command line's flags: one clap struct per subcommand, each flag
+//! documented for `--help`.
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use flickr_style::caffe::mean_file::NpyDtype;
+use flickr_style::pipeline::ilsvrc_aux;
+use flickr_style::pipeline::manifest::ManifestImportOptions;
+use flickr_style::pipeline::pad::{Pad, PadFill};
+use flickr_style::pipeline::split::SplitOptions;
+use flickr_style::train::augment::Augment;
+use flickr_style::train::compute::Compute;
+use flickr_style::train::tta::Tta;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "flickr-style",
+    version,
+    about = "Caffe's fine-tune-CaffeNet-on-Flickr-Style workflow, fast and reliable"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Convert an image list to an LMDB of Caffe Datums (convert_imageset).
+    ToLmdb(ToLmdbArgs),
+    /// Compute the per-pixel mean of an LMDB or image list as mean.binaryproto (compute_image_mean).
+    ComputeMean(ComputeMeanArgs),
+    /// Convert a mean between NumPy .npy and Caffe .binaryproto (direction from the extensions).
+    ConvertMean(ConvertMeanArgs),
+    /// Select the Flickr Style subset like assemble_data.py and download it in parallel.
+    Assemble(AssembleArgs),
+    /// A folder-per-class dataset (ROOT/<class>/<image>, e.g. zooplankton) into train.txt, test.txt
+    /// and labels.txt: labels from the sorted folder names, a seeded split stratified by class.
+    ImportFolders(ImportFoldersArgs),
+    /// A CSV/TSV manifest (one row per image: path, class, optional set) into train.txt, test.txt,
+    /// val.txt and labels.txt, split like import-folders unless a set column decides.
+    ImportManifest(ImportManifestArgs),
+    /// Class weights for a class-weighted loss: a training list's label counts as the diagonal
+    /// matrix H of Caffe's InfogainLoss layer (weight proportional to count^-alpha).
+    ClassWeights(ClassWeightsArgs),
+    /// A caffemodel for one-channel (gray) input: a convolution's filters summed over their input
+    /// channels, so that it reads one gray channel as it read three equal ones (see `pipeline --gray`).
+    GrayWeights(GrayWeightsArgs),
+    /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
+    DownloadModel(DownloadModelArgs),
+    /// The whole recipe: assemble Flickr Style (or import class folders or a manifest),
+    /// compute-mean, (to-lmdb), fetch CaffeNet, finetune, evaluate; also writes a deploy net.
+    Pipeline(Box<PipelineArgs>),
+    /// Train or fine-tune a net from a Caffe solver prototxt (caffe train).
+    Finetune(FinetuneArgs),
+    /// Score a net's TEST phase with trained weights (caffe test).
+    Test(TestArgs),
+    /// Per-class report of trained weights over the TEST data: confusion matrix, precision,
+    /// recall, F1, top-k and mean per-class accuracy.
+    Evaluate(EvaluateArgs),
+    /// Predict the classes of new, unlabelled images with trained weights (classify.py): the
+    /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
+    /// with --mean; writes a CSV of the top classes.
+    Classify(ClassifyArgs),
+    /// Late fusion: whether each image's original size (and measurements a manifest carries)
+    /// add to the net's probabilities, by a cross-validated logistic regression on an evaluated
+    /// set (evaluate --out's probabilities.csv with the dataset's samples.csv).
+    Fuse(FuseArgs),
+    /// Write the deploy net of a trained net (its TEST layers with an Input layer in place of the
+    /// data layer, no label layers, a Softmax `prob`), which Caffe, pycaffe and OpenCV's dnn
+    /// module load with the .caffemodel.
+    Deploy(DeployArgs),
+    /// Time forward and backward passes, layer by layer (caffe time).
+    Time(TimeArgs),
+    /// Plot a `finetune --metrics` file as SVG: training and test losses, test scores, learning rate.
+    Plot(PlotArgs),
+    /// Check every layer's GPU code path against the CPU kernels (on --gpu N, or on the CPU).
+    CheckOps(CheckOpsArgs),
+    /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
+    GetIlsvrcAux(GetIlsvrcAuxArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ClassWeightsArgs {
+    /// Training list (`path label` per line, e.g. train.txt from import-folders).
+    pub(crate) list: PathBuf,
+    /// The .binaryproto to write; an InfogainLoss layer reads it from
+    /// `infogain_loss_param { source: ... }`.
+    pub(crate) out: PathBuf,
+    /// Number of classes (the classifier's num_output).
+    #[arg(long)]
+    pub(crate) classes: usize,
+    /// Exponent: each class weighs count^-alpha, scaled so the mean weight per image is 1
+    /// (1: inverse frequency, 0.5: its square root, 0: no weighting).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) alpha: f64,
+    /// Class names, one per line in label order (labels.txt), for the printed table.
+    #[arg(long)]
+    pub(crate) names: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct GrayWeightsArgs {
+    /// The .caffemodel to convert (e.g. bvlc_reference_caffenet.caffemodel).
+    pub(crate) weights: PathBuf,
+    /// The .caffemodel to write.
+    pub(crate) out: PathBuf,
+    /// The layer whose filters to sum: the convolution that reads the data.
+    #[arg(long, default_value = "conv1")]
+    pub(crate) layer: String,
+}
+
+#[derive(Args)]
+pub(crate) struct FuseArgs {
+    /// probabilities.csv from `evaluate --out` (or the pipeline's evaluation folder) over images
+    /// the net did not train on, e.g. the test list.
+    pub(crate) probabilities: PathBuf,
+    /// samples.csv from import-folders or import-manifest (the images' original sizes and the
+    /// manifest's other columns).
+    #[arg(long)]
+    pub(crate) samples: PathBuf,
+    /// A numeric column of samples.csv to use as a feature too (repeatable), e.g. a manifest's
+    /// area or major axis.
+    #[arg(long = "feature", value_name = "COLUMN")]
+    pub(crate) features: Vec<String>,
+    /// Leave out ln(width) and ln(height): use only the --feature columns.
+    #[arg(long)]
+    pub(crate) no_size: bool,
+    /// Cross-validation folds, stratified by class.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) folds: usize,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// L2 penalty on the feature weights and class biases (keeps a small set from overfitting).
+    #[arg(long, default_value_t = 1e-3)]
+    pub(crate) l2: f64,
+    /// Also write fusion.md, fusion.json (scores and the model fitted on all images) and fused.csv
+    /// (out-of-fold fused probabilities) into this folder.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct ImportFoldersArgs {
+    /// Dataset folder: one sub-folder of images per class (nested folders inside a class count too).
+    pub(crate) root: PathBuf,
+    /// Folder for train.txt, test.txt (absolute image paths) and labels.txt (class names in label order).
+    pub(crate) out: PathBuf,
+    /// Seed of the split and of any re-sampling (the same seed gives the same lists).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    #[command(flatten)]
+    pub(crate) split: SplitArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ImportManifestArgs {
+    /// The manifest: CSV with a header row (tab-separated when it ends in .tsv or .tab).
+    pub(crate) manifest: PathBuf,
+    /// Folder for the lists (absolute image paths) and labels.txt (class names in label order).
+    pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) columns: ManifestColumns,
+    /// Seed of the split and of any re-sampling (the same seed gives the same lists).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    #[command(flatten)]
+    pub(crate) split: SplitArgs,
+}
+
+/// Which manifest columns say what (import-manifest, pipeline --manifest).
+#[derive(Args)]
+pub(crate) struct ManifestColumns {
+    /// Column of image paths (relative ones resolve from --manifest-root).
+    #[arg(long, default_value = "path")]
+    pub(crate) path_column: String,
+    /// Column of class names (labels follow their sorted order, numeric when all are numbers).
+    #[arg(long, default_value = "label")]
+    pub(crate) label_column: String,
+    /// Column naming each row's set: train, val or test (empty: split here with --test-fraction).
+    #[arg(long)]
+    pub(crate) set_column: Option<String>,
+    /// Folder relative paths resolve from [default: the manifest's folder].
+    #[arg(long)]
+    pub(crate) manifest_root: Option<PathBuf>,
+}
+
+impl ManifestColumns {
+    pub(crate) fn options(&self, manifest: PathBuf, split: SplitOptions) -> ManifestImportOptions {
+        ManifestImportOptions {
+            manifest,
+            root: self.manifest_root.clone(),
+            path_column: self.path_column.clone(),
+            label_column: self.label_column.clone(),
+            set_column: self.set_column.clone(),
+            split,
+        }
+    }
+}
+
+/// How a folder-per-class dataset is split (import-folders, pipeline --folders).
+#[derive(Args)]
+pub(crate) struct SplitArgs {
+    /// Share of each class held out for test.txt (each class keeps at least one training image).
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) test_fraction: f64,
+    /// Skip decoding every image (faster; unreadable images then surface in training).
+    #[arg(long)]
+    pub(crate) no_check: bool,
+    /// Fail on the first unreadable image instead of skipping and listing it.
+    #[arg(long, conflicts_with = "no_check")]
+    pub(crate) strict: bool,
+    /// Oversample: repeat a class's training images until it has at least N lines in train.txt.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) min_train_per_class: usize,
+    /// Undersample: keep at most N training images per class.
+    #[arg(long)]
+    pub(crate) max_train_per_class: Option<usize>,
+    /// Tempered re-sampling of train.txt for imbalanced classes: class c gets lines in proportion
+    /// to n_c^ALPHA, the total unchanged (1: as the data is, 0: every class equal, 0.5: between);
+    /// applied before --max/--min-train-per-class.
+    #[arg(long, value_name = "ALPHA")]
+    pub(crate) balance_alpha: Option<f64>,
+}
+
+impl SplitArgs {
+    pub(crate) fn options(&self, out: PathBuf, seed: u64) -> SplitOptions {
+        SplitOptions {
+            out,
+            test_fraction: self.test_fraction,
+            seed,
+            check: !self.no_check,
+            strict: self.strict,
+            min_train_per_class: self.min_train_per_class,
+            max_train_per_class: self.max_train_per_class,
+            balance_alpha: self.balance_alpha,
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct ToLmdbArgs {
+    /// Folder prepended to every path in LIST (Caffe's ROOTFOLDER; keep a trailing slash or not, both work).
+    pub(crate) root: PathBuf,
+    /// Image list: one `relative/path label` per line.
+    pub(crate) list: PathBuf,
+    /// LMDB folder to create (must not exist unless --force).
+    pub(crate) db: PathBuf,
+    #[command(flatten)]
+    pub(crate) resize: ResizeArgs,
+    /// Store one-channel (grayscale) images instead of BGR.
+    #[arg(long)]
+    pub(crate) gray: bool,
+    /// Shuffle the list before converting (seeded by --seed; Caffe's shuffle is unseeded).
+    #[arg(long)]
+    pub(crate) shuffle: bool,
+    /// Seed for --shuffle.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Store encoded images (the original file bytes when nothing changes) instead of raw pixels.
+    #[arg(long)]
+    pub(crate) encoded: bool,
+    /// Encoding for --encoded: jpg, png or bmp (default: each file's own extension).
+    #[arg(long, default_value = "")]
+    pub(crate) encode_type: String,
+    /// Fail if datums differ in size.
+    #[arg(long)]
+    pub(crate) check_size: bool,
+    /// Fail on the first unreadable image instead of skipping it.
+    #[arg(long)]
+    pub(crate) strict: bool,
+    /// Replace DB if it exists (only once the new one is complete).
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `--resize-height/--resize-width`, shared by the commands that read images.
+#[derive(Args)]
+pub(crate) struct ResizeArgs {
+    /// Resize every image to this height first (needs --resize-width too), with OpenCV's bilinear.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) resize_height: usize,
+    /// Resize every image to this width first (needs --resize-height too).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) resize_width: usize,
+    /// Keep each image's aspect ratio: scale it to fit inside the --resize size (elongated
+    /// plankton are not squashed), then pad it to that size (without a size: to a square). FILL is
+    /// `border` (each channel's mean over the image's edge pixels: the background) or a value
+    /// 0-255. Beyond Caffe; the stored datums are plain images Caffe reads.
+    #[arg(long, value_name = "FILL")]
+    pub(crate) pad_square: Option<PadFill>,
+    /// With --pad-square: never enlarge an image smaller than the target, only pad it, so the
+    /// organism's size in pixels stays a signal.
+    #[arg(long, requires = "pad_square")]
+    pub(crate) no_upscale: bool,
+}
+
+impl ResizeArgs {
+    /// The padding, when asked for.
+    pub(crate) fn pad(&self) -> Option<Pad> {
+        self.pad_square.map(|fill| Pad {
+            fill,
+            upscale: !self.no_upscale,
+        })
+    }
+
+    /// `(height, width)` when both are given, `None` when neither is.
+    pub(crate) fn get(&self) -> Result<Option<(usize, usize)>> {
+        match (self.resize_height, self.resize_width) {
+            (0, 0) => Ok(None),
+            (h, w) if h > 0 && w > 0 => Ok(Some((h, w))),
+            _ => bail!("--resize-height and --resize-width must be given together"),
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct ComputeMeanArgs {
+    /// An LMDB folder, or an image list (then use --root and the --resize options).
+    pub(crate) input: PathBuf,
+    /// The mean.binaryproto to write.
+    pub(crate) output: PathBuf,
+    /// Root folder for an image-list INPUT.
+    #[arg(long)]
+    pub(crate) root: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) resize: ResizeArgs,
+    /// Read list images as grayscale.
+    #[arg(long)]
+    pub(crate) gray: bool,
+    /// Also write the mean as a NumPy .npy (float32, shape 1xCxHxW).
+    #[arg(long)]
+    pub(crate) npy: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct ConvertMeanArgs {
+    /// Input: .npy or .binaryproto.
+    pub(crate) input: PathBuf,
+    /// Output: .binaryproto or .npy.
+    pub(crate) output: PathBuf,
+    /// Element type of a written .npy.
+    #[arg(long, value_enum, default_value = "f4")]
+    pub(crate) dtype: NpyDtype,
+}
+
+#[derive(Args)]
+pub(crate) struct AssembleArgs {
+    /// Number of images to select (-1 = all 80,000).
+    #[arg(short = 'i', long, default_value_t = -1, allow_negative_numbers = true)]
+    pub(crate) images: i64,
+    /// NumPy seed of the selection (assemble_data.py's --seed).
+    #[arg(short = 's', long, default_value_t = 0)]
+    pub(crate) seed: u32,
+    /// Keep only labels below this (0 = all 20 styles).
+    #[arg(short = 'l', long, default_value_t = 0)]
+    pub(crate) labels: i32,
+    /// Concurrent downloads; 0 or negative (Caffe's --workers=-1) means the default of 128.
+    #[arg(
+        short = 'w',
+        long,
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
+    pub(crate) workers: i64,
+    /// The CSV: a path or http(s) URL, gzip or plain (default: OUT/flickr_style.csv.gz, downloaded from Caffe's repository if absent).
+    #[arg(long)]
+    pub(crate) csv: Option<String>,
+    /// Output folder: images/, train.txt, test.txt, manifest.jsonl.
+    #[arg(long, default_value = "data/flickr_style")]
+    pub(crate) out: PathBuf,
+    /// Fetch the same URL paths from this base URL (a mirror) instead of Flickr.
+    #[arg(long)]
+    pub(crate) mirror: Option<String>,
+    /// Also treat bodies with this SHA-1 as a placeholder (repeatable).
+    #[arg(long)]
+    pub(crate) placeholder_sha1: Vec<String>,
+    /// Seconds allowed to connect.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) connect_timeout: f64,
+    /// Longest silence in seconds while reading a body.
+    #[arg(long, default_value_t = 20.0)]
+    pub(crate) read_timeout: f64,
+    /// Longest time in seconds for one whole attempt.
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) timeout: f64,
+    /// Attempts per image for transient failures (timeouts, resets, 5xx, 429).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) attempts: u32,
+    /// First retry delay in seconds (doubled each retry, with seeded jitter).
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) backoff: f64,
+    /// Largest accepted image in bytes; bigger bodies count as missing.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub(crate) max_image_bytes: u64,
+    /// Print the selection (id,url,label,split) and download nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct DownloadModelArgs {
+    /// Model folder holding readme.md (e.g. models/bvlc_reference_caffenet).
+    pub(crate) dir: PathBuf,
+    /// Download from this URL instead of the readme's caffemodel_url (a mirror).
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct PipelineArgs {
+    /// Images to select (-1 = all 80,000).
+    #[arg(
+        short = 'i',
+        long,
+        default_value_t = 2000,
+        allow_negative_numbers = true
+    )]
+    pub(crate) images: i64,
+    /// NumPy seed of the selection (assemble_data.py's --seed); also seeds training.
+    #[arg(short = 's', long, default_value_t = 831486)]
+    pub(crate) seed: u32,
+    /// Keep only labels below this (0 = all 20 styles).
+    #[arg(short = 'l', long, default_value_t = 0)]
+    pub(crate) labels: i32,
+    /// Data folder for images, lists, mean, LMDBs, snapshots and the evaluation
+    /// [default: data/flickr_style, or data/<name of the --folders folder>].
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Train on this folder-per-class dataset (ROOT/<class>/<image>, e.g. zooplankton) instead of
+    /// Flickr Style: it is split like `import-folders` does, and the classifier gets one output per class.
+    #[arg(long, value_name = "ROOT", conflicts_with_all = ["csv", "mirror", "manifest"])]
+    pub(crate) folders: Option<PathBuf>,
+    /// Train on the images a CSV/TSV manifest lists instead (see `import-manifest --help`), with
+    /// --path-column, --label-column, --set-column and --manifest-root.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["csv", "mirror"])]
+    pub(crate) manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) columns: ManifestColumns,
+    #[command(flatten)]
+    pub(crate) split: SplitArgs,
+    /// Class names for the evaluation report, one per line in label order (e.g. Flickr Style's
+    /// style_names.txt; with --folders, labels.txt is used).
+    #[arg(long)]
+    pub(crate) names: Option<PathBuf>,
+    /// The Flickr Style CSV (path or URL); default: OUT/flickr_style.csv.gz or Caffe's repository.
+    #[arg(long)]
+    pub(crate) csv: Option<String>,
+    /// Fetch images from this mirror base URL instead of Flickr.
+    #[arg(long)]
+    pub(crate) mirror: Option<String>,
+    /// Concurrent downloads.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) workers: usize,
+    /// Folder with Caffe's finetune_flickr_style train_val.prototxt and solver.prototxt.
+    #[arg(long, default_value = "models/finetune_flickr_style")]
+    pub(crate) recipe: PathBuf,
+    /// Pretrained weights (default: download bvlc_reference_caffenet.caffemodel).
+    #[arg(long)]
+    pub(crate) weights: Option<PathBuf>,
+    /// URL of bvlc_reference_caffenet.caffemodel (a mirror).
+    #[arg(long, default_value = flickr_style::workflow::CAFFENET_URL)]
+    pub(crate) weights_url: String,
+    /// Convert the lists to LMDBs and train from those.
+    #[arg(long)]
+    pub(crate) lmdb: bool,
+    /// Fit images inside 256x256 keeping their aspect ratio and pad them with FILL (see `to-lmdb
+    /// --help`); trains from LMDBs, since Caffe's ImageData layer cannot pad.
+    #[arg(long, value_name = "FILL")]
+    pub(crate) pad_square: Option<PadFill>,
+    /// With --pad-square: never enlarge small images, only pad them.
+    #[arg(long, requires = "pad_square")]
+    pub(crate) no_upscale: bool,
+    /// Read the images as one gray channel (plankton cameras are gray) and train a one-channel
+    /// CaffeNet: conv1's filters are summed over their input channels (the same numbers as three
+    /// equal channels, with a third of conv1's work and of the LMDBs), and learn with lr_mult x3
+    /// and decay_mult /3, so training matches the three-channel net. Outputs are tagged _gray.
+    #[arg(long)]
+    pub(crate) gray: bool,
+    /// Turn each training image by a random multiple of 90° (see `finetune --help`).
+    #[arg(long)]
+    pub(crate) rotate90: bool,
+    /// Cyclic pooling (beyond Caffe; the Kaggle plankton winners' nets): a CyclicSlice layer feeds
+    /// the convolutions each image in its four quarter turns and a CyclicPool layer averages them
+    /// before fc6, so the net is invariant to quarter turns; four times the convolutions' work
+    /// (consider a smaller --batch-size). Caffe cannot read such a net. Outputs are tagged _cyclic.
+    #[arg(long)]
+    pub(crate) cyclic: bool,
+    /// Warp each training image by a random affine map (see `finetune --help`); outputs are
+    /// tagged _aug<SPEC>.
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) augment: Option<Augment>,
+    /// Test-time augmentation for the final evaluation (see `evaluate --help`); its report goes
+    /// to evaluation*_tta_<VIEWS> (e.g. _tta_dihedral, _tta_affine70).
+    #[arg(long, value_name = "VIEWS", default_value = "none")]
+    pub(crate) tta: Tta,
+    /// Train with a class-weighted loss: the recipe's SoftmaxWithLoss becomes Caffe's InfogainLoss
+    /// with each class weighing count^-ALPHA in train.txt (1: inverse frequency, 0.5: its square
+    /// root; see `class-weights`). Outputs are tagged _cw<ALPHA>.
+    #[arg(long, value_name = "ALPHA")]
+    pub(crate) class_weights: Option<f64>,
+    /// Override the nets' batch_size.
+    #[arg(long)]
+    pub(crate) batch_size: Option<u32>,
+    /// Override the solver's max_iter.
+    #[arg(long)]
+    pub(crate) max_iter: Option<usize>,
+    /// Override test_iter.
+    #[arg(long)]
+    pub(crate) test_iter: Option<i32>,
+    /// Override test_interval.
+    #[arg(long)]
+    pub(crate) test_interval: Option<i32>,
+    /// Override snapshot (iterations between snapshots).
+    #[arg(long)]
+    pub(crate) snapshot: Option<i32>,
+    /// Append training metrics (JSON lines) to this file.
+    #[arg(long)]
+    pub(crate) metrics: Option<PathBuf>,
+    /// Fine-tune on GPU N (needs a build with `--features cuda`).
+    #[arg(long)]
+    pub(crate) gpu: Option<usize>,
+    /// Let the GPU's matrix products use TF32 (see `finetune --help`).
+    #[arg(long, requires = "gpu")]
+    pub(crate) tf32: bool,
+    /// bf16 mixed precision on the GPU (see `finetune --help`).
+    #[arg(long, requires = "gpu")]
+    pub(crate) bf16: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct FinetuneArgs {
+    /// The solver prototxt (paths inside are relative to the current folder, like Caffe, or to the solver's folder).
+    #[arg(long)]
+    pub(crate) solver: PathBuf,
+    /// Pretrained .caffemodel(s) to copy weights from by layer name (comma-separated, applied in order).
+    #[arg(long, value_delimiter = ',', conflicts_with = "snapshot")]
+    pub(crate) weights: Vec<PathBuf>,
+    /// Resume from this .solverstate (exactly, when its .resume.json sidecar is beside it).
+    #[arg(long)]
+    pub(crate) snapshot: Option<PathBuf>,
+    /// Append per-iteration metrics to this file: a JSON line per iteration (phase, iter, loss,
+    /// smoothed_loss, lr, outputs, elapsed_s = seconds since the solver started) and per test phase.
+    #[arg(long)]
+    pub(crate) metrics: Option<PathBuf>,
+    /// Also write the log to this file.
+    #[arg(long)]
+    pub(crate) log: Option<PathBuf>,
+    /// Override the solver's snapshot_prefix.
+    #[arg(long)]
+    pub(crate) snapshot_prefix: Option<String>,
+    /// Override the solver's max_iter.
+    #[arg(long)]
+    pub(crate) max_iter: Option<usize>,
+    /// Turn each training image by a random multiple of 90° after Caffe's crop and mirror (with
+    /// mirroring: all eight flips and turns, exact, no interpolation), for subjects with no natural
+    /// up such as plankton. Beyond Caffe; needs square inputs (a crop_size, or square images).
+    #[arg(long)]
+    pub(crate) rotate90: bool,
+    /// Warp each training image by a random affine map after Caffe's steps (beyond Caffe):
+    /// `plankton` (the Kaggle plankton winners' ranges: any rotation, scale 1/1.6-1.6, shear ±20°,
+    /// stretch 1/1.3-1.3, shift ±10 px) or key=value pairs, e.g. `rotate=180,scale=1.2` (keys:
+    /// rotate, scale, shear, translate, stretch). Bilinear; pixels from outside read the mean.
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) augment: Option<Augment>,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+    /// Train on the CPU even if the solver says solver_mode: GPU (without
+    /// --gpu, a CUDA build follows the solver's solver_mode/device_id, like Caffe).
+    #[arg(long, conflicts_with = "gpu")]
+    pub(crate) cpu: bool,
+}
+
+/// Where a net runs (finetune, test, time).
+#[derive(Args)]
+pub(crate) struct DeviceArgs {
+    /// Run on GPU N (needs a build with `--features cuda`).
+    #[arg(long)]
+    pub(crate) gpu: Option<usize>,
+    /// Let GPU matrix products use TF32 (faster, ~1e-3 relative error; off keeps Caffe's fp32 numbers).
+    #[arg(long)]
+    pub(crate) tf32: bool,
+    /// bf16 mixed precision on the GPU: convolutions and inner products take bf16 inputs and
+    /// accumulate in fp32; weights, the other layers and the SGD update stay fp32 (like PyTorch's
+    /// autocast). For GPUs with bf16 tensor cores; products are off by a few 1e-3 relative.
+    #[arg(long)]
+    pub(crate) bf16: bool,
+    /// Use the GPU code path (device-generic tensor ops) on the CPU: slower,
+    /// for checking that path without a GPU.
+    #[arg(long, hide = true, conflicts_with = "gpu")]
+    pub(crate) tensor_ops: bool,
+    /// With --tensor-ops, use the fused ops (their CPU twins on the CPU).
+    #[arg(long, hide = true, requires = "tensor_ops")]
+    pub(crate) fused_ops: bool,
+}
+
+impl DeviceArgs {
+    /// `--gpu N` or the CPU, with `--tensor-ops`; applies `--tf32`.
+    pub(crate) fn compute(&self) -> Result<Compute> {
+        flickr_style::train::compute::set_tf32(self.tf32);
+        let mut c = match self.gpu {
+            Some(n) => Compute::gpu(n)?,
+            None => Compute::cpu(),
+        };
+        c.tensor_ops |= self.tensor_ops;
+        c.fused |= self.fused_ops;
+        Ok(c.with_bf16(self.bf16)?)
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct TestArgs {
+    /// Net prototxt (its TEST phase is used).
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Trained .caffemodel(s), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) weights: Vec<PathBuf>,
+    /// Batches to average over.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) iterations: usize,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct EvaluateArgs {
+    /// Net prototxt (its TEST phase is used, as by `test`).
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Trained .caffemodel(s), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) weights: Vec<PathBuf>,
+    /// Class names, one per line in label order (e.g. Flickr Style's style_names.txt).
+    #[arg(long)]
+    pub(crate) names: Option<PathBuf>,
+    /// Also write report.md, confusion.csv and metrics.json into this folder.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Run this many batches instead of one pass over the TEST source.
+    #[arg(long)]
+    pub(crate) iterations: Option<usize>,
+    /// Blob of class scores (default: the first bottom of the Accuracy, SoftmaxWithLoss or InfogainLoss layer).
+    #[arg(long, requires = "label")]
+    pub(crate) scores: Option<String>,
+    /// Blob of labels (with --scores).
+    #[arg(long, requires = "scores")]
+    pub(crate) label: Option<String>,
+    /// The k of the top-k accuracy.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) top_k: usize,
+    /// Also report how many images get a prediction whose probability reaches this (e.g. 0.6),
+    /// and how accurate those are; the rest would be left to a person.
+    #[arg(long)]
+    pub(crate) threshold: Option<f64>,
+    /// Test-time augmentation: average each image's class probabilities over these views of it:
+    /// none, mirror (left-right), rot90 (the four quarter turns; square inputs) or dihedral (the
+    /// eight flips and turns), exact pixel moves that suit a net trained with --rotate90 or on
+    /// subjects with no natural up; or affine:N, the image and N-1 evenly spread (quasi-random)
+    /// warps of it and of its mirror image within --augment's plankton ranges, or affine:N:RANGES
+    /// within others (RANGES as --augment takes them), for a net trained with --augment (the
+    /// Kaggle plankton winners averaged 70). Each view costs a forward pass.
+    #[arg(long, value_name = "VIEWS", default_value = "none")]
+    pub(crate) tta: Tta,
+    /// Evaluate on other data than the TEST layer's source, e.g. another cruise's images: an image
+    /// list (`path label` lines; relative paths from the list's folder) for an ImageData net, an
+    /// LMDB folder for a Data net (made like the training one).
+    #[arg(long)]
+    pub(crate) source: Option<PathBuf>,
+    /// Treat each --weights file as its own model of this net (e.g. runs with other seeds or
+    /// class weights) and average their probabilities over the same test images; without it the
+    /// files are loaded into one net in turn, as `caffe test --weights a,b` does.
+    #[arg(long)]
+    pub(crate) ensemble: bool,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ClassifyArgs {
+    /// Image files, or folders searched recursively for images.
+    #[arg(required = true)]
+    pub(crate) images: Vec<PathBuf>,
+    /// The net as trained (e.g. data/<name>/train_val.prototxt from the pipeline): its TEST data
+    /// layer's transform_param (crop, mean, scale) and resize are applied to each image.
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Trained .caffemodel(s), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) weights: Vec<PathBuf>,
+    /// The CSV to write (one row per image: its best classes and their probabilities); default:
+    /// standard output.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Class names, one per line in label order (labels.txt, or style_names.txt).
+    #[arg(long)]
+    pub(crate) names: Option<PathBuf>,
+    /// Classes to list per image.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) top_k: usize,
+    /// Add a `confident` column: whether the best class's probability reaches this.
+    #[arg(long)]
+    pub(crate) threshold: Option<f64>,
+    /// Test-time augmentation, as for `evaluate`.
+    #[arg(long, value_name = "VIEWS", default_value = "none")]
+    pub(crate) tta: Tta,
+    /// Average the probabilities of each --weights file as its own model, as for `evaluate`.
+    #[arg(long)]
+    pub(crate) ensemble: bool,
+    /// Average over ten crops of each image, as classify.py does by default: the four corners and
+    /// the centre, and their mirror images (instead of the centre crop; needs a crop_size).
+    #[arg(long, conflicts_with = "tta")]
+    pub(crate) oversample: bool,
+    // Size before the crop; default: the ImageData layer's new_height/new_width, or for a Data
+    // layer its mean image's size (else 256x256, what to-lmdb and the pipeline store).
+    #[command(flatten)]
+    pub(crate) resize: ResizeArgs,
+    /// Read the images as one gray channel.
+    #[arg(long)]
+    pub(crate) gray: bool,
+    /// For a deploy net (an Input layer, as in Caffe's model zoo): the mean image its training
+    /// subtracted, .binaryproto or .npy (e.g. the ILSVRC-2012 mean); images are resized to its
+    /// size and centre-cropped to the Input shape.
+    #[arg(long, conflicts_with = "mean_value")]
+    pub(crate) mean: Option<PathBuf>,
+    /// For a deploy net: per-channel means instead (e.g. 104,117,123); images are resized to
+    /// 256x256 unless --resize-height/--resize-width say otherwise.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) mean_value: Vec<f32>,
+    /// Blob of class scores (default: the first bottom of the Accuracy or loss layer; for a deploy
+    /// net, the output of its Softmax layer).
+    #[arg(long)]
+    pub(crate) scores: Option<String>,
+    /// Images per forward pass (default: the data layer's batch_size).
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// Fuse each image's probabilities with its original size (and measurements) by the model in
+    /// this fusion.json from `fuse --out`. Use the --tta/--ensemble of the evaluation it was fitted
+    /// on.
+    #[arg(long)]
+    pub(crate) fusion: Option<PathBuf>,
+    /// With --fusion, the samples file (a `path` column and the model's measurement columns) for a
+    /// model that uses measurements besides the size.
+    #[arg(long, requires = "fusion")]
+    pub(crate) samples: Option<PathBuf>,
+    /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
+    #[arg(long)]
+    pub(crate) strict: bool,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct DeployArgs {
+    /// The net as trained (train_val.prototxt).
+    pub(crate) model: PathBuf,
+    /// The deploy.prototxt to write.
+    pub(crate) out: PathBuf,
+    /// Images per forward pass in the Input layer's shape.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) batch: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct PlotArgs {
+    /// The JSON-lines metrics file written by `finetune --metrics` (or `pipeline --metrics`).
+    pub(crate) metrics: PathBuf,
+    /// The SVG file to write.
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct TimeArgs {
+    /// Net prototxt (its TRAIN phase is timed).
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Forward-backward passes to average.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) iterations: usize,
+    /// Replace Data/ImageData layers by inputs of the same shape (no data needed).
+    #[arg(long)]
+    pub(crate) synthetic: bool,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct CheckOpsArgs {
+    /// Check on GPU N (needs a build with `--features cuda`); without it the
+    /// GPU code path runs on the CPU.
+    #[arg(long)]
+    pub(crate) gpu: Option<usize>,
+    /// Seed for the random inputs.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct GetIlsvrcAuxArgs {
+    /// Folder to unpack into (Caffe's data/ilsvrc12).
+    #[arg(long, default_value = "data/ilsvrc12")]
+    pub(crate) dir: PathBuf,
+    /// Archive URL (a mirror or a local server).
+    #[arg(long, default_value = ilsvrc_aux::DEFAULT_URL)]
+    pub(crate) url: String,
+    /// Expected SHA-256 of the archive.
+    #[arg(long)]
+    pub(crate) sha256: Option<String>,
+}
