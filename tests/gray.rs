@@ -4,37 +4,15 @@
 //! multipliers, follow the same loss trajectory and end with the same
 //! filters (summed).
 mod common;
-use common::{edited_net, fixture, run};
+use common::{edited_net, fixture, fixture_photo_pngs, run};
 use flickr_style::caffe::model::{read_caffemodel, read_net_prototxt};
 use flickr_style::caffe::prototxt;
-use flickr_style::pipeline::decode::{read_image, ColorMode};
-use flickr_style::pipeline::resize::resize_linear;
 use std::path::Path;
 
 /// Gray 64x64 PNGs of the fixture photos and their list.
 fn gray_photos(dir: &Path) -> std::path::PathBuf {
-    let images = fixture("images");
-    let mut list = String::new();
-    for (i, line) in std::fs::read_to_string(images.join("list.txt"))
-        .unwrap()
-        .lines()
-        .enumerate()
-    {
-        let (rel, label) = line.rsplit_once(' ').unwrap();
-        let g = resize_linear(
-            &read_image(&images.join(rel), ColorMode::Gray).unwrap(),
-            64,
-            64,
-        );
-        let path = dir.join(format!("{i}.png"));
-        image::GrayImage::from_raw(64, 64, g.data)
-            .unwrap()
-            .save(&path)
-            .unwrap();
-        list += &format!("{} {label}\n", path.display());
-    }
     let list_path = dir.join("list.txt");
-    std::fs::write(&list_path, list).unwrap();
+    std::fs::write(&list_path, fixture_photo_pngs(dir, true)).unwrap();
     list_path
 }
 

@@ -2,7 +2,7 @@
 //! data, checked against the accuracy Caffe logged for the tiny-net fixture)
 //! and `plot` (training curves from a metrics file).
 mod common;
-use common::{edited_net, fixture, run, train_tiny_cli};
+use common::{edited_net, fixture, fixture_photo_pngs, run, train_tiny_cli};
 use flickr_style::train::compute::Compute;
 use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions, ScoreKind};
 use flickr_style::train::tta::Tta;
@@ -625,37 +625,18 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
 
 #[test]
 fn affine_test_time_views_warp_the_mean_subtracted_blob_and_average() {
-    use flickr_style::pipeline::decode::{read_image, ColorMode};
-    use flickr_style::pipeline::resize::resize_linear;
     // The fixture photos at 64x64 as PNGs, and a list of images that are
     // the mean colour everywhere (zero after mean subtraction).
     let t = tempfile::tempdir().unwrap();
-    let images = fixture("images");
-    let (mut photos, mut blank) = (String::new(), String::new());
+    let photos = fixture_photo_pngs(t.path(), false);
     let mean_png = t.path().join("mean.png");
     image::RgbImage::from_pixel(64, 64, image::Rgb([123, 117, 104]))
         .save(&mean_png)
         .unwrap();
-    for (i, line) in std::fs::read_to_string(images.join("list.txt"))
-        .unwrap()
+    let blank: String = photos
         .lines()
-        .enumerate()
-    {
-        let (rel, label) = line.rsplit_once(' ').unwrap();
-        let bgr = resize_linear(
-            &read_image(&images.join(rel), ColorMode::Color).unwrap(),
-            64,
-            64,
-        );
-        let rgb = image::RgbImage::from_fn(64, 64, |x, y| {
-            let p = &bgr.data[(y as usize * 64 + x as usize) * 3..][..3];
-            image::Rgb([p[2], p[1], p[0]])
-        });
-        let path = t.path().join(format!("{i}.png"));
-        rgb.save(&path).unwrap();
-        photos += &format!("{} {label}\n", path.display());
-        blank += &format!("{} {label}\n", mean_png.display());
-    }
+        .map(|l| format!("{} {}\n", mean_png.display(), l.rsplit_once(' ').unwrap().1))
+        .collect();
     let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
     let run = |list: &str, tta: &str| {
         let dir = tempfile::tempdir_in(t.path()).unwrap();

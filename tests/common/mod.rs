@@ -136,3 +136,41 @@ pub fn train_tiny_cli(prefix: &Path, metrics: &Path, max_iter: usize) -> (bool, 
         ),
     )
 }
+
+/// The fixture photos at 64x64 (decoded and resized as OpenCV does) as PNGs
+/// `dir/<i>.png`, in colour or gray; returns their `path label` list text.
+pub fn fixture_photo_pngs(dir: &Path, gray: bool) -> String {
+    use flickr_style::pipeline::decode::{read_image, ColorMode};
+    use flickr_style::pipeline::resize::resize_linear;
+    let images = fixture("images");
+    let mut list = String::new();
+    for (i, line) in std::fs::read_to_string(images.join("list.txt"))
+        .unwrap()
+        .lines()
+        .enumerate()
+    {
+        let (rel, label) = line.rsplit_once(' ').unwrap();
+        let mode = if gray {
+            ColorMode::Gray
+        } else {
+            ColorMode::Color
+        };
+        let m = resize_linear(&read_image(&images.join(rel), mode).unwrap(), 64, 64);
+        let path = dir.join(format!("{i}.png"));
+        if gray {
+            image::GrayImage::from_raw(64, 64, m.data)
+                .unwrap()
+                .save(&path)
+                .unwrap();
+        } else {
+            image::RgbImage::from_fn(64, 64, |x, y| {
+                let p = &m.data[(y as usize * 64 + x as usize) * 3..][..3];
+                image::Rgb([p[2], p[1], p[0]])
+            })
+            .save(&path)
+            .unwrap();
+        }
+        list += &format!("{} {label}\n", path.display());
+    }
+    list
+}
