@@ -76,4 +76,23 @@ mod tests {
             .to_string()
             .contains("already has cyclic layers"));
     }
+
+    #[test]
+    fn gray_then_cyclic_compose_as_the_pipeline_applies_them() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/caffe-ref/models/finetune_flickr_style/train_val.prototxt");
+        let mut net = crate::caffe::model::read_net_prototxt(&path).unwrap();
+        crate::train::gray::gray_net(&mut net, "net").unwrap();
+        cyclic_net(&mut net, "net").unwrap();
+        let conv1 = net.layer.iter().find(|l| l.name() == "conv1").unwrap();
+        assert_eq!(conv1.param[0].lr_mult(), 3.0);
+        assert_eq!(conv1.bottom, ["data_turns"]);
+        // The other way round, the gray rewrite finds the slice first and says so.
+        let mut net = crate::caffe::model::read_net_prototxt(&path).unwrap();
+        cyclic_net(&mut net, "net").unwrap();
+        let e = crate::train::gray::gray_net(&mut net, "net")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("goes first to CyclicSlice"), "{e}");
+    }
 }
