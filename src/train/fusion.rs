@@ -8,8 +8,9 @@
 //! log-probabilities and the sample's standardized features:
 //! `logits = t·ln p + B·x + b`. It starts at `t = 1, B = 0, b = 0`, which
 //! gives back the net's own probabilities, and its L2 penalty pulls `B` and
-//! `b` towards zero, so without signal it stays near the net. It is fitted
-//! and scored by stratified k-fold cross-validation over an evaluated set the
+//! `b` towards zero and `t` towards 1, so without signal it stays near the
+//! net. It is fitted and scored by stratified k-fold cross-validation over
+//! an evaluated set the
 //! net never trained on (e.g. `evaluate --out`'s `probabilities.csv` of the
 //! test list), so every figure is out of fold. To tell the features' share
 //! from plain recalibration, the same folds also fit `t` and `b` alone.
@@ -568,9 +569,12 @@ fn objective(
         loss += l;
         grad.iter_mut().zip(g).for_each(|(a, b)| *a += b);
     }
-    for j in 1..theta.len() {
-        loss += 0.5 * l2 * theta[j] * theta[j];
-        grad[j] += l2 * theta[j];
+    // The penalty pulls towards the start, the net as it is: the
+    // temperature towards 1, weights and biases towards 0.
+    for j in 0..theta.len() {
+        let d = if j == 0 { theta[0] - 1.0 } else { theta[j] };
+        loss += 0.5 * l2 * d * d;
+        grad[j] += l2 * d;
     }
     (loss, grad)
 }
@@ -855,10 +859,15 @@ impl Fusion {
                 100.0 * sc.accuracy
             );
         }
+        let gain = self.fused.log_loss - self.calibrated.log_loss;
         s += &format!(
-            "\nThe features change the log loss by {:+.4} beyond recalibration ({:+.4} from the net).\n",
-            self.fused.log_loss - self.calibrated.log_loss,
-            self.fused.log_loss - self.net.log_loss
+            "\nThe features change the log loss by {gain:+.4} beyond recalibration ({:+.4} from the net): {}\n",
+            self.fused.log_loss - self.net.log_loss,
+            if gain < 0.0 {
+                "they add to what the net sees; `classify --fusion fusion.json` uses them for new images."
+            } else {
+                "they add nothing the net does not see here (or the set is too small to tell)."
+            }
         );
         // Weight norms per standardized feature: how much each moves the classes.
         s += "\n| feature | weight norm over classes |\n|---|---|\n";
