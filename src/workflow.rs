@@ -348,6 +348,20 @@ pub fn run(
             ));
         }
     }
+    // Earlier runs of other variants reported beside this one: side by side.
+    let reports = crate::train::compare::find_reports(&data)?;
+    if reports.len() > 1 {
+        use crate::train::compare::{read_reports, sorted, to_markdown, SortBy};
+        say(format!(
+            "      the {} reports in {} side by side, best macro F1 first (flickr-style compare {}):",
+            reports.len(),
+            data.display(),
+            data.display()
+        ));
+        for line in to_markdown(&sorted(read_reports(&reports)?, SortBy::MacroF1)).lines() {
+            say(format!("      {line}"));
+        }
+    }
     Ok(final_model)
 }
 

@@ -461,6 +461,25 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         deploy.contains("Caffe and OpenCV cannot run this net"),
         "{deploy}"
     );
+    // Every variant's report, side by side at the end of the run and by `compare`.
+    assert!(err.contains("reports in data/images side by side"), "{err}");
+    let (ok, out, err) = common::run(t.path(), &["compare", "data/images", "--by", "log-loss"]);
+    assert!(ok, "{err}");
+    for tag in [
+        "evaluation |",
+        "evaluation_gray |",
+        "evaluation_cyclic |",
+        "evaluation_tta_affine3 |",
+    ] {
+        assert!(out.contains(&format!("data/images/{tag}")), "{tag}: {out}");
+    }
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("| data/images/"))
+            .count(),
+        7,
+        "{out}"
+    );
     for f in [
         "snapshots/finetune_cyclic_iter_4.caffemodel",
         "evaluation_cyclic/report.md",

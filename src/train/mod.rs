@@ -14,11 +14,12 @@
 //! - [`evaluate`], [`confusion`]: a trained net's per-class report over its TEST data;
 //!   [`tta`]: the flipped, turned and warped views it can average over; [`classify`]: predictions
 //!   for new, unlabelled images; [`fusion`]: whether sizes and measurements add to the net's
-//!   probabilities (cross-validated late fusion).
+//!   probabilities (cross-validated late fusion); [`compare`]: reports side by side.
 
 pub mod augment;
 pub mod classify;
 pub mod commands;
+pub mod compare;
 pub mod compute;
 pub mod confusion;
 #[cfg(feature = "cudnn")]

@@ -65,6 +65,9 @@ pub(crate) enum Command {
     /// add to the net's probabilities, by a cross-validated logistic regression on an evaluated
     /// set (evaluate --out's probabilities.csv with the dataset's samples.csv).
     Fuse(FuseArgs),
+    /// Several evaluate reports side by side (accuracy, mean per-class accuracy, macro F1, log
+    /// loss), best first: which variant of a recipe helped.
+    Compare(CompareArgs),
     /// Write the deploy net of a trained net (its TEST layers with an Input layer in place of the
     /// data layer, no label layers, a Softmax `prob`), which Caffe, pycaffe and OpenCV's dnn
     /// module load with the .caffemodel.
@@ -96,6 +99,17 @@ pub(crate) struct ClassWeightsArgs {
     /// Class names, one per line in label order (labels.txt), for the printed table.
     #[arg(long)]
     pub(crate) names: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct CompareArgs {
+    /// Report folders (evaluate --out, the pipeline's evaluation*), their metrics.json, or a data
+    /// folder, meaning every evaluation folder in it.
+    #[arg(required = true)]
+    pub(crate) reports: Vec<PathBuf>,
+    /// Order: macro-f1, mean-class-accuracy, accuracy (highest first) or log-loss (lowest first).
+    #[arg(long, default_value = "macro-f1")]
+    pub(crate) by: flickr_style::train::compare::SortBy,
 }
 
 #[derive(Args)]

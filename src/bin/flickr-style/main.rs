@@ -85,6 +85,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
         Command::ClassWeights(a) => cmd_class_weights(a),
+        Command::Compare(a) => {
+            use flickr_style::train::compare::{expand, read_reports, sorted, to_markdown};
+            let rows = read_reports(&expand(&a.reports)?)?;
+            print!("{}", to_markdown(&sorted(rows, a.by)));
+            Ok(())
+        }
         Command::GrayWeights(a) => {
             let mut w = flickr_style::caffe::model::read_caffemodel(&a.weights)?;
             let (before, after) = flickr_style::train::gray::gray_weights(
