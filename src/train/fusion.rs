@@ -585,7 +585,10 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// Minimizes a smooth convex function by L-BFGS (ten pairs of history)
 /// with a backtracking line search; `fixed` marks parameters held where
-/// they start.
+/// they start. Written here because the model is not a stock multinomial
+/// regression (one temperature shared by every class's own log-probability,
+/// penalized towards 1), which linfa-logistic cannot express, and this is
+/// smaller than pulling in argmin for its optimizer.
 fn minimize(f: impl Fn(&[f64]) -> (f64, Vec<f64>), mut x: Vec<f64>, fixed: &[bool]) -> Vec<f64> {
     let masked = |mut g: Vec<f64>| {
         for (v, &fix) in g.iter_mut().zip(fixed) {
