@@ -97,7 +97,7 @@ tiny "fp32" 1e-4 ""
 if [ -n "$DEVICE" ]; then tiny "bf16 mixed precision" 2e-2 "--bf16"; fi
 say ""
 
-say "## evaluate and classify on the device vs the CPU (an ensemble, test-time views)"
+say "## evaluate and classify on the device vs the CPU (an ensemble, flipped, turned and warped test-time views)"
 for dev in device cpu; do
   flags=""
   [ "$dev" = device ] && flags=$DEVICE
@@ -105,7 +105,7 @@ for dev in device cpu; do
     --weights snapshots/tiny_iter_15.caffemodel,snapshots/tiny_iter_30.caffemodel --out "$WORK/eval_$dev" $flags) \
     >"$WORK/eval_$dev.log" 2>&1 || { fail "evaluate ($dev)"; tail -3 "$WORK/eval_$dev.log" | tee -a "$REPORT"; }
   (cd "$KIT/tiny-net" && run classify --model train_val.prototxt --weights snapshots/tiny_iter_30.caffemodel \
-    --tta mirror --top-k 4 --out "$WORK/classify_$dev.csv" "$KIT/images" $flags) \
+    --tta affine:4 --top-k 4 --out "$WORK/classify_$dev.csv" "$KIT/images" $flags) \
     >"$WORK/classify_$dev.log" 2>&1 || { fail "classify ($dev)"; tail -3 "$WORK/classify_$dev.log" | tee -a "$REPORT"; }
 done
 python3 - "$WORK" <<'EOF2' | tee -a "$REPORT"
