@@ -8,7 +8,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// The figures of one report's `metrics.json` that the table shows.
+/// The figures of one report's `metrics.json` that the table shows: a
+/// subset of [`crate::train::confusion::Summary`], so that reports written
+/// before a field was added still read.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Figures {
     /// Images evaluated.
