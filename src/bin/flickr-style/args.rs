@@ -125,8 +125,8 @@ pub(crate) struct GrayWeightsArgs {
 
 #[derive(Args)]
 pub(crate) struct FuseArgs {
-    /// probabilities.csv from `evaluate --out` (or the pipeline's evaluation folder) over images
-    /// the net did not train on, e.g. the test list.
+    /// probabilities.csv from `evaluate --out` over images the net did not train on, e.g. the test
+    /// list (or the report folder holding it, such as the pipeline's evaluation folder).
     pub(crate) probabilities: PathBuf,
     /// samples.csv from import-folders or import-manifest (the images' original sizes and the
     /// manifest's other columns).
@@ -145,7 +145,8 @@ pub(crate) struct FuseArgs {
     /// Seed of the fold assignment.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
-    /// L2 penalty on the feature weights and class biases (keeps a small set from overfitting).
+    /// L2 penalty towards the net as it is: feature weights and class biases towards 0, the
+    /// temperature towards 1 (keeps a small set from overfitting).
     #[arg(long, default_value_t = 1e-3)]
     pub(crate) l2: f64,
     /// Also write fusion.md, fusion.json (scores and the model fitted on all images) and fused.csv

@@ -111,8 +111,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Fuse(a) => {
             use flickr_style::train::fusion::{fuse, FuseOptions};
+            let probabilities = if a.probabilities.is_dir() {
+                a.probabilities.join("probabilities.csv")
+            } else {
+                a.probabilities.clone()
+            };
             let f = fuse(&FuseOptions {
-                probabilities: a.probabilities.clone(),
+                probabilities,
                 samples: a.samples,
                 size: !a.no_size,
                 features: a.features,
