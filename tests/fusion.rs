@@ -225,6 +225,10 @@ fn fuse_cli_prints_the_comparison_and_writes_the_files() {
     for f in ["fusion.md", "fusion.json", "fused.csv"] {
         assert!(t.path().join("fusion").join(f).exists(), "{f}");
     }
+    // A report folder stands for its probabilities.csv.
+    let (ok, stdout, err) = run(t.path(), &["fuse", ".", "--samples", "samples.csv"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("5-fold"), "{stdout}");
     let (ok, _, err) = run(
         t.path(),
         &["fuse", "missing.csv", "--samples", "samples.csv"],
