@@ -206,15 +206,17 @@ pub fn max_pool(x: &[f32], g: &Window, y: &mut [f32], argmax: &mut [u32]) {
             let (y0, y1, _) = window_bounds(oy, g.sh, g.ph, g.kh, g.h);
             for ox in 0..g.ow {
                 let (x0, x1, _) = window_bounds(ox, g.sw, g.pw, g.kw, g.w);
-                let mut best = f32::NEG_INFINITY;
-                let mut best_i = usize::MAX;
+                // The window's first element starts the search, so the loop
+                // needs no "nothing yet" test (a window is never empty).
+                let mut best_i = y0 * g.w + x0;
+                let mut best = xc[best_i];
                 for iy in y0..y1 {
-                    for ix in x0..x1 {
-                        let i = iy * g.w + ix;
+                    let row = iy * g.w;
+                    for (ix, &v) in xc[row + x0..row + x1].iter().enumerate() {
                         // Strictly greater: the first maximum wins, like Caffe.
-                        if xc[i] > best || best_i == usize::MAX {
-                            best = xc[i];
-                            best_i = i;
+                        if v > best {
+                            best = v;
+                            best_i = row + x0 + ix;
                         }
                     }
                 }
