@@ -3,6 +3,7 @@ use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 pub struct Relu {
     slope: f32,
@@ -50,8 +51,10 @@ impl Layer for Relu {
         }
         let dx = with_f32(x, |xs| {
             with_f32(dy, |ds| {
-                xs.iter()
-                    .zip(ds)
+                // On all cores: relu1's gradient is 14.5M values at batch 50.
+                xs.par_iter()
+                    .zip(ds.par_iter())
+                    .with_min_len(1 << 14)
                     .map(|(&x, &d)| if x > 0.0 { d } else { d * slope })
                     .collect::<Vec<f32>>()
             })
