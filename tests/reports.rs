@@ -84,7 +84,9 @@ fn one_pass_over_the_tiny_net_data_matches_caffes_test_accuracy() {
     }
     for x in p {
         assert!(
-            x.value_label > 0.0 && x.value_label <= x.value_predicted && x.value_predicted < 1.0
+            x.value_label() > 0.0
+                && x.value_label() <= x.value_predicted()
+                && x.value_predicted() < 1.0
         );
     }
     // 24 images, 6 per class; Caffe's log at iteration 30: accuracy = 0.458333 (11 of 24).
@@ -538,7 +540,7 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
         e.predictions
             .unwrap()
             .iter()
-            .map(|p| p.value_label)
+            .map(|p| p.value_label())
             .collect()
     };
     let plain: Vec<Vec<f32>> = (0..views.len())
@@ -567,11 +569,11 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
         for (i, x) in p.iter().enumerate() {
             let want = picked.iter().map(|&v| plain[v][i]).sum::<f32>() / n as f32;
             assert!(
-                (x.value_label - want).abs() < 1e-5,
+                (x.value_label() - want).abs() < 1e-5,
                 "{tta} image {i}: {} vs {want}",
-                x.value_label
+                x.value_label()
             );
-            assert!(x.value_predicted >= x.value_label - 1e-7);
+            assert!(x.value_predicted() >= x.value_label() - 1e-7);
         }
         let s = e.confusion.summary(&[]);
         assert_eq!(s.images, 24);
@@ -653,7 +655,7 @@ fn affine_test_time_views_warp_the_mean_subtracted_blob_and_average() {
             .as_ref()
             .unwrap()
             .iter()
-            .map(|p| p.value_label)
+            .map(|p| p.value_label())
             .collect();
         (e, p)
     };
@@ -731,7 +733,7 @@ fn a_net_with_cyclic_pooling_scores_every_quarter_turn_alike() {
         .predictions
         .unwrap()
         .iter()
-        .map(|p| p.value_label)
+        .map(|p| p.value_label())
         .collect()
     };
     let (c0, c4) = (
@@ -786,12 +788,12 @@ fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
         assert_eq!(row.image, images.join(&p.image[9..]));
         assert_eq!(row.top[0].0, p.predicted, "{}", p.image);
         assert!(
-            (row.top[0].1 - p.value_predicted).abs() < 1e-5,
+            (row.top[0].1 - p.value_predicted()).abs() < 1e-5,
             "{}",
             p.image
         );
         let label = row.top.iter().find(|t| t.0 == p.label).unwrap();
-        assert!((label.1 - p.value_label).abs() < 1e-5, "{}", p.image);
+        assert!((label.1 - p.value_label()).abs() < 1e-5, "{}", p.image);
         let sum: f32 = row.top.iter().map(|t| t.1).sum();
         assert!((sum - 1.0).abs() < 1e-5);
     }
@@ -1248,7 +1250,7 @@ fn evaluate_on_another_source_than_the_nets_own() {
     assert_eq!(a[0].image, "img0.png");
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((x.label, x.predicted), (y.label, y.predicted));
-        assert_eq!(x.value_label, y.value_label);
+        assert_eq!(x.value_label(), y.value_label());
     }
     // A folder for a list-reading net, a file for an LMDB-reading one.
     let e = evaluate(&EvalOptions {

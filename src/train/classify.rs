@@ -345,10 +345,9 @@ fn with_input_layer(def: &NetParameter, spec: &InputSpec) -> NetParameter {
     def
 }
 
-/// Decodes and resizes (or fits and pads) one image as the net's input
-/// wants it, before the transformer.
-/// The image at `path` as the net's input wants it, and its original
-/// (width, height).
+/// Decodes and resizes (or fits and pads) the image at `path` as the net's
+/// input wants it, before the transformer; also returns its original
+/// (width, height), for late fusion.
 fn prepare(
     path: &Path,
     spec: &InputSpec,

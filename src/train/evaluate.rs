@@ -71,13 +71,21 @@ pub struct Prediction {
     pub label: usize,
     /// Predicted class.
     pub predicted: usize,
-    /// Probabilities of the true and the predicted class (softmax of logits,
-    /// or the blob's own values when it holds probabilities); else raw scores.
-    pub value_label: f32,
-    /// See `value_label`.
-    pub value_predicted: f32,
-    /// Every class's value, of the same kind.
+    /// Every class's probability (softmax of logits, or the blob's own
+    /// values when it holds probabilities); else raw scores.
     pub values: Vec<f32>,
+}
+
+impl Prediction {
+    /// The true class's value.
+    pub fn value_label(&self) -> f32 {
+        self.values[self.label]
+    }
+
+    /// The predicted class's value.
+    pub fn value_predicted(&self) -> f32 {
+        self.values[self.predicted]
+    }
 }
 
 /// The counts of one evaluation.
@@ -339,8 +347,6 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                     image: names[i].clone(),
                     label: label as usize,
                     predicted,
-                    value_label: probs[label as usize],
-                    value_predicted: probs[predicted],
                     values: probs,
                 });
             }
@@ -697,8 +703,8 @@ impl Report<'_> {
                 name(p.label),
                 name(p.predicted),
                 (p.label == p.predicted).to_string(),
-                p.value_label.to_string(),
-                p.value_predicted.to_string(),
+                p.value_label().to_string(),
+                p.value_predicted().to_string(),
             ])
             .expect("in memory");
         }
