@@ -201,8 +201,9 @@ pub fn run(
     };
     let (train_list, test_list) = (data.join("train.txt"), data.join("test.txt"));
 
-    // Padded images get their own mean, LMDBs, snapshots and evaluation, so
-    // switching --pad-square never reuses outputs made the other way.
+    // Padded or gray images get their own mean, LMDBs, snapshots and
+    // evaluation, so switching --pad-square or --gray never reuses outputs
+    // made the other way.
     let tag = opts.data_tag();
     let mean = data.join(format!("mean{tag}.binaryproto"));
     if is_newer(&mean, &train_list) {
@@ -332,10 +333,10 @@ pub fn run(
         report_dir.join("probabilities.csv"),
     );
     if samples.exists() && probabilities.exists() {
-        // Columns a manifest carried (beyond path, class, label, list, width, height).
-        let carried = std::fs::read_to_string(&samples)
-            .ok()
-            .and_then(|t| t.lines().next().map(|h| h.split(',').skip(6).count()))
+        // Columns a manifest carried (beyond path, class, label, list, width,
+        // height): the header alone says.
+        let carried = csv::Reader::from_path(&samples)
+            .and_then(|mut r| r.headers().map(|h| h.len().saturating_sub(6)))
             .unwrap_or(0);
         say(format!(
             "      what the images' original sizes add: flickr-style fuse {} --samples {}",
