@@ -128,28 +128,34 @@ impl Model {
         (width, height): (usize, usize),
         measurements: &[f64],
     ) -> Vec<f32> {
-        let clipped: Vec<f64> = probs
-            .iter()
-            .map(|&v| f64::from(v).clamp(CLIP, 1.0 - CLIP))
-            .collect();
-        let total: f64 = clipped.iter().sum();
+        let log_p = log_probabilities(probs.iter().map(|&v| f64::from(v)));
         let mut extra = measurements.iter();
-        let x: Vec<f64> = self
+        let raw: Vec<f64> = self
             .features
             .iter()
-            .enumerate()
-            .map(|(j, name)| {
-                let raw = match name.as_str() {
-                    "ln_width" => (width.max(1) as f64).ln(),
-                    "ln_height" => (height.max(1) as f64).ln(),
-                    _ => extra.next().copied().unwrap_or(0.0),
-                };
-                (raw - self.mean[j]) / self.std[j]
+            .map(|name| match name.as_str() {
+                "ln_width" => (width.max(1) as f64).ln(),
+                "ln_height" => (height.max(1) as f64).ln(),
+                _ => extra.next().copied().unwrap_or(0.0),
             })
+            .collect();
+        self.predict(&log_p, &raw)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect()
+    }
+
+    /// Fused probabilities from log-probabilities and raw (unstandardized)
+    /// features, in `features`' order.
+    fn predict(&self, log_p: &[f64], raw: &[f64]) -> Vec<f64> {
+        let x: Vec<f64> = raw
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (v - self.mean[j]) / self.std[j])
             .collect();
         let mut z: Vec<f64> = (0..self.classes())
             .map(|k| {
-                self.temperature * (clipped[k] / total).ln()
+                self.temperature * log_p[k]
                     + self.bias[k]
                     + self.weights[k]
                         .iter()
@@ -159,8 +165,16 @@ impl Model {
             })
             .collect();
         softmax_in_place(&mut z);
-        z.into_iter().map(|v| v as f32).collect()
+        z
     }
+}
+
+/// ln of probabilities clipped to [1e-15, 1 - 1e-15] and scaled to sum 1,
+/// as NDSB scored them.
+fn log_probabilities(probs: impl Iterator<Item = f64>) -> Vec<f64> {
+    let clipped: Vec<f64> = probs.map(|v| v.clamp(CLIP, 1.0 - CLIP)).collect();
+    let total: f64 = clipped.iter().sum();
+    clipped.iter().map(|v| (v / total).ln()).collect()
 }
 
 /// Each image's values of `columns` in a samples file, by its path
@@ -422,8 +436,6 @@ fn load(o: &FuseOptions) -> Result<Data> {
                 probs.len()
             )));
         }
-        let clipped: Vec<f64> = probs.iter().map(|v| v.clamp(CLIP, 1.0 - CLIP)).collect();
-        let total: f64 = clipped.iter().sum();
         let path = key_path(image);
         let (s_line, s_rec) = by_path.get(path).ok_or_else(|| {
             bad(format!(
@@ -462,8 +474,7 @@ fn load(o: &FuseOptions) -> Result<Data> {
                 })?;
             x.push(if log { value.ln() } else { value });
         }
-        data.log_p
-            .push(clipped.iter().map(|v| (v / total).ln()).collect());
+        data.log_p.push(log_probabilities(probs.into_iter()));
         data.x.push(x);
         data.labels.push(label);
         data.images.push(image.to_string());
@@ -684,8 +695,8 @@ fn standardizer(x: &[Vec<f64>], rows: &[usize], features: usize) -> (Vec<f64>, V
     (mean, std)
 }
 
-/// Fits on `train` rows; returns the parameters and the standardizer.
-fn fit(data: &Data, train: &[usize], kind: Kind, l2: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+/// Fits on `train` rows.
+fn fit(data: &Data, train: &[usize], kind: Kind, l2: f64) -> Model {
     let f = data.feature_names.len();
     let layout = Layout {
         classes: data.classes,
@@ -710,23 +721,16 @@ fn fit(data: &Data, train: &[usize], kind: Kind, l2: f64) -> (Vec<f64>, Vec<f64>
         layout.initial(),
         &fixed,
     );
-    (theta, mean, std)
-}
-
-fn predict(data: &Data, theta: &[f64], mean: &[f64], std: &[f64], i: usize) -> Vec<f64> {
-    let layout = Layout {
-        classes: data.classes,
-        features: data.feature_names.len(),
-    };
-    let x: Vec<f64> = data.x[i]
-        .iter()
-        .enumerate()
-        .map(|(j, v)| (v - mean[j]) / std[j])
-        .collect();
-    let mut z = vec![0.0; data.classes];
-    layout.logits(theta, &data.log_p[i], &x, &mut z);
-    softmax_in_place(&mut z);
-    z
+    Model {
+        features: data.feature_names.clone(),
+        mean,
+        std,
+        temperature: theta[0],
+        weights: (0..data.classes)
+            .map(|k| theta[1 + k * f..1 + (k + 1) * f].to_vec())
+            .collect(),
+        bias: theta[1 + data.classes * f..].to_vec(),
+    }
 }
 
 fn score(probs: &[Vec<f64>], labels: &[usize]) -> Score {
@@ -797,27 +801,16 @@ pub fn fuse(o: &FuseOptions) -> Result<Fusion> {
             (Kind::Calibrated, &mut calibrated),
             (Kind::Fused, &mut fused),
         ] {
-            let (theta, mean, std) = fit(&data, &train, kind, o.l2);
+            let model = fit(&data, &train, kind, o.l2);
             for i in (0..n).filter(|&i| fold[i] == k) {
-                out[i] = predict(&data, &theta, &mean, &std, i);
+                out[i] = model.predict(&data.log_p[i], &data.x[i]);
             }
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     let all: Vec<usize> = (0..n).collect();
-    let (theta, mean, std) = fit(&data, &all, Kind::Fused, o.l2);
-    let f = data.feature_names.len();
-    let model = Model {
-        features: data.feature_names.clone(),
-        mean,
-        std,
-        temperature: theta[0],
-        weights: (0..data.classes)
-            .map(|k| theta[1 + k * f..1 + (k + 1) * f].to_vec())
-            .collect(),
-        bias: theta[1 + data.classes * f..].to_vec(),
-    };
+    let model = fit(&data, &all, Kind::Fused, o.l2);
     Ok(Fusion {
         images: n,
         classes: data.classes,
@@ -933,6 +926,33 @@ impl Fusion {
 mod tests {
     use super::*;
 
+    impl Model {
+        /// The parameters in the fit's layout: temperature, weights, biases.
+        fn theta(&self) -> Vec<f64> {
+            std::iter::once(self.temperature)
+                .chain(self.weights.iter().flatten().copied())
+                .chain(self.bias.iter().copied())
+                .collect()
+        }
+    }
+
+    /// Image `i`'s probabilities from parameters in the fit's layout.
+    fn by_layout(d: &Data, theta: &[f64], mean: &[f64], std: &[f64], i: usize) -> Vec<f64> {
+        let layout = Layout {
+            classes: d.classes,
+            features: d.feature_names.len(),
+        };
+        let x: Vec<f64> = d.x[i]
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (v - mean[j]) / std[j])
+            .collect();
+        let mut z = vec![0.0; d.classes];
+        layout.logits(theta, &d.log_p[i], &x, &mut z);
+        softmax_in_place(&mut z);
+        z
+    }
+
     fn toy(n: usize, classes: usize, features: usize, seed: u64) -> Data {
         use rand::Rng;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -1001,12 +1021,12 @@ mod tests {
         let (loss0, _) = objective(&layout, &start, &d.log_p, &d.x, &d.labels, &rows, 0.0);
         assert!((loss0 - score(&net, &d.labels).log_loss).abs() < 1e-12);
         for (i, want) in net.iter().enumerate() {
-            let p = predict(&d, &start, &[0.0, 0.0], &[1.0, 1.0], i);
+            let p = by_layout(&d, &start, &[0.0, 0.0], &[1.0, 1.0], i);
             for (a, b) in p.iter().zip(want) {
                 assert!((a - b).abs() < 1e-12);
             }
         }
-        let (theta, _, _) = fit(&d, &rows, Kind::Fused, 1e-3);
+        let theta = fit(&d, &rows, Kind::Fused, 1e-3).theta();
         let (mean, std) = standardizer(&d.x, &rows, 2);
         let x: Vec<Vec<f64>> =
             d.x.iter()
@@ -1022,7 +1042,7 @@ mod tests {
         assert!(at_fit < obj(&start).0);
         assert!(g.iter().all(|v| v.abs() < 1e-5), "{g:?}");
         // Calibration leaves the feature weights at zero.
-        let (theta, _, _) = fit(&d, &rows, Kind::Calibrated, 1e-3);
+        let theta = fit(&d, &rows, Kind::Calibrated, 1e-3).theta();
         assert!(theta[1..1 + 3 * 2].iter().all(|&w| w == 0.0));
     }
 
@@ -1038,7 +1058,8 @@ mod tests {
             x[1] = (30.0 + (i * 7 % 11) as f64).ln();
         }
         let rows: Vec<usize> = (0..50).collect();
-        let (theta, mean, std) = fit(&d, &rows, Kind::Fused, 1e-3);
+        let fitted = fit(&d, &rows, Kind::Fused, 1e-3);
+        let (theta, mean, std) = (fitted.theta(), fitted.mean.clone(), fitted.std.clone());
         let model = Model {
             features: d.feature_names.clone(),
             mean: mean.clone(),
@@ -1049,11 +1070,12 @@ mod tests {
                 .collect(),
             bias: theta[10..].to_vec(),
         };
+        assert_eq!(model, fitted);
         assert_eq!(model.measurements(), ["area"]);
         for i in [0, 17, 49] {
             let probs: Vec<f32> = d.log_p[i].iter().map(|v| v.exp() as f32).collect();
             let got = model.apply(&probs, (20 + i, 30 + i * 7 % 11), &[d.x[i][2]]);
-            let want = predict(&d, &theta, &mean, &std, i);
+            let want = by_layout(&d, &theta, &mean, &std, i);
             for (a, b) in got.iter().zip(&want) {
                 assert!((f64::from(*a) - b).abs() < 1e-6, "image {i}: {a} vs {b}");
             }
