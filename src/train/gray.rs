@@ -79,11 +79,25 @@ pub fn gray_weights(
     layer: &str,
     context: &str,
 ) -> Result<(String, String)> {
+    let with_weights: Vec<String> = weights
+        .layer
+        .iter()
+        .filter(|l| !l.blobs.is_empty())
+        .map(|l| l.name().to_string())
+        .collect();
     let l = weights
         .layer
         .iter_mut()
         .find(|l| l.name() == layer)
-        .ok_or_else(|| Error::model(context, format!("has no layer '{layer}'")))?;
+        .ok_or_else(|| {
+            Error::model(
+                context,
+                format!(
+                    "has no layer '{layer}' (its layers with weights: {}; pick one with --layer)",
+                    with_weights.join(", ")
+                ),
+            )
+        })?;
     let blob = l
         .blobs
         .first_mut()
