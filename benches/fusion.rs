@@ -44,6 +44,7 @@ fn write_set(dir: &Path, n: usize, classes: usize, features: usize) -> FuseOptio
         samples: dir.join("samples.csv"),
         size: true,
         features: extra,
+        measured: false,
         folds: 5,
         seed: 1,
         l2: 1e-3,

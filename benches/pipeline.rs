@@ -4,7 +4,7 @@
 //! and the trainer's data feeds at batch 256 (crop 227, mirror, mean file):
 //! Data from that LMDB and ImageData from the JPEGs, and the LMDB fill
 //! into a reused buffer that a GPU feed does; then JPEG decoding and resizing
-//! alone on one thread.
+//! alone on one thread, and `measure` on gray decodes.
 //! Run with `scripts/bench-pipeline [N]`; prints a table.
 use flickr_style::pipeline::decode::{read_image, ColorMode};
 use flickr_style::pipeline::mat::Mat8;
@@ -104,7 +104,7 @@ fn main() {
         r#"type: "ImageData" image_data_param { source: "list.txt" root_folder: "img/" batch_size: 256 new_height: 256 new_width: 256 shuffle: true }"#,
         None,
     );
-    let (singles, decode_s, resize_s) = single_thread_times(&dir.path().join("img"));
+    let (singles, decode_s, resize_s, measure_s) = single_thread_times(&dir.path().join("img"));
     let mb = count as f64 * 3.0 * 256.0 * 256.0 / 1e6;
     println!("| stage | images | seconds | images/s |");
     println!("|---|---|---|---|");
@@ -144,6 +144,10 @@ fn main() {
             "resize alone (BGR 500x375 -> 256x256), one thread",
             resize_s,
         ),
+        (
+            "`measure` alone (gray 500x375: segment, moments, texture), one thread",
+            measure_s,
+        ),
     ] {
         println!(
             "| {what} | {singles} | {secs:.3} | {:.0} |",
@@ -154,9 +158,9 @@ fn main() {
 }
 
 /// How many images, and seconds on one thread, to decode the first (up to)
-/// 500 JPEGs of the set (files
-/// already in memory) and to resize their pixels to 256x256: best of three.
-fn single_thread_times(img: &Path) -> (usize, f64, f64) {
+/// 500 JPEGs of the set (files already in memory), to resize their pixels
+/// to 256x256 and to measure their gray decodes: best of three.
+fn single_thread_times(img: &Path) -> (usize, f64, f64, f64) {
     use flickr_style::pipeline::decode::decode;
     let mut names: Vec<PathBuf> = std::fs::read_dir(img)
         .unwrap()
@@ -188,7 +192,16 @@ fn single_thread_times(img: &Path) -> (usize, f64, f64) {
             std::hint::black_box(resize_linear(m, 256, 256));
         }
     });
-    (names.len(), decode_s, resize_s)
+    let grays: Vec<Mat8> = files
+        .iter()
+        .map(|f| decode(f, ColorMode::Gray).unwrap())
+        .collect();
+    let measure_s = best(&|| {
+        for m in &grays {
+            std::hint::black_box(flickr_style::pipeline::measure::measure(m));
+        }
+    });
+    (names.len(), decode_s, resize_s, measure_s)
 }
 
 /// Images per second a data layer delivers to a net that only consumes them

@@ -334,10 +334,13 @@ pub fn run(
     );
     if samples.exists() && probabilities.exists() {
         // Columns a manifest carried (beyond path, class, label, list, width,
-        // height): the header alone says.
-        let carried = csv::Reader::from_path(&samples)
-            .and_then(|mut r| r.headers().map(|h| h.len().saturating_sub(6)))
-            .unwrap_or(0);
+        // height) and whether `measure` ran: the header alone says.
+        use crate::pipeline::measure::is_measure;
+        let header = csv::Reader::from_path(&samples)
+            .and_then(|mut r| r.headers().cloned())
+            .unwrap_or_default();
+        let carried = header.iter().skip(6).filter(|h| !is_measure(h)).count();
+        let measured = header.iter().any(is_measure);
         say(format!(
             "      what the images' original sizes add: flickr-style fuse {} --samples {}",
             probabilities.display(),
@@ -348,6 +351,15 @@ pub fn run(
                 "      (add --feature COLUMN for any of the {carried} columns the manifest carried into samples.csv)"
             ));
         }
+        say(if measured {
+            "      (add --measured for the objects' shape and texture, which samples.csv has)"
+                .into()
+        } else {
+            format!(
+                "      and the objects' shape and texture: flickr-style measure {}, then add --measured",
+                samples.display()
+            )
+        });
     }
     // Earlier runs of other variants reported beside this one: side by side.
     let reports = crate::train::compare::find_reports(&data)?;

@@ -511,7 +511,7 @@ fn manifest_options(
 fn manifests_give_classes_and_may_give_the_split() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let mut rows = String::from("objid,path,label,set,area,width\n");
+    let mut rows = String::from("objid,path,label,set,area,width,m_area\n");
     for i in 0..12 {
         let (class, set) = match i % 4 {
             0 => ("detritus", "train"),
@@ -520,7 +520,7 @@ fn manifests_give_classes_and_may_give_the_split() {
             _ => ("detritus", "test"),
         };
         gray_png(&d.join(format!("imgs/{i}.png")), 10 + i as u32, 7, i as u8);
-        rows += &format!("{i},imgs/{i}.png,{class},{set},{},{}\n", 100 + i, i % 3);
+        rows += &format!("{i},imgs/{i}.png,{class},{set},{},{},7\n", 100 + i, i % 3);
     }
     std::fs::write(d.join("m.csv"), &rows).unwrap();
     let out = d.join("lists");
@@ -545,22 +545,22 @@ fn manifests_give_classes_and_may_give_the_split() {
         .to_markdown()
         .contains("| label | class | images | train | val | test |"));
     // The manifest's other columns travel into samples.csv beside each
-    // image (one named like a column of ours gets a prefix).
+    // image (one named like a column of ours, or of `measure`, gets a prefix).
     let samples = std::fs::read_to_string(out.join("samples.csv")).unwrap();
     let mut sample_rows = samples.lines();
     assert_eq!(
         sample_rows.next().unwrap(),
-        "path,class,label,list,width,height,objid,area,source_width"
+        "path,class,label,list,width,height,objid,area,source_width,source_m_area"
     );
     let row5 = sample_rows
         .find(|r| r.contains("imgs/5.png"))
         .expect("image 5");
-    assert!(row5.ends_with(",copepod,0,train,15,7,5,105,2"), "{row5}");
+    assert!(row5.ends_with(",copepod,0,train,15,7,5,105,2,7"), "{row5}");
 
     // Without a set column the classes are split here, as folders are; an
     // EcoTaxa-style row of column types after the header is skipped.
     let tsv = d.join("m.tsv");
-    let typed = rows.replacen('\n', "\n[f]\t[t]\t[t]\t[t]\t[f]\t[f]\n", 1);
+    let typed = rows.replacen('\n', "\n[f]\t[t]\t[t]\t[t]\t[f]\t[f]\t[f]\n", 1);
     std::fs::write(&tsv, typed.replace(',', "\t")).unwrap();
     let s = import_manifest(&manifest_options(&tsv, &d.join("split"), None)).unwrap();
     let counts: Vec<(usize, usize)> = s.classes.iter().map(|c| (c.train, c.test)).collect();

@@ -47,6 +47,7 @@ fn dataset(dir: &Path, n: usize, size_signal: bool, seed: u64) -> FuseOptions {
         samples: dir.join("samples.csv"),
         size: true,
         features: Vec::new(),
+        measured: false,
         folds: 5,
         seed: 1,
         l2: 1e-3,
@@ -132,6 +133,7 @@ fn mistakes_name_the_file_and_what_is_wrong() {
     // A column that is not there lists the ones that are.
     let e = err(&FuseOptions {
         features: vec!["area".into()],
+        measured: false,
         ..o.clone()
     });
     assert!(
@@ -235,4 +237,126 @@ fn fuse_cli_prints_the_comparison_and_writes_the_files() {
     );
     assert!(!ok);
     assert!(err.contains("missing.csv"), "{err}");
+}
+
+/// Writes 64x64 gray PNGs of 2 classes into `dir` with `samples.csv` and a
+/// `probabilities.csv` in which the net cannot tell them apart: class 0 is
+/// a round blob, class 1 one three times as long as wide, both of random
+/// size, turn (0° or 90°) and place, bright on a noisy dark field, so only
+/// the shape separates them.
+fn shapes(dir: &Path, n: usize) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut probs = String::from("image,label,round,long\n");
+    let mut samples = String::from("path,class,label,list,width,height\n");
+    for i in 0..n {
+        let label = i % 2;
+        let r = rng.random_range(5.0..9.0f64);
+        let (mut a, mut b) = if label == 0 {
+            (r, r)
+        } else {
+            (1.7 * r, r / 1.7)
+        };
+        if rng.random_bool(0.5) {
+            (a, b) = (b, a);
+        }
+        let (cx, cy) = (rng.random_range(24.0..40.0), rng.random_range(24.0..40.0));
+        let px: Vec<u8> = (0..64 * 64)
+            .map(|k| {
+                let (x, y) = ((k % 64) as f64, (k / 64) as f64);
+                if ((x - cx) / a).powi(2) + ((y - cy) / b).powi(2) < 1.0 {
+                    rng.random_range(150..230)
+                } else {
+                    rng.random_range(0..6)
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{i}.png"));
+        image::GrayImage::from_raw(64, 64, px)
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        let p: f64 = rng.random_range(0.45..0.55);
+        probs += &format!("{},{label},{p},{}\n", path.display(), 1.0 - p);
+        samples += &format!("{},{label},{label},test,64,64\n", path.display());
+    }
+    std::fs::write(dir.join("probabilities.csv"), probs).unwrap();
+    std::fs::write(dir.join("samples.csv"), samples).unwrap();
+}
+
+#[test]
+fn measured_shape_tells_round_from_long_where_the_net_cannot() {
+    let t = tempfile::tempdir().unwrap();
+    shapes(t.path(), 80);
+    let mut o = FuseOptions {
+        probabilities: t.path().join("probabilities.csv"),
+        samples: t.path().join("samples.csv"),
+        size: false,
+        features: Vec::new(),
+        measured: true,
+        folds: 4,
+        seed: 1,
+        l2: 1e-3,
+    };
+    // Before `measure`, the columns are missing and the message says what to run.
+    let e = fuse(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("\"m_area\"") && e.contains("flickr-style measure"),
+        "{e}"
+    );
+    let (ok, _, err) = run(t.path(), &["measure", "samples.csv"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("measured 80 images"), "{err}");
+    let header = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let names = flickr_style::pipeline::measure::NAMES;
+    assert_eq!(
+        header(&o.samples),
+        format!("path,class,label,list,width,height,{}", names.join(","))
+    );
+    // Measuring again replaces the columns rather than adding more.
+    let before = std::fs::read_to_string(&o.samples).unwrap();
+    let (ok, _, err) = run(t.path(), &["measure", "samples.csv"]);
+    assert!(ok && err.contains("replacing the earlier ones"), "{err}");
+    assert_eq!(std::fs::read_to_string(&o.samples).unwrap(), before);
+
+    let f = fuse(&o).unwrap();
+    assert!(f.net.accuracy < 0.65, "{:?}", f.net);
+    assert!(f.fused.accuracy > 0.95, "{:?}", f.fused);
+    assert!(
+        f.fused.log_loss < f.calibrated.log_loss - 0.4,
+        "{:?} vs {:?}",
+        f.fused,
+        f.calibrated
+    );
+    // The measurements alone do it: the size is the same for every image.
+    o.measured = false;
+    o.features = vec!["m_elongation".into()];
+    assert!(fuse(&o).unwrap().fused.accuracy > 0.95);
+}
+
+#[test]
+fn measure_names_an_unreadable_image_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    shapes(t.path(), 6);
+    std::fs::write(t.path().join("3.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    let samples = t.path().join("samples.csv");
+    let before = std::fs::read_to_string(&samples).unwrap();
+    let (ok, _, err) = run(t.path(), &["measure", "samples.csv", "--out", "m.csv"]);
+    assert!(!ok);
+    assert!(
+        err.contains("1 of its 6 images") && err.contains("3.png"),
+        "{err}"
+    );
+    assert!(!t.path().join("m.csv").exists());
+    assert_eq!(std::fs::read_to_string(&samples).unwrap(), before);
+    // A file without a path column is not a samples file.
+    std::fs::write(t.path().join("other.csv"), "image,label\na.png,0\n").unwrap();
+    let (ok, _, err) = run(t.path(), &["measure", "other.csv"]);
+    assert!(!ok && err.contains("no \"path\" column"), "{err}");
 }

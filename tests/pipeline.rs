@@ -5,7 +5,7 @@
 //! closing evaluation; and the same pipeline on a folder-per-class dataset.
 mod common;
 use common::http::{Reply, Server};
-use common::{bin, caffe_ref, fixture};
+use common::{bin, caffe_ref, fixture, run as run_in};
 use flickr_style::caffe::model::read_net_prototxt;
 use flickr_style::caffe::proto::Phase;
 use flickr_style::pipeline::flickr_csv::{read_csv, select};
@@ -258,6 +258,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         })
         .expect("a fuse hint");
     let mut args: Vec<String> = hint.split_whitespace().map(String::from).collect();
+    let (probabilities, samples) = (args[1].clone(), args[3].clone());
     args.extend(["--folds", "2", "--out", "fusion"].map(String::from));
     let out = Command::new(bin())
         .args(&args)
@@ -323,6 +324,39 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 7);
+    // The objects' shape and texture, as the run suggests: measure, fuse
+    // --measured, and classify measuring each new image itself.
+    let hint = err
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("and the objects' shape and texture: flickr-style ")
+        })
+        .and_then(|l| l.strip_suffix(", then add --measured"))
+        .expect("a measure hint");
+    let (ok, _, e) = run_in(t.path(), &hint.split_whitespace().collect::<Vec<_>>());
+    assert!(ok && e.contains("measured 24 images"), "{e}");
+    let (ok, stdout, e) = run_in(
+        t.path(),
+        &[
+            "fuse",
+            &probabilities,
+            "--samples",
+            &samples,
+            "--measured",
+            "--folds",
+            "2",
+            "--out",
+            "fusion_m",
+        ],
+    );
+    assert!(ok, "{e}");
+    assert!(stdout.contains("m_glcm_entropy"), "{stdout}");
+    let mut measured_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    measured_args.extend(["--fusion", "fusion_m/fusion.json"]);
+    let (ok, stdout, e) = run_in(t.path(), &measured_args);
+    assert!(ok, "{e}");
+    assert_eq!(stdout.lines().count(), 7);
 
     // A rerun redoes nothing: the lists are unchanged, so the mean, the
     // training and the report stay as they are.

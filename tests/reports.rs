@@ -825,8 +825,9 @@ fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
 #[test]
 fn classify_with_a_fusion_model_fuses_each_photos_probabilities_with_its_original_size() {
     use flickr_style::pipeline::decode::{read_image, ColorMode};
+    use flickr_style::pipeline::measure::measure_file;
     use flickr_style::train::classify::{classify, ClassifyOptions};
-    use flickr_style::train::fusion::{Fuser, Model};
+    use flickr_style::train::fusion::{FromImage, Fuser, Model};
     let model = fixture("tiny-net/train_val.prototxt");
     let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
     let images = fixture("images");
@@ -843,17 +844,27 @@ fn classify_with_a_fusion_model_fuses_each_photos_probabilities_with_its_origina
         ..ClassifyOptions::new(&model, &weights, &base, &compute, &files)
     })
     .unwrap();
-    // A model leaning on the width, the height and a measurement "area".
+    // A model leaning on the width, the height, a samples column "area"
+    // and two of `measure`'s measurements, which classify computes from
+    // each photo itself.
     let fusion = Model {
-        features: vec!["ln_width".into(), "ln_height".into(), "area".into()],
-        mean: vec![5.5, 5.0, 10.0],
-        std: vec![0.5, 0.4, 3.0],
+        features: [
+            "ln_width",
+            "ln_height",
+            "m_elongation",
+            "area",
+            "m_glcm_entropy",
+        ]
+        .map(String::from)
+        .to_vec(),
+        mean: vec![5.5, 5.0, 0.3, 10.0, 3.0],
+        std: vec![0.5, 0.4, 0.2, 3.0, 0.5],
         temperature: 0.8,
         weights: vec![
-            vec![1.0, -0.5, 0.2],
-            vec![-1.0, 0.3, 0.0],
-            vec![0.4, 0.4, -0.3],
-            vec![0.0, -0.2, 0.1],
+            vec![1.0, -0.5, 0.7, 0.2, -0.4],
+            vec![-1.0, 0.3, -0.3, 0.0, 0.6],
+            vec![0.4, 0.4, 0.0, -0.3, 0.2],
+            vec![0.0, -0.2, 0.5, 0.1, -0.5],
         ],
         bias: vec![0.1, -0.2, 0.0, 0.3],
     };
@@ -890,9 +901,14 @@ fn classify_with_a_fusion_model_fuses_each_photos_probabilities_with_its_origina
     let mut moved = 0;
     for (i, (row, before)) in fused.rows.iter().zip(&plain.rows).enumerate() {
         assert_eq!(row.image, before.image);
-        // The size of the photo file, not of the 64x64 input.
+        // The size of the photo file, not of the 64x64 input, and the
+        // measurements of the file decoded to one channel.
         let m = read_image(&files[i], ColorMode::Color).unwrap();
-        let want = fusion.apply(&by_class(&before.top), (m.width, m.height), &[i as f64]);
+        let image = FromImage {
+            size: (m.width, m.height),
+            measures: Some(measure_file(&files[i]).unwrap()),
+        };
+        let want = fusion.apply(&by_class(&before.top), &image, &[i as f64]);
         let got = by_class(&row.top);
         for k in 0..4 {
             assert!(

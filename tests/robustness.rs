@@ -251,6 +251,7 @@ fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
         samples: t.path().join("samples.csv"),
         size: true,
         features: vec!["area".into()],
+        measured: false,
         folds: 3,
         seed: 1,
         l2: 1e-3,
@@ -296,12 +297,16 @@ fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
     let out = t.path().join("out");
     fuse(&o).unwrap().write(&out).unwrap();
     let good = std::fs::read(out.join("fusion.json")).unwrap();
+    let size = flickr_style::train::fusion::FromImage {
+        size: (25, 31),
+        measures: None,
+    };
     let json = out.join("mutated.json");
     for _ in 0..60 {
         std::fs::write(&json, mutate(&mut rng, &good)).unwrap();
         match Fuser::load(&json, Some(&o.samples)) {
             Ok(f) => {
-                let p = f.model.apply(&[0.2, 0.3, 0.5], (25, 31), &[6.0]);
+                let p = f.model.apply(&[0.2, 0.3, 0.5], &size, &[6.0]);
                 assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
             }
             Err(e) => assert!(e.to_string().contains("mutated.json"), "{e}"),
@@ -313,9 +318,78 @@ fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
     v["model"]["bias"][0] = serde_json::json!(-1e308);
     std::fs::write(&json, v.to_string()).unwrap();
     let f = Fuser::load(&json, Some(&o.samples)).unwrap();
-    let p = f.model.apply(&[0.2, 0.3, 0.5], (25, 31), &[6.0]);
+    let p = f.model.apply(&[0.2, 0.3, 0.5], &size, &[6.0]);
     assert!(
         p.iter().all(|v| v.is_finite()) && (p.iter().sum::<f32>() - 1.0).abs() < 1e-6,
         "{p:?}"
     );
+}
+
+#[test]
+fn mutated_samples_and_images_measure_or_fail_cleanly() {
+    use flickr_style::pipeline::measure::{measure_samples, MeasureOptions};
+    // Twelve small gray PNGs and their samples.csv; the CSV mutated, then
+    // the image files.
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let mut samples = String::from("path,class,label,list,width,height\n");
+    for i in 0..12u32 {
+        let (w, h) = (9 + i, 14 - i / 2);
+        let px: Vec<u8> = (0..w * h)
+            .map(|k| ((k * 37 + i * 11) % 251) as u8)
+            .collect();
+        let p = t.path().join(format!("{i}.png"));
+        image::GrayImage::from_raw(w, h, px)
+            .unwrap()
+            .save(&p)
+            .unwrap();
+        samples += &format!("{},c,0,train,{w},{h}\n", p.display());
+    }
+    let o = MeasureOptions {
+        samples: t.path().join("samples.csv"),
+        root: Default::default(),
+        out: Some(t.path().join("measured.csv")),
+    };
+    let (mut measured, mut refused) = (0, 0);
+    for i in 0..60 {
+        let s = if i % 2 == 0 {
+            String::from_utf8_lossy(&mutate(&mut rng, samples.as_bytes())).into_owned()
+        } else {
+            swap_numbers(&mut rng, &samples)
+        };
+        std::fs::write(&o.samples, s).unwrap();
+        let _ = std::fs::remove_file(o.out.as_ref().unwrap());
+        match measure_samples(&o) {
+            Ok(_) => measured += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("samples.csv"), "{e}");
+                assert!(!o.out.as_ref().unwrap().exists());
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("measure samples: {measured} measured, {refused} refused");
+    assert!(
+        measured > 5 && refused > 5,
+        "{measured} measured, {refused} refused"
+    );
+    // Damaged images: named, nothing written.
+    std::fs::write(&o.samples, &samples).unwrap();
+    let png = t.path().join("5.png");
+    let good = std::fs::read(&png).unwrap();
+    for _ in 0..30 {
+        std::fs::write(&png, mutate(&mut rng, &good)).unwrap();
+        let _ = std::fs::remove_file(o.out.as_ref().unwrap());
+        match measure_samples(&o) {
+            Ok(m) => assert_eq!(m.images, 12),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("5.png") && e.contains("nothing was written"),
+                    "{e}"
+                );
+                assert!(!o.out.as_ref().unwrap().exists());
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub mod lmdb_store;
 pub mod manifest;
 pub mod mat;
 pub mod mean;
+pub mod measure;
 pub mod model_zoo;
 pub mod numpy_rng;
 pub mod pad;

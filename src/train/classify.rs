@@ -6,7 +6,7 @@
 //! work as in [`crate::train::evaluate`].
 use super::compute::Compute;
 use super::evaluate::{trained_nets, Agreement, Reader, ScoreKind};
-use super::fusion::Fuser;
+use super::fusion::{FromImage, Fuser};
 use super::layers::BuildContext;
 use super::net::{included, Net};
 use super::transform::Transformer;
@@ -17,6 +17,7 @@ use crate::caffe::proto::{NetParameter, NetState, Phase, TransformationParameter
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::mat::Mat8;
+use crate::pipeline::measure::{measure, measure_file};
 use crate::pipeline::pad::{fit, Pad};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -346,20 +347,31 @@ fn with_input_layer(def: &NetParameter, spec: &InputSpec) -> NetParameter {
 }
 
 /// Decodes and resizes (or fits and pads) the image at `path` as the net's
-/// input wants it, before the transformer; also returns its original
-/// (width, height), for late fusion.
+/// input wants it, before the transformer; also returns what late fusion
+/// takes from the original: its (width, height) and, when the fusion model
+/// uses them, its measurements.
 fn prepare(
     path: &Path,
     spec: &InputSpec,
     o: &ClassifyOptions,
-) -> std::result::Result<(Mat8, (usize, usize)), String> {
+) -> std::result::Result<(Mat8, FromImage), String> {
     let mode = if spec.channels == 1 {
         ColorMode::Gray
     } else {
         ColorMode::Color
     };
     let m = read_image(path, mode).map_err(|e| e.to_string())?;
-    let original = (m.width, m.height);
+    // Measured on the one-channel decode, as `measure` does: a colour net's
+    // image is decoded a second time.
+    let measures = match o.fusion.filter(|f| f.model.measures_images()) {
+        None => None,
+        Some(_) if m.channels == 1 => Some(measure(&m)),
+        Some(_) => Some(measure_file(path).map_err(|e| e.to_string())?),
+    };
+    let original = FromImage {
+        size: (m.width, m.height),
+        measures,
+    };
     let m = fit(m, o.pad, spec.size);
     let (_, h, w) = spec.transformer.out_shape(m.channels, m.height, m.width);
     if (h, w) != spec.out {
@@ -548,7 +560,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
         for (i, ((path, _), size)) in batch.into_iter().zip(sizes).enumerate() {
             let row = &probs[i * c..(i + 1) * c];
             let top = match o.fusion {
-                Some(f) => match f.apply(&path, size, row) {
+                Some(f) => match f.apply(&path, &size, row) {
                     Ok(fused) => top_k(&fused, o.top_k),
                     Err(e) => {
                         failed.push((path, e));

@@ -16,6 +16,7 @@
 //! from plain recalibration, the same folds also fit `t` and `b` alone.
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
+use crate::pipeline::measure::{self, Measures};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -36,6 +37,9 @@ pub struct FuseOptions {
     pub size: bool,
     /// Further numeric columns of `samples.csv` to use.
     pub features: Vec<String>,
+    /// Use the shape and texture columns `measure` added to `samples.csv`
+    /// (which `classify --fusion` then computes from each image).
+    pub measured: bool,
     /// Cross-validation folds (2 or more).
     pub folds: usize,
     /// Seed of the fold assignment.
@@ -70,9 +74,18 @@ pub struct Model {
     pub bias: Vec<f64>,
 }
 
-/// The features a model computes from the image itself rather than reads
-/// from a samples file.
+/// The size features, which a model computes from the image itself.
 const SIZE_FEATURES: [&str; 2] = ["ln_width", "ln_height"];
+
+/// What a fusion model computes from an image file itself rather than
+/// reads from a samples file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FromImage {
+    /// The original (width, height), before any resize.
+    pub size: (usize, usize),
+    /// The object's measurements, where the model uses them.
+    pub measures: Option<Measures>,
+}
 
 impl Model {
     /// The model in a `fusion.json` that `fuse --out` wrote, checked for
@@ -111,24 +124,28 @@ impl Model {
         self.bias.len()
     }
 
-    /// Features it reads from a samples file (those that are not the size).
+    /// Features it reads from a samples file (neither the size nor a
+    /// measurement of the image).
     pub fn measurements(&self) -> Vec<String> {
         self.features
             .iter()
-            .filter(|f| !SIZE_FEATURES.contains(&f.as_str()))
+            .filter(|f| !SIZE_FEATURES.contains(&f.as_str()) && !measure::is_measure(f))
             .cloned()
             .collect()
     }
 
-    /// Fused probabilities of one image from the net's `probs`, its original
-    /// size and its `measurements` (in [`Model::measurements`]' order).
-    pub fn apply(
-        &self,
-        probs: &[f32],
-        (width, height): (usize, usize),
-        measurements: &[f64],
-    ) -> Vec<f32> {
+    /// Whether it uses `measure`'s shape and texture measurements, which
+    /// are then computed from each image.
+    pub fn measures_images(&self) -> bool {
+        self.features.iter().any(|f| measure::is_measure(f))
+    }
+
+    /// Fused probabilities of one image from the net's `probs`, what the
+    /// image itself gives and its `measurements` from a samples file (in
+    /// [`Model::measurements`]' order).
+    pub fn apply(&self, probs: &[f32], image: &FromImage, measurements: &[f64]) -> Vec<f32> {
         let log_p = log_probabilities(probs.iter().map(|&v| f64::from(v)));
+        let (width, height) = image.size;
         let mut extra = measurements.iter();
         let raw: Vec<f64> = self
             .features
@@ -136,6 +153,10 @@ impl Model {
             .map(|name| match name.as_str() {
                 "ln_width" => (width.max(1) as f64).ln(),
                 "ln_height" => (height.max(1) as f64).ln(),
+                m if measure::is_measure(m) => {
+                    let k = measure::NAMES.iter().position(|n| *n == m);
+                    image.measures.zip(k).map_or(0.0, |(v, k)| v[k])
+                }
                 _ => extra.next().copied().unwrap_or(0.0),
             })
             .collect();
@@ -248,17 +269,22 @@ impl Fuser {
     }
 
     /// Fused probabilities of the image at `path`, or why there are none.
+    /// `image` must carry the measures when the model
+    /// [measures images](Model::measures_images).
     pub fn apply(
         &self,
         path: &Path,
-        size: (usize, usize),
+        image: &FromImage,
         probs: &[f32],
     ) -> std::result::Result<Vec<f32>, String> {
+        if self.model.measures_images() && image.measures.is_none() {
+            return Err("was not measured, but the fusion model uses its measurements".into());
+        }
         if self.model.measurements().is_empty() {
-            return Ok(self.model.apply(probs, size, &[]));
+            return Ok(self.model.apply(probs, image, &[]));
         }
         match self.measurements.get(&canonical(path)) {
-            Some(m) => Ok(self.model.apply(probs, size, m)),
+            Some(m) => Ok(self.model.apply(probs, image, m)),
             None => Err(format!(
                 "has no row in {}, so the fusion model lacks its {}",
                 self.samples
@@ -381,20 +407,31 @@ fn load(o: &FuseOptions) -> Result<Data> {
             feature_cols.push((column(col)?, true));
         }
     }
-    for f in &o.features {
-        if feature_names.contains(f) {
+    let measured: &[&str] = if o.measured { &measure::NAMES } else { &[] };
+    let measured = measured.iter().map(|n| n.to_string());
+    for f in o.features.iter().cloned().chain(measured) {
+        if measure::is_measure(&f) && !s_header.iter().any(|h| h == f) {
+            return Err(Error::invalid(
+                o.samples.display(),
+                format!(
+                    "has no measurement column {f:?}: run `flickr-style measure {}` first",
+                    o.samples.display()
+                ),
+            ));
+        }
+        if feature_names.contains(&f) {
             return Err(Error::invalid(
                 o.samples.display(),
                 format!("feature {f:?} is given twice"),
             ));
         }
-        feature_names.push(f.clone());
-        feature_cols.push((column(f)?, false));
+        feature_cols.push((column(&f)?, false));
+        feature_names.push(f);
     }
     if feature_names.is_empty() {
         return Err(Error::invalid(
             o.samples.display(),
-            "no features to fuse: keep the size or name columns with --feature",
+            "no features to fuse: keep the size, add --measured, or name columns with --feature",
         ));
     }
     let mut by_path: HashMap<&str, (usize, &csv::StringRecord)> = HashMap::new();
@@ -1074,7 +1111,14 @@ mod tests {
         assert_eq!(model.measurements(), ["area"]);
         for i in [0, 17, 49] {
             let probs: Vec<f32> = d.log_p[i].iter().map(|v| v.exp() as f32).collect();
-            let got = model.apply(&probs, (20 + i, 30 + i * 7 % 11), &[d.x[i][2]]);
+            let got = model.apply(
+                &probs,
+                &FromImage {
+                    size: (20 + i, 30 + i * 7 % 11),
+                    measures: None,
+                },
+                &[d.x[i][2]],
+            );
             let want = by_layout(&d, &theta, &mean, &std, i);
             for (a, b) in got.iter().zip(&want) {
                 assert!((f64::from(*a) - b).abs() < 1e-6, "image {i}: {a} vs {b}");

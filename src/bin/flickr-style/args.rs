@@ -65,6 +65,10 @@ pub(crate) enum Command {
     /// add to the net's probabilities, by a cross-validated logistic regression on an evaluated
     /// set (evaluate --out's probabilities.csv with the dataset's samples.csv).
     Fuse(FuseArgs),
+    /// Measure the object in every image of a samples.csv (size, fill, elongation, Hu moments,
+    /// contrast, Haralick texture) from the original files, and add the m_* columns for
+    /// `fuse --measured`.
+    Measure(MeasureArgs),
     /// Several evaluate reports side by side (accuracy, mean per-class accuracy, macro F1, log
     /// loss), best first: which variant of a recipe helped.
     Compare(CompareArgs),
@@ -124,6 +128,19 @@ pub(crate) struct GrayWeightsArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct MeasureArgs {
+    /// samples.csv from import-folders or import-manifest; rewritten in place with the
+    /// measurements (earlier ones replaced) unless --out is given.
+    pub(crate) samples: PathBuf,
+    /// Folder that relative image paths in samples.csv start from (default: the current one).
+    #[arg(long)]
+    pub(crate) root: Option<PathBuf>,
+    /// Write the measured samples here instead.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub(crate) struct FuseArgs {
     /// probabilities.csv from `evaluate --out` over images the net did not train on, e.g. the test
     /// list (or the report folder holding it, such as the pipeline's evaluation folder).
@@ -136,6 +153,10 @@ pub(crate) struct FuseArgs {
     /// area or major axis.
     #[arg(long = "feature", value_name = "COLUMN")]
     pub(crate) features: Vec<String>,
+    /// Also use the object's shape and texture: the m_* columns `flickr-style measure samples.csv`
+    /// adds (classify --fusion then measures each image itself).
+    #[arg(long)]
+    pub(crate) measured: bool,
     /// Leave out ln(width) and ln(height): use only the --feature columns.
     #[arg(long)]
     pub(crate) no_size: bool,
@@ -750,12 +771,12 @@ pub(crate) struct ClassifyArgs {
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
     /// Fuse each image's probabilities with its original size (and measurements) by the model in
-    /// this fusion.json from `fuse --out`. Use the --tta/--ensemble of the evaluation it was fitted
-    /// on.
+    /// this fusion.json from `fuse --out`; `measure`'s shape and texture are measured from each
+    /// image. Use the --tta/--ensemble of the evaluation it was fitted on.
     #[arg(long)]
     pub(crate) fusion: Option<PathBuf>,
     /// With --fusion, the samples file (a `path` column and the model's measurement columns) for a
-    /// model that uses measurements besides the size.
+    /// model that uses a manifest's measurements besides the size.
     #[arg(long, requires = "fusion")]
     pub(crate) samples: Option<PathBuf>,
     /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).

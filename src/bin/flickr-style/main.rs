@@ -109,6 +109,27 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Measure(a) => {
+            use flickr_style::pipeline::measure::{measure_samples, MeasureOptions};
+            let m = measure_samples(&MeasureOptions {
+                samples: a.samples.clone(),
+                root: a.root.unwrap_or_default(),
+                out: a.out,
+            })
+            .with_context(|| format!("measure {}", a.samples.display()))?;
+            eprintln!(
+                "measured {} images; wrote {} ({} m_* columns{}). Use them with fuse --measured",
+                m.images,
+                m.out.display(),
+                flickr_style::pipeline::measure::NAMES.len(),
+                if m.replaced {
+                    ", replacing the earlier ones"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
         Command::Fuse(a) => {
             use flickr_style::train::fusion::{fuse, FuseOptions};
             let probabilities = if a.probabilities.is_dir() {
@@ -121,6 +142,7 @@ fn run(cli: Cli) -> Result<()> {
                 samples: a.samples,
                 size: !a.no_size,
                 features: a.features,
+                measured: a.measured,
                 folds: a.folds,
                 seed: a.seed,
                 l2: a.l2,
