@@ -34,6 +34,7 @@ pub mod gemm;
 pub mod gray;
 pub mod kernels;
 pub mod layers;
+pub mod lbfgs;
 pub mod log;
 pub mod lr_policy;
 pub mod memory;
