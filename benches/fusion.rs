@@ -44,7 +44,7 @@ fn write_set(dir: &Path, n: usize, classes: usize, features: usize) -> FuseOptio
         samples: dir.join("samples.csv"),
         size: true,
         features: extra,
-        measured: false,
+        measures: None,
         folds: 5,
         seed: 1,
         l2: 1e-3,

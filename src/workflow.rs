@@ -16,6 +16,7 @@ use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
 use crate::pipeline::folders::{import_folders, FolderImportOptions};
 use crate::pipeline::manifest::{import_manifest, ManifestImportOptions};
 use crate::pipeline::mean::{compute_mean, MeanSource};
+use crate::pipeline::measure;
 use crate::pipeline::pad::{Pad, PadFill};
 use crate::pipeline::split::ImportSummary;
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
@@ -92,6 +93,9 @@ pub struct WorkflowOptions {
     /// over their input channels, the same numbers as three equal channels
     /// with a third of the work.
     pub gray: bool,
+    /// Measure each imported image's object into `measures.csv` (see
+    /// [`crate::pipeline::measure`]) for late fusion; folders and manifests only.
+    pub measure: bool,
     /// Turn training images by random multiples of 90° (beyond Caffe).
     pub rotate90: bool,
     /// Cyclic pooling (beyond Caffe; see [`crate::train::cyclic`]): the
@@ -175,6 +179,12 @@ pub fn run(
             eprintln!("{m}");
         }
     };
+    if opts.measure && matches!(opts.dataset, Dataset::FlickrStyle(_)) {
+        return Err(Error::invalid(
+            "--measure",
+            "measures the images of --folders or --manifest datasets (Flickr Style has no samples.csv)",
+        ));
+    }
     // The number of classes when the dataset sets it (folders), else the recipe's.
     let classes = match &opts.dataset {
         Dataset::FlickrStyle(a) => {
@@ -200,6 +210,24 @@ pub fn run(
         }
     };
     let (train_list, test_list) = (data.join("train.txt"), data.join("test.txt"));
+    let samples = data.join("samples.csv");
+    let measures = measure::measures_beside(&samples);
+    if opts.measure {
+        if is_newer(&measures, &samples) {
+            say("      measure: up to date".into());
+        } else {
+            let m = measure::measure_samples(&measure::MeasureOptions {
+                samples: samples.clone(),
+                root: PathBuf::new(),
+                out: Some(measures.clone()),
+            })?;
+            say(format!(
+                "      measure: {} images' size, shape and texture into {}",
+                m.images,
+                m.out.display()
+            ));
+        }
+    }
 
     // Padded or gray images get their own mean, LMDBs, snapshots and
     // evaluation, so switching --pad-square or --gray never reuses outputs
@@ -328,38 +356,36 @@ pub fn run(
         ));
         evaluate_stage(opts, &net_path, &final_model, &data, &report_dir, &say)?;
     }
-    let (samples, probabilities) = (
-        data.join("samples.csv"),
-        report_dir.join("probabilities.csv"),
-    );
+    let probabilities = report_dir.join("probabilities.csv");
     if samples.exists() && probabilities.exists() {
         // Columns a manifest carried (beyond path, class, label, list, width,
-        // height) and whether `measure` ran: the header alone says.
-        use crate::pipeline::measure::is_measure;
-        let header = csv::Reader::from_path(&samples)
-            .and_then(|mut r| r.headers().cloned())
-            .unwrap_or_default();
-        let carried = header.iter().skip(6).filter(|h| !is_measure(h)).count();
-        let measured = header.iter().any(is_measure);
+        // height): the header alone says.
+        let carried = csv::Reader::from_path(&samples)
+            .and_then(|mut r| r.headers().map(|h| h.len().saturating_sub(6)))
+            .unwrap_or(0);
+        let measured = is_newer(&measures, &samples);
         say(format!(
-            "      what the images' original sizes add: flickr-style fuse {} --samples {}",
+            "      what the images' original sizes{} add: flickr-style fuse {} --samples {}{}",
+            if measured {
+                ", shapes and textures"
+            } else {
+                ""
+            },
             probabilities.display(),
             samples.display(),
+            if measured { " --measured" } else { "" },
         ));
         if carried > 0 {
             say(format!(
                 "      (add --feature COLUMN for any of the {carried} columns the manifest carried into samples.csv)"
             ));
         }
-        say(if measured {
-            "      (add --measured for the objects' shape and texture, which samples.csv has)"
-                .into()
-        } else {
-            format!(
-                "      and the objects' shape and texture: flickr-style measure {}, then add --measured",
+        if !measured {
+            say(format!(
+                "      (their shapes and textures too: flickr-style measure {}, then add --measured; or rerun with --measure)",
                 samples.display()
-            )
-        });
+            ));
+        }
     }
     // Earlier runs of other variants reported beside this one: side by side.
     let reports = crate::train::compare::find_reports(&data)?;

@@ -47,7 +47,7 @@ fn dataset(dir: &Path, n: usize, size_signal: bool, seed: u64) -> FuseOptions {
         samples: dir.join("samples.csv"),
         size: true,
         features: Vec::new(),
-        measured: false,
+        measures: None,
         folds: 5,
         seed: 1,
         l2: 1e-3,
@@ -133,7 +133,7 @@ fn mistakes_name_the_file_and_what_is_wrong() {
     // A column that is not there lists the ones that are.
     let e = err(&FuseOptions {
         features: vec!["area".into()],
-        measured: false,
+        measures: None,
         ..o.clone()
     });
     assert!(
@@ -292,38 +292,36 @@ fn measured_shape_tells_round_from_long_where_the_net_cannot() {
         samples: t.path().join("samples.csv"),
         size: false,
         features: Vec::new(),
-        measured: true,
+        measures: Some(t.path().join("measures.csv")),
         folds: 4,
         seed: 1,
         l2: 1e-3,
     };
-    // Before `measure`, the columns are missing and the message says what to run.
+    // Before `measure`, the file is missing and the message says what to run.
     let e = fuse(&o).unwrap_err().to_string();
     assert!(
-        e.contains("\"m_area\"") && e.contains("flickr-style measure"),
+        e.contains("measures.csv") && e.contains("flickr-style measure"),
         "{e}"
     );
+    let samples_before = std::fs::read_to_string(&o.samples).unwrap();
     let (ok, _, err) = run(t.path(), &["measure", "samples.csv"]);
     assert!(ok, "{err}");
-    assert!(err.contains("measured 80 images"), "{err}");
-    let header = |p: &Path| {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    assert!(err.contains("measured 80 images into"), "{err}");
+    let measures = std::fs::read_to_string(o.measures.as_ref().unwrap()).unwrap();
     let names = flickr_style::pipeline::measure::NAMES;
     assert_eq!(
-        header(&o.samples),
-        format!("path,class,label,list,width,height,{}", names.join(","))
+        measures.lines().next().unwrap(),
+        format!("path,{}", names.join(","))
     );
-    // Measuring again replaces the columns rather than adding more.
-    let before = std::fs::read_to_string(&o.samples).unwrap();
+    assert_eq!(measures.lines().count(), 81);
+    // The samples are left as they were; measuring again gives the same file.
+    assert_eq!(std::fs::read_to_string(&o.samples).unwrap(), samples_before);
     let (ok, _, err) = run(t.path(), &["measure", "samples.csv"]);
-    assert!(ok && err.contains("replacing the earlier ones"), "{err}");
-    assert_eq!(std::fs::read_to_string(&o.samples).unwrap(), before);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(o.measures.as_ref().unwrap()).unwrap(),
+        measures
+    );
 
     let f = fuse(&o).unwrap();
     assert!(f.net.accuracy < 0.65, "{:?}", f.net);
@@ -334,10 +332,44 @@ fn measured_shape_tells_round_from_long_where_the_net_cannot() {
         f.fused,
         f.calibrated
     );
-    // The measurements alone do it: the size is the same for every image.
-    o.measured = false;
+    // The fused probabilities are the measurements' doing: the size, the
+    // same for every image, was left out. Measurements come from their own
+    // file only, and an image it lacks is named.
     o.features = vec!["m_elongation".into()];
-    assert!(fuse(&o).unwrap().fused.accuracy > 0.95);
+    let e = fuse(&o).unwrap_err().to_string();
+    assert!(
+        e.contains("m_elongation") && e.contains("--measured"),
+        "{e}"
+    );
+    o.features.clear();
+    let lines: Vec<&str> = measures.lines().collect();
+    let dropped = lines[5].split(',').next().unwrap();
+    let fewer: String = lines
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 5)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    std::fs::write(o.measures.as_ref().unwrap(), fewer).unwrap();
+    let e = fuse(&o).unwrap_err().to_string();
+    assert!(e.contains(dropped) && e.contains("measure again"), "{e}");
+    // The CLI's --measured reads measures.csv beside the samples.
+    std::fs::write(o.measures.as_ref().unwrap(), &measures).unwrap();
+    let (ok, stdout, err) = run(
+        t.path(),
+        &[
+            "fuse",
+            "probabilities.csv",
+            "--samples",
+            "samples.csv",
+            "--measured",
+            "--no-size",
+            "--folds",
+            "4",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(stdout.contains("m_glcm_entropy"), "{stdout}");
 }
 
 #[test]

@@ -111,6 +111,13 @@ fn flickr_recipe_trains_snapshots_and_resumes_exactly() {
         );
     }
 
+    // Flickr Style has no samples to measure: refused before any download.
+    let (ok, err) = pipeline(t.path(), &server, &weights, &["--measure"]);
+    assert!(
+        !ok && err.contains("--measure") && err.contains("--folders"),
+        "{err}"
+    );
+    assert!(!t.path().join("data").exists());
     let (ok, err) = pipeline(t.path(), &server, &weights, &[]);
     assert!(ok, "{err}");
     assert!(
@@ -330,12 +337,13 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         .lines()
         .find_map(|l| {
             l.trim()
-                .strip_prefix("and the objects' shape and texture: flickr-style ")
+                .strip_prefix("(their shapes and textures too: flickr-style ")
         })
-        .and_then(|l| l.strip_suffix(", then add --measured"))
+        .and_then(|l| l.strip_suffix(", then add --measured; or rerun with --measure)"))
         .expect("a measure hint");
     let (ok, _, e) = run_in(t.path(), &hint.split_whitespace().collect::<Vec<_>>());
     assert!(ok && e.contains("measured 24 images"), "{e}");
+    assert!(data.join("measures.csv").exists());
     let (ok, stdout, e) = run_in(
         t.path(),
         &[
@@ -364,11 +372,19 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         .unwrap()
         .modified()
         .unwrap();
-    let (ok, err) = run(&[]);
+    // With --measure, the measurements made above are up to date too, and
+    // the closing fuse command uses them.
+    let (ok, err) = run(&["--measure"]);
     assert!(ok, "{err}");
     assert!(err.contains("compute-mean: up to date"), "{err}");
+    assert!(err.contains("measure: up to date"), "{err}");
     assert!(err.contains("already trained"), "{err}");
     assert!(err.contains("evaluate: up to date"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("flickr-style fuse") && l.ends_with(" --measured")),
+        "{err}"
+    );
     assert_eq!(
         std::fs::metadata(data.join("mean.binaryproto"))
             .unwrap()

@@ -251,7 +251,7 @@ fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
         samples: t.path().join("samples.csv"),
         size: true,
         features: vec!["area".into()],
-        measured: false,
+        measures: None,
         folds: 3,
         seed: 1,
         l2: 1e-3,
@@ -290,6 +290,47 @@ fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
     }
     eprintln!("fusion inputs: {fused} fused, {refused} refused");
     assert!(fused > 5 && refused > 5, "{fused} fused, {refused} refused");
+
+    // `measure`'s file beside them, mutated the same ways.
+    std::fs::write(&o.probabilities, &probs).unwrap();
+    std::fs::write(&o.samples, &samples).unwrap();
+    let names = flickr_style::pipeline::measure::NAMES;
+    let mut measures = format!("path,{}\n", names.join(","));
+    for i in 0..30 {
+        let values: Vec<String> = (0..names.len())
+            .map(|k| format!("{}", (i * 7 + k * 3) % 11))
+            .collect();
+        measures += &format!("/d/{i}.png,{}\n", values.join(","));
+    }
+    let measured = FuseOptions {
+        measures: Some(t.path().join("measures.csv")),
+        ..o.clone()
+    };
+    let (mut fused, mut refused) = (0, 0);
+    for i in 0..40 {
+        let m = if i % 2 == 0 {
+            String::from_utf8_lossy(&mutate(&mut rng, measures.as_bytes())).into_owned()
+        } else {
+            swap_numbers(&mut rng, &measures)
+        };
+        std::fs::write(measured.measures.as_ref().unwrap(), m).unwrap();
+        match fuse(&measured) {
+            Ok(f) => {
+                assert!(f.fused.log_loss.is_finite(), "{f:?}");
+                fused += 1;
+            }
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("measures.csv")
+                        || e.to_string().contains("probabilities.csv"),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("measures: {fused} fused, {refused} refused");
+    assert!(fused > 3 && refused > 3, "{fused} fused, {refused} refused");
 
     // The model file: mutated, it loads (and applies) or names itself.
     std::fs::write(&o.probabilities, &probs).unwrap();

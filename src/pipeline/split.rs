@@ -413,9 +413,9 @@ pub fn write_lists(
     samples.sort();
     let mut w = csv::Writer::from_writer(Vec::new());
     // Writing to a Vec cannot fail.
-    // A carried column named like one of ours (or like a `measure` column)
-    // gets a prefix, so every header is unique and `measure` never
-    // overwrites the source's data.
+    // A carried column named like one of ours (or like a `measure` column,
+    // which a fusion model would compute from the image instead) gets a
+    // prefix, so every name means one thing.
     let carried_names = carried.names.iter().map(|n| {
         if SAMPLE_COLUMNS.contains(&n.as_str()) || super::measure::is_measure(n) {
             format!("source_{n}")

@@ -66,7 +66,7 @@ pub(crate) enum Command {
     /// set (evaluate --out's probabilities.csv with the dataset's samples.csv).
     Fuse(FuseArgs),
     /// Measure the object in every image of a samples.csv (size, fill, elongation, Hu moments,
-    /// contrast, Haralick texture) from the original files, and add the m_* columns for
+    /// contrast, Haralick texture) from the original files into measures.csv, for
     /// `fuse --measured`.
     Measure(MeasureArgs),
     /// Several evaluate reports side by side (accuracy, mean per-class accuracy, macro F1, log
@@ -129,13 +129,13 @@ pub(crate) struct GrayWeightsArgs {
 
 #[derive(Args)]
 pub(crate) struct MeasureArgs {
-    /// samples.csv from import-folders or import-manifest; rewritten in place with the
-    /// measurements (earlier ones replaced) unless --out is given.
+    /// samples.csv from import-folders or import-manifest (its `path` column).
     pub(crate) samples: PathBuf,
     /// Folder that relative image paths in samples.csv start from (default: the current one).
     #[arg(long)]
     pub(crate) root: Option<PathBuf>,
-    /// Write the measured samples here instead.
+    /// Where to write the measurements (default: measures.csv beside SAMPLES, where
+    /// `fuse --measured` looks).
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
 }
@@ -153,10 +153,14 @@ pub(crate) struct FuseArgs {
     /// area or major axis.
     #[arg(long = "feature", value_name = "COLUMN")]
     pub(crate) features: Vec<String>,
-    /// Also use the object's shape and texture: the m_* columns `flickr-style measure samples.csv`
-    /// adds (classify --fusion then measures each image itself).
+    /// Also use each object's shape and texture: measures.csv beside --samples, which
+    /// `flickr-style measure samples.csv` writes (classify --fusion then measures each image
+    /// itself).
     #[arg(long)]
     pub(crate) measured: bool,
+    /// Like --measured, with the measurements in this file.
+    #[arg(long, value_name = "MEASURES_CSV", conflicts_with = "measured")]
+    pub(crate) measures: Option<PathBuf>,
     /// Leave out ln(width) and ln(height): use only the --feature columns.
     #[arg(long)]
     pub(crate) no_size: bool,
@@ -513,6 +517,10 @@ pub(crate) struct PipelineArgs {
     /// and decay_mult /3, so training matches the three-channel net. Outputs are tagged _gray.
     #[arg(long)]
     pub(crate) gray: bool,
+    /// With --folders or --manifest: measure each image's object (size, shape, texture; see
+    /// `measure`) into measures.csv, so that the closing fuse command weighs them too.
+    #[arg(long)]
+    pub(crate) measure: bool,
     /// Turn each training image by a random multiple of 90° (see `finetune --help`).
     #[arg(long)]
     pub(crate) rotate90: bool,

@@ -118,15 +118,9 @@ fn run(cli: Cli) -> Result<()> {
             })
             .with_context(|| format!("measure {}", a.samples.display()))?;
             eprintln!(
-                "measured {} images; wrote {} ({} m_* columns{}). Use them with fuse --measured",
+                "measured {} images into {}; fuse --measured uses them",
                 m.images,
-                m.out.display(),
-                flickr_style::pipeline::measure::NAMES.len(),
-                if m.replaced {
-                    ", replacing the earlier ones"
-                } else {
-                    ""
-                }
+                m.out.display()
             );
             Ok(())
         }
@@ -139,10 +133,13 @@ fn run(cli: Cli) -> Result<()> {
             };
             let f = fuse(&FuseOptions {
                 probabilities,
-                samples: a.samples,
+                samples: a.samples.clone(),
                 size: !a.no_size,
                 features: a.features,
-                measured: a.measured,
+                measures: a.measures.or_else(|| {
+                    a.measured
+                        .then(|| flickr_style::pipeline::measure::measures_beside(&a.samples))
+                }),
                 folds: a.folds,
                 seed: a.seed,
                 l2: a.l2,
@@ -720,6 +717,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         weights_url: a.weights_url,
         lmdb: a.lmdb,
         gray: a.gray,
+        measure: a.measure,
         rotate90: a.rotate90,
         cyclic: a.cyclic,
         augment: a.augment,

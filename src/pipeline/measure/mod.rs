@@ -3,6 +3,9 @@
 //! `fuse` to weigh against the net. The Kaggle plankton winners fused
 //! image moments and Haralick texture features this way.
 //!
+//! `measure_samples` writes them to `measures.csv` beside a dataset's
+//! `samples.csv`, one row per image.
+//!
 //! Every measurement is unchanged by quarter turns and mirroring, as the
 //! training views are, and works on dark-field and bright-field images
 //! alike: the object is whatever stands out from the border's level.
@@ -132,7 +135,7 @@ pub struct MeasureOptions {
     pub samples: PathBuf,
     /// Prefix of relative image paths (as `to-lmdb`'s root).
     pub root: PathBuf,
-    /// Where the samples with measurements go (default: `samples` itself).
+    /// Where the measurements go (default: [`measures_beside`] the samples).
     pub out: Option<PathBuf>,
 }
 
@@ -143,13 +146,20 @@ pub struct MeasureSummary {
     pub images: usize,
     /// The file written.
     pub out: PathBuf,
-    /// Whether it replaced measurements an earlier run had written.
-    pub replaced: bool,
 }
 
-/// Measures every image in a samples file and writes the file back with
-/// the [`NAMES`] columns (replacing earlier ones), atomically: an image
-/// that cannot be read is an error naming it, and nothing is written.
+/// Where the measurements of a samples file go by default: `measures.csv`
+/// in its folder. A file of their own, so that re-importing a dataset
+/// (which rewrites `samples.csv`) never drops them, and the pipeline can
+/// tell from the times whether they are up to date.
+pub fn measures_beside(samples: &Path) -> PathBuf {
+    samples.with_file_name("measures.csv")
+}
+
+/// Measures every image in a samples file and writes `path` and the
+/// [`NAMES`] columns, one row per image in the samples' order, atomically:
+/// an image that cannot be read is an error naming it, and nothing is
+/// written.
 pub fn measure_samples(o: &MeasureOptions) -> Result<MeasureSummary> {
     let file = &o.samples;
     let bad = |e: csv::Error| Error::invalid(file.display(), e.to_string());
@@ -161,58 +171,47 @@ pub fn measure_samples(o: &MeasureOptions) -> Result<MeasureSummary> {
             "has no \"path\" column: give the samples.csv that import-folders or import-manifest wrote",
         )
     })?;
-    let rows = reader
+    let paths = reader
         .records()
+        .map(|r| r.map(|r| r.get(path_col).unwrap_or("").to_string()))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(bad)?;
-    let bar = crate::progress::bar(rows.len() as u64, "measure");
-    let measured: Vec<std::result::Result<Measures, (String, Error)>> = rows
+    let bar = crate::progress::bar(paths.len() as u64, "measure");
+    let measured: Vec<Result<Measures>> = paths
         .par_iter()
-        .map(|r| {
-            let p = r.get(path_col).unwrap_or("");
-            let m = measure_file(&o.root.join(p)).map_err(|e| (p.to_string(), e));
+        .map(|p| {
+            let m = measure_file(&o.root.join(p));
             bar.inc(1);
             m
         })
         .collect();
     bar.finish_and_clear();
     let failed: Vec<_> = measured.iter().filter_map(|m| m.as_ref().err()).collect();
-    if let Some((_, first)) = failed.first() {
+    if let Some(first) = failed.first() {
         return Err(Error::invalid(
             file.display(),
             format!(
                 "{} of its {} images could not be measured (nothing was written); the first: {first}",
                 failed.len(),
-                rows.len()
+                paths.len()
             ),
         ));
     }
-    // Earlier measurements are dropped and the new ones appended.
-    let keep: Vec<usize> = (0..header.len())
-        .filter(|&i| !is_measure(&header[i]))
-        .collect();
-    let replaced = keep.len() < header.len();
     let mut w = csv::Writer::from_writer(Vec::new());
-    let record = |w: &mut csv::Writer<Vec<u8>>, r: &csv::StringRecord, extra: Vec<String>| {
-        w.write_record(keep.iter().map(|&i| r[i].to_string()).chain(extra))
-            .expect("in memory");
-    };
-    record(
-        &mut w,
-        &header,
-        NAMES.iter().map(|n| n.to_string()).collect(),
-    );
-    for (r, m) in rows.iter().zip(measured) {
+    // Writing to a Vec cannot fail.
+    w.write_record(std::iter::once("path").chain(NAMES))
+        .expect("in memory");
+    for (p, m) in paths.iter().zip(measured) {
         // Rust's shortest round-trip formatting keeps every bit.
         let m = m.expect("failures returned above");
-        record(&mut w, r, m.iter().map(|v| v.to_string()).collect());
+        w.write_record(std::iter::once(p.clone()).chain(m.iter().map(|v| v.to_string())))
+            .expect("in memory");
     }
-    let out = o.out.clone().unwrap_or_else(|| file.clone());
+    let out = o.out.clone().unwrap_or_else(|| measures_beside(file));
     write_atomic(&out, &w.into_inner().expect("in memory"))?;
     Ok(MeasureSummary {
-        images: rows.len(),
+        images: paths.len(),
         out,
-        replaced,
     })
 }
 

@@ -69,6 +69,46 @@ pub(super) fn key_path(image: &str) -> &str {
     }
 }
 
+/// `measure`'s output: each image's measurements by its path as written.
+fn read_measures(file: &Path, samples: &Path) -> Result<HashMap<String, Vec<f64>>> {
+    if !file.exists() {
+        return Err(Error::invalid(
+            file.display(),
+            format!(
+                "not found: run `flickr-style measure {}` first (or the pipeline with --measure)",
+                samples.display()
+            ),
+        ));
+    }
+    let (header, rows) = read_csv(file)?;
+    let why = ", which `flickr-style measure` writes";
+    let path_col = column(&header, file, "path", why)?;
+    let cols = measure::NAMES
+        .iter()
+        .map(|n| column(&header, file, n, why))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for (line, rec) in rows {
+        let path = rec.get(path_col).unwrap_or("").to_string();
+        let mut values = Vec::with_capacity(cols.len());
+        for (&c, name) in cols.iter().zip(measure::NAMES) {
+            let v = rec.get(c).unwrap_or("");
+            values.push(
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| Error::Line {
+                        path: file.to_path_buf(),
+                        line,
+                        message: format!("{name} of {path}: {v:?} is not a number"),
+                    })?,
+            );
+        }
+        out.insert(path, values);
+    }
+    Ok(out)
+}
+
 pub(super) fn load(o: &FuseOptions) -> Result<Data> {
     let p = &o.probabilities;
     let (header, rows) = read_csv(p)?;
@@ -93,15 +133,12 @@ pub(super) fn load(o: &FuseOptions) -> Result<Data> {
             feature_cols.push((column(col)?, true));
         }
     }
-    let measured: &[&str] = if o.measured { &measure::NAMES } else { &[] };
-    let measured = measured.iter().map(|n| n.to_string());
-    for f in o.features.iter().cloned().chain(measured) {
-        if measure::is_measure(&f) && !s_header.iter().any(|h| h == f) {
+    for f in o.features.iter().cloned() {
+        if measure::is_measure(&f) {
             return Err(Error::invalid(
-                o.samples.display(),
+                "--feature",
                 format!(
-                    "has no measurement column {f:?}: run `flickr-style measure {}` first",
-                    o.samples.display()
+                    "{f} is one of `measure`'s measurements: use --measured, which reads them all"
                 ),
             ));
         }
@@ -114,6 +151,13 @@ pub(super) fn load(o: &FuseOptions) -> Result<Data> {
         feature_cols.push((column(&f)?, false));
         feature_names.push(f);
     }
+    let measures = match &o.measures {
+        Some(m) => {
+            feature_names.extend(measure::NAMES.map(String::from));
+            Some((m, read_measures(m, &o.samples)?))
+        }
+        None => None,
+    };
     if feature_names.is_empty() {
         return Err(Error::invalid(
             o.samples.display(),
@@ -196,6 +240,15 @@ pub(super) fn load(o: &FuseOptions) -> Result<Data> {
                     ))
                 })?;
             x.push(if log { value.ln() } else { value });
+        }
+        if let Some((file, by_path)) = &measures {
+            let m = by_path.get(path).ok_or_else(|| {
+                bad(format!(
+                    "image {path} has no row in {}: the dataset changed since it was measured; measure again",
+                    file.display()
+                ))
+            })?;
+            x.extend_from_slice(m);
         }
         data.log_p.push(log_probabilities(probs.into_iter()));
         data.x.push(x);

@@ -43,9 +43,10 @@ pub struct FuseOptions {
     pub size: bool,
     /// Further numeric columns of `samples.csv` to use.
     pub features: Vec<String>,
-    /// Use the shape and texture columns `measure` added to `samples.csv`
-    /// (which `classify --fusion` then computes from each image).
-    pub measured: bool,
+    /// `measure`'s output for these samples (`measures.csv`): use its shape
+    /// and texture measurements too, which `classify --fusion` then
+    /// computes from each image itself.
+    pub measures: Option<PathBuf>,
     /// Cross-validation folds (2 or more).
     pub folds: usize,
     /// Seed of the fold assignment.
