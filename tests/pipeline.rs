@@ -398,6 +398,9 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     let (ok, err) = run(&["--tta", "mirror"]);
     assert!(ok, "{err}");
     assert!(err.contains("already trained"), "{err}");
+    // New images are scored the same way, so a fusion model fitted on this
+    // evaluation applies to them.
+    assert!(err.contains(" --tta mirror IMAGES_OR_FOLDERS"), "{err}");
     let report = std::fs::read_to_string(data.join("evaluation_tta_mirror/report.md")).unwrap();
     assert!(report.contains("averaged over 2 views"), "{report}");
     assert!(data.join("evaluation/report.md").exists());

@@ -61,8 +61,8 @@ pub(crate) enum Command {
     /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
     /// with --mean; writes a CSV of the top classes.
     Classify(ClassifyArgs),
-    /// Late fusion: whether each image's original size (and measurements a manifest carries)
-    /// add to the net's probabilities, by a cross-validated logistic regression on an evaluated
+    /// Late fusion: whether each image's original size (and measurements a manifest carries, or
+    /// `measure`'s shapes and textures) add to the net's probabilities, by a cross-validated logistic regression on an evaluated
     /// set (evaluate --out's probabilities.csv with the dataset's samples.csv).
     Fuse(FuseArgs),
     /// Measure the object in every image of a samples.csv (size, fill, elongation, Hu moments,

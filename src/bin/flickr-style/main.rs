@@ -760,8 +760,15 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         let shrink = if p.upscale { "" } else { " --no-upscale" };
         format!(" --pad-square {fill}{shrink}")
     });
+    // Scored as the evaluation was, so a fusion model fitted on its
+    // probabilities applies.
+    let tta = if opts.tta == flickr_style::train::tta::Tta::None {
+        String::new()
+    } else {
+        format!(" --tta {}", opts.tta)
+    };
     eprintln!(
-        "Classify new images with: flickr-style classify --model {} --weights {}{names}{pad} IMAGES_OR_FOLDERS",
+        "Classify new images with: flickr-style classify --model {} --weights {}{names}{pad}{tta} IMAGES_OR_FOLDERS",
         data.join("train_val.prototxt").display(),
         model.display()
     );
