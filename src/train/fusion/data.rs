@@ -69,29 +69,25 @@ pub(super) fn key_path(image: &str) -> &str {
     }
 }
 
-/// `measure`'s output: each image's measurements by its path as written.
-fn read_measures(file: &Path, samples: &Path) -> Result<HashMap<String, Vec<f64>>> {
-    if !file.exists() {
-        return Err(Error::invalid(
-            file.display(),
-            format!(
-                "not found: run `flickr-style measure {}` first (or the pipeline with --measure)",
-                samples.display()
-            ),
-        ));
-    }
+/// Each row's `path` and its values of `columns`, every one a finite
+/// number (else an error naming the line); `why` ends a missing column's
+/// message.
+pub(super) fn read_numbers(
+    file: &Path,
+    columns: &[&str],
+    why: &str,
+) -> Result<Vec<(String, Vec<f64>)>> {
     let (header, rows) = read_csv(file)?;
-    let why = ", which `flickr-style measure` writes";
     let path_col = column(&header, file, "path", why)?;
-    let cols = measure::NAMES
+    let cols = columns
         .iter()
         .map(|n| column(&header, file, n, why))
         .collect::<Result<Vec<_>>>()?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let mut out = Vec::with_capacity(rows.len());
     for (line, rec) in rows {
         let path = rec.get(path_col).unwrap_or("").to_string();
         let mut values = Vec::with_capacity(cols.len());
-        for (&c, name) in cols.iter().zip(measure::NAMES) {
+        for (&c, name) in cols.iter().zip(columns) {
             let v = rec.get(c).unwrap_or("");
             values.push(
                 v.parse::<f64>()
@@ -104,9 +100,28 @@ fn read_measures(file: &Path, samples: &Path) -> Result<HashMap<String, Vec<f64>
                     })?,
             );
         }
-        out.insert(path, values);
+        out.push((path, values));
     }
     Ok(out)
+}
+
+/// `measure`'s output: each image's measurements by its path as written.
+fn read_measures(file: &Path, samples: &Path) -> Result<HashMap<String, Vec<f64>>> {
+    if !file.exists() {
+        return Err(Error::invalid(
+            file.display(),
+            format!(
+                "not found: run `flickr-style measure {}` first (or the pipeline with --measure)",
+                samples.display()
+            ),
+        ));
+    }
+    let rows = read_numbers(
+        file,
+        &measure::NAMES,
+        ", which `flickr-style measure` writes",
+    )?;
+    Ok(rows.into_iter().collect())
 }
 
 pub(super) fn load(o: &FuseOptions) -> Result<Data> {

@@ -1,6 +1,6 @@
 //! The fitted fusion model: how it is stored (`fusion.json`), read back and
 //! applied to one image's probabilities, size and measurements.
-use super::data::{column, read_csv};
+use super::data::read_numbers;
 use crate::error::{Error, IoContext, Result};
 use crate::pipeline::measure::{self, Measures};
 use serde::{Deserialize, Serialize};
@@ -151,33 +151,12 @@ pub(super) fn log_probabilities(probs: impl Iterator<Item = f64>) -> Vec<f64> {
 /// Each image's values of `columns` in a samples file, by its path
 /// (canonical where the file exists, so `./a.png` and `/abs/a.png` meet).
 pub fn read_measurements(samples: &Path, columns: &[String]) -> Result<HashMap<PathBuf, Vec<f64>>> {
-    let (header, rows) = read_csv(samples)?;
-    let column = |name: &str| column(&header, samples, name, ", which the fusion model needs");
-    let path_col = column("path")?;
-    let cols = columns
-        .iter()
-        .map(|c| column(c))
-        .collect::<Result<Vec<_>>>()?;
-    let mut out = HashMap::new();
-    for (line, rec) in rows {
-        let path = Path::new(rec.get(path_col).unwrap_or(""));
-        let mut values = Vec::with_capacity(cols.len());
-        for (&c, name) in cols.iter().zip(columns) {
-            let v = rec.get(c).unwrap_or("");
-            values.push(
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| Error::Line {
-                        path: samples.to_path_buf(),
-                        line,
-                        message: format!("{name} of {}: {v:?} is not a number", path.display()),
-                    })?,
-            );
-        }
-        out.insert(canonical(path), values);
-    }
-    Ok(out)
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let rows = read_numbers(samples, &columns, ", which the fusion model needs")?;
+    Ok(rows
+        .into_iter()
+        .map(|(path, values)| (canonical(Path::new(&path)), values))
+        .collect())
 }
 
 /// A fusion model ready to apply to new images: the model and, for the
