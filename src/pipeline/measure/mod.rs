@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 pub use moments::{elongation, hu, moments, Moments};
-pub use segment::{segment, Segmentation};
+pub use segment::{segment, Segmentation, MIN_CONTRAST};
 pub use texture::{texture, Texture};
 
 /// The measurements' column names, in [`measure`]'s order.
