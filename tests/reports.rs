@@ -320,6 +320,39 @@ fn cli_writes_the_report_files() {
         let label: usize = f[1].parse().unwrap();
         assert_eq!(p[label], g[4].parse::<f32>().unwrap(), "{row}");
     }
+    // Abstaining: each threshold's row agrees with the per-image predictions
+    // (their predicted class's probability, and whether it was right).
+    let images: Vec<(f64, bool)> = rows[1..]
+        .iter()
+        .map(|r| {
+            let f: Vec<&str> = r.split(',').collect();
+            (f[5].parse().unwrap(), f[3] == "true")
+        })
+        .collect();
+    for t in [0.5, 0.6, 0.7] {
+        // Probabilities were written as f32: compare them as such.
+        let kept: Vec<bool> = images
+            .iter()
+            .filter(|(p, _)| *p as f32 >= t as f32)
+            .map(|&(_, ok)| ok)
+            .collect();
+        let right = kept.iter().filter(|&&ok| ok).count();
+        let accuracy = if kept.is_empty() {
+            "–".to_string()
+        } else {
+            format!("{:.2}%", 100.0 * right as f64 / kept.len() as f64)
+        };
+        let line = format!(
+            "| {t} | {} | {:.1}% | {accuracy} |",
+            kept.len(),
+            100.0 * kept.len() as f64 / 24.0
+        );
+        assert!(stdout.contains(&line), "{line} in {stdout}");
+    }
+    assert!(stdout.contains("- 90% accuracy: "), "{stdout}");
+    let curve = std::fs::read_to_string(out.join("abstention.svg")).unwrap();
+    assert!(curve.contains("accuracy on them"), "{curve}");
+    assert!(json["abstention"]["at_thresholds"][0]["threshold"] == 0.5);
 
     // Test-time views and ensembles are named in the report and in metrics.json.
     let both = format!(

@@ -6,6 +6,7 @@
 //! probabilities it also keeps the multi-class log loss as the Kaggle
 //! plankton challenge (NDSB) scored it, and how many images clear a
 //! confidence threshold (predict, or abstain and leave the image to a person).
+use super::abstention::{abstention, Abstention};
 use serde::Serialize;
 
 /// How many classes score at least as high as `label` (itself excluded):
@@ -36,6 +37,9 @@ pub struct Confusion {
     log_loss: (f64, u64),
     /// Confidence threshold, with the images clearing it and those right among them.
     threshold: Option<(f64, u64, u64)>,
+    /// Per image with probabilities: its predicted class's probability and
+    /// whether the prediction was right, for the abstention report.
+    confidence: Vec<(f64, bool)>,
 }
 
 /// NDSB's clipping of probabilities before the logarithm.
@@ -91,6 +95,8 @@ pub struct Summary {
     pub coverage: Option<f64>,
     /// Accuracy over those images.
     pub covered_accuracy: Option<f64>,
+    /// Coverage and accuracy over a range of thresholds; `None` without probabilities.
+    pub abstention: Option<Abstention>,
 }
 
 /// Class `k`'s name: `names[k]`, or its index where the names stop short.
@@ -113,6 +119,7 @@ impl Confusion {
             top_k_hits: 0,
             log_loss: (0.0, 0),
             threshold: None,
+            confidence: Vec::new(),
         }
     }
 
@@ -169,6 +176,7 @@ impl Confusion {
         };
         self.log_loss.0 -= p(label).ln();
         self.log_loss.1 += 1;
+        self.confidence.push((p(predicted), predicted == label));
         if let Some((t, covered, right)) = &mut self.threshold {
             if p(predicted) >= *t {
                 *covered += 1;
@@ -180,6 +188,12 @@ impl Confusion {
     /// Images of class `truth` predicted as `predicted`.
     pub fn count(&self, truth: usize, predicted: usize) -> u64 {
         self.counts[truth * self.classes + predicted]
+    }
+
+    /// Per image with probabilities, in the order added: its predicted
+    /// class's probability and whether the prediction was right.
+    pub fn confidence(&self) -> &[(f64, bool)] {
+        &self.confidence
     }
 
     /// Images counted.
@@ -253,6 +267,7 @@ impl Confusion {
             covered_accuracy: self
                 .threshold
                 .and_then(|(_, covered, right)| ratio(right, covered)),
+            abstention: (!self.confidence.is_empty()).then(|| abstention(&self.confidence)),
         }
     }
 
@@ -310,6 +325,10 @@ impl Summary {
             );
         }
         if self.log_loss.is_some() || self.threshold.is_some() {
+            s += "\n";
+        }
+        if let Some(a) = &self.abstention {
+            s += &a.to_markdown();
             s += "\n";
         }
         s += "| class | name | images | predicted | precision % | recall % | F1 |\n";

@@ -732,7 +732,8 @@ impl Report<'_> {
     }
 
     /// Writes `report.md`, `confusion.csv` (rows: true class, columns:
-    /// predicted) and its heat map `confusion.svg`, `metrics.json` and, when
+    /// predicted) and its heat map `confusion.svg`, with probabilities the
+    /// abstention curve `abstention.svg`, `metrics.json` and, when
     /// the data layer names its images, `predictions.csv` and (when the
     /// values are probabilities) `probabilities.csv` into `dir`, each complete
     /// or not at all.
@@ -776,6 +777,17 @@ impl Report<'_> {
         let heat_map = super::plot::confusion_svg(&self.evaluation.confusion, self.names, &title)
             .map_err(|e| Error::invalid("confusion.svg", e))?;
         files.push(("confusion.svg", heat_map));
+        let confidence = self.evaluation.confusion.confidence();
+        if !confidence.is_empty() {
+            let title = format!(
+                "Abstaining: {} images, accuracy {:.2}% when all are predicted",
+                summary.images,
+                100.0 * summary.accuracy
+            );
+            let curve = super::plot::abstention_svg(confidence, &title)
+                .map_err(|e| Error::invalid("abstention.svg", e))?;
+            files.push(("abstention.svg", curve));
+        }
         if let Some(p) = &self.evaluation.predictions {
             files.push(("predictions.csv", self.predictions_csv(p)));
             if self.evaluation.kind != ScoreKind::Scores {

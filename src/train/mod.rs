@@ -16,6 +16,7 @@
 //!   for new, unlabelled images; [`fusion`]: whether sizes and measurements add to the net's
 //!   probabilities (cross-validated late fusion); [`compare`]: reports side by side.
 
+pub mod abstention;
 pub mod augment;
 pub mod classify;
 pub mod commands;

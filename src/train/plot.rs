@@ -431,6 +431,80 @@ pub fn confusion_svg(
     Ok(svg)
 }
 
+/// The abstention curve of an evaluation as SVG: the accuracy on the images
+/// predicted against the share predicted, as the confidence threshold falls
+/// from the most confident image to the least, with the report's
+/// thresholds marked and labelled. `images` holds each image's confidence
+/// and whether it was right.
+pub fn abstention_svg(images: &[(f64, bool)], title: &str) -> std::result::Result<String, String> {
+    use crate::train::abstention::{at, curve, THRESHOLDS};
+    let points: Vec<(f64, f64)> = curve(images)
+        .iter()
+        .filter_map(|p| p.accuracy.map(|a| (p.coverage, a)))
+        .collect();
+    if points.is_empty() {
+        return Err("no image has probabilities".into());
+    }
+    let marks: Vec<(f64, f64, f64)> = THRESHOLDS
+        .iter()
+        .map(|&t| at(images, t))
+        .filter_map(|p| p.accuracy.map(|a| (p.coverage, a, p.threshold)))
+        .collect();
+    let lo = points.iter().map(|p| p.1).fold(1.0f64, f64::min);
+    // Some room below the lowest accuracy; 1.0 on top.
+    let lo = (lo - 0.05 * (1.0 - lo).max(0.02)).max(0.0);
+    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..1.0f64, lo..1.0f64)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("share of images predicted (the rest go to a person)")
+            .y_desc("accuracy on them")
+            .x_label_formatter(&|v| format!("{:.0}%", 100.0 * v))
+            .y_label_formatter(&|v| format!("{:.0}%", 100.0 * v))
+            .draw()
+            .map_err(e)?;
+        let blue = RGBColor(31, 119, 180);
+        chart
+            .draw_series(LineSeries::new(points, blue.stroke_width(2)))
+            .map_err(e)?;
+        let font = ("sans-serif", 12).into_font();
+        // Where labels went (chart units): one too close to another is left
+        // out rather than drawn over it (its dot stays; the table has it).
+        let mut labelled: Vec<(f64, f64)> = Vec::new();
+        let near = |a: (f64, f64), b: &(f64, f64)| {
+            (a.0 - b.0).abs() < 0.08 && (a.1 - b.1).abs() < 0.06 * (1.0 - lo)
+        };
+        for (x, y, t) in marks {
+            chart
+                .draw_series(std::iter::once(Circle::new((x, y), 4, BLACK.filled())))
+                .map_err(e)?;
+            if labelled.iter().any(|b| near((x, y), b)) {
+                continue;
+            }
+            labelled.push((x, y));
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("p ≥ {t}"),
+                    (x, y),
+                    TextStyle::from(font.clone()).pos(Pos::new(HPos::Left, VPos::Top)),
+                )))
+                .map_err(e)?;
+        }
+        root.present().map_err(e)?;
+    }
+    Ok(svg)
+}
+
 /// Plots the metrics file `metrics` into the SVG file `out` (written atomically).
 pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
     let m = read_metrics(metrics)?;
@@ -575,5 +649,29 @@ mod tests {
         assert_eq!(log_span([0.0].into_iter()), None);
         let (lo, hi) = span([0.0, 10.0].into_iter()).unwrap();
         assert!((lo + 0.5).abs() < 1e-12 && (hi - 10.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_abstention_curve_marks_the_report_thresholds() {
+        // 0.95 right, 0.9 right, 0.8 wrong, 0.65 right, 0.4 wrong.
+        let images = [
+            (0.95, true),
+            (0.9, true),
+            (0.8, false),
+            (0.65, true),
+            (0.4, false),
+        ];
+        let svg = abstention_svg(&images, "abstaining").unwrap();
+        assert!(svg.contains("abstaining") && svg.contains("accuracy on them"));
+        // Thresholds that keep an image are marked (0.99 keeps none); 0.6
+        // keeps what 0.5 keeps and 0.8 what 0.7 keeps, at the same places,
+        // so only the first of each is labelled.
+        for t in ["p ≥ 0.5", "p ≥ 0.7", "p ≥ 0.9", "p ≥ 0.95"] {
+            assert!(svg.contains(t), "{t}");
+        }
+        for t in ["p ≥ 0.6", "p ≥ 0.8", "p ≥ 0.99"] {
+            assert!(!svg.contains(t), "{t}");
+        }
+        assert!(abstention_svg(&[], "none").is_err());
     }
 }
