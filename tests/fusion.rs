@@ -325,6 +325,17 @@ fn measured_shape_tells_round_from_long_where_the_net_cannot() {
 
     let f = fuse(&o).unwrap();
     assert!(f.net.accuracy < 0.65, "{:?}", f.net);
+    // At 90% accuracy on what is predicted, the net must leave most images
+    // to a person; the fused model almost none.
+    let ninety = |sc: &flickr_style::train::fusion::Score| {
+        assert_eq!(sc.abstaining[0].target, 0.9);
+        sc.abstaining[0].point.map_or(0.0, |p| p.coverage)
+    };
+    assert!(ninety(&f.net) < 0.3, "{:?}", f.net.abstaining);
+    assert!(ninety(&f.fused) > 0.95, "{:?}", f.fused.abstaining);
+    assert!(f
+        .to_markdown()
+        .contains("| accuracy wanted | the net | recalibrated | fused |"));
     assert!(f.fused.accuracy > 0.95, "{:?}", f.fused);
     assert!(
         f.fused.log_loss < f.calibrated.log_loss - 0.4,

@@ -22,6 +22,7 @@ pub use model::{canonical, read_measurements, FromImage, Fuser, Model};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
+use crate::train::abstention::{self, ForAccuracy};
 use data::load;
 use fit::{fit, Kind};
 use model::CLIP;
@@ -56,12 +57,16 @@ pub struct FuseOptions {
 }
 
 /// Log loss and accuracy of one model over all images, out of fold.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Score {
     /// Mean multi-class log loss, probabilities clipped to [1e-15, 1 - 1e-15].
     pub log_loss: f64,
     /// Share of images whose most probable class is the true one.
     pub accuracy: f64,
+    /// For each of [`abstention::TARGETS`], the confidence threshold that
+    /// predicts the most images at that accuracy: better probabilities let
+    /// a person check fewer.
+    pub abstaining: Vec<ForAccuracy>,
 }
 
 /// What fusion gives on one evaluated set.
@@ -93,17 +98,21 @@ fn score(probs: &[Vec<f64>], labels: &[usize]) -> Score {
     let n = labels.len() as f64;
     let mut loss = 0.0;
     let mut right = 0usize;
+    let mut confidence = Vec::with_capacity(labels.len());
     for (p, &y) in probs.iter().zip(labels) {
         let total: f64 = p.iter().map(|v| v.clamp(CLIP, 1.0 - CLIP)).sum();
         loss -= (p[y].clamp(CLIP, 1.0 - CLIP) / total).ln();
         // Ties count against the true class, as in evaluate.
         let best = p.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let tied = p.iter().filter(|&&v| v == best).count();
-        right += usize::from(p[y] == best && tied == 1);
+        let ok = p[y] == best && tied == 1;
+        right += usize::from(ok);
+        confidence.push((best.clamp(CLIP, 1.0 - CLIP) / total, ok));
     }
     Score {
         log_loss: loss / n,
         accuracy: right as f64 / n,
+        abstaining: abstention::abstention(&confidence).for_accuracy,
     }
 }
 
@@ -195,20 +204,37 @@ impl Fusion {
             self.images, self.classes, self.folds
         );
         for (name, sc) in [
-            ("the net", self.net),
+            ("the net", &self.net),
             (
                 "recalibrated (temperature and class biases)",
-                self.calibrated,
+                &self.calibrated,
             ),
             (
                 &format!("fused with {}", self.model.features.join(", ")) as &str,
-                self.fused,
+                &self.fused,
             ),
         ] {
             s += &format!(
                 "| {name} | {:.4} | {:.2}% |\n",
                 sc.log_loss,
                 100.0 * sc.accuracy
+            );
+        }
+        s += "\nAbstaining (share of the images predicted at the confidence threshold that reaches the accuracy; a person checks the rest):\n\n\
+              | accuracy wanted | the net | recalibrated | fused |\n|---|---|---|---|\n";
+        let share = |sc: &Score, k: usize| {
+            sc.abstaining[k].point.map_or_else(
+                || "not reached".to_string(),
+                |p| format!("{:.1}%", 100.0 * p.coverage),
+            )
+        };
+        for (k, f) in self.net.abstaining.iter().enumerate() {
+            s += &format!(
+                "| {:.0}% | {} | {} | {} |\n",
+                100.0 * f.target,
+                share(&self.net, k),
+                share(&self.calibrated, k),
+                share(&self.fused, k)
             );
         }
         let gain = self.fused.log_loss - self.calibrated.log_loss;
