@@ -498,6 +498,20 @@ fn evaluate_stage(
         s.macro_f1,
         report_dir.join("report.md").display()
     ));
+    // What abstaining buys, at the middle target: the threshold for new images.
+    if let Some(f) = s.abstention.as_ref().and_then(|a| {
+        a.for_accuracy
+            .iter()
+            .find(|f| f.target == 0.95 && f.point.is_some_and(|p| p.coverage < 1.0))
+    }) {
+        let p = f.point.expect("found with a point");
+        say(format!(
+            "      for 95% accuracy, classify with --threshold {:.4}: it predicted {:.1}% of the test images, leaving {:.1}% to a person",
+            crate::train::abstention::printable(p.threshold),
+            100.0 * p.coverage,
+            100.0 * (1.0 - p.coverage)
+        ));
+    }
     Ok(())
 }
 

@@ -255,6 +255,25 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         "{predictions}"
     );
     assert!(err.contains("8 test images: accuracy"), "{err}");
+    // The run names the report's threshold for 95% accuracy, when it
+    // leaves some images to a person.
+    let report = std::fs::read_to_string(data.join("evaluation/report.md")).unwrap();
+    let line = report
+        .lines()
+        .find_map(|l| l.strip_prefix("- 95% accuracy: threshold "));
+    let hint = err
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("for 95% accuracy, classify with --threshold ")
+        })
+        .and_then(|l| l.split(':').next());
+    match line {
+        Some(l) if !l.ends_with(" 0.0% go to a person.") => {
+            assert_eq!(hint, l.split_whitespace().next(), "{err}")
+        }
+        _ => assert_eq!(hint, None, "{err}"),
+    }
     // Late fusion of the test images' sizes, as the run suggests: the
     // evaluation's image names join samples.csv's paths.
     let hint = err

@@ -92,6 +92,12 @@ pub fn at(images: &[(f64, bool)], threshold: f64) -> Point {
     }
 }
 
+/// `threshold` rounded down to 4 decimals, as reports print it: passed to
+/// `--threshold`, it still keeps every image it was counted with.
+pub fn printable(threshold: f64) -> f64 {
+    (threshold * 1e4).floor() / 1e4
+}
+
 /// The report's figures for `images` ((confidence, right) pairs).
 pub fn abstention(images: &[(f64, bool)]) -> Abstention {
     let curve = curve(images);
@@ -131,12 +137,10 @@ impl Abstention {
         s += "\n";
         for f in &self.for_accuracy {
             s += &match f.point {
-                // Rounded down, so that `--threshold` with the printed
-                // value keeps the images it counts.
                 Some(p) => format!(
                     "- {:.0}% accuracy: threshold {:.4} predicts {:.1}% of the images ({}); {:.1}% go to a person.\n",
                     100.0 * f.target,
-                    (p.threshold * 1e4).floor() / 1e4,
+                    printable(p.threshold),
                     100.0 * p.coverage,
                     p.kept,
                     100.0 * (1.0 - p.coverage)
