@@ -360,9 +360,12 @@ pub fn run(
     if samples.exists() && probabilities.exists() {
         // Columns a manifest carried (beyond path, class, label, list, width,
         // height): the header alone says.
-        let carried = csv::Reader::from_path(&samples)
-            .and_then(|mut r| r.headers().map(|h| h.len().saturating_sub(6)))
-            .unwrap_or(0);
+        let carried: Vec<String> = csv::Reader::from_path(&samples)
+            .and_then(|mut r| {
+                r.headers()
+                    .map(|h| h.iter().skip(6).map(String::from).collect())
+            })
+            .unwrap_or_default();
         let measured = is_newer(&measures, &samples);
         say(format!(
             "      what the images' original sizes{} add: flickr-style fuse {} --samples {}{}",
@@ -375,9 +378,13 @@ pub fn run(
             samples.display(),
             if measured { " --measured" } else { "" },
         ));
-        if carried > 0 {
+        if !carried.is_empty() {
+            let shown: Vec<&str> = carried.iter().take(8).map(String::as_str).collect();
             say(format!(
-                "      (add --feature COLUMN for any of the {carried} columns the manifest carried into samples.csv)"
+                "      (add --feature COLUMN for any of the {} columns the manifest carried into samples.csv: {}{})",
+                carried.len(),
+                shown.join(", "),
+                if carried.len() > shown.len() { ", …" } else { "" }
             ));
         }
         if !measured {

@@ -567,15 +567,16 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
     let t = tempfile::tempdir().unwrap();
     let weights = t.path().join("caffenet.caffemodel");
     caffenet_caffemodel(&weights);
-    let mut rows = String::from("path\ttaxon\tset\n");
+    let mut rows = String::from("path\ttaxon\tset\tobject_area\n");
     let list = std::fs::read_to_string(fixture("images/list.txt")).unwrap();
     for (i, line) in list.lines().enumerate() {
         let path = line.rsplit_once(' ').unwrap().0;
         let class = path.split('/').next().unwrap();
         let set = if i % 6 < 2 { "test" } else { "train" };
         rows += &format!(
-            "{}\t{class}\t{set}\n",
-            fixture("images").join(path).display()
+            "{}\t{class}\t{set}\t{}\n",
+            fixture("images").join(path).display(),
+            100 + i
         );
     }
     let manifest = t.path().join("zoo.tsv");
@@ -608,4 +609,10 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
         .exists());
     let report = std::fs::read_to_string(data.join("evaluation_aug_plankton/report.md")).unwrap();
     assert!(report.contains("| 1 | object | 2 |"), "{report}");
+    // The manifest's other column travels into samples.csv, and the run
+    // names it for fuse.
+    assert!(
+        err.contains("the manifest carried into samples.csv: object_area)"),
+        "{err}"
+    );
 }
