@@ -72,12 +72,16 @@ const HU_FLOOR: f64 = 1e-12;
 /// An image without an object (nothing stands out from the border) gets
 /// area, fill, elongation, contrast and spread 0, the floor for every Hu
 /// invariant and a uniform texture.
+///
+/// # Panics
+///
+/// When `gray` has more than one channel ([`measure_file`] decodes to one).
 pub fn measure(gray: &Mat8) -> Measures {
     assert_eq!(gray.channels, 1, "measure takes one-channel images");
     let (w, h, px) = (gray.width, gray.height, &gray.data);
     let s = segment(px, w, h);
-    // Moments and texture over the object's bounding box alone: both ignore
-    // pixels off the mask, and moments do not move with the frame.
+    // Everything else over the object's bounding box alone: pixels off the
+    // mask count for nothing, and moments do not move with the frame.
     let (bw, bh) = (s.bounds.2 - s.bounds.0, s.bounds.3 - s.bounds.1);
     let (box_px, box_mask) = (crop(px, w, s.bounds), crop(&s.mask, w, s.bounds));
     let m = moments(&box_mask, bw);
@@ -85,7 +89,7 @@ pub fn measure(gray: &Mat8) -> Measures {
     let t = texture(&box_px, &box_mask, bw, bh);
     // Integer sums, exact: the variance n·Σv² - (Σv)² has no cancellation error.
     let (mut distance, mut sum, mut squares) = (0u64, 0u64, 0u128);
-    for (&v, _) in px.iter().zip(&s.mask).filter(|(_, &on)| on) {
+    for (&v, _) in box_px.iter().zip(&box_mask).filter(|(_, &on)| on) {
         distance += u64::from(v.abs_diff(s.background));
         sum += u64::from(v);
         squares += u128::from(v) * u128::from(v);
