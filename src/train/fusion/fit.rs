@@ -1,7 +1,7 @@
 //! Fitting the fusion model: the penalized cross-entropy and its gradient
 //! over a parameter layout, minimized by L-BFGS on standardized features.
 use super::data::Data;
-use super::model::{softmax_in_place, Model};
+use super::model::{softmax_in_place, standardize, Model};
 use crate::train::lbfgs::minimize;
 use rayon::prelude::*;
 
@@ -128,16 +128,7 @@ pub(super) fn fit(data: &Data, train: &[usize], kind: Kind, l2: f64) -> Model {
         features: f,
     };
     let (mean, std) = standardizer(&data.x, train, f);
-    let x: Vec<Vec<f64>> = data
-        .x
-        .iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(j, v)| (v - mean[j]) / std[j])
-                .collect()
-        })
-        .collect();
+    let x: Vec<Vec<f64>> = data.x.iter().map(|r| standardize(r, &mean, &std)).collect();
     let fixed: Vec<bool> = (0..layout.len())
         .map(|j| kind == Kind::Calibrated && j >= 1 && j < 1 + data.classes * f)
         .collect();

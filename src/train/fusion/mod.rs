@@ -308,7 +308,7 @@ impl Fusion {
 mod tests {
     use super::data::{key_path, Data};
     use super::fit::{objective, standardizer, Layout};
-    use super::model::softmax_in_place;
+    use super::model::{softmax_in_place, standardize};
     use super::*;
 
     impl Model {
@@ -327,11 +327,7 @@ mod tests {
             classes: d.classes,
             features: d.feature_names.len(),
         };
-        let x: Vec<f64> = d.x[i]
-            .iter()
-            .enumerate()
-            .map(|(j, v)| (v - mean[j]) / std[j])
-            .collect();
+        let x = standardize(&d.x[i], mean, std);
         let mut z = vec![0.0; d.classes];
         layout.logits(theta, &d.log_p[i], &x, &mut z);
         softmax_in_place(&mut z);
@@ -413,15 +409,7 @@ mod tests {
         }
         let theta = fit(&d, &rows, Kind::Fused, 1e-3).theta();
         let (mean, std) = standardizer(&d.x, &rows, 2);
-        let x: Vec<Vec<f64>> =
-            d.x.iter()
-                .map(|r| {
-                    r.iter()
-                        .enumerate()
-                        .map(|(j, v)| (v - mean[j]) / std[j])
-                        .collect()
-                })
-                .collect();
+        let x: Vec<Vec<f64>> = d.x.iter().map(|r| standardize(r, &mean, &std)).collect();
         let obj = |t: &[f64]| objective(&layout, t, &d.log_p, &x, &d.labels, &rows, 1e-3);
         let (at_fit, g) = obj(&theta);
         assert!(at_fit < obj(&start).0);

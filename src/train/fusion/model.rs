@@ -119,11 +119,7 @@ impl Model {
     /// Fused probabilities from log-probabilities and raw (unstandardized)
     /// features, in `features`' order.
     pub(super) fn predict(&self, log_p: &[f64], raw: &[f64]) -> Vec<f64> {
-        let x: Vec<f64> = raw
-            .iter()
-            .enumerate()
-            .map(|(j, v)| (v - self.mean[j]) / self.std[j])
-            .collect();
+        let x = standardize(raw, &self.mean, &self.std);
         let mut z: Vec<f64> = (0..self.classes())
             .map(|k| {
                 self.temperature * log_p[k]
@@ -138,6 +134,14 @@ impl Model {
         softmax_in_place(&mut z);
         z
     }
+}
+
+/// Raw features made zero-mean, unit-spread with the fit's `mean` and `std`.
+pub(super) fn standardize(raw: &[f64], mean: &[f64], std: &[f64]) -> Vec<f64> {
+    raw.iter()
+        .zip(mean.iter().zip(std))
+        .map(|(v, (m, s))| (v - m) / s)
+        .collect()
 }
 
 /// ln of probabilities clipped to [1e-15, 1 - 1e-15] and scaled to sum 1,
