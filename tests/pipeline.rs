@@ -590,6 +590,8 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
         .args(["--batch-size", "4", "--max-iter", "2", "--test-iter", "1"])
         // Warped training images: the outputs carry the ranges' tag.
         .args(["--augment", "plankton"])
+        // Each image's object measured after the import.
+        .arg("--measure")
         .current_dir(t.path())
         .output()
         .unwrap();
@@ -610,9 +612,20 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
     let report = std::fs::read_to_string(data.join("evaluation_aug_plankton/report.md")).unwrap();
     assert!(report.contains("| 1 | object | 2 |"), "{report}");
     // The manifest's other column travels into samples.csv, and the run
-    // names it for fuse.
+    // names it for fuse; the measurements are made and used.
     assert!(
         err.contains("the manifest carried into samples.csv: object_area)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("measure: 24 images' size, shape and texture into"),
+        "{err}"
+    );
+    let measures = std::fs::read_to_string(data.join("measures.csv")).unwrap();
+    assert_eq!(measures.lines().count(), 25);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("flickr-style fuse") && l.ends_with(" --measured")),
         "{err}"
     );
 }
