@@ -523,7 +523,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     while !pending.is_empty() {
         // Fill a batch with readable images, in order.
         let mut batch: Vec<(PathBuf, Mat8)> = Vec::new();
-        let mut sizes = Vec::new();
+        let mut originals = Vec::new();
         while batch.len() < spec.batch && !pending.is_empty() {
             let take = (spec.batch - batch.len()).min(pending.len());
             let (now, rest) = pending.split_at(take);
@@ -534,9 +534,9 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
                 .collect();
             for (p, r) in prepared {
                 match r {
-                    Ok((m, size)) => {
+                    Ok((m, original)) => {
                         batch.push((p, m));
-                        sizes.push(size);
+                        originals.push(original);
                     }
                     Err(e) => failed.push((p, e)),
                 }
@@ -557,10 +557,10 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
             ));
         }
         classes = c;
-        for (i, ((path, _), size)) in batch.into_iter().zip(sizes).enumerate() {
+        for (i, ((path, _), original)) in batch.into_iter().zip(originals).enumerate() {
             let row = &probs[i * c..(i + 1) * c];
             let top = match o.fusion {
-                Some(f) => match f.apply(&path, &size, row) {
+                Some(f) => match f.apply(&path, &original, row) {
                     Ok(fused) => top_k(&fused, o.top_k),
                     Err(e) => {
                         failed.push((path, e));

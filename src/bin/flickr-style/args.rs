@@ -62,8 +62,9 @@ pub(crate) enum Command {
     /// with --mean; writes a CSV of the top classes.
     Classify(ClassifyArgs),
     /// Late fusion: whether each image's original size (and measurements a manifest carries, or
-    /// `measure`'s shapes and textures) add to the net's probabilities, by a cross-validated logistic regression on an evaluated
-    /// set (evaluate --out's probabilities.csv with the dataset's samples.csv).
+    /// `measure`'s shapes and textures) add to the net's probabilities, by a cross-validated
+    /// logistic regression on an evaluated set (evaluate --out's probabilities.csv with the
+    /// dataset's samples.csv).
     Fuse(FuseArgs),
     /// Measure the object in every image of a samples.csv (size, fill, elongation, Hu moments,
     /// contrast, Haralick texture) from the original files into measures.csv, for
