@@ -173,6 +173,8 @@ fn named_blobs_and_their_mistakes() {
     // Bare scores: no probabilities, so no log loss and no threshold.
     assert_eq!(e.kind, ScoreKind::Scores);
     assert_eq!(e.confusion.summary(&[]).log_loss, None);
+    // Scores are no probabilities: no abstaining to report.
+    assert_eq!(e.confusion.summary(&[]).abstention, None);
     let err = evaluate(&EvalOptions {
         threshold: Some(0.5),
         ..options(&net, &[], Some(("fc8", "label")))
