@@ -37,9 +37,10 @@ pub struct Confusion {
     log_loss: (f64, u64),
     /// Confidence threshold, with the images clearing it and those right among them.
     threshold: Option<(f64, u64, u64)>,
-    /// Per image with probabilities: its predicted class's probability and
-    /// whether the prediction was right, for the abstention report.
-    confidence: Vec<(f64, bool)>,
+    /// Per image with probabilities: its predicted class's probability,
+    /// whether the prediction was right and its true class, for the
+    /// abstention report.
+    confidence: Vec<(f64, bool, usize)>,
 }
 
 /// NDSB's clipping of probabilities before the logarithm.
@@ -65,6 +66,11 @@ pub struct ClassMetrics {
     /// Harmonic mean of precision and recall (0 when the class has images
     /// but was never predicted); `None` when the class has no images.
     pub f1: Option<f64>,
+    /// Share of this class's images that the threshold for 95% accuracy
+    /// (see [`Summary::abstention`]) leaves predicted, the rest going to a
+    /// person; `None` without such a threshold, or when it keeps every
+    /// image, or for a class without images.
+    pub kept_at_95: Option<f64>,
 }
 
 /// The whole-set figures.
@@ -176,7 +182,8 @@ impl Confusion {
         };
         self.log_loss.0 -= p(label).ln();
         self.log_loss.1 += 1;
-        self.confidence.push((p(predicted), predicted == label));
+        self.confidence
+            .push((p(predicted), predicted == label, label));
         if let Some((t, covered, right)) = &mut self.threshold {
             if p(predicted) >= *t {
                 *covered += 1;
@@ -192,8 +199,8 @@ impl Confusion {
 
     /// Per image with probabilities, in the order added: its predicted
     /// class's probability and whether the prediction was right.
-    pub fn confidence(&self) -> &[(f64, bool)] {
-        &self.confidence
+    pub fn confidence(&self) -> Vec<(f64, bool)> {
+        self.confidence.iter().map(|&(p, ok, _)| (p, ok)).collect()
     }
 
     /// Images counted.
@@ -206,6 +213,21 @@ impl Confusion {
     pub fn summary(&self, names: &[String]) -> Summary {
         let c = self.classes;
         let total = self.total();
+        let abstention = (!self.confidence.is_empty()).then(|| abstention(&self.confidence()));
+        // The threshold for 95% accuracy, when it leaves some images out.
+        let t95 = abstention.as_ref().and_then(|a| {
+            a.for_accuracy
+                .iter()
+                .find(|f| f.target == 0.95)
+                .and_then(|f| f.point)
+                .filter(|p| p.coverage < 1.0)
+                .map(|p| p.threshold)
+        });
+        let kept_at = |k: usize, t: f64| {
+            let of_k = || self.confidence.iter().filter(move |e| e.2 == k);
+            let n = of_k().count() as u64;
+            ratio(of_k().filter(|e| e.0 >= t).count() as u64, n)
+        };
         let classes: Vec<ClassMetrics> = (0..c)
             .map(|k| {
                 let support: u64 = (0..c).map(|p| self.count(k, p)).sum();
@@ -230,6 +252,7 @@ impl Confusion {
                     precision,
                     recall,
                     f1,
+                    kept_at_95: t95.and_then(|t| kept_at(k, t)),
                 }
             })
             .collect();
@@ -267,7 +290,7 @@ impl Confusion {
             covered_accuracy: self
                 .threshold
                 .and_then(|(_, covered, right)| ratio(right, covered)),
-            abstention: (!self.confidence.is_empty()).then(|| abstention(&self.confidence)),
+            abstention,
         }
     }
 
@@ -331,11 +354,18 @@ impl Summary {
             s += &a.to_markdown();
             s += "\n";
         }
-        s += "| class | name | images | predicted | precision % | recall % | F1 |\n";
-        s += "|---|---|---|---|---|---|---|\n";
+        // With a threshold for 95% accuracy, how much of each class it
+        // leaves predicted: the classes a person will see most of.
+        let kept = self.classes.iter().any(|m| m.kept_at_95.is_some());
+        s += "| class | name | images | predicted | precision % | recall % | F1 |";
+        s += if kept {
+            " predicted at 95% accuracy % |\n|---|---|---|---|---|---|---|---|\n"
+        } else {
+            "\n|---|---|---|---|---|---|---|\n"
+        };
         for m in &self.classes {
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 m.class,
                 m.name.replace('|', "\\|"),
                 m.support,
@@ -344,6 +374,11 @@ impl Summary {
                 percent(m.recall),
                 m.f1.map_or_else(|| "–".to_string(), |f| format!("{f:.3}"))
             );
+            s += &if kept {
+                format!(" {} |\n", percent(m.kept_at_95))
+            } else {
+                "\n".to_string()
+            };
         }
         if !self.top_confusions.is_empty() {
             s += "\nMost frequent mistakes:\n\n| true | predicted as | images |\n|---|---|---|\n";
@@ -488,5 +523,38 @@ mod tests {
         assert_eq!(s.classes[2].precision, None);
         assert!((s.mean_class_accuracy - 0.5).abs() < 1e-12);
         assert_eq!(s.classes[2].name, "2");
+    }
+
+    #[test]
+    fn each_class_says_how_much_of_it_the_95_percent_threshold_keeps() {
+        // (probabilities, true class): by confidence .99 R, .98 R, .97 R,
+        // .6 W, .55 R, .52 W. The top three alone are 95% accurate, so the
+        // threshold is .97: it keeps 2 of class 0's 3 images, 1 of class 1's.
+        let mut m = Confusion::new(2, 1);
+        for (probs, label) in [
+            ([0.99f32, 0.01], 0),
+            ([0.97, 0.03], 0),
+            ([0.4, 0.6], 0),
+            ([0.02, 0.98], 1),
+            ([0.45, 0.55], 1),
+            ([0.52, 0.48], 1),
+        ] {
+            let predicted = m.add(&probs, label);
+            m.add_probabilities(&probs, label, predicted);
+        }
+        let s = m.summary(&[]);
+        let f = s.abstention.as_ref().unwrap().for_accuracy[1];
+        assert_eq!((f.target, f.point.unwrap().kept), (0.95, 3));
+        let kept: Vec<Option<f64>> = s.classes.iter().map(|c| c.kept_at_95).collect();
+        assert!((kept[0].unwrap() - 2.0 / 3.0).abs() < 1e-12, "{kept:?}");
+        assert!((kept[1].unwrap() - 1.0 / 3.0).abs() < 1e-12, "{kept:?}");
+        let md = s.to_markdown("t");
+        assert!(md.contains("| F1 | predicted at 95% accuracy % |"), "{md}");
+        assert!(md.contains("| 66.7 |\n"), "{md}");
+        // Without probabilities there is no such column.
+        let mut bare = Confusion::new(2, 1);
+        bare.add(&[0.3, 0.7], 1);
+        let md = bare.summary(&[]).to_markdown("t");
+        assert!(md.contains("| F1 |\n"), "{md}");
     }
 }

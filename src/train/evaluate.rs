@@ -784,7 +784,7 @@ impl Report<'_> {
                 summary.images,
                 100.0 * summary.accuracy
             );
-            let curve = super::plot::abstention_svg(confidence, &title)
+            let curve = super::plot::abstention_svg(&confidence, &title)
                 .map_err(|e| Error::invalid("abstention.svg", e))?;
             files.push(("abstention.svg", curve));
         }
