@@ -220,12 +220,19 @@ impl Fusion {
                 100.0 * sc.accuracy
             );
         }
-        s += "\nAbstaining (share of the images predicted at the confidence threshold that reaches the accuracy; a person checks the rest):\n\n\
+        s += "\nAbstaining (share of the images predicted at the confidence threshold that reaches the accuracy; a person checks the rest; `classify --fusion --threshold` takes the fused column's):\n\n\
               | accuracy wanted | the net | recalibrated | fused |\n|---|---|---|---|\n";
+        // The threshold with it: each model's probabilities need their own.
         let share = |sc: &Score, k: usize| {
             sc.abstaining[k].point.map_or_else(
                 || "not reached".to_string(),
-                |p| format!("{:.1}%", 100.0 * p.coverage),
+                |p| {
+                    format!(
+                        "{:.1}% (p ≥ {:.4})",
+                        100.0 * p.coverage,
+                        abstention::printable(p.threshold)
+                    )
+                },
             )
         };
         for (k, f) in self.net.abstaining.iter().enumerate() {
