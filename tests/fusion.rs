@@ -333,9 +333,18 @@ fn measured_shape_tells_round_from_long_where_the_net_cannot() {
     };
     assert!(ninety(&f.net) < 0.3, "{:?}", f.net.abstaining);
     assert!(ninety(&f.fused) > 0.95, "{:?}", f.fused.abstaining);
-    assert!(f
-        .to_markdown()
-        .contains("| accuracy wanted | the net | recalibrated | fused |"));
+    let md = f.to_markdown();
+    assert!(md.contains("| accuracy wanted | the net | recalibrated | fused |"));
+    // Each share comes with the threshold on that model's own probabilities.
+    let p = f.fused.abstaining[0].point.unwrap();
+    assert!(
+        md.contains(&format!(
+            "{:.1}% (p ≥ {:.4}) |",
+            100.0 * p.coverage,
+            flickr_style::train::abstention::printable(p.threshold)
+        )),
+        "{md}"
+    );
     assert!(f.fused.accuracy > 0.95, "{:?}", f.fused);
     assert!(
         f.fused.log_loss < f.calibrated.log_loss - 0.4,
