@@ -5,7 +5,7 @@
 //! share of images kept and the accuracy on them at every threshold, so a
 //! user can pick one (plankifier's `-thresholds 0.6`) for the accuracy
 //! they need.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The thresholds the report tabulates.
 pub const THRESHOLDS: [f64; 7] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
@@ -14,7 +14,7 @@ pub const THRESHOLDS: [f64; 7] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
 pub const TARGETS: [f64; 3] = [0.9, 0.95, 0.99];
 
 /// Keeping the images whose confidence is at least `threshold`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     /// The confidence an image needs to be predicted.
     pub threshold: f64,
@@ -27,7 +27,7 @@ pub struct Point {
 }
 
 /// The lowest threshold that reaches an accuracy.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForAccuracy {
     /// The accuracy wanted on the kept images.
     pub target: f64,
@@ -37,7 +37,7 @@ pub struct ForAccuracy {
 }
 
 /// What the report says about abstaining.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Abstention {
     /// At each of [`THRESHOLDS`].
     pub at_thresholds: Vec<Point>,

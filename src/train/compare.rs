@@ -3,6 +3,7 @@
 //! turns, warps, class weights, cyclic pooling, test-time views), each
 //! reported in its own `evaluation_<tag>/`; this table says which helped,
 //! on the class-balanced figures that matter for imbalanced data.
+use super::abstention::Abstention;
 use crate::error::{Error, IoContext, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,19 @@ pub struct Figures {
     /// NDSB log loss, where the scores were probabilities.
     #[serde(default)]
     pub log_loss: Option<f64>,
+    /// How abstaining pays, where the scores were probabilities.
+    #[serde(default)]
+    pub abstention: Option<Abstention>,
+}
+
+impl Figures {
+    /// Share of the images predicted at the threshold that reaches 95%
+    /// accuracy (`Some(0.0)` when none does); `None` without probabilities.
+    pub fn predicted_at_95(&self) -> Option<f64> {
+        let a = self.abstention.as_ref()?;
+        let f = a.for_accuracy.iter().find(|f| f.target == 0.95)?;
+        Some(f.point.map_or(0.0, |p| p.coverage))
+    }
 }
 
 /// One report: its folder and figures.
@@ -51,6 +65,9 @@ pub enum SortBy {
     Accuracy,
     /// Log loss, lowest first (reports without one last).
     LogLoss,
+    /// Share of the images predicted at 95% accuracy, highest first: the
+    /// variant that leaves a person the fewest to check.
+    PredictedAt95,
 }
 
 impl FromStr for SortBy {
@@ -61,8 +78,9 @@ impl FromStr for SortBy {
             "mean-class-accuracy" => Ok(SortBy::MeanClassAccuracy),
             "accuracy" => Ok(SortBy::Accuracy),
             "log-loss" => Ok(SortBy::LogLoss),
+            "predicted-at-95" => Ok(SortBy::PredictedAt95),
             _ => Err(format!(
-                "{s:?}: sort by macro-f1, mean-class-accuracy, accuracy or log-loss"
+                "{s:?}: sort by macro-f1, mean-class-accuracy, accuracy, log-loss or predicted-at-95"
             )),
         }
     }
@@ -140,6 +158,7 @@ pub fn sorted(mut rows: Vec<Row>, by: SortBy) -> Vec<Row> {
             SortBy::MeanClassAccuracy => -f.mean_class_accuracy,
             SortBy::Accuracy => -f.accuracy,
             SortBy::LogLoss => f.log_loss.unwrap_or(f64::INFINITY),
+            SortBy::PredictedAt95 => -f.predicted_at_95().unwrap_or(-1.0),
         }
     };
     rows.sort_by(|a, b| key(a).total_cmp(&key(b)));
@@ -150,13 +169,13 @@ pub fn sorted(mut rows: Vec<Row>, by: SortBy) -> Vec<Row> {
 /// not all made on the same number of images.
 pub fn to_markdown(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| report | images | accuracy | top-k | mean per-class accuracy | macro F1 | log loss |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+        "| report | images | accuracy | top-k | mean per-class accuracy | macro F1 | log loss | predicted at 95% accuracy |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let f = &r.figures;
         s += &format!(
-            "| {} | {} | {:.2}% | {:.2}% (top-{}) | {:.2}% | {:.3} | {} |\n",
+            "| {} | {} | {:.2}% | {:.2}% (top-{}) | {:.2}% | {:.3} | {} | {} |\n",
             r.report.display(),
             f.images,
             100.0 * f.accuracy,
@@ -164,7 +183,9 @@ pub fn to_markdown(rows: &[Row]) -> String {
             f.top_k,
             100.0 * f.mean_class_accuracy,
             f.macro_f1,
-            f.log_loss.map_or("—".to_string(), |l| format!("{l:.4}"))
+            f.log_loss.map_or("—".to_string(), |l| format!("{l:.4}")),
+            f.predicted_at_95()
+                .map_or("—".to_string(), |v| format!("{:.1}%", 100.0 * v))
         );
     }
     let mut sizes: Vec<u64> = rows.iter().map(|r| r.figures.images).collect();
@@ -191,6 +212,7 @@ mod tests {
                 mean_class_accuracy: 0.4,
                 macro_f1: f1,
                 log_loss: loss,
+                abstention: None,
             },
         }
     }
@@ -215,7 +237,7 @@ mod tests {
         );
         let md = to_markdown(&rows);
         assert!(
-            md.contains("| b | 100 | 55.00% | 90.00% (top-5) | 40.00% | 0.500 | — |"),
+            md.contains("| b | 100 | 55.00% | 90.00% (top-5) | 40.00% | 0.500 | — | — |"),
             "{md}"
         );
         assert!(!md.contains("different numbers"));
@@ -249,6 +271,8 @@ mod tests {
         );
         let rows = read_reports(&found).unwrap();
         assert_eq!(rows[1].figures.log_loss, Some(1.2));
+        // Reports from before the abstention figures read, without them.
+        assert_eq!(rows[1].figures.predicted_at_95(), None);
         let e = expand(&[data.join("snapshots")]).unwrap_err().to_string();
         assert!(
             e.contains("snapshots") && e.contains("no evaluation folders"),
@@ -261,5 +285,38 @@ mod tests {
                 && e.contains("not an evaluate metrics.json"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_share_predicted_at_95_percent_reads_back_from_an_evaluation() {
+        use crate::train::confusion::Confusion;
+        // Six images whose three most confident are right: 95% accuracy
+        // predicts half of them. evaluate's metrics.json holds the summary.
+        let mut m = Confusion::new(2, 1);
+        for (probs, label) in [
+            ([0.99f32, 0.01], 0),
+            ([0.97, 0.03], 0),
+            ([0.4, 0.6], 0),
+            ([0.02, 0.98], 1),
+            ([0.45, 0.55], 1),
+            ([0.52, 0.48], 1),
+        ] {
+            let predicted = m.add(&probs, label);
+            m.add_probabilities(&probs, label, predicted);
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a.json"), t.path().join("b.json"));
+        std::fs::write(&a, serde_json::to_string(&m.summary(&[])).unwrap()).unwrap();
+        let mut worse = Confusion::new(2, 1);
+        worse.add(&[0.9, 0.1], 1);
+        worse.add_probabilities(&[0.9, 0.1], 1, 0);
+        std::fs::write(&b, serde_json::to_string(&worse.summary(&[])).unwrap()).unwrap();
+        let rows = read_reports(&[b.clone(), a.clone()]).unwrap();
+        assert_eq!(rows[1].figures.predicted_at_95(), Some(0.5));
+        // Not reached at all: nothing is predicted at that accuracy.
+        assert_eq!(rows[0].figures.predicted_at_95(), Some(0.0));
+        let best = sorted(rows, SortBy::PredictedAt95);
+        assert_eq!(best[0].report, a);
+        assert!(to_markdown(&best).contains("| 50.0% |"));
     }
 }

@@ -112,7 +112,8 @@ pub(crate) struct CompareArgs {
     /// folder, meaning every evaluation folder in it.
     #[arg(required = true)]
     pub(crate) reports: Vec<PathBuf>,
-    /// Order: macro-f1, mean-class-accuracy, accuracy (highest first) or log-loss (lowest first).
+    /// Order: macro-f1, mean-class-accuracy, accuracy, predicted-at-95 (the share of images
+    /// predicted at 95% accuracy; highest first) or log-loss (lowest first).
     #[arg(long, default_value = "macro-f1")]
     pub(crate) by: flickr_style::train::compare::SortBy,
 }
