@@ -184,8 +184,11 @@ pub fn to_markdown(rows: &[Row]) -> String {
             100.0 * f.mean_class_accuracy,
             f.macro_f1,
             f.log_loss.map_or("—".to_string(), |l| format!("{l:.4}")),
-            f.predicted_at_95()
-                .map_or("—".to_string(), |v| format!("{:.1}%", 100.0 * v))
+            match f.predicted_at_95() {
+                None => "—".to_string(),
+                Some(v) if v == 0.0 => "not reached".to_string(),
+                Some(v) => format!("{:.1}%", 100.0 * v),
+            }
         );
     }
     let mut sizes: Vec<u64> = rows.iter().map(|r| r.figures.images).collect();
@@ -317,6 +320,10 @@ mod tests {
         assert_eq!(rows[0].figures.predicted_at_95(), Some(0.0));
         let best = sorted(rows, SortBy::PredictedAt95);
         assert_eq!(best[0].report, a);
-        assert!(to_markdown(&best).contains("| 50.0% |"));
+        let md = to_markdown(&best);
+        assert!(
+            md.contains("| 50.0% |") && md.contains("| not reached |"),
+            "{md}"
+        );
     }
 }
