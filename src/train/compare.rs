@@ -186,7 +186,7 @@ pub fn to_markdown(rows: &[Row]) -> String {
             f.log_loss.map_or("—".to_string(), |l| format!("{l:.4}")),
             match f.predicted_at_95() {
                 None => "—".to_string(),
-                Some(v) if v == 0.0 => "not reached".to_string(),
+                Some(0.0) => "not reached".to_string(),
                 Some(v) => format!("{:.1}%", 100.0 * v),
             }
         );
