@@ -6,7 +6,7 @@
 //! probabilities it also keeps the multi-class log loss as the Kaggle
 //! plankton challenge (NDSB) scored it, and how many images clear a
 //! confidence threshold (predict, or abstain and leave the image to a person).
-use super::abstention::{abstention, Abstention};
+use super::abstention::{abstention, at, Abstention};
 use serde::Serialize;
 
 /// How many classes score at least as high as `label` (itself excluded):
@@ -35,8 +35,8 @@ pub struct Confusion {
     top_k_hits: u64,
     /// Sum of -ln(clipped probability of the true class), and its images.
     log_loss: (f64, u64),
-    /// Confidence threshold, with the images clearing it and those right among them.
-    threshold: Option<(f64, u64, u64)>,
+    /// Confidence threshold whose coverage the summary reports.
+    threshold: Option<f64>,
     /// Per image with probabilities: its predicted class's probability,
     /// whether the prediction was right and its true class, for the
     /// abstention report.
@@ -132,7 +132,7 @@ impl Confusion {
     /// Also counts the images whose top probability reaches `threshold`
     /// (see [`Confusion::add_probabilities`]).
     pub fn with_threshold(mut self, threshold: f64) -> Self {
-        self.threshold = Some((threshold, 0, 0));
+        self.threshold = Some(threshold);
         self
     }
 
@@ -169,8 +169,9 @@ impl Confusion {
     }
 
     /// Adds an image's class probabilities (after [`Confusion::add`] counted
-    /// it as `predicted`): its log-loss term, and whether it clears the
-    /// threshold. Rows are scaled to sum 1 first, as NDSB did.
+    /// it as `predicted`): its log-loss term, and its confidence for the
+    /// threshold and abstention figures. Rows are scaled to sum 1 first, as
+    /// NDSB did.
     pub fn add_probabilities(&mut self, probs: &[f32], label: usize, predicted: usize) {
         let sum: f64 = probs.iter().map(|&p| p.max(0.0) as f64).sum();
         let p = |k: usize| {
@@ -184,12 +185,6 @@ impl Confusion {
         self.log_loss.1 += 1;
         self.confidence
             .push((p(predicted), predicted == label, label));
-        if let Some((t, covered, right)) = &mut self.threshold {
-            if p(predicted) >= *t {
-                *covered += 1;
-                *right += u64::from(predicted == label);
-            }
-        }
     }
 
     /// Images of class `truth` predicted as `predicted`.
@@ -213,7 +208,12 @@ impl Confusion {
     pub fn summary(&self, names: &[String]) -> Summary {
         let c = self.classes;
         let total = self.total();
-        let abstention = (!self.confidence.is_empty()).then(|| abstention(&self.confidence()));
+        let confidence = self.confidence();
+        let abstention = (!confidence.is_empty()).then(|| abstention(&confidence));
+        let at_threshold = self
+            .threshold
+            .filter(|_| !confidence.is_empty())
+            .map(|t| at(&confidence, t));
         // The threshold for 95% accuracy, when it leaves some images out.
         let t95 = abstention.as_ref().and_then(|a| {
             a.for_accuracy
@@ -282,14 +282,9 @@ impl Confusion {
             classes,
             top_confusions,
             log_loss: (self.log_loss.1 > 0).then(|| self.log_loss.0 / self.log_loss.1 as f64),
-            threshold: self.threshold.map(|t| t.0),
-            coverage: self
-                .threshold
-                .filter(|_| self.log_loss.1 > 0)
-                .and_then(|(_, covered, _)| ratio(covered, self.log_loss.1)),
-            covered_accuracy: self
-                .threshold
-                .and_then(|(_, covered, right)| ratio(right, covered)),
+            threshold: self.threshold,
+            coverage: at_threshold.map(|p| p.coverage),
+            covered_accuracy: at_threshold.and_then(|p| p.accuracy),
             abstention,
         }
     }
