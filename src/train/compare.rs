@@ -292,21 +292,10 @@ mod tests {
 
     #[test]
     fn the_share_predicted_at_95_percent_reads_back_from_an_evaluation() {
-        use crate::train::confusion::Confusion;
+        use crate::train::confusion::{tests::six_images, Confusion};
         // Six images whose three most confident are right: 95% accuracy
         // predicts half of them. evaluate's metrics.json holds the summary.
-        let mut m = Confusion::new(2, 1);
-        for (probs, label) in [
-            ([0.99f32, 0.01], 0),
-            ([0.97, 0.03], 0),
-            ([0.4, 0.6], 0),
-            ([0.02, 0.98], 1),
-            ([0.45, 0.55], 1),
-            ([0.52, 0.48], 1),
-        ] {
-            let predicted = m.add(&probs, label);
-            m.add_probabilities(&probs, label, predicted);
-        }
+        let m = six_images();
         let t = tempfile::tempdir().unwrap();
         let (a, b) = (t.path().join("a.json"), t.path().join("b.json"));
         std::fs::write(&a, serde_json::to_string(&m.summary(&[])).unwrap()).unwrap();

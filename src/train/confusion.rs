@@ -390,7 +390,7 @@ impl Summary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -520,11 +520,11 @@ mod tests {
         assert_eq!(s.classes[2].name, "2");
     }
 
-    #[test]
-    fn each_class_says_how_much_of_it_the_95_percent_threshold_keeps() {
-        // (probabilities, true class): by confidence .99 R, .98 R, .97 R,
-        // .6 W, .55 R, .52 W. The top three alone are 95% accurate, so the
-        // threshold is .97: it keeps 2 of class 0's 3 images, 1 of class 1's.
+    /// Six images of two classes, (probabilities, true class), by
+    /// confidence: .99 right, .98 right, .97 right, .6 wrong, .55 right,
+    /// .52 wrong. The top three alone are 95% accurate, so that threshold
+    /// is .97: it keeps 2 of class 0's 3 images and 1 of class 1's.
+    pub(crate) fn six_images() -> Confusion {
         let mut m = Confusion::new(2, 1);
         for (probs, label) in [
             ([0.99f32, 0.01], 0),
@@ -537,7 +537,12 @@ mod tests {
             let predicted = m.add(&probs, label);
             m.add_probabilities(&probs, label, predicted);
         }
-        let s = m.summary(&[]);
+        m
+    }
+
+    #[test]
+    fn each_class_says_how_much_of_it_the_95_percent_threshold_keeps() {
+        let s = six_images().summary(&[]);
         let f = s.abstention.as_ref().unwrap().for_accuracy[1];
         assert_eq!((f.target, f.point.unwrap().kept), (0.95, 3));
         let kept: Vec<Option<f64>> = s.classes.iter().map(|c| c.kept_at_95).collect();
