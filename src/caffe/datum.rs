@@ -4,6 +4,7 @@ use super::proto::Datum;
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{decode, ColorMode};
 use crate::pipeline::mat::Mat8;
+use crate::pipeline::mat::Pixels;
 
 impl Datum {
     /// A raw datum as `CVMatToDatum` writes it: c/h/w, CHW bytes, label, and
@@ -52,7 +53,7 @@ impl Datum {
         if !self.float_data.is_empty() && self.data().is_empty() {
             return Err(Error::invalid(
                 format!("record {key}"),
-                "float_data datums are not supported (expected uint8 data)",
+                "holds float_data (features), not image bytes",
             ));
         }
         if self.data().len() != count {
@@ -77,7 +78,7 @@ impl Datum {
 /// A Datum read in place from its encoded bytes (an LMDB value), so the
 /// training feed transforms pixels straight out of the memory map instead
 /// of copying them twice (out of LMDB, then into a `Datum`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DatumRef<'a> {
     /// Channels, height, width (0 when unset, as in encoded datums).
     pub channels: i32,
@@ -89,8 +90,9 @@ pub struct DatumRef<'a> {
     pub label: i32,
     /// Whether `data` is an encoded image file.
     pub encoded: bool,
-    /// Whether the record carries `float_data` (not supported by the feed).
-    pub has_float_data: bool,
+    /// The `float_data` values (feature records, as `features --lmdb` and
+    /// Caffe's `extract_features` write them); empty for image records.
+    pub float_data: Vec<f32>,
 }
 
 /// Reads a protobuf varint at `*at`.
@@ -118,7 +120,7 @@ impl<'a> DatumRef<'a> {
             data: &[],
             label: 0,
             encoded: false,
-            has_float_data: false,
+            float_data: Vec::new(),
         };
         let mut at = 0;
         while at < bytes.len() {
@@ -144,20 +146,33 @@ impl<'a> DatumRef<'a> {
                         .ok_or_else(|| format!("field {field} runs past the end of the record"))?;
                     match field {
                         4 => d.data = &bytes[at..end],
-                        6 => d.has_float_data |= len > 0,
+                        // Packed floats (Caffe writes them unpacked; a parser takes both).
+                        6 => {
+                            if len % 4 != 0 {
+                                return Err(format!(
+                                    "packed float_data of {len} bytes is not whole floats"
+                                ));
+                            }
+                            d.float_data
+                                .extend(bytes[at..end].chunks_exact(4).map(le_f32));
+                        }
                         _ => {}
                     }
                     at = end;
                 }
                 1 | 5 => {
                     let size = if wire == 1 { 8 } else { 4 };
-                    if field == 6 {
-                        d.has_float_data = true;
-                    }
-                    at = at
+                    let end = at
                         .checked_add(size)
                         .filter(|&e| e <= bytes.len())
                         .ok_or("truncated fixed-width field")?;
+                    if field == 6 {
+                        if wire == 1 {
+                            return Err("float_data holds a 64-bit value".into());
+                        }
+                        d.float_data.push(le_f32(&bytes[at..end]));
+                    }
+                    at = end;
                 }
                 w => return Err(format!("unsupported wire type {w} for field {field}")),
             }
@@ -168,25 +183,52 @@ impl<'a> DatumRef<'a> {
     /// The raw CHW pixels and their shape, or an error naming `key` when the
     /// record is encoded, float, or the wrong size.
     pub fn raw_pixels(&self, key: &str) -> Result<(usize, usize, usize, &'a [u8])> {
-        let bad = |m: String| Error::invalid(format!("record {key}"), m);
-        let (c, h, w) = (self.channels, self.height, self.width);
-        if self.has_float_data && self.data.is_empty() {
-            return Err(bad(
-                "float_data datums are not supported (expected uint8 data)".into(),
+        if !self.float_data.is_empty() && self.data.is_empty() {
+            return Err(Error::invalid(
+                format!("record {key}"),
+                "holds float_data (features), not image bytes",
             ));
         }
+        let (c, h, w) = self.shape(key, self.data.len())?;
+        Ok((c, h, w, self.data))
+    }
+
+    /// The values of a raw record, bytes or (when it has no bytes, as in
+    /// Caffe's DataTransformer) floats, with their shape `(c, h, w)`.
+    pub fn values(&self, key: &str) -> Result<(usize, usize, usize, Pixels<'_>)> {
+        if self.data.is_empty() && !self.float_data.is_empty() {
+            let (c, h, w) = self.shape(key, self.float_data.len())?;
+            return Ok((c, h, w, Pixels::F32(&self.float_data)));
+        }
+        let (c, h, w, px) = self.raw_pixels(key)?;
+        Ok((c, h, w, Pixels::U8(px)))
+    }
+
+    /// The shape, checked to be positive and to hold `len` values.
+    fn shape(&self, key: &str, len: usize) -> Result<(usize, usize, usize)> {
+        let bad = |m: String| Error::invalid(format!("record {key}"), m);
+        let (c, h, w) = (self.channels, self.height, self.width);
         if c <= 0 || h <= 0 || w <= 0 {
             return Err(bad(format!("raw datum has shape {c}x{h}x{w}")));
         }
         let count = c as usize * h as usize * w as usize;
-        if self.data.len() != count {
+        if len != count {
+            let what = if self.data.is_empty() {
+                "float_data"
+            } else {
+                "data"
+            };
             return Err(bad(format!(
-                "data holds {} bytes but the shape {c}x{h}x{w} needs {count}",
-                self.data.len()
+                "{what} holds {len} values but the shape {c}x{h}x{w} needs {count}"
             )));
         }
-        Ok((c as usize, h as usize, w as usize, self.data))
+        Ok((c as usize, h as usize, w as usize))
     }
+}
+
+/// A little-endian f32 from 4 bytes.
+fn le_f32(b: &[u8]) -> f32 {
+    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 #[cfg(test)]
@@ -221,7 +263,7 @@ mod tests {
             (r.channels, r.height, r.width, r.label),
             (d.channels(), d.height(), d.width(), -7)
         );
-        assert!(!r.encoded && !r.has_float_data);
+        assert!(!r.encoded && r.float_data.is_empty());
         let (c, h, w) = (
             d.channels() as usize,
             d.height() as usize,
@@ -243,6 +285,9 @@ mod tests {
         .encode_to_vec();
         let err = DatumRef::parse(&f).unwrap().raw_pixels("f").unwrap_err();
         assert!(err.to_string().contains("float_data"), "{err}");
+        let r = DatumRef::parse(&f).unwrap();
+        let (c, h, w, v) = r.values("f").unwrap();
+        assert!(matches!(v, Pixels::F32(&[1.0, 2.0])) && (c, h, w) == (1, 1, 2));
         // A record cut anywhere before the end of its pixels is an error, never a panic.
         let full = DatumRef::parse(&bytes).unwrap();
         let data_end = full.data.as_ptr() as usize - bytes.as_ptr() as usize + full.data.len();

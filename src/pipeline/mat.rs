@@ -67,6 +67,49 @@ impl Mat8 {
     }
 }
 
+/// An image's values: bytes (images, raw Datums) or floats (a Datum's
+/// `float_data`, as `features --lmdb` and Caffe's `extract_features` write).
+#[derive(Clone, Copy, Debug)]
+pub enum Pixels<'a> {
+    /// One byte per value.
+    U8(&'a [u8]),
+    /// One float per value.
+    F32(&'a [f32]),
+}
+
+impl Pixels<'_> {
+    /// How many values there are.
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::U8(d) => d.len(),
+            Pixels::F32(d) => d.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> From<&'a [u8]> for Pixels<'a> {
+    fn from(d: &'a [u8]) -> Self {
+        Pixels::U8(d)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Pixels<'a> {
+    fn from(d: &'a Vec<u8>) -> Self {
+        Pixels::U8(d)
+    }
+}
+
+impl<'a> From<&'a [f32]> for Pixels<'a> {
+    fn from(d: &'a [f32]) -> Self {
+        Pixels::F32(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -235,27 +235,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
             "a confidence threshold needs probabilities: name a blob that feeds SoftmaxWithLoss or comes out of Softmax",
         ));
     }
-    // Images to count: the whole source once (the last batch wraps round to
-    // the first images, which are then not counted twice), or whole batches.
-    let images = match (o.iterations, net.data_source_lens().as_slice()) {
-        (Some(_), _) => None,
-        (None, [(_, len)]) => Some(*len as u64),
-        (None, []) => {
-            return Err(Error::model(
-                o.model.display(),
-                "the TEST net reads no list or LMDB, so its size is unknown; give --iterations",
-            ))
-        }
-        (None, many) => {
-            return Err(Error::model(
-                o.model.display(),
-                format!(
-                    "the TEST net has {} data layers; give --iterations",
-                    many.len()
-                ),
-            ))
-        }
-    };
+    let images = images_per_pass(net, o.iterations, o.model)?;
     let views = o.tta.views();
     let max_batches = o.iterations.unwrap_or(usize::MAX).max(1);
     let bar = crate::progress::bar(images.unwrap_or(0), "evaluate");
@@ -367,9 +347,34 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     })
 }
 
+/// The images one pass covers: the whole source of the net's data layer
+/// once (its last batch wraps round to the first images, which are then not
+/// counted twice), or `None` when `iterations` whole batches are asked for.
+pub(crate) fn images_per_pass(
+    net: &Net,
+    iterations: Option<usize>,
+    model: &Path,
+) -> Result<Option<u64>> {
+    match (iterations, net.data_source_lens().as_slice()) {
+        (Some(_), _) => Ok(None),
+        (None, [(_, len)]) => Ok(Some(*len as u64)),
+        (None, []) => Err(Error::model(
+            model.display(),
+            "the TEST net reads no list or LMDB, so its size is unknown; give --iterations",
+        )),
+        (None, many) => Err(Error::model(
+            model.display(),
+            format!(
+                "the TEST net has {} data layers; give --iterations",
+                many.len()
+            ),
+        )),
+    }
+}
+
 /// Points the TEST data layer of `def` at `source`: a list for ImageData
 /// (its paths resolved from the list's folder), an LMDB for Data.
-fn use_source(
+pub(crate) fn use_source(
     def: &mut crate::caffe::proto::NetParameter,
     source: &Path,
     model: &Path,

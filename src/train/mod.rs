@@ -28,6 +28,7 @@ pub mod cudnn;
 pub mod cyclic;
 pub mod deploy;
 pub mod evaluate;
+pub mod features;
 pub mod filler;
 pub mod fused;
 pub mod fusion;

@@ -10,7 +10,7 @@ use super::augment::Augment;
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::proto::{Phase, TransformationParameter};
 use crate::error::{Error, Result};
-use crate::pipeline::mat::Mat8;
+use crate::pipeline::mat::{Mat8, Pixels};
 use rand::{Rng, SeedableRng};
 
 /// A configured transformer.
@@ -185,7 +185,7 @@ impl Transformer {
         if img.data.len() != c * h * w {
             return Err(Error::model(
                 context(),
-                format!("{} pixel bytes for a {c}x{h}x{w} image", img.data.len()),
+                format!("{} pixel values for a {c}x{h}x{w} image", img.data.len()),
             ));
         }
         if let Some((mc, mh, mw, _)) = &self.mean_image {
@@ -247,15 +247,23 @@ impl Transformer {
                     .as_ref()
                     .map(|(_, _, _, m)| &m[chw_start..chw_start + ow]);
                 let dst = &mut out[(ch * oh + y) * ow..(ch * oh + y + 1) * ow];
-                match img.layout {
-                    Layout::Chw => {
-                        let src = &img.data[chw_start..chw_start + ow];
+                let hwc_start = ((h_off + y) * w + w_off) * c + ch;
+                // HWC: every c-th value from the row's start; the row's length bounds the zip.
+                match (img.layout, img.data) {
+                    (Layout::Chw, Pixels::U8(d)) => {
+                        let src = &d[chw_start..chw_start + ow];
                         row(dst, src.iter(), mean, mv, self.scale, mirror)
                     }
-                    Layout::Hwc => {
-                        let start = ((h_off + y) * w + w_off) * c + ch;
-                        // Every c-th byte from here; the row's length bounds the zip.
-                        let src = img.data[start..].iter().step_by(c);
+                    (Layout::Hwc, Pixels::U8(d)) => {
+                        let src = d[hwc_start..].iter().step_by(c);
+                        row(dst, src, mean, mv, self.scale, mirror)
+                    }
+                    (Layout::Chw, Pixels::F32(d)) => {
+                        let src = &d[chw_start..chw_start + ow];
+                        row(dst, src.iter(), mean, mv, self.scale, mirror)
+                    }
+                    (Layout::Hwc, Pixels::F32(d)) => {
+                        let src = d[hwc_start..].iter().step_by(c);
                         row(dst, src, mean, mv, self.scale, mirror)
                     }
                 }
@@ -282,11 +290,12 @@ pub(crate) fn rotate_square(plane: &mut [f32], n: usize, turns: u8) {
     }
 }
 
-/// One output row: each value is (pixel - mean) * scale, as in Caffe. The
-/// branches are hoisted out of the loops so that the CHW case vectorises.
-fn row<'a>(
+/// One output row: each value is (pixel - mean) * scale, as in Caffe (for
+/// bytes and floats alike). The branches are hoisted out of the loops so
+/// that the CHW case vectorises.
+fn row<'a, T: Copy + Into<f32> + 'a>(
     dst: &mut [f32],
-    src: impl Iterator<Item = &'a u8>,
+    src: impl Iterator<Item = &'a T>,
     mean: Option<&[f32]>,
     mv: f32,
     scale: f32,
@@ -295,22 +304,22 @@ fn row<'a>(
     match (mean, mirror) {
         (Some(m), false) => {
             for ((d, &p), &m) in dst.iter_mut().zip(src).zip(m) {
-                *d = (p as f32 - m) * scale;
+                *d = (p.into() - m) * scale;
             }
         }
         (Some(m), true) => {
             for ((d, &p), &m) in dst.iter_mut().rev().zip(src).zip(m) {
-                *d = (p as f32 - m) * scale;
+                *d = (p.into() - m) * scale;
             }
         }
         (None, false) => {
             for (d, &p) in dst.iter_mut().zip(src) {
-                *d = (p as f32 - mv) * scale;
+                *d = (p.into() - mv) * scale;
             }
         }
         (None, true) => {
             for (d, &p) in dst.iter_mut().rev().zip(src) {
-                *d = (p as f32 - mv) * scale;
+                *d = (p.into() - mv) * scale;
             }
         }
     }
@@ -325,25 +334,26 @@ pub enum Layout {
     Hwc,
 }
 
-/// Borrowed uint8 pixels of one image.
+/// Borrowed pixels of one image.
 #[derive(Clone, Copy, Debug)]
 pub struct ImageRef<'a> {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
     pub layout: Layout,
-    pub data: &'a [u8],
+    pub data: Pixels<'a>,
 }
 
 impl<'a> ImageRef<'a> {
-    /// Channel planes of a `channels x height x width` image (a raw Datum's pixels).
-    pub fn chw(channels: usize, height: usize, width: usize, data: &'a [u8]) -> Self {
+    /// Channel planes of a `channels x height x width` image (a raw Datum's
+    /// pixels or float values).
+    pub fn chw(channels: usize, height: usize, width: usize, data: impl Into<Pixels<'a>>) -> Self {
         ImageRef {
             channels,
             height,
             width,
             layout: Layout::Chw,
-            data,
+            data: data.into(),
         }
     }
 }
@@ -356,7 +366,7 @@ impl<'a> From<&'a Mat8> for ImageRef<'a> {
             height: m.height,
             width: m.width,
             layout: Layout::Hwc,
-            data: &m.data,
+            data: Pixels::U8(&m.data),
         }
     }
 }
@@ -408,15 +418,55 @@ mod tests {
                             layout,
                             data,
                         };
-                        t.apply(img(Layout::Chw, &chw), pos, String::new, &mut a)
+                        t.apply(img(Layout::Chw, (&chw).into()), pos, String::new, &mut a)
                             .unwrap();
-                        t.apply(img(Layout::Hwc, &m.data), pos, String::new, &mut b)
+                        t.apply(img(Layout::Hwc, (&m.data).into()), pos, String::new, &mut b)
                             .unwrap();
                         assert_eq!(a, b, "{text:?} {phase:?} mean {mean:?} position {pos}");
                     }
                 }
             }
         }
+    }
+
+    /// Float values (a feature Datum's float_data) go through the same
+    /// crop, mirror, mean and scale as bytes: whole-number floats give what
+    /// the bytes give, and fractions are kept.
+    #[test]
+    fn float_values_transform_like_bytes() {
+        let (c, h, w) = (2, 5, 6);
+        let bytes: Vec<u8> = (0..c * h * w).map(|i| (i * 53 % 256) as u8).collect();
+        let floats: Vec<f32> = bytes.iter().map(|&b| b as f32).collect();
+        for text in [
+            "",
+            "mirror: true crop_size: 3 scale: 0.5",
+            "mean_value: 3 mean_value: 1",
+        ] {
+            for phase in [Phase::Train, Phase::Test] {
+                let t = transformer(text, phase, None);
+                let (oc, oh, ow) = t.out_shape(c, h, w);
+                for pos in 0..6 {
+                    let mut a = vec![0f32; oc * oh * ow];
+                    let mut b = a.clone();
+                    t.apply(ImageRef::chw(c, h, w, &bytes[..]), pos, String::new, &mut a)
+                        .unwrap();
+                    t.apply(
+                        ImageRef::chw(c, h, w, &floats[..]),
+                        pos,
+                        String::new,
+                        &mut b,
+                    )
+                    .unwrap();
+                    assert_eq!(a, b, "{text:?} {phase:?} position {pos}");
+                }
+            }
+        }
+        let t = transformer("scale: 2 mean_value: 0.5", Phase::Test, None);
+        let mut out = [0f32; 3];
+        let v = [0.25f32, -1.5, 1e-3];
+        t.apply(ImageRef::chw(1, 1, 3, &v[..]), 0, String::new, &mut out)
+            .unwrap();
+        assert_eq!(out, [-0.5, -4.0, (1e-3 - 0.5) * 2.0]);
     }
 
     /// Test phase: the centred crop, mirrored or not by the position's draw.
@@ -432,7 +482,7 @@ mod tests {
             height: 4,
             width: 5,
             layout: Layout::Hwc,
-            data: &data,
+            data: Pixels::U8(&data),
         };
         let mut seen = std::collections::BTreeSet::new();
         for pos in 0..16 {
@@ -454,12 +504,12 @@ mod tests {
             height: 3,
             width: 3,
             layout: Layout::Chw,
-            data: &data,
+            data: Pixels::U8(&data),
         };
         let e = t.apply(img, 0, || "img.jpg".into(), &mut [0f32; 16]);
         assert!(e.unwrap_err().to_string().contains("crop_size 4 is larger"));
         let short = ImageRef {
-            data: &data[..5],
+            data: Pixels::U8(&data[..5]),
             ..img
         };
         let t = transformer("", Phase::Train, None);
@@ -467,7 +517,7 @@ mod tests {
         assert!(e
             .unwrap_err()
             .to_string()
-            .contains("5 pixel bytes for a 1x3x3"));
+            .contains("5 pixel values for a 1x3x3"));
     }
 
     #[test]
@@ -475,7 +525,7 @@ mod tests {
         // A 2-channel 3x3 image, no crop or mean: every output is one of the
         // 8 flips and turns of the input, each chosen per position.
         let data: Vec<u8> = (0..18).collect();
-        let img = ImageRef::chw(2, 3, 3, &data);
+        let img = ImageRef::chw(2, 3, 3, &data[..]);
         let plain = transformer("mirror: true", Phase::Train, None);
         let turned = plain.clone().with_rotate90(true);
         let run = |t: &Transformer, pos| {
@@ -507,7 +557,12 @@ mod tests {
         let wide: Vec<u8> = vec![0; 6];
         let mut out = vec![0.0; 6];
         let err = turned
-            .apply(ImageRef::chw(1, 2, 3, &wide), 0, || "wide".into(), &mut out)
+            .apply(
+                ImageRef::chw(1, 2, 3, &wide[..]),
+                0,
+                || "wide".into(),
+                &mut out,
+            )
             .unwrap_err()
             .to_string();
         assert!(err.contains("square"), "{err}");

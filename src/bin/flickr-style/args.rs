@@ -57,6 +57,9 @@ pub(crate) enum Command {
     /// Per-class report of trained weights over the TEST data: confusion matrix, precision,
     /// recall, F1, top-k and mean per-class accuracy.
     Evaluate(EvaluateArgs),
+    /// Save blobs' values (e.g. fc7) for every TEST image as .npy, and with --lmdb as Caffe's
+    /// extract_features LMDB, for other learners (extract_features).
+    Features(FeaturesArgs),
     /// Predict the classes of new, unlabelled images with trained weights (classify.py): the
     /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
     /// with --mean; writes a CSV of the top classes.
@@ -718,6 +721,40 @@ pub(crate) struct EvaluateArgs {
     /// files are loaded into one net in turn, as `caffe test --weights a,b` does.
     #[arg(long)]
     pub(crate) ensemble: bool,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct FeaturesArgs {
+    /// Net prototxt (its TEST phase runs; e.g. the pipeline's train_val.prototxt).
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Trained .caffemodel(s), comma-separated, loaded in turn.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) weights: Vec<PathBuf>,
+    /// Blobs to save, comma-separated (e.g. fc7 or fc6,fc7; their values after the whole forward
+    /// pass, so after an in-place ReLU, as extract_features saves them).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) blobs: Vec<String>,
+    /// Folder for <blob>.npy (float32, one row per image), images.csv (which image each row is,
+    /// with its label) and, with --lmdb, <blob>_lmdb.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Other data than the TEST layer's source, as for `evaluate`.
+    #[arg(long)]
+    pub(crate) source: Option<PathBuf>,
+    /// Run this many batches and keep every row, as extract_features' num_mini_batches (default:
+    /// each image of the source once).
+    #[arg(long)]
+    pub(crate) iterations: Option<usize>,
+    /// Also write each blob as an LMDB in extract_features' layout (keys %010d, float_data Datums
+    /// shaped like the blob), with each image's label, so a Data layer can train on them.
+    #[arg(long)]
+    pub(crate) lmdb: bool,
+    /// Replace existing LMDBs.
+    #[arg(long, requires = "lmdb")]
+    pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }

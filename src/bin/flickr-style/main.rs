@@ -38,6 +38,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Pipeline(_)
             | Command::Test(_)
             | Command::Evaluate(_)
+            | Command::Features(_)
             | Command::Classify(_)
             | Command::Time(_)
     ) {
@@ -65,6 +66,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pipeline(a) => cmd_pipeline(*a),
         Command::Test(a) => cmd_test(a),
         Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Features(a) => cmd_features(a),
         Command::Classify(a) => cmd_classify(a),
         Command::Deploy(a) => {
             let def = flickr_style::caffe::model::read_net_prototxt(&a.model)?;
@@ -512,6 +514,28 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
             eprintln!("wrote {}", f.display());
         }
     }
+    Ok(())
+}
+
+fn cmd_features(a: FeaturesArgs) -> Result<()> {
+    use flickr_style::train::features::{extract, FeatureOptions};
+    let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
+    let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
+    let compute = a.device.compute()?;
+    let saved = extract(&FeatureOptions {
+        model: &a.model,
+        weights: &weights,
+        base_dir: &base_dir,
+        compute: &compute,
+        blobs: &a.blobs,
+        out: &a.out,
+        source: a.source.as_deref(),
+        iterations: a.iterations,
+        lmdb: a.lmdb,
+        force: a.force,
+    })
+    .with_context(|| format!("features of {}", a.model.display()))?;
+    print!("{}", saved.summary());
     Ok(())
 }
 

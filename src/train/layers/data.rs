@@ -105,8 +105,8 @@ impl Source {
                             )?;
                             return f((&m).into(), label);
                         }
-                        let (c, h, w, px) = datum.raw_pixels(&key)?;
-                        f(ImageRef::chw(c, h, w, px), label)
+                        let (c, h, w, values) = datum.values(&key)?;
+                        f(ImageRef::chw(c, h, w, values), label)
                     })?
                     .ok_or_else(|| Error::lmdb(reader.path(), format!("record {key} vanished")))
             }

@@ -1,0 +1,250 @@
+//! `features` (Caffe's `extract_features`) on the tiny-net fixture: the
+//! saved blobs against pycaffe's forward dumps of the same weights, the
+//! LMDB layout Caffe's tool writes, a Data layer training on that LMDB, and
+//! failures that leave nothing behind.
+mod common;
+use common::{edited_net, fixture, run};
+use flickr_style::caffe::proto::Datum;
+use flickr_style::pipeline::lmdb_store::LmdbReader;
+use prost::Message;
+use std::path::Path;
+
+fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let f = npyz::NpyFile::new(bytes.as_slice()).unwrap();
+    let shape = f.shape().iter().map(|&d| d as usize).collect();
+    (shape, f.into_vec::<f32>().unwrap())
+}
+
+/// Largest |a-b| over the largest |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+/// Runs `features` on the tiny net from Caffe's initial weights (in the
+/// fixture's folder, as its relative paths want) with `extra` arguments.
+fn tiny_features(out: &Path, blobs: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "features",
+        "--model",
+        "train_val.prototxt",
+        "--weights",
+        "snapshots/init_iter_0.caffemodel",
+        "--blobs",
+        blobs,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&fixture("tiny-net"), &args)
+}
+
+#[test]
+fn saved_blobs_equal_caffes_and_the_lmdb_has_extract_features_layout() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("feat");
+    let (ok, stdout, stderr) = tiny_features(&out, "fc7,pool2,conv1", &["--lmdb"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("24 images"), "{stdout}");
+    // pycaffe's blobs after the whole forward pass of the first batch
+    // (images 0-7): ReLU works in place, so fc7 and conv1 are rectified.
+    let forward = fixture("tiny-net/pycaffe/forward");
+    for (blob, dump, shape) in [
+        ("fc7", "15_relu7__fc7", vec![24, 64]),
+        ("pool2", "08_pool2__pool2", vec![24, 32, 7, 7]),
+        ("conv1", "03_relu1__conv1", vec![24, 16, 30, 30]),
+    ] {
+        let (dims, mine) = npy(&out.join(format!("{blob}.npy")));
+        assert_eq!(dims, shape, "{blob}");
+        let (_, caffe) = npy(&forward.join(format!("{dump}.npy")));
+        let e = rel_err(&mine[..caffe.len()], &caffe);
+        // OpenBLAS against our kernels: ~1e-7..1e-6 relative (fixture README).
+        assert!(e < 1e-5, "{blob}: relative error {e}");
+    }
+    // Rows in LMDB key order, labels from the data layer: 6 of each class.
+    let index = std::fs::read_to_string(out.join("images.csv")).unwrap();
+    let rows: Vec<&str> = index.lines().collect();
+    assert_eq!(rows[0], "row,image,label");
+    assert_eq!(rows[1], "0,00000000_animal/cat.jpg,0");
+    assert_eq!(rows.len(), 25);
+    let labels: Vec<&str> = rows[1..]
+        .iter()
+        .map(|r| r.rsplit(',').next().unwrap())
+        .collect();
+    for class in ["0", "1", "2", "3"] {
+        assert_eq!(labels.iter().filter(|&&l| l == class).count(), 6);
+    }
+    // extract_features' layout: keys %010d from 0; legacy c/h/w of the blob;
+    // the values as unpacked float_data (tag 6, wire type 5: byte 0x35 each).
+    let (_, fc7) = npy(&out.join("fc7.npy"));
+    let db = LmdbReader::open(&out.join("fc7_lmdb")).unwrap();
+    let records = db.records().unwrap();
+    assert_eq!(records.len(), 24);
+    for (i, (key, value)) in records.iter().enumerate() {
+        assert_eq!(std::str::from_utf8(key).unwrap(), format!("{i:010}"));
+        let d = Datum::decode(value.as_slice()).unwrap();
+        assert_eq!((d.channels(), d.height(), d.width()), (64, 1, 1));
+        assert_eq!(d.float_data, fc7[i * 64..(i + 1) * 64]);
+        assert_eq!(d.label(), labels[i].parse::<i32>().unwrap());
+        assert!(d.data.is_none() && d.encoded.is_none());
+        // Fields in number order, as protobuf writes them: c, h, w, label, floats.
+        assert_eq!(&value[..7], [0x08, 64, 0x10, 1, 0x18, 1, 0x28]);
+        assert_eq!(value[8], 0x35, "unpacked float_data, as Caffe writes");
+        assert_eq!(value.len(), 8 + 64 * 5);
+    }
+    let d = Datum::decode(
+        LmdbReader::open(&out.join("pool2_lmdb"))
+            .unwrap()
+            .records()
+            .unwrap()[0]
+            .1
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!((d.channels(), d.height(), d.width()), (32, 7, 7));
+    // An existing LMDB is kept unless --force.
+    let before = std::fs::read(out.join("fc7.npy")).unwrap();
+    let (ok, _, stderr) = tiny_features(&out, "fc7", &["--lmdb"]);
+    assert!(
+        !ok && stderr.contains("fc7_lmdb") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(out.join("fc7.npy")).unwrap(), before);
+    let (ok, _, stderr) = tiny_features(&out, "fc7", &["--lmdb", "--force"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read(out.join("fc7.npy")).unwrap(),
+        before,
+        "repeatable"
+    );
+    // --iterations keeps every row of every batch, as num_mini_batches does.
+    let more = t.path().join("more");
+    let (ok, _, stderr) = tiny_features(&more, "fc8", &["--iterations", "4"]);
+    assert!(ok, "{stderr}");
+    let (dims, fc8) = npy(&more.join("fc8.npy"));
+    assert_eq!(dims, [32, 4]);
+    assert_eq!(
+        fc8[..4 * 8],
+        fc8[24 * 4..],
+        "batch 4 wraps round to batch 1"
+    );
+}
+
+/// A linear classifier trained on saved features: the Data layer reads the
+/// float Datums (the probe learns the tiny net's 24 images from fc7 alone).
+#[test]
+fn a_data_layer_trains_on_a_feature_lmdb() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("feat");
+    let (ok, _, stderr) = tiny_features(&out, "fc7", &["--lmdb"]);
+    assert!(ok, "{stderr}");
+    let net = format!(
+        r#"name: "probe"
+layer {{ name: "data" type: "Data" top: "data" top: "label"
+  data_param {{ source: "{}" batch_size: 8 backend: LMDB }} }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param {{ num_output: 4 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+layer {{ name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" include {{ phase: TEST }} }}
+"#,
+        out.join("fc7_lmdb").display()
+    );
+    std::fs::write(t.path().join("probe.prototxt"), net).unwrap();
+    let solver = "net: \"probe.prototxt\"\ntest_iter: 3\ntest_interval: 300\ntest_initialization: false\n\
+        base_lr: 0.1\nmomentum: 0.9\nlr_policy: \"fixed\"\nmax_iter: 300\nsnapshot_prefix: \"probe\"\nrandom_seed: 1\n";
+    std::fs::write(t.path().join("solver.prototxt"), solver).unwrap();
+    let mut s = common::solver_in(t.path(), "solver.prototxt", &t.path().join("probe")).unwrap();
+    s.solve().unwrap();
+    let mean = |r: &[(usize, f32)]| r.iter().map(|(_, l)| l).sum::<f32>() / r.len() as f32;
+    let (first, last) = (mean(&s.trajectory[..3]), mean(&s.trajectory[297..]));
+    assert!(last < 0.75 * first, "loss {first} -> {last}");
+    let (ok, stdout, stderr) = run(
+        t.path(),
+        &[
+            "evaluate",
+            "--model",
+            "probe.prototxt",
+            "--weights",
+            "probe_iter_300.caffemodel",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| 24 |"), "{stdout}");
+}
+
+#[test]
+fn bad_requests_are_clear_errors_and_write_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("feat");
+    let (ok, _, stderr) = tiny_features(&out, "fc9", &[]);
+    assert!(
+        !ok && stderr.contains("blob 'fc9'") && stderr.contains("fc7"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = tiny_features(&out, "fc7,loss", &[]);
+    assert!(
+        !ok && stderr.contains("blob 'loss'") && stderr.contains("one row per image"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = tiny_features(&out, "a/b,a_b", &[]);
+    assert!(!ok && stderr.contains("a_b.npy"), "{stderr}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}
+
+/// An image that cannot be read in the third batch: the pass stops naming
+/// it, and no output (nor a temporary file) is left, however far it got.
+#[test]
+fn a_failure_mid_pass_leaves_no_partial_output() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let images = fixture("images");
+    let cat = std::fs::read(images.join("animal/cat.jpg")).unwrap();
+    std::fs::write(p.join("bad.jpg"), &cat[..3000]).unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(images.join("list.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}/{l}", images.display()))
+        .collect();
+    lines[20] = format!("{} 3", p.join("bad.jpg").display());
+    std::fs::write(p.join("list.txt"), lines.join("\n") + "\n").unwrap();
+    let image_data = format!(
+        "image_data_param {{ source: \"{}\" batch_size: 8 new_height: 64 new_width: 64 }}",
+        p.join("list.txt").display()
+    );
+    edited_net(p, |mut s| {
+        while let Some(at) = s.find(" data_param {") {
+            let end = at + s[at..].find('}').unwrap() + 1;
+            s.replace_range(at + 1..end, &image_data);
+        }
+        s.replace("type: \"Data\"", "type: \"ImageData\"")
+    });
+    let weights = fixture("tiny-net/snapshots/init_iter_0.caffemodel");
+    let out = p.join("feat");
+    let (ok, _, stderr) = run(
+        p,
+        &[
+            "features",
+            "--model",
+            "net.prototxt",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--blobs",
+            "fc7",
+            "--out",
+            out.to_str().unwrap(),
+            "--lmdb",
+        ],
+    );
+    assert!(!ok && stderr.contains("bad.jpg"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
