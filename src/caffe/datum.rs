@@ -298,6 +298,42 @@ mod tests {
         }
     }
 
+    /// Feature records: Caffe's unpacked floats and packed ones read alike;
+    /// every truncation is an error, never a short or garbled row.
+    #[test]
+    fn float_datums_read_packed_or_not_and_refuse_truncation() {
+        let d = Datum {
+            channels: Some(3),
+            height: Some(1),
+            width: Some(1),
+            float_data: vec![0.5, -2.0, 7.25],
+            label: Some(2),
+            ..Default::default()
+        };
+        let bytes = d.encode_to_vec();
+        let r = DatumRef::parse(&bytes).unwrap();
+        assert_eq!(
+            (r.float_data.as_slice(), r.label),
+            (&[0.5, -2.0, 7.25][..], 2)
+        );
+        // The same values packed (tag 6, wire type 2).
+        let mut packed = bytes[..8].to_vec();
+        packed.extend([0x32, 12]);
+        for v in &d.float_data {
+            packed.extend(v.to_le_bytes());
+        }
+        assert_eq!(DatumRef::parse(&packed).unwrap().float_data, r.float_data);
+        for cut in 0..bytes.len() {
+            let ok = DatumRef::parse(&bytes[..cut])
+                .and_then(|r| r.values("t").map(|_| ()).map_err(|e| e.to_string()));
+            assert!(ok.is_err(), "prefix of {cut} bytes accepted");
+        }
+        let mut odd = packed.clone();
+        odd[9] = 11;
+        odd.truncate(odd.len() - 1);
+        assert!(DatumRef::parse(&odd).unwrap_err().contains("whole floats"));
+    }
+
     #[test]
     fn encoded_datum_has_no_shape_and_bad_sizes_are_errors() {
         let d = Datum::encoded_bytes(vec![1, 2, 3], 2);
