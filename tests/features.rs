@@ -16,10 +16,10 @@ fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, f.into_vec::<f32>().unwrap())
 }
 
-/// Largest |a-b| over the largest |b|.
+/// Largest |a-b| over the largest |b| (0 when both are all zeros).
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = b.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
@@ -247,4 +247,174 @@ fn a_failure_mid_pass_leaves_no_partial_output() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The probe is fine-tuning with every layer below the classifier frozen:
+/// on the tiny net (no augmentation, no dropout) and in the data's own
+/// order, its 30 losses, test outputs and trained classifier are those of
+/// `finetune` with lr_mult 0 everywhere but fc8.
+#[test]
+fn the_probe_trains_as_a_frozen_finetune_does() {
+    use flickr_style::caffe::model::read_caffemodel;
+    use flickr_style::train::compute::DeviceChoice;
+    use flickr_style::train::probe::{probe, ProbeOptions};
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny-net");
+    let init = dir.join("snapshots/init_iter_0.caffemodel");
+    let p = probe(&ProbeOptions {
+        solver: Path::new("solver.prototxt"),
+        weights: &[init.as_path()],
+        base_dir: &dir,
+        out: &t.path().join("probe"),
+        max_iter: Some(30),
+        device: DeviceChoice::Cpu,
+        metrics: None,
+        verbose: false,
+        stop: None,
+        shuffle: false,
+    })
+    .unwrap();
+    assert_eq!((p.classifier.as_str(), p.feature.as_str()), ("fc8", "fc7"));
+    assert_eq!((p.train.rows, p.test.rows), (24, 24));
+    let frozen_dir = t.path().join("frozen");
+    std::fs::create_dir(&frozen_dir).unwrap();
+    let solver = edited_net(&frozen_dir, |s| {
+        s.replace("lr_mult: 1 ", "lr_mult: 0 ")
+            .replace("lr_mult: 2 ", "lr_mult: 0 ")
+    });
+    let mut frozen = common::solver_in(
+        &frozen_dir,
+        solver.to_str().unwrap(),
+        &frozen_dir.join("frozen"),
+    )
+    .unwrap();
+    frozen.load_weights(std::slice::from_ref(&init)).unwrap();
+    frozen.solve().unwrap();
+    assert_eq!(p.trajectory.len(), 30);
+    for ((i, a), (j, b)) in p.trajectory.iter().zip(&frozen.trajectory) {
+        assert_eq!(i, j);
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "iteration {i}: {a} vs {b}");
+    }
+    assert_eq!(p.tests.len(), frozen.test_results.len());
+    for (a, b) in p.tests.iter().zip(&frozen.test_results) {
+        assert_eq!(a.0, b.0);
+        for ((ka, va), (kb, vb)) in a.2.iter().zip(&b.2) {
+            assert_eq!(ka, kb);
+            assert!(
+                (va - vb).abs() <= 1e-6 * vb.abs().max(1.0),
+                "{ka} at {}: {va} vs {vb}",
+                a.0
+            );
+        }
+    }
+    // probe.caffemodel: the pretrained layers untouched, fc8 as trained.
+    let blobs = |path: &Path| {
+        read_caffemodel(path)
+            .unwrap()
+            .layer
+            .into_iter()
+            .filter(|l| !l.blobs.is_empty())
+            .map(|l| {
+                (
+                    l.name().to_string(),
+                    l.blobs.into_iter().map(|b| b.data).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let merged = blobs(&p.model);
+    let tuned = blobs(&frozen_dir.join("frozen_iter_30.caffemodel"));
+    assert_eq!(merged.len(), tuned.len());
+    for ((na, a), (nb, b)) in merged.iter().zip(&tuned) {
+        assert_eq!(na, nb);
+        for (x, y) in a.iter().zip(b) {
+            let e = rel_err(x, y);
+            assert!(e <= 1e-6, "{na}: relative difference {e}");
+        }
+    }
+}
+
+/// The command line: a shuffled probe, and its net scores the test images
+/// as the probe's last test phase did.
+#[test]
+fn probe_writes_a_whole_net_that_scores_as_its_test_phase() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("probe");
+    let dir = fixture("tiny-net");
+    let (ok, stdout, stderr) = run(
+        &dir,
+        &[
+            "probe",
+            "--solver",
+            "solver.prototxt",
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-iter",
+            "30",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("trained fc8 on fc7 (24 training and 24 test images)"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("test images at iteration 30"))
+        .unwrap();
+    let accuracy = line
+        .split("accuracy = ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    let model = out.join("probe.caffemodel");
+    let (ok, tested, stderr) = run(
+        &dir,
+        &[
+            "test",
+            "--model",
+            "train_val.prototxt",
+            "--weights",
+            model.to_str().unwrap(),
+            "--iterations",
+            "3",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let got: f32 = tested
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (got - accuracy.parse::<f32>().unwrap()).abs() < 1e-4,
+        "{tested} vs {line}"
+    );
+    // The training features were keyed in a shuffle: not in the images' order.
+    let keys: Vec<String> = LmdbReader::open(&out.join("train_features/fc7_lmdb"))
+        .unwrap()
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| Datum::decode(v.as_slice()).unwrap().label().to_string())
+        .collect();
+    let index = std::fs::read_to_string(out.join("train_features/images.csv")).unwrap();
+    let in_order: Vec<String> = index
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().to_string())
+        .collect();
+    assert_ne!(
+        keys, in_order,
+        "labels in LMDB order differ from the list's"
+    );
+    let (mut a, mut b) = (keys.clone(), in_order.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same images");
 }

@@ -15,7 +15,7 @@ use super::compute::Compute;
 use super::evaluate::{images_per_pass, trained_nets, use_source};
 use super::layers::{to_vec, BuildContext};
 use crate::caffe::model::read_net_prototxt;
-use crate::caffe::proto::{Datum, Phase};
+use crate::caffe::proto::{Datum, NetParameter, Phase};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{give_default_permissions, write_atomic};
 use crate::pipeline::lmdb_store::LmdbWriter;
@@ -49,6 +49,10 @@ pub struct FeatureOptions<'a> {
     pub lmdb: bool,
     /// Replace existing LMDBs.
     pub force: bool,
+    /// Key each LMDB record by its place in a permutation of the rows drawn
+    /// from this seed instead of by its row, so a Data layer (which reads in
+    /// key order) sees the images shuffled; `None`: Caffe's keys, the rows.
+    pub shuffle_keys: Option<u64>,
 }
 
 /// One saved blob.
@@ -111,6 +115,16 @@ struct Sink {
 
 /// Runs the TEST net of `o.model` over its data and saves `o.blobs`.
 pub fn extract(o: &FeatureOptions) -> Result<Features> {
+    let mut def = read_net_prototxt(o.model)?;
+    if let Some(source) = o.source {
+        use_source(&mut def, source, o.model)?;
+    }
+    extract_from(&def, o)
+}
+
+/// [`extract`] with the net's definition given (`o.model` and `o.source`
+/// only name it in messages).
+pub(crate) fn extract_from(def: &NetParameter, o: &FeatureOptions) -> Result<Features> {
     if o.blobs.is_empty() {
         return Err(Error::model(
             o.model.display(),
@@ -118,12 +132,8 @@ pub fn extract(o: &FeatureOptions) -> Result<Features> {
         ));
     }
     let files = file_names(o.blobs)?;
-    let mut def = read_net_prototxt(o.model)?;
-    if let Some(source) = o.source {
-        use_source(&mut def, source, o.model)?;
-    }
     let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
-    let mut net = trained_nets(&def, &ctx, o.weights, false)?
+    let mut net = trained_nets(def, &ctx, o.weights, false)?
         .pop()
         .expect("trained_nets makes one net without an ensemble");
     for b in o.blobs {
@@ -165,6 +175,8 @@ pub fn extract(o: &FeatureOptions) -> Result<Features> {
     let max_batches = o.iterations.unwrap_or(usize::MAX).max(1);
     let bar = crate::progress::bar(images.unwrap_or(0), "features");
     let mut sinks: Vec<Sink> = Vec::new();
+    // Row r's LMDB key: r, or its place in the shuffled order.
+    let mut keys: Vec<u64> = Vec::new();
     let mut index = String::from("row,image,label\n");
     let (mut seen, mut batches) = (0u64, 0usize);
     while batches < max_batches && images.is_none_or(|total| seen < total) {
@@ -184,6 +196,9 @@ pub fn extract(o: &FeatureOptions) -> Result<Features> {
         let total = images.unwrap_or_else(|| (max_batches as u64).saturating_mul(n as u64));
         if sinks.is_empty() {
             bar.set_length(total);
+            if let Some(seed) = o.shuffle_keys {
+                keys = shuffled(total, seed)?;
+            }
             for ((b, file), (dims, _)) in o.blobs.iter().zip(&files).zip(&values) {
                 let lmdb = o.lmdb.then(|| o.out.join(format!("{file}_lmdb")));
                 sinks.push(Sink::open(
@@ -206,9 +221,10 @@ pub fn extract(o: &FeatureOptions) -> Result<Features> {
         for i in 0..take {
             let row = seen + i as u64;
             let label = labels.as_ref().and_then(|l| l.get(i)).map(|&v| v as i32);
+            let key = keys.get(row as usize).copied().unwrap_or(row);
             for (sink, (_, v)) in sinks.iter_mut().zip(&values) {
                 let per = v.len() / n;
-                sink.push(row, &v[i * per..(i + 1) * per], label)?;
+                sink.push(key, &v[i * per..(i + 1) * per], label)?;
             }
             let name = names.as_ref().map_or("", |s| s[i].as_str());
             index += &format!(
@@ -277,7 +293,8 @@ impl Sink {
         })
     }
 
-    fn push(&mut self, row: u64, values: &[f32], label: Option<i32>) -> Result<()> {
+    /// Appends one image's values; `key` numbers its LMDB record.
+    fn push(&mut self, key: u64, values: &[f32], label: Option<i32>) -> Result<()> {
         for v in values {
             self.npy.push(v).at(&self.npy_path)?;
         }
@@ -291,7 +308,7 @@ impl Sink {
                 label,
                 ..Default::default()
             };
-            w.put(format!("{row:010}").into_bytes(), datum.encode_to_vec())?;
+            w.put(format!("{key:010}").into_bytes(), datum.encode_to_vec())?;
         }
         Ok(())
     }
@@ -324,6 +341,21 @@ impl Sink {
             lmdb,
         })
     }
+}
+
+/// Each row's place in a seeded shuffle of `rows` rows.
+fn shuffled(rows: u64, seed: u64) -> Result<Vec<u64>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let n = usize::try_from(rows)
+        .map_err(|_| Error::model("features", format!("{rows} rows do not fit in memory")))?;
+    let mut order: Vec<u64> = (0..rows).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let mut place = vec![0u64; n];
+    for (at, &row) in order.iter().enumerate() {
+        place[row as usize] = at as u64;
+    }
+    Ok(place)
 }
 
 /// The images in this batch: every blob's first axis, which must agree.

@@ -44,6 +44,7 @@ pub mod net;
 pub mod op_check;
 pub mod plot;
 pub mod precision;
+pub mod probe;
 pub mod sgd;
 pub mod solver;
 pub mod tensor_ops;

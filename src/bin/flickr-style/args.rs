@@ -60,6 +60,9 @@ pub(crate) enum Command {
     /// Save blobs' values (e.g. fc7) for every TEST image as .npy, and with --lmdb as Caffe's
     /// extract_features LMDB, for other learners (extract_features).
     Features(FeaturesArgs),
+    /// Train only the classifier on the pretrained net's features (a linear probe): one forward
+    /// pass over the images, then seconds of training; writes the whole net as probe.caffemodel.
+    Probe(ProbeArgs),
     /// Predict the classes of new, unlabelled images with trained weights (classify.py): the
     /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
     /// with --mean; writes a CSV of the top classes.
@@ -755,6 +758,30 @@ pub(crate) struct FeaturesArgs {
     /// Replace existing LMDBs.
     #[arg(long, requires = "lmdb")]
     pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ProbeArgs {
+    /// The recipe's solver prototxt (its net holds both phases; its learning rate policy,
+    /// momentum, weight decay, test interval and max_iter drive the probe's training).
+    #[arg(long)]
+    pub(crate) solver: PathBuf,
+    /// Pretrained .caffemodel(s), comma-separated, loaded in turn (e.g. CaffeNet's).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) weights: Vec<PathBuf>,
+    /// Folder for the saved features (train_features/, test_features/), the probe's net and
+    /// solver, its snapshot and probe.caffemodel (the pretrained net with the trained classifier).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Iterations of the probe's training instead of the solver's max_iter (each one reads a
+    /// batch of saved features: milliseconds).
+    #[arg(long)]
+    pub(crate) max_iter: Option<usize>,
+    /// Write the probe's training metrics as JSON lines (see `finetune --metrics`).
+    #[arg(long)]
+    pub(crate) metrics: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }

@@ -39,6 +39,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Test(_)
             | Command::Evaluate(_)
             | Command::Features(_)
+            | Command::Probe(_)
             | Command::Classify(_)
             | Command::Time(_)
     ) {
@@ -67,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test(a) => cmd_test(a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Features(a) => cmd_features(a),
+        Command::Probe(a) => cmd_probe(a),
         Command::Classify(a) => cmd_classify(a),
         Command::Deploy(a) => {
             let def = flickr_style::caffe::model::read_net_prototxt(&a.model)?;
@@ -533,9 +535,43 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
         iterations: a.iterations,
         lmdb: a.lmdb,
         force: a.force,
+        shuffle_keys: None,
     })
     .with_context(|| format!("features of {}", a.model.display()))?;
     print!("{}", saved.summary());
+    Ok(())
+}
+
+fn cmd_probe(a: ProbeArgs) -> Result<()> {
+    use flickr_style::train::probe::{probe, ProbeOptions};
+    flickr_style::train::compute::set_tf32(a.device.tf32);
+    let stop = stop_on_ctrl_c("Stopping after this iteration")?;
+    let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
+    let p = probe(&ProbeOptions {
+        solver: &a.solver,
+        weights: &weights,
+        base_dir: Path::new("."),
+        out: &a.out,
+        max_iter: a.max_iter,
+        device: a.device.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
+        metrics: a.metrics,
+        verbose: true,
+        stop: Some(stop),
+        shuffle: true,
+    })
+    .with_context(|| format!("probe of {}", a.solver.display()))?;
+    println!(
+        "trained {} on {} ({} training and {} test images)",
+        p.classifier, p.feature, p.train.rows, p.test.rows
+    );
+    if let Some((iter, _, outputs)) = p.tests.last() {
+        let shown: Vec<String> = outputs
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:.4}"))
+            .collect();
+        println!("test images at iteration {iter}: {}", shown.join(", "));
+    }
+    println!("the net with it: {}", p.model.display());
     Ok(())
 }
 
