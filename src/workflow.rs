@@ -128,6 +128,9 @@ pub struct WorkflowOptions {
     pub gpu: Option<usize>,
     /// bf16 mixed precision (GPU only; see [`crate::train::precision`]).
     pub bf16: bool,
+    /// Train only the classifier, on the pretrained net's saved features
+    /// (see [`crate::train::probe`]), instead of fine-tuning the whole net.
+    pub probe: bool,
 }
 
 impl WorkflowOptions {
@@ -149,7 +152,8 @@ impl WorkflowOptions {
     /// The suffix of the outputs that depend on how the net was trained
     /// (snapshots, evaluation): the data's, `_rot90` when turning, `_cyclic`
     /// with cyclic pooling,
-    /// `_aug...` when warping and `_cw<alpha>` with class weights.
+    /// `_aug...` when warping, `_cw<alpha>` with class weights and `_probe`
+    /// when only the classifier is trained.
     fn run_tag(&self) -> String {
         let turn = if self.rotate90 { "_rot90" } else { "" };
         let cyclic = if self.cyclic { "_cyclic" } else { "" };
@@ -159,7 +163,8 @@ impl WorkflowOptions {
         let weighted = self
             .class_weights
             .map_or(String::new(), |a| format!("_cw{a}"));
-        format!("{}{turn}{cyclic}{warp}{weighted}", self.data_tag())
+        let probe = if self.probe { "_probe" } else { "" };
+        format!("{}{turn}{cyclic}{warp}{weighted}{probe}", self.data_tag())
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -179,6 +184,12 @@ pub fn run(
             eprintln!("{m}");
         }
     };
+    if opts.probe && (opts.rotate90 || opts.augment.is_some()) {
+        return Err(Error::invalid(
+            "--probe",
+            "trains on each image's features once, unturned and unwarped; drop --rotate90 and --augment (or fine-tune without --probe)",
+        ));
+    }
     if opts.measure && matches!(opts.dataset, Dataset::FlickrStyle(_)) {
         return Err(Error::invalid(
             "--measure",
@@ -318,15 +329,47 @@ pub fn run(
         weights
     };
 
-    say("[5/6] finetune".into());
+    say(if opts.probe {
+        "[5/6] probe: the classifier alone, on the pretrained net's features".into()
+    } else {
+        "[5/6] finetune".into()
+    });
     let (solver_path, net_path, prefix) =
         write_recipe(opts, &data, &sources, &mean, classes, &say)?;
     let max_iter = prototxt::read::<SolverParameter>(&solver_path)?
         .max_iter()
         .max(0) as usize;
-    let final_model = PathBuf::from(format!("{}_iter_{max_iter}.caffemodel", prefix.display()));
+    let final_model = if opts.probe {
+        // The features, the probe's net and its classifier live together,
+        // one folder per variant (the run's tag, less its own "_probe").
+        let tag = opts.run_tag();
+        data.join(format!(
+            "probe{}",
+            tag.strip_suffix("_probe").unwrap_or(&tag)
+        ))
+        .join("probe.caffemodel")
+    } else {
+        PathBuf::from(format!("{}_iter_{max_iter}.caffemodel", prefix.display()))
+    };
     if final_model.exists() {
         say(format!("      already trained: {}", final_model.display()));
+    } else if opts.probe {
+        let p = crate::train::probe::probe(&crate::train::probe::ProbeOptions {
+            solver: &solver_path,
+            weights: &[weights.as_path()],
+            base_dir: Path::new("."),
+            out: crate::fsutil::parent_dir(&final_model).as_path(),
+            max_iter: None,
+            device: opts.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
+            metrics: opts.metrics.clone(),
+            verbose: opts.verbose,
+            stop: Some(stop.clone()),
+            shuffle: true,
+        })?;
+        say(format!(
+            "      trained {} on {} of {} training images",
+            p.classifier, p.feature, p.train.rows
+        ));
     } else {
         train(opts, &solver_path, &prefix, &weights, &stop, &say)?;
     }

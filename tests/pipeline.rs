@@ -456,6 +456,37 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         assert!(data.join(f).exists(), "{f}");
     }
 
+    // A linear probe: only the classifier trains, on the saved features of
+    // CaffeNet's fc7, under its own tag; its whole net scores the report.
+    let (ok, err) = run(&["--probe", "--class-weights", "0.5"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("trained fc8_flickr on fc7 of 16 training images"),
+        "{err}"
+    );
+    let probe = data.join("probe_cw0.5");
+    for f in [
+        "probe.caffemodel",
+        "classifier_iter_4.caffemodel",
+        "train_features/fc7.npy",
+        "test_features/fc7_lmdb/data.mdb",
+    ] {
+        assert!(probe.join(f).exists(), "{f}");
+    }
+    let head = read_net_prototxt(&probe.join("probe_net.prototxt")).unwrap();
+    let kinds: Vec<&str> = head.layer.iter().map(|l| l.r#type()).collect();
+    assert_eq!(
+        kinds,
+        ["Data", "Data", "InnerProduct", "Accuracy", "InfogainLoss"]
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("evaluation_cw0.5_probe/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["images"], 8);
+    let (ok, err) = run(&["--probe", "--rotate90"]);
+    assert!(!ok && err.contains("--rotate90"), "{err}");
+
     // Padding to squares trains from LMDBs of padded images, with their own
     // mean, beside the unpadded outputs rather than over them.
     let (ok, err) = run(&["--pad-square", "border"]);
@@ -542,6 +573,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         "evaluation_gray |",
         "evaluation_cyclic |",
         "evaluation_tta_affine3 |",
+        "evaluation_cw0.5_probe |",
     ] {
         assert!(out.contains(&format!("data/images/{tag}")), "{tag}: {out}");
     }
@@ -549,7 +581,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         out.lines()
             .filter(|l| l.starts_with("| data/images/"))
             .count(),
-        7,
+        8,
         "{out}"
     );
     for f in [

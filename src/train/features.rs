@@ -24,6 +24,8 @@ use prost::Message;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// What to extract and where.
 pub struct FeatureOptions<'a> {
@@ -53,6 +55,8 @@ pub struct FeatureOptions<'a> {
     /// from this seed instead of by its row, so a Data layer (which reads in
     /// key order) sees the images shuffled; `None`: Caffe's keys, the rows.
     pub shuffle_keys: Option<u64>,
+    /// Stops the pass (writing nothing) when set, as Ctrl-C does.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// One saved blob.
@@ -180,6 +184,9 @@ pub(crate) fn extract_from(def: &NetParameter, o: &FeatureOptions) -> Result<Fea
     let mut index = String::from("row,image,label\n");
     let (mut seen, mut batches) = (0u64, 0usize);
     while batches < max_batches && images.is_none_or(|total| seen < total) {
+        if o.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted);
+        }
         net.forward()?;
         batches += 1;
         let values: Vec<(Vec<usize>, Vec<f32>)> = o

@@ -143,6 +143,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
                 lmdb: true,
                 force: true,
                 shuffle_keys: shuffle,
+                stop: o.stop.clone(),
             },
         )
     };

@@ -538,6 +538,11 @@ pub(crate) struct PipelineArgs {
     /// (consider a smaller --batch-size). Caffe cannot read such a net. Outputs are tagged _cyclic.
     #[arg(long)]
     pub(crate) cyclic: bool,
+    /// Train only the classifier, on the pretrained net's features (see `probe --help`), instead
+    /// of fine-tuning the whole net: one forward pass over the images, then seconds of training,
+    /// so a first model on a CPU takes minutes. Outputs are tagged _probe.
+    #[arg(long, conflicts_with_all = ["rotate90", "augment"])]
+    pub(crate) probe: bool,
     /// Warp each training image by a random affine map (see `finetune --help`); outputs are
     /// tagged _aug<SPEC>.
     #[arg(long, value_name = "SPEC")]

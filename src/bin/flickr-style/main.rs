@@ -536,6 +536,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
         lmdb: a.lmdb,
         force: a.force,
         shuffle_keys: None,
+        stop: Some(stop_on_ctrl_c("Stopping: nothing is written")?),
     })
     .with_context(|| format!("features of {}", a.model.display()))?;
     print!("{}", saved.summary());
@@ -796,6 +797,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         verbose: true,
         gpu: a.gpu,
         bf16: a.bf16,
+        probe: a.probe,
     };
     let stop = stop_on_ctrl_c("Stopping: finishing the current step and saving progress")?;
     let what = match &opts.dataset {
