@@ -162,7 +162,7 @@ impl<'a> DatumRef<'a> {
                 }
                 1 | 5 => {
                     let size = if wire == 1 { 8 } else { 4 };
-                    let end = at
+                    let mut end = at
                         .checked_add(size)
                         .filter(|&e| e <= bytes.len())
                         .ok_or("truncated fixed-width field")?;
@@ -171,6 +171,14 @@ impl<'a> DatumRef<'a> {
                             return Err("float_data holds a 64-bit value".into());
                         }
                         d.float_data.push(le_f32(&bytes[at..end]));
+                        // Caffe writes each float with its own tag byte (0x35): read
+                        // the run in one loop rather than a varint per value.
+                        let mut at = end;
+                        let run = bytes[at..].chunks_exact(5).take_while(|c| c[0] == 0x35);
+                        let before = d.float_data.len();
+                        d.float_data.extend(run.map(|c| le_f32(&c[1..])));
+                        at += 5 * (d.float_data.len() - before);
+                        end = at;
                     }
                     at = end;
                 }

@@ -233,6 +233,21 @@ impl Transformer {
         out: &mut [f32],
     ) {
         let (c, h, w) = (img.channels, img.height, img.width);
+        if img.layout == Layout::Chw && (oh, ow) == (h, w) && !mirror {
+            // Whole planes in place, contiguous: one pass over the image
+            // (feature Datums are thousands of 1x1 planes, where a pass per
+            // row would cost more than the arithmetic). Same values.
+            let uniform = self.mean_image.is_none() && self.mean_values.len() <= 1;
+            if self.mean_image.is_some() || uniform {
+                let mean = self.mean_image.as_ref().map(|(_, _, _, m)| &m[..]);
+                let mv = self.mean_values.first().copied().unwrap_or(0.0);
+                match img.data {
+                    Pixels::U8(d) => row(out, d.iter(), mean, mv, self.scale, false),
+                    Pixels::F32(d) => row(out, d.iter(), mean, mv, self.scale, false),
+                }
+                return;
+            }
+        }
         for ch in 0..c {
             let mv = match self.mean_values.len() {
                 0 => 0.0,
