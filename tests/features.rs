@@ -418,3 +418,83 @@ fn probe_writes_a_whole_net_that_scores_as_its_test_phase() {
     b.sort();
     assert_eq!(a, b, "the same images");
 }
+
+/// Image files, prepared as `classify` prepares them: the fixture photos
+/// give the features their LMDB records (made by convert_imageset from the
+/// same files) give; an unreadable file is skipped and named, or with
+/// --strict stops the run before anything is written.
+#[test]
+fn image_files_give_the_features_of_their_lmdb_records() {
+    let t = tempfile::tempdir().unwrap();
+    let images = fixture("images");
+    let list = std::fs::read_to_string(images.join("list.txt")).unwrap();
+    let mut files: Vec<String> = list
+        .lines()
+        .map(|l| {
+            images
+                .join(l.rsplit_once(' ').unwrap().0)
+                .display()
+                .to_string()
+        })
+        .collect();
+    let bad = t.path().join("bad.jpg");
+    std::fs::write(&bad, b"not a jpeg").unwrap();
+    files.insert(5, bad.display().to_string());
+    let from_files = t.path().join("files");
+    let mut args: Vec<&str> = vec![
+        "features",
+        "--model",
+        "train_val.prototxt",
+        "--weights",
+        "snapshots/init_iter_0.caffemodel",
+        "--blobs",
+        "fc7,conv1",
+        "--out",
+        from_files.to_str().unwrap(),
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, stdout, stderr) = run(&fixture("tiny-net"), &args);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("24 images"), "{stdout}");
+    assert!(
+        stdout.contains("skipped") && stdout.contains("bad.jpg"),
+        "{stdout}"
+    );
+    let from_db = t.path().join("db");
+    let (ok, _, stderr) = tiny_features(&from_db, "fc7,conv1", &[]);
+    assert!(ok, "{stderr}");
+    for blob in ["fc7", "conv1"] {
+        let (shape_f, f) = npy(&from_files.join(format!("{blob}.npy")));
+        let (shape_d, d) = npy(&from_db.join(format!("{blob}.npy")));
+        assert_eq!(shape_f, shape_d);
+        let e = rel_err(&f, &d);
+        assert!(e < 1e-6, "{blob}: relative difference {e}");
+    }
+    let index = std::fs::read_to_string(from_files.join("images.csv")).unwrap();
+    assert!(
+        index.lines().nth(1).unwrap().ends_with("animal/cat.jpg,"),
+        "{index}"
+    );
+    assert!(!index.contains("bad.jpg"));
+    // --strict: the unreadable file stops the run; nothing is written.
+    let strict = t.path().join("strict");
+    let mut args: Vec<&str> = vec![
+        "features",
+        "--model",
+        "train_val.prototxt",
+        "--weights",
+        "snapshots/init_iter_0.caffemodel",
+        "--blobs",
+        "fc7",
+        "--out",
+        strict.to_str().unwrap(),
+        "--strict",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, _, stderr) = run(&fixture("tiny-net"), &args);
+    assert!(
+        !ok && stderr.contains("bad.jpg") && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+    assert!(std::fs::read_dir(&strict).unwrap().next().is_none());
+}

@@ -129,14 +129,15 @@ pub struct Classification {
 }
 
 /// How the TEST data layer turns a file into the net's input.
-struct InputSpec {
+pub(crate) struct InputSpec {
     layer: usize,
     channels: usize,
     /// Resize (height, width); `None` keeps the image's size.
     size: Option<(usize, usize)>,
     /// The input blob's (height, width).
     out: (usize, usize),
-    batch: usize,
+    /// Images per forward pass.
+    pub(crate) batch: usize,
     transformer: Transformer,
     /// The layer also has a labels top (fed zeros).
     label_top: bool,
@@ -413,6 +414,34 @@ fn transform_view(
         .apply_at(m.into(), offsets[view % 5], view >= 5, context, out)
 }
 
+/// Runs `net` forward on view `crop` of the images in `batch` (the centre
+/// crop, or with `oversample` crop `crop`); a short batch is padded with
+/// zeros.
+pub(crate) fn forward_view(
+    net: &mut Net,
+    spec: &InputSpec,
+    batch: &[(PathBuf, Mat8)],
+    crop: usize,
+    o: &ClassifyOptions,
+) -> Result<()> {
+    let per_image = spec.channels * spec.out.0 * spec.out.1;
+    let mut data = vec![0.0f32; spec.batch * per_image];
+    data.par_chunks_mut(per_image)
+        .zip(batch.par_iter())
+        .try_for_each(|(out, (p, m))| transform_view(spec, m, crop, o.oversample, p, out))?;
+    let device = &o.compute.device;
+    let mut tops = vec![Tensor::from_vec(
+        data,
+        (spec.batch, spec.channels, spec.out.0, spec.out.1),
+        device,
+    )?];
+    if spec.label_top {
+        tops.push(Tensor::zeros(spec.batch, candle_core::DType::F32, device)?);
+    }
+    net.forward_batch(tops)?;
+    Ok(())
+}
+
 /// The class probabilities of the images in `batch` (scores when the net
 /// gives neither logits nor probabilities), averaged over the crops of
 /// `--oversample`, the test-time views and the nets; returns the number of
@@ -425,26 +454,12 @@ fn score_batch(
     batch: &[(PathBuf, Mat8)],
     o: &ClassifyOptions,
 ) -> Result<(usize, Vec<f32>, Agreement)> {
-    let per_image = spec.channels * spec.out.0 * spec.out.1;
     let views = o.tta.views();
     let crops = if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
     let (mut classes, mut probs) = (0, Vec::new());
     let mut agreement: Option<Agreement> = None;
     for crop in 0..crops {
-        let mut data = vec![0.0f32; spec.batch * per_image];
-        data.par_chunks_mut(per_image)
-            .zip(batch.par_iter())
-            .try_for_each(|(out, (p, m))| transform_view(spec, m, crop, o.oversample, p, out))?;
-        let device = &o.compute.device;
-        let mut tops = vec![Tensor::from_vec(
-            data,
-            (spec.batch, spec.channels, spec.out.0, spec.out.1),
-            device,
-        )?];
-        if spec.label_top {
-            tops.push(Tensor::zeros(spec.batch, candle_core::DType::F32, device)?);
-        }
-        net.forward_batch(tops)?;
+        forward_view(net, spec, batch, crop, o)?;
         let (_, c, scores) = reader.read_scores(net)?;
         classes = c;
         let (p, agreed) = if views.len() > 1 || !others.is_empty() {
@@ -476,11 +491,61 @@ fn score_batch(
     Ok((classes, probs, agreement.expect("one crop at least")))
 }
 
-/// Classifies `o.images` with the trained net.
-pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
+/// The net of `o.model` with its data layer replaced by an Input layer
+/// fed with `o.images`, and how each image becomes that input.
+pub(crate) fn input_net(o: &ClassifyOptions) -> Result<(NetParameter, InputSpec)> {
     let def = read_net_prototxt(o.model)?;
     let spec = input_spec(&def, o)?;
-    let def = with_input_layer(&def, &spec);
+    Ok((with_input_layer(&def, &spec), spec))
+}
+
+/// Calls `f` with each batch of readable images of `o.images` (prepared for
+/// the transformer, with what late fusion takes from the originals), in
+/// order; returns the images that could not be read, with the reason.
+pub(crate) fn batches(
+    o: &ClassifyOptions,
+    spec: &InputSpec,
+    what: &str,
+    mut f: impl FnMut(Vec<(PathBuf, Mat8)>, Vec<FromImage>) -> Result<()>,
+) -> Result<Vec<(PathBuf, String)>> {
+    let bar = crate::progress::bar(o.images.len() as u64, what);
+    let mut failed = Vec::new();
+    let mut pending: &[PathBuf] = o.images;
+    while !pending.is_empty() {
+        // Fill a batch with readable images, in order.
+        let mut batch: Vec<(PathBuf, Mat8)> = Vec::new();
+        let mut originals = Vec::new();
+        while batch.len() < spec.batch && !pending.is_empty() {
+            let take = (spec.batch - batch.len()).min(pending.len());
+            let (now, rest) = pending.split_at(take);
+            pending = rest;
+            let prepared: Vec<_> = now
+                .par_iter()
+                .map(|p| (p.clone(), prepare(p, spec, o)))
+                .collect();
+            for (p, r) in prepared {
+                match r {
+                    Ok((m, original)) => {
+                        batch.push((p, m));
+                        originals.push(original);
+                    }
+                    Err(e) => failed.push((p, e)),
+                }
+            }
+            bar.inc(take as u64);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        f(batch, originals)?;
+    }
+    bar.finish_and_clear();
+    Ok(failed)
+}
+
+/// Classifies `o.images` with the trained net.
+pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
+    let (def, spec) = input_net(o)?;
     let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
     let mut nets = trained_nets(&def, &ctx, o.weights, o.ensemble)?;
     let (net, others) = nets
@@ -515,37 +580,10 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
     // Views x models x crops: more than one run leaves something to agree on.
     let runs_per_image =
         o.tta.views().len() * (1 + others.len()) * if o.oversample { OVERSAMPLE_VIEWS } else { 1 };
-    let bar = crate::progress::bar(o.images.len() as u64, "classify");
     let mut rows = Vec::new();
-    let mut failed = Vec::new();
+    let mut unfused = Vec::new();
     let mut classes = 0;
-    let mut pending: &[PathBuf] = o.images;
-    while !pending.is_empty() {
-        // Fill a batch with readable images, in order.
-        let mut batch: Vec<(PathBuf, Mat8)> = Vec::new();
-        let mut originals = Vec::new();
-        while batch.len() < spec.batch && !pending.is_empty() {
-            let take = (spec.batch - batch.len()).min(pending.len());
-            let (now, rest) = pending.split_at(take);
-            pending = rest;
-            let prepared: Vec<_> = now
-                .par_iter()
-                .map(|p| (p.clone(), prepare(p, &spec, o)))
-                .collect();
-            for (p, r) in prepared {
-                match r {
-                    Ok((m, original)) => {
-                        batch.push((p, m));
-                        originals.push(original);
-                    }
-                    Err(e) => failed.push((p, e)),
-                }
-            }
-            bar.inc(take as u64);
-        }
-        if batch.is_empty() {
-            break;
-        }
+    let mut failed = batches(o, &spec, "classify", |batch, originals| {
         let (c, probs, agreement) = score_batch(net, others, &reader, &spec, &batch, o)?;
         if let Some(f) = o.fusion.filter(|f| f.model.classes() != c) {
             return Err(Error::model(
@@ -563,7 +601,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
                 Some(f) => match f.apply(&path, &original, row) {
                     Ok(fused) => top_k(&fused, o.top_k),
                     Err(e) => {
-                        failed.push((path, e));
+                        unfused.push((path, e));
                         continue;
                     }
                 },
@@ -575,8 +613,9 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
                 unanimous: (runs_per_image > 1).then(|| agreement.0[i].is_some()),
             });
         }
-    }
-    bar.finish_and_clear();
+        Ok(())
+    })?;
+    failed.extend(unfused);
     Ok(Classification {
         classes,
         rows,

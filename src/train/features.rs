@@ -11,23 +11,41 @@
 //! label, so a Data layer can train on the features straight away.
 //! `images.csv` says which image each row is. Every file is written under a
 //! temporary name and renamed only when the pass completes.
+//!
+//! Images come from the net's TEST data layer ([`extract`]), or from image
+//! files prepared as `classify` prepares them ([`extract_images`]).
+use super::classify::{self, ClassifyOptions};
 use super::compute::Compute;
 use super::evaluate::{images_per_pass, trained_nets, use_source};
 use super::layers::{to_vec, BuildContext};
+use super::net::Net;
 use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{Datum, NetParameter, Phase};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{give_default_permissions, write_atomic};
 use crate::pipeline::lmdb_store::LmdbWriter;
-use npyz::WriterBuilder;
 use prost::Message;
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// What to extract and where.
+/// What to save and where.
+#[derive(Clone, Copy)]
+pub struct SaveOptions<'a> {
+    /// The blobs to save (their values after the whole forward pass, so an
+    /// in-place ReLU's output, as Caffe's tool reads them).
+    pub blobs: &'a [String],
+    /// The folder for the outputs.
+    pub out: &'a Path,
+    /// Also write each blob as a Caffe LMDB of float Datums.
+    pub lmdb: bool,
+    /// Replace existing LMDBs.
+    pub force: bool,
+}
+
+/// A pass over a net's TEST data.
 pub struct FeatureOptions<'a> {
     /// Net prototxt; its TEST phase runs.
     pub model: &'a Path,
@@ -37,26 +55,19 @@ pub struct FeatureOptions<'a> {
     pub base_dir: &'a Path,
     /// Device and arithmetic.
     pub compute: &'a Compute,
-    /// The blobs to save (their values after the whole forward pass, so an
-    /// in-place ReLU's output, as Caffe's tool reads them).
-    pub blobs: &'a [String],
-    /// The folder for the outputs.
-    pub out: &'a Path,
     /// Another list or LMDB than the TEST data layer's (see `evaluate`).
     pub source: Option<&'a Path>,
     /// Batches to run, every row of each kept (Caffe's `num_mini_batches`);
     /// `None`: each image of the data source once.
     pub iterations: Option<usize>,
-    /// Also write each blob as a Caffe LMDB of float Datums.
-    pub lmdb: bool,
-    /// Replace existing LMDBs.
-    pub force: bool,
     /// Key each LMDB record by its place in a permutation of the rows drawn
     /// from this seed instead of by its row, so a Data layer (which reads in
     /// key order) sees the images shuffled; `None`: Caffe's keys, the rows.
     pub shuffle_keys: Option<u64>,
     /// Stops the pass (writing nothing) when set, as Ctrl-C does.
     pub stop: Option<Arc<AtomicBool>>,
+    /// What to save.
+    pub save: SaveOptions<'a>,
 }
 
 /// One saved blob.
@@ -72,15 +83,17 @@ pub struct SavedBlob {
     pub lmdb: Option<PathBuf>,
 }
 
-/// What [`extract`] wrote.
+/// What a pass wrote.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Features {
     /// Rows (images) per blob.
     pub rows: u64,
     /// The blobs, in the order asked for.
     pub blobs: Vec<SavedBlob>,
-    /// `images.csv`: row, image (list path or LMDB key) and label.
+    /// `images.csv`: row, image (list path, LMDB key or file) and label.
     pub index: PathBuf,
+    /// Image files that could not be read (image mode), with the reason.
+    pub failed: Vec<(PathBuf, String)>,
 }
 
 impl Features {
@@ -101,23 +114,15 @@ impl Features {
             }
             s += "\n";
         }
-        s + &format!("rows: {}\n", self.index.display())
+        s += &format!("rows: {}\n", self.index.display());
+        for (p, e) in &self.failed {
+            s += &format!("skipped {}: {e}\n", p.display());
+        }
+        s
     }
 }
 
-/// Where one blob's rows go while the pass runs.
-struct Sink {
-    name: String,
-    shape: Vec<usize>,
-    /// Caffe's legacy (channels, height, width) of one image's values.
-    legacy: (i32, i32, i32),
-    npy: npyz::NpyWriter<f32, BufWriter<File>>,
-    tmp: tempfile::TempPath,
-    npy_path: PathBuf,
-    lmdb: Option<(LmdbWriter, PathBuf)>,
-}
-
-/// Runs the TEST net of `o.model` over its data and saves `o.blobs`.
+/// Runs the TEST net of `o.model` over its data and saves `o.save.blobs`.
 pub fn extract(o: &FeatureOptions) -> Result<Features> {
     let mut def = read_net_prototxt(o.model)?;
     if let Some(source) = o.source {
@@ -129,48 +134,11 @@ pub fn extract(o: &FeatureOptions) -> Result<Features> {
 /// [`extract`] with the net's definition given (`o.model` and `o.source`
 /// only name it in messages).
 pub(crate) fn extract_from(def: &NetParameter, o: &FeatureOptions) -> Result<Features> {
-    if o.blobs.is_empty() {
-        return Err(Error::model(
-            o.model.display(),
-            "name at least one blob to save",
-        ));
-    }
-    let files = file_names(o.blobs)?;
     let ctx = BuildContext::new(o.base_dir, 0, Phase::Test, o.compute);
     let mut net = trained_nets(def, &ctx, o.weights, false)?
         .pop()
         .expect("trained_nets makes one net without an ensemble");
-    for b in o.blobs {
-        if !net.layer_params().any(|l| l.top.iter().any(|t| t == b)) {
-            let mut tops: Vec<&str> = Vec::new();
-            for t in net.layer_params().flat_map(|l| &l.top) {
-                if !tops.contains(&t.as_str()) {
-                    tops.push(t);
-                }
-            }
-            return Err(Error::model(
-                format!("blob '{b}'"),
-                format!(
-                    "the TEST net of {} has no such blob; it has {}",
-                    o.model.display(),
-                    tops.join(", ")
-                ),
-            ));
-        }
-    }
-    let lmdb_paths: Vec<PathBuf> = files
-        .iter()
-        .map(|f| o.out.join(format!("{f}_lmdb")))
-        .collect();
-    if o.lmdb && !o.force {
-        if let Some(p) = lmdb_paths.iter().find(|p| p.exists()) {
-            return Err(Error::lmdb(
-                p,
-                "already exists; remove it or pass --force to replace it",
-            ));
-        }
-    }
-    std::fs::create_dir_all(o.out).at(o.out)?;
+    let mut saver = Saver::new(&o.save, &net, o.model)?;
     let label_layer = net
         .layer_params()
         .find(|l| matches!(l.r#type(), "Data" | "ImageData") && l.top.len() > 1)
@@ -178,18 +146,161 @@ pub(crate) fn extract_from(def: &NetParameter, o: &FeatureOptions) -> Result<Fea
     let images = images_per_pass(&net, o.iterations, o.model)?;
     let max_batches = o.iterations.unwrap_or(usize::MAX).max(1);
     let bar = crate::progress::bar(images.unwrap_or(0), "features");
-    let mut sinks: Vec<Sink> = Vec::new();
-    // Row r's LMDB key: r, or its place in the shuffled order.
-    let mut keys: Vec<u64> = Vec::new();
-    let mut index = String::from("row,image,label\n");
     let (mut seen, mut batches) = (0u64, 0usize);
     while batches < max_batches && images.is_none_or(|total| seen < total) {
-        if o.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
-            return Err(Error::Interrupted);
-        }
+        stop_requested(&o.stop)?;
         net.forward()?;
         batches += 1;
-        let values: Vec<(Vec<usize>, Vec<f32>)> = o
+        let n = saver.batch_rows(&net)?;
+        if batches == 1 {
+            let total = images.unwrap_or_else(|| (max_batches as u64).saturating_mul(n as u64));
+            bar.set_length(total);
+            if let Some(seed) = o.shuffle_keys {
+                saver.keys = shuffled(total, seed)?;
+            }
+        }
+        let take = images.map_or(n, |t| ((t - seen) as usize).min(n));
+        let names = net.data_batch_sources().filter(|s| s.len() == n);
+        let labels = match &label_layer {
+            Some(l) => net.layer_top(l, 1).map(to_vec).transpose()?,
+            None => None,
+        };
+        saver.add(&net, take, names.as_deref(), labels.as_deref())?;
+        seen += take as u64;
+        bar.inc(take as u64);
+    }
+    bar.finish_and_clear();
+    saver.finish(Vec::new())
+}
+
+/// Saves `save.blobs` for image files, each prepared as `classify` prepares
+/// it (the trained net's TEST transform, or a deploy net's input with its
+/// mean): features of new, unlabelled images. Only the plain centre view of
+/// one model counts (`input`'s views, crops and ensembles do not apply).
+/// Unreadable images are skipped and listed in the result; with `strict`
+/// one of them is an error and nothing is written.
+pub fn extract_images(
+    input: &ClassifyOptions,
+    save: &SaveOptions,
+    strict: bool,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<Features> {
+    let (def, spec) = classify::input_net(input)?;
+    let ctx = BuildContext::new(input.base_dir, 0, Phase::Test, input.compute);
+    let mut net = trained_nets(&def, &ctx, input.weights, false)?
+        .pop()
+        .expect("trained_nets makes one net without an ensemble");
+    let mut saver = Saver::new(save, &net, input.model)?;
+    if input.oversample {
+        return Err(Error::model(
+            input.model.display(),
+            "features are saved for the centre view of each image; ten crops do not apply",
+        ));
+    }
+    let failed = classify::batches(input, &spec, "features", |batch, _| {
+        stop_requested(&stop)?;
+        classify::forward_view(&mut net, &spec, &batch, 0, input)?;
+        let names: Vec<String> = batch.iter().map(|(p, _)| p.display().to_string()).collect();
+        saver.add(&net, batch.len(), Some(&names), None)
+    })?;
+    if let (true, Some((p, why))) = (strict, failed.first()) {
+        return Err(Error::invalid(
+            p.display(),
+            format!(
+                "{why} ({} of {} images unreadable; nothing was written)",
+                failed.len(),
+                input.images.len()
+            ),
+        ));
+    }
+    if saver.rows == 0 {
+        return Err(Error::model(
+            input.model.display(),
+            format!("none of the {} images could be read", input.images.len()),
+        ));
+    }
+    saver.finish(failed)
+}
+
+/// `Err(Interrupted)` once `stop` is set.
+fn stop_requested(stop: &Option<Arc<AtomicBool>>) -> Result<()> {
+    match stop {
+        Some(s) if s.load(Ordering::Relaxed) => Err(Error::Interrupted),
+        _ => Ok(()),
+    }
+}
+
+/// A blob's shape and values after a forward pass.
+type BlobValues = (Vec<usize>, Vec<f32>);
+
+/// Writes the rows of a pass: a [`Sink`] per blob, opened at the first batch
+/// (when the blobs' shapes are known), and the rows' index.
+struct Saver<'a> {
+    save: SaveOptions<'a>,
+    files: Vec<String>,
+    sinks: Vec<Sink>,
+    /// Row r's LMDB key: `keys[r]` when shuffled, else r.
+    keys: Vec<u64>,
+    index: String,
+    rows: u64,
+}
+
+impl<'a> Saver<'a> {
+    /// Checks the request against `net` (of `model`) and the outputs on disk.
+    fn new(save: &SaveOptions<'a>, net: &Net, model: &Path) -> Result<Self> {
+        if save.blobs.is_empty() {
+            return Err(Error::model(
+                model.display(),
+                "name at least one blob to save",
+            ));
+        }
+        let files = file_names(save.blobs)?;
+        for b in save.blobs {
+            if !net.layer_params().any(|l| l.top.iter().any(|t| t == b)) {
+                let mut tops: Vec<&str> = Vec::new();
+                for t in net.layer_params().flat_map(|l| &l.top) {
+                    if !tops.contains(&t.as_str()) {
+                        tops.push(t);
+                    }
+                }
+                return Err(Error::model(
+                    format!("blob '{b}'"),
+                    format!(
+                        "the TEST net of {} has no such blob; it has {}",
+                        model.display(),
+                        tops.join(", ")
+                    ),
+                ));
+            }
+        }
+        if save.lmdb && !save.force {
+            if let Some(p) = files
+                .iter()
+                .map(|f| save.out.join(format!("{f}_lmdb")))
+                .find(|p| p.exists())
+            {
+                return Err(Error::lmdb(
+                    p,
+                    "already exists; remove it or pass --force to replace it",
+                ));
+            }
+        }
+        std::fs::create_dir_all(save.out).at(save.out)?;
+        Ok(Saver {
+            save: *save,
+            files,
+            sinks: Vec::new(),
+            keys: Vec::new(),
+            index: String::from("row,image,label\n"),
+            rows: 0,
+        })
+    }
+
+    /// The blobs' values after the last forward pass, checked to hold one
+    /// row per image alike; returns the rows.
+    fn values(&self, net: &Net) -> Result<(usize, Vec<BlobValues>)> {
+        let values: Vec<BlobValues> = self
+            .save
             .blobs
             .iter()
             .map(|b| {
@@ -199,70 +310,100 @@ pub(crate) fn extract_from(def: &NetParameter, o: &FeatureOptions) -> Result<Fea
                 Ok((t.dims().to_vec(), to_vec(t)?))
             })
             .collect::<Result<_>>()?;
-        let n = rows_per_batch(o.blobs, &values)?;
-        let total = images.unwrap_or_else(|| (max_batches as u64).saturating_mul(n as u64));
-        if sinks.is_empty() {
-            bar.set_length(total);
-            if let Some(seed) = o.shuffle_keys {
-                keys = shuffled(total, seed)?;
-            }
-            for ((b, file), (dims, _)) in o.blobs.iter().zip(&files).zip(&values) {
-                let lmdb = o.lmdb.then(|| o.out.join(format!("{file}_lmdb")));
-                sinks.push(Sink::open(
+        Ok((rows_per_batch(self.save.blobs, &values)?, values))
+    }
+
+    /// The rows of the last forward pass (checked as [`Saver::add`] checks them).
+    fn batch_rows(&self, net: &Net) -> Result<usize> {
+        let b = &self.save.blobs[0];
+        let n = net
+            .blob(b)
+            .and_then(|t| t.dims().first().copied())
+            .unwrap_or(0);
+        if n == 0 {
+            return Err(Error::model(format!("blob '{b}'"), "holds no rows"));
+        }
+        Ok(n)
+    }
+
+    /// Appends the first `take` rows of the last forward pass, with their
+    /// images' names and labels when known.
+    fn add(
+        &mut self,
+        net: &Net,
+        take: usize,
+        names: Option<&[String]>,
+        labels: Option<&[f32]>,
+    ) -> Result<()> {
+        let (n, values) = self.values(net)?;
+        if self.sinks.is_empty() {
+            for ((b, file), (dims, _)) in self.save.blobs.iter().zip(&self.files).zip(&values) {
+                let lmdb = self
+                    .save
+                    .lmdb
+                    .then(|| self.save.out.join(format!("{file}_lmdb")));
+                self.sinks.push(Sink::open(
                     b,
                     &dims[1..],
-                    total,
-                    o.out,
+                    self.save.out,
                     file,
                     lmdb,
-                    o.force,
+                    self.save.force,
                 )?);
             }
         }
-        let take = images.map_or(n, |t| ((t - seen) as usize).min(n));
-        let names = net.data_batch_sources().filter(|s| s.len() == n);
-        let labels = match &label_layer {
-            Some(l) => net.layer_top(l, 1).map(to_vec).transpose()?,
-            None => None,
-        };
-        for i in 0..take {
-            let row = seen + i as u64;
-            let label = labels.as_ref().and_then(|l| l.get(i)).map(|&v| v as i32);
-            let key = keys.get(row as usize).copied().unwrap_or(row);
-            for (sink, (_, v)) in sinks.iter_mut().zip(&values) {
+        for i in 0..take.min(n) {
+            let row = self.rows;
+            let label = labels.and_then(|l| l.get(i)).map(|&v| v as i32);
+            let key = self.keys.get(row as usize).copied().unwrap_or(row);
+            for (sink, (_, v)) in self.sinks.iter_mut().zip(&values) {
                 let per = v.len() / n;
                 sink.push(key, &v[i * per..(i + 1) * per], label)?;
             }
-            let name = names.as_ref().map_or("", |s| s[i].as_str());
-            index += &format!(
+            let name = names.and_then(|s| s.get(i)).map_or("", String::as_str);
+            self.index += &format!(
                 "{row},{},{}\n",
                 csv_field(name),
                 label.map_or(String::new(), |l| l.to_string())
             );
+            self.rows += 1;
         }
-        seen += take as u64;
-        bar.inc(take as u64);
+        Ok(())
     }
-    bar.finish_and_clear();
-    // Every row is in: only now do the files get their names.
-    let blobs = sinks
-        .into_iter()
-        .map(Sink::finish)
-        .collect::<Result<Vec<_>>>()?;
-    let index_path = o.out.join("images.csv");
-    write_atomic(&index_path, index.as_bytes())?;
-    Ok(Features {
-        rows: seen,
-        blobs,
-        index: index_path,
-    })
+
+    /// Every row is in: only now do the files get their names.
+    fn finish(self, failed: Vec<(PathBuf, String)>) -> Result<Features> {
+        let blobs = self
+            .sinks
+            .into_iter()
+            .map(Sink::finish)
+            .collect::<Result<Vec<_>>>()?;
+        let index = self.save.out.join("images.csv");
+        write_atomic(&index, self.index.as_bytes())?;
+        Ok(Features {
+            rows: self.rows,
+            blobs,
+            index,
+            failed,
+        })
+    }
+}
+
+/// Where one blob's rows go while the pass runs.
+struct Sink {
+    name: String,
+    shape: Vec<usize>,
+    /// Caffe's legacy (channels, height, width) of one image's values.
+    legacy: (i32, i32, i32),
+    npy: NpyRows,
+    npy_path: PathBuf,
+    lmdb: Option<(LmdbWriter, PathBuf)>,
 }
 
 impl Sink {
     fn open(
         name: &str,
         shape: &[usize],
-        rows: u64,
         dir: &Path,
         file: &str,
         lmdb: Option<PathBuf>,
@@ -270,21 +411,7 @@ impl Sink {
     ) -> Result<Sink> {
         let legacy = legacy_shape(name, shape, lmdb.is_some())?;
         let npy_path = dir.join(format!("{file}.npy"));
-        let tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .at(dir)?;
-        give_default_permissions(tmp.path(), false)?;
-        let (handle, tmp) = tmp.into_parts();
-        let full: Vec<u64> = std::iter::once(rows)
-            .chain(shape.iter().map(|&d| d as u64))
-            .collect();
-        let npy = npyz::WriteOptions::<f32>::new()
-            .default_dtype()
-            .shape(&full)
-            .writer(BufWriter::with_capacity(1 << 20, handle))
-            .begin_nd()
-            .at(&npy_path)?;
+        let npy = NpyRows::create(dir, shape)?;
         let lmdb = match lmdb {
             Some(p) => Some((LmdbWriter::create(&p, force)?, p)),
             None => None,
@@ -294,7 +421,6 @@ impl Sink {
             shape: shape.to_vec(),
             legacy,
             npy,
-            tmp,
             npy_path,
             lmdb,
         })
@@ -302,9 +428,7 @@ impl Sink {
 
     /// Appends one image's values; `key` numbers its LMDB record.
     fn push(&mut self, key: u64, values: &[f32], label: Option<i32>) -> Result<()> {
-        for v in values {
-            self.npy.push(v).at(&self.npy_path)?;
-        }
+        self.npy.push(values).at(&self.npy_path)?;
         if let Some((w, _)) = &mut self.lmdb {
             let (c, h, wd) = self.legacy;
             let datum = Datum {
@@ -321,20 +445,8 @@ impl Sink {
     }
 
     fn finish(self) -> Result<SavedBlob> {
-        let Sink {
-            name,
-            shape,
-            npy,
-            tmp,
-            npy_path,
-            lmdb,
-            ..
-        } = self;
-        npy.finish().at(&npy_path)?;
-        File::open(&tmp).and_then(|f| f.sync_all()).at(&npy_path)?;
-        tmp.persist(&npy_path)
-            .map_err(|e| Error::io(&npy_path, e.error))?;
-        let lmdb = match lmdb {
+        self.npy.finish(&self.npy_path)?;
+        let lmdb = match self.lmdb {
             Some((w, p)) => {
                 w.finish()?;
                 Some(p)
@@ -342,11 +454,89 @@ impl Sink {
             None => None,
         };
         Ok(SavedBlob {
-            name,
-            shape,
-            npy: npy_path,
+            name: self.name,
+            shape: self.shape,
+            npy: self.npy_path,
             lmdb,
         })
+    }
+}
+
+/// A float32 `.npy` (format 1.0, C order) written row by row into a
+/// temporary file, before the number of rows is known: its header is
+/// reserved at a fixed length and rewritten, padded to that length, when
+/// the file is finished and renamed into place.
+struct NpyRows {
+    file: BufWriter<File>,
+    tmp: tempfile::TempPath,
+    shape: Vec<usize>,
+    rows: u64,
+}
+
+impl NpyRows {
+    /// Header bytes (magic to newline): room for any row count, a multiple
+    /// of 64 so the data starts aligned, as NumPy writes it.
+    fn header_len(shape: &[usize]) -> usize {
+        let longest = Self::dict(u64::MAX, shape).len() + 1;
+        (10 + longest).div_ceil(64) * 64
+    }
+
+    fn dict(rows: u64, shape: &[usize]) -> String {
+        let dims: String = shape.iter().map(|d| format!("{d}, ")).collect();
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dims}), }}")
+    }
+
+    fn header(rows: u64, shape: &[usize]) -> Vec<u8> {
+        let len = Self::header_len(shape);
+        let mut dict = Self::dict(rows, shape);
+        while dict.len() < len - 11 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        let mut h = b"\x93NUMPY\x01\x00".to_vec();
+        h.extend((dict.len() as u16).to_le_bytes());
+        h.extend(dict.into_bytes());
+        h
+    }
+
+    fn create(dir: &Path, shape: &[usize]) -> Result<NpyRows> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .at(dir)?;
+        give_default_permissions(tmp.path(), false)?;
+        let (handle, tmp) = tmp.into_parts();
+        let mut file = BufWriter::with_capacity(1 << 20, handle);
+        file.write_all(&Self::header(0, shape)).at(&tmp)?;
+        Ok(NpyRows {
+            file,
+            tmp,
+            shape: shape.to_vec(),
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, values: &[f32]) -> std::io::Result<()> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.file.write_all(&bytes)?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Writes the row count into the header, syncs and renames to `path`.
+    fn finish(self, path: &Path) -> Result<()> {
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).at(path)?;
+        file.write_all(&Self::header(self.rows, &self.shape))
+            .at(path)?;
+        file.sync_all().at(path)?;
+        self.tmp
+            .persist(path)
+            .map_err(|e| Error::io(path, e.error))?;
+        Ok(())
     }
 }
 
@@ -366,7 +556,7 @@ fn shuffled(rows: u64, seed: u64) -> Result<Vec<u64>> {
 }
 
 /// The images in this batch: every blob's first axis, which must agree.
-fn rows_per_batch(blobs: &[String], values: &[(Vec<usize>, Vec<f32>)]) -> Result<usize> {
+fn rows_per_batch(blobs: &[String], values: &[BlobValues]) -> Result<usize> {
     let n = values[0].0.first().copied().unwrap_or(0);
     for (b, (dims, _)) in blobs.iter().zip(values) {
         if dims.len() < 2 || dims[0] != n || n == 0 {
@@ -468,6 +658,40 @@ mod tests {
         assert_eq!(legacy_shape("x", &[2, 3], false).unwrap(), (2, 3, 1));
         assert!(legacy_shape("x", &[1, 2, 3, 4], true).is_err());
         assert!(legacy_shape("x", &[1, 2, 3, 4], false).is_ok());
+    }
+
+    /// The header is rewritten in place with the final row count; NumPy's
+    /// format (read back here by npyz) sees the rows written, and the data
+    /// starts 64-byte aligned.
+    #[test]
+    fn npy_rows_are_counted_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        for (rows, shape) in [(0u64, vec![3usize]), (5, vec![2, 2]), (1, vec![])] {
+            let mut w = NpyRows::create(dir.path(), &shape).unwrap();
+            let per: usize = shape.iter().product();
+            for r in 0..rows {
+                let row: Vec<f32> = (0..per).map(|i| (r as usize * per + i) as f32).collect();
+                w.push(&row).unwrap();
+            }
+            let path = dir.path().join(format!("{rows}.npy"));
+            w.finish(&path).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(NpyRows::header_len(&shape) % 64, 0);
+            let f = npyz::NpyFile::new(bytes.as_slice()).unwrap();
+            let want: Vec<u64> = std::iter::once(rows)
+                .chain(shape.iter().map(|&d| d as u64))
+                .collect();
+            assert_eq!(f.shape(), want);
+            let values = f.into_vec::<f32>().unwrap();
+            assert_eq!(
+                values,
+                (0..rows as usize * per)
+                    .map(|v| v as f32)
+                    .collect::<Vec<_>>()
+            );
+        }
+        // Only the finished files remain: no temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! `evaluate`, `classify`, `deploy` or Caffe, or to start fine-tuning from
 //! (a trained head first is the LP-FT recipe).
 use super::compute::{Compute, DeviceChoice};
-use super::features::{extract_from, FeatureOptions, Features};
+use super::features::{extract_from, FeatureOptions, Features, SaveOptions};
 use super::layers::BuildContext;
 use super::net::{included, Net};
 use super::solver::{Solver, SolverOptions, TestResult};
@@ -136,12 +136,14 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
                 weights: &weight_refs,
                 base_dir: &base,
                 compute: &compute,
-                blobs: &blobs,
-                out: &out.join(dir),
                 source: None,
                 iterations: None,
-                lmdb: true,
-                force: true,
+                save: SaveOptions {
+                    blobs: &blobs,
+                    out: &out.join(dir),
+                    lmdb: true,
+                    force: true,
+                },
                 shuffle_keys: shuffle,
                 stop: o.stop.clone(),
             },

@@ -735,7 +735,11 @@ pub(crate) struct EvaluateArgs {
 
 #[derive(Args)]
 pub(crate) struct FeaturesArgs {
-    /// Net prototxt (its TEST phase runs; e.g. the pipeline's train_val.prototxt).
+    /// Image files, or folders searched recursively for images, to save features of (new,
+    /// unlabelled images), each prepared as `classify` prepares it; without them, the TEST data.
+    pub(crate) images: Vec<PathBuf>,
+    /// Net prototxt: the net as trained (its TEST phase runs; e.g. the pipeline's
+    /// train_val.prototxt) or, with images, a deploy net with --mean or --mean-value.
     #[arg(long)]
     pub(crate) model: PathBuf,
     /// Trained .caffemodel(s), comma-separated, loaded in turn.
@@ -750,11 +754,11 @@ pub(crate) struct FeaturesArgs {
     #[arg(long)]
     pub(crate) out: PathBuf,
     /// Other data than the TEST layer's source, as for `evaluate`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "images")]
     pub(crate) source: Option<PathBuf>,
     /// Run this many batches and keep every row, as extract_features' num_mini_batches (default:
     /// each image of the source once).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "images")]
     pub(crate) iterations: Option<usize>,
     /// Also write each blob as an LMDB in extract_features' layout (keys %010d, float_data Datums
     /// shaped like the blob), with each image's label, so a Data layer can train on them.
@@ -763,6 +767,24 @@ pub(crate) struct FeaturesArgs {
     /// Replace existing LMDBs.
     #[arg(long, requires = "lmdb")]
     pub(crate) force: bool,
+    // With images: the size before the crop, as for `classify`.
+    #[command(flatten)]
+    pub(crate) resize: ResizeArgs,
+    /// With images: read them as one gray channel.
+    #[arg(long, requires = "images")]
+    pub(crate) gray: bool,
+    /// With images and a deploy net: the mean image its training subtracted (see `classify`).
+    #[arg(long, conflicts_with = "mean_value", requires = "images")]
+    pub(crate) mean: Option<PathBuf>,
+    /// With images and a deploy net: per-channel means instead (e.g. 104,117,123).
+    #[arg(long, value_delimiter = ',', requires = "images")]
+    pub(crate) mean_value: Vec<f32>,
+    /// With images: images per forward pass (default: the data layer's batch_size).
+    #[arg(long, requires = "images")]
+    pub(crate) batch_size: Option<usize>,
+    /// With images: fail, writing nothing, if any image cannot be read (default: skip it and say so).
+    #[arg(long, requires = "images")]
+    pub(crate) strict: bool,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }

@@ -520,24 +520,49 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
 }
 
 fn cmd_features(a: FeaturesArgs) -> Result<()> {
-    use flickr_style::train::features::{extract, FeatureOptions};
+    use flickr_style::train::classify::ClassifyOptions;
+    use flickr_style::train::features::{extract, extract_images, FeatureOptions, SaveOptions};
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
-    let saved = extract(&FeatureOptions {
-        model: &a.model,
-        weights: &weights,
-        base_dir: &base_dir,
-        compute: &compute,
+    let stop = stop_on_ctrl_c("Stopping: nothing is written")?;
+    let save = SaveOptions {
         blobs: &a.blobs,
         out: &a.out,
-        source: a.source.as_deref(),
-        iterations: a.iterations,
         lmdb: a.lmdb,
         force: a.force,
-        shuffle_keys: None,
-        stop: Some(stop_on_ctrl_c("Stopping: nothing is written")?),
-    })
+    };
+    let saved = if a.images.is_empty() {
+        if a.resize.get()?.is_some() || a.resize.pad().is_some() {
+            bail!("--resize-height/--resize-width and --pad-square prepare image files; the TEST data is read as the net reads it");
+        }
+        extract(&FeatureOptions {
+            model: &a.model,
+            weights: &weights,
+            base_dir: &base_dir,
+            compute: &compute,
+            source: a.source.as_deref(),
+            iterations: a.iterations,
+            shuffle_keys: None,
+            stop: Some(stop),
+            save,
+        })
+    } else {
+        let images = flickr_style::pipeline::folders::find_images(&a.images)?;
+        if images.is_empty() {
+            bail!("no image files found in the given folders");
+        }
+        let input = ClassifyOptions {
+            size: a.resize.get()?,
+            pad: a.resize.pad(),
+            gray: a.gray,
+            mean: a.mean.as_deref(),
+            mean_values: &a.mean_value,
+            batch_size: a.batch_size,
+            ..ClassifyOptions::new(&a.model, &weights, &base_dir, &compute, &images)
+        };
+        extract_images(&input, &save, a.strict, Some(stop))
+    }
     .with_context(|| format!("features of {}", a.model.display()))?;
     print!("{}", saved.summary());
     Ok(())
