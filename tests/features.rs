@@ -341,21 +341,27 @@ fn probe_writes_a_whole_net_that_scores_as_its_test_phase() {
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("probe");
     let dir = fixture("tiny-net");
-    let (ok, stdout, stderr) = run(
-        &dir,
-        &[
-            "probe",
-            "--solver",
-            "solver.prototxt",
-            "--weights",
-            "snapshots/init_iter_0.caffemodel",
-            "--out",
-            out.to_str().unwrap(),
-            "--max-iter",
-            "30",
-        ],
-    );
+    let weights = t.path().join("init.caffemodel");
+    std::fs::copy(dir.join("snapshots/init_iter_0.caffemodel"), &weights).unwrap();
+    let probe = |iters: &str| {
+        run(
+            &dir,
+            &[
+                "probe",
+                "--solver",
+                "solver.prototxt",
+                "--weights",
+                weights.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--max-iter",
+                iters,
+            ],
+        )
+    };
+    let (ok, stdout, stderr) = probe("30");
     assert!(ok, "{stderr}");
+    assert!(!stderr.contains("up to date"), "{stderr}");
     assert!(
         stdout.contains("trained fc8 on fc7 (24 training and 24 test images)"),
         "{stdout}"
@@ -417,6 +423,21 @@ fn probe_writes_a_whole_net_that_scores_as_its_test_phase() {
     a.sort();
     b.sort();
     assert_eq!(a, b, "the same images");
+    // Another number of iterations reuses the saved features; changed
+    // weights (another modification time) do not.
+    let (ok, again, stderr) = probe("15");
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr.matches("are up to date").count(), 2, "{stderr}");
+    assert!(again.contains("test images at iteration 15"), "{again}");
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let (ok, _, stderr) = probe("15");
+    assert!(ok && !stderr.contains("up to date"), "{stderr}");
 }
 
 /// Image files, prepared as `classify` prepares them: the fixture photos
