@@ -462,19 +462,8 @@ fn image_files_give_the_features_of_their_lmdb_records() {
     std::fs::write(&bad, b"not a jpeg").unwrap();
     files.insert(5, bad.display().to_string());
     let from_files = t.path().join("files");
-    let mut args: Vec<&str> = vec![
-        "features",
-        "--model",
-        "train_val.prototxt",
-        "--weights",
-        "snapshots/init_iter_0.caffemodel",
-        "--blobs",
-        "fc7,conv1",
-        "--out",
-        from_files.to_str().unwrap(),
-    ];
-    args.extend(files.iter().map(String::as_str));
-    let (ok, stdout, stderr) = run(&fixture("tiny-net"), &args);
+    let file_args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = tiny_features(&from_files, "fc7,conv1", &file_args);
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("24 images"), "{stdout}");
     assert!(
@@ -499,20 +488,8 @@ fn image_files_give_the_features_of_their_lmdb_records() {
     assert!(!index.contains("bad.jpg"));
     // --strict: the unreadable file stops the run; nothing is written.
     let strict = t.path().join("strict");
-    let mut args: Vec<&str> = vec![
-        "features",
-        "--model",
-        "train_val.prototxt",
-        "--weights",
-        "snapshots/init_iter_0.caffemodel",
-        "--blobs",
-        "fc7",
-        "--out",
-        strict.to_str().unwrap(),
-        "--strict",
-    ];
-    args.extend(files.iter().map(String::as_str));
-    let (ok, _, stderr) = run(&fixture("tiny-net"), &args);
+    let strict_args: Vec<&str> = std::iter::once("--strict").chain(file_args).collect();
+    let (ok, _, stderr) = tiny_features(&strict, "fc7", &strict_args);
     assert!(
         !ok && stderr.contains("bad.jpg") && stderr.contains("nothing was written"),
         "{stderr}"
