@@ -49,7 +49,7 @@ impl Datum {
                 format!("raw datum has shape {c}x{h}x{w}"),
             ));
         }
-        let count = (c * h * w) as usize;
+        let count = value_count(c, h, w);
         if !self.float_data.is_empty() && self.data().is_empty() {
             return Err(Error::invalid(
                 format!("record {key}"),
@@ -219,7 +219,7 @@ impl<'a> DatumRef<'a> {
         if c <= 0 || h <= 0 || w <= 0 {
             return Err(bad(format!("raw datum has shape {c}x{h}x{w}")));
         }
-        let count = c as usize * h as usize * w as usize;
+        let count = value_count(c, h, w);
         if len != count {
             let what = if self.data.is_empty() {
                 "float_data"
@@ -232,6 +232,15 @@ impl<'a> DatumRef<'a> {
         }
         Ok((c as usize, h as usize, w as usize))
     }
+}
+
+/// The values a positive c x h x w shape holds (`usize::MAX` when that
+/// does not fit, which no record's data can match).
+fn value_count(c: i32, h: i32, w: i32) -> usize {
+    (c as usize)
+        .checked_mul(h as usize)
+        .and_then(|n| n.checked_mul(w as usize))
+        .unwrap_or(usize::MAX)
 }
 
 /// A little-endian f32 from 4 bytes.
@@ -340,6 +349,36 @@ mod tests {
         odd[9] = 11;
         odd.truncate(odd.len() - 1);
         assert!(DatumRef::parse(&odd).unwrap_err().contains("whole floats"));
+        // A shape too large to count is refused, not an overflow.
+        let huge = Datum {
+            channels: Some(i32::MAX),
+            height: Some(i32::MAX),
+            width: Some(i32::MAX),
+            float_data: vec![1.0],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(DatumRef::parse(&huge).unwrap().values("h").is_err());
+        // Damaged records (random bytes changed) are read or refused, never
+        // a panic, and what is read holds as many values as its shape says.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        for _ in 0..5000 {
+            let mut b = if rng.random_bool(0.5) {
+                bytes.clone()
+            } else {
+                packed.clone()
+            };
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..b.len());
+                b[at] = rng.random();
+            }
+            if let Ok(r) = DatumRef::parse(&b) {
+                if let Ok((c, h, w, v)) = r.values("m") {
+                    assert_eq!(v.len(), c * h * w);
+                }
+            }
+        }
     }
 
     #[test]
