@@ -370,6 +370,11 @@ pub fn run(
             "      trained {} on {} of {} training images",
             p.classifier, p.feature, p.train.rows
         ));
+        say(format!(
+            "      to fine-tune the whole net from this classifier (linear probe, then fine-tuning): flickr-style finetune --solver {} --weights {}",
+            solver_path.display(),
+            final_model.display()
+        ));
     } else {
         train(opts, &solver_path, &prefix, &weights, &stop, &say)?;
     }

@@ -464,6 +464,18 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         err.contains("trained fc8_flickr on fc7 of 16 training images"),
         "{err}"
     );
+    // The printed command fine-tunes the whole net from the probe's
+    // classifier, into snapshots of its own.
+    let hint = err
+        .lines()
+        .find_map(|l| l.split_once("flickr-style finetune "))
+        .map(|(_, args)| args.split(' ').collect::<Vec<_>>())
+        .expect("a fine-tuning command");
+    let (ok, _, ft_err) = common::run(t.path(), &[&["finetune"], &hint[..]].concat());
+    assert!(ok, "{ft_err}");
+    assert!(data
+        .join("snapshots/finetune_cw0.5_probe_iter_4.caffemodel")
+        .exists());
     let probe = data.join("probe_cw0.5");
     for f in [
         "probe.caffemodel",
