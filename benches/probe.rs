@@ -52,6 +52,7 @@ fn main() {
             out: &dir.path().join("probe"),
             max_iter: Some(max_iter),
             device: DeviceChoice::Cpu,
+            bf16: false,
             metrics: None,
             verbose: false,
             stop: None,

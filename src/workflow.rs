@@ -361,6 +361,7 @@ pub fn run(
             out: crate::fsutil::parent_dir(&final_model).as_path(),
             max_iter: None,
             device: opts.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
+            bf16: opts.bf16,
             metrics: opts.metrics.clone(),
             verbose: opts.verbose,
             stop: Some(stop.clone()),

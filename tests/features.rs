@@ -268,6 +268,7 @@ fn the_probe_trains_as_a_frozen_finetune_does() {
         out: &t.path().join("probe"),
         max_iter: Some(30),
         device: DeviceChoice::Cpu,
+        bf16: false,
         metrics: None,
         verbose: false,
         stop: None,

@@ -57,8 +57,8 @@ pub(crate) enum Command {
     /// Per-class report of trained weights over the TEST data: confusion matrix, precision,
     /// recall, F1, top-k and mean per-class accuracy.
     Evaluate(EvaluateArgs),
-    /// Save blobs' values (e.g. fc7) for every TEST image as .npy, and with --lmdb as Caffe's
-    /// extract_features LMDB, for other learners (extract_features).
+    /// Save blobs' values (e.g. fc7) per image, of the TEST data or of image files, as .npy (and
+    /// with --lmdb as Caffe's extract_features LMDB), for other learners (extract_features).
     Features(FeaturesArgs),
     /// Train only the classifier on the pretrained net's features (a linear probe): one forward
     /// pass over the images, then seconds of training; writes the whole net as probe.caffemodel.

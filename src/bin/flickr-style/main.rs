@@ -580,6 +580,7 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
         out: &a.out,
         max_iter: a.max_iter,
         device: a.device.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
+        bf16: a.device.bf16,
         metrics: a.metrics,
         verbose: true,
         stop: Some(stop),

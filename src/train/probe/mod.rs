@@ -45,6 +45,9 @@ pub struct ProbeOptions<'a> {
     pub max_iter: Option<usize>,
     /// Where to run.
     pub device: DeviceChoice,
+    /// bf16 mixed precision, for the features and the training (GPU; see
+    /// [`crate::train::precision`]).
+    pub bf16: bool,
     /// JSONL metrics of the probe's training.
     pub metrics: Option<PathBuf>,
     /// Print the solver's log lines and progress.
@@ -107,7 +110,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
     let weight_refs: Vec<&Path> = weights.iter().map(PathBuf::as_path).collect();
     let def = read_net_prototxt(&net_path)?;
     let cut = cut(&def, &net_path)?;
-    let compute = Compute::for_solver(o.device, &param)?;
+    let compute = Compute::for_solver(o.device, &param)?.with_bf16(o.bf16)?;
     std::fs::create_dir_all(o.out).map_err(|e| Error::io(o.out, e))?;
     let out = std::path::absolute(o.out).map_err(|e| Error::io(o.out, e))?;
 
@@ -202,7 +205,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
         device: o.device,
         tensor_ops: false,
         fused: false,
-        bf16: false,
+        bf16: o.bf16,
         rotate90: false,
         augment: None,
     })?;
