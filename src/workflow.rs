@@ -155,6 +155,13 @@ impl WorkflowOptions {
     /// `_aug...` when warping, `_cw<alpha>` with class weights and `_probe`
     /// when only the classifier is trained.
     fn run_tag(&self) -> String {
+        let probe = if self.probe { "_probe" } else { "" };
+        format!("{}{probe}", self.model_tag())
+    }
+
+    /// [`Self::run_tag`] less `_probe`: what makes the pretrained net's
+    /// features (the probe's folder is named by it).
+    fn model_tag(&self) -> String {
         let turn = if self.rotate90 { "_rot90" } else { "" };
         let cyclic = if self.cyclic { "_cyclic" } else { "" };
         let warp = self
@@ -163,8 +170,7 @@ impl WorkflowOptions {
         let weighted = self
             .class_weights
             .map_or(String::new(), |a| format!("_cw{a}"));
-        let probe = if self.probe { "_probe" } else { "" };
-        format!("{}{turn}{cyclic}{warp}{weighted}{probe}", self.data_tag())
+        format!("{}{turn}{cyclic}{warp}{weighted}", self.data_tag())
     }
 
     /// Whether training reads LMDBs (asked for, or needed for padding).
@@ -341,13 +347,9 @@ pub fn run(
         .max(0) as usize;
     let final_model = if opts.probe {
         // The features, the probe's net and its classifier live together,
-        // one folder per variant (the run's tag, less its own "_probe").
-        let tag = opts.run_tag();
-        data.join(format!(
-            "probe{}",
-            tag.strip_suffix("_probe").unwrap_or(&tag)
-        ))
-        .join("probe.caffemodel")
+        // one folder per variant of the net.
+        data.join(format!("probe{}", opts.model_tag()))
+            .join("probe.caffemodel")
     } else {
         PathBuf::from(format!("{}_iter_{max_iter}.caffemodel", prefix.display()))
     };
