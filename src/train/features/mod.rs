@@ -183,18 +183,18 @@ pub fn extract_images(
     strict: bool,
     stop: Option<Arc<AtomicBool>>,
 ) -> Result<Features> {
-    let (def, spec) = classify::input_net(input)?;
-    let ctx = BuildContext::new(input.base_dir, 0, Phase::Test, input.compute);
-    let mut net = trained_nets(&def, &ctx, input.weights, false)?
-        .pop()
-        .expect("trained_nets makes one net without an ensemble");
-    let mut saver = Saver::new(save, &net, input.model)?;
     if input.oversample {
         return Err(Error::model(
             input.model.display(),
             "features are saved for the centre view of each image; ten crops do not apply",
         ));
     }
+    let (def, spec) = classify::input_net(input)?;
+    let ctx = BuildContext::new(input.base_dir, 0, Phase::Test, input.compute);
+    let mut net = trained_nets(&def, &ctx, input.weights, false)?
+        .pop()
+        .expect("trained_nets makes one net without an ensemble");
+    let mut saver = Saver::new(save, &net, input.model)?;
     let failed = classify::batches(input, &spec, "features", |batch, _| {
         stop_requested(&stop)?;
         classify::forward_view(&mut net, &spec, &batch, 0, input)?;
