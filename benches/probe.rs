@@ -53,6 +53,8 @@ fn main() {
             max_iter: Some(max_iter),
             device: DeviceChoice::Cpu,
             bf16: false,
+            tensor_ops: false,
+            fused: false,
             metrics: None,
             verbose: false,
             stop: None,

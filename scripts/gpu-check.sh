@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA build, as one script for a GPU machine (which has no
 # Rust toolchain and no network): op checks against the CPU kernels, the
-# tiny-net fixture trajectory (fp32, and bf16 on a GPU), `evaluate` (ensemble, test-time views) and
-# `classify` on the device vs the CPU, `time` at batch 50 and 256, and end-to-end
+# tiny-net fixture trajectory (fp32, and bf16 on a GPU), `evaluate` (ensemble, test-time views),
+# `classify`, `features` and `probe` on the device vs the CPU, `time` at batch 50 and 256, and end-to-end
 # training throughput from an LMDB of raw 256x256 datums (fp32, and TF32 and
 # bf16 on a GPU) and from JPEG files, and the data feed alone from each; then,
 # with the cuDNN build (flickr-style-cudnn, where the machine has libcudnn.so.9),
@@ -139,6 +139,51 @@ print(f"pass: max difference <= 1e-4 and equal accuracy: {ok and worst <= 1e-4}"
 sys.exit(0 if ok and worst <= 1e-4 else 1)
 EOF2
 [ "${PIPESTATUS[0]}" = 0 ] || fail "evaluate/classify device vs CPU"
+say ""
+
+say "## features and the linear probe on the device vs the CPU"
+for dev in device cpu; do
+  flags=""
+  [ "$dev" = device ] && flags=$DEVICE
+  (cd "$KIT/tiny-net" && run features --model train_val.prototxt --weights snapshots/tiny_iter_30.caffemodel \
+    --blobs fc7,pool2 --out "$WORK/feat_$dev" $flags) >"$WORK/feat_$dev.log" 2>&1 \
+    || { fail "features ($dev)"; tail -3 "$WORK/feat_$dev.log" | tee -a "$REPORT"; }
+  (cd "$KIT/tiny-net" && run probe --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
+    --out "$WORK/probe_$dev" --max-iter 30 $flags) >"$WORK/probe_$dev.log" 2>&1 \
+    || { fail "probe ($dev)"; tail -3 "$WORK/probe_$dev.log" | tee -a "$REPORT"; }
+done
+python3 - "$WORK" <<'EOF3' | tee -a "$REPORT"
+import ast, os, struct, sys
+w = sys.argv[1]
+def npy(path):  # float32 C-order .npy, without NumPy
+    b = open(path, "rb").read()
+    n = struct.unpack("<H", b[8:10])[0]
+    shape = ast.literal_eval(b[10:10 + n].decode())["shape"]
+    data = b[10 + n:]
+    return shape, struct.unpack(f"<{len(data) // 4}f", data)
+ok = True
+for blob in ["fc7", "pool2"]:
+    try:
+        (sa, a), (sb, b) = (npy(os.path.join(w, f"feat_{d}/{blob}.npy")) for d in ("device", "cpu"))
+    except OSError as e:
+        print(f"{blob}.npy: {e}"); ok = False; continue
+    scale = max(max(abs(v) for v in b), 1e-30)
+    d = max(abs(x - y) for x, y in zip(a, b)) / scale
+    print(f"features {blob}: shape {sa} vs {sb}, max |device - cpu| / max |cpu| {d:.2e}")
+    ok = ok and sa == sb and d <= 1e-4
+def last_test(path):
+    lines = [l for l in open(path) if l.startswith("test images at iteration")] if os.path.exists(path) else []
+    return lines[-1].strip() if lines else None
+a, b = (last_test(os.path.join(w, f"probe_{d}.log")) for d in ("device", "cpu"))
+print(f"probe device: {a}")
+print(f"probe cpu:    {b}")
+nums = lambda l: [float(t.strip(",")) for t in l.split() if t.strip(",").replace(".", "", 1).isdigit()]
+ok = ok and a is not None and b is not None and len(nums(a)) == len(nums(b)) and all(
+    abs(x - y) <= 2e-4 for x, y in zip(nums(a), nums(b)))
+print(f"pass: features within 1e-4 and the probe's test outputs within 2e-4: {ok}")
+sys.exit(0 if ok else 1)
+EOF3
+[ "${PIPESTATUS[0]}" = 0 ] || fail "features/probe device vs CPU"
 say ""
 
 # The Flickr net with our own data layers in front of its third layer (conv1).

@@ -364,6 +364,8 @@ pub fn run(
             max_iter: None,
             device: opts.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
             bf16: opts.bf16,
+            tensor_ops: false,
+            fused: false,
             metrics: opts.metrics.clone(),
             verbose: opts.verbose,
             stop: Some(stop.clone()),

@@ -252,7 +252,8 @@ fn a_failure_mid_pass_leaves_no_partial_output() {
 /// The probe is fine-tuning with every layer below the classifier frozen:
 /// on the tiny net (no augmentation, no dropout) and in the data's own
 /// order, its 30 losses, test outputs and trained classifier are those of
-/// `finetune` with lr_mult 0 everywhere but fc8.
+/// `finetune` with lr_mult 0 everywhere but fc8; and its GPU code path
+/// (run on the CPU) trains alike.
 #[test]
 fn the_probe_trains_as_a_frozen_finetune_does() {
     use flickr_style::caffe::model::read_caffemodel;
@@ -261,20 +262,33 @@ fn the_probe_trains_as_a_frozen_finetune_does() {
     let t = tempfile::tempdir().unwrap();
     let dir = fixture("tiny-net");
     let init = dir.join("snapshots/init_iter_0.caffemodel");
-    let p = probe(&ProbeOptions {
-        solver: Path::new("solver.prototxt"),
-        weights: &[init.as_path()],
-        base_dir: &dir,
-        out: &t.path().join("probe"),
-        max_iter: Some(30),
-        device: DeviceChoice::Cpu,
-        bf16: false,
-        metrics: None,
-        verbose: false,
-        stop: None,
-        shuffle: false,
-    })
-    .unwrap();
+    let run = |tensor_ops: bool, out: &str| {
+        probe(&ProbeOptions {
+            solver: Path::new("solver.prototxt"),
+            weights: &[init.as_path()],
+            base_dir: &dir,
+            out: &t.path().join(out),
+            max_iter: Some(30),
+            device: DeviceChoice::Cpu,
+            bf16: false,
+            tensor_ops,
+            fused: tensor_ops,
+            metrics: None,
+            verbose: false,
+            stop: None,
+            shuffle: false,
+        })
+        .unwrap()
+    };
+    let p = run(false, "probe");
+    // The GPU code path (tensor ops, fused kernels' CPU twins) trains alike.
+    let gpu_path = run(true, "probe_gpu_path");
+    for ((i, a), (_, b)) in gpu_path.trajectory.iter().zip(&p.trajectory) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "GPU path, iteration {i}: {a} vs {b}"
+        );
+    }
     assert_eq!((p.classifier.as_str(), p.feature.as_str()), ("fc8", "fc7"));
     assert_eq!((p.train.rows, p.test.rows), (24, 24));
     let frozen_dir = t.path().join("frozen");

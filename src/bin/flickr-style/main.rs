@@ -581,6 +581,8 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
         max_iter: a.max_iter,
         device: a.device.gpu.map_or(DeviceChoice::Cpu, DeviceChoice::Gpu),
         bf16: a.device.bf16,
+        tensor_ops: a.device.tensor_ops,
+        fused: a.device.fused_ops,
         metrics: a.metrics,
         verbose: true,
         stop: Some(stop),

@@ -48,6 +48,11 @@ pub struct ProbeOptions<'a> {
     /// bf16 mixed precision, for the features and the training (GPU; see
     /// [`crate::train::precision`]).
     pub bf16: bool,
+    /// Run the GPU code path (tensor ops) even on the CPU, and with `fused`
+    /// its fused kernels' CPU twins: for checking that path without a GPU.
+    pub tensor_ops: bool,
+    /// See `tensor_ops`.
+    pub fused: bool,
     /// JSONL metrics of the probe's training.
     pub metrics: Option<PathBuf>,
     /// Print the solver's log lines and progress.
@@ -110,7 +115,10 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
     let weight_refs: Vec<&Path> = weights.iter().map(PathBuf::as_path).collect();
     let def = read_net_prototxt(&net_path)?;
     let cut = cut(&def, &net_path)?;
-    let compute = Compute::for_solver(o.device, &param)?.with_bf16(o.bf16)?;
+    let mut compute = Compute::for_solver(o.device, &param)?;
+    compute.tensor_ops |= o.tensor_ops;
+    compute.fused |= o.fused && compute.tensor_ops;
+    let compute = compute.with_bf16(o.bf16)?;
     std::fs::create_dir_all(o.out).map_err(|e| Error::io(o.out, e))?;
     let out = std::path::absolute(o.out).map_err(|e| Error::io(o.out, e))?;
 
@@ -203,8 +211,8 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
         echo: o.verbose,
         progress: o.verbose,
         device: o.device,
-        tensor_ops: false,
-        fused: false,
+        tensor_ops: o.tensor_ops,
+        fused: o.fused,
         bf16: o.bf16,
         rotate90: false,
         augment: None,
