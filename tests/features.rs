@@ -511,3 +511,34 @@ fn image_files_give_the_features_of_their_lmdb_records() {
     );
     assert!(std::fs::read_dir(&strict).unwrap().next().is_none());
 }
+
+/// `compute-mean` of a feature LMDB: the mean of the saved rows, as Caffe's
+/// compute_image_mean averages float_data records.
+#[test]
+fn compute_mean_averages_a_feature_lmdb() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("feat");
+    let (ok, _, stderr) = tiny_features(&out, "pool2", &["--lmdb"]);
+    assert!(ok, "{stderr}");
+    let mean = t.path().join("mean.binaryproto");
+    let (ok, _, stderr) = run(
+        t.path(),
+        &[
+            "compute-mean",
+            out.join("pool2_lmdb").to_str().unwrap(),
+            mean.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let m = flickr_style::caffe::mean_file::MeanImage::read_binaryproto(&mean).unwrap();
+    assert_eq!((m.channels, m.height, m.width), (32, 7, 7));
+    let (_, rows) = npy(&out.join("pool2.npy"));
+    let per = 32 * 7 * 7;
+    for (i, &got) in m.values.iter().enumerate() {
+        let want = (0..24).map(|r| f64::from(rows[r * per + i])).sum::<f64>() / 24.0;
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1e-3),
+            "{i}: {got} vs {want}"
+        );
+    }
+}

@@ -1,5 +1,7 @@
 //! `compute-mean`: the per-pixel mean of a dataset as Caffe's
-//! `mean.binaryproto`, from an LMDB (raw or encoded datums) or an image list.
+//! `mean.binaryproto`, from an LMDB (raw or encoded datums, or float ones
+//! such as `features --lmdb` writes, as Caffe's tool reads them too) or an
+//! image list.
 //!
 //! Pixel sums are kept as exact integers (u64), so the mean is exact before
 //! its single rounding to f32. Caffe sums in f32, which is also exact while
@@ -7,13 +9,16 @@
 //! mean drifts and ours does not. The per-channel means we print are exact
 //! averages; Caffe's printed line comes from an f32 running sum and can
 //! differ in the 6th digit (128.429 vs 128.428 on the raw256 fixture).
+//! Float records are summed in f64.
 use super::decode::{read_image, ColorMode};
 use super::image_list::read_list;
 use super::lmdb_store::LmdbReader;
 use super::pad::{fit, Pad};
+use crate::caffe::datum::DatumRef;
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::Datum;
 use crate::error::{Error, Result};
+use crate::pipeline::mat::Pixels;
 use prost::Message;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -38,10 +43,21 @@ pub enum MeanSource {
     },
 }
 
+/// One decoded record's CHW values.
+enum Values {
+    /// Pixels (images, raw or encoded datums).
+    Bytes(Vec<u8>),
+    /// A feature Datum's `float_data` (as `features --lmdb` writes).
+    Floats(Vec<f32>),
+}
+
 /// A running sum of equally-shaped CHW images.
 struct Accumulator {
     shape: (usize, usize, usize),
     sums: Vec<u64>,
+    /// Sums of float records, when there are any (exact integer sums stay
+    /// apart, so an LMDB of pixels averages exactly as before).
+    float_sums: Option<Vec<f64>>,
     count: u64,
 }
 
@@ -50,13 +66,25 @@ impl Accumulator {
         Accumulator {
             shape,
             sums: vec![0; shape.0 * shape.1 * shape.2],
+            float_sums: None,
             count: 0,
         }
     }
 
-    fn add(&mut self, pixels: &[u8]) {
-        for (s, &p) in self.sums.iter_mut().zip(pixels) {
-            *s += p as u64;
+    fn add(&mut self, values: &Values) {
+        match values {
+            Values::Bytes(pixels) => {
+                for (s, &p) in self.sums.iter_mut().zip(pixels) {
+                    *s += p as u64;
+                }
+            }
+            Values::Floats(v) => {
+                let n = self.sums.len();
+                let sums = self.float_sums.get_or_insert_with(|| vec![0.0; n]);
+                for (s, &x) in sums.iter_mut().zip(v) {
+                    *s += f64::from(x);
+                }
+            }
         }
         self.count += 1;
     }
@@ -64,6 +92,11 @@ impl Accumulator {
     fn merge(mut self, other: Accumulator) -> Accumulator {
         for (a, b) in self.sums.iter_mut().zip(&other.sums) {
             *a += b;
+        }
+        match (&mut self.float_sums, other.float_sums) {
+            (Some(a), Some(b)) => a.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+            (None, Some(b)) => self.float_sums = Some(b),
+            _ => {}
         }
         self.count += other.count;
         self
@@ -76,11 +109,19 @@ impl Accumulator {
             height: self.shape.1,
             width: self.shape.2,
             // Rounded once to f32: the mean file stores floats, like Caffe's.
-            values: self
-                .sums
-                .iter()
-                .map(|&s| (s as f64 / n) as f32 as f64)
-                .collect(),
+            values: match &self.float_sums {
+                None => self
+                    .sums
+                    .iter()
+                    .map(|&s| (s as f64 / n) as f32 as f64)
+                    .collect(),
+                Some(f) => self
+                    .sums
+                    .iter()
+                    .zip(f)
+                    .map(|(&s, &f)| ((s as f64 + f) / n) as f32 as f64)
+                    .collect(),
+            },
         }
     }
 }
@@ -113,7 +154,7 @@ fn source_name(source: &MeanSource) -> String {
     }
 }
 
-type Decoded = Result<((usize, usize, usize), Vec<u8>)>;
+type Decoded = Result<((usize, usize, usize), Values)>;
 
 /// Sums a batch in parallel, checking every item against `shape`. Each
 /// item's label names it in size errors; its own errors name it already.
@@ -178,13 +219,26 @@ fn mean_of_lmdb(path: &Path) -> Result<Option<Accumulator>> {
         batch.push((
             label.clone(),
             Box::new(move || {
+                // A feature record's floats, as Caffe's compute_image_mean sums them.
+                if let Ok(r) = DatumRef::parse(&value) {
+                    if r.data.is_empty() && !r.float_data.is_empty() {
+                        let (c, h, w, v) = r
+                            .values(&key)
+                            .map_err(|e| Error::invalid(&db, e.to_string()))?;
+                        let v = match v {
+                            Pixels::F32(v) => Values::Floats(v.to_vec()),
+                            Pixels::U8(b) => Values::Bytes(b.to_vec()),
+                        };
+                        return Ok(((c, h, w), v));
+                    }
+                }
                 let datum = Datum::decode(value.as_slice())
                     .map_err(|e| Error::invalid(label, format!("not a Datum: {e}")))?;
                 // into_pixels names the record; add the database.
                 let (c, h, w, px) = datum
                     .into_pixels(&key)
                     .map_err(|e| Error::invalid(db, e.to_string()))?;
-                Ok(((c, h, w), px))
+                Ok(((c, h, w), Values::Bytes(px)))
             }),
         ));
         if batch.len() == BATCH {
@@ -225,7 +279,10 @@ fn mean_of_list(
                     let mat = read_image(&path, mode)
                         .map_err(|e| Error::invalid(context, e.to_string()))?;
                     let mat = fit(mat, pad, resize);
-                    Ok(((mat.channels, mat.height, mat.width), mat.to_chw()))
+                    Ok((
+                        (mat.channels, mat.height, mat.width),
+                        Values::Bytes(mat.to_chw()),
+                    ))
                 });
                 (label, f)
             })
