@@ -3,29 +3,11 @@
 //! LMDB layout Caffe's tool writes, a Data layer training on that LMDB, and
 //! failures that leave nothing behind.
 mod common;
-use common::{edited_net, fixture, run};
+use common::{edited_net, fixture, npy, run};
 use flickr_style::caffe::proto::Datum;
 use flickr_style::pipeline::lmdb_store::LmdbReader;
 use prost::Message;
 use std::path::Path;
-
-fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let f = npyz::NpyFile::new(bytes.as_slice()).unwrap();
-    let shape = f.shape().iter().map(|&d| d as usize).collect();
-    (shape, f.into_vec::<f32>().unwrap())
-}
-
-/// Largest |a-b| over the largest |b| (0 when both are all zeros).
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
 
 /// Runs `features` on the tiny net from Caffe's initial weights (in the
 /// fixture's folder, as its relative paths want) with `extra` arguments.
@@ -63,7 +45,7 @@ fn saved_blobs_equal_caffes_and_the_lmdb_has_extract_features_layout() {
         let (dims, mine) = npy(&out.join(format!("{blob}.npy")));
         assert_eq!(dims, shape, "{blob}");
         let (_, caffe) = npy(&forward.join(format!("{dump}.npy")));
-        let e = rel_err(&mine[..caffe.len()], &caffe);
+        let e = common::rel_err(&mine[..caffe.len()], &caffe, f32::MIN_POSITIVE);
         // OpenBLAS against our kernels: ~1e-7..1e-6 relative (fixture README).
         assert!(e < 1e-5, "{blob}: relative error {e}");
     }
@@ -343,7 +325,7 @@ fn the_probe_trains_as_a_frozen_finetune_does() {
     for ((na, a), (nb, b)) in merged.iter().zip(&tuned) {
         assert_eq!(na, nb);
         for (x, y) in a.iter().zip(b) {
-            let e = rel_err(x, y);
+            let e = common::rel_err(x, y, f32::MIN_POSITIVE);
             assert!(e <= 1e-6, "{na}: relative difference {e}");
         }
     }
@@ -492,7 +474,7 @@ fn image_files_give_the_features_of_their_lmdb_records() {
         let (shape_f, f) = npy(&from_files.join(format!("{blob}.npy")));
         let (shape_d, d) = npy(&from_db.join(format!("{blob}.npy")));
         assert_eq!(shape_f, shape_d);
-        let e = rel_err(&f, &d);
+        let e = common::rel_err(&f, &d, f32::MIN_POSITIVE);
         assert!(e < 1e-6, "{blob}: relative difference {e}");
     }
     let index = std::fs::read_to_string(from_files.join("images.csv")).unwrap();

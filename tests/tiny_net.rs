@@ -8,24 +8,6 @@ use flickr_style::train::layers::BuildContext;
 use flickr_style::train::net::Net;
 use std::path::{Path, PathBuf};
 
-fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let f = npyz::NpyFile::new(bytes.as_slice()).unwrap();
-    let shape = f.shape().iter().map(|&d| d as usize).collect();
-    (shape, f.into_vec::<f32>().unwrap())
-}
-
-/// Largest |a-b| / max(|b|, floor) over the arrays.
-fn rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
 fn tiny_net(phase: Phase) -> Net {
     let dir = common::fixture("tiny-net");
     let def = read_net_prototxt(&dir.join("train_val.prototxt")).unwrap();
@@ -62,7 +44,7 @@ fn first_batch_forward_and_gradients_match_pycaffe() {
         let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
         let (_, rest) = stem.split_once('_').unwrap();
         let (layer, top) = rest.split_once("__").unwrap();
-        let (shape, want) = npy(&f);
+        let (shape, want) = common::npy(&f);
         let index = if layer == "data" && top == "label" {
             1
         } else {
@@ -73,7 +55,7 @@ fn first_batch_forward_and_gradients_match_pycaffe() {
             .unwrap_or_else(|| panic!("{layer}"));
         assert_eq!(got.dims(), shape.as_slice(), "{stem}");
         let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let err = rel_err(&got, &want, 1e-3);
+        let err = common::rel_err(&got, &want, 1e-3);
         eprintln!("{stem}: max rel err {err:.2e}");
         assert!(err < 1e-5, "{stem}: {err}");
     }
@@ -83,7 +65,7 @@ fn first_batch_forward_and_gradients_match_pycaffe() {
     for i in 0..net.params().len() {
         let layer = net.param_layer_name(i).to_string();
         let idx = net.params()[i].index;
-        let (_, want) = npy(&dir.join(format!("grads/{layer}_{idx}.npy")));
+        let (_, want) = common::npy(&dir.join(format!("grads/{layer}_{idx}.npy")));
         let got = net
             .grad(i)
             .unwrap()
@@ -91,7 +73,7 @@ fn first_batch_forward_and_gradients_match_pycaffe() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let err = rel_err(&got, &want, 1e-8);
+        let err = common::rel_err(&got, &want, 1e-8);
         eprintln!("grad {layer}_{idx}: max rel err {err:.2e}");
         if layer == "conv1" {
             assert!(
@@ -132,7 +114,7 @@ fn one_sgd_step_matches_params_after_iter1() {
     for i in 0..s.train.params().len() {
         let layer = s.train.param_layer_name(i).to_string();
         let idx = s.train.params()[i].index;
-        let (_, want) = npy(&dir.join(format!("{layer}_{idx}.npy")));
+        let (_, want) = common::npy(&dir.join(format!("{layer}_{idx}.npy")));
         let got = s
             .train
             .param(i)
@@ -140,7 +122,7 @@ fn one_sgd_step_matches_params_after_iter1() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let err = rel_err(&got, &want, 1e-8);
+        let err = common::rel_err(&got, &want, 1e-8);
         eprintln!("after step 1 {layer}_{idx}: max rel err {err:.2e}");
         assert!(err < 1e-5, "{layer}_{idx}: {err}");
     }
@@ -208,7 +190,7 @@ fn thirty_iterations_match_caffe_and_resume_exactly() {
         let o = ours30.layer.iter().find(|x| x.name() == l.name()).unwrap();
         for (a, b) in o.blobs.iter().zip(&l.blobs) {
             assert_eq!(a.dims(), b.dims());
-            let err = rel_err(&a.values(), &b.values(), 1e-8);
+            let err = common::rel_err(&a.values(), &b.values(), 1e-8);
             assert!(err < 1e-5, "{}: {err}", l.name());
             compared += 1;
         }
@@ -329,7 +311,7 @@ fn tensor_path_matches_caffe(fused: bool) {
     for l in caffe30.layer.iter().filter(|l| !l.blobs.is_empty()) {
         let o = ours30.layer.iter().find(|x| x.name() == l.name()).unwrap();
         for (a, b) in o.blobs.iter().zip(&l.blobs) {
-            let err = rel_err(&a.values(), &b.values(), 1e-8);
+            let err = common::rel_err(&a.values(), &b.values(), 1e-8);
             assert!(err < 1e-4, "{}: {err}", l.name());
         }
     }

@@ -65,6 +65,25 @@ pub fn solver_options(
 
 pub mod http;
 
+/// A float32 `.npy` file's shape and values.
+pub fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let f = npyz::NpyFile::new(bytes.as_slice()).unwrap();
+    let shape = f.shape().iter().map(|&d| d as usize).collect();
+    (shape, f.into_vec::<f32>().unwrap())
+}
+
+/// Largest |a-b| / max(largest |b|, floor) over the arrays.
+pub fn rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
 /// Writes a copy of the tiny net with `edit` applied, paths made absolute.
 pub fn edited_net(t: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     let dir = fixture("tiny-net");
