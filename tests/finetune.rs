@@ -346,14 +346,25 @@ fn bad_inputs_are_clear_errors() {
         .unwrap();
     let e = s.solve().unwrap_err().to_string();
     assert!(e.starts_with("iteration ") && e.contains("diverged"), "{e}");
-    // Unsupported solver type.
-    let adam = std::fs::read_to_string(&solver).unwrap() + "type: \"Adam\"\n";
-    std::fs::write(p.join("adam.prototxt"), adam).unwrap();
-    let e = solver_in(p, "adam.prototxt", &p.join("x"))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("solver type Adam is not supported"), "{e}");
+    // An unknown solver type, and momentum where Caffe refuses it.
+    for (line, want) in [
+        (
+            "type: \"Adamax\"",
+            "unknown solver type \"Adamax\" (known types: AdaDelta",
+        ),
+        (
+            "type: \"AdaGrad\"",
+            "momentum cannot be used with AdaGrad (it is 0.9",
+        ),
+    ] {
+        let text = std::fs::read_to_string(&solver).unwrap() + line + "\n";
+        std::fs::write(p.join("other.prototxt"), text).unwrap();
+        let e = solver_in(p, "other.prototxt", &p.join("x"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("other.prototxt") && e.contains(want), "{e}");
+    }
 }
 
 #[test]

@@ -391,3 +391,88 @@ fn infogain_loss_with_the_identity_retraces_caffes_softmax_run() {
     let last = doubled.last().unwrap().1;
     assert!((last - 2.0 * want[29]).abs() / want[29] > 1e-3, "{last}");
 }
+
+/// Caffe's other solver types on the fixture's net and data (its solver
+/// with the type's usual settings): each trains (the test loss falls), its
+/// `.solverstate` holds Caffe's number of history blobs, and a run resumed
+/// from the iteration-15 snapshot repeats iterations 15..29 bit for bit
+/// (with AdaDelta's and Adam's second history set restored). Adam also runs
+/// on the tensor-op (GPU) code path, whose update must track the CPU one.
+#[test]
+fn every_solver_type_trains_and_resumes_exactly() {
+    let dir = common::fixture("tiny-net");
+    let base = std::fs::read_to_string(dir.join("solver.prototxt"))
+        .unwrap()
+        .replace(
+            "\"train_val.prototxt\"",
+            &format!("\"{}\"", dir.join("train_val.prototxt").display()),
+        );
+    let t = tempfile::tempdir().unwrap();
+    let mut finals = Vec::new();
+    for (ty, settings, histories) in [
+        ("Nesterov", "base_lr: 0.01 momentum: 0.9", 1),
+        ("AdaGrad", "base_lr: 0.01", 1),
+        ("RMSProp", "base_lr: 0.001 rms_decay: 0.98", 1),
+        ("AdaDelta", "base_lr: 1.0 momentum: 0.95 delta: 1e-6", 2),
+        ("Adam", "base_lr: 0.001 momentum: 0.9 momentum2: 0.999", 2),
+    ] {
+        let text = base
+            .replace("base_lr: 0.01\n", "")
+            .replace("momentum: 0.9\n", "")
+            + &format!("type: \"{ty}\"\n{settings}\n");
+        let file = t.path().join(format!("{ty}.prototxt"));
+        std::fs::write(&file, text).unwrap();
+        let options = |prefix: &str, tensor_ops: bool| flickr_style::train::solver::SolverOptions {
+            tensor_ops,
+            ..common::solver_options(&dir, file.to_str().unwrap(), &t.path().join(prefix))
+        };
+        let mut s = Solver::new(&options(ty, false)).unwrap();
+        s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+            .unwrap();
+        s.solve().unwrap();
+        assert_eq!(s.trajectory.len(), 30, "{ty}");
+        let test_loss = |s: &Solver, i: usize| {
+            s.test_results[i]
+                .2
+                .iter()
+                .find(|x| x.0 == "loss")
+                .unwrap()
+                .1
+        };
+        let (first, last) = (test_loss(&s, 0), test_loss(&s, 2));
+        eprintln!("{ty}: test loss {first} -> {last}");
+        assert!(last < first - 0.005, "{ty}: test loss {first} -> {last}");
+
+        let state_path = t.path().join(format!("{ty}_iter_15.solverstate"));
+        let state: flickr_style::caffe::proto::SolverState =
+            flickr_style::caffe::read_binary(&state_path, "solverstate").unwrap();
+        assert_eq!(
+            state.history.len(),
+            histories * s.train.params().len(),
+            "{ty}"
+        );
+        let mut r = Solver::new(&options(&format!("{ty}_resumed"), false)).unwrap();
+        r.restore(&state_path).unwrap();
+        r.solve().unwrap();
+        assert_eq!(r.trajectory, s.trajectory[15..].to_vec(), "{ty} resumed");
+
+        if ty == "Adam" {
+            let mut g = Solver::new(&options("adam_tensor", true)).unwrap();
+            assert!(g.train.uses_tensor_ops());
+            g.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+                .unwrap();
+            g.solve().unwrap();
+            for ((it, a), (_, b)) in g.trajectory.iter().zip(&s.trajectory) {
+                assert!(
+                    (a - b).abs() / b < 1e-4,
+                    "Adam tensor ops at {it}: {a} vs {b}"
+                );
+            }
+        }
+        finals.push(s.trajectory[29].1);
+    }
+    // Five rules, five different runs.
+    for (i, a) in finals.iter().enumerate() {
+        assert!(finals[i + 1..].iter().all(|b| b != a), "{finals:?}");
+    }
+}

@@ -161,6 +161,8 @@ pub fn time(
         .map(|i| Ok(net.param(i).zeros_like()?))
         .collect::<Result<Vec<_>>>()?;
     let cfg = SgdConfig {
+        rule: super::sgd::adaptive::Rule::Sgd,
+        iter: 0,
         momentum: 0.9,
         weight_decay: 5e-4,
         l1: false,

@@ -4,6 +4,7 @@
 //! CI runs it on the CPU; on a GPU machine it is the GPU-vs-CPU check.
 use super::compute::Compute;
 use super::layers::{create, to_vec, BackwardArgs, BuildContext, Layer};
+use super::sgd::adaptive::{AdaptiveStep, Rule};
 use crate::caffe::proto::{LayerParameter, Phase};
 use crate::caffe::prototxt;
 use crate::error::{Error, Result};
@@ -416,8 +417,78 @@ pub fn check_ops(compute: &Compute, seed: u64) -> Result<Vec<OpReport>> {
                     .map_err(|e| Error::model(format!("op check '{label}'"), e.to_string()))?,
             );
         }
+        // The other solver types are tensor ops on every GPU path: once.
+        if pass.fused {
+            continue;
+        }
+        for rule in ADAPTIVE_RULES {
+            let label = format!("{} update (3 steps)", rule.name());
+            reports.push(
+                check_adaptive(&label, *rule, &compute, &mut rng)
+                    .map_err(|e| Error::model(format!("op check '{label}'"), e.to_string()))?,
+            );
+        }
     }
     Ok(reports)
+}
+
+/// Caffe's other solver types with their usual settings.
+const ADAPTIVE_RULES: &[Rule] = &[
+    Rule::Nesterov,
+    Rule::AdaGrad { delta: 1e-8 },
+    Rule::RmsProp {
+        decay: 0.98,
+        delta: 1e-8,
+    },
+    Rule::AdaDelta { delta: 1e-6 },
+    Rule::Adam {
+        beta2: 0.999,
+        delta: 1e-8,
+    },
+];
+
+/// Three steps of an adaptive rule on `compute`'s device (tensor ops)
+/// against the CPU's element loop: `forward` is the last update's error,
+/// `backward` the worse of the two histories'.
+fn check_adaptive(
+    name: &str,
+    rule: Rule,
+    compute: &Compute,
+    rng: &mut ChaCha8Rng,
+) -> Result<OpReport> {
+    let n = 1000;
+    let momentum = match rule {
+        Rule::AdaGrad { .. } | Rule::RmsProp { .. } => 0.0,
+        Rule::AdaDelta { .. } => 0.95,
+        _ => 0.9,
+    };
+    let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), n, &compute.device);
+    let (mut h1, mut h2) = (vec![0f32; n], vec![0f32; n]);
+    let (mut t1, mut t2) = (t(&h1)?, t(&h2)?);
+    let mut report = OpReport {
+        name: name.to_string(),
+        forward: 0.0,
+        backward: 0.0,
+        finite_diff: 0.0,
+        tolerance: TWIN_TOLERANCE,
+    };
+    for iter in 0..3 {
+        let g: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let step = AdaptiveStep {
+            rule,
+            momentum,
+            rate: 0.01,
+            correction: rule.correction(momentum, iter),
+        };
+        let want: Vec<f32> = (0..n)
+            .map(|i| step.element(g[i], &mut h1[i], &mut h2[i]))
+            .collect();
+        let [u, a, b] = step.tensors(&t(&g)?, &t1, &t2)?;
+        (t1, t2) = (a, b);
+        report.forward = relative(&to_vec(&u)?, &want);
+        report.backward = relative(&to_vec(&t1)?, &h1).max(relative(&to_vec(&t2)?, &h2));
+    }
+    Ok(report)
 }
 
 /// One SGD step on `compute`'s path against the CPU update written out

@@ -1,6 +1,7 @@
-//! Caffe's SGD solver: the iteration loop (tests, display, update,
-//! snapshots), the update rule with the learning rate inside the momentum
-//! history, and snapshots Caffe can read (`.caffemodel` + `.solverstate`)
+//! Caffe's solver: the iteration loop (tests, display, update,
+//! snapshots), the update rule of the solver type (SGD with the learning
+//! rate inside the momentum history, or Nesterov, AdaGrad, RMSProp,
+//! AdaDelta, Adam), and snapshots Caffe can read (`.caffemodel` + `.solverstate`)
 //! plus a sidecar with what Caffe forgets (data positions, loss window), so a
 //! resume continues exactly from any iteration.
 use super::compute::{Compute, DeviceChoice};
@@ -8,11 +9,10 @@ use super::layers::BuildContext;
 use super::log::{g, Logger};
 use super::lr_policy::learning_rate;
 use super::net::Net;
+use super::sgd::adaptive::Rule;
 use super::sgd::{sgd_update, SgdConfig};
 use crate::caffe::model::{read_caffemodel, read_net_prototxt, upgrade};
-use crate::caffe::proto::{
-    solver_parameter::SolverType, NetParameter, Phase, SolverParameter, SolverState,
-};
+use crate::caffe::proto::{NetParameter, Phase, SolverParameter, SolverState};
 use crate::caffe::{prototxt, read_binary, write_binary, BlobProto};
 use crate::error::{Error, IoContext, Result};
 use candle_core::Tensor;
@@ -67,9 +67,10 @@ struct Sidecar {
 /// One test phase: (iteration, test net index, mean outputs by name).
 pub type TestResult = (usize, usize, Vec<(String, f32)>);
 
-/// A running SGD solver.
+/// A running solver: SGD or one of Caffe's other types ([`Rule`]).
 pub struct Solver {
     param: SolverParameter,
+    rule: Rule,
     net_def: NetParameter,
     base_dir: PathBuf,
     /// The training net.
@@ -103,18 +104,7 @@ impl Solver {
         let solver_path = opts.base_dir.join(&opts.solver);
         let mut param: SolverParameter = prototxt::read(&solver_path)?;
         let ctx = format!("solver {}", opts.solver.display());
-        let stype = param.r#type();
-        if stype != "SGD" || param.solver_type() != SolverType::Sgd {
-            let name = if stype != "SGD" {
-                stype.to_string()
-            } else {
-                format!("{:?}", param.solver_type())
-            };
-            return Err(Error::model(
-                &ctx,
-                format!("solver type {name} is not supported; only SGD (Caffe's default) is"),
-            ));
-        }
+        let rule = Rule::from_param(&param, &ctx)?;
         if !matches!(param.regularization_type(), "L2" | "L1") {
             return Err(Error::model(
                 &ctx,
@@ -184,8 +174,10 @@ impl Solver {
                 &floors,
             )?;
         }
-        let history = (0..train.params().len())
-            .map(|i| Ok(train.param(i).zeros_like()?))
+        // Caffe's layout: one set per history the rule keeps, set after set.
+        let n = train.params().len();
+        let history = (0..n * rule.histories())
+            .map(|i| Ok(train.param(i % n).zeros_like()?))
             .collect::<Result<Vec<_>>>()?;
         let metrics = match &opts.metrics {
             Some(p) => Some(
@@ -207,6 +199,9 @@ impl Solver {
             );
         }
         log.info("solver.rs:0", &format!("Using {}", compute.describe()));
+        if rule != Rule::Sgd {
+            log.info("solver.rs:0", &format!("Solver type {}", rule.name()));
+        }
         for (name, ty, back) in train.layer_summary() {
             if !back && ty != "Data" && ty != "ImageData" {
                 log.info(
@@ -217,6 +212,7 @@ impl Solver {
         }
         Ok(Solver {
             param,
+            rule,
             net_def: train_def,
             base_dir,
             train,
@@ -300,9 +296,17 @@ impl Solver {
             ),
         );
         if state.history.len() != self.history.len() {
+            let n = self.train.params().len();
+            let per = match self.rule.histories() {
+                1 => String::new(),
+                k => format!(
+                    " and the {} solver keeps {k} history blobs for each",
+                    self.rule.name()
+                ),
+            };
             return Err(Error::model(
                 state_path.display(),
-                format!("has {} history blobs but the net has {} learnable parameters; was it written for this net?", state.history.len(), self.history.len()),
+                format!("has {} history blobs but the net has {n} learnable parameters{per}; was it written for this net and solver type?", state.history.len()),
             ));
         }
         if let Some(learned) = &state.learned_net {
@@ -548,10 +552,13 @@ impl Solver {
         }
     }
 
-    /// Caffe's SGD step: clip, then per parameter normalise, regularise and
-    /// `h = momentum*h + lr*lr_mult*diff`, and finally `w -= h`.
+    /// Caffe's update: clip, then per parameter normalise, regularise and
+    /// step by the solver type's rule (for SGD `h = momentum*h +
+    /// lr*lr_mult*diff`, and `w -= h`).
     fn apply_update(&mut self, rate: f32) -> Result<()> {
         let cfg = SgdConfig {
+            rule: self.rule,
+            iter: self.iter,
             momentum: self.param.momentum(),
             weight_decay: self.param.weight_decay(),
             l1: self.param.regularization_type() == "L1",

@@ -406,14 +406,9 @@ pub fn relu_backward(x: &Tensor, dy: &Tensor, slope: f32) -> Result<Tensor> {
     Ok(x.gt(0f32)?.where_cond(dy, &other)?)
 }
 
-/// One parameter's SGD update (see [`ParamStep`]) as tensor ops.
-/// Returns the new `(w, h)`.
-pub fn sgd_step(
-    w: &Tensor,
-    grad: &Tensor,
-    hist: &Tensor,
-    step: &ParamStep,
-) -> Result<(Tensor, Tensor)> {
+/// One parameter's gradient clipped, normalised and regularised (see
+/// [`ParamStep::prepared`]) as tensor ops.
+pub fn prepared_grad(w: &Tensor, grad: &Tensor, step: &ParamStep) -> Result<Tensor> {
     let mut d = grad.clone();
     for &s in step.grad_scale.iter().flatten() {
         d = d.affine(s as f64, 0.0)?;
@@ -422,6 +417,18 @@ pub fn sgd_step(
         let reg = if step.l1 { w.sign()? } else { w.clone() };
         d = (d + reg.affine(step.decay as f64, 0.0)?)?;
     }
+    Ok(d)
+}
+
+/// One parameter's SGD update (see [`ParamStep`]) as tensor ops.
+/// Returns the new `(w, h)`.
+pub fn sgd_step(
+    w: &Tensor,
+    grad: &Tensor,
+    hist: &Tensor,
+    step: &ParamStep,
+) -> Result<(Tensor, Tensor)> {
+    let d = prepared_grad(w, grad, step)?;
     let h = (d.affine(step.rate as f64, 0.0)? + hist.affine(step.momentum as f64, 0.0)?)?;
     let w = (w - &h)?;
     Ok((w, h))

@@ -1,17 +1,25 @@
 //! Caffe's SGD update (`SGDSolver::ApplyUpdate`), fused into one pass per
 //! parameter but with Caffe's operations in Caffe's order, so every rounding
 //! is the same: clip, normalise by iter_size, add weight decay, then
-//! `h = lr*lr_mult*diff + momentum*h` and `w -= h`.
+//! `h = lr*lr_mult*diff + momentum*h` and `w -= h`. The other solver types
+//! share the first three steps and replace the last ([`adaptive`]).
+pub mod adaptive;
+
 use super::layers::with_f32;
 use super::net::Net;
 use super::{fused, tensor_ops};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use adaptive::{AdaptiveStep, Rule};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
 /// The solver settings the update needs.
 #[derive(Clone, Copy, Debug)]
 pub struct SgdConfig {
+    /// The update rule (the solver's type).
+    pub rule: Rule,
+    /// The iteration being applied (Adam's bias correction counts it).
+    pub iter: usize,
     /// Momentum.
     pub momentum: f32,
     /// Global weight decay (times each parameter's decay_mult).
@@ -44,10 +52,10 @@ pub struct ParamStep {
 }
 
 impl ParamStep {
-    /// The new history value of one element with weight `w`, gradient `g`
-    /// and history `h` (the CPU twins' arithmetic, rounding for rounding).
+    /// The gradient `g` of weight `w` clipped, normalised and regularised:
+    /// what every rule turns into a step.
     #[inline]
-    pub fn history(&self, w: f32, g: f32, h: f32) -> f32 {
+    pub fn prepared(&self, w: f32, g: f32) -> f32 {
         let mut d = g;
         for s in self.grad_scale.iter().flatten() {
             d *= s;
@@ -56,11 +64,20 @@ impl ParamStep {
             let r = if self.l1 { sign(w) } else { w };
             d += self.decay * r;
         }
-        self.rate * d + self.momentum * h
+        d
+    }
+
+    /// The new history value of one element with weight `w`, gradient `g`
+    /// and history `h` (the CPU twins' arithmetic, rounding for rounding).
+    #[inline]
+    pub fn history(&self, w: f32, g: f32, h: f32) -> f32 {
+        self.rate * self.prepared(w, g) + self.momentum * h
     }
 }
 
-/// Applies one update with learning rate `rate`; returns `(norm, factor)` when gradients were clipped.
+/// Applies one update with learning rate `rate` under `cfg.rule`; returns
+/// `(norm, factor)` when gradients were clipped. `history` holds
+/// `cfg.rule.histories()` sets of one blob per parameter, set after set.
 pub fn sgd_update(
     net: &mut Net,
     history: &mut [Tensor],
@@ -68,6 +85,16 @@ pub fn sgd_update(
     cfg: &SgdConfig,
 ) -> Result<Option<(f32, f32)>> {
     let n = net.params().len();
+    if history.len() != n * cfg.rule.histories() {
+        return Err(Error::model(
+            format!("{} solver", cfg.rule.name()),
+            format!(
+                "holds {} history blobs for {n} parameters; it needs {}",
+                history.len(),
+                n * cfg.rule.histories()
+            ),
+        ));
+    }
     let mut clipped = None;
     if cfg.clip_gradients >= 0.0 {
         let mut sumsq = 0.0f32;
@@ -88,7 +115,10 @@ pub fn sgd_update(
     }
     let clip = clipped.map(|(_, f)| f);
     let inv_iter = (cfg.iter_size > 1).then(|| 1.0f32 / cfg.iter_size as f32);
-    for (i, hist) in history.iter_mut().enumerate().take(n) {
+    let correction = cfg.rule.correction(cfg.momentum, cfg.iter);
+    // The second set (AdaDelta, Adam) is empty for the other rules.
+    let (first, second) = history.split_at_mut(n);
+    for (i, hist) in first.iter_mut().enumerate() {
         let p = net.params()[i];
         let step = ParamStep {
             grad_scale: [clip, inv_iter],
@@ -99,6 +129,25 @@ pub fn sgd_update(
         };
         let w = net.param(i).clone();
         let g = net.grad(i)?;
+        if cfg.rule != Rule::Sgd {
+            let adaptive = AdaptiveStep {
+                rule: cfg.rule,
+                momentum: cfg.momentum,
+                rate: step.rate,
+                correction,
+            };
+            let new_w = adaptive_update(
+                &w,
+                &g,
+                hist,
+                second.get_mut(i),
+                &step,
+                &adaptive,
+                net.uses_tensor_ops(),
+            )?;
+            net.set_param(i, new_w);
+            continue;
+        }
         if net.uses_tensor_ops() {
             let apply = if net.uses_fused() {
                 fused::sgd_step
@@ -136,6 +185,73 @@ pub fn sgd_update(
         net.set_param(i, Tensor::from_vec(new_w, shape, w.device())?);
     }
     Ok(clipped)
+}
+
+/// One parameter's step under an adaptive rule: its histories are replaced
+/// and the new weights returned. On a GPU (`tensor_ops`) as tensor ops, on
+/// the CPU one parallel pass over the elements.
+fn adaptive_update(
+    w: &Tensor,
+    g: &Tensor,
+    h1: &mut Tensor,
+    h2: Option<&mut Tensor>,
+    step: &ParamStep,
+    rule: &AdaptiveStep,
+    tensor_ops: bool,
+) -> Result<Tensor> {
+    if tensor_ops {
+        let d = tensor_ops::prepared_grad(w, g, step)?;
+        let old_h2 = match &h2 {
+            Some(h) => (*h).clone(),
+            None => h1.clone(),
+        };
+        let [u, n1, n2] = rule.tensors(&d, h1, &old_h2)?;
+        *h1 = n1;
+        if let Some(h) = h2 {
+            *h = n2;
+        }
+        return Ok((w - u)?);
+    }
+    const CHUNK: usize = 1 << 14;
+    let mut n1 = h1.flatten_all()?.to_vec1::<f32>()?;
+    let mut n2 = match &h2 {
+        Some(h) => h.flatten_all()?.to_vec1::<f32>()?,
+        None => Vec::new(),
+    };
+    let nw = with_f32(w, |ws| {
+        with_f32(g, |gs| {
+            let mut nw = vec![0f32; ws.len()];
+            // One slot per chunk for the second history, none when the rule has none.
+            let second: Vec<Option<&mut [f32]>> = if n2.is_empty() {
+                (0..ws.len().div_ceil(CHUNK)).map(|_| None).collect()
+            } else {
+                n2.chunks_mut(CHUNK).map(Some).collect()
+            };
+            nw.par_chunks_mut(CHUNK)
+                .zip(n1.par_chunks_mut(CHUNK))
+                .zip(second)
+                .enumerate()
+                .for_each(|(c, ((nw, n1), mut n2))| {
+                    let off = c * CHUNK;
+                    let mut spare = 0f32;
+                    for j in 0..nw.len() {
+                        let h2 = match n2.as_deref_mut() {
+                            Some(s) => &mut s[j],
+                            None => &mut spare,
+                        };
+                        let d = step.prepared(ws[off + j], gs[off + j]);
+                        nw[j] = ws[off + j] - rule.element(d, &mut n1[j], h2);
+                    }
+                });
+            nw
+        })
+    })??;
+    let shape = w.shape().clone();
+    *h1 = Tensor::from_vec(n1, shape.clone(), w.device())?;
+    if let Some(h) = h2 {
+        *h = Tensor::from_vec(n2, shape.clone(), w.device())?;
+    }
+    Ok(Tensor::from_vec(nw, shape, w.device())?)
 }
 
 /// Caffe's sign: -1, 0 or 1.
