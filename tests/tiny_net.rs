@@ -476,3 +476,96 @@ fn every_solver_type_trains_and_resumes_exactly() {
         assert!(finals[i + 1..].iter().all(|b| b != a), "{finals:?}");
     }
 }
+
+/// An inception-style split: conv3 as two 16-output convolutions reading the
+/// same input (norm2, whose gradient now sums over both) and a Concat
+/// joining their outputs along the channels. Started from the fixture's
+/// initial weights cut in two, the 30 iterations retrace Caffe's run of the
+/// unsplit net, and the two halves end as Caffe's conv3.
+#[test]
+fn concat_of_two_branches_retraces_the_unsplit_net() {
+    let t = tempfile::tempdir().unwrap();
+    let conv3 = r#"layer {
+  name: "conv3"
+  type: "Convolution"
+  bottom: "norm2"
+  top: "conv3"
+  param { lr_mult: 1 decay_mult: 1 }
+  param { lr_mult: 2 decay_mult: 0 }
+  convolution_param {
+    num_output: 32"#;
+    let branch = |name: &str| {
+        conv3
+            .replace("\"conv3\"\n", &format!("\"{name}\"\n"))
+            .replace("top: \"conv3\"", &format!("top: \"{name}\""))
+            .replace("num_output: 32", "num_output: 16")
+    };
+    let solver = common::edited_net(t.path(), |net| {
+        assert!(net.contains(conv3));
+        let [head, tail] = [
+            &net[..net.find(conv3).unwrap()],
+            &net[net.find(conv3).unwrap() + conv3.len()..],
+        ];
+        // The rest of conv3's layer follows once per branch.
+        let rest_end = tail.find("\n}\n").unwrap() + 3;
+        let (rest, after) = tail.split_at(rest_end);
+        format!(
+            "{head}{}{rest}{}{rest}layer {{ name: \"join\" type: \"Concat\" bottom: \"conv3a\" bottom: \"conv3b\" top: \"conv3\" }}\n{after}",
+            branch("conv3a"),
+            branch("conv3b")
+        )
+    });
+    // The initial weights with conv3's filters and biases cut in two.
+    let init = read_caffemodel(&common::fixture(
+        "tiny-net/snapshots/init_iter_0.caffemodel",
+    ))
+    .unwrap();
+    let mut split = init.clone();
+    let whole = init.layer.iter().find(|l| l.name() == "conv3").unwrap();
+    for (k, name) in ["conv3a", "conv3b"].iter().enumerate() {
+        let mut l = whole.clone();
+        l.name = Some(name.to_string());
+        l.blobs = whole
+            .blobs
+            .iter()
+            .map(|b| {
+                let mut dims: Vec<usize> = b.dims().iter().map(|&d| d as usize).collect();
+                dims[0] /= 2;
+                let v = b.values();
+                let half = v.len() / 2;
+                flickr_style::caffe::BlobProto::with_shape(
+                    &dims,
+                    v[k * half..(k + 1) * half].to_vec(),
+                )
+            })
+            .collect();
+        split.layer.push(l);
+    }
+    let weights = t.path().join("split_init.caffemodel");
+    flickr_style::caffe::write_binary(&weights, &split).unwrap();
+
+    let mut s = common::solver_in(
+        &common::fixture("tiny-net"),
+        solver.to_str().unwrap(),
+        &t.path().join("split"),
+    )
+    .unwrap();
+    s.load_weights(&[weights]).unwrap();
+    s.solve().unwrap();
+    let worst = max_error_vs_caffe(&s.trajectory, 1e-5);
+    eprintln!("split conv3: largest relative loss error vs Caffe {worst:.2e}");
+    let caffe30 = read_caffemodel(&common::fixture(
+        "tiny-net/snapshots/tiny_iter_30.caffemodel",
+    ))
+    .unwrap();
+    let want = caffe30.layer.iter().find(|l| l.name() == "conv3").unwrap();
+    let ours = read_caffemodel(&t.path().join("split_iter_30.caffemodel")).unwrap();
+    for i in 0..2 {
+        let joined: Vec<f32> = ["conv3a", "conv3b"]
+            .iter()
+            .flat_map(|n| ours.layer.iter().find(|l| l.name() == *n).unwrap().blobs[i].values())
+            .collect();
+        let err = common::rel_err(&joined, &want.blobs[i].values(), 1e-8);
+        assert!(err < 1e-5, "conv3 blob {i}: {err}");
+    }
+}

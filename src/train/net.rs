@@ -142,14 +142,15 @@ impl Net {
                     })
                 })
                 .collect::<Result<_>>()?;
-            if bottoms.len() != layer.num_bottoms() {
+            let (want, variadic) = (layer.num_bottoms(), layer.variadic_bottoms());
+            if bottoms.len() < want || (bottoms.len() > want && !variadic) {
                 return Err(Error::model(
                     &lctx,
                     format!(
-                        "has {} bottom(s), but {} layers take {}",
+                        "has {} bottom(s), but {} layers take {}{want}",
                         bottoms.len(),
                         lp.r#type(),
-                        layer.num_bottoms()
+                        if variadic { "at least " } else { "" }
                     ),
                 ));
             }

@@ -144,6 +144,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Concat (3 bottoms, channels)",
+        r#"name: "j" type: "Concat""#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
         "InnerProduct",
         r#"name: "f" type: "InnerProduct" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
         [3, 2, 3, 3],
@@ -168,27 +174,46 @@ fn relative(a: &[f32], reference: &[f32]) -> f32 {
     diff / scale
 }
 
-/// The layer and its top shape.
+/// How many bottoms (each of the case's shape) a case's layer takes.
+fn bottoms_of(name: &str) -> usize {
+    if name.starts_with("Concat") {
+        3
+    } else {
+        1
+    }
+}
+
+/// The layer (with `bottoms` inputs of `shape`) and its top shape.
 fn build(
     param: &LayerParameter,
     compute: &Compute,
     shape: &[usize],
+    bottoms: usize,
 ) -> Result<(Box<dyn Layer>, Vec<usize>)> {
     let ctx = BuildContext::new(".", 7, Phase::Train, compute);
     let mut layer = create(param, &ctx, 0)?;
-    let top = layer.setup(&[shape.to_vec()])?.remove(0);
+    let top = layer.setup(&vec![shape.to_vec(); bottoms])?.remove(0);
     Ok((layer, top))
 }
 
-/// Forward, then backward with `dy`; returns (top, [dx, param grads...]).
-fn run(layer: &mut dyn Layer, x: &Tensor, dy: &Tensor) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    let top = layer.forward(std::slice::from_ref(x), Phase::Train)?;
+/// The values `xs` as `bottoms` tensors of `shape`, one after another.
+fn inputs(xs: &[f32], shape: &[usize], bottoms: usize, dev: &Device) -> Result<Vec<Tensor>> {
+    let count = xs.len() / bottoms;
+    xs.chunks(count)
+        .map(|c| Ok(Tensor::from_vec(c.to_vec(), shape.to_vec(), dev)?))
+        .collect()
+}
+
+/// Forward, then backward with `dy`; returns (top, [dx of each bottom,
+/// param grads...]).
+fn run(layer: &mut dyn Layer, x: &[Tensor], dy: &Tensor) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let top = layer.forward(x, Phase::Train)?;
     let n = layer.params().len();
     let (bg, pg) = layer.backward(&BackwardArgs {
-        bottom: std::slice::from_ref(x),
+        bottom: x,
         top: &top,
         top_diff: &[Some(dy.clone())],
-        propagate: &[true],
+        propagate: &vec![true; x.len()],
         param_grad: &vec![true; n],
     })?;
     let mut grads = Vec::new();
@@ -212,14 +237,15 @@ fn check_case(
 ) -> Result<OpReport> {
     let param: LayerParameter = prototxt::parse(text, std::path::Path::new(name))?;
     let cpu = Compute::cpu();
+    let bottoms = bottoms_of(name);
     // Both built alike, so a Dropout layer draws the same masks in both.
-    let (mut reference, top_shape) = build(&param, &cpu, &shape)?;
-    let (mut twin, _) = build(&param, compute, &shape)?;
+    let (mut reference, top_shape) = build(&param, &cpu, &shape, bottoms)?;
+    let (mut twin, _) = build(&param, compute, &shape, bottoms)?;
     let dev = &compute.device;
     for (i, p) in reference.params().to_vec().iter().enumerate() {
         twin.params_mut()[i] = p.to_device(dev)?;
     }
-    let count: usize = shape.iter().product();
+    let count = shape.iter().product::<usize>() * bottoms;
     let xs: Vec<f32> = (0..count)
         .map(|_| {
             let v: f32 = rng.random_range(-1.0..1.0);
@@ -230,14 +256,14 @@ fn check_case(
             }
         })
         .collect();
-    let x_cpu = Tensor::from_vec(xs.clone(), shape.to_vec(), &Device::Cpu)?;
+    let x_cpu = inputs(&xs, &shape, bottoms, &Device::Cpu)?;
     let top_count: usize = top_shape.iter().product();
     let dys: Vec<f32> = (0..top_count)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
     let dy_cpu = Tensor::from_vec(dys.clone(), top_shape.clone(), &Device::Cpu)?;
     let (y_ref, g_ref) = run(reference.as_mut(), &x_cpu, &dy_cpu)?;
-    let x = x_cpu.to_device(dev)?;
+    let x = inputs(&xs, &shape, bottoms, dev)?;
     let dy = dy_cpu.to_device(dev)?;
     let (y, g) = run(twin.as_mut(), &x, &dy)?;
     let forward = relative(&y, &y_ref);
@@ -254,8 +280,8 @@ fn check_case(
     if !ties && twin.type_name() != "Dropout" && !compute.bf16 {
         let step = 1e-2f32;
         let loss = |layer: &mut dyn Layer, v: &[f32]| -> Result<f64> {
-            let t = Tensor::from_vec(v.to_vec(), shape.to_vec(), dev)?;
-            let y = to_vec(&layer.forward(&[t], Phase::Train)?[0])?;
+            let t = inputs(v, &shape, bottoms, dev)?;
+            let y = to_vec(&layer.forward(&t, Phase::Train)?[0])?;
             Ok(y.iter()
                 .zip(&dys)
                 .map(|(a, b)| (*a as f64) * (*b as f64))
@@ -280,7 +306,9 @@ fn check_case(
             }
             accepted += 1;
             let numeric = ((up - down) / (2.0 * step as f64)) as f32;
-            let analytic = g[0][i];
+            // The bottoms' gradients, one after another, as the inputs are.
+            let per = count / bottoms;
+            let analytic = g[i / per][i % per];
             let err = (numeric - analytic).abs() / numeric.abs().max(analytic.abs()).max(1.0);
             finite_diff = finite_diff.max(err);
         }

@@ -3,6 +3,7 @@
 //! the gradients the net asks for (no gradient for a frozen parameter, none
 //! for a bottom that does not need one).
 
+mod concat;
 mod conv;
 mod cyclic;
 mod data;
@@ -71,6 +72,11 @@ pub trait Layer: Send {
         } else {
             1
         }
+    }
+    /// Whether the layer takes [`Layer::num_bottoms`] or more bottoms
+    /// (Caffe's MinBottomBlobs), as Concat does.
+    fn variadic_bottoms(&self) -> bool {
+        false
     }
     /// f32 elements of scratch memory the layer keeps, and the most it
     /// borrows from scratch shared with the thread's other layers (the floor
@@ -263,6 +269,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
+        "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
         "CyclicSlice" => Box::new(cyclic::CyclicSlice::new(name)),
         "CyclicPool" => Box::new(cyclic::CyclicPool::new(name)),
         "" => return Err(Error::model(format!("layer '{name}'"), "has no type")),
@@ -270,7 +277,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
