@@ -10,10 +10,10 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 25 tensor-op cases (18 layers, 2 SGD updates, the 5 other solver
+    // 31 tensor-op cases (24 layers, 2 SGD updates, the 5 other solver
     // types), 15 on the fused path, then the 6 layers with matrix products in bf16.
-    assert!(out.contains("All 46 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 46, "{out}");
+    assert!(out.contains("All 52 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 52, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()
@@ -36,6 +36,9 @@ fn check_ops_passes_on_the_cpu() {
         "SGD update (L1)",
         "Adam update (3 steps)",
         "Concat (3 bottoms, channels)",
+        "Eltwise MAX",
+        "BatchNorm (batch statistics)",
+        "Scale (per channel, with bias)",
         "AdaDelta update (3 steps)",
         "Dropout 0.5 (the same mask on every device) [fused]",
         "Convolution 5x5 s2 p1 +bias [fused]",

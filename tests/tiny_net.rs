@@ -569,3 +569,116 @@ fn concat_of_two_branches_retraces_the_unsplit_net() {
         assert!(err < 1e-5, "conv3 blob {i}: {err}");
     }
 }
+
+/// A small residual net on the fixture's data: conv, BatchNorm, Scale and
+/// ReLU, then a block of two such convolutions whose output an Eltwise SUM
+/// adds to its input (ResNet's shortcut), global average pooling and a
+/// classifier. It trains; BatchNorm's blobs are left to the layer even with
+/// lr_mult 1 and weight decay in the net (Caffe forces lr_mult 0), so the
+/// snapshot's factor is exactly the recurrence `f = 0.999 f + 1` over the
+/// 30 TRAIN passes; a resume from iteration 15 repeats the rest bit for
+/// bit; and the GPU code path (tensor ops, on the CPU) tracks the CPU one.
+#[test]
+fn residual_net_with_batch_norm_trains_and_resumes_exactly() {
+    let dir = common::fixture("tiny-net");
+    let t = tempfile::tempdir().unwrap();
+    let data = |phase: &str| {
+        format!(
+            r#"layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: {phase} }}
+  transform_param {{ mean_file: "{0}/data/color64_mean.binaryproto" }}
+  data_param {{ source: "{0}/data/color64_lmdb" batch_size: 8 backend: LMDB }} }}
+"#,
+            dir.display()
+        )
+    };
+    let conv_bn = |name: &str, bottom: &str, k: u32, stride: u32, relu: bool| {
+        let pad = k / 2;
+        let mut s = format!(
+            r#"layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}"
+  convolution_param {{ num_output: 8 kernel_size: {k} stride: {stride} pad: {pad} bias_term: false weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "{name}_bn" type: "BatchNorm" bottom: "{name}" top: "{name}"
+  param {{ lr_mult: 1 decay_mult: 1 }} param {{ lr_mult: 1 decay_mult: 1 }} param {{ lr_mult: 1 decay_mult: 1 }} }}
+layer {{ name: "{name}_scale" type: "Scale" bottom: "{name}" top: "{name}" scale_param {{ bias_term: true }} }}
+"#
+        );
+        if relu {
+            s += &format!("layer {{ name: \"{name}_relu\" type: \"ReLU\" bottom: \"{name}\" top: \"{name}\" }}\n");
+        }
+        s
+    };
+    let net = format!(
+        r#"name: "TinyResNet"
+{}{}{}{}{}layer {{ name: "sum" type: "Eltwise" bottom: "conv1" bottom: "b2" top: "sum" }}
+layer {{ name: "sum_relu" type: "ReLU" bottom: "sum" top: "sum" }}
+layer {{ name: "pool" type: "Pooling" bottom: "sum" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
+  inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+"#,
+        data("TRAIN"),
+        data("TEST"),
+        conv_bn("conv1", "data", 5, 4, true),
+        conv_bn("b1", "conv1", 3, 1, true),
+        conv_bn("b2", "b1", 3, 1, false),
+    );
+    std::fs::write(t.path().join("net.prototxt"), net).unwrap();
+    let solver = t.path().join("solver.prototxt");
+    std::fs::write(
+        &solver,
+        format!(
+            "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: 0.01\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
+            t.path().join("net.prototxt").display()
+        ),
+    )
+    .unwrap();
+    let options = |prefix: &str, tensor_ops: bool| flickr_style::train::solver::SolverOptions {
+        tensor_ops,
+        ..common::solver_options(&dir, solver.to_str().unwrap(), &t.path().join(prefix))
+    };
+    let mut s = Solver::new(&options("res", false)).unwrap();
+    s.solve().unwrap();
+    let losses: Vec<f32> = s.trajectory.iter().map(|x| x.1).collect();
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    eprintln!(
+        "residual net: loss {} -> {}",
+        mean(&losses[..5]),
+        mean(&losses[25..])
+    );
+    assert!(
+        mean(&losses[25..]) < mean(&losses[..5]) - 0.05,
+        "{losses:?}"
+    );
+
+    let snap = read_caffemodel(&t.path().join("res_iter_30.caffemodel")).unwrap();
+    let mut factor = 0f32;
+    for _ in 0..30 {
+        factor = factor * 0.999 + 1.0;
+    }
+    for bn in ["conv1_bn", "b1_bn", "b2_bn"] {
+        let l = snap.layer.iter().find(|l| l.name() == bn).unwrap();
+        assert_eq!(l.blobs.len(), 3);
+        assert_eq!(l.blobs[2].values(), [factor], "{bn}");
+        assert!(
+            l.blobs[1].values().iter().all(|&v| v > 0.0),
+            "{bn} variances"
+        );
+    }
+
+    let mut r = Solver::new(&options("res_resumed", false)).unwrap();
+    r.restore(&t.path().join("res_iter_15.solverstate"))
+        .unwrap();
+    r.solve().unwrap();
+    assert_eq!(r.trajectory, s.trajectory[15..].to_vec());
+    assert_eq!(
+        r.test_results.last().unwrap().2,
+        s.test_results.last().unwrap().2
+    );
+
+    let mut g = Solver::new(&options("res_tensor", true)).unwrap();
+    assert!(g.train.uses_tensor_ops());
+    g.solve().unwrap();
+    for ((it, a), (_, b)) in g.trajectory.iter().zip(&s.trajectory) {
+        assert!((a - b).abs() / b < 1e-4, "tensor ops at {it}: {a} vs {b}");
+    }
+}

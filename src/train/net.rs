@@ -223,11 +223,14 @@ impl Net {
                     "shared (named) parameters are not supported",
                 ));
             }
+            let fixed = layer.fixed_params();
             let mults: Vec<(f32, f32)> = (0..n_params)
                 .map(|i| {
-                    lp.param
+                    let (lr, decay) = lp
+                        .param
                         .get(i)
-                        .map_or((1.0, 1.0), |s| (s.lr_mult(), s.decay_mult()))
+                        .map_or((1.0, 1.0), |s| (s.lr_mult(), s.decay_mult()));
+                    (if fixed { 0.0 } else { lr }, decay)
                 })
                 .collect();
             net.entries.push(Entry {

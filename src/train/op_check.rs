@@ -150,6 +150,42 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Eltwise SUM (coefficients)",
+        r#"name: "e" type: "Eltwise" eltwise_param { coeff: 1 coeff: -0.5 coeff: 2 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Eltwise PROD",
+        r#"name: "e" type: "Eltwise" eltwise_param { operation: PROD }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Eltwise MAX",
+        r#"name: "e" type: "Eltwise" eltwise_param { operation: MAX }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "BatchNorm (batch statistics)",
+        r#"name: "b" type: "BatchNorm""#,
+        [4, 3, 3, 3],
+        false,
+    ),
+    (
+        "BatchNorm (global statistics)",
+        r#"name: "b" type: "BatchNorm" batch_norm_param { use_global_stats: true }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Scale (per channel, with bias)",
+        r#"name: "s" type: "Scale" scale_param { filler { type: "gaussian" std: 1 } bias_term: true bias_filler { type: "constant" value: 0.1 } }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
         "InnerProduct",
         r#"name: "f" type: "InnerProduct" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
         [3, 2, 3, 3],
@@ -176,7 +212,7 @@ fn relative(a: &[f32], reference: &[f32]) -> f32 {
 
 /// How many bottoms (each of the case's shape) a case's layer takes.
 fn bottoms_of(name: &str) -> usize {
-    if name.starts_with("Concat") {
+    if name.starts_with("Concat") || name.starts_with("Eltwise") {
         3
     } else {
         1

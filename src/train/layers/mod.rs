@@ -3,15 +3,18 @@
 //! the gradients the net asks for (no gradient for a frozen parameter, none
 //! for a bottom that does not need one).
 
+mod batch_norm;
 mod concat;
 mod conv;
 mod cyclic;
 mod data;
+mod eltwise;
 mod infogain;
 mod inner_product;
 mod loss;
 mod lrn;
 mod pool;
+mod scale;
 mod simple;
 mod staging;
 
@@ -72,6 +75,11 @@ pub trait Layer: Send {
         } else {
             1
         }
+    }
+    /// Whether the solver must leave the layer's blobs alone whatever the
+    /// net says (BatchNorm's running statistics: Caffe forces lr_mult 0).
+    fn fixed_params(&self) -> bool {
+        false
     }
     /// Whether the layer takes [`Layer::num_bottoms`] or more bottoms
     /// (Caffe's MinBottomBlobs), as Concat does.
@@ -270,6 +278,9 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
+        "Eltwise" => Box::new(eltwise::Eltwise::new(param.eltwise_param.clone(), name)?),
+        "BatchNorm" => Box::new(batch_norm::BatchNorm::new(param.batch_norm_param, ctx.phase, ctx.device.clone(), name)),
+        "Scale" => Box::new(scale::Scale::new(param.scale_param.clone(), ctx.device.clone(), seed, name)),
         "CyclicSlice" => Box::new(cyclic::CyclicSlice::new(name)),
         "CyclicPool" => Box::new(cyclic::CyclicPool::new(name)),
         "" => return Err(Error::model(format!("layer '{name}'"), "has no type")),
@@ -277,7 +288,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Eltwise, BatchNorm, Scale, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

@@ -1,0 +1,258 @@
+//! Caffe's BatchNorm layer (ResNet's; the learned scale and shift are a
+//! separate Scale layer). Three blobs hold running sums, not learned
+//! values: the channel means, the channel variances and the factor both
+//! are divided by. Caffe forces their lr_mult to 0, so the solver leaves
+//! them to this layer, which updates them on each TRAIN pass.
+//!
+//! - Batch statistics (TRAIN by default): each channel is normalised by its
+//!   mean and biased variance over the batch and the spatial positions;
+//!   then `factor = maf*factor + 1`, `mean_sum = mean + maf*mean_sum` and
+//!   `var_sum = m/(m-1)*var + maf*var_sum` for the `m` values averaged.
+//! - Global statistics (TEST by default, or `use_global_stats`): the stored
+//!   sums divided by the factor (0 when the factor is 0).
+//!
+//! The same candle ops serve every device.
+use super::{BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{BatchNormParameter, Phase};
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor, D};
+
+pub struct BatchNorm {
+    global: bool,
+    fraction: f32,
+    eps: f32,
+    params: Vec<Tensor>,
+    device: Device,
+    /// Bottom dims as (N, C, spatial).
+    dims: (usize, usize, usize),
+    /// `1 / sqrt(var + eps)` of the last forward pass, shaped (1, C, 1).
+    inv_std: Option<Tensor>,
+    ctx: String,
+}
+
+impl BatchNorm {
+    pub fn new(p: Option<BatchNormParameter>, phase: Phase, device: Device, name: &str) -> Self {
+        let p = p.unwrap_or_default();
+        BatchNorm {
+            // Caffe: global statistics in TEST unless the net says otherwise.
+            global: p.use_global_stats.unwrap_or(phase == Phase::Test),
+            fraction: p.moving_average_fraction(),
+            eps: p.eps(),
+            params: Vec::new(),
+            device,
+            dims: (0, 0, 0),
+            inv_std: None,
+            ctx: format!("layer '{name}'"),
+        }
+    }
+
+    /// The stored statistics as (mean, variance), each (1, C, 1).
+    fn global_stats(&self) -> Result<(Tensor, Tensor)> {
+        let factor = self.params[2].flatten_all()?.to_vec1::<f32>()?[0];
+        let scale = if factor == 0.0 { 0.0 } else { 1.0 / factor };
+        let c = self.dims.1;
+        let mean = self.params[0].affine(f64::from(scale), 0.0)?;
+        let var = self.params[1].affine(f64::from(scale), 0.0)?;
+        Ok((mean.reshape((1, c, 1))?, var.reshape((1, c, 1))?))
+    }
+}
+
+/// Per-channel mean of an (N, C, S) tensor, as (1, C, 1).
+fn channel_mean(x: &Tensor) -> Result<Tensor> {
+    let (n, _, s) = x.dims3()?;
+    Ok(x.sum_keepdim(D::Minus1)?
+        .sum_keepdim(0)?
+        .affine(1.0 / (n * s) as f64, 0.0)?)
+}
+
+impl Layer for BatchNorm {
+    fn type_name(&self) -> &'static str {
+        "BatchNorm"
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let shape = &bottom[0];
+        let c = match shape.len() {
+            0 => {
+                return Err(Error::model(
+                    &self.ctx,
+                    "needs a bottom with at least one axis",
+                ))
+            }
+            1 => 1,
+            _ => shape[1],
+        };
+        let n = shape[0];
+        let s = shape.iter().skip(2).product::<usize>();
+        self.dims = (n, c, s);
+        if !self.global && n * s < 2 {
+            return Err(Error::model(
+                &self.ctx,
+                format!("batch statistics need at least two values per channel; the bottom is {shape:?}"),
+            ));
+        }
+        self.params = vec![
+            Tensor::zeros(c, candle_core::DType::F32, &self.device)?,
+            Tensor::zeros(c, candle_core::DType::F32, &self.device)?,
+            Tensor::zeros(1, candle_core::DType::F32, &self.device)?,
+        ];
+        Ok(vec![shape.clone()])
+    }
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+    fn fixed_params(&self) -> bool {
+        true
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let (n, c, s) = self.dims;
+        let x = bottom[0].reshape((n, c, s))?;
+        let (mean, var) = if self.global {
+            self.global_stats()?
+        } else {
+            let mean = channel_mean(&x)?;
+            let var = channel_mean(&x.broadcast_sub(&mean)?.sqr()?)?;
+            // Caffe updates the sums on every pass with batch statistics,
+            // TEST ones included (use_global_stats: false there).
+            let m = (n * s) as f64;
+            let correction = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+            let f = f64::from(self.fraction);
+            let p = &self.params;
+            let updated = [
+                (mean.flatten_all()? + p[0].affine(f, 0.0)?)?,
+                (var.flatten_all()?.affine(correction, 0.0)? + p[1].affine(f, 0.0)?)?,
+                p[2].affine(f, 1.0)?,
+            ];
+            self.params = updated.into();
+            (mean, var)
+        };
+        let inv_std = var.affine(1.0, f64::from(self.eps))?.sqrt()?.recip()?;
+        let y = x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?;
+        self.inv_std = Some(inv_std);
+        Ok(vec![y.reshape(bottom[0].shape())?])
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let none = || Ok((vec![None], vec![None, None, None]));
+        let (Some(dy), true) = (&a.top_diff[0], a.propagate[0]) else {
+            return none();
+        };
+        let inv_std = self
+            .inv_std
+            .as_ref()
+            .ok_or_else(|| Error::model(&self.ctx, "backward before forward"))?;
+        let (n, c, s) = self.dims;
+        let shape = dy.shape().clone();
+        let dy = dy.reshape((n, c, s))?;
+        let dx = if self.global {
+            dy.broadcast_mul(inv_std)?
+        } else {
+            // dx = (dy - mean(dy) - y * mean(dy * y)) / std, with y the
+            // normalised output (per channel means over N and space).
+            let y = a.top[0].reshape((n, c, s))?;
+            let centred = dy
+                .broadcast_sub(&channel_mean(&dy)?)?
+                .sub(&y.broadcast_mul(&channel_mean(&(&dy * &y)?)?)?)?;
+            centred.broadcast_mul(inv_std)?
+        };
+        Ok((vec![Some(dx.reshape(shape)?)], vec![None, None, None]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(text: &str, phase: Phase) -> BatchNorm {
+        let p: BatchNormParameter =
+            crate::caffe::prototxt::parse(text, std::path::Path::new("bn")).unwrap();
+        BatchNorm::new(Some(p), phase, Device::Cpu, "bn")
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Two images, two channels, two positions: channel 0 holds 1,3 | 5,7
+    /// (mean 4, biased variance 5), channel 1 holds 2,2 | 2,2 (variance 0).
+    fn input() -> Tensor {
+        Tensor::new(&[1f32, 3., 2., 2., 5., 7., 2., 2.], &Device::Cpu)
+            .unwrap()
+            .reshape((2, 2, 2))
+            .unwrap()
+    }
+
+    #[test]
+    fn batch_statistics_normalise_and_accumulate() {
+        let mut l = layer("eps: 0", Phase::Train);
+        l.setup(&[vec![2, 2, 2]]).unwrap();
+        let y = l.forward(&[input()], Phase::Train).unwrap();
+        let r = 5f32.sqrt();
+        // Channel 1 has no spread: 0/0 with eps 0 is NaN, so check channel 0.
+        let got = values(&y[0]);
+        for (i, want) in [(0, -3.0 / r), (1, -1.0 / r), (4, 1.0 / r), (5, 3.0 / r)] {
+            assert!((got[i] - want).abs() < 1e-6, "{got:?}");
+        }
+        // Sums: factor 1, means as they are, variances times 4/3.
+        assert_eq!(values(&l.params[2]), [1.0]);
+        assert_eq!(values(&l.params[0]), [4.0, 2.0]);
+        let var = values(&l.params[1]);
+        assert!(
+            (var[0] - 20.0 / 3.0).abs() < 1e-6 && var[1] == 0.0,
+            "{var:?}"
+        );
+        // A second pass decays them by the fraction.
+        l.forward(&[input()], Phase::Train).unwrap();
+        assert!((values(&l.params[2])[0] - 1.999).abs() < 1e-6);
+        assert!((values(&l.params[0])[0] - 4.0 * 1.999).abs() < 1e-5);
+    }
+
+    #[test]
+    fn global_statistics_divide_the_sums_by_the_factor() {
+        let mut l = layer("", Phase::Test);
+        l.setup(&[vec![2, 2, 2]]).unwrap();
+        let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+        // Sums as after two passes: factor 2.
+        l.params = vec![t(&[8.0, 4.0]), t(&[2.0, 8.0]), t(&[2.0])];
+        let y = values(&l.forward(&[input()], Phase::Test).unwrap()[0]);
+        // Channel 0: mean 4, variance 1; channel 1: mean 2, variance 4.
+        let s0 = (1.0f32 + 1e-5).sqrt();
+        assert!((y[0] - (1.0 - 4.0) / s0).abs() < 1e-5, "{y:?}");
+        assert!((y[5] - (7.0 - 4.0) / s0).abs() < 1e-5, "{y:?}");
+        assert!(y[2].abs() < 1e-6 && y[7].abs() < 1e-6, "{y:?}");
+        // A zero factor (nothing accumulated yet) reads as zero statistics.
+        l.params[2] = t(&[0.0]);
+        let y = values(&l.forward(&[input()], Phase::Test).unwrap()[0]);
+        assert!((y[0] - 1.0 / 1e-5f32.sqrt()).abs() / y[0] < 1e-5, "{y:?}");
+        // And the gradient is dy / std.
+        let dy = Tensor::ones((2, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let x = input();
+        let top = l.forward(std::slice::from_ref(&x), Phase::Test).unwrap();
+        let (g, p) = l
+            .backward(&BackwardArgs {
+                bottom: &[x],
+                top: &top,
+                top_diff: &[Some(dy)],
+                propagate: &[true],
+                param_grad: &[false, false, false],
+            })
+            .unwrap();
+        assert!(p.iter().all(Option::is_none));
+        let g = values(g[0].as_ref().unwrap());
+        assert!((g[0] - 1.0 / 1e-5f32.sqrt()).abs() / g[0] < 1e-5, "{g:?}");
+    }
+
+    #[test]
+    fn settings_follow_caffe() {
+        assert!(!layer("", Phase::Train).global);
+        assert!(layer("", Phase::Test).global);
+        assert!(!layer("use_global_stats: false", Phase::Test).global);
+        let mut l = layer("", Phase::Train);
+        let e = l.setup(&[vec![1, 3]]).err().unwrap().to_string();
+        assert!(
+            e.contains("layer 'bn'") && e.contains("at least two values"),
+            "{e}"
+        );
+    }
+}

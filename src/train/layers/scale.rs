@@ -1,0 +1,213 @@
+//! Caffe's Scale layer: a learned factor (and with `bias_term` a shift) per
+//! position of the axes `axis..axis+num_axes`, broadcast over the others;
+//! after a BatchNorm it is the learned gamma and beta. The factor as a
+//! second bottom is not supported. The same candle ops serve every device.
+use super::{BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{FillerParameter, Phase, ScaleParameter};
+use crate::error::{Error, Result};
+use crate::train::filler::fill;
+use candle_core::{Device, Tensor};
+
+pub struct Scale {
+    p: ScaleParameter,
+    params: Vec<Tensor>,
+    device: Device,
+    seed: u64,
+    /// The bottom as (outer, scaled, inner).
+    dims: (usize, usize, usize),
+    ctx: String,
+}
+
+impl Scale {
+    pub fn new(p: Option<ScaleParameter>, device: Device, seed: u64, name: &str) -> Self {
+        Scale {
+            p: p.unwrap_or_default(),
+            params: Vec::new(),
+            device,
+            seed,
+            dims: (0, 0, 0),
+            ctx: format!("layer '{name}'"),
+        }
+    }
+
+    /// A parameter blob shaped (1, scaled, 1) for broadcasting.
+    fn broadcast(&self, i: usize) -> Result<Tensor> {
+        Ok(self.params[i].reshape((1, self.dims.1, 1))?)
+    }
+}
+
+impl Layer for Scale {
+    fn type_name(&self) -> &'static str {
+        "Scale"
+    }
+    fn variadic_bottoms(&self) -> bool {
+        // Counted here so that two bottoms get this layer's own message.
+        true
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        if bottom.len() > 1 {
+            return Err(Error::model(
+                &self.ctx,
+                "takes its factor from a second bottom, which is not supported (give it one bottom and learn the factor)",
+            ));
+        }
+        let shape = &bottom[0];
+        let n = shape.len() as i64;
+        let axis = i64::from(self.p.axis());
+        let axis = if axis < 0 { axis + n } else { axis };
+        let num_axes = i64::from(self.p.num_axes());
+        let end = if num_axes == -1 { n } else { axis + num_axes };
+        if !(0..=n).contains(&axis) || num_axes < -1 || end > n {
+            return Err(Error::model(
+                &self.ctx,
+                format!(
+                    "axis {} with num_axes {num_axes} does not fit a bottom of shape {shape:?}",
+                    self.p.axis()
+                ),
+            ));
+        }
+        let (axis, end) = (axis as usize, end as usize);
+        let blob: Vec<usize> = shape[axis..end].to_vec();
+        self.dims = (
+            shape[..axis].iter().product(),
+            blob.iter().product(),
+            shape[end..].iter().product(),
+        );
+        // Caffe's default factor is 1; the shift's default filler is 0.
+        let one = FillerParameter {
+            r#type: Some("constant".into()),
+            value: Some(1.0),
+            ..Default::default()
+        };
+        let factor = fill(
+            self.p.filler.as_ref().unwrap_or(&one),
+            &blob,
+            self.seed,
+            &self.ctx,
+        )?;
+        self.params = vec![Tensor::from_vec(factor, blob.clone(), &self.device)?];
+        if self.p.bias_term() {
+            let shift = fill(
+                &self.p.bias_filler.clone().unwrap_or_default(),
+                &blob,
+                self.seed ^ 1,
+                &self.ctx,
+            )?;
+            self.params
+                .push(Tensor::from_vec(shift, blob, &self.device)?);
+        }
+        Ok(vec![shape.clone()])
+    }
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let x = bottom[0].reshape(self.dims)?;
+        let mut y = x.broadcast_mul(&self.broadcast(0)?)?;
+        if self.params.len() > 1 {
+            y = y.broadcast_add(&self.broadcast(1)?)?;
+        }
+        Ok(vec![y.reshape(bottom[0].shape())?])
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let n = self.params.len();
+        let Some(dy) = &a.top_diff[0] else {
+            return Ok((vec![None], vec![None; n]));
+        };
+        let dy = dy.reshape(self.dims)?;
+        // Sums over the outer and inner axes, as the parameter's shape.
+        let reduce = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.sum(2)?.sum(0)?.reshape(self.params[0].shape())?)
+        };
+        let mut params = vec![None; n];
+        if a.param_grad[0] {
+            let x = a.bottom[0].reshape(self.dims)?;
+            params[0] = Some(reduce(&(&dy * &x)?)?);
+        }
+        if n > 1 && a.param_grad[1] {
+            params[1] = Some(reduce(&dy)?);
+        }
+        let dx = if a.propagate[0] {
+            let dx = dy.broadcast_mul(&self.broadcast(0)?)?;
+            Some(dx.reshape(a.bottom[0].shape())?)
+        } else {
+            None
+        };
+        Ok((vec![dx], params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(text: &str) -> Scale {
+        let p: ScaleParameter =
+            crate::caffe::prototxt::parse(text, std::path::Path::new("s")).unwrap();
+        Scale::new(Some(p), Device::Cpu, 1, "s")
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn scales_and_shifts_each_channel_and_sums_the_gradients() {
+        let mut l = layer("bias_term: true");
+        assert_eq!(
+            l.setup(&[vec![2, 2, 1, 2]]).unwrap(),
+            vec![vec![2, 2, 1, 2]]
+        );
+        // Defaults: factor 1, shift 0.
+        assert_eq!(values(&l.params[0]), [1.0, 1.0]);
+        assert_eq!(values(&l.params[1]), [0.0, 0.0]);
+        let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+        l.params = vec![t(&[2.0, -1.0]), t(&[0.5, 1.0])];
+        let x = t(&[1., 2., 3., 4., 5., 6., 7., 8.])
+            .reshape((2, 2, 1, 2))
+            .unwrap();
+        let y = l.forward(std::slice::from_ref(&x), Phase::Train).unwrap();
+        assert_eq!(values(&y[0]), [2.5, 4.5, -2., -3., 10.5, 12.5, -6., -7.]);
+        let dy = t(&[1., 1., 1., 1., 1., 0., 0., 2.])
+            .reshape((2, 2, 1, 2))
+            .unwrap();
+        let (g, p) = l
+            .backward(&BackwardArgs {
+                bottom: &[x],
+                top: &y,
+                top_diff: &[Some(dy)],
+                propagate: &[true],
+                param_grad: &[true, true],
+            })
+            .unwrap();
+        assert_eq!(
+            values(g[0].as_ref().unwrap()),
+            [2., 2., -1., -1., 2., 0., 0., -2.]
+        );
+        // dfactor: channel 0 = 1+2+5, channel 1 = 3+4+16; dshift: 3 and 4.
+        assert_eq!(values(p[0].as_ref().unwrap()), [8.0, 23.0]);
+        assert_eq!(values(p[1].as_ref().unwrap()), [3.0, 4.0]);
+    }
+
+    #[test]
+    fn axes_are_checked() {
+        let mut l = layer("axis: 0 num_axes: -1");
+        l.setup(&[vec![2, 3]]).unwrap();
+        assert_eq!(l.params[0].dims(), [2, 3]);
+        let e = layer("axis: 1 num_axes: 3")
+            .setup(&[vec![2, 3, 4]])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("layer 's'") && e.contains("does not fit"), "{e}");
+        let e = layer("")
+            .setup(&[vec![2, 3], vec![3]])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("second bottom"), "{e}");
+    }
+}
