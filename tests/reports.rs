@@ -1132,6 +1132,36 @@ fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
             }
         }
     }
+    // The same deploy net written the old way, with net-level input fields
+    // (as ResNet's deploy files are), becomes the same net and scores alike.
+    let text = std::fs::read_to_string(&deploy_model).unwrap();
+    let start = text.find("layer {").unwrap();
+    let end = start + text[start..].find("\n}\n").unwrap() + 3;
+    assert!(text[start..end].contains("type: \"Input\""));
+    let legacy = t.path().join("legacy_deploy.prototxt");
+    std::fs::write(
+        &legacy,
+        format!(
+            "{}input: \"data\"\ninput_dim: 10\ninput_dim: 3\ninput_dim: 227\ninput_dim: 227\n{}",
+            &text[..start],
+            &text[end..]
+        ),
+    )
+    .unwrap();
+    let scored = |model: &std::path::Path| {
+        classify(&ClassifyOptions {
+            model,
+            mean: Some(&mean),
+            scores: None,
+            ..o
+        })
+        .unwrap()
+        .rows
+        .into_iter()
+        .map(|r| r.top)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(scored(&legacy), scored(&deploy_model));
     // A deploy net without a mean is refused; so is a mean for a trained net.
     let e = classify(&ClassifyOptions {
         model: &deploy_model,

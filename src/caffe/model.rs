@@ -1,10 +1,11 @@
 //! Net definitions and trained weights: reading `.caffemodel` (binary) and
 //! `.prototxt` (text) `NetParameter`s and upgrading the deprecated V1
-//! `layers` format (the model-zoo CaffeNet) to V2 `layer`s, as Caffe's
+//! `layers` format (the model-zoo CaffeNet) to V2 `layer`s and net-level
+//! `input:` fields to an Input layer, as Caffe's
 //! `ReadNetParamsFromBinaryFileOrDie` does.
 use super::proto::{
-    v1_layer_parameter::LayerType, LayerParameter, NetParameter, ParamSpec,
-    TransformationParameter, V1LayerParameter,
+    v1_layer_parameter::LayerType, BlobShape, InputParameter, LayerParameter, NetParameter,
+    ParamSpec, TransformationParameter, V1LayerParameter,
 };
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -44,7 +45,62 @@ pub fn upgrade(net: &mut NetParameter, context: &str) -> Result<bool> {
     for layer in &mut net.layer {
         changed |= upgrade_data_transform(layer);
     }
+    changed |= upgrade_net_input(net, context)?;
     Ok(changed)
+}
+
+/// Caffe's UpgradeNetInput: net-level `input:` blobs (with `input_shape`,
+/// or four `input_dim` values each, as older model-zoo deploy files such as
+/// ResNet's declare them) become one Input layer named "input" at the front
+/// of the net. An `input:` without any shape (legacy caffemodels) is dropped.
+fn upgrade_net_input(net: &mut NetParameter, context: &str) -> Result<bool> {
+    if net.input.is_empty() && net.input_shape.is_empty() && net.input_dim.is_empty() {
+        return Ok(false);
+    }
+    let inputs = std::mem::take(&mut net.input);
+    let shapes = std::mem::take(&mut net.input_shape);
+    let dims = std::mem::take(&mut net.input_dim);
+    if shapes.is_empty() && dims.is_empty() {
+        return Ok(true);
+    }
+    let shape = if !shapes.is_empty() {
+        if shapes.len() != inputs.len() {
+            return Err(Error::invalid(
+                context,
+                format!(
+                    "{} input blobs but {} input_shape entries; give one shape per input",
+                    inputs.len(),
+                    shapes.len()
+                ),
+            ));
+        }
+        shapes
+    } else {
+        if dims.len() != 4 * inputs.len() {
+            return Err(Error::invalid(
+                context,
+                format!(
+                    "{} input blobs but {} input_dim values; give four (N, C, H, W) per input",
+                    inputs.len(),
+                    dims.len()
+                ),
+            ));
+        }
+        dims.chunks(4)
+            .map(|d| BlobShape {
+                dim: d.iter().map(|&v| i64::from(v)).collect(),
+            })
+            .collect()
+    };
+    let layer = LayerParameter {
+        name: Some("input".into()),
+        r#type: Some("Input".into()),
+        top: inputs,
+        input_param: Some(InputParameter { shape }),
+        ..Default::default()
+    };
+    net.layer.insert(0, layer);
+    Ok(true)
 }
 
 /// Caffe's V2 type string for a V1 layer type enum.
@@ -188,6 +244,54 @@ fn upgrade_data_transform(layer: &mut LayerParameter) -> bool {
 mod tests {
     use super::*;
     use crate::caffe::proto::{DataParameter, V1LayerParameter};
+
+    fn parse_net(text: &str) -> Result<NetParameter> {
+        let mut net: NetParameter =
+            crate::caffe::prototxt::parse(text, std::path::Path::new("deploy.prototxt"))?;
+        upgrade(&mut net, "deploy.prototxt")?;
+        Ok(net)
+    }
+
+    #[test]
+    fn net_level_inputs_become_an_input_layer_in_front() {
+        let conv = r#"layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" }"#;
+        // ResNet's deploy files: four input_dim values per input.
+        let net = parse_net(&format!(
+            "input: \"data\" input_dim: 1 input_dim: 3 input_dim: 224 input_dim: 224 {conv}"
+        ))
+        .unwrap();
+        assert!(net.input.is_empty() && net.input_dim.is_empty());
+        assert_eq!(net.layer.len(), 2);
+        let l = &net.layer[0];
+        assert_eq!((l.name(), l.r#type()), ("input", "Input"));
+        assert_eq!(l.top, ["data"]);
+        assert_eq!(
+            l.input_param.as_ref().unwrap().shape[0].dim,
+            [1, 3, 224, 224]
+        );
+        assert_eq!(net.layer[1].name(), "conv1");
+        // input_shape, two inputs.
+        let net = parse_net(&format!(
+            "input: \"a\" input_shape {{ dim: 2 dim: 5 }} input: \"b\" input_shape {{ dim: 2 }} {conv}"
+        ))
+        .unwrap();
+        let shapes = &net.layer[0].input_param.as_ref().unwrap().shape;
+        assert_eq!(net.layer[0].top, ["a", "b"]);
+        assert_eq!(
+            (shapes[0].dim.clone(), shapes[1].dim.clone()),
+            (vec![2, 5], vec![2])
+        );
+        // A bare input (old caffemodels) is dropped; a wrong count is named.
+        let net = parse_net(&format!("input: \"data\" {conv}")).unwrap();
+        assert_eq!(net.layer.len(), 1);
+        let e = parse_net("input: \"data\" input_dim: 1 input_dim: 3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("deploy.prototxt") && e.contains("four (N, C, H, W) per input"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn v1_layers_become_v2_with_param_specs() {

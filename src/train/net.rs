@@ -108,7 +108,7 @@ impl Net {
         if !def.input.is_empty() || !def.input_dim.is_empty() {
             return Err(Error::model(
                 format!("net '{name}'"),
-                "net-level `input:` fields are not supported; use an Input layer",
+                "still has net-level `input:` fields; upgrade the definition first (caffe::model::upgrade turns them into an Input layer)",
             ));
         }
         let mut current: HashMap<String, usize> = HashMap::new();
