@@ -5,8 +5,8 @@
 //! snapshot, so an interrupted run is continued by running it again.
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::{
-    solver_parameter::SolverMode, DataParameter, InfogainLossParameter, NetParameter,
-    SolverParameter,
+    solver_parameter::SolverMode, DataParameter, InfogainLossParameter, LayerParameter,
+    NetParameter, SolverParameter,
 };
 use crate::caffe::{proto::data_parameter::Db, prototxt};
 use crate::error::{Error, IoContext, Result};
@@ -720,8 +720,7 @@ fn write_recipe(
                 .or(l.data_param.as_ref().and_then(|p| p.batch_size))
                 .unwrap_or(50)
         });
-        let tp = l.transform_param.get_or_insert_with(Default::default);
-        tp.mean_file = Some(abs(mean)?.to_string_lossy().into_owned());
+        use_mean_file(l, &abs(mean)?);
         if opts.trains_from_lmdb() {
             l.r#type = Some("Data".into());
             l.image_data_param = None;
@@ -808,6 +807,15 @@ fn write_recipe(
     let solver_path = data.join("solver.prototxt");
     crate::fsutil::write_atomic(&solver_path, prototxt::to_string(&solver).as_bytes())?;
     Ok((abs(&solver_path)?, abs(&net_path)?, prefix))
+}
+
+/// Makes a data layer subtract the dataset's mean image. A recipe's
+/// per-channel `mean_value`s (GoogLeNet's, ResNet's) give way to it, since
+/// Caffe refuses both at once.
+fn use_mean_file(layer: &mut LayerParameter, mean: &Path) {
+    let tp = layer.transform_param.get_or_insert_with(Default::default);
+    tp.mean_file = Some(mean.to_string_lossy().into_owned());
+    tp.mean_value.clear();
 }
 
 /// Gives the classifier (the InnerProduct layer whose output the loss
@@ -928,6 +936,20 @@ fn latest_snapshot(prefix: &Path) -> Result<Option<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recipes_mean_values_give_way_to_the_datasets_mean_file() {
+        let mut l: LayerParameter = crate::caffe::prototxt::parse(
+            r#"name: "data" type: "Data" transform_param { crop_size: 224 mean_value: 104 mean_value: 117 mean_value: 123 }"#,
+            Path::new("train_val.prototxt"),
+        )
+        .unwrap();
+        use_mean_file(&mut l, Path::new("/d/mean.binaryproto"));
+        let tp = l.transform_param.as_ref().unwrap();
+        assert!(tp.mean_value.is_empty());
+        assert_eq!(tp.mean_file(), "/d/mean.binaryproto");
+        assert_eq!(tp.crop_size(), 224);
+    }
 
     #[test]
     fn weighing_the_loss_keeps_its_settings_in_infogains_terms() {
