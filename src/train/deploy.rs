@@ -1,10 +1,11 @@
 //! `deploy`: the deploy definition of a trained net, as Caffe's model zoo
 //! ships beside a caffemodel (e.g. finetune_flickr_style/deploy.prototxt):
 //! the TEST phase's layers with the data layer replaced by an Input layer,
-//! the layers that read labels left out, and a Softmax `prob` on the
-//! classifier. Caffe, pycaffe and OpenCV's dnn module load a caffemodel with
+//! the layers that read labels left out (and those only other heads need),
+//! and a Softmax `prob` on the main classifier. Caffe, pycaffe and OpenCV's dnn module load a caffemodel with
 //! it; what the data layer did to images (resize, crop, mean, scale) goes
 //! into a comment at the top, since a deploy net does not carry it.
+use super::heads::main_loss;
 use super::net::included;
 use crate::caffe::proto::{
     BlobShape, InputParameter, LayerParameter, NetParameter, NetState, Phase,
@@ -106,29 +107,38 @@ pub fn deploy_net(
         }),
         ..Default::default()
     });
-    let mut classifier = None;
-    for l in layers {
-        if std::ptr::eq(l, data) {
-            continue;
-        }
-        let reads_labels = label_top.is_some_and(|t| l.bottom.contains(t));
-        if LABEL_LAYERS.contains(&l.r#type()) || reads_labels {
-            if matches!(l.r#type(), "SoftmaxWithLoss" | "InfogainLoss") {
-                classifier = l.bottom.first().cloned();
-            }
-            continue;
-        }
-        let mut l = l.clone();
-        l.include.clear();
-        l.exclude.clear();
-        out.layer.push(l);
-    }
-    let Some(scores) = classifier else {
+    let Some(scores) = main_loss(layers.iter().copied()).and_then(|l| l.bottom.first().cloned())
+    else {
         return Err(Error::model(
             path.display(),
             "has no SoftmaxWithLoss or InfogainLoss layer to say which blob holds the class scores",
         ));
     };
+    for l in &layers {
+        if std::ptr::eq(*l, data) {
+            continue;
+        }
+        let reads_labels = label_top.is_some_and(|t| l.bottom.contains(t));
+        if LABEL_LAYERS.contains(&l.r#type()) || reads_labels {
+            continue;
+        }
+        let mut l = (*l).clone();
+        l.include.clear();
+        l.exclude.clear();
+        out.layer.push(l);
+    }
+    // Only what the main head's scores depend on: GoogLeNet's auxiliary
+    // heads, say, have no place in a deploy net.
+    let mut needed = std::collections::HashSet::from([scores.clone()]);
+    let mut keep = vec![false; out.layer.len()];
+    for (i, l) in out.layer.iter().enumerate().rev() {
+        if l.top.iter().any(|t| needed.contains(t)) {
+            keep[i] = true;
+            needed.extend(l.bottom.iter().cloned());
+        }
+    }
+    let mut keep = keep.into_iter();
+    out.layer.retain(|_| keep.next().unwrap_or(false));
     out.layer.push(LayerParameter {
         name: Some("prob".into()),
         r#type: Some("Softmax".into()),
@@ -167,4 +177,28 @@ pub fn deploy_net(
         );
     }
     Ok((out, comment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_main_head_is_deployed_and_auxiliary_heads_are_left_out() {
+        let text = format!(
+            r#"layer {{ name: "data" type: "ImageData" top: "data" top: "label" include {{ phase: TEST }}
+  image_data_param {{ source: "t.txt" batch_size: 2 new_height: 8 new_width: 8 }} transform_param {{ crop_size: 6 }} }}
+layer {{ name: "c1" type: "Convolution" bottom: "data" top: "mid" convolution_param {{ num_output: 2 kernel_size: 3 }} }}
+layer {{ name: "aux/relu" type: "ReLU" bottom: "mid" top: "aux/mid" }}
+layer {{ name: "c2" type: "Convolution" bottom: "mid" top: "deep" convolution_param {{ num_output: 2 kernel_size: 3 }} }}
+layer {{ name: "relu2" type: "ReLU" bottom: "deep" top: "deep" }}
+{}"#,
+            crate::train::heads::tests::TWO_HEADS.replace("bottom: \"mid\"", "bottom: \"aux/mid\"")
+        );
+        let def: NetParameter = crate::caffe::prototxt::parse(&text, Path::new("n")).unwrap();
+        let (net, _) = deploy_net(&def, 1, Path::new("n"), Path::new(".")).unwrap();
+        let names: Vec<&str> = net.layer.iter().map(|l| l.name()).collect();
+        assert_eq!(names, ["data", "c1", "c2", "relu2", "classifier", "prob"]);
+        assert_eq!(net.layer[5].bottom, ["classifier"]);
+    }
 }

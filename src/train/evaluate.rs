@@ -30,7 +30,7 @@ pub struct EvalOptions<'a> {
     /// the data source once.
     pub iterations: Option<usize>,
     /// Blobs holding the class scores and the labels; `None`: the bottoms of
-    /// the net's Accuracy layer (else its SoftmaxWithLoss layer).
+    /// the main head's Accuracy layer, else its loss layer (see [`crate::train::heads`]).
     pub blobs: Option<(String, String)>,
     /// The k of the top-k accuracy.
     pub top_k: usize,
@@ -150,11 +150,8 @@ impl Reader {
                 kind: kind(scores),
             });
         }
-        let pick = |ty: &str| net.layer_params().find(|l| l.r#type() == ty);
-        let layer = pick("Accuracy")
-            .or_else(|| pick("SoftmaxWithLoss"))
-            .or_else(|| pick("InfogainLoss"))
-            .ok_or_else(|| {
+        let layers: Vec<_> = net.layer_params().collect();
+        let layer = crate::train::heads::scoring_layer(&layers).ok_or_else(|| {
                 Error::model(
                     model.display(),
                     "the TEST net has no Accuracy, SoftmaxWithLoss or InfogainLoss layer to take scores and labels from; name the blobs with --scores and --label",

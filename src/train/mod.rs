@@ -34,6 +34,7 @@ pub mod fused;
 pub mod fusion;
 pub mod gemm;
 pub mod gray;
+pub mod heads;
 pub mod kernels;
 pub mod layers;
 pub mod lbfgs;

@@ -57,14 +57,13 @@ pub(super) fn cut(def: &NetParameter, net: &Path) -> Result<Cut> {
             "the probe needs separate TRAIN and TEST data layers (an `include { phase: … }` on each)",
         ));
     }
-    let loss = def
+    // The main head (GoogLeNet's auxiliary classifiers are not the model).
+    let trained = def
         .layer
         .iter()
-        .position(|l| {
-            matches!(l.r#type(), "SoftmaxWithLoss" | "InfogainLoss")
-                && in_phase(l, Phase::Train)
-                && l.bottom.len() >= 2
-        })
+        .filter(|l| in_phase(l, Phase::Train) && l.bottom.len() >= 2);
+    let loss = crate::train::heads::main_loss(trained)
+        .and_then(|m| def.layer.iter().position(|l| std::ptr::eq(l, m)))
         .ok_or_else(|| {
             Error::model(
                 &ctx,
@@ -243,6 +242,29 @@ layer { name: "accuracy" type: "Accuracy" bottom: "fc8" bottom: "label" top: "ac
             ("train.txt", false, 5)
         );
         assert!(!l.transform_param.as_ref().unwrap().mirror());
+    }
+
+    #[test]
+    fn a_net_with_auxiliary_heads_is_cut_at_its_main_classifier() {
+        let heads = crate::train::heads::tests::TWO_HEADS;
+        let layers = NET.find("layer { name: \"fc7\"").unwrap();
+        let text = format!(
+            "{}{}{heads}",
+            &NET[..layers],
+            r#"layer { name: "c1" type: "InnerProduct" bottom: "data" top: "mid" inner_product_param { num_output: 4 } }
+layer { name: "c2" type: "InnerProduct" bottom: "mid" top: "deep" inner_product_param { num_output: 4 } }
+"#
+        );
+        let def = parse(&text);
+        let c = cut(&def, Path::new("n")).unwrap();
+        assert_eq!(def.layer[c.classifier].name(), "classifier");
+        assert_eq!(c.feature, "deep");
+        let p = probe_net_def(&def, &c, Path::new("/t"), Path::new("/s"), Path::new("n")).unwrap();
+        let names: Vec<&str> = p.layer.iter().map(|l| l.name()).collect();
+        assert_eq!(
+            names,
+            ["data", "data", "classifier", "loss", "top-1", "top-5"]
+        );
     }
 
     #[test]
