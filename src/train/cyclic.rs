@@ -1,15 +1,17 @@
 //! Rewrites a net for cyclic pooling (beyond Caffe; see the layers in
 //! `layers/cyclic.rs`): a `CyclicSlice` between the data and the first
 //! convolution, so the convolutional stack sees each image in its four
-//! quarter turns, and a `CyclicPool` before the first InnerProduct, which
+//! quarter turns, and a `CyclicPool` before the first InnerProduct on each
+//! path from there (one for CaffeNet, one per head for GoogLeNet), which
 //! averages the four back into one. The weights keep their shapes, so a
 //! pretrained CaffeNet still loads; the convolutions do four times the work.
 use super::gray::first_conv;
 use crate::caffe::proto::{LayerParameter, NetParameter};
 use crate::error::{Error, Result};
 
-/// Inserts the two layers; returns the blobs they split after and pool
-/// before (e.g. `data` and `pool5`).
+/// Inserts the layers; returns the blob it turns and the blobs pooled
+/// (e.g. `data` and `pool5`; several, comma-separated, when the net has
+/// auxiliary heads: GoogLeNet pools before each head's first InnerProduct).
 pub fn cyclic_net(net: &mut NetParameter, context: &str) -> Result<(String, String)> {
     if net
         .layer
@@ -20,19 +22,46 @@ pub fn cyclic_net(net: &mut NetParameter, context: &str) -> Result<(String, Stri
     }
     let conv = first_conv(net, context)?;
     let data = net.layer[conv].bottom[0].clone();
-    let fc = (conv..net.layer.len())
-        .find(|&i| net.layer[i].r#type() == "InnerProduct")
-        .ok_or_else(|| {
-            Error::model(
+    let turns = format!("{data}_turns");
+    net.layer[conv].bottom[0] = turns.clone();
+    // Follow the turned blobs: what reads one makes one, until an
+    // InnerProduct, before which the four turns are pooled into one.
+    let mut turned = std::collections::HashSet::from([turns.clone()]);
+    let mut pools: Vec<(usize, String)> = Vec::new();
+    for i in conv..net.layer.len() {
+        let l = &net.layer[i];
+        if !l.bottom.iter().any(|b| turned.contains(b)) {
+            for t in &l.top {
+                turned.remove(t);
+            }
+            continue;
+        }
+        if l.r#type() == "InnerProduct" {
+            if !pools.iter().any(|(_, f)| f == &l.bottom[0]) {
+                pools.push((i, l.bottom[0].clone()));
+            }
+            continue;
+        }
+        if matches!(
+            l.r#type(),
+            "SoftmaxWithLoss" | "InfogainLoss" | "Accuracy" | "Softmax"
+        ) {
+            return Err(Error::model(
                 context,
-                "has no InnerProduct after its convolutions to pool the four turns before",
-            )
-        })?;
-    let features = net.layer[fc]
-        .bottom
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::model(context, "its first InnerProduct has no bottom"))?;
+                format!(
+                    "layer '{}' would score each quarter turn apart: cyclic pooling needs an InnerProduct between the convolutions and every layer that scores",
+                    l.name()
+                ),
+            ));
+        }
+        turned.extend(l.top.iter().cloned());
+    }
+    if pools.is_empty() {
+        return Err(Error::model(
+            context,
+            "has no InnerProduct after its convolutions to pool the four turns before",
+        ));
+    }
     let layer = |name: &str, ty: &str, bottom: &str, top: &str| LayerParameter {
         name: Some(name.into()),
         r#type: Some(ty.into()),
@@ -40,14 +69,26 @@ pub fn cyclic_net(net: &mut NetParameter, context: &str) -> Result<(String, Stri
         top: vec![top.into()],
         ..Default::default()
     };
-    let (turns, pooled) = (format!("{data}_turns"), format!("{features}_pooled"));
-    net.layer[fc].bottom[0] = pooled.clone();
-    net.layer
-        .insert(fc, layer("cyclic_pool", "CyclicPool", &features, &pooled));
-    net.layer[conv].bottom[0] = turns.clone();
+    // From the back, so the indices before stay valid; every InnerProduct
+    // reading the features reads the pooled blob.
+    for (k, (at, features)) in pools.iter().enumerate().rev() {
+        let pooled = format!("{features}_pooled");
+        for l in &mut net.layer[*at..] {
+            if l.r#type() == "InnerProduct" && l.bottom.first() == Some(features) {
+                l.bottom[0] = pooled.clone();
+            }
+        }
+        let name = match k {
+            0 => "cyclic_pool".to_string(),
+            _ => format!("cyclic_pool_{}", k + 1),
+        };
+        net.layer
+            .insert(*at, layer(&name, "CyclicPool", features, &pooled));
+    }
     net.layer
         .insert(conv, layer("cyclic_slice", "CyclicSlice", &data, &turns));
-    Ok((data, features))
+    let features: Vec<&str> = pools.iter().map(|(_, f)| f.as_str()).collect();
+    Ok((data, features.join(", ")))
 }
 
 #[cfg(test)]
@@ -75,6 +116,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("already has cyclic layers"));
+    }
+
+    #[test]
+    fn each_head_pools_the_turns_before_its_first_inner_product() {
+        let net = |heads: &str| -> NetParameter {
+            let text = format!(
+                r#"layer {{ name: "data" type: "Input" top: "data" top: "label" }}
+layer {{ name: "c1" type: "Convolution" bottom: "data" top: "mid" }}
+layer {{ name: "relu1" type: "ReLU" bottom: "mid" top: "mid" }}
+layer {{ name: "c2" type: "Convolution" bottom: "mid" top: "deep" }}
+layer {{ name: "drop" type: "Dropout" bottom: "deep" top: "deep" }}
+{heads}"#
+            );
+            crate::caffe::prototxt::parse(&text, std::path::Path::new("n")).unwrap()
+        };
+        let mut n = net(crate::train::heads::tests::TWO_HEADS);
+        let (data, features) = cyclic_net(&mut n, "n").unwrap();
+        assert_eq!((data.as_str(), features.as_str()), ("data", "mid, deep"));
+        let names: Vec<&str> = n.layer.iter().map(|l| l.name()).collect();
+        assert_eq!(
+            names[..7],
+            [
+                "data",
+                "cyclic_slice",
+                "c1",
+                "relu1",
+                "c2",
+                "drop",
+                "cyclic_pool"
+            ]
+        );
+        let at = |name: &str| n.layer.iter().position(|l| l.name() == name).unwrap();
+        assert_eq!(at("cyclic_pool") + 1, at("aux/classifier"));
+        assert_eq!(at("cyclic_pool_2") + 1, at("classifier"));
+        assert_eq!(n.layer[at("cyclic_pool_2")].bottom, ["deep"]);
+        assert_eq!(n.layer[at("classifier")].bottom, ["deep_pooled"]);
+        assert_eq!(n.layer[at("aux/classifier")].bottom, ["mid_pooled"]);
+        // Scores straight from the convolutions would mix the turns up.
+        let mut n = net(
+            r#"layer { name: "loss" type: "SoftmaxWithLoss" bottom: "deep" bottom: "label" top: "loss" }"#,
+        );
+        let e = cyclic_net(&mut n, "n").unwrap_err().to_string();
+        assert!(
+            e.contains("layer 'loss' would score each quarter turn apart"),
+            "{e}"
+        );
     }
 
     #[test]
