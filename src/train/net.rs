@@ -640,6 +640,15 @@ impl Net {
             .and_then(|i| self.blobs[i].as_ref())
     }
 
+    /// The shape of the blob named `name`, as the net was set up (its last
+    /// producer's top), without running it.
+    pub fn blob_shape(&self, name: &str) -> Option<&[usize]> {
+        (0..self.blob_names.len())
+            .rev()
+            .find(|&i| self.blob_names[i] == name)
+            .map(|i| self.blob_shapes[i].as_slice())
+    }
+
     /// The output of layer `layer`'s top `i` in the last forward pass.
     pub fn layer_top(&self, layer: &str, i: usize) -> Option<&Tensor> {
         let e = self.entries.iter().find(|e| e.param.name() == layer)?;
