@@ -457,6 +457,18 @@ fn every_solver_type_trains_and_resumes_exactly() {
         assert_eq!(r.trajectory, s.trajectory[15..].to_vec(), "{ty} resumed");
 
         if ty == "Adam" {
+            // A snapshot of another solver type has the wrong history count.
+            let other = t.path().join("Nesterov_iter_15.solverstate");
+            let e = Solver::new(&options("adam_from_nesterov", false))
+                .unwrap()
+                .restore(&other)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("Nesterov_iter_15.solverstate")
+                    && e.contains("the Adam solver keeps 2 history blobs for each"),
+                "{e}"
+            );
             let mut g = Solver::new(&options("adam_tensor", true)).unwrap();
             assert!(g.train.uses_tensor_ops());
             g.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
