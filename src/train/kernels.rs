@@ -2,6 +2,65 @@
 //! (convolution backward as matrix products), max/average pooling with
 //! Caffe's ceil rounding and argmax routing, and cross-channel LRN. Each
 //! works on one image (CHW, contiguous f32); callers parallelise over the batch.
+//! Also per-channel sums over a batch ([`channel_sums`]) for the
+//! normalisation layers, parallel over the channels.
+use rayon::prelude::*;
+
+/// Per-channel sums over an (outer, channels, inner) buffer: `row(c, r)`
+/// sums row `r` (an index range) of channel `c`; rows add up in f64, one
+/// channel per task.
+pub fn channel_sums(
+    outer: usize,
+    channels: usize,
+    inner: usize,
+    row: impl Fn(usize, std::ops::Range<usize>) -> f64 + Sync,
+) -> Vec<f64> {
+    (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            (0..outer)
+                .map(|o| {
+                    let base = (o * channels + c) * inner;
+                    row(c, base..base + inner)
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// The sum of `f(a[i], b[i])` in eight f32 lanes (so it vectorises).
+pub fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            lanes[l] += f(x[l], y[l]);
+        }
+    }
+    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail)
+}
+
+/// Fills each row of `inner` values of an (outer, channels, inner) buffer
+/// with `g(channel, offset, row)`, `offset` being the row's first index;
+/// rows in parallel.
+pub fn per_channel(
+    out: &mut [f32],
+    channels: usize,
+    inner: usize,
+    g: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let inner = inner.max(1);
+    out.par_chunks_mut(inner)
+        .with_min_len((1 << 14) / inner + 1)
+        .enumerate()
+        .for_each(|(row, chunk)| g(row % channels, row * inner, chunk));
+}
 
 /// Geometry of a 2-D window sweep (convolution or pooling).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,10 +11,12 @@
 //! - Global statistics (TEST by default, or `use_global_stats`): the stored
 //!   sums divided by the factor (0 when the factor is 0).
 //!
-//! The same candle ops serve every device.
-use super::{BackwardArgs, Grads, Layer};
+//! On the CPU the statistics are per-channel sums on all cores (in f64);
+//! elsewhere candle ops, their twin.
+use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{BatchNormParameter, Phase};
 use crate::error::{Error, Result};
+use crate::train::kernels::{channel_sums, lane_sum, per_channel};
 use candle_core::{Device, Tensor, D};
 
 pub struct BatchNorm {
@@ -23,6 +25,7 @@ pub struct BatchNorm {
     eps: f32,
     params: Vec<Tensor>,
     device: Device,
+    path: OpPath,
     /// Bottom dims as (N, C, spatial).
     dims: (usize, usize, usize),
     /// `1 / sqrt(var + eps)` of the last forward pass, shaped (1, C, 1).
@@ -31,7 +34,13 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    pub fn new(p: Option<BatchNormParameter>, phase: Phase, device: Device, name: &str) -> Self {
+    pub fn new(
+        p: Option<BatchNormParameter>,
+        phase: Phase,
+        device: Device,
+        path: OpPath,
+        name: &str,
+    ) -> Self {
         let p = p.unwrap_or_default();
         BatchNorm {
             // Caffe: global statistics in TEST unless the net says otherwise.
@@ -40,6 +49,7 @@ impl BatchNorm {
             eps: p.eps(),
             params: Vec::new(),
             device,
+            path,
             dims: (0, 0, 0),
             inv_std: None,
             ctx: format!("layer '{name}'"),
@@ -54,6 +64,112 @@ impl BatchNorm {
         let mean = self.params[0].affine(f64::from(scale), 0.0)?;
         let var = self.params[1].affine(f64::from(scale), 0.0)?;
         Ok((mean.reshape((1, c, 1))?, var.reshape((1, c, 1))?))
+    }
+}
+
+/// A tensor's values on the host.
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl BatchNorm {
+    /// The forward pass on the CPU: the same arithmetic as the tensor ops
+    /// below, with the sums in f64 and on all cores.
+    fn forward_cpu(&mut self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, s) = self.dims;
+        let (mean, var) = if self.global {
+            let factor = host(&self.params[2])?[0];
+            let scale = if factor == 0.0 { 0.0 } else { 1.0 / factor };
+            let scaled = |t: &Tensor| -> Result<Vec<f32>> {
+                Ok(host(t)?.iter().map(|v| v * scale).collect())
+            };
+            (scaled(&self.params[0])?, scaled(&self.params[1])?)
+        } else {
+            let m = (n * s) as f64;
+            let (mean, var) = with_f32(x, |xs| {
+                let mean: Vec<f32> =
+                    channel_sums(n, c, s, |_, r| lane_sum(&xs[r.clone()], &xs[r], |x, _| x))
+                        .iter()
+                        .map(|v| (v / m) as f32)
+                        .collect();
+                let var: Vec<f32> = channel_sums(n, c, s, |ch, r| {
+                    let m = mean[ch];
+                    lane_sum(&xs[r.clone()], &xs[r], |x, _| (x - m) * (x - m))
+                })
+                .iter()
+                .map(|v| (v / m) as f32)
+                .collect();
+                (mean, var)
+            })?;
+            let (f, correction) = (
+                self.fraction,
+                if m > 1.0 { m / (m - 1.0) } else { 1.0 } as f32,
+            );
+            let (p0, p1, p2) = (
+                host(&self.params[0])?,
+                host(&self.params[1])?,
+                host(&self.params[2])?,
+            );
+            let sums0: Vec<f32> = mean.iter().zip(&p0).map(|(v, p)| v + p * f).collect();
+            let sums1: Vec<f32> = var
+                .iter()
+                .zip(&p1)
+                .map(|(v, p)| v * correction + p * f)
+                .collect();
+            self.params = vec![
+                Tensor::from_vec(sums0, c, &self.device)?,
+                Tensor::from_vec(sums1, c, &self.device)?,
+                Tensor::from_vec(vec![p2[0] * f + 1.0], 1, &self.device)?,
+            ];
+            (mean, var)
+        };
+        let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let mut y = vec![0f32; n * c * s];
+        with_f32(x, |xs| {
+            per_channel(&mut y, c, s, |ch, at, row| {
+                let (m, k) = (mean[ch], inv[ch]);
+                for (y, &x) in row.iter_mut().zip(&xs[at..]) {
+                    *y = (x - m) * k;
+                }
+            })
+        })?;
+        self.inv_std = Some(Tensor::from_vec(inv, (1, c, 1), &self.device)?);
+        Ok(Tensor::from_vec(y, x.shape(), &self.device)?)
+    }
+
+    /// The backward pass on the CPU (see [`Layer::backward`] below).
+    fn backward_cpu(&self, dy: &Tensor, y: &Tensor, inv_std: &Tensor) -> Result<Tensor> {
+        let (n, c, s) = self.dims;
+        let inv = host(inv_std)?;
+        let mut dx = vec![0f32; n * c * s];
+        with_f32(dy, |d| -> Result<()> {
+            if self.global {
+                per_channel(&mut dx, c, s, |ch, at, row| {
+                    for (g, &d) in row.iter_mut().zip(&d[at..]) {
+                        *g = d * inv[ch];
+                    }
+                });
+                return Ok(());
+            }
+            with_f32(y, |y| {
+                let m = (n * s) as f64;
+                let mean =
+                    |sums: Vec<f64>| -> Vec<f32> { sums.iter().map(|v| (v / m) as f32).collect() };
+                let mdy = mean(channel_sums(n, c, s, |_, r| {
+                    lane_sum(&d[r.clone()], &d[r], |d, _| d)
+                }));
+                let mdyy = mean(channel_sums(n, c, s, |_, r| {
+                    lane_sum(&d[r.clone()], &y[r], |d, y| d * y)
+                }));
+                per_channel(&mut dx, c, s, |ch, at, row| {
+                    let (a, b, k) = (mdy[ch], mdyy[ch], inv[ch]);
+                    for ((g, &d), &y) in row.iter_mut().zip(&d[at..]).zip(&y[at..]) {
+                        *g = (d - a - y * b) * k;
+                    }
+                });
+            })
+        })??;
+        Ok(Tensor::from_vec(dx, dy.shape(), &self.device)?)
     }
 }
 
@@ -107,6 +223,9 @@ impl Layer for BatchNorm {
         true
     }
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        if !self.path.tensor_ops() {
+            return Ok(vec![self.forward_cpu(&bottom[0])?]);
+        }
         let (n, c, s) = self.dims;
         let x = bottom[0].reshape((n, c, s))?;
         let (mean, var) = if self.global {
@@ -142,6 +261,10 @@ impl Layer for BatchNorm {
             .inv_std
             .as_ref()
             .ok_or_else(|| Error::model(&self.ctx, "backward before forward"))?;
+        if !self.path.tensor_ops() {
+            let dx = self.backward_cpu(dy, &a.top[0], inv_std)?;
+            return Ok((vec![Some(dx)], vec![None, None, None]));
+        }
         let (n, c, s) = self.dims;
         let shape = dy.shape().clone();
         let dy = dy.reshape((n, c, s))?;
@@ -167,7 +290,7 @@ mod tests {
     fn layer(text: &str, phase: Phase) -> BatchNorm {
         let p: BatchNormParameter =
             crate::caffe::prototxt::parse(text, std::path::Path::new("bn")).unwrap();
-        BatchNorm::new(Some(p), phase, Device::Cpu, "bn")
+        BatchNorm::new(Some(p), phase, Device::Cpu, OpPath::CpuKernels, "bn")
     }
 
     fn values(t: &Tensor) -> Vec<f32> {

@@ -1,17 +1,20 @@
 //! Caffe's Scale layer: a learned factor (and with `bias_term` a shift) per
 //! position of the axes `axis..axis+num_axes`, broadcast over the others;
 //! after a BatchNorm it is the learned gamma and beta. The factor as a
-//! second bottom is not supported. The same candle ops serve every device.
-use super::{BackwardArgs, Grads, Layer};
+//! second bottom is not supported. On the CPU one parallel pass over the
+//! rows (per-channel sums in f64); elsewhere candle ops, their twin.
+use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{FillerParameter, Phase, ScaleParameter};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
+use crate::train::kernels::{channel_sums, lane_sum, per_channel};
 use candle_core::{Device, Tensor};
 
 pub struct Scale {
     p: ScaleParameter,
     params: Vec<Tensor>,
     device: Device,
+    path: OpPath,
     seed: u64,
     /// The bottom as (outer, scaled, inner).
     dims: (usize, usize, usize),
@@ -19,11 +22,18 @@ pub struct Scale {
 }
 
 impl Scale {
-    pub fn new(p: Option<ScaleParameter>, device: Device, seed: u64, name: &str) -> Self {
+    pub fn new(
+        p: Option<ScaleParameter>,
+        device: Device,
+        path: OpPath,
+        seed: u64,
+        name: &str,
+    ) -> Self {
         Scale {
             p: p.unwrap_or_default(),
             params: Vec::new(),
             device,
+            path,
             seed,
             dims: (0, 0, 0),
             ctx: format!("layer '{name}'"),
@@ -33,6 +43,53 @@ impl Scale {
     /// A parameter blob shaped (1, scaled, 1) for broadcasting.
     fn broadcast(&self, i: usize) -> Result<Tensor> {
         Ok(self.params[i].reshape((1, self.dims.1, 1))?)
+    }
+}
+
+/// A tensor's values on the host.
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Scale {
+    /// The backward pass on the CPU: what the tensor ops compute, the sums
+    /// in f64 on all cores.
+    fn backward_cpu(&self, a: &BackwardArgs, dy: &Tensor) -> Result<Grads> {
+        let (outer, c, inner) = self.dims;
+        let n = self.params.len();
+        let blob = |sums: Vec<f64>| -> Result<Tensor> {
+            let v: Vec<f32> = sums.iter().map(|&v| v as f32).collect();
+            Ok(Tensor::from_vec(v, self.params[0].shape(), &self.device)?)
+        };
+        with_f32(dy, |d| -> Result<Grads> {
+            let mut params = vec![None; n];
+            if a.param_grad[0] {
+                let sums = with_f32(&a.bottom[0], |x| {
+                    channel_sums(outer, c, inner, |_, r| {
+                        lane_sum(&d[r.clone()], &x[r], |d, x| d * x)
+                    })
+                })?;
+                params[0] = Some(blob(sums)?);
+            }
+            if n > 1 && a.param_grad[1] {
+                params[1] = Some(blob(channel_sums(outer, c, inner, |_, r| {
+                    lane_sum(&d[r.clone()], &d[r], |d, _| d)
+                }))?);
+            }
+            let dx = if a.propagate[0] {
+                let factor = host(&self.params[0])?;
+                let mut dx = vec![0f32; d.len()];
+                per_channel(&mut dx, c, inner, |ch, at, row| {
+                    for (g, &d) in row.iter_mut().zip(&d[at..]) {
+                        *g = d * factor[ch];
+                    }
+                });
+                Some(Tensor::from_vec(dx, a.bottom[0].shape(), &self.device)?)
+            } else {
+                None
+            };
+            Ok((vec![dx], params))
+        })?
     }
 }
 
@@ -105,6 +162,33 @@ impl Layer for Scale {
         &mut self.params
     }
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        if !self.path.tensor_ops() {
+            let (_, c, inner) = self.dims;
+            let factor = host(&self.params[0])?;
+            let shift = match self.params.get(1) {
+                Some(b) => Some(host(b)?),
+                None => None,
+            };
+            let mut y = vec![0f32; bottom[0].elem_count()];
+            with_f32(&bottom[0], |x| {
+                per_channel(&mut y, c, inner, |ch, at, row| {
+                    let k = factor[ch];
+                    match &shift {
+                        Some(b) => {
+                            for (y, &x) in row.iter_mut().zip(&x[at..]) {
+                                *y = x * k + b[ch];
+                            }
+                        }
+                        None => {
+                            for (y, &x) in row.iter_mut().zip(&x[at..]) {
+                                *y = x * k;
+                            }
+                        }
+                    }
+                })
+            })?;
+            return Ok(vec![Tensor::from_vec(y, bottom[0].shape(), &self.device)?]);
+        }
         let x = bottom[0].reshape(self.dims)?;
         let mut y = x.broadcast_mul(&self.broadcast(0)?)?;
         if self.params.len() > 1 {
@@ -117,6 +201,9 @@ impl Layer for Scale {
         let Some(dy) = &a.top_diff[0] else {
             return Ok((vec![None], vec![None; n]));
         };
+        if !self.path.tensor_ops() {
+            return self.backward_cpu(a, dy);
+        }
         let dy = dy.reshape(self.dims)?;
         // Sums over the outer and inner axes, as the parameter's shape.
         let reduce = |t: &Tensor| -> Result<Tensor> {
@@ -147,7 +234,7 @@ mod tests {
     fn layer(text: &str) -> Scale {
         let p: ScaleParameter =
             crate::caffe::prototxt::parse(text, std::path::Path::new("s")).unwrap();
-        Scale::new(Some(p), Device::Cpu, 1, "s")
+        Scale::new(Some(p), Device::Cpu, OpPath::CpuKernels, 1, "s")
     }
 
     fn values(t: &Tensor) -> Vec<f32> {
