@@ -78,9 +78,16 @@ impl Layer for Eltwise {
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let y = match self.op {
             EltwiseOp::Sum => {
-                let mut y = bottom[0].affine(f64::from(self.coeff(0)), 0.0)?;
-                for (i, b) in bottom.iter().enumerate().skip(1) {
-                    y = (y + b.affine(f64::from(self.coeff(i)), 0.0)?)?;
+                // A coefficient of 1 (ResNet's plain sum) needs no product.
+                let term = |i: usize| -> Result<Tensor> {
+                    Ok(match self.coeff(i) {
+                        1.0 => bottom[i].clone(),
+                        k => bottom[i].affine(f64::from(k), 0.0)?,
+                    })
+                };
+                let mut y = term(0)?;
+                for i in 1..bottom.len() {
+                    y = (y + term(i)?)?;
                 }
                 y
             }
@@ -121,7 +128,10 @@ impl Layer for Eltwise {
                 continue;
             }
             let g = match self.op {
-                EltwiseOp::Sum => dy.affine(f64::from(self.coeff(i)), 0.0)?,
+                EltwiseOp::Sum => match self.coeff(i) {
+                    1.0 => dy.clone(),
+                    k => dy.affine(f64::from(k), 0.0)?,
+                },
                 EltwiseOp::Prod => {
                     let others = if self.stable_prod_grad {
                         let mut p: Option<Tensor> = None;
