@@ -50,7 +50,7 @@ pub(crate) enum Command {
     /// The whole recipe: assemble Flickr Style (or import class folders or a manifest),
     /// compute-mean, (to-lmdb), fetch CaffeNet, finetune, evaluate; also writes a deploy net.
     Pipeline(Box<PipelineArgs>),
-    /// Train or fine-tune a net from a Caffe solver prototxt (caffe train).
+    /// Train or fine-tune a net from a Caffe solver prototxt (caffe train): any of Caffe's solver types (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam).
     Finetune(FinetuneArgs),
     /// Score a net's TEST phase with trained weights (caffe test).
     Test(TestArgs),

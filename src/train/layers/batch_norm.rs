@@ -13,7 +13,7 @@
 //!
 //! On the CPU the statistics are per-channel sums on all cores (in f64);
 //! elsewhere candle ops, their twin.
-use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
+use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{BatchNormParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::kernels::{channel_sums, lane_sum, per_channel};
@@ -58,7 +58,7 @@ impl BatchNorm {
 
     /// The stored statistics as (mean, variance), each (1, C, 1).
     fn global_stats(&self) -> Result<(Tensor, Tensor)> {
-        let factor = self.params[2].flatten_all()?.to_vec1::<f32>()?[0];
+        let factor = to_vec(&self.params[2])?[0];
         let scale = if factor == 0.0 { 0.0 } else { 1.0 / factor };
         let c = self.dims.1;
         let mean = self.params[0].affine(f64::from(scale), 0.0)?;
@@ -67,21 +67,16 @@ impl BatchNorm {
     }
 }
 
-/// A tensor's values on the host.
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
-}
-
 impl BatchNorm {
     /// The forward pass on the CPU: the same arithmetic as the tensor ops
     /// below, with the sums in f64 and on all cores.
     fn forward_cpu(&mut self, x: &Tensor) -> Result<Tensor> {
         let (n, c, s) = self.dims;
         let (mean, var) = if self.global {
-            let factor = host(&self.params[2])?[0];
+            let factor = to_vec(&self.params[2])?[0];
             let scale = if factor == 0.0 { 0.0 } else { 1.0 / factor };
             let scaled = |t: &Tensor| -> Result<Vec<f32>> {
-                Ok(host(t)?.iter().map(|v| v * scale).collect())
+                Ok(to_vec(t)?.iter().map(|v| v * scale).collect())
             };
             (scaled(&self.params[0])?, scaled(&self.params[1])?)
         } else {
@@ -106,9 +101,9 @@ impl BatchNorm {
                 if m > 1.0 { m / (m - 1.0) } else { 1.0 } as f32,
             );
             let (p0, p1, p2) = (
-                host(&self.params[0])?,
-                host(&self.params[1])?,
-                host(&self.params[2])?,
+                to_vec(&self.params[0])?,
+                to_vec(&self.params[1])?,
+                to_vec(&self.params[2])?,
             );
             let sums0: Vec<f32> = mean.iter().zip(&p0).map(|(v, p)| v + p * f).collect();
             let sums1: Vec<f32> = var
@@ -140,7 +135,7 @@ impl BatchNorm {
     /// The backward pass on the CPU (see [`Layer::backward`] below).
     fn backward_cpu(&self, dy: &Tensor, y: &Tensor, inv_std: &Tensor) -> Result<Tensor> {
         let (n, c, s) = self.dims;
-        let inv = host(inv_std)?;
+        let inv = to_vec(inv_std)?;
         let mut dx = vec![0f32; n * c * s];
         with_f32(dy, |d| -> Result<()> {
             if self.global {

@@ -3,7 +3,7 @@
 //! after a BatchNorm it is the learned gamma and beta. The factor as a
 //! second bottom is not supported. On the CPU one parallel pass over the
 //! rows (per-channel sums in f64); elsewhere candle ops, their twin.
-use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
+use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{FillerParameter, Phase, ScaleParameter};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
@@ -46,11 +46,6 @@ impl Scale {
     }
 }
 
-/// A tensor's values on the host.
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
-}
-
 impl Scale {
     /// The backward pass on the CPU: what the tensor ops compute, the sums
     /// in f64 on all cores.
@@ -77,7 +72,7 @@ impl Scale {
                 }))?);
             }
             let dx = if a.propagate[0] {
-                let factor = host(&self.params[0])?;
+                let factor = to_vec(&self.params[0])?;
                 let mut dx = vec![0f32; d.len()];
                 per_channel(&mut dx, c, inner, |ch, at, row| {
                     for (g, &d) in row.iter_mut().zip(&d[at..]) {
@@ -164,9 +159,9 @@ impl Layer for Scale {
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         if !self.path.tensor_ops() {
             let (_, c, inner) = self.dims;
-            let factor = host(&self.params[0])?;
+            let factor = to_vec(&self.params[0])?;
             let shift = match self.params.get(1) {
-                Some(b) => Some(host(b)?),
+                Some(b) => Some(to_vec(b)?),
                 None => None,
             };
             let mut y = vec![0f32; bottom[0].elem_count()];
