@@ -10,10 +10,10 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 31 tensor-op cases (24 layers, 2 SGD updates, the 5 other solver
+    // 32 tensor-op cases (25 layers, 2 SGD updates, the 5 other solver
     // types), 15 on the fused path, then the 6 layers with matrix products in bf16.
-    assert!(out.contains("All 52 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 52, "{out}");
+    assert!(out.contains("All 53 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 53, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()

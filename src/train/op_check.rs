@@ -186,6 +186,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Flatten (channels and height)",
+        r#"name: "f" type: "Flatten" flatten_param { axis: 1 end_axis: 2 }"#,
+        [2, 3, 4, 5],
+        false,
+    ),
+    (
         "InnerProduct",
         r#"name: "f" type: "InnerProduct" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
         [3, 2, 3, 3],

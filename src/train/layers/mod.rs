@@ -9,6 +9,7 @@ mod conv;
 mod cyclic;
 mod data;
 mod eltwise;
+mod flatten;
 mod infogain;
 mod inner_product;
 mod loss;
@@ -279,6 +280,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
         "Eltwise" => Box::new(eltwise::Eltwise::new(param.eltwise_param.clone(), name)?),
+        "Flatten" => Box::new(flatten::Flatten::new(param.flatten_param, name)),
         "BatchNorm" => Box::new(batch_norm::BatchNorm::new(param.batch_norm_param, ctx.phase, ctx.device.clone(), path, name)),
         "Scale" => Box::new(scale::Scale::new(param.scale_param.clone(), ctx.device.clone(), path, seed, name)),
         "CyclicSlice" => Box::new(cyclic::CyclicSlice::new(name)),
@@ -288,7 +290,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Eltwise, BatchNorm, Scale, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Eltwise, BatchNorm, Scale, Flatten, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
