@@ -56,25 +56,35 @@ impl BatchNorm {
         }
     }
 
+    /// What the stored sums are multiplied by to give the statistics: one
+    /// over the factor, 0 while nothing has been accumulated.
+    fn stored_scale(&self) -> Result<f32> {
+        let factor = to_vec(&self.params[2])?[0];
+        Ok(if factor == 0.0 { 0.0 } else { 1.0 / factor })
+    }
+
+    /// Caffe's unbiased-variance factor m/(m-1) for the `m` values a
+    /// channel's statistics average (setup makes sure m >= 2).
+    fn correction(&self) -> f64 {
+        let m = (self.dims.0 * self.dims.2) as f64;
+        m / (m - 1.0)
+    }
+
     /// The stored statistics as (mean, variance), each (1, C, 1).
     fn global_stats(&self) -> Result<(Tensor, Tensor)> {
-        let factor = to_vec(&self.params[2])?[0];
-        let scale = if factor == 0.0 { 0.0 } else { 1.0 / factor };
+        let scale = self.stored_scale()?;
         let c = self.dims.1;
         let mean = self.params[0].affine(f64::from(scale), 0.0)?;
         let var = self.params[1].affine(f64::from(scale), 0.0)?;
         Ok((mean.reshape((1, c, 1))?, var.reshape((1, c, 1))?))
     }
-}
 
-impl BatchNorm {
     /// The forward pass on the CPU: the same arithmetic as the tensor ops
     /// below, with the sums in f64 and on all cores.
     fn forward_cpu(&mut self, x: &Tensor) -> Result<Tensor> {
         let (n, c, s) = self.dims;
         let (mean, var) = if self.global {
-            let factor = to_vec(&self.params[2])?[0];
-            let scale = if factor == 0.0 { 0.0 } else { 1.0 / factor };
+            let scale = self.stored_scale()?;
             let scaled = |t: &Tensor| -> Result<Vec<f32>> {
                 Ok(to_vec(t)?.iter().map(|v| v * scale).collect())
             };
@@ -88,18 +98,15 @@ impl BatchNorm {
                         .map(|v| (v / m) as f32)
                         .collect();
                 let var: Vec<f32> = channel_sums(n, c, s, |ch, r| {
-                    let m = mean[ch];
-                    lane_sum(&xs[r.clone()], &xs[r], |x, _| (x - m) * (x - m))
+                    let mu = mean[ch];
+                    lane_sum(&xs[r.clone()], &xs[r], |x, _| (x - mu) * (x - mu))
                 })
                 .iter()
                 .map(|v| (v / m) as f32)
                 .collect();
                 (mean, var)
             })?;
-            let (f, correction) = (
-                self.fraction,
-                if m > 1.0 { m / (m - 1.0) } else { 1.0 } as f32,
-            );
+            let (f, correction) = (self.fraction, self.correction() as f32);
             let (p0, p1, p2) = (
                 to_vec(&self.params[0])?,
                 to_vec(&self.params[1])?,
@@ -198,7 +205,7 @@ impl Layer for BatchNorm {
         if !self.global && n * s < 2 {
             return Err(Error::model(
                 &self.ctx,
-                format!("batch statistics need at least two values per channel; the bottom is {shape:?}"),
+                format!("batch statistics need at least two values per channel, but the bottom is {shape:?}; use a larger batch, or `batch_norm_param {{ use_global_stats: true }}` to normalise by the stored statistics"),
             ));
         }
         self.params = vec![
@@ -230,8 +237,7 @@ impl Layer for BatchNorm {
             let var = channel_mean(&x.broadcast_sub(&mean)?.sqr()?)?;
             // Caffe updates the sums on every pass with batch statistics,
             // TEST ones included (use_global_stats: false there).
-            let m = (n * s) as f64;
-            let correction = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+            let correction = self.correction();
             let f = f64::from(self.fraction);
             let p = &self.params;
             let updated = [

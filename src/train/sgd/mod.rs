@@ -5,7 +5,7 @@
 //! share the first three steps and replace the last ([`adaptive`]).
 pub mod adaptive;
 
-use super::layers::with_f32;
+use super::layers::{to_vec, with_f32};
 use super::net::Net;
 use super::{fused, tensor_ops};
 use crate::error::{Error, Result};
@@ -201,6 +201,7 @@ fn adaptive_update(
 ) -> Result<Tensor> {
     if tensor_ops {
         let d = tensor_ops::prepared_grad(w, g, step)?;
+        // A rule with one history ignores the second: h1 stands in for it.
         let old_h2 = match &h2 {
             Some(h) => (*h).clone(),
             None => h1.clone(),
@@ -213,9 +214,9 @@ fn adaptive_update(
         return Ok((w - u)?);
     }
     const CHUNK: usize = 1 << 14;
-    let mut n1 = h1.flatten_all()?.to_vec1::<f32>()?;
+    let mut n1 = to_vec(h1)?;
     let mut n2 = match &h2 {
-        Some(h) => h.flatten_all()?.to_vec1::<f32>()?,
+        Some(h) => to_vec(h)?,
         None => Vec::new(),
     };
     let nw = with_f32(w, |ws| {
