@@ -197,9 +197,14 @@ fn upgrade_v1_layer(v1: V1LayerParameter, context: &str) -> Result<LayerParamete
         image_data_param: v1.image_data_param,
         inner_product_param: v1.inner_product_param,
         lrn_param: v1.lrn_param,
+        exp_param: v1.exp_param,
         pooling_param: v1.pooling_param,
+        power_param: v1.power_param,
         relu_param: v1.relu_param,
+        sigmoid_param: v1.sigmoid_param,
+        slice_param: v1.slice_param,
         softmax_param: v1.softmax_param,
+        tanh_param: v1.tanh_param,
         ..Default::default()
     })
 }

@@ -192,6 +192,75 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Sigmoid",
+        r#"name: "n" type: "Sigmoid""#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    ("TanH", r#"name: "n" type: "TanH""#, [2, 3, 4, 4], false),
+    ("AbsVal", r#"name: "n" type: "AbsVal""#, [2, 3, 4, 4], false),
+    ("BNLL", r#"name: "n" type: "BNLL""#, [2, 3, 4, 4], false),
+    (
+        "ELU alpha 0.5",
+        r#"name: "n" type: "ELU" elu_param { alpha: 0.5 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Power 2 (scale, shift)",
+        r#"name: "n" type: "Power" power_param { power: 2 scale: 1.5 shift: 0.5 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Power 0.5 (shift)",
+        r#"name: "n" type: "Power" power_param { power: 0.5 scale: -1 shift: 2 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Exp base 2",
+        r#"name: "n" type: "Exp" exp_param { base: 2 scale: 1.5 shift: 0.5 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Log base 10",
+        r#"name: "n" type: "Log" log_param { base: 10 scale: 0.5 shift: 2 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Swish beta 2",
+        r#"name: "n" type: "Swish" swish_param { beta: 2 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Clip",
+        r#"name: "n" type: "Clip" clip_param { min: -0.5 max: 0.25 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "PReLU (per channel)",
+        r#"name: "n" type: "PReLU" prelu_param { filler { type: "uniform" min: -0.5 max: 0.5 } }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "PReLU (shared)",
+        r#"name: "n" type: "PReLU" prelu_param { channel_shared: true }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Slice (channels at 1 and 3, three tops)",
+        r#"name: "s" type: "Slice" top: "a" top: "b" top: "c" slice_param { slice_point: 1 slice_point: 3 }"#,
+        [2, 4, 3, 3],
+        false,
+    ),
+    (
         "InnerProduct",
         r#"name: "f" type: "InnerProduct" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
         [3, 2, 3, 3],
@@ -225,17 +294,17 @@ fn bottoms_of(name: &str) -> usize {
     }
 }
 
-/// The layer (with `bottoms` inputs of `shape`) and its top shape.
+/// The layer (with `bottoms` inputs of `shape`) and its top shapes.
 fn build(
     param: &LayerParameter,
     compute: &Compute,
     shape: &[usize],
     bottoms: usize,
-) -> Result<(Box<dyn Layer>, Vec<usize>)> {
+) -> Result<(Box<dyn Layer>, Vec<Vec<usize>>)> {
     let ctx = BuildContext::new(".", 7, Phase::Train, compute);
     let mut layer = create(param, &ctx, 0)?;
-    let top = layer.setup(&vec![shape.to_vec(); bottoms])?.remove(0);
-    Ok((layer, top))
+    let tops = layer.setup(&vec![shape.to_vec(); bottoms])?;
+    Ok((layer, tops))
 }
 
 /// The values `xs` as `bottoms` tensors of `shape`, one after another.
@@ -246,15 +315,16 @@ fn inputs(xs: &[f32], shape: &[usize], bottoms: usize, dev: &Device) -> Result<V
         .collect()
 }
 
-/// Forward, then backward with `dy`; returns (top, [dx of each bottom,
-/// param grads...]).
-fn run(layer: &mut dyn Layer, x: &[Tensor], dy: &Tensor) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+/// Forward, then backward with `dy` (one per top); returns (every top's
+/// values, one after another, [dx of each bottom, param grads...]).
+fn run(layer: &mut dyn Layer, x: &[Tensor], dy: &[Tensor]) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let top = layer.forward(x, Phase::Train)?;
     let n = layer.params().len();
+    let top_diff: Vec<Option<Tensor>> = dy.iter().cloned().map(Some).collect();
     let (bg, pg) = layer.backward(&BackwardArgs {
         bottom: x,
         top: &top,
-        top_diff: &[Some(dy.clone())],
+        top_diff: &top_diff,
         propagate: &vec![true; x.len()],
         param_grad: &vec![true; n],
     })?;
@@ -265,7 +335,16 @@ fn run(layer: &mut dyn Layer, x: &[Tensor], dy: &Tensor) -> Result<(Vec<f32>, Ve
             None => Vec::new(),
         });
     }
-    Ok((to_vec(&top[0])?, grads))
+    Ok((tops_values(&top)?, grads))
+}
+
+/// Every top's values, one after another.
+fn tops_values(tops: &[Tensor]) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    for t in tops {
+        v.extend(to_vec(t)?);
+    }
+    Ok(v)
 }
 
 /// Checks one case on `compute` (which should use tensor ops).
@@ -281,7 +360,7 @@ fn check_case(
     let cpu = Compute::cpu();
     let bottoms = bottoms_of(name);
     // Both built alike, so a Dropout layer draws the same masks in both.
-    let (mut reference, top_shape) = build(&param, &cpu, &shape, bottoms)?;
+    let (mut reference, top_shapes) = build(&param, &cpu, &shape, bottoms)?;
     let (mut twin, _) = build(&param, compute, &shape, bottoms)?;
     let dev = &compute.device;
     for (i, p) in reference.params().to_vec().iter().enumerate() {
@@ -299,14 +378,28 @@ fn check_case(
         })
         .collect();
     let x_cpu = inputs(&xs, &shape, bottoms, &Device::Cpu)?;
-    let top_count: usize = top_shape.iter().product();
+    // One gradient per top; their values one after another, as the tops'.
+    let top_count: usize = top_shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     let dys: Vec<f32> = (0..top_count)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
-    let dy_cpu = Tensor::from_vec(dys.clone(), top_shape.clone(), &Device::Cpu)?;
+    let mut dy_cpu = Vec::new();
+    let mut at = 0;
+    for s in &top_shapes {
+        let n: usize = s.iter().product();
+        dy_cpu.push(Tensor::from_vec(
+            dys[at..at + n].to_vec(),
+            s.clone(),
+            &Device::Cpu,
+        )?);
+        at += n;
+    }
     let (y_ref, g_ref) = run(reference.as_mut(), &x_cpu, &dy_cpu)?;
     let x = inputs(&xs, &shape, bottoms, dev)?;
-    let dy = dy_cpu.to_device(dev)?;
+    let dy = dy_cpu
+        .iter()
+        .map(|d| Ok(d.to_device(dev)?))
+        .collect::<Result<Vec<Tensor>>>()?;
     let (y, g) = run(twin.as_mut(), &x, &dy)?;
     let forward = relative(&y, &y_ref);
     let backward = g
@@ -323,7 +416,7 @@ fn check_case(
         let step = 1e-2f32;
         let loss = |layer: &mut dyn Layer, v: &[f32]| -> Result<f64> {
             let t = inputs(v, &shape, bottoms, dev)?;
-            let y = to_vec(&layer.forward(&t, Phase::Train)?[0])?;
+            let y = tops_values(&layer.forward(&t, Phase::Train)?)?;
             Ok(y.iter()
                 .zip(&dys)
                 .map(|(a, b)| (*a as f64) * (*b as f64))

@@ -14,9 +14,12 @@ mod infogain;
 mod inner_product;
 mod loss;
 mod lrn;
+mod neuron;
 mod pool;
+mod prelu;
 mod scale;
 mod simple;
+mod slice;
 mod staging;
 
 use crate::caffe::proto::{LayerParameter, Phase};
@@ -245,6 +248,10 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
     let seed = ctx.seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let missing = |what: &str| Error::model(format!("layer '{name}'"), format!("needs {what}"));
     let path = ctx.path();
+    let lctx = format!("layer '{name}'");
+    if let Some(n) = neuron::Neuron::from_param(param.r#type(), param, &lctx)? {
+        return Ok(Box::new(neuron::NeuronLayer::new(n, path)));
+    }
     Ok(match param.r#type() {
         "Convolution" => Box::new(conv::Convolution::new(
             param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
@@ -283,6 +290,10 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Flatten" => Box::new(flatten::Flatten::new(param.flatten_param, name)),
         "BatchNorm" => Box::new(batch_norm::BatchNorm::new(param.batch_norm_param, ctx.phase, ctx.device.clone(), path, name)),
         "Scale" => Box::new(scale::Scale::new(param.scale_param.clone(), ctx.device.clone(), path, seed, name)),
+        "PReLU" => Box::new(prelu::PRelu::new(param.prelu_param.clone(), ctx.device.clone(), path, seed, name)),
+        "Slice" => Box::new(slice::Slice::new(param.slice_param.clone(), param.top.len(), name)?),
+        "Split" => Box::new(slice::Split::new(param.top.len())),
+        "Silence" => Box::new(slice::Silence),
         "CyclicSlice" => Box::new(cyclic::CyclicSlice::new(name)),
         "CyclicPool" => Box::new(cyclic::CyclicPool::new(name)),
         "" => return Err(Error::model(format!("layer '{name}'"), "has no type")),
@@ -290,7 +301,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Eltwise, BatchNorm, Scale, Flatten, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Flatten, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
