@@ -698,8 +698,11 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: 
 /// A small net of the neuron and routing layers on the fixture's data: a
 /// convolution with a learned PReLU, a Slice of its channels into a gate
 /// (Sigmoid) and a value (TanH) multiplied back together (a gated linear
-/// unit), a second convolution with Swish, global pooling, a Power and a
-/// classifier; a Silence swallows the half of a second Slice nothing uses.
+/// unit), a second convolution with Swish and a squeeze-and-excitation
+/// gate (global pooling, two InnerProducts, a Sigmoid, and a Scale taking
+/// the N x C gate as its second bottom, as SENet's Caffe models do), global
+/// pooling, a Power and a classifier; a Silence swallows the part of a
+/// second Slice nothing uses.
 /// It trains, the PReLU slopes move from their 0.25 start, a resume from
 /// iteration 15 repeats the rest bit for bit, and the GPU code path (tensor
 /// ops, on the CPU) tracks the CPU kernels.
@@ -728,7 +731,15 @@ layer {{ name: "glu" type: "Eltwise" bottom: "gate" bottom: "value" top: "glu" e
 layer {{ name: "conv2" type: "Convolution" bottom: "glu" top: "conv2"
   convolution_param {{ num_output: 12 kernel_size: 3 pad: 1 weight_filler {{ type: "msra" }} }} }}
 layer {{ name: "swish2" type: "Swish" bottom: "conv2" top: "conv2" }}
-layer {{ name: "cut" type: "Slice" bottom: "conv2" top: "kept" top: "unused" slice_param {{ slice_point: 8 }} }}
+layer {{ name: "se_pool" type: "Pooling" bottom: "conv2" top: "se_pool" pooling_param {{ pool: AVE global_pooling: true }} }}
+layer {{ name: "se_down" type: "InnerProduct" bottom: "se_pool" top: "se_down"
+  inner_product_param {{ num_output: 4 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "se_relu" type: "ReLU" bottom: "se_down" top: "se_down" }}
+layer {{ name: "se_up" type: "InnerProduct" bottom: "se_down" top: "se_up"
+  inner_product_param {{ num_output: 12 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "se_gate" type: "Sigmoid" bottom: "se_up" top: "se_up" }}
+layer {{ name: "se_scale" type: "Scale" bottom: "conv2" bottom: "se_up" top: "se" scale_param {{ axis: 0 }} }}
+layer {{ name: "cut" type: "Slice" bottom: "se" top: "kept" top: "unused" slice_param {{ slice_point: 8 }} }}
 layer {{ name: "silence" type: "Silence" bottom: "unused" }}
 layer {{ name: "pool" type: "Pooling" bottom: "kept" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
 layer {{ name: "gain" type: "Power" bottom: "pool" top: "pool" power_param {{ scale: 2 }} }}
@@ -745,7 +756,7 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: 
     std::fs::write(
         &solver,
         format!(
-            "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: 0.01\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
+            "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: 0.02\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
             t.path().join("net.prototxt").display()
         ),
     )
@@ -793,10 +804,11 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: 
     g.solve().unwrap();
     // The paths round differently (the CPU kernels sum PReLU's slope
     // gradient in f64, candle in f32; the convolutions' sums run in other
-    // orders): 1e-7 at first, growing as training feeds it back (measured:
-    // at most 1e-7 to iteration 10, 3e-5 by iteration 30).
+    // orders): 1e-7 at first, growing as training feeds it back, most when
+    // a value crosses a kink (measured: at most 3e-7 to iteration 21, then
+    // up to 2e-4).
     for ((it, a), (_, b)) in g.trajectory.iter().zip(&s.trajectory) {
-        let tolerance = if *it < 10 { 1e-5 } else { 5e-4 };
+        let tolerance = if *it < 20 { 1e-5 } else { 1e-3 };
         assert!(
             (a - b).abs() / b < tolerance,
             "tensor ops at {it}: {a} vs {b}"

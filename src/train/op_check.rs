@@ -186,6 +186,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Scale (factor as a second bottom, with bias)",
+        r#"name: "s" type: "Scale" scale_param { axis: 0 bias_term: true bias_filler { type: "constant" value: 0.1 } }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
         "Flatten (channels and height)",
         r#"name: "f" type: "Flatten" flatten_param { axis: 1 end_axis: 2 }"#,
         [2, 3, 4, 5],
@@ -289,6 +295,8 @@ fn relative(a: &[f32], reference: &[f32]) -> f32 {
 fn bottoms_of(name: &str) -> usize {
     if name.starts_with("Concat") || name.starts_with("Eltwise") {
         3
+    } else if name.contains("second bottom") {
+        2
     } else {
         1
     }

@@ -1,8 +1,10 @@
 //! Caffe's Scale layer: a learned factor (and with `bias_term` a shift) per
 //! position of the axes `axis..axis+num_axes`, broadcast over the others;
-//! after a BatchNorm it is the learned gamma and beta. The factor as a
-//! second bottom is not supported. On the CPU one parallel pass over the
-//! rows (per-channel sums in f64); elsewhere candle ops, their twin.
+//! after a BatchNorm it is the learned gamma and beta. With a second bottom
+//! the factor is that blob, laid over the first from `axis` on (a
+//! squeeze-and-excitation gate: N x C factors with `axis: 0`), and only the
+//! shift is learned. On the CPU one parallel pass over the rows
+//! (per-channel sums in f64); elsewhere candle ops, their twin.
 use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{FillerParameter, Phase, ScaleParameter};
 use crate::error::{Error, Result};
@@ -18,6 +20,8 @@ pub struct Scale {
     seed: u64,
     /// The bottom as (outer, scaled, inner).
     dims: (usize, usize, usize),
+    /// Whether the factor is the second bottom (else the first parameter).
+    factor_bottom: bool,
     ctx: String,
 }
 
@@ -36,13 +40,28 @@ impl Scale {
             path,
             seed,
             dims: (0, 0, 0),
+            factor_bottom: false,
             ctx: format!("layer '{name}'"),
         }
     }
 
-    /// A parameter blob shaped (1, scaled, 1) for broadcasting.
-    fn broadcast(&self, i: usize) -> Result<Tensor> {
-        Ok(self.params[i].reshape((1, self.dims.1, 1))?)
+    /// The factor: the second bottom, or the first parameter.
+    fn factor<'a>(&'a self, bottom: &'a [Tensor]) -> &'a Tensor {
+        if self.factor_bottom {
+            &bottom[1]
+        } else {
+            &self.params[0]
+        }
+    }
+
+    /// The learned shift, if any.
+    fn shift(&self) -> Option<&Tensor> {
+        self.params.get(usize::from(!self.factor_bottom))
+    }
+
+    /// A factor or shift shaped (1, scaled, 1) for broadcasting.
+    fn broadcast(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.reshape((1, self.dims.1, 1))?)
     }
 }
 
@@ -51,28 +70,40 @@ impl Scale {
     /// in f64 on all cores.
     fn backward_cpu(&self, a: &BackwardArgs, dy: &Tensor) -> Result<Grads> {
         let (outer, c, inner) = self.dims;
-        let n = self.params.len();
-        let blob = |sums: Vec<f64>| -> Result<Tensor> {
+        let factor = self.factor(a.bottom);
+        let blob = |sums: Vec<f64>, like: &Tensor| -> Result<Tensor> {
             let v: Vec<f32> = sums.iter().map(|&v| v as f32).collect();
-            Ok(Tensor::from_vec(v, self.params[0].shape(), &self.device)?)
+            Ok(Tensor::from_vec(v, like.shape(), &self.device)?)
         };
         with_f32(dy, |d| -> Result<Grads> {
-            let mut params = vec![None; n];
-            if a.param_grad[0] {
+            // The factor's gradient goes to the second bottom or the first parameter.
+            let want_factor = if self.factor_bottom {
+                a.propagate[1]
+            } else {
+                a.param_grad[0]
+            };
+            let dfactor = if want_factor {
                 let sums = with_f32(&a.bottom[0], |x| {
                     channel_sums(outer, c, inner, |_, r| {
                         lane_sum(&d[r.clone()], &x[r], |d, x| d * x)
                     })
                 })?;
-                params[0] = Some(blob(sums)?);
-            }
-            if n > 1 && a.param_grad[1] {
-                params[1] = Some(blob(channel_sums(outer, c, inner, |_, r| {
-                    lane_sum(&d[r.clone()], &d[r], |d, _| d)
-                }))?);
-            }
+                Some(blob(sums, factor)?)
+            } else {
+                None
+            };
+            let shift_at = usize::from(!self.factor_bottom);
+            let dshift = match self.shift() {
+                Some(b) if a.param_grad[shift_at] => Some(blob(
+                    channel_sums(outer, c, inner, |_, r| {
+                        lane_sum(&d[r.clone()], &d[r], |d, _| d)
+                    }),
+                    b,
+                )?),
+                _ => None,
+            };
             let dx = if a.propagate[0] {
-                let factor = to_vec(&self.params[0])?;
+                let factor = to_vec(factor)?;
                 let mut dx = vec![0f32; d.len()];
                 per_channel(&mut dx, c, inner, |ch, at, row| {
                     for (g, &d) in row.iter_mut().zip(&d[at..]) {
@@ -83,8 +114,29 @@ impl Scale {
             } else {
                 None
             };
-            Ok((vec![dx], params))
+            Ok(self.arrange(dx, dfactor, dshift))
         })?
+    }
+
+    /// The gradients in the order the net expects: the bottoms', then the
+    /// parameters' (the factor is one or the other).
+    fn arrange(
+        &self,
+        dx: Option<Tensor>,
+        dfactor: Option<Tensor>,
+        dshift: Option<Tensor>,
+    ) -> Grads {
+        let mut params = Vec::new();
+        let mut bottoms = vec![dx];
+        if self.factor_bottom {
+            bottoms.push(dfactor);
+        } else {
+            params.push(dfactor);
+        }
+        if self.shift().is_some() {
+            params.push(dshift);
+        }
+        (bottoms, params)
     }
 }
 
@@ -97,17 +149,22 @@ impl Layer for Scale {
         true
     }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        if bottom.len() > 1 {
+        if bottom.len() > 2 {
             return Err(Error::model(
                 &self.ctx,
-                "takes its factor from a second bottom, which is not supported (give it one bottom and learn the factor)",
+                format!("takes one or two bottoms, got {}", bottom.len()),
             ));
         }
         let shape = &bottom[0];
         let n = shape.len() as i64;
         let axis = i64::from(self.p.axis());
         let axis = if axis < 0 { axis + n } else { axis };
-        let num_axes = i64::from(self.p.num_axes());
+        self.factor_bottom = bottom.len() == 2;
+        // Caffe ignores num_axes when the factor is a bottom: its own axes count.
+        let num_axes = match bottom.get(1) {
+            Some(f) => f.len() as i64,
+            None => i64::from(self.p.num_axes()),
+        };
         let end = if num_axes == -1 { n } else { axis + num_axes };
         if !(0..=n).contains(&axis) || num_axes < -1 || end > n {
             return Err(Error::model(
@@ -120,24 +177,38 @@ impl Layer for Scale {
         }
         let (axis, end) = (axis as usize, end as usize);
         let blob: Vec<usize> = shape[axis..end].to_vec();
+        if let Some(f) = bottom.get(1) {
+            if f != &blob {
+                return Err(Error::model(
+                    &self.ctx,
+                    format!(
+                        "its factor (second bottom) of shape {f:?} does not match axes {axis}..{end} of its first bottom {shape:?} (set scale_param's axis)"
+                    ),
+                ));
+            }
+        }
         self.dims = (
             shape[..axis].iter().product(),
             blob.iter().product(),
             shape[end..].iter().product(),
         );
-        // Caffe's default factor is 1; the shift's default filler is 0.
-        let one = FillerParameter {
-            r#type: Some("constant".into()),
-            value: Some(1.0),
-            ..Default::default()
-        };
-        let factor = fill(
-            self.p.filler.as_ref().unwrap_or(&one),
-            &blob,
-            self.seed,
-            &self.ctx,
-        )?;
-        self.params = vec![Tensor::from_vec(factor, blob.clone(), &self.device)?];
+        self.params.clear();
+        if !self.factor_bottom {
+            // Caffe's default factor is 1; the shift's default filler is 0.
+            let one = FillerParameter {
+                r#type: Some("constant".into()),
+                value: Some(1.0),
+                ..Default::default()
+            };
+            let factor = fill(
+                self.p.filler.as_ref().unwrap_or(&one),
+                &blob,
+                self.seed,
+                &self.ctx,
+            )?;
+            self.params
+                .push(Tensor::from_vec(factor, blob.clone(), &self.device)?);
+        }
         if self.p.bias_term() {
             let shift = fill(
                 &self.p.bias_filler.clone().unwrap_or_default(),
@@ -157,13 +228,11 @@ impl Layer for Scale {
         &mut self.params
     }
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let factor = self.factor(bottom);
         if !self.path.tensor_ops() {
             let (_, c, inner) = self.dims;
-            let factor = to_vec(&self.params[0])?;
-            let shift = match self.params.get(1) {
-                Some(b) => Some(to_vec(b)?),
-                None => None,
-            };
+            let factor = to_vec(factor)?;
+            let shift = self.shift().map(to_vec).transpose()?;
             let mut y = vec![0f32; bottom[0].elem_count()];
             with_f32(&bottom[0], |x| {
                 per_channel(&mut y, c, inner, |ch, at, row| {
@@ -185,40 +254,47 @@ impl Layer for Scale {
             return Ok(vec![Tensor::from_vec(y, bottom[0].shape(), &self.device)?]);
         }
         let x = bottom[0].reshape(self.dims)?;
-        let mut y = x.broadcast_mul(&self.broadcast(0)?)?;
-        if self.params.len() > 1 {
-            y = y.broadcast_add(&self.broadcast(1)?)?;
+        let mut y = x.broadcast_mul(&self.broadcast(factor)?)?;
+        if let Some(b) = self.shift() {
+            y = y.broadcast_add(&self.broadcast(b)?)?;
         }
         Ok(vec![y.reshape(bottom[0].shape())?])
     }
     fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
-        let n = self.params.len();
         let Some(dy) = &a.top_diff[0] else {
-            return Ok((vec![None], vec![None; n]));
+            return Ok(self.arrange(None, None, None));
         };
         if !self.path.tensor_ops() {
             return self.backward_cpu(a, dy);
         }
+        let factor = self.factor(a.bottom);
         let dy = dy.reshape(self.dims)?;
-        // Sums over the outer and inner axes, as the parameter's shape.
-        let reduce = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.sum(2)?.sum(0)?.reshape(self.params[0].shape())?)
+        // Sums over the outer and inner axes, shaped as the factor.
+        let reduce =
+            |t: &Tensor| -> Result<Tensor> { Ok(t.sum(2)?.sum(0)?.reshape(factor.shape())?) };
+        let want_factor = if self.factor_bottom {
+            a.propagate[1]
+        } else {
+            a.param_grad[0]
         };
-        let mut params = vec![None; n];
-        if a.param_grad[0] {
+        let dfactor = if want_factor {
             let x = a.bottom[0].reshape(self.dims)?;
-            params[0] = Some(reduce(&(&dy * &x)?)?);
-        }
-        if n > 1 && a.param_grad[1] {
-            params[1] = Some(reduce(&dy)?);
-        }
+            Some(reduce(&(&dy * &x)?)?)
+        } else {
+            None
+        };
+        let dshift = if self.shift().is_some() && a.param_grad[usize::from(!self.factor_bottom)] {
+            Some(reduce(&dy)?)
+        } else {
+            None
+        };
         let dx = if a.propagate[0] {
-            let dx = dy.broadcast_mul(&self.broadcast(0)?)?;
+            let dx = dy.broadcast_mul(&self.broadcast(factor)?)?;
             Some(dx.reshape(a.bottom[0].shape())?)
         } else {
             None
         };
-        Ok((vec![dx], params))
+        Ok(self.arrange(dx, dfactor, dshift))
     }
 }
 
@@ -275,6 +351,49 @@ mod tests {
     }
 
     #[test]
+    fn a_second_bottom_gates_each_image_and_channel() {
+        for path in [OpPath::CpuKernels, OpPath::TensorOps] {
+            // Squeeze-and-excitation: N x C factors laid over N x C x H x W.
+            let p: ScaleParameter =
+                crate::caffe::prototxt::parse("axis: 0 bias_term: true", std::path::Path::new("s"))
+                    .unwrap();
+            let mut l = Scale::new(Some(p), Device::Cpu, path, 1, "s");
+            assert_eq!(
+                l.setup(&[vec![2, 2, 1, 2], vec![2, 2]]).unwrap(),
+                vec![vec![2, 2, 1, 2]]
+            );
+            // Only the shift is learned, shaped as the factor.
+            assert_eq!(l.params.len(), 1);
+            assert_eq!(l.params[0].dims(), [2, 2]);
+            let t =
+                |v: &[f32], s: &[usize]| Tensor::new(v, &Device::Cpu).unwrap().reshape(s).unwrap();
+            l.params = vec![t(&[0., 1., 0., 0.], &[2, 2])];
+            let x = t(&[1., 2., 3., 4., 5., 6., 7., 8.], &[2, 2, 1, 2]);
+            let f = t(&[2., 0.5, -1., 0.], &[2, 2]);
+            let bottom = [x, f];
+            let y = l.forward(&bottom, Phase::Train).unwrap();
+            assert_eq!(values(&y[0]), [2., 4., 2.5, 3., -5., -6., 0., 0.]);
+            let dy = t(&[1., 1., 1., 2., 0., 1., 3., 3.], &[2, 2, 1, 2]);
+            let (g, p) = l
+                .backward(&BackwardArgs {
+                    bottom: &bottom,
+                    top: &y,
+                    top_diff: &[Some(dy)],
+                    propagate: &[true, true],
+                    param_grad: &[true],
+                })
+                .unwrap();
+            assert_eq!(
+                values(g[0].as_ref().unwrap()),
+                [2., 2., 0.5, 1., 0., -1., 0., 0.]
+            );
+            // dfactor per (image, channel): 1+2, 3+8, 0+6, 21+24.
+            assert_eq!(values(g[1].as_ref().unwrap()), [3., 11., 6., 45.]);
+            assert_eq!(values(p[0].as_ref().unwrap()), [2., 3., 1., 6.]);
+        }
+    }
+
+    #[test]
     fn axes_are_checked() {
         let mut l = layer("axis: 0 num_axes: -1");
         l.setup(&[vec![2, 3]]).unwrap();
@@ -286,10 +405,10 @@ mod tests {
             .to_string();
         assert!(e.contains("layer 's'") && e.contains("does not fit"), "{e}");
         let e = layer("")
-            .setup(&[vec![2, 3], vec![3]])
+            .setup(&[vec![2, 3], vec![2]])
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("second bottom"), "{e}");
+        assert!(e.contains("second bottom") && e.contains("[2]"), "{e}");
     }
 }
