@@ -319,6 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn v1_neuron_and_slice_settings_come_along() {
+        // The V1 text format, with its type enum and its own field numbers.
+        let net = parse_net(
+            r#"layers { name: "p" type: POWER bottom: "a" top: "b" power_param { power: 2 shift: 1 } }
+layers { name: "s" type: SLICE bottom: "b" top: "c" top: "d" slice_param { slice_point: 1 } }
+layers { name: "g" type: SIGMOID bottom: "c" top: "c" sigmoid_param { engine: CAFFE } }
+layers { name: "t" type: TANH bottom: "d" top: "d" tanh_param { engine: CAFFE } }
+layers { name: "e" type: EXP bottom: "d" top: "e" exp_param { base: 2 } }"#,
+        )
+        .unwrap();
+        let types: Vec<&str> = net.layer.iter().map(|l| l.r#type()).collect();
+        assert_eq!(types, ["Power", "Slice", "Sigmoid", "TanH", "Exp"]);
+        assert_eq!(net.layer[0].power_param.unwrap().shift(), 1.0);
+        assert_eq!(net.layer[1].slice_param.as_ref().unwrap().slice_point, [1]);
+        assert!(net.layer[2].sigmoid_param.is_some() && net.layer[3].tanh_param.is_some());
+        assert_eq!(net.layer[4].exp_param.unwrap().base(), 2.0);
+    }
+
+    #[test]
     fn data_layer_transform_fields_move() {
         let mut l = LayerParameter {
             data_param: Some(DataParameter {

@@ -27,19 +27,39 @@ pub fn cyclic_net(net: &mut NetParameter, context: &str) -> Result<(String, Stri
     // Follow the turned blobs: what reads one makes one, until an
     // InnerProduct, before which the four turns are pooled into one.
     let mut turned = std::collections::HashSet::from([turns.clone()]);
+    // Blobs made from pooled turns: joining them with turned ones again
+    // (a squeeze-and-excitation gate scaling its own trunk) cannot work,
+    // since the pooled side has a quarter of the images.
+    let mut from_pooled = std::collections::HashSet::new();
     let mut pools: Vec<(usize, String)> = Vec::new();
     for i in conv..net.layer.len() {
         let l = &net.layer[i];
         if !l.bottom.iter().any(|b| turned.contains(b)) {
+            let pooled = l.bottom.iter().any(|b| from_pooled.contains(b));
             for t in &l.top {
                 turned.remove(t);
+                if pooled {
+                    from_pooled.insert(t.clone());
+                } else {
+                    from_pooled.remove(t);
+                }
             }
             continue;
+        }
+        if let Some(b) = l.bottom.iter().find(|b| from_pooled.contains(*b)) {
+            return Err(Error::model(
+                context,
+                format!(
+                    "layer '{}' joins the quarter turns with '{b}', made from them after an InnerProduct pooled them (a squeeze-and-excitation gate?): cyclic pooling cannot turn such a net",
+                    l.name()
+                ),
+            ));
         }
         if l.r#type() == "InnerProduct" {
             if !pools.iter().any(|(_, f)| f == &l.bottom[0]) {
                 pools.push((i, l.bottom[0].clone()));
             }
+            from_pooled.extend(l.top.iter().cloned());
             continue;
         }
         if matches!(
@@ -116,6 +136,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("already has cyclic layers"));
+    }
+
+    #[test]
+    fn a_squeeze_and_excitation_gate_is_refused_by_name() {
+        let text = r#"layer { name: "data" type: "Input" top: "data" }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" }
+layer { name: "se_pool" type: "Pooling" bottom: "c1" top: "se_pool" }
+layer { name: "se_fc" type: "InnerProduct" bottom: "se_pool" top: "se_fc" }
+layer { name: "se_gate" type: "Sigmoid" bottom: "se_fc" top: "se_fc" }
+layer { name: "se_scale" type: "Scale" bottom: "c1" bottom: "se_fc" top: "c1s" }
+layer { name: "fc" type: "InnerProduct" bottom: "c1s" top: "fc" }
+"#;
+        let mut net: NetParameter =
+            crate::caffe::prototxt::parse(text, std::path::Path::new("n")).unwrap();
+        let e = cyclic_net(&mut net, "n").unwrap_err().to_string();
+        assert!(
+            e.contains("layer 'se_scale'")
+                && e.contains("'se_fc'")
+                && e.contains("squeeze-and-excitation"),
+            "{e}"
+        );
     }
 
     #[test]

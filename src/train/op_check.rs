@@ -302,13 +302,16 @@ fn bottoms_of(name: &str) -> usize {
     }
 }
 
+/// A layer built for a case, with its top shapes.
+type Built = (Box<dyn Layer>, Vec<Vec<usize>>);
+
 /// The layer (with `bottoms` inputs of `shape`) and its top shapes.
 fn build(
     param: &LayerParameter,
     compute: &Compute,
     shape: &[usize],
     bottoms: usize,
-) -> Result<(Box<dyn Layer>, Vec<Vec<usize>>)> {
+) -> Result<Built> {
     let ctx = BuildContext::new(".", 7, Phase::Train, compute);
     let mut layer = create(param, &ctx, 0)?;
     let tops = layer.setup(&vec![shape.to_vec(); bottoms])?;
