@@ -582,6 +582,94 @@ fn concat_of_two_branches_retraces_the_unsplit_net() {
     }
 }
 
+/// The fixture's Data layer for one phase (8 images a batch, its own mean).
+fn fixture_data(phase: &str) -> String {
+    format!(
+        r#"layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: {phase} }}
+  transform_param {{ mean_file: "{0}/data/color64_mean.binaryproto" }}
+  data_param {{ source: "{0}/data/color64_lmdb" batch_size: 8 backend: LMDB }} }}
+"#,
+        common::fixture("tiny-net").display()
+    )
+}
+
+/// A 4-way InnerProduct classifier on `bottom`, its SoftmaxWithLoss and a
+/// TEST-phase Accuracy against the fixture's labels.
+fn classifier(bottom: &str) -> String {
+    format!(
+        r#"layer {{ name: "fc" type: "InnerProduct" bottom: "{bottom}" top: "fc"
+  inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+"#
+    )
+}
+
+/// Trains `net` (prototxt text) for 30 iterations on the CPU kernels with
+/// SGD at `base_lr` (momentum 0.9, weight decay 5e-4, a test at 15 and 30,
+/// snapshots at 15 and 30 under `dir/prefix`), and checks that its loss
+/// falls, that a resume from iteration 15 repeats the rest bit for bit, and
+/// that the tensor-op (GPU) code path on the CPU stays within
+/// `tolerance(iteration)` of it. Returns the CPU run.
+fn train_resume_and_track(
+    dir: &Path,
+    net: &str,
+    prefix: &str,
+    base_lr: f32,
+    tolerance: impl Fn(usize) -> f32,
+) -> Solver {
+    let fixture = common::fixture("tiny-net");
+    let net_file = dir.join(format!("{prefix}.prototxt"));
+    std::fs::write(&net_file, net).unwrap();
+    let solver = dir.join(format!("{prefix}_solver.prototxt"));
+    std::fs::write(
+        &solver,
+        format!(
+            "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: {base_lr}\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
+            net_file.display()
+        ),
+    )
+    .unwrap();
+    let options = |name: &str, tensor_ops: bool| flickr_style::train::solver::SolverOptions {
+        tensor_ops,
+        ..common::solver_options(&fixture, solver.to_str().unwrap(), &dir.join(name))
+    };
+    let mut s = Solver::new(&options(prefix, false)).unwrap();
+    s.solve().unwrap();
+    let losses: Vec<f32> = s.trajectory.iter().map(|x| x.1).collect();
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    eprintln!(
+        "{prefix}: loss {} -> {}",
+        mean(&losses[..5]),
+        mean(&losses[25..])
+    );
+    assert!(
+        mean(&losses[25..]) < mean(&losses[..5]) - 0.05,
+        "{losses:?}"
+    );
+
+    let mut r = Solver::new(&options(&format!("{prefix}_resumed"), false)).unwrap();
+    r.restore(&dir.join(format!("{prefix}_iter_15.solverstate")))
+        .unwrap();
+    r.solve().unwrap();
+    assert_eq!(r.trajectory, s.trajectory[15..].to_vec());
+    assert_eq!(
+        r.test_results.last().unwrap().2,
+        s.test_results.last().unwrap().2
+    );
+
+    let mut g = Solver::new(&options(&format!("{prefix}_tensor"), true)).unwrap();
+    assert!(g.train.uses_tensor_ops());
+    g.solve().unwrap();
+    for ((it, a), (_, b)) in g.trajectory.iter().zip(&s.trajectory) {
+        assert!(
+            (a - b).abs() / b < tolerance(*it),
+            "tensor ops at {it}: {a} vs {b}"
+        );
+    }
+    s
+}
+
 /// A small residual net on the fixture's data: conv, BatchNorm, Scale and
 /// ReLU, then a block of two such convolutions whose output an Eltwise SUM
 /// adds to its input (ResNet's shortcut), global average pooling and a
@@ -592,17 +680,7 @@ fn concat_of_two_branches_retraces_the_unsplit_net() {
 /// bit; and the GPU code path (tensor ops, on the CPU) tracks the CPU one.
 #[test]
 fn residual_net_with_batch_norm_trains_and_resumes_exactly() {
-    let dir = common::fixture("tiny-net");
     let t = tempfile::tempdir().unwrap();
-    let data = |phase: &str| {
-        format!(
-            r#"layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: {phase} }}
-  transform_param {{ mean_file: "{0}/data/color64_mean.binaryproto" }}
-  data_param {{ source: "{0}/data/color64_lmdb" batch_size: 8 backend: LMDB }} }}
-"#,
-            dir.display()
-        )
-    };
     let conv_bn = |name: &str, bottom: &str, k: u32, stride: u32, relu: bool| {
         let pad = k / 2;
         let mut s = format!(
@@ -623,44 +701,15 @@ layer {{ name: "{name}_scale" type: "Scale" bottom: "{name}" top: "{name}" scale
 {}{}{}{}{}layer {{ name: "sum" type: "Eltwise" bottom: "conv1" bottom: "b2" top: "sum" }}
 layer {{ name: "sum_relu" type: "ReLU" bottom: "sum" top: "sum" }}
 layer {{ name: "pool" type: "Pooling" bottom: "sum" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
-layer {{ name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
-  inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
-layer {{ name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
-layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
-"#,
-        data("TRAIN"),
-        data("TEST"),
+{}"#,
+        fixture_data("TRAIN"),
+        fixture_data("TEST"),
         conv_bn("conv1", "data", 5, 4, true),
         conv_bn("b1", "conv1", 3, 1, true),
         conv_bn("b2", "b1", 3, 1, false),
+        classifier("pool"),
     );
-    std::fs::write(t.path().join("net.prototxt"), net).unwrap();
-    let solver = t.path().join("solver.prototxt");
-    std::fs::write(
-        &solver,
-        format!(
-            "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: 0.01\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
-            t.path().join("net.prototxt").display()
-        ),
-    )
-    .unwrap();
-    let options = |prefix: &str, tensor_ops: bool| flickr_style::train::solver::SolverOptions {
-        tensor_ops,
-        ..common::solver_options(&dir, solver.to_str().unwrap(), &t.path().join(prefix))
-    };
-    let mut s = Solver::new(&options("res", false)).unwrap();
-    s.solve().unwrap();
-    let losses: Vec<f32> = s.trajectory.iter().map(|x| x.1).collect();
-    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    eprintln!(
-        "residual net: loss {} -> {}",
-        mean(&losses[..5]),
-        mean(&losses[25..])
-    );
-    assert!(
-        mean(&losses[25..]) < mean(&losses[..5]) - 0.05,
-        "{losses:?}"
-    );
+    train_resume_and_track(t.path(), &net, "res", 0.01, |_| 1e-4);
 
     let snap = read_caffemodel(&t.path().join("res_iter_30.caffemodel")).unwrap();
     let mut factor = 0f32;
@@ -675,23 +724,6 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: 
             l.blobs[1].values().iter().all(|&v| v > 0.0),
             "{bn} variances"
         );
-    }
-
-    let mut r = Solver::new(&options("res_resumed", false)).unwrap();
-    r.restore(&t.path().join("res_iter_15.solverstate"))
-        .unwrap();
-    r.solve().unwrap();
-    assert_eq!(r.trajectory, s.trajectory[15..].to_vec());
-    assert_eq!(
-        r.test_results.last().unwrap().2,
-        s.test_results.last().unwrap().2
-    );
-
-    let mut g = Solver::new(&options("res_tensor", true)).unwrap();
-    assert!(g.train.uses_tensor_ops());
-    g.solve().unwrap();
-    for ((it, a), (_, b)) in g.trajectory.iter().zip(&s.trajectory) {
-        assert!((a - b).abs() / b < 1e-4, "tensor ops at {it}: {a} vs {b}");
     }
 }
 
@@ -708,17 +740,7 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: 
 /// ops, on the CPU) tracks the CPU kernels.
 #[test]
 fn neuron_and_slice_layers_train_and_resume_exactly() {
-    let dir = common::fixture("tiny-net");
     let t = tempfile::tempdir().unwrap();
-    let data = |phase: &str| {
-        format!(
-            r#"layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: {phase} }}
-  transform_param {{ mean_file: "{0}/data/color64_mean.binaryproto" }}
-  data_param {{ source: "{0}/data/color64_lmdb" batch_size: 8 backend: LMDB }} }}
-"#,
-            dir.display()
-        )
-    };
     let net = format!(
         r#"name: "TinyGated"
 {}{}layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
@@ -743,41 +765,23 @@ layer {{ name: "cut" type: "Slice" bottom: "se" top: "kept" top: "unused" slice_
 layer {{ name: "silence" type: "Silence" bottom: "unused" }}
 layer {{ name: "pool" type: "Pooling" bottom: "kept" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
 layer {{ name: "gain" type: "Power" bottom: "pool" top: "pool" power_param {{ scale: 2 }} }}
-layer {{ name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
-  inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
-layer {{ name: "accuracy" type: "Accuracy" bottom: "fc" bottom: "label" top: "accuracy" include {{ phase: TEST }} }}
-layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
-"#,
-        data("TRAIN"),
-        data("TEST"),
+{}"#,
+        fixture_data("TRAIN"),
+        fixture_data("TEST"),
+        classifier("pool"),
     );
-    std::fs::write(t.path().join("net.prototxt"), net).unwrap();
-    let solver = t.path().join("solver.prototxt");
-    std::fs::write(
-        &solver,
-        format!(
-            "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: 0.02\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
-            t.path().join("net.prototxt").display()
-        ),
-    )
-    .unwrap();
-    let options = |prefix: &str, tensor_ops: bool| flickr_style::train::solver::SolverOptions {
-        tensor_ops,
-        ..common::solver_options(&dir, solver.to_str().unwrap(), &t.path().join(prefix))
-    };
-    let mut s = Solver::new(&options("gated", false)).unwrap();
-    s.solve().unwrap();
-    let losses: Vec<f32> = s.trajectory.iter().map(|x| x.1).collect();
-    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    eprintln!(
-        "gated net: loss {} -> {}",
-        mean(&losses[..5]),
-        mean(&losses[25..])
-    );
-    assert!(
-        mean(&losses[25..]) < mean(&losses[..5]) - 0.05,
-        "{losses:?}"
-    );
+    // The paths round differently (the CPU kernels sum PReLU's slope
+    // gradient in f64, candle in f32; the convolutions' sums run in other
+    // orders): 1e-7 at first, growing as training feeds it back, most when
+    // a value crosses a kink (measured: at most 3e-7 to iteration 21, then
+    // up to 2e-4).
+    train_resume_and_track(t.path(), &net, "gated", 0.02, |it| {
+        if it < 20 {
+            1e-5
+        } else {
+            1e-3
+        }
+    });
 
     let snap = read_caffemodel(&t.path().join("gated_iter_30.caffemodel")).unwrap();
     let prelu = snap.layer.iter().find(|l| l.name() == "prelu1").unwrap();
@@ -788,30 +792,4 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: 
         slopes.iter().any(|&v| (v - 0.25).abs() > 1e-4),
         "{slopes:?}"
     );
-
-    let mut r = Solver::new(&options("gated_resumed", false)).unwrap();
-    r.restore(&t.path().join("gated_iter_15.solverstate"))
-        .unwrap();
-    r.solve().unwrap();
-    assert_eq!(r.trajectory, s.trajectory[15..].to_vec());
-    assert_eq!(
-        r.test_results.last().unwrap().2,
-        s.test_results.last().unwrap().2
-    );
-
-    let mut g = Solver::new(&options("gated_tensor", true)).unwrap();
-    assert!(g.train.uses_tensor_ops());
-    g.solve().unwrap();
-    // The paths round differently (the CPU kernels sum PReLU's slope
-    // gradient in f64, candle in f32; the convolutions' sums run in other
-    // orders): 1e-7 at first, growing as training feeds it back, most when
-    // a value crosses a kink (measured: at most 3e-7 to iteration 21, then
-    // up to 2e-4).
-    for ((it, a), (_, b)) in g.trajectory.iter().zip(&s.trajectory) {
-        let tolerance = if *it < 20 { 1e-5 } else { 1e-3 };
-        assert!(
-            (a - b).abs() / b < tolerance,
-            "tensor ops at {it}: {a} vs {b}"
-        );
-    }
 }

@@ -7,6 +7,24 @@ use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal, Uniform};
 
+/// Values for a blob of `shape` from the layer's filler, or when it gives
+/// none, the constant `default` (Caffe's per-layer default: Scale's factor
+/// 1, PReLU's slope 0.25).
+pub fn fill_or_constant(
+    param: Option<&FillerParameter>,
+    default: f32,
+    shape: &[usize],
+    seed: u64,
+    context: &str,
+) -> Result<Vec<f32>> {
+    let constant = FillerParameter {
+        r#type: Some("constant".into()),
+        value: Some(default),
+        ..Default::default()
+    };
+    fill(param.unwrap_or(&constant), shape, seed, context)
+}
+
 /// Values for a blob of `shape` (`shape[0]` outputs, `shape[1]` inputs).
 pub fn fill(
     param: &FillerParameter,

@@ -3,9 +3,9 @@
 //! unless a filler says otherwise. On the CPU parallel passes over the rows
 //! (slope gradients summed in f64); elsewhere candle ops, their twin.
 use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
-use crate::caffe::proto::{FillerParameter, PReLuParameter, Phase};
+use crate::caffe::proto::{PReLuParameter, Phase};
 use crate::error::{Error, Result};
-use crate::train::filler::fill;
+use crate::train::filler::fill_or_constant;
 use crate::train::kernels::{channel_sums, lane_sum, per_channel};
 use candle_core::{Device, Tensor};
 
@@ -100,17 +100,7 @@ impl Layer for PRelu {
             (shape[0], channels, inner)
         };
         let blob = vec![if self.p.channel_shared() { 1 } else { channels }];
-        let quarter = FillerParameter {
-            r#type: Some("constant".into()),
-            value: Some(0.25),
-            ..Default::default()
-        };
-        let slopes = fill(
-            self.p.filler.as_ref().unwrap_or(&quarter),
-            &blob,
-            self.seed,
-            &self.ctx,
-        )?;
+        let slopes = fill_or_constant(self.p.filler.as_ref(), 0.25, &blob, self.seed, &self.ctx)?;
         self.params = vec![Tensor::from_vec(slopes, blob, &self.device)?];
         Ok(vec![shape.clone()])
     }

@@ -6,9 +6,9 @@
 //! shift is learned. On the CPU one parallel pass over the rows
 //! (per-channel sums in f64); elsewhere candle ops, their twin.
 use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
-use crate::caffe::proto::{FillerParameter, Phase, ScaleParameter};
+use crate::caffe::proto::{Phase, ScaleParameter};
 use crate::error::{Error, Result};
-use crate::train::filler::fill;
+use crate::train::filler::{fill, fill_or_constant};
 use crate::train::kernels::{channel_sums, lane_sum, per_channel};
 use candle_core::{Device, Tensor};
 
@@ -195,17 +195,8 @@ impl Layer for Scale {
         self.params.clear();
         if !self.factor_bottom {
             // Caffe's default factor is 1; the shift's default filler is 0.
-            let one = FillerParameter {
-                r#type: Some("constant".into()),
-                value: Some(1.0),
-                ..Default::default()
-            };
-            let factor = fill(
-                self.p.filler.as_ref().unwrap_or(&one),
-                &blob,
-                self.seed,
-                &self.ctx,
-            )?;
+            let factor =
+                fill_or_constant(self.p.filler.as_ref(), 1.0, &blob, self.seed, &self.ctx)?;
             self.params
                 .push(Tensor::from_vec(factor, blob.clone(), &self.device)?);
         }
