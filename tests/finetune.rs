@@ -299,12 +299,12 @@ fn bad_inputs_are_clear_errors() {
         "{e}"
     );
     // An unsupported type.
-    let solver = edited_net(p, |s| s.replacen("type: \"ReLU\"", "type: \"Swish\"", 1));
+    let solver = edited_net(p, |s| s.replacen("type: \"ReLU\"", "type: \"Axpy\"", 1));
     let e = solver_in(p, solver.to_str().unwrap(), &p.join("x"))
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("\"Swish\" is not supported"), "{e}");
+    assert!(e.contains("\"Axpy\" is not supported"), "{e}");
     // Wrong blob count in the weights.
     let solver = edited_net(p, |s| {
         s.replacen(

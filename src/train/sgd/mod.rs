@@ -159,32 +159,121 @@ pub fn sgd_update(
             net.set_param(i, new_w);
             continue;
         }
-        let (new_w, new_h) = with_f32(&w, |ws| {
-            with_f32(&g, |gs| {
-                with_f32(hist, |hs| {
-                    let mut nw = vec![0.0f32; ws.len()];
-                    let mut nh = vec![0.0f32; ws.len()];
-                    nw.par_chunks_mut(1 << 14)
-                        .zip(nh.par_chunks_mut(1 << 14))
-                        .enumerate()
-                        .for_each(|(c, (nw, nh))| {
-                            let off = c << 14;
-                            for j in 0..nw.len() {
-                                let w = ws[off + j];
-                                let hn = step.history(w, gs[off + j], hs[off + j]);
-                                nh[j] = hn;
-                                nw[j] = w - hn;
-                            }
-                        });
-                    (nw, nh)
-                })
-            })
-        })???;
-        *hist = Tensor::from_vec(new_h, hist.shape(), hist.device())?;
-        let shape = w.shape().clone();
-        net.set_param(i, Tensor::from_vec(new_w, shape, w.device())?);
+        // In place, in one pass over weights, gradient and history: the
+        // update is bound by memory (CaffeNet's 57M weights), and fresh
+        // buffers would cost more than the arithmetic.
+        // (Views are copied first, so only whole, contiguous blobs are rewritten.)
+        let w = w.contiguous()?;
+        if !hist.is_contiguous() {
+            *hist = hist.contiguous()?;
+        }
+        w.inplace_op1(&StepInPlace {
+            step,
+            hist,
+            grad: &g.contiguous()?,
+        })?;
+        net.set_param(i, w);
     }
     Ok(clipped)
+}
+
+/// The host values of a contiguous f32 tensor's storage, or an error naming `op`.
+fn host_values<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor"),
+    }
+}
+
+/// The mutable host values of a contiguous f32 tensor's storage.
+fn host_values_mut<'a>(
+    s: &'a mut candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor"),
+    }
+}
+
+/// Elements per parallel task of the in-place pass.
+const CHUNK: usize = 1 << 14;
+
+/// One SGD step of a parameter on the host, in place: holding its weights'
+/// storage, it rewrites the history (the inner op, which holds that
+/// storage) and the weights together, element by element.
+struct StepInPlace<'a> {
+    step: ParamStep,
+    hist: &'a Tensor,
+    grad: &'a Tensor,
+}
+
+impl candle_core::InplaceOp1 for StepInPlace<'_> {
+    fn name(&self) -> &'static str {
+        "sgd_step_in_place"
+    }
+    fn cpu_fwd(
+        &self,
+        w: &mut candle_core::CpuStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let w = host_values_mut(w, lw, self.name())?;
+        self.hist.inplace_op2(
+            self.grad,
+            &HistoryAndWeights {
+                step: self.step,
+                w: std::sync::Mutex::new(w),
+            },
+        )
+    }
+}
+
+/// `h = rate * prepared(w, g) + momentum * h`, then `w -= h`, over the
+/// history's storage and the weights [`StepInPlace`] lends it.
+struct HistoryAndWeights<'a> {
+    step: ParamStep,
+    w: std::sync::Mutex<&'a mut [f32]>,
+}
+
+impl candle_core::InplaceOp2 for HistoryAndWeights<'_> {
+    fn name(&self) -> &'static str {
+        "sgd_history_and_weights"
+    }
+    fn cpu_fwd(
+        &self,
+        h: &mut candle_core::CpuStorage,
+        lh: &candle_core::Layout,
+        g: &candle_core::CpuStorage,
+        lg: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let g = host_values(g, lg, self.name())?;
+        let h = host_values_mut(h, lh, self.name())?;
+        let mut w = self.w.lock().map_err(|_| {
+            candle_core::Error::Msg(format!("{}: weights lock poisoned", self.name()))
+        })?;
+        if w.len() != h.len() || g.len() != h.len() {
+            candle_core::bail!(
+                "{}: weights, gradient and history differ in size",
+                self.name()
+            );
+        }
+        h.par_chunks_mut(CHUNK)
+            .zip(w.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|((h, w), g)| {
+                for ((h, w), &g) in h.iter_mut().zip(w.iter_mut()).zip(g) {
+                    let hn = self.step.history(*w, g, *h);
+                    *h = hn;
+                    *w -= hn;
+                }
+            });
+        Ok(())
+    }
 }
 
 /// One parameter's step under an adaptive rule: its histories are replaced
