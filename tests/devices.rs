@@ -12,8 +12,8 @@ fn check_ops_passes_on_the_cpu() {
     assert!(ok, "{out}\n{err}");
     // 32 tensor-op cases (25 layers, 2 SGD updates, the 5 other solver
     // types), 15 on the fused path, then the 6 layers with matrix products in bf16.
-    assert!(out.contains("All 68 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 68, "{out}");
+    assert!(out.contains("All 69 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 69, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()

@@ -267,6 +267,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Reshape (copy, infer)",
+        r#"name: "r" type: "Reshape" reshape_param { shape { dim: 0 dim: -1 dim: 2 } }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
         "InnerProduct",
         r#"name: "f" type: "InnerProduct" inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
         [3, 2, 3, 3],

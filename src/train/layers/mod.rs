@@ -9,7 +9,6 @@ mod conv;
 mod cyclic;
 mod data;
 mod eltwise;
-mod flatten;
 mod infogain;
 mod inner_product;
 mod loss;
@@ -17,6 +16,7 @@ mod lrn;
 mod neuron;
 mod pool;
 mod prelu;
+mod reshape;
 mod scale;
 mod simple;
 mod slice;
@@ -287,7 +287,8 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
         "Eltwise" => Box::new(eltwise::Eltwise::new(param.eltwise_param.clone(), name)?),
-        "Flatten" => Box::new(flatten::Flatten::new(param.flatten_param, name)),
+        "Flatten" => Box::new(reshape::Flatten::new(param.flatten_param, name)),
+        "Reshape" => Box::new(reshape::Reshape::new(param.reshape_param.clone(), name)?),
         "BatchNorm" => Box::new(batch_norm::BatchNorm::new(param.batch_norm_param, ctx.phase, ctx.device.clone(), path, name)),
         "Scale" => Box::new(scale::Scale::new(param.scale_param.clone(), ctx.device.clone(), path, seed, name)),
         "PReLU" => Box::new(prelu::PRelu::new(param.prelu_param.clone(), ctx.device.clone(), path, seed, name)),
@@ -301,7 +302,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Flatten, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Flatten, Reshape, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
