@@ -190,10 +190,10 @@ pub fn run(
             eprintln!("{m}");
         }
     };
-    if opts.probe && (opts.rotate90 || opts.augment.is_some()) {
+    if opts.probe && opts.augment.is_some() {
         return Err(Error::invalid(
             "--probe",
-            "trains on each image's features once, unturned and unwarped; drop --rotate90 and --augment (or fine-tune without --probe)",
+            "trains on features saved once per view, not on fresh random warps; drop --augment (--rotate90 gives the probe each image's eight flips and turns), or fine-tune without --probe",
         ));
     }
     if opts.measure && matches!(opts.dataset, Dataset::FlickrStyle(_)) {
@@ -370,13 +370,30 @@ pub fn run(
             verbose: opts.verbose,
             stop: Some(stop.clone()),
             shuffle: true,
+            views: if opts.rotate90 {
+                crate::train::tta::Tta::Dihedral
+            } else {
+                crate::train::tta::Tta::None
+            },
         })?;
+        let (views, turn) = if opts.rotate90 {
+            (8, " --rotate90")
+        } else {
+            (1, "")
+        };
         say(format!(
-            "      trained {} on {} of {} training images",
-            p.classifier, p.feature, p.train.rows
+            "      trained {} on {} of {} training images{}",
+            p.classifier,
+            p.feature,
+            p.train.rows / views,
+            if views > 1 {
+                " in their eight flips and turns"
+            } else {
+                ""
+            }
         ));
         say(format!(
-            "      to fine-tune the whole net from this classifier (linear probe, then fine-tuning): flickr-style finetune --solver {} --weights {}",
+            "      to fine-tune the whole net from this classifier (linear probe, then fine-tuning): flickr-style finetune --solver {} --weights {}{turn}",
             solver_path.display(),
             final_model.display()
         ));

@@ -259,6 +259,7 @@ fn the_probe_trains_as_a_frozen_finetune_does() {
             verbose: false,
             stop: None,
             shuffle: false,
+            views: flickr_style::train::tta::Tta::None,
         })
         .unwrap()
     };
@@ -523,4 +524,111 @@ fn compute_mean_averages_a_feature_lmdb() {
             "{i}: {got} vs {want}"
         );
     }
+}
+
+/// Views of each image (the probe's augmentation): the rows of the mirror
+/// view of the `data` blob are the unchanged rows mirrored, under the same
+/// labels and names marked `#mirror`; the probe trains on each training
+/// image's views (and its saved features follow the views asked for).
+#[test]
+fn views_add_a_row_per_view_and_the_probe_trains_on_them() {
+    use flickr_style::train::compute::Compute;
+    use flickr_style::train::features::{extract, FeatureOptions, SaveOptions};
+    use flickr_style::train::tta::Tta;
+    let t = tempfile::tempdir().unwrap();
+    let dir = fixture("tiny-net");
+    let weights = dir.join("snapshots/init_iter_0.caffemodel");
+    let blobs = ["data".to_string()];
+    let views = Tta::Mirror.views();
+    let saved = extract(&FeatureOptions {
+        model: &dir.join("train_val.prototxt"),
+        weights: &[weights.as_path()],
+        base_dir: &dir,
+        compute: &Compute::cpu(),
+        source: None,
+        iterations: None,
+        shuffle_keys: None,
+        stop: None,
+        save: SaveOptions {
+            blobs: &blobs,
+            out: &t.path().join("views"),
+            lmdb: false,
+            force: false,
+        },
+        extra_views: &views[1..],
+    })
+    .unwrap();
+    assert_eq!(saved.rows, 48);
+    let (shape, values) = npy(&saved.blobs[0].npy);
+    assert_eq!(shape[0], 48);
+    let (c, h, w) = (shape[1], shape[2], shape[3]);
+    let per = c * h * w;
+    let index = std::fs::read_to_string(&saved.index).unwrap();
+    let rows: Vec<Vec<&str>> = index
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    // Batches of 8: the 8 images, then their mirror images.
+    for batch in 0..3 {
+        for i in 0..8 {
+            let (a, b) = (batch * 16 + i, batch * 16 + 8 + i);
+            assert_eq!(rows[b][1], format!("{}#mirror", rows[a][1]));
+            assert_eq!(rows[b][2], rows[a][2], "labels");
+            for p in 0..c * h {
+                for x in 0..w {
+                    assert_eq!(
+                        values[b * per + p * w + x],
+                        values[a * per + p * w + (w - 1 - x)],
+                        "row {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    let out = t.path().join("probe");
+    let probe = |views: &str| {
+        run(
+            &dir,
+            &[
+                "probe",
+                "--solver",
+                "solver.prototxt",
+                "--weights",
+                weights.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--max-iter",
+                "10",
+                "--views",
+                views,
+            ],
+        )
+    };
+    let (ok, stdout, stderr) = probe("dihedral");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("trained fc8 on fc7 (24 training images in 8 views each, 24 test images)"),
+        "{stdout}"
+    );
+    let index = std::fs::read_to_string(out.join("train_features/images.csv")).unwrap();
+    assert_eq!(index.lines().count(), 1 + 24 * 8);
+    assert_eq!(index.matches("#mirror+rot270").count(), 24);
+    // The same views again: both feature sets are reused; other views: the
+    // training features are made anew.
+    let (ok, _, stderr) = probe("dihedral");
+    assert!(
+        ok && stderr.matches("are up to date").count() == 2,
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = probe("mirror");
+    assert!(
+        ok && stderr.matches("are up to date").count() == 1,
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("24 training images in 2 views each"),
+        "{stdout}"
+    );
 }

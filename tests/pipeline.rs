@@ -496,8 +496,18 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     )
     .unwrap();
     assert_eq!(json["images"], 8);
+    let (ok, err) = run(&["--probe", "--augment", "plankton"]);
+    assert!(!ok && err.contains("--augment"), "{err}");
+    // With --rotate90 the probe trains on each image's eight flips and turns.
     let (ok, err) = run(&["--probe", "--rotate90"]);
-    assert!(!ok && err.contains("--rotate90"), "{err}");
+    assert!(ok, "{err}");
+    assert!(err.contains("in their eight flips and turns"), "{err}");
+    assert!(err.contains("--rotate90"), "{err}");
+    let index =
+        std::fs::read_to_string(data.join("probe_rot90/train_features/images.csv")).unwrap();
+    let rows = index.lines().count() - 1;
+    assert!(rows > 0 && rows % 8 == 0, "{rows}");
+    assert_eq!(index.matches("#mirror+rot90").count(), rows / 8);
 
     // Padding to squares trains from LMDBs of padded images, with their own
     // mean, beside the unpadded outputs rather than over them.
@@ -586,6 +596,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         "evaluation_cyclic |",
         "evaluation_tta_affine3 |",
         "evaluation_cw0.5_probe |",
+        "evaluation_rot90_probe |",
     ] {
         assert!(out.contains(&format!("data/images/{tag}")), "{tag}: {out}");
     }
@@ -593,7 +604,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         out.lines()
             .filter(|l| l.starts_with("| data/images/"))
             .count(),
-        8,
+        9,
         "{out}"
     );
     for f in [

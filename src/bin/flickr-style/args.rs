@@ -540,8 +540,10 @@ pub(crate) struct PipelineArgs {
     pub(crate) cyclic: bool,
     /// Train only the classifier, on the pretrained net's features (see `probe --help`), instead
     /// of fine-tuning the whole net: one forward pass over the images, then seconds of training,
-    /// so a first model on a CPU takes minutes. Outputs are tagged _probe.
-    #[arg(long, conflicts_with_all = ["rotate90", "augment"])]
+    /// so a first model on a CPU takes minutes. With --rotate90 it trains on the features of
+    /// each training image's eight flips and turns (eight forward passes). Outputs are tagged
+    /// _probe.
+    #[arg(long, conflicts_with = "augment")]
     pub(crate) probe: bool,
     /// Warp each training image by a random affine map (see `finetune --help`); outputs are
     /// tagged _aug<SPEC>.
@@ -802,6 +804,13 @@ pub(crate) struct ProbeArgs {
     /// solver, its snapshot and probe.caffemodel (the pretrained net with the trained classifier).
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// Also train on these views of each training image, a row of saved features each (data
+    /// augmentation for the probe; the forward pass over the training images runs once per
+    /// view): mirror, rot90 (square inputs), dihedral (the eight flips and turns, for subjects
+    /// with no natural up) or affine:N[:RANGES], as `evaluate --tta` takes them. Test images
+    /// are seen once, unchanged.
+    #[arg(long, value_name = "VIEWS", default_value = "none")]
+    pub(crate) views: Tta,
     /// Iterations of the probe's training instead of the solver's max_iter (each one reads a
     /// batch of saved features: milliseconds).
     #[arg(long)]

@@ -546,6 +546,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
             shuffle_keys: None,
             stop: Some(stop),
             save,
+            extra_views: &[],
         })
     } else {
         let images = flickr_style::pipeline::folders::find_images(&a.images)?;
@@ -587,12 +588,24 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
         verbose: true,
         stop: Some(stop),
         shuffle: true,
+        views: a.views,
     })
     .with_context(|| format!("probe of {}", a.solver.display()))?;
-    println!(
-        "trained {} on {} ({} training and {} test images)",
-        p.classifier, p.feature, p.train.rows, p.test.rows
-    );
+    let views = a.views.views().len() as u64;
+    if views > 1 {
+        println!(
+            "trained {} on {} ({} training images in {views} views each, {} test images)",
+            p.classifier,
+            p.feature,
+            p.train.rows / views,
+            p.test.rows
+        );
+    } else {
+        println!(
+            "trained {} on {} ({} training and {} test images)",
+            p.classifier, p.feature, p.train.rows, p.test.rows
+        );
+    }
     if let Some((iter, _, outputs)) = p.tests.last() {
         let shown: Vec<String> = outputs
             .iter()

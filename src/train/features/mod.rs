@@ -21,6 +21,7 @@ use super::classify::{self, ClassifyOptions};
 use super::compute::Compute;
 use super::evaluate::{images_per_pass, trained_nets, use_source};
 use super::layers::{to_vec, BuildContext};
+use super::tta::View;
 use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{NetParameter, Phase};
 use crate::error::{Error, Result};
@@ -66,6 +67,10 @@ pub struct FeatureOptions<'a> {
     pub stop: Option<Arc<AtomicBool>>,
     /// What to save.
     pub save: SaveOptions<'a>,
+    /// Views of each batch saved after it (mirror images, quarter turns,
+    /// warps: `Tta::views` without its first, the unchanged image), each
+    /// image's rows one per view; empty: the images as the net reads them.
+    pub extra_views: &'a [View],
 }
 
 /// One saved blob.
@@ -150,11 +155,12 @@ pub(crate) fn extract_from(def: &NetParameter, o: &FeatureOptions) -> Result<Fea
         net.forward()?;
         batches += 1;
         let n = saver.batch_rows(&net)?;
+        let per_image = 1 + o.extra_views.len() as u64;
         if batches == 1 {
             let total = images.unwrap_or_else(|| (max_batches as u64).saturating_mul(n as u64));
             bar.set_length(total);
             if let Some(seed) = o.shuffle_keys {
-                saver.keys = shuffled(total, seed)?;
+                saver.keys = shuffled(total.saturating_mul(per_image), seed)?;
             }
         }
         let take = images.map_or(n, |t| ((t - seen) as usize).min(n));
@@ -164,6 +170,24 @@ pub(crate) fn extract_from(def: &NetParameter, o: &FeatureOptions) -> Result<Fea
             None => None,
         };
         saver.add(&net, take, names.as_deref(), labels.as_deref())?;
+        if !o.extra_views.is_empty() {
+            let batch = net.batch().ok_or_else(|| {
+                Error::model(
+                    o.model.display(),
+                    "views of the images need one data layer reading a list or an LMDB",
+                )
+            })?;
+            for view in o.extra_views {
+                let mut viewed = batch.clone();
+                viewed[0] = view.apply(&batch[0])?;
+                net.forward_batch(viewed)?;
+                // The same images and labels, their names marked with the view.
+                let marked: Option<Vec<String>> = names
+                    .as_ref()
+                    .map(|ns| ns.iter().map(|s| format!("{s}#{view}")).collect());
+                saver.add(&net, take, marked.as_deref(), labels.as_deref())?;
+            }
+        }
         seen += take as u64;
         bar.inc(take as u64);
     }

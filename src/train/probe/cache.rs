@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 pub(super) const STAMP: &str = "made_from.json";
 
 /// What a feature pass depends on: the net that ran (as text), the blob,
-/// the key order, and the size and time of the weights and of the files its
+/// the key order, the views saved, and the size and time of the weights and of the files its
 /// data layers read (source list or LMDB, mean file). Equal stamps mean the
 /// saved features can be used again, so a rerun (a different `--max-iter`,
 /// a run resumed after Ctrl-C) skips the forward pass.
@@ -18,6 +18,7 @@ pub(super) fn stamp(
     weights: &[PathBuf],
     blob: &str,
     shuffle: Option<u64>,
+    views: &str,
 ) -> String {
     let file = |p: &Path| {
         let p = if p.is_dir() {
@@ -51,6 +52,7 @@ pub(super) fn stamp(
         "net": prototxt::to_string(def),
         "blob": blob,
         "shuffle": shuffle,
+        "views": views,
         "inputs": inputs,
     })
     .to_string()

@@ -19,6 +19,7 @@ use super::features::{extract_from, FeatureOptions, Features, SaveOptions};
 use super::layers::BuildContext;
 use super::net::Net;
 use super::solver::{Solver, SolverOptions, TestResult};
+use super::tta::Tta;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::{NetParameter, Phase, SolverParameter};
 use crate::caffe::{prototxt, write_binary};
@@ -64,6 +65,10 @@ pub struct ProbeOptions<'a> {
     /// probe trains exactly as fine-tuning with every layer below the
     /// classifier frozen would on unaugmented data (tested).
     pub shuffle: bool,
+    /// Train on these views of each training image too (its mirror image,
+    /// its quarter turns, warps), a row of features each: the probe's data
+    /// augmentation. The test images are seen once, unchanged.
+    pub views: Tta,
 }
 
 /// What [`probe`] made.
@@ -127,43 +132,53 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
     // because a Data layer reads in key order.
     let blobs = [cut.feature.clone()];
     let seed = param.random_seed().max(0) as u64;
-    let save = |def: &NetParameter, dir: &str, shuffle: Option<u64>| -> Result<Features> {
-        let dir = out.join(dir);
-        let stamp = stamp(def, &base, &weights, &cut.feature, shuffle);
-        if let Some(f) = cached(&dir, &cut.feature, &stamp) {
-            if o.verbose {
-                eprintln!(
-                    "probe: {} features of {} images are up to date",
-                    dir.display(),
-                    f.rows
-                );
+    let save =
+        |def: &NetParameter, dir: &str, shuffle: Option<u64>, views: Tta| -> Result<Features> {
+            let dir = out.join(dir);
+            let stamp = stamp(
+                def,
+                &base,
+                &weights,
+                &cut.feature,
+                shuffle,
+                &views.to_string(),
+            );
+            let extra_views = &views.views()[1..];
+            if let Some(f) = cached(&dir, &cut.feature, &stamp) {
+                if o.verbose {
+                    eprintln!(
+                        "probe: {} features of {} images are up to date",
+                        dir.display(),
+                        f.rows
+                    );
+                }
+                return Ok(f);
             }
-            return Ok(f);
-        }
-        // A pass that stops part way leaves the old stamp invalid.
-        let _ = std::fs::remove_file(dir.join(STAMP));
-        let f = extract_from(
-            def,
-            &FeatureOptions {
-                model: &net_path,
-                weights: &weight_refs,
-                base_dir: &base,
-                compute: &compute,
-                source: None,
-                iterations: None,
-                save: SaveOptions {
-                    blobs: &blobs,
-                    out: &dir,
-                    lmdb: true,
-                    force: true,
+            // A pass that stops part way leaves the old stamp invalid.
+            let _ = std::fs::remove_file(dir.join(STAMP));
+            let f = extract_from(
+                def,
+                &FeatureOptions {
+                    model: &net_path,
+                    weights: &weight_refs,
+                    base_dir: &base,
+                    compute: &compute,
+                    source: None,
+                    iterations: None,
+                    save: SaveOptions {
+                        blobs: &blobs,
+                        out: &dir,
+                        lmdb: true,
+                        force: true,
+                    },
+                    shuffle_keys: shuffle,
+                    stop: o.stop.clone(),
+                    extra_views,
                 },
-                shuffle_keys: shuffle,
-                stop: o.stop.clone(),
-            },
-        )?;
-        write_atomic(&dir.join(STAMP), stamp.as_bytes())?;
-        Ok(f)
-    };
+            )?;
+            write_atomic(&dir.join(STAMP), stamp.as_bytes())?;
+            Ok(f)
+        };
     if o.verbose {
         eprintln!(
             "probe: saving {} (the input of {}) for the training images",
@@ -175,11 +190,12 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
         &reading_training_data(&def, &cut),
         "train_features",
         o.shuffle.then_some(seed),
+        o.views,
     )?;
     if o.verbose {
         eprintln!("probe: and for the test images");
     }
-    let test = save(&def, "test_features", None)?;
+    let test = save(&def, "test_features", None, Tta::None)?;
 
     let probe_net = out.join("probe_net.prototxt");
     let lmdb = |f: &Features| f.blobs[0].lmdb.clone().expect("saved with an LMDB");
