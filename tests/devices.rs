@@ -10,16 +10,16 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 32 tensor-op cases (25 layers, 2 SGD updates, the 5 other solver
-    // types), 15 on the fused path, then the 6 layers with matrix products in bf16.
-    assert!(out.contains("All 69 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 69, "{out}");
+    // 50 tensor-op cases (43 layers, 2 SGD updates, the 5 other solver
+    // types), 17 on the fused path, then the 8 layers with matrix products in bf16.
+    assert!(out.contains("All 75 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 75, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("| ") && l.contains("[bf16]"))
         .collect();
-    assert_eq!(bf16.len(), 6, "{out}");
+    assert_eq!(bf16.len(), 8, "{out}");
     for row in bf16 {
         let forward: f32 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
         assert!(forward > 1e-4, "{row}");

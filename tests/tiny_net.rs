@@ -671,9 +671,10 @@ fn train_resume_and_track(
 }
 
 /// A small residual net on the fixture's data: conv, BatchNorm, Scale and
-/// ReLU, then a block of two such convolutions whose output an Eltwise SUM
-/// adds to its input (ResNet's shortcut), global average pooling and a
-/// classifier. It trains; BatchNorm's blobs are left to the layer even with
+/// ReLU, then a block (a depthwise 3x3 convolution, MobileNet's, on the CPU
+/// its direct kernels; then two 3x3 convolutions with BatchNorm and
+/// Scale) whose output an Eltwise SUM adds to its input (ResNet's
+/// shortcut), global average pooling and a classifier. It trains; BatchNorm's blobs are left to the layer even with
 /// lr_mult 1 and weight decay in the net (Caffe forces lr_mult 0), so the
 /// snapshot's factor is exactly the recurrence `f = 0.999 f + 1` over the
 /// 30 TRAIN passes; a resume from iteration 15 repeats the rest bit for
@@ -698,18 +699,20 @@ layer {{ name: "{name}_scale" type: "Scale" bottom: "{name}" top: "{name}" scale
     };
     let net = format!(
         r#"name: "TinyResNet"
-{}{}{}{}{}layer {{ name: "sum" type: "Eltwise" bottom: "conv1" bottom: "b2" top: "sum" }}
+{}{}{}layer {{ name: "dw" type: "Convolution" bottom: "conv1" top: "dw"
+  convolution_param {{ num_output: 8 group: 8 kernel_size: 3 pad: 1 bias_term: false weight_filler {{ type: "msra" }} }} }}
+{}{}layer {{ name: "sum" type: "Eltwise" bottom: "conv1" bottom: "b2" top: "sum" }}
 layer {{ name: "sum_relu" type: "ReLU" bottom: "sum" top: "sum" }}
 layer {{ name: "pool" type: "Pooling" bottom: "sum" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
 {}"#,
         fixture_data("TRAIN"),
         fixture_data("TEST"),
         conv_bn("conv1", "data", 5, 4, true),
-        conv_bn("b1", "conv1", 3, 1, true),
+        conv_bn("b1", "dw", 3, 1, true),
         conv_bn("b2", "b1", 3, 1, false),
         classifier("pool"),
     );
-    train_resume_and_track(t.path(), &net, "res", 0.01, |_| 1e-4);
+    train_resume_and_track(t.path(), &net, "res", 0.02, |_| 1e-4);
 
     let snap = read_caffemodel(&t.path().join("res_iter_30.caffemodel")).unwrap();
     let mut factor = 0f32;

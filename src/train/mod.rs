@@ -27,6 +27,7 @@ pub mod confusion;
 pub mod cudnn;
 pub mod cyclic;
 pub mod deploy;
+pub mod depthwise;
 pub mod evaluate;
 pub mod features;
 pub mod filler;

@@ -65,6 +65,18 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Convolution 3x3 depthwise s2 p1 (MobileNet)",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 group: 4 weight_filler { type: "msra" } bias_filler { type: "constant" value: 0.1 } }"#,
+        [2, 4, 9, 9],
+        false,
+    ),
+    (
+        "Convolution 5x5 depthwise, 2 outputs per channel, dilation 2",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 6 kernel_size: 5 pad: 3 dilation: 2 group: 3 bias_term: false weight_filler { type: "gaussian" std: 0.2 } }"#,
+        [2, 3, 10, 11],
+        false,
+    ),
+    (
         "Convolution 3x3 dilation 2 s2 p2 no bias",
         r#"name: "c" type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 stride: 2 pad: 2 dilation: 2 bias_term: false weight_filler { type: "xavier" } }"#,
         [2, 3, 11, 10],

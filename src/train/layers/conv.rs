@@ -1,9 +1,12 @@
 //! Convolution as Caffe computes it: im2col, then one matrix product per
 //! group; the backward pass reuses the columns for the weight gradient and
-//! folds `Wᵀ·dy` back with col2im for the input gradient.
+//! folds `Wᵀ·dy` back with col2im for the input gradient. On the CPU, groups
+//! of one input channel each (depthwise, MobileNet's) take the direct
+//! kernels of [`crate::train::depthwise`] instead.
 use super::{nchw, to_vec, with_f32, BackwardArgs, BuildContext, Grads, Layer, OpPath};
 use crate::caffe::proto::{convolution_parameter::Engine, ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
+use crate::train::depthwise;
 use crate::train::filler::fill;
 use crate::train::gemm::{sgemm, View};
 use crate::train::kernels::{col2im_plane, im2col_row, Window};
@@ -51,6 +54,8 @@ pub struct Convolution {
     precision: Precision,
     /// Whether the tensor-op path convolves with cuDNN.
     cudnn: bool,
+    /// CPU path, one input channel per group: the direct depthwise kernels.
+    depthwise: bool,
 }
 
 fn pick(
@@ -109,8 +114,109 @@ impl Convolution {
             path: ctx.path(),
             precision: ctx.precision(),
             cudnn,
+            depthwise: false,
             device: ctx.device.clone(),
         })
+    }
+}
+
+impl Convolution {
+    /// The forward pass of a depthwise convolution on the CPU: each output
+    /// plane from its one input plane, planes in parallel.
+    fn forward_depthwise(&self, x: &Tensor, win: &Window) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let cout = self.num_output;
+        let per_input = cout / self.group;
+        let (hw, plane, taps) = (win.h * win.w, win.oh * win.ow, win.kh * win.kw);
+        let weights = to_vec(&self.params[0])?;
+        let bias = self.params.get(1).map(to_vec).transpose()?;
+        let mut out = vec![0f32; n * cout * plane];
+        with_f32(x, |xs| {
+            out.par_chunks_mut(plane).enumerate().for_each(|(i, y)| {
+                let (img, o) = (i / cout, i % cout);
+                let at = (img * win.c + o / per_input) * hw;
+                let b = bias.as_ref().map_or(0.0, |b| b[o]);
+                depthwise::forward_plane(
+                    &xs[at..at + hw],
+                    &weights[o * taps..(o + 1) * taps],
+                    b,
+                    win,
+                    y,
+                );
+            })
+        })?;
+        Ok(Tensor::from_vec(
+            out,
+            (n, cout, win.oh, win.ow),
+            &self.device,
+        )?)
+    }
+
+    /// The backward pass of a depthwise convolution on the CPU: weight and
+    /// bias gradients summed over the batch in f64 per output channel, the
+    /// input gradient per input plane from the outputs it feeds.
+    fn backward_depthwise(&self, a: &BackwardArgs, dy: &Tensor, win: &Window) -> Result<Grads> {
+        let x = &a.bottom[0];
+        let n = x.dim(0)?;
+        let cout = self.num_output;
+        let per_input = cout / self.group;
+        let (hw, plane, taps) = (win.h * win.w, win.oh * win.ow, win.kh * win.kw);
+        let weights = to_vec(&self.params[0])?;
+        let mut pgrads = vec![None; self.params.len()];
+        let dx = with_f32(dy, |ds| {
+            with_f32(x, |xs| -> Result<Option<Tensor>> {
+                let dy_plane = |img: usize, o: usize| {
+                    &ds[(img * cout + o) * plane..(img * cout + o + 1) * plane]
+                };
+                if self.params.len() > 1 && a.param_grad[1] {
+                    let db: Vec<f32> = (0..cout)
+                        .into_par_iter()
+                        .map(|o| {
+                            (0..n)
+                                .map(|img| f64::from(dy_plane(img, o).iter().sum::<f32>()))
+                                .sum::<f64>() as f32
+                        })
+                        .collect();
+                    pgrads[1] = Some(Tensor::from_vec(db, cout, &self.device)?);
+                }
+                if a.param_grad[0] {
+                    let mut dw = vec![0f32; cout * taps];
+                    dw.par_chunks_mut(taps).enumerate().for_each(|(o, out)| {
+                        let mut acc = vec![0f64; taps];
+                        for img in 0..n {
+                            let at = (img * win.c + o / per_input) * hw;
+                            depthwise::weight_grad_plane(
+                                &xs[at..at + hw],
+                                dy_plane(img, o),
+                                win,
+                                &mut acc,
+                            );
+                        }
+                        for (d, v) in out.iter_mut().zip(acc) {
+                            *d = v as f32;
+                        }
+                    });
+                    pgrads[0] = Some(Tensor::from_vec(dw, self.params[0].shape(), &self.device)?);
+                }
+                if !a.propagate[0] {
+                    return Ok(None);
+                }
+                let mut dx = vec![0f32; n * win.c * hw];
+                dx.par_chunks_mut(hw).enumerate().for_each(|(i, out)| {
+                    let (img, c) = (i / win.c, i % win.c);
+                    for o in c * per_input..(c + 1) * per_input {
+                        depthwise::input_grad_plane(
+                            dy_plane(img, o),
+                            &weights[o * taps..(o + 1) * taps],
+                            win,
+                            out,
+                        );
+                    }
+                });
+                Ok(Some(Tensor::from_vec(dx, x.shape(), &self.device)?))
+            })
+        })???;
+        Ok((vec![dx], pgrads))
     }
 }
 
@@ -179,7 +285,8 @@ impl Layer for Convolution {
             ow,
         };
         self.win = Some(win);
-        if !self.path.tensor_ops() {
+        self.depthwise = !self.path.tensor_ops() && c == g;
+        if !self.path.tensor_ops() && !self.depthwise {
             // The column matrix, the product and the backward's dy and dx
             // columns, for the whole batch (saturating: the net refuses
             // oversized blobs only after setup).
@@ -242,6 +349,10 @@ impl Layer for Convolution {
         let win = self.win.expect("setup ran");
         let x = &bottom[0];
         let n = x.dim(0)?;
+        if self.depthwise {
+            self.batch = n;
+            return Ok(vec![self.forward_depthwise(x, &win)?]);
+        }
         let g = self.group;
         let og = self.num_output / g;
         let k = win.c / g * win.kh * win.kw;
@@ -325,6 +436,9 @@ impl Layer for Convolution {
                 pgrads.push(db);
             }
             return Ok((vec![dx], pgrads));
+        }
+        if self.depthwise {
+            return self.backward_depthwise(a, dy, &win);
         }
         let n = self.batch;
         let g = self.group;
