@@ -27,6 +27,22 @@ fn tiny_features(out: &Path, blobs: &str, extra: &[&str]) -> (bool, String, Stri
     run(&fixture("tiny-net"), &args)
 }
 
+/// Runs `probe` on the tiny net's solver (in the fixture's folder) from
+/// `weights` into `out`, with `extra` arguments.
+fn tiny_probe(out: &Path, weights: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "probe",
+        "--solver",
+        "solver.prototxt",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&fixture("tiny-net"), &args)
+}
+
 #[test]
 fn saved_blobs_equal_caffes_and_the_lmdb_has_extract_features_layout() {
     let t = tempfile::tempdir().unwrap();
@@ -341,22 +357,7 @@ fn probe_writes_a_whole_net_that_scores_as_its_test_phase() {
     let dir = fixture("tiny-net");
     let weights = t.path().join("init.caffemodel");
     std::fs::copy(dir.join("snapshots/init_iter_0.caffemodel"), &weights).unwrap();
-    let probe = |iters: &str| {
-        run(
-            &dir,
-            &[
-                "probe",
-                "--solver",
-                "solver.prototxt",
-                "--weights",
-                weights.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--max-iter",
-                iters,
-            ],
-        )
-    };
+    let probe = |iters: &str| tiny_probe(&out, &weights, &["--max-iter", iters]);
     let (ok, stdout, stderr) = probe("30");
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("up to date"), "{stderr}");
@@ -588,24 +589,7 @@ fn views_add_a_row_per_view_and_the_probe_trains_on_them() {
     }
 
     let out = t.path().join("probe");
-    let probe = |views: &str| {
-        run(
-            &dir,
-            &[
-                "probe",
-                "--solver",
-                "solver.prototxt",
-                "--weights",
-                weights.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--max-iter",
-                "10",
-                "--views",
-                views,
-            ],
-        )
-    };
+    let probe = |views: &str| tiny_probe(&out, &weights, &["--max-iter", "10", "--views", views]);
     let (ok, stdout, stderr) = probe("dihedral");
     assert!(ok, "{stderr}");
     assert!(
