@@ -204,6 +204,18 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Bias (learned, channels and height)",
+        r#"name: "b" type: "Bias" bias_param { num_axes: 2 filler { type: "gaussian" std: 1 } }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
+        "Bias (shift as a second bottom)",
+        r#"name: "b" type: "Bias" bias_param { axis: 0 }"#,
+        [2, 3, 4, 4],
+        false,
+    ),
+    (
         "Flatten (channels and height)",
         r#"name: "f" type: "Flatten" flatten_param { axis: 1 end_axis: 2 }"#,
         [2, 3, 4, 5],

@@ -4,6 +4,7 @@
 //! for a bottom that does not need one).
 
 mod batch_norm;
+mod bias;
 mod concat;
 mod conv;
 mod cyclic;
@@ -291,6 +292,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Reshape" => Box::new(reshape::Reshape::new(param.reshape_param.clone(), name)?),
         "BatchNorm" => Box::new(batch_norm::BatchNorm::new(param.batch_norm_param, ctx.phase, ctx.device.clone(), path, name)),
         "Scale" => Box::new(scale::Scale::new(param.scale_param.clone(), ctx.device.clone(), path, seed, name)),
+        "Bias" => Box::new(bias::Bias::new(param.bias_param.clone(), ctx.device.clone(), path, seed, name)),
         "PReLU" => Box::new(prelu::PRelu::new(param.prelu_param.clone(), ctx.device.clone(), path, seed, name)),
         "Slice" => Box::new(slice::Slice::new(param.slice_param.clone(), param.top.len(), name)?),
         "Split" => Box::new(slice::Split::new(param.top.len())),
@@ -302,7 +304,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Flatten, Reshape, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

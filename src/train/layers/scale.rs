@@ -140,6 +140,56 @@ impl Scale {
     }
 }
 
+/// Where a per-position blob (Scale's factor, Bias's shift) lies over the
+/// first bottom: its axes `axis..axis+num_axes` (`num_axes` -1: to the end),
+/// or with a second bottom that bottom's own axes from `axis` on (Caffe
+/// then ignores `num_axes`). Returns the first bottom as (outer, positions,
+/// inner) and the blob's shape; a second bottom of another shape is an
+/// error naming it as `what`.
+pub(super) fn span(
+    bottom: &[Vec<usize>],
+    axis: i32,
+    num_axes: i32,
+    what: &str,
+    ctx: &str,
+) -> Result<((usize, usize, usize), Vec<usize>)> {
+    let shape = &bottom[0];
+    let n = shape.len() as i64;
+    let start = i64::from(axis);
+    let start = if start < 0 { start + n } else { start };
+    let num_axes = match bottom.get(1) {
+        Some(b) => b.len() as i64,
+        None => i64::from(num_axes),
+    };
+    let end = if num_axes == -1 { n } else { start + num_axes };
+    if !(0..=n).contains(&start) || num_axes < -1 || end > n {
+        return Err(Error::model(
+            ctx,
+            format!(
+                "axis {axis} with num_axes {num_axes} does not fit a bottom of shape {shape:?}"
+            ),
+        ));
+    }
+    let (start, end) = (start as usize, end as usize);
+    let blob: Vec<usize> = shape[start..end].to_vec();
+    if let Some(b) = bottom.get(1) {
+        if b != &blob {
+            return Err(Error::model(
+                ctx,
+                format!(
+                    "its {what} (second bottom) of shape {b:?} does not match axes {start}..{end} of its first bottom {shape:?} (set the layer's axis)"
+                ),
+            ));
+        }
+    }
+    let dims = (
+        shape[..start].iter().product(),
+        blob.iter().product(),
+        shape[end..].iter().product(),
+    );
+    Ok((dims, blob))
+}
+
 impl Layer for Scale {
     fn type_name(&self) -> &'static str {
         "Scale"
@@ -156,42 +206,15 @@ impl Layer for Scale {
             ));
         }
         let shape = &bottom[0];
-        let n = shape.len() as i64;
-        let axis = i64::from(self.p.axis());
-        let axis = if axis < 0 { axis + n } else { axis };
         self.factor_bottom = bottom.len() == 2;
-        // Caffe ignores num_axes when the factor is a bottom: its own axes count.
-        let num_axes = match bottom.get(1) {
-            Some(f) => f.len() as i64,
-            None => i64::from(self.p.num_axes()),
-        };
-        let end = if num_axes == -1 { n } else { axis + num_axes };
-        if !(0..=n).contains(&axis) || num_axes < -1 || end > n {
-            return Err(Error::model(
-                &self.ctx,
-                format!(
-                    "axis {} with num_axes {num_axes} does not fit a bottom of shape {shape:?}",
-                    self.p.axis()
-                ),
-            ));
-        }
-        let (axis, end) = (axis as usize, end as usize);
-        let blob: Vec<usize> = shape[axis..end].to_vec();
-        if let Some(f) = bottom.get(1) {
-            if f != &blob {
-                return Err(Error::model(
-                    &self.ctx,
-                    format!(
-                        "its factor (second bottom) of shape {f:?} does not match axes {axis}..{end} of its first bottom {shape:?} (set scale_param's axis)"
-                    ),
-                ));
-            }
-        }
-        self.dims = (
-            shape[..axis].iter().product(),
-            blob.iter().product(),
-            shape[end..].iter().product(),
-        );
+        let (dims, blob) = span(
+            bottom,
+            self.p.axis(),
+            self.p.num_axes(),
+            "factor",
+            &self.ctx,
+        )?;
+        self.dims = dims;
         self.params.clear();
         if !self.factor_bottom {
             // Caffe's default factor is 1; the shift's default filler is 0.
