@@ -50,6 +50,11 @@ fn sigmoid(x: f32) -> f32 {
     0.5 * (0.5 * x).tanh() + 0.5
 }
 
+/// [`sigmoid`] of every value, as candle ops (the same steps).
+fn sigmoid_tensor(t: &Tensor) -> Result<Tensor> {
+    Ok(t.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)?)
+}
+
 /// `ln(base)` for Exp and Log, whose base -1 stands for e; Caffe refuses
 /// other bases that are not positive.
 fn log_base(base: f32, ctx: &str, field: &str) -> Result<f32> {
@@ -167,17 +172,12 @@ impl Neuron {
                     // Caffe fills the constant without reading x.
                     return if power == 0.0 { 1.0 } else { shift.powf(power) };
                 }
-                let mut v = x;
-                if scale != 1.0 {
-                    v *= scale;
-                }
-                if shift != 0.0 {
-                    v += shift;
-                }
+                let v = Self::shifted(x, scale, shift);
                 if power != 1.0 {
-                    v = v.powf(power);
+                    v.powf(power)
+                } else {
+                    v
                 }
-                v
             }
             Neuron::Exp { inner, outer } => {
                 let e = if inner == 1.0 {
@@ -308,10 +308,8 @@ impl Neuron {
 
     /// [`Neuron::y`] of every value, as candle ops.
     pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
-        let sig =
-            |t: &Tensor| -> Result<Tensor> { Ok(t.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)?) };
         Ok(match *self {
-            Neuron::Sigmoid => sig(x)?,
+            Neuron::Sigmoid => sigmoid_tensor(x)?,
             Neuron::TanH => x.tanh()?,
             Neuron::AbsVal => x.abs()?,
             // relu(x) + log(1 + e^-|x|): both of Caffe's branches at once.
@@ -349,7 +347,7 @@ impl Neuron {
                 .affine(f64::from(scale), f64::from(shift))?
                 .log()?
                 .affine(f64::from(base_scale), 0.0)?,
-            Neuron::Swish { beta } => (x * sig(&x.affine(f64::from(beta), 0.0)?)?)?,
+            Neuron::Swish { beta } => (x * sigmoid_tensor(&x.affine(f64::from(beta), 0.0)?)?)?,
             Neuron::Clip { min, max } => x.clamp(min, max)?,
         })
     }
@@ -397,11 +395,7 @@ impl Neuron {
                 (dy * r.affine(f(backward_scale), 0.0)?)?
             }
             Neuron::Swish { beta } => {
-                let s = x
-                    .affine(f(beta), 0.0)?
-                    .affine(0.5, 0.0)?
-                    .tanh()?
-                    .affine(0.5, 0.5)?;
+                let s = sigmoid_tensor(&x.affine(f(beta), 0.0)?)?;
                 let by = y.affine(f(beta), 0.0)?;
                 (dy * (&by + (s * by.affine(-1.0, 1.0)?)?)?)?
             }
@@ -425,7 +419,7 @@ impl NeuronLayer {
     }
 }
 
-/// `f` of each value of `x` (and of the same places of `more`), on all cores.
+/// `f(index, value)` of each value of `x`, on all cores.
 fn map_host(x: &Tensor, f: impl Fn(usize, f32) -> f32 + Sync) -> Result<Tensor> {
     let out = with_f32(x, |xs| {
         xs.par_iter()
