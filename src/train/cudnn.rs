@@ -101,7 +101,8 @@ enum Pass {
 struct Spec {
     x: [usize; 4],
     w: [usize; 4],
-    pad: usize,
+    /// (height, width).
+    pad: (usize, usize),
     stride: usize,
     dilation: usize,
     group: usize,
@@ -120,14 +121,14 @@ impl Spec {
     }
 
     fn y(&self) -> [usize; 4] {
-        let out = |size: usize, k: usize| {
-            (size + 2 * self.pad).saturating_sub(self.dilation * (k - 1) + 1) / self.stride + 1
+        let out = |size: usize, pad: usize, k: usize| {
+            (size + 2 * pad).saturating_sub(self.dilation * (k - 1) + 1) / self.stride + 1
         };
         [
             self.x[0],
             self.w[0],
-            out(self.x[2], self.w[2]),
-            out(self.x[3], self.w[3]),
+            out(self.x[2], self.pad.0, self.w[2]),
+            out(self.x[3], self.pad.1, self.w[3]),
         ]
     }
 
@@ -270,7 +271,8 @@ impl Descriptors {
             w: null_mut(),
             conv: null_mut(),
         };
-        let (p, s, dl) = (spec.pad as i32, spec.stride as i32, spec.dilation as i32);
+        let (ph, pw) = (spec.pad.0 as i32, spec.pad.1 as i32);
+        let (s, dl) = (spec.stride as i32, spec.dilation as i32);
         unsafe {
             d.x = result::create_tensor_descriptor()?;
             result::set_tensor4d_descriptor(d.x, CUDNN_TENSOR_NCHW, dtype, dims_i32(spec.x))?;
@@ -282,8 +284,8 @@ impl Descriptors {
             // Products accumulate in fp32 for every input type.
             result::set_convolution2d_descriptor(
                 d.conv,
-                p,
-                p,
+                ph,
+                pw,
                 s,
                 s,
                 dl,
@@ -652,7 +654,7 @@ mod tests {
     fn geom(pad: usize, stride: usize, dilation: usize, group: usize) -> ConvGeom {
         ConvGeom {
             group,
-            pad,
+            pad: (pad, pad),
             stride,
             dilation,
             precision: Precision::F32,

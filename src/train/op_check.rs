@@ -83,6 +83,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Convolution 1x7 pad 0x3 (Inception-v3's unequal pad)",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 3 kernel_h: 1 kernel_w: 7 pad_h: 0 pad_w: 3 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
+        [2, 3, 6, 9],
+        false,
+    ),
+    (
         "Convolution 3x3 s3 (floor drops rows)",
         r#"name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride: 3 weight_filler { type: "gaussian" std: 0.1 } }"#,
         [1, 2, 11, 10],

@@ -12,14 +12,15 @@ use super::sgd::ParamStep;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 
-/// Square convolution geometry (candle's conv ops take one pad, stride and
-/// dilation for both axes).
+/// Convolution geometry. candle's conv ops take one pad, stride and
+/// dilation for both axes: a larger pad on one axis is added to the input
+/// explicitly, while stride and dilation must be square.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeom {
     /// Groups the channels are split into.
     pub group: usize,
-    /// Zero padding on each side.
-    pub pad: usize,
+    /// Zero padding on each side: (height, width).
+    pub pad: (usize, usize),
     /// Stride.
     pub stride: usize,
     /// Dilation.
@@ -46,8 +47,22 @@ fn convolve(x: &Tensor, w: &Tensor, g: &ConvGeom) -> Result<Tensor> {
     if g.cudnn {
         return super::cudnn::conv_forward(x, w, g);
     }
+    let (x, pad) = pad_unequal(x, g.pad)?;
     g.precision
-        .conv2d(&x.contiguous()?, w, g.pad, g.stride, g.dilation, g.group)
+        .conv2d(&x.contiguous()?, w, pad, g.stride, g.dilation, g.group)
+}
+
+/// `x` with the part of its padding that differs between the axes added
+/// explicitly, and the pad left for candle's conv (the same on both).
+fn pad_unequal(x: &Tensor, (ph, pw): (usize, usize)) -> Result<(Tensor, usize)> {
+    let common = ph.min(pw);
+    let x = match (ph - common, pw - common) {
+        (0, 0) => x.clone(),
+        (h, 0) => x.pad_with_zeros(2, h, h)?,
+        (0, w) => x.pad_with_zeros(3, w, w)?,
+        (h, w) => x.pad_with_zeros(2, h, h)?.pad_with_zeros(3, w, w)?,
+    };
+    Ok((x, common))
 }
 
 /// Gradients of [`conv_forward`]: `(dx, dw, db)`, each only when asked for.
@@ -88,11 +103,12 @@ pub fn conv_backward(
             // dW[o,c,i,j] = sum over images and positions of dy[n,o,p,q] *
             // x[n,c,p*s+i*d,q*s+j*d]: a convolution of xᵀ by dyᵀ with stride
             // and dilation swapped, cropped to the kernel size.
-            let xg = x.narrow(1, gi * cg, cg)?.transpose(0, 1)?.contiguous()?;
+            let (xg, pad) = pad_unequal(&x.narrow(1, gi * cg, cg)?, g.pad)?;
+            let xg = xg.transpose(0, 1)?.contiguous()?;
             let k = dyg.transpose(0, 1)?.contiguous()?;
             let dw = g
                 .precision
-                .conv2d(&xg, &k, g.pad, g.dilation, g.stride, 1)?
+                .conv2d(&xg, &k, pad, g.dilation, g.stride, 1)?
                 .transpose(0, 1)?
                 .narrow(2, 0, kh)?
                 .narrow(3, 0, kw)?;

@@ -261,10 +261,10 @@ impl Layer for Convolution {
                 format!("kernel {kh}x{kw} is larger than the padded input {h}x{w}"),
             ));
         }
-        if self.path.tensor_ops() && (ph != pw || sh != sw || dh != dw) {
+        if self.path.tensor_ops() && (sh != sw || dh != dw) {
             return Err(Error::model(
                 &ctx,
-                "on a GPU, pad, stride and dilation must be the same for height and width (candle's convolution takes one value for both)",
+                format!("on a GPU, stride and dilation must be the same for height and width (candle's convolution takes one value for both; this layer has stride {sh}x{sw}, dilation {dh}x{dw})"),
             ));
         }
         let oh = (h + 2 * ph - ext_h) / sh + 1;
@@ -302,7 +302,7 @@ impl Layer for Convolution {
         if self.path.tensor_ops() {
             let geom = ConvGeom {
                 group: g,
-                pad: ph,
+                pad: (ph, pw),
                 stride: sh,
                 dilation: dh,
                 precision: self.precision,

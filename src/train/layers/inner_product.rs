@@ -15,6 +15,8 @@ pub struct InnerProduct {
     params: Vec<Tensor>,
     outer: usize,
     k: usize,
+    /// The top's shape: the bottom's axes before `axis`, then num_output.
+    top: Vec<usize>,
     /// The matrix products' arithmetic.
     precision: Precision,
 }
@@ -47,6 +49,7 @@ impl InnerProduct {
             params: Vec::new(),
             outer: 0,
             k: 0,
+            top: Vec::new(),
             precision,
         })
     }
@@ -95,6 +98,7 @@ impl Layer for InnerProduct {
         }
         let mut top = shape[..axis].to_vec();
         top.push(out);
+        self.top = top.clone();
         Ok(vec![top])
     }
 
@@ -112,7 +116,8 @@ impl Layer for InnerProduct {
         if let Some(b) = self.params.get(1) {
             y = y.broadcast_add(&b.unsqueeze(0)?)?;
         }
-        Ok(vec![y])
+        // With `axis` past 1 the leading axes come back (N x T x out).
+        Ok(vec![y.reshape(self.top.as_slice())?])
     }
 
     fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {

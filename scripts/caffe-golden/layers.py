@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Golden numbers for single layers, computed by a real Caffe (pycaffe).
+
+Writes a JSON file (argv[1]) that `tests/caffe_layers.rs` replays through
+flickr-style's layers. For each case a small net is built:
+
+    Input  -> x0, x1, ..., labels, w0, w1, ...
+    Bias "dx<i>" (axis 0, num_axes -1: one learned shift per element, all 0)
+           turns input xi into bottom "xi" -- its parameter gradient is then
+           exactly the gradient with respect to the layer's input
+    the layer under test, tops t0, t1, ...
+    Eltwise PROD "loss<k>" (tk * wk) with loss_weight 1, so tk's gradient
+           is the random wk, not a constant
+
+Loss layers under test carry their own loss weight and get no w.
+
+Inputs and parameters are drawn from a seeded numpy RNG and stored in the
+JSON with every top, every parameter gradient and each input gradient.
+Run with scripts/caffe-golden/run.sh (Caffe from Debian bullseye's
+`caffe` and `python3-caffe` packages, CPU mode).
+"""
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+import caffe  # noqa: E402
+
+caffe.set_mode_cpu()
+RNG = np.random.RandomState(20261129)
+
+CASES = []
+
+
+def case(name, layer, shapes=((2, 3, 4, 5),), inputs=None, labels=None,
+         loss=False, params=None, phase="TRAIN", after_forward=False):
+    """One layer under test.
+
+    layer: the layer's body (type and parameters), without name/bottom/top.
+    shapes: float inputs, each behind its own "dx<i>" Bias.
+    inputs: per input, a function of a standard-normal array (domain).
+    labels: (shape, classes) of an integer label input, or None.
+    loss: the layer is a loss (its top is the objective).
+    params: per parameter blob, a function of its shape giving values.
+    after_forward: also record the parameters after the forward pass
+        (BatchNorm's running statistics).
+    """
+    CASES.append(dict(name=name, layer=layer, shapes=[list(s) for s in shapes],
+                      inputs=inputs, labels=labels, loss=loss, params=params,
+                      phase=phase, after_forward=after_forward))
+
+
+def positive(a):
+    return np.abs(a) + 0.2
+
+
+def times(k):
+    return lambda a: a * k
+
+
+def normal(scale):
+    return lambda shape: RNG.standard_normal(shape) * scale
+
+
+def uniform(lo, hi):
+    return lambda shape: RNG.uniform(lo, hi, shape)
+
+
+# Neurons.
+case("sigmoid", 'type: "Sigmoid"', inputs=[times(3)])
+case("tanh", 'type: "TanH"', inputs=[times(2)])
+case("absval", 'type: "AbsVal"')
+case("bnll", 'type: "BNLL"', inputs=[times(40)])
+case("elu", 'type: "ELU" elu_param { alpha: 0.7 }', inputs=[times(2)])
+case("relu_leaky", 'type: "ReLU" relu_param { negative_slope: 0.1 }')
+case("power_square", 'type: "Power" power_param { power: 2 scale: 0.5 shift: 0.3 }')
+case("power_sqrt", 'type: "Power" power_param { power: 0.5 scale: 1.5 shift: 0.2 }',
+     inputs=[positive])
+case("power_zero", 'type: "Power" power_param { power: 0 scale: 2 }')
+case("power_one", 'type: "Power" power_param { power: 1 scale: 2 shift: -1 }')
+case("power_scale_zero", 'type: "Power" power_param { power: 3 scale: 0 shift: 1.5 }')
+case("exp_e", 'type: "Exp" exp_param { scale: 0.5 shift: 0.1 }')
+case("exp_base2", 'type: "Exp" exp_param { base: 2 scale: 1.2 shift: -0.3 }')
+case("log_e", 'type: "Log"', inputs=[positive])
+case("log_base10", 'type: "Log" log_param { base: 10 scale: 2 shift: 0.5 }',
+     inputs=[positive])
+case("swish", 'type: "Swish"', inputs=[times(3)])
+case("swish_beta", 'type: "Swish" swish_param { beta: 1.7 }', inputs=[times(3)])
+case("clip", 'type: "Clip" clip_param { min: -0.5 max: 0.8 }')
+case("prelu", 'type: "PReLU"', params=[uniform(0.05, 0.6)])
+case("prelu_shared", 'type: "PReLU" prelu_param { channel_shared: true }',
+     params=[uniform(0.05, 0.6)])
+
+# Routing and shapes.
+case("slice_points", 'type: "Slice" slice_param { axis: 1 slice_point: 1 slice_point: 2 }')
+case("slice_equal", 'type: "Slice" slice_param { axis: 2 }', shapes=[(2, 3, 4, 5)])
+case("slice_dim", 'type: "Slice" slice_param { slice_dim: 3 slice_point: 2 }')
+case("split", 'type: "Split"')
+case("reshape", 'type: "Reshape" reshape_param { shape { dim: 0 dim: -1 dim: 4 } }')
+case("reshape_axis", 'type: "Reshape" reshape_param { shape { dim: 2 dim: 2 } axis: 2 num_axes: 1 }')
+case("flatten", 'type: "Flatten"')
+case("concat", 'type: "Concat" concat_param { axis: 1 }',
+     shapes=[(2, 3, 4, 5), (2, 2, 4, 5)])
+case("concat_axis2", 'type: "Concat" concat_param { axis: 2 }',
+     shapes=[(2, 3, 4, 5), (2, 3, 1, 5)])
+case("eltwise_sum", 'type: "Eltwise" eltwise_param { operation: SUM coeff: 0.5 coeff: -1.5 }',
+     shapes=[(2, 3, 4, 5), (2, 3, 4, 5)])
+case("eltwise_prod", 'type: "Eltwise" eltwise_param { operation: PROD }',
+     shapes=[(2, 3, 4, 5), (2, 3, 4, 5)])
+case("eltwise_max", 'type: "Eltwise" eltwise_param { operation: MAX }',
+     shapes=[(2, 3, 4, 5), (2, 3, 4, 5), (2, 3, 4, 5)])
+
+# Scale and Bias.
+case("bias_learned", 'type: "Bias"', params=[normal(1)])
+case("bias_axes", 'type: "Bias" bias_param { axis: 1 num_axes: 2 }', params=[normal(1)])
+case("bias_bottom", 'type: "Bias" bias_param { axis: 1 }', shapes=[(2, 3, 4, 5), (3, 4)])
+case("scale_learned", 'type: "Scale" scale_param { bias_term: true }',
+     params=[normal(1), normal(1)])
+case("scale_bottom_gate", 'type: "Scale" scale_param { axis: 0 }',
+     shapes=[(2, 3, 4, 5), (2, 3)])
+case("scale_bottom_bias", 'type: "Scale" scale_param { axis: 0 bias_term: true }',
+     shapes=[(2, 3, 4, 5), (2, 3)], params=[normal(1)])
+
+# Normalisation.
+case("batchnorm_train", 'type: "BatchNorm" batch_norm_param { use_global_stats: false moving_average_fraction: 0.9 }',
+     params=[normal(0.5), lambda s: np.abs(RNG.standard_normal(s)) + 0.5, lambda s: np.array([2.0])],
+     after_forward=True)
+case("batchnorm_global", 'type: "BatchNorm" batch_norm_param { use_global_stats: true eps: 0.001 }',
+     params=[normal(0.5), lambda s: np.abs(RNG.standard_normal(s)) + 0.5, lambda s: np.array([2.0])])
+case("lrn", 'type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }',
+     shapes=[(2, 5, 4, 4)])
+case("lrn_wide", 'type: "LRN" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }',
+     shapes=[(2, 7, 3, 3)], inputs=[times(30)])
+
+# Pooling.
+case("pool_max", 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }',
+     shapes=[(2, 3, 8, 8)])
+case("pool_max_pad", 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }',
+     shapes=[(2, 3, 7, 6)])
+case("pool_ave", 'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }',
+     shapes=[(2, 3, 7, 7)])
+case("pool_ave_rect", 'type: "Pooling" pooling_param { pool: AVE kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 }',
+     shapes=[(2, 3, 5, 7)])
+case("pool_global", 'type: "Pooling" pooling_param { pool: AVE global_pooling: true }')
+case("pool_global_max", 'type: "Pooling" pooling_param { pool: MAX global_pooling: true }')
+
+# Convolution and inner product.
+CONV_W = [normal(0.3), normal(0.1)]
+case("conv", 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 }',
+     shapes=[(2, 3, 7, 7)], params=CONV_W)
+case("conv_group", 'type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 2 }',
+     shapes=[(2, 4, 5, 5)], params=CONV_W)
+case("conv_rect", 'type: "Convolution" convolution_param { num_output: 3 kernel_h: 2 kernel_w: 3 stride: 2 pad_h: 1 pad_w: 0 }',
+     shapes=[(2, 3, 6, 7)], params=CONV_W)
+# Inception-v3's factorised 1x7 convolution.
+case("conv_1x7", 'type: "Convolution" convolution_param { num_output: 2 kernel_h: 1 kernel_w: 7 pad_h: 0 pad_w: 3 }',
+     shapes=[(2, 3, 5, 9)], params=CONV_W)
+# Unequal strides: the CPU kernels only (the tensor ops refuse them).
+case("conv_rect_stride", 'type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 stride_h: 2 stride_w: 1 pad: 1 }',
+     shapes=[(2, 3, 6, 7)], params=CONV_W)
+case("conv_dilated", 'type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 dilation: 2 pad: 2 bias_term: false }',
+     shapes=[(2, 3, 7, 7)], params=CONV_W[:1])
+case("conv_depthwise", 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 4 }',
+     shapes=[(2, 4, 6, 6)], params=CONV_W)
+case("conv_depthwise_stride", 'type: "Convolution" convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 1 group: 4 }',
+     shapes=[(2, 4, 7, 7)], params=CONV_W)
+case("conv_1x1", 'type: "Convolution" convolution_param { num_output: 5 kernel_size: 1 }',
+     shapes=[(2, 3, 4, 4)], params=CONV_W)
+case("inner_product", 'type: "InnerProduct" inner_product_param { num_output: 5 }',
+     params=[normal(0.2), normal(0.1)])
+case("inner_product_axis2", 'type: "InnerProduct" inner_product_param { num_output: 3 axis: 2 }',
+     params=[normal(0.2), normal(0.1)])
+
+# Softmax and losses.
+case("softmax", 'type: "Softmax"', inputs=[times(2)])
+case("softmax_loss", 'type: "SoftmaxWithLoss"', shapes=[(4, 5)], labels=((4,), 5),
+     inputs=[times(2)], loss=True)
+case("softmax_loss_spatial", 'type: "SoftmaxWithLoss" loss_param { ignore_label: 1 normalization: VALID }',
+     shapes=[(2, 3, 2, 2)], labels=((2, 1, 2, 2), 3), inputs=[times(2)], loss=True)
+case("softmax_loss_batch", 'type: "SoftmaxWithLoss" loss_param { normalization: BATCH_SIZE } loss_weight: 0.3',
+     shapes=[(2, 3, 2, 2)], labels=((2, 1, 2, 2), 3), inputs=[times(2)], loss=True)
+case("accuracy_top2", 'type: "Accuracy" accuracy_param { top_k: 2 }', shapes=[(6, 4)],
+     labels=((6,), 4), loss=True)
+
+
+def shape_text(shape):
+    return "shape { " + " ".join(f"dim: {d}" for d in shape) + " }"
+
+
+def net_text(c, top_shapes):
+    """The case's net; `top_shapes` None for the first pass (no losses)."""
+    n_x = len(c["shapes"])
+    tops = [f"in{i}" for i in range(n_x)]
+    shapes = list(c["shapes"])
+    if c["labels"]:
+        tops.append("label")
+        shapes.append(list(c["labels"][0]))
+    if top_shapes:
+        for k, s in enumerate(top_shapes):
+            tops.append(f"w{k}")
+            shapes.append(s)
+    lines = [f'name: "{c["name"]}"',
+             'layer { name: "input" type: "Input" '
+             + " ".join(f'top: "{t}"' for t in tops)
+             + " input_param { " + " ".join(shape_text(s) for s in shapes) + " } }"]
+    for i in range(n_x):
+        lines.append(f'layer {{ name: "dx{i}" type: "Bias" bottom: "in{i}" top: "x{i}" '
+                     'bias_param { axis: 0 num_axes: -1 } }')
+    bottoms = [f"x{i}" for i in range(n_x)] + (["label"] if c["labels"] else [])
+    n_tops = len(top_shapes) if top_shapes else c.get("n_tops", 1)
+    lines.append('layer { name: "under_test" '
+                 + " ".join(f'bottom: "{b}"' for b in bottoms) + " "
+                 + " ".join(f'top: "t{k}"' for k in range(n_tops)) + " "
+                 + c["layer"] + " }")
+    if top_shapes and not c["loss"]:
+        for k in range(n_tops):
+            lines.append(f'layer {{ name: "loss{k}" type: "Eltwise" bottom: "t{k}" bottom: "w{k}" '
+                         f'top: "l{k}" eltwise_param {{ operation: PROD }} loss_weight: 1 }}')
+    return "\n".join(lines) + "\n"
+
+
+def build(text, phase):
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+        f.write(text)
+    net = caffe.Net(f.name, caffe.TRAIN if phase == "TRAIN" else caffe.TEST)
+    os.unlink(f.name)
+    return net
+
+
+def n_tops_of(layer):
+    if '"Slice"' in layer:
+        points = layer.count("slice_point")
+        return points + 1 if points else 2
+    if '"Split"' in layer:
+        return 2
+    return 1
+
+
+def array(a):
+    a = np.asarray(a, dtype=np.float32)
+    # The shortest decimal that reads back as the same float32.
+    return {"shape": list(a.shape), "data": [float(str(v)) for v in a.ravel()]}
+
+
+def run(c):
+    c["n_tops"] = n_tops_of(c["layer"])
+    probe = build(net_text(c, None), c["phase"])
+    top_shapes = [list(probe.blobs[f"t{k}"].data.shape) for k in range(c["n_tops"])]
+    text = net_text(c, None if c["loss"] else top_shapes)
+    net = build(text, c["phase"])
+    feeds = {}
+    for i, s in enumerate(c["shapes"]):
+        a = RNG.standard_normal(s)
+        if c["inputs"] and i < len(c["inputs"]):
+            a = c["inputs"][i](a)
+        feeds[f"in{i}"] = a
+    if c["labels"]:
+        shape, classes = c["labels"]
+        feeds["label"] = RNG.randint(0, classes, shape).astype(np.float32)
+    if not c["loss"]:
+        for k, s in enumerate(top_shapes):
+            feeds[f"w{k}"] = RNG.standard_normal(s)
+    for name, a in feeds.items():
+        net.blobs[name].data[...] = a
+    params = []
+    if "under_test" in net.params:
+        blobs = net.params["under_test"]
+        if c["params"] is None or len(c["params"]) != len(blobs):
+            raise SystemExit(f"{c['name']}: give {len(blobs)} parameter fillers")
+        for b, fill in zip(blobs, c["params"]):
+            b.data[...] = fill(b.data.shape)
+            params.append(array(b.data))
+    net.forward()
+    # The weighted loss, as Net::forward returns it.
+    objective = sum(float(np.sum(net.blobs[b].data, dtype=np.float64)) * w
+                    for b, w in net.blob_loss_weights.items() if w != 0)
+    tops = [array(net.blobs[f"t{k}"].data) for k in range(c["n_tops"])]
+    after = None
+    if c["after_forward"]:
+        after = [array(b.data) for b in net.params["under_test"]]
+    net.backward()
+    grads = [array(b.diff) for b in net.params.get("under_test", [])]
+    input_grads = [array(net.params[f"dx{i}"][0].diff) for i in range(len(c["shapes"]))]
+    order = [t for t in net.top_names["input"]]
+    return {
+        "name": c["name"],
+        "phase": c["phase"],
+        "prototxt": text,
+        "inputs": [array(feeds[t]) for t in order],
+        "params": params,
+        "objective": objective,
+        "tops": tops,
+        "params_after_forward": after,
+        "param_grads": grads,
+        "input_grads": input_grads,
+    }
+
+
+def main():
+    out = sys.argv[1]
+    results = [run(c) for c in CASES]
+    doc = {
+        "provenance": "scripts/caffe-golden/layers.py with Caffe "
+                      + os.environ.get("CAFFE_VERSION", "(version unknown)")
+                      + ", CPU mode, float32",
+        "cases": results,
+    }
+    with open(out, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+    print(f"{len(results)} cases -> {out}")
+
+
+if __name__ == "__main__":
+    main()
