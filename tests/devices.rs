@@ -10,8 +10,8 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 52 tensor-op cases (45 layers, 2 SGD updates, the 5 other solver
-    // types), 17 on the fused path, then the 8 layers with matrix products in bf16.
+    // 53 tensor-op cases (46 layers, 2 SGD updates, the 5 other solver
+    // types), 18 on the fused path, then the 9 layers with matrix products in bf16.
     assert!(out.contains("All 80 op checks passed."), "{out}");
     assert_eq!(out.matches("| ok |").count(), 80, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
@@ -19,7 +19,7 @@ fn check_ops_passes_on_the_cpu() {
         .lines()
         .filter(|l| l.starts_with("| ") && l.contains("[bf16]"))
         .collect();
-    assert_eq!(bf16.len(), 8, "{out}");
+    assert_eq!(bf16.len(), 9, "{out}");
     for row in bf16 {
         let forward: f32 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
         assert!(forward > 1e-4, "{row}");
@@ -197,14 +197,15 @@ fn solver_mode_gpu_runs_on_the_cpu_in_a_cpu_build() {
     assert!(err.contains("Using CPU"), "{err}");
 }
 
-/// candle's convolution takes one pad/stride/dilation for both axes: a GPU
-/// net with a non-square one is refused at build time, naming the layer.
+/// candle's convolution takes one stride and dilation for both axes: a GPU
+/// net with unequal ones is refused at build time, naming the layer (an
+/// unequal pad is added explicitly, so that builds).
 #[test]
-fn gpu_path_refuses_non_square_convolution_geometry() {
+fn gpu_path_refuses_unequal_convolution_strides() {
     use flickr_style::caffe::proto::{LayerParameter, Phase};
     use flickr_style::train::layers::{create, BuildContext};
     let param: LayerParameter = flickr_style::caffe::prototxt::parse(
-        r#"name: "odd" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad_h: 1 pad_w: 0 }"#,
+        r#"name: "odd" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride_h: 1 stride_w: 2 }"#,
         std::path::Path::new("inline"),
     )
     .unwrap();
@@ -214,9 +215,17 @@ fn gpu_path_refuses_non_square_convolution_geometry() {
     };
     let shape = vec![vec![1, 1, 5, 5]];
     let mut cpu = create(&param, &ctx(false), 0).unwrap();
-    assert_eq!(cpu.setup(&shape).unwrap(), vec![vec![1, 2, 5, 3]]);
+    assert_eq!(cpu.setup(&shape).unwrap(), vec![vec![1, 2, 3, 2]]);
     let mut gpu = create(&param, &ctx(true), 0).unwrap();
     let err = gpu.setup(&shape).unwrap_err().to_string();
     assert!(err.contains("layer 'odd'"), "{err}");
     assert!(err.contains("same for height and width"), "{err}");
+    assert!(err.contains("stride 1x2"), "{err}");
+    let padded: LayerParameter = flickr_style::caffe::prototxt::parse(
+        r#"name: "pad" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad_h: 1 pad_w: 0 }"#,
+        std::path::Path::new("inline"),
+    )
+    .unwrap();
+    let mut gpu = create(&padded, &ctx(true), 0).unwrap();
+    assert_eq!(gpu.setup(&shape).unwrap(), vec![vec![1, 2, 5, 3]]);
 }
