@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Does a real Caffe read what flickr-style writes? Runs our binary on the
+# tiny-net fixture (../shared/caffe-ref/fixtures/tiny-net), then Debian
+# bullseye's Caffe 1.0.0 (CPU, in the chroot that run.sh sets up) on the
+# results, and prints a table:
+#   - `caffe train -snapshot` resumes from our iteration-15 .solverstate and
+#     retraces Caffe's resume from its own (fixture resume_from_15_loss.csv),
+#     ending on the fixture's resumed_iter_30.caffemodel;
+#   - pycaffe loads our iteration-30 .caffemodel: blob for blob against
+#     Caffe's tiny_iter_30.caffemodel;
+#   - `caffe test` with our weights gives our `test` scores;
+#   - `compute_image_mean` on our `to-lmdb` LMDB writes our `compute-mean` file;
+#   - pycaffe runs our `deploy` net with our weights on the LMDB's records:
+#     its probabilities against the softmax of our `features` fc8.
+# Needs root (chroot) and a built binary; not run by CI.
+#
+#   sudo scripts/caffe-golden/crosscheck.sh [CHROOT_DIR] [BINARY]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=${1:-/tmp/bullseye}
+bin=$(realpath "${2:-$here/../../target/release/flickr-style}")
+fixtures=$(realpath "$here/../../../shared/caffe-ref/fixtures")
+[ -x "$root/usr/bin/caffe" ] || { echo "no Caffe in $root: run scripts/caffe-golden/run.sh first" >&2; exit 1; }
+chroot "$root" python3 -c 'import lmdb' 2>/dev/null || chroot "$root" bash -c \
+    'DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-lmdb >/dev/null'
+
+work=$root/xc
+rm -rf "$work" && mkdir -p "$work"
+cp -r "$fixtures/tiny-net" "$fixtures/images" "$work/"
+chmod -R u+w "$work"
+cd "$work/tiny-net"
+mkdir -p ours
+log=$work/ours.log
+# Ours: train 30 iterations (snapshots at 15 and 30), test, features, deploy,
+# and an LMDB with its mean from the fixture images.
+"$bin" finetune --solver solver.prototxt --weights snapshots/init_iter_0.caffemodel \
+    --snapshot-prefix ours/tiny >"$log" 2>&1
+"$bin" test --model train_val.prototxt --weights ours/tiny_iter_30.caffemodel \
+    --iterations 3 >ours/test.txt 2>>"$log"
+"$bin" features --model train_val.prototxt --weights ours/tiny_iter_30.caffemodel \
+    --blobs fc8 --out ours/features >>"$log" 2>&1
+"$bin" deploy train_val.prototxt ours/deploy.prototxt --batch 8 >>"$log" 2>&1
+"$bin" to-lmdb --resize-height 64 --resize-width 64 ../images ../images/list.txt ours/lmdb >>"$log" 2>&1
+"$bin" compute-mean ours/lmdb ours/mean.binaryproto >>"$log" 2>&1
+
+# Caffe on our files.
+in_root() { chroot "$root" env OPENBLAS_NUM_THREADS=1 GLOG_minloglevel=0 bash -c "cd /xc/tiny-net && $1"; }
+in_root "caffe train -solver solver.prototxt -snapshot ours/tiny_iter_15.solverstate" >caffe_resume.log 2>&1
+in_root "caffe test -model train_val.prototxt -weights ours/tiny_iter_30.caffemodel -iterations 3" >caffe_test.log 2>&1
+in_root "compute_image_mean ours/lmdb ours/caffe_mean.binaryproto" >caffe_mean.log 2>&1
+cat >check.py <<'EOF'
+import csv, re, sys
+import numpy as np
+import caffe, lmdb
+from caffe.proto import caffe_pb2
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+def losses(path):
+    return {int(m.group(1)): float(m.group(2)) for m in
+            re.finditer(r"Iteration (\d+) \(.*\), loss = ([-\d.e]+)", open(path).read())}
+
+def weights(path):
+    net = caffe.Net("train_val.prototxt", caffe.TEST, weights=path)
+    return {k: [b.data.copy() for b in v] for k, v in net.params.items()}
+
+def blob_err(a, b):
+    return max(rel(x, y) for k in b for x, y in zip(a[k], b[k]))
+
+rows = []
+want = {int(r["iteration"]): float(r["loss"]) for r in csv.DictReader(
+    l for l in open("resume_from_15_loss.csv") if not l.startswith("#"))}
+got = losses("caffe_resume.log")
+err = max(abs(got[i] - want[i]) / want[i] for i in want)
+rows.append(("caffe train -snapshot ours/tiny_iter_15.solverstate: losses 15-29 vs Caffe's resume from its own",
+             f"{len(got)} iterations, largest difference {err:.1e} (log prints 6 digits)", len(got) == 15 and err < 1e-5))
+e = blob_err(weights("snapshots/tiny_iter_30.caffemodel"), weights("../../xc-fixture/resumed_iter_30.caffemodel"))
+rows.append(("its iteration-30 weights vs the fixture's resumed_iter_30.caffemodel", f"{e:.1e} relative", e < 1e-5))
+e = blob_err(weights("ours/tiny_iter_30.caffemodel"), weights("../../xc-fixture/tiny_iter_30.caffemodel"))
+rows.append(("pycaffe loads our tiny_iter_30.caffemodel: vs Caffe's own run", f"{e:.1e} relative", e < 1e-5))
+
+test = open("caffe_test.log").read()
+acc = float(re.findall(r"\] accuracy = ([\d.e-]+)", test)[-1])
+loss = float(re.findall(r"\] loss = ([\d.e-]+)", test)[-1])
+ours = open("ours/test.txt").read()
+oacc = float(re.search(r"accuracy = ([\d.e-]+)", ours).group(1))
+oloss = float(re.search(r"loss = ([\d.e-]+)", ours).group(1))
+rows.append(("caffe test with our weights vs our test", f"accuracy {acc} / {oacc}, loss {loss} / {oloss}",
+             abs(acc - oacc) < 1e-6 and abs(loss - oloss) / loss < 1e-5))
+
+def mean(path):
+    b = caffe_pb2.BlobProto(); b.ParseFromString(open(path, "rb").read())
+    return np.array(b.data)
+same = open("ours/caffe_mean.binaryproto", "rb").read() == open("ours/mean.binaryproto", "rb").read()
+rows.append(("compute_image_mean on our LMDB vs our compute-mean", "byte-identical" if same else
+             f"differs, {rel(mean('ours/mean.binaryproto'), mean('ours/caffe_mean.binaryproto')):.1e}", same))
+
+deploy = caffe.Net("ours/deploy.prototxt", caffe.TEST, weights="ours/tiny_iter_30.caffemodel")
+m = mean("data/color64_mean.binaryproto").reshape(3, 64, 64)
+env = lmdb.open("data/color64_lmdb", readonly=True, lock=False)
+images = []
+with env.begin() as txn:
+    for _, v in txn.cursor():
+        d = caffe_pb2.Datum(); d.ParseFromString(v)
+        images.append(np.frombuffer(d.data, np.uint8).reshape(d.channels, d.height, d.width) - m)
+probs = []
+for i in range(0, len(images), 8):
+    deploy.blobs["data"].data[...] = np.stack(images[i:i + 8])
+    probs.append(deploy.forward()["prob"].copy())
+probs = np.concatenate(probs)
+fc8 = np.load("ours/features/fc8.npy").astype(np.float64)
+soft = np.exp(fc8 - fc8.max(1, keepdims=True)); soft /= soft.sum(1, keepdims=True)
+e = rel(soft, probs)
+rows.append(("pycaffe runs our deploy.prototxt with our weights on the 24 records vs our features fc8",
+             f"{e:.1e} relative", e < 1e-5))
+
+print("| check | result | ok |\n|---|---|---|")
+for what, result, ok in rows:
+    print(f"| {what} | {result} | {'ok' if ok else 'FAILED'} |")
+sys.exit(0 if all(r[2] for r in rows) else 1)
+EOF
+mkdir -p "$root/xc-fixture"
+cp "$fixtures/tiny-net/snapshots/"{resumed_iter_30,tiny_iter_30}.caffemodel "$root/xc-fixture/"
+echo "Caffe: $(chroot "$root" dpkg-query -W -f '${Version}' caffe) (Debian bullseye, CPU); ours: $("$bin" --version)"
+echo
+in_root "GLOG_minloglevel=2 python3 check.py"
