@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# Regenerates tests/data/caffe_layers.json with a real Caffe: Debian
-# bullseye's `caffe`/`python3-caffe` packages (Caffe 1.0.0, git 2018-08-21,
-# CPU), installed into a debootstrap chroot because newer Debian releases
-# dropped them. Needs root, debootstrap and deb.debian.org; not run by CI.
+# Regenerates the golden numbers of tests/caffe_layers.rs and
+# tests/caffe_solvers.rs with a real Caffe: Debian bullseye's
+# `caffe`/`python3-caffe` packages (Caffe 1.0.0, git 2018-08-21, CPU),
+# installed into a debootstrap chroot because newer Debian releases dropped
+# them. Needs root, debootstrap and deb.debian.org; not run by CI.
 #
 #   sudo scripts/caffe-golden/run.sh [CHROOT_DIR]     (default /tmp/bullseye)
 set -euo pipefail
 root=${1:-/tmp/bullseye}
 here=$(cd "$(dirname "$0")" && pwd)
-out="$here/../../tests/data/caffe_layers.json"
+data="$here/../../tests/data"
+fixtures=$(realpath "$here/../../../shared/caffe-ref/fixtures")
 if [ ! -x "$root/usr/bin/caffe" ]; then
     debootstrap --variant=minbase bullseye "$root" http://deb.debian.org/debian
     chroot "$root" bash -c 'apt-get update && DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends caffe python3-caffe python3-numpy'
+        apt-get install -y --no-install-recommends caffe python3-caffe python3-numpy python3-lmdb'
 fi
-version=$(chroot "$root" dpkg-query -W -f '${Version}' caffe)
-cp "$here/layers.py" "$root/tmp/layers.py"
-chroot "$root" env CAFFE_VERSION="$version (Debian bullseye)" \
+version="$(chroot "$root" dpkg-query -W -f '${Version}' caffe) (Debian bullseye)"
+cp "$here/layers.py" "$here/solvers.py" "$root/tmp/"
+rm -rf "$root/tmp/tiny-net" && cp -r "$fixtures/tiny-net" "$root/tmp/" && chmod -R u+w "$root/tmp/tiny-net"
+chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
     python3 /tmp/layers.py /tmp/caffe_layers.json
-cp "$root/tmp/caffe_layers.json" "$out"
-echo "wrote $out"
+chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
+    bash -c 'cd /tmp/tiny-net && python3 /tmp/solvers.py /tmp/caffe_solvers.json'
+cp "$root/tmp/caffe_layers.json" "$root/tmp/caffe_solvers.json" "$data/"
+echo "wrote $data/caffe_layers.json and caffe_solvers.json"
