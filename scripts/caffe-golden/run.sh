@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the golden numbers of tests/caffe_layers.rs and
-# tests/caffe_solvers.rs with a real Caffe: Debian bullseye's
+# Regenerates the golden numbers of tests/caffe_layers.rs,
+# tests/caffe_solvers.rs and tests/caffe_data.rs with a real Caffe: Debian bullseye's
 # `caffe`/`python3-caffe` packages (Caffe 1.0.0, git 2018-08-21, CPU),
 # installed into a debootstrap chroot because newer Debian releases dropped
 # them. Needs root, debootstrap and deb.debian.org; not run by CI.
@@ -17,11 +17,14 @@ if [ ! -x "$root/usr/bin/caffe" ]; then
         apt-get install -y --no-install-recommends caffe python3-caffe python3-numpy python3-lmdb'
 fi
 version="$(chroot "$root" dpkg-query -W -f '${Version}' caffe) (Debian bullseye)"
-cp "$here/layers.py" "$here/solvers.py" "$root/tmp/"
-rm -rf "$root/tmp/tiny-net" && cp -r "$fixtures/tiny-net" "$root/tmp/" && chmod -R u+w "$root/tmp/tiny-net"
+cp "$here/layers.py" "$here/solvers.py" "$here/data.py" "$root/tmp/"
+rm -rf "$root/tmp/fixtures" && mkdir "$root/tmp/fixtures"
+cp -r "$fixtures/tiny-net" "$fixtures/images" "$root/tmp/fixtures/" && chmod -R u+w "$root/tmp/fixtures"
 chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
     python3 /tmp/layers.py /tmp/caffe_layers.json
 chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
-    bash -c 'cd /tmp/tiny-net && python3 /tmp/solvers.py /tmp/caffe_solvers.json'
-cp "$root/tmp/caffe_layers.json" "$root/tmp/caffe_solvers.json" "$data/"
-echo "wrote $data/caffe_layers.json and caffe_solvers.json"
+    bash -c 'cd /tmp/fixtures/tiny-net && python3 /tmp/solvers.py /tmp/caffe_solvers.json'
+chroot "$root" env CAFFE_VERSION="$version" \
+    bash -c 'cd /tmp/fixtures && python3 /tmp/data.py /tmp/caffe_data.json'
+cp "$root/tmp/"caffe_{layers,solvers,data}.json "$data/"
+echo "wrote $data/caffe_{layers,solvers,data}.json"
