@@ -10,7 +10,7 @@
 //! runs on the CPU kernels, on the tensor ops (the GPU's code path) and on
 //! the fused kernels' CPU twins.
 use flickr_style::caffe::model::read_net_prototxt;
-use flickr_style::caffe::proto::Phase;
+use flickr_style::caffe::proto::{BlobProto, Phase};
 use flickr_style::train::layers::BuildContext;
 use flickr_style::train::net::Net;
 use serde::Deserialize;
@@ -32,6 +32,9 @@ struct Case {
     name: String,
     phase: String,
     prototxt: String,
+    /// Files the net reads (InfogainLoss's H), as BlobProtos.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, Array>,
     inputs: Vec<Array>,
     params: Vec<Array>,
     objective: f64,
@@ -87,6 +90,10 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool, fused: bool) -> V
     let mut bad = Vec::new();
     let file = dir.join(format!("{}.prototxt", case.name));
     std::fs::write(&file, &case.prototxt).unwrap();
+    for (name, a) in &case.files {
+        let blob = BlobProto::with_shape(&a.shape, a.data.clone());
+        flickr_style::caffe::write_binary(&dir.join(name), &blob).unwrap();
+    }
     let def = read_net_prototxt(&file).unwrap();
     let phase = if case.phase == "TRAIN" {
         Phase::Train

@@ -36,7 +36,7 @@ CASES = []
 
 
 def case(name, layer, shapes=((2, 3, 4, 5),), inputs=None, labels=None,
-         loss=False, params=None, phase="TRAIN", after_forward=False):
+         loss=False, params=None, phase="TRAIN", after_forward=False, files=None):
     """One layer under test.
 
     layer: the layer's body (type and parameters), without name/bottom/top.
@@ -47,10 +47,12 @@ def case(name, layer, shapes=((2, 3, 4, 5),), inputs=None, labels=None,
     params: per parameter blob, a function of its shape giving values.
     after_forward: also record the parameters after the forward pass
         (BatchNorm's running statistics).
+    files: {file name: array} written as BlobProto binaryprotos beside the
+        net (InfogainLoss's H).
     """
     CASES.append(dict(name=name, layer=layer, shapes=[list(s) for s in shapes],
                       inputs=inputs, labels=labels, loss=loss, params=params,
-                      phase=phase, after_forward=after_forward))
+                      phase=phase, after_forward=after_forward, files=files or {}))
 
 
 def positive(a):
@@ -182,6 +184,17 @@ case("softmax_loss_spatial", 'type: "SoftmaxWithLoss" loss_param { ignore_label:
      shapes=[(2, 3, 2, 2)], labels=((2, 1, 2, 2), 3), inputs=[times(2)], loss=True)
 case("softmax_loss_batch", 'type: "SoftmaxWithLoss" loss_param { normalization: BATCH_SIZE } loss_weight: 0.3',
      shapes=[(2, 3, 2, 2)], labels=((2, 1, 2, 2), 3), inputs=[times(2)], loss=True)
+# InfogainLoss as Caffe 1.0 has it (softmax inside), H from a file: a
+# class-weight diagonal, and a full matrix that rewards near misses.
+H_DIAG = np.diag([0.5, 2.0, 1.0, 3.0]).reshape(1, 1, 4, 4)
+H_FULL = (np.eye(4) * 1.5 + RNG.uniform(0, 0.4, (4, 4))).reshape(1, 1, 4, 4)
+case("infogain_diagonal", 'type: "InfogainLoss" infogain_loss_param { source: "h_diag.binaryproto" }',
+     shapes=[(6, 4)], labels=((6,), 4), inputs=[times(2)], loss=True,
+     files={"h_diag.binaryproto": H_DIAG})
+case("infogain_full_spatial", 'type: "InfogainLoss" infogain_loss_param { source: "h_full.binaryproto" } '
+     'loss_param { normalization: BATCH_SIZE } loss_weight: 2',
+     shapes=[(2, 4, 2, 3)], labels=((2, 1, 2, 3), 4), inputs=[times(2)], loss=True,
+     files={"h_full.binaryproto": H_FULL})
 case("accuracy_top2", 'type: "Accuracy" accuracy_param { top_k: 2 }', shapes=[(6, 4)],
      labels=((6,), 4), loss=True)
 
@@ -222,7 +235,13 @@ def net_text(c, top_shapes):
     return "\n".join(lines) + "\n"
 
 
-def build(text, phase):
+def build(text, phase, files):
+    """The net, with `files` written beside it (paths in a net are
+    relative to the working directory, as in Caffe)."""
+    for name, a in files.items():
+        blob = caffe.io.array_to_blobproto(np.asarray(a, dtype=np.float32))
+        with open(name, "wb") as f:
+            f.write(blob.SerializeToString())
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
         f.write(text)
     net = caffe.Net(f.name, caffe.TRAIN if phase == "TRAIN" else caffe.TEST)
@@ -247,10 +266,10 @@ def array(a):
 
 def run(c):
     c["n_tops"] = n_tops_of(c["layer"])
-    probe = build(net_text(c, None), c["phase"])
+    probe = build(net_text(c, None), c["phase"], c["files"])
     top_shapes = [list(probe.blobs[f"t{k}"].data.shape) for k in range(c["n_tops"])]
     text = net_text(c, None if c["loss"] else top_shapes)
-    net = build(text, c["phase"])
+    net = build(text, c["phase"], c["files"])
     feeds = {}
     for i, s in enumerate(c["shapes"]):
         a = RNG.standard_normal(s)
@@ -289,6 +308,7 @@ def run(c):
         "name": c["name"],
         "phase": c["phase"],
         "prototxt": text,
+        "files": {name: array(a) for name, a in c["files"].items()},
         "inputs": [array(feeds[t]) for t in order],
         "params": params,
         "objective": objective,
@@ -301,6 +321,7 @@ def run(c):
 
 def main():
     out = sys.argv[1]
+    os.chdir(tempfile.mkdtemp())
     results = [run(c) for c in CASES]
     doc = {
         "provenance": "scripts/caffe-golden/layers.py with Caffe "
