@@ -11,7 +11,9 @@
 #   - `caffe test` with our weights gives our `test` scores;
 #   - `compute_image_mean` on our `to-lmdb` LMDB writes our `compute-mean` file;
 #   - pycaffe runs our `deploy` net with our weights on the LMDB's records:
-#     its probabilities against the softmax of our `features` fc8.
+#     its probabilities against the softmax of our `features` fc8;
+#   - a Caffe Data layer reads our `features --lmdb` LMDB (float_data
+#     Datums): its batches against our fc8.npy and the labels.
 # Needs root (chroot) and a built binary; not run by CI.
 #
 #   sudo scripts/caffe-golden/crosscheck.sh [CHROOT_DIR] [BINARY]
@@ -38,7 +40,7 @@ log=$work/ours.log
 "$bin" test --model train_val.prototxt --weights ours/tiny_iter_30.caffemodel \
     --iterations 3 >ours/test.txt 2>>"$log"
 "$bin" features --model train_val.prototxt --weights ours/tiny_iter_30.caffemodel \
-    --blobs fc8 --out ours/features >>"$log" 2>&1
+    --blobs fc8 --out ours/features --lmdb >>"$log" 2>&1
 "$bin" deploy train_val.prototxt ours/deploy.prototxt --batch 8 >>"$log" 2>&1
 "$bin" to-lmdb --resize-height 64 --resize-width 64 ../images ../images/list.txt ours/lmdb >>"$log" 2>&1
 "$bin" compute-mean ours/lmdb ours/mean.binaryproto >>"$log" 2>&1
@@ -115,6 +117,21 @@ soft = np.exp(fc8 - fc8.max(1, keepdims=True)); soft /= soft.sum(1, keepdims=Tru
 e = rel(soft, probs)
 rows.append(("pycaffe runs our deploy.prototxt with our weights on the 24 records vs our features fc8",
              f"{e:.1e} relative", e < 1e-5))
+
+feat = "ours/features_net.prototxt"
+open(feat, "w").write('layer { name: "d" type: "Data" top: "x" top: "y" '
+                      'data_param { source: "ours/features/fc8_lmdb" batch_size: 8 backend: LMDB } }\n')
+net = caffe.Net(feat, caffe.TEST)
+xs, ys = [], []
+for _ in range(3):
+    net.forward()
+    xs.append(net.blobs["x"].data.reshape(8, -1).copy())
+    ys.append(net.blobs["y"].data.copy())
+labels = [int(l.split()[1]) for l in open("../images/list.txt")]
+same_labels = list(np.concatenate(ys).astype(int)) == labels
+e = rel(np.concatenate(xs), fc8)
+rows.append(("a Caffe Data layer reads our features --lmdb (fc8 as float_data Datums)",
+             f"{e:.1e} from fc8.npy, labels {'equal' if same_labels else 'DIFFER'}", e == 0 and same_labels))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:
