@@ -137,6 +137,11 @@ case("lrn", 'type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 }'
 case("lrn_wide", 'type: "LRN" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }',
      shapes=[(2, 7, 3, 3)], inputs=[times(30)])
 
+case("lrn_within", 'type: "LRN" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL }',
+     shapes=[(2, 3, 5, 6)])
+case("lrn_within_wide", 'type: "LRN" lrn_param { local_size: 5 alpha: 0.01 beta: 0.9 k: 3 norm_region: WITHIN_CHANNEL }',
+     shapes=[(2, 2, 4, 7)], inputs=[times(10)])
+
 # Pooling.
 case("pool_max", 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }',
      shapes=[(2, 3, 8, 8)])

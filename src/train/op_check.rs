@@ -136,6 +136,18 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         [2, 4, 3, 3],
         false,
     ),
+    (
+        "LRN WITHIN_CHANNEL 3 (cifar10_full)",
+        r#"name: "n" type: "LRN" lrn_param { local_size: 3 alpha: 5e-5 beta: 0.75 norm_region: WITHIN_CHANNEL }"#,
+        [2, 3, 6, 7],
+        false,
+    ),
+    (
+        "LRN WITHIN_CHANNEL 5 alpha 2",
+        r#"name: "n" type: "LRN" lrn_param { local_size: 5 alpha: 2 beta: 0.6 norm_region: WITHIN_CHANNEL }"#,
+        [1, 2, 4, 9],
+        false,
+    ),
     ("ReLU", r#"name: "r" type: "ReLU""#, [2, 3, 4, 4], false),
     (
         "ReLU slope 0.1",
@@ -519,6 +531,7 @@ fn has_fused(name: &str) -> bool {
     ["Convolution", "Pooling MAX", "LRN", "ReLU", "Dropout"]
         .iter()
         .any(|p| name.starts_with(p))
+        && !name.contains("WITHIN_CHANNEL")
 }
 
 /// Whether a case's layer computes matrix products (so the bf16 pass checks it).

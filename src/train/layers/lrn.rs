@@ -1,6 +1,7 @@
-//! Local response normalisation across channels (Caffe's LRN, alpha/n form).
+//! Local response normalisation across channels (Caffe's LRN, alpha/n form;
+//! `WITHIN_CHANNEL` is [`super::lrn_within`]).
 use super::{nchw, to_vec, BackwardArgs, Grads, Layer, OpPath};
-use crate::caffe::proto::{lrn_parameter::NormRegion, LrnParameter, Phase};
+use crate::caffe::proto::{LrnParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::kernels::{lrn_backward, lrn_forward, Lrn};
 use crate::train::{fused, tensor_ops};
@@ -19,12 +20,6 @@ pub struct LocalResponseNorm {
 impl LocalResponseNorm {
     pub fn new(p: LrnParameter, name: &str, path: OpPath) -> Result<Self> {
         let ctx = format!("layer '{name}'");
-        if p.norm_region() != NormRegion::AcrossChannels {
-            return Err(Error::model(
-                &ctx,
-                "only norm_region ACROSS_CHANNELS is supported",
-            ));
-        }
         if p.local_size() % 2 == 0 {
             return Err(Error::model(&ctx, "local_size must be odd"));
         }

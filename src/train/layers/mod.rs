@@ -14,6 +14,7 @@ mod infogain;
 mod inner_product;
 mod loss;
 mod lrn;
+mod lrn_within;
 mod neuron;
 mod pool;
 mod prelu;
@@ -23,7 +24,7 @@ mod simple;
 mod slice;
 mod staging;
 
-use crate::caffe::proto::{LayerParameter, Phase};
+use crate::caffe::proto::{lrn_parameter::NormRegion, LayerParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::precision::Precision;
 use candle_core::{Device, Tensor};
@@ -268,7 +269,13 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             name,
         )?),
         "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name, &ctx.device, path)?),
-        "LRN" => Box::new(lrn::LocalResponseNorm::new(param.lrn_param.unwrap_or_default(), name, path)?),
+        "LRN" => {
+            let p = param.lrn_param.unwrap_or_default();
+            match p.norm_region() {
+                NormRegion::AcrossChannels => Box::new(lrn::LocalResponseNorm::new(p, name, path)?),
+                NormRegion::WithinChannel => Box::new(lrn_within::LrnWithin::new(&p, name, path)?),
+            }
+        }
         "ReLU" => Box::new(simple::Relu::new(
             param.relu_param.as_ref().map_or(0.0, |p| p.negative_slope()),
             path,
