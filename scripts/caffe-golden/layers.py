@@ -200,6 +200,16 @@ case("infogain_full_spatial", 'type: "InfogainLoss" infogain_loss_param { source
      'loss_param { normalization: BATCH_SIZE } loss_weight: 2',
      shapes=[(2, 4, 2, 3)], labels=((2, 1, 2, 3), 4), inputs=[times(2)], loss=True,
      files={"h_full.binaryproto": H_FULL})
+# Regression and multi-label losses (targets from a second input).
+case("euclidean", 'type: "EuclideanLoss"', shapes=[(4, 5), (4, 5, 1, 1)], loss=True)
+case("euclidean_weighted", 'type: "EuclideanLoss" loss_weight: 0.5', shapes=[(3, 2, 2, 2), (3, 8)],
+     inputs=[times(3)], loss=True)
+case("sigmoid_ce", 'type: "SigmoidCrossEntropyLoss"', shapes=[(4, 5)], labels=((4, 5), 2),
+     inputs=[times(4)], loss=True)
+case("sigmoid_ce_ignore_valid", 'type: "SigmoidCrossEntropyLoss" loss_param { ignore_label: 2 normalization: VALID }',
+     shapes=[(3, 6)], labels=((3, 6), 3), inputs=[times(4)], loss=True)
+case("sigmoid_ce_normalize", 'type: "SigmoidCrossEntropyLoss" loss_param { normalize: true } loss_weight: 3',
+     shapes=[(2, 3, 2)], labels=((2, 3, 2), 2), inputs=[times(2)], loss=True)
 case("accuracy_top2", 'type: "Accuracy" accuracy_param { top_k: 2 }', shapes=[(6, 4)],
      labels=((6,), 4), loss=True)
 

@@ -10,6 +10,7 @@ mod conv;
 mod cyclic;
 mod data;
 mod eltwise;
+mod euclidean;
 mod infogain;
 mod inner_product;
 mod loss;
@@ -20,6 +21,7 @@ mod pool;
 mod prelu;
 mod reshape;
 mod scale;
+mod sigmoid_loss;
 mod simple;
 mod slice;
 mod staging;
@@ -290,6 +292,8 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "SoftmaxWithLoss" => Box::new(loss::SoftmaxWithLoss::new(param, name)?),
         "InfogainLoss" => Box::new(infogain::InfogainLoss::new(param, name, |p| ctx.resolve(p))?),
         "Accuracy" => Box::new(loss::Accuracy::new(param.accuracy_param.unwrap_or_default(), name)),
+        "EuclideanLoss" => Box::new(euclidean::EuclideanLoss::new(name)),
+        "SigmoidCrossEntropyLoss" => Box::new(sigmoid_loss::SigmoidCrossEntropyLoss::new(param, name)),
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
@@ -311,7 +315,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

@@ -46,7 +46,7 @@ pub enum Neuron {
 }
 
 /// Caffe's `0.5 tanh(0.5 x) + 0.5`.
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     0.5 * (0.5 * x).tanh() + 0.5
 }
 
