@@ -10,10 +10,10 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 55 tensor-op cases (48 layers, 2 SGD updates, the 5 other solver
+    // 59 tensor-op cases (52 layers, 2 SGD updates, the 5 other solver
     // types), 18 on the fused path, then the 9 layers with matrix products in bf16.
-    assert!(out.contains("All 82 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 82, "{out}");
+    assert!(out.contains("All 86 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 86, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()

@@ -13,7 +13,8 @@
 #   - pycaffe runs our `deploy` net with our weights on the LMDB's records:
 #     its probabilities against the softmax of our `features` fc8;
 #   - a Caffe Data layer reads our `features --lmdb` LMDB (float_data
-#     Datums): its batches against our fc8.npy and the labels.
+#     Datums): its batches against our fc8.npy and the labels;
+#   - every field number and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
 #   sudo scripts/caffe-golden/crosscheck.sh [CHROOT_DIR] [BINARY]
@@ -140,6 +141,9 @@ sys.exit(0 if all(r[2] for r in rows) else 1)
 EOF
 mkdir -p "$root/xc-fixture"
 cp "$fixtures/tiny-net/snapshots/"{resumed_iter_30,tiny_iter_30}.caffemodel "$root/xc-fixture/"
+cp "$here/../../proto/caffe.proto" "$root/tmp/ours.proto"
+cp "$here/proto_check.py" "$root/tmp/"
+chroot "$root" python3 /tmp/proto_check.py
 echo "Caffe: $(chroot "$root" dpkg-query -W -f '${Version}' caffe) (Debian bullseye, CPU); ours: $("$bin" --version)"
 echo
 in_root "GLOG_minloglevel=2 python3 check.py"

@@ -35,7 +35,7 @@ RNG = np.random.RandomState(20261129)
 CASES = []
 
 
-def case(name, layer, shapes=((2, 3, 4, 5),), inputs=None, labels=None,
+def case(name, layer, shapes=((2, 3, 3, 4),), inputs=None, labels=None,
          loss=False, params=None, phase="TRAIN", after_forward=False, files=None):
     """One layer under test.
 
@@ -102,7 +102,8 @@ case("slice_equal", 'type: "Slice" slice_param { axis: 2 }', shapes=[(2, 3, 4, 5
 case("slice_dim", 'type: "Slice" slice_param { slice_dim: 3 slice_point: 2 }')
 case("split", 'type: "Split"')
 case("reshape", 'type: "Reshape" reshape_param { shape { dim: 0 dim: -1 dim: 4 } }')
-case("reshape_axis", 'type: "Reshape" reshape_param { shape { dim: 2 dim: 2 } axis: 2 num_axes: 1 }')
+case("reshape_axis", 'type: "Reshape" reshape_param { shape { dim: 2 dim: 2 } axis: 2 num_axes: 1 }',
+     shapes=[(2, 3, 4, 5)])
 case("flatten", 'type: "Flatten"')
 case("concat", 'type: "Concat" concat_param { axis: 1 }',
      shapes=[(2, 3, 4, 5), (2, 2, 4, 5)])
@@ -200,6 +201,26 @@ case("infogain_full_spatial", 'type: "InfogainLoss" infogain_loss_param { source
      'loss_param { normalization: BATCH_SIZE } loss_weight: 2',
      shapes=[(2, 4, 2, 3)], labels=((2, 1, 2, 3), 4), inputs=[times(2)], loss=True,
      files={"h_full.binaryproto": H_FULL})
+# MVN, Reduction, Tile.
+case("mvn", 'type: "MVN"', inputs=[lambda a: a * 2 + 1])
+case("mvn_across", 'type: "MVN" mvn_param { across_channels: true eps: 0.001 }')
+case("mvn_mean_only", 'type: "MVN" mvn_param { normalize_variance: false }')
+case("reduction_sum", 'type: "Reduction"')
+case("reduction_asum", 'type: "Reduction" reduction_param { operation: ASUM axis: 1 }')
+case("reduction_sumsq", 'type: "Reduction" reduction_param { operation: SUMSQ axis: 2 coeff: 0.5 }')
+case("reduction_mean", 'type: "Reduction" reduction_param { operation: MEAN axis: -1 coeff: 2 }')
+case("tile", 'type: "Tile" tile_param { tiles: 3 }')
+case("tile_last_axis", 'type: "Tile" tile_param { axis: -1 tiles: 2 }')
+
+# Forward-only layers (no gradient in Caffe either).
+case("argmax", 'type: "ArgMax"', loss=True)
+case("argmax_top3_values", 'type: "ArgMax" argmax_param { top_k: 3 out_max_val: true }', loss=True)
+case("argmax_axis", 'type: "ArgMax" argmax_param { axis: 1 top_k: 2 }', loss=True)
+case("argmax_axis_values", 'type: "ArgMax" argmax_param { axis: 2 out_max_val: true }', loss=True)
+case("argmax_ties", 'type: "ArgMax" argmax_param { top_k: 4 out_max_val: true }', shapes=[(3, 10)],
+     inputs=[lambda a: np.round(a)], loss=True)
+case("threshold", 'type: "Threshold" threshold_param { threshold: 0.3 }', loss=True)
+
 # Regression and multi-label losses (targets from a second input).
 case("euclidean", 'type: "EuclideanLoss"', shapes=[(4, 5), (4, 5, 1, 1)], loss=True)
 case("euclidean_weighted", 'type: "EuclideanLoss" loss_weight: 0.5', shapes=[(3, 2, 2, 2), (3, 8)],

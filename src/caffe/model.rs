@@ -188,6 +188,7 @@ fn upgrade_v1_layer(v1: V1LayerParameter, context: &str) -> Result<LayerParamete
         transform_param: v1.transform_param,
         loss_param: v1.loss_param,
         accuracy_param: v1.accuracy_param,
+        argmax_param: v1.argmax_param,
         concat_param: v1.concat_param,
         convolution_param: v1.convolution_param,
         data_param: v1.data_param,
@@ -197,6 +198,7 @@ fn upgrade_v1_layer(v1: V1LayerParameter, context: &str) -> Result<LayerParamete
         image_data_param: v1.image_data_param,
         inner_product_param: v1.inner_product_param,
         lrn_param: v1.lrn_param,
+        mvn_param: v1.mvn_param,
         exp_param: v1.exp_param,
         pooling_param: v1.pooling_param,
         power_param: v1.power_param,
@@ -205,6 +207,7 @@ fn upgrade_v1_layer(v1: V1LayerParameter, context: &str) -> Result<LayerParamete
         slice_param: v1.slice_param,
         softmax_param: v1.softmax_param,
         tanh_param: v1.tanh_param,
+        threshold_param: v1.threshold_param,
         ..Default::default()
     })
 }

@@ -149,6 +149,25 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     ("ReLU", r#"name: "r" type: "ReLU""#, [2, 3, 4, 4], false),
+    ("MVN", r#"name: "m" type: "MVN""#, [2, 3, 4, 5], false),
+    (
+        "MVN across channels, mean only",
+        r#"name: "m" type: "MVN" mvn_param { across_channels: true normalize_variance: false }"#,
+        [2, 3, 4, 5],
+        false,
+    ),
+    (
+        "Reduction SUMSQ from axis 2",
+        r#"name: "r" type: "Reduction" reduction_param { operation: SUMSQ axis: 2 coeff: 0.5 }"#,
+        [2, 3, 4, 5],
+        false,
+    ),
+    (
+        "Tile 3 on axis 1",
+        r#"name: "t" type: "Tile" tile_param { tiles: 3 }"#,
+        [2, 3, 2, 2],
+        false,
+    ),
     (
         "ReLU slope 0.1",
         r#"name: "r" type: "ReLU" relu_param { negative_slope: 0.1 }"#,

@@ -3,6 +3,7 @@
 //! the gradients the net asks for (no gradient for a frozen parameter, none
 //! for a bottom that does not need one).
 
+mod argmax;
 mod batch_norm;
 mod bias;
 mod concat;
@@ -16,9 +17,11 @@ mod inner_product;
 mod loss;
 mod lrn;
 mod lrn_within;
+mod mvn;
 mod neuron;
 mod pool;
 mod prelu;
+mod reduction;
 mod reshape;
 mod scale;
 mod sigmoid_loss;
@@ -292,6 +295,14 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "SoftmaxWithLoss" => Box::new(loss::SoftmaxWithLoss::new(param, name)?),
         "InfogainLoss" => Box::new(infogain::InfogainLoss::new(param, name, |p| ctx.resolve(p))?),
         "Accuracy" => Box::new(loss::Accuracy::new(param.accuracy_param.unwrap_or_default(), name)),
+        "ArgMax" => Box::new(argmax::ArgMax::new(param.argmax_param.unwrap_or_default(), name)?),
+        "MVN" => Box::new(mvn::Mvn::new(param.mvn_param.unwrap_or_default(), name)),
+        "Reduction" => Box::new(reduction::Reduction::new(param.reduction_param.unwrap_or_default(), name)),
+        "Tile" => Box::new(reduction::Tile::new(param.tile_param.unwrap_or_default(), name)?),
+        "Threshold" => Box::new(simple::Threshold::new(
+            param.threshold_param.as_ref().map_or(0.0, |p| p.threshold()),
+            name,
+        )),
         "EuclideanLoss" => Box::new(euclidean::EuclideanLoss::new(name)),
         "SigmoidCrossEntropyLoss" => Box::new(sigmoid_loss::SigmoidCrossEntropyLoss::new(param, name)),
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
@@ -315,7 +326,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

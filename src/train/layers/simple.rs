@@ -138,3 +138,35 @@ impl Layer for Dropout {
         Ok((vec![Some(dx)], vec![]))
     }
 }
+
+/// Threshold: 1 where `x > threshold`, else 0 (a step, with no gradient:
+/// Caffe's backward is not implemented either).
+pub struct Threshold {
+    threshold: f32,
+    ctx: String,
+}
+
+impl Threshold {
+    pub fn new(threshold: f32, name: &str) -> Self {
+        Threshold {
+            threshold,
+            ctx: format!("layer '{name}'"),
+        }
+    }
+}
+
+impl Layer for Threshold {
+    fn type_name(&self) -> &'static str {
+        "Threshold"
+    }
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        Ok(vec![bottom[0].clone()])
+    }
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let x = &bottom[0];
+        Ok(vec![x.gt(self.threshold)?.to_dtype(x.dtype())?])
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        super::argmax::no_gradient(a, &self.ctx, "Threshold")
+    }
+}
