@@ -181,6 +181,18 @@ fn miswired_or_oversized_nets_are_clear_errors_not_aborts() {
         e.contains("layer 'loss'") && e.contains("has 2 bottom(s), but Softmax layers take 1"),
         "{e}"
     );
+    // propagate_down needs one flag per bottom (or none), as in Caffe.
+    let e = setup_error(&|s| {
+        s.replacen(
+            "name: \"fc6\"",
+            "name: \"fc6\"\n  propagate_down: false propagate_down: true",
+            1,
+        )
+    });
+    assert!(
+        e.contains("layer 'fc6'") && e.contains("2 propagate_down values for 1 bottoms"),
+        "{e}"
+    );
     // Sizes past Caffe's INT_MAX elements per blob are refused before any
     // allocation (they used to abort the process).
     let e = setup_error(&|s| s.replacen("pad: 1\n", "pad: 100000\n", 1));

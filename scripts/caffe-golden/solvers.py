@@ -54,6 +54,14 @@ VARIANTS = {
             'weight_decay: 0.0005 lr_policy: "fixed"',
     "adam_iter_size": 'type: "Adam" base_lr: 0.002 momentum: 0.8 momentum2: 0.99 iter_size: 2 '
                       'lr_policy: "step" gamma: 0.5 stepsize: 4',
+    # The net edited (inline as net_param): fc6 takes no gradient to its
+    # bottom, so conv2 and conv3 get none and only decay.
+    "propagate_down": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.005 lr_policy: "fixed"',
+                       lambda net: net.replace('name: "fc6"', 'name: "fc6"\n  propagate_down: false', 1)),
+    # relu3 takes none: the same cut one layer up.
+    "propagate_down_relu": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.005 lr_policy: "fixed"',
+                            lambda net: net.replace('name: "relu3" type: "ReLU"',
+                                                    'name: "relu3" type: "ReLU" propagate_down: false', 1)),
 }
 
 
@@ -64,8 +72,13 @@ def fingerprint(a):
             "positions": [int(p) for p in picks], "values": [float(str(np.float32(a[p]))) for p in picks]}
 
 
-def run(name, body):
+def run(name, variant):
+    body, edit = variant if isinstance(variant, tuple) else (variant, None)
     text = BASE + fields(body)
+    if edit:
+        net = edit(open("train_val.prototxt").read())
+        assert "propagate_down" in net
+        text = text.replace('net: "train_val.prototxt"\n', "net_param {\n" + net + "}\n")
     path = f"solver_{name}.prototxt"
     with open(path, "w") as f:
         f.write(text)

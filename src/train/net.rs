@@ -203,6 +203,16 @@ impl Net {
                     ),
                 ));
             };
+            if !lp.propagate_down.is_empty() && lp.propagate_down.len() != bottoms.len() {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "{} propagate_down values for {} bottoms (give none, or one per bottom)",
+                        lp.propagate_down.len(),
+                        bottoms.len()
+                    ),
+                ));
+            }
             let n_params = layer.params().len();
             if lp.param.len() > n_params {
                 return Err(Error::model(
@@ -335,34 +345,67 @@ impl Net {
         (total.saturating_mul(4), detail)
     }
 
-    /// Caffe's rule: a layer runs backward if it has a learnable parameter or a
-    /// bottom needing gradients, and only if it contributes to a loss.
+    /// Caffe's rule (Net::Init): a layer runs backward if it has a learnable
+    /// parameter or a bottom needing gradients, and only if it contributes to
+    /// a loss. A layer's `propagate_down` (one flag per bottom) overrides
+    /// which bottoms get a gradient; a layer all of whose tops' readers take
+    /// no gradient from them skips its backward pass, so `propagate_down:
+    /// false` above the trained layers stops backpropagation there (the
+    /// layers below then get no gradient, though the solver still decays
+    /// their weights, as in Caffe).
     fn analyse_backward(&mut self) {
-        let mut blob_needs = vec![false; self.blob_names.len()];
+        let n = self.blob_names.len();
+        let mut blob_needs = vec![false; n];
+        let mut readers = vec![0usize; n];
         for e in &mut self.entries {
             let learnable = e.mults.iter().any(|&(lr, _)| lr != 0.0);
             e.need_backward =
                 !e.layer.is_data() && (learnable || e.bottoms.iter().any(|&b| blob_needs[b]));
+            let forced = &e.param.propagate_down;
+            e.propagate = e
+                .bottoms
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| forced.get(i).copied().unwrap_or(blob_needs[b]))
+                .collect();
+            for &b in &e.bottoms {
+                readers[b] += 1;
+            }
             for &t in &e.tops {
                 blob_needs[t] = e.need_backward;
             }
         }
-        let mut under_loss = vec![false; self.blob_names.len()];
+        let mut under_loss = vec![false; n];
+        // Readers of each blob that take no gradient from it.
+        let mut skipping = vec![0usize; n];
         for e in self.entries.iter_mut().rev() {
             let contributes =
                 e.loss_weights.iter().any(|&w| w != 0.0) || e.tops.iter().any(|&t| under_loss[t]);
-            if contributes {
-                for &b in &e.bottoms {
-                    under_loss[b] = true;
-                }
-            } else {
+            let unread_gradients = e
+                .tops
+                .iter()
+                .all(|&t| readers[t] > 0 && skipping[t] == readers[t]);
+            if e.need_backward && unread_gradients {
+                e.need_backward = false;
+                e.propagate.fill(false);
+            }
+            if !contributes {
                 e.need_backward = false;
             }
-            e.propagate = e
-                .bottoms
-                .iter()
-                .map(|&b| e.need_backward && blob_needs[b])
-                .collect();
+            for (i, &b) in e.bottoms.iter().enumerate() {
+                if contributes {
+                    under_loss[b] = true;
+                } else {
+                    e.propagate[i] = false;
+                }
+                if !e.propagate[i] {
+                    skipping[b] += 1;
+                }
+            }
+        }
+        for e in &mut self.entries {
+            let need = e.need_backward;
+            e.propagate.iter_mut().for_each(|p| *p &= need);
         }
     }
 
