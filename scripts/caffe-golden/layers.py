@@ -155,6 +155,17 @@ case("pool_ave_rect", 'type: "Pooling" pooling_param { pool: AVE kernel_h: 2 ker
 case("pool_global", 'type: "Pooling" pooling_param { pool: AVE global_pooling: true }')
 case("pool_global_max", 'type: "Pooling" pooling_param { pool: MAX global_pooling: true }')
 
+# Ties and zeros: inputs rounded to integers, so windows and bottoms hold
+# equal maxima (Caffe keeps the first) and ReLU sees exact zeros.
+case("pool_max_ties", 'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 1 }',
+     shapes=[(2, 2, 5, 5)], inputs=[np.round])
+case("pool_max_ties_pad", 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }',
+     shapes=[(2, 2, 6, 6)], inputs=[np.round])
+case("eltwise_max_ties", 'type: "Eltwise" eltwise_param { operation: MAX }',
+     shapes=[(2, 3, 3, 4), (2, 3, 3, 4), (2, 3, 3, 4)], inputs=[np.round, np.round, np.round])
+case("relu_zeros", 'type: "ReLU"', inputs=[np.round])
+case("prelu_zeros", 'type: "PReLU"', inputs=[np.round], params=[uniform(0.05, 0.6)])
+
 # Convolution and inner product.
 CONV_W = [normal(0.3), normal(0.1)]
 case("conv", 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 }',
@@ -231,6 +242,13 @@ case("sigmoid_ce_ignore_valid", 'type: "SigmoidCrossEntropyLoss" loss_param { ig
      shapes=[(3, 6)], labels=((3, 6), 3), inputs=[times(4)], loss=True)
 case("sigmoid_ce_normalize", 'type: "SigmoidCrossEntropyLoss" loss_param { normalize: true } loss_weight: 3',
      shapes=[(2, 3, 2)], labels=((2, 3, 2), 2), inputs=[times(2)], loss=True)
+case("accuracy_ignore_spatial", 'type: "Accuracy" accuracy_param { ignore_label: 0 }',
+     shapes=[(2, 4, 3, 2)], labels=((2, 1, 3, 2), 4), loss=True)
+case("softmax_axis2", 'type: "Softmax" softmax_param { axis: 2 }', inputs=[times(2)])
+case("softmax_loss_axis2", 'type: "SoftmaxWithLoss" softmax_param { axis: 2 }', shapes=[(2, 3, 4)],
+     labels=((2, 3), 4), inputs=[times(2)], loss=True)
+case("concat_negative_axis", 'type: "Concat" concat_param { axis: -1 }', shapes=[(2, 3, 3, 4), (2, 3, 3, 2)])
+case("slice_negative_axis", 'type: "Slice" slice_param { axis: -2 slice_point: 2 }')
 case("accuracy_top2", 'type: "Accuracy" accuracy_param { top_k: 2 }', shapes=[(6, 4)],
      labels=((6,), 4), loss=True)
 
