@@ -9,22 +9,32 @@ pub fn learning_rate(p: &SolverParameter, iter: usize, current_step: &mut usize)
     let gamma = p.gamma() as f64;
     let power = p.power() as f64;
     let it = iter as f64;
-    let rate = match p.lr_policy() {
+    let policy = p.lr_policy();
+    // Caffe CHECKs these before computing the rate.
+    if matches!(policy, "step" | "exp" | "inv" | "multistep" | "sigmoid") && gamma < 0.0 {
+        return Err(Error::model(
+            "solver",
+            format!("lr_policy \"{policy}\" needs gamma >= 0, not {gamma} (Caffe refuses a negative gamma)"),
+        ));
+    }
+    if matches!(policy, "step" | "sigmoid") && p.stepsize() <= 0 {
+        return Err(Error::model(
+            "solver",
+            format!("lr_policy \"{policy}\" needs stepsize > 0"),
+        ));
+    }
+    let rate = match policy {
         "fixed" => base,
         "step" => {
-            if p.stepsize() <= 0 {
-                return Err(Error::model(
-                    "solver",
-                    "lr_policy \"step\" needs stepsize > 0",
-                ));
-            }
             *current_step = iter / p.stepsize() as usize;
             base * gamma.powi(*current_step as i32)
         }
         "exp" => base * gamma.powf(it),
         "inv" => base * (1.0 + gamma * it).powf(-power),
         "multistep" => {
-            while *current_step < p.stepvalue.len() && iter >= p.stepvalue[*current_step] as usize {
+            // At most one step per iteration, as in Caffe: stepvalues out
+            // of order, or a resume past several, catch up one at a time.
+            if *current_step < p.stepvalue.len() && iter >= p.stepvalue[*current_step] as usize {
                 *current_step += 1;
             }
             base * gamma.powi(*current_step as i32)
@@ -82,5 +92,32 @@ mod tests {
         let p = solver("base_lr: 1 lr_policy: \"inv\" gamma: 1 power: 1");
         assert!((learning_rate(&p, 1, &mut 0).unwrap() - 0.5).abs() < 1e-7);
         assert!(learning_rate(&solver("base_lr: 1 lr_policy: \"cosine\""), 0, &mut 0).is_err());
+    }
+
+    #[test]
+    fn multistep_takes_one_step_an_iteration_as_caffe_does() {
+        let p = solver("base_lr: 1 lr_policy: \"multistep\" gamma: 0.5 stepvalue: 5 stepvalue: 3");
+        let mut s = 0;
+        let rates: Vec<f32> = (4..8)
+            .map(|i| learning_rate(&p, i, &mut s).unwrap())
+            .collect();
+        assert_eq!(rates, [1.0, 0.5, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn caffes_checks_on_gamma_and_stepsize() {
+        for policy in ["step", "exp", "inv", "multistep", "sigmoid"] {
+            let p = solver(&format!(
+                "base_lr: 1 lr_policy: \"{policy}\" gamma: -0.5 stepsize: 3"
+            ));
+            let e = learning_rate(&p, 0, &mut 0).unwrap_err().to_string();
+            assert!(e.contains("needs gamma >= 0"), "{e}");
+        }
+        // Policies that ignore gamma ignore its sign too.
+        let p = solver("base_lr: 1 lr_policy: \"poly\" power: 1 max_iter: 4 gamma: -1");
+        assert!(learning_rate(&p, 0, &mut 0).is_ok());
+        let p = solver("base_lr: 1 lr_policy: \"sigmoid\" gamma: 0.5");
+        let e = learning_rate(&p, 0, &mut 0).unwrap_err().to_string();
+        assert!(e.contains("sigmoid\" needs stepsize > 0"), "{e}");
     }
 }

@@ -105,6 +105,8 @@ impl Solver {
         let mut param: SolverParameter = prototxt::read(&solver_path)?;
         let ctx = format!("solver {}", opts.solver.display());
         let rule = Rule::from_param(&param, &ctx)?;
+        // The lr policy's settings are checked before any net is built.
+        learning_rate(&param, 0, &mut 0)?;
         if !matches!(param.regularization_type(), "L2" | "L1") {
             return Err(Error::model(
                 &ctx,
