@@ -14,7 +14,12 @@
 #     its probabilities against the softmax of our `features` fc8;
 #   - a Caffe Data layer reads our `features --lmdb` LMDB (float_data
 #     Datums): its batches against our fc8.npy and the labels;
-#   - every field number and enum value of proto/caffe.proto is Caffe's.
+#   - `pipeline` on the fixture photos as class folders (the tiny net as
+#     the recipe, cropped to 64, with --lmdb and --class-weights): Caffe
+#     trains with the train_val.prototxt, solver.prototxt, LMDBs, mean and
+#     InfogainLoss matrix it wrote, and `caffe test` with the pipeline's
+#     weights gives its evaluation's accuracy, loss and probabilities;
+#   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
 #   sudo scripts/caffe-golden/crosscheck.sh [CHROOT_DIR] [BINARY]
@@ -46,11 +51,26 @@ log=$work/ours.log
 "$bin" to-lmdb --resize-height 64 --resize-width 64 ../images ../images/list.txt ours/lmdb >>"$log" 2>&1
 "$bin" compute-mean ours/lmdb ours/mean.binaryproto >>"$log" 2>&1
 
+# The whole pipeline on the photos as class folders, the tiny net as recipe.
+# Its files name absolute paths under $work: a link makes them resolve in
+# the chroot too.
+mkdir -p "$root$(dirname "$work")" && ln -sfn /xc "$root$work"
+mkdir -p ../recipe && cp train_val.prototxt solver.prototxt ../recipe/
+sed -i 's/    mirror: false/    mirror: false\n    crop_size: 64/' ../recipe/train_val.prototxt
+(cd .. && "$bin" pipeline --folders images --out pipeline --recipe recipe \
+    --weights tiny-net/snapshots/init_iter_0.caffemodel --lmdb --max-iter 6 \
+    --test-fraction 0.25 --class-weights 0.5 >>"$log" 2>&1)
+mkdir -p ours/pipeline && cp ../pipeline/snapshots/finetune_cw0.5_iter_6.caffemodel ours/pipeline/
+
 # Caffe on our files.
 in_root() { chroot "$root" env OPENBLAS_NUM_THREADS=1 GLOG_minloglevel=0 bash -c "cd /xc/tiny-net && $1"; }
 in_root "caffe train -solver solver.prototxt -snapshot ours/tiny_iter_15.solverstate" >caffe_resume.log 2>&1
 in_root "caffe test -model train_val.prototxt -weights ours/tiny_iter_30.caffemodel -iterations 3" >caffe_test.log 2>&1
 in_root "compute_image_mean ours/lmdb ours/caffe_mean.binaryproto" >caffe_mean.log 2>&1
+in_root "caffe train -solver $work/pipeline/solver.prototxt -weights snapshots/init_iter_0.caffemodel" \
+    >caffe_pipeline_train.log 2>&1
+in_root "caffe test -model $work/pipeline/train_val.prototxt -weights ours/pipeline/finetune_cw0.5_iter_6.caffemodel -iterations 1" \
+    >caffe_pipeline_test.log 2>&1
 cat >check.py <<'EOF'
 import csv, re, sys
 import numpy as np
@@ -133,6 +153,25 @@ same_labels = list(np.concatenate(ys).astype(int)) == labels
 e = rel(np.concatenate(xs), fc8)
 rows.append(("a Caffe Data layer reads our features --lmdb (fc8 as float_data Datums)",
              f"{e:.1e} from fc8.npy, labels {'equal' if same_labels else 'DIFFER'}", e == 0 and same_labels))
+
+import json
+trained = "Optimization Done" in open("caffe_pipeline_train.log").read()
+rows.append(("caffe train with the pipeline's train_val, solver, LMDBs, mean and InfogainLoss matrix",
+             "6 iterations" if trained else "FAILED", trained))
+test = open("caffe_pipeline_test.log").read()
+acc = float(re.findall(r"\] accuracy = ([\d.e-]+)", test)[-1])
+loss = float(re.findall(r"\] loss = ([\d.e-]+)", test)[-1])
+m = json.load(open("../pipeline/evaluation_cw0.5/metrics.json"))
+net = caffe.Net("../pipeline/train_val.prototxt", caffe.TEST,
+                weights="ours/pipeline/finetune_cw0.5_iter_6.caffemodel")
+net.forward()
+fc8 = net.blobs["fc8"].data.astype(np.float64)
+p = np.exp(fc8 - fc8.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+lines = list(csv.reader(open("../pipeline/evaluation_cw0.5/probabilities.csv")))[1:]
+e = float(np.abs(np.array([[float(v) for v in r[2:]] for r in lines]) - p).max())
+rows.append(("caffe test with the pipeline's weights vs its evaluation",
+             f"accuracy {acc} / {m['accuracy']}, loss {loss} / {m['log_loss']:.5g}, probabilities within {e:.1e}",
+             abs(acc - m["accuracy"]) < 1e-6 and abs(loss - m["log_loss"]) / loss < 1e-4 and e < 1e-6))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:
