@@ -61,6 +61,13 @@ sed -i 's/    mirror: false/    mirror: false\n    crop_size: 64/' ../recipe/tra
     --weights tiny-net/snapshots/init_iter_0.caffemodel --lmdb --max-iter 6 \
     --test-fraction 0.25 --class-weights 0.5 >>"$log" 2>&1)
 mkdir -p ours/pipeline && cp ../pipeline/snapshots/finetune_cw0.5_iter_6.caffemodel ours/pipeline/
+# Again in gray, padded to squares: one-channel LMDBs and gray-weights' conv1.
+(cd .. && "$bin" pipeline --folders images --out pipeline_gray --recipe recipe \
+    --weights tiny-net/snapshots/init_iter_0.caffemodel --lmdb --max-iter 6 \
+    --test-fraction 0.25 --gray --pad-square border >>"$log" 2>&1)
+gray_weights=$(ls ../pipeline_gray/snapshots/*_iter_6.caffemodel)
+gray_eval=$(ls -d ../pipeline_gray/evaluation*)
+cp "$gray_weights" ours/pipeline/gray_iter_6.caffemodel
 
 # Caffe on our files.
 in_root() { chroot "$root" env OPENBLAS_NUM_THREADS=1 GLOG_minloglevel=0 bash -c "cd /xc/tiny-net && $1"; }
@@ -71,6 +78,11 @@ in_root "caffe train -solver $work/pipeline/solver.prototxt -weights snapshots/i
     >caffe_pipeline_train.log 2>&1
 in_root "caffe test -model $work/pipeline/train_val.prototxt -weights ours/pipeline/finetune_cw0.5_iter_6.caffemodel -iterations 1" \
     >caffe_pipeline_test.log 2>&1
+in_root "caffe train -solver $work/pipeline_gray/solver.prototxt -weights $(ls ../pipeline_gray/*.caffemodel | head -1 | sed "s|^\.\.|$work|")" \
+    >caffe_gray_train.log 2>&1
+in_root "caffe test -model $work/pipeline_gray/train_val.prototxt -weights ours/pipeline/gray_iter_6.caffemodel -iterations 1" \
+    >caffe_gray_test.log 2>&1
+echo "${gray_eval#../}" >gray_eval.txt
 cat >check.py <<'EOF'
 import csv, re, sys
 import numpy as np
@@ -172,6 +184,17 @@ e = float(np.abs(np.array([[float(v) for v in r[2:]] for r in lines]) - p).max()
 rows.append(("caffe test with the pipeline's weights vs its evaluation",
              f"accuracy {acc} / {m['accuracy']}, loss {loss} / {m['log_loss']:.5g}, probabilities within {e:.1e}",
              abs(acc - m["accuracy"]) < 1e-6 and abs(loss - m["log_loss"]) / loss < 1e-4 and e < 1e-6))
+
+trained = "Optimization Done" in open("caffe_gray_train.log").read()
+rows.append(("caffe train with pipeline --gray --pad-square's files (one-channel LMDBs, gray-weights' conv1)",
+             "6 iterations" if trained else "FAILED", trained))
+test = open("caffe_gray_test.log").read()
+acc = float(re.findall(r"\] accuracy = ([\d.e-]+)", test)[-1])
+loss = float(re.findall(r"\] loss = ([\d.e-]+)", test)[-1])
+m = json.load(open("../" + open("gray_eval.txt").read().strip() + "/metrics.json"))
+rows.append(("caffe test with the gray pipeline's weights vs its evaluation",
+             f"accuracy {acc} / {m['accuracy']}, loss {loss} / {m['log_loss']:.5g}",
+             abs(acc - m["accuracy"]) < 1e-6 and abs(loss - m["log_loss"]) / loss < 1e-4))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:
