@@ -6,6 +6,7 @@
 //! (the fourth wraps around) the labels must be Caffe's and the data blob's
 //! fingerprint (sum, sum of squares, 64 sampled values) must agree.
 mod common;
+use common::golden::{assert_agree, Fingerprint};
 use flickr_style::caffe::model::read_net_prototxt;
 use flickr_style::caffe::proto::Phase;
 use flickr_style::train::layers::BuildContext;
@@ -30,20 +31,6 @@ struct Batch {
     shape: Vec<usize>,
     labels: Vec<i64>,
     data: Fingerprint,
-}
-
-#[derive(Deserialize)]
-struct Fingerprint {
-    size: usize,
-    sum: f64,
-    sum_sq: f64,
-    positions: Vec<usize>,
-    values: Vec<f32>,
-}
-
-fn golden() -> Golden {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/caffe_data.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// Runs one case; returns what disagrees with Caffe.
@@ -88,23 +75,14 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
             ));
         }
         let got: Vec<f32> = data.flatten_all().unwrap().to_vec1().unwrap();
-        let f = &want.data;
-        assert_eq!(got.len(), f.size);
-        let sum: f64 = got.iter().map(|&x| f64::from(x)).sum();
-        let sum_sq: f64 = got.iter().map(|&x| f64::from(x).powi(2)).sum();
         // Pixels are integers and the transforms a multiply-add each, so
         // any real difference (a pixel off by one) shows far above 1e-6.
-        let scale = f.sum_sq.sqrt();
-        if (sum - f.sum).abs() / scale > 1e-6 || (sum_sq - f.sum_sq).abs() / f.sum_sq > 1e-6 {
-            bad.push(format!(
-                "batch {b}: sum {sum} and sum of squares {sum_sq}, Caffe {} and {}",
-                f.sum, f.sum_sq
-            ));
-        }
-        for (&p, &w) in f.positions.iter().zip(&f.values) {
-            if (got[p] - w).abs() > 1e-5 * w.abs().max(1.0) {
-                bad.push(format!("batch {b}: value {p} is {}, Caffe {w}", got[p]));
+        match want.data.errors(&got) {
+            Ok(e) if e.sum_over_root.max(e.sum_sq).max(e.values) > 1e-6 => {
+                bad.push(format!("batch {b}: {e:?}"))
             }
+            Ok(_) => {}
+            Err(why) => bad.push(format!("batch {b}: {why}")),
         }
     }
     bad
@@ -112,7 +90,7 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
 
 #[test]
 fn data_layers_give_caffes_batches() {
-    let golden = golden();
+    let golden: Golden = common::golden::load("caffe_data.json");
     eprintln!("golden numbers: {}", golden.provenance);
     assert!(golden.cases.len() >= 7);
     let dir = tempfile::tempdir().unwrap();
@@ -124,10 +102,5 @@ fn data_layers_give_caffes_batches() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} disagreements with Caffe:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_agree(&failures);
 }

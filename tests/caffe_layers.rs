@@ -9,6 +9,8 @@
 //! random blob with loss weight 1, so its gradient is that blob. Every case
 //! runs on the CPU kernels, on the tensor ops (the GPU's code path) and on
 //! the fused kernels' CPU twins.
+mod common;
+use common::golden::Array;
 use flickr_style::caffe::model::read_net_prototxt;
 use flickr_style::caffe::proto::{BlobProto, Phase};
 use flickr_style::train::layers::BuildContext;
@@ -19,12 +21,6 @@ use serde::Deserialize;
 struct Golden {
     provenance: String,
     cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Array {
-    shape: Vec<usize>,
-    data: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -42,11 +38,6 @@ struct Case {
     params_after_forward: Option<Vec<Array>>,
     param_grads: Vec<Array>,
     input_grads: Vec<Array>,
-}
-
-fn golden() -> Golden {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/caffe_layers.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// The three ways a layer can compute: (label, tensor_ops, fused).
@@ -182,7 +173,7 @@ const TENSOR_OPS_REFUSE: [(&str, &str); 1] = [(
 
 #[test]
 fn every_layer_matches_caffe_forward_and_backward() {
-    let golden = golden();
+    let golden: Golden = common::golden::load("caffe_layers.json");
     eprintln!("golden numbers: {}", golden.provenance);
     assert!(golden.cases.len() >= 60, "{} cases", golden.cases.len());
     let dir = tempfile::tempdir().unwrap();
@@ -202,10 +193,5 @@ fn every_layer_matches_caffe_forward_and_backward() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} disagreements with Caffe:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    common::golden::assert_agree(&failures);
 }

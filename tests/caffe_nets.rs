@@ -6,7 +6,9 @@
 //! come from formulas both sides compute (see `nets.py`); the weighted loss,
 //! every blob after the forward pass and every parameter gradient must
 //! agree (sum, sum of squares, 16 sampled values each).
+mod common;
 use candle_core::{Device, Tensor};
+use common::golden::{assert_agree, Fingerprint};
 use flickr_style::caffe::model::read_net_prototxt;
 use flickr_style::caffe::proto::Phase;
 use flickr_style::train::layers::BuildContext;
@@ -39,25 +41,11 @@ struct Formula {
 }
 
 #[derive(Deserialize)]
-struct Fingerprint {
-    size: usize,
-    sum: f64,
-    sum_sq: f64,
-    positions: Vec<usize>,
-    values: Vec<f32>,
-}
-
-#[derive(Deserialize)]
 struct Grad {
     layer: String,
     index: usize,
     #[serde(flatten)]
     print: Fingerprint,
-}
-
-fn golden() -> Golden {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/caffe_nets.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// `offset + amp * (2u - 1)` for i in 0..n, u from nets.py's 32-bit
@@ -83,34 +71,13 @@ fn formula(n: usize, offset: f64, amp: f64, k: usize) -> Vec<f32> {
 /// relative, and the sampled values within `tol` of the largest of them.
 fn differs(what: &str, got: &Tensor, want: &Fingerprint, tol: f64) -> Option<String> {
     let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-    if got.len() != want.size {
-        return Some(format!("{what}: {} values, Caffe {}", got.len(), want.size));
+    match want.errors(&got) {
+        Ok(e) if e.sum_per_value.max(e.sum_sq).max(e.values) > tol => {
+            Some(format!("{what}: {e:?}"))
+        }
+        Ok(_) => None,
+        Err(why) => Some(format!("{what}: {why}")),
     }
-    let sum: f64 = got.iter().map(|&x| f64::from(x)).sum();
-    let sum_sq: f64 = got.iter().map(|&x| f64::from(x).powi(2)).sum();
-    let n = want.size.max(1) as f64;
-    let per_value = (want.sum_sq / n).sqrt().max(1e-20) * n;
-    let largest = want
-        .values
-        .iter()
-        .fold(1e-20f64, |m, &v| m.max(f64::from(v).abs()));
-    let value_err = want
-        .positions
-        .iter()
-        .zip(&want.values)
-        .map(|(&p, &v)| (f64::from(got[p]) - f64::from(v)).abs() / largest)
-        .fold(0.0, f64::max);
-    let errs = [
-        (sum - want.sum).abs() / per_value,
-        (sum_sq - want.sum_sq).abs() / want.sum_sq.max(1e-40),
-        value_err,
-    ];
-    (errs.iter().any(|&e| e > tol)).then(|| {
-        format!(
-            "{what}: errors {:.1e} (sum, per value), {:.1e} (sum of squares), {:.1e} (values)",
-            errs[0], errs[1], errs[2]
-        )
-    })
 }
 
 fn check(g: &GoldenNet, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
@@ -180,7 +147,7 @@ fn check(g: &GoldenNet, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> 
 
 #[test]
 fn googlenet_and_resnet18_match_caffe_forward_and_backward() {
-    let golden = golden();
+    let golden: Golden = common::golden::load("caffe_nets.json");
     eprintln!("golden numbers: {}", golden.provenance);
     assert_eq!(golden.nets.len(), 2);
     let dir = tempfile::tempdir().unwrap();
@@ -192,10 +159,5 @@ fn googlenet_and_resnet18_match_caffe_forward_and_backward() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} disagreements with Caffe:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_agree(&failures);
 }

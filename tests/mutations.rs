@@ -4,7 +4,9 @@
 //! (past i32, past f32) and a fraction, and the net is built, run forward
 //! and backward. Each
 //! variant must either work or fail with an error; a panic fails the test.
+mod common;
 use candle_core::{Device, Tensor};
+use common::golden::Array;
 use flickr_style::caffe::model::read_net_prototxt;
 use flickr_style::caffe::proto::{BlobProto, Phase};
 use flickr_style::train::layers::BuildContext;
@@ -14,12 +16,6 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 struct Golden {
     cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Array {
-    shape: Vec<usize>,
-    data: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -74,8 +70,7 @@ fn run(text: &str, case: &Case, dir: &std::path::Path) -> flickr_style::Result<(
 
 #[test]
 fn every_number_of_every_layer_mutated_is_an_error_or_works() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/caffe_layers.json");
-    let golden: Golden = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let golden: Golden = common::golden::load("caffe_layers.json");
     let dir = tempfile::tempdir().unwrap();
     let mut panics = Vec::new();
     let mut tried = 0;

@@ -19,6 +19,7 @@ import numpy as np
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 import caffe  # noqa: E402
+from golden import fingerprint  # noqa: E402
 
 caffe.set_mode_cpu()
 BATCHES = 4  # 3 batches of 8 cover the 24 images; the 4th wraps around
@@ -45,13 +46,6 @@ CASES = {
 }
 
 
-def fingerprint(a):
-    a = np.asarray(a, dtype=np.float64).ravel()
-    picks = np.linspace(0, a.size - 1, 64).round().astype(int)
-    return {"size": int(a.size), "sum": float(a.sum()), "sum_sq": float((a * a).sum()),
-            "positions": [int(p) for p in picks],
-            "values": [float(str(np.float32(a[p]))) for p in picks]}
-
 
 def run(name, layer, transform):
     text = (f'name: "{name}"\nlayer {{ name: "data" top: "data" top: "label" '
@@ -65,7 +59,7 @@ def run(name, layer, transform):
         net.forward()
         batches.append({"shape": list(net.blobs["data"].data.shape),
                         "labels": [int(v) for v in net.blobs["label"].data.ravel()],
-                        "data": fingerprint(net.blobs["data"].data)})
+                        "data": fingerprint(net.blobs["data"].data, 64)})
     return {"name": name, "prototxt": text, "batches": batches}
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 import caffe  # noqa: E402
+from golden import array  # noqa: E402
 
 caffe.set_mode_cpu()
 RNG = np.random.RandomState(20261129)
@@ -311,11 +312,6 @@ def n_tops_of(layer):
         return 2
     return 1
 
-
-def array(a):
-    a = np.asarray(a, dtype=np.float32)
-    # The shortest decimal that reads back as the same float32.
-    return {"shape": list(a.shape), "data": [float(str(v)) for v in a.ravel()]}
 
 
 def run(c):

@@ -27,6 +27,7 @@ import numpy as np
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 import caffe  # noqa: E402
+from golden import fingerprint  # noqa: E402
 
 caffe.set_mode_cpu()
 CLASSES = 5
@@ -155,13 +156,6 @@ def resnet18():
     return n.text()
 
 
-def fingerprint(a):
-    a = np.asarray(a, dtype=np.float64).ravel()
-    picks = np.linspace(0, a.size - 1, 16).round().astype(int)
-    return {"size": int(a.size), "sum": float(a.sum()), "sum_sq": float((a * a).sum()),
-            "positions": [int(p) for p in picks],
-            "values": [float(str(np.float32(a[p]))) for p in picks]}
-
 
 def formula(size, offset, amp, k):
     """offset + amp * (2u - 1), u from a 32-bit integer hash of (i, k)."""
@@ -204,10 +198,10 @@ def run(name, text):
     loss = sum(float(np.sum(net.blobs[b].data, dtype=np.float64)) * w
                for b, w in net.blob_loss_weights.items() if w != 0)
     # Caffe's own Split layers (inserted where a blob has several readers) have no twin here.
-    blobs = {b: fingerprint(v.data) for b, v in net.blobs.items()
+    blobs = {b: fingerprint(v.data, 16) for b, v in net.blobs.items()
              if b not in ("data", "label") and "_split_" not in b}
     net.backward()
-    grads = [{"layer": p["layer"], "index": p["index"], **fingerprint(net.params[p["layer"]][p["index"]].diff)}
+    grads = [{"layer": p["layer"], "index": p["index"], **fingerprint(net.params[p["layer"]][p["index"]].diff, 16)}
              for p in params]
     return {"name": name, "prototxt": text, "params": params, "loss": loss,
             "blobs": blobs, "grads": grads}

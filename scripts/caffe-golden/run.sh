@@ -18,7 +18,7 @@ if [ ! -x "$root/usr/bin/caffe" ]; then
         apt-get install -y --no-install-recommends caffe python3-caffe python3-numpy python3-lmdb'
 fi
 version="$(chroot "$root" dpkg-query -W -f '${Version}' caffe) (Debian bullseye)"
-cp "$here/layers.py" "$here/solvers.py" "$here/data.py" "$here/nets.py" "$root/tmp/"
+cp "$here"/{golden,layers,solvers,data,nets}.py "$root/tmp/"
 rm -rf "$root/tmp/fixtures" && mkdir "$root/tmp/fixtures"
 cp -r "$fixtures/tiny-net" "$fixtures/images" "$root/tmp/fixtures/" && chmod -R u+w "$root/tmp/fixtures"
 chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \

@@ -18,6 +18,7 @@ import numpy as np
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 import caffe  # noqa: E402
+from golden import fingerprint  # noqa: E402
 
 caffe.set_mode_cpu()
 ITERS = 12
@@ -65,12 +66,6 @@ VARIANTS = {
 }
 
 
-def fingerprint(a):
-    a = np.asarray(a, dtype=np.float64).ravel()
-    picks = np.linspace(0, a.size - 1, 8).round().astype(int)
-    return {"size": int(a.size), "sum": float(a.sum()), "sum_sq": float((a * a).sum()),
-            "positions": [int(p) for p in picks], "values": [float(str(np.float32(a[p]))) for p in picks]}
-
 
 def run(name, variant):
     body, edit = variant if isinstance(variant, tuple) else (variant, None)
@@ -89,7 +84,7 @@ def run(name, variant):
         solver.step(1)
         losses.append(float(solver.net.blobs["loss"].data))
     iter_size = "iter_size" in body
-    params = [{"layer": layer, "index": i, **fingerprint(b.data)}
+    params = [{"layer": layer, "index": i, **fingerprint(b.data, 8)}
               for layer, blobs in solver.net.params.items() for i, b in enumerate(blobs)]
     os.unlink(path)
     return {"name": name, "solver": text, "iterations": ITERS,

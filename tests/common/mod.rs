@@ -63,6 +63,7 @@ pub fn solver_options(
     }
 }
 
+pub mod golden;
 pub mod http;
 
 /// A float32 `.npy` file's shape and values.

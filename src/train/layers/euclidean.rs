@@ -33,11 +33,7 @@ impl Layer for EuclideanLoss {
         2
     }
     fn default_loss_weight(&self, i: usize) -> f32 {
-        if i == 0 {
-            1.0
-        } else {
-            0.0
-        }
+        super::loss::first_top_weight(i)
     }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let [a, b] = bottom else {

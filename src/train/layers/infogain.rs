@@ -130,11 +130,7 @@ impl Layer for InfogainLoss {
         Ok(loss_top_shapes(self.tops, &bottom[0]))
     }
     fn default_loss_weight(&self, i: usize) -> f32 {
-        if i == 0 {
-            1.0
-        } else {
-            0.0
-        }
+        super::loss::first_top_weight(i)
     }
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let (o, c, inner) = self.dims;

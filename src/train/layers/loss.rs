@@ -30,6 +30,16 @@ pub(super) fn split(shape: &[usize], axis: i32, ctx: &str) -> Result<(usize, usi
     ))
 }
 
+/// A loss layer's default loss weight for top `i`: 1 for the loss (its
+/// first top), 0 for any other (Caffe's LossLayer).
+pub(super) fn first_top_weight(i: usize) -> f32 {
+    if i == 0 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// The normalisation a loss layer uses: `normalization`, or when only the
 /// deprecated `normalize` flag is set, VALID for true and BATCH_SIZE for false.
 pub(super) fn normalization(lp: &LossParameter) -> NormalizationMode {
@@ -303,11 +313,7 @@ impl Layer for SoftmaxWithLoss {
         Ok(loss_top_shapes(self.tops, &bottom[0]))
     }
     fn default_loss_weight(&self, i: usize) -> f32 {
-        if i == 0 {
-            1.0
-        } else {
-            0.0
-        }
+        first_top_weight(i)
     }
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let (o, c, inner) = self.dims;

@@ -8,6 +8,14 @@ use crate::train::{fused, tensor_ops};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+/// `local_size`, which must be odd (the window is centred), for either region.
+pub(super) fn window(p: &LrnParameter, ctx: &str) -> Result<usize> {
+    if p.local_size() % 2 == 0 {
+        return Err(Error::model(ctx, "local_size must be odd"));
+    }
+    Ok(p.local_size() as usize)
+}
+
 pub struct LocalResponseNorm {
     p: Lrn,
     name: String,
@@ -20,12 +28,9 @@ pub struct LocalResponseNorm {
 impl LocalResponseNorm {
     pub fn new(p: LrnParameter, name: &str, path: OpPath) -> Result<Self> {
         let ctx = format!("layer '{name}'");
-        if p.local_size() % 2 == 0 {
-            return Err(Error::model(&ctx, "local_size must be odd"));
-        }
         Ok(LocalResponseNorm {
             p: Lrn {
-                size: p.local_size() as usize,
+                size: window(&p, &ctx)?,
                 alpha: p.alpha(),
                 beta: p.beta(),
                 k: p.k(),

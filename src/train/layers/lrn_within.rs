@@ -11,7 +11,7 @@
 //! `dx = dy * scale^-beta - 2*alpha*beta/n² * x * window sum of (dy * y / scale)`.
 use super::{nchw, to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{LrnParameter, Phase};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -27,14 +27,8 @@ pub struct LrnWithin {
 
 impl LrnWithin {
     pub fn new(p: &LrnParameter, name: &str, path: OpPath) -> Result<Self> {
-        if p.local_size() % 2 == 0 {
-            return Err(Error::model(
-                format!("layer '{name}'"),
-                "local_size must be odd",
-            ));
-        }
         Ok(LrnWithin {
-            size: p.local_size() as usize,
+            size: super::lrn::window(p, &format!("layer '{name}'"))?,
             alpha: p.alpha(),
             beta: p.beta(),
             name: name.to_string(),
