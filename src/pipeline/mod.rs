@@ -25,4 +25,5 @@ pub mod pad;
 mod png_gray;
 pub mod resize;
 pub mod split;
+pub mod targets;
 pub mod to_lmdb;

@@ -42,6 +42,10 @@ pub(crate) enum Command {
     /// Class weights for a class-weighted loss: a training list's label counts as the diagonal
     /// matrix H of Caffe's InfogainLoss layer (weight proportional to count^-alpha).
     ClassWeights(ClassWeightsArgs),
+    /// Regression or multi-label targets for an image LMDB: a CSV of `path,value,...` rows as an
+    /// LMDB of float Datums under the image records' keys, for a second Data layer feeding an
+    /// EuclideanLoss or SigmoidCrossEntropyLoss.
+    TargetsLmdb(TargetsLmdbArgs),
     /// A caffemodel for one-channel (gray) input: a convolution's filters summed over their input
     /// channels, so that it reads one gray channel as it read three equal ones (see `pipeline --gray`).
     GrayWeights(GrayWeightsArgs),
@@ -91,6 +95,19 @@ pub(crate) enum Command {
     CheckOps(CheckOpsArgs),
     /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
     GetIlsvrcAux(GetIlsvrcAuxArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct TargetsLmdbArgs {
+    /// The image LMDB (from to-lmdb or convert_imageset: keys `<index>_<path>`).
+    pub(crate) images: PathBuf,
+    /// The targets: one row per image, its list path then its values (a header row is allowed).
+    pub(crate) targets: PathBuf,
+    /// The LMDB to write.
+    pub(crate) out: PathBuf,
+    /// Replace an existing LMDB at OUT.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args)]

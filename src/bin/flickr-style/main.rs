@@ -89,6 +89,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckOps(a) => cmd_check_ops(a),
         Command::DownloadModel(a) => cmd_download_model(a),
         Command::ClassWeights(a) => cmd_class_weights(a),
+        Command::TargetsLmdb(a) => cmd_targets_lmdb(a),
         Command::Compare(a) => {
             use flickr_style::train::compare::{expand, read_reports, sorted, to_markdown};
             let rows = read_reports(&expand(&a.reports)?)?;
@@ -160,6 +161,20 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn cmd_targets_lmdb(a: TargetsLmdbArgs) -> Result<()> {
+    let w =
+        flickr_style::pipeline::targets::write_targets_lmdb(&a.images, &a.targets, &a.out, a.force)
+            .with_context(|| format!("targets-lmdb {}", a.targets.display()))?;
+    eprintln!(
+        "wrote {} records of {} values to {}; read them beside the images with\n  layer {{ name: \"targets\" type: \"Data\" top: \"targets\" include {{ phase: TRAIN }} data_param {{ source: \"{}\" batch_size: <the images' batch_size> backend: LMDB }} }}\nand feed \"targets\" to an EuclideanLoss or SigmoidCrossEntropyLoss",
+        w.records,
+        w.values,
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn cmd_class_weights(a: ClassWeightsArgs) -> Result<()> {
