@@ -24,6 +24,7 @@ use crate::train::augment::Augment;
 use crate::train::compute::{Compute, DeviceChoice};
 use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
 use crate::train::gray;
+use crate::train::heads;
 use crate::train::solver::{Solver, SolverOptions};
 use crate::train::tta::Tta;
 use std::path::{Path, PathBuf};
@@ -835,8 +836,8 @@ fn use_mean_file(layer: &mut LayerParameter, mean: &Path) {
     tp.mean_value.clear();
 }
 
-/// Gives the classifier (the InnerProduct layer whose output the loss
-/// layer scores) `classes` outputs. Its name must differ from the
+/// Gives the classifier (the InnerProduct or, as in MobileNet, Convolution
+/// layer whose output the loss layer scores) `classes` outputs. Its name must differ from the
 /// pretrained model's layer (Flickr Style's `fc8_flickr`), so it starts
 /// from its filler.
 fn set_class_count(net: &mut NetParameter, classes: usize, recipe: &Path) -> Result<()> {
@@ -848,24 +849,22 @@ fn set_class_count(net: &mut NetParameter, classes: usize, recipe: &Path) -> Res
         .collect();
     let mut found = false;
     for l in &mut net.layer {
-        if l.r#type() == "InnerProduct" && l.top.iter().any(|t| scores.contains(t)) {
-            l.inner_product_param
-                .get_or_insert_with(Default::default)
-                .num_output = Some(classes as u32);
+        if heads::is_classifier(l) && l.top.iter().any(|t| scores.contains(t)) {
+            heads::set_class_count(l, classes as u32);
             found = true;
         }
     }
     if !found {
         return Err(Error::model(
             recipe.display(),
-            "no InnerProduct layer feeds the loss, so the class count cannot be set",
+            "no InnerProduct or Convolution layer feeds the loss, so the class count cannot be set",
         ));
     }
     Ok(())
 }
 
-/// The num_output of the InnerProduct layer(s) feeding the loss (the
-/// classifier), which must agree.
+/// The num_output of the classifier layer(s) feeding the loss, which must
+/// agree.
 fn classifier_outputs(net: &NetParameter, recipe: &Path) -> Result<usize> {
     let scores: Vec<&String> = net
         .layer
@@ -876,14 +875,14 @@ fn classifier_outputs(net: &NetParameter, recipe: &Path) -> Result<usize> {
     let outputs: std::collections::BTreeSet<u32> = net
         .layer
         .iter()
-        .filter(|l| l.r#type() == "InnerProduct" && l.top.iter().any(|t| scores.contains(&t)))
-        .filter_map(|l| l.inner_product_param.as_ref().map(|p| p.num_output()))
+        .filter(|l| heads::is_classifier(l) && l.top.iter().any(|t| scores.contains(&t)))
+        .filter_map(heads::class_count)
         .collect();
     match outputs.iter().collect::<Vec<_>>().as_slice() {
         [&n] if n > 0 => Ok(n as usize),
         _ => Err(Error::model(
             recipe.display(),
-            "class weights need one InnerProduct classifier feeding a SoftmaxWithLoss layer",
+            "class weights need one InnerProduct or Convolution classifier feeding a SoftmaxWithLoss layer",
         )),
     }
 }
@@ -991,5 +990,33 @@ mod tests {
         // Nothing left to weigh.
         assert!(weigh_loss(&mut net, Path::new("/h"), Path::new("n")).is_err());
         assert!(classifier_outputs(&net, Path::new("n")).is_err());
+    }
+
+    #[test]
+    fn a_convolution_classifier_gets_the_class_count() {
+        // MobileNet's: a 1x1 Convolution on the pooled map feeds the loss.
+        let text = r#"layer { name: "pool6" type: "Pooling" bottom: "x" top: "pool6" }
+            layer { name: "fc7" type: "Convolution" bottom: "pool6" top: "fc7" convolution_param { num_output: 1000 kernel_size: 1 } }
+            layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc7" bottom: "label" top: "loss" }"#;
+        let mut net: NetParameter = prototxt::parse(text, Path::new("n")).unwrap();
+        set_class_count(&mut net, 7, Path::new("n")).unwrap();
+        assert_eq!(
+            net.layer[1]
+                .convolution_param
+                .as_ref()
+                .unwrap()
+                .num_output(),
+            7
+        );
+        assert_eq!(classifier_outputs(&net, Path::new("n")).unwrap(), 7);
+        // A loss fed by something else still names the problem.
+        net.layer[1].r#type = Some("Pooling".into());
+        let e = set_class_count(&mut net, 7, Path::new("n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no InnerProduct or Convolution layer feeds the loss"),
+            "{e}"
+        );
     }
 }

@@ -616,3 +616,81 @@ fn views_add_a_row_per_view_and_the_probe_trains_on_them() {
         "{stdout}"
     );
 }
+
+/// A classifier that is a 1x1 Convolution on a pooled map (MobileNet's and
+/// SqueezeNet's form, renamed so it starts from its filler): the probe cuts
+/// there too, trains it on the map's
+/// saved values and writes it back, and the whole net then scores the test
+/// images as the probe's last test phase did.
+#[test]
+fn probe_trains_a_convolution_classifier() {
+    let t = tempfile::tempdir().unwrap();
+    let solver = edited_net(t.path(), |net| {
+        net.replace(
+            "  type: \"InnerProduct\"\n  bottom: \"fc7\"\n  top: \"fc8\"",
+            "  type: \"Convolution\"\n  bottom: \"fc7map\"\n  top: \"fc8\"",
+        )
+        .replace(
+            "inner_product_param {\n    num_output: 4",
+            "convolution_param {\n    kernel_size: 1\n    num_output: 4",
+        )
+        .replace(
+            "layer {\n  name: \"fc8\"",
+            "layer { name: \"fc7map\" type: \"Reshape\" bottom: \"fc7\" top: \"fc7map\"\n  reshape_param { shape { dim: 0 dim: -1 dim: 1 dim: 1 } } }\nlayer {\n  name: \"fc8conv\"",
+        )
+    });
+    let net = std::fs::read_to_string(t.path().join("net.prototxt")).unwrap();
+    assert!(net.contains("bottom: \"fc7map\"") && net.contains("kernel_size: 1"));
+    let out = t.path().join("probe");
+    let weights = fixture("tiny-net/snapshots/init_iter_0.caffemodel");
+    let (ok, stdout, stderr) = run(
+        t.path(),
+        &[
+            "probe",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-iter",
+            "30",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("trained fc8conv on fc7map"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("test images at iteration 30"))
+        .unwrap();
+    let accuracy: f32 = line
+        .split("accuracy = ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let model = out.join("probe.caffemodel");
+    let (ok, tested, stderr) = run(
+        t.path(),
+        &[
+            "test",
+            "--model",
+            t.path().join("net.prototxt").to_str().unwrap(),
+            "--weights",
+            model.to_str().unwrap(),
+            "--iterations",
+            "3",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let got: f32 = tested
+        .lines()
+        .find_map(|l| l.strip_prefix("accuracy = "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((got - accuracy).abs() < 1e-4, "{tested} vs {line}");
+}

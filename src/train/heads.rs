@@ -13,6 +13,37 @@ fn weight(l: &LayerParameter) -> f32 {
     l.loss_weight.first().copied().unwrap_or(1.0)
 }
 
+/// Whether a layer can be a net's classifier: an InnerProduct, or a
+/// Convolution (MobileNet's and SqueezeNet's 1x1 classifiers on a pooled map).
+pub fn is_classifier(l: &LayerParameter) -> bool {
+    matches!(l.r#type(), "InnerProduct" | "Convolution") && l.bottom.len() == 1
+}
+
+/// A classifier's class count (its `num_output`), if it sets one.
+pub fn class_count(l: &LayerParameter) -> Option<u32> {
+    match l.r#type() {
+        "InnerProduct" => l.inner_product_param.as_ref().map(|p| p.num_output()),
+        "Convolution" => l.convolution_param.as_ref().map(|p| p.num_output()),
+        _ => None,
+    }
+}
+
+/// Sets a classifier's class count (its `num_output`).
+pub fn set_class_count(l: &mut LayerParameter, classes: u32) {
+    match l.r#type() {
+        "Convolution" => {
+            l.convolution_param
+                .get_or_insert_with(Default::default)
+                .num_output = Some(classes)
+        }
+        _ => {
+            l.inner_product_param
+                .get_or_insert_with(Default::default)
+                .num_output = Some(classes)
+        }
+    }
+}
+
 /// The main head's loss layer among `layers`, if any has one.
 pub fn main_loss<'a>(
     layers: impl IntoIterator<Item = &'a LayerParameter>,

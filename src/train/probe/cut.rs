@@ -21,8 +21,9 @@ pub(super) struct Cut {
     pub(super) test_data: usize,
 }
 
-/// Finds the classifier (the InnerProduct layer whose output the TRAIN
-/// net's loss reads), the blob it reads, the labels and the data layers.
+/// Finds the classifier (the InnerProduct or Convolution layer whose output
+/// the TRAIN net's loss reads), the blob it reads, the labels and the data
+/// layers.
 pub(super) fn cut(def: &NetParameter, net: &Path) -> Result<Cut> {
     let ctx = net.display().to_string();
     let state = |phase: Phase| NetState {
@@ -75,11 +76,11 @@ pub(super) fn cut(def: &NetParameter, net: &Path) -> Result<Cut> {
     let classifier = (0..loss)
         .rev()
         .find(|&i| def.layer[i].top.contains(scores) && in_phase(&def.layer[i], Phase::Train))
-        .filter(|&i| def.layer[i].r#type() == "InnerProduct" && def.layer[i].bottom.len() == 1)
+        .filter(|&i| crate::train::heads::is_classifier(&def.layer[i]))
         .ok_or_else(|| {
             Error::model(
                 &ctx,
-                format!("the loss reads '{scores}', which no InnerProduct layer makes; the probe trains an InnerProduct classifier"),
+                format!("the loss reads '{scores}', which no InnerProduct or Convolution layer makes; the probe trains that classifier"),
             )
         })?;
     if def.layer[train_data].top[1] != label {
@@ -275,7 +276,10 @@ layer { name: "c2" type: "InnerProduct" bottom: "mid" top: "deep" inner_product_
             r#"layer { name: "fc8" type: "ReLU" bottom: "fc7" top: "fc8" }"#,
         );
         let e = cut(&parse(&no_ip), Path::new("n")).unwrap_err().to_string();
-        assert!(e.contains("no InnerProduct layer makes"), "{e}");
+        assert!(
+            e.contains("no InnerProduct or Convolution layer makes"),
+            "{e}"
+        );
         let shared = NET.replace("include { phase: TRAIN }", "").replace(
             r#"layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TEST }"#,
             r#"layer { name: "other" type: "ImageData" top: "x" top: "y" include { phase: TEST }"#,

@@ -4,9 +4,10 @@
 //! classifier layer alone trained by the recipe's own solver on the saved
 //! features, which takes seconds where fine-tuning the whole net takes hours.
 //!
-//! The classifier is the InnerProduct layer that feeds the net's loss; the
-//! probe net is the recipe's net from that layer on (classifier, loss,
-//! accuracy, with their settings: class weights, lr_mult, fillers), fed by
+//! The classifier is the InnerProduct (or, as in MobileNet, Convolution)
+//! layer that feeds the net's loss; the probe net is the recipe's net from
+//! that layer on (classifier, loss, accuracy, with their settings: class
+//! weights, lr_mult, fillers), fed by
 //! Data layers reading the feature LMDBs. Its trained layer is put back into
 //! the pretrained net, which gives `probe.caffemodel`: a whole net, ready for
 //! `evaluate`, `classify`, `deploy` or Caffe, or to start fine-tuning from
