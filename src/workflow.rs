@@ -841,42 +841,36 @@ fn use_mean_file(layer: &mut LayerParameter, mean: &Path) {
 /// pretrained model's layer (Flickr Style's `fc8_flickr`), so it starts
 /// from its filler.
 fn set_class_count(net: &mut NetParameter, classes: usize, recipe: &Path) -> Result<()> {
-    let scores: Vec<String> = net
-        .layer
-        .iter()
-        .filter(|l| matches!(l.r#type(), "SoftmaxWithLoss" | "Accuracy"))
-        .filter_map(|l| l.bottom.first().cloned())
-        .collect();
-    let mut found = false;
-    for l in &mut net.layer {
-        if heads::is_classifier(l) && l.top.iter().any(|t| scores.contains(t)) {
-            heads::set_class_count(l, classes as u32);
-            found = true;
-        }
-    }
-    if !found {
+    let found = classifiers(net, &["SoftmaxWithLoss", "Accuracy"]);
+    if found.is_empty() {
         return Err(Error::model(
             recipe.display(),
             "no InnerProduct or Convolution layer feeds the loss, so the class count cannot be set",
         ));
     }
+    for i in found {
+        heads::set_class_count(&mut net.layer[i], classes as u32);
+    }
     Ok(())
+}
+
+/// The classifiers whose scores layers of the `readers` types read (see
+/// [`heads::classifier_of`]), each once.
+fn classifiers(net: &NetParameter, readers: &[&str]) -> std::collections::BTreeSet<usize> {
+    net.layer
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| readers.contains(&l.r#type()))
+        .filter_map(|(i, l)| heads::classifier_of(&net.layer, l.bottom.first()?, i, |_| true))
+        .collect()
 }
 
 /// The num_output of the classifier layer(s) feeding the loss, which must
 /// agree.
 fn classifier_outputs(net: &NetParameter, recipe: &Path) -> Result<usize> {
-    let scores: Vec<&String> = net
-        .layer
-        .iter()
-        .filter(|l| l.r#type() == "SoftmaxWithLoss")
-        .filter_map(|l| l.bottom.first())
-        .collect();
-    let outputs: std::collections::BTreeSet<u32> = net
-        .layer
-        .iter()
-        .filter(|l| heads::is_classifier(l) && l.top.iter().any(|t| scores.contains(&t)))
-        .filter_map(heads::class_count)
+    let outputs: std::collections::BTreeSet<u32> = classifiers(net, &["SoftmaxWithLoss"])
+        .into_iter()
+        .filter_map(|i| heads::class_count(&net.layer[i]))
         .collect();
     match outputs.iter().collect::<Vec<_>>().as_slice() {
         [&n] if n > 0 => Ok(n as usize),
@@ -969,7 +963,7 @@ mod tests {
 
     #[test]
     fn weighing_the_loss_keeps_its_settings_in_infogains_terms() {
-        let text = r#"layer { name: "fc" type: "InnerProduct" top: "fc" inner_product_param { num_output: 3 } }
+        let text = r#"layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" inner_product_param { num_output: 3 } }
             layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss"
                     loss_param { ignore_label: 7 normalize: false } softmax_param { axis: 1 } }"#;
         let mut net: NetParameter = prototxt::parse(text, Path::new("n")).unwrap();

@@ -19,6 +19,38 @@ pub fn is_classifier(l: &LayerParameter) -> bool {
     matches!(l.r#type(), "InnerProduct" | "Convolution") && l.bottom.len() == 1
 }
 
+/// Layers a classifier's scores may pass through on their way to the loss
+/// (SqueezeNet rectifies and globally pools its 1x1 classifier's map).
+const PASS_THROUGH: &[&str] = &["ReLU", "Pooling", "Dropout", "Flatten", "Reshape"];
+
+/// The index of the classifier behind blob `scores` as read by layer
+/// `reader` of `layers`: the latest layer before it that makes the blob, or,
+/// when that only passes the scores on (ReLU, Pooling, Dropout, Flatten,
+/// Reshape), the classifier behind its bottom. `keep` filters the layers
+/// considered (a phase).
+pub fn classifier_of(
+    layers: &[LayerParameter],
+    scores: &str,
+    reader: usize,
+    keep: impl Fn(&LayerParameter) -> bool,
+) -> Option<usize> {
+    let (mut blob, mut before) = (scores.to_string(), reader);
+    loop {
+        let i = (0..before)
+            .rev()
+            .find(|&i| keep(&layers[i]) && layers[i].top.contains(&blob))?;
+        let l = &layers[i];
+        if is_classifier(l) {
+            return Some(i);
+        }
+        if !(PASS_THROUGH.contains(&l.r#type()) && l.bottom.len() == 1) {
+            return None;
+        }
+        blob = l.bottom[0].clone();
+        before = i;
+    }
+}
+
 /// A classifier's class count (its `num_output`), if it sets one.
 pub fn class_count(l: &LayerParameter) -> Option<u32> {
     match l.r#type() {

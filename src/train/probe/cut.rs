@@ -73,11 +73,10 @@ pub(super) fn cut(def: &NetParameter, net: &Path) -> Result<Cut> {
         })?;
     let scores = &def.layer[loss].bottom[0];
     let label = def.layer[loss].bottom[1].clone();
-    let classifier = (0..loss)
-        .rev()
-        .find(|&i| def.layer[i].top.contains(scores) && in_phase(&def.layer[i], Phase::Train))
-        .filter(|&i| crate::train::heads::is_classifier(&def.layer[i]))
-        .ok_or_else(|| {
+    let classifier = crate::train::heads::classifier_of(&def.layer, scores, loss, |l| {
+        in_phase(l, Phase::Train)
+    })
+    .ok_or_else(|| {
             Error::model(
                 &ctx,
                 format!("the loss reads '{scores}', which no InnerProduct or Convolution layer makes; the probe trains that classifier"),
@@ -273,7 +272,7 @@ layer { name: "c2" type: "InnerProduct" bottom: "mid" top: "deep" inner_product_
         let no_ip = NET.replace(
             r#"layer { name: "fc8" type: "InnerProduct" bottom: "fc7" top: "fc8"
   param { lr_mult: 10 } inner_product_param { num_output: 2 } }"#,
-            r#"layer { name: "fc8" type: "ReLU" bottom: "fc7" top: "fc8" }"#,
+            r#"layer { name: "fc8" type: "Sigmoid" bottom: "fc7" top: "fc8" }"#,
         );
         let e = cut(&parse(&no_ip), Path::new("n")).unwrap_err().to_string();
         assert!(
