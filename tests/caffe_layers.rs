@@ -33,6 +33,9 @@ struct Case {
     files: std::collections::BTreeMap<String, Array>,
     inputs: Vec<Array>,
     params: Vec<Array>,
+    /// The parameters are what Caffe's (deterministic) fillers made.
+    #[serde(default)]
+    filled: bool,
     objective: f64,
     tops: Vec<Array>,
     params_after_forward: Option<Vec<Array>>,
@@ -112,7 +115,10 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool, fused: bool) -> V
     let tensor = |a: &Array| {
         candle_core::Tensor::from_vec(a.data.clone(), a.shape.as_slice(), &device).unwrap()
     };
-    for (&i, p) in under_test.iter().zip(&case.params) {
+    for (j, (&i, p)) in under_test.iter().zip(&case.params).enumerate() {
+        if case.filled {
+            bad.extend(compare(format!("parameter {j} as filled"), net.param(i), p));
+        }
         net.set_param(i, tensor(p));
     }
     let inputs = case.inputs.iter().map(tensor).collect();

@@ -10,16 +10,16 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 59 tensor-op cases (52 layers, 2 SGD updates, the 5 other solver
-    // types), 18 on the fused path, then the 9 layers with matrix products in bf16.
-    assert!(out.contains("All 86 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 86, "{out}");
+    // 61 tensor-op cases (54 layers, 2 SGD updates, the 5 other solver
+    // types), 20 on the fused path, then the 11 layers with matrix products in bf16.
+    assert!(out.contains("All 92 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 92, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("| ") && l.contains("[bf16]"))
         .collect();
-    assert_eq!(bf16.len(), 9, "{out}");
+    assert_eq!(bf16.len(), 11, "{out}");
     for row in bf16 {
         let forward: f32 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
         assert!(forward > 1e-4, "{row}");

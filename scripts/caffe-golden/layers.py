@@ -37,7 +37,8 @@ CASES = []
 
 
 def case(name, layer, shapes=((2, 3, 3, 4),), inputs=None, labels=None,
-         loss=False, params=None, phase="TRAIN", after_forward=False, files=None):
+         loss=False, params=None, phase="TRAIN", after_forward=False, files=None,
+         filled=False):
     """One layer under test.
 
     layer: the layer's body (type and parameters), without name/bottom/top.
@@ -50,10 +51,13 @@ def case(name, layer, shapes=((2, 3, 3, 4),), inputs=None, labels=None,
         (BatchNorm's running statistics).
     files: {file name: array} written as BlobProto binaryprotos beside the
         net (InfogainLoss's H).
+    filled: keep the parameters Caffe's fillers made (deterministic ones,
+        such as bilinear), so the test also checks our fillers against them.
     """
     CASES.append(dict(name=name, layer=layer, shapes=[list(s) for s in shapes],
                       inputs=inputs, labels=labels, loss=loss, params=params,
-                      phase=phase, after_forward=after_forward, files=files or {}))
+                      phase=phase, after_forward=after_forward, files=files or {},
+                      filled=filled))
 
 
 def positive(a):
@@ -189,6 +193,16 @@ case("conv_depthwise_stride", 'type: "Convolution" convolution_param { num_outpu
      shapes=[(2, 4, 7, 7)], params=CONV_W)
 case("conv_1x1", 'type: "Convolution" convolution_param { num_output: 5 kernel_size: 1 }',
      shapes=[(2, 3, 4, 4)], params=CONV_W)
+# Deconvolution: FCN's bilinear upsampling (Caffe's filler kept), and learned ones.
+case("deconv_bilinear_upsample", 'type: "Deconvolution" convolution_param { num_output: 3 kernel_size: 4 '
+     'stride: 2 pad: 1 group: 3 bias_term: false weight_filler { type: "bilinear" } }',
+     shapes=[(2, 3, 4, 5)], filled=True)
+case("deconv", 'type: "Deconvolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 }',
+     shapes=[(2, 3, 4, 5)], params=CONV_W)
+case("deconv_group", 'type: "Deconvolution" convolution_param { num_output: 6 kernel_size: 2 group: 2 }',
+     shapes=[(2, 4, 3, 3)], params=CONV_W)
+case("deconv_dilated_rect", 'type: "Deconvolution" convolution_param { num_output: 2 kernel_h: 3 kernel_w: 2 '
+     'dilation: 2 pad_h: 1 pad_w: 0 stride: 3 bias_term: false }', shapes=[(1, 3, 3, 4)], params=CONV_W[:1])
 case("inner_product", 'type: "InnerProduct" inner_product_param { num_output: 5 }',
      params=[normal(0.2), normal(0.1)])
 case("inner_product_axis2", 'type: "InnerProduct" inner_product_param { num_output: 3 axis: 2 }',
@@ -337,11 +351,14 @@ def run(c):
     params = []
     if "under_test" in net.params:
         blobs = net.params["under_test"]
-        if c["params"] is None or len(c["params"]) != len(blobs):
-            raise SystemExit(f"{c['name']}: give {len(blobs)} parameter fillers")
-        for b, fill in zip(blobs, c["params"]):
-            b.data[...] = fill(b.data.shape)
-            params.append(array(b.data))
+        if c["filled"]:
+            params = [array(b.data) for b in blobs]
+        else:
+            if c["params"] is None or len(c["params"]) != len(blobs):
+                raise SystemExit(f"{c['name']}: give {len(blobs)} parameter fillers")
+            for b, fill in zip(blobs, c["params"]):
+                b.data[...] = fill(b.data.shape)
+                params.append(array(b.data))
     net.forward()
     # The weighted loss, as Net::forward returns it.
     objective = sum(float(np.sum(net.blobs[b].data, dtype=np.float64)) * w
@@ -359,6 +376,7 @@ def run(c):
         "phase": c["phase"],
         "prototxt": text,
         "files": {name: array(a) for name, a in c["files"].items()},
+        "filled": c["filled"],
         "inputs": [array(feeds[t]) for t in order],
         "params": params,
         "objective": objective,

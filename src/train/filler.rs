@@ -93,9 +93,28 @@ pub fn fill(
                 .map_err(|e| bad(format!("msra filler: {e}")))?;
             values.extend((0..n).map(|_| d.sample(&mut rng)))
         }
+        "bilinear" => {
+            // Caffe's upsampling kernel for Deconvolution: a tent over each
+            // square kh x kw filter, in f32 as Caffe computes it.
+            let (h, w) = match shape {
+                [_, _, h, w] if h == w => (*h, *w),
+                _ => {
+                    return Err(bad(format!(
+                        "bilinear filler: needs a 4-D blob with square filters, not {shape:?}"
+                    )))
+                }
+            };
+            let f = w.div_ceil(2);
+            let c = ((2 * f - 1 - f % 2) as f64 / (2.0 * f as f64)) as f32;
+            let f = f as f32;
+            values.extend((0..n).map(|i| {
+                let (x, y) = ((i % w) as f32, ((i / w) % h) as f32);
+                (1.0 - (x / f - c).abs()) * (1.0 - (y / f - c).abs())
+            }))
+        }
         other => {
             return Err(bad(format!(
-            "filler type \"{other}\" is not supported (constant, uniform, gaussian, xavier, msra)"
+            "filler type \"{other}\" is not supported (constant, uniform, gaussian, xavier, msra, bilinear)"
         )))
         }
     };
@@ -140,6 +159,22 @@ mod tests {
     }
 
     #[test]
+    fn bilinear_is_a_tent_per_square_filter() {
+        let b = FillerParameter {
+            r#type: Some("bilinear".into()),
+            ..Default::default()
+        };
+        // Kernel 4 (upsampling by 2): f = 2, c = 0.75, weights 0.25, 0.75, 0.75, 0.25 per axis.
+        let v = fill(&b, &[1, 1, 4, 4], 0, "t").unwrap();
+        let axis = [0.25f32, 0.75, 0.75, 0.25];
+        for (i, &got) in v.iter().enumerate() {
+            assert_eq!(got, axis[i % 4] * axis[i / 4], "{i}");
+        }
+        assert!(fill(&b, &[1, 1, 3, 4], 0, "t").is_err());
+        assert!(fill(&b, &[9], 0, "t").is_err());
+    }
+
+    #[test]
     fn constant_xavier_and_unknown() {
         let c = FillerParameter {
             value: Some(0.1),
@@ -153,12 +188,12 @@ mod tests {
         let v = fill(&x, &[4, 3, 2, 2], 0, "t").unwrap();
         assert!(v.iter().all(|&v| v.abs() <= (3.0f32 / 12.0).sqrt()));
         let u = FillerParameter {
-            r#type: Some("bilinear".into()),
+            r#type: Some("unknown".into()),
             ..Default::default()
         };
         assert!(fill(&u, &[1], 0, "layer 'up'")
             .unwrap_err()
             .to_string()
-            .contains("bilinear"));
+            .contains("\"unknown\" is not supported"));
     }
 }

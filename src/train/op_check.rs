@@ -89,6 +89,18 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Deconvolution 4x4 s2 p1 group 3 (bilinear upsampling)",
+        r#"name: "d" type: "Deconvolution" convolution_param { num_output: 3 kernel_size: 4 stride: 2 pad: 1 group: 3 weight_filler { type: "bilinear" } bias_filler { type: "constant" value: 0.1 } }"#,
+        [2, 3, 5, 6],
+        false,
+    ),
+    (
+        "Deconvolution 3x3 s2 p1, learned",
+        r#"name: "d" type: "Deconvolution" convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "gaussian" std: 0.2 } }"#,
+        [2, 3, 4, 5],
+        false,
+    ),
+    (
         "Convolution 3x3 s3 (floor drops rows)",
         r#"name: "c" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride: 3 weight_filler { type: "gaussian" std: 0.1 } }"#,
         [1, 2, 11, 10],
@@ -547,15 +559,24 @@ fn check_case(
 
 /// Whether a case's layer has a fused kernel (so the fused pass checks it).
 fn has_fused(name: &str) -> bool {
-    ["Convolution", "Pooling MAX", "LRN", "ReLU", "Dropout"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    [
+        "Convolution",
+        "Deconvolution",
+        "Pooling MAX",
+        "LRN",
+        "ReLU",
+        "Dropout",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
         && !name.contains("WITHIN_CHANNEL")
 }
 
 /// Whether a case's layer computes matrix products (so the bf16 pass checks it).
 fn has_products(name: &str) -> bool {
-    name.starts_with("Convolution") || name.starts_with("InnerProduct")
+    name.starts_with("Convolution")
+        || name.starts_with("Deconvolution")
+        || name.starts_with("InnerProduct")
 }
 
 /// Whether a case is a convolution (so the cuDNN passes check it).

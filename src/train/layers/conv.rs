@@ -58,7 +58,7 @@ pub struct Convolution {
     depthwise: bool,
 }
 
-fn pick(
+pub(super) fn pick(
     list: &[u32],
     h: Option<u32>,
     w: Option<u32>,

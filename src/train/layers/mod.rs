@@ -10,6 +10,7 @@ mod concat;
 mod conv;
 mod cyclic;
 mod data;
+mod deconv;
 mod eltwise;
 mod euclidean;
 mod infogain;
@@ -266,6 +267,12 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             seed,
             name,
         )?),
+        "Deconvolution" => Box::new(deconv::Deconvolution::new(
+            param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
+            ctx,
+            seed,
+            name,
+        )?),
         "InnerProduct" => Box::new(inner_product::InnerProduct::new(
             param.inner_product_param.clone().ok_or_else(|| missing("inner_product_param"))?,
             ctx.device.clone(),
@@ -326,7 +333,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

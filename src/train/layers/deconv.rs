@@ -1,0 +1,222 @@
+//! Deconvolution: the transpose of a convolution, Caffe's upsampling layer
+//! (FCN's, with the bilinear filler and `group` = channels). Its weights
+//! have Caffe's layout, `input channels x num_output/group x kh x kw`: the
+//! layout of the convolution it transposes, which maps the top back onto
+//! the bottom. So the forward pass is that convolution's input gradient,
+//! the input gradient its forward pass, and the weight gradient its weight
+//! gradient with the roles of the blobs swapped. Every device runs these
+//! as the tensor ops of [`crate::train::tensor_ops`]; the top is
+//! `stride (in - 1) + dilation (k - 1) + 1 - 2 pad` per axis.
+use super::conv::pick;
+use super::{nchw, BackwardArgs, BuildContext, Grads, Layer};
+use crate::caffe::proto::{ConvolutionParameter, Phase};
+use crate::error::{Error, Result};
+use crate::train::filler::fill;
+use crate::train::kernels::Window;
+use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
+use candle_core::{DType, Device, Tensor};
+
+pub struct Deconvolution {
+    p: ConvolutionParameter,
+    device: Device,
+    seed: u64,
+    name: String,
+    params: Vec<Tensor>,
+    fused: bool,
+    precision: crate::train::precision::Precision,
+    /// The transposed convolution's geometry (its input is our top) and its
+    /// input-gradient fold, which is our forward pass.
+    conv: Option<(ConvGeom, Col2Im)>,
+    num_output: usize,
+}
+
+impl Deconvolution {
+    pub fn new(p: ConvolutionParameter, ctx: &BuildContext, seed: u64, name: &str) -> Result<Self> {
+        if p.num_output() == 0 {
+            return Err(Error::model(
+                format!("layer '{name}'"),
+                "convolution_param.num_output must be > 0",
+            ));
+        }
+        Ok(Deconvolution {
+            num_output: p.num_output() as usize,
+            p,
+            device: ctx.device.clone(),
+            seed,
+            name: name.to_string(),
+            params: Vec::new(),
+            fused: ctx.path().fused(),
+            precision: ctx.precision(),
+            conv: None,
+        })
+    }
+
+    /// The transposed convolution's geometry and fold.
+    fn conv(&self) -> &(ConvGeom, Col2Im) {
+        self.conv.as_ref().expect("setup ran")
+    }
+}
+
+impl Layer for Deconvolution {
+    fn type_name(&self) -> &'static str {
+        "Deconvolution"
+    }
+
+    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let ctx = format!("layer '{}'", self.name);
+        let [n, c, h, w] = nchw(bottom, &ctx)?;
+        let p = &self.p;
+        let (kh, kw) = pick(
+            &p.kernel_size,
+            p.kernel_h,
+            p.kernel_w,
+            0,
+            "kernel",
+            &self.name,
+        )?;
+        let (ph, pw) = pick(&p.pad, p.pad_h, p.pad_w, 0, "pad", &self.name)?;
+        let (sh, sw) = pick(&p.stride, p.stride_h, p.stride_w, 1, "stride", &self.name)?;
+        let (dh, dw) = pick(&p.dilation, None, None, 1, "dilation", &self.name)?;
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 || dh == 0 || dw == 0 {
+            return Err(Error::model(
+                &ctx,
+                "kernel size, stride and dilation must be > 0",
+            ));
+        }
+        if sh != sw || dh != dw {
+            return Err(Error::model(
+                &ctx,
+                format!("stride and dilation must be the same for height and width (this layer has stride {sh}x{sw}, dilation {dh}x{dw})"),
+            ));
+        }
+        let g = p.group() as usize;
+        if g == 0 || c % g != 0 || self.num_output % g != 0 {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "group {g} must divide input channels {c} and num_output {}",
+                    self.num_output
+                ),
+            ));
+        }
+        let size = |input: usize, k: usize, pad: usize, d: usize| {
+            (sh * (input - 1) + d * (k - 1) + 1)
+                .checked_sub(2 * pad)
+                .filter(|&s| s > 0)
+        };
+        let (Some(oh), Some(ow)) = (size(h, kh, ph, dh), size(w, kw, pw, dw)) else {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "pad {ph}x{pw} leaves no output for a {h}x{w} input and a {kh}x{kw} kernel"
+                ),
+            ));
+        };
+        // The convolution from our top (oh x ow) back to our bottom (h x w).
+        let win = Window {
+            c: self.num_output,
+            h: oh,
+            w: ow,
+            kh,
+            kw,
+            ph,
+            pw,
+            sh,
+            sw,
+            dh,
+            dw,
+            oh: h,
+            ow: w,
+        };
+        let geom = ConvGeom {
+            group: g,
+            pad: (ph, pw),
+            stride: sh,
+            dilation: dh,
+            precision: self.precision,
+            cudnn: false,
+        };
+        let fold = if self.fused {
+            Col2Im::fused(&win)
+        } else {
+            Col2Im::new(&win, &self.device)?
+        };
+        self.conv = Some((geom, fold));
+        let wshape = vec![c, self.num_output / g, kh, kw];
+        let weight = fill(
+            &p.weight_filler.clone().unwrap_or_default(),
+            &wshape,
+            self.seed,
+            &ctx,
+        )?;
+        self.params = vec![Tensor::from_vec(weight, wshape, &self.device)?];
+        if p.bias_term() {
+            let bias = fill(
+                &p.bias_filler.clone().unwrap_or_default(),
+                &[self.num_output],
+                self.seed ^ 1,
+                &ctx,
+            )?;
+            self.params
+                .push(Tensor::from_vec(bias, self.num_output, &self.device)?);
+        }
+        Ok(vec![vec![n, self.num_output, oh, ow]])
+    }
+
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+
+    fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        let (geom, fold) = self.conv();
+        let x = bottom[0].contiguous()?;
+        // Only the batch and channel counts of the convolution's input are read.
+        let shape = Tensor::zeros((x.dim(0)?, self.num_output, 1, 1), DType::F32, x.device())?;
+        let (y, _, _) = tensor_ops::conv_backward(
+            &shape,
+            &self.params[0],
+            &x,
+            geom,
+            fold,
+            [true, false, false],
+        )?;
+        let y = y.expect("asked for");
+        Ok(vec![match self.params.get(1) {
+            Some(b) => y.broadcast_add(&b.reshape((1, self.num_output, 1, 1))?)?,
+            None => y,
+        }])
+    }
+
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let Some(dy) = &a.top_diff[0] else {
+            return Ok((vec![None], vec![None; self.params.len()]));
+        };
+        let (geom, fold) = self.conv();
+        let dy = dy.contiguous()?;
+        let dx = if a.propagate[0] {
+            Some(tensor_ops::conv_forward(&dy, &self.params[0], None, geom)?)
+        } else {
+            None
+        };
+        let mut pg = vec![None; self.params.len()];
+        if a.param_grad[0] {
+            let (_, dw, _) = tensor_ops::conv_backward(
+                &dy,
+                &self.params[0],
+                &a.bottom[0].contiguous()?,
+                geom,
+                fold,
+                [false, true, false],
+            )?;
+            pg[0] = dw;
+        }
+        if self.params.len() > 1 && a.param_grad[1] {
+            pg[1] = Some(dy.sum((0, 2, 3))?);
+        }
+        Ok((vec![dx], pg))
+    }
+}
