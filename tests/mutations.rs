@@ -2,7 +2,7 @@
 //! layer of the Caffe golden cases (`tests/data/caffe_layers.json`, one
 //! small net per layer configuration) is replaced by 0, -1, 3, huge values
 //! (past i32, past f32) and a fraction, and the net is built, run forward
-//! and backward. Each
+//! and backward, on the CPU kernels and on the tensor ops. Each
 //! variant must either work or fail with an error; a panic fails the test.
 mod common;
 use candle_core::{Device, Tensor};
@@ -52,12 +52,19 @@ fn numbers(line: &str) -> Vec<(usize, usize)> {
     out
 }
 
-/// Builds and runs the net in `text`; an error is fine, a panic is not.
-fn run(text: &str, case: &Case, dir: &std::path::Path) -> flickr_style::Result<()> {
+/// Builds and runs the net in `text` on the CPU kernels or the tensor ops
+/// (the GPU's code path); an error is fine, a panic is not.
+fn run(
+    text: &str,
+    case: &Case,
+    dir: &std::path::Path,
+    tensor_ops: bool,
+) -> flickr_style::Result<()> {
     let file = dir.join("net.prototxt");
     std::fs::write(&file, text).unwrap();
     let def = read_net_prototxt(&file)?;
-    let ctx = BuildContext::cpu(dir, 1, Phase::Train);
+    let mut ctx = BuildContext::cpu(dir, 1, Phase::Train);
+    ctx.tensor_ops = tensor_ops;
     let mut net = Net::new(&def, &ctx, None)?;
     let inputs = case
         .inputs
@@ -95,17 +102,22 @@ fn every_number_of_every_layer_mutated_is_an_error_or_works() {
                 let line = format!("{}{value}{}", &lines[at][..start], &lines[at][end..]);
                 edited[at] = &line;
                 let text = edited.join("\n");
-                tried += 1;
-                let outcome = std::panic::catch_unwind(|| {
-                    run(&text, case, dir.path()).map_err(|e| e.to_string())
-                });
-                if let Err(p) = outcome {
-                    let why = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    panics.push(format!("{}: {line}\n    panicked: {why}", case.name));
+                for tensor_ops in [false, true] {
+                    tried += 1;
+                    let outcome = std::panic::catch_unwind(|| {
+                        run(&text, case, dir.path(), tensor_ops).map_err(|e| e.to_string())
+                    });
+                    if let Err(p) = outcome {
+                        let why = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        panics.push(format!(
+                            "{} (tensor ops: {tensor_ops}): {line}\n    panicked: {why}",
+                            case.name
+                        ));
+                    }
                 }
             }
         }

@@ -3,7 +3,9 @@
 //! folds `Wᵀ·dy` back with col2im for the input gradient. On the CPU, groups
 //! of one input channel each (depthwise, MobileNet's) take the direct
 //! kernels of [`crate::train::depthwise`] instead.
-use super::{nchw, to_vec, with_f32, BackwardArgs, BuildContext, Grads, Layer, OpPath};
+use super::{
+    checked_count, nchw, to_vec, with_f32, BackwardArgs, BuildContext, Grads, Layer, OpPath,
+};
 use crate::caffe::proto::{convolution_parameter::Engine, ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::depthwise;
@@ -300,6 +302,9 @@ impl Layer for Convolution {
             };
         }
         if self.path.tensor_ops() {
+            // The fold table is allocated now, before the net checks its blobs.
+            checked_count(&[n, self.num_output, oh, ow], &ctx, "top")?;
+            checked_count(&[c, h, w, kh, kw], &ctx, "the input-gradient fold table")?;
             let geom = ConvGeom {
                 group: g,
                 pad: (ph, pw),

@@ -8,7 +8,7 @@
 //! as the tensor ops of [`crate::train::tensor_ops`]; the top is
 //! `stride (in - 1) + dilation (k - 1) + 1 - 2 pad` per axis.
 use super::conv::pick;
-use super::{nchw, BackwardArgs, BuildContext, Grads, Layer};
+use super::{checked_count, nchw, BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
@@ -136,6 +136,14 @@ impl Layer for Deconvolution {
             precision: self.precision,
             cudnn: false,
         };
+        // Sizes first: the fold table below is allocated now, before the net
+        // checks its blobs.
+        checked_count(&[n, self.num_output, oh, ow], &ctx, "top")?;
+        checked_count(
+            &[self.num_output, oh, ow, kh, kw],
+            &ctx,
+            "the input-gradient fold table",
+        )?;
         let fold = if self.fused {
             Col2Im::fused(&win)
         } else {
