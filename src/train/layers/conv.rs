@@ -60,7 +60,45 @@ pub struct Convolution {
     depthwise: bool,
 }
 
-pub(super) fn pick(
+/// A convolution's window: kernel, pad, stride and dilation per axis
+/// (height, width).
+pub(super) struct Settings {
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) ph: usize,
+    pub(super) pw: usize,
+    pub(super) sh: usize,
+    pub(super) sw: usize,
+    pub(super) dh: usize,
+    pub(super) dw: usize,
+}
+
+/// The window `p` gives (Convolution's and Deconvolution's parameters),
+/// kernel and stride checked to be positive.
+pub(super) fn settings(p: &ConvolutionParameter, name: &str) -> Result<Settings> {
+    let (kh, kw) = pick(&p.kernel_size, p.kernel_h, p.kernel_w, 0, "kernel", name)?;
+    let (ph, pw) = pick(&p.pad, p.pad_h, p.pad_w, 0, "pad", name)?;
+    let (sh, sw) = pick(&p.stride, p.stride_h, p.stride_w, 1, "stride", name)?;
+    let (dh, dw) = pick(&p.dilation, None, None, 1, "dilation", name)?;
+    if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+        return Err(Error::model(
+            format!("layer '{name}'"),
+            "kernel size and stride must be > 0",
+        ));
+    }
+    Ok(Settings {
+        kh,
+        kw,
+        ph,
+        pw,
+        sh,
+        sw,
+        dh,
+        dw,
+    })
+}
+
+fn pick(
     list: &[u32],
     h: Option<u32>,
     w: Option<u32>,
@@ -231,20 +269,16 @@ impl Layer for Convolution {
         let ctx = format!("layer '{}'", self.name);
         let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
-        let (kh, kw) = pick(
-            &p.kernel_size,
-            p.kernel_h,
-            p.kernel_w,
-            0,
-            "kernel",
-            &self.name,
-        )?;
-        let (ph, pw) = pick(&p.pad, p.pad_h, p.pad_w, 0, "pad", &self.name)?;
-        let (sh, sw) = pick(&p.stride, p.stride_h, p.stride_w, 1, "stride", &self.name)?;
-        let (dh, dw) = pick(&p.dilation, None, None, 1, "dilation", &self.name)?;
-        if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
-            return Err(Error::model(&ctx, "kernel size and stride must be > 0"));
-        }
+        let Settings {
+            kh,
+            kw,
+            ph,
+            pw,
+            sh,
+            sw,
+            dh,
+            dw,
+        } = settings(p, &self.name)?;
         let g = self.group;
         if c % g != 0 || self.num_output % g != 0 {
             return Err(Error::model(

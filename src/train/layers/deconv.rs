@@ -7,7 +7,7 @@
 //! gradient with the roles of the blobs swapped. Every device runs these
 //! as the tensor ops of [`crate::train::tensor_ops`]; the top is
 //! `stride (in - 1) + dilation (k - 1) + 1 - 2 pad` per axis.
-use super::conv::pick;
+use super::conv::{settings, Settings};
 use super::{checked_count, nchw, BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
@@ -66,23 +66,16 @@ impl Layer for Deconvolution {
         let ctx = format!("layer '{}'", self.name);
         let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
-        let (kh, kw) = pick(
-            &p.kernel_size,
-            p.kernel_h,
-            p.kernel_w,
-            0,
-            "kernel",
-            &self.name,
-        )?;
-        let (ph, pw) = pick(&p.pad, p.pad_h, p.pad_w, 0, "pad", &self.name)?;
-        let (sh, sw) = pick(&p.stride, p.stride_h, p.stride_w, 1, "stride", &self.name)?;
-        let (dh, dw) = pick(&p.dilation, None, None, 1, "dilation", &self.name)?;
-        if kh == 0 || kw == 0 || sh == 0 || sw == 0 || dh == 0 || dw == 0 {
-            return Err(Error::model(
-                &ctx,
-                "kernel size, stride and dilation must be > 0",
-            ));
-        }
+        let Settings {
+            kh,
+            kw,
+            ph,
+            pw,
+            sh,
+            sw,
+            dh,
+            dw,
+        } = settings(p, &self.name)?;
         if sh != sw || dh != dw {
             return Err(Error::model(
                 &ctx,
