@@ -203,6 +203,11 @@ case("deconv_group", 'type: "Deconvolution" convolution_param { num_output: 6 ke
      shapes=[(2, 4, 3, 3)], params=CONV_W)
 case("deconv_dilated_rect", 'type: "Deconvolution" convolution_param { num_output: 2 kernel_h: 3 kernel_w: 2 '
      'dilation: 2 pad_h: 1 pad_w: 0 stride: 3 bias_term: false }', shapes=[(1, 3, 3, 4)], params=CONV_W[:1])
+# Crop: FCN's cut of the upsampled scores to the image (no gradient to the reference).
+case("crop", 'type: "Crop" crop_param { axis: 2 offset: 1 }', shapes=[(2, 3, 6, 7), (2, 3, 4, 5)])
+case("crop_offsets", 'type: "Crop" crop_param { axis: 1 offset: 1 offset: 0 offset: 2 }',
+     shapes=[(2, 4, 5, 6), (2, 2, 5, 3)])
+case("crop_last_axis", 'type: "Crop" crop_param { axis: -1 }', shapes=[(2, 3, 4, 5), (2, 3, 4, 2)])
 case("inner_product", 'type: "InnerProduct" inner_product_param { num_output: 5 }',
      params=[normal(0.2), normal(0.1)])
 case("inner_product_axis2", 'type: "InnerProduct" inner_product_param { num_output: 3 axis: 2 }',
@@ -231,7 +236,7 @@ case("infogain_full_spatial", 'type: "InfogainLoss" infogain_loss_param { source
 case("mvn", 'type: "MVN"', inputs=[lambda a: a * 2 + 1])
 case("mvn_across", 'type: "MVN" mvn_param { across_channels: true eps: 0.001 }')
 case("mvn_mean_only", 'type: "MVN" mvn_param { normalize_variance: false }')
-case("reduction_sum", 'type: "Reduction"')
+case("reduction_sum", 'type: "Reduction"', inputs=[positive])  # no cancelling sum
 case("reduction_asum", 'type: "Reduction" reduction_param { operation: ASUM axis: 1 }')
 case("reduction_sumsq", 'type: "Reduction" reduction_param { operation: SUMSQ axis: 2 coeff: 0.5 }')
 case("reduction_mean", 'type: "Reduction" reduction_param { operation: MEAN axis: -1 coeff: 2 }')

@@ -8,6 +8,7 @@ mod batch_norm;
 mod bias;
 mod concat;
 mod conv;
+mod crop;
 mod cyclic;
 mod data;
 mod deconv;
@@ -316,6 +317,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
+        "Crop" => Box::new(crop::Crop::new(param.crop_param.clone().unwrap_or_default(), name)),
         "Eltwise" => Box::new(eltwise::Eltwise::new(param.eltwise_param.clone(), name)?),
         "Flatten" => Box::new(reshape::Flatten::new(param.flatten_param, name)),
         "Reshape" => Box::new(reshape::Reshape::new(param.reshape_param.clone(), name)?),
@@ -333,7 +335,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Crop, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
