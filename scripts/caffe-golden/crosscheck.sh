@@ -19,6 +19,8 @@
 #     trains with the train_val.prototxt, solver.prototxt, LMDBs, mean and
 #     InfogainLoss matrix it wrote, and `caffe test` with the pipeline's
 #     weights gives its evaluation's accuracy, loss and probabilities;
+#   - two Caffe Data layers read our to-lmdb images and the targets-lmdb
+#     beside them in step (each record's first target is its image's label);
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -50,6 +52,8 @@ log=$work/ours.log
 "$bin" deploy train_val.prototxt ours/deploy.prototxt --batch 8 >>"$log" 2>&1
 "$bin" to-lmdb --resize-height 64 --resize-width 64 ../images ../images/list.txt ours/lmdb >>"$log" 2>&1
 "$bin" compute-mean ours/lmdb ours/mean.binaryproto >>"$log" 2>&1
+awk '{print $1 "," $2 "," ($2 * $2) / 3}' ../images/list.txt >ours/targets.csv
+"$bin" targets-lmdb ours/lmdb ours/targets.csv ours/targets_lmdb >>"$log" 2>&1
 
 # The whole pipeline on the photos as class folders, the tiny net as recipe.
 # Its files name absolute paths under $work: a link makes them resolve in
@@ -195,6 +199,22 @@ m = json.load(open("../" + open("gray_eval.txt").read().strip() + "/metrics.json
 rows.append(("caffe test with the gray pipeline's weights vs its evaluation",
              f"accuracy {acc} / {m['accuracy']}, loss {loss} / {m['log_loss']:.5g}",
              abs(acc - m["accuracy"]) < 1e-6 and abs(loss - m["log_loss"]) / loss < 1e-4))
+
+pair = "ours/pair.prototxt"
+open(pair, "w").write(
+    'layer { name: "images" type: "Data" top: "x" top: "label" '
+    'data_param { source: "ours/lmdb" batch_size: 8 backend: LMDB } }\n'
+    'layer { name: "targets" type: "Data" top: "t" '
+    'data_param { source: "ours/targets_lmdb" batch_size: 8 backend: LMDB } }\n')
+net = caffe.Net(pair, caffe.TEST)
+in_step = True
+for _ in range(4):
+    net.forward()
+    t = net.blobs["t"].data.reshape(8, -1)
+    in_step &= bool(np.array_equal(t[:, 0], net.blobs["label"].data)) and bool(
+        np.allclose(t[:, 1], net.blobs["label"].data ** 2 / 3))
+rows.append(("two Caffe Data layers read our images and targets-lmdb in step (4 batches, a wrap-around)",
+             "each record's targets are its label's" if in_step else "OUT OF STEP", in_step))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:
