@@ -48,7 +48,7 @@ pub struct Convolution {
     training: bool,
     /// Batch size of the last forward.
     batch: usize,
-    /// Set when the net computes with tensor ops (GPU): the square geometry
+    /// Set when the net computes with tensor ops (GPU): the geometry (equal strides and dilations)
     /// and the input-gradient fold table.
     tensor: Option<(ConvGeom, Col2Im)>,
     path: OpPath,
