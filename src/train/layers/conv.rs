@@ -62,6 +62,7 @@ pub struct Convolution {
 
 /// A convolution's window: kernel, pad, stride and dilation per axis
 /// (height, width).
+#[derive(Clone, Copy)]
 pub(super) struct Settings {
     pub(super) kh: usize,
     pub(super) kw: usize,
@@ -71,6 +72,39 @@ pub(super) struct Settings {
     pub(super) sw: usize,
     pub(super) dh: usize,
     pub(super) dw: usize,
+}
+
+impl Settings {
+    /// Refuses unequal strides or dilations where the tensor ops compute
+    /// (candle's convolution takes one value for both axes).
+    pub(super) fn equal_steps(&self, ctx: &str) -> Result<()> {
+        let Settings { sh, sw, dh, dw, .. } = *self;
+        if sh != sw || dh != dw {
+            return Err(Error::model(
+                ctx,
+                format!("on a GPU (the tensor ops), stride and dilation must be the same for height and width (candle's convolution takes one value for both; this layer has stride {sh}x{sw}, dilation {dh}x{dw})"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a `group` that does not divide both channel counts.
+pub(super) fn check_groups(
+    channels: usize,
+    num_output: usize,
+    group: usize,
+    ctx: &str,
+) -> Result<()> {
+    if group == 0 || channels % group != 0 || num_output % group != 0 {
+        return Err(Error::model(
+            ctx,
+            format!(
+                "group {group} must divide input channels {channels} and num_output {num_output}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The window `p` gives (Convolution's and Deconvolution's parameters),
@@ -269,6 +303,7 @@ impl Layer for Convolution {
         let ctx = format!("layer '{}'", self.name);
         let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
+        let window = settings(p, &self.name)?;
         let Settings {
             kh,
             kw,
@@ -278,17 +313,9 @@ impl Layer for Convolution {
             sw,
             dh,
             dw,
-        } = settings(p, &self.name)?;
+        } = window;
         let g = self.group;
-        if c % g != 0 || self.num_output % g != 0 {
-            return Err(Error::model(
-                &ctx,
-                format!(
-                    "group {g} must divide input channels {c} and num_output {}",
-                    self.num_output
-                ),
-            ));
-        }
+        check_groups(c, self.num_output, g, &ctx)?;
         let ext_h = dh * (kh - 1) + 1;
         let ext_w = dw * (kw - 1) + 1;
         if h + 2 * ph < ext_h || w + 2 * pw < ext_w {
@@ -297,11 +324,8 @@ impl Layer for Convolution {
                 format!("kernel {kh}x{kw} is larger than the padded input {h}x{w}"),
             ));
         }
-        if self.path.tensor_ops() && (sh != sw || dh != dw) {
-            return Err(Error::model(
-                &ctx,
-                format!("on a GPU, stride and dilation must be the same for height and width (candle's convolution takes one value for both; this layer has stride {sh}x{sw}, dilation {dh}x{dw})"),
-            ));
+        if self.path.tensor_ops() {
+            window.equal_steps(&ctx)?;
         }
         let oh = (h + 2 * ph - ext_h) / sh + 1;
         let ow = (w + 2 * pw - ext_w) / sw + 1;

@@ -7,7 +7,7 @@
 //! gradient with the roles of the blobs swapped. Every device runs these
 //! as the tensor ops of [`crate::train::tensor_ops`]; the top is
 //! `stride (in - 1) + dilation (k - 1) + 1 - 2 pad` per axis.
-use super::conv::{settings, Settings};
+use super::conv::{check_groups, settings, Settings};
 use super::{checked_count, nchw, BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::error::{Error, Result};
@@ -66,32 +66,20 @@ impl Layer for Deconvolution {
         let ctx = format!("layer '{}'", self.name);
         let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
+        let window = settings(p, &self.name)?;
+        window.equal_steps(&ctx)?;
         let Settings {
             kh,
             kw,
             ph,
             pw,
             sh,
-            sw,
             dh,
             dw,
-        } = settings(p, &self.name)?;
-        if sh != sw || dh != dw {
-            return Err(Error::model(
-                &ctx,
-                format!("stride and dilation must be the same for height and width (this layer has stride {sh}x{sw}, dilation {dh}x{dw})"),
-            ));
-        }
+            ..
+        } = window;
         let g = p.group() as usize;
-        if g == 0 || c % g != 0 || self.num_output % g != 0 {
-            return Err(Error::model(
-                &ctx,
-                format!(
-                    "group {g} must divide input channels {c} and num_output {}",
-                    self.num_output
-                ),
-            ));
-        }
+        check_groups(c, self.num_output, g, &ctx)?;
         let size = |input: usize, k: usize, pad: usize, d: usize| {
             (sh * (input - 1) + d * (k - 1) + 1)
                 .checked_sub(2 * pad)
@@ -115,7 +103,7 @@ impl Layer for Deconvolution {
             ph,
             pw,
             sh,
-            sw,
+            sw: sh,
             dh,
             dw,
             oh: h,
