@@ -1,10 +1,14 @@
 //! Caffe's data layers against a real Caffe: `tests/data/caffe_data.json`,
 //! made by `scripts/caffe-golden/run.sh` (pycaffe 1.0.0 from Debian
-//! bullseye, which decodes and resizes with OpenCV 4.5). Each case is one
-//! TEST-phase Data or ImageData layer over the fixture images or the tiny-net
-//! LMDB (crop, mean file or values, scale, resize, gray); for four batches
-//! (the fourth wraps around) the labels must be Caffe's and the data blob's
-//! fingerprint (sum, sum of squares, 64 sampled values) must agree.
+//! bullseye, which decodes and resizes with OpenCV 4.5). Each case is a
+//! Data or ImageData layer over the fixture images or the tiny-net LMDB
+//! (crop, mean file or values, scale, resize, gray); for several batches
+//! (past a wrap-around) the labels must be Caffe's and the data blob's
+//! fingerprint (sum, sum of squares, 64 sampled values) must agree. The
+//! seeded cases set Caffe's random seed, as a solver's `random_seed` does:
+//! their random crops, mirrors, list shuffles (one per epoch) and ImageData
+//! `rand_skip` must be the ones Caffe drew, also with two data layers
+//! drawing from one generator.
 mod common;
 use common::golden::{assert_agree, Fingerprint};
 use flickr_style::caffe::model::read_net_prototxt;
@@ -24,6 +28,9 @@ struct Case {
     name: String,
     prototxt: String,
     batches: Vec<Batch>,
+    /// Seeded cases: the phase built and Caffe's random seed.
+    phase: Option<String>,
+    seed: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +38,21 @@ struct Batch {
     shape: Vec<usize>,
     labels: Vec<i64>,
     data: Fingerprint,
+    /// The second data layer's tops (`data2`, `label2`), if any.
+    shape2: Option<Vec<usize>>,
+    labels2: Option<Vec<i64>>,
+    data2: Option<Fingerprint>,
+}
+
+impl Batch {
+    /// (top suffix, shape, labels, fingerprint) per data layer.
+    fn tops(&self) -> Vec<(&str, &[usize], &[i64], &Fingerprint)> {
+        let mut tops = vec![("", &self.shape[..], &self.labels[..], &self.data)];
+        if let (Some(s), Some(l), Some(d)) = (&self.shape2, &self.labels2, &self.data2) {
+            tops.push(("2", &s[..], &l[..], d));
+        }
+        tops
+    }
 }
 
 /// Runs one case; returns what disagrees with Caffe.
@@ -38,7 +60,11 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
     let file = dir.join(format!("{}.prototxt", case.name));
     std::fs::write(&file, &case.prototxt).unwrap();
     let def = read_net_prototxt(&file).unwrap();
-    let mut ctx = BuildContext::cpu(common::fixture(""), 1, Phase::Test);
+    let phase = match case.phase.as_deref() {
+        Some("TRAIN") => Phase::Train,
+        _ => Phase::Test,
+    };
+    let mut ctx = BuildContext::cpu(common::fixture(""), case.seed.unwrap_or(1), phase);
     ctx.tensor_ops = tensor_ops;
     let mut net = match Net::new(&def, &ctx, None) {
         Ok(n) => n,
@@ -49,40 +75,41 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
         if let Err(e) = net.forward() {
             return vec![format!("batch {b}: {e}")];
         }
-        let data = net.blob("data").unwrap();
-        if data.dims() != want.shape.as_slice() {
-            bad.push(format!(
-                "batch {b}: shape {:?}, Caffe {:?}",
-                data.dims(),
-                want.shape
-            ));
-            continue;
-        }
-        let labels: Vec<i64> = net
-            .blob("label")
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|&l| l as i64)
-            .collect();
-        if labels != want.labels {
-            bad.push(format!(
-                "batch {b}: labels {labels:?}, Caffe {:?}",
-                want.labels
-            ));
-        }
-        let got: Vec<f32> = data.flatten_all().unwrap().to_vec1().unwrap();
-        // Pixels are integers and the transforms a multiply-add each, so
-        // any real difference (a pixel off by one) shows far above 1e-6.
-        match want.data.errors(&got) {
-            Ok(e) if e.sum_over_root.max(e.sum_sq).max(e.values) > 1e-6 => {
-                bad.push(format!("batch {b}: {e:?}"))
+        for (suffix, shape, labels, fingerprint) in want.tops() {
+            let data = net.blob(&format!("data{suffix}")).unwrap();
+            if data.dims() != shape {
+                bad.push(format!(
+                    "batch {b} data{suffix}: shape {:?}, Caffe {shape:?}",
+                    data.dims()
+                ));
+                continue;
             }
-            Ok(_) => {}
-            Err(why) => bad.push(format!("batch {b}: {why}")),
+            let got_labels: Vec<i64> = net
+                .blob(&format!("label{suffix}"))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&l| l as i64)
+                .collect();
+            if got_labels != labels {
+                bad.push(format!(
+                    "batch {b} label{suffix}: {got_labels:?}, Caffe {labels:?}"
+                ));
+            }
+            let got: Vec<f32> = data.flatten_all().unwrap().to_vec1().unwrap();
+            // Pixels are integers and the transforms a multiply-add each, so
+            // any real difference (a pixel off by one, another crop or
+            // mirror) shows far above 1e-6.
+            match fingerprint.errors(&got) {
+                Ok(e) if e.sum_over_root.max(e.sum_sq).max(e.values) > 1e-6 => {
+                    bad.push(format!("batch {b} data{suffix}: {e:?}"))
+                }
+                Ok(_) => {}
+                Err(why) => bad.push(format!("batch {b} data{suffix}: {why}")),
+            }
         }
     }
     bad
@@ -92,7 +119,8 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
 fn data_layers_give_caffes_batches() {
     let golden: Golden = common::golden::load("caffe_data.json");
     eprintln!("golden numbers: {}", golden.provenance);
-    assert!(golden.cases.len() >= 7);
+    assert!(golden.cases.len() >= 16);
+    assert!(golden.cases.iter().filter(|c| c.seed.is_some()).count() >= 9);
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for case in &golden.cases {

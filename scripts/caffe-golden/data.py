@@ -2,12 +2,13 @@
 """Golden numbers for Caffe's data layers, computed by a real Caffe.
 
 Run with ../shared/caffe-ref/fixtures as the working directory (see
-run.sh). Each case is a net of one deterministic data layer (TEST phase:
-no random crop or mirror, no shuffling) over the fixture images or the
-tiny-net LMDB; the JSON written to argv[1] holds, for each of the first
-BATCHES batches, the labels and a fingerprint of the data blob (sum, sum of
-squares, the values at 64 evenly spaced positions). `tests/caffe_data.rs`
-replays them. ImageData decodes and resizes with the OpenCV Caffe links
+run.sh). Each case is a net of one data layer (two for one case) over the
+fixture images or the tiny-net LMDB; the JSON written to argv[1] holds, for
+each of the first batches, the labels and a fingerprint of the data blob
+(sum, sum of squares, the values at 64 evenly spaced positions).
+`tests/caffe_data.rs` replays them. The TEST cases are deterministic; the
+seeded cases set Caffe's random seed before building the net, so their
+random crops, mirrors, shuffles and skips are the ones Caffe draws from it. ImageData decodes and resizes with the OpenCV Caffe links
 (4.5 in Debian bullseye), so this also checks our decoders and resize.
 """
 import json
@@ -32,6 +33,9 @@ def image_data(params):
             f'batch_size: 8 {params} }}')
 
 
+MEAN_FILE = 'mean_file: "tiny-net/data/color64_mean.binaryproto"'
+
+
 CASES = {
     "lmdb_mean_file": (LMDB, 'mean_file: "tiny-net/data/color64_mean.binaryproto"'),
     "lmdb_crop_mean_file_scale": (LMDB, 'crop_size: 48 scale: 0.5 '
@@ -45,29 +49,68 @@ CASES = {
                        'mean_value: 120 scale: 0.0078125'),
 }
 
+# Seeded cases: (phase, seed, batches, layers as (layer, transform) pairs).
+# A second layer's tops are data2 and label2.
+SEEDED = {
+    "train_lmdb_mirror_crop": ("TRAIN", 1701, 4, [(LMDB, f"mirror: true crop_size: 48 {MEAN_FILE}")]),
+    "train_lmdb_mirror": ("TRAIN", 7, 4, [(LMDB, "mirror: true scale: 0.5")]),
+    "train_lmdb_crop_seed_0": ("TRAIN", 0, 4, [(LMDB, "crop_size: 57 mean_value: 110")]),
+    # Caffe 1.0's Data layer ignores rand_skip (it draws nothing for it).
+    "train_lmdb_rand_skip_ignored": ("TRAIN", 3, 4, [(LMDB.replace("backend", "rand_skip: 5 backend"),
+                                                      "crop_size: 60")]),
+    "test_lmdb_mirror": ("TEST", 99, 4, [(LMDB, "mirror: true crop_size: 48")]),
+    "train_imagedata_shuffle": ("TRAIN", 2024, 7, [(image_data("new_height: 48 new_width: 48 shuffle: true"),
+                                                    "mirror: true crop_size: 40")]),
+    "train_imagedata_shuffle_rand_skip": ("TRAIN", 5, 7, [(image_data(
+        "new_height: 44 new_width: 52 shuffle: true rand_skip: 11"), "crop_size: 40 mean_value: 100")]),
+    "train_imagedata_rand_skip": ("TRAIN", 123456789, 4, [(image_data(
+        "new_height: 40 new_width: 40 rand_skip: 20"), "mirror: true")]),
+    "train_two_layers": ("TRAIN", 31337, 5, [
+        (LMDB, "mirror: true crop_size: 50"),
+        (image_data("new_height: 36 new_width: 36 shuffle: true"), "mirror: true crop_size: 30")]),
+}
 
 
-def run(name, layer, transform):
-    text = (f'name: "{name}"\nlayer {{ name: "data" top: "data" top: "label" '
-            f'transform_param {{ {transform} }} {layer} }}\n')
+def net_text(name, layers):
+    text = f'name: "{name}"\n'
+    for i, (layer, transform) in enumerate(layers):
+        suffix = "" if i == 0 else str(i + 1)
+        text += (f'layer {{ name: "data{suffix}" top: "data{suffix}" top: "label{suffix}" '
+                 f'transform_param {{ {transform} }} {layer} }}\n')
+    return text
+
+
+def run(name, text, phase=caffe.TEST, seed=None, batches=BATCHES, tops=1):
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
         f.write(text)
-    net = caffe.Net(f.name, caffe.TEST)
+    if seed is not None:
+        caffe.set_random_seed(seed)
+    net = caffe.Net(f.name, phase)
     os.unlink(f.name)
-    batches = []
-    for _ in range(BATCHES):
+    out = []
+    for _ in range(batches):
         net.forward()
-        batches.append({"shape": list(net.blobs["data"].data.shape),
-                        "labels": [int(v) for v in net.blobs["label"].data.ravel()],
-                        "data": fingerprint(net.blobs["data"].data, 64)})
-    return {"name": name, "prototxt": text, "batches": batches}
+        batch = {}
+        for i in range(tops):
+            suffix = "" if i == 0 else str(i + 1)
+            batch["shape" + suffix] = list(net.blobs["data" + suffix].data.shape)
+            batch["labels" + suffix] = [int(v) for v in net.blobs["label" + suffix].data.ravel()]
+            batch["data" + suffix] = fingerprint(net.blobs["data" + suffix].data, 64)
+        out.append(batch)
+    case = {"name": name, "prototxt": text, "batches": out}
+    if seed is not None:
+        case["phase"] = "TRAIN" if phase == caffe.TRAIN else "TEST"
+        case["seed"] = seed
+    return case
 
 
 def main():
-    results = [run(n, l, t) for n, (l, t) in CASES.items()]
+    results = [run(n, net_text(n, [(l, t)])) for n, (l, t) in CASES.items()]
+    for n, (phase, seed, batches, layers) in SEEDED.items():
+        results.append(run(n, net_text(n, layers), getattr(caffe, phase), seed, batches, len(layers)))
     doc = {"provenance": "scripts/caffe-golden/data.py with Caffe "
                          + os.environ.get("CAFFE_VERSION", "(version unknown)")
-                         + ", CPU mode, TEST phase, in ../shared/caffe-ref/fixtures",
+                         + ", CPU mode, in ../shared/caffe-ref/fixtures",
            "cases": results}
     with open(sys.argv[1], "w") as f:
         json.dump(doc, f, indent=1)

@@ -1,5 +1,6 @@
 //! Caffe's on-disk formats: the protobuf messages (binary and text format),
-//! blobs, datums, net upgrades from the V1 layout, and mean files.
+//! blobs, datums, net upgrades from the V1 layout, and mean files; and
+//! Caffe's random draws ([`rng`]), which its data layers' choices depend on.
 //!
 //! The schema lives in `proto/caffe.proto`; `build.rs` compiles it with protox
 //! (no `protoc` needed) into prost types and a descriptor that prost-reflect
@@ -10,6 +11,7 @@ pub mod datum;
 pub mod mean_file;
 pub mod model;
 pub mod prototxt;
+pub mod rng;
 
 /// The prost types generated from `proto/caffe.proto`.
 #[allow(missing_docs, clippy::all)]

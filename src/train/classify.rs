@@ -400,7 +400,8 @@ fn transform_view(
 ) -> Result<()> {
     let context = || path.display().to_string();
     if !oversample {
-        return spec.transformer.apply(m.into(), 0, context, out);
+        // No draws: a mirroring TEST transform leaves the image unmirrored.
+        return spec.transformer.apply(m.into(), &[], 0, context, out);
     }
     let (c, h, w) = (spec.transformer.crop_size(), m.height, m.width);
     let offsets = [

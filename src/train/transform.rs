@@ -9,6 +9,7 @@
 use super::augment::Augment;
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::proto::{Phase, TransformationParameter};
+use crate::caffe::rng::CaffeRng;
 use crate::error::{Error, Result};
 use crate::pipeline::mat::{Mat8, Pixels};
 use rand::{Rng, SeedableRng};
@@ -23,7 +24,10 @@ pub struct Transformer {
     mean_image: Option<(usize, usize, usize, Vec<f32>)>,
     mean_values: Vec<f32>,
     phase: Phase,
+    /// Seeds the draws beyond Caffe's (turns, warps), per image position.
     seed: u64,
+    /// Seeds Caffe's own draws (mirror, crop offsets): see [`DrawStream`].
+    caffe_seed: u32,
     /// Turn each output by a random multiple of 90° (after Caffe's steps).
     rotate90: bool,
     /// Warp each output by a random affine map (last).
@@ -60,6 +64,7 @@ impl Transformer {
             mean_values: p.mean_value.clone(),
             phase,
             seed,
+            caffe_seed: seed as u32,
             rotate90: false,
             augment: None,
         })
@@ -89,6 +94,41 @@ impl Transformer {
         self
     }
 
+    /// Seeds Caffe's draws (mirror, random crop) with `seed`, as Caffe seeds
+    /// its transformer from one output of its global generator.
+    pub fn with_caffe_seed(mut self, seed: u32) -> Self {
+        self.caffe_seed = seed;
+        self
+    }
+
+    /// Whether Caffe gives this transformer a generator
+    /// (`DataTransformer::InitRand`): it mirrors, or crops at random.
+    pub fn needs_rand(&self) -> bool {
+        self.draws_per_image() > 0
+    }
+
+    /// How many outputs Caffe draws per image: one for the mirror coin
+    /// (when mirroring) and two for the crop offsets (when cropping in
+    /// TRAIN), whatever the image's size.
+    pub fn draws_per_image(&self) -> usize {
+        let crop = if self.crop > 0 && self.phase == Phase::Train {
+            2
+        } else {
+            0
+        };
+        usize::from(self.mirror) + crop
+    }
+
+    /// Caffe's draws for this transformer's images, in feed order.
+    pub fn draw_stream(&self) -> DrawStream {
+        DrawStream {
+            seed: self.caffe_seed,
+            per_image: self.draws_per_image(),
+            rng: CaffeRng::new(self.caffe_seed),
+            next: 0,
+        }
+    }
+
     /// Output (channels, height, width) for an input of this shape.
     pub fn out_shape(&self, c: usize, h: usize, w: usize) -> (usize, usize, usize) {
         if self.crop > 0 {
@@ -98,12 +138,16 @@ impl Transformer {
         }
     }
 
-    /// Transforms one uint8 image (CHW or HWC); `position` (the image's global
-    /// index in the feed) seeds its crop and mirror draws, so runs and
-    /// resumes repeat. `context` names the image in errors.
+    /// Transforms one uint8 image (CHW or HWC). `draws` are Caffe's raw
+    /// draws for it (from [`DrawStream::image`]): the mirror coin, then the
+    /// crop offsets, each an output modulo its range as in Caffe's
+    /// `DataTransformer::Rand`. `position` (the image's index in the feed)
+    /// seeds the draws beyond Caffe's (turns, warps), so runs and resumes
+    /// repeat. `context` names the image in errors.
     pub fn apply(
         &self,
         img: ImageRef<'_>,
+        draws: &[u32],
         position: u64,
         context: impl Fn() -> String,
         out: &mut [f32],
@@ -116,21 +160,24 @@ impl Transformer {
                 format!("turning by 90° needs square outputs, not {oh}x{ow}: set crop_size or resize to a square"),
             ));
         }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(position);
-        // Caffe's draw order: mirror first, then the crop offsets.
-        let mirror = self.mirror && rng.random_range(0..2) == 1;
+        let mut draws = draws.iter();
+        let mut rand = |n: usize| draws.next().map_or(0, |&r| (r % n.max(1) as u32) as usize);
+        // Caffe's draw order: the mirror coin first, then the crop offsets.
+        let mirror = self.mirror && rand(2) == 1;
         let (h_off, w_off) = if crop == 0 {
             (0, 0)
         } else if self.phase == Phase::Train {
-            (
-                rng.random_range(0..=h - crop),
-                rng.random_range(0..=w - crop),
-            )
+            let h_off = rand(h - crop + 1);
+            (h_off, rand(w - crop + 1))
         } else {
             ((h - crop) / 2, (w - crop) / 2)
         };
         self.write(&img, (h_off, w_off), mirror, (oh, ow), out);
+        if !self.rotate90 && self.augment.is_none() {
+            return Ok(());
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(position);
         if self.rotate90 {
             let turns = rng.random_range(0..4u8);
             for plane in out.chunks_exact_mut(oh * ow) {
@@ -386,9 +433,53 @@ impl<'a> From<&'a Mat8> for ImageRef<'a> {
     }
 }
 
+/// Caffe's draws for one data layer's images in feed order. Caffe's
+/// transformer draws from its own `mt19937` one image after another, a fixed
+/// number of outputs per image ([`Transformer::draws_per_image`]), so image
+/// `i`'s draws are outputs `i*k .. i*k+k` and a feed can restart anywhere.
+#[derive(Clone, Debug)]
+pub struct DrawStream {
+    seed: u32,
+    per_image: usize,
+    rng: CaffeRng,
+    /// The image whose draws come next.
+    next: u64,
+}
+
+impl DrawStream {
+    /// The draws of image `index` (counted from the feed's first image):
+    /// `per_image` of them, the rest of the array unused. Going back
+    /// restarts the generator; going forward skips the images between.
+    pub fn image(&mut self, index: u64) -> [u32; 3] {
+        if index < self.next {
+            self.rng = CaffeRng::new(self.seed);
+            self.next = 0;
+        }
+        for _ in 0..(index - self.next) * self.per_image as u64 {
+            self.rng.next_u32();
+        }
+        let mut d = [0u32; 3];
+        for slot in d.iter_mut().take(self.per_image) {
+            *slot = self.rng.next_u32();
+        }
+        self.next = index + 1;
+        d
+    }
+
+    /// How many of [`DrawStream::image`]'s outputs are draws.
+    pub fn per_image(&self) -> usize {
+        self.per_image
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Caffe's draws for image `pos` of `t`'s feed.
+    fn draws(t: &Transformer, pos: u64) -> Vec<u32> {
+        t.draw_stream().image(pos)[..t.draws_per_image()].to_vec()
+    }
 
     fn transformer(text: &str, phase: Phase, mean: Option<(usize, usize, usize)>) -> Transformer {
         let p: TransformationParameter =
@@ -433,10 +524,22 @@ mod tests {
                             layout,
                             data,
                         };
-                        t.apply(img(Layout::Chw, (&chw).into()), pos, String::new, &mut a)
-                            .unwrap();
-                        t.apply(img(Layout::Hwc, (&m.data).into()), pos, String::new, &mut b)
-                            .unwrap();
+                        t.apply(
+                            img(Layout::Chw, (&chw).into()),
+                            &draws(&t, pos),
+                            pos,
+                            String::new,
+                            &mut a,
+                        )
+                        .unwrap();
+                        t.apply(
+                            img(Layout::Hwc, (&m.data).into()),
+                            &draws(&t, pos),
+                            pos,
+                            String::new,
+                            &mut b,
+                        )
+                        .unwrap();
                         assert_eq!(a, b, "{text:?} {phase:?} mean {mean:?} position {pos}");
                     }
                 }
@@ -463,10 +566,17 @@ mod tests {
                 for pos in 0..6 {
                     let mut a = vec![0f32; oc * oh * ow];
                     let mut b = a.clone();
-                    t.apply(ImageRef::chw(c, h, w, &bytes[..]), pos, String::new, &mut a)
-                        .unwrap();
+                    t.apply(
+                        ImageRef::chw(c, h, w, &bytes[..]),
+                        &draws(&t, pos),
+                        pos,
+                        String::new,
+                        &mut a,
+                    )
+                    .unwrap();
                     t.apply(
                         ImageRef::chw(c, h, w, &floats[..]),
+                        &draws(&t, pos),
                         pos,
                         String::new,
                         &mut b,
@@ -479,8 +589,14 @@ mod tests {
         let t = transformer("scale: 2 mean_value: 0.5", Phase::Test, None);
         let mut out = [0f32; 3];
         let v = [0.25f32, -1.5, 1e-3];
-        t.apply(ImageRef::chw(1, 1, 3, &v[..]), 0, String::new, &mut out)
-            .unwrap();
+        t.apply(
+            ImageRef::chw(1, 1, 3, &v[..]),
+            &[],
+            0,
+            String::new,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out, [-0.5, -4.0, (1e-3 - 0.5) * 2.0]);
     }
 
@@ -502,12 +618,49 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for pos in 0..16 {
             let mut out = [0f32; 4];
-            t.apply(img, pos, String::new, &mut out).unwrap();
+            t.apply(img, &draws(&t, pos), pos, String::new, &mut out)
+                .unwrap();
             seen.insert(out.map(|v| v as u8));
         }
         // Offsets ((4-2)/2, (5-2)/2) = (1, 1); both mirror draws occur.
         let expected = [[11, 12, 21, 22], [12, 11, 22, 21]];
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), expected);
+    }
+
+    /// Image i takes Caffe's outputs 3i..3i+3 (mirror, crop rows, crop
+    /// columns), however the stream is walked.
+    #[test]
+    fn draw_stream_restarts_and_skips_to_any_image() {
+        let t = transformer("mirror: true crop_size: 2", Phase::Train, None).with_caffe_seed(42);
+        assert_eq!(t.draws_per_image(), 3);
+        let mut raw = CaffeRng::new(42);
+        let all: Vec<u32> = (0..30).map(|_| raw.next_u32()).collect();
+        let mut s = t.draw_stream();
+        for i in [0usize, 1, 5, 9, 2, 0, 9] {
+            assert_eq!(
+                s.image(i as u64),
+                [all[3 * i], all[3 * i + 1], all[3 * i + 2]]
+            );
+        }
+        // TEST crops are centred: only the mirror coin is drawn.
+        let test = transformer("mirror: true crop_size: 2", Phase::Test, None);
+        assert_eq!(test.draws_per_image(), 1);
+        assert!(!transformer("crop_size: 2", Phase::Test, None).needs_rand());
+        // A 1x4x5 image cropped to 2x2 at (raw1 % 3, raw2 % 4), mirrored on raw0 % 2.
+        let data: Vec<u8> = (0..20).collect();
+        let img = ImageRef::chw(1, 4, 5, &data[..]);
+        for i in 0..10usize {
+            let mut out = [0f32; 4];
+            t.apply(img, &all[3 * i..3 * i + 3], 0, String::new, &mut out)
+                .unwrap();
+            let (y, x) = ((all[3 * i + 1] % 3) as usize, (all[3 * i + 2] % 4) as usize);
+            let mut want = [0, 1, 5, 6].map(|o| (y * 5 + x + o) as f32);
+            if all[3 * i] % 2 == 1 {
+                want.swap(0, 1);
+                want.swap(2, 3);
+            }
+            assert_eq!(out, want, "image {i}");
+        }
     }
 
     #[test]
@@ -521,14 +674,14 @@ mod tests {
             layout: Layout::Chw,
             data: Pixels::U8(&data),
         };
-        let e = t.apply(img, 0, || "img.jpg".into(), &mut [0f32; 16]);
+        let e = t.apply(img, &draws(&t, 0), 0, || "img.jpg".into(), &mut [0f32; 16]);
         assert!(e.unwrap_err().to_string().contains("crop_size 4 is larger"));
         let short = ImageRef {
             data: Pixels::U8(&data[..5]),
             ..img
         };
         let t = transformer("", Phase::Train, None);
-        let e = t.apply(short, 0, || "img.jpg".into(), &mut [0f32; 9]);
+        let e = t.apply(short, &[], 0, || "img.jpg".into(), &mut [0f32; 9]);
         assert!(e
             .unwrap_err()
             .to_string()
@@ -545,7 +698,8 @@ mod tests {
         let turned = plain.clone().with_rotate90(true);
         let run = |t: &Transformer, pos| {
             let mut out = vec![0.0; 18];
-            t.apply(img, pos, || "t".into(), &mut out).unwrap();
+            t.apply(img, &draws(t, pos), pos, || "t".into(), &mut out)
+                .unwrap();
             out
         };
         let mut seen = std::collections::HashSet::new();
@@ -574,6 +728,7 @@ mod tests {
         let err = turned
             .apply(
                 ImageRef::chw(1, 2, 3, &wide[..]),
+                &[],
                 0,
                 || "wide".into(),
                 &mut out,

@@ -3,13 +3,20 @@
 //! batches ahead on all cores; and `Input` (fixed-shape placeholder).
 //!
 //! A feed is a deterministic function of its position (the number of images
-//! consumed): LMDB records are read in key order and wrap; list images are
-//! reshuffled per epoch from the seed; crop/mirror draws are seeded by
-//! position. So the position alone restores a feed exactly on resume.
+//! consumed): LMDB records are read in key order and wrap; a `shuffle`d list
+//! is reshuffled at every wrap; crop and mirror draws come a fixed number
+//! per image. So the position alone restores a feed exactly on resume.
+//!
+//! The random choices are Caffe's own ([`crate::caffe::rng`]): a layer takes
+//! its seeds (and an ImageData `rand_skip`) from the net's Caffe generator
+//! in the order Caffe's layer set-up draws them, so with a solver's
+//! `random_seed` a net whose data layers come first (as they do) reads the
+//! very batches Caffe reads: the same list order, crops and mirrors.
 use super::staging::Staging;
 use super::{BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::datum::DatumRef;
 use crate::caffe::proto::{data_parameter::Db, LayerParameter, Phase};
+use crate::caffe::rng::CaffeRng;
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::image_list::{read_list, ListEntry};
@@ -17,8 +24,6 @@ use crate::pipeline::lmdb_store::LmdbReader;
 use crate::pipeline::resize::resize_linear;
 use crate::train::transform::{ImageRef, Transformer};
 use candle_core::{Device, Tensor};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -37,9 +42,19 @@ enum Source {
         root: PathBuf,
         resize: Option<(usize, usize)>,
         color: bool,
-        shuffle: bool,
-        seed: u64,
+        /// With `shuffle`, the seed of the list's own generator, which
+        /// shuffles the list once at set-up and again at every wrap.
+        shuffle: Option<u32>,
     },
+}
+
+/// A shuffled list's order in one epoch, and the generator that gives the
+/// next epoch's (each shuffle reorders the previous epoch's order, as
+/// Caffe's shuffles of its line vector do).
+struct Epoch {
+    index: u64,
+    order: Vec<usize>,
+    rng: CaffeRng,
 }
 
 /// A transformed batch on the net's device: (data, labels).
@@ -53,24 +68,32 @@ impl Source {
         }
     }
 
-    /// The source index of the image at feed position `pos`.
-    fn index_at(&self, pos: u64, order_cache: &mut Option<(u64, Vec<usize>)>) -> usize {
+    /// The source index of the image at feed position `pos`; `cache` keeps
+    /// the last epoch's order of a shuffled list between calls.
+    fn index_at(&self, pos: u64, cache: &mut Option<Epoch>) -> usize {
         let n = self.len() as u64;
         match self {
             Source::List {
-                shuffle: true,
-                seed,
+                shuffle: Some(seed),
                 ..
             } => {
                 let epoch = pos / n;
-                if order_cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                if cache.as_ref().is_none_or(|c| c.index > epoch) {
+                    let mut rng = CaffeRng::new(*seed);
                     let mut order: Vec<usize> = (0..n as usize).collect();
-                    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-                        seed ^ epoch.wrapping_mul(0x9E37_79B9),
-                    ));
-                    *order_cache = Some((epoch, order));
+                    rng.shuffle(&mut order);
+                    *cache = Some(Epoch {
+                        index: 0,
+                        order,
+                        rng,
+                    });
                 }
-                order_cache.as_ref().expect("just set").1[(pos % n) as usize]
+                let c = cache.as_mut().expect("just set");
+                while c.index < epoch {
+                    c.rng.shuffle(&mut c.order);
+                    c.index += 1;
+                }
+                c.order[(pos % n) as usize]
             }
             _ => (pos % n) as usize,
         }
@@ -158,6 +181,10 @@ struct Feed {
     batch: usize,
     shape: (usize, usize, usize),
     prefetch: usize,
+    /// Position of the feed's first image (an ImageData `rand_skip`); the
+    /// image at `position` takes the crop and mirror draws of image
+    /// `position - start`.
+    start: u64,
     /// Position of the next batch handed to the net.
     position: u64,
     rx: Option<Receiver<Result<Batch>>>,
@@ -173,15 +200,23 @@ impl Feed {
         let (tx, rx) = sync_channel(self.prefetch.max(1));
         let (source, tf) = (self.source.clone(), self.transformer.clone());
         let (batch, (c, h, w), mut pos) = (self.batch, self.shape, self.position);
+        let start = self.start;
         let device = self.device.clone();
         std::thread::spawn(move || {
             let mut cache = None;
+            let mut draws = tf.draw_stream();
             let per = c * h * w;
             let mut staging = Staging::new(&device, batch * per);
             loop {
-                let idx: Vec<(u64, usize)> = (0..batch as u64)
-                    .map(|k| (pos + k, source.index_at(pos + k, &mut cache)))
+                // Caffe's draws go image after image, so they are taken here,
+                // in order, and the images then transform in parallel.
+                let idx: Vec<(u64, usize, [u32; 3])> = (0..batch as u64)
+                    .map(|k| {
+                        let p = pos + k;
+                        (p, source.index_at(p, &mut cache), draws.image(p - start))
+                    })
                     .collect();
+                let k = draws.per_image();
                 let mut labels = vec![0.0f32; batch];
                 // Every element is overwritten below, so a reused buffer needs no clearing.
                 let result = staging
@@ -190,13 +225,14 @@ impl Feed {
                     .par_chunks_mut(per)
                     .zip(labels.par_iter_mut())
                     .zip(idx.par_iter())
-                    .try_for_each(|((out, label), &(p, i))| -> Result<()> {
+                    .try_for_each(|((out, label), (p, i, d))| -> Result<()> {
+                        let (p, i) = (*p, *i);
                         source.with_image(i, |img, l| {
                             let (ic, ih, iw) = (img.channels, img.height, img.width);
                             if tf.out_shape(ic, ih, iw) != (c, h, w) {
                                 return Err(Error::model(source.describe(i), format!("image is {ic}x{ih}x{iw}, unlike the first one; resize the data (to-lmdb --resize-*) or set crop_size")));
                             }
-                            tf.apply(img, p, || source.describe(i), out)?;
+                            tf.apply(img, &d[..k], p, || source.describe(i), out)?;
                             *label = l;
                             Ok(())
                         })
@@ -238,7 +274,18 @@ impl DataLayer {
     pub fn new(param: &LayerParameter, ctx: &BuildContext, seed: u64) -> Result<Self> {
         let name = param.name().to_string();
         let lctx = format!("layer '{name}'");
-        let (source, batch, prefetch, rand_skip) = if param.r#type() == "Data" {
+        let tp = param.transform_param.clone().unwrap_or_default();
+        let transformer = Transformer::new(&tp, ctx.phase, seed, |p| ctx.resolve(p), &lctx)?
+            .with_rotate90(ctx.rotate90 && ctx.phase == Phase::Train)
+            .with_augment(ctx.augment.filter(|_| ctx.phase == Phase::Train));
+        // Caffe's set-up draws from its global generator in this order: the
+        // transformer's seed (drawn again below, the second one kept), a
+        // shuffled list's seed, an ImageData rand_skip, the transformer's
+        // seed, the prefetch thread's seed.
+        if transformer.needs_rand() {
+            ctx.caffe_rng_rand();
+        }
+        let (source, batch, prefetch, start) = if param.r#type() == "Data" {
             let dp = param
                 .data_param
                 .clone()
@@ -249,7 +296,6 @@ impl DataLayer {
             }
             let reader = LmdbReader::open(&path)?;
             let keys = reader.keys()?;
-            let tp = param.transform_param.clone().unwrap_or_default();
             let mode = match (tp.force_color(), tp.force_gray()) {
                 (true, true) => {
                     return Err(Error::model(
@@ -261,11 +307,12 @@ impl DataLayer {
                 (false, true) => ColorMode::Gray,
                 _ => ColorMode::Native,
             };
+            // Caffe 1.0's Data layer ignores data_param.rand_skip.
             (
                 Source::Lmdb { reader, keys, mode },
                 dp.batch_size() as usize,
                 dp.prefetch() as usize,
-                dp.rand_skip(),
+                0,
             )
         } else {
             let ip = param
@@ -284,15 +331,42 @@ impl DataLayer {
                 }
             };
             let root = ctx.resolve(ip.root_folder());
+            if entries.is_empty() {
+                return Err(Error::model(&lctx, "the data source is empty"));
+            }
+            if entries.len() as u64 > u32::MAX as u64 {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "{} images are more than Caffe's 32-bit draws can shuffle or skip",
+                        entries.len()
+                    ),
+                ));
+            }
+            let shuffle = ip.shuffle().then(|| ctx.caffe_rng_rand());
+            // Caffe skips a random number of lines below rand_skip.
+            let skip = match ip.rand_skip() {
+                0 => 0,
+                r => ctx.caffe_rng_rand() % r,
+            };
+            if skip as usize >= entries.len() {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "rand_skip drew {skip} lines to skip, but {} has only {}",
+                        ip.source(),
+                        entries.len()
+                    ),
+                ));
+            }
             let src = Source::List {
                 entries,
                 root,
                 resize,
                 color: ip.is_color(),
-                shuffle: ip.shuffle(),
-                seed,
+                shuffle,
             };
-            (src, ip.batch_size() as usize, 4, ip.rand_skip())
+            (src, ip.batch_size() as usize, 4, skip as u64)
         };
         if source.len() == 0 {
             return Err(Error::model(&lctx, "the data source is empty"));
@@ -300,12 +374,14 @@ impl DataLayer {
         if batch == 0 {
             return Err(Error::model(&lctx, "batch_size must be > 0"));
         }
-        let tp = param.transform_param.clone().unwrap_or_default();
-        let transformer = Transformer::new(&tp, ctx.phase, seed, |p| ctx.resolve(p), &lctx)?
-            .with_rotate90(ctx.rotate90 && ctx.phase == Phase::Train)
-            .with_augment(ctx.augment.filter(|_| ctx.phase == Phase::Train));
+        let transformer = if transformer.needs_rand() {
+            transformer.with_caffe_seed(ctx.caffe_rng_rand())
+        } else {
+            transformer
+        };
+        ctx.caffe_rng_rand(); // the prefetch thread's seed
         let mut cache = None;
-        let first = source.index_at(0, &mut cache);
+        let first = source.index_at(start, &mut cache);
         let (c, h, w) =
             source.with_image(first, |img, _| Ok((img.channels, img.height, img.width)))?;
         let shape = transformer.out_shape(c, h, w);
@@ -317,7 +393,8 @@ impl DataLayer {
                 batch,
                 shape,
                 prefetch,
-                position: rand_skip as u64,
+                start,
+                position: start,
                 rx: None,
                 device: ctx.device.clone(),
             },

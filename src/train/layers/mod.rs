@@ -135,6 +135,10 @@ pub struct BuildContext {
     pub base_dir: std::path::PathBuf,
     /// Seed for fillers, dropout masks and data augmentation.
     pub seed: u64,
+    /// Caffe's global generator, seeded with `seed` as `random_seed` seeds
+    /// Caffe's: data layers draw their own seeds and skips from it in
+    /// Caffe's order, so their crops, mirrors and list orders are Caffe's.
+    pub caffe_rng: std::sync::Arc<std::sync::Mutex<crate::caffe::rng::CaffeRng>>,
     /// The phase being built.
     pub phase: Phase,
     /// The device tensors live on.
@@ -194,6 +198,10 @@ impl BuildContext {
         BuildContext {
             base_dir: base_dir.into(),
             seed,
+            // Caffe converts random_seed to its 32-bit unsigned seed.
+            caffe_rng: std::sync::Arc::new(std::sync::Mutex::new(
+                crate::caffe::rng::CaffeRng::new(seed as u32),
+            )),
             phase,
             device: compute.device.clone(),
             tensor_ops: compute.tensor_ops,
@@ -203,6 +211,14 @@ impl BuildContext {
             rotate90: false,
             augment: None,
         }
+    }
+
+    /// The next output of Caffe's global generator (`caffe_rng_rand()`).
+    pub fn caffe_rng_rand(&self) -> u32 {
+        self.caffe_rng
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next_u32()
     }
 
     /// A context for the CPU kernels.
