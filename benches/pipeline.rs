@@ -254,9 +254,12 @@ fn reused_fill(db: &Path, dir: &Path) -> (usize, f64) {
     let (batch, per) = (256, 3 * 227 * 227);
     let mut buf = vec![0f32; batch * per];
     let mut pos = 0usize;
+    let mut stream = tf.draw_stream();
     let mut fill = |batches: usize| {
         let t = Instant::now();
         for _ in 0..batches {
+            // Caffe's draws, in order, as the feed's producer takes them.
+            let draws: Vec<[u32; 3]> = (0..batch).map(|k| stream.image((pos + k) as u64)).collect();
             buf.par_chunks_mut(per).enumerate().for_each(|(k, out)| {
                 let i = (pos + k) % keys.len();
                 reader
@@ -265,6 +268,7 @@ fn reused_fill(db: &Path, dir: &Path) -> (usize, f64) {
                         let (c, h, w, px) = d.raw_pixels("bench")?;
                         tf.apply(
                             ImageRef::chw(c, h, w, px),
+                            &draws[k],
                             (pos + k) as u64,
                             String::new,
                             out,
