@@ -63,6 +63,11 @@ VARIANTS = {
     "propagate_down_relu": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.005 lr_policy: "fixed"',
                             lambda net: net.replace('name: "relu3" type: "ReLU"',
                                                     'name: "relu3" type: "ReLU" propagate_down: false', 1)),
+    # Random crops (59 of 64 keeps fc6's input 7x7) and mirrors in TRAIN, a
+    # centred crop in TEST: the draws come from random_seed, as Caffe's do.
+    "sgd_mirror_crop": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+                        lambda net: net.replace("mirror: false", "mirror: true\n    crop_size: 59", 1)
+                        .replace("mirror: false", "mirror: false\n    crop_size: 59", 1)),
 }
 
 
@@ -71,8 +76,9 @@ def run(name, variant):
     body, edit = variant if isinstance(variant, tuple) else (variant, None)
     text = BASE + fields(body)
     if edit:
-        net = edit(open("train_val.prototxt").read())
-        assert "propagate_down" in net
+        original = open("train_val.prototxt").read()
+        net = edit(original)
+        assert net != original
         text = text.replace('net: "train_val.prototxt"\n', "net_param {\n" + net + "}\n")
     path = f"solver_{name}.prototxt"
     with open(path, "w") as f:
