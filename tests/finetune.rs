@@ -621,6 +621,60 @@ fn image_data_feed_equals_data_feed_of_its_lmdb() {
     }
 }
 
+/// A seeded ImageData feed (a list shuffled at every wrap, a random skip,
+/// random crops and mirrors: Caffe's draws, see `tests/caffe_data.rs`)
+/// restarts anywhere from its saved position, as a resumed run needs: the
+/// batches after a restore are the ones the uninterrupted feed gave.
+#[test]
+fn a_seeded_shuffled_feed_restarts_anywhere() {
+    use flickr_style::caffe::proto::{NetParameter, Phase};
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    let images = fixture("images");
+    let text = format!(
+        "layer {{ name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" \
+         transform_param {{ crop_size: 20 mirror: true }} \
+         image_data_param {{ source: \"{}\" root_folder: \"{}/\" batch_size: 7 \
+         new_height: 24 new_width: 28 shuffle: true rand_skip: 9 }} }}",
+        images.join("list.txt").display(),
+        images.display()
+    );
+    let def: NetParameter = flickr_style::caffe::prototxt::parse(&text, Path::new("t")).unwrap();
+    let build = || Net::new(&def, &BuildContext::cpu(&images, 77, Phase::Train), None).unwrap();
+    let batch = |net: &mut Net| {
+        net.forward().unwrap();
+        let get = |b: &str| {
+            net.blob(b)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        (get("data"), get("label"))
+    };
+    // 10 batches of 7 from 24 images: three reshuffles.
+    let mut net = build();
+    let mut states = Vec::new();
+    let mut batches = Vec::new();
+    for _ in 0..10 {
+        states.push(net.states());
+        batches.push(batch(&mut net));
+    }
+    let labels: Vec<_> = batches.iter().map(|b| b.1.clone()).collect();
+    assert_ne!(labels[0], labels[4], "epochs are shuffled differently");
+    for k in [1, 3, 4, 7, 9] {
+        let mut resumed = build();
+        resumed.restore_states(&states[k]);
+        for (i, want) in batches.iter().enumerate().skip(k) {
+            assert!(
+                batch(&mut resumed) == *want,
+                "batch {i} after a restart at {k}"
+            );
+        }
+    }
+}
+
 /// Trains the tiny net for 4 iterations with the augmentation `flag`, and
 /// checks that it changes the weights and that stopping at 2 and resuming
 /// gives the very same weights: each image's draw is a function of its
