@@ -17,7 +17,9 @@
 #   - `pipeline` on the fixture photos as class folders (the tiny net as
 #     the recipe, cropped to 64, with --lmdb and --class-weights): Caffe
 #     trains with the train_val.prototxt, solver.prototxt, LMDBs, mean and
-#     InfogainLoss matrix it wrote, and `caffe test` with the pipeline's
+#     InfogainLoss matrix it wrote, retracing the pipeline's own training
+#     (its random crops come from the solver's random_seed, as Caffe's do:
+#     the same losses and weights), and `caffe test` with the pipeline's
 #     weights gives its evaluation's accuracy, loss and probabilities;
 #   - two Caffe Data layers read our to-lmdb images and the targets-lmdb
 #     beside them in step (each record's first target is its image's label);
@@ -63,12 +65,12 @@ mkdir -p ../recipe && cp train_val.prototxt solver.prototxt ../recipe/
 sed -i 's/    mirror: false/    mirror: false\n    crop_size: 64/' ../recipe/train_val.prototxt
 (cd .. && "$bin" pipeline --folders images --out pipeline --recipe recipe \
     --weights tiny-net/snapshots/init_iter_0.caffemodel --lmdb --max-iter 6 \
-    --test-fraction 0.25 --class-weights 0.5 >>"$log" 2>&1)
+    --test-fraction 0.25 --class-weights 0.5 >"$work/ours_pipeline.log" 2>&1)
 mkdir -p ours/pipeline && cp ../pipeline/snapshots/finetune_cw0.5_iter_6.caffemodel ours/pipeline/
 # Again in gray, padded to squares: one-channel LMDBs and gray-weights' conv1.
 (cd .. && "$bin" pipeline --folders images --out pipeline_gray --recipe recipe \
     --weights tiny-net/snapshots/init_iter_0.caffemodel --lmdb --max-iter 6 \
-    --test-fraction 0.25 --gray --pad-square border >>"$log" 2>&1)
+    --test-fraction 0.25 --gray --pad-square border >"$work/ours_gray.log" 2>&1)
 gray_weights=$(ls ../pipeline_gray/snapshots/*_iter_6.caffemodel)
 gray_eval=$(ls -d ../pipeline_gray/evaluation*)
 cp "$gray_weights" ours/pipeline/gray_iter_6.caffemodel
@@ -107,6 +109,19 @@ def weights(path):
 
 def blob_err(a, b):
     return max(rel(x, y) for k in b for x, y in zip(a[k], b[k]))
+
+def retraced(folder, caffe_log, ours_log, caffe_model, ours_model):
+    """Caffe's training on a pipeline's files against the pipeline's own:
+    the logged losses and the final weights (Caffe's snapshot overwrote
+    the pipeline's, which was copied to ours/ first)."""
+    got, want = losses(caffe_log), losses(ours_log)
+    dl = max(abs(got[i] - want[i]) / want[i] for i in want) if want and got.keys() == want.keys() else 1.0
+    def w(path):
+        net = caffe.Net(f"../{folder}/train_val.prototxt", caffe.TEST, weights=path)
+        return {k: [b.data.copy() for b in v] for k, v in net.params.items()}
+    dw = blob_err(w(caffe_model), w(ours_model))
+    return (f"losses 0-{len(want) - 1} within {dl:.1e} (log prints 6 digits), iteration-6 weights {dw:.1e} relative",
+            len(want) == 6 and dl < 2e-5 and dw < 1e-5)
 
 rows = []
 want = {int(r["iteration"]): float(r["loss"]) for r in csv.DictReader(
@@ -174,6 +189,10 @@ import json
 trained = "Optimization Done" in open("caffe_pipeline_train.log").read()
 rows.append(("caffe train with the pipeline's train_val, solver, LMDBs, mean and InfogainLoss matrix",
              "6 iterations" if trained else "FAILED", trained))
+rows.append(("... retraces the pipeline's training (random crops of its 256x256 datums from random_seed)",
+             *retraced("pipeline", "caffe_pipeline_train.log", "../ours_pipeline.log",
+                       "../pipeline/snapshots/finetune_cw0.5_iter_6.caffemodel",
+                       "ours/pipeline/finetune_cw0.5_iter_6.caffemodel")))
 test = open("caffe_pipeline_test.log").read()
 acc = float(re.findall(r"\] accuracy = ([\d.e-]+)", test)[-1])
 loss = float(re.findall(r"\] loss = ([\d.e-]+)", test)[-1])
@@ -192,6 +211,10 @@ rows.append(("caffe test with the pipeline's weights vs its evaluation",
 trained = "Optimization Done" in open("caffe_gray_train.log").read()
 rows.append(("caffe train with pipeline --gray --pad-square's files (one-channel LMDBs, gray-weights' conv1)",
              "6 iterations" if trained else "FAILED", trained))
+rows.append(("... retraces the gray pipeline's training",
+             *retraced("pipeline_gray", "caffe_gray_train.log", "../ours_gray.log",
+                       "../pipeline_gray/snapshots/finetune_padded_gray_iter_6.caffemodel",
+                       "ours/pipeline/gray_iter_6.caffemodel")))
 test = open("caffe_gray_test.log").read()
 acc = float(re.findall(r"\] accuracy = ([\d.e-]+)", test)[-1])
 loss = float(re.findall(r"\] loss = ([\d.e-]+)", test)[-1])
