@@ -675,6 +675,44 @@ fn a_seeded_shuffled_feed_restarts_anywhere() {
     }
 }
 
+/// Caffe draws an ImageData skip below `rand_skip`; one past the list's end
+/// is an error naming the layer and the list (Caffe aborts on a CHECK).
+#[test]
+fn a_rand_skip_past_the_list_is_an_error() {
+    use flickr_style::caffe::proto::{NetParameter, Phase};
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    let images = fixture("images");
+    let text = format!(
+        "layer {{ name: \"skipper\" type: \"ImageData\" top: \"data\" top: \"label\" \
+         image_data_param {{ source: \"{}\" root_folder: \"{}/\" batch_size: 2 \
+         new_height: 8 new_width: 8 rand_skip: 1000000 }} }}",
+        images.join("list.txt").display(),
+        images.display()
+    );
+    let def: NetParameter = flickr_style::caffe::prototxt::parse(&text, Path::new("t")).unwrap();
+    // Seeds whose first skip draw (the layer draws nothing before it) lands
+    // past the 24 images fail; the rest build.
+    let mut refused = 0;
+    for seed in 0..20u64 {
+        let skip = flickr_style::caffe::rng::CaffeRng::new(seed as u32).next_u32() % 1_000_000;
+        match Net::new(&def, &BuildContext::cpu(&images, seed, Phase::Train), None) {
+            Ok(_) => assert!(skip < 24, "seed {seed}: skip {skip} built"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(skip >= 24, "seed {seed}: {e}");
+                assert!(
+                    e.contains("layer 'skipper'") && e.contains("rand_skip drew"),
+                    "{e}"
+                );
+                assert!(e.contains("list.txt has only 24"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0);
+}
+
 /// Trains the tiny net for 4 iterations with the augmentation `flag`, and
 /// checks that it changes the weights and that stopping at 2 and resuming
 /// gives the very same weights: each image's draw is a function of its
