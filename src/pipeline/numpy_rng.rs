@@ -7,51 +7,19 @@
 //! walks `i` from `n-1` down to 1 and draws `j` in `[0, i]` by masked
 //! rejection sampling on 32-bit outputs.
 
-const N: usize = 624;
-const M: usize = 397;
-
-/// MT19937 as NumPy's legacy `RandomState` seeds and steps it.
-pub struct Mt19937 {
-    state: [u32; N],
-    pos: usize,
-}
+/// MT19937 as NumPy's legacy `RandomState` seeds and steps it (the
+/// `rand_mt` crate's generator, which Caffe's draws use too).
+pub struct Mt19937(rand_mt::Mt);
 
 impl Mt19937 {
     /// `np.random.seed(seed)` for an integer seed in `0..2^32`.
     pub fn new(seed: u32) -> Self {
-        let mut state = [0u32; N];
-        state[0] = seed;
-        for i in 1..N {
-            state[i] = 1_812_433_253u32
-                .wrapping_mul(state[i - 1] ^ (state[i - 1] >> 30))
-                .wrapping_add(i as u32);
-        }
-        Mt19937 { state, pos: N }
-    }
-
-    fn twist(&mut self) {
-        for i in 0..N {
-            let y = (self.state[i] & 0x8000_0000) | (self.state[(i + 1) % N] & 0x7fff_ffff);
-            let mut next = self.state[(i + M) % N] ^ (y >> 1);
-            if y & 1 != 0 {
-                next ^= 0x9908_b0df;
-            }
-            self.state[i] = next;
-        }
-        self.pos = 0;
+        Mt19937(rand_mt::Mt::new(seed))
     }
 
     /// The next 32-bit output (`genrand_int32`).
     pub fn next_u32(&mut self) -> u32 {
-        if self.pos >= N {
-            self.twist();
-        }
-        let mut y = self.state[self.pos];
-        self.pos += 1;
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c_5680;
-        y ^= (y << 15) & 0xefc6_0000;
-        y ^ (y >> 18)
+        self.0.next_u32()
     }
 
     /// A uniform integer in `[0, max]` by masked rejection (NumPy's `random_interval`).
