@@ -6,7 +6,8 @@
 //! same net; each iteration's loss and a fingerprint of every parameter blob
 //! afterwards (sum, sum of squares, eight sampled values) must agree. One
 //! variant crops and mirrors its TRAIN images at random: the draws come from
-//! the solver's `random_seed` as Caffe's do, so the trajectory is Caffe's.
+//! the solver's `random_seed` as Caffe's do, so the trajectory is Caffe's;
+//! another also starts from the net's fillers instead of the weights.
 mod common;
 use common::golden::{assert_agree, Fingerprint};
 use serde::Deserialize;
@@ -25,6 +26,14 @@ struct Variant {
     iterations: usize,
     losses: Option<Vec<f32>>,
     params: Vec<Param>,
+    /// Whether the run starts from `init_iter_0.caffemodel` (else from the
+    /// net's fillers, drawn from the solver's random_seed).
+    #[serde(default = "starts_from_weights")]
+    init_weights: bool,
+}
+
+fn starts_from_weights() -> bool {
+    true
 }
 
 /// A parameter blob's fingerprint after the last step.
@@ -48,8 +57,10 @@ fn check(v: &Variant, dir: &std::path::Path) -> Vec<String> {
         Ok(s) => s,
         Err(e) => return vec![format!("solver: {e}")],
     };
-    s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
-        .unwrap();
+    if v.init_weights {
+        s.load_weights(&[PathBuf::from("snapshots/init_iter_0.caffemodel")])
+            .unwrap();
+    }
     s.set_max_iter(v.iterations);
     s.set_snapshot_after_train(false);
     if let Err(e) = s.solve() {
@@ -103,7 +114,8 @@ const VALUE_TOL: f64 = 5e-5;
 fn every_solver_variant_matches_caffe() {
     let golden: Golden = common::golden::load("caffe_solvers.json");
     eprintln!("golden numbers: {}", golden.provenance);
-    assert!(golden.variants.len() >= 17);
+    assert!(golden.variants.len() >= 18);
+    assert!(golden.variants.iter().any(|v| !v.init_weights));
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for v in &golden.variants {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the golden numbers of tests/caffe_layers.rs,
-# tests/caffe_solvers.rs, tests/caffe_data.rs and tests/caffe_nets.rs with a
+# tests/caffe_solvers.rs, tests/caffe_data.rs, tests/caffe_nets.rs and
+# tests/caffe_fillers.rs with a
 # real Caffe: Debian bullseye's
 # `caffe`/`python3-caffe` packages (Caffe 1.0.0, git 2018-08-21, CPU),
 # installed into a debootstrap chroot because newer Debian releases dropped
@@ -18,7 +19,7 @@ if [ ! -x "$root/usr/bin/caffe" ]; then
         apt-get install -y --no-install-recommends caffe python3-caffe python3-numpy python3-lmdb'
 fi
 version="$(chroot "$root" dpkg-query -W -f '${Version}' caffe) (Debian bullseye)"
-cp "$here"/{golden,layers,solvers,data,nets}.py "$root/tmp/"
+cp "$here"/{golden,layers,solvers,data,nets,fillers}.py "$root/tmp/"
 rm -rf "$root/tmp/fixtures" && mkdir "$root/tmp/fixtures"
 cp -r "$fixtures/tiny-net" "$fixtures/images" "$root/tmp/fixtures/" && chmod -R u+w "$root/tmp/fixtures"
 chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
@@ -29,5 +30,7 @@ chroot "$root" env CAFFE_VERSION="$version" \
     bash -c 'cd /tmp/fixtures && python3 /tmp/data.py /tmp/caffe_data.json'
 chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
     python3 /tmp/nets.py /tmp/caffe_nets.json
-cp "$root/tmp/"caffe_{layers,solvers,data,nets}.json "$data/"
-echo "wrote $data/caffe_{layers,solvers,data,nets}.json"
+chroot "$root" env CAFFE_VERSION="$version" \
+    bash -c 'cd /tmp/fixtures && python3 /tmp/fillers.py /tmp/caffe_fillers.json'
+cp "$root/tmp/"caffe_{layers,solvers,data,nets,fillers}.json "$data/"
+echo "wrote $data/caffe_{layers,solvers,data,nets,fillers}.json"

@@ -68,13 +68,21 @@ VARIANTS = {
     "sgd_mirror_crop": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
                         lambda net: net.replace("mirror: false", "mirror: true\n    crop_size: 59", 1)
                         .replace("mirror: false", "mirror: false\n    crop_size: 59", 1)),
+    # No weights copied: the net starts from its fillers, drawn from another
+    # random_seed after the data layer's draws, with random crops and mirrors.
+    "sgd_from_fillers": ('random_seed: 5 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+                         lambda net: net.replace("mirror: false", "mirror: true\n    crop_size: 60", 1)
+                         .replace("mirror: false", "mirror: false\n    crop_size: 60", 1),
+                         False),
 }
 
 
 
 def run(name, variant):
-    body, edit = variant if isinstance(variant, tuple) else (variant, None)
+    body, edit, copy = (variant + (True,))[:3] if isinstance(variant, tuple) else (variant, None, True)
     text = BASE + fields(body)
+    if "random_seed" in body:
+        text = text.replace("random_seed: 1701\n", "", 1)
     if edit:
         original = open("train_val.prototxt").read()
         net = edit(original)
@@ -84,7 +92,8 @@ def run(name, variant):
     with open(path, "w") as f:
         f.write(text)
     solver = caffe.get_solver(path)
-    solver.net.copy_from("snapshots/init_iter_0.caffemodel")
+    if copy:
+        solver.net.copy_from("snapshots/init_iter_0.caffemodel")
     losses = []
     for _ in range(ITERS):
         solver.step(1)
@@ -93,7 +102,7 @@ def run(name, variant):
     params = [{"layer": layer, "index": i, **fingerprint(b.data, 8)}
               for layer, blobs in solver.net.params.items() for i, b in enumerate(blobs)]
     os.unlink(path)
-    return {"name": name, "solver": text, "iterations": ITERS,
+    return {"name": name, "solver": text, "iterations": ITERS, "init_weights": copy,
             "losses": None if iter_size else losses, "params": params}
 
 

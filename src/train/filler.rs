@@ -1,11 +1,10 @@
-//! Parameter initialisation from Caffe's `FillerParameter`, drawn from a
-//! seeded ChaCha generator so a run can be repeated. (Caffe's own draws come
-//! from boost's generator and cannot be reproduced; what matches is the
-//! distribution.)
+//! Parameter initialisation from Caffe's `FillerParameter`, drawn as Caffe
+//! draws it ([`crate::caffe::rng`]): from the net's Caffe generator, value
+//! after value and layer after layer, so a net built from the same
+//! `random_seed` starts from Caffe's very weights.
 use crate::caffe::proto::{filler_parameter::VarianceNorm, FillerParameter};
+use crate::caffe::rng::CaffeRng;
 use crate::error::{Error, Result};
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Normal, Uniform};
 
 /// Values for a blob of `shape` from the layer's filler, or when it gives
 /// none, the constant `default` (Caffe's per-layer default: Scale's factor
@@ -14,7 +13,7 @@ pub fn fill_or_constant(
     param: Option<&FillerParameter>,
     default: f32,
     shape: &[usize],
-    seed: u64,
+    rng: &mut CaffeRng,
     context: &str,
 ) -> Result<Vec<f32>> {
     let constant = FillerParameter {
@@ -22,14 +21,15 @@ pub fn fill_or_constant(
         value: Some(default),
         ..Default::default()
     };
-    fill(param.unwrap_or(&constant), shape, seed, context)
+    fill(param.unwrap_or(&constant), shape, rng, context)
 }
 
-/// Values for a blob of `shape` (`shape[0]` outputs, `shape[1]` inputs).
+/// Values for a blob of `shape` (`shape[0]` outputs, `shape[1]` inputs),
+/// drawn from `rng`.
 pub fn fill(
     param: &FillerParameter,
     shape: &[usize],
-    seed: u64,
+    rng: &mut CaffeRng,
     context: &str,
 ) -> Result<Vec<f32>> {
     let n = crate::train::layers::checked_count(shape, context, "parameter blob")?;
@@ -45,7 +45,6 @@ pub fn fill(
             ),
         )
     })?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let bad = |m: String| Error::model(context, m);
     let fan_in = if shape.is_empty() {
         1
@@ -57,41 +56,46 @@ pub fn fill(
     } else {
         n
     };
+    // Caffe converts each fan to float before averaging.
     let fan = match param.variance_norm() {
         VarianceNorm::FanIn => fan_in as f32,
         VarianceNorm::FanOut => fan_out as f32,
-        VarianceNorm::Average => (fan_in + fan_out) as f32 / 2.0,
+        VarianceNorm::Average => (fan_in as f32 + fan_out as f32) / 2.0,
+    };
+    // Caffe checks a <= b for uniform draws and sigma > 0 for Gaussian ones.
+    let uniform = |rng: &mut CaffeRng, values: &mut Vec<f32>, a: f32, b: f32, what: &str| {
+        if a > b || !a.is_finite() || !b.is_finite() {
+            return Err(bad(format!(
+                "{what} filler: needs min <= max, got {a} and {b}"
+            )));
+        }
+        values.extend((0..n).map(|_| rng.uniform_f32(a, b)));
+        Ok(())
+    };
+    let gaussian = |rng: &mut CaffeRng, values: &mut Vec<f32>, mean: f32, std: f32, what: &str| {
+        if std.is_nan() || std <= 0.0 || !std.is_finite() || !mean.is_finite() {
+            return Err(bad(format!("{what} filler: std must be > 0, got {std}")));
+        }
+        values.extend((0..n).map(|_| rng.gaussian_f32(mean, std)));
+        Ok(())
     };
     match param.r#type() {
         "constant" => values.resize(n, param.value()),
-        "uniform" => {
-            let u = Uniform::new_inclusive(param.min(), param.max())
-                .map_err(|e| bad(format!("uniform filler: {e}")))?;
-            values.extend((0..n).map(|_| u.sample(&mut rng)))
-        }
-        "gaussian" => {
-            // Caffe's Gaussian draw checks sigma > 0 (rand_distr would
-            // accept a negative std and mirror the values).
-            if param.std().is_nan() || param.std() <= 0.0 {
-                return Err(bad(format!(
-                    "gaussian filler: std must be > 0, got {}",
-                    param.std()
-                )));
-            }
-            let d = Normal::new(param.mean(), param.std())
-                .map_err(|e| bad(format!("gaussian filler: {e}")))?;
-            values.extend((0..n).map(|_| d.sample(&mut rng)))
-        }
+        "uniform" => uniform(rng, &mut values, param.min(), param.max(), "uniform")?,
+        "gaussian" => gaussian(rng, &mut values, param.mean(), param.std(), "gaussian")?,
         "xavier" => {
             let scale = (3.0 / fan).sqrt();
-            let u = Uniform::new_inclusive(-scale, scale)
-                .map_err(|e| bad(format!("xavier filler: {e}")))?;
-            values.extend((0..n).map(|_| u.sample(&mut rng)))
+            uniform(rng, &mut values, -scale, scale, "xavier")?
         }
-        "msra" => {
-            let d = Normal::new(0.0, (2.0 / fan).sqrt())
-                .map_err(|e| bad(format!("msra filler: {e}")))?;
-            values.extend((0..n).map(|_| d.sample(&mut rng)))
+        "msra" => gaussian(rng, &mut values, 0.0, (2.0 / fan).sqrt(), "msra")?,
+        "positive_unitball" => {
+            // Uniform on [0, 1], then each output's row divided by its sum.
+            uniform(rng, &mut values, 0.0, 1.0, "positive_unitball")?;
+            let rows = shape.first().copied().unwrap_or(1).max(1);
+            for row in values.chunks_mut((n / rows).max(1)) {
+                let sum: f32 = row.iter().sum();
+                row.iter_mut().for_each(|v| *v /= sum);
+            }
         }
         "bilinear" => {
             // Caffe's upsampling kernel for Deconvolution: a tent over each
@@ -114,17 +118,24 @@ pub fn fill(
         }
         other => {
             return Err(bad(format!(
-            "filler type \"{other}\" is not supported (constant, uniform, gaussian, xavier, msra, bilinear)"
+            "filler type \"{other}\" is not supported (constant, uniform, gaussian, xavier, msra, positive_unitball, bilinear)"
         )))
         }
     };
-    // Gaussian `sparse`: keep each weight with probability sparse / outputs.
+    // Gaussian `sparse`: keep each weight with probability sparse / outputs
+    // (a Bernoulli draw per weight, after all the Gaussian ones).
     if param.r#type() == "gaussian" && param.sparse() >= 0 && !shape.is_empty() {
-        let keep = param.sparse() as f64 / shape[0].max(1) as f64;
+        let keep = param.sparse() as f32 / shape[0].max(1) as f32;
+        if keep > 1.0 {
+            return Err(bad(format!(
+                "gaussian filler: sparse {} is more than the {} outputs",
+                param.sparse(),
+                shape[0]
+            )));
+        }
+        // Caffe multiplies by the 0/1 mask, so a dropped negative weight is -0.
         for v in &mut values {
-            if !rng.random_bool(keep.clamp(0.0, 1.0)) {
-                *v = 0.0;
-            }
+            *v *= if rng.bernoulli_f32(keep) { 1.0 } else { 0.0 };
         }
     }
     Ok(values)
@@ -141,15 +152,15 @@ mod tests {
             std: Some(0.01),
             ..Default::default()
         };
-        let a = fill(&p, &[100, 50], 7, "t").unwrap();
-        assert_eq!(a, fill(&p, &[100, 50], 7, "t").unwrap());
+        let a = fill(&p, &[100, 50], &mut CaffeRng::new(7), "t").unwrap();
+        assert_eq!(a, fill(&p, &[100, 50], &mut CaffeRng::new(7), "t").unwrap());
         let var = a.iter().map(|v| (v * v) as f64).sum::<f64>() / a.len() as f64;
         assert!((var.sqrt() - 0.01).abs() < 0.001, "{}", var.sqrt());
         let negative = FillerParameter {
             std: Some(-0.01),
             ..p.clone()
         };
-        let e = fill(&negative, &[2], 7, "layer 'fc'")
+        let e = fill(&negative, &[2], &mut CaffeRng::new(7), "layer 'fc'")
             .unwrap_err()
             .to_string();
         assert!(
@@ -165,13 +176,13 @@ mod tests {
             ..Default::default()
         };
         // Kernel 4 (upsampling by 2): f = 2, c = 0.75, weights 0.25, 0.75, 0.75, 0.25 per axis.
-        let v = fill(&b, &[1, 1, 4, 4], 0, "t").unwrap();
+        let v = fill(&b, &[1, 1, 4, 4], &mut CaffeRng::new(0), "t").unwrap();
         let axis = [0.25f32, 0.75, 0.75, 0.25];
         for (i, &got) in v.iter().enumerate() {
             assert_eq!(got, axis[i % 4] * axis[i / 4], "{i}");
         }
-        assert!(fill(&b, &[1, 1, 3, 4], 0, "t").is_err());
-        assert!(fill(&b, &[9], 0, "t").is_err());
+        assert!(fill(&b, &[1, 1, 3, 4], &mut CaffeRng::new(0), "t").is_err());
+        assert!(fill(&b, &[9], &mut CaffeRng::new(0), "t").is_err());
     }
 
     #[test]
@@ -180,18 +191,21 @@ mod tests {
             value: Some(0.1),
             ..Default::default()
         };
-        assert!(fill(&c, &[3], 0, "t").unwrap().iter().all(|&v| v == 0.1));
+        assert!(fill(&c, &[3], &mut CaffeRng::new(0), "t")
+            .unwrap()
+            .iter()
+            .all(|&v| v == 0.1));
         let x = FillerParameter {
             r#type: Some("xavier".into()),
             ..Default::default()
         };
-        let v = fill(&x, &[4, 3, 2, 2], 0, "t").unwrap();
+        let v = fill(&x, &[4, 3, 2, 2], &mut CaffeRng::new(0), "t").unwrap();
         assert!(v.iter().all(|&v| v.abs() <= (3.0f32 / 12.0).sqrt()));
         let u = FillerParameter {
             r#type: Some("unknown".into()),
             ..Default::default()
         };
-        assert!(fill(&u, &[1], 0, "layer 'up'")
+        assert!(fill(&u, &[1], &mut CaffeRng::new(0), "layer 'up'")
             .unwrap_err()
             .to_string()
             .contains("\"unknown\" is not supported"));

@@ -154,9 +154,14 @@ impl Solver {
         compute.tensor_ops |= opts.tensor_ops;
         compute.fused |= opts.fused && compute.tensor_ops;
         let compute = compute.with_bf16(opts.bf16)?;
+        // One Caffe generator for all the nets, as Caffe has one: the test
+        // nets draw (their data layers' seeds, their fillers) after the
+        // training net, in Caffe's order.
+        let caffe_rng = BuildContext::new(&base_dir, seed, Phase::Train, &compute).caffe_rng;
         let build = |phase| BuildContext {
             rotate90: opts.rotate90,
             augment: opts.augment,
+            caffe_rng: caffe_rng.clone(),
             ..BuildContext::new(&base_dir, seed, phase, &compute)
         };
         let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;

@@ -6,6 +6,7 @@
 use super::scale::span;
 use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{BiasParameter, Phase};
+use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use crate::train::filler::fill_or_constant;
 use crate::train::kernels::{channel_sums, lane_sum, per_channel};
@@ -16,7 +17,8 @@ pub struct Bias {
     params: Vec<Tensor>,
     device: Device,
     path: OpPath,
-    seed: u64,
+    /// The net's Caffe generator, which the fillers draw from.
+    rng: SharedCaffeRng,
     /// The bottom as (outer, shifted, inner).
     dims: (usize, usize, usize),
     /// Whether the shift is the second bottom (else the parameter).
@@ -29,7 +31,7 @@ impl Bias {
         p: Option<BiasParameter>,
         device: Device,
         path: OpPath,
-        seed: u64,
+        rng: SharedCaffeRng,
         name: &str,
     ) -> Self {
         Bias {
@@ -37,7 +39,7 @@ impl Bias {
             params: Vec::new(),
             device,
             path,
-            seed,
+            rng,
             dims: (0, 0, 0),
             shift_bottom: false,
             ctx: format!("layer '{name}'"),
@@ -72,7 +74,13 @@ impl Layer for Bias {
         self.dims = dims;
         self.params.clear();
         if !self.shift_bottom {
-            let shift = fill_or_constant(self.p.filler.as_ref(), 0.0, &blob, self.seed, &self.ctx)?;
+            let shift = fill_or_constant(
+                self.p.filler.as_ref(),
+                0.0,
+                &blob,
+                &mut lock(&self.rng),
+                &self.ctx,
+            )?;
             self.params
                 .push(Tensor::from_vec(shift, blob, &self.device)?);
         }
@@ -147,6 +155,10 @@ impl Layer for Bias {
 mod tests {
     use super::*;
 
+    fn rng() -> SharedCaffeRng {
+        std::sync::Arc::new(std::sync::Mutex::new(crate::caffe::rng::CaffeRng::new(1)))
+    }
+
     fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
@@ -155,7 +167,7 @@ mod tests {
     fn shifts_each_channel_learned_or_from_a_second_bottom() {
         let t = |v: &[f32], s: &[usize]| Tensor::new(v, &Device::Cpu).unwrap().reshape(s).unwrap();
         for path in [OpPath::CpuKernels, OpPath::TensorOps] {
-            let mut l = Bias::new(None, Device::Cpu, path, 1, "b");
+            let mut l = Bias::new(None, Device::Cpu, path, rng(), "b");
             assert_eq!(l.setup(&[vec![2, 2, 2]]).unwrap(), [vec![2, 2, 2]]);
             assert_eq!(values(&l.params[0]), [0.0, 0.0]);
             l.params = vec![t(&[1., -1.], &[2])];
@@ -179,7 +191,7 @@ mod tests {
             // The shift as a second bottom (one per image and channel, axis 0).
             let p: BiasParameter =
                 crate::caffe::prototxt::parse("axis: 0", std::path::Path::new("b")).unwrap();
-            let mut two = Bias::new(Some(p), Device::Cpu, path, 1, "b");
+            let mut two = Bias::new(Some(p), Device::Cpu, path, rng(), "b");
             two.setup(&[vec![2, 2, 2], vec![2, 2]]).unwrap();
             assert!(two.params.is_empty());
             let b = t(&[1., 0., 0., 2.], &[2, 2]);
@@ -198,7 +210,7 @@ mod tests {
             assert!(p.is_empty());
             assert_eq!(values(g[1].as_ref().unwrap()), [3., 7., 11., 15.]);
         }
-        let e = Bias::new(None, Device::Cpu, OpPath::CpuKernels, 1, "b")
+        let e = Bias::new(None, Device::Cpu, OpPath::CpuKernels, rng(), "b")
             .setup(&[vec![2, 3], vec![2]])
             .err()
             .unwrap()

@@ -7,6 +7,7 @@ use super::{
     checked_count, nchw, to_vec, with_f32, BackwardArgs, BuildContext, Grads, Layer, OpPath,
 };
 use crate::caffe::proto::{convolution_parameter::Engine, ConvolutionParameter, Phase};
+use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use crate::train::depthwise;
 use crate::train::filler::fill;
@@ -30,7 +31,8 @@ thread_local! {
 pub struct Convolution {
     p: ConvolutionParameter,
     device: Device,
-    seed: u64,
+    /// The net's Caffe generator, which the fillers draw from.
+    rng: SharedCaffeRng,
     name: String,
     params: Vec<Tensor>,
     /// Per-image geometry (input channels = all groups).
@@ -162,7 +164,12 @@ fn pick(
 }
 
 impl Convolution {
-    pub fn new(p: ConvolutionParameter, ctx: &BuildContext, seed: u64, name: &str) -> Result<Self> {
+    pub fn new(
+        p: ConvolutionParameter,
+        ctx: &BuildContext,
+        rng: SharedCaffeRng,
+        name: &str,
+    ) -> Result<Self> {
         if p.num_output() == 0 {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -176,7 +183,7 @@ impl Convolution {
             group: p.group().max(1) as usize,
             num_output: p.num_output() as usize,
             p,
-            seed,
+            rng,
             name: name.to_string(),
             params: Vec::new(),
             win: None,
@@ -380,11 +387,11 @@ impl Layer for Convolution {
         }
         let wshape = vec![self.num_output, c / g, kh, kw];
         let wf = p.weight_filler.clone().unwrap_or_default();
-        let weight = fill(&wf, &wshape, self.seed, &ctx)?;
+        let weight = fill(&wf, &wshape, &mut lock(&self.rng), &ctx)?;
         self.params = vec![Tensor::from_vec(weight, wshape, &self.device)?];
         if p.bias_term() {
             let bf = p.bias_filler.clone().unwrap_or_default();
-            let bias = fill(&bf, &[self.num_output], self.seed ^ 1, &ctx)?;
+            let bias = fill(&bf, &[self.num_output], &mut lock(&self.rng), &ctx)?;
             self.params
                 .push(Tensor::from_vec(bias, self.num_output, &self.device)?);
         }

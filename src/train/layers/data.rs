@@ -634,7 +634,11 @@ impl Layer for DummyData {
             let seed = self.seed
                 ^ (call.wrapping_add(1)).wrapping_mul(0xD6E8_FEB8_6659_FD93)
                 ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let v = crate::train::filler::fill(filler, shape, seed, &ctx)?;
+            // Caffe refills from its global generator, whose position here
+            // depends on everything drawn before; each refill takes its own
+            // stream instead, so a run repeats and resumes.
+            let mut rng = CaffeRng::new((seed ^ (seed >> 32)) as u32);
+            let v = crate::train::filler::fill(filler, shape, &mut rng, &ctx)?;
             *slot = Some(Tensor::from_vec(v, shape.as_slice(), &self.device)?);
         }
         Ok(self

@@ -10,6 +10,7 @@
 use super::conv::{check_groups, settings, Settings};
 use super::{checked_count, nchw, BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
+use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::kernels::Window;
@@ -19,7 +20,8 @@ use candle_core::{DType, Device, Tensor};
 pub struct Deconvolution {
     p: ConvolutionParameter,
     device: Device,
-    seed: u64,
+    /// The net's Caffe generator, which the fillers draw from.
+    rng: SharedCaffeRng,
     name: String,
     params: Vec<Tensor>,
     fused: bool,
@@ -31,7 +33,12 @@ pub struct Deconvolution {
 }
 
 impl Deconvolution {
-    pub fn new(p: ConvolutionParameter, ctx: &BuildContext, seed: u64, name: &str) -> Result<Self> {
+    pub fn new(
+        p: ConvolutionParameter,
+        ctx: &BuildContext,
+        rng: SharedCaffeRng,
+        name: &str,
+    ) -> Result<Self> {
         if p.num_output() == 0 {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -42,7 +49,7 @@ impl Deconvolution {
             num_output: p.num_output() as usize,
             p,
             device: ctx.device.clone(),
-            seed,
+            rng,
             name: name.to_string(),
             params: Vec::new(),
             fused: ctx.path().fused(),
@@ -135,7 +142,7 @@ impl Layer for Deconvolution {
         let weight = fill(
             &p.weight_filler.clone().unwrap_or_default(),
             &wshape,
-            self.seed,
+            &mut lock(&self.rng),
             &ctx,
         )?;
         self.params = vec![Tensor::from_vec(weight, wshape, &self.device)?];
@@ -143,7 +150,7 @@ impl Layer for Deconvolution {
             let bias = fill(
                 &p.bias_filler.clone().unwrap_or_default(),
                 &[self.num_output],
-                self.seed ^ 1,
+                &mut lock(&self.rng),
                 &ctx,
             )?;
             self.params

@@ -2,6 +2,7 @@
 //! (W is `num_output x K`, Caffe's non-transposed layout).
 use super::{BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{InnerProductParameter, Phase};
+use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use crate::train::filler::fill;
 use crate::train::precision::Precision;
@@ -10,7 +11,8 @@ use candle_core::{Device, Tensor};
 pub struct InnerProduct {
     p: InnerProductParameter,
     device: Device,
-    seed: u64,
+    /// The net's Caffe generator, which the fillers draw from.
+    rng: SharedCaffeRng,
     name: String,
     params: Vec<Tensor>,
     outer: usize,
@@ -26,7 +28,7 @@ impl InnerProduct {
         p: InnerProductParameter,
         device: Device,
         precision: Precision,
-        seed: u64,
+        rng: SharedCaffeRng,
         name: &str,
     ) -> Result<Self> {
         if p.num_output() == 0 {
@@ -44,7 +46,7 @@ impl InnerProduct {
         Ok(InnerProduct {
             p,
             device,
-            seed,
+            rng,
             name: name.to_string(),
             params: Vec::new(),
             outer: 0,
@@ -83,7 +85,7 @@ impl Layer for InnerProduct {
         let w = fill(
             &self.p.weight_filler.clone().unwrap_or_default(),
             &[out, self.k],
-            self.seed,
+            &mut lock(&self.rng),
             &ctx,
         )?;
         self.params = vec![Tensor::from_vec(w, (out, self.k), &self.device)?];
@@ -91,7 +93,7 @@ impl Layer for InnerProduct {
             let b = fill(
                 &self.p.bias_filler.clone().unwrap_or_default(),
                 &[out],
-                self.seed ^ 1,
+                &mut lock(&self.rng),
                 &ctx,
             )?;
             self.params.push(Tensor::from_vec(b, out, &self.device)?);

@@ -138,7 +138,7 @@ pub struct BuildContext {
     /// Caffe's global generator, seeded with `seed` as `random_seed` seeds
     /// Caffe's: data layers draw their own seeds and skips from it in
     /// Caffe's order, so their crops, mirrors and list orders are Caffe's.
-    pub caffe_rng: std::sync::Arc<std::sync::Mutex<crate::caffe::rng::CaffeRng>>,
+    pub caffe_rng: crate::caffe::rng::SharedCaffeRng,
     /// The phase being built.
     pub phase: Phase,
     /// The device tensors live on.
@@ -215,10 +215,7 @@ impl BuildContext {
 
     /// The next output of Caffe's global generator (`caffe_rng_rand()`).
     pub fn caffe_rng_rand(&self) -> u32 {
-        self.caffe_rng
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .next_u32()
+        crate::caffe::rng::lock(&self.caffe_rng).next_u32()
     }
 
     /// A context for the CPU kernels.
@@ -281,20 +278,20 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Convolution" => Box::new(conv::Convolution::new(
             param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
             ctx,
-            seed,
+            ctx.caffe_rng.clone(),
             name,
         )?),
         "Deconvolution" => Box::new(deconv::Deconvolution::new(
             param.convolution_param.clone().ok_or_else(|| missing("convolution_param"))?,
             ctx,
-            seed,
+            ctx.caffe_rng.clone(),
             name,
         )?),
         "InnerProduct" => Box::new(inner_product::InnerProduct::new(
             param.inner_product_param.clone().ok_or_else(|| missing("inner_product_param"))?,
             ctx.device.clone(),
             ctx.precision(),
-            seed,
+            ctx.caffe_rng.clone(),
             name,
         )?),
         "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name, &ctx.device, path)?),
@@ -338,9 +335,9 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Flatten" => Box::new(reshape::Flatten::new(param.flatten_param, name)),
         "Reshape" => Box::new(reshape::Reshape::new(param.reshape_param.clone(), name)?),
         "BatchNorm" => Box::new(batch_norm::BatchNorm::new(param.batch_norm_param, ctx.phase, ctx.device.clone(), path, name)),
-        "Scale" => Box::new(scale::Scale::new(param.scale_param.clone(), ctx.device.clone(), path, seed, name)),
-        "Bias" => Box::new(bias::Bias::new(param.bias_param.clone(), ctx.device.clone(), path, seed, name)),
-        "PReLU" => Box::new(prelu::PRelu::new(param.prelu_param.clone(), ctx.device.clone(), path, seed, name)),
+        "Scale" => Box::new(scale::Scale::new(param.scale_param.clone(), ctx.device.clone(), path, ctx.caffe_rng.clone(), name)),
+        "Bias" => Box::new(bias::Bias::new(param.bias_param.clone(), ctx.device.clone(), path, ctx.caffe_rng.clone(), name)),
+        "PReLU" => Box::new(prelu::PRelu::new(param.prelu_param.clone(), ctx.device.clone(), path, ctx.caffe_rng.clone(), name)),
         "Slice" => Box::new(slice::Slice::new(param.slice_param.clone(), param.top.len(), name)?),
         "Split" => Box::new(slice::Split::new(param.top.len())),
         "Silence" => Box::new(slice::Silence),

@@ -4,6 +4,7 @@
 //! (slope gradients summed in f64); elsewhere candle ops, their twin.
 use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{PReLuParameter, Phase};
+use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use crate::train::filler::fill_or_constant;
 use crate::train::kernels::{channel_sums, lane_sum, per_channel};
@@ -14,7 +15,8 @@ pub struct PRelu {
     params: Vec<Tensor>,
     device: Device,
     path: OpPath,
-    seed: u64,
+    /// The net's Caffe generator, which the fillers draw from.
+    rng: SharedCaffeRng,
     /// The bottom as (outer, channels, inner); channels 1 when shared.
     dims: (usize, usize, usize),
     ctx: String,
@@ -25,7 +27,7 @@ impl PRelu {
         p: Option<PReLuParameter>,
         device: Device,
         path: OpPath,
-        seed: u64,
+        rng: SharedCaffeRng,
         name: &str,
     ) -> Self {
         PRelu {
@@ -33,7 +35,7 @@ impl PRelu {
             params: Vec::new(),
             device,
             path,
-            seed,
+            rng,
             dims: (0, 0, 0),
             ctx: format!("layer '{name}'"),
         }
@@ -100,7 +102,13 @@ impl Layer for PRelu {
             (shape[0], channels, inner)
         };
         let blob = vec![if self.p.channel_shared() { 1 } else { channels }];
-        let slopes = fill_or_constant(self.p.filler.as_ref(), 0.25, &blob, self.seed, &self.ctx)?;
+        let slopes = fill_or_constant(
+            self.p.filler.as_ref(),
+            0.25,
+            &blob,
+            &mut lock(&self.rng),
+            &self.ctx,
+        )?;
         self.params = vec![Tensor::from_vec(slopes, blob, &self.device)?];
         Ok(vec![shape.clone()])
     }
@@ -162,10 +170,14 @@ impl Layer for PRelu {
 mod tests {
     use super::*;
 
+    fn rng() -> SharedCaffeRng {
+        std::sync::Arc::new(std::sync::Mutex::new(crate::caffe::rng::CaffeRng::new(1)))
+    }
+
     fn layer(text: &str, path: OpPath) -> PRelu {
         let p: PReLuParameter =
             crate::caffe::prototxt::parse(text, std::path::Path::new("p")).unwrap();
-        PRelu::new(Some(p), Device::Cpu, path, 1, "p")
+        PRelu::new(Some(p), Device::Cpu, path, rng(), "p")
     }
 
     fn values(t: &Tensor) -> Vec<f32> {

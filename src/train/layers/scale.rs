@@ -7,6 +7,7 @@
 //! (per-channel sums in f64); elsewhere candle ops, their twin.
 use super::{to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{Phase, ScaleParameter};
+use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use crate::train::filler::{fill, fill_or_constant};
 use crate::train::kernels::{channel_sums, lane_sum, per_channel};
@@ -17,7 +18,8 @@ pub struct Scale {
     params: Vec<Tensor>,
     device: Device,
     path: OpPath,
-    seed: u64,
+    /// The net's Caffe generator, which the fillers draw from.
+    rng: SharedCaffeRng,
     /// The bottom as (outer, scaled, inner).
     dims: (usize, usize, usize),
     /// Whether the factor is the second bottom (else the first parameter).
@@ -30,7 +32,7 @@ impl Scale {
         p: Option<ScaleParameter>,
         device: Device,
         path: OpPath,
-        seed: u64,
+        rng: SharedCaffeRng,
         name: &str,
     ) -> Self {
         Scale {
@@ -38,7 +40,7 @@ impl Scale {
             params: Vec::new(),
             device,
             path,
-            seed,
+            rng,
             dims: (0, 0, 0),
             factor_bottom: false,
             ctx: format!("layer '{name}'"),
@@ -218,8 +220,13 @@ impl Layer for Scale {
         self.params.clear();
         if !self.factor_bottom {
             // Caffe's default factor is 1; the shift's default filler is 0.
-            let factor =
-                fill_or_constant(self.p.filler.as_ref(), 1.0, &blob, self.seed, &self.ctx)?;
+            let factor = fill_or_constant(
+                self.p.filler.as_ref(),
+                1.0,
+                &blob,
+                &mut lock(&self.rng),
+                &self.ctx,
+            )?;
             self.params
                 .push(Tensor::from_vec(factor, blob.clone(), &self.device)?);
         }
@@ -227,7 +234,7 @@ impl Layer for Scale {
             let shift = fill(
                 &self.p.bias_filler.clone().unwrap_or_default(),
                 &blob,
-                self.seed ^ 1,
+                &mut lock(&self.rng),
                 &self.ctx,
             )?;
             self.params
@@ -316,10 +323,14 @@ impl Layer for Scale {
 mod tests {
     use super::*;
 
+    fn rng() -> SharedCaffeRng {
+        std::sync::Arc::new(std::sync::Mutex::new(crate::caffe::rng::CaffeRng::new(1)))
+    }
+
     fn layer(text: &str) -> Scale {
         let p: ScaleParameter =
             crate::caffe::prototxt::parse(text, std::path::Path::new("s")).unwrap();
-        Scale::new(Some(p), Device::Cpu, OpPath::CpuKernels, 1, "s")
+        Scale::new(Some(p), Device::Cpu, OpPath::CpuKernels, rng(), "s")
     }
 
     fn values(t: &Tensor) -> Vec<f32> {
@@ -371,7 +382,7 @@ mod tests {
             let p: ScaleParameter =
                 crate::caffe::prototxt::parse("axis: 0 bias_term: true", std::path::Path::new("s"))
                     .unwrap();
-            let mut l = Scale::new(Some(p), Device::Cpu, path, 1, "s");
+            let mut l = Scale::new(Some(p), Device::Cpu, path, rng(), "s");
             assert_eq!(
                 l.setup(&[vec![2, 2, 1, 2], vec![2, 2]]).unwrap(),
                 vec![vec![2, 2, 1, 2]]
