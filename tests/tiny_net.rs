@@ -706,6 +706,43 @@ fn train_resume_and_track(
     s
 }
 
+/// Dropout on the CPU draws Caffe's masks from the solver's shared Caffe
+/// generator (`tests/caffe_solvers.rs` checks them against Caffe): a resume
+/// from iteration 15 restores that generator from the sidecar and repeats
+/// the rest bit for bit, and the tensor-op path on the CPU draws the same
+/// masks. Three Dropout layers, one in place, at three ratios.
+#[test]
+fn dropout_masks_resume_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let net = format!(
+        r#"name: "TinyDropout"
+{}{}layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param {{ num_output: 8 kernel_size: 5 stride: 4 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
+layer {{ name: "drop1" type: "Dropout" bottom: "conv1" top: "drop1" dropout_param {{ dropout_ratio: 0.2 }} }}
+layer {{ name: "pool" type: "Pooling" bottom: "drop1" top: "pool" pooling_param {{ pool: MAX kernel_size: 3 stride: 2 }} }}
+layer {{ name: "fc1" type: "InnerProduct" bottom: "pool" top: "fc1"
+  inner_product_param {{ num_output: 32 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu2" type: "ReLU" bottom: "fc1" top: "fc1" }}
+layer {{ name: "drop2" type: "Dropout" bottom: "fc1" top: "fc1" }}
+layer {{ name: "drop3" type: "Dropout" bottom: "fc1" top: "fc1" dropout_param {{ dropout_ratio: 0.3 }} }}
+{}"#,
+        fixture_data("TRAIN"),
+        fixture_data("TEST"),
+        classifier("fc1"),
+    );
+    let s = train_resume_and_track(t.path(), &net, "drop", 0.02, |_| 1e-4);
+    let side: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.path().join("drop_iter_15.solverstate.resume.json")).unwrap(),
+    )
+    .unwrap();
+    // Set-up draws and 15 passes' masks (8 images a pass).
+    let drawn = side["caffe_rng"]["drawn"].as_u64().unwrap();
+    assert!(drawn > 15 * 8 * 32 * 2, "{drawn}");
+    assert_eq!(side["caffe_rng"]["last"].as_array().unwrap().len(), 624);
+    assert!(!s.trajectory.is_empty());
+}
+
 /// A small residual net on the fixture's data: conv, BatchNorm, Scale and
 /// ReLU, then a block (a depthwise 3x3 convolution, MobileNet's, on the CPU
 /// its direct kernels; then two 3x3 convolutions with BatchNorm and

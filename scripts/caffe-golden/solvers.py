@@ -74,6 +74,18 @@ VARIANTS = {
                          lambda net: net.replace("mirror: false", "mirror: true\n    crop_size: 60", 1)
                          .replace("mirror: false", "mirror: false\n    crop_size: 60", 1),
                          False),
+    # Dropout after fc6 and fc7 (ratios 0.5 and 0.3): Caffe's CPU masks come
+    # from the same generator, after the train and test nets' set-up draws.
+    "sgd_dropout": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
+                    'test_iter: 3 test_interval: 5',
+                    lambda net: net.replace('layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }',
+                                            'layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }\n'
+                                            'layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" '
+                                            'dropout_param { dropout_ratio: 0.5 } }', 1)
+                    .replace('layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }',
+                             'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+                             'layer { name: "drop7" type: "Dropout" bottom: "fc7" top: "fc7" '
+                             'dropout_param { dropout_ratio: 0.3 } }', 1)),
 }
 
 

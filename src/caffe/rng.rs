@@ -35,9 +35,30 @@ pub fn lock(rng: &SharedCaffeRng) -> std::sync::MutexGuard<'_, CaffeRng> {
     rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One MT19937 stream drawn from as Caffe draws.
+/// MT19937's state size: any 624 consecutive outputs determine the rest.
+const STATE: usize = 624;
+
+/// One MT19937 stream drawn from as Caffe draws. It remembers its seed,
+/// how many outputs it gave and the last 624 of them, which is enough to
+/// save it and restore it exactly ([`CaffeRng::state`]).
 #[derive(Clone)]
-pub struct CaffeRng(Mt);
+pub struct CaffeRng {
+    mt: Mt,
+    seed: u32,
+    drawn: u64,
+    last: Box<[u32; STATE]>,
+}
+
+/// A saved [`CaffeRng`] (in a resume sidecar).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaffeRngState {
+    /// The seed it started from.
+    pub seed: u32,
+    /// Outputs drawn since.
+    pub drawn: u64,
+    /// The last (up to) 624 outputs, oldest first.
+    pub last: Vec<u32>,
+}
 
 impl std::fmt::Debug for CaffeRng {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,12 +69,57 @@ impl std::fmt::Debug for CaffeRng {
 impl CaffeRng {
     /// A generator seeded as `Caffe::RNG(seed)` (and `Caffe::set_random_seed`).
     pub fn new(seed: u32) -> Self {
-        CaffeRng(Mt::new(seed))
+        CaffeRng {
+            mt: Mt::new(seed),
+            seed,
+            drawn: 0,
+            last: Box::new([0; STATE]),
+        }
     }
 
     /// The next raw output (`caffe_rng_rand()`).
     pub fn next_u32(&mut self) -> u32 {
-        self.0.next_u32()
+        let u = self.mt.next_u32();
+        self.last[(self.drawn % STATE as u64) as usize] = u;
+        self.drawn += 1;
+        u
+    }
+
+    /// What [`CaffeRng::from_state`] needs to continue exactly from here.
+    pub fn state(&self) -> CaffeRngState {
+        let n = self.drawn.min(STATE as u64) as usize;
+        let start = (self.drawn - n as u64) % STATE as u64;
+        let last = (0..n)
+            .map(|k| self.last[((start + k as u64) % STATE as u64) as usize])
+            .collect();
+        CaffeRngState {
+            seed: self.seed,
+            drawn: self.drawn,
+            last,
+        }
+    }
+
+    /// The generator a [`CaffeRng::state`] describes: rebuilt from its last
+    /// 624 outputs, or from its seed when it gave fewer. `None` when the
+    /// state does not hang together.
+    pub fn from_state(state: &CaffeRngState) -> Option<CaffeRng> {
+        if state.last.len() as u64 != state.drawn.min(STATE as u64) {
+            return None;
+        }
+        let mut rng = CaffeRng::new(state.seed);
+        if state.drawn < STATE as u64 {
+            for _ in 0..state.drawn {
+                rng.next_u32();
+            }
+            return (rng.state() == *state).then_some(rng);
+        }
+        let window: [u32; STATE] = state.last.as_slice().try_into().ok()?;
+        rng.mt = Mt::from(window);
+        rng.drawn = state.drawn;
+        for (k, &u) in window.iter().enumerate() {
+            rng.last[((state.drawn - STATE as u64 + k as u64) % STATE as u64) as usize] = u;
+        }
+        Some(rng)
     }
 
     /// `DataTransformer::Rand(n)`: the next output modulo `n` (`n` > 0).
@@ -124,6 +190,12 @@ impl CaffeRng {
     /// `caffe_rng_bernoulli` with a float `p` for one value.
     pub fn bernoulli_f32(&mut self, p: f32) -> bool {
         p != 0.0 && (self.next_u32() as f32) <= p * RANGE_F32
+    }
+
+    /// `caffe_rng_bernoulli` with a double `p` (Dropout's keep
+    /// probability) for one value: `u <= p * (2^32 - 1)` in double.
+    pub fn bernoulli_f64(&mut self, p: f64) -> bool {
+        p != 0.0 && (self.next_u32() as f64) <= p * u32::MAX as f64
     }
 
     /// One output split as boost splits it for a ziggurat: the low 8 bits
@@ -358,6 +430,24 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(a.uniform_int(1), b.next_u32() >> 31);
         }
+    }
+
+    #[test]
+    fn a_saved_state_continues_exactly() {
+        for drawn in [0usize, 5, 623, 624, 625, 2000] {
+            let mut a = CaffeRng::new(99);
+            for _ in 0..drawn {
+                a.next_u32();
+            }
+            let mut b = CaffeRng::from_state(&a.state()).expect("a consistent state");
+            let next: Vec<u32> = (0..1500).map(|_| a.next_u32()).collect();
+            let again: Vec<u32> = (0..1500).map(|_| b.next_u32()).collect();
+            assert_eq!(next, again, "after {drawn} outputs");
+            assert_eq!(a.state(), b.state());
+        }
+        let mut bad = CaffeRng::new(1).state();
+        bad.drawn = 3;
+        assert!(CaffeRng::from_state(&bad).is_none());
     }
 
     #[test]

@@ -391,7 +391,12 @@ fn build(
     shape: &[usize],
     bottoms: usize,
 ) -> Result<Built> {
-    let ctx = BuildContext::new(".", 7, Phase::Train, compute);
+    // Dropout's per-pass streams on both sides: the masks a GPU draws, and
+    // its fused kernel's CPU twin, are what is checked.
+    let ctx = BuildContext {
+        caffe_dropout: false,
+        ..BuildContext::new(".", 7, Phase::Train, compute)
+    };
     let mut layer = create(param, &ctx, 0)?;
     let tops = layer.setup(&vec![shape.to_vec(); bottoms])?;
     Ok((layer, tops))

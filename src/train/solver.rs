@@ -58,6 +58,9 @@ pub struct SolverOptions {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Sidecar {
     iter: usize,
+    /// The nets' Caffe generator (Dropout draws from it on the CPU).
+    #[serde(default)]
+    caffe_rng: Option<crate::caffe::rng::CaffeRngState>,
     train_states: BTreeMap<String, u64>,
     test_states: Vec<BTreeMap<String, u64>>,
     losses: Vec<f32>,
@@ -77,6 +80,8 @@ pub struct Solver {
     pub train: Net,
     /// Test nets.
     pub tests: Vec<Net>,
+    /// The Caffe generator the nets share (saved with each snapshot).
+    caffe_rng: crate::caffe::rng::SharedCaffeRng,
     history: Vec<Tensor>,
     /// Iterations done.
     pub iter: usize,
@@ -224,6 +229,7 @@ impl Solver {
             base_dir,
             train,
             tests,
+            caffe_rng,
             history,
             iter: 0,
             current_step: 0,
@@ -350,6 +356,15 @@ impl Solver {
             Ok(text) => {
                 let s: Sidecar = serde_json::from_str(&text)
                     .map_err(|e| Error::invalid(sidecar_path.display(), format!("corrupt resume sidecar: {e}")))?;
+                if let Some(st) = &s.caffe_rng {
+                    let rng = crate::caffe::rng::CaffeRng::from_state(st).ok_or_else(|| {
+                        Error::invalid(
+                            sidecar_path.display(),
+                            "corrupt resume sidecar: the random generator's state does not hang together",
+                        )
+                    })?;
+                    *crate::caffe::rng::lock(&self.caffe_rng) = rng;
+                }
                 self.train.restore_states(&s.train_states);
                 for (t, st) in self.tests.iter_mut().zip(&s.test_states) {
                     t.restore_states(st);
@@ -694,6 +709,7 @@ impl Solver {
         write_binary(&state_path, &state)?;
         let side = Sidecar {
             iter: self.iter,
+            caffe_rng: Some(crate::caffe::rng::lock(&self.caffe_rng).state()),
             train_states: self.train.states(),
             test_states: self.tests.iter().map(|t| t.states()).collect(),
             losses: self.losses.clone(),

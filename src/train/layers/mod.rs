@@ -139,6 +139,10 @@ pub struct BuildContext {
     /// Caffe's: data layers draw their own seeds and skips from it in
     /// Caffe's order, so their crops, mirrors and list orders are Caffe's.
     pub caffe_rng: crate::caffe::rng::SharedCaffeRng,
+    /// On the CPU, Dropout draws Caffe's masks from `caffe_rng` (on a GPU,
+    /// and with this off, from its own per-pass streams, which the fused
+    /// kernel and its CPU twin share).
+    pub caffe_dropout: bool,
     /// The phase being built.
     pub phase: Phase,
     /// The device tensors live on.
@@ -202,6 +206,7 @@ impl BuildContext {
             caffe_rng: std::sync::Arc::new(std::sync::Mutex::new(
                 crate::caffe::rng::CaffeRng::new(seed as u32),
             )),
+            caffe_dropout: true,
             phase,
             device: compute.device.clone(),
             tensor_ops: compute.tensor_ops,
@@ -309,6 +314,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Dropout" => Box::new(simple::Dropout::new(
             param.dropout_param.as_ref().map_or(0.5, |p| p.dropout_ratio()),
             seed,
+            (ctx.caffe_dropout && ctx.device.is_cpu()).then(|| ctx.caffe_rng.clone()),
             name,
             path,
         )?),

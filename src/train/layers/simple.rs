@@ -1,6 +1,7 @@
 //! Element-wise layers: ReLU (with negative slope) and inverted Dropout.
 use super::{with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::Phase;
+use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -69,8 +70,13 @@ impl Layer for Relu {
 pub struct Dropout {
     ratio: f32,
     seed: u64,
-    /// Forward passes in TRAIN so far; each draws its mask from its own
-    /// ChaCha stream, so the layer's state is this one number.
+    /// On the CPU, the net's Caffe generator: masks are Caffe's CPU masks,
+    /// drawn from it in forward order after everything the nets' set-up
+    /// drew (the solver saves its state for a resume).
+    caffe_rng: Option<SharedCaffeRng>,
+    /// Forward passes in TRAIN so far; on a GPU each draws its mask from its
+    /// own ChaCha stream (as Caffe's GPU masks come from curand, not from its
+    /// generator), so the layer's state there is this one number.
     calls: u64,
     mask: Option<Tensor>,
     /// Fused: the mask is drawn on the device (same values as on the host).
@@ -78,7 +84,13 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    pub fn new(ratio: f32, seed: u64, name: &str, path: OpPath) -> Result<Self> {
+    pub fn new(
+        ratio: f32,
+        seed: u64,
+        caffe_rng: Option<SharedCaffeRng>,
+        name: &str,
+        path: OpPath,
+    ) -> Result<Self> {
         if !(0.0..1.0).contains(&ratio) {
             return Err(Error::model(
                 format!("layer '{name}'"),
@@ -88,6 +100,7 @@ impl Dropout {
         Ok(Dropout {
             ratio,
             seed,
+            caffe_rng,
             calls: 0,
             mask: None,
             path,
@@ -110,7 +123,17 @@ impl Layer for Dropout {
         // Each pass draws from its own ChaCha stream of the layer's seed.
         let (x, call) = (&bottom[0], self.calls);
         self.calls += 1;
-        let mask = if self.path.fused() {
+        let mask = if let Some(rng) = &self.caffe_rng {
+            // Caffe keeps a unit when an output u has u <= (1 - ratio)(2^32 - 1),
+            // in double, and scales kept units by 1 / (1 - ratio) as a float.
+            let keep = 1.0 - f64::from(self.ratio);
+            let scale = (1.0 / keep) as f32;
+            let mut rng = lock(rng);
+            let mask: Vec<f32> = (0..x.elem_count())
+                .map(|_| if rng.bernoulli_f64(keep) { scale } else { 0.0 })
+                .collect();
+            Tensor::from_vec(mask, x.shape(), x.device())?
+        } else if self.path.fused() {
             crate::train::fused::dropout_mask(x, self.seed, call, self.ratio)?
         } else {
             let mask =
