@@ -23,6 +23,9 @@
 #     weights gives its evaluation's accuracy, loss and probabilities;
 #   - two Caffe Data layers read our to-lmdb images and the targets-lmdb
 #     beside them in step (each record's first target is its image's label);
+#   - Flickr Style's own recipe (CaffeNet: ImageData with random crops and
+#     mirrors, Dropout, every layer from its filler) on the fixture photos at
+#     batch 8, 4 iterations from the same random_seed: the same losses;
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -89,6 +92,24 @@ in_root "caffe train -solver $work/pipeline_gray/solver.prototxt -weights $(ls .
 in_root "caffe test -model $work/pipeline_gray/train_val.prototxt -weights ours/pipeline/gray_iter_6.caffemodel -iterations 1" \
     >caffe_gray_test.log 2>&1
 echo "${gray_eval#../}" >gray_eval.txt
+
+# Flickr Style's recipe as Caffe ships it, from its fillers, both ways.
+flickr=$work/flickr
+recipe_dir=$(realpath "$here/../../../shared/caffe-ref/models/finetune_flickr_style")
+mkdir -p "$flickr/data/ilsvrc12" "$flickr/data/flickr_style" "$flickr/models/finetune_flickr_style"
+cp -r "$work/images" "$flickr/"
+"$bin" convert-mean "$(realpath "$here/../../../shared/caffe-ref/ilsvrc12/ilsvrc_2012_mean.npy")" \
+    "$flickr/data/ilsvrc12/imagenet_mean.binaryproto" >>"$log" 2>&1
+sed 's|^|images/|' "$work/images/list.txt" >"$flickr/data/flickr_style/train.txt"
+cp "$flickr/data/flickr_style/train.txt" "$flickr/data/flickr_style/test.txt"
+sed 's/batch_size: 50/batch_size: 8/' "$recipe_dir/train_val.prototxt" >"$flickr/models/finetune_flickr_style/train_val.prototxt"
+grep -v -E '^(test_iter|test_interval|display|max_iter|snapshot|snapshot_prefix|#)' "$recipe_dir/solver.prototxt" \
+    >"$flickr/models/finetune_flickr_style/solver.prototxt"
+printf 'test_iter: 1\ntest_interval: 1000\ntest_initialization: false\ndisplay: 1\nmax_iter: 4\nsnapshot_after_train: false\nrandom_seed: 20261129\nsolver_mode: CPU\n' \
+    >>"$flickr/models/finetune_flickr_style/solver.prototxt"
+(cd "$flickr" && "$bin" finetune --solver models/finetune_flickr_style/solver.prototxt >ours_flickr.log 2>&1)
+chroot "$root" env OPENBLAS_NUM_THREADS=1 GLOG_minloglevel=0 bash -c \
+    "cd /xc/flickr && caffe train -solver models/finetune_flickr_style/solver.prototxt" >caffe_flickr.log 2>&1
 cat >check.py <<'EOF'
 import csv, re, sys
 import numpy as np
@@ -236,6 +257,10 @@ for _ in range(4):
     t = net.blobs["t"].data.reshape(8, -1)
     in_step &= bool(np.array_equal(t[:, 0], net.blobs["label"].data)) and bool(
         np.allclose(t[:, 1], net.blobs["label"].data ** 2 / 3))
+got, want = losses("caffe_flickr.log"), losses("../flickr/ours_flickr.log")
+dl = max(abs(got[i] - want[i]) / abs(want[i]) for i in want) if want and got.keys() == want.keys() else 1.0
+rows.append(("Flickr Style's recipe from its fillers (ImageData crops and mirrors, Dropout), batch 8, random_seed set",
+             f"losses 0-{len(want) - 1} within {dl:.1e} (log prints 6 digits)", len(want) == 4 and dl < 1e-5))
 rows.append(("two Caffe Data layers read our images and targets-lmdb in step (4 batches, a wrap-around)",
              "each record's targets are its label's" if in_step else "OUT OF STEP", in_step))
 
