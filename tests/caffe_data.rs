@@ -10,7 +10,7 @@
 //! `rand_skip` must be the ones Caffe drew, also with two data layers
 //! drawing from one generator.
 mod common;
-use common::golden::{assert_agree, Fingerprint};
+use common::golden::{assert_agree, on_both_paths, Fingerprint};
 use flickr_style::caffe::model::read_net_prototxt;
 use flickr_style::caffe::proto::Phase;
 use flickr_style::train::layers::BuildContext;
@@ -122,13 +122,10 @@ fn data_layers_give_caffes_batches() {
     assert!(golden.cases.len() >= 16);
     assert!(golden.cases.iter().filter(|c| c.seed.is_some()).count() >= 9);
     let dir = tempfile::tempdir().unwrap();
-    let mut failures = Vec::new();
-    for case in &golden.cases {
-        for (label, tensor_ops) in [("cpu kernels", false), ("tensor ops", true)] {
-            for problem in check(case, dir.path(), tensor_ops) {
-                failures.push(format!("{} ({label}): {problem}", case.name));
-            }
-        }
-    }
+    let failures = on_both_paths(
+        &golden.cases,
+        |c| &c.name,
+        |c, tensor_ops| check(c, dir.path(), tensor_ops),
+    );
     assert_agree(&failures);
 }

@@ -7,7 +7,7 @@
 //! fillers drawn after a data layer's own draws. Built from the same seed,
 //! every parameter blob must be Caffe's to the bit (its SHA-256).
 mod common;
-use common::golden::{assert_agree, Fingerprint};
+use common::golden::{assert_agree, on_both_paths, Fingerprint};
 use flickr_style::caffe::model::read_net_prototxt;
 use flickr_style::caffe::proto::Phase;
 use flickr_style::train::layers::BuildContext;
@@ -89,13 +89,10 @@ fn fillers_draw_caffes_values_from_its_seed() {
     eprintln!("golden numbers: {}", golden.provenance);
     assert!(golden.cases.len() >= 6);
     let dir = tempfile::tempdir().unwrap();
-    let mut failures = Vec::new();
-    for case in &golden.cases {
-        for (label, tensor_ops) in [("cpu kernels", false), ("tensor ops", true)] {
-            for problem in check(case, dir.path(), tensor_ops) {
-                failures.push(format!("{} ({label}): {problem}", case.name));
-            }
-        }
-    }
+    let failures = on_both_paths(
+        &golden.cases,
+        |c| &c.name,
+        |c, tensor_ops| check(c, dir.path(), tensor_ops),
+    );
     assert_agree(&failures);
 }

@@ -81,3 +81,22 @@ pub fn assert_agree(failures: &[String]) {
         failures.join("\n")
     );
 }
+
+/// Runs `check(case, tensor_ops)` for every case on both op paths (the CPU
+/// kernels and the tensor ops); returns each problem as "case (path): …".
+#[allow(dead_code)] // not every golden test has both paths
+pub fn on_both_paths<C>(
+    cases: &[C],
+    name: impl Fn(&C) -> &str,
+    check: impl Fn(&C, bool) -> Vec<String>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases {
+        for (label, tensor_ops) in [("cpu kernels", false), ("tensor ops", true)] {
+            for problem in check(case, tensor_ops) {
+                failures.push(format!("{} ({label}): {problem}", name(case)));
+            }
+        }
+    }
+    failures
+}
