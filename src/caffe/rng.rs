@@ -30,6 +30,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// one global generator is.
 pub type SharedCaffeRng = Arc<Mutex<CaffeRng>>;
 
+/// A generator seeded with `seed`, to share.
+pub fn shared(seed: u32) -> SharedCaffeRng {
+    Arc::new(Mutex::new(CaffeRng::new(seed)))
+}
+
 /// Locks a shared generator (a poisoned lock still holds a usable state).
 pub fn lock(rng: &SharedCaffeRng) -> std::sync::MutexGuard<'_, CaffeRng> {
     rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -162,7 +162,7 @@ impl Solver {
         // One Caffe generator for all the nets, as Caffe has one: the test
         // nets draw (their data layers' seeds, their fillers) after the
         // training net, in Caffe's order.
-        let caffe_rng = BuildContext::new(&base_dir, seed, Phase::Train, &compute).caffe_rng;
+        let caffe_rng = crate::caffe::rng::shared(seed as u32);
         let build = |phase| BuildContext {
             rotate90: opts.rotate90,
             augment: opts.augment,

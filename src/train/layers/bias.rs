@@ -156,7 +156,7 @@ mod tests {
     use super::*;
 
     fn rng() -> SharedCaffeRng {
-        std::sync::Arc::new(std::sync::Mutex::new(crate::caffe::rng::CaffeRng::new(1)))
+        crate::caffe::rng::shared(1)
     }
 
     fn values(t: &Tensor) -> Vec<f32> {

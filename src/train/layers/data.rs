@@ -213,7 +213,11 @@ impl Feed {
                 let idx: Vec<(u64, usize, [u32; 3])> = (0..batch as u64)
                     .map(|k| {
                         let p = pos + k;
-                        (p, source.index_at(p, &mut cache), draws.image(p - start))
+                        (
+                            p,
+                            source.index_at(p, &mut cache),
+                            draws.image(p.saturating_sub(start)),
+                        )
                     })
                     .collect();
                 let k = draws.per_image();

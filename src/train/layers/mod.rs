@@ -203,9 +203,7 @@ impl BuildContext {
             base_dir: base_dir.into(),
             seed,
             // Caffe converts random_seed to its 32-bit unsigned seed.
-            caffe_rng: std::sync::Arc::new(std::sync::Mutex::new(
-                crate::caffe::rng::CaffeRng::new(seed as u32),
-            )),
+            caffe_rng: crate::caffe::rng::shared(seed as u32),
             caffe_dropout: true,
             phase,
             device: compute.device.clone(),

@@ -324,7 +324,7 @@ mod tests {
     use super::*;
 
     fn rng() -> SharedCaffeRng {
-        std::sync::Arc::new(std::sync::Mutex::new(crate::caffe::rng::CaffeRng::new(1)))
+        crate::caffe::rng::shared(1)
     }
 
     fn layer(text: &str) -> Scale {
