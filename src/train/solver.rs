@@ -360,7 +360,7 @@ impl Solver {
                     let rng = crate::caffe::rng::CaffeRng::from_state(st).ok_or_else(|| {
                         Error::invalid(
                             sidecar_path.display(),
-                            "corrupt resume sidecar: the random generator's state does not hang together",
+                            "corrupt resume sidecar: the random generator's state does not hang together; delete this file to resume without it (the weights and history still load, but the run will not repeat the uninterrupted one exactly)",
                         )
                     })?;
                     *crate::caffe::rng::lock(&self.caffe_rng) = rng;

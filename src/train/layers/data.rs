@@ -357,7 +357,7 @@ impl DataLayer {
                 return Err(Error::model(
                     &lctx,
                     format!(
-                        "rand_skip drew {skip} lines to skip, but {} has only {}",
+                        "rand_skip drew {skip} lines to skip, but {} has only {}: set rand_skip to at most the list's length",
                         ip.source(),
                         entries.len()
                     ),
