@@ -13,8 +13,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(&dir)
         .at(&dir)?;
     give_default_permissions(tmp.path(), false)?;
-    tmp.write_all(bytes).at(tmp.path())?;
-    tmp.as_file().sync_all().at(tmp.path())?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| write_error(path, bytes.len(), e))?;
     tmp.persist(path)
         .map_err(|e| crate::Error::io(path, e.error))?;
     Ok(())
@@ -30,10 +31,27 @@ pub fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(&dir)
         .at(&dir)?;
     give_default_permissions(tmp.path(), false)?;
-    tmp.write_all(bytes).at(tmp.path())?;
+    tmp.write_all(bytes)
+        .map_err(|e| write_error(path, bytes.len(), e))?;
     tmp.persist(path)
         .map_err(|e| crate::Error::io(path, e.error))?;
     Ok(())
+}
+
+/// A failed write of `len` bytes meant for `path`, named by `path` rather than
+/// the temporary file (gone with the error, and never the user's name for
+/// it). A full disk says how much the file needed and that nothing changed.
+fn write_error(path: &Path, len: usize, cause: std::io::Error) -> crate::Error {
+    // ErrorKind::StorageFull is newer than the crate's MSRV.
+    if cause.raw_os_error() != Some(libc::ENOSPC) {
+        return crate::Error::io(path, cause);
+    }
+    let message = format!(
+        "no space left on the device for this file's {:.1} MB ({cause}); \
+         nothing was written to it: free some space and run again",
+        len as f64 / 1e6
+    );
+    crate::Error::io(path, std::io::Error::other(message))
 }
 
 /// Gives a temporary file or folder (made private, 0600/0700, by `tempfile`)
@@ -93,6 +111,21 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_full_disk_names_the_file_meant_and_its_size() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = write_error(Path::new("s/x_iter_10.caffemodel"), 230_000_000, full).to_string();
+        assert!(
+            e.starts_with("s/x_iter_10.caffemodel: no space left"),
+            "{e}"
+        );
+        assert!(e.contains("230.0 MB") && e.contains("os error 28"), "{e}");
+        assert!(e.contains("free some space and run again"), "{e}");
+        let other = std::io::Error::from_raw_os_error(5);
+        let e = write_error(Path::new("y"), 1, other).to_string();
+        assert!(e.starts_with("y: ") && e.contains("os error 5"), "{e}");
     }
 
     #[test]

@@ -3,23 +3,68 @@
 //! `train_val.prototxt`/`solver.prototxt` rewritten to that data, fine-tuning
 //! from a CaffeNet-shaped caffemodel, snapshots, an exact resume and the
 //! closing evaluation; and the same pipeline on a folder-per-class dataset.
+//!
+//! The recipe's fc6 and fc7 are narrowed from 4096 to [`SLIM`] outputs (every
+//! layer and its wiring otherwise Caffe's): a snapshot then takes 20 MB rather
+//! than 230, so the many these tests write fit a small CI disk, and they train
+//! faster. Full-width CaffeNet is trained against Caffe by
+//! `scripts/caffe-golden/crosscheck.sh`.
 mod common;
 use common::http::{Reply, Server};
 use common::{bin, caffe_ref, fixture, run as run_in};
 use flickr_style::caffe::model::read_net_prototxt;
+use flickr_style::caffe::proto::NetParameter;
 use flickr_style::caffe::proto::Phase;
 use flickr_style::pipeline::flickr_csv::{read_csv, select};
 use flickr_style::train::commands::synthetic_inputs;
 use flickr_style::train::layers::BuildContext;
 use flickr_style::train::net::Net;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A CaffeNet-shaped caffemodel (fc8 with 1000 outputs) with seeded random weights.
+/// The outputs of fc6 and fc7 in the tests' CaffeNet (Caffe's: 4096).
+const SLIM: u32 = 128;
+
+/// Narrows a CaffeNet-shaped net's fc6 and fc7 to [`SLIM`] outputs.
+fn slim(net: &mut NetParameter) {
+    let mut narrowed = 0;
+    for l in &mut net.layer {
+        if l.name() == "fc6" || l.name() == "fc7" {
+            l.inner_product_param.as_mut().unwrap().num_output = Some(SLIM);
+            narrowed += 1;
+        }
+    }
+    assert_eq!(narrowed, 2, "CaffeNet has fc6 and fc7");
+}
+
+/// Caffe's Flickr Style recipe (train_val and solver) with a slim CaffeNet,
+/// written under `dir`.
+fn slim_recipe(dir: &Path) -> PathBuf {
+    let caffes = caffe_ref().join("models/finetune_flickr_style");
+    let recipe = dir.join("recipe");
+    std::fs::create_dir_all(&recipe).unwrap();
+    let mut net = read_net_prototxt(&caffes.join("train_val.prototxt")).unwrap();
+    slim(&mut net);
+    std::fs::write(
+        recipe.join("train_val.prototxt"),
+        flickr_style::caffe::prototxt::to_string(&net),
+    )
+    .unwrap();
+    std::fs::copy(
+        caffes.join("solver.prototxt"),
+        recipe.join("solver.prototxt"),
+    )
+    .unwrap();
+    recipe
+}
+
+/// A slim CaffeNet-shaped caffemodel (fc8 with 1000 outputs) with seeded
+/// random weights.
 fn caffenet_caffemodel(path: &Path) {
     let mut def =
         read_net_prototxt(&caffe_ref().join("models/bvlc_reference_caffenet/train_val.prototxt"))
             .unwrap();
+    slim(&mut def);
     synthetic_inputs(&mut def).unwrap();
     for l in &mut def.layer {
         if let Some(p) = &mut l.input_param {
@@ -44,7 +89,7 @@ fn caffenet_caffemodel(path: &Path) {
 
 fn pipeline(dir: &Path, server: &Server, weights: &Path, extra: &[&str]) -> (bool, String) {
     let csv = caffe_ref().join("flickr_style/flickr_style.csv.gz");
-    let recipe = caffe_ref().join("models/finetune_flickr_style");
+    let recipe = slim_recipe(dir);
     let out = Command::new(bin())
         .args([
             "pipeline", "--images", "12", "--seed", "831486", "--out", "data",
@@ -191,7 +236,7 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     let t = tempfile::tempdir().unwrap();
     let weights = t.path().join("caffenet.caffemodel");
     caffenet_caffemodel(&weights);
-    let recipe = caffe_ref().join("models/finetune_flickr_style");
+    let recipe = slim_recipe(t.path());
     let run = |extra: &[&str]| {
         let out = Command::new(bin())
             .args(["pipeline", "--folders", fixture("images").to_str().unwrap()])
@@ -636,7 +681,7 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
     }
     let manifest = t.path().join("zoo.tsv");
     std::fs::write(&manifest, rows).unwrap();
-    let recipe = caffe_ref().join("models/finetune_flickr_style");
+    let recipe = slim_recipe(t.path());
     let out = Command::new(bin())
         .args(["pipeline", "--manifest", manifest.to_str().unwrap()])
         .args(["--label-column", "taxon", "--set-column", "set"])
