@@ -224,7 +224,7 @@ fn miswired_or_oversized_nets_are_clear_errors_not_aborts() {
         e.contains("layer 'pool1'") && e.contains("leaves the last window past the 30x30 input"),
         "{e}"
     );
-    // A batch whose blobs and convolution buffers cannot fit this machine's
+    // A batch whose blobs and layer buffers cannot fit this machine's
     // memory and swap is refused up front (it used to abort mid-run).
     let memory = flickr_style::train::memory::machine_memory();
     if memory.is_some_and(|m| m < 60 << 30) {
@@ -780,4 +780,52 @@ fn bad_augment_specs_are_refused_before_training() {
     );
     assert!(!ok && err.contains("scale must be 1 to 4"), "{err}");
     assert!(!t.path().join("x_iter_2.caffemodel").exists());
+}
+
+#[test]
+fn time_reports_every_layer_of_the_phase_it_builds() {
+    let net = fixture("tiny-net/train_val.prototxt");
+    let net = net.to_str().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    // TRAIN: forward and backward per layer, then the whole step.
+    let (ok, out, err) = run(
+        t.path(),
+        &["time", "--model", net, "--synthetic", "--iterations", "2"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("| layer | type | forward ms | backward ms |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| conv1 | Convolution | ") && out.contains("| loss | SoftmaxWithLoss | "),
+        "{out}"
+    );
+    assert!(
+        out.contains("Average training step (forward, backward, update): "),
+        "{out}"
+    );
+    // TEST, from the fixture's LMDB: the forward pass alone.
+    let (ok, out, err) = run(
+        t.path(),
+        &[
+            "time",
+            "--model",
+            net,
+            "--phase",
+            "test",
+            "--iterations",
+            "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("| layer | type | forward ms |\n"), "{out}");
+    assert!(out.contains("| accuracy | Accuracy | "), "{out}");
+    assert!(!out.contains("backward"), "{out}");
+    assert!(out.contains("Average Forward pass (TEST phase): "), "{out}");
+    let (ok, _, err) = run(t.path(), &["time", "--model", net, "--phase", "val"]);
+    assert!(
+        !ok && err.contains("'val'") && err.contains("train, test"),
+        "{err}"
+    );
 }

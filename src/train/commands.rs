@@ -135,14 +135,20 @@ pub struct TimeReport {
     pub update: Duration,
     /// Iterations timed.
     pub iterations: usize,
+    /// The net's phase: TRAIN times the training step, TEST the forward
+    /// pass alone (what `test`, `evaluate`, `features` and `classify` run).
+    pub phase: Phase,
 }
 
 /// `caffe time`: forward + backward `iterations` times in TRAIN phase after
-/// one warm-up pass; `synthetic` swaps data layers for inputs of their shape.
+/// one warm-up pass, or the forward pass alone in TEST phase (Caffe's
+/// `-phase TEST`, whose backward no command runs); `synthetic` swaps data
+/// layers for inputs of their shape.
 pub fn time(
     model: &Path,
     iterations: usize,
     synthetic: bool,
+    phase: Phase,
     base_dir: &Path,
     compute: &Compute,
 ) -> Result<TimeReport> {
@@ -150,10 +156,13 @@ pub fn time(
     if synthetic {
         synthetic_inputs(&mut def)?;
     }
-    let ctx = BuildContext::new(base_dir, 0, Phase::Train, compute);
+    let ctx = BuildContext::new(base_dir, 0, phase, compute);
     let mut net = Net::new(&def, &ctx, None)?;
+    let train = phase == Phase::Train;
     net.forward()?;
-    net.backward()?;
+    if train {
+        net.backward()?;
+    }
     net.enable_timing();
     let iterations = iterations.max(1);
     let (mut fwd, mut bwd, mut upd) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -178,6 +187,9 @@ pub fn time(
         net.forward()?;
         sync()?;
         fwd += t.elapsed();
+        if !train {
+            continue;
+        }
         let t = Instant::now();
         net.backward()?;
         sync()?;
@@ -205,5 +217,6 @@ pub fn time(
         backward: bwd / n,
         update: upd / n,
         iterations,
+        phase,
     })
 }

@@ -43,15 +43,36 @@ impl<'a> View<'a> {
 
 /// `dst (m x n, row-major) = a (m x k) * b (k x n)`, or `+=` when `accumulate`.
 pub fn sgemm(m: usize, n: usize, k: usize, a: View, b: View, dst: &mut [f32], accumulate: bool) {
+    sgemm_rows(m, n, k, a, b, dst, n, accumulate);
+}
+
+/// [`sgemm`] into `m` rows of `dst` that lie `dst_row_stride` apart (a block
+/// of columns of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    accumulate: bool,
+) {
     a.check(m, k);
     b.check(k, n);
-    assert!(dst.len() >= m * n, "destination too small");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        dst_row_stride >= n && dst.len() >= (m - 1) * dst_row_stride + n,
+        "destination too small"
+    );
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
@@ -70,7 +91,7 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: View, b: View, dst: &mut [f32], ac
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,

@@ -179,6 +179,49 @@ pub fn im2col_row(x: &[f32], g: &Window, n_images: usize, r: usize, out: &mut [f
     }
 }
 
+/// One output row `oy` of image `img`, unfolded as the transpose of the
+/// column matrix: `out` holds `ow` rows of `c*kh*kw` values, the inputs each
+/// output position's window sees (zeros in the padding) in the column
+/// matrix's row order. The whole `(images*positions) x (c*kh*kw)` matrix,
+/// read as a column-major right-hand side, makes the gemm crate's forward
+/// product faster than the column matrix does (CaffeNet's conv1 at batch 50:
+/// 110-115 ms instead of 175-250; `scripts/bench-conv-layout` in the issue note).
+pub fn im2row_line(x: &[f32], g: &Window, img: usize, oy: usize, out: &mut [f32]) {
+    let k = g.c * g.kh * g.kw;
+    let plane_in = g.h * g.w;
+    let xi = &x[img * g.c * plane_in..(img + 1) * g.c * plane_in];
+    for (ox, row) in out.chunks_exact_mut(k).take(g.ow).enumerate() {
+        let x0 = (ox * g.sw) as isize - g.pw as isize;
+        // Every kernel column inside the image: each (channel, ki) run of
+        // kw values is one copy (stride-1 dilation) from the input row.
+        let inside = x0 >= 0 && x0 + (((g.kw - 1) * g.dw) as isize) < g.w as isize;
+        for (run, dst) in row.chunks_exact_mut(g.kw).enumerate() {
+            let (c, ki) = (run / g.kh, run % g.kh);
+            let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+            if iy < 0 || iy >= g.h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &xi[c * plane_in + iy as usize * g.w..c * plane_in + (iy as usize + 1) * g.w];
+            if inside && g.dw == 1 {
+                // An element loop: memcpy's call costs more than these few values.
+                for (d, s) in dst.iter_mut().zip(&src[x0 as usize..]) {
+                    *d = *s;
+                }
+                continue;
+            }
+            for (kj, d) in dst.iter_mut().enumerate() {
+                let ix = x0 + (kj * g.dw) as isize;
+                *d = if ix >= 0 && ix < g.w as isize {
+                    src[ix as usize]
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
 /// The adjoint of [`im2col_row`] for one (image, channel) plane: sums every
 /// column-matrix entry that came from this plane. `cols` is the whole
 /// `(c*kh*kw) x (n_images*oh*ow)` matrix.
@@ -574,6 +617,42 @@ mod tests {
                     col2im_plane(&batched, &g, n, img, c, &mut b[c * h * w..(c + 1) * h * w]);
                 }
                 assert_eq!(a, b, "{g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn unfolded_rows_are_the_column_matrix_transposed() {
+        // Same windows as above: padding on every side, strides, dilation.
+        let cases = [
+            (3, 6, 5, 3, 2, 1, 1),
+            (2, 7, 9, 3, 1, 1, 1),
+            (1, 9, 10, 3, 4, 0, 1),
+            (2, 8, 7, 3, 1, 2, 2),
+            (1, 4, 5, 1, 1, 3, 1),
+            (2, 6, 6, 2, 3, 4, 1),
+            (3, 12, 12, 11, 4, 0, 1),
+        ];
+        for (ch, h, w, k, s, p, d) in cases {
+            let out = |i: usize| (i + 2 * p - (d * (k - 1) + 1)) / s + 1;
+            let g = Window::square(ch, h, w, k, s, p, d, (out(h), out(w)));
+            let n = 2;
+            let x: Vec<f32> = (0..n * ch * h * w)
+                .map(|i| (i as f32 * 0.37).cos())
+                .collect();
+            let (rows, np) = (ch * k * k, n * g.oh * g.ow);
+            let mut cols = vec![f32::NAN; rows * np];
+            for (r, out) in cols.chunks_mut(np).enumerate() {
+                im2col_row(&x, &g, n, r, out);
+            }
+            let mut unfolded = vec![f32::NAN; np * rows];
+            for (line, out) in unfolded.chunks_mut(g.ow * rows).enumerate() {
+                im2row_line(&x, &g, line / g.oh, line % g.oh, out);
+            }
+            for r in 0..rows {
+                for q in 0..np {
+                    assert_eq!(cols[r * np + q], unfolded[q * rows + r], "{g:?} ({r}, {q})");
+                }
             }
         }
     }

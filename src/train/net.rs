@@ -267,6 +267,10 @@ impl Net {
         net.outputs
             .sort_by(|&a, &b| net.blob_names[a].cmp(&net.blob_names[b]));
         net.analyse_backward();
+        for e in &mut net.entries {
+            let grads: Vec<bool> = e.mults.iter().map(|&(lr, _)| lr != 0.0).collect();
+            e.layer.plan_backward(e.need_backward, &grads);
+        }
         for (li, e) in net.entries.iter().enumerate() {
             for (pi, &(lr, decay)) in e.mults.iter().enumerate() {
                 net.params.push(ParamRef {
@@ -293,7 +297,8 @@ impl Net {
     }
 
     /// Bytes a CPU net holds at least, with a breakdown for messages: its
-    /// blobs, parameters and convolution buffers. A floor, not an estimate:
+    /// blobs, parameters, and the buffers of its layers (convolutions' columns
+    /// and scratch, the data layers' prefetched batches). A floor, not an estimate:
     /// a training net also keeps each parameter's gradient and momentum, but
     /// blob gradients and temporaries come on top (and the scratch the
     /// convolutions share is counted once per net, not once per process).
@@ -334,7 +339,7 @@ impl Net {
             .map(|(&name, &n)| (name, n))
             .unwrap_or(("", 0));
         let detail = format!(
-            "{:?} net: blobs {} (the largest '{largest}' {}), parameters {}, convolution buffers {}",
+            "{:?} net: blobs {} (the largest '{largest}' {}), parameters {}, layer buffers {}",
             self.phase,
             memory::gib(blobs.saturating_mul(4)),
             memory::gib(size.saturating_mul(4)),

@@ -1,7 +1,7 @@
 //! The command line's flags: one clap struct per subcommand, each flag
 //! documented for `--help`.
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use flickr_style::caffe::mean_file::NpyDtype;
 use flickr_style::pipeline::ilsvrc_aux;
 use flickr_style::pipeline::manifest::ManifestImportOptions;
@@ -934,10 +934,14 @@ pub(crate) struct PlotArgs {
 
 #[derive(Args)]
 pub(crate) struct TimeArgs {
-    /// Net prototxt (its TRAIN phase is timed).
+    /// Net prototxt.
     #[arg(long)]
     pub(crate) model: PathBuf,
-    /// Forward-backward passes to average.
+    /// The phase to time: train (forward, backward and the SGD update) or
+    /// test (the forward pass alone, as test, evaluate, features and classify run it).
+    #[arg(long, value_enum, default_value_t = TimePhase::Train)]
+    pub(crate) phase: TimePhase,
+    /// Passes to average (forward and backward in train, forward in test).
     #[arg(long, default_value_t = 10)]
     pub(crate) iterations: usize,
     /// Replace Data/ImageData layers by inputs of the same shape (no data needed).
@@ -945,6 +949,22 @@ pub(crate) struct TimeArgs {
     pub(crate) synthetic: bool,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
+}
+
+/// The net phase `time` builds.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum TimePhase {
+    Train,
+    Test,
+}
+
+impl From<TimePhase> for flickr_style::caffe::proto::Phase {
+    fn from(p: TimePhase) -> Self {
+        match p {
+            TimePhase::Train => Self::Train,
+            TimePhase::Test => Self::Test,
+        }
+    }
 }
 
 #[derive(Args)]

@@ -704,10 +704,25 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         &a.model,
         a.iterations,
         a.synthetic,
+        a.phase.into(),
         &flickr_style::train::commands::base_dir_for(&a.model),
         &a.device.compute()?,
     )?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let threads = rayon::current_num_threads();
+    if r.phase == flickr_style::caffe::proto::Phase::Test {
+        println!("| layer | type | forward ms |");
+        println!("|---|---|---|");
+        for (name, ty, f, _) in &r.layers {
+            println!("| {name} | {ty} | {:.2} |", ms(*f));
+        }
+        println!(
+            "Average Forward pass (TEST phase): {:.1} ms ({} iterations, {threads} threads).",
+            ms(r.forward),
+            r.iterations
+        );
+        return Ok(());
+    }
     println!("| layer | type | forward ms | backward ms |");
     println!("|---|---|---|---|");
     for (name, ty, f, b) in &r.layers {
@@ -724,7 +739,7 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         "Average training step (forward, backward, update): {:.1} ms ({} iterations, {} threads).",
         ms(r.forward + r.backward + r.update),
         r.iterations,
-        rayon::current_num_threads()
+        threads
     );
     Ok(())
 }

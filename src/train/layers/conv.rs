@@ -11,8 +11,8 @@ use crate::caffe::rng::{lock, SharedCaffeRng};
 use crate::error::{Error, Result};
 use crate::train::depthwise;
 use crate::train::filler::fill;
-use crate::train::gemm::{sgemm, View};
-use crate::train::kernels::{col2im_plane, im2col_row, Window};
+use crate::train::gemm::{sgemm, sgemm_rows, View};
+use crate::train::kernels::{col2im_plane, im2col_row, im2row_line, Window};
 use crate::train::memory::try_resize;
 use crate::train::precision::Precision;
 use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
@@ -28,6 +28,21 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// The longest window (inputs per output value) whose forward product reads
+/// the unfolding position by position ([`im2row_line`]) rather than the
+/// column matrix (which training still builds for the weight gradient).
+/// Measured on CaffeNet at batch 50, two cores: conv1 (363 inputs) takes
+/// 165-185 ms instead of 295-335 in a test forward; conv2 to conv5
+/// (1200-2304 inputs, 3- and 5-wide kernel rows) got 30-40% slower, the
+/// unfolding's short runs and the gemm crate's copies of its column-major
+/// operand costing more than its product saves.
+const ROW_UNFOLD_MAX_K: usize = 512;
+
+/// Values of the transposed unfolding made and multiplied at a time (16 MB):
+/// a test forward's scratch stays small (CaffeNet's conv1 at batch 50 would
+/// take 220 MB at once), at no measurable cost in speed.
+const ROW_UNFOLD_BLOCK: usize = 1 << 22;
+
 pub struct Convolution {
     p: ConvolutionParameter,
     device: Device,
@@ -39,15 +54,18 @@ pub struct Convolution {
     win: Option<Window>,
     group: usize,
     num_output: usize,
-    /// Elements of memory the CPU path keeps in this layer and borrows from
-    /// the shared scratch (see `workspace_len`).
-    workspace: (usize, usize),
+    /// The CPU path's buffer sizes, for `workspace_len`.
+    sizes: Sizes,
     /// Columns of the last training forward: (group, K, N*P), kept for the
     /// backward pass and reused so the hundreds of MB are not reallocated
     /// each step.
     cols: Vec<f32>,
-    /// Whether the net trains (keeps `cols`) or only tests.
+    /// Whether the net trains or only tests.
     training: bool,
+    /// Whether the net's backward pass runs this layer's.
+    backward_runs: bool,
+    /// Whether a training forward keeps `cols`: the weights get a gradient.
+    keep_cols: bool,
     /// Batch size of the last forward.
     batch: usize,
     /// Set when the net computes with tensor ops (GPU): the geometry (equal strides and dilations)
@@ -60,6 +78,17 @@ pub struct Convolution {
     cudnn: bool,
     /// CPU path, one input channel per group: the direct depthwise kernels.
     depthwise: bool,
+}
+
+/// Elements of the CPU path's buffers for the whole batch.
+#[derive(Clone, Copy, Default)]
+struct Sizes {
+    /// The column matrix.
+    cols: usize,
+    /// The product (the top, in the column matrix's order).
+    out: usize,
+    /// One block of the position-by-position unfolding, for short windows.
+    unfolded: Option<usize>,
 }
 
 /// A convolution's window: kernel, pad, stride and dilation per axis
@@ -187,9 +216,12 @@ impl Convolution {
             name: name.to_string(),
             params: Vec::new(),
             win: None,
-            workspace: (0, 0),
+            sizes: Sizes::default(),
             cols: Vec::new(),
             training: ctx.phase == Phase::Train,
+            // Until the net plans its backward pass: everything a gradient may need.
+            backward_runs: ctx.phase == Phase::Train,
+            keep_cols: ctx.phase == Phase::Train,
             batch: 0,
             tensor: None,
             path: ctx.path(),
@@ -360,10 +392,20 @@ impl Layer for Convolution {
             let per_image = (oh).saturating_mul(ow).saturating_mul(n);
             let cols = (c / g * kh * kw * g).saturating_mul(per_image);
             let out = self.num_output.saturating_mul(per_image);
-            self.workspace = if self.training {
-                (cols, out.saturating_add(cols))
+            // A short window's forward unfolds a block of images at a time.
+            let rows = c / g * kh * kw * g;
+            let plane = oh.saturating_mul(ow).max(1);
+            let unfolded = if c / g * kh * kw <= ROW_UNFOLD_MAX_K {
+                let images =
+                    (ROW_UNFOLD_BLOCK / rows.saturating_mul(plane).max(1)).clamp(1, n.max(1));
+                Some(cols.min(rows.saturating_mul(plane).saturating_mul(images)))
             } else {
-                (0, cols.saturating_add(out))
+                None
+            };
+            self.sizes = Sizes {
+                cols,
+                out,
+                unfolded,
             };
         }
         if self.path.tensor_ops() {
@@ -398,8 +440,28 @@ impl Layer for Convolution {
         Ok(vec![vec![n, self.num_output, oh, ow]])
     }
 
+    fn plan_backward(&mut self, runs: bool, param_grads: &[bool]) {
+        self.backward_runs = self.training && runs;
+        // Only the weight gradient reads the forward's columns.
+        self.keep_cols = self.backward_runs && param_grads.first() == Some(&true);
+    }
+
     fn workspace_len(&self) -> (usize, usize) {
-        self.workspace
+        let Sizes {
+            cols,
+            out,
+            unfolded,
+        } = self.sizes;
+        let kept = if self.keep_cols { cols } else { 0 };
+        // The shared pair: the forward's unfolding (none when it multiplies
+        // the kept columns) and product; the backward's dy and dx columns.
+        let unfolding = unfolded.unwrap_or(if self.keep_cols { 0 } else { cols });
+        let (dy, dcols) = if self.backward_runs {
+            (out, cols)
+        } else {
+            (0, 0)
+        };
+        (kept, unfolding.max(dy).saturating_add(out.max(dcols)))
     }
 
     fn params(&self) -> &[Tensor] {
@@ -432,27 +494,70 @@ impl Layer for Convolution {
         let weights = to_vec(&self.params[0])?;
         SCRATCH.with(|scratch| -> Result<()> {
             let (shared_cols, ybuf) = &mut *scratch.borrow_mut();
-            // One (rows) x (images * positions) column matrix: a single GEMM
-            // per group. Training keeps it for the weight gradient; a test
-            // forward borrows the shared one.
-            let cols = if phase == Phase::Train {
-                &mut self.cols
+            // One (rows) x (images * positions) column matrix, or its
+            // transpose for short windows: a single GEMM per group.
+            try_resize(ybuf, g * og * np, &ctx)?;
+            let keep = phase == Phase::Train && self.keep_cols;
+            if keep {
+                // Training keeps the column matrix for the weight gradient.
+                try_resize(&mut self.cols, g * k * np, &ctx)?;
+                let cols = &mut self.cols;
+                with_f32(x, |xs| {
+                    cols.par_chunks_mut(np)
+                        .enumerate()
+                        .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
+                })?;
+            }
+            let rows = g * k;
+            let wg = |gi: usize| View::rows(&weights[gi * og * k..(gi + 1) * og * k], k);
+            if k <= ROW_UNFOLD_MAX_K {
+                // The transposed unfolding (a row of all groups' inputs per
+                // output position), a few images at a time; each group's
+                // operand is a column-major view of its slice of the rows.
+                let images = (ROW_UNFOLD_BLOCK / (plane * rows).max(1)).clamp(1, n);
+                try_resize(shared_cols, images * plane * rows, &ctx)?;
+                with_f32(x, |xs| {
+                    for first in (0..n).step_by(images) {
+                        let count = images.min(n - first);
+                        let block = &mut shared_cols[..count * plane * rows];
+                        block
+                            .par_chunks_mut(win.ow * rows)
+                            .enumerate()
+                            .for_each(|(line, out)| {
+                                let (img, oy) = (first + line / win.oh, line % win.oh);
+                                im2row_line(xs, &win, img, oy, out)
+                            });
+                        for gi in 0..g {
+                            let b = View {
+                                data: &block[gi * k..],
+                                row_stride: 1,
+                                col_stride: rows,
+                            };
+                            let y0 = gi * og * np + first * plane;
+                            sgemm_rows(og, count * plane, k, wg(gi), b, &mut ybuf[y0..], np, false);
+                        }
+                    }
+                })?;
+                return Ok(());
+            }
+            let cols: &[f32] = if keep {
+                &self.cols
             } else {
+                try_resize(shared_cols, rows * np, &ctx)?;
+                with_f32(x, |xs| {
+                    shared_cols
+                        .par_chunks_mut(np)
+                        .enumerate()
+                        .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
+                })?;
                 shared_cols
             };
-            try_resize(cols, g * k * np, &ctx)?;
-            with_f32(x, |xs| {
-                cols.par_chunks_mut(np)
-                    .enumerate()
-                    .for_each(|(r, row)| im2col_row(xs, &win, n, r, row))
-            })?;
-            try_resize(ybuf, g * og * np, &ctx)?;
             for gi in 0..g {
                 sgemm(
                     og,
                     np,
                     k,
-                    View::rows(&weights[gi * og * k..(gi + 1) * og * k], k),
+                    wg(gi),
                     View::rows(&cols[gi * k * np..(gi + 1) * k * np], np),
                     &mut ybuf[gi * og * np..(gi + 1) * og * np],
                     false,
@@ -518,10 +623,10 @@ impl Layer for Convolution {
         let plane = win.oh * win.ow;
         let np = n * plane;
         let ctx = format!("layer '{}'", self.name);
-        if self.cols.len() != g * k * np {
+        if a.param_grad[0] && (!self.keep_cols || self.cols.len() != g * k * np) {
             return Err(Error::model(
                 &ctx,
-                "backward needs the column matrix of a training-phase forward",
+                "the weight gradient needs the column matrix of a training-phase forward",
             ));
         }
         let weights = to_vec(&self.params[0])?;

@@ -439,6 +439,17 @@ impl Layer for DataLayer {
         }
         Ok(tops)
     }
+    /// The batches the producer holds beyond the top: `prefetch` waiting in
+    /// the queue and one being made (a CPU tensor takes its buffer, so each
+    /// is a fresh allocation), with their labels.
+    fn workspace_len(&self) -> (usize, usize) {
+        let (c, h, w) = self.feed.shape;
+        let batch = self
+            .feed
+            .batch
+            .saturating_mul(c.saturating_mul(h).saturating_mul(w).saturating_add(1));
+        (batch.saturating_mul(self.feed.prefetch.max(1) + 1), 0)
+    }
     fn state(&self) -> Option<u64> {
         Some(self.feed.position)
     }

@@ -99,6 +99,11 @@ pub trait Layer: Send {
     fn variadic_bottoms(&self) -> bool {
         false
     }
+    /// Told once, after set-up, what the net's backward pass will ask of
+    /// the layer: whether it runs at all, and which parameters get a
+    /// gradient. A layer that keeps forward state only for a gradient
+    /// stops keeping it when that gradient is never asked for.
+    fn plan_backward(&mut self, _runs: bool, _param_grads: &[bool]) {}
     /// f32 elements of scratch memory the layer keeps, and the most it
     /// borrows from scratch shared with the thread's other layers (the floor
     /// of the net's memory check).
