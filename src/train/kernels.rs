@@ -185,7 +185,7 @@ pub fn im2col_row(x: &[f32], g: &Window, n_images: usize, r: usize, out: &mut [f
 /// matrix's row order. The whole `(images*positions) x (c*kh*kw)` matrix,
 /// read as a column-major right-hand side, makes the gemm crate's forward
 /// product faster than the column matrix does (CaffeNet's conv1 at batch 50:
-/// 110-115 ms instead of 175-250; `scripts/bench-conv-layout` in the issue note).
+/// 110-115 ms instead of 175-250 for the product alone; `time --phase test`).
 pub fn im2row_line(x: &[f32], g: &Window, img: usize, oy: usize, out: &mut [f32]) {
     let k = g.c * g.kh * g.kw;
     let plane_in = g.h * g.w;
