@@ -574,11 +574,11 @@ mod tests {
         assert!((lhs - rhs).abs() < 1e-4, "{lhs} {rhs}");
     }
 
-    #[test]
-    fn batched_rows_match_per_image_im2col() {
-        // (channels, height, width, kernel, stride, pad, dilation): strides 1,
-        // 2 and 4 (CaffeNet's conv1), pads wider than the kernel reach (rows
-        // and columns that read only padding), dilation, 1x1 kernels.
+    /// Square windows (channels, height, width, kernel, stride, pad,
+    /// dilation): strides 1, 2 and 4, pads wider than the kernel reach (rows
+    /// and columns that read only padding), dilation, 1x1 kernels, and
+    /// CaffeNet's conv1 (11x11, stride 4).
+    fn unfolding_windows() -> Vec<Window> {
         let cases = [
             (3, 6, 5, 3, 2, 1, 1),
             (2, 7, 9, 3, 1, 1, 1),
@@ -587,14 +587,25 @@ mod tests {
             (2, 8, 7, 3, 1, 2, 2),
             (1, 4, 5, 1, 1, 3, 1),
             (2, 6, 6, 2, 3, 4, 1),
+            (3, 12, 12, 11, 4, 0, 1),
         ];
-        for (ch, h, w, k, s, p, d) in cases {
-            let out = |i: usize| (i + 2 * p - (d * (k - 1) + 1)) / s + 1;
-            let g = Window::square(ch, h, w, k, s, p, d, (out(h), out(w)));
+        cases
+            .into_iter()
+            .map(|(ch, h, w, k, s, p, d)| {
+                let out = |i: usize| (i + 2 * p - (d * (k - 1) + 1)) / s + 1;
+                Window::square(ch, h, w, k, s, p, d, (out(h), out(w)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batched_rows_match_per_image_im2col() {
+        for g in unfolding_windows() {
+            let (ch, h, w) = (g.c, g.h, g.w);
             let n = 2;
             let img_len = ch * h * w;
             let x: Vec<f32> = (0..n * img_len).map(|i| (i as f32 * 0.21).sin()).collect();
-            let rows = ch * k * k;
+            let rows = ch * g.kh * g.kw;
             let plane = g.oh * g.ow;
             let mut batched = vec![f32::NAN; rows * n * plane];
             for (r, out) in batched.chunks_mut(n * plane).enumerate() {
@@ -623,19 +634,8 @@ mod tests {
 
     #[test]
     fn unfolded_rows_are_the_column_matrix_transposed() {
-        // Same windows as above: padding on every side, strides, dilation.
-        let cases = [
-            (3, 6, 5, 3, 2, 1, 1),
-            (2, 7, 9, 3, 1, 1, 1),
-            (1, 9, 10, 3, 4, 0, 1),
-            (2, 8, 7, 3, 1, 2, 2),
-            (1, 4, 5, 1, 1, 3, 1),
-            (2, 6, 6, 2, 3, 4, 1),
-            (3, 12, 12, 11, 4, 0, 1),
-        ];
-        for (ch, h, w, k, s, p, d) in cases {
-            let out = |i: usize| (i + 2 * p - (d * (k - 1) + 1)) / s + 1;
-            let g = Window::square(ch, h, w, k, s, p, d, (out(h), out(w)));
+        for g in unfolding_windows() {
+            let (ch, h, w, k) = (g.c, g.h, g.w, g.kh);
             let n = 2;
             let x: Vec<f32> = (0..n * ch * h * w)
                 .map(|i| (i as f32 * 0.37).cos())
