@@ -18,12 +18,6 @@ use flickr_style::train::net::Net;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
-struct Golden {
-    provenance: String,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
 struct Case {
     name: String,
     prototxt: String,
@@ -117,13 +111,12 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
 
 #[test]
 fn data_layers_give_caffes_batches() {
-    let golden: Golden = common::golden::load("caffe_data.json");
-    eprintln!("golden numbers: {}", golden.provenance);
-    assert!(golden.cases.len() >= 16);
-    assert!(golden.cases.iter().filter(|c| c.seed.is_some()).count() >= 9);
+    let cases: Vec<Case> = common::golden::load_cases("caffe_data.json");
+    assert!(cases.len() >= 16);
+    assert!(cases.iter().filter(|c| c.seed.is_some()).count() >= 9);
     let dir = tempfile::tempdir().unwrap();
     let failures = on_both_paths(
-        &golden.cases,
+        &cases,
         |c| &c.name,
         |c, tensor_ops| check(c, dir.path(), tensor_ops),
     );

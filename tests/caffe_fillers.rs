@@ -16,12 +16,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 #[derive(Deserialize)]
-struct Golden {
-    provenance: String,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
 struct Case {
     name: String,
     seed: u64,
@@ -85,12 +79,11 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
 
 #[test]
 fn fillers_draw_caffes_values_from_its_seed() {
-    let golden: Golden = common::golden::load("caffe_fillers.json");
-    eprintln!("golden numbers: {}", golden.provenance);
-    assert!(golden.cases.len() >= 6);
+    let cases: Vec<Case> = common::golden::load_cases("caffe_fillers.json");
+    assert!(cases.len() >= 6);
     let dir = tempfile::tempdir().unwrap();
     let failures = on_both_paths(
-        &golden.cases,
+        &cases,
         |c| &c.name,
         |c, tensor_ops| check(c, dir.path(), tensor_ops),
     );

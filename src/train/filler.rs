@@ -73,7 +73,7 @@ pub fn fill(
         Ok(())
     };
     let gaussian = |rng: &mut CaffeRng, values: &mut Vec<f32>, mean: f32, std: f32, what: &str| {
-        if std.is_nan() || std <= 0.0 || !std.is_finite() || !mean.is_finite() {
+        if !std.is_finite() || std <= 0.0 || !mean.is_finite() {
             return Err(bad(format!("{what} filler: std must be > 0, got {std}")));
         }
         values.extend((0..n).map(|_| rng.gaussian_f32(mean, std)));

@@ -11,6 +11,20 @@ pub fn load<T: DeserializeOwned>(file: &str) -> T {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
+/// The cases of a golden file whose top level is `{provenance, cases}`,
+/// after printing which Caffe made them.
+pub fn load_cases<C: DeserializeOwned>(file: &str) -> Vec<C> {
+    #[derive(Deserialize)]
+    #[serde(bound = "C: DeserializeOwned")]
+    struct Golden<C> {
+        provenance: String,
+        cases: Vec<C>,
+    }
+    let golden: Golden<C> = load(file);
+    eprintln!("golden numbers: {}", golden.provenance);
+    golden.cases
+}
+
 /// A small blob whole: an input, a parameter or an output.
 #[derive(Deserialize)]
 pub struct Array {
