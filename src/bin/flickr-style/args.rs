@@ -87,7 +87,7 @@ pub(crate) enum Command {
     /// data layer, no label layers, a Softmax `prob`), which Caffe, pycaffe and OpenCV's dnn
     /// module load with the .caffemodel.
     Deploy(DeployArgs),
-    /// Time forward and backward passes, layer by layer (caffe time).
+    /// Time a net layer by layer: the training step, or with --phase test the forward pass (caffe time).
     Time(TimeArgs),
     /// Plot a `finetune --metrics` file as SVG: training and test losses, test scores, learning rate.
     Plot(PlotArgs),
