@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn main() {
+    // As the training commands do: the feeds allocate a batch tensor each time.
+    flickr_style::train::memory::reuse_large_allocations();
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
