@@ -4,7 +4,8 @@
 # tiny-net fixture trajectory (fp32, and bf16 on a GPU), `evaluate` (ensemble, test-time views),
 # `classify`, `features` and `probe` on the device vs the CPU, `time` at batch 50 and 256, and end-to-end
 # training throughput from an LMDB of raw 256x256 datums (fp32, and TF32 and
-# bf16 on a GPU) and from JPEG files, and the data feed alone from each; then,
+# bf16 on a GPU) and from JPEG files, and the data feed alone from each (with
+# the machine's JPEG decode-and-resize ceiling beside it); then,
 # with the cuDNN build (flickr-style-cudnn, where the machine has libcudnn.so.9),
 # its op checks, fixture trajectory, `time` rows and LMDB end-to-end rows.
 # Writes a Markdown report to $OUT/gpu-check.md (or ./gpu-check.md).
@@ -307,6 +308,19 @@ say "| source | ms per batch | images/s |"
 say "|---|---|---|"
 feed lmdb "$lmdb_layer"
 feed jpeg "$jpeg_layer"
+# The machine's ceiling for the JPEG rows: compute-mean decodes and resizes
+# the same files on every core (its running sum costs little beside that).
+if run compute-mean --root "$WORK/img/" --resize-height 256 --resize-width 256 "$WORK/img/list.txt" \
+  "$WORK/jpeg-mean.binaryproto" >"$WORK/jpeg-mean.log" 2>&1; then
+  say "$(python3 - "$WORK/jpeg-mean.log" "$E2E_BATCH" <<'PY'
+import re, sys
+n, secs = map(float, re.search(r"Averaged (\d+) images of \S+ in ([0-9.]+) s", open(sys.argv[1]).read()).groups())
+print(f"| jpeg decode + resize alone (compute-mean of the list, every core) | {secs * 1000 * int(sys.argv[2]) / n:.1f} | {n / secs:.0f} |")
+PY
+)"
+else
+  fail "compute-mean of the JPEG list: $(tail -1 "$WORK/jpeg-mean.log")"
+fi
 say ""
 
 say "## cuDNN build: convolutions (forward, backward data, backward filter) on cuDNN"
