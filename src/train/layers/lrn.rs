@@ -1,6 +1,6 @@
 //! Local response normalisation across channels (Caffe's LRN, alpha/n form;
 //! `WITHIN_CHANNEL` is [`super::lrn_within`]).
-use super::{nchw, to_vec, BackwardArgs, Grads, Layer, OpPath};
+use super::{nchw, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{LrnParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::kernels::{lrn_backward, lrn_forward, Lrn};
@@ -62,17 +62,20 @@ impl Layer for LocalResponseNorm {
         if self.path.tensor_ops() {
             return Ok(vec![tensor_ops::lrn_forward(&self.p, &bottom[0])?]);
         }
-        let x = to_vec(&bottom[0])?;
         let dims = bottom[0].dims();
         let (c, plane) = (dims[1], dims[2] * dims[3]);
         let img = c * plane;
-        let mut y = vec![0.0f32; x.len()];
-        self.scale.resize(x.len(), 0.0);
-        let p = self.p;
-        y.par_chunks_mut(img)
-            .zip(self.scale.par_chunks_mut(img))
-            .zip(x.par_chunks(img))
-            .for_each(|((yi, si), xi)| lrn_forward(xi, c, plane, &p, yi, si));
+        let count = bottom[0].elem_count();
+        let mut y = vec![0.0f32; count];
+        self.scale.resize(count, 0.0);
+        let (p, scale) = (self.p, &mut self.scale);
+        // Inputs are read in place, not copied (conv1's output is 58 MB at batch 50).
+        with_f32(&bottom[0], |x| {
+            y.par_chunks_mut(img)
+                .zip(scale.par_chunks_mut(img))
+                .zip(x.par_chunks(img))
+                .for_each(|((yi, si), xi)| lrn_forward(xi, c, plane, &p, yi, si))
+        })?;
         Ok(vec![Tensor::from_vec(
             y,
             bottom[0].shape(),
@@ -92,25 +95,30 @@ impl Layer for LocalResponseNorm {
             let dx = tensor_ops::lrn_backward(&self.p, &a.bottom[0], &a.top[0], dy)?;
             return Ok((vec![Some(dx)], vec![]));
         }
-        let (x, y, dy) = (to_vec(&a.bottom[0])?, to_vec(&a.top[0])?, to_vec(dy)?);
         let dims = a.bottom[0].dims();
         let (c, plane) = (dims[1], dims[2] * dims[3]);
         let img = c * plane;
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = vec![0.0f32; a.bottom[0].elem_count()];
         let p = self.p;
-        dx.par_chunks_mut(img).enumerate().for_each(|(i, dxi)| {
-            let r = i * img..(i + 1) * img;
-            lrn_backward(
-                &x[r.clone()],
-                &y[r.clone()],
-                &self.scale[r.clone()],
-                &dy[r],
-                c,
-                plane,
-                &p,
-                dxi,
-            )
-        });
+        with_f32(&a.bottom[0], |x| {
+            with_f32(&a.top[0], |y| {
+                with_f32(dy, |dy| {
+                    dx.par_chunks_mut(img).enumerate().for_each(|(i, dxi)| {
+                        let r = i * img..(i + 1) * img;
+                        lrn_backward(
+                            &x[r.clone()],
+                            &y[r.clone()],
+                            &self.scale[r.clone()],
+                            &dy[r],
+                            c,
+                            plane,
+                            &p,
+                            dxi,
+                        )
+                    })
+                })
+            })
+        })???;
         Ok((
             vec![Some(Tensor::from_vec(
                 dx,

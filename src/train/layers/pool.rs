@@ -1,5 +1,5 @@
 //! Pooling (MAX with argmax routing, AVE), Caffe's output-size rounding.
-use super::{nchw, to_vec, BackwardArgs, Grads, Layer, OpPath};
+use super::{nchw, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{
     pooling_parameter::PoolMethod, pooling_parameter::RoundMode, Phase, PoolingParameter,
 };
@@ -144,21 +144,27 @@ impl Layer for Pooling {
             return Ok(vec![y]);
         }
         let g = self.win.expect("setup ran");
-        let x = to_vec(&bottom[0])?;
         let n = bottom[0].dim(0)?;
         let (img, out) = (g.c * g.h * g.w, g.c * g.oh * g.ow);
         let mut y = vec![0.0f32; n * out];
-        if self.p.pool() == PoolMethod::Max {
+        let max = self.p.pool() == PoolMethod::Max;
+        if max {
             self.argmax.resize(n * out, 0);
-            y.par_chunks_mut(out)
-                .zip(self.argmax.par_chunks_mut(out))
-                .zip(x.par_chunks(img))
-                .for_each(|((yi, ai), xi)| max_pool(xi, &g, yi, ai));
-        } else {
-            y.par_chunks_mut(out)
-                .zip(x.par_chunks(img))
-                .for_each(|(yi, xi)| ave_pool(xi, &g, yi));
         }
+        let argmax = &mut self.argmax;
+        // The bottom is read in place: a copy of conv1's output costs as much as pooling it.
+        with_f32(&bottom[0], |x| {
+            if max {
+                y.par_chunks_mut(out)
+                    .zip(argmax.par_chunks_mut(out))
+                    .zip(x.par_chunks(img))
+                    .for_each(|((yi, ai), xi)| max_pool(xi, &g, yi, ai));
+            } else {
+                y.par_chunks_mut(out)
+                    .zip(x.par_chunks(img))
+                    .for_each(|(yi, xi)| ave_pool(xi, &g, yi));
+            }
+        })?;
         Ok(vec![Tensor::from_vec(
             y,
             (n, g.c, g.oh, g.ow),
@@ -182,20 +188,21 @@ impl Layer for Pooling {
             return Ok((vec![Some(dx)], vec![]));
         }
         let g = self.win.expect("setup ran");
-        let dy = to_vec(dy)?;
         let n = a.bottom[0].dim(0)?;
         let (img, out) = (g.c * g.h * g.w, g.c * g.oh * g.ow);
         let mut dx = vec![0.0f32; n * img];
-        if self.p.pool() == PoolMethod::Max {
-            dx.par_chunks_mut(img)
-                .zip(dy.par_chunks(out))
-                .zip(self.argmax.par_chunks(out))
-                .for_each(|((dxi, dyi), ai)| max_pool_backward(dyi, ai, dxi));
-        } else {
-            dx.par_chunks_mut(img)
-                .zip(dy.par_chunks(out))
-                .for_each(|(dxi, dyi)| ave_pool_backward(dyi, &g, dxi));
-        }
+        with_f32(dy, |dy| {
+            if self.p.pool() == PoolMethod::Max {
+                dx.par_chunks_mut(img)
+                    .zip(dy.par_chunks(out))
+                    .zip(self.argmax.par_chunks(out))
+                    .for_each(|((dxi, dyi), ai)| max_pool_backward(dyi, ai, dxi));
+            } else {
+                dx.par_chunks_mut(img)
+                    .zip(dy.par_chunks(out))
+                    .for_each(|(dxi, dyi)| ave_pool_backward(dyi, &g, dxi));
+            }
+        })?;
         Ok((
             vec![Some(Tensor::from_vec(
                 dx,
