@@ -266,6 +266,38 @@ pub fn col2im_plane(
     }
 }
 
+/// [`col2im_plane`] for every (image, channel) plane of `out` (`n_images`
+/// images of `c x h x w`), in parallel channel by channel: a task then reads
+/// its channel's rows of `cols` front to back, image after image, instead of
+/// jumping between rows (a page apart) for each plane. Each plane's sums are
+/// unchanged. Folding CaffeNet's conv3 input gradient, 50 images at once:
+/// 9-15 ms instead of 29-38 on two cores; conv2-conv5 backward in the net:
+/// 1236-1381 ms instead of 1288-1458.
+pub fn col2im_batch(cols: &[f32], g: &Window, n_images: usize, out: &mut [f32]) {
+    let hw = g.h * g.w;
+    if g.c < rayon::current_num_threads() {
+        // Too few channels to keep every thread busy: plane by plane.
+        out.par_chunks_mut(hw)
+            .take(n_images * g.c)
+            .enumerate()
+            .for_each(|(i, plane)| col2im_plane(cols, g, n_images, i / g.c, i % g.c, plane));
+        return;
+    }
+    let mut by_channel: Vec<Vec<(usize, &mut [f32])>> =
+        (0..g.c).map(|_| Vec::with_capacity(n_images)).collect();
+    for (i, plane) in out.chunks_exact_mut(hw).take(n_images * g.c).enumerate() {
+        by_channel[i % g.c].push((i / g.c, plane));
+    }
+    by_channel
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(c, planes)| {
+            for (n, plane) in planes.iter_mut() {
+                col2im_plane(cols, g, n_images, *n, c, plane);
+            }
+        });
+}
+
 /// Caffe's pooled size: ceil rounding, and the last window dropped when it
 /// would start inside the bottom/right padding.
 pub fn pooled_size(input: usize, kernel: usize, pad: usize, stride: usize, ceil: bool) -> usize {
@@ -611,6 +643,20 @@ mod tests {
             for (r, out) in batched.chunks_mut(n * plane).enumerate() {
                 im2col_row(&x, &g, n, r, out);
             }
+            // The batch folded by channels (one thread) and by planes (more
+            // threads than channels), to compare with each plane's fold.
+            let folds: Vec<Vec<f32>> = [1, 4 * ch]
+                .into_iter()
+                .map(|threads| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut all = vec![f32::NAN; n * img_len];
+                    pool.install(|| col2im_batch(&batched, &g, n, &mut all));
+                    all
+                })
+                .collect();
             for img in 0..n {
                 let mut single = vec![0.0; rows * plane];
                 im2col(&x[img * img_len..(img + 1) * img_len], &g, &mut single);
@@ -628,6 +674,9 @@ mod tests {
                     col2im_plane(&batched, &g, n, img, c, &mut b[c * h * w..(c + 1) * h * w]);
                 }
                 assert_eq!(a, b, "{g:?}");
+                for all in &folds {
+                    assert_eq!(&all[img * img_len..(img + 1) * img_len], &b[..], "{g:?}");
+                }
             }
         }
     }

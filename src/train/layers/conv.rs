@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::train::depthwise;
 use crate::train::filler::fill;
 use crate::train::gemm::{sgemm, sgemm_rows, View};
-use crate::train::kernels::{col2im_plane, im2col_row, im2row_line, Window};
+use crate::train::kernels::{col2im_batch, im2col_row, im2row_line, Window};
 use crate::train::memory::try_resize;
 use crate::train::precision::Precision;
 use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
@@ -711,13 +711,12 @@ impl Layer for Convolution {
                             false,
                         );
                     }
-                    let dc = &dcols[..rows * len];
-                    grad[first * win.c * hw..(first + count) * win.c * hw]
-                        .par_chunks_mut(hw)
-                        .enumerate()
-                        .for_each(|(i, out)| {
-                            col2im_plane(dc, &win, count, i / win.c, i % win.c, out)
-                        });
+                    col2im_batch(
+                        &dcols[..rows * len],
+                        &win,
+                        count,
+                        &mut grad[first * win.c * hw..(first + count) * win.c * hw],
+                    );
                 }
                 dx = Some(Tensor::from_vec(grad, a.bottom[0].shape(), &self.device)?);
             }
