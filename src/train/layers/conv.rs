@@ -30,12 +30,14 @@ thread_local! {
 
 /// The longest window (inputs per output value) whose forward product reads
 /// the unfolding position by position ([`im2row_line`]) rather than the
-/// column matrix (which training still builds for the weight gradient).
+/// column matrix, when no column matrix is kept for the weight gradient.
 /// Measured on CaffeNet at batch 50, two cores: conv1 (363 inputs) takes
 /// 165-185 ms instead of 295-335 in a test forward; conv2 to conv5
 /// (1200-2304 inputs, 3- and 5-wide kernel rows) got 30-40% slower, the
 /// unfolding's short runs and the gemm crate's copies of its column-major
-/// operand costing more than its product saves.
+/// operand costing more than its product saves. Training, which builds the
+/// column matrix anyway, multiplies that: conv1's training forward took
+/// 197-216 ms instead of 208-270 with the unfolding made as well.
 const ROW_UNFOLD_MAX_K: usize = 512;
 
 /// Values of the transposed unfolding made and multiplied at a time (16 MB):
@@ -474,7 +476,11 @@ impl Layer for Convolution {
         let kept = if self.keep_cols { cols } else { 0 };
         // The shared pair: the forward's unfolding (none when it multiplies
         // the kept columns) and product; the backward's dy and dx columns.
-        let unfolding = unfolded.unwrap_or(if self.keep_cols { 0 } else { cols });
+        let unfolding = if self.keep_cols {
+            0
+        } else {
+            unfolded.unwrap_or(cols)
+        };
         let (dy, dcols) = if self.backward_runs {
             (out, dcols)
         } else {
@@ -529,10 +535,11 @@ impl Layer for Convolution {
             }
             let rows = g * k;
             let wg = |gi: usize| View::rows(&weights[gi * og * k..(gi + 1) * og * k], k);
-            if k <= ROW_UNFOLD_MAX_K {
-                // The transposed unfolding (a row of all groups' inputs per
-                // output position), a few images at a time; each group's
-                // operand is a column-major view of its slice of the rows.
+            if k <= ROW_UNFOLD_MAX_K && !keep {
+                // No kept columns, a short window: the transposed unfolding
+                // (a row of all groups' inputs per output position), a few
+                // images at a time; each group's operand is a column-major
+                // view of its slice of the rows.
                 let images = block_images(ROW_UNFOLD_BLOCK, rows, plane, n);
                 try_resize(shared_cols, images * plane * rows, &ctx)?;
                 with_f32(x, |xs| {
