@@ -9,7 +9,7 @@
 //! and the average always divides by `n²`: padded positions count as zeros.
 //! The gradient is that of [`super::lrn`] with a square window:
 //! `dx = dy * scale^-beta - 2*alpha*beta/n² * x * window sum of (dy * y / scale)`.
-use super::{nchw, to_vec, with_f32, BackwardArgs, Grads, Layer, OpPath};
+use super::{nchw, with_f32, BackwardArgs, Grads, Layer, OpPath};
 use crate::caffe::proto::{LrnParameter, Phase};
 use crate::error::Result;
 use candle_core::{Device, Tensor};
@@ -137,28 +137,32 @@ impl Layer for LrnWithin {
         }
         let (_, _, h, w) = x.dims4()?;
         let plane = h * w;
-        let (xs, ys, dys) = (to_vec(x)?, to_vec(y)?, to_vec(dy)?);
         let (size, beta) = (self.size, self.beta);
-        let mut dx = vec![0.0f32; xs.len()];
-        dx.par_chunks_mut(plane).enumerate().for_each(|(i, dxp)| {
-            let r = i * plane..(i + 1) * plane;
-            let (xp, yp, gp, sp) = (
-                &xs[r.clone()],
-                &ys[r.clone()],
-                &dys[r.clone()],
-                &self.scale[r],
-            );
-            let ratio: Vec<f32> = gp
-                .iter()
-                .zip(yp)
-                .zip(sp)
-                .map(|((&g, &o), &s)| g * o / s)
-                .collect();
-            let acc = box_sums(&ratio, h, w, size);
-            for ((((o, &g), &s), &v), &sum) in dxp.iter_mut().zip(gp).zip(sp).zip(xp).zip(&acc) {
-                *o = g * s.powf(-beta) - coeff * v * sum;
-            }
-        });
+        let mut dx = vec![0.0f32; x.elem_count()];
+        let scale = &self.scale;
+        with_f32(x, |xs| {
+            with_f32(y, |ys| {
+                with_f32(dy, |dys| {
+                    dx.par_chunks_mut(plane).enumerate().for_each(|(i, dxp)| {
+                        let r = i * plane..(i + 1) * plane;
+                        let (xp, yp, gp, sp) =
+                            (&xs[r.clone()], &ys[r.clone()], &dys[r.clone()], &scale[r]);
+                        let ratio: Vec<f32> = gp
+                            .iter()
+                            .zip(yp)
+                            .zip(sp)
+                            .map(|((&g, &o), &s)| g * o / s)
+                            .collect();
+                        let acc = box_sums(&ratio, h, w, size);
+                        for ((((o, &g), &s), &v), &sum) in
+                            dxp.iter_mut().zip(gp).zip(sp).zip(xp).zip(&acc)
+                        {
+                            *o = g * s.powf(-beta) - coeff * v * sum;
+                        }
+                    })
+                })
+            })
+        })???;
         Ok((
             vec![Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?)],
             vec![],
@@ -169,6 +173,7 @@ impl Layer for LrnWithin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::layers::to_vec;
 
     #[test]
     fn box_sums_count_padding_as_zero() {
