@@ -1,8 +1,9 @@
 //! Reports on trained nets: `evaluate` (per-class figures over a net's TEST
 //! data, checked against the accuracy Caffe logged for the tiny-net fixture)
-//! and `plot` (training curves from a metrics file).
+//! and `plot` (training curves from a metrics file or a training log in
+//! Caffe's wording, checked against Caffe's own log of the tiny-net fixture).
 mod common;
-use common::{edited_net, fixture, fixture_photo_pngs, run, train_tiny_cli};
+use common::{edited_net, fixture, fixture_photo_pngs, run, tiny_finetune_args, train_tiny_cli};
 use flickr_style::train::compute::Compute;
 use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions, ScoreKind};
 use flickr_style::train::tta::Tta;
@@ -451,6 +452,140 @@ fn plot_cli_draws_a_training_run_and_names_bad_lines() {
         &["plot", metrics.to_str().unwrap(), svg.to_str().unwrap()],
     );
     assert!(!ok && err.contains("m.jsonl") && err.contains('1'), "{err}");
+}
+
+/// Whether `a` and `b` agree to the 6 significant digits a log prints.
+fn six_digits(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 5e-6 * a.abs().max(b.abs()) || (a == 0.0 && b == 0.0)
+}
+
+#[test]
+fn caffe_training_logs_are_read_as_caffe_logged_them() {
+    use flickr_style::train::training_log::read_training_log;
+    let logs = fixture("tiny-net/logs");
+    let m = read_training_log(&logs.join("train.log")).unwrap();
+    // Caffe's loss trajectory of the fixture (average_loss 1, so the
+    // displayed loss is each iteration's), then its display after the last
+    // update, without a rate.
+    let csv = std::fs::read_to_string(fixture("tiny-net/train_loss.csv")).unwrap();
+    let (mut steps, mut tests, mut finals) = (0, 0, 0);
+    for line in csv.lines().skip(1) {
+        if let Some(test) = line.strip_prefix("# test at iteration ") {
+            // "# test at iteration 15: accuracy = 0.458333, loss = 1.27204"
+            let (iter, outputs) = test.split_once(": ").unwrap();
+            for output in outputs.split(", ") {
+                let (name, value) = output.split_once(" = ").unwrap();
+                let got = m.tests[&(0, name.to_string())][&iter.parse().unwrap()];
+                assert_eq!(got, value.parse::<f64>().unwrap(), "{line}");
+                tests += 1;
+            }
+        } else if let Some(last) = line.strip_prefix("# final extra forward after training: ") {
+            // Its display after the last update: a loss and no rate.
+            let value = last.split(" = ").nth(1).unwrap().split_whitespace().next();
+            assert_eq!(
+                m.train[&30].smoothed,
+                value.unwrap().parse::<f64>().unwrap()
+            );
+            assert!(m.train[&30].lr.is_nan());
+            finals += 1;
+        } else if !line.starts_with('#') {
+            let f: Vec<f64> = line.split(',').map(|v| v.parse().unwrap()).collect();
+            let p = m.train[&(f[0] as u64)];
+            assert_eq!((p.loss, p.smoothed, p.lr), (f[1], f[1], f[2]), "{line}");
+            steps += 1;
+        }
+    }
+    assert_eq!((steps, tests, finals, m.train.len()), (30, 6, 1, 31));
+    assert_eq!(m.tests.len(), 2);
+    // Caffe's resume from iteration 15 logs 15-30 again, as the run did.
+    let resumed = read_training_log(&logs.join("resume_from_15.log")).unwrap();
+    assert_eq!(resumed.train.keys().next(), Some(&15));
+    for (i, p) in &resumed.train {
+        assert_eq!(p.smoothed, m.train[i].smoothed, "iteration {i}");
+    }
+}
+
+#[test]
+fn plot_overlays_our_log_our_metrics_and_caffes_log() {
+    let t = tempfile::tempdir().unwrap();
+    let (metrics, log) = (t.path().join("ours.jsonl"), t.path().join("ours.log"));
+    let prefix = t.path().join("tiny");
+    let (ok, _, err) = run(
+        &fixture("tiny-net"),
+        &tiny_finetune_args(
+            prefix.to_str().unwrap(),
+            "15",
+            &[
+                "--metrics",
+                metrics.to_str().unwrap(),
+                "--log",
+                log.to_str().unwrap(),
+            ],
+        ),
+    );
+    assert!(ok, "{err}");
+    // Our log in Caffe's wording says what the metrics file says, to the
+    // digits it prints.
+    let from_log = flickr_style::train::training_log::read_training_log(&log).unwrap();
+    let from_metrics = flickr_style::train::plot::read_metrics(&metrics).unwrap();
+    assert_eq!(from_metrics.train.len(), 15);
+    for (i, want) in &from_metrics.train {
+        let got = from_log.train[i];
+        for (g, w) in [
+            (got.loss, want.loss),
+            (got.smoothed, want.smoothed),
+            (got.lr, want.lr),
+        ] {
+            assert!(
+                six_digits(g, w),
+                "iteration {i}: {g} from the log, {w} from the metrics"
+            );
+        }
+    }
+    assert_eq!(
+        from_log.tests.keys().collect::<Vec<_>>(),
+        from_metrics.tests.keys().collect::<Vec<_>>()
+    );
+    for (key, values) in &from_metrics.tests {
+        for (i, &w) in values {
+            assert!(six_digits(from_log.tests[key][i], w), "{key:?} at {i}");
+        }
+    }
+
+    // One plot of all three runs, each series named after its file.
+    let caffe = fixture("tiny-net/logs/train.log");
+    let svg = t.path().join("runs.svg");
+    let files = [&caffe, &log, &metrics, &svg].map(|p| p.to_str().unwrap().to_string());
+    let mut args = vec!["plot"];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, _, err) = run(t.path(), &args);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for label in [
+        "train.log vs ours.log vs ours.jsonl",
+        "train.log: train loss (smoothed)",
+        "ours.log: test accuracy (net 0)",
+        "ours.jsonl: learning rate",
+    ] {
+        assert!(text.contains(label), "{label}");
+    }
+
+    // A last argument that is not an SVG file is refused, not overwritten.
+    let before = std::fs::read(&log).unwrap();
+    let (ok, _, err) = run(t.path(), &["plot", files[2].as_str(), files[1].as_str()]);
+    assert!(!ok && err.contains("must end in .svg"), "{err}");
+    assert_eq!(std::fs::read(&log).unwrap(), before);
+    // A file that is neither kind is named.
+    let other = t.path().join("notes.txt");
+    std::fs::write(&other, "nothing about iterations\n").unwrap();
+    let (ok, _, err) = run(
+        t.path(),
+        &["plot", other.to_str().unwrap(), files[3].as_str()],
+    );
+    assert!(
+        !ok && err.contains("notes.txt") && err.contains("no training records"),
+        "{err}"
+    );
 }
 
 #[test]

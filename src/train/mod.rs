@@ -50,5 +50,6 @@ pub mod probe;
 pub mod sgd;
 pub mod solver;
 pub mod tensor_ops;
+pub mod training_log;
 pub mod transform;
 pub mod tta;

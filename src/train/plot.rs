@@ -5,6 +5,7 @@
 //! evaluation's confusion matrix.
 use crate::error::{Error, IoContext, Result};
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::BTreeMap;
@@ -138,6 +139,8 @@ struct Series {
     points: Vec<(f64, f64)>,
     /// Draw a dot at each point (test phases are sparse).
     marks: bool,
+    /// Dashed (a run's test outputs when several runs share a colour).
+    dashed: bool,
 }
 
 fn series(
@@ -153,6 +156,7 @@ fn series(
         width,
         points: points.into_iter().filter(|(_, y)| y.is_finite()).collect(),
         marks,
+        dashed: false,
     }
 }
 
@@ -209,13 +213,25 @@ fn draw_panel(
             for s in lines.iter().filter(|s| !s.points.is_empty()) {
                 let style = s.color.stroke_width(s.width);
                 let color = s.color;
-                chart
-                    .draw_series(LineSeries::new(s.points.iter().copied(), style))
-                    .map_err(e)?
-                    .label(s.label.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
+                let points = s.points.iter().copied();
+                if s.dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(points, 8, 5, style))
+                        .map_err(e)?
+                        .label(s.label.as_str())
+                        .legend(move |(x, y)| {
+                            let line = vec![(x, y), (x + 20, y)].into_iter();
+                            DashedPathElement::new(line, 6, 3, color.stroke_width(2))
+                        });
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(points, style))
+                        .map_err(e)?
+                        .label(s.label.as_str())
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                        });
+                }
                 if s.marks {
                     chart
                         .draw_series(
@@ -245,66 +261,111 @@ fn draw_panel(
     Ok(())
 }
 
+/// A run's colour when several are drawn in one plot.
+const RUN_COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
 /// The plot as SVG text: a loss panel, a panel of the other test outputs
 /// (accuracy) when there are any, and the learning rate (log scale when it
-/// spans more than a factor of 10).
-pub fn plot_svg(m: &Metrics, title: &str) -> std::result::Result<String, String> {
-    if m.train.is_empty() {
-        return Err("it has no training records".into());
+/// spans more than a factor of 10). One run (a name and its records) is
+/// drawn with each iteration's loss and a colour per test output; several
+/// runs are drawn over each other, a colour per run, their series named
+/// after it.
+pub fn plot_svg(runs: &[(String, Metrics)], title: &str) -> std::result::Result<String, String> {
+    if runs.is_empty() {
+        return Err("no runs to plot".into());
     }
-    let last = m
-        .train
-        .keys()
-        .chain(m.tests.values().flat_map(|v| v.keys()))
+    if let Some((name, _)) = runs.iter().find(|(_, m)| m.train.is_empty()) {
+        return Err(if runs.len() == 1 {
+            "it has no training records".into()
+        } else {
+            format!("{name} has no training records")
+        });
+    }
+    let last = runs
+        .iter()
+        .flat_map(|(_, m)| {
+            m.train
+                .keys()
+                .chain(m.tests.values().flat_map(|v| v.keys()))
+        })
         .copied()
         .max()
         .unwrap_or(0);
     let x = (0.0, (last.max(1)) as f64);
-    let train = |f: fn(&TrainPoint) -> f64| -> Vec<(f64, f64)> {
-        m.train.iter().map(|(&i, p)| (i as f64, f(p))).collect()
-    };
-    let mut losses = vec![
-        series(
-            "train loss".into(),
-            RGBColor(150, 180, 225),
-            1,
-            false,
-            train(|p| p.loss),
-        ),
-        series(
-            "train loss (smoothed)".into(),
-            RGBColor(31, 119, 180),
+    let several = runs.len() > 1;
+    let (mut losses, mut scores, mut lr) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tests_drawn = 0;
+    for (r, (name, m)) in runs.iter().enumerate() {
+        let train = |f: fn(&TrainPoint) -> f64| -> Vec<(f64, f64)> {
+            m.train.iter().map(|(&i, p)| (i as f64, f(p))).collect()
+        };
+        let (pre, colour) = if several {
+            (format!("{name}: "), RUN_COLOURS[r % RUN_COLOURS.len()])
+        } else {
+            // Each iteration's loss is too noisy to overlay other runs on.
+            losses.push(series(
+                "train loss".into(),
+                RGBColor(150, 180, 225),
+                1,
+                false,
+                train(|p| p.loss),
+            ));
+            (String::new(), RUN_COLOURS[0])
+        };
+        losses.push(series(
+            format!("{pre}train loss (smoothed)"),
+            colour,
             2,
             false,
             train(|p| p.smoothed),
-        ),
-    ];
-    let mut scores = Vec::new();
-    for (k, ((net, name), values)) in m.tests.iter().enumerate() {
-        let points: Vec<(f64, f64)> = values.iter().map(|(&i, &v)| (i as f64, v)).collect();
-        let s = series(
-            format!("test {name} (net {net})"),
-            PALETTE[k % PALETTE.len()],
-            2,
-            true,
-            points,
-        );
-        if name.contains("loss") {
-            losses.push(s);
-        } else {
-            scores.push(s);
+        ));
+        for ((net, output), values) in &m.tests {
+            let points: Vec<(f64, f64)> = values.iter().map(|(&i, &v)| (i as f64, v)).collect();
+            let c = if several {
+                colour
+            } else {
+                PALETTE[tests_drawn % PALETTE.len()]
+            };
+            tests_drawn += 1;
+            let mut s = series(
+                format!("{pre}test {output} (net {net})"),
+                c,
+                2,
+                true,
+                points,
+            );
+            s.dashed = several;
+            if output.contains("loss") {
+                losses.push(s);
+            } else {
+                scores.push(s);
+            }
         }
+        lr.push(series(
+            format!("{pre}learning rate"),
+            if several {
+                colour
+            } else {
+                RGBColor(90, 90, 90)
+            },
+            2,
+            false,
+            train(|p| p.lr),
+        ));
     }
-    let lr = vec![series(
-        "learning rate".into(),
-        RGBColor(90, 90, 90),
-        2,
-        false,
-        train(|p| p.lr),
-    )];
-    let (lr_lo, lr_hi) = m.train.values().fold((f64::INFINITY, 0.0f64), |(a, b), p| {
-        (a.min(p.lr), b.max(p.lr))
-    });
+    let (lr_lo, lr_hi) = runs
+        .iter()
+        .flat_map(|(_, m)| m.train.values())
+        .fold((f64::INFINITY, 0.0f64), |(a, b), p| {
+            (a.min(p.lr), b.max(p.lr))
+        });
     let log_lr = lr_lo > 0.0 && lr_hi / lr_lo > 10.0;
     let panels = if scores.is_empty() { 2 } else { 3 };
     let (w, h) = (960u32, 300 * panels as u32 + 40);
@@ -505,17 +566,71 @@ pub fn abstention_svg(images: &[(f64, bool)], title: &str) -> std::result::Resul
     Ok(svg)
 }
 
+/// Reads a run to plot: a metrics file (JSON lines, from `finetune
+/// --metrics`) or, when its first line is not a JSON record, a training log
+/// in Caffe's wording (see [`training_log`](super::training_log)).
+pub fn read_run(path: &Path) -> Result<Metrics> {
+    let bytes = std::fs::read(path).at(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    let m = if first.is_some_and(|l| l.starts_with('{')) {
+        parse_metrics(&text, path)?
+    } else {
+        super::training_log::parse_training_log(&text, path)?
+    };
+    if m.train.is_empty() {
+        return Err(Error::invalid(
+            path.display(),
+            "no training records to plot: neither a metrics file from `finetune --metrics` \
+             nor a training log with Caffe's 'Iteration N …, loss = …' lines",
+        ));
+    }
+    Ok(m)
+}
+
+/// Plots one or more runs (see [`read_run`]) into the SVG file `out`
+/// (written atomically), several over each other.
+pub fn plot_runs(runs: &[&Path], out: &Path) -> Result<()> {
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let names: Vec<String> = runs.iter().map(|p| name(p)).collect();
+    // Runs are named by file name, or by path where file names repeat.
+    let unique = names
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        == names.len();
+    let mut loaded = Vec::with_capacity(runs.len());
+    for (path, short) in runs.iter().zip(&names) {
+        let label = if unique {
+            short.clone()
+        } else {
+            path.display().to_string()
+        };
+        loaded.push((label, read_run(path)?));
+    }
+    let title = loaded
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(" vs ");
+    let context = runs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let svg = plot_svg(&loaded, &title)
+        .map_err(|e| Error::invalid(context, format!("cannot plot: {e}")))?;
+    crate::fsutil::write_atomic(out, svg.as_bytes())
+}
+
 /// Plots the metrics file `metrics` into the SVG file `out` (written atomically).
 pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
-    let m = read_metrics(metrics)?;
-    let title = metrics
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let svg = plot_svg(&m, &title)
-        .map_err(|e| Error::invalid(metrics.display(), format!("cannot plot: {e}")))?;
-    crate::fsutil::write_atomic(out, svg.as_bytes())
+    plot_runs(&[metrics], out)
 }
 
 #[cfg(test)]
@@ -619,7 +734,7 @@ mod tests {
     #[test]
     fn svg_has_a_panel_per_kind_and_a_legend_entry_per_series() {
         let m = parse_metrics(RECORDS, Path::new("m.jsonl")).unwrap();
-        let svg = plot_svg(&m, "tiny").unwrap();
+        let svg = plot_svg(&[("m".into(), m.clone())], "tiny").unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         for label in [
             "train loss (smoothed)",
@@ -633,9 +748,21 @@ mod tests {
         // Without test outputs other than losses, two panels.
         let mut no_scores = m.clone();
         no_scores.tests.retain(|(_, n), _| n == "loss");
-        let svg = plot_svg(&no_scores, "tiny").unwrap();
+        let svg = plot_svg(&[("m".into(), no_scores)], "tiny").unwrap();
         assert!(!svg.contains("test outputs"));
-        assert!(plot_svg(&Metrics::default(), "x").is_err());
+        assert!(plot_svg(&[("x".into(), Metrics::default())], "x").is_err());
+        assert!(plot_svg(&[], "x").is_err());
+        // Several runs: each series named after its run, no per-iteration loss.
+        let two = [("a".to_string(), m.clone()), ("b".to_string(), m)];
+        let svg = plot_svg(&two, "a vs b").unwrap();
+        for label in [
+            "a: train loss (smoothed)",
+            "b: test accuracy (net 0)",
+            "b: learning rate",
+        ] {
+            assert!(svg.contains(label), "{label}");
+        }
+        assert!(!svg.contains(">train loss<"));
     }
 
     #[test]

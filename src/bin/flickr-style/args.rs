@@ -89,7 +89,8 @@ pub(crate) enum Command {
     Deploy(DeployArgs),
     /// Time a net layer by layer: the training step, or with --phase test the forward pass (caffe time).
     Time(TimeArgs),
-    /// Plot a `finetune --metrics` file as SVG: training and test losses, test scores, learning rate.
+    /// Plot training runs as SVG (a `finetune --metrics` file or a Caffe training log; several
+    /// overlaid): training and test losses, test scores, learning rate (parse_log.py, plot_training_log.py).
     Plot(PlotArgs),
     /// Check every layer's GPU code path against the CPU kernels (on --gpu N, or on the CPU).
     CheckOps(CheckOpsArgs),
@@ -926,10 +927,13 @@ pub(crate) struct DeployArgs {
 
 #[derive(Args)]
 pub(crate) struct PlotArgs {
-    /// The JSON-lines metrics file written by `finetune --metrics` (or `pipeline --metrics`).
-    pub(crate) metrics: PathBuf,
-    /// The SVG file to write.
-    pub(crate) out: PathBuf,
+    /// The runs to plot, then the SVG file to write (its name must end in .svg). A run is the
+    /// metrics file of `finetune --metrics` (or `pipeline --metrics`), or a training log in
+    /// Caffe's wording: `caffe train`'s output (e.g. `caffe train ... 2>&1 | tee train.log`) or
+    /// `finetune --log`'s. Several runs are drawn over each other, a colour each (e.g. Caffe's
+    /// run of a recipe beside ours, or two learning rates).
+    #[arg(value_name = "RUN... OUT.svg", num_args = 2.., required = true)]
+    pub(crate) files: Vec<PathBuf>,
 }
 
 #[derive(Args)]

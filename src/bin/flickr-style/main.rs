@@ -82,8 +82,22 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Time(a) => cmd_time(a),
         Command::Plot(a) => {
-            flickr_style::train::plot::plot_metrics(&a.metrics, &a.out)?;
-            eprintln!("wrote {}", a.out.display());
+            let (out, runs) = a.files.split_last().expect("clap asks for two or more");
+            // The output comes last, as with cp: refuse to overwrite a run
+            // named there by mistake.
+            if out
+                .extension()
+                .is_none_or(|e| !e.eq_ignore_ascii_case("svg"))
+            {
+                bail!(
+                    "{}: the last argument is the SVG file to write and must end in .svg \
+                     (the runs to plot come before it)",
+                    out.display()
+                );
+            }
+            let runs: Vec<&Path> = runs.iter().map(PathBuf::as_path).collect();
+            flickr_style::train::plot::plot_runs(&runs, out)?;
+            eprintln!("wrote {}", out.display());
             Ok(())
         }
         Command::CheckOps(a) => cmd_check_ops(a),
