@@ -829,3 +829,81 @@ fn time_reports_every_layer_of_the_phase_it_builds() {
         "{err}"
     );
 }
+
+#[test]
+fn dry_run_shows_where_each_layer_starts_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let prefix = t.path().join("snap");
+    let args = |weights: &str| {
+        vec![
+            "finetune".to_string(),
+            "--solver".into(),
+            "solver.prototxt".into(),
+            "--weights".into(),
+            weights.into(),
+            "--snapshot-prefix".into(),
+            prefix.to_str().unwrap().into(),
+            "--dry-run".into(),
+        ]
+    };
+    let a = args("snapshots/init_iter_0.caffemodel");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, out, err) = run(&fixture("tiny-net"), &a);
+    assert!(ok, "{err}");
+    for want in [
+        "| conv1 | Convolution | 8x16x30x30 | 1,216 | 0, 0 (frozen) | snapshots/init_iter_0.caffemodel | no |",
+        "| fc8 | InnerProduct | 8x4 | 260 | 10, 20 | snapshots/init_iter_0.caffemodel | yes |",
+        "| loss | SoftmaxWithLoss | 1 |  |  |  | yes |",
+        "117,636 parameters: 116,420 learn, 1,216 frozen (lr_mult 0); 117,636 copied from weights files, 0 from fillers.",
+        "Schedule: 30 iterations of 8 images = 10.0 passes over the 24 training images (one every 3 \
+         iterations); learning rate 0.01 from iteration 0, 0.001 from iteration 10, 0.0001 from iteration 20.",
+        "every 15 iterations, 3 batches of 8, scoring each of its 24 images once.",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+    assert!(
+        !out.contains("Warnings") && !out.contains("not in the net"),
+        "{out}"
+    );
+    // Nothing trained, nothing written.
+    assert!(!err.contains("Iteration 0"), "{err}");
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+
+    // The classic mistakes: the classifier renamed (so it starts from its
+    // filler) but frozen, and a weights file of another net.
+    let dir = t.path().join("edited");
+    std::fs::create_dir(&dir).unwrap();
+    let solver = edited_net(&dir, |s| {
+        s.replace("name: \"fc8\"", "name: \"fc8_new\"")
+            .replace("lr_mult: 10 ", "lr_mult: 0 ")
+            .replace("lr_mult: 20 ", "lr_mult: 0 ")
+    });
+    let mut other = read_caffemodel(&fixture("tiny-net/snapshots/init_iter_0.caffemodel")).unwrap();
+    for l in &mut other.layer {
+        l.name = Some(format!("other_{}", l.name()));
+    }
+    let other_path = dir.join("other.caffemodel");
+    flickr_style::caffe::write_binary(&other_path, &other).unwrap();
+    let weights = format!(
+        "{},{}",
+        fixture("tiny-net/snapshots/init_iter_0.caffemodel").display(),
+        other_path.display()
+    );
+    let mut a = args(&weights);
+    a[2] = solver.to_str().unwrap().into();
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (ok, out, err) = run(&dir, &a);
+    assert!(ok, "{err}");
+    for want in [
+        "| fc8_new | InnerProduct | 8x4 | 260 | 0, 0 (frozen) | filler: weights gaussian std 0.01, bias constant 0 | yes |",
+        "init_iter_0.caffemodel: its layers fc8 are not in the net (not used).",
+        "- layer 'fc8_new' has lr_mult 0 but no weights file has a layer of that name",
+        "- no layer of ",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+    assert!(
+        out.contains("other.caffemodel matches a layer of the net"),
+        "{out}"
+    );
+}

@@ -49,6 +49,7 @@ pub mod precision;
 pub mod probe;
 pub mod sgd;
 pub mod solver;
+pub mod summary;
 pub mod tensor_ops;
 pub mod training_log;
 pub mod transform;

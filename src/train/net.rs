@@ -38,6 +38,23 @@ pub struct ParamRef {
     pub decay_mult: f32,
 }
 
+/// One layer of a built net, as [`Net::layer_infos`] describes it.
+#[derive(Clone, Debug)]
+pub struct LayerInfo<'a> {
+    /// Its definition.
+    pub param: &'a LayerParameter,
+    /// Its type as Caffe names it.
+    pub type_name: &'static str,
+    /// The shapes of its tops.
+    pub tops: Vec<Vec<usize>>,
+    /// The shapes of its learnable blobs (weights, then bias).
+    pub param_shapes: Vec<Vec<usize>>,
+    /// Per learnable blob: (lr_mult, decay_mult).
+    pub mults: Vec<(f32, f32)>,
+    /// Whether it runs backward (Caffe's need-backward analysis).
+    pub backward: bool,
+}
+
 /// A net ready to run.
 pub struct Net {
     /// The net's name.
@@ -727,6 +744,26 @@ impl Net {
     /// data layer that knows (list paths or LMDB keys, in batch order).
     pub fn data_batch_sources(&self) -> Option<Vec<String>> {
         self.image_source()?.layer.last_batch_sources()
+    }
+
+    /// Each layer's definition, top shapes, parameters and whether it runs
+    /// backward, in order (for [`summary`](super::summary)).
+    pub fn layer_infos(&self) -> Vec<LayerInfo<'_>> {
+        self.entries
+            .iter()
+            .map(|e| LayerInfo {
+                param: &e.param,
+                type_name: e.layer.type_name(),
+                tops: e
+                    .tops
+                    .iter()
+                    .map(|&t| self.blob_shapes[t].clone())
+                    .collect(),
+                param_shapes: e.layer.params().iter().map(|t| t.dims().to_vec()).collect(),
+                mults: e.mults.clone(),
+                backward: e.need_backward,
+            })
+            .collect()
     }
 
     /// Layer names with whether each runs backward (for logs and `time`).

@@ -11,6 +11,7 @@ use super::lr_policy::learning_rate;
 use super::net::Net;
 use super::sgd::adaptive::Rule;
 use super::sgd::{sgd_update, SgdConfig};
+use super::summary::WeightSources;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt, upgrade};
 use crate::caffe::proto::{NetParameter, Phase, SolverParameter, SolverState};
 use crate::caffe::{prototxt, read_binary, write_binary, BlobProto};
@@ -98,6 +99,8 @@ pub struct Solver {
     progress: bool,
     /// Losses of every iteration run by [`Solver::solve`] (iteration, loss).
     pub trajectory: Vec<(usize, f32)>,
+    /// Which layers' values came from which weights file.
+    pub weight_sources: WeightSources,
     /// Test outputs of every test phase: (iteration, net, [(name, value)]).
     pub test_results: Vec<TestResult>,
 }
@@ -243,7 +246,14 @@ impl Solver {
             progress: opts.progress,
             trajectory: Vec::new(),
             test_results: Vec::new(),
+            weight_sources: WeightSources::default(),
         })
+    }
+
+    /// What training will do, without doing it (`finetune --dry-run`): see
+    /// [`summary::report`](super::summary::report).
+    pub fn dry_run_report(&self) -> Result<String> {
+        super::summary::report(&self.param, &self.train, &self.tests, &self.weight_sources)
     }
 
     /// The solver parameters in force.
@@ -281,10 +291,12 @@ impl Solver {
             let ignored = self
                 .train
                 .copy_trained_from(&src, &f.display().to_string())?;
-            for name in ignored {
+            for name in &ignored {
                 self.log
                     .info("net.cpp:746", &format!("Ignoring source layer {name}"));
             }
+            self.weight_sources
+                .record(&f.display().to_string(), &src.layer, ignored);
             for t in &mut self.tests {
                 t.copy_trained_from(&src, &f.display().to_string())?;
             }
@@ -334,7 +346,8 @@ impl Solver {
                 }
             }
             let net = read_caffemodel(&model)?;
-            self.train.copy_trained_from(&net, learned)?;
+            let ignored = self.train.copy_trained_from(&net, learned)?;
+            self.weight_sources.record(learned, &net.layer, ignored);
         }
         for (i, (h, blob)) in self.history.iter_mut().zip(&state.history).enumerate() {
             if blob.count() != h.elem_count() || blob.value_len() != h.elem_count() {

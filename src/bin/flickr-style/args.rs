@@ -646,6 +646,13 @@ pub(crate) struct FinetuneArgs {
     /// --gpu, a CUDA build follows the solver's solver_mode/device_id, like Caffe).
     #[arg(long, conflicts_with = "gpu")]
     pub(crate) cpu: bool,
+    /// Build the nets, read the data and copy the weights as training would, then print what the
+    /// run would do and stop, writing nothing: each layer's top shape, parameters, lr_mult and
+    /// where its values start (a weights file, matched by layer name, or its filler), the
+    /// schedule in passes over the training data, what each test phase scores, the memory floor,
+    /// and warnings (a frozen layer left at its random filler, a weights file no layer matches).
+    #[arg(long, conflicts_with_all = ["metrics", "log"])]
+    pub(crate) dry_run: bool,
 }
 
 /// Where a net runs (finetune, test, time).

@@ -483,6 +483,10 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     } else if !a.weights.is_empty() {
         solver.load_weights(&a.weights)?;
     }
+    if a.dry_run {
+        print!("{}", solver.dry_run_report()?);
+        return Ok(());
+    }
     solver.solve()?;
     Ok(())
 }
