@@ -906,4 +906,12 @@ fn dry_run_shows_where_each_layer_starts_and_writes_nothing() {
         out.contains("other.caffemodel matches a layer of the net"),
         "{out}"
     );
+    // A real run says so too, as warnings at its start.
+    let mut a = a;
+    a.pop();
+    a.extend(["--max-iter", "1"]);
+    let (ok, _, err) = run(&dir, &a);
+    assert!(ok, "{err}");
+    let warned = err.lines().find(|l| l.contains("'fc8_new' has lr_mult 0"));
+    assert!(warned.is_some_and(|l| l.starts_with('W')), "{err}");
 }

@@ -76,8 +76,17 @@ impl Logger {
 
     /// Logs `msg` as if from `source` (e.g. "solver.cpp:239").
     pub fn info(&mut self, source: &str, msg: &str) {
+        self.line('I', source, msg);
+    }
+
+    /// Logs `msg` at glog's WARNING level.
+    pub fn warn(&mut self, source: &str, msg: &str) {
+        self.line('W', source, msg);
+    }
+
+    fn line(&mut self, level: char, source: &str, msg: &str) {
         let now = chrono_like_now();
-        let line = format!("I{now} {:>5} {source}] {msg}", std::process::id());
+        let line = format!("{level}{now} {:>5} {source}] {msg}", std::process::id());
         if self.echo {
             match &self.bar {
                 Some(b) => b.suspend(|| eprintln!("{line}")),

@@ -101,6 +101,8 @@ pub struct Solver {
     pub trajectory: Vec<(usize, f32)>,
     /// Which layers' values came from which weights file.
     pub weight_sources: WeightSources,
+    /// Whether the weight warnings were logged.
+    warned: bool,
     /// Test outputs of every test phase: (iteration, net, [(name, value)]).
     pub test_results: Vec<TestResult>,
 }
@@ -247,6 +249,7 @@ impl Solver {
             trajectory: Vec::new(),
             test_results: Vec::new(),
             weight_sources: WeightSources::default(),
+            warned: false,
         })
     }
 
@@ -403,6 +406,14 @@ impl Solver {
             "solver.cpp:311",
             &format!("Learning Rate Policy: {}", self.param.lr_policy()),
         );
+        // Before hours of training: a frozen layer at its random filler, or
+        // weights that matched nothing (once, however often solve runs).
+        if !std::mem::replace(&mut self.warned, true) {
+            let rows = super::summary::layer_rows(&self.train, &self.weight_sources);
+            for w in super::summary::warnings(&rows, &self.weight_sources) {
+                self.log.warn("solver.rs:0", &w);
+            }
+        }
         let bar = if self.progress {
             let b = crate::progress::bar(max_iter as u64, "train");
             b.set_position(self.iter as u64);
