@@ -245,41 +245,50 @@ fn batch_of(rows: &[LayerRow]) -> Option<usize> {
         .and_then(|r| r.tops.first()?.first().copied())
 }
 
-/// The learning rate where it changes over `max_iter` iterations, or (for
-/// a policy that changes it every iteration) at five points.
+/// The learning rate over `max_iter` iterations: where it steps (fixed,
+/// step and multistep policies; the first eight steps), or at five points
+/// for a policy that changes it every iteration.
 fn schedule(param: &SolverParameter, max_iter: usize) -> Result<String> {
-    let mut step = 0;
-    let mut changes = Vec::new();
-    let mut last = None;
-    for it in 0..max_iter.max(1) {
-        let lr = learning_rate(param, it, &mut step)?;
-        if last != Some(lr) {
-            changes.push((it, lr));
-            last = Some(lr);
-            if changes.len() > 8 {
-                break;
-            }
+    let last = max_iter.saturating_sub(1);
+    let stepsize = param.stepsize().max(0) as usize;
+    let (points, stepwise): (Vec<usize>, bool) = match param.lr_policy() {
+        "fixed" => (vec![0], true),
+        "step" if stepsize > 0 => ((0..=last).step_by(stepsize).take(9).collect(), true),
+        "multistep" => {
+            let steps = param.stepvalue.iter().map(|&v| v.max(0) as usize);
+            (
+                std::iter::once(0)
+                    .chain(steps.filter(|&v| v <= last))
+                    .collect(),
+                true,
+            )
         }
+        _ => (
+            vec![0, max_iter / 4, max_iter / 2, 3 * max_iter / 4, last],
+            false,
+        ),
+    };
+    let more = stepwise && points.len() > 8;
+    // In iteration order: multistep advances its step state call by call.
+    let mut step = 0;
+    let mut shown: Vec<String> = Vec::new();
+    let mut previous = None;
+    for &it in points.iter().take(8) {
+        let lr = learning_rate(param, it, &mut step)?;
+        if stepwise && previous == Some(lr) {
+            continue;
+        }
+        previous = Some(lr);
+        let at = if stepwise { "from" } else { "at" };
+        shown.push(format!("{} {at} iteration {it}", super::log::g(lr)));
     }
-    if changes.len() > 8 {
-        let mut step = 0;
-        changes = [
-            0,
-            max_iter / 4,
-            max_iter / 2,
-            3 * max_iter / 4,
-            max_iter.saturating_sub(1),
-        ]
-        .iter()
-        .map(|&it| Ok((it, learning_rate(param, it, &mut step)?)))
-        .collect::<Result<_>>()?;
-        changes.dedup_by_key(|c| c.0);
+    if more {
+        shown.push(format!(
+            "then x{} every {stepsize} iterations",
+            super::log::g(param.gamma())
+        ));
     }
-    Ok(changes
-        .iter()
-        .map(|(it, lr)| format!("{} from iteration {it}", super::log::g(*lr)))
-        .collect::<Vec<_>>()
-        .join(", "))
+    Ok(shown.join(", "))
 }
 
 /// How a test phase of `iters` batches of `batch` covers `images`.
@@ -402,6 +411,39 @@ mod tests {
              image once, make it 16000)"
         );
         assert!(coverage(4, 8, 24).starts_with("its 24 images 1.33 times over (test_iter 4"));
+    }
+
+    #[test]
+    fn the_schedule_names_the_steps_or_samples_a_smooth_policy() {
+        let solver = |text: &str| -> SolverParameter {
+            crate::caffe::prototxt::parse(text, std::path::Path::new("s.prototxt")).unwrap()
+        };
+        let step = solver("base_lr: 0.01 lr_policy: \"step\" gamma: 0.1 stepsize: 10");
+        assert_eq!(
+            schedule(&step, 30).unwrap(),
+            "0.01 from iteration 0, 0.001 from iteration 10, 0.0001 from iteration 20"
+        );
+        assert!(schedule(&step, 1000)
+            .unwrap()
+            .ends_with("1e-09 from iteration 70, then x0.1 every 10 iterations"));
+        let multi =
+            solver("base_lr: 1 lr_policy: \"multistep\" gamma: 0.5 stepvalue: 5 stepvalue: 50");
+        assert_eq!(
+            schedule(&multi, 20).unwrap(),
+            "1 from iteration 0, 0.5 from iteration 5"
+        );
+        let fixed = solver("base_lr: 0.1 lr_policy: \"fixed\"");
+        // No iteration-by-iteration walk, however long the run.
+        assert_eq!(
+            schedule(&fixed, 2_000_000_000).unwrap(),
+            "0.1 from iteration 0"
+        );
+        let poly = solver("base_lr: 1 lr_policy: \"poly\" power: 1 max_iter: 100");
+        assert_eq!(
+            schedule(&poly, 100).unwrap(),
+            "1 at iteration 0, 0.75 at iteration 25, 0.5 at iteration 50, 0.25 at iteration 75, \
+             0.01 at iteration 99"
+        );
     }
 
     #[test]
