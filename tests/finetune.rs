@@ -868,6 +868,30 @@ fn dry_run_shows_where_each_layer_starts_and_writes_nothing() {
     // Nothing trained, nothing written.
     assert!(!err.contains("Iteration 0"), "{err}");
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+    // A resume: what is left, from the snapshot's weights.
+    let (ok, out, err) = run(
+        &fixture("tiny-net"),
+        &[
+            "finetune",
+            "--solver",
+            "solver_resume.prototxt",
+            "--snapshot",
+            "snapshots/tiny_iter_15.solverstate",
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Schedule: 30 iterations (resuming at 15: 15 to go) of 8 images = 5.0 passes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| 1,216 | 0, 0 (frozen) | snapshots/tiny_iter_15.caffemodel | no |"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
 
     // The classic mistakes: the classifier renamed (so it starts from its
     // filler) but frozen, and a weights file of another net.

@@ -256,7 +256,13 @@ impl Solver {
     /// What training will do, without doing it (`finetune --dry-run`): see
     /// [`summary::report`](super::summary::report).
     pub fn dry_run_report(&self) -> Result<String> {
-        super::summary::report(&self.param, &self.train, &self.tests, &self.weight_sources)
+        super::summary::report(
+            &self.param,
+            self.iter,
+            &self.train,
+            &self.tests,
+            &self.weight_sources,
+        )
     }
 
     /// The solver parameters in force.

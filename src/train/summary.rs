@@ -307,12 +307,14 @@ fn coverage(iters: usize, batch: usize, images: usize) -> String {
     }
 }
 
-/// The dry-run report of a solver about to train: the train net's table,
+/// The dry-run report of a solver about to train (from `start_iter`, when
+/// resumed): the train net's table,
 /// the warnings, the weights files' unused layers, the schedule in passes
 /// over the training data, each test phase's coverage, and the nets'
 /// memory floor.
 pub fn report(
     param: &SolverParameter,
+    start_iter: usize,
     train: &Net,
     tests: &[Net],
     sources: &WeightSources,
@@ -331,6 +333,11 @@ pub fn report(
     let max_iter = param.max_iter().max(0) as usize;
     let iter_size = param.iter_size().max(1) as usize;
     let _ = write!(s, "\nSchedule: {max_iter} iterations");
+    // A resumed run trains what is left.
+    let to_go = max_iter.saturating_sub(start_iter);
+    if start_iter > 0 {
+        let _ = write!(s, " (resuming at {start_iter}: {to_go} to go)");
+    }
     if let Some(batch) = batch_of(&rows) {
         let per = batch * iter_size;
         let _ = write!(s, " of {per} images");
@@ -341,7 +348,7 @@ pub fn report(
             let _ = write!(
                 s,
                 " = {:.1} passes over the {n} training images",
-                (max_iter * per) as f64 / (*n).max(1) as f64
+                (to_go * per) as f64 / (*n).max(1) as f64
             );
             if per < *n {
                 let _ = write!(s, " (one every {} iterations)", n.div_ceil(per));
