@@ -71,9 +71,17 @@ pub struct LayerRow {
 }
 
 impl LayerRow {
-    /// Whether no parameter of it learns (it has some, all at lr_mult 0).
+    /// Whether its blobs are BatchNorm's running statistics, which the
+    /// forward pass accumulates rather than a gradient step (Caffe fixes
+    /// their lr_mult at 0).
+    pub fn statistics(&self) -> bool {
+        self.params > 0 && self.type_name == "BatchNorm"
+    }
+
+    /// Whether none of its learnable parameters learns (it has some, all at
+    /// lr_mult 0).
     pub fn frozen(&self) -> bool {
-        self.params > 0 && self.lr_mults.iter().all(|&m| m == 0.0)
+        self.params > 0 && !self.statistics() && self.lr_mults.iter().all(|&m| m == 0.0)
     }
 }
 
@@ -204,8 +212,12 @@ pub fn to_markdown(rows: &[LayerRow]) -> String {
             (String::new(), String::new())
         } else {
             let m = r.lr_mults.iter().map(|m| m.to_string()).collect::<Vec<_>>();
-            let frozen = if r.frozen() { " (frozen)" } else { "" };
-            (thousands(r.params), format!("{}{frozen}", m.join(", ")))
+            let note = match (r.frozen(), r.statistics()) {
+                (true, _) => " (frozen)",
+                (_, true) => " (running statistics)",
+                _ => "",
+            };
+            (thousands(r.params), format!("{}{note}", m.join(", ")))
         };
         let start = match &r.start {
             Start::None => String::new(),
@@ -220,17 +232,25 @@ pub fn to_markdown(rows: &[LayerRow]) -> String {
         );
     }
     let total: usize = rows.iter().map(|r| r.params).sum();
-    let frozen: usize = rows.iter().filter(|r| r.frozen()).map(|r| r.params).sum();
+    let sum = |keep: fn(&LayerRow) -> bool| -> usize {
+        rows.iter().filter(|r| keep(r)).map(|r| r.params).sum()
+    };
+    let (frozen, statistics) = (sum(LayerRow::frozen), sum(LayerRow::statistics));
     let copied: usize = rows
         .iter()
         .filter(|r| matches!(r.start, Start::Copied(_)))
         .map(|r| r.params)
         .sum();
+    let statistics = match statistics {
+        0 => String::new(),
+        n => format!(", {} BatchNorm statistics", thousands(n)),
+    };
     let _ = writeln!(
         s,
-        "\n{} parameters: {} learn, {} frozen (lr_mult 0); {} copied from weights files, {} from fillers.",
+        "\n{} parameters: {} learn, {} frozen (lr_mult 0){statistics}; {} copied from weights \
+         files, {} from fillers.",
         thousands(total),
-        thousands(total - frozen),
+        thousands(total - frozen - sum(LayerRow::statistics)),
         thousands(frozen),
         thousands(copied),
         thousands(total - copied)
@@ -492,6 +512,28 @@ mod tests {
                 Start::Filler("weights xavier".into()),
             ),
         ];
+        // BatchNorm's statistics are not learned by gradient: no warning.
+        let mut bn = row(
+            "bn",
+            9,
+            &[0.0, 0.0, 0.0],
+            Start::Filler("its type's defaults".into()),
+        );
+        bn.type_name = "BatchNorm".into();
+        assert!(!bn.frozen() && bn.statistics());
+        let w = warnings(&[bn.clone()], &WeightSources::default());
+        assert!(w.is_empty(), "{w:?}");
+        let table = to_markdown(&[bn]);
+        assert!(
+            table.contains("| 0, 0, 0 (running statistics) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "9 parameters: 0 learn, 0 frozen (lr_mult 0), 9 BatchNorm statistics; 0 copied"
+            ),
+            "{table}"
+        );
         let w = warnings(&rows, &sources);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
