@@ -160,6 +160,7 @@ fn series(
     }
 }
 
+/// The test outputs' colours in a plot of one run (its training loss is blue).
 const PALETTE: [RGBColor; 6] = [
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
