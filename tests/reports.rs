@@ -556,10 +556,26 @@ fn plot_overlays_our_log_our_metrics_and_caffes_log() {
     let caffe = fixture("tiny-net/logs/train.log");
     let svg = t.path().join("runs.svg");
     let files = [&caffe, &log, &metrics, &svg].map(|p| p.to_str().unwrap().to_string());
+    let csv = t.path().join("csv");
     let mut args = vec!["plot"];
     args.extend(files.iter().map(String::as_str));
+    args.extend(["--csv", csv.to_str().unwrap()]);
     let (ok, _, err) = run(t.path(), &args);
     assert!(ok, "{err}");
+    // The tables parse_log.py would make of Caffe's log, and ours.
+    let table = |name: &str| std::fs::read_to_string(csv.join(name)).unwrap();
+    let train = table("train.log.train.csv");
+    assert!(
+        train.starts_with("iteration,loss,smoothed_loss,lr\n0,1.37753,1.37753,0.01\n"),
+        "{train}"
+    );
+    assert!(train.ends_with("\n30,1.00239,1.00239,\n"), "{train}");
+    assert_eq!(
+        table("train.log.test.csv"),
+        "iteration,net,accuracy,loss\n0,0,0.25,1.38594\n15,0,0.458333,1.27204\n30,0,0.458333,1.138\n"
+    );
+    assert_eq!(table("ours.jsonl.train.csv").lines().count(), 16);
+    assert_eq!(table("ours.log.test.csv").lines().count(), 3);
     let text = std::fs::read_to_string(&svg).unwrap();
     for label in [
         "train.log vs ours.log vs ours.jsonl",

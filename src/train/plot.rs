@@ -589,9 +589,56 @@ pub fn read_run(path: &Path) -> Result<Metrics> {
     Ok(m)
 }
 
+/// A run's records as CSV text, as `parse_log.py` tabulates a log: the
+/// training records (`iteration,loss,smoothed_loss,lr`; a rate not logged
+/// is left empty) and the test records (`iteration,net,` then each output's
+/// name, a row per test phase).
+pub fn to_csv(m: &Metrics) -> (String, String) {
+    let cell = |v: f64| {
+        if v.is_nan() {
+            String::new()
+        } else {
+            v.to_string()
+        }
+    };
+    let mut train = String::from("iteration,loss,smoothed_loss,lr\n");
+    for (i, p) in &m.train {
+        train += &format!("{i},{},{},{}\n", cell(p.loss), cell(p.smoothed), cell(p.lr));
+    }
+    let names: std::collections::BTreeSet<&str> = m.tests.keys().map(|(_, n)| n.as_str()).collect();
+    let mut rows: BTreeMap<(u64, u64), BTreeMap<&str, f64>> = BTreeMap::new();
+    for ((net, name), values) in &m.tests {
+        for (&i, &v) in values {
+            rows.entry((i, *net)).or_default().insert(name, v);
+        }
+    }
+    let mut test = String::from("iteration,net");
+    for n in &names {
+        // Output names are blob names: no commas or quotes in practice, but
+        // quote one that has them.
+        if n.contains([',', '"']) {
+            test += &format!(",\"{}\"", n.replace('"', "\"\""));
+        } else {
+            test += &format!(",{n}");
+        }
+    }
+    test.push('\n');
+    for ((i, net), values) in rows {
+        test += &format!("{i},{net}");
+        for n in &names {
+            test.push(',');
+            test += &values.get(n).map_or(String::new(), |&v| cell(v));
+        }
+        test.push('\n');
+    }
+    (train, test)
+}
+
 /// Plots one or more runs (see [`read_run`]) into the SVG file `out`
-/// (written atomically), several over each other.
-pub fn plot_runs(runs: &[&Path], out: &Path) -> Result<()> {
+/// (written atomically), several over each other; with `csv`, also writes
+/// each run's records there as `<run>.train.csv` and `<run>.test.csv` (see
+/// [`to_csv`]).
+pub fn plot_runs(runs: &[&Path], out: &Path, csv: Option<&Path>) -> Result<()> {
     let name = |p: &Path| {
         p.file_name()
             .unwrap_or_default()
@@ -626,12 +673,22 @@ pub fn plot_runs(runs: &[&Path], out: &Path) -> Result<()> {
         .join(", ");
     let svg = plot_svg(&loaded, &title)
         .map_err(|e| Error::invalid(context, format!("cannot plot: {e}")))?;
-    crate::fsutil::write_atomic(out, svg.as_bytes())
+    crate::fsutil::write_atomic(out, svg.as_bytes())?;
+    if let Some(dir) = csv {
+        std::fs::create_dir_all(dir).at(dir)?;
+        for (label, m) in &loaded {
+            let stem = label.replace(['/', '\\'], "_");
+            let (train, test) = to_csv(m);
+            crate::fsutil::write_atomic(&dir.join(format!("{stem}.train.csv")), train.as_bytes())?;
+            crate::fsutil::write_atomic(&dir.join(format!("{stem}.test.csv")), test.as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 /// Plots the metrics file `metrics` into the SVG file `out` (written atomically).
 pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
-    plot_runs(&[metrics], out)
+    plot_runs(&[metrics], out, None)
 }
 
 #[cfg(test)]
@@ -764,6 +821,37 @@ mod tests {
             assert!(svg.contains(label), "{label}");
         }
         assert!(!svg.contains(">train loss<"));
+    }
+
+    #[test]
+    fn csv_tables_leave_unknown_values_empty() {
+        let mut m = Metrics::default();
+        let p = |loss, lr| TrainPoint {
+            loss,
+            smoothed: loss,
+            lr,
+        };
+        m.train.insert(0, p(2.5, 0.1));
+        m.train.insert(7, p(1.25, f64::NAN));
+        let test = |net: u64, name: &str, at: &[(u64, f64)]| {
+            (
+                (net, name.to_string()),
+                at.iter().copied().collect::<BTreeMap<_, _>>(),
+            )
+        };
+        m.tests.extend([
+            test(0, "acc", &[(0, 0.5), (7, 0.75)]),
+            test(1, "a,b", &[(7, 1.0)]),
+        ]);
+        let (train, tests) = to_csv(&m);
+        assert_eq!(
+            train,
+            "iteration,loss,smoothed_loss,lr\n0,2.5,2.5,0.1\n7,1.25,1.25,\n"
+        );
+        assert_eq!(
+            tests,
+            "iteration,net,\"a,b\",acc\n0,0,,0.5\n7,0,,0.75\n7,1,1,\n"
+        );
     }
 
     #[test]

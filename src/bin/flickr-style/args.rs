@@ -941,6 +941,11 @@ pub(crate) struct PlotArgs {
     /// run of a recipe beside ours, or two learning rates).
     #[arg(value_name = "RUN... OUT.svg", num_args = 2.., required = true)]
     pub(crate) files: Vec<PathBuf>,
+    /// Also write each run's records as CSV into this folder (as parse_log.py does):
+    /// `<run>.train.csv` (iteration, loss, smoothed_loss, lr) and `<run>.test.csv` (iteration,
+    /// net, then a column per test output).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) csv: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -96,7 +96,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let runs: Vec<&Path> = runs.iter().map(PathBuf::as_path).collect();
-            flickr_style::train::plot::plot_runs(&runs, out)?;
+            flickr_style::train::plot::plot_runs(&runs, out, a.csv.as_deref())?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
