@@ -17,7 +17,7 @@
 //! Everything else is passed over. A resumed run logs some iterations again;
 //! as in a metrics file, the later record of an iteration wins.
 use super::plot::{Metrics, TrainPoint};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -166,10 +166,7 @@ pub fn parse_training_log(text: &str, source: &Path) -> Result<Metrics> {
 /// Reads a training log file (its bytes taken as UTF-8, any invalid ones
 /// replaced: only Caffe's ASCII lines matter).
 pub fn read_training_log(path: &Path) -> Result<Metrics> {
-    let bytes = std::fs::read(path).map_err(|cause| Error::Io {
-        path: path.to_path_buf(),
-        cause,
-    })?;
+    let bytes = std::fs::read(path).at(path)?;
     parse_training_log(&String::from_utf8_lossy(&bytes), path)
 }
 

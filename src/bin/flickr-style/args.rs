@@ -91,6 +91,7 @@ pub(crate) enum Command {
     Time(TimeArgs),
     /// Plot training runs as SVG (a `finetune --metrics` file or a Caffe training log; several
     /// overlaid): training and test losses, test scores, learning rate (parse_log.py, plot_training_log.py).
+    #[command(override_usage = "flickr-style plot [OPTIONS] <RUN>... <OUT.svg>")]
     Plot(PlotArgs),
     /// Check every layer's GPU code path against the CPU kernels (on --gpu N, or on the CPU).
     CheckOps(CheckOpsArgs),
@@ -939,7 +940,7 @@ pub(crate) struct PlotArgs {
     /// Caffe's wording: `caffe train`'s output (e.g. `caffe train ... 2>&1 | tee train.log`) or
     /// `finetune --log`'s. Several runs are drawn over each other, a colour each (e.g. Caffe's
     /// run of a recipe beside ours, or two learning rates).
-    #[arg(value_name = "RUN... OUT.svg", num_args = 2.., required = true)]
+    #[arg(value_name = "FILE", num_args = 2.., required = true)]
     pub(crate) files: Vec<PathBuf>,
     /// Also write each run's records as CSV into this folder (as parse_log.py does):
     /// `<run>.train.csv` (iteration, loss, smoothed_loss, lr) and `<run>.test.csv` (iteration,
