@@ -328,10 +328,9 @@ fn coverage(iters: usize, batch: usize, images: usize) -> String {
 }
 
 /// The dry-run report of a solver about to train (from `start_iter`, when
-/// resumed): the train net's table,
-/// the warnings, the weights files' unused layers, the schedule in passes
-/// over the training data, each test phase's coverage, and the nets'
-/// memory floor.
+/// resumed): the train net's table, the weights files' unused layers, the
+/// schedule in passes over the training data, each test phase's coverage,
+/// the nets' memory floor and the warnings.
 pub fn report(
     param: &SolverParameter,
     start_iter: usize,
