@@ -160,8 +160,10 @@ fn series(
     }
 }
 
-/// The test outputs' colours in a plot of one run (its training loss is blue).
-const PALETTE: [RGBColor; 6] = [
+/// Series colours: the first for one run's training loss (or the first of
+/// several runs), the others for its test outputs (or the further runs).
+const COLOURS: [RGBColor; 7] = [
+    RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
@@ -262,16 +264,6 @@ fn draw_panel(
     Ok(())
 }
 
-/// A run's colour when several are drawn in one plot.
-const RUN_COLOURS: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
-
 /// The plot as SVG text: a loss panel, a panel of the other test outputs
 /// (accuracy) when there are any, and the learning rate (log scale when it
 /// spans more than a factor of 10). One run (a name and its records) is
@@ -308,7 +300,7 @@ pub fn plot_svg(runs: &[(String, Metrics)], title: &str) -> std::result::Result<
             m.train.iter().map(|(&i, p)| (i as f64, f(p))).collect()
         };
         let (pre, colour) = if several {
-            (format!("{name}: "), RUN_COLOURS[r % RUN_COLOURS.len()])
+            (format!("{name}: "), COLOURS[r % COLOURS.len()])
         } else {
             // Each iteration's loss is too noisy to overlay other runs on.
             losses.push(series(
@@ -318,7 +310,7 @@ pub fn plot_svg(runs: &[(String, Metrics)], title: &str) -> std::result::Result<
                 false,
                 train(|p| p.loss),
             ));
-            (String::new(), RUN_COLOURS[0])
+            (String::new(), COLOURS[0])
         };
         losses.push(series(
             format!("{pre}train loss (smoothed)"),
@@ -332,7 +324,7 @@ pub fn plot_svg(runs: &[(String, Metrics)], title: &str) -> std::result::Result<
             let c = if several {
                 colour
             } else {
-                PALETTE[tests_drawn % PALETTE.len()]
+                COLOURS[1 + tests_drawn % (COLOURS.len() - 1)]
             };
             tests_drawn += 1;
             let mut s = series(
