@@ -113,7 +113,7 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool, fused: bool) -> V
         if case.filled {
             bad.extend(compare(format!("parameter {j} as filled"), net.param(i), p));
         }
-        net.set_param(i, tensor(p));
+        net.set_param(i, tensor(p)).unwrap();
     }
     let inputs = case.inputs.iter().map(tensor).collect();
     let objective = match net.forward_batch(inputs) {

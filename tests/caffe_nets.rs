@@ -110,7 +110,8 @@ fn check(g: &GoldenNet, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> 
         };
         let shape = net.param(i).shape().clone();
         let values = formula(shape.elem_count(), f.offset, f.amp, k);
-        net.set_param(i, Tensor::from_vec(values, shape, &Device::Cpu).unwrap());
+        net.set_param(i, Tensor::from_vec(values, shape, &Device::Cpu).unwrap())
+            .unwrap();
     }
     let side = 224;
     let data = formula(2 * 3 * side * side, 0.0, 1.0, 1000);

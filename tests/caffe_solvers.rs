@@ -7,7 +7,8 @@
 //! afterwards (sum, sum of squares, eight sampled values) must agree. One
 //! variant crops and mirrors its TRAIN images at random: the draws come from
 //! the solver's `random_seed` as Caffe's do, so the trajectory is Caffe's;
-//! another also starts from the net's fillers instead of the weights.
+//! another also starts from the net's fillers instead of the weights; two
+//! share fc7's blobs with a second layer (one of another shape, PERMISSIVE).
 mod common;
 use common::golden::{assert_agree, Fingerprint};
 use serde::Deserialize;
@@ -75,14 +76,14 @@ fn check(v: &Variant, dir: &std::path::Path) -> Vec<String> {
             }
         }
     }
+    // Every layer's blobs, as pycaffe lists them: a layer that shares
+    // another's (`param { name: … }`) must hold its values too.
     for f in &v.params {
-        let Some(i) = (0..s.train.params().len()).find(|&i| {
-            s.train.param_layer_name(i) == f.layer && s.train.params()[i].index == f.index
-        }) else {
+        let Some(blob) = s.train.layer_blob(&f.layer, f.index) else {
             bad.push(format!("no parameter {} {}", f.layer, f.index));
             continue;
         };
-        let got: Vec<f32> = s.train.param(i).flatten_all().unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = blob.flatten_all().unwrap().to_vec1().unwrap();
         let what = format!("{} {}", f.layer, f.index);
         match f.print.errors(&got) {
             Ok(e) => {
@@ -114,7 +115,7 @@ const VALUE_TOL: f64 = 5e-5;
 fn every_solver_variant_matches_caffe() {
     let golden: Golden = common::golden::load("caffe_solvers.json");
     eprintln!("golden numbers: {}", golden.provenance);
-    assert!(golden.variants.len() >= 18);
+    assert!(golden.variants.len() >= 21);
     assert!(golden.variants.iter().any(|v| !v.init_weights));
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();

@@ -939,3 +939,154 @@ fn dry_run_shows_where_each_layer_starts_and_writes_nothing() {
     let warned = err.lines().find(|l| l.contains("'fc8_new' has lr_mult 0"));
     assert!(warned.is_some_and(|l| l.starts_with('W')), "{err}");
 }
+
+/// The tiny net with fc7's blobs shared by `fc7b`, a second InnerProduct
+/// after it (the edit of the `shared_params` case in
+/// `tests/data/caffe_solvers.json`, whose trajectory is Caffe's).
+fn share_fc7(net: String) -> String {
+    net.replacen(
+        "top: \"fc7\"\n  param { lr_mult: 1 decay_mult: 1 }\n  param { lr_mult: 2 decay_mult: 0 }",
+        "top: \"fc7\"\n  param { name: \"fc7_w\" }\n  param { name: \"fc7_b\" }",
+        1,
+    )
+    .replacen(
+        "layer { name: \"relu7\" type: \"ReLU\" bottom: \"fc7\" top: \"fc7\" }",
+        "layer { name: \"relu7\" type: \"ReLU\" bottom: \"fc7\" top: \"fc7\" }\n\
+         layer { name: \"fc7b\" type: \"InnerProduct\" bottom: \"fc7\" top: \"fc7b\" \
+         param { name: \"fc7_w\" lr_mult: 3 decay_mult: 0.5 } param { name: \"fc7_b\" lr_mult: 6 decay_mult: 0 } \
+         inner_product_param { num_output: 64 weight_filler { type: \"gaussian\" std: 0.05 } } }",
+        1,
+    )
+    .replacen("bottom: \"fc7\"\n  top: \"fc8\"", "bottom: \"fc7b\"\n  top: \"fc8\"", 1)
+}
+
+#[test]
+fn shared_parameters_snapshot_resume_and_report_as_one_blob() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let solver = edited_net(p, share_fc7);
+    let text = std::fs::read_to_string(&solver)
+        .unwrap()
+        .replace("max_iter: 30", "max_iter: 6")
+        .replace("snapshot: 15", "snapshot: 3")
+        .replace("test_interval: 15", "test_interval: 3");
+    std::fs::write(&solver, text).unwrap();
+    let init = fixture("tiny-net/snapshots/init_iter_0.caffemodel");
+    let mut s = solver_in(p, solver.to_str().unwrap(), &p.join("run")).unwrap();
+    s.load_weights(std::slice::from_ref(&init)).unwrap();
+    assert_eq!(s.train.params().len(), 12, "fc7b's blobs are fc7's");
+    s.solve().unwrap();
+    // Both layers' blobs in the snapshot hold the one trained value.
+    let model = read_caffemodel(&p.join("run_iter_6.caffemodel")).unwrap();
+    let blobs = |name: &str| {
+        let l = model.layer.iter().find(|l| l.name() == name).unwrap();
+        l.blobs.iter().map(|b| b.values()).collect::<Vec<_>>()
+    };
+    assert_eq!(blobs("fc7"), blobs("fc7b"));
+    let start = read_caffemodel(&init).unwrap();
+    let fc7 = start.layer.iter().find(|l| l.name() == "fc7").unwrap();
+    assert_ne!(blobs("fc7")[0], fc7.blobs[0].values(), "fc7 trained");
+    // A resume from iteration 3 retraces the run exactly.
+    let mut r = solver_in(p, solver.to_str().unwrap(), &p.join("again")).unwrap();
+    r.restore(&p.join("run_iter_3.solverstate")).unwrap();
+    r.solve().unwrap();
+    assert_eq!(r.trajectory[..], s.trajectory[3..]);
+    // The GPU code path (candle tensor ops, here on the CPU) tracks it.
+    let mut opts = common::solver_options(p, solver.to_str().unwrap(), &p.join("ops"));
+    opts.tensor_ops = true;
+    let mut g = flickr_style::train::solver::Solver::new(&opts).unwrap();
+    g.load_weights(std::slice::from_ref(&init)).unwrap();
+    g.solve().unwrap();
+    assert_eq!(g.trajectory.len(), s.trajectory.len());
+    for ((it, a), (_, b)) in g.trajectory.iter().zip(&s.trajectory) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs(),
+            "iteration {it}: {a} vs {b}"
+        );
+    }
+
+    // The dry run counts each shared blob once and says who shares it.
+    let (ok, out, err) = run(
+        p,
+        &[
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--weights",
+            init.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert!(ok, "{err}");
+    for want in [
+        "| fc7 | InnerProduct | 8x64 | 4,160 | 3, 6 | ",
+        "| fc7b | InnerProduct | 8x64 |  | 3, 6 | shares the weights of 'fc7', the bias of 'fc7' | yes |",
+        "117,636 parameters: 116,420 learn",
+    ] {
+        assert!(out.contains(want), "{want}\n{out}");
+    }
+}
+
+#[test]
+fn shared_parameter_mistakes_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let error = |edit: &dyn Fn(String) -> String| {
+        let solver = edited_net(p, edit);
+        solver_in(p, solver.to_str().unwrap(), &p.join("x"))
+            .err()
+            .expect("the net is refused")
+            .to_string()
+    };
+    let name = |net: String, layer: &str, weights: &str, bias: &str| {
+        net.replacen(
+            &format!(
+                "top: \"{layer}\"\n  param {{ lr_mult: 1 decay_mult: 1 }}\n  param {{ lr_mult: 2 decay_mult: 0 }}"
+            ),
+            &format!("top: \"{layer}\"\n  param {{ {weights} }}\n  param {{ {bias} }}"),
+            1,
+        )
+    };
+    // fc6's weights (64 x 1568) and fc7's (64 x 64) under one name.
+    let e = error(&|n| {
+        let n = name(n, "fc6", "name: \"w\"", "lr_mult: 2");
+        name(n, "fc7", "name: \"w\"", "lr_mult: 2")
+    });
+    assert!(
+        e.contains("layer 'fc7'")
+            && e.contains("cannot share param 'w' owned by layer 'fc6': shape mismatch")
+            && e.contains("64 1568 (100352)")
+            && e.contains("64 64 (4096)"),
+        "{e}"
+    );
+    // PERMISSIVE compares counts: these differ too.
+    let e = error(&|n| {
+        let n = name(n, "fc6", "name: \"w\"", "lr_mult: 2");
+        name(n, "fc7", "name: \"w\" share_mode: PERMISSIVE", "lr_mult: 2")
+    });
+    assert!(e.contains("count mismatch"), "{e}");
+    // Their biases (64 each) with two learning rates.
+    let e = error(&|n| {
+        let n = name(n, "fc6", "lr_mult: 1", "name: \"b\" lr_mult: 2");
+        name(n, "fc7", "lr_mult: 1", "name: \"b\" lr_mult: 3")
+    });
+    assert!(
+        e.contains("layer 'fc7'")
+            && e.contains("shared param 'b' has mismatched lr_mult: 3 here, 2"),
+        "{e}"
+    );
+    // BatchNorm rewrites its blobs in the forward pass: not shareable.
+    let e = error(&|n| {
+        n.replacen(
+            "layer { name: \"relu7\"",
+            "layer { name: \"bn7\" type: \"BatchNorm\" bottom: \"fc7\" top: \"fc7\" \
+             param { name: \"m\" lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 } }\n\
+             layer { name: \"relu7\"",
+            1,
+        )
+    });
+    assert!(
+        e.contains("layer 'bn7'") && e.contains("BatchNorm layers' blobs cannot be shared"),
+        "{e}"
+    );
+}

@@ -331,7 +331,7 @@ fn resnet_builds_with_caffes_shapes_trains_and_tests_on_its_running_statistics()
     // The TEST net normalises by the running sums the 8 TRAIN passes left,
     // which fit data like the training batches.
     let mut test = Net::new(&def, &BuildContext::cpu(t.path(), 6, Phase::Test), None).unwrap();
-    test.share_from(&trained);
+    test.share_from(&trained).unwrap();
     let loss = test.forward().unwrap();
     eprintln!("ResNet-18/8 TEST loss on the running statistics: {loss}");
     assert!(loss.is_finite() && loss < 0.5, "{loss}");

@@ -86,6 +86,43 @@ VARIANTS = {
                              'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
                              'layer { name: "drop7" type: "Dropout" bottom: "fc7" top: "fc7" '
                              'dropout_param { dropout_ratio: 0.3 } }', 1)),
+    # Shared parameters (`param { name: … }`): fc7b, a second InnerProduct
+    # on fc7, shares fc7's weights and bias, so their gradients add up. fc7
+    # gives no lr_mult or decay_mult, so fc7b's (3 and 0.5, 6 and 0) are
+    # the ones the solver applies; fc7 still computes its gradients (its
+    # own lr_mult is the default 1). The weights copy into fc7 reaches fc7b.
+    "shared_params": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.005 lr_policy: "fixed"',
+                      lambda net: net.replace(
+                          'top: "fc7"\n  param { lr_mult: 1 decay_mult: 1 }\n  param { lr_mult: 2 decay_mult: 0 }',
+                          'top: "fc7"\n  param { name: "fc7_w" }\n  param { name: "fc7_b" }', 1)
+                      .replace('layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }',
+                               'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+                               'layer { name: "fc7b" type: "InnerProduct" bottom: "fc7" top: "fc7b" '
+                               'param { name: "fc7_w" lr_mult: 3 decay_mult: 0.5 } '
+                               'param { name: "fc7_b" lr_mult: 6 decay_mult: 0 } '
+                               'inner_product_param { num_output: 64 '
+                               'weight_filler { type: "gaussian" std: 0.05 } '
+                               'bias_filler { type: "constant" value: 0.1 } } }\n'
+                               'layer { name: "relu7b" type: "ReLU" bottom: "fc7b" top: "fc7b" }', 1)
+                      .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7b"\n  top: "fc8"', 1)),
+    # PERMISSIVE sharing: fc7's 64x64 weights as the 64x64x1x1 filters of a
+    # 1x1 convolution over fc7 reshaped to 8x64x1x1 (the same count, another
+    # shape); the bias is shared strictly, the lr_mults agree with fc7's.
+    "shared_permissive": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+                          lambda net: net.replace(
+                              'top: "fc7"\n  param { lr_mult: 1 decay_mult: 1 }\n  param { lr_mult: 2 decay_mult: 0 }',
+                              'top: "fc7"\n  param { name: "w7" lr_mult: 1 decay_mult: 1 }\n'
+                              '  param { name: "b7" lr_mult: 2 decay_mult: 0 }', 1)
+                          .replace('layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }',
+                                   'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+                                   'layer { name: "fc7r" type: "Reshape" bottom: "fc7" top: "fc7r" '
+                                   'reshape_param { shape { dim: 0 dim: -1 dim: 1 dim: 1 } } }\n'
+                                   'layer { name: "fc7c" type: "Convolution" bottom: "fc7r" top: "fc7c" '
+                                   'param { name: "w7" lr_mult: 1 share_mode: PERMISSIVE } param { name: "b7" } '
+                                   'convolution_param { num_output: 64 kernel_size: 1 '
+                                   'weight_filler { type: "gaussian" std: 0.05 } } }\n'
+                                   'layer { name: "relu7c" type: "ReLU" bottom: "fc7c" top: "fc7c" }', 1)
+                          .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7c"\n  top: "fc8"', 1)),
 }
 
 

@@ -21,8 +21,12 @@ struct Entry {
     loss_weights: Vec<f32>,
     need_backward: bool,
     propagate: Vec<bool>,
-    /// Per parameter: (lr_mult, decay_mult).
+    /// Per parameter: (lr_mult, decay_mult), from the layer's own specs
+    /// (which decide, as in Caffe, whether it computes that gradient).
     mults: Vec<(f32, f32)>,
+    /// Per parameter: the learnable parameter it is, or shares (an index
+    /// into [`Net::params`]).
+    slots: Vec<usize>,
 }
 
 /// A learnable parameter's place and multipliers.
@@ -49,8 +53,12 @@ pub struct LayerInfo<'a> {
     pub tops: Vec<Vec<usize>>,
     /// The shapes of its learnable blobs (weights, then bias).
     pub param_shapes: Vec<Vec<usize>>,
-    /// Per learnable blob: (lr_mult, decay_mult).
+    /// Per learnable blob: (lr_mult, decay_mult) as the solver applies
+    /// them (a shared blob's are its owner's).
     pub mults: Vec<(f32, f32)>,
+    /// Per learnable blob: for one this layer shares with an earlier one,
+    /// that layer's name and blob index.
+    pub shared_from: Vec<Option<(String, usize)>>,
     /// Whether it runs backward (Caffe's need-backward analysis).
     pub backward: bool,
 }
@@ -65,7 +73,12 @@ pub struct Net {
     blob_shapes: Vec<Vec<usize>>,
     blobs: Vec<Option<Tensor>>,
     outputs: Vec<usize>,
+    /// The learnable parameters: each blob no earlier blob shares.
     params: Vec<ParamRef>,
+    /// Per learnable parameter, the other layers' blobs that share it
+    /// (`param { name: … }`) as (layer index, blob index): they hold its
+    /// values, reshaped to their own shapes, and their gradients add to its.
+    sharers: Vec<Vec<(usize, usize)>>,
     /// Accumulated parameter gradients, aligned with `params`.
     grads: Vec<Option<Tensor>>,
     /// Per-layer (forward, backward) time when timing is on.
@@ -116,6 +129,7 @@ impl Net {
             blobs: Vec::new(),
             outputs: Vec::new(),
             params: Vec::new(),
+            sharers: Vec::new(),
             grads: Vec::new(),
             timing: None,
             tensor_ops: ctx.uses_tensor_ops(),
@@ -240,17 +254,18 @@ impl Net {
                     ),
                 ));
             }
-            if lp
-                .param
-                .iter()
-                .any(|p| p.name.as_deref().is_some_and(|n| !n.is_empty()))
-            {
+            let fixed = layer.fixed_params();
+            if fixed && lp.param.iter().any(|p| !p.name().is_empty()) {
+                // Its forward pass rewrites the running statistics, which
+                // a second layer would then not see.
                 return Err(Error::model(
                     &lctx,
-                    "shared (named) parameters are not supported",
+                    format!(
+                        "{} layers' blobs cannot be shared (`param {{ name: … }}`)",
+                        lp.r#type()
+                    ),
                 ));
             }
-            let fixed = layer.fixed_params();
             let mults: Vec<(f32, f32)> = (0..n_params)
                 .map(|i| {
                     let (lr, decay) = lp
@@ -269,6 +284,7 @@ impl Net {
                 need_backward: false,
                 propagate: Vec::new(),
                 mults,
+                slots: Vec::new(),
             });
         }
         if net.entries.is_empty() {
@@ -288,21 +304,113 @@ impl Net {
             let grads: Vec<bool> = e.mults.iter().map(|&(lr, _)| lr != 0.0).collect();
             e.layer.plan_backward(e.need_backward, &grads);
         }
-        for (li, e) in net.entries.iter().enumerate() {
-            for (pi, &(lr, decay)) in e.mults.iter().enumerate() {
-                net.params.push(ParamRef {
-                    layer: li,
-                    index: pi,
-                    lr_mult: lr,
-                    decay_mult: decay,
-                });
-            }
-        }
+        net.assign_params()?;
         net.grads = vec![None; net.params.len()];
         if net.device.is_cpu() {
             net.check_memory()?;
         }
         Ok(net)
+    }
+
+    /// Lists the learnable parameters in Caffe's order (layer order, weight
+    /// then bias) and joins the blobs that name a parameter seen before to
+    /// it (Caffe's Net::AppendParam and ShareWeights): the shapes must be
+    /// equal (or, with `share_mode: PERMISSIVE`, the counts), an lr_mult or
+    /// decay_mult given on both sides must agree, and one given only on the
+    /// sharing side is the parameter's. Sharers start from the owner's values.
+    fn assign_params(&mut self) -> Result<()> {
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        // Per learnable parameter: whether its lr_mult and decay_mult were given.
+        let mut given: Vec<(bool, bool)> = Vec::new();
+        for li in 0..self.entries.len() {
+            let e = &self.entries[li];
+            let mut slots = Vec::with_capacity(e.mults.len());
+            for (pi, &(lr, decay)) in e.mults.iter().enumerate() {
+                let spec = e.param.param.get(pi);
+                let name = spec.map_or("", |s| s.name());
+                let has = (
+                    spec.is_some_and(|s| s.lr_mult.is_some()),
+                    spec.is_some_and(|s| s.decay_mult.is_some()),
+                );
+                let Some(&owner) = by_name.get(name).filter(|_| !name.is_empty()) else {
+                    if !name.is_empty() {
+                        by_name.insert(name.to_string(), self.params.len());
+                    }
+                    slots.push(self.params.len());
+                    given.push(has);
+                    self.params.push(ParamRef {
+                        layer: li,
+                        index: pi,
+                        lr_mult: lr,
+                        decay_mult: decay,
+                    });
+                    self.sharers.push(Vec::new());
+                    continue;
+                };
+                let o = self.params[owner];
+                let owner_layer = self.entries[o.layer].param.name();
+                let ctx = format!("layer '{}'", e.param.name());
+                let (mine, theirs) = (
+                    e.layer.params()[pi].dims(),
+                    self.entries[o.layer].layer.params()[o.index].dims(),
+                );
+                let permissive = spec.is_some_and(|s| {
+                    s.share_mode() == crate::caffe::proto::param_spec::DimCheckMode::Permissive
+                });
+                let count = |d: &[usize]| d.iter().product::<usize>();
+                let show =
+                    |d: &[usize]| shape_string(&d.iter().map(|&x| x as i64).collect::<Vec<_>>());
+                if (permissive && count(mine) != count(theirs)) || (!permissive && mine != theirs) {
+                    return Err(Error::model(
+                        &ctx,
+                        format!(
+                            "cannot share param '{name}' owned by layer '{owner_layer}': {} \
+                             mismatch. The owner's shape is {}; this layer's is {}{}",
+                            if permissive { "count" } else { "shape" },
+                            show(theirs),
+                            show(mine),
+                            if permissive || count(mine) != count(theirs) {
+                                ""
+                            } else {
+                                " (share_mode: PERMISSIVE shares blobs whose counts agree)"
+                            }
+                        ),
+                    ));
+                }
+                for (what, has_here, has_there, here, there) in [
+                    ("lr_mult", has.0, given[owner].0, lr, o.lr_mult),
+                    ("decay_mult", has.1, given[owner].1, decay, o.decay_mult),
+                ] {
+                    if has_here && has_there && here != there {
+                        return Err(Error::model(
+                            &ctx,
+                            format!(
+                                "shared param '{name}' has mismatched {what}: {here} here, \
+                                 {there} where layer '{owner_layer}' or an earlier sharer set it"
+                            ),
+                        ));
+                    }
+                }
+                let p = &mut self.params[owner];
+                if has.0 && !given[owner].0 {
+                    p.lr_mult = lr;
+                    given[owner].0 = true;
+                }
+                if has.1 && !given[owner].1 {
+                    p.decay_mult = decay;
+                    given[owner].1 = true;
+                }
+                self.sharers[owner].push((li, pi));
+                slots.push(owner);
+            }
+            self.entries[li].slots = slots;
+        }
+        for i in 0..self.params.len() {
+            if !self.sharers[i].is_empty() {
+                self.set_param(i, self.param(i).clone())?;
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a CPU net that cannot fit the machine (see [`Net::memory_floor`]).
@@ -327,11 +435,9 @@ impl Net {
             *n = (*n).max(shape.iter().product::<usize>() as u64);
         }
         let blobs: u64 = per_name.values().sum();
-        let params: u64 = self
-            .entries
-            .iter()
-            .flat_map(|e| e.layer.params())
-            .map(|t| t.elem_count() as u64)
+        // Shared blobs hold their owner's values: count each once.
+        let params: u64 = (0..self.params.len())
+            .map(|i| self.param(i).elem_count() as u64)
             .sum();
         let kept: u64 = self
             .entries
@@ -544,10 +650,8 @@ impl Net {
                 }
             }
         }
-        let mut param_base = self.params.len();
         for li in (0..self.entries.len()).rev() {
             let e = &mut self.entries[li];
-            param_base -= e.mults.len();
             if !e.need_backward {
                 continue;
             }
@@ -583,9 +687,16 @@ impl Net {
                     });
                 }
             }
+            let slots = e.slots.clone();
             for (i, g) in pgrads.into_iter().enumerate() {
-                if let Some(g) = g {
-                    let slot = &mut self.grads[param_base + i];
+                if let Some(mut g) = g {
+                    let owner = slots[i];
+                    let p = self.params[owner];
+                    if (p.layer, p.index) != (li, i) {
+                        // A sharer's gradient (reshaped, for a PERMISSIVE share).
+                        g = g.reshape(self.param(owner).shape())?;
+                    }
+                    let slot = &mut self.grads[owner];
                     *slot = Some(match slot.take() {
                         Some(d) => (d + g)?,
                         None => g,
@@ -646,10 +757,16 @@ impl Net {
         &self.entries[p.layer].layer.params()[p.index]
     }
 
-    /// Replaces parameter `i`.
-    pub fn set_param(&mut self, i: usize, value: Tensor) {
+    /// Replaces parameter `i` (in every layer that shares it).
+    pub fn set_param(&mut self, i: usize, value: Tensor) -> Result<()> {
+        for k in 0..self.sharers[i].len() {
+            let (l, b) = self.sharers[i][k];
+            let t = &mut self.entries[l].layer.params_mut()[b];
+            *t = value.reshape(t.shape())?;
+        }
         let p = self.params[i];
         self.entries[p.layer].layer.params_mut()[p.index] = value;
+        Ok(())
     }
 
     /// Accumulated gradient of parameter `i` (zero if none was computed).
@@ -663,6 +780,12 @@ impl Net {
     /// Sets the gradient of parameter `i` (after clipping or normalising).
     pub fn set_grad(&mut self, i: usize, g: Tensor) {
         self.grads[i] = Some(g);
+    }
+
+    /// Blob `index` of layer `layer` (a shared blob holds its owner's values).
+    pub fn layer_blob(&self, layer: &str, index: usize) -> Option<&Tensor> {
+        let e = self.entries.iter().find(|e| e.param.name() == layer)?;
+        e.layer.params().get(index)
     }
 
     /// Name of the layer owning parameter `i`.
@@ -751,7 +874,8 @@ impl Net {
     pub fn layer_infos(&self) -> Vec<LayerInfo<'_>> {
         self.entries
             .iter()
-            .map(|e| LayerInfo {
+            .enumerate()
+            .map(|(li, e)| LayerInfo {
                 param: &e.param,
                 type_name: e.layer.type_name(),
                 tops: e
@@ -760,7 +884,21 @@ impl Net {
                     .map(|&t| self.blob_shapes[t].clone())
                     .collect(),
                 param_shapes: e.layer.params().iter().map(|t| t.dims().to_vec()).collect(),
-                mults: e.mults.clone(),
+                mults: e
+                    .slots
+                    .iter()
+                    .map(|&s| (self.params[s].lr_mult, self.params[s].decay_mult))
+                    .collect(),
+                shared_from: e
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| {
+                        let p = self.params[s];
+                        ((p.layer, p.index) != (li, i))
+                            .then(|| (self.entries[p.layer].param.name().to_string(), p.index))
+                    })
+                    .collect(),
                 backward: e.need_backward,
             })
             .collect()
@@ -789,15 +927,16 @@ impl Net {
     ) -> Result<Vec<String>> {
         let mut ignored = Vec::new();
         for src in &source.layer {
-            let Some(e) = self
+            let Some(li) = self
                 .entries
-                .iter_mut()
-                .find(|e| e.param.name() == src.name())
+                .iter()
+                .position(|e| e.param.name() == src.name())
             else {
                 ignored.push(src.name().to_string());
                 continue;
             };
-            let target = e.layer.params_mut();
+            let e = &self.entries[li];
+            let target = e.layer.params();
             if src.blobs.len() != target.len() {
                 return Err(Error::model(
                     format!("layer '{}'", src.name()),
@@ -808,7 +947,8 @@ impl Net {
                     ),
                 ));
             }
-            for (i, (blob, t)) in src.blobs.iter().zip(target.iter_mut()).enumerate() {
+            let mut values = Vec::with_capacity(target.len());
+            for (i, (blob, t)) in src.blobs.iter().zip(target).enumerate() {
                 let dims = t.dims().to_vec();
                 if !shape_equals(blob, &dims) {
                     return Err(Error::model(
@@ -820,7 +960,16 @@ impl Net {
                         ),
                     ));
                 }
-                *t = Tensor::from_vec(blob.values(), dims, t.device())?;
+                values.push((
+                    e.slots[i],
+                    Tensor::from_vec(blob.values(), dims, t.device())?,
+                ));
+            }
+            // Into the blobs that share them too (as Caffe's shared memory
+            // takes them): with several such layers in the file, the last wins.
+            for (slot, t) in values {
+                let shape = self.param(slot).shape().clone();
+                self.set_param(slot, t.reshape(shape)?)?;
             }
         }
         Ok(ignored)
@@ -828,7 +977,7 @@ impl Net {
 
     /// Shares parameter values with `other` by layer name (test nets use the
     /// train net's weights).
-    pub fn share_from(&mut self, other: &Net) {
+    pub fn share_from(&mut self, other: &Net) -> Result<()> {
         for e in &mut self.entries {
             if let Some(o) = other
                 .entries
@@ -847,6 +996,13 @@ impl Net {
                 }
             }
         }
+        // A sharing layer the other net lacks takes its owner's values.
+        for i in 0..self.params.len() {
+            if !self.sharers[i].is_empty() {
+                self.set_param(i, self.param(i).clone())?;
+            }
+        }
+        Ok(())
     }
 
     /// The net as a V2 NetParameter with every layer's blobs (a .caffemodel).

@@ -639,7 +639,7 @@ impl Solver {
                 "solver.cpp:347",
                 &format!("Iteration {}, Testing net (#{ti})", self.iter),
             );
-            self.tests[ti].share_from(&self.train);
+            self.tests[ti].share_from(&self.train)?;
             let iters = self.param.test_iter[ti].max(0) as usize;
             let mut scores: Vec<(String, f32, f32)> = Vec::new();
             let mut loss = 0.0f32;

@@ -60,10 +60,12 @@ pub struct LayerRow {
     pub type_name: String,
     /// Shapes of its tops.
     pub tops: Vec<Vec<usize>>,
-    /// Learnable values.
+    /// Learnable values of its own (not counting the blobs it shares).
     pub params: usize,
     /// Per learnable blob, its lr_mult.
     pub lr_mults: Vec<f32>,
+    /// The blobs it shares with earlier layers, e.g. `weights of 'fc7'`.
+    pub shares: Vec<String>,
     /// Where the parameters start.
     pub start: Start,
     /// Whether it runs backward.
@@ -134,8 +136,28 @@ pub fn layer_rows(net: &Net, sources: &WeightSources) -> Vec<LayerRow> {
             let params = l
                 .param_shapes
                 .iter()
-                .map(|s| s.iter().product::<usize>())
+                .zip(&l.shared_from)
+                .filter(|(_, from)| from.is_none())
+                .map(|(s, _)| s.iter().product::<usize>())
                 .sum();
+            let shares = l
+                .shared_from
+                .iter()
+                .enumerate()
+                .filter_map(|(i, from)| {
+                    let (layer, blob) = from.as_ref()?;
+                    let what = |b: usize| match b {
+                        0 => "weights".to_string(),
+                        1 => "bias".to_string(),
+                        b => format!("blob {b}"),
+                    };
+                    Some(if i == *blob {
+                        format!("{} of '{layer}'", what(i))
+                    } else {
+                        format!("{} as the {} of '{layer}'", what(i), what(*blob))
+                    })
+                })
+                .collect();
             let start = match (params, sources.copied.get(&name)) {
                 (0, _) => Start::None,
                 (_, Some(file)) => Start::Copied(file.clone()),
@@ -147,6 +169,7 @@ pub fn layer_rows(net: &Net, sources: &WeightSources) -> Vec<LayerRow> {
                 tops: l.tops,
                 params,
                 lr_mults: l.mults.iter().map(|m| m.0).collect(),
+                shares,
                 start,
                 backward: l.backward,
             }
@@ -208,22 +231,29 @@ pub fn to_markdown(rows: &[LayerRow]) -> String {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let (params, mults) = if r.params == 0 {
-            (String::new(), String::new())
-        } else {
-            let m = r.lr_mults.iter().map(|m| m.to_string()).collect::<Vec<_>>();
-            let note = match (r.frozen(), r.statistics()) {
-                (true, _) => " (frozen)",
-                (_, true) => " (running statistics)",
-                _ => "",
-            };
-            (thousands(r.params), format!("{}{note}", m.join(", ")))
+        let m = r.lr_mults.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        let (params, mults) = match (r.params, r.shares.is_empty()) {
+            (0, true) => (String::new(), String::new()),
+            // Only shared blobs: the lr_mults the solver gives them.
+            (0, false) => (String::new(), m.join(", ")),
+            (n, _) => {
+                let note = match (r.frozen(), r.statistics()) {
+                    (true, _) => " (frozen)",
+                    (_, true) => " (running statistics)",
+                    _ => "",
+                };
+                (thousands(n), format!("{}{note}", m.join(", ")))
+            }
         };
-        let start = match &r.start {
+        let mut start = match &r.start {
             Start::None => String::new(),
             Start::Copied(f) => f.clone(),
             Start::Filler(f) => format!("filler: {f}"),
         };
+        if !r.shares.is_empty() {
+            let sep = if start.is_empty() { "" } else { "; " };
+            start = format!("{start}{sep}shares the {}", r.shares.join(", the "));
+        }
         let back = if r.backward { "yes" } else { "no" };
         let _ = writeln!(
             s,
@@ -314,9 +344,18 @@ fn schedule(param: &SolverParameter, max_iter: usize) -> Result<String> {
 /// How a test phase of `iters` batches of `batch` covers `images`.
 fn coverage(iters: usize, batch: usize, images: usize) -> String {
     let seen = iters * batch;
-    let fix = format!(
-        "test_iter {iters} x batch_size {batch} = {seen}; to score each image once, make it {images}"
-    );
+    let needed = images.div_ceil(batch.max(1));
+    let advice = if needed * batch == images {
+        format!("test_iter {needed} scores each image once")
+    } else {
+        // No test_iter fits exactly: Caffe's test phases wrap around, so
+        // the smallest cover repeats the start of the data.
+        format!(
+            "test_iter {needed} scores every image, {} of them twice; `evaluate` scores each once",
+            needed * batch - images
+        )
+    };
+    let fix = format!("test_iter {iters} x batch_size {batch} = {seen}; {advice}");
     match seen.cmp(&images) {
         std::cmp::Ordering::Equal => format!("each of its {images} images once"),
         std::cmp::Ordering::Less => format!("{seen} of its {images} images ({fix})"),
@@ -423,6 +462,7 @@ mod tests {
             tops: vec![vec![2, 3]],
             params,
             lr_mults: lr.to_vec(),
+            shares: Vec::new(),
             start,
             backward: true,
         }
@@ -433,8 +473,13 @@ mod tests {
         assert_eq!(coverage(3, 8, 24), "each of its 24 images once");
         assert_eq!(
             coverage(100, 50, 16000),
-            "5000 of its 16000 images (test_iter 100 x batch_size 50 = 5000; to score each \
-             image once, make it 16000)"
+            "5000 of its 16000 images (test_iter 100 x batch_size 50 = 5000; test_iter 320 \
+             scores each image once)"
+        );
+        assert_eq!(
+            coverage(20, 100, 19998),
+            "2000 of its 19998 images (test_iter 20 x batch_size 100 = 2000; test_iter 200 \
+             scores every image, 2 of them twice; `evaluate` scores each once)"
         );
         assert!(coverage(4, 8, 24).starts_with("its 24 images 1.33 times over (test_iter 4"));
     }

@@ -211,7 +211,7 @@ pub(crate) struct FuseArgs {
 pub(crate) struct ImportFoldersArgs {
     /// Dataset folder: one sub-folder of images per class (nested folders inside a class count too).
     pub(crate) root: PathBuf,
-    /// Folder for train.txt, test.txt (absolute image paths) and labels.txt (class names in label order).
+    /// Folder for train.txt, test.txt (absolute image paths), labels.txt (class names in label order) and samples.csv (each image's class, list and original size).
     pub(crate) out: PathBuf,
     /// Seed of the split and of any re-sampling (the same seed gives the same lists).
     #[arg(long, default_value_t = 1)]
@@ -224,7 +224,7 @@ pub(crate) struct ImportFoldersArgs {
 pub(crate) struct ImportManifestArgs {
     /// The manifest: CSV with a header row (tab-separated when it ends in .tsv or .tab).
     pub(crate) manifest: PathBuf,
-    /// Folder for the lists (absolute image paths) and labels.txt (class names in label order).
+    /// Folder for the lists (absolute image paths), labels.txt (class names in label order) and samples.csv (each image's class, list, original size and the manifest's other columns).
     pub(crate) out: PathBuf,
     #[command(flatten)]
     pub(crate) columns: ManifestColumns,

@@ -60,7 +60,10 @@ fn run(cli: Cli) -> Result<()> {
             let s = import_manifest(&opts)
                 .with_context(|| format!("import-manifest {}", a.manifest.display()))?;
             print!("{}", s.to_markdown());
-            eprintln!("wrote the lists and labels.txt into {}", a.out.display());
+            eprintln!(
+                "wrote the lists, labels.txt and samples.csv into {}",
+                a.out.display()
+            );
             Ok(())
         }
         Command::Finetune(a) => cmd_finetune(a),
@@ -221,10 +224,11 @@ fn cmd_import_folders(a: ImportFoldersArgs) -> Result<()> {
         import_folders(&opts).with_context(|| format!("import-folders {}", a.root.display()))?;
     print!("{}", s.to_markdown());
     eprintln!(
-        "wrote {}, {} and {}",
+        "wrote {}, {}, {} and {}",
         a.out.join("train.txt").display(),
         a.out.join("test.txt").display(),
-        a.out.join("labels.txt").display()
+        a.out.join("labels.txt").display(),
+        a.out.join("samples.csv").display()
     );
     Ok(())
 }

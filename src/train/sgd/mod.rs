@@ -145,7 +145,7 @@ pub fn sgd_update(
                 &adaptive,
                 net.uses_tensor_ops(),
             )?;
-            net.set_param(i, new_w);
+            net.set_param(i, new_w)?;
             continue;
         }
         if net.uses_tensor_ops() {
@@ -156,7 +156,7 @@ pub fn sgd_update(
             };
             let (new_w, new_h) = apply(&w, &g, hist, &step)?;
             *hist = new_h;
-            net.set_param(i, new_w);
+            net.set_param(i, new_w)?;
             continue;
         }
         // In place, in one pass over weights, gradient and history: the
@@ -172,7 +172,7 @@ pub fn sgd_update(
             hist,
             grad: &g.contiguous()?,
         })?;
-        net.set_param(i, w);
+        net.set_param(i, w)?;
     }
     Ok(clipped)
 }
