@@ -26,6 +26,9 @@
 #   - Flickr Style's own recipe (CaffeNet: ImageData with random crops and
 #     mirrors, Dropout, every layer from its filler) on the fixture photos at
 #     batch 8, 4 iterations from the same random_seed: the same losses;
+#   - a net whose fc7b shares fc7's blobs (`param { name }`): Caffe's run
+#     gives our losses, and `caffe train -snapshot` resumes from our
+#     iteration-6 .solverstate to our iteration-12 weights;
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -78,6 +81,25 @@ gray_weights=$(ls ../pipeline_gray/snapshots/*_iter_6.caffemodel)
 gray_eval=$(ls -d ../pipeline_gray/evaluation*)
 cp "$gray_weights" ours/pipeline/gray_iter_6.caffemodel
 
+# A net whose fc7b shares fc7's blobs (`param { name }`, the shared_params
+# case of solvers.py): ours trains 12 iterations with a snapshot at 6.
+python3 - <<'PY'
+net = open("train_val.prototxt").read()
+fc7 = 'top: "fc7"\n  param { lr_mult: 1 decay_mult: 1 }\n  param { lr_mult: 2 decay_mult: 0 }'
+relu7 = 'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }'
+out = (net.replace(fc7, 'top: "fc7"\n  param { name: "fc7_w" }\n  param { name: "fc7_b" }', 1)
+       .replace(relu7, relu7 + '\nlayer { name: "fc7b" type: "InnerProduct" bottom: "fc7" top: "fc7b" '
+                'param { name: "fc7_w" lr_mult: 3 decay_mult: 0.5 } param { name: "fc7_b" lr_mult: 6 decay_mult: 0 } '
+                'inner_product_param { num_output: 64 } }', 1)
+       .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7b"\n  top: "fc8"', 1))
+assert out.count("fc7_w") == 2 and 'bottom: "fc7b"' in out
+open("shared.prototxt", "w").write(out)
+PY
+sed -e 's/train_val.prototxt/shared.prototxt/' -e 's/max_iter: 30/max_iter: 12/' -e 's/snapshot: 15/snapshot: 6/' \
+    -e 's/test_interval: 15/test_interval: 6/' solver.prototxt >solver_shared.prototxt
+"$bin" finetune --solver solver_shared.prototxt --weights snapshots/init_iter_0.caffemodel \
+    --snapshot-prefix ours/shared >ours_shared.log 2>&1
+
 # Caffe on our files.
 in_root() { chroot "$root" env OPENBLAS_NUM_THREADS=1 GLOG_minloglevel=0 bash -c "cd /xc/tiny-net && $1"; }
 in_root "caffe train -solver solver.prototxt -snapshot ours/tiny_iter_15.solverstate" >caffe_resume.log 2>&1
@@ -92,6 +114,8 @@ in_root "caffe train -solver $work/pipeline_gray/solver.prototxt -weights $(ls .
 in_root "caffe test -model $work/pipeline_gray/train_val.prototxt -weights ours/pipeline/gray_iter_6.caffemodel -iterations 1" \
     >caffe_gray_test.log 2>&1
 echo "${gray_eval#../}" >gray_eval.txt
+in_root "caffe train -solver solver_shared.prototxt -weights snapshots/init_iter_0.caffemodel" >caffe_shared.log 2>&1
+in_root "caffe train -solver solver_shared.prototxt -snapshot ours/shared_iter_6.solverstate" >caffe_shared_resume.log 2>&1
 
 # Flickr Style's recipe as Caffe ships it, from its fillers, both ways.
 flickr=$work/flickr
@@ -263,6 +287,20 @@ rows.append(("Flickr Style's recipe from its fillers (ImageData crops and mirror
              f"losses 0-{len(want) - 1} within {dl:.1e} (log prints 6 digits)", len(want) == 4 and dl < 1e-5))
 rows.append(("two Caffe Data layers read our images and targets-lmdb in step (4 batches, a wrap-around)",
              "each record's targets are its label's" if in_step else "OUT OF STEP", in_step))
+
+ours = losses("ours_shared.log")
+got = losses("caffe_shared.log")
+dl = max(abs(got[i] - ours[i]) / ours[i] for i in ours) if len(ours) == 12 and got.keys() == ours.keys() else 1.0
+rows.append(("fc7's blobs shared with fc7b (param { name }): Caffe's run vs ours, 12 iterations",
+             f"losses within {dl:.1e} (log prints 6 digits)", dl < 1e-5))
+got = losses("caffe_shared_resume.log")
+dl = max(abs(got[i] - ours[i]) / ours[i] for i in got) if sorted(got) == list(range(6, 12)) else 1.0
+def shared(path):
+    net = caffe.Net("shared.prototxt", caffe.TEST, weights=path)
+    return {k: [b.data.copy() for b in v] for k, v in net.params.items()}
+dw = blob_err(shared("snapshots/tiny_iter_12.caffemodel"), shared("ours/shared_iter_12.caffemodel"))
+rows.append(("... caffe train -snapshot ours/shared_iter_6.solverstate: losses 6-11, iteration-12 weights vs ours",
+             f"losses within {dl:.1e}, weights {dw:.1e} relative", dl < 1e-5 and dw < 1e-5))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:
