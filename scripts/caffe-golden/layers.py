@@ -271,6 +271,17 @@ case("concat_negative_axis", 'type: "Concat" concat_param { axis: -1 }', shapes=
 case("slice_negative_axis", 'type: "Slice" slice_param { axis: -2 slice_point: 2 }')
 case("accuracy_top2", 'type: "Accuracy" accuracy_param { top_k: 2 }', shapes=[(6, 4)],
      labels=((6,), 4), loss=True)
+# Siamese and SVM losses. Margins near the pairs' distances, so some
+# dissimilar pairs fall inside (a gradient) and some outside (none).
+case("contrastive", 'type: "ContrastiveLoss" contrastive_loss_param { margin: 2.5 }',
+     shapes=[(8, 4), (8, 4)], labels=((8,), 2), loss=True)
+case("contrastive_legacy", 'type: "ContrastiveLoss" contrastive_loss_param { margin: 8 legacy_version: true } '
+     'loss_weight: 0.5', shapes=[(8, 4, 1, 1), (8, 4, 1, 1)], labels=((8,), 2), loss=True)
+case("hinge_l1", 'type: "HingeLoss"', shapes=[(5, 4)], labels=((5,), 4), loss=True)
+case("hinge_l2", 'type: "HingeLoss" hinge_loss_param { norm: L2 } loss_weight: 0.5',
+     shapes=[(3, 2, 2, 2)], labels=((3,), 8), loss=True)
+case("multinomial_logistic", 'type: "MultinomialLogisticLoss"', shapes=[(5, 4)], labels=((5,), 4),
+     inputs=[positive], loss=True)
 
 
 def shape_text(shape):

@@ -31,6 +31,33 @@ def fields(text):
     return "".join(f"{k} {v}\n" for k, v in zip(words[::2], words[1::2]))
 
 
+# A Siamese net (Caffe's mnist_siamese pattern) on the tiny-net data: each
+# batch of 8 is sliced into pairs (image i, image i + 4), both halves run
+# through the same conv1 and feat blobs (`param { name: … }`, so also
+# filled twice from random_seed, the second fill discarded), and a
+# ContrastiveLoss takes the first half's labels as the similarity flags
+# (non-zero: similar). feat has no bias: a shared one cancels out of `a - b`,
+# its gradient is 0 up to rounding noise.
+SIAMESE = """name: "siamese"
+layer { name: "data" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { mean_file: "data/color64_mean.binaryproto" scale: 0.0078125 }
+  data_param { source: "data/color64_lmdb" batch_size: 8 backend: LMDB } }
+layer { name: "pair" type: "Slice" bottom: "data" top: "data_a" top: "data_b" slice_param { axis: 0 } }
+layer { name: "flags" type: "Slice" bottom: "label" top: "sim" top: "label_b" slice_param { axis: 0 } }
+layer { name: "silence" type: "Silence" bottom: "label_b" }
+""" + "".join(
+    f"""layer {{ name: "conv1{s}" type: "Convolution" bottom: "data_{b}" top: "conv1{s}"
+  param {{ name: "conv1_w" }} param {{ name: "conv1_b" lr_mult: 2 }}
+  convolution_param {{ num_output: 8 kernel_size: 5 stride: 4
+    weight_filler {{ type: "gaussian" std: 0.05 }} bias_filler {{ type: "constant" value: 0.1 }} }} }}
+layer {{ name: "relu1{s}" type: "ReLU" bottom: "conv1{s}" top: "conv1{s}" }}
+layer {{ name: "feat{s}" type: "InnerProduct" bottom: "conv1{s}" top: "feat{s}"
+  param {{ name: "feat_w" }}
+  inner_product_param {{ num_output: 4 bias_term: false weight_filler {{ type: "xavier" }} }} }}
+""" for s, b in (("", "a"), ("_p", "b"))) + """layer { name: "loss" type: "ContrastiveLoss" bottom: "feat" bottom: "feat_p" bottom: "sim" top: "loss"
+  contrastive_loss_param { margin: 2 } }
+"""
+
 VARIANTS = {
     "sgd_multistep": 'base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "multistep" '
                      'gamma: 0.5 stepvalue: 3 stepvalue: 7',
@@ -123,6 +150,8 @@ VARIANTS = {
                                    'weight_filler { type: "gaussian" std: 0.05 } } }\n'
                                    'layer { name: "relu7c" type: "ReLU" bottom: "fc7c" top: "fc7c" }', 1)
                           .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7c"\n  top: "fc8"', 1)),
+    "siamese": ('random_seed: 3 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+                lambda net: SIAMESE, False),
 }
 
 

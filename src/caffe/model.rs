@@ -195,6 +195,8 @@ fn upgrade_v1_layer(v1: V1LayerParameter, context: &str) -> Result<LayerParamete
         dropout_param: v1.dropout_param,
         dummy_data_param: v1.dummy_data_param,
         eltwise_param: v1.eltwise_param,
+        contrastive_loss_param: v1.contrastive_loss_param,
+        hinge_loss_param: v1.hinge_loss_param,
         image_data_param: v1.image_data_param,
         inner_product_param: v1.inner_product_param,
         lrn_param: v1.lrn_param,

@@ -111,6 +111,34 @@ pub(super) fn class_of(
     Ok(Some(label as usize))
 }
 
+/// Checks a scores-and-labels pair of bottoms where every value after the
+/// first axis is a class: returns (items, classes).
+pub(super) fn items_and_classes(
+    bottom: &[Vec<usize>],
+    ctx: &str,
+    what: &str,
+) -> Result<(usize, usize)> {
+    let [x, labels] = bottom else {
+        return Err(Error::model(
+            ctx,
+            format!("needs two bottoms: {what} and labels"),
+        ));
+    };
+    let n = x.first().copied().unwrap_or(0);
+    if n == 0 || super::count(labels) != n {
+        return Err(Error::model(
+            ctx,
+            format!("needs one label per item: {what} {x:?}, labels {labels:?}"),
+        ));
+    }
+    Ok((n, super::count(x) / n))
+}
+
+/// Item `i`'s label as a class (an error outside `0..classes`).
+pub(super) fn item_class(labels: &[f32], i: usize, classes: usize, ctx: &str) -> Result<usize> {
+    Ok(class_of(labels[i], None, classes, ctx)?.expect("no ignore label"))
+}
+
 /// A loss layer's top shapes: the scalar loss, and the probabilities (the
 /// scores' shape) when it has a second top.
 pub(super) fn loss_top_shapes(tops: usize, scores: &[usize]) -> Vec<Vec<usize>> {

@@ -7,6 +7,7 @@ mod argmax;
 mod batch_norm;
 mod bias;
 mod concat;
+mod contrastive;
 mod conv;
 mod crop;
 mod cyclic;
@@ -14,11 +15,13 @@ mod data;
 mod deconv;
 mod eltwise;
 mod euclidean;
+mod hinge;
 mod infogain;
 mod inner_product;
 mod loss;
 mod lrn;
 mod lrn_within;
+mod multinomial_logistic;
 mod mvn;
 mod neuron;
 mod pool;
@@ -334,6 +337,9 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             name,
         )),
         "EuclideanLoss" => Box::new(euclidean::EuclideanLoss::new(name)),
+        "ContrastiveLoss" => Box::new(contrastive::ContrastiveLoss::new(param, name)),
+        "HingeLoss" => Box::new(hinge::HingeLoss::new(param, name)),
+        "MultinomialLogisticLoss" => Box::new(multinomial_logistic::MultinomialLogisticLoss::new(name)),
         "SigmoidCrossEntropyLoss" => Box::new(sigmoid_loss::SigmoidCrossEntropyLoss::new(param, name)),
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
@@ -357,7 +363,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Crop, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Crop, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
