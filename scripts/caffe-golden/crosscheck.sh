@@ -29,6 +29,8 @@
 #   - a net whose fc7b shares fc7's blobs (`param { name }`): Caffe's run
 #     gives our losses, and `caffe train -snapshot` resumes from our
 #     iteration-6 .solverstate to our iteration-12 weights;
+#   - `caffe train -snapshot` resumes from our Adam and AdaDelta
+#     .solverstates (a second set of histories) to our weights;
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -99,6 +101,19 @@ sed -e 's/train_val.prototxt/shared.prototxt/' -e 's/max_iter: 30/max_iter: 12/'
     -e 's/test_interval: 15/test_interval: 6/' solver.prototxt >solver_shared.prototxt
 "$bin" finetune --solver solver_shared.prototxt --weights snapshots/init_iter_0.caffemodel \
     --snapshot-prefix ours/shared >ours_shared.log 2>&1
+# Adam and AdaDelta keep a second set of histories after the first in the
+# .solverstate: ours trains 12 iterations of each (a snapshot at 6).
+for kind in Adam AdaDelta; do
+    case $kind in
+    Adam) extra='type: "Adam"\nmomentum2: 0.999\nbase_lr: 0.001' ;;
+    AdaDelta) extra='type: "AdaDelta"\ndelta: 1e-6\nbase_lr: 1.0' ;;
+    esac
+    grep -v '^base_lr' solver.prototxt | sed -e 's/max_iter: 30/max_iter: 12/' -e 's/snapshot: 15/snapshot: 6/' \
+        -e 's/test_interval: 15/test_interval: 6/' -e "s|snapshots/tiny|snapshots/$kind|" >"solver_$kind.prototxt"
+    printf "$extra\n" >>"solver_$kind.prototxt"
+    "$bin" finetune --solver "solver_$kind.prototxt" --weights snapshots/init_iter_0.caffemodel \
+        --snapshot-prefix "ours/$kind" >"ours_$kind.log" 2>&1
+done
 
 # Caffe on our files.
 in_root() { chroot "$root" env OPENBLAS_NUM_THREADS=1 GLOG_minloglevel=0 bash -c "cd /xc/tiny-net && $1"; }
@@ -116,6 +131,9 @@ in_root "caffe test -model $work/pipeline_gray/train_val.prototxt -weights ours/
 echo "${gray_eval#../}" >gray_eval.txt
 in_root "caffe train -solver solver_shared.prototxt -weights snapshots/init_iter_0.caffemodel" >caffe_shared.log 2>&1
 in_root "caffe train -solver solver_shared.prototxt -snapshot ours/shared_iter_6.solverstate" >caffe_shared_resume.log 2>&1
+for kind in Adam AdaDelta; do
+    in_root "caffe train -solver solver_$kind.prototxt -snapshot ours/${kind}_iter_6.solverstate" >"caffe_${kind}_resume.log" 2>&1
+done
 
 # Flickr Style's recipe as Caffe ships it, from its fillers, both ways.
 flickr=$work/flickr
@@ -301,6 +319,13 @@ def shared(path):
 dw = blob_err(shared("snapshots/tiny_iter_12.caffemodel"), shared("ours/shared_iter_12.caffemodel"))
 rows.append(("... caffe train -snapshot ours/shared_iter_6.solverstate: losses 6-11, iteration-12 weights vs ours",
              f"losses within {dl:.1e}, weights {dw:.1e} relative", dl < 1e-5 and dw < 1e-5))
+for kind in ("Adam", "AdaDelta"):
+    ours, got = losses(f"ours_{kind}.log"), losses(f"caffe_{kind}_resume.log")
+    dl = max(abs(got[i] - ours[i]) / ours[i] for i in got) if sorted(got) == list(range(6, 12)) else 1.0
+    dw = blob_err(weights(f"snapshots/{kind}_iter_12.caffemodel"), weights(f"ours/{kind}_iter_12.caffemodel"))
+    rows.append((f"caffe train -snapshot our {kind} iteration-6 .solverstate (two history sets): losses 6-11, "
+                 "iteration-12 weights vs ours", f"losses within {dl:.1e}, weights {dw:.1e} relative",
+                 dl < 1e-5 and dw < 1e-5))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:
