@@ -77,6 +77,7 @@ pub fn base_dir_for(model: &Path) -> std::path::PathBuf {
                 .as_ref()
                 .and_then(|p| p.source.clone())
                 .or_else(|| l.image_data_param.as_ref().and_then(|p| p.source.clone()))
+                .or_else(|| l.hdf5_data_param.as_ref().and_then(|p| p.source.clone()))
         })
         .collect();
     let found = |base: &Path| !sources.is_empty() && sources.iter().all(|s| base.join(s).exists());

@@ -15,6 +15,7 @@ mod data;
 mod deconv;
 mod eltwise;
 mod euclidean;
+mod hdf5_data;
 mod hinge;
 mod infogain;
 mod inner_product;
@@ -343,6 +344,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "SigmoidCrossEntropyLoss" => Box::new(sigmoid_loss::SigmoidCrossEntropyLoss::new(param, name)),
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
+        "HDF5Data" => Box::new(hdf5_data::Hdf5Data::new(param, ctx)?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
         "Crop" => Box::new(crop::Crop::new(param.crop_param.clone().unwrap_or_default(), name)),
@@ -363,7 +365,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Crop, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Crop, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

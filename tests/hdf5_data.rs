@@ -1,0 +1,207 @@
+//! The HDF5Data layer against a real Caffe: `tests/data/hdf5/` holds HDF5
+//! files written by h5py (a gzip-compressed dataset among them, float64 and
+//! int32 ones converted to f32) and `caffe_hdf5.json`, the batches pycaffe
+//! 1.0.0 (Debian bullseye) read from them, made by
+//! `scripts/caffe-golden/hdf5.py`: files in list order with batches that
+//! straddle files and passes, and with `shuffle`, whose file and row orders
+//! come from `std::random_shuffle` over the C library's `rand()`. Every
+//! value of every top must be Caffe's; a resume from any position must
+//! continue the same feed; bad files are named; and a net trains from
+//! HDF5 files and resumes exactly.
+mod common;
+use common::golden::Array;
+use common::run;
+use flickr_style::caffe::model::read_net_prototxt;
+use flickr_style::caffe::proto::Phase;
+use flickr_style::train::layers::BuildContext;
+use flickr_style::train::net::Net;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    prototxt: String,
+    batches: Vec<BTreeMap<String, Array>>,
+}
+
+fn folder() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hdf5")
+}
+
+fn net(prototxt: &str, dir: &Path) -> flickr_style::Result<Net> {
+    let file = dir.join("net.prototxt");
+    std::fs::write(&file, prototxt).unwrap();
+    let def = read_net_prototxt(&file)?;
+    Net::new(&def, &BuildContext::cpu(folder(), 1, Phase::Train), None)
+}
+
+fn values(t: &candle_core::Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn every_batch_is_caffes_and_a_resume_continues_the_feed() {
+    let cases: Vec<Case> = common::golden::load_cases("hdf5/caffe_hdf5.json");
+    assert_eq!(cases.len(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = Vec::new();
+    for case in &cases {
+        let mut n = net(&case.prototxt, dir.path()).unwrap();
+        for (b, want) in case.batches.iter().enumerate() {
+            n.forward().unwrap();
+            for (top, a) in want {
+                let got = n.blob(top).unwrap();
+                if got.dims() != a.shape.as_slice() || values(got) != a.data {
+                    bad.push(format!(
+                        "{} batch {b} top {top}: differs from Caffe's",
+                        case.name
+                    ));
+                }
+            }
+        }
+        // A net restored to any batch reads the rest as the first did.
+        for from in [1, case.batches.len() / 2, case.batches.len() - 1] {
+            let mut r = net(&case.prototxt, dir.path()).unwrap();
+            let states = n.states();
+            let delivered = states["data"] / case.batches.len() as u64 * from as u64;
+            r.restore_states(&BTreeMap::from([("data".to_string(), delivered)]));
+            for (b, want) in case.batches.iter().enumerate().skip(from) {
+                r.forward().unwrap();
+                for (top, a) in want {
+                    if values(r.blob(top).unwrap()) != a.data {
+                        bad.push(format!(
+                            "{} resumed at {from}: batch {b} top {top}",
+                            case.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
+fn bad_lists_files_and_datasets_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let layer = |source: &str, tops: &str, extra: &str| {
+        format!(
+            "name: \"n\"\nlayer {{ name: \"data\" type: \"HDF5Data\" {tops} {extra} \
+             hdf5_data_param {{ source: \"{source}\" batch_size: 2 }} }}\n"
+        )
+    };
+    let error = |text: String| net(&text, p).err().expect("refused").to_string();
+    let e = error(layer("missing.txt", "top: \"data\"", ""));
+    assert!(
+        e.contains("layer 'data'") && e.contains("missing.txt"),
+        "{e}"
+    );
+    let e = error(layer("one.txt", "top: \"data\" top: \"nothing\"", ""));
+    assert!(
+        e.contains("a.h5") && e.contains("no dataset 'nothing'"),
+        "{e}"
+    );
+    let e = error(layer(
+        "one.txt",
+        "top: \"data\"",
+        "transform_param { scale: 0.5 }",
+    ));
+    assert!(e.contains("does not transform data"), "{e}");
+    // A file whose rows differ in shape from the first file's.
+    let odd = p.join("odd.txt");
+    std::fs::write(
+        &odd,
+        format!(
+            "{}\n{}\n",
+            folder().join("a.h5").display(),
+            p.join("x.h5").display()
+        ),
+    )
+    .unwrap();
+    let mut b = hdf5_pure::FileBuilder::new();
+    b.create_dataset("data")
+        .with_f32_data(&[0.0; 8])
+        .with_shape(&[2, 4]);
+    b.write(p.join("x.h5")).unwrap();
+    let e = error(layer(odd.to_str().unwrap(), "top: \"data\"", ""));
+    assert!(
+        e.contains("x.h5") && e.contains("[4]") && e.contains("[2, 3]"),
+        "{e}"
+    );
+    // Not an HDF5 file at all.
+    std::fs::write(p.join("x.h5"), b"not hdf5").unwrap();
+    let e = error(layer(odd.to_str().unwrap(), "top: \"data\"", ""));
+    assert!(e.contains("x.h5") && e.contains("cannot open"), "{e}");
+}
+
+#[test]
+fn a_net_trains_from_hdf5_files_and_resumes_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let list = folder().join("three.txt");
+    let net = format!(
+        "name: \"fit\"\n\
+         layer {{ name: \"data\" type: \"HDF5Data\" top: \"data\" top: \"label\" \
+           hdf5_data_param {{ source: \"{}\" batch_size: 3 shuffle: true }} }}\n\
+         layer {{ name: \"fc\" type: \"InnerProduct\" bottom: \"data\" top: \"fc\" \
+           inner_product_param {{ num_output: 1 weight_filler {{ type: \"gaussian\" std: 0.1 }} }} }}\n\
+         layer {{ name: \"loss\" type: \"EuclideanLoss\" bottom: \"fc\" bottom: \"label\" top: \"loss\" }}\n",
+        list.display()
+    );
+    std::fs::write(p.join("net.prototxt"), net).unwrap();
+    std::fs::write(
+        p.join("solver.prototxt"),
+        format!(
+            "net: \"{}\"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: \"fixed\"\nmax_iter: 40\n\
+         snapshot: 20\nsnapshot_prefix: \"fit\"\ndisplay: 1\nrandom_seed: 3\nsolver_mode: CPU\n",
+            p.join("net.prototxt").display()
+        ),
+    )
+    .unwrap();
+    // The files the list names resolve from the working folder, as in Caffe.
+    let (ok, _, err) = run(
+        &folder(),
+        &[
+            "finetune",
+            "--solver",
+            p.join("solver.prototxt").to_str().unwrap(),
+            "--snapshot-prefix",
+            p.join("fit").to_str().unwrap(),
+            "--metrics",
+            p.join("m.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let losses = |file: &Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["phase"] == "train")
+            .map(|v| (v["iter"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    let full = losses(&p.join("m.jsonl"));
+    assert_eq!(full.len(), 40);
+    let mean = |s: &[(u64, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
+    assert!(mean(&full[30..]) < mean(&full[..10]) / 2.0, "{full:?}");
+    let (ok, _, err) = run(
+        &folder(),
+        &[
+            "finetune",
+            "--solver",
+            p.join("solver.prototxt").to_str().unwrap(),
+            "--snapshot",
+            p.join("fit_iter_20.solverstate").to_str().unwrap(),
+            "--snapshot-prefix",
+            p.join("again").to_str().unwrap(),
+            "--metrics",
+            p.join("r.jsonl").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(losses(&p.join("r.jsonl")), full[20..]);
+}
