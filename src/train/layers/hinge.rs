@@ -3,7 +3,7 @@
 //! should score above 1 and every other below -1. `norm: L1` sums those
 //! costs, `L2` their squares; divided by the batch size, as Caffe does. All
 //! values of an item after the first axis are its classes.
-use super::loss::{item_class, items_and_classes};
+use super::loss::{item_class, items_and_classes, scores_grads};
 use super::{to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{hinge_loss_parameter::Norm, LayerParameter, Phase};
 use crate::error::Result;
@@ -87,47 +87,14 @@ impl Layer for HingeLoss {
                 }
             }
         }
-        let like = &a.bottom[0];
-        Ok((
-            vec![
-                Some(Tensor::from_vec(g, like.shape(), like.device())?),
-                None,
-            ],
-            vec![],
-        ))
+        scores_grads(g, a)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
-
-    fn run(l: &mut dyn Layer, x: Vec<f32>, labels: Vec<f32>) -> (f32, Vec<f32>) {
-        let dev = Device::Cpu;
-        let n = labels.len();
-        let c = x.len() / n;
-        l.setup(&[vec![n, c], vec![n]]).unwrap();
-        let bottom = [
-            Tensor::from_vec(x, (n, c), &dev).unwrap(),
-            Tensor::from_vec(labels, n, &dev).unwrap(),
-        ];
-        let top = l.forward(&bottom, Phase::Train).unwrap();
-        let d = [Some(Tensor::new(1.0f32, &dev).unwrap())];
-        let (g, _) = l
-            .backward(&BackwardArgs {
-                bottom: &bottom,
-                top: &top,
-                top_diff: &d,
-                propagate: &[true, false],
-                param_grad: &[],
-            })
-            .unwrap();
-        (
-            top[0].to_scalar().unwrap(),
-            to_vec(g[0].as_ref().unwrap()).unwrap(),
-        )
-    }
+    use crate::train::layers::loss_and_gradient;
 
     #[test]
     fn hinge_costs_scores_on_the_wrong_side_of_the_margin() {
@@ -136,12 +103,12 @@ mod tests {
         };
         // Item 0 (class 1): scores 0.5 (cost 1.5), 2 (true, beyond 1: 0),
         // -3 (0). Item 1 (class 0): 0.25 (true: cost 0.75), -0.5 (0.5), -1 (0).
-        let x = vec![0.5, 2.0, -3.0, 0.25, -0.5, -1.0];
-        let (loss, g) = run(&mut HingeLoss::new(&p(""), "h"), x.clone(), vec![1.0, 0.0]);
+        let x = [0.5, 2.0, -3.0, 0.25, -0.5, -1.0];
+        let (loss, g) = loss_and_gradient(&mut HingeLoss::new(&p(""), "h"), &x, &[1.0, 0.0], 3);
         assert_eq!(loss, (1.5 + 0.75 + 0.5) / 2.0);
         assert_eq!(g, [0.5, 0.0, 0.0, -0.5, 0.5, 0.0]);
         let l2 = p("hinge_loss_param { norm: L2 }");
-        let (loss, g) = run(&mut HingeLoss::new(&l2, "h"), x, vec![1.0, 0.0]);
+        let (loss, g) = loss_and_gradient(&mut HingeLoss::new(&l2, "h"), &x, &[1.0, 0.0], 3);
         assert_eq!(loss, (2.25 + 0.5625 + 0.25) / 2.0);
         assert_eq!(g, [1.5, 0.0, 0.0, -0.75, 0.5, 0.0]);
     }

@@ -173,6 +173,7 @@ mod tests {
     use super::super::loss::{normalization, SoftmaxWithLoss};
     use super::*;
     use crate::caffe::proto::{InfogainLossParameter, LossParameter};
+    use crate::train::layers::loss_and_gradient;
     use candle_core::Device;
 
     /// An InfogainLoss layer over (n, c) logits with H written to a file.
@@ -194,38 +195,13 @@ mod tests {
         InfogainLoss::new(&param, "loss", |p| dir.join(p))
     }
 
-    /// Loss and logit gradient of `l` for these logits and labels.
-    fn run(l: &mut dyn Layer, x: &[f32], labels: &[f32], c: usize) -> (f32, Vec<f32>) {
-        let n = labels.len();
-        l.setup(&[vec![n, c], vec![n]]).unwrap();
-        let bottom = [
-            Tensor::from_vec(x.to_vec(), (n, c), &Device::Cpu).unwrap(),
-            Tensor::from_vec(labels.to_vec(), n, &Device::Cpu).unwrap(),
-        ];
-        let top = l.forward(&bottom, Phase::Train).unwrap();
-        let diff = [Some(Tensor::new(1.0f32, &Device::Cpu).unwrap())];
-        let (g, _) = l
-            .backward(&BackwardArgs {
-                bottom: &bottom,
-                top: &top,
-                top_diff: &diff,
-                propagate: &[true, false],
-                param_grad: &[],
-            })
-            .unwrap();
-        (
-            top[0].to_scalar().unwrap(),
-            to_vec(g[0].as_ref().unwrap()).unwrap(),
-        )
-    }
-
     #[test]
     fn by_hand() {
         // Logits (0, ln 3): p = (1/4, 3/4); label 0 with H row (2, 1):
         // loss = -(2 ln 1/4 + ln 3/4), gradient = p * 3 - (2, 1).
         let t = tempfile::tempdir().unwrap();
         let mut l = layer(t.path(), &[2., 1., 0., 1.], 2, LossParameter::default()).unwrap();
-        let (loss, g) = run(&mut l, &[0.0, 3f32.ln()], &[0.0], 2);
+        let (loss, g) = loss_and_gradient(&mut l, &[0.0, 3f32.ln()], &[0.0], 2);
         let want = -(2.0 * 0.25f32.ln() + 0.75f32.ln());
         assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
         assert!(
@@ -265,8 +241,8 @@ mod tests {
                 ..Default::default()
             };
             let mut soft = SoftmaxWithLoss::new(&param, "soft").unwrap();
-            let a = run(&mut info, &x, &labels, c);
-            let b = run(&mut soft, &x, &labels, c);
+            let a = loss_and_gradient(&mut info, &x, &labels, c);
+            let b = loss_and_gradient(&mut soft, &x, &labels, c);
             assert_eq!(a, b, "{mode:?}");
             assert!(a.1[3 * c..4 * c].iter().all(|&v| v == 0.0));
         }
@@ -279,14 +255,14 @@ mod tests {
         let x = [0.3f32, -1.2, 0.8, 1.1, 0.4, -0.5];
         let labels = [2.0, 0.0];
         let mut l = layer(t.path(), &h, 3, LossParameter::default()).unwrap();
-        let (_, g) = run(&mut l, &x, &labels, 3);
+        let (_, g) = loss_and_gradient(&mut l, &x, &labels, 3);
         let eps = 1e-2f32;
         for i in 0..x.len() {
             let mut up = x;
             up[i] += eps;
             let mut down = x;
             down[i] -= eps;
-            let mut f = |v: &[f32]| run(&mut l, v, &labels, 3).0;
+            let mut f = |v: &[f32]| loss_and_gradient(&mut l, v, &labels, 3).0;
             let numeric = (f(&up) - f(&down)) / (2.0 * eps);
             assert!(
                 (numeric - g[i]).abs() < 2e-3,

@@ -212,6 +212,12 @@ pub(super) fn scores_gradient(
     for v in &mut dx {
         *v *= scale;
     }
+    scores_grads(dx, a)
+}
+
+/// A scores-and-labels layer's gradients: `dx` for the scores (in their
+/// shape), none for the labels.
+pub(super) fn scores_grads(dx: Vec<f32>, a: &BackwardArgs) -> Result<Grads> {
     let like = &a.bottom[0];
     Ok((
         vec![

@@ -429,3 +429,36 @@ pub(crate) fn checked_count(shape: &[usize], ctx: &str, what: &str) -> Result<us
             )
         })
 }
+
+/// The loss and score gradient of a scores-and-labels loss layer `l` for
+/// `n = labels.len()` items of `c` scores each (tests of the loss layers).
+#[cfg(test)]
+pub(crate) fn loss_and_gradient(
+    l: &mut dyn Layer,
+    x: &[f32],
+    labels: &[f32],
+    c: usize,
+) -> (f32, Vec<f32>) {
+    let dev = Device::Cpu;
+    let n = labels.len();
+    l.setup(&[vec![n, c], vec![n]]).unwrap();
+    let bottom = [
+        Tensor::from_vec(x.to_vec(), (n, c), &dev).unwrap(),
+        Tensor::from_vec(labels.to_vec(), n, &dev).unwrap(),
+    ];
+    let top = l.forward(&bottom, Phase::Train).unwrap();
+    let d = [Some(Tensor::new(1.0f32, &dev).unwrap())];
+    let (g, _) = l
+        .backward(&BackwardArgs {
+            bottom: &bottom,
+            top: &top,
+            top_diff: &d,
+            propagate: &[true, false],
+            param_grad: &[],
+        })
+        .unwrap();
+    (
+        top[0].to_scalar().unwrap(),
+        to_vec(g[0].as_ref().unwrap()).unwrap(),
+    )
+}

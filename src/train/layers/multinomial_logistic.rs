@@ -2,7 +2,7 @@
 //! nets whose last layer already gives probabilities (a Softmax layer); a
 //! probability is taken as at least 1e-20, as in Caffe. All values of an
 //! item after the first axis are its classes.
-use super::loss::{item_class, items_and_classes};
+use super::loss::{item_class, items_and_classes, scores_grads};
 use super::{to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::Phase;
 use crate::error::Result;
@@ -63,55 +63,23 @@ impl Layer for MultinomialLogisticLoss {
             let at = i * c + item_class(&labels, i, c, &self.ctx)?;
             g[at] = scale / p[at].max(LOG_THRESHOLD);
         }
-        let like = &a.bottom[0];
-        Ok((
-            vec![
-                Some(Tensor::from_vec(g, like.shape(), like.device())?),
-                None,
-            ],
-            vec![],
-        ))
+        scores_grads(g, a)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::layers::BackwardArgs;
+    use crate::train::layers::loss_and_gradient;
     use candle_core::Device;
-
-    fn run(l: &mut dyn Layer, x: Vec<f32>, labels: Vec<f32>) -> (f32, Vec<f32>) {
-        let dev = Device::Cpu;
-        let n = labels.len();
-        let c = x.len() / n;
-        l.setup(&[vec![n, c], vec![n]]).unwrap();
-        let bottom = [
-            Tensor::from_vec(x, (n, c), &dev).unwrap(),
-            Tensor::from_vec(labels, n, &dev).unwrap(),
-        ];
-        let top = l.forward(&bottom, Phase::Train).unwrap();
-        let d = [Some(Tensor::new(1.0f32, &dev).unwrap())];
-        let (g, _) = l
-            .backward(&BackwardArgs {
-                bottom: &bottom,
-                top: &top,
-                top_diff: &d,
-                propagate: &[true, false],
-                param_grad: &[],
-            })
-            .unwrap();
-        (
-            top[0].to_scalar().unwrap(),
-            to_vec(g[0].as_ref().unwrap()).unwrap(),
-        )
-    }
 
     #[test]
     fn multinomial_logistic_loss_reads_probabilities() {
-        let (loss, g) = run(
+        let (loss, g) = loss_and_gradient(
             &mut MultinomialLogisticLoss::new("m"),
-            vec![0.2, 0.8, 0.5, 0.0],
-            vec![1.0, 1.0],
+            &[0.2, 0.8, 0.5, 0.0],
+            &[1.0, 1.0],
+            2,
         );
         // -(ln 0.8 + ln 1e-20) / 2: a zero probability is floored.
         assert!((loss - (-(0.8f32.ln()) + 20.0 * 10f32.ln()) / 2.0).abs() < 1e-4);
