@@ -205,3 +205,59 @@ fn a_net_trains_from_hdf5_files_and_resumes_exactly() {
     assert!(ok, "{err}");
     assert_eq!(losses(&p.join("r.jsonl")), full[20..]);
 }
+
+#[test]
+fn damaged_files_are_errors_never_a_crash() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    std::fs::write(p.join("list.txt"), "x.h5\n").unwrap();
+    let text =
+        "name: \"n\"\nlayer { name: \"data\" type: \"HDF5Data\" top: \"data\" top: \"label\" \
+                top: \"counts\" hdf5_data_param { source: \"list.txt\" batch_size: 5 } }\n";
+    std::fs::write(p.join("net.prototxt"), text).unwrap();
+    let def = read_net_prototxt(&p.join("net.prototxt")).unwrap();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut refused, mut read) = (0, 0);
+    for name in ["a.h5", "b.h5"] {
+        let good = std::fs::read(folder().join(name)).unwrap();
+        for trial in 0..400 {
+            let mut bytes = good.clone();
+            if trial % 8 == 0 {
+                bytes.truncate(next() as usize % bytes.len());
+            } else {
+                for _ in 0..1 + next() % 4 {
+                    let i = next() as usize % bytes.len();
+                    bytes[i] = next() as u8;
+                }
+            }
+            std::fs::write(p.join("x.h5"), &bytes).unwrap();
+            // Built and read through a pass: each damage is an error naming
+            // the file, or values (damage in unused bytes or in the values).
+            let ctx = BuildContext::cpu(p, 1, Phase::Train);
+            let outcome = Net::new(&def, &ctx, None).and_then(|mut n| {
+                for _ in 0..3 {
+                    n.forward()?;
+                }
+                Ok(())
+            });
+            match outcome {
+                Ok(()) => read += 1,
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(e.contains("x.h5"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        refused > 100 && read > 100,
+        "{refused} refused, {read} read"
+    );
+}

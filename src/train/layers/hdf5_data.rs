@@ -220,8 +220,56 @@ fn file_error(file: &std::path::Path, what: String) -> Error {
     Error::model(format!("HDF5 file {}", file.display()), what)
 }
 
+/// Runs `read` on an HDF5 file's parser, turning a panic (a damaged file
+/// the parser did not foresee) into an error naming the file.
+fn guarded<T>(file: &std::path::Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        Err(file_error(
+            file,
+            "is damaged (its parser failed)".to_string(),
+        ))
+    })
+}
+
 /// The shapes of the datasets named `tops` in `file`, without their values.
+/// A dataset too large for a Caffe blob (2^31 - 1 values) or, with the
+/// others, for this machine's memory is refused here, before any is read:
+/// a damaged shape must not become a huge allocation.
 fn dataset_shapes(file: &std::path::Path, tops: &[String]) -> Result<Vec<Vec<usize>>> {
+    let shapes = guarded(file, || read_shapes(file, tops))?;
+    let mut bytes = 0u64;
+    for (t, shape) in tops.iter().zip(&shapes) {
+        let count = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        match count {
+            Some(n) if n <= i32::MAX as u64 => bytes = bytes.saturating_add(n * 4),
+            _ => {
+                return Err(file_error(
+                    file,
+                    format!(
+                        "dataset '{t}' of shape {shape:?} has more values than a Caffe blob \
+                         holds (2^31 - 1); is the file damaged?"
+                    ),
+                ))
+            }
+        }
+    }
+    if let Some(limit) = crate::train::memory::machine_memory() {
+        if bytes > limit {
+            return Err(file_error(
+                file,
+                format!(
+                    "needs {} to load (HDF5Data holds a whole file in memory) but this machine \
+                     has {}; split it into smaller files",
+                    crate::train::memory::gib(bytes),
+                    crate::train::memory::gib(limit)
+                ),
+            ));
+        }
+    }
+    Ok(shapes)
+}
+
+fn read_shapes(file: &std::path::Path, tops: &[String]) -> Result<Vec<Vec<usize>>> {
     let f = hdf5_pure::File::open_streaming(file)
         .map_err(|e| file_error(file, format!("cannot open: {e}")))?;
     tops.iter()
@@ -245,15 +293,19 @@ fn dataset_shapes(file: &std::path::Path, tops: &[String]) -> Result<Vec<Vec<usi
 
 /// The values of the datasets named `tops` in `file`, as f32.
 fn read_datasets(file: &std::path::Path, tops: &[String]) -> Result<Vec<Vec<f32>>> {
-    let f =
-        hdf5_pure::File::open(file).map_err(|e| file_error(file, format!("cannot open: {e}")))?;
-    tops.iter()
-        .map(|t| {
-            f.dataset(t)
-                .and_then(|ds| ds.read_f32())
-                .map_err(|e| file_error(file, format!("cannot read dataset '{t}': {e}")))
-        })
-        .collect()
+    // Checked again: the file may have changed since set-up.
+    dataset_shapes(file, tops)?;
+    guarded(file, || {
+        let f = hdf5_pure::File::open(file)
+            .map_err(|e| file_error(file, format!("cannot open: {e}")))?;
+        tops.iter()
+            .map(|t| {
+                f.dataset(t)
+                    .and_then(|ds| ds.read_f32())
+                    .map_err(|e| file_error(file, format!("cannot read dataset '{t}': {e}")))
+            })
+            .collect()
+    })
 }
 
 impl Layer for Hdf5Data {
