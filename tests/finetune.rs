@@ -1090,3 +1090,57 @@ fn shared_parameter_mistakes_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn hdf5_snapshots_hold_the_same_weights_and_resume_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    let init = fixture("tiny-net/snapshots/init_iter_0.caffemodel");
+    // The tiny net with fc7 shared by fc7b: an HDF5 snapshot leaves the
+    // sharer's blobs out, as Caffe's does.
+    let solver = edited_net(p, share_fc7);
+    let text = std::fs::read_to_string(&solver)
+        .unwrap()
+        .replace("max_iter: 30", "max_iter: 6")
+        .replace("snapshot: 15", "snapshot: 3");
+    std::fs::write(&solver, &text).unwrap();
+    let h5_solver = p.join("solver_h5.prototxt");
+    std::fs::write(&h5_solver, format!("{text}snapshot_format: HDF5\n")).unwrap();
+    let train = |solver: &Path, prefix: &str| {
+        let mut s = solver_in(p, solver.to_str().unwrap(), &p.join(prefix)).unwrap();
+        s.load_weights(std::slice::from_ref(&init)).unwrap();
+        s.solve().unwrap();
+        s
+    };
+    let proto = train(&solver, "proto");
+    let h5 = train(&h5_solver, "h5");
+    assert_eq!(proto.trajectory, h5.trajectory);
+    assert!(
+        p.join("h5_iter_6.caffemodel.h5").exists() && p.join("h5_iter_6.solverstate.h5").exists()
+    );
+    assert!(!p.join("h5_iter_6.caffemodel").exists());
+    // The HDF5 weights are the binary proto's, fc7b's included (from fc7).
+    let load = |file: &str| {
+        let mut s = solver_in(p, solver.to_str().unwrap(), &p.join("x")).unwrap();
+        s.load_weights(&[p.join(file)]).unwrap();
+        (0..s.train.params().len())
+            .map(|i| {
+                s.train
+                    .param(i)
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        load("h5_iter_6.caffemodel.h5"),
+        load("proto_iter_6.caffemodel")
+    );
+    // A resume from the HDF5 solverstate retraces the run.
+    let mut r = solver_in(p, h5_solver.to_str().unwrap(), &p.join("again")).unwrap();
+    r.restore(&p.join("h5_iter_3.solverstate.h5")).unwrap();
+    r.solve().unwrap();
+    assert_eq!(r.trajectory[..], h5.trajectory[3..]);
+}

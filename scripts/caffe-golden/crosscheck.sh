@@ -31,6 +31,9 @@
 #     iteration-6 .solverstate to our iteration-12 weights;
 #   - `caffe train -snapshot` resumes from our Adam and AdaDelta
 #     .solverstates (a second set of histories) to our weights;
+#   - HDF5 snapshots (`snapshot_format: HDF5`) both ways: Caffe resumes
+#     from our .solverstate.h5, pycaffe loads our .caffemodel.h5, and ours
+#     resumes from Caffe's .solverstate.h5;
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -114,6 +117,12 @@ for kind in Adam AdaDelta; do
     "$bin" finetune --solver "solver_$kind.prototxt" --weights snapshots/init_iter_0.caffemodel \
         --snapshot-prefix "ours/$kind" >"ours_$kind.log" 2>&1
 done
+# HDF5 snapshots (snapshot_format: HDF5): ours of the tiny net's 30 iterations.
+(cat solver.prototxt && echo 'snapshot_format: HDF5') >solver_h5.prototxt
+"$bin" finetune --solver solver_h5.prototxt --weights snapshots/init_iter_0.caffemodel \
+    --snapshot-prefix ours/h5 >ours_h5.log 2>&1
+sed -e 's|snapshots/tiny|caffe_h5/tiny|' -e 's/max_iter: 30/max_iter: 15/' solver_h5.prototxt >solver_h5_caffe.prototxt
+mkdir -p caffe_h5
 
 # Caffe on our files.
 in_root() { chroot "$root" env OPENBLAS_NUM_THREADS=1 GLOG_minloglevel=0 bash -c "cd /xc/tiny-net && $1"; }
@@ -134,6 +143,11 @@ in_root "caffe train -solver solver_shared.prototxt -snapshot ours/shared_iter_6
 for kind in Adam AdaDelta; do
     in_root "caffe train -solver solver_$kind.prototxt -snapshot ours/${kind}_iter_6.solverstate" >"caffe_${kind}_resume.log" 2>&1
 done
+in_root "caffe train -solver solver_h5.prototxt -snapshot ours/h5_iter_15.solverstate.h5" >caffe_h5_resume.log 2>&1
+# ... and Caffe's HDF5 snapshot at 15, which ours resumes from.
+in_root "caffe train -solver solver_h5_caffe.prototxt -weights snapshots/init_iter_0.caffemodel" >caffe_h5_train.log 2>&1
+"$bin" finetune --solver solver_h5.prototxt --snapshot caffe_h5/tiny_iter_15.solverstate.h5 \
+    --snapshot-prefix ours/h5_from_caffe >ours_h5_from_caffe.log 2>&1
 
 # Flickr Style's recipe as Caffe ships it, from its fillers, both ways.
 flickr=$work/flickr
@@ -319,6 +333,18 @@ def shared(path):
 dw = blob_err(shared("snapshots/tiny_iter_12.caffemodel"), shared("ours/shared_iter_12.caffemodel"))
 rows.append(("... caffe train -snapshot ours/shared_iter_6.solverstate: losses 6-11, iteration-12 weights vs ours",
              f"losses within {dl:.1e}, weights {dw:.1e} relative", dl < 1e-5 and dw < 1e-5))
+want = {int(r["iteration"]): float(r["loss"]) for r in csv.DictReader(
+    l for l in open("resume_from_15_loss.csv") if not l.startswith("#"))}
+got = losses("caffe_h5_resume.log")
+err = max(abs(got[i] - want[i]) / want[i] for i in want) if sorted(got) == sorted(want) else 1.0
+e = blob_err(weights("ours/h5_iter_30.caffemodel.h5"), weights("ours/tiny_iter_30.caffemodel"))
+rows.append(("HDF5 snapshots: caffe train -snapshot ours/h5_iter_15.solverstate.h5 (losses 15-29 vs Caffe's resume); "
+             "pycaffe loads our h5_iter_30.caffemodel.h5 (vs our .caffemodel)",
+             f"losses within {err:.1e}; weights {e:.1e}", err < 1e-5 and e == 0.0))
+got = losses("ours_h5_from_caffe.log")
+err = max(abs(got[i] - want[i]) / want[i] for i in want) if sorted(got) == sorted(want) else 1.0
+rows.append(("... ours resumes from Caffe's iteration-15 .solverstate.h5: losses 15-29 vs Caffe's resume",
+             f"{len(got)} iterations, largest difference {err:.1e}", err < 1e-5))
 for kind in ("Adam", "AdaDelta"):
     ours, got = losses(f"ours_{kind}.log"), losses(f"caffe_{kind}_resume.log")
     dl = max(abs(got[i] - ours[i]) / ours[i] for i in got) if sorted(got) == list(range(6, 12)) else 1.0

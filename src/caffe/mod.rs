@@ -8,6 +8,7 @@
 
 pub mod blob;
 pub mod datum;
+pub mod hdf5_snapshot;
 pub mod libc_rand;
 pub mod mean_file;
 pub mod model;

@@ -12,6 +12,9 @@ use std::path::Path;
 
 /// Reads a binary `.caffemodel` and upgrades it to V2 layers.
 pub fn read_caffemodel(path: &Path) -> Result<NetParameter> {
+    if super::hdf5_snapshot::is_hdf5(path) {
+        return super::hdf5_snapshot::read_caffemodel(path);
+    }
     let mut net: NetParameter = super::read_binary(path, "caffemodel (NetParameter)")?;
     upgrade(&mut net, &path.display().to_string())?;
     Ok(net)

@@ -937,7 +937,13 @@ impl Net {
             };
             let e = &self.entries[li];
             let target = e.layer.params();
-            if src.blobs.len() != target.len() {
+            // An HDF5 snapshot leaves out the blobs a layer shares with an
+            // earlier one (the last ones here): those come from their owner.
+            let shared_rest = (src.blobs.len()..target.len()).all(|j| {
+                let p = self.params[e.slots[j]];
+                (p.layer, p.index) != (li, j)
+            });
+            if src.blobs.len() > target.len() || !shared_rest {
                 return Err(Error::model(
                     format!("layer '{}'", src.name()),
                     format!(
@@ -1028,6 +1034,29 @@ impl Net {
             out.layer.push(lp);
         }
         Ok(out)
+    }
+
+    /// Per layer in net order, its name and the blobs it owns (not those it
+    /// shares with an earlier layer) as (blob number, shape, values): what
+    /// Caffe's HDF5 snapshot holds.
+    pub fn owned_blobs(&self) -> Result<Vec<crate::caffe::hdf5_snapshot::LayerBlobs>> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(li, e)| {
+                let blobs = e
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, &s)| (self.params[s].layer, self.params[s].index) == (li, j))
+                    .map(|(j, _)| {
+                        let t = &e.layer.params()[j];
+                        Ok((j, t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((e.param.name().to_string(), blobs))
+            })
+            .collect()
     }
 
     /// Resumable layer states by layer name (data positions, dropout draws).

@@ -12,8 +12,11 @@ use super::net::Net;
 use super::sgd::adaptive::Rule;
 use super::sgd::{sgd_update, SgdConfig};
 use super::summary::WeightSources;
+use crate::caffe::hdf5_snapshot;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt, upgrade};
-use crate::caffe::proto::{NetParameter, Phase, SolverParameter, SolverState};
+use crate::caffe::proto::{
+    solver_parameter::SnapshotFormat, NetParameter, Phase, SolverParameter, SolverState,
+};
 use crate::caffe::{prototxt, read_binary, write_binary, BlobProto};
 use crate::error::{Error, IoContext, Result};
 use candle_core::Tensor;
@@ -321,7 +324,11 @@ impl Solver {
     /// Restores a `.solverstate` (and its sidecar, if any).
     pub fn restore(&mut self, state_path: &Path) -> Result<()> {
         let full = self.resolve(state_path);
-        let state: SolverState = read_binary(&full, "solverstate")?;
+        let state: SolverState = if hdf5_snapshot::is_hdf5(&full) {
+            hdf5_snapshot::read_solverstate(&full)?
+        } else {
+            read_binary(&full, "solverstate")?
+        };
         self.log.info(
             "sgd_solver.cpp:318",
             &format!(
@@ -705,17 +712,30 @@ impl Solver {
         format!("{}_iter_{}{ext}", self.param.snapshot_prefix(), self.iter)
     }
 
-    /// Writes `<prefix>_iter_N.caffemodel`, `.solverstate` and the resume sidecar, each atomically.
+    /// Writes `<prefix>_iter_N.caffemodel`, `.solverstate` (with
+    /// `snapshot_format: HDF5`, `.caffemodel.h5` and `.solverstate.h5`) and
+    /// the resume sidecar, each atomically.
     pub fn snapshot(&mut self) -> Result<(PathBuf, PathBuf)> {
-        let model_name = self.snapshot_name(".caffemodel");
-        let state_name = self.snapshot_name(".solverstate");
+        let hdf5 = self.param.snapshot_format() == SnapshotFormat::Hdf5;
+        let ext = if hdf5 { ".h5" } else { "" };
+        let model_name = self.snapshot_name(&format!(".caffemodel{ext}"));
+        let state_name = self.snapshot_name(&format!(".solverstate{ext}"));
         let model_path = self.resolve(Path::new(&model_name));
         let state_path = self.resolve(Path::new(&state_name));
-        self.log.info(
-            "sgd_solver.cpp:273",
-            &format!("Snapshotting to binary proto file {model_name}"),
-        );
-        write_binary(&model_path, &self.train.to_proto(&self.net_def)?)?;
+        if hdf5 {
+            self.log.info(
+                "solver.cpp:474",
+                &format!("Snapshotting to HDF5 file {model_name}"),
+            );
+            let bytes = hdf5_snapshot::caffemodel_bytes(&self.train.owned_blobs()?)?;
+            crate::fsutil::write_atomic(&model_path, &bytes)?;
+        } else {
+            self.log.info(
+                "sgd_solver.cpp:273",
+                &format!("Snapshotting to binary proto file {model_name}"),
+            );
+            write_binary(&model_path, &self.train.to_proto(&self.net_def)?)?;
+        }
         let history = self
             .history
             .iter()
@@ -732,11 +752,19 @@ impl Solver {
             history,
             current_step: Some(self.current_step as i32),
         };
-        self.log.info(
-            "sgd_solver.cpp:290",
-            &format!("Snapshotting solver state to binary proto file {state_name}"),
-        );
-        write_binary(&state_path, &state)?;
+        if hdf5 {
+            self.log.info(
+                "sgd_solver.cpp:296",
+                &format!("Snapshotting solver state to HDF5 file {state_name}"),
+            );
+            crate::fsutil::write_atomic(&state_path, &hdf5_snapshot::solverstate_bytes(&state)?)?;
+        } else {
+            self.log.info(
+                "sgd_solver.cpp:290",
+                &format!("Snapshotting solver state to binary proto file {state_name}"),
+            );
+            write_binary(&state_path, &state)?;
+        }
         let side = Sidecar {
             iter: self.iter,
             caffe_rng: Some(crate::caffe::rng::lock(&self.caffe_rng).state()),
