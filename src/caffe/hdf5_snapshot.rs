@@ -27,6 +27,38 @@ fn err(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::invalid(path.display(), what.to_string())
 }
 
+/// The value count of dataset `name` of shape `shape` in `path`, refused
+/// when it passes a Caffe blob's limit (2^31 - 1) or this machine's memory:
+/// checked before reading, so a damaged shape never becomes a huge allocation.
+pub fn checked_count(path: &Path, name: &str, shape: &[u64]) -> Result<usize> {
+    let count = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+    let n = match count {
+        Some(n) if n <= i32::MAX as u64 => n,
+        _ => {
+            return Err(err(
+                path,
+                format!(
+                    "dataset '{name}' of shape {shape:?} has more values than a Caffe blob holds \
+                     (2^31 - 1); is the file damaged?"
+                ),
+            ))
+        }
+    };
+    if let Some(limit) = crate::train::memory::machine_memory() {
+        if n * 4 > limit {
+            return Err(err(
+                path,
+                format!(
+                    "dataset '{name}' needs {} but this machine has {}",
+                    crate::train::memory::gib(n * 4),
+                    crate::train::memory::gib(limit)
+                ),
+            ));
+        }
+    }
+    Ok(n as usize)
+}
+
 /// Opens `path`, turning a parser panic (a damaged file) into an error.
 fn open(path: &Path) -> Result<hdf5_pure::File> {
     let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
@@ -69,13 +101,16 @@ fn read_blobs(f: &hdf5_pure::File, group: &str, path: &Path) -> Result<Vec<BlobP
         .iter()
         .map(|j| {
             let name = format!("{group}/{j}");
-            let read = || -> std::result::Result<(Vec<u64>, Vec<f32>), hdf5_pure::Error> {
-                let ds = f.dataset(&name)?;
-                Ok((ds.shape()?, ds.read_f32()?))
+            let read = || -> Result<(Vec<u64>, Vec<f32>)> {
+                let at = |e: hdf5_pure::Error| err(path, format!("dataset '{name}': {e}"));
+                let ds = f.dataset(&name).map_err(at)?;
+                let shape = ds.shape().map_err(at)?;
+                checked_count(path, &name, &shape)?;
+                Ok((shape, ds.read_f32().map_err(at)?))
             };
-            let (shape, values) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
-                .map_err(|_| err(path, format!("dataset '{name}' is damaged")))?
-                .map_err(|e| err(path, format!("dataset '{name}': {e}")))?;
+            let (shape, values) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+                    .map_err(|_| err(path, format!("dataset '{name}' is damaged")))??;
             let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
             if dims.iter().product::<usize>() != values.len() {
                 return Err(err(path, format!("dataset '{name}' holds too few values")));
@@ -233,6 +268,42 @@ mod tests {
         std::fs::write(&path, solverstate_bytes(&state).unwrap()).unwrap();
         assert_eq!(read_solverstate(&path).unwrap(), state);
         assert!(is_hdf5(&path) && !is_hdf5(Path::new("x.caffemodel")));
+    }
+
+    #[test]
+    fn damaged_snapshots_are_errors_never_a_crash() {
+        let layers = vec![(
+            "fc".to_string(),
+            vec![(0, vec![8, 16], vec![0.25; 128]), (1, vec![8], vec![1.0; 8])],
+        )];
+        let good = caffemodel_bytes(&layers).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.caffemodel.h5");
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut refused = 0;
+        for trial in 0..600 {
+            let mut bytes = good.clone();
+            if trial % 8 == 0 {
+                bytes.truncate(next() as usize % bytes.len());
+            } else {
+                for _ in 0..1 + next() % 4 {
+                    let i = next() as usize % bytes.len();
+                    bytes[i] = next() as u8;
+                }
+            }
+            std::fs::write(&p, &bytes).unwrap();
+            if let Err(e) = read_caffemodel(&p) {
+                assert!(e.to_string().contains("x.caffemodel.h5"), "{e}");
+                refused += 1;
+            }
+        }
+        assert!(refused > 100, "{refused}");
     }
 
     #[test]

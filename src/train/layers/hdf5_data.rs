@@ -239,19 +239,9 @@ fn dataset_shapes(file: &std::path::Path, tops: &[String]) -> Result<Vec<Vec<usi
     let shapes = guarded(file, || read_shapes(file, tops))?;
     let mut bytes = 0u64;
     for (t, shape) in tops.iter().zip(&shapes) {
-        let count = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
-        match count {
-            Some(n) if n <= i32::MAX as u64 => bytes = bytes.saturating_add(n * 4),
-            _ => {
-                return Err(file_error(
-                    file,
-                    format!(
-                        "dataset '{t}' of shape {shape:?} has more values than a Caffe blob \
-                         holds (2^31 - 1); is the file damaged?"
-                    ),
-                ))
-            }
-        }
+        let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let n = crate::caffe::hdf5_snapshot::checked_count(file, t, &dims)?;
+        bytes = bytes.saturating_add(n as u64 * 4);
     }
     if let Some(limit) = crate::train::memory::machine_memory() {
         if bytes > limit {
