@@ -274,7 +274,10 @@ mod tests {
     fn damaged_snapshots_are_errors_never_a_crash() {
         let layers = vec![(
             "fc".to_string(),
-            vec![(0, vec![8, 16], vec![0.25; 128]), (1, vec![8], vec![1.0; 8])],
+            vec![
+                (0, vec![8, 16], vec![0.25; 128]),
+                (1, vec![8], vec![1.0; 8]),
+            ],
         )];
         let good = caffemodel_bytes(&layers).unwrap();
         let t = tempfile::tempdir().unwrap();
