@@ -1144,3 +1144,60 @@ fn hdf5_snapshots_hold_the_same_weights_and_resume_exactly() {
     r.solve().unwrap();
     assert_eq!(r.trajectory[..], h5.trajectory[3..]);
 }
+
+#[test]
+fn the_solvers_weights_lines_apply_unless_weights_or_a_snapshot_is_given() {
+    let t = tempfile::tempdir().unwrap();
+    let solver = t.path().join("solver.prototxt");
+    let text = std::fs::read_to_string(fixture("tiny-net/solver.prototxt"))
+        .unwrap()
+        .replace("max_iter: 30", "max_iter: 1");
+    // Two lines, the first a comma-separated pair, applied in order: the
+    // last file holds every layer, so the net starts from it.
+    std::fs::write(
+        &solver,
+        format!(
+            "{text}weights: \"snapshots/init_iter_0.caffemodel,snapshots/tiny_iter_15.caffemodel\"\n\
+             weights: \"snapshots/tiny_iter_30.caffemodel\"\n"
+        ),
+    )
+    .unwrap();
+    let prefix = t.path().join("s");
+    let first_loss = |extra: &[&str]| {
+        let mut a = vec![
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        let (ok, _, err) = run(&fixture("tiny-net"), &a);
+        assert!(ok, "{err}");
+        let loss = err
+            .lines()
+            .find(|l| l.contains("Train net output #1: loss = "))
+            .and_then(|l| l.split("loss = ").nth(1)?.split(' ').next())
+            .unwrap_or("none")
+            .to_string();
+        (loss, err)
+    };
+    let (from_lines, err) = first_loss(&[]);
+    for f in ["init_iter_0", "tiny_iter_15", "tiny_iter_30"] {
+        assert!(
+            err.contains(&format!("Finetuning from snapshots/{f}.caffemodel")),
+            "{err}"
+        );
+    }
+    // --weights replaces the lines: from init_iter_0, Caffe's first loss.
+    let (from_flag, err) = first_loss(&["--weights", "snapshots/init_iter_0.caffemodel"]);
+    assert_eq!(from_flag, "1.37753");
+    assert!(!err.contains("tiny_iter_30"), "{err}");
+    assert_ne!(from_lines, from_flag);
+    // The lines gave the iteration-30 weights' loss.
+    let (thirty, _) = first_loss(&["--weights", "snapshots/tiny_iter_30.caffemodel"]);
+    assert_eq!(from_lines, thirty);
+    // A snapshot drops them (at iteration 15 of 1, nothing is left to train).
+    let (_, err) = first_loss(&["--snapshot", "snapshots/tiny_iter_15.solverstate"]);
+    assert!(!err.contains("Finetuning from"), "{err}");
+}

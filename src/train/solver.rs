@@ -316,6 +316,22 @@ impl Solver {
         Ok(())
     }
 
+    /// Copies the weights the solver file names (`weights:`, each entry
+    /// possibly a comma-separated list), as `caffe train` does when given
+    /// neither `-weights` (which replaces them) nor `-snapshot` (which
+    /// drops them).
+    pub fn load_solver_weights(&mut self) -> Result<()> {
+        let files: Vec<PathBuf> = self
+            .param
+            .weights
+            .iter()
+            .flat_map(|w| w.split(','))
+            .filter(|w| !w.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        self.load_weights(&files)
+    }
+
     fn resolve(&self, p: &Path) -> PathBuf {
         // Path::join keeps an absolute path as it is.
         self.base_dir.join(p)

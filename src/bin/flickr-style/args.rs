@@ -611,10 +611,10 @@ pub(crate) struct FinetuneArgs {
     /// The solver prototxt (paths inside are relative to the current folder, like Caffe, or to the solver's folder).
     #[arg(long)]
     pub(crate) solver: PathBuf,
-    /// Pretrained .caffemodel(s) to copy weights from by layer name (comma-separated, applied in order).
+    /// Pretrained .caffemodel(s) (or .caffemodel.h5) to copy weights from by layer name (comma-separated, applied in order); replaces the solver's own `weights:` lines, which apply otherwise.
     #[arg(long, value_delimiter = ',', conflicts_with = "snapshot")]
     pub(crate) weights: Vec<PathBuf>,
-    /// Resume from this .solverstate (exactly, when its .resume.json sidecar is beside it).
+    /// Resume from this .solverstate or .solverstate.h5 (exactly, when its .resume.json sidecar is beside it); the solver's `weights:` lines are then not applied.
     #[arg(long)]
     pub(crate) snapshot: Option<PathBuf>,
     /// Append per-iteration metrics to this file: a JSON line per iteration (phase, iter, loss,

@@ -486,6 +486,8 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         solver.restore(state)?;
     } else if !a.weights.is_empty() {
         solver.load_weights(&a.weights)?;
+    } else {
+        solver.load_solver_weights()?;
     }
     if a.dry_run {
         print!("{}", solver.dry_run_report()?);
