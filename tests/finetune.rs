@@ -1201,3 +1201,75 @@ fn the_solvers_weights_lines_apply_unless_weights_or_a_snapshot_is_given() {
     let (_, err) = first_loss(&["--snapshot", "snapshots/tiny_iter_15.solverstate"]);
     assert!(!err.contains("Finetuning from"), "{err}");
 }
+
+#[test]
+fn debug_info_prints_caffes_per_layer_means() {
+    // Caffe 1.0 (the bullseye chroot of scripts/caffe-golden) printed, for
+    // the tiny net's first iteration from init_iter_0 with `debug_info: true`:
+    //   [Forward] Layer data, top blob data data: 49.0473
+    //   [Backward] Layer fc6, bottom blob conv3 diff: 1.87671e-05
+    //   [Backward] Layer fc8, param blob 1 diff: 0.250053
+    //   [Backward] All net params (data, diff): L1 norm = (1453.61, 93.0761); ...
+    // (and lines for the Split layers it inserts, which this net has none of).
+    let t = tempfile::tempdir().unwrap();
+    let solver = t.path().join("solver.prototxt");
+    let text = std::fs::read_to_string(fixture("tiny-net/solver.prototxt"))
+        .unwrap()
+        .replace("max_iter: 30", "max_iter: 1")
+        .replace("test_initialization: true", "test_initialization: false");
+    std::fs::write(&solver, format!("{text}debug_info: true\n")).unwrap();
+    let prefix = t.path().join("s");
+    let (ok, _, err) = run(
+        &fixture("tiny-net"),
+        &[
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--weights",
+            "snapshots/init_iter_0.caffemodel",
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |want: &str| {
+        lines
+            .iter()
+            .position(|l| l.ends_with(want))
+            .unwrap_or_else(|| panic!("no line ending in {want:?}\n{err}"))
+    };
+    let data = at("]     [Forward] Layer data, top blob data data: 49.0473");
+    let conv3 = at("]     [Backward] Layer fc6, bottom blob conv3 diff: 1.87671e-05");
+    let fc8 = at("]     [Backward] Layer fc8, param blob 1 diff: 0.250053");
+    let all = lines
+        .iter()
+        .position(|l| l.contains("All net params (data, diff): L1 norm = (1453.61, 93.0761)"))
+        .expect("the norms line");
+    assert!(data < fc8 && fc8 < conv3 && conv3 < all, "{err}");
+    assert!(
+        lines[all].starts_with('E'),
+        "Caffe logs the norms at ERROR level"
+    );
+    // The extra forward pass after the last update prints its lines too;
+    // without debug_info there are none.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("[Forward] Layer data, top blob data"))
+            .count(),
+        2
+    );
+    std::fs::write(&solver, &text).unwrap();
+    let (ok, _, err) = run(
+        &fixture("tiny-net"),
+        &[
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--snapshot-prefix",
+            prefix.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && !err.contains("[Forward]"), "{err}");
+}

@@ -84,6 +84,11 @@ impl Logger {
         self.line('W', source, msg);
     }
 
+    /// Logs `msg` at a glog level given by its letter (`I`, `W`, `E`).
+    pub fn at(&mut self, level: char, source: &str, msg: &str) {
+        self.line(level, source, msg);
+    }
+
     fn line(&mut self, level: char, source: &str, msg: &str) {
         let now = chrono_like_now();
         let line = format!("{level}{now} {:>5} {source}] {msg}", std::process::id());

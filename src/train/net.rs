@@ -89,6 +89,15 @@ pub struct Net {
     fused: bool,
     /// Where the tensors live (timing waits for a GPU's queued work).
     device: candle_core::Device,
+    /// Caffe's `debug_info` lines of the passes since they were last taken
+    /// (glog level, text), while it is on.
+    debug: Option<Vec<(char, String)>>,
+}
+
+/// A blob's mean absolute value (Caffe's `asum / count`).
+fn mean_abs(t: &Tensor) -> Result<f32> {
+    let n = t.elem_count().max(1) as f32;
+    Ok(t.abs()?.sum_all()?.to_scalar::<f32>()? / n)
 }
 
 /// Whether `state` satisfies `rule` (Caffe's StateMeetsRule).
@@ -135,6 +144,7 @@ impl Net {
             tensor_ops: ctx.uses_tensor_ops(),
             fused: ctx.path().fused(),
             device: ctx.device.clone(),
+            debug: None,
         };
         if !def.input.is_empty() || !def.input_dim.is_empty() {
             return Err(Error::model(
@@ -628,6 +638,37 @@ impl Net {
                 self.device.synchronize()?;
                 t[li].0 += start.elapsed();
             }
+            if let Some(lines) = &mut self.debug {
+                // Caffe's ForwardDebugInfo: each top's and parameter's mean |value|.
+                let name = e.param.name();
+                for (&id, t) in e.tops.iter().zip(&tops) {
+                    let m = mean_abs(t)?;
+                    let blob = &self.blob_names[id];
+                    lines.push((
+                        'I',
+                        format!(
+                            "    [Forward] Layer {name}, top blob {blob} data: {}",
+                            super::log::g(m)
+                        ),
+                    ));
+                }
+                for (j, p) in e.layer.params().iter().enumerate() {
+                    let shown = e.param.param.get(j).map_or("", |s| s.name());
+                    let shown = if shown.is_empty() {
+                        j.to_string()
+                    } else {
+                        shown.to_string()
+                    };
+                    let m = mean_abs(p)?;
+                    lines.push((
+                        'I',
+                        format!(
+                            "    [Forward] Layer {name}, param blob {shown} data: {}",
+                            super::log::g(m)
+                        ),
+                    ));
+                }
+            }
             for ((&id, t), &w) in e.tops.iter().zip(tops).zip(&e.loss_weights) {
                 if w != 0.0 {
                     loss += w * t.flatten_all()?.sum(0)?.to_scalar::<f32>()?;
@@ -679,6 +720,25 @@ impl Net {
                 self.device.synchronize()?;
                 t[li].1 += start.elapsed();
             }
+            if let Some(lines) = &mut self.debug {
+                // Caffe's BackwardDebugInfo: the mean |gradient| this layer
+                // gives each bottom (Caffe's Split layers keep each reader's
+                // gradient apart: this is that one).
+                for ((&b, g), &p) in e.bottoms.iter().zip(&bgrads).zip(&e.propagate) {
+                    if let (Some(g), true) = (g, p) {
+                        let m = mean_abs(g)?;
+                        lines.push((
+                            'I',
+                            format!(
+                                "    [Backward] Layer {}, bottom blob {} diff: {}",
+                                e.param.name(),
+                                self.blob_names[b],
+                                super::log::g(m)
+                            ),
+                        ));
+                    }
+                }
+            }
             for (&b, g) in e.bottoms.iter().zip(bgrads) {
                 if let Some(g) = g {
                     diffs[b] = Some(match diffs[b].take() {
@@ -688,6 +748,7 @@ impl Net {
                 }
             }
             let slots = e.slots.clone();
+            let layer_name = e.param.name().to_string();
             for (i, g) in pgrads.into_iter().enumerate() {
                 if let Some(mut g) = g {
                     let owner = slots[i];
@@ -701,10 +762,52 @@ impl Net {
                         Some(d) => (d + g)?,
                         None => g,
                     });
+                    if let Some(lines) = &mut self.debug {
+                        let m = mean_abs(self.grads[owner].as_ref().expect("just set"))?;
+                        lines.push((
+                            'I',
+                            format!(
+                                "    [Backward] Layer {layer_name}, param blob {i} diff: {}",
+                                super::log::g(m)
+                            ),
+                        ));
+                    }
                 }
             }
         }
+        if self.debug.is_some() {
+            // Caffe's closing line, at its ERROR level: norms over all learnable parameters.
+            let (mut l1, mut l2) = ([0.0f32; 2], [0.0f32; 2]);
+            for i in 0..self.params.len() {
+                let data = self.param(i).clone();
+                let diff = self.grad(i)?;
+                for (k, t) in [data, diff].iter().enumerate() {
+                    l1[k] += t.abs()?.sum_all()?.to_scalar::<f32>()?;
+                    l2[k] += t.sqr()?.sum_all()?.to_scalar::<f32>()?;
+                }
+            }
+            let g = super::log::g;
+            let line = format!(
+                "    [Backward] All net params (data, diff): L1 norm = ({}, {}); L2 norm = ({}, {})",
+                g(l1[0]),
+                g(l1[1]),
+                g(l2[0].sqrt()),
+                g(l2[1].sqrt())
+            );
+            self.debug.as_mut().expect("on").push(('E', line));
+        }
         Ok(())
+    }
+
+    /// Turns Caffe's `debug_info` lines on or off (the solver turns them on
+    /// for its display iterations when the solver says `debug_info: true`).
+    pub fn set_debug_info(&mut self, on: bool) {
+        self.debug = on.then(Vec::new);
+    }
+
+    /// The `debug_info` lines since the last call, as (glog level, text).
+    pub fn take_debug_info(&mut self) -> Vec<(char, String)> {
+        self.debug.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Starts (or resets) per-layer timing.

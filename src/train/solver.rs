@@ -426,6 +426,18 @@ impl Solver {
         Ok(())
     }
 
+    /// Logs the train net's `debug_info` lines, if any, as Caffe's net.cpp does.
+    fn log_debug_info(&mut self) {
+        for (level, line) in self.train.take_debug_info() {
+            let source = if line.contains("[Forward]") {
+                "net.cpp:593"
+            } else {
+                "net.cpp:620"
+            };
+            self.log.at(level, source, &line);
+        }
+    }
+
     /// Runs to max_iter like Caffe's `Solver::Solve`.
     pub fn solve(&mut self) -> Result<()> {
         let max_iter = self.param.max_iter().max(0) as usize;
@@ -474,8 +486,10 @@ impl Solver {
         }
         let display = self.param.display().max(0) as usize;
         if display > 0 && self.iter % display == 0 {
-            // Caffe's extra forward pass to report the loss after the last update.
+            // Caffe's extra forward pass to report the loss after the last
+            // update (with the last iteration's debug_info setting).
             let loss = self.train.forward()?;
+            self.log_debug_info();
             self.update_smoothed_loss(loss);
             self.log.info(
                 "solver.cpp:327",
@@ -544,6 +558,9 @@ impl Solver {
                 self.test_all()?;
             }
             let mut loss = 0.0f32;
+            // Caffe's `debug_info`: per-layer means on the display iterations.
+            let debug = self.param.debug_info() && display > 0 && self.iter % display == 0;
+            self.train.set_debug_info(debug);
             for _ in 0..iter_size {
                 let l = self.train.forward()?;
                 if !l.is_finite() {
@@ -553,6 +570,7 @@ impl Solver {
                     });
                 }
                 self.train.backward()?;
+                self.log_debug_info();
                 loss += l;
             }
             loss /= iter_size as f32;
