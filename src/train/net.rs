@@ -776,27 +776,33 @@ impl Net {
             }
         }
         if self.debug.is_some() {
-            // Caffe's closing line, at its ERROR level: norms over all learnable parameters.
-            let (mut l1, mut l2) = ([0.0f32; 2], [0.0f32; 2]);
-            for i in 0..self.params.len() {
-                let data = self.param(i).clone();
-                let diff = self.grad(i)?;
-                for (k, t) in [data, diff].iter().enumerate() {
-                    l1[k] += t.abs()?.sum_all()?.to_scalar::<f32>()?;
-                    l2[k] += t.sqr()?.sum_all()?.to_scalar::<f32>()?;
-                }
+            // Caffe's closing line, at its ERROR level.
+            let line = self.parameter_norms()?;
+            if let Some(lines) = &mut self.debug {
+                lines.push(('E', line));
             }
-            let g = super::log::g;
-            let line = format!(
-                "    [Backward] All net params (data, diff): L1 norm = ({}, {}); L2 norm = ({}, {})",
-                g(l1[0]),
-                g(l1[1]),
-                g(l2[0].sqrt()),
-                g(l2[1].sqrt())
-            );
-            self.debug.as_mut().expect("on").push(('E', line));
         }
         Ok(())
+    }
+
+    /// Caffe's `debug_info` summary: the L1 and L2 norms of all learnable
+    /// parameters and of their gradients.
+    fn parameter_norms(&self) -> Result<String> {
+        let (mut l1, mut l2) = ([0.0f32; 2], [0.0f32; 2]);
+        for i in 0..self.params.len() {
+            for (k, t) in [self.param(i).clone(), self.grad(i)?].iter().enumerate() {
+                l1[k] += t.abs()?.sum_all()?.to_scalar::<f32>()?;
+                l2[k] += t.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            }
+        }
+        let g = super::log::g;
+        Ok(format!(
+            "    [Backward] All net params (data, diff): L1 norm = ({}, {}); L2 norm = ({}, {})",
+            g(l1[0]),
+            g(l1[1]),
+            g(l2[0].sqrt()),
+            g(l2[1].sqrt())
+        ))
     }
 
     /// Turns Caffe's `debug_info` lines on or off (the solver turns them on
