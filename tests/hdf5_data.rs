@@ -261,3 +261,40 @@ fn damaged_files_are_errors_never_a_crash() {
         "{refused} refused, {read} read"
     );
 }
+
+#[test]
+fn deploy_takes_the_input_shape_from_the_first_file() {
+    let t = tempfile::tempdir().unwrap();
+    let net = t.path().join("net.prototxt");
+    std::fs::write(
+        &net,
+        "name: \"cls\"\n\
+         layer { name: \"data\" type: \"HDF5Data\" top: \"data\" top: \"label\" \
+           hdf5_data_param { source: \"three.txt\" batch_size: 4 } }\n\
+         layer { name: \"fc\" type: \"InnerProduct\" bottom: \"data\" top: \"fc\" \
+           inner_product_param { num_output: 5 } }\n\
+         layer { name: \"loss\" type: \"SoftmaxWithLoss\" bottom: \"fc\" bottom: \"label\" top: \"loss\" }\n",
+    )
+    .unwrap();
+    let out = t.path().join("deploy.prototxt");
+    let (ok, _, err) = run(
+        &folder(),
+        &[
+            "deploy",
+            net.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--batch",
+            "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("rows of the dataset 'data' (2x3)"), "{text}");
+    let def = read_net_prototxt(&out).unwrap();
+    let input = &def.layer[0];
+    assert_eq!(input.r#type(), "Input");
+    let dims = &input.input_param.as_ref().unwrap().shape[0].dim;
+    assert_eq!(dims, &[2, 2, 3]);
+    let types: Vec<&str> = def.layer.iter().map(|l| l.r#type()).collect();
+    assert_eq!(types, ["Input", "InnerProduct", "Softmax"]);
+}

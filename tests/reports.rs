@@ -1425,7 +1425,10 @@ fn deploy_of_flickr_styles_train_val_is_caffes_own_deploy_net() {
             out.to_str().unwrap(),
         ],
     );
-    assert!(!ok && err.contains("one Data or ImageData layer"), "{err}");
+    assert!(
+        !ok && err.contains("one Data, ImageData or HDF5Data layer"),
+        "{err}"
+    );
 }
 
 #[test]

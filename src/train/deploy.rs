@@ -33,13 +33,13 @@ pub fn deploy_net(
     let data: Vec<&LayerParameter> = layers
         .iter()
         .copied()
-        .filter(|l| matches!(l.r#type(), "Data" | "ImageData"))
+        .filter(|l| matches!(l.r#type(), "Data" | "ImageData" | "HDF5Data"))
         .collect();
     let [data] = data[..] else {
         return Err(Error::model(
             path.display(),
             format!(
-                "a deploy net is made from one Data or ImageData layer in the TEST phase (found {})",
+                "a deploy net is made from one Data, ImageData or HDF5Data layer in the TEST phase (found {})",
                 data.len()
             ),
         ));
@@ -51,46 +51,10 @@ pub fn deploy_net(
             "has no top",
         ));
     };
-    let tp = data.transform_param.clone().unwrap_or_default();
-    let (resize, channels) = match &data.image_data_param {
-        Some(p) if data.r#type() == "ImageData" => (
-            (p.new_height() > 0).then(|| (p.new_height() as usize, p.new_width() as usize)),
-            if p.is_color() { 3 } else { 1 },
-        ),
-        _ => (None, 3),
-    };
-    // The mean image's (channels, height, width): the datums' shape, which
-    // a Data layer does not state otherwise.
-    let mean = || -> Result<Option<(usize, usize, usize)>> {
-        let Some(f) = &tp.mean_file else {
-            return Ok(None);
-        };
-        // Path::join keeps an absolute path as it is.
-        let m = crate::caffe::mean_file::MeanImage::read_binaryproto(&base_dir.join(f))?;
-        Ok(Some((m.channels, m.height, m.width)))
-    };
-    // A Data layer's images had the datums' size: the mean image's.
-    // (Unreadable, it is only needed below when nothing else gives a size.)
-    let (channels, resize) = match data.r#type() {
-        "Data" => match mean() {
-            Ok(Some((c, h, w))) => (c, Some((h, w))),
-            _ => (channels, resize),
-        },
-        _ => (channels, resize),
-    };
-    // The input side: the crop, else the resized (or the mean's) size.
-    let side = match (tp.crop_size(), resize) {
-        (c, _) if c > 0 => (c as usize, c as usize),
-        (_, Some(s)) => s,
-        _ => match mean()? {
-            Some((_, h, w)) => (h, w),
-            None => {
-                return Err(Error::model(
-                    format!("layer '{}'", data.name()),
-                    "neither crops nor resizes, so the input size of the deploy net is unknown",
-                ))
-            }
-        },
+    let (dims, inputs) = if data.r#type() == "HDF5Data" {
+        hdf5_input(data, image_top, base_dir, batch)?
+    } else {
+        image_input(data, base_dir, batch)?
     };
     let mut out = NetParameter {
         name: def.name.clone(),
@@ -101,9 +65,7 @@ pub fn deploy_net(
         r#type: Some("Input".into()),
         top: vec![image_top.clone()],
         input_param: Some(InputParameter {
-            shape: vec![BlobShape {
-                dim: vec![batch as i64, channels as i64, side.0 as i64, side.1 as i64],
-            }],
+            shape: vec![BlobShape { dim: dims }],
         }),
         ..Default::default()
     });
@@ -147,23 +109,9 @@ pub fn deploy_net(
         ..Default::default()
     });
     let mut comment = format!(
-        "# Deploy net of {} (written by flickr-style deploy).\n# Inputs: {channels}x{}x{} images, made as the TEST data layer made them:",
-        path.display(),
-        side.0,
-        side.1
+        "# Deploy net of {} (written by flickr-style deploy).\n# Inputs: {inputs}\n",
+        path.display()
     );
-    if let Some((h, w)) = resize {
-        comment += &format!(" resized to {h}x{w},");
-    }
-    if tp.crop_size() > 0 {
-        comment += &format!(" centre crop {},", tp.crop_size());
-    }
-    match (&tp.mean_file, tp.mean_value.is_empty()) {
-        (Some(f), _) => comment += &format!(" minus the mean image {f},"),
-        (None, false) => comment += &format!(" minus the channel means {:?},", tp.mean_value),
-        (None, true) => {}
-    }
-    comment += &format!(" times {}; BGR channel order, 0-255.\n", tp.scale());
     let ours: Vec<&str> = out
         .layer
         .iter()
@@ -177,6 +125,98 @@ pub fn deploy_net(
         );
     }
     Ok((out, comment))
+}
+
+/// The Input shape and the description of an image data layer's inputs:
+/// its TEST transform's crop, else its resize or the mean image's size.
+fn image_input(data: &LayerParameter, base_dir: &Path, batch: usize) -> Result<(Vec<i64>, String)> {
+    let tp = data.transform_param.clone().unwrap_or_default();
+    let (resize, channels) = match &data.image_data_param {
+        Some(p) if data.r#type() == "ImageData" => (
+            (p.new_height() > 0).then(|| (p.new_height() as usize, p.new_width() as usize)),
+            if p.is_color() { 3 } else { 1 },
+        ),
+        _ => (None, 3),
+    };
+    // The mean image's (channels, height, width): the datums' shape, which
+    // a Data layer does not state otherwise.
+    let mean = || -> Result<Option<(usize, usize, usize)>> {
+        let Some(f) = &tp.mean_file else {
+            return Ok(None);
+        };
+        // Path::join keeps an absolute path as it is.
+        let m = crate::caffe::mean_file::MeanImage::read_binaryproto(&base_dir.join(f))?;
+        Ok(Some((m.channels, m.height, m.width)))
+    };
+    // A Data layer's images had the datums' size: the mean image's.
+    // (Unreadable, it is only needed below when nothing else gives a size.)
+    let (channels, resize) = match data.r#type() {
+        "Data" => match mean() {
+            Ok(Some((c, h, w))) => (c, Some((h, w))),
+            _ => (channels, resize),
+        },
+        _ => (channels, resize),
+    };
+    // The input side: the crop, else the resized (or the mean's) size.
+    let side = match (tp.crop_size(), resize) {
+        (c, _) if c > 0 => (c as usize, c as usize),
+        (_, Some(s)) => s,
+        _ => match mean()? {
+            Some((_, h, w)) => (h, w),
+            None => {
+                return Err(Error::model(
+                    format!("layer '{}'", data.name()),
+                    "neither crops nor resizes, so the input size of the deploy net is unknown",
+                ))
+            }
+        },
+    };
+    let mut inputs = format!(
+        "{channels}x{}x{} images, made as the TEST data layer made them:",
+        side.0, side.1
+    );
+    if let Some((h, w)) = resize {
+        inputs += &format!(" resized to {h}x{w},");
+    }
+    if tp.crop_size() > 0 {
+        inputs += &format!(" centre crop {},", tp.crop_size());
+    }
+    match (&tp.mean_file, tp.mean_value.is_empty()) {
+        (Some(f), _) => inputs += &format!(" minus the mean image {f},"),
+        (None, false) => inputs += &format!(" minus the channel means {:?},", tp.mean_value),
+        (None, true) => {}
+    }
+    inputs += &format!(" times {}; BGR channel order, 0-255.", tp.scale());
+    Ok((
+        vec![batch as i64, channels as i64, side.0 as i64, side.1 as i64],
+        inputs,
+    ))
+}
+
+/// The Input shape and description of an HDF5Data layer's inputs: rows of
+/// the dataset its first top reads, in the first file its list names.
+fn hdf5_input(
+    data: &LayerParameter,
+    top: &str,
+    base_dir: &Path,
+    batch: usize,
+) -> Result<(Vec<i64>, String)> {
+    let source = data
+        .hdf5_data_param
+        .as_ref()
+        .map(|p| p.source().to_string())
+        .unwrap_or_default();
+    let row = super::layers::hdf5_row_shape(&base_dir.join(&source), base_dir, top)?;
+    let mut dims = vec![batch as i64];
+    dims.extend(row.iter().map(|&d| d as i64));
+    let shown: Vec<String> = row.iter().map(usize::to_string).collect();
+    Ok((
+        dims,
+        format!(
+            "rows of the dataset '{top}' ({}) as the TEST HDF5Data layer read them from the files {source} lists, untransformed.",
+            shown.join("x")
+        ),
+    ))
 }
 
 #[cfg(test)]

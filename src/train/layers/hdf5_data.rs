@@ -216,6 +216,25 @@ impl Hdf5Data {
     }
 }
 
+/// The shape of one row of dataset `top` in the first file the list
+/// `list` names (resolved against `base`): what a deploy net's Input takes.
+pub fn row_shape(list: &std::path::Path, base: &std::path::Path, top: &str) -> Result<Vec<usize>> {
+    let text = std::fs::read_to_string(list).map_err(|e| {
+        Error::model(
+            format!("HDF5 file list {}", list.display()),
+            format!("cannot read: {e}"),
+        )
+    })?;
+    let first = text.split_whitespace().next().ok_or_else(|| {
+        Error::model(
+            format!("HDF5 file list {}", list.display()),
+            "lists no file",
+        )
+    })?;
+    let shapes = dataset_shapes(&base.join(first), &[top.to_string()])?;
+    Ok(shapes[0][1..].to_vec())
+}
+
 fn file_error(file: &std::path::Path, what: String) -> Error {
     Error::model(format!("HDF5 file {}", file.display()), what)
 }

@@ -16,6 +16,7 @@ mod deconv;
 mod eltwise;
 mod euclidean;
 mod hdf5_data;
+pub use hdf5_data::row_shape as hdf5_row_shape;
 mod hinge;
 mod infogain;
 mod inner_product;
