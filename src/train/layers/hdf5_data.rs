@@ -43,7 +43,6 @@ struct Cursor {
 }
 
 pub struct Hdf5Data {
-    name: String,
     files: Vec<PathBuf>,
     /// Rows in each file.
     rows: Vec<usize>,
@@ -63,8 +62,7 @@ pub struct Hdf5Data {
 
 impl Hdf5Data {
     pub fn new(param: &LayerParameter, ctx: &BuildContext) -> Result<Hdf5Data> {
-        let name = param.name().to_string();
-        let lctx = format!("layer '{name}'");
+        let lctx = format!("layer '{}'", param.name());
         if param.transform_param.is_some() {
             return Err(Error::model(
                 &lctx,
@@ -153,7 +151,6 @@ impl Hdf5Data {
             delivered: 0,
         };
         Ok(Hdf5Data {
-            name,
             files,
             rows,
             datasets,
@@ -324,13 +321,8 @@ impl Layer for Hdf5Data {
     fn is_data(&self) -> bool {
         true
     }
-    fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        if !bottom.is_empty() {
-            return Err(Error::model(
-                format!("layer '{}'", self.name),
-                "a data layer takes no bottom",
-            ));
-        }
+    // Net::new has already refused bottoms (a data layer takes none).
+    fn setup(&mut self, _bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         Ok(self
             .datasets
             .iter()
