@@ -10,10 +10,10 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 61 tensor-op cases (54 layers, 2 SGD updates, the 5 other solver
-    // types), 20 on the fused path, then the 11 layers with matrix products in bf16.
-    assert!(out.contains("All 92 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 92, "{out}");
+    // 63 tensor-op cases (56 layers, 2 SGD updates, the 5 other solver
+    // types), 21 on the fused path, then the 11 layers with matrix products in bf16.
+    assert!(out.contains("All 95 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 95, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()
@@ -28,6 +28,8 @@ fn check_ops_passes_on_the_cpu() {
         "Convolution",
         "Pooling MAX",
         "Pooling AVE",
+        "SPP MAX",
+        "SPP AVE",
         "LRN",
         "ReLU",
         "InnerProduct",

@@ -38,7 +38,7 @@ CASES = []
 
 def case(name, layer, shapes=((2, 3, 3, 4),), inputs=None, labels=None,
          loss=False, params=None, phase="TRAIN", after_forward=False, files=None,
-         filled=False):
+         filled=False, bottomless=False):
     """One layer under test.
 
     layer: the layer's body (type and parameters), without name/bottom/top.
@@ -53,11 +53,13 @@ def case(name, layer, shapes=((2, 3, 3, 4),), inputs=None, labels=None,
         net (InfogainLoss's H).
     filled: keep the parameters Caffe's fillers made (deterministic ones,
         such as bilinear), so the test also checks our fillers against them.
+    bottomless: the layer reads none of the inputs (a Parameter layer; the
+        Input layer still needs a top).
     """
     CASES.append(dict(name=name, layer=layer, shapes=[list(s) for s in shapes],
                       inputs=inputs, labels=labels, loss=loss, params=params,
                       phase=phase, after_forward=after_forward, files=files or {},
-                      filled=filled))
+                      filled=filled, bottomless=bottomless))
 
 
 def positive(a):
@@ -283,6 +285,22 @@ case("hinge_l2", 'type: "HingeLoss" hinge_loss_param { norm: L2 } loss_weight: 0
 case("multinomial_logistic", 'type: "MultinomialLogisticLoss"', shapes=[(5, 4)], labels=((5,), 4),
      inputs=[positive], loss=True)
 
+# Lookup tables and batch routing: integer inputs from the label input.
+case("embed", 'type: "Embed" embed_param { num_output: 4 input_dim: 5 }', shapes=[],
+     labels=((2, 3), 5), params=[normal(1), normal(1)])
+case("embed_no_bias", 'type: "Embed" embed_param { num_output: 3 input_dim: 4 bias_term: false }',
+     shapes=[], labels=((7,), 4), params=[normal(1)])
+case("batch_reindex", 'type: "BatchReindex"', shapes=[(4, 3, 2)], labels=((6,), 4))
+# A free learned blob; the input only gives the Input layer a top.
+case("parameter", 'type: "Parameter" parameter_param { shape { dim: 2 dim: 3 dim: 2 } }',
+     shapes=[(1, 2)], params=[normal(1)], bottomless=True)
+# Spatial pyramid pooling: sizes whose bins need padding at the finer levels.
+case("spp_max", 'type: "SPP" spp_param { pyramid_height: 3 }', shapes=[(2, 3, 7, 9)])
+case("spp_ave", 'type: "SPP" spp_param { pyramid_height: 3 pool: AVE }', shapes=[(2, 2, 6, 10)])
+case("spp_one_level", 'type: "SPP" spp_param { pyramid_height: 1 }', shapes=[(2, 3, 5, 4)])
+case("spp_max_ties", 'type: "SPP" spp_param { pyramid_height: 2 }', shapes=[(2, 2, 5, 5)],
+     inputs=[np.round])
+
 
 def shape_text(shape):
     return "shape { " + " ".join(f"dim: {d}" for d in shape) + " }"
@@ -308,6 +326,8 @@ def net_text(c, top_shapes):
         lines.append(f'layer {{ name: "dx{i}" type: "Bias" bottom: "in{i}" top: "x{i}" '
                      'bias_param { axis: 0 num_axes: -1 } }')
     bottoms = [f"x{i}" for i in range(n_x)] + (["label"] if c["labels"] else [])
+    if c["bottomless"]:
+        bottoms = []
     n_tops = len(top_shapes) if top_shapes else c.get("n_tops", 1)
     lines.append('layer { name: "under_test" '
                  + " ".join(f'bottom: "{b}"' for b in bottoms) + " "

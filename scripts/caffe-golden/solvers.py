@@ -150,6 +150,15 @@ VARIANTS = {
                                    'weight_filler { type: "gaussian" std: 0.05 } } }\n'
                                    'layer { name: "relu7c" type: "ReLU" bottom: "fc7c" top: "fc7c" }', 1)
                           .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7c"\n  top: "fc8"', 1)),
+    # Spatial pyramid pooling (1, 2 and 4 bins a side, the finest padded)
+    # between conv3 and a new fc6, which starts from its filler.
+    "spp": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+            lambda net: net.replace('layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }',
+                                    'layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }\n'
+                                    'layer { name: "spp3" type: "SPP" bottom: "conv3" top: "spp3" '
+                                    'spp_param { pyramid_height: 3 } }', 1)
+            .replace('name: "fc6"\n  type: "InnerProduct"\n  bottom: "conv3"',
+                     'name: "fc6s"\n  type: "InnerProduct"\n  bottom: "spp3"', 1)),
     "siamese": ('random_seed: 3 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
                 lambda net: SIAMESE, False),
 }

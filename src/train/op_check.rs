@@ -137,6 +137,18 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "SPP MAX, 3 levels (padded bins), ties",
+        r#"name: "s" type: "SPP" spp_param { pyramid_height: 3 }"#,
+        [2, 3, 13, 10],
+        true,
+    ),
+    (
+        "SPP AVE, 2 levels",
+        r#"name: "s" type: "SPP" spp_param { pyramid_height: 2 pool: AVE }"#,
+        [2, 3, 7, 6],
+        false,
+    ),
+    (
         "LRN 5 (CaffeNet)",
         r#"name: "n" type: "LRN" lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 }"#,
         [2, 7, 5, 5],
@@ -568,6 +580,7 @@ fn has_fused(name: &str) -> bool {
         "Convolution",
         "Deconvolution",
         "Pooling MAX",
+        "SPP MAX",
         "LRN",
         "ReLU",
         "Dropout",

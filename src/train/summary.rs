@@ -124,6 +124,17 @@ fn fillers(p: &LayerParameter) -> String {
             ip.bias_filler.as_ref(),
         );
     }
+    if let Some(e) = &p.embed_param {
+        return named(
+            e.weight_filler.as_ref(),
+            e.bias_term(),
+            e.bias_filler.as_ref(),
+        );
+    }
+    if p.r#type() == "Parameter" {
+        // Caffe never fills a Parameter layer's blob.
+        return "zeros".into();
+    }
     "its type's defaults".into()
 }
 

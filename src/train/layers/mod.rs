@@ -5,6 +5,7 @@
 
 mod argmax;
 mod batch_norm;
+mod batch_reindex;
 mod bias;
 mod concat;
 mod contrastive;
@@ -14,6 +15,7 @@ mod cyclic;
 mod data;
 mod deconv;
 mod eltwise;
+mod embed;
 mod euclidean;
 mod hdf5_data;
 pub use hdf5_data::row_shape as hdf5_row_shape;
@@ -26,6 +28,7 @@ mod lrn_within;
 mod multinomial_logistic;
 mod mvn;
 mod neuron;
+mod parameter;
 mod pool;
 mod prelu;
 mod reduction;
@@ -34,6 +37,7 @@ mod scale;
 mod sigmoid_loss;
 mod simple;
 mod slice;
+mod spp;
 mod staging;
 
 use crate::caffe::proto::{lrn_parameter::NormRegion, LayerParameter, Phase};
@@ -307,6 +311,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             ctx.caffe_rng.clone(),
             name,
         )?),
+        "SPP" => Box::new(spp::Spp::new(param, &ctx.device, path)?),
         "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name, &ctx.device, path)?),
         "LRN" => {
             let p = param.lrn_param.unwrap_or_default();
@@ -347,6 +352,9 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "HDF5Data" => Box::new(hdf5_data::Hdf5Data::new(param, ctx)?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
+        "Embed" => Box::new(embed::Embed::new(param, ctx.device.clone(), ctx.caffe_rng.clone())?),
+        "Parameter" => Box::new(parameter::Parameter::new(param, ctx.device.clone())?),
+        "BatchReindex" => Box::new(batch_reindex::BatchReindex::new(name)),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
         "Crop" => Box::new(crop::Crop::new(param.crop_param.clone().unwrap_or_default(), name)),
         "Eltwise" => Box::new(eltwise::Eltwise::new(param.eltwise_param.clone(), name)?),
@@ -366,7 +374,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, LRN, ReLU, Dropout, InnerProduct, Concat, Crop, Slice, Split, Silence, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, Concat, Crop, Slice, Split, Silence, BatchReindex, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

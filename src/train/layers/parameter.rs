@@ -1,0 +1,79 @@
+//! Parameter: a layer without bottoms whose one top is its one learned blob
+//! (of `parameter_param.shape`), so a net can learn a free tensor, e.g. a
+//! bias added by an Eltwise. Caffe leaves the blob unfilled, hence zeros,
+//! until weights are copied in; its gradient is the top's.
+use super::{BackwardArgs, Grads, Layer};
+use crate::caffe::proto::{LayerParameter, Phase};
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub struct Parameter {
+    shape: Vec<usize>,
+    params: Vec<Tensor>,
+    device: Device,
+}
+
+impl Parameter {
+    pub fn new(param: &LayerParameter, device: Device) -> Result<Self> {
+        let shape = param
+            .parameter_param
+            .as_ref()
+            .and_then(|p| p.shape.as_ref())
+            .ok_or_else(|| {
+                Error::model(
+                    format!("layer '{}'", param.name()),
+                    "needs parameter_param { shape { dim: … } }",
+                )
+            })?
+            .dim
+            .iter()
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| {
+                    Error::model(
+                        format!("layer '{}'", param.name()),
+                        format!("parameter_param.shape has a negative dim {d}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        Ok(Parameter {
+            shape,
+            params: Vec::new(),
+            device,
+        })
+    }
+}
+
+impl Layer for Parameter {
+    fn type_name(&self) -> &'static str {
+        "Parameter"
+    }
+    fn num_bottoms(&self) -> usize {
+        0
+    }
+    fn setup(&mut self, _bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        self.params = vec![Tensor::zeros(
+            self.shape.as_slice(),
+            DType::F32,
+            &self.device,
+        )?];
+        Ok(vec![self.shape.clone()])
+    }
+    fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut [Tensor] {
+        &mut self.params
+    }
+    fn forward(&mut self, _bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
+        Ok(vec![self.params[0].clone()])
+    }
+    fn backward(&mut self, a: &BackwardArgs) -> Result<Grads> {
+        let g = if a.param_grad[0] {
+            a.top_diff[0].clone()
+        } else {
+            None
+        };
+        Ok((vec![], vec![g]))
+    }
+}
