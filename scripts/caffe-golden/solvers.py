@@ -159,6 +159,23 @@ VARIANTS = {
                                     'spp_param { pyramid_height: 3 } }', 1)
             .replace('name: "fc6"\n  type: "InnerProduct"\n  bottom: "conv3"',
                      'name: "fc6s"\n  type: "InnerProduct"\n  bottom: "spp3"', 1)),
+    # Embed, Parameter and BatchReindex: fc8 reads the sum of fc7 with its
+    # items reordered by the labels (each below the batch size), a learned
+    # vector per label, and a free learned blob (which starts at zero).
+    "embed_reindex": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+                      lambda net: net.replace('layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }',
+                                              'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+                                              'layer { name: "reindex" type: "BatchReindex" bottom: "fc7" '
+                                              'bottom: "label" top: "fc7r" }\n'
+                                              'layer { name: "emb" type: "Embed" bottom: "label" top: "emb" '
+                                              'embed_param { num_output: 64 input_dim: 4 '
+                                              'weight_filler { type: "gaussian" std: 0.1 } '
+                                              'bias_filler { type: "constant" value: 0.05 } } }\n'
+                                              'layer { name: "free" type: "Parameter" top: "free" '
+                                              'parameter_param { shape { dim: 8 dim: 64 } } }\n'
+                                              'layer { name: "sum7" type: "Eltwise" bottom: "fc7r" bottom: "emb" '
+                                              'bottom: "free" top: "fc7s" }', 1)
+                      .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7s"\n  top: "fc8"', 1)),
     "siamese": ('random_seed: 3 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
                 lambda net: SIAMESE, False),
 }
