@@ -139,6 +139,72 @@ fn mutated_prototxts_build_or_fail_cleanly() {
     );
 }
 
+/// A small net of the lookup and pyramid layers (Embed, Parameter,
+/// BatchReindex, SPP) on DummyData, whose indices and shapes the mutations
+/// push out of range.
+const LOOKUP_NET: &str = r#"name: "lookup"
+layer { name: "d" type: "DummyData" top: "ids" top: "order" top: "label"
+  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 } shape { dim: 4 }
+    data_filler { type: "constant" value: 2 } data_filler { type: "constant" value: 1 }
+    data_filler { type: "constant" value: 0 } } }
+layer { name: "emb" type: "Embed" bottom: "ids" top: "vec"
+  embed_param { num_output: 6 input_dim: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "free" type: "Parameter" top: "shift" parameter_param { shape { dim: 4 dim: 3 dim: 6 } } }
+layer { name: "sum" type: "Eltwise" bottom: "vec" bottom: "shift" top: "s" }
+layer { name: "mix" type: "BatchReindex" bottom: "s" bottom: "order" top: "m" }
+layer { name: "img" type: "Reshape" bottom: "m" top: "m4" reshape_param { shape { dim: 0 dim: 2 dim: 3 dim: 3 } } }
+layer { name: "spp" type: "SPP" bottom: "m4" top: "p" spp_param { pyramid_height: 2 pool: AVE } }
+layer { name: "fc" type: "InnerProduct" bottom: "p" top: "fc" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"#;
+
+#[test]
+fn mutated_lookup_and_pyramid_nets_build_or_fail_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let solver = t.path().join("solver.prototxt");
+    std::fs::write(
+        &solver,
+        "net: \"net.prototxt\"\nbase_lr: 0.1\nlr_policy: \"fixed\"\nmax_iter: 2\nrandom_seed: 1\n",
+    )
+    .unwrap();
+    let (mut refused, mut trained, mut failed) = (0, 0, 0);
+    for i in 0..120 {
+        let net = if i == 0 {
+            LOOKUP_NET.to_string()
+        } else {
+            swap_numbers(&mut rng, LOOKUP_NET)
+        };
+        std::fs::write(t.path().join("net.prototxt"), &net).unwrap();
+        match solver_in(t.path(), solver.to_str().unwrap(), &t.path().join("x")) {
+            Ok(mut s) => {
+                s.set_max_iter(2);
+                s.set_snapshot_after_train(false);
+                match s.solve() {
+                    Ok(()) => trained += 1,
+                    Err(e) => {
+                        assert!(!e.to_string().is_empty());
+                        failed += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                refused += 1;
+            }
+        }
+        // The unmutated net trains.
+        assert!(i > 0 || trained == 1, "the lookup net does not train");
+    }
+    // Most mutations break the tightly coupled shapes (refused when built);
+    // out-of-range indices fail the first step, naming the layer.
+    eprintln!("lookup nets: {refused} of 120 refused, {failed} failed training, {trained} trained");
+    assert!(
+        refused >= 30 && failed >= 5 && trained >= 5,
+        "{refused} refused, {failed} failed, {trained} trained"
+    );
+}
+
 #[test]
 fn mutated_weights_and_solver_states_load_or_fail_cleanly() {
     let t = tempfile::tempdir().unwrap();

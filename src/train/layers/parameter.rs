@@ -2,12 +2,13 @@
 //! (of `parameter_param.shape`), so a net can learn a free tensor, e.g. a
 //! bias added by an Eltwise. Caffe leaves the blob unfilled, hence zeros,
 //! until weights are copied in; its gradient is the top's.
-use super::{BackwardArgs, Grads, Layer};
+use super::{checked_count, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{LayerParameter, Phase};
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 pub struct Parameter {
+    ctx: String,
     shape: Vec<usize>,
     params: Vec<Tensor>,
     device: Device,
@@ -37,6 +38,7 @@ impl Parameter {
             })
             .collect::<Result<Vec<usize>>>()?;
         Ok(Parameter {
+            ctx: format!("layer '{}'", param.name()),
             shape,
             params: Vec::new(),
             device,
@@ -52,9 +54,23 @@ impl Layer for Parameter {
         0
     }
     fn setup(&mut self, _bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        self.params = vec![Tensor::zeros(
+        // Checked and reserved first: a typo in the shape is an error, not
+        // an allocation abort.
+        let n = checked_count(&self.shape, &self.ctx, "parameter blob")?;
+        let mut zeros = Vec::new();
+        zeros.try_reserve_exact(n).map_err(|_| {
+            Error::model(
+                &self.ctx,
+                format!(
+                    "not enough memory for a parameter blob of shape {:?}",
+                    self.shape
+                ),
+            )
+        })?;
+        zeros.resize(n, 0.0f32);
+        self.params = vec![Tensor::from_vec(
+            zeros,
             self.shape.as_slice(),
-            DType::F32,
             &self.device,
         )?];
         Ok(vec![self.shape.clone()])
