@@ -1273,3 +1273,83 @@ fn debug_info_prints_caffes_per_layer_means() {
     );
     assert!(ok && !err.contains("[Forward]"), "{err}");
 }
+
+#[test]
+fn force_backward_computes_every_gradient_as_caffe_does() {
+    // Caffe 1.0 (the bullseye chroot of scripts/caffe-golden) printed, for
+    // the tiny net without its Accuracy layer (Caffe aborts on a forced
+    // Accuracy backward) and with `force_backward: true`, first iteration
+    // from init_iter_0 with `debug_info: true`:
+    //   [Backward] Layer conv1, bottom blob data diff: 8.97942e-08
+    //   [Backward] Layer pool1, bottom blob conv1 diff: 4.84194e-07
+    //   [Backward] Layer conv1, param blob 0 diff: 0.00715509   (lr_mult 0)
+    //   [Backward] All net params (data, diff): L1 norm = (1453.61, 101.666); ...
+    // Without force_backward the frozen conv1 and everything below conv2
+    // take no gradient (the diff norm is 93.0761).
+    let dir = fixture("tiny-net");
+    let t = tempfile::tempdir().unwrap();
+    let net = std::fs::read_to_string(dir.join("train_val.prototxt"))
+        .unwrap()
+        .replace("\"data/", &format!("\"{}/data/", dir.display()));
+    let (a, b) = (
+        net.find("layer {\n  name: \"accuracy\"").unwrap(),
+        net.find("layer {\n  name: \"loss\"").unwrap(),
+    );
+    let forced = format!("force_backward: true\n{}{}", &net[..a], &net[b..]);
+    std::fs::write(t.path().join("net.prototxt"), &forced).unwrap();
+    let solver = std::fs::read_to_string(dir.join("solver.prototxt"))
+        .unwrap()
+        .replace("train_val.prototxt", "net.prototxt")
+        .replace("max_iter: 30", "max_iter: 1")
+        .replace("test_initialization: true", "test_initialization: false");
+    std::fs::write(
+        t.path().join("solver.prototxt"),
+        format!("{solver}debug_info: true\nsnapshot_after_train: false\n"),
+    )
+    .unwrap();
+    let weights = dir.join("snapshots/init_iter_0.caffemodel");
+    let args = [
+        "finetune",
+        "--solver",
+        "solver.prototxt",
+        "--weights",
+        weights.to_str().unwrap(),
+    ];
+    let (ok, _, err) = run(t.path(), &args);
+    assert!(ok, "{err}");
+    for want in [
+        "[Backward] Layer conv1, bottom blob data diff: 8.97942e-08",
+        "[Backward] Layer pool1, bottom blob conv1 diff: 4.84194e-07",
+        "[Backward] Layer conv1, param blob 0 diff: 0.00715509",
+        "[Backward] Layer conv1, param blob 1 diff: 0.000221775",
+        "[Backward] Layer fc6, bottom blob conv3 diff: 1.87671e-05",
+    ] {
+        assert!(err.lines().any(|l| l.ends_with(want)), "no {want:?}\n{err}");
+    }
+    assert!(err.contains("L1 norm = (1453.61, 101.666)"), "{err}");
+    // With the Accuracy layer back (whose forced backward aborts Caffe) the
+    // net trains, the Accuracy taking no gradient; the frozen conv1 stays.
+    std::fs::write(
+        t.path().join("net.prototxt"),
+        format!("force_backward: true\n{net}"),
+    )
+    .unwrap();
+    std::fs::write(t.path().join("solver.prototxt"), &solver).unwrap();
+    let snap = t.path().join("acc");
+    let mut args = args.to_vec();
+    args.extend(["--snapshot-prefix", snap.to_str().unwrap()]);
+    let (ok, _, err) = run(t.path(), &args);
+    assert!(ok, "{err}");
+    let conv1 = |path: &std::path::Path| {
+        let m = flickr_style::caffe::model::read_caffemodel(path).unwrap();
+        m.layer
+            .into_iter()
+            .find(|l| l.name() == "conv1")
+            .unwrap()
+            .blobs
+    };
+    assert_eq!(
+        conv1(&t.path().join("acc_iter_1.caffemodel")),
+        conv1(&weights)
+    );
+}

@@ -21,6 +21,9 @@ struct Entry {
     loss_weights: Vec<f32>,
     need_backward: bool,
     propagate: Vec<bool>,
+    /// Per parameter: whether backward computes its gradient (lr_mult not
+    /// 0, or the net's `force_backward`).
+    param_grads: Vec<bool>,
     /// Per parameter: (lr_mult, decay_mult), from the layer's own specs
     /// (which decide, as in Caffe, whether it computes that gradient).
     mults: Vec<(f32, f32)>,
@@ -92,6 +95,9 @@ pub struct Net {
     /// Caffe's `debug_info` lines of the passes since they were last taken
     /// (glog level, text), while it is on.
     debug: Option<Vec<(char, String)>>,
+    /// Caffe's `force_backward`: every layer runs backward, every bottom
+    /// that can take a gradient gets one, every parameter its gradient.
+    force_backward: bool,
 }
 
 /// A blob's mean absolute value (Caffe's `asum / count`).
@@ -145,6 +151,7 @@ impl Net {
             fused: ctx.path().fused(),
             device: ctx.device.clone(),
             debug: None,
+            force_backward: def.force_backward(),
         };
         if !def.input.is_empty() || !def.input_dim.is_empty() {
             return Err(Error::model(
@@ -293,6 +300,7 @@ impl Net {
                 loss_weights,
                 need_backward: false,
                 propagate: Vec::new(),
+                param_grads: Vec::new(),
                 mults,
                 slots: Vec::new(),
             });
@@ -311,8 +319,7 @@ impl Net {
             .sort_by(|&a, &b| net.blob_names[a].cmp(&net.blob_names[b]));
         net.analyse_backward();
         for e in &mut net.entries {
-            let grads: Vec<bool> = e.mults.iter().map(|&(lr, _)| lr != 0.0).collect();
-            e.layer.plan_backward(e.need_backward, &grads);
+            e.layer.plan_backward(e.need_backward, &e.param_grads);
         }
         net.assign_params()?;
         net.grads = vec![None; net.params.len()];
@@ -485,12 +492,14 @@ impl Net {
 
     /// Caffe's rule (Net::Init): a layer runs backward if it has a learnable
     /// parameter or a bottom needing gradients, and only if it contributes to
-    /// a loss. A layer's `propagate_down` (one flag per bottom) overrides
-    /// which bottoms get a gradient; a layer all of whose tops' readers take
-    /// no gradient from them skips its backward pass, so `propagate_down:
-    /// false` above the trained layers stops backpropagation there (the
-    /// layers below then get no gradient, though the solver still decays
-    /// their weights, as in Caffe).
+    /// a loss. A layer's `propagate_down: false` (one flag per bottom) keeps
+    /// a bottom from getting a gradient (`true` cannot give one to a bottom
+    /// that needs none); a layer all of whose tops' readers take no gradient
+    /// from them skips its backward pass, so `propagate_down: false` above
+    /// the trained layers stops backpropagation there (the layers below then
+    /// get no gradient, though the solver still decays their weights, as in
+    /// Caffe). The net's `force_backward` then turns every layer's backward
+    /// on, with every bottom the layer allows and every parameter gradient.
     fn analyse_backward(&mut self) {
         let n = self.blob_names.len();
         let mut blob_needs = vec![false; n];
@@ -504,7 +513,7 @@ impl Net {
                 .bottoms
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| forced.get(i).copied().unwrap_or(blob_needs[b]))
+                .map(|(i, &b)| blob_needs[b] && forced.get(i).copied().unwrap_or(true))
                 .collect();
             for &b in &e.bottoms {
                 readers[b] += 1;
@@ -544,6 +553,16 @@ impl Net {
         for e in &mut self.entries {
             let need = e.need_backward;
             e.propagate.iter_mut().for_each(|p| *p &= need);
+            e.param_grads = e.mults.iter().map(|&(lr, _)| lr != 0.0).collect();
+            if self.force_backward && !e.layer.is_data() {
+                e.need_backward = true;
+                for (i, p) in e.propagate.iter_mut().enumerate() {
+                    *p |= e.layer.allow_force_backward(i);
+                }
+                // Not the blobs a layer updates itself (BatchNorm's).
+                let fixed = e.layer.fixed_params();
+                e.param_grads.iter_mut().for_each(|g| *g |= !fixed);
+            }
         }
     }
 
@@ -707,14 +726,18 @@ impl Net {
                 .map(|&t| self.blobs[t].clone().expect("computed"))
                 .collect();
             let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
-            let param_grad: Vec<bool> = e.mults.iter().map(|&(lr, _)| lr != 0.0).collect();
+            if top_diff.iter().all(Option::is_none) {
+                // No loss below this layer (a layer forced to run backward
+                // that feeds no loss): its gradients are all zero.
+                continue;
+            }
             let start = Instant::now();
             let (bgrads, pgrads) = e.layer.backward(&BackwardArgs {
                 bottom: &bottom,
                 top: &top,
                 top_diff: &top_diff,
                 propagate: &e.propagate,
-                param_grad: &param_grad,
+                param_grad: &e.param_grads,
             })?;
             if let Some(t) = &mut self.timing {
                 self.device.synchronize()?;
@@ -783,6 +806,86 @@ impl Net {
             }
         }
         Ok(())
+    }
+
+    /// The gradient of `seed · seed_diff` (e.g. one class score per image)
+    /// with respect to the blob `target` in the last forward pass: `seed`'s
+    /// gradient is set to `seed_diff` and backpropagated down to `target`'s
+    /// last producer, computing no parameter gradient and leaving the
+    /// training gradients alone (what Caffe's `backward(start=…)` from a
+    /// set top diff does). In-place layers make a name several blobs: both
+    /// names mean the last one (`conv5` after its ReLU). Needs a net built
+    /// with `force_backward`, so every layer keeps what its backward needs.
+    pub fn blob_gradient(&mut self, seed: &str, seed_diff: Tensor, target: &str) -> Result<Tensor> {
+        let ctx = format!("net '{}'", self.name);
+        if !self.force_backward {
+            return Err(Error::model(
+                &ctx,
+                "a blob gradient needs the net built with force_backward: true",
+            ));
+        }
+        let last = |name: &str| {
+            (0..self.blob_names.len())
+                .rev()
+                .find(|&i| self.blob_names[i] == name)
+                .ok_or_else(|| Error::model(&ctx, format!("has no blob '{name}'")))
+        };
+        let (seed_id, target_id) = (last(seed)?, last(target)?);
+        if seed_diff.dims() != self.blob_shapes[seed_id].as_slice() {
+            return Err(Error::model(
+                &ctx,
+                format!(
+                    "the gradient of '{seed}' has shape {:?}, not the blob's {:?}",
+                    seed_diff.dims(),
+                    self.blob_shapes[seed_id]
+                ),
+            ));
+        }
+        let mut diffs: Vec<Option<Tensor>> = vec![None; self.blob_names.len()];
+        diffs[seed_id] = Some(seed_diff);
+        for e in self.entries.iter_mut().rev() {
+            if e.tops.contains(&target_id) {
+                // Every reader of the target comes after its producer.
+                break;
+            }
+            let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
+            if top_diff.iter().all(Option::is_none) {
+                continue;
+            }
+            let bottom: Vec<Tensor> = e
+                .bottoms
+                .iter()
+                .map(|&b| self.blobs[b].clone().expect("forward ran"))
+                .collect();
+            let top: Vec<Tensor> = e
+                .tops
+                .iter()
+                .map(|&t| self.blobs[t].clone().expect("forward ran"))
+                .collect();
+            let (bgrads, _) = e.layer.backward(&BackwardArgs {
+                bottom: &bottom,
+                top: &top,
+                top_diff: &top_diff,
+                propagate: &e.propagate,
+                param_grad: &vec![false; e.param_grads.len()],
+            })?;
+            for (&b, g) in e.bottoms.iter().zip(bgrads) {
+                if let Some(g) = g {
+                    diffs[b] = Some(match diffs[b].take() {
+                        Some(d) => (d + g)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        diffs[target_id].take().ok_or_else(|| {
+            Error::model(
+                &ctx,
+                format!(
+                    "no gradient flows from '{seed}' down to '{target}' (is '{target}' below it?)"
+                ),
+            )
+        })
     }
 
     /// Caffe's `debug_info` summary: the L1 and L2 norms of all learnable
@@ -884,6 +987,12 @@ impl Net {
             Some(g) => Ok(g.clone()),
             None => Ok(self.param(i).zeros_like()?),
         }
+    }
+
+    /// Whether parameter `i` holds a computed gradient (a frozen one does
+    /// only under `force_backward`).
+    pub fn has_grad(&self, i: usize) -> bool {
+        self.grads[i].is_some()
     }
 
     /// Sets the gradient of parameter `i` (after clipping or normalising).

@@ -33,6 +33,10 @@ impl ArgMax {
 }
 
 impl Layer for ArgMax {
+    fn allow_force_backward(&self, _i: usize) -> bool {
+        // No gradient in Caffe either (it aborts when forced).
+        false
+    }
     fn type_name(&self) -> &'static str {
         "ArgMax"
     }

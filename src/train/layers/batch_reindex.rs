@@ -27,6 +27,10 @@ impl BatchReindex {
 }
 
 impl Layer for BatchReindex {
+    fn allow_force_backward(&self, i: usize) -> bool {
+        // The indices take no gradient (Caffe aborts when forced).
+        i == 0
+    }
     fn type_name(&self) -> &'static str {
         "BatchReindex"
     }

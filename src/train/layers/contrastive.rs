@@ -44,6 +44,10 @@ impl ContrastiveLoss {
 }
 
 impl Layer for ContrastiveLoss {
+    fn allow_force_backward(&self, i: usize) -> bool {
+        // Not the similarity flags (Caffe's rule).
+        i != 2
+    }
     fn type_name(&self) -> &'static str {
         "ContrastiveLoss"
     }

@@ -67,6 +67,10 @@ pub(super) fn indices(t: &Tensor, rows: usize, ctx: &str, what: &str) -> Result<
 }
 
 impl Layer for Embed {
+    fn allow_force_backward(&self, _i: usize) -> bool {
+        // The indices take no gradient (Caffe aborts when forced).
+        false
+    }
     fn type_name(&self) -> &'static str {
         "Embed"
     }

@@ -26,6 +26,10 @@ impl EuclideanLoss {
 }
 
 impl Layer for EuclideanLoss {
+    fn allow_force_backward(&self, _i: usize) -> bool {
+        // Both sides are values with a gradient, as in Caffe.
+        true
+    }
     fn type_name(&self) -> &'static str {
         "EuclideanLoss"
     }

@@ -403,6 +403,10 @@ impl Accuracy {
 }
 
 impl Layer for Accuracy {
+    fn allow_force_backward(&self, _i: usize) -> bool {
+        // No gradient in Caffe either (it aborts when forced).
+        false
+    }
     fn type_name(&self) -> &'static str {
         "Accuracy"
     }

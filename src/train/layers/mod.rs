@@ -139,6 +139,13 @@ pub trait Layer: Send {
     fn default_loss_weight(&self, _i: usize) -> f32 {
         0.0
     }
+    /// Whether the net's `force_backward` may ask for a gradient of bottom
+    /// `i` (Caffe's AllowForceBackward): not for a loss layer's labels.
+    /// Layers that compute no gradient for a bottom (Accuracy, ArgMax, an
+    /// Embed's indices) say no too, where Caffe would abort.
+    fn allow_force_backward(&self, i: usize) -> bool {
+        !(i == 1 && self.default_loss_weight(0) != 0.0)
+    }
 }
 
 /// Where relative paths in a net (sources, mean files) are resolved from, and

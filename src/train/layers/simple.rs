@@ -179,6 +179,10 @@ impl Threshold {
 }
 
 impl Layer for Threshold {
+    fn allow_force_backward(&self, _i: usize) -> bool {
+        // No gradient in Caffe either (it aborts when forced).
+        false
+    }
     fn type_name(&self) -> &'static str {
         "Threshold"
     }

@@ -98,8 +98,10 @@ pub fn sgd_update(
     let mut clipped = None;
     if cfg.clip_gradients >= 0.0 {
         let mut sumsq = 0.0f32;
+        // Caffe sums every learnable blob's gradient; a frozen one is zero
+        // unless `force_backward` computed it.
         for i in 0..n {
-            if net.params()[i].lr_mult != 0.0 {
+            if net.params()[i].lr_mult != 0.0 || net.has_grad(i) {
                 let g = net.grad(i)?;
                 sumsq += if net.uses_tensor_ops() {
                     tensor_ops::sum_sq(&g)?
