@@ -381,6 +381,27 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
                 .any(|c| r.contains(&format!(",{c},")))),
         "{csv}"
     );
+    // The explain hint maps the same images, class names in its table.
+    let hint = err
+        .lines()
+        .find_map(|l| l.strip_prefix("See where the net looks (heat maps) with: flickr-style "))
+        .expect("an explain hint");
+    let mut args_x: Vec<String> = hint.split_whitespace().map(String::from).collect();
+    assert_eq!(args_x.pop().as_deref(), Some("IMAGES_OR_FOLDERS"));
+    args_x.push(fixture("images/vehicle").display().to_string());
+    let out = Command::new(bin())
+        .args(&args_x)
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at = args_x.iter().position(|a| a == "--out").unwrap() + 1;
+    let table = std::fs::read_to_string(t.path().join(&args_x[at]).join("explain.csv")).unwrap();
+    assert_eq!(table.lines().count(), 7, "{table}");
     // The same with the fused model that `fuse --out` fitted: sizes only,
     // so no samples file is needed.
     let out = Command::new(bin())

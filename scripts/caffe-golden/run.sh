@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the golden numbers of tests/caffe_layers.rs,
 # tests/caffe_solvers.rs, tests/caffe_data.rs, tests/caffe_nets.rs,
-# tests/caffe_fillers.rs and tests/hdf5_data.rs (with its h5py files) with a
+# tests/caffe_fillers.rs, tests/explain.rs and tests/hdf5_data.rs (with its h5py files) with a
 # real Caffe: Debian bullseye's
 # `caffe`/`python3-caffe` packages (Caffe 1.0.0, git 2018-08-21, CPU),
 # installed into a debootstrap chroot because newer Debian releases dropped
@@ -21,7 +21,7 @@ fi
 version="$(chroot "$root" dpkg-query -W -f '${Version}' caffe) (Debian bullseye)"
 chroot "$root" python3 -c 'import h5py' 2>/dev/null || chroot "$root" bash -c \
     'DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-h5py >/dev/null'
-cp "$here"/{golden,layers,solvers,data,nets,fillers,hdf5}.py "$root/tmp/"
+cp "$here"/{golden,layers,solvers,data,nets,fillers,hdf5,gradcam}.py "$root/tmp/"
 rm -rf "$root/tmp/fixtures" && mkdir "$root/tmp/fixtures"
 cp -r "$fixtures/tiny-net" "$fixtures/images" "$root/tmp/fixtures/" && chmod -R u+w "$root/tmp/fixtures"
 chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
@@ -31,6 +31,8 @@ chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
 chroot "$root" env CAFFE_VERSION="$version" \
     bash -c 'cd /tmp/fixtures && python3 /tmp/data.py /tmp/caffe_data.json'
 chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
+    bash -c 'cd /tmp/fixtures/tiny-net && python3 /tmp/gradcam.py /tmp/caffe_gradcam.json'
+chroot "$root" env CAFFE_VERSION="$version" OPENBLAS_NUM_THREADS=1 \
     python3 /tmp/nets.py /tmp/caffe_nets.json
 chroot "$root" env CAFFE_VERSION="$version" \
     bash -c 'cd /tmp/fixtures && python3 /tmp/fillers.py /tmp/caffe_fillers.json'
@@ -38,5 +40,5 @@ chroot "$root" env CAFFE_VERSION="$version" \
 rm -rf "$root/tmp/hdf5"
 chroot "$root" env CAFFE_VERSION="$version" python3 /tmp/hdf5.py /tmp/hdf5
 rm -rf "$data/hdf5" && cp -r "$root/tmp/hdf5" "$data/hdf5"
-cp "$root/tmp/"caffe_{layers,solvers,data,nets,fillers}.json "$data/"
-echo "wrote $data/caffe_{layers,solvers,data,nets,fillers}.json"
+cp "$root/tmp/"caffe_{layers,solvers,data,nets,fillers,gradcam}.json "$data/"
+echo "wrote $data/caffe_{layers,solvers,data,nets,fillers,gradcam}.json"

@@ -143,6 +143,23 @@ pub(crate) struct InputSpec {
     label_top: bool,
 }
 
+impl InputSpec {
+    /// The net input's (height, width).
+    pub(crate) fn input_size(&self) -> (usize, usize) {
+        self.out
+    }
+
+    /// Where the net's (centre) crop of the prepared image `m` starts, as
+    /// (row, column): what of `m` the input shows.
+    pub(crate) fn crop_origin(&self, m: &Mat8) -> (usize, usize) {
+        let (h, w) = self.out;
+        (
+            m.height.saturating_sub(h) / 2,
+            m.width.saturating_sub(w) / 2,
+        )
+    }
+}
+
 fn input_spec(def: &NetParameter, o: &ClassifyOptions) -> Result<InputSpec> {
     let state = NetState {
         phase: Some(Phase::Test as i32),

@@ -170,6 +170,11 @@ impl Reader {
         })
     }
 
+    /// The blob the scores are read from.
+    pub(crate) fn scores_blob(&self) -> &str {
+        &self.scores
+    }
+
     /// The scores as (images, classes) and the labels of the last forward pass.
     fn read(&self, net: &Net) -> Result<(usize, usize, Vec<f32>, Vec<f32>)> {
         let (n, classes, scores) = self.read_scores(net)?;

@@ -29,6 +29,7 @@ pub mod cyclic;
 pub mod deploy;
 pub mod depthwise;
 pub mod evaluate;
+pub mod explain;
 pub mod features;
 pub mod filler;
 pub mod fused;

@@ -71,6 +71,9 @@ pub(crate) enum Command {
     /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
     /// with --mean; writes a CSV of the top classes.
     Classify(ClassifyArgs),
+    /// Where in each image the net found its class (beyond Caffe): Grad-CAM heat maps over the
+    /// images as the net saw them, and explain.csv (class, probability, where the map peaks).
+    Explain(ExplainArgs),
     /// Late fusion: whether each image's original size (and measurements a manifest carries, or
     /// `measure`'s shapes and textures) add to the net's probabilities, by a cross-validated
     /// logistic regression on an evaluated set (evaluate --out's probabilities.csv with the
@@ -915,6 +918,56 @@ pub(crate) struct ClassifyArgs {
     /// model that uses a manifest's measurements besides the size.
     #[arg(long, requires = "fusion")]
     pub(crate) samples: Option<PathBuf>,
+    /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
+    #[arg(long)]
+    pub(crate) strict: bool,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ExplainArgs {
+    /// Image files, or folders searched recursively for images.
+    #[arg(required = true)]
+    pub(crate) images: Vec<PathBuf>,
+    /// The net as trained (its TEST data layer says how an image becomes its input), or a deploy
+    /// net with --mean or --mean-value, as for `classify`.
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Trained .caffemodel.
+    #[arg(long)]
+    pub(crate) weights: PathBuf,
+    /// Folder for the heat maps (<n>_<image>.png: the map over the image the net saw, blue to red)
+    /// and explain.csv.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// The blob whose channels make the map (default: the output of the last Convolution layer
+    /// with a spatial output, after its ReLU: conv5 in CaffeNet, 13x13).
+    #[arg(long)]
+    pub(crate) layer: Option<String>,
+    /// Explain this class in every image (default: each image's best class).
+    #[arg(long)]
+    pub(crate) class: Option<usize>,
+    /// Class names, one per line in label order (labels.txt, or style_names.txt).
+    #[arg(long)]
+    pub(crate) names: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) resize: ResizeArgs,
+    /// Read the images as one gray channel.
+    #[arg(long)]
+    pub(crate) gray: bool,
+    /// For a deploy net: the mean image its training subtracted (see `classify`).
+    #[arg(long, conflicts_with = "mean_value")]
+    pub(crate) mean: Option<PathBuf>,
+    /// For a deploy net: per-channel means instead (e.g. 104,117,123).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) mean_value: Vec<f32>,
+    /// Blob of class scores, as for `classify`; a Softmax output's logits are used.
+    #[arg(long)]
+    pub(crate) scores: Option<String>,
+    /// Images per forward pass (default: the data layer's batch_size).
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
     /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
     #[arg(long)]
     pub(crate) strict: bool,

@@ -41,6 +41,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Features(_)
             | Command::Probe(_)
             | Command::Classify(_)
+            | Command::Explain(_)
             | Command::Time(_)
     ) {
         flickr_style::train::memory::reuse_large_allocations();
@@ -73,6 +74,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Features(a) => cmd_features(a),
         Command::Probe(a) => cmd_probe(a),
         Command::Classify(a) => cmd_classify(a),
+        Command::Explain(a) => cmd_explain(a),
         Command::Deploy(a) => {
             let def = flickr_style::caffe::model::read_net_prototxt(&a.model)?;
             let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
@@ -723,6 +725,68 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_explain(a: ExplainArgs) -> Result<()> {
+    use flickr_style::train::classify::ClassifyOptions;
+    use flickr_style::train::explain::{explain, ExplainOptions};
+    let images = flickr_style::pipeline::folders::find_images(&a.images)?;
+    if images.is_empty() {
+        bail!("no image files found in the given folders");
+    }
+    let weights = [a.weights.as_path()];
+    let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
+    let compute = a.device.compute()?;
+    // The names are checked against the net's classes once it has run.
+    let lines = match &a.names {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the class names {}", p.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
+    let input = ClassifyOptions {
+        size: a.resize.get()?,
+        pad: a.resize.pad(),
+        gray: a.gray,
+        mean: a.mean.as_deref(),
+        mean_values: &a.mean_value,
+        scores: a.scores.clone(),
+        batch_size: a.batch_size,
+        ..ClassifyOptions::new(&a.model, &weights, &base_dir, &compute, &images)
+    };
+    let result = explain(&ExplainOptions {
+        input,
+        layer: a.layer,
+        class: a.class,
+        names: &lines,
+        out: &a.out,
+        strict: a.strict,
+    })
+    .with_context(|| format!("explain with {}", a.model.display()))?;
+    if !lines.is_empty() && lines.len() != result.classes {
+        eprintln!(
+            "warning: {} names {} classes, the net scores {}",
+            a.names.as_ref().expect("names given").display(),
+            lines.len(),
+            result.classes
+        );
+    }
+    for (p, why) in &result.failed {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    println!(
+        "Grad-CAM of '{}' ({}x{} positions) for the class scores in '{}': {} images ({} skipped) -> {}",
+        result.layer,
+        result.map_size.0,
+        result.map_size.1,
+        result.scores,
+        result.rows.len(),
+        result.failed.len(),
+        a.out.join("explain.csv").display()
+    );
+    Ok(())
+}
+
 fn cmd_time(a: TimeArgs) -> Result<()> {
     let r = flickr_style::train::commands::time(
         &a.model,
@@ -928,6 +992,12 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         "Classify new images with: flickr-style classify --model {} --weights {}{names}{pad}{tta} IMAGES_OR_FOLDERS",
         data.join("train_val.prototxt").display(),
         model.display()
+    );
+    eprintln!(
+        "See where the net looks (heat maps) with: flickr-style explain --model {} --weights {}{names}{pad} --out {} IMAGES_OR_FOLDERS",
+        data.join("train_val.prototxt").display(),
+        model.display(),
+        data.join("explain").display()
     );
     Ok(())
 }

@@ -1,0 +1,414 @@
+//! `flickr-style explain`: where in each image the net found the class it
+//! gives it, as Grad-CAM maps (Selvaraju et al. 2017). For each image the
+//! class score (the logit, before any softmax) is backpropagated to a
+//! convolution's output A (after its ReLU, e.g. CaffeNet's conv5: 13x13);
+//! each channel's gradient averaged over the positions weighs that channel,
+//! and the map is the weighted sum of the channels with negatives set to 0.
+//! The map, scaled to the net's input, is laid over the image the net saw
+//! (the resized, centre-cropped one) as a heat map: for plankton, whether
+//! the net looks at the organism or at a scale bar, a border or debris.
+use super::classify::{self, ClassifyOptions};
+use super::evaluate::{softmax, trained_nets, Reader, ScoreKind};
+use super::layers::BuildContext;
+use super::net::Net;
+use crate::caffe::proto::Phase;
+use crate::error::{Error, Result};
+use crate::pipeline::mat::Mat8;
+use candle_core::Tensor;
+use std::path::{Path, PathBuf};
+
+/// What to explain and where the maps go.
+pub struct ExplainOptions<'a> {
+    /// The images and the net, prepared as `classify` prepares them (the
+    /// centre view of one model: views, crops and ensembles do not apply).
+    pub input: ClassifyOptions<'a>,
+    /// The blob whose channels are weighed; `None`: the output of the last
+    /// Convolution layer with more than one position.
+    pub layer: Option<String>,
+    /// The class to explain in every image; `None`: each image's best.
+    pub class: Option<usize>,
+    /// Class names for the table (label order; may be empty).
+    pub names: &'a [String],
+    /// Folder for the heat maps (`<n>_<file stem>.png`) and `explain.csv`.
+    pub out: &'a Path,
+    /// An unreadable image is an error and nothing is written (else it is
+    /// skipped and listed).
+    pub strict: bool,
+}
+
+/// One image's map.
+#[derive(Clone, Debug)]
+pub struct Explained {
+    /// The image file.
+    pub image: PathBuf,
+    /// The heat map's file name in the output folder.
+    pub heatmap: String,
+    /// The class explained.
+    pub class: usize,
+    /// Its probability (`None` when the net gives neither logits nor
+    /// probabilities).
+    pub probability: Option<f32>,
+    /// The map at the layer's resolution, scaled so its largest value is 1
+    /// (all 0 where nothing speaks for the class), row-major.
+    pub map: Vec<f32>,
+    /// Where the map peaks, as (row, column) of the net's input.
+    pub peak: (usize, usize),
+    /// The share of the input where the map is at least half its peak.
+    pub share: f32,
+}
+
+/// The maps of a set of images.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    /// The blob whose channels were weighed, and its (height, width).
+    pub layer: String,
+    /// Its positions.
+    pub map_size: (usize, usize),
+    /// The blob whose class scores were backpropagated.
+    pub scores: String,
+    /// Classes the net scores.
+    pub classes: usize,
+    /// One row per readable image, in order.
+    pub rows: Vec<Explained>,
+    /// Images that could not be read, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// The Grad-CAM map of one image from the layer's values `a` and the class
+/// score's gradient `g` at them, both `channels x positions`: each channel
+/// weighed by its mean gradient, summed, negatives set to 0 (f64 sums).
+pub fn grad_cam(a: &[f32], g: &[f32], channels: usize) -> Vec<f32> {
+    let positions = a.len() / channels.max(1);
+    let mut map = vec![0.0f64; positions];
+    for (ac, gc) in a.chunks_exact(positions).zip(g.chunks_exact(positions)) {
+        let alpha = gc.iter().map(|&v| f64::from(v)).sum::<f64>() / positions as f64;
+        for (m, &v) in map.iter_mut().zip(ac) {
+            *m += alpha * f64::from(v);
+        }
+    }
+    map.into_iter().map(|v| v.max(0.0) as f32).collect()
+}
+
+/// `map` (`h x w`) scaled to `oh x ow` bilinearly, pixel centres aligned
+/// (as OpenCV's resize, which Grad-CAM's authors used).
+pub fn upsample(map: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let coord = |o: usize, n: usize, on: usize| {
+        let x = ((o as f64 + 0.5) * n as f64 / on as f64 - 0.5).clamp(0.0, (n - 1) as f64);
+        let i = (x.floor() as usize).min(n - 1);
+        (i, (i + 1).min(n - 1), (x - i as f64) as f32)
+    };
+    let mut out = Vec::with_capacity(oh * ow);
+    for y in 0..oh {
+        let (y0, y1, fy) = coord(y, h, oh);
+        for x in 0..ow {
+            let (x0, x1, fx) = coord(x, w, ow);
+            let at = |yy: usize, xx: usize| map[yy * w + xx];
+            let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+            let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+            out.push(top * (1.0 - fy) + bottom * fy);
+        }
+    }
+    out
+}
+
+/// The colour of a map value in [0, 1]: blue through cyan, yellow to red
+/// (the "jet" ramp heat maps use), as RGB in [0, 1].
+fn jet(t: f32) -> [f32; 3] {
+    let ramp = |c: f32| (1.5 - (4.0 * t - c).abs()).clamp(0.0, 1.0);
+    [ramp(3.0), ramp(2.0), ramp(1.0)]
+}
+
+/// The heat map over the input's view of `m` (starting at `origin`,
+/// `size` pixels): half the image, half the map's colour. Returns RGB.
+fn overlay(m: &Mat8, origin: (usize, usize), size: (usize, usize), heat: &[f32]) -> Vec<u8> {
+    let (h, w) = size;
+    let mut rgb = Vec::with_capacity(h * w * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let (sy, sx) = (
+                (origin.0 + y).min(m.height - 1),
+                (origin.1 + x).min(m.width - 1),
+            );
+            let px = &m.data[(sy * m.width + sx) * m.channels..][..m.channels];
+            // Mat8 holds gray, BGR or BGRA.
+            let pixel = if m.channels < 3 {
+                [px[0]; 3]
+            } else {
+                [px[2], px[1], px[0]]
+            };
+            let colour = jet(heat[y * w + x]);
+            for (p, c) in pixel.iter().zip(colour) {
+                rgb.push((0.5 * f32::from(*p) + 127.5 * c).round() as u8);
+            }
+        }
+    }
+    rgb
+}
+
+/// The blob whose map is drawn by default: the output of the last
+/// Convolution layer whose output has more than one position.
+fn default_layer(net: &Net) -> Option<String> {
+    net.layer_params()
+        .filter(|l| l.r#type() == "Convolution")
+        .filter_map(|l| l.top.first())
+        .filter(|t| {
+            net.blob_shape(t)
+                .is_some_and(|s| s.len() == 4 && s[2] * s[3] > 1)
+        })
+        .last()
+        .cloned()
+}
+
+/// The logits behind the scores: a Softmax output's bottom, else the
+/// scores blob itself.
+fn logits_blob(net: &Net, reader: &Reader) -> String {
+    let scores = reader.scores_blob();
+    if reader.kind == ScoreKind::Probabilities {
+        if let Some(b) = net
+            .layer_params()
+            .filter(|l| l.r#type() == "Softmax" && l.top.iter().any(|t| t == scores))
+            .filter_map(|l| l.bottom.first())
+            .last()
+        {
+            return b.clone();
+        }
+    }
+    scores.to_string()
+}
+
+/// Computes each image's map, writes the heat maps and `explain.csv` into
+/// `o.out`, and returns the maps.
+pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
+    let input = &o.input;
+    if input.oversample || input.ensemble || input.weights.len() > 1 {
+        return Err(Error::model(
+            input.model.display(),
+            "explain maps the centre view of one model (one weights file, no ten crops)",
+        ));
+    }
+    let (mut def, spec) = classify::input_net(input)?;
+    // Every layer keeps what its backward pass needs.
+    def.force_backward = Some(true);
+    let ctx = BuildContext::new(input.base_dir, 0, Phase::Test, input.compute);
+    let mut net = trained_nets(&def, &ctx, input.weights, false)?
+        .pop()
+        .expect("one net without an ensemble");
+    let scoring = ["Accuracy", "SoftmaxWithLoss", "InfogainLoss"];
+    let scores = input.scores.clone().or_else(|| {
+        if net.layer_params().any(|l| scoring.contains(&l.r#type())) {
+            return None;
+        }
+        net.layer_params()
+            .filter(|l| l.r#type() == "Softmax")
+            .last()
+            .and_then(|l| l.top.first().cloned())
+    });
+    let reader = Reader::find(&net, &scores.map(|s| (s, String::new())), input.model)?;
+    let seed = logits_blob(&net, &reader);
+    let layer = match &o.layer {
+        Some(l) => l.clone(),
+        None => default_layer(&net).ok_or_else(|| {
+            Error::model(
+                input.model.display(),
+                "has no Convolution layer with a spatial output; name the blob with --layer",
+            )
+        })?,
+    };
+    let (channels, map_size) = match net.blob_shape(&layer) {
+        Some(&[_, c, h, w]) => (c, (h, w)),
+        Some(s) => {
+            return Err(Error::model(
+                format!("blob '{layer}'"),
+                format!("has shape {s:?}; a map needs an N x C x H x W blob"),
+            ))
+        }
+        None => {
+            return Err(Error::model(
+                input.model.display(),
+                format!("has no blob '{layer}'"),
+            ))
+        }
+    };
+    let seed_shape = net
+        .blob_shape(&seed)
+        .ok_or_else(|| Error::model(input.model.display(), format!("has no blob '{seed}'")))?
+        .to_vec();
+    let classes: usize = seed_shape[1..].iter().product();
+    if let Some(c) = o.class.filter(|&c| c >= classes) {
+        return Err(Error::model(
+            input.model.display(),
+            format!("--class {c} is not one of the net's {classes} classes"),
+        ));
+    }
+    let size = spec.input_size();
+    let mut rows = Vec::new();
+    let mut images: Vec<(String, Vec<u8>)> = Vec::new();
+    let failed = classify::batches(input, &spec, "explain", |batch, _| {
+        classify::forward_view(&mut net, &spec, &batch, 0, input)?;
+        let (_, _, values) = reader.read_scores(&net)?;
+        let logits = super::layers::to_vec(net.blob(&seed).expect("forward ran"))?;
+        let picked: Vec<usize> = (0..batch.len())
+            .map(|i| {
+                o.class.unwrap_or_else(|| {
+                    let row = &logits[i * classes..(i + 1) * classes];
+                    // The first maximum, as Caffe's Accuracy ranks ties.
+                    (0..classes).fold(0, |b, k| if row[k] > row[b] { k } else { b })
+                })
+            })
+            .collect();
+        let mut diff = vec![0.0f32; seed_shape.iter().product()];
+        for (i, &c) in picked.iter().enumerate() {
+            diff[i * classes + c] = 1.0;
+        }
+        let diff = Tensor::from_vec(diff, seed_shape.as_slice(), &input.compute.device)?;
+        let g = super::layers::to_vec(&net.blob_gradient(&seed, diff, &layer)?)?;
+        let a = super::layers::to_vec(net.blob(&layer).expect("forward ran"))?;
+        let per = channels * map_size.0 * map_size.1;
+        for (i, ((path, m), &class)) in batch.iter().zip(&picked).enumerate() {
+            let mut map = grad_cam(
+                &a[i * per..(i + 1) * per],
+                &g[i * per..(i + 1) * per],
+                channels,
+            );
+            let top = map.iter().fold(0.0f32, |t, &v| t.max(v));
+            if top > 0.0 {
+                map.iter_mut().for_each(|v| *v /= top);
+            }
+            let heat = upsample(&map, map_size, size);
+            let peak = heat
+                .iter()
+                .enumerate()
+                .fold(0, |b, (k, &v)| if v > heat[b] { k } else { b });
+            let share = heat.iter().filter(|&&v| v >= 0.5).count() as f32 / heat.len() as f32;
+            let probability = match reader.kind {
+                ScoreKind::Logits => Some(softmax(&logits[i * classes..(i + 1) * classes])[class]),
+                ScoreKind::Probabilities => values.get(i * classes + class).copied(),
+                ScoreKind::Scores => None,
+            };
+            let stem = path
+                .file_stem()
+                .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+            let heatmap = format!("{:05}_{stem}.png", rows.len());
+            images.push((
+                heatmap.clone(),
+                overlay(m, spec.crop_origin(m), size, &heat),
+            ));
+            rows.push(Explained {
+                image: path.clone(),
+                heatmap,
+                class,
+                probability,
+                map,
+                peak: (peak / size.1, peak % size.1),
+                share,
+            });
+        }
+        Ok(())
+    })?;
+    if let (true, Some((p, why))) = (o.strict, failed.first()) {
+        return Err(Error::invalid(
+            p.display(),
+            format!(
+                "{why} ({} of {} images unreadable; nothing was written)",
+                failed.len(),
+                input.images.len()
+            ),
+        ));
+    }
+    if rows.is_empty() {
+        return Err(Error::model(
+            input.model.display(),
+            format!("none of the {} images could be read", input.images.len()),
+        ));
+    }
+    let result = Explanation {
+        layer,
+        map_size,
+        scores: seed,
+        classes,
+        rows,
+        failed,
+    };
+    std::fs::create_dir_all(o.out).map_err(|e| Error::io(o.out, e))?;
+    for (name, rgb) in &images {
+        use image::ImageEncoder;
+        let mut png = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(
+                rgb,
+                size.1 as u32,
+                size.0 as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| Error::model(name, format!("cannot encode the heat map: {e}")))?;
+        crate::fsutil::write_atomic(&o.out.join(name), &png)?;
+    }
+    crate::fsutil::write_atomic(
+        &o.out.join("explain.csv"),
+        result.to_csv(o.names).as_bytes(),
+    )?;
+    Ok(result)
+}
+
+impl Explanation {
+    /// One row per image: the file, its heat map, the class explained
+    /// (number and name), its probability, where the map peaks in the
+    /// net's input and the share of the input at half the peak or more.
+    pub fn to_csv(&self, names: &[String]) -> String {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        // Writing to a Vec cannot fail.
+        w.write_record([
+            "image",
+            "heatmap",
+            "class",
+            "class_name",
+            "probability",
+            "peak_row",
+            "peak_column",
+            "share_at_half_peak",
+        ])
+        .expect("in memory");
+        for r in &self.rows {
+            w.write_record([
+                r.image.display().to_string(),
+                r.heatmap.clone(),
+                r.class.to_string(),
+                super::confusion::class_name(names, r.class),
+                r.probability.map_or_else(String::new, |p| p.to_string()),
+                r.peak.0.to_string(),
+                r.peak.1.to_string(),
+                format!("{:.4}", r.share),
+            ])
+            .expect("in memory");
+        }
+        String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 fields")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_weigh_by_their_mean_gradient_and_negatives_vanish() {
+        // Two channels of 2 positions: channel 0 gradient mean 1, channel 1
+        // mean -0.5: map = a0 - 0.5 a1, clipped at 0.
+        let a = [2.0, 1.0, 2.0, 4.0];
+        let g = [1.5, 0.5, -1.0, 0.0];
+        assert_eq!(grad_cam(&a, &g, 2), [1.0, 0.0]);
+    }
+
+    #[test]
+    fn upsampling_keeps_corners_and_interpolates_between() {
+        let up = upsample(&[0.0, 1.0], (1, 2), (1, 4));
+        assert_eq!(up, [0.0, 0.25, 0.75, 1.0]);
+        assert_eq!(upsample(&[3.0], (1, 1), (2, 2)), [3.0; 4]);
+    }
+
+    #[test]
+    fn the_ramp_runs_from_blue_to_red() {
+        assert_eq!(jet(0.0), [0.0, 0.0, 0.5]);
+        assert_eq!(jet(0.5), [0.5, 1.0, 0.5]);
+        assert_eq!(jet(1.0), [0.5, 0.0, 0.0]);
+    }
+}
