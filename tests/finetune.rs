@@ -1353,3 +1353,71 @@ fn force_backward_computes_every_gradient_as_caffe_does() {
         conv1(&weights)
     );
 }
+
+#[test]
+fn debug_info_lines_come_from_every_test_pass_too() {
+    // Caffe 1.0 gives its test nets the solver's debug_info: with
+    // test_initialization, the tiny net's three test batches from
+    // init_iter_0 printed (among others)
+    //   [Forward] Layer accuracy, top blob accuracy data: 0.5    (batch 2)
+    //   [Forward] Layer loss, top blob loss data: 1.39725        (batch 3)
+    // before "Test net output #0: accuracy = 0.25".
+    let dir = fixture("tiny-net");
+    let t = tempfile::tempdir().unwrap();
+    let solver = std::fs::read_to_string(dir.join("solver.prototxt"))
+        .unwrap()
+        .replace("max_iter: 30", "max_iter: 1");
+    let file = t.path().join("solver.prototxt");
+    std::fs::write(
+        &file,
+        format!("{solver}debug_info: true\nsnapshot_after_train: false\n"),
+    )
+    .unwrap();
+    let weights = dir.join("snapshots/init_iter_0.caffemodel");
+    let w = weights.to_str().unwrap();
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "finetune",
+            "--solver",
+            file.to_str().unwrap(),
+            "--weights",
+            w,
+        ],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |want: &str| lines.iter().position(|l| l.ends_with(want));
+    let testing = at("Iteration 0, Testing net (#0)").expect("a test pass");
+    let second = at("[Forward] Layer accuracy, top blob accuracy data: 0.5").expect(&err);
+    let third = at("[Forward] Layer loss, top blob loss data: 1.39725").expect(&err);
+    let output = at("Test net output #0: accuracy = 0.25").expect(&err);
+    assert!(
+        testing < second && second < third && third < output,
+        "{err}"
+    );
+    // `test` prints them when the net itself says debug_info: true.
+    let net = std::fs::read_to_string(dir.join("train_val.prototxt"))
+        .unwrap()
+        .replace("\"data/", &format!("\"{}/data/", dir.display()));
+    let model = t.path().join("net.prototxt");
+    std::fs::write(&model, format!("debug_info: true\n{net}")).unwrap();
+    let args = [
+        "test",
+        "--model",
+        model.to_str().unwrap(),
+        "--weights",
+        w,
+        "--iterations",
+        "3",
+    ];
+    let (ok, _, err) = run(&dir, &args);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("[Forward] Layer loss, top blob loss data: 1.39725"),
+        "{err}"
+    );
+    std::fs::write(&model, &net).unwrap();
+    let (ok, _, err) = run(&dir, &args);
+    assert!(ok && !err.contains("[Forward]"), "{err}");
+}

@@ -102,9 +102,16 @@ pub fn test(
     for w in weights {
         net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
     }
+    // The net's own `debug_info: true` prints its per-layer lines on every
+    // pass, as `caffe test` does.
+    net.set_debug_info(def.debug_info());
+    let mut log = crate::train::log::Logger::new(true);
     let mut sums: Vec<(String, f32, f32)> = Vec::new();
     for i in 0..iterations.max(1) {
         net.forward()?;
+        for (level, line) in net.take_debug_info() {
+            log.at(level, "net.cpp:593", &line);
+        }
         let mut k = 0;
         for (name, values, weight) in net.outputs()? {
             for v in values {

@@ -428,7 +428,13 @@ impl Solver {
 
     /// Logs the train net's `debug_info` lines, if any, as Caffe's net.cpp does.
     fn log_debug_info(&mut self) {
-        for (level, line) in self.train.take_debug_info() {
+        let lines = self.train.take_debug_info();
+        self.log_net_lines(lines);
+    }
+
+    /// Logs `debug_info` lines as Caffe's net.cpp does.
+    fn log_net_lines(&mut self, lines: Vec<(char, String)>) {
+        for (level, line) in lines {
             let source = if line.contains("[Forward]") {
                 "net.cpp:593"
             } else {
@@ -681,11 +687,16 @@ impl Solver {
                 &format!("Iteration {}, Testing net (#{ti})", self.iter),
             );
             self.tests[ti].share_from(&self.train)?;
+            // Caffe gives its test nets the solver's debug_info (every test
+            // pass prints its lines, not only on display iterations).
+            self.tests[ti].set_debug_info(self.param.debug_info());
             let iters = self.param.test_iter[ti].max(0) as usize;
             let mut scores: Vec<(String, f32, f32)> = Vec::new();
             let mut loss = 0.0f32;
             for i in 0..iters {
                 let l = self.tests[ti].forward()?;
+                let lines = self.tests[ti].take_debug_info();
+                self.log_net_lines(lines);
                 loss += l;
                 let mut k = 0;
                 for (name, values, w) in self.tests[ti].outputs()? {
