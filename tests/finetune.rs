@@ -1421,3 +1421,77 @@ fn debug_info_lines_come_from_every_test_pass_too() {
     let (ok, _, err) = run(&dir, &args);
     assert!(ok && !err.contains("[Forward]"), "{err}");
 }
+
+#[test]
+fn snapshot_diff_writes_each_blobs_last_step() {
+    // Caffe's diff after an update is the step the blob took: under SGD the
+    // new history (the solverstate's), under Adam m / (sqrt(v) + delta)
+    // times the rate, which the weights moved by. (crosscheck.sh compares
+    // both with Caffe's own snapshots.)
+    use flickr_style::caffe::proto::{NetParameter, SolverState};
+    let dir = fixture("tiny-net");
+    let t = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(dir.join("solver.prototxt"))
+        .unwrap()
+        .replace("max_iter: 30", "max_iter: 3")
+        .replace("snapshot: 15", "snapshot: 1")
+        .replace("test_initialization: true", "test_initialization: false");
+    let blobs = |m: &NetParameter| -> Vec<(Vec<f32>, Vec<f32>)> {
+        m.layer
+            .iter()
+            .flat_map(|l| l.blobs.iter().map(|b| (b.data.clone(), b.diff.clone())))
+            .collect()
+    };
+    for (kind, extra) in [("sgd", ""), ("adam", "type: \"Adam\"\n")] {
+        let solver = t.path().join(format!("{kind}.prototxt"));
+        std::fs::write(&solver, format!("{base}snapshot_diff: true\n{extra}")).unwrap();
+        let prefix = t.path().join(kind);
+        let weights = dir.join("snapshots/init_iter_0.caffemodel");
+        let (ok, _, err) = run(
+            &dir,
+            &[
+                "finetune",
+                "--solver",
+                solver.to_str().unwrap(),
+                "--weights",
+                weights.to_str().unwrap(),
+                "--snapshot-prefix",
+                prefix.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        let model = |i: u32| {
+            read_caffemodel(Path::new(&format!(
+                "{}_iter_{i}.caffemodel",
+                prefix.display()
+            )))
+            .unwrap()
+        };
+        let (two, three) = (blobs(&model(2)), blobs(&model(3)));
+        assert_eq!(three.len(), 12);
+        if kind == "sgd" {
+            let state: SolverState = flickr_style::caffe::read_binary(
+                Path::new(&format!("{}_iter_3.solverstate", prefix.display())),
+                "solver state",
+            )
+            .unwrap();
+            for ((_, diff), h) in three.iter().zip(&state.history) {
+                assert_eq!(diff, &h.data);
+            }
+        } else {
+            for ((w2, _), (w3, diff)) in two.iter().zip(&three) {
+                assert_eq!(diff.len(), w3.len());
+                for ((a, b), d) in w2.iter().zip(w3).zip(diff) {
+                    // w3 = w2 - d, rounded once.
+                    assert!(
+                        (a - b - d).abs() <= 2.0 * f32::EPSILON * a.abs().max(b.abs()),
+                        "{a} - {b} vs {d}"
+                    );
+                }
+            }
+        }
+        // The frozen conv1 took no step; fc8 did.
+        assert!(three[0].1.iter().all(|&d| d == 0.0));
+        assert!(three[10].1.iter().any(|&d| d != 0.0));
+    }
+}

@@ -34,6 +34,9 @@
 #   - HDF5 snapshots (`snapshot_format: HDF5`) both ways: Caffe resumes
 #     from our .solverstate.h5, pycaffe loads our .caffemodel.h5, and ours
 #     resumes from Caffe's .solverstate.h5;
+#   - `snapshot_diff`: our caffemodels' diffs (the last step, as Caffe's)
+#     against Caffe's after 3 iterations of SGD and of Adam, and h5py reads
+#     the diff group of our HDF5 snapshot;
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -117,6 +120,21 @@ for kind in Adam AdaDelta; do
     "$bin" finetune --solver "solver_$kind.prototxt" --weights snapshots/init_iter_0.caffemodel \
         --snapshot-prefix "ours/$kind" >"ours_$kind.log" 2>&1
 done
+# snapshot_diff: 3 iterations of SGD and of Adam each way, the diffs in the
+# caffemodels compared; ours also as HDF5 (its diff group).
+mkdir -p sd
+for kind in SGD Adam; do
+    sed -e 's/max_iter: 30/max_iter: 3/' -e 's/snapshot: 15/snapshot: 3/' -e 's/test_initialization: true/test_initialization: false/' \
+        -e "s|snapshots/tiny|sd/caffe_$kind|" solver.prototxt >"sd_$kind.prototxt"
+    echo 'snapshot_diff: true' >>"sd_$kind.prototxt"
+    [ "$kind" = Adam ] && printf 'type: "Adam"\nmomentum2: 0.999\n' >>"sd_$kind.prototxt" \
+        && sed -i 's/base_lr: 0.01/base_lr: 0.001/' "sd_$kind.prototxt"
+    "$bin" finetune --solver "sd_$kind.prototxt" --weights snapshots/init_iter_0.caffemodel \
+        --snapshot-prefix "sd/ours_$kind" >"ours_sd_$kind.log" 2>&1
+done
+(cat sd_SGD.prototxt && echo 'snapshot_format: HDF5') >sd_SGD_h5.prototxt
+"$bin" finetune --solver sd_SGD_h5.prototxt --weights snapshots/init_iter_0.caffemodel \
+    --snapshot-prefix sd/ours_SGD >ours_sd_h5.log 2>&1
 # HDF5 snapshots (snapshot_format: HDF5): ours of the tiny net's 30 iterations.
 (cat solver.prototxt && echo 'snapshot_format: HDF5') >solver_h5.prototxt
 "$bin" finetune --solver solver_h5.prototxt --weights snapshots/init_iter_0.caffemodel \
@@ -142,6 +160,9 @@ in_root "caffe train -solver solver_shared.prototxt -weights snapshots/init_iter
 in_root "caffe train -solver solver_shared.prototxt -snapshot ours/shared_iter_6.solverstate" >caffe_shared_resume.log 2>&1
 for kind in Adam AdaDelta; do
     in_root "caffe train -solver solver_$kind.prototxt -snapshot ours/${kind}_iter_6.solverstate" >"caffe_${kind}_resume.log" 2>&1
+done
+for kind in SGD Adam; do
+    in_root "caffe train -solver sd_$kind.prototxt -weights snapshots/init_iter_0.caffemodel" >"caffe_sd_$kind.log" 2>&1
 done
 in_root "caffe train -solver solver_h5.prototxt -snapshot ours/h5_iter_15.solverstate.h5" >caffe_h5_resume.log 2>&1
 # ... and Caffe's HDF5 snapshot at 15, which ours resumes from.
@@ -352,6 +373,24 @@ for kind in ("Adam", "AdaDelta"):
     rows.append((f"caffe train -snapshot our {kind} iteration-6 .solverstate (two history sets): losses 6-11, "
                  "iteration-12 weights vs ours", f"losses within {dl:.1e}, weights {dw:.1e} relative",
                  dl < 1e-5 and dw < 1e-5))
+
+def with_diffs(path):
+    n = caffe_pb2.NetParameter()
+    n.ParseFromString(open(path, "rb").read())
+    return {(l.name, j): (np.array(b.data), np.array(b.diff)) for l in n.layer for j, b in enumerate(l.blobs)}
+
+for kind, tol, why in (("SGD", 1e-5, ""), ("Adam", 1e-3, " (Adam's steps magnify the weights' 1e-7 float differences)")):
+    got, want = with_diffs(f"sd/ours_{kind}_iter_3.caffemodel"), with_diffs(f"sd/caffe_{kind}_iter_3.caffemodel")
+    same = got.keys() == want.keys() and all(len(got[k][1]) == len(want[k][1]) == len(want[k][0]) for k in want)
+    e = max(rel(got[k][1], want[k][1]) for k in want if np.abs(want[k][1]).max() > 0) if same else 1.0
+    rows.append((f"snapshot_diff, {kind}, 3 iterations: our caffemodel's diffs vs Caffe's{why}",
+                 f"{len(want)} blobs, diffs within {e:.1e} relative", same and e < tol))
+import h5py
+h5 = h5py.File("sd/ours_SGD_iter_3.caffemodel.h5", "r")
+binary = with_diffs("sd/ours_SGD_iter_3.caffemodel")
+ok = all(np.array_equal(h5[f"diff/{l}/{j}"][()].ravel(), binary[(l, j)][1]) for (l, j) in binary)
+rows.append(("... HDF5: h5py reads our .caffemodel.h5's diff group, equal to the binary snapshot's diffs",
+             "equal" if ok else "DIFFERENT", ok))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:

@@ -155,20 +155,25 @@ fn group_name(layer: &str) -> Result<&str> {
 
 /// The bytes of a `.caffemodel.h5` holding, per layer in net order, its
 /// name and the blobs it owns as (blob number, shape, values).
-pub fn caffemodel_bytes(layers: &[LayerBlobs]) -> Result<Vec<u8>> {
+pub fn caffemodel_bytes(layers: &[LayerBlobs], diffs: Option<&[LayerBlobs]>) -> Result<Vec<u8>> {
     let mut b = hdf5_pure::FileBuilder::new();
-    let mut data = b.create_group("data");
-    for (name, blobs) in layers {
-        let mut g = data.create_group(group_name(name)?);
-        for (j, shape, values) in blobs {
-            let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-            g.create_dataset(&j.to_string())
-                .with_f32_data(values)
-                .with_shape(&dims);
+    // `data` holds the blobs layers own; `diff` (Caffe's snapshot_diff)
+    // every blob's diff, shared ones too.
+    for (group, layers) in [("data", Some(layers)), ("diff", diffs)] {
+        let Some(layers) = layers else { continue };
+        let mut top = b.create_group(group);
+        for (name, blobs) in layers {
+            let mut g = top.create_group(group_name(name)?);
+            for (j, shape, values) in blobs {
+                let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+                g.create_dataset(&j.to_string())
+                    .with_f32_data(values)
+                    .with_shape(&dims);
+            }
+            top.add_group(g.finish());
         }
-        data.add_group(g.finish());
+        b.add_group(top.finish());
     }
-    b.add_group(data.finish());
     b.finish()
         .map_err(|e| Error::model("HDF5 snapshot", format!("cannot encode: {e}")))
 }
@@ -247,7 +252,7 @@ mod tests {
             ),
             ("relu1".to_string(), vec![]),
         ];
-        std::fs::write(&model, caffemodel_bytes(&layers).unwrap()).unwrap();
+        std::fs::write(&model, caffemodel_bytes(&layers, None).unwrap()).unwrap();
         let net = read_caffemodel(&model).unwrap();
         let conv = net.layer.iter().find(|l| l.name() == "conv1").unwrap();
         assert_eq!(conv.blobs.len(), 2);
@@ -279,7 +284,7 @@ mod tests {
                 (1, vec![8], vec![1.0; 8]),
             ],
         )];
-        let good = caffemodel_bytes(&layers).unwrap();
+        let good = caffemodel_bytes(&layers, None).unwrap();
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("x.caffemodel.h5");
         let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -312,7 +317,7 @@ mod tests {
     #[test]
     fn slashes_in_layer_names_and_damaged_files_are_named() {
         let layers = vec![("inception_3a/1x1".to_string(), vec![])];
-        let e = caffemodel_bytes(&layers).unwrap_err().to_string();
+        let e = caffemodel_bytes(&layers, None).unwrap_err().to_string();
         assert!(
             e.contains("inception_3a/1x1") && e.contains("BINARYPROTO"),
             "{e}"

@@ -1231,6 +1231,17 @@ impl Net {
 
     /// The net as a V2 NetParameter with every layer's blobs (a .caffemodel).
     pub fn to_proto(&self, def: &NetParameter) -> Result<NetParameter> {
+        self.to_proto_with(def, None)
+    }
+
+    /// [`Net::to_proto`], with each blob's diff taken from `diffs` (one per
+    /// learnable parameter; a sharer gets its owner's, as in Caffe, where
+    /// they share the memory): Caffe's `snapshot_diff`.
+    pub fn to_proto_with(
+        &self,
+        def: &NetParameter,
+        diffs: Option<&[Tensor]>,
+    ) -> Result<NetParameter> {
         let mut out = NetParameter {
             name: def.name.clone(),
             ..Default::default()
@@ -1242,16 +1253,43 @@ impl Net {
                 .layer
                 .params()
                 .iter()
-                .map(|t| {
-                    Ok(BlobProto::with_shape(
-                        t.dims(),
-                        t.flatten_all()?.to_vec1::<f32>()?,
-                    ))
+                .enumerate()
+                .map(|(j, t)| {
+                    let mut b = BlobProto::with_shape(t.dims(), t.flatten_all()?.to_vec1::<f32>()?);
+                    if let Some(d) = diffs {
+                        b.diff = d[e.slots[j]].flatten_all()?.to_vec1::<f32>()?;
+                    }
+                    Ok(b)
                 })
                 .collect::<Result<_>>()?;
             out.layer.push(lp);
         }
         Ok(out)
+    }
+
+    /// Per layer in net order, its name and every blob's `values` (one per
+    /// learnable parameter, a sharer taking its owner's) as (blob number,
+    /// shape, values): the `diff` group of Caffe's HDF5 `snapshot_diff`.
+    pub fn blob_values(
+        &self,
+        values: &[Tensor],
+    ) -> Result<Vec<crate::caffe::hdf5_snapshot::LayerBlobs>> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let blobs = e
+                    .layer
+                    .params()
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| {
+                        let v = values[e.slots[j]].flatten_all()?.to_vec1::<f32>()?;
+                        Ok((j, t.dims().to_vec(), v))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((e.param.name().to_string(), blobs))
+            })
+            .collect()
     }
 
     /// Per layer in net order, its name and the blobs it owns (not those it

@@ -10,7 +10,7 @@ use super::log::{g, Logger};
 use super::lr_policy::learning_rate;
 use super::net::Net;
 use super::sgd::adaptive::Rule;
-use super::sgd::{sgd_update, SgdConfig};
+use super::sgd::{sgd_update_keeping, SgdConfig};
 use super::summary::WeightSources;
 use crate::caffe::hdf5_snapshot;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt, upgrade};
@@ -87,6 +87,9 @@ pub struct Solver {
     /// The Caffe generator the nets share (saved with each snapshot).
     caffe_rng: crate::caffe::rng::SharedCaffeRng,
     history: Vec<Tensor>,
+    /// With `snapshot_diff` under an adaptive rule: each parameter's last
+    /// step (under SGD the history is the step).
+    last_steps: Vec<Option<Tensor>>,
     /// Iterations done.
     pub iter: usize,
     current_step: usize,
@@ -239,6 +242,7 @@ impl Solver {
             tests,
             caffe_rng,
             history,
+            last_steps: Vec::new(),
             iter: 0,
             current_step: 0,
             losses: Vec::new(),
@@ -664,7 +668,11 @@ impl Solver {
             iter_size: self.param.iter_size().max(1) as usize,
             clip_gradients: self.param.clip_gradients(),
         };
-        if let Some((norm, factor)) = sgd_update(&mut self.train, &mut self.history, rate, &cfg)? {
+        let keep =
+            (self.param.snapshot_diff() && self.rule != Rule::Sgd).then_some(&mut self.last_steps);
+        if let Some((norm, factor)) =
+            sgd_update_keeping(&mut self.train, &mut self.history, rate, &cfg, keep)?
+        {
             self.log.info(
                 "solver.cpp:0",
                 &format!(
@@ -767,19 +775,34 @@ impl Solver {
         let state_name = self.snapshot_name(&format!(".solverstate{ext}"));
         let model_path = self.resolve(Path::new(&model_name));
         let state_path = self.resolve(Path::new(&state_name));
+        // `snapshot_diff`: each blob's diff as Caffe holds it after an
+        // update, the step the parameter took.
+        let diffs = if self.param.snapshot_diff() {
+            Some(self.last_step_values()?)
+        } else {
+            None
+        };
         if hdf5 {
             self.log.info(
                 "solver.cpp:474",
                 &format!("Snapshotting to HDF5 file {model_name}"),
             );
-            let bytes = hdf5_snapshot::caffemodel_bytes(&self.train.owned_blobs()?)?;
+            let diffs = match &diffs {
+                Some(d) => Some(self.train.blob_values(d)?),
+                None => None,
+            };
+            let bytes =
+                hdf5_snapshot::caffemodel_bytes(&self.train.owned_blobs()?, diffs.as_deref())?;
             crate::fsutil::write_atomic(&model_path, &bytes)?;
         } else {
             self.log.info(
                 "sgd_solver.cpp:273",
                 &format!("Snapshotting to binary proto file {model_name}"),
             );
-            write_binary(&model_path, &self.train.to_proto(&self.net_def)?)?;
+            write_binary(
+                &model_path,
+                &self.train.to_proto_with(&self.net_def, diffs.as_deref())?,
+            )?;
         }
         let history = self
             .history
@@ -821,6 +844,25 @@ impl Solver {
         let text = serde_json::to_vec_pretty(&side).expect("sidecar serialises");
         crate::fsutil::write_atomic(&sidecar(&state_path), &text)?;
         Ok((model_path, state_path))
+    }
+}
+
+impl Solver {
+    /// Each learnable parameter's last step: the history under SGD (Caffe
+    /// copies it into the diff), else what the update kept (zeros before
+    /// any update).
+    fn last_step_values(&self) -> Result<Vec<Tensor>> {
+        (0..self.train.params().len())
+            .map(|i| {
+                if self.rule == Rule::Sgd {
+                    return Ok(self.history[i].clone());
+                }
+                Ok(match self.last_steps.get(i) {
+                    Some(Some(t)) => t.clone(),
+                    _ => self.history[i].zeros_like()?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -84,6 +84,24 @@ pub fn sgd_update(
     rate: f32,
     cfg: &SgdConfig,
 ) -> Result<Option<(f32, f32)>> {
+    sgd_update_keeping(net, history, rate, cfg, None)
+}
+
+/// [`sgd_update`], also keeping in `updates` (one per parameter) the step
+/// each parameter took under an adaptive rule: what Caffe leaves in a
+/// parameter's diff after its update, which `snapshot_diff` writes. (Under
+/// SGD the step is the new history; nothing is kept.)
+pub fn sgd_update_keeping(
+    net: &mut Net,
+    history: &mut [Tensor],
+    rate: f32,
+    cfg: &SgdConfig,
+    mut updates: Option<&mut Vec<Option<Tensor>>>,
+) -> Result<Option<(f32, f32)>> {
+    if let Some(u) = updates.as_deref_mut() {
+        u.clear();
+        u.resize(net.params().len(), None);
+    }
     let n = net.params().len();
     if history.len() != n * cfg.rule.histories() {
         return Err(Error::model(
@@ -138,6 +156,7 @@ pub fn sgd_update(
                 rate: step.rate,
                 correction,
             };
+            let keep = updates.as_deref_mut().map(|u| &mut u[i]);
             let new_w = adaptive_update(
                 &w,
                 &g,
@@ -146,6 +165,7 @@ pub fn sgd_update(
                 &step,
                 &adaptive,
                 net.uses_tensor_ops(),
+                keep,
             )?;
             net.set_param(i, new_w)?;
             continue;
@@ -307,8 +327,10 @@ fn step_in_place(step: &ParamStep, h: &mut [f32], w: &mut [f32], g: &[f32]) {
 }
 
 /// One parameter's step under an adaptive rule: its histories are replaced
-/// and the new weights returned. On a GPU (`tensor_ops`) as tensor ops, on
-/// the CPU one parallel pass over the elements.
+/// and the new weights returned (and with `keep` the step taken). On a GPU
+/// (`tensor_ops`) as tensor ops, on the CPU one parallel pass over the
+/// elements.
+#[allow(clippy::too_many_arguments)]
 fn adaptive_update(
     w: &Tensor,
     g: &Tensor,
@@ -317,6 +339,7 @@ fn adaptive_update(
     step: &ParamStep,
     rule: &AdaptiveStep,
     tensor_ops: bool,
+    keep: Option<&mut Option<Tensor>>,
 ) -> Result<Tensor> {
     if tensor_ops {
         let d = tensor_ops::prepared_grad(w, g, step)?;
@@ -330,7 +353,11 @@ fn adaptive_update(
         if let Some(h) = h2 {
             *h = n2;
         }
-        return Ok((w - u)?);
+        let new_w = (w - &u)?;
+        if let Some(k) = keep {
+            *k = Some(u);
+        }
+        return Ok(new_w);
     }
     const CHUNK: usize = 1 << 14;
     let mut n1 = to_vec(h1)?;
@@ -338,9 +365,20 @@ fn adaptive_update(
         Some(h) => to_vec(h)?,
         None => Vec::new(),
     };
+    let mut steps = if keep.is_some() {
+        vec![0f32; w.elem_count()]
+    } else {
+        Vec::new()
+    };
     let nw = with_f32(w, |ws| {
         with_f32(g, |gs| {
             let mut nw = vec![0f32; ws.len()];
+            // One slot per chunk for the steps, none when they are not kept.
+            let kept: Vec<Option<&mut [f32]>> = if steps.is_empty() {
+                (0..ws.len().div_ceil(CHUNK)).map(|_| None).collect()
+            } else {
+                steps.chunks_mut(CHUNK).map(Some).collect()
+            };
             // One slot per chunk for the second history, none when the rule has none.
             let second: Vec<Option<&mut [f32]>> = if n2.is_empty() {
                 (0..ws.len().div_ceil(CHUNK)).map(|_| None).collect()
@@ -350,8 +388,9 @@ fn adaptive_update(
             nw.par_chunks_mut(CHUNK)
                 .zip(n1.par_chunks_mut(CHUNK))
                 .zip(second)
+                .zip(kept)
                 .enumerate()
-                .for_each(|(c, ((nw, n1), mut n2))| {
+                .for_each(|(c, (((nw, n1), mut n2), mut kept))| {
                     let off = c * CHUNK;
                     let mut spare = 0f32;
                     for j in 0..nw.len() {
@@ -360,13 +399,20 @@ fn adaptive_update(
                             None => &mut spare,
                         };
                         let d = step.prepared(ws[off + j], gs[off + j]);
-                        nw[j] = ws[off + j] - rule.element(d, &mut n1[j], h2);
+                        let u = rule.element(d, &mut n1[j], h2);
+                        nw[j] = ws[off + j] - u;
+                        if let Some(k) = kept.as_deref_mut() {
+                            k[j] = u;
+                        }
                     }
                 });
             nw
         })
     })??;
     let shape = w.shape().clone();
+    if let Some(k) = keep {
+        *k = Some(Tensor::from_vec(steps, shape.clone(), w.device())?);
+    }
     *h1 = Tensor::from_vec(n1, shape.clone(), w.device())?;
     if let Some(h) = h2 {
         *h = Tensor::from_vec(n2, shape.clone(), w.device())?;
