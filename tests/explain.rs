@@ -230,3 +230,51 @@ fn explain_writes_a_heat_map_per_image_and_a_table() {
     let (ok, _, err) = run_args(&["--layer", "nope"]);
     assert!(!ok && err.contains("has no blob 'nope'"), "{err}");
 }
+
+#[test]
+fn a_blob_of_stacked_turns_is_refused_by_name() {
+    // Cyclic pooling stacks each image's four quarter turns along the batch
+    // axis up to CyclicPool: no blob there has one item per image.
+    let dir = fixture("tiny-net");
+    let t = tempfile::tempdir().unwrap();
+    let net = std::fs::read_to_string(dir.join("train_val.prototxt"))
+        .unwrap()
+        .replace("\"data/", &format!("\"{}/data/", dir.display()))
+        .replacen(
+            "layer {\n  name: \"conv1\"",
+            "layer { name: \"cs\" type: \"CyclicSlice\" bottom: \"data\" top: \"data_c\" }\nlayer {\n  name: \"conv1\"",
+            1,
+        )
+        .replacen("bottom: \"data\"\n  top: \"conv1\"", "bottom: \"data_c\"\n  top: \"conv1\"", 1)
+        .replacen(
+            "layer { name: \"relu3\" type: \"ReLU\" bottom: \"conv3\" top: \"conv3\" }",
+            "layer { name: \"relu3\" type: \"ReLU\" bottom: \"conv3\" top: \"conv3\" }\n\
+             layer { name: \"cp\" type: \"CyclicPool\" bottom: \"conv3\" top: \"conv3p\" }",
+            1,
+        )
+        .replacen("bottom: \"conv3\"\n  top: \"fc6\"", "bottom: \"conv3p\"\n  top: \"fc6\"", 1);
+    assert_eq!(net.matches("Cyclic").count(), 2);
+    let model = t.path().join("cyclic.prototxt");
+    std::fs::write(&model, net).unwrap();
+    let weights = dir.join("snapshots/tiny_iter_30.caffemodel");
+    let out = t.path().join("maps");
+    let images = fixture("images/vehicle");
+    let (ok, _, err) = run(
+        &dir,
+        &[
+            "explain",
+            "--model",
+            model.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            images.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("holds 32 items for a batch of 8 images"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -215,6 +215,16 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         })?,
     };
     let (channels, map_size) = match net.blob_shape(&layer) {
+        Some(&[n, _, _, _]) if n != spec.batch => {
+            return Err(Error::model(
+                format!("blob '{layer}'"),
+                format!(
+                    "holds {n} items for a batch of {} images (cyclic pooling stacks each image's turns): \
+                     a map needs one item per image",
+                    spec.batch
+                ),
+            ))
+        }
         Some(&[_, c, h, w]) => (c, (h, w)),
         Some(s) => {
             return Err(Error::model(
