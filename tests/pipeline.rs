@@ -381,27 +381,44 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
                 .any(|c| r.contains(&format!(",{c},")))),
         "{csv}"
     );
-    // The explain hint maps the same images, class names in its table.
+    // The explain hint maps the test images the net gets wrong.
     let hint = err
         .lines()
-        .find_map(|l| l.strip_prefix("See where the net looks (heat maps) with: flickr-style "))
+        .find_map(|l| {
+            l.strip_prefix(
+                "See where the net looks in the test images it gets wrong (heat maps) with: flickr-style ",
+            )
+        })
         .expect("an explain hint");
-    let mut args_x: Vec<String> = hint.split_whitespace().map(String::from).collect();
-    assert_eq!(args_x.pop().as_deref(), Some("IMAGES_OR_FOLDERS"));
-    args_x.push(fixture("images/vehicle").display().to_string());
+    let args_x: Vec<String> = hint.split_whitespace().map(String::from).collect();
     let out = Command::new(bin())
         .args(&args_x)
         .current_dir(t.path())
         .output()
         .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let at = args_x.iter().position(|a| a == "--out").unwrap() + 1;
-    let table = std::fs::read_to_string(t.path().join(&args_x[at]).join("explain.csv")).unwrap();
-    assert_eq!(table.lines().count(), 7, "{table}");
+    let at = |flag: &str| &args_x[args_x.iter().position(|a| a == flag).unwrap() + 1];
+    let tested = std::fs::read_to_string(t.path().join(at("--list")))
+        .unwrap()
+        .lines()
+        .count();
+    let table = std::fs::read_to_string(t.path().join(at("--out")).join("explain.csv")).unwrap();
+    let wrong = table.lines().count() - 1;
+    assert!(
+        said.contains(&format!("{wrong} mistakes among {tested} images")),
+        "{said}"
+    );
+    // Named classes; the one given is never the true one.
+    for row in table.lines().skip(1) {
+        let f: Vec<&str> = row.split(',').collect();
+        assert_ne!(f[3], f[9], "{row}");
+        assert!(f[3].parse::<usize>().is_err(), "{row}");
+    }
     // The same with the fused model that `fuse --out` fitted: sizes only,
     // so no samples file is needed.
     let out = Command::new(bin())

@@ -15,6 +15,7 @@ use crate::caffe::proto::Phase;
 use crate::error::{Error, Result};
 use crate::pipeline::mat::Mat8;
 use candle_core::Tensor;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// What to explain and where the maps go.
@@ -29,11 +30,17 @@ pub struct ExplainOptions<'a> {
     pub class: Option<usize>,
     /// Class names for the table (label order; may be empty).
     pub names: &'a [String],
-    /// Folder for the heat maps (`<n>_<file stem>.png`) and `explain.csv`.
+    /// Folder for the heat maps (`<n>_<file stem>.png`; with a label that is
+    /// not the explained class, the label's map beside it) and `explain.csv`.
     pub out: &'a Path,
     /// An unreadable image is an error and nothing is written (else it is
     /// skipped and listed).
     pub strict: bool,
+    /// Each image's true class (from an image list): its map is drawn
+    /// beside the explained class's when they differ.
+    pub labels: Option<&'a HashMap<PathBuf, usize>>,
+    /// Keep only the images whose best class is not their label.
+    pub mistakes: bool,
 }
 
 /// One image's map.
@@ -55,6 +62,12 @@ pub struct Explained {
     pub peak: (usize, usize),
     /// The share of the input where the map is at least half its peak.
     pub share: f32,
+    /// The image's true class, when labels were given.
+    pub label: Option<usize>,
+    /// Its probability.
+    pub label_probability: Option<f32>,
+    /// Its map, scaled as `map` is.
+    pub label_map: Option<Vec<f32>>,
 }
 
 /// The maps of a set of images.
@@ -251,66 +264,129 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         ));
     }
     let size = spec.input_size();
+    if o.mistakes && o.labels.is_none() {
+        return Err(Error::model(
+            input.model.display(),
+            "keeping only the mistakes needs each image's label (an image list)",
+        ));
+    }
+    let label_of = |p: &Path| o.labels.and_then(|l| l.get(p).copied());
+    if let Some((p, l)) = o.labels.and_then(|l| l.iter().find(|(_, &k)| k >= classes)) {
+        return Err(Error::model(
+            p.display(),
+            format!("label {l} is not one of the net's {classes} classes"),
+        ));
+    }
+    // Heat maps go to a staging folder beside the output as they are made,
+    // and move into it when every image is done.
+    let parent = crate::fsutil::parent_dir(o.out);
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".explain-")
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, e))?;
     let mut rows = Vec::new();
-    let mut images: Vec<(String, Vec<u8>)> = Vec::new();
     let failed = classify::batches(input, &spec, "explain", |batch, _| {
         classify::forward_view(&mut net, &spec, &batch, 0, input)?;
         let (_, _, values) = reader.read_scores(&net)?;
         let logits = super::layers::to_vec(net.blob(&seed).expect("forward ran"))?;
-        let picked: Vec<usize> = (0..batch.len())
+        let best: Vec<usize> = (0..batch.len())
             .map(|i| {
-                o.class.unwrap_or_else(|| {
-                    let row = &logits[i * classes..(i + 1) * classes];
-                    // The first maximum, as Caffe's Accuracy ranks ties.
-                    (0..classes).fold(0, |b, k| if row[k] > row[b] { k } else { b })
-                })
+                let row = &logits[i * classes..(i + 1) * classes];
+                // The first maximum, as Caffe's Accuracy ranks ties.
+                (0..classes).fold(0, |b, k| if row[k] > row[b] { k } else { b })
             })
             .collect();
-        let mut diff = vec![0.0f32; seed_shape.iter().product()];
-        for (i, &c) in picked.iter().enumerate() {
-            diff[i * classes + c] = 1.0;
+        let labels: Vec<Option<usize>> = batch.iter().map(|(p, _)| label_of(p)).collect();
+        let picked: Vec<usize> = best.iter().map(|&b| o.class.unwrap_or(b)).collect();
+        let kept: Vec<usize> = (0..batch.len())
+            .filter(|&i| !o.mistakes || labels[i] != Some(best[i]))
+            .collect();
+        if kept.is_empty() {
+            return Ok(());
         }
-        let diff = Tensor::from_vec(diff, seed_shape.as_slice(), &input.compute.device)?;
-        let g = super::layers::to_vec(&net.blob_gradient(&seed, diff, &layer)?)?;
         let a = super::layers::to_vec(net.blob(&layer).expect("forward ran"))?;
         let per = channels * map_size.0 * map_size.1;
-        for (i, ((path, m), &class)) in batch.iter().zip(&picked).enumerate() {
-            let mut map = grad_cam(
-                &a[i * per..(i + 1) * per],
-                &g[i * per..(i + 1) * per],
-                channels,
-            );
-            let top = map.iter().fold(0.0f32, |t, &v| t.max(v));
-            if top > 0.0 {
-                map.iter_mut().for_each(|v| *v /= top);
+        // One backward pass per set of classes: the ones explained, and
+        // with labels the true ones.
+        let mut maps = |classes_of: &dyn Fn(usize) -> Option<usize>| -> Result<Vec<Vec<f32>>> {
+            let mut diff = vec![0.0f32; seed_shape.iter().product()];
+            for &i in &kept {
+                if let Some(c) = classes_of(i) {
+                    diff[i * classes + c] = 1.0;
+                }
             }
+            let diff = Tensor::from_vec(diff, seed_shape.as_slice(), &input.compute.device)?;
+            let g = super::layers::to_vec(&net.blob_gradient(&seed, diff, &layer)?)?;
+            Ok((0..batch.len())
+                .map(|i| {
+                    let mut map = grad_cam(
+                        &a[i * per..(i + 1) * per],
+                        &g[i * per..(i + 1) * per],
+                        channels,
+                    );
+                    let top = map.iter().fold(0.0f32, |t, &v| t.max(v));
+                    if top > 0.0 {
+                        map.iter_mut().for_each(|v| *v /= top);
+                    }
+                    map
+                })
+                .collect())
+        };
+        let class_maps = maps(&|i| Some(picked[i]))?;
+        let label_maps = if o.labels.is_some() {
+            Some(maps(&|i| labels[i])?)
+        } else {
+            None
+        };
+        let probability = |i: usize, class: usize| match reader.kind {
+            ScoreKind::Logits => Some(softmax(&logits[i * classes..(i + 1) * classes])[class]),
+            ScoreKind::Probabilities => values.get(i * classes + class).copied(),
+            ScoreKind::Scores => None,
+        };
+        for i in kept {
+            let (path, m) = &batch[i];
+            let class = picked[i];
+            let map = class_maps[i].clone();
             let heat = upsample(&map, map_size, size);
             let peak = heat
                 .iter()
                 .enumerate()
                 .fold(0, |b, (k, &v)| if v > heat[b] { k } else { b });
             let share = heat.iter().filter(|&&v| v >= 0.5).count() as f32 / heat.len() as f32;
-            let probability = match reader.kind {
-                ScoreKind::Logits => Some(softmax(&logits[i * classes..(i + 1) * classes])[class]),
-                ScoreKind::Probabilities => values.get(i * classes + class).copied(),
-                ScoreKind::Scores => None,
+            let origin = spec.crop_origin(m);
+            let mut panels = vec![overlay(m, origin, size, &heat)];
+            let label = labels[i];
+            let label_map = match (&label_maps, label) {
+                (Some(lm), Some(l)) => {
+                    if l != class {
+                        panels.push(overlay(m, origin, size, &upsample(&lm[i], map_size, size)));
+                    }
+                    Some(lm[i].clone())
+                }
+                _ => None,
             };
             let stem = path
                 .file_stem()
                 .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
             let heatmap = format!("{:05}_{stem}.png", rows.len());
-            images.push((
-                heatmap.clone(),
-                overlay(m, spec.crop_origin(m), size, &heat),
-            ));
+            write_png(
+                &staging.path().join(&heatmap),
+                &side_by_side(&panels, size),
+                size,
+                panels.len(),
+            )?;
             rows.push(Explained {
                 image: path.clone(),
                 heatmap,
                 class,
-                probability,
+                probability: probability(i, class),
                 map,
                 peak: (peak / size.1, peak % size.1),
                 share,
+                label,
+                label_probability: label.and_then(|l| probability(i, l)),
+                label_map,
             });
         }
         Ok(())
@@ -325,7 +401,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
             ),
         ));
     }
-    if rows.is_empty() {
+    if rows.is_empty() && failed.len() == input.images.len() {
         return Err(Error::model(
             input.model.display(),
             format!("none of the {} images could be read", input.images.len()),
@@ -340,24 +416,48 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         failed,
     };
     std::fs::create_dir_all(o.out).map_err(|e| Error::io(o.out, e))?;
-    for (name, rgb) in &images {
-        use image::ImageEncoder;
-        let mut png = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut png)
-            .write_image(
-                rgb,
-                size.1 as u32,
-                size.0 as u32,
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(|e| Error::model(name, format!("cannot encode the heat map: {e}")))?;
-        crate::fsutil::write_atomic(&o.out.join(name), &png)?;
+    // The maps of an earlier run into this folder go; its table names them.
+    let table = o.out.join("explain.csv");
+    if let Ok(old) = csv::Reader::from_path(&table) {
+        for rec in old.into_records().flatten() {
+            if let Some(f) = rec.get(1).filter(|f| !f.contains(['/', '\\'])) {
+                let _ = std::fs::remove_file(o.out.join(f));
+            }
+        }
     }
-    crate::fsutil::write_atomic(
-        &o.out.join("explain.csv"),
-        result.to_csv(o.names).as_bytes(),
-    )?;
+    for r in &result.rows {
+        let to = o.out.join(&r.heatmap);
+        std::fs::rename(staging.path().join(&r.heatmap), &to).map_err(|e| Error::io(&to, e))?;
+    }
+    crate::fsutil::write_atomic(&table, result.to_csv(o.names).as_bytes())?;
     Ok(result)
+}
+
+/// Panels of `size` placed left to right with a white 4-pixel gap, as one
+/// RGB image.
+fn side_by_side(panels: &[Vec<u8>], (h, w): (usize, usize)) -> Vec<u8> {
+    const GAP: usize = 4;
+    let width = panels.len() * w + (panels.len() - 1) * GAP;
+    let mut out = vec![255u8; h * width * 3];
+    for (k, p) in panels.iter().enumerate() {
+        let x0 = k * (w + GAP);
+        for y in 0..h {
+            let row = &p[y * w * 3..(y + 1) * w * 3];
+            out[(y * width + x0) * 3..][..w * 3].copy_from_slice(row);
+        }
+    }
+    out
+}
+
+/// Writes RGB pixels of `panels` side-by-side panels of `size` as a PNG.
+fn write_png(path: &Path, rgb: &[u8], (h, w): (usize, usize), panels: usize) -> Result<()> {
+    use image::ImageEncoder;
+    let width = panels * w + (panels - 1) * 4;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(rgb, width as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::model(path.display(), format!("cannot encode the heat map: {e}")))?;
+    std::fs::write(path, png).map_err(|e| Error::io(path, e))
 }
 
 impl Explanation {
@@ -365,9 +465,9 @@ impl Explanation {
     /// (number and name), its probability, where the map peaks in the
     /// net's input and the share of the input at half the peak or more.
     pub fn to_csv(&self, names: &[String]) -> String {
+        let labelled = self.rows.iter().any(|r| r.label.is_some());
         let mut w = csv::Writer::from_writer(Vec::new());
-        // Writing to a Vec cannot fail.
-        w.write_record([
+        let mut header = vec![
             "image",
             "heatmap",
             "class",
@@ -376,20 +476,33 @@ impl Explanation {
             "peak_row",
             "peak_column",
             "share_at_half_peak",
-        ])
-        .expect("in memory");
+        ];
+        if labelled {
+            header.extend(["label", "label_name", "label_probability"]);
+        }
+        // Writing to a Vec cannot fail.
+        w.write_record(&header).expect("in memory");
+        let number = |p: Option<f32>| p.map_or_else(String::new, |p| p.to_string());
         for r in &self.rows {
-            w.write_record([
+            let mut rec = vec![
                 r.image.display().to_string(),
                 r.heatmap.clone(),
                 r.class.to_string(),
                 super::confusion::class_name(names, r.class),
-                r.probability.map_or_else(String::new, |p| p.to_string()),
+                number(r.probability),
                 r.peak.0.to_string(),
                 r.peak.1.to_string(),
                 format!("{:.4}", r.share),
-            ])
-            .expect("in memory");
+            ];
+            if labelled {
+                rec.push(r.label.map_or_else(String::new, |l| l.to_string()));
+                rec.push(
+                    r.label
+                        .map_or_else(String::new, |l| super::confusion::class_name(names, l)),
+                );
+                rec.push(number(r.label_probability));
+            }
+            w.write_record(&rec).expect("in memory");
         }
         String::from_utf8(w.into_inner().expect("in memory")).expect("UTF-8 fields")
     }

@@ -928,8 +928,21 @@ pub(crate) struct ClassifyArgs {
 #[derive(Args)]
 pub(crate) struct ExplainArgs {
     /// Image files, or folders searched recursively for images.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "list", conflicts_with = "list")]
     pub(crate) images: Vec<PathBuf>,
+    /// Instead of images: an image list (`path label` lines, e.g. the pipeline's test.txt), so each
+    /// image's true class is known: where it differs from the explained one, its map is drawn
+    /// beside it.
+    #[arg(long)]
+    pub(crate) list: Option<PathBuf>,
+    /// Folder the list's relative paths start from (as Caffe's root_folder; default: the current
+    /// folder).
+    #[arg(long, requires = "list")]
+    pub(crate) root: Option<PathBuf>,
+    /// With --list: only the images the net gets wrong (its best class is not the label), each
+    /// with the maps of the class it gave and of the true one.
+    #[arg(long, requires = "list")]
+    pub(crate) mistakes: bool,
     /// The net as trained (its TEST data layer says how an image becomes its input), or a deploy
     /// net with --mean or --mean-value, as for `classify`.
     #[arg(long)]

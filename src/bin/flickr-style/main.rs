@@ -728,9 +728,35 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
 fn cmd_explain(a: ExplainArgs) -> Result<()> {
     use flickr_style::train::classify::ClassifyOptions;
     use flickr_style::train::explain::{explain, ExplainOptions};
-    let images = flickr_style::pipeline::folders::find_images(&a.images)?;
+    let (images, labels) = match &a.list {
+        Some(list) => {
+            let root = a.root.clone().unwrap_or_default();
+            let entries = flickr_style::pipeline::image_list::read_list(list)?;
+            let mut labels = std::collections::HashMap::new();
+            let mut images = Vec::new();
+            for e in entries {
+                let path = root.join(&e.path);
+                let label = usize::try_from(e.label).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}:{}: label {} is negative",
+                        list.display(),
+                        e.line,
+                        e.label
+                    )
+                })?;
+                if labels.insert(path.clone(), label).is_none() {
+                    images.push(path);
+                }
+            }
+            (images, Some(labels))
+        }
+        None => (
+            flickr_style::pipeline::folders::find_images(&a.images)?,
+            None,
+        ),
+    };
     if images.is_empty() {
-        bail!("no image files found in the given folders");
+        bail!("no image files found in the given folders or list");
     }
     let weights = [a.weights.as_path()];
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
@@ -761,6 +787,8 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
         names: &lines,
         out: &a.out,
         strict: a.strict,
+        labels: labels.as_ref(),
+        mistakes: a.mistakes,
     })
     .with_context(|| format!("explain with {}", a.model.display()))?;
     if !lines.is_empty() && lines.len() != result.classes {
@@ -774,13 +802,21 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     for (p, why) in &result.failed {
         eprintln!("skipped {}: {why}", p.display());
     }
+    let mapped = if a.mistakes {
+        format!(
+            "{} mistakes among {} images",
+            result.rows.len(),
+            images.len() - result.failed.len()
+        )
+    } else {
+        format!("{} images", result.rows.len())
+    };
     println!(
-        "Grad-CAM of '{}' ({}x{} positions) for the class scores in '{}': {} images ({} skipped) -> {}",
+        "Grad-CAM of '{}' ({}x{} positions) for the class scores in '{}': {mapped} ({} skipped) -> {}",
         result.layer,
         result.map_size.0,
         result.map_size.1,
         result.scores,
-        result.rows.len(),
         result.failed.len(),
         a.out.join("explain.csv").display()
     );
@@ -994,9 +1030,10 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         model.display()
     );
     eprintln!(
-        "See where the net looks (heat maps) with: flickr-style explain --model {} --weights {}{names}{pad} --out {} IMAGES_OR_FOLDERS",
+        "See where the net looks in the test images it gets wrong (heat maps) with: flickr-style explain --model {} --weights {}{names}{pad} --list {} --mistakes --out {}",
         data.join("train_val.prototxt").display(),
         model.display(),
+        data.join("test.txt").display(),
         data.join("explain").display()
     );
     Ok(())
