@@ -343,3 +343,34 @@ fn a_blob_of_stacked_turns_is_refused_by_name() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_stopped_run_writes_nothing() {
+    use flickr_style::train::classify::ClassifyOptions;
+    use flickr_style::train::explain::{explain, ExplainOptions};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dir = fixture("tiny-net");
+    let t = tempfile::tempdir().unwrap();
+    let model = dir.join("train_val.prototxt");
+    let weights = dir.join("snapshots/tiny_iter_30.caffemodel");
+    let weights = [weights.as_path()];
+    let compute = flickr_style::train::compute::Compute::cpu();
+    let images = vec![fixture("images/animal/cat.jpg")];
+    let out = t.path().join("maps");
+    let e = explain(&ExplainOptions {
+        input: ClassifyOptions::new(&model, &weights, &dir, &compute, &images),
+        layer: None,
+        class: None,
+        names: &[],
+        out: &out,
+        strict: false,
+        labels: None,
+        mistakes: false,
+        stop: Some(Arc::new(AtomicBool::new(true))),
+    })
+    .unwrap_err();
+    assert!(matches!(e, flickr_style::Error::Interrupted), "{e}");
+    // Neither the folder nor a staging folder beside it.
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
+}

@@ -17,6 +17,8 @@ use crate::pipeline::mat::Mat8;
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// What to explain and where the maps go.
 pub struct ExplainOptions<'a> {
@@ -41,6 +43,8 @@ pub struct ExplainOptions<'a> {
     pub labels: Option<&'a HashMap<PathBuf, usize>>,
     /// Keep only the images whose best class is not their label.
     pub mistakes: bool,
+    /// Set (by Ctrl-C) to stop after the current batch, writing nothing.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// One image's map.
@@ -287,6 +291,9 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         .map_err(|e| Error::io(&parent, e))?;
     let mut rows = Vec::new();
     let failed = classify::batches(input, &spec, "explain", |batch, _| {
+        if o.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(Error::Interrupted);
+        }
         classify::forward_view(&mut net, &spec, &batch, 0, input)?;
         let (_, _, values) = reader.read_scores(&net)?;
         let logits = super::layers::to_vec(net.blob(&seed).expect("forward ran"))?;

@@ -789,6 +789,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
         strict: a.strict,
         labels: labels.as_ref(),
         mistakes: a.mistakes,
+        stop: Some(stop_on_ctrl_c("Stopping: nothing is written")?),
     })
     .with_context(|| format!("explain with {}", a.model.display()))?;
     if !lines.is_empty() && lines.len() != result.classes {
