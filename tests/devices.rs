@@ -10,16 +10,16 @@ fn check_ops_passes_on_the_cpu() {
     let t = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(t.path(), &["check-ops", "--seed", "3"]);
     assert!(ok, "{out}\n{err}");
-    // 63 tensor-op cases (56 layers, 2 SGD updates, the 5 other solver
-    // types), 21 on the fused path, then the 11 layers with matrix products in bf16.
-    assert!(out.contains("All 95 op checks passed."), "{out}");
-    assert_eq!(out.matches("| ok |").count(), 95, "{out}");
+    // 64 tensor-op cases (57 layers, 2 SGD updates, the 5 other solver
+    // types), 22 on the fused path, then the 12 layers with matrix products in bf16.
+    assert!(out.contains("All 98 op checks passed."), "{out}");
+    assert_eq!(out.matches("| ok |").count(), 98, "{out}");
     // bf16 is really on there: its rows show rounding errors fp32 has not.
     let bf16: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("| ") && l.contains("[bf16]"))
         .collect();
-    assert_eq!(bf16.len(), 11, "{out}");
+    assert_eq!(bf16.len(), 12, "{out}");
     for row in bf16 {
         let forward: f32 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
         assert!(forward > 1e-4, "{row}");
@@ -199,35 +199,57 @@ fn solver_mode_gpu_runs_on_the_cpu_in_a_cpu_build() {
     assert!(err.contains("Using CPU"), "{err}");
 }
 
-/// candle's convolution takes one stride and dilation for both axes: a GPU
-/// net with unequal ones is refused at build time, naming the layer (an
-/// unequal pad is added explicitly, so that builds).
+/// The tensor ops (the GPU path) build what candle's one-value convolution
+/// cannot take directly: unequal strides (run at stride 1 and subsampled)
+/// and unequal pads (added explicitly), to the CPU kernels' shapes; unequal
+/// dilations, and a Deconvolution's unequal strides, are refused by name.
 #[test]
-fn gpu_path_refuses_unequal_convolution_strides() {
+fn gpu_path_builds_unequal_strides_and_refuses_unequal_dilations() {
     use flickr_style::caffe::proto::{LayerParameter, Phase};
     use flickr_style::train::layers::{create, BuildContext};
-    let param: LayerParameter = flickr_style::caffe::prototxt::parse(
-        r#"name: "odd" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride_h: 1 stride_w: 2 }"#,
-        std::path::Path::new("inline"),
-    )
-    .unwrap();
+    let layer = |text: &str| -> LayerParameter {
+        flickr_style::caffe::prototxt::parse(text, std::path::Path::new("inline")).unwrap()
+    };
     let ctx = |tensor_ops| BuildContext {
         tensor_ops,
         ..BuildContext::cpu(".", 1, Phase::Train)
     };
     let shape = vec![vec![1, 1, 5, 5]];
-    let mut cpu = create(&param, &ctx(false), 0).unwrap();
-    assert_eq!(cpu.setup(&shape).unwrap(), vec![vec![1, 2, 3, 2]]);
-    let mut gpu = create(&param, &ctx(true), 0).unwrap();
-    let err = gpu.setup(&shape).unwrap_err().to_string();
-    assert!(err.contains("layer 'odd'"), "{err}");
-    assert!(err.contains("same for height and width"), "{err}");
-    assert!(err.contains("stride 1x2"), "{err}");
-    let padded: LayerParameter = flickr_style::caffe::prototxt::parse(
+    let strided = layer(
+        r#"name: "odd" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride_h: 1 stride_w: 2 }"#,
+    );
+    for tensor_ops in [false, true] {
+        let mut l = create(&strided, &ctx(tensor_ops), 0).unwrap();
+        assert_eq!(l.setup(&shape).unwrap(), vec![vec![1, 2, 3, 2]]);
+    }
+    let padded = layer(
         r#"name: "pad" type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 pad_h: 1 pad_w: 0 }"#,
-        std::path::Path::new("inline"),
-    )
-    .unwrap();
+    );
     let mut gpu = create(&padded, &ctx(true), 0).unwrap();
     assert_eq!(gpu.setup(&shape).unwrap(), vec![vec![1, 2, 5, 3]]);
+    let dilated = layer(
+        r#"name: "wide" type: "Convolution" convolution_param { num_output: 2 kernel_size: 2 dilation: 1 dilation: 2 }"#,
+    );
+    let mut cpu = create(&dilated, &ctx(false), 0).unwrap();
+    assert_eq!(cpu.setup(&shape).unwrap(), vec![vec![1, 2, 4, 3]]);
+    let err = create(&dilated, &ctx(true), 0)
+        .unwrap()
+        .setup(&shape)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer 'wide'") && err.contains("dilation 1x2"),
+        "{err}"
+    );
+    let deconv = layer(
+        r#"name: "up" type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 3 stride_h: 1 stride_w: 2 }"#,
+    );
+    let err = create(&deconv, &ctx(true), 0)
+        .and_then(|mut l| l.setup(&shape))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer 'up'") && err.contains("stride 1x2"),
+        "{err}"
+    );
 }

@@ -184,7 +184,7 @@ case("conv_rect", 'type: "Convolution" convolution_param { num_output: 3 kernel_
 # Inception-v3's factorised 1x7 convolution.
 case("conv_1x7", 'type: "Convolution" convolution_param { num_output: 2 kernel_h: 1 kernel_w: 7 pad_h: 0 pad_w: 3 }',
      shapes=[(2, 3, 5, 9)], params=CONV_W)
-# Unequal strides: the CPU kernels only (the tensor ops refuse them).
+# Unequal strides (the tensor ops run them at stride 1 and subsample).
 case("conv_rect_stride", 'type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 stride_h: 2 stride_w: 1 pad: 1 }',
      shapes=[(2, 3, 6, 7)], params=CONV_W)
 case("conv_dilated", 'type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 dilation: 2 pad: 2 bias_term: false }',

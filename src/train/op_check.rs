@@ -89,6 +89,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Convolution 3x3 stride 2x1 p1 (unequal: run at stride 1, subsampled)",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 stride_h: 2 stride_w: 1 pad: 1 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
+        [2, 3, 9, 8],
+        false,
+    ),
+    (
         "Deconvolution 4x4 s2 p1 group 3 (bilinear upsampling)",
         r#"name: "d" type: "Deconvolution" convolution_param { num_output: 3 kernel_size: 4 stride: 2 pad: 1 group: 3 weight_filler { type: "bilinear" } bias_filler { type: "constant" value: 0.1 } }"#,
         [2, 3, 5, 6],

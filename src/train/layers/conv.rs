@@ -86,6 +86,10 @@ pub struct Convolution {
     /// Set when the net computes with tensor ops (GPU): the geometry (equal strides and dilations)
     /// and the input-gradient fold table.
     tensor: Option<(ConvGeom, Col2Im)>,
+    /// Tensor ops with unequal strides: the convolution runs at stride 1
+    /// and these rows and columns of its output are kept (the gradient is
+    /// spread back onto them).
+    strided: Option<Strided>,
     path: OpPath,
     /// The tensor-op path's matrix-product arithmetic.
     precision: Precision,
@@ -125,7 +129,69 @@ pub(super) struct Settings {
     pub(super) dw: usize,
 }
 
+/// Unequal strides on the tensor-op path: which rows and columns of the
+/// stride-1 output a strided convolution keeps.
+struct Strided {
+    rows: Tensor,
+    cols: Tensor,
+    /// The stride-1 output's (height, width).
+    full: (usize, usize),
+}
+
+impl Strided {
+    fn new(
+        (sh, sw): (usize, usize),
+        (oh, ow): (usize, usize),
+        full: (usize, usize),
+        device: &Device,
+    ) -> Result<Self> {
+        let pick = |n: usize, s: usize| {
+            let idx: Vec<u32> = (0..n).map(|i| (i * s) as u32).collect();
+            Tensor::from_vec(idx, n, device)
+        };
+        Ok(Strided {
+            rows: pick(oh, sh)?,
+            cols: pick(ow, sw)?,
+            full,
+        })
+    }
+
+    /// The strided output from the stride-1 one.
+    fn keep(&self, y: &Tensor) -> Result<Tensor> {
+        Ok(y.index_select(&self.rows, 2)?.index_select(&self.cols, 3)?)
+    }
+
+    /// The stride-1 output's gradient: `dy` at the kept places, 0 elsewhere.
+    fn spread(&self, dy: &Tensor) -> Result<Tensor> {
+        let (n, c, oh, _) = dy.dims4()?;
+        let (h, w) = self.full;
+        let wide = Tensor::zeros((n, c, oh, w), dy.dtype(), dy.device())?.index_add(
+            &self.cols,
+            &dy.contiguous()?,
+            3,
+        )?;
+        Ok(
+            Tensor::zeros((n, c, h, w), dy.dtype(), dy.device())?
+                .index_add(&self.rows, &wide, 2)?,
+        )
+    }
+}
+
 impl Settings {
+    /// Refuses unequal dilations where the tensor ops compute (candle's
+    /// convolution takes one value for both axes; unequal strides are
+    /// emulated, see [`Strided`]).
+    pub(super) fn equal_dilation(&self, ctx: &str) -> Result<()> {
+        let Settings { dh, dw, .. } = *self;
+        if dh != dw {
+            return Err(Error::model(
+                ctx,
+                format!("on a GPU (the tensor ops), dilation must be the same for height and width (candle's convolution takes one value for both; this layer has dilation {dh}x{dw})"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses unequal strides or dilations where the tensor ops compute
     /// (candle's convolution takes one value for both axes).
     pub(super) fn equal_steps(&self, ctx: &str) -> Result<()> {
@@ -244,6 +310,7 @@ impl Convolution {
             keep_cols: ctx.phase == Phase::Train,
             batch: 0,
             tensor: None,
+            strided: None,
             path: ctx.path(),
             precision: ctx.precision(),
             cudnn,
@@ -385,7 +452,7 @@ impl Layer for Convolution {
             ));
         }
         if self.path.tensor_ops() {
-            window.equal_steps(&ctx)?;
+            window.equal_dilation(&ctx)?;
         }
         let oh = (h + 2 * ph - ext_h) / sh + 1;
         let ow = (w + 2 * pw - ext_w) / sw + 1;
@@ -432,18 +499,37 @@ impl Layer for Convolution {
             // The fold table is allocated now, before the net checks its blobs.
             checked_count(&[n, self.num_output, oh, ow], &ctx, "top")?;
             checked_count(&[c, h, w, kh, kw], &ctx, "the input-gradient fold table")?;
+            // candle's (and this path's cuDNN) convolution takes one stride:
+            // unequal ones run at stride 1 and keep every sh-th row and
+            // sw-th column (sh x sw times the work, for the rare nets that
+            // need it).
+            let run = if sh == sw {
+                self.strided = None;
+                win
+            } else {
+                let (oh1, ow1) = (h + 2 * ph - ext_h + 1, w + 2 * pw - ext_w + 1);
+                checked_count(&[n, self.num_output, oh1, ow1], &ctx, "the stride-1 output")?;
+                self.strided = Some(Strided::new((sh, sw), (oh, ow), (oh1, ow1), &self.device)?);
+                Window {
+                    sh: 1,
+                    sw: 1,
+                    oh: oh1,
+                    ow: ow1,
+                    ..win
+                }
+            };
             let geom = ConvGeom {
                 group: g,
                 pad: (ph, pw),
-                stride: sh,
+                stride: run.sh,
                 dilation: dh,
                 precision: self.precision,
                 cudnn: self.cudnn,
             };
             let fold = if self.path.fused() {
-                Col2Im::fused(&win)
+                Col2Im::fused(&run)
             } else {
-                Col2Im::new(&win, &self.device)?
+                Col2Im::new(&run, &self.device)?
             };
             self.tensor = Some((geom, fold));
         }
@@ -501,7 +587,10 @@ impl Layer for Convolution {
         if let Some((geom, _)) = &self.tensor {
             let y =
                 tensor_ops::conv_forward(&bottom[0], &self.params[0], self.params.get(1), geom)?;
-            return Ok(vec![y]);
+            return Ok(vec![match &self.strided {
+                Some(st) => st.keep(&y)?,
+                None => y,
+            }]);
         }
         let win = self.win.expect("setup ran");
         let x = &bottom[0];
@@ -624,6 +713,14 @@ impl Layer for Convolution {
         };
         if let Some((geom, col2im)) = &self.tensor {
             let want_db = self.params.len() > 1 && a.param_grad[1];
+            let spread;
+            let dy = match &self.strided {
+                Some(st) => {
+                    spread = st.spread(dy)?;
+                    &spread
+                }
+                None => dy,
+            };
             let (dx, dw, db) = tensor_ops::conv_backward(
                 &a.bottom[0],
                 &self.params[0],
