@@ -95,6 +95,11 @@ pub struct Explanation {
 /// score's gradient `g` at them, both `channels x positions`: each channel
 /// weighed by its mean gradient, summed, negatives set to 0 (f64 sums).
 pub fn grad_cam(a: &[f32], g: &[f32], channels: usize) -> Vec<f32> {
+    relu(weighted_channels(a, g, channels))
+}
+
+/// Grad-CAM's channel sum before negatives are set to 0.
+fn weighted_channels(a: &[f32], g: &[f32], channels: usize) -> Vec<f64> {
     let positions = a.len() / channels.max(1);
     let mut map = vec![0.0f64; positions];
     for (ac, gc) in a.chunks_exact(positions).zip(g.chunks_exact(positions)) {
@@ -103,7 +108,43 @@ pub fn grad_cam(a: &[f32], g: &[f32], channels: usize) -> Vec<f32> {
             *m += alpha * f64::from(v);
         }
     }
+    map
+}
+
+fn relu(map: Vec<f64>) -> Vec<f32> {
     map.into_iter().map(|v| v.max(0.0) as f32).collect()
+}
+
+/// The Grad-CAM maps of the `images` of a batch under cyclic pooling,
+/// whose layer holds each image's four quarter turns (turn-major: item
+/// `k * images + i` is image `i` turned `k` times; `channels` square
+/// `side x side` maps each): each turn's channel sum is turned back into
+/// the image's frame, the four are added, negatives set to 0. A quarter
+/// turn of an image turns its map.
+pub fn cyclic_grad_cams(
+    a: &[f32],
+    g: &[f32],
+    images: usize,
+    channels: usize,
+    side: usize,
+) -> Vec<Vec<f32>> {
+    let per = channels * side * side;
+    (0..images)
+        .map(|i| {
+            let mut sum = vec![0.0f64; side * side];
+            for k in 0..4 {
+                let at = (k * images + i) * per;
+                let m = weighted_channels(&a[at..at + per], &g[at..at + per], channels);
+                let mut m: Vec<f32> = m.into_iter().map(|v| v as f32).collect();
+                // Copy k was turned k times; 4 - k more bring it back.
+                crate::train::transform::rotate_square(&mut m, side, (4 - k) as u8);
+                for (s, v) in sum.iter_mut().zip(m) {
+                    *s += f64::from(v);
+                }
+            }
+            relu(sum)
+        })
+        .collect()
 }
 
 /// `map` (`h x w`) scaled to `oh x ow` bilinearly, pixel centres aligned
@@ -231,13 +272,17 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
             )
         })?,
     };
+    // Cyclic pooling stacks each image's four turns along the batch axis
+    // up to its CyclicPool: their maps are turned back and added.
+    let cyclic = net.layer_params().any(|l| l.r#type() == "CyclicSlice")
+        && matches!(net.blob_shape(&layer), Some(&[n, _, h, w]) if n == 4 * spec.batch && h == w);
     let (channels, map_size) = match net.blob_shape(&layer) {
-        Some(&[n, _, _, _]) if n != spec.batch => {
+        Some(&[n, _, _, _]) if n != spec.batch && !cyclic => {
             return Err(Error::model(
                 format!("blob '{layer}'"),
                 format!(
-                    "holds {n} items for a batch of {} images (cyclic pooling stacks each image's turns): \
-                     a map needs one item per image",
+                    "holds {n} items for a batch of {} images: a map needs one item per image \
+                     (or, after a CyclicSlice, four square ones)",
                     spec.batch
                 ),
             ))
@@ -325,13 +370,22 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
             }
             let diff = Tensor::from_vec(diff, seed_shape.as_slice(), &input.compute.device)?;
             let g = super::layers::to_vec(&net.blob_gradient(&seed, diff, &layer)?)?;
-            Ok((0..batch.len())
-                .map(|i| {
-                    let mut map = grad_cam(
-                        &a[i * per..(i + 1) * per],
-                        &g[i * per..(i + 1) * per],
-                        channels,
-                    );
+            let raw: Vec<Vec<f32>> = if cyclic {
+                cyclic_grad_cams(&a, &g, spec.batch, channels, map_size.0)
+            } else {
+                (0..batch.len())
+                    .map(|i| {
+                        grad_cam(
+                            &a[i * per..(i + 1) * per],
+                            &g[i * per..(i + 1) * per],
+                            channels,
+                        )
+                    })
+                    .collect()
+            };
+            Ok(raw
+                .into_iter()
+                .map(|mut map| {
                     let top = map.iter().fold(0.0f32, |t, &v| t.max(v));
                     if top > 0.0 {
                         map.iter_mut().for_each(|v| *v /= top);
