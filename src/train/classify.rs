@@ -517,6 +517,25 @@ pub(crate) fn input_net(o: &ClassifyOptions) -> Result<(NetParameter, InputSpec)
     Ok((with_input_layer(&def, &spec), spec))
 }
 
+/// With `strict`, the first unreadable image of `failed` (of `total`) as
+/// the error that leaves nothing written.
+pub(crate) fn refuse_unreadable(
+    strict: bool,
+    failed: &[(PathBuf, String)],
+    total: usize,
+) -> Result<()> {
+    match (strict, failed.first()) {
+        (true, Some((p, why))) => Err(Error::invalid(
+            p.display(),
+            format!(
+                "{why} ({} of {total} images unreadable; nothing was written)",
+                failed.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Calls `f` with each batch of readable images of `o.images` (prepared for
 /// the transformer, with what late fusion takes from the originals), in
 /// order; returns the images that could not be read, with the reason.

@@ -452,16 +452,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         }
         Ok(())
     })?;
-    if let (true, Some((p, why))) = (o.strict, failed.first()) {
-        return Err(Error::invalid(
-            p.display(),
-            format!(
-                "{why} ({} of {} images unreadable; nothing was written)",
-                failed.len(),
-                input.images.len()
-            ),
-        ));
-    }
+    classify::refuse_unreadable(o.strict, &failed, input.images.len())?;
     if rows.is_empty() && failed.len() == input.images.len() {
         return Err(Error::model(
             input.model.display(),

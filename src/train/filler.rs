@@ -6,6 +6,37 @@ use crate::caffe::proto::{filler_parameter::VarianceNorm, FillerParameter};
 use crate::caffe::rng::CaffeRng;
 use crate::error::{Error, Result};
 
+/// A layer's weight blob of `shape` and, when `bias` gives its filler and
+/// length, its bias, drawn in Caffe's order (the weights first) from the
+/// net's generator; an unset filler is Caffe's default, constant 0.
+pub fn weight_and_bias(
+    weight: Option<&FillerParameter>,
+    shape: &[usize],
+    bias: Option<(Option<&FillerParameter>, usize)>,
+    rng: &crate::caffe::rng::SharedCaffeRng,
+    context: &str,
+    device: &candle_core::Device,
+) -> Result<Vec<candle_core::Tensor>> {
+    let default = FillerParameter::default();
+    let w = fill(
+        weight.unwrap_or(&default),
+        shape,
+        &mut crate::caffe::rng::lock(rng),
+        context,
+    )?;
+    let mut blobs = vec![candle_core::Tensor::from_vec(w, shape, device)?];
+    if let Some((filler, n)) = bias {
+        let b = fill(
+            filler.unwrap_or(&default),
+            &[n],
+            &mut crate::caffe::rng::lock(rng),
+            context,
+        )?;
+        blobs.push(candle_core::Tensor::from_vec(b, n, device)?);
+    }
+    Ok(blobs)
+}
+
 /// Values for a blob of `shape` from the layer's filler, or when it gives
 /// none, the constant `default` (Caffe's per-layer default: Scale's factor
 /// 1, PReLU's slope 0.25).

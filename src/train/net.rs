@@ -3,7 +3,7 @@
 //! bottoms included), Caffe's need-backward analysis, forward with weighted
 //! losses, backward that accumulates gradients, and weights in and out by
 //! layer name.
-use super::layers::{checked_count, create, BackwardArgs, BuildContext, Layer};
+use super::layers::{checked_count, create, BackwardArgs, BuildContext, Grads, Layer};
 use super::memory;
 use crate::caffe::blob::{shape_equals, shape_string};
 use crate::caffe::proto::{LayerParameter, NetParameter, NetState, NetStateRule, Phase};
@@ -98,6 +98,55 @@ pub struct Net {
     /// Caffe's `force_backward`: every layer runs backward, every bottom
     /// that can take a gradient gets one, every parameter its gradient.
     force_backward: bool,
+}
+
+/// Runs `e`'s backward pass on the gradients its tops hold in `diffs`
+/// (taken from there), with its parameter gradients when `params` (else
+/// none); `None` when no gradient reaches its tops.
+fn layer_backward(
+    e: &mut Entry,
+    blobs: &[Option<Tensor>],
+    diffs: &mut [Option<Tensor>],
+    params: bool,
+) -> Result<Option<Grads>> {
+    let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
+    if top_diff.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let gather = |ids: &[usize]| -> Vec<Tensor> {
+        ids.iter()
+            .map(|&b| blobs[b].clone().expect("forward ran"))
+            .collect()
+    };
+    let param_grad = if params {
+        e.param_grads.clone()
+    } else {
+        vec![false; e.param_grads.len()]
+    };
+    Ok(Some(e.layer.backward(&BackwardArgs {
+        bottom: &gather(&e.bottoms),
+        top: &gather(&e.tops),
+        top_diff: &top_diff,
+        propagate: &e.propagate,
+        param_grad: &param_grad,
+    })?))
+}
+
+/// Adds each bottom's gradient in `grads` to what its blob has in `diffs`.
+fn add_bottom_grads(
+    bottoms: &[usize],
+    grads: Vec<Option<Tensor>>,
+    diffs: &mut [Option<Tensor>],
+) -> Result<()> {
+    for (&b, g) in bottoms.iter().zip(grads) {
+        if let Some(g) = g {
+            diffs[b] = Some(match diffs[b].take() {
+                Some(d) => (d + g)?,
+                None => g,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A blob's mean absolute value (Caffe's `asum / count`).
@@ -715,30 +764,12 @@ impl Net {
             if !e.need_backward {
                 continue;
             }
-            let bottom: Vec<Tensor> = e
-                .bottoms
-                .iter()
-                .map(|&b| self.blobs[b].clone().expect("computed"))
-                .collect();
-            let top: Vec<Tensor> = e
-                .tops
-                .iter()
-                .map(|&t| self.blobs[t].clone().expect("computed"))
-                .collect();
-            let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
-            if top_diff.iter().all(Option::is_none) {
+            let start = Instant::now();
+            let Some((bgrads, pgrads)) = layer_backward(e, &self.blobs, &mut diffs, true)? else {
                 // No loss below this layer (a layer forced to run backward
                 // that feeds no loss): its gradients are all zero.
                 continue;
-            }
-            let start = Instant::now();
-            let (bgrads, pgrads) = e.layer.backward(&BackwardArgs {
-                bottom: &bottom,
-                top: &top,
-                top_diff: &top_diff,
-                propagate: &e.propagate,
-                param_grad: &e.param_grads,
-            })?;
+            };
             if let Some(t) = &mut self.timing {
                 self.device.synchronize()?;
                 t[li].1 += start.elapsed();
@@ -762,14 +793,7 @@ impl Net {
                     }
                 }
             }
-            for (&b, g) in e.bottoms.iter().zip(bgrads) {
-                if let Some(g) = g {
-                    diffs[b] = Some(match diffs[b].take() {
-                        Some(d) => (d + g)?,
-                        None => g,
-                    });
-                }
-            }
+            add_bottom_grads(&e.bottoms, bgrads, &mut diffs)?;
             let slots = e.slots.clone();
             let layer_name = e.param.name().to_string();
             for (i, g) in pgrads.into_iter().enumerate() {
@@ -848,34 +872,8 @@ impl Net {
                 // Every reader of the target comes after its producer.
                 break;
             }
-            let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
-            if top_diff.iter().all(Option::is_none) {
-                continue;
-            }
-            let bottom: Vec<Tensor> = e
-                .bottoms
-                .iter()
-                .map(|&b| self.blobs[b].clone().expect("forward ran"))
-                .collect();
-            let top: Vec<Tensor> = e
-                .tops
-                .iter()
-                .map(|&t| self.blobs[t].clone().expect("forward ran"))
-                .collect();
-            let (bgrads, _) = e.layer.backward(&BackwardArgs {
-                bottom: &bottom,
-                top: &top,
-                top_diff: &top_diff,
-                propagate: &e.propagate,
-                param_grad: &vec![false; e.param_grads.len()],
-            })?;
-            for (&b, g) in e.bottoms.iter().zip(bgrads) {
-                if let Some(g) = g {
-                    diffs[b] = Some(match diffs[b].take() {
-                        Some(d) => (d + g)?,
-                        None => g,
-                    });
-                }
+            if let Some((bgrads, _)) = layer_backward(e, &self.blobs, &mut diffs, false)? {
+                add_bottom_grads(&e.bottoms, bgrads, &mut diffs)?;
             }
         }
         diffs[target_id].take().ok_or_else(|| {

@@ -886,6 +886,31 @@ pub(crate) struct ClassifyArgs {
     /// the centre, and their mirror images (instead of the centre crop; needs a crop_size).
     #[arg(long, conflicts_with = "tta")]
     pub(crate) oversample: bool,
+    #[command(flatten)]
+    pub(crate) input: ImageInputArgs,
+    /// Blob of class scores (default: the first bottom of the Accuracy or loss layer; for a deploy
+    /// net, the output of its Softmax layer).
+    #[arg(long)]
+    pub(crate) scores: Option<String>,
+    /// Fuse each image's probabilities with its original size (and measurements) by the model in
+    /// this fusion.json from `fuse --out`; `measure`'s shape and texture are measured from each
+    /// image. Use the --tta/--ensemble of the evaluation it was fitted on.
+    #[arg(long)]
+    pub(crate) fusion: Option<PathBuf>,
+    /// With --fusion, the samples file (a `path` column and the model's measurement columns) for a
+    /// model that uses a manifest's measurements besides the size.
+    #[arg(long, requires = "fusion")]
+    pub(crate) samples: Option<PathBuf>,
+    /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
+    #[arg(long)]
+    pub(crate) strict: bool,
+    #[command(flatten)]
+    pub(crate) device: DeviceArgs,
+}
+
+/// How image files become a net's input (`classify`, `explain`).
+#[derive(Args)]
+pub(crate) struct ImageInputArgs {
     // Size before the crop; default: the ImageData layer's new_height/new_width, or for a Data
     // layer its mean image's size (else 256x256, what to-lmdb and the pipeline store).
     #[command(flatten)]
@@ -902,27 +927,9 @@ pub(crate) struct ClassifyArgs {
     /// 256x256 unless --resize-height/--resize-width say otherwise.
     #[arg(long, value_delimiter = ',')]
     pub(crate) mean_value: Vec<f32>,
-    /// Blob of class scores (default: the first bottom of the Accuracy or loss layer; for a deploy
-    /// net, the output of its Softmax layer).
-    #[arg(long)]
-    pub(crate) scores: Option<String>,
     /// Images per forward pass (default: the data layer's batch_size).
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
-    /// Fuse each image's probabilities with its original size (and measurements) by the model in
-    /// this fusion.json from `fuse --out`; `measure`'s shape and texture are measured from each
-    /// image. Use the --tta/--ensemble of the evaluation it was fitted on.
-    #[arg(long)]
-    pub(crate) fusion: Option<PathBuf>,
-    /// With --fusion, the samples file (a `path` column and the model's measurement columns) for a
-    /// model that uses a manifest's measurements besides the size.
-    #[arg(long, requires = "fusion")]
-    pub(crate) samples: Option<PathBuf>,
-    /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
-    #[arg(long)]
-    pub(crate) strict: bool,
-    #[command(flatten)]
-    pub(crate) device: DeviceArgs,
 }
 
 #[derive(Args)]
@@ -965,22 +972,10 @@ pub(crate) struct ExplainArgs {
     #[arg(long)]
     pub(crate) names: Option<PathBuf>,
     #[command(flatten)]
-    pub(crate) resize: ResizeArgs,
-    /// Read the images as one gray channel.
-    #[arg(long)]
-    pub(crate) gray: bool,
-    /// For a deploy net: the mean image its training subtracted (see `classify`).
-    #[arg(long, conflicts_with = "mean_value")]
-    pub(crate) mean: Option<PathBuf>,
-    /// For a deploy net: per-channel means instead (e.g. 104,117,123).
-    #[arg(long, value_delimiter = ',')]
-    pub(crate) mean_value: Vec<f32>,
+    pub(crate) input: ImageInputArgs,
     /// Blob of class scores, as for `classify`; a Softmax output's logits are used.
     #[arg(long)]
     pub(crate) scores: Option<String>,
-    /// Images per forward pass (default: the data layer's batch_size).
-    #[arg(long)]
-    pub(crate) batch_size: Option<usize>,
     /// Fail, writing nothing, if any image cannot be read (default: skip it and say so).
     #[arg(long)]
     pub(crate) strict: bool,

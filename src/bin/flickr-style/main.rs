@@ -673,23 +673,13 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         .map(|f| flickr_style::train::fusion::Fuser::load(f, a.samples.as_deref()))
         .transpose()?;
     let result = classify(&ClassifyOptions {
-        model: &a.model,
-        weights: &weights,
         ensemble: a.ensemble,
-        base_dir: &base_dir,
-        compute: &compute,
-        images: &images,
-        size: a.resize.get()?,
-        pad: a.resize.pad(),
-        gray: a.gray,
-        mean: a.mean.as_deref(),
-        mean_values: &a.mean_value,
         scores: a.scores,
         top_k: a.top_k,
         tta: a.tta,
         oversample: a.oversample,
-        batch_size: a.batch_size,
         fusion: fuser.as_ref(),
+        ..image_input(&a.input, &a.model, &weights, &base_dir, &compute, &images)?
     })?;
     for (p, why) in &result.failed {
         eprintln!("skipped {}: {why}", p.display());
@@ -723,6 +713,29 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         None => print!("{csv}"),
     }
     Ok(())
+}
+
+/// The options of `classify` and `explain` for image files, prepared as
+/// `input` says and everything else at its default.
+fn image_input<'a>(
+    input: &'a ImageInputArgs,
+    model: &'a Path,
+    weights: &'a [&'a Path],
+    base_dir: &'a Path,
+    compute: &'a flickr_style::train::compute::Compute,
+    images: &'a [PathBuf],
+) -> Result<flickr_style::train::classify::ClassifyOptions<'a>> {
+    Ok(flickr_style::train::classify::ClassifyOptions {
+        size: input.resize.get()?,
+        pad: input.resize.pad(),
+        gray: input.gray,
+        mean: input.mean.as_deref(),
+        mean_values: &input.mean_value,
+        batch_size: input.batch_size,
+        ..flickr_style::train::classify::ClassifyOptions::new(
+            model, weights, base_dir, compute, images,
+        )
+    })
 }
 
 fn cmd_explain(a: ExplainArgs) -> Result<()> {
@@ -771,14 +784,8 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
         None => Vec::new(),
     };
     let input = ClassifyOptions {
-        size: a.resize.get()?,
-        pad: a.resize.pad(),
-        gray: a.gray,
-        mean: a.mean.as_deref(),
-        mean_values: &a.mean_value,
         scores: a.scores.clone(),
-        batch_size: a.batch_size,
-        ..ClassifyOptions::new(&a.model, &weights, &base_dir, &compute, &images)
+        ..image_input(&a.input, &a.model, &weights, &base_dir, &compute, &images)?
     };
     let result = explain(&ExplainOptions {
         input,

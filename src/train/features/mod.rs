@@ -225,16 +225,7 @@ pub fn extract_images(
         let names: Vec<String> = batch.iter().map(|(p, _)| p.display().to_string()).collect();
         saver.add(&net, batch.len(), Some(&names), None)
     })?;
-    if let (true, Some((p, why))) = (strict, failed.first()) {
-        return Err(Error::invalid(
-            p.display(),
-            format!(
-                "{why} ({} of {} images unreadable; nothing was written)",
-                failed.len(),
-                input.images.len()
-            ),
-        ));
-    }
+    classify::refuse_unreadable(strict, &failed, input.images.len())?;
     if saver.rows == 0 {
         return Err(Error::model(
             input.model.display(),

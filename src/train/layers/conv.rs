@@ -7,10 +7,10 @@ use super::{
     checked_count, nchw, to_vec, with_f32, BackwardArgs, BuildContext, Grads, Layer, OpPath,
 };
 use crate::caffe::proto::{convolution_parameter::Engine, ConvolutionParameter, Phase};
-use crate::caffe::rng::{lock, SharedCaffeRng};
+use crate::caffe::rng::SharedCaffeRng;
 use crate::error::{Error, Result};
 use crate::train::depthwise;
-use crate::train::filler::fill;
+use crate::train::filler::weight_and_bias;
 use crate::train::gemm::{sgemm, sgemm_rows, View};
 use crate::train::kernels::{col2im_batch, im2col_row, im2row_line, Window};
 use crate::train::memory::try_resize;
@@ -533,16 +533,15 @@ impl Layer for Convolution {
             };
             self.tensor = Some((geom, fold));
         }
-        let wshape = vec![self.num_output, c / g, kh, kw];
-        let wf = p.weight_filler.clone().unwrap_or_default();
-        let weight = fill(&wf, &wshape, &mut lock(&self.rng), &ctx)?;
-        self.params = vec![Tensor::from_vec(weight, wshape, &self.device)?];
-        if p.bias_term() {
-            let bf = p.bias_filler.clone().unwrap_or_default();
-            let bias = fill(&bf, &[self.num_output], &mut lock(&self.rng), &ctx)?;
-            self.params
-                .push(Tensor::from_vec(bias, self.num_output, &self.device)?);
-        }
+        self.params = weight_and_bias(
+            p.weight_filler.as_ref(),
+            &[self.num_output, c / g, kh, kw],
+            p.bias_term()
+                .then_some((p.bias_filler.as_ref(), self.num_output)),
+            &self.rng,
+            &ctx,
+            &self.device,
+        )?;
         Ok(vec![vec![n, self.num_output, oh, ow]])
     }
 

@@ -10,9 +10,9 @@
 use super::conv::{check_groups, settings, Settings};
 use super::{checked_count, nchw, BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
-use crate::caffe::rng::{lock, SharedCaffeRng};
+use crate::caffe::rng::SharedCaffeRng;
 use crate::error::{Error, Result};
-use crate::train::filler::fill;
+use crate::train::filler::weight_and_bias;
 use crate::train::kernels::Window;
 use crate::train::tensor_ops::{self, Col2Im, ConvGeom};
 use candle_core::{DType, Device, Tensor};
@@ -138,24 +138,15 @@ impl Layer for Deconvolution {
             Col2Im::new(&win, &self.device)?
         };
         self.conv = Some((geom, fold));
-        let wshape = vec![c, self.num_output / g, kh, kw];
-        let weight = fill(
-            &p.weight_filler.clone().unwrap_or_default(),
-            &wshape,
-            &mut lock(&self.rng),
+        self.params = weight_and_bias(
+            p.weight_filler.as_ref(),
+            &[c, self.num_output / g, kh, kw],
+            p.bias_term()
+                .then_some((p.bias_filler.as_ref(), self.num_output)),
+            &self.rng,
             &ctx,
+            &self.device,
         )?;
-        self.params = vec![Tensor::from_vec(weight, wshape, &self.device)?];
-        if p.bias_term() {
-            let bias = fill(
-                &p.bias_filler.clone().unwrap_or_default(),
-                &[self.num_output],
-                &mut lock(&self.rng),
-                &ctx,
-            )?;
-            self.params
-                .push(Tensor::from_vec(bias, self.num_output, &self.device)?);
-        }
         Ok(vec![vec![n, self.num_output, oh, ow]])
     }
 

@@ -6,9 +6,9 @@
 //! read it; the indices get none (Caffe refuses to backpropagate to them).
 use super::{to_vec, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{EmbedParameter, LayerParameter, Phase};
-use crate::caffe::rng::{lock, SharedCaffeRng};
+use crate::caffe::rng::SharedCaffeRng;
 use crate::error::{Error, Result};
-use crate::train::filler::fill;
+use crate::train::filler::weight_and_bias;
 use candle_core::{DType, Device, Tensor};
 
 pub struct Embed {
@@ -77,22 +77,16 @@ impl Layer for Embed {
 
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let (k, n) = (self.p.input_dim() as usize, self.p.num_output() as usize);
-        let w = fill(
-            &self.p.weight_filler.clone().unwrap_or_default(),
+        self.params = weight_and_bias(
+            self.p.weight_filler.as_ref(),
             &[k, n],
-            &mut lock(&self.rng),
+            self.p
+                .bias_term()
+                .then_some((self.p.bias_filler.as_ref(), n)),
+            &self.rng,
             &self.ctx,
+            &self.device,
         )?;
-        self.params = vec![Tensor::from_vec(w, (k, n), &self.device)?];
-        if self.p.bias_term() {
-            let b = fill(
-                &self.p.bias_filler.clone().unwrap_or_default(),
-                &[n],
-                &mut lock(&self.rng),
-                &self.ctx,
-            )?;
-            self.params.push(Tensor::from_vec(b, n, &self.device)?);
-        }
         let mut top = bottom[0].clone();
         top.push(n);
         self.top = top.clone();

@@ -2,9 +2,9 @@
 //! (W is `num_output x K`, Caffe's non-transposed layout).
 use super::{with_f32, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{InnerProductParameter, Phase};
-use crate::caffe::rng::{lock, SharedCaffeRng};
+use crate::caffe::rng::SharedCaffeRng;
 use crate::error::{Error, Result};
-use crate::train::filler::fill;
+use crate::train::filler::weight_and_bias;
 use crate::train::gemm::{sgemm, View};
 use crate::train::precision::Precision;
 use candle_core::{Device, Tensor};
@@ -124,22 +124,16 @@ impl Layer for InnerProduct {
         self.outer = shape[..axis].iter().product();
         self.k = shape[axis..].iter().product();
         let out = self.p.num_output() as usize;
-        let w = fill(
-            &self.p.weight_filler.clone().unwrap_or_default(),
+        self.params = weight_and_bias(
+            self.p.weight_filler.as_ref(),
             &[out, self.k],
-            &mut lock(&self.rng),
+            self.p
+                .bias_term()
+                .then_some((self.p.bias_filler.as_ref(), out)),
+            &self.rng,
             &ctx,
+            &self.device,
         )?;
-        self.params = vec![Tensor::from_vec(w, (out, self.k), &self.device)?];
-        if self.p.bias_term() {
-            let b = fill(
-                &self.p.bias_filler.clone().unwrap_or_default(),
-                &[out],
-                &mut lock(&self.rng),
-                &ctx,
-            )?;
-            self.params.push(Tensor::from_vec(b, out, &self.device)?);
-        }
         let mut top = shape[..axis].to_vec();
         top.push(out);
         self.top = top.clone();
