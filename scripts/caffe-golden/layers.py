@@ -300,6 +300,10 @@ case("spp_ave", 'type: "SPP" spp_param { pyramid_height: 3 pool: AVE }', shapes=
 case("spp_one_level", 'type: "SPP" spp_param { pyramid_height: 1 }', shapes=[(2, 3, 5, 4)])
 case("spp_max_ties", 'type: "SPP" spp_param { pyramid_height: 2 }', shapes=[(2, 2, 5, 5)],
      inputs=[np.round])
+# A Deconvolution with unequal strides (the tensor ops spread its input onto
+# a stride-1 grid).
+case("deconv_rect_stride", 'type: "Deconvolution" convolution_param { num_output: 2 kernel_h: 3 kernel_w: 2 '
+     'stride_h: 2 stride_w: 1 pad_h: 1 }', shapes=[(2, 3, 3, 4)], params=CONV_W)
 
 
 def shape_text(shape):

@@ -130,8 +130,9 @@ pub(super) struct Settings {
 }
 
 /// Unequal strides on the tensor-op path: which rows and columns of the
-/// stride-1 output a strided convolution keeps.
-struct Strided {
+/// stride-1 output a strided convolution keeps (and a strided
+/// Deconvolution spreads its input onto).
+pub(super) struct Strided {
     rows: Tensor,
     cols: Tensor,
     /// The stride-1 output's (height, width).
@@ -139,7 +140,7 @@ struct Strided {
 }
 
 impl Strided {
-    fn new(
+    pub(super) fn new(
         (sh, sw): (usize, usize),
         (oh, ow): (usize, usize),
         full: (usize, usize),
@@ -157,12 +158,12 @@ impl Strided {
     }
 
     /// The strided output from the stride-1 one.
-    fn keep(&self, y: &Tensor) -> Result<Tensor> {
+    pub(super) fn keep(&self, y: &Tensor) -> Result<Tensor> {
         Ok(y.index_select(&self.rows, 2)?.index_select(&self.cols, 3)?)
     }
 
     /// The stride-1 output's gradient: `dy` at the kept places, 0 elsewhere.
-    fn spread(&self, dy: &Tensor) -> Result<Tensor> {
+    pub(super) fn spread(&self, dy: &Tensor) -> Result<Tensor> {
         let (n, c, oh, _) = dy.dims4()?;
         let (h, w) = self.full;
         let wide = Tensor::zeros((n, c, oh, w), dy.dtype(), dy.device())?.index_add(
@@ -186,20 +187,7 @@ impl Settings {
         if dh != dw {
             return Err(Error::model(
                 ctx,
-                format!("on a GPU (the tensor ops), dilation must be the same for height and width (candle's convolution takes one value for both; this layer has dilation {dh}x{dw})"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Refuses unequal strides or dilations where the tensor ops compute
-    /// (candle's convolution takes one value for both axes).
-    pub(super) fn equal_steps(&self, ctx: &str) -> Result<()> {
-        let Settings { sh, sw, dh, dw, .. } = *self;
-        if sh != sw || dh != dw {
-            return Err(Error::model(
-                ctx,
-                format!("on a GPU (the tensor ops), stride and dilation must be the same for height and width (candle's convolution takes one value for both; this layer has stride {sh}x{sw}, dilation {dh}x{dw})"),
+                format!("dilation must be the same for height and width where candle's convolution computes (on a GPU, and for every Deconvolution: it takes one value for both); this layer has dilation {dh}x{dw}"),
             ));
         }
         Ok(())
@@ -234,7 +222,10 @@ pub(super) fn settings(p: &ConvolutionParameter, name: &str) -> Result<Settings>
     if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
         return Err(Error::model(
             format!("layer '{name}'"),
-            "kernel size and stride must be > 0",
+            format!(
+                "kernel size and stride must be > 0, got kernel {kh}x{kw}, stride {sh}x{sw} \
+                 (kernel_h and kernel_w, or stride_h and stride_w, go together)"
+            ),
         ));
     }
     Ok(Settings {
@@ -258,7 +249,13 @@ fn pick(
     name: &str,
 ) -> Result<(usize, usize)> {
     match (h, w) {
-        (Some(h), Some(w)) => Ok((h as usize, w as usize)),
+        // Caffe's rule: either given, the other is its field's default (0;
+        // a zero kernel or stride is refused below).
+        (Some(_), _) | (_, Some(_)) if !list.is_empty() => Err(Error::model(
+            format!("layer '{name}'"),
+            format!("give {what} or {what}_h and {what}_w, not both"),
+        )),
+        (Some(_), _) | (_, Some(_)) => Ok((h.unwrap_or(0) as usize, w.unwrap_or(0) as usize)),
         (None, None) => match list {
             [] => Ok((default as usize, default as usize)),
             [v] => Ok((*v as usize, *v as usize)),
@@ -271,10 +268,6 @@ fn pick(
                 ),
             )),
         },
-        _ => Err(Error::model(
-            format!("layer '{name}'"),
-            format!("{what}_h and {what}_w must be given together"),
-        )),
     }
 }
 
@@ -833,6 +826,56 @@ impl Layer for Convolution {
 mod tests {
     use super::*;
     use crate::caffe::prototxt;
+
+    /// Caffe's rules for the geometry fields of convolutions and pooling:
+    /// a convolution's pad_h alone leaves pad_w 0, a stride_h alone leaves
+    /// stride_w 0 (refused), and `pad` with pad_h is refused; pooling wants
+    /// `pad` alone or both pad_h and pad_w, the kernel one way, none with
+    /// global_pooling.
+    #[test]
+    fn geometry_fields_follow_caffes_rules() {
+        let conv = |text: &str| {
+            let p: ConvolutionParameter = prototxt::parse(text, std::path::Path::new("c")).unwrap();
+            settings(&p, "c").map(|s| (s.ph, s.pw, s.sh, s.sw))
+        };
+        assert_eq!(conv("kernel_size: 3 pad_h: 2").unwrap(), (2, 0, 1, 1));
+        assert_eq!(
+            conv("kernel_size: 3 pad_w: 1 stride: 2").unwrap(),
+            (0, 1, 2, 2)
+        );
+        let e = conv("kernel_size: 3 stride_h: 2").unwrap_err().to_string();
+        assert!(e.contains("stride 2x0"), "{e}");
+        let e = conv("kernel_size: 3 pad: 1 pad_h: 2 pad_w: 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give pad or pad_h and pad_w, not both"), "{e}");
+        let pool = |text: &str| {
+            let p: crate::caffe::proto::PoolingParameter =
+                prototxt::parse(text, std::path::Path::new("p")).unwrap();
+            super::super::pool::Pooling::new(p, "p", &Device::Cpu, OpPath::CpuKernels)
+                .unwrap()
+                .setup(&[vec![1, 1, 6, 6]])
+                .map(|t| t[0].clone())
+        };
+        assert_eq!(
+            pool("kernel_size: 2 stride: 2 pad: 1").unwrap(),
+            [1, 1, 4, 4]
+        );
+        assert_eq!(
+            pool("kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1").unwrap(),
+            [1, 1, 3, 4]
+        );
+        for bad in [
+            "kernel_size: 2 pad_h: 1",
+            "kernel_size: 2 pad: 1 pad_h: 1 pad_w: 1",
+            "kernel_size: 2 stride_w: 2",
+            "kernel_size: 2 kernel_h: 2 kernel_w: 2",
+            "kernel_h: 2",
+            "global_pooling: true kernel_size: 2",
+        ] {
+            assert!(pool(bad).is_err(), "{bad}");
+        }
+    }
 
     /// The input gradient made a block of images at a time (2, 2 and a
     /// ragged 1 of 5) equals the one made in one go, and so do the top

@@ -7,7 +7,7 @@
 //! gradient with the roles of the blobs swapped. Every device runs these
 //! as the tensor ops of [`crate::train::tensor_ops`]; the top is
 //! `stride (in - 1) + dilation (k - 1) + 1 - 2 pad` per axis.
-use super::conv::{check_groups, settings, Settings};
+use super::conv::{check_groups, settings, Settings, Strided};
 use super::{checked_count, nchw, BackwardArgs, BuildContext, Grads, Layer};
 use crate::caffe::proto::{ConvolutionParameter, Phase};
 use crate::caffe::rng::SharedCaffeRng;
@@ -29,6 +29,8 @@ pub struct Deconvolution {
     /// The transposed convolution's geometry (its input is our top) and its
     /// input-gradient fold, which is our forward pass.
     conv: Option<(ConvGeom, Col2Im)>,
+    /// Unequal strides: the bottom spread onto a stride-1 grid.
+    strided: Option<Strided>,
     num_output: usize,
 }
 
@@ -55,12 +57,22 @@ impl Deconvolution {
             fused: ctx.path().fused(),
             precision: ctx.precision(),
             conv: None,
+            strided: None,
         })
     }
 
     /// The transposed convolution's geometry and fold.
     fn conv(&self) -> &(ConvGeom, Col2Im) {
         self.conv.as_ref().expect("setup ran")
+    }
+
+    /// The bottom as the transposed convolution reads it: itself, or with
+    /// unequal strides spread onto every stride's row and column.
+    fn spread(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.strided {
+            Some(st) => st.spread(x)?,
+            None => x.contiguous()?,
+        })
     }
 }
 
@@ -74,25 +86,25 @@ impl Layer for Deconvolution {
         let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
         let window = settings(p, &self.name)?;
-        window.equal_steps(&ctx)?;
+        window.equal_dilation(&ctx)?;
         let Settings {
             kh,
             kw,
             ph,
             pw,
             sh,
+            sw,
             dh,
             dw,
-            ..
         } = window;
         let g = p.group() as usize;
         check_groups(c, self.num_output, g, &ctx)?;
-        let size = |input: usize, k: usize, pad: usize, d: usize| {
-            (sh * (input - 1) + d * (k - 1) + 1)
+        let size = |input: usize, k: usize, pad: usize, s: usize, d: usize| {
+            (s * (input - 1) + d * (k - 1) + 1)
                 .checked_sub(2 * pad)
                 .filter(|&s| s > 0)
         };
-        let (Some(oh), Some(ow)) = (size(h, kh, ph, dh), size(w, kw, pw, dw)) else {
+        let (Some(oh), Some(ow)) = (size(h, kh, ph, sh, dh), size(w, kw, pw, sw, dw)) else {
             return Err(Error::model(
                 &ctx,
                 format!(
@@ -100,7 +112,19 @@ impl Layer for Deconvolution {
                 ),
             ));
         };
-        // The convolution from our top (oh x ow) back to our bottom (h x w).
+        // The convolution from our top (oh x ow) back to our bottom (h x w);
+        // with unequal strides (candle's convolution takes one), at stride 1
+        // back to the bottom spread onto every stride's row and column.
+        let (bh, bw) = if sh == sw {
+            self.strided = None;
+            (h, w)
+        } else {
+            let full = ((h - 1) * sh + 1, (w - 1) * sw + 1);
+            checked_count(&[n, c, full.0, full.1], &ctx, "the spread input")?;
+            self.strided = Some(Strided::new((sh, sw), (h, w), full, &self.device)?);
+            full
+        };
+        let step = if sh == sw { sh } else { 1 };
         let win = Window {
             c: self.num_output,
             h: oh,
@@ -109,17 +133,17 @@ impl Layer for Deconvolution {
             kw,
             ph,
             pw,
-            sh,
-            sw: sh,
+            sh: step,
+            sw: step,
             dh,
             dw,
-            oh: h,
-            ow: w,
+            oh: bh,
+            ow: bw,
         };
         let geom = ConvGeom {
             group: g,
             pad: (ph, pw),
-            stride: sh,
+            stride: step,
             dilation: dh,
             precision: self.precision,
             cudnn: false,
@@ -160,7 +184,7 @@ impl Layer for Deconvolution {
 
     fn forward(&mut self, bottom: &[Tensor], _phase: Phase) -> Result<Vec<Tensor>> {
         let (geom, fold) = self.conv();
-        let x = bottom[0].contiguous()?;
+        let x = self.spread(&bottom[0])?;
         // Only the batch and channel counts of the convolution's input are read.
         let shape = Tensor::zeros((x.dim(0)?, self.num_output, 1, 1), DType::F32, x.device())?;
         let (y, _, _) = tensor_ops::conv_backward(
@@ -185,7 +209,11 @@ impl Layer for Deconvolution {
         let (geom, fold) = self.conv();
         let dy = dy.contiguous()?;
         let dx = if a.propagate[0] {
-            Some(tensor_ops::conv_forward(&dy, &self.params[0], None, geom)?)
+            let full = tensor_ops::conv_forward(&dy, &self.params[0], None, geom)?;
+            Some(match &self.strided {
+                Some(st) => st.keep(&full)?,
+                None => full,
+            })
         } else {
             None
         };
@@ -194,7 +222,7 @@ impl Layer for Deconvolution {
             let (_, dw, _) = tensor_ops::conv_backward(
                 &dy,
                 &self.params[0],
-                &a.bottom[0].contiguous()?,
+                &self.spread(&a.bottom[0])?,
                 geom,
                 fold,
                 [false, true, false],

@@ -59,27 +59,43 @@ impl Layer for Pooling {
         let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
         let (kh, kw) = if p.global_pooling() {
+            if p.kernel_size.is_some() || p.kernel_h.is_some() || p.kernel_w.is_some() {
+                return Err(Error::model(
+                    &ctx,
+                    "with global_pooling the kernel is the whole input: give no kernel size",
+                ));
+            }
             (h, w)
         } else {
             match (p.kernel_h, p.kernel_w, p.kernel_size) {
-                (Some(a), Some(b), _) => (a as usize, b as usize),
+                (Some(a), Some(b), None) => (a as usize, b as usize),
                 (None, None, Some(k)) => (k as usize, k as usize),
                 _ => {
                     return Err(Error::model(
                         &ctx,
-                        "needs kernel_size (or kernel_h and kernel_w)",
+                        "needs kernel_size, or kernel_h and kernel_w (not both)",
                     ))
                 }
             }
         };
-        let (ph, pw) = match (p.pad_h, p.pad_w) {
-            (Some(a), Some(b)) => (a as usize, b as usize),
-            _ => (p.pad() as usize, p.pad() as usize),
-        };
-        let (sh, sw) = match (p.stride_h, p.stride_w) {
-            (Some(a), Some(b)) => (a as usize, b as usize),
-            _ => (p.stride() as usize, p.stride() as usize),
-        };
+        // Caffe's rules: `pad` (or `stride`) alone, or both of its _h and
+        // _w fields without it.
+        let pair =
+            |one: Option<u32>, h: Option<u32>, w: Option<u32>, default: u32, what: &str| match (
+                one, h, w,
+            ) {
+                (_, None, None) => Ok((
+                    one.unwrap_or(default) as usize,
+                    one.unwrap_or(default) as usize,
+                )),
+                (None, Some(a), Some(b)) => Ok((a as usize, b as usize)),
+                _ => Err(Error::model(
+                    &ctx,
+                    format!("give {what}, or {what}_h and {what}_w (both, without {what})"),
+                )),
+            };
+        let (ph, pw) = pair(p.pad, p.pad_h, p.pad_w, 0, "pad")?;
+        let (sh, sw) = pair(p.stride, p.stride_h, p.stride_w, 1, "stride")?;
         if kh == 0 || kw == 0 || sh == 0 || sw == 0 || kh > h + 2 * ph || kw > w + 2 * pw {
             return Err(Error::model(
                 &ctx,
