@@ -304,6 +304,11 @@ case("spp_max_ties", 'type: "SPP" spp_param { pyramid_height: 2 }', shapes=[(2, 
 # a stride-1 grid).
 case("deconv_rect_stride", 'type: "Deconvolution" convolution_param { num_output: 2 kernel_h: 3 kernel_w: 2 '
      'stride_h: 2 stride_w: 1 pad_h: 1 }', shapes=[(2, 3, 3, 4)], params=CONV_W)
+# Unequal dilations (the tensor ops spread the kernel onto its extent).
+case("conv_rect_dilation", 'type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 '
+     'dilation: 1 dilation: 2 pad: 1 stride: 2 }', shapes=[(2, 3, 7, 8)], params=CONV_W)
+case("deconv_rect_dilation", 'type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 2 '
+     'dilation: 2 dilation: 1 stride: 2 }', shapes=[(2, 3, 3, 4)], params=CONV_W)
 
 
 def shape_text(shape):

@@ -95,6 +95,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         false,
     ),
     (
+        "Convolution 3x3 dilation 1x2 s2 p1 (unequal: the kernel spread, undilated)",
+        r#"name: "c" type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 dilation: 1 dilation: 2 stride: 2 pad: 1 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
+        [2, 3, 9, 10],
+        false,
+    ),
+    (
         "Deconvolution 4x4 s2 p1 group 3 (bilinear upsampling)",
         r#"name: "d" type: "Deconvolution" convolution_param { num_output: 3 kernel_size: 4 stride: 2 pad: 1 group: 3 weight_filler { type: "bilinear" } bias_filler { type: "constant" value: 0.1 } }"#,
         [2, 3, 5, 6],

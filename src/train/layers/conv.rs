@@ -90,6 +90,9 @@ pub struct Convolution {
     /// and these rows and columns of its output are kept (the gradient is
     /// spread back onto them).
     strided: Option<Strided>,
+    /// Tensor ops with unequal dilations: the kernel spread onto its
+    /// dilated extent (zeros between its taps), convolved undilated.
+    dilated: Option<Strided>,
     path: OpPath,
     /// The tensor-op path's matrix-product arithmetic.
     precision: Precision,
@@ -178,22 +181,6 @@ impl Strided {
     }
 }
 
-impl Settings {
-    /// Refuses unequal dilations where the tensor ops compute (candle's
-    /// convolution takes one value for both axes; unequal strides are
-    /// emulated, see [`Strided`]).
-    pub(super) fn equal_dilation(&self, ctx: &str) -> Result<()> {
-        let Settings { dh, dw, .. } = *self;
-        if dh != dw {
-            return Err(Error::model(
-                ctx,
-                format!("dilation must be the same for height and width where candle's convolution computes (on a GPU, and for every Deconvolution: it takes one value for both); this layer has dilation {dh}x{dw}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Refuses a `group` that does not divide both channel counts.
 pub(super) fn check_groups(
     channels: usize,
@@ -272,6 +259,15 @@ fn pick(
 }
 
 impl Convolution {
+    /// The weights the tensor ops convolve with: the kernel, or with
+    /// unequal dilations the kernel spread onto its extent.
+    fn tensor_weights(&self) -> Result<Tensor> {
+        Ok(match &self.dilated {
+            Some(d) => d.spread(&self.params[0])?,
+            None => self.params[0].clone(),
+        })
+    }
+
     pub fn new(
         p: ConvolutionParameter,
         ctx: &BuildContext,
@@ -304,6 +300,7 @@ impl Convolution {
             batch: 0,
             tensor: None,
             strided: None,
+            dilated: None,
             path: ctx.path(),
             precision: ctx.precision(),
             cudnn,
@@ -444,9 +441,6 @@ impl Layer for Convolution {
                 format!("kernel {kh}x{kw} is larger than the padded input {h}x{w}"),
             ));
         }
-        if self.path.tensor_ops() {
-            window.equal_dilation(&ctx)?;
-        }
         let oh = (h + 2 * ph - ext_h) / sh + 1;
         let ow = (w + 2 * pw - ext_w) / sw + 1;
         let win = Window {
@@ -496,6 +490,26 @@ impl Layer for Convolution {
             // unequal ones run at stride 1 and keep every sh-th row and
             // sw-th column (sh x sw times the work, for the rare nets that
             // need it).
+            // Unequal dilations: the kernel spread onto its extent, undilated.
+            let (win, dilation) = if dh == dw {
+                self.dilated = None;
+                (win, dh)
+            } else {
+                self.dilated = Some(Strided::new(
+                    (dh, dw),
+                    (kh, kw),
+                    (ext_h, ext_w),
+                    &self.device,
+                )?);
+                let spread = Window {
+                    kh: ext_h,
+                    kw: ext_w,
+                    dh: 1,
+                    dw: 1,
+                    ..win
+                };
+                (spread, 1)
+            };
             let run = if sh == sw {
                 self.strided = None;
                 win
@@ -515,7 +529,7 @@ impl Layer for Convolution {
                 group: g,
                 pad: (ph, pw),
                 stride: run.sh,
-                dilation: dh,
+                dilation,
                 precision: self.precision,
                 cudnn: self.cudnn,
             };
@@ -577,8 +591,8 @@ impl Layer for Convolution {
 
     fn forward(&mut self, bottom: &[Tensor], phase: Phase) -> Result<Vec<Tensor>> {
         if let Some((geom, _)) = &self.tensor {
-            let y =
-                tensor_ops::conv_forward(&bottom[0], &self.params[0], self.params.get(1), geom)?;
+            let w = self.tensor_weights()?;
+            let y = tensor_ops::conv_forward(&bottom[0], &w, self.params.get(1), geom)?;
             return Ok(vec![match &self.strided {
                 Some(st) => st.keep(&y)?,
                 None => y,
@@ -715,12 +729,17 @@ impl Layer for Convolution {
             };
             let (dx, dw, db) = tensor_ops::conv_backward(
                 &a.bottom[0],
-                &self.params[0],
+                &self.tensor_weights()?,
                 dy,
                 geom,
                 col2im,
                 [a.propagate[0], a.param_grad[0], want_db],
             )?;
+            // With a spread kernel only its taps' gradients count.
+            let dw = match (&self.dilated, dw) {
+                (Some(d), Some(g)) => Some(d.keep(&g)?),
+                (_, g) => g,
+            };
             let mut pgrads = vec![dw];
             if self.params.len() > 1 {
                 pgrads.push(db);

@@ -31,6 +31,8 @@ pub struct Deconvolution {
     conv: Option<(ConvGeom, Col2Im)>,
     /// Unequal strides: the bottom spread onto a stride-1 grid.
     strided: Option<Strided>,
+    /// Unequal dilations: the kernel spread onto its dilated extent.
+    dilated: Option<Strided>,
     num_output: usize,
 }
 
@@ -58,12 +60,22 @@ impl Deconvolution {
             precision: ctx.precision(),
             conv: None,
             strided: None,
+            dilated: None,
         })
     }
 
     /// The transposed convolution's geometry and fold.
     fn conv(&self) -> &(ConvGeom, Col2Im) {
         self.conv.as_ref().expect("setup ran")
+    }
+
+    /// The kernel, or with unequal dilations the kernel spread onto its
+    /// extent.
+    fn weights(&self) -> Result<Tensor> {
+        Ok(match &self.dilated {
+            Some(d) => d.spread(&self.params[0])?,
+            None => self.params[0].clone(),
+        })
     }
 
     /// The bottom as the transposed convolution reads it: itself, or with
@@ -86,7 +98,6 @@ impl Layer for Deconvolution {
         let [n, c, h, w] = nchw(bottom, &ctx)?;
         let p = &self.p;
         let window = settings(p, &self.name)?;
-        window.equal_dilation(&ctx)?;
         let Settings {
             kh,
             kw,
@@ -125,18 +136,35 @@ impl Layer for Deconvolution {
             full
         };
         let step = if sh == sw { sh } else { 1 };
+        // Unequal dilations: the kernel spread onto its extent, undilated.
+        let (ext_h, ext_w) = (dh * (kh - 1) + 1, dw * (kw - 1) + 1);
+        self.dilated = if dh == dw {
+            None
+        } else {
+            Some(Strided::new(
+                (dh, dw),
+                (kh, kw),
+                (ext_h, ext_w),
+                &self.device,
+            )?)
+        };
+        let (kh_run, kw_run, dilation) = if dh == dw {
+            (kh, kw, dh)
+        } else {
+            (ext_h, ext_w, 1)
+        };
         let win = Window {
             c: self.num_output,
             h: oh,
             w: ow,
-            kh,
-            kw,
+            kh: kh_run,
+            kw: kw_run,
             ph,
             pw,
             sh: step,
             sw: step,
-            dh,
-            dw,
+            dh: dilation,
+            dw: dilation,
             oh: bh,
             ow: bw,
         };
@@ -144,7 +172,7 @@ impl Layer for Deconvolution {
             group: g,
             pad: (ph, pw),
             stride: step,
-            dilation: dh,
+            dilation,
             precision: self.precision,
             cudnn: false,
         };
@@ -189,7 +217,7 @@ impl Layer for Deconvolution {
         let shape = Tensor::zeros((x.dim(0)?, self.num_output, 1, 1), DType::F32, x.device())?;
         let (y, _, _) = tensor_ops::conv_backward(
             &shape,
-            &self.params[0],
+            &self.weights()?,
             &x,
             geom,
             fold,
@@ -209,7 +237,7 @@ impl Layer for Deconvolution {
         let (geom, fold) = self.conv();
         let dy = dy.contiguous()?;
         let dx = if a.propagate[0] {
-            let full = tensor_ops::conv_forward(&dy, &self.params[0], None, geom)?;
+            let full = tensor_ops::conv_forward(&dy, &self.weights()?, None, geom)?;
             Some(match &self.strided {
                 Some(st) => st.keep(&full)?,
                 None => full,
@@ -221,13 +249,16 @@ impl Layer for Deconvolution {
         if a.param_grad[0] {
             let (_, dw, _) = tensor_ops::conv_backward(
                 &dy,
-                &self.params[0],
+                &self.weights()?,
                 &self.spread(&a.bottom[0])?,
                 geom,
                 fold,
                 [false, true, false],
             )?;
-            pg[0] = dw;
+            pg[0] = match (&self.dilated, dw) {
+                (Some(d), Some(g)) => Some(d.keep(&g)?),
+                (_, g) => g,
+            };
         }
         if self.params.len() > 1 && a.param_grad[1] {
             pg[1] = Some(dy.sum((0, 2, 3))?);
