@@ -14,7 +14,8 @@ use candle_core::{DType, Device, Tensor};
 
 /// Convolution geometry. candle's conv ops take one pad, stride and
 /// dilation for both axes: a larger pad on one axis is added to the input
-/// explicitly, while stride and dilation must be square.
+/// explicitly, while stride and dilation must be square here (the layers
+/// turn unequal ones into square ones: see `layers::conv::Strided`).
 #[derive(Clone, Copy, Debug)]
 pub struct ConvGeom {
     /// Groups the channels are split into.
