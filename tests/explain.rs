@@ -282,6 +282,19 @@ fn explain_writes_a_heat_map_per_image_and_a_table() {
         })
         .count();
     assert_eq!(pngs, 24);
+    // ... by name too.
+    let (ok, _, err) = run_args(&["--class", "science", "--names", names.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(out.join("explain.csv")).unwrap();
+    assert!(
+        csv.lines().skip(1).all(|l| l.contains(",2,science,")),
+        "{csv}"
+    );
+    let (ok, _, err) = run_args(&["--class", "plankton", "--names", names.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("\"plankton\" is neither a class number nor one of the names"),
+        "{err}"
+    );
     let (ok, _, err) = run_args(&["--class", "4"]);
     assert!(
         !ok && err.contains("--class 4 is not one of the net's 4 classes"),

@@ -965,9 +965,10 @@ pub(crate) struct ExplainArgs {
     /// with a spatial output, after its ReLU: conv5 in CaffeNet, 13x13).
     #[arg(long)]
     pub(crate) layer: Option<String>,
-    /// Explain this class in every image (default: each image's best class).
+    /// Explain this class in every image, by number or (with --names) by name (default: each
+    /// image's best class).
     #[arg(long)]
-    pub(crate) class: Option<usize>,
+    pub(crate) class: Option<String>,
     /// Class names, one per line in label order (labels.txt, or style_names.txt).
     #[arg(long)]
     pub(crate) names: Option<PathBuf>,

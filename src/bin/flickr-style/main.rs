@@ -783,6 +783,23 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
             .collect(),
         None => Vec::new(),
     };
+    let class = match &a.class {
+        None => None,
+        Some(c) => Some(match c.parse::<usize>() {
+            Ok(k) => k,
+            Err(_) => lines.iter().position(|n| n == c).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--class {c:?} is neither a class number nor one of the names{}",
+                    a.names
+                        .as_ref()
+                        .map_or(" (give --names)".to_string(), |p| format!(
+                            " in {}",
+                            p.display()
+                        ))
+                )
+            })?,
+        }),
+    };
     let input = ClassifyOptions {
         scores: a.scores.clone(),
         ..image_input(&a.input, &a.model, &weights, &base_dir, &compute, &images)?
@@ -790,7 +807,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     let result = explain(&ExplainOptions {
         input,
         layer: a.layer,
-        class: a.class,
+        class,
         names: &lines,
         out: &a.out,
         strict: a.strict,
