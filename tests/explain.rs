@@ -295,6 +295,26 @@ fn explain_writes_a_heat_map_per_image_and_a_table() {
         !ok && err.contains("\"plankton\" is neither a class number nor one of the names"),
         "{err}"
     );
+    // Where the maps fall against the object in each view.
+    let (ok, stdout, err) = run_args(&["--object"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("the object covers"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("explain.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",object_share,map_on_object"),
+        "{csv}"
+    );
+    for row in csv.lines().skip(1) {
+        let f: Vec<f32> = row
+            .rsplitn(3, ',')
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(f.iter().all(|v| (0.0..=1.0).contains(v)), "{row}");
+    }
     let (ok, _, err) = run_args(&["--class", "4"]);
     assert!(
         !ok && err.contains("--class 4 is not one of the net's 4 classes"),
@@ -451,6 +471,7 @@ fn a_stopped_run_writes_nothing() {
         labels: None,
         mistakes: false,
         stop: Some(Arc::new(AtomicBool::new(true))),
+        object: false,
     })
     .unwrap_err();
     assert!(matches!(e, flickr_style::Error::Interrupted), "{e}");

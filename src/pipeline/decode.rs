@@ -196,7 +196,7 @@ fn cmyk_to(cmyk: &[u8], width: usize, height: usize, mode: ColorMode) -> Mat8 {
 
 /// Luma as `cvtColor` (and OpenCV's JPEG reader) computes it: 14-bit
 /// fixed-point BT.601 weights, rounded.
-fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
+pub fn rgb_to_gray(r: u8, g: u8, b: u8) -> u8 {
     let (r, g, b) = (r as u32, g as u32, b as u32);
     ((r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14) as u8
 }

@@ -45,6 +45,10 @@ pub struct ExplainOptions<'a> {
     pub mistakes: bool,
     /// Set (by Ctrl-C) to stop after the current batch, writing nothing.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Also find the object in the net's view (as `measure` finds it: the
+    /// largest region standing out from the border's level) and say how
+    /// much of the map falls on it.
+    pub object: bool,
 }
 
 /// One image's map.
@@ -72,6 +76,10 @@ pub struct Explained {
     pub label_probability: Option<f32>,
     /// Its map, scaled as `map` is.
     pub label_map: Option<Vec<f32>>,
+    /// With `object`: the share of the net's input the object covers, and
+    /// the share of the map's mass on it (above the first: the net looks at
+    /// the object; below it: at the background).
+    pub object: Option<(f32, f32)>,
 }
 
 /// The maps of a set of images.
@@ -427,6 +435,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
                 }
                 _ => None,
             };
+            let object = o.object.then(|| on_object(m, origin, size, &heat));
             let stem = path
                 .file_stem()
                 .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
@@ -448,6 +457,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
                 label,
                 label_probability: label.and_then(|l| probability(i, l)),
                 label_map,
+                object,
             });
         }
         Ok(())
@@ -483,6 +493,50 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
     }
     crate::fsutil::write_atomic(&table, result.to_csv(o.names).as_bytes())?;
     Ok(result)
+}
+
+/// The share of the view (of `size` from `origin`) that the object in it
+/// covers, and the share of `heat`'s mass on the object (0 for a map with
+/// none): the object as `measure` finds it, on the view in one gray channel.
+pub fn on_object(
+    m: &Mat8,
+    origin: (usize, usize),
+    size: (usize, usize),
+    heat: &[f32],
+) -> (f32, f32) {
+    let (h, w) = size;
+    let mut gray = Vec::with_capacity(h * w);
+    for y in 0..h {
+        for x in 0..w {
+            let (sy, sx) = (
+                (origin.0 + y).min(m.height - 1),
+                (origin.1 + x).min(m.width - 1),
+            );
+            let px = &m.data[(sy * m.width + sx) * m.channels..][..m.channels];
+            gray.push(if m.channels < 3 {
+                px[0]
+            } else {
+                crate::pipeline::decode::rgb_to_gray(px[2], px[1], px[0])
+            });
+        }
+    }
+    let seg = crate::pipeline::measure::segment(&gray, w, h);
+    let total: f64 = heat.iter().map(|&v| f64::from(v)).sum();
+    let on: f64 = heat
+        .iter()
+        .zip(&seg.mask)
+        .filter(|(_, &inside)| inside)
+        .map(|(&v, _)| f64::from(v))
+        .sum();
+    let share = seg.area as f32 / (h * w) as f32;
+    (
+        share,
+        if total > 0.0 {
+            (on / total) as f32
+        } else {
+            0.0
+        },
+    )
 }
 
 /// Panels of `size` placed left to right with a white 4-pixel gap, as one
@@ -532,6 +586,10 @@ impl Explanation {
         if labelled {
             header.extend(["label", "label_name", "label_probability"]);
         }
+        let object = self.rows.iter().any(|r| r.object.is_some());
+        if object {
+            header.extend(["object_share", "map_on_object"]);
+        }
         // Writing to a Vec cannot fail.
         w.write_record(&header).expect("in memory");
         let number = |p: Option<f32>| p.map_or_else(String::new, |p| p.to_string());
@@ -553,6 +611,11 @@ impl Explanation {
                         .map_or_else(String::new, |l| super::confusion::class_name(names, l)),
                 );
                 rec.push(number(r.label_probability));
+            }
+            if object {
+                let (share, on) = r.object.unwrap_or_default();
+                rec.push(format!("{share:.4}"));
+                rec.push(format!("{on:.4}"));
             }
             w.write_record(&rec).expect("in memory");
         }
@@ -578,6 +641,36 @@ mod tests {
         let up = upsample(&[0.0, 1.0], (1, 2), (1, 4));
         assert_eq!(up, [0.0, 0.25, 0.75, 1.0]);
         assert_eq!(upsample(&[3.0], (1, 1), (2, 2)), [3.0; 4]);
+    }
+
+    #[test]
+    fn the_maps_share_on_the_object_is_measured() {
+        // A bright 4x4 square on a dark 8x8 background (a quarter of it),
+        // in the view from (1, 1) of a 10x10 image.
+        let mut data = vec![10u8; 100];
+        for y in 3..7 {
+            for x in 3..7 {
+                data[y * 10 + x] = 200;
+            }
+        }
+        let m = Mat8 {
+            width: 10,
+            height: 10,
+            channels: 1,
+            data,
+        };
+        let on_square: Vec<f32> = (0..64)
+            .map(|i| {
+                if (2..6).contains(&(i / 8)) && (2..6).contains(&(i % 8)) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(on_object(&m, (1, 1), (8, 8), &on_square), (0.25, 1.0));
+        assert_eq!(on_object(&m, (1, 1), (8, 8), &[0.5; 64]), (0.25, 0.25));
+        assert_eq!(on_object(&m, (1, 1), (8, 8), &[0.0; 64]), (0.25, 0.0));
     }
 
     #[test]

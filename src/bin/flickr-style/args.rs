@@ -950,6 +950,13 @@ pub(crate) struct ExplainArgs {
     /// with the maps of the class it gave and of the true one.
     #[arg(long, requires = "list")]
     pub(crate) mistakes: bool,
+    /// Also find the object in each image (as `measure` does: the largest region standing out
+    /// from the border's level; for plankton vignettes and other single objects on a plain
+    /// background) and say how much of the map falls on it: explain.csv's object_share (the input
+    /// it covers) and map_on_object (the map's mass on it; above object_share, the net looks at
+    /// the object rather than the background).
+    #[arg(long)]
+    pub(crate) object: bool,
     /// The net as trained (its TEST data layer says how an image becomes its input), or a deploy
     /// net with --mean or --mean-value, as for `classify`.
     #[arg(long)]

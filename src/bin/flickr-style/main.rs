@@ -814,6 +814,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
         labels: labels.as_ref(),
         mistakes: a.mistakes,
         stop: Some(stop_on_ctrl_c("Stopping: nothing is written")?),
+        object: a.object,
     })
     .with_context(|| format!("explain with {}", a.model.display()))?;
     if !lines.is_empty() && lines.len() != result.classes {
@@ -836,6 +837,18 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     } else {
         format!("{} images", result.rows.len())
     };
+    let on: Vec<(f32, f32)> = result.rows.iter().filter_map(|r| r.object).collect();
+    if !on.is_empty() {
+        let mean = |f: fn(&(f32, f32)) -> f32| on.iter().map(f).sum::<f32>() / on.len() as f32;
+        println!(
+            "the object covers {:.1}% of the input on average and holds {:.1}% of the map; the map \
+             is mostly on the object in {} of {} images",
+            100.0 * mean(|o| o.0),
+            100.0 * mean(|o| o.1),
+            on.iter().filter(|o| o.1 > 0.5).count(),
+            on.len()
+        );
+    }
     println!(
         "Grad-CAM of '{}' ({}x{} positions) for the class scores in '{}': {mapped} ({} skipped) -> {}",
         result.layer,
