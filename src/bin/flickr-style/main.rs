@@ -842,10 +842,10 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
         let mean = |f: fn(&(f32, f32)) -> f32| on.iter().map(f).sum::<f32>() / on.len() as f32;
         println!(
             "the object covers {:.1}% of the input on average and holds {:.1}% of the map; the map \
-             is mostly on the object in {} of {} images",
+             is denser on the object than off it in {} of {} images",
             100.0 * mean(|o| o.0),
             100.0 * mean(|o| o.1),
-            on.iter().filter(|o| o.1 > 0.5).count(),
+            on.iter().filter(|o| o.1 > o.0).count(),
             on.len()
         );
     }
