@@ -179,9 +179,19 @@ pub fn included(layer: &LayerParameter, state: &NetState) -> bool {
 }
 
 impl Net {
-    /// Builds the net for `ctx.phase` (stages and level from `state`).
+    /// Builds the net for `ctx.phase`, with the stages of the net's own
+    /// `state` and of `state` (a solver's), and `state`'s level if it sets one.
     pub fn new(def: &NetParameter, ctx: &BuildContext, state: Option<&NetState>) -> Result<Net> {
-        let mut state = state.cloned().unwrap_or_default();
+        // Caffe merges the net's own `state` with the solver's: the stages
+        // of both, the solver's level where it gives one.
+        let mut merged = def.state.clone().unwrap_or_default();
+        if let Some(s) = state {
+            if s.level.is_some() {
+                merged.level = s.level;
+            }
+            merged.stage.extend(s.stage.iter().cloned());
+        }
+        let mut state = merged;
         state.phase = Some(ctx.phase as i32);
         let name = def.name().to_string();
         let mut net = Net {
@@ -1328,5 +1338,44 @@ impl Net {
                 e.layer.restore_state(s);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Layers are picked by the stages of the net's own `state` and the
+    /// solver's together, and by the solver's level over the net's.
+    #[test]
+    fn the_nets_own_state_and_the_solvers_choose_the_layers() {
+        let def: NetParameter = crate::caffe::prototxt::parse(
+            r#"name: "staged" state { stage: "wide" level: 2 }
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "wide" type: "InnerProduct" bottom: "x" top: "y" include { stage: "wide" }
+  inner_product_param { num_output: 5 } }
+layer { name: "both" type: "InnerProduct" bottom: "x" top: "z" include { stage: "wide" stage: "extra" }
+  inner_product_param { num_output: 2 } }
+layer { name: "deep" type: "InnerProduct" bottom: "x" top: "w" include { min_level: 2 }
+  inner_product_param { num_output: 1 } }
+"#,
+            std::path::Path::new("staged.prototxt"),
+        )
+        .unwrap();
+        let ctx = BuildContext::cpu(".", 1, Phase::Test);
+        let names = |state: Option<&NetState>| -> Vec<String> {
+            Net::new(&def, &ctx, state)
+                .unwrap()
+                .layer_params()
+                .map(|l| l.name().to_string())
+                .collect()
+        };
+        assert_eq!(names(None), ["in", "wide", "deep"]);
+        let solver = NetState {
+            stage: vec!["extra".into()],
+            level: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(names(Some(&solver)), ["in", "wide", "both"]);
     }
 }
