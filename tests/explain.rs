@@ -325,6 +325,17 @@ fn explain_writes_a_heat_map_per_image_and_a_table() {
         !ok && err.contains("a map needs an N x C x H x W blob"),
         "{err}"
     );
+    let file_out = t.path().join("a_file");
+    std::fs::write(&file_out, "x").unwrap();
+    let mut v = args(&[]);
+    let at = v.iter().position(|a| a == "--out").unwrap() + 1;
+    v[at] = file_out.display().to_string();
+    let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+    let (ok, _, err) = run(&dir, &refs);
+    assert!(
+        !ok && err.contains("is a file: the heat maps need a folder"),
+        "{err}"
+    );
     let (ok, _, err) = run_args(&["--layer", "nope"]);
     assert!(!ok && err.contains("has no blob 'nope'"), "{err}");
 }

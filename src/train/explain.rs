@@ -334,6 +334,12 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
             format!("label {l} is not one of the net's {classes} classes"),
         ));
     }
+    if o.out.exists() && !o.out.is_dir() {
+        return Err(Error::invalid(
+            o.out.display(),
+            "is a file: the heat maps need a folder",
+        ));
+    }
     // Heat maps go to a staging folder beside the output as they are made,
     // and move into it when every image is done.
     let parent = crate::fsutil::parent_dir(o.out);
