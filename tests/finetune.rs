@@ -1327,6 +1327,11 @@ fn force_backward_computes_every_gradient_as_caffe_does() {
         assert!(err.lines().any(|l| l.ends_with(want)), "no {want:?}\n{err}");
     }
     assert!(err.contains("L1 norm = (1453.61, 101.666)"), "{err}");
+    // The frozen conv1 computes gradients nothing uses: a warning says so.
+    assert!(
+        err.contains("force_backward: true, so its 1 frozen layer(s) compute gradients"),
+        "{err}"
+    );
     // With the Accuracy layer back (whose forced backward aborts Caffe) the
     // net trains, the Accuracy taking no gradient; the frozen conv1 stays.
     std::fs::write(

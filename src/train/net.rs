@@ -997,6 +997,11 @@ impl Net {
         }
     }
 
+    /// Whether the net was built with `force_backward: true`.
+    pub fn forces_backward(&self) -> bool {
+        self.force_backward
+    }
+
     /// Whether parameter `i` holds a computed gradient (a frozen one does
     /// only under `force_backward`).
     pub fn has_grad(&self, i: usize) -> bool {

@@ -461,7 +461,9 @@ impl Solver {
         // weights that matched nothing (once, however often solve runs).
         if !std::mem::replace(&mut self.warned, true) {
             let rows = super::summary::layer_rows(&self.train, &self.weight_sources);
-            for w in super::summary::warnings(&rows, &self.weight_sources) {
+            let mut warnings = super::summary::warnings(&rows, &self.weight_sources);
+            warnings.extend(super::summary::force_backward_warning(&self.train, &rows));
+            for w in warnings {
                 self.log.warn("solver.rs:0", &w);
             }
         }

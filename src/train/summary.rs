@@ -212,6 +212,19 @@ pub fn warnings(rows: &[LayerRow], sources: &WeightSources) -> Vec<String> {
     out
 }
 
+/// A net with `force_backward: true` and frozen layers computes their
+/// gradients every step, as Caffe does, though nothing uses them.
+pub fn force_backward_warning(net: &Net, rows: &[LayerRow]) -> Option<String> {
+    let frozen = rows.iter().filter(|r| r.frozen()).count();
+    (net.forces_backward() && frozen > 0).then(|| {
+        format!(
+            "the net says force_backward: true, so its {frozen} frozen layer(s) compute gradients \
+             every step that nothing uses (as in Caffe): training is slower; remove it unless \
+             something reads those gradients"
+        )
+    })
+}
+
 /// `12,345,678`.
 pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
@@ -452,7 +465,8 @@ pub fn report(
         s,
         "Memory floor of the nets: {floor} (blobs, parameters with their gradients and history, layer buffers)."
     );
-    let warnings = warnings(&rows, sources);
+    let mut warnings = warnings(&rows, sources);
+    warnings.extend(force_backward_warning(train, &rows));
     if !warnings.is_empty() {
         s.push_str("\nWarnings:\n");
         for w in warnings {
