@@ -937,26 +937,6 @@ pub(crate) struct ExplainArgs {
     /// Image files, or folders searched recursively for images.
     #[arg(required_unless_present = "list", conflicts_with = "list")]
     pub(crate) images: Vec<PathBuf>,
-    /// Instead of images: an image list (`path label` lines, e.g. the pipeline's test.txt), so each
-    /// image's true class is known: where it differs from the explained one, its map is drawn
-    /// beside it.
-    #[arg(long)]
-    pub(crate) list: Option<PathBuf>,
-    /// Folder the list's relative paths start from (as Caffe's root_folder; default: the current
-    /// folder).
-    #[arg(long, requires = "list")]
-    pub(crate) root: Option<PathBuf>,
-    /// With --list: only the images the net gets wrong (its best class is not the label), each
-    /// with the maps of the class it gave and of the true one.
-    #[arg(long, requires = "list")]
-    pub(crate) mistakes: bool,
-    /// Also find the object in each image (as `measure` does: the largest region standing out
-    /// from the border's level; for plankton vignettes and other single objects on a plain
-    /// background) and say how much of the map falls on it: explain.csv's object_share (the input
-    /// it covers) and map_on_object (the map's mass on it; above object_share, the net looks at
-    /// the object rather than the background).
-    #[arg(long)]
-    pub(crate) object: bool,
     /// The net as trained (its TEST data layer says how an image becomes its input), or a deploy
     /// net with --mean or --mean-value, as for `classify`.
     #[arg(long)]
@@ -979,6 +959,26 @@ pub(crate) struct ExplainArgs {
     /// Class names, one per line in label order (labels.txt, or style_names.txt).
     #[arg(long)]
     pub(crate) names: Option<PathBuf>,
+    /// Instead of images: an image list (`path label` lines, e.g. the pipeline's test.txt), so each
+    /// image's true class is known: where it differs from the explained one, its map is drawn
+    /// beside it.
+    #[arg(long)]
+    pub(crate) list: Option<PathBuf>,
+    /// Folder the list's relative paths start from (as Caffe's root_folder; default: the current
+    /// folder).
+    #[arg(long, requires = "list")]
+    pub(crate) root: Option<PathBuf>,
+    /// With --list: only the images the net gets wrong (its best class is not the label), each
+    /// with the maps of the class it gave and of the true one.
+    #[arg(long, requires = "list")]
+    pub(crate) mistakes: bool,
+    /// Also find the object in each image (as `measure` does: the largest region standing out
+    /// from the border's level; for plankton vignettes and other single objects on a plain
+    /// background) and say how much of the map falls on it: explain.csv's object_share (the input
+    /// it covers) and map_on_object (the map's mass on it; above object_share, the net looks at
+    /// the object rather than the background).
+    #[arg(long)]
+    pub(crate) object: bool,
     #[command(flatten)]
     pub(crate) input: ImageInputArgs,
     /// Blob of class scores, as for `classify`; a Softmax output's logits are used.
