@@ -6,7 +6,7 @@
 //! on the fixture photos.
 mod common;
 use common::golden::{Array, Fingerprint};
-use common::{fixture, run};
+use common::{fixture, npy, run};
 use flickr_style::caffe::model::{read_caffemodel, read_net_prototxt};
 use flickr_style::caffe::proto::Phase;
 use flickr_style::train::explain::grad_cam;
@@ -207,6 +207,14 @@ fn explain_writes_a_heat_map_per_image_and_a_table() {
         let (r, c): (usize, usize) = (f[5].parse().unwrap(), f[6].parse().unwrap());
         assert!(r < 64 && c < 64, "{row}");
     }
+    // The maps themselves, row for row, each scaled to a largest value of 1.
+    let (dims, maps) = npy(&out.join("maps.npy"));
+    assert_eq!(dims, [animals, 7, 7]);
+    for m in maps.chunks(49) {
+        let top = m.iter().fold(0.0f32, |t, &v| t.max(v));
+        assert!(top == 1.0 || top == 0.0, "{m:?}");
+    }
+    assert!(!out.join("label_maps.npy").exists());
     // Another class for every image, with names; bad requests are named.
     let names = t.path().join("names.txt");
     std::fs::write(&names, "animal\nobject\nscience\nvehicle\n").unwrap();
@@ -246,6 +254,7 @@ fn explain_writes_a_heat_map_per_image_and_a_table() {
     };
     let (stdout, csv) = with_list(&["--mistakes"]);
     assert!(stdout.contains("13 mistakes among 24 images"), "{stdout}");
+    assert_eq!(npy(&out.join("label_maps.npy")).0, [13, 7, 7]);
     let rows: Vec<Vec<String>> = csv
         .lines()
         .skip(1)

@@ -33,7 +33,9 @@ pub struct ExplainOptions<'a> {
     /// Class names for the table (label order; may be empty).
     pub names: &'a [String],
     /// Folder for the heat maps (`<n>_<file stem>.png`; with a label that is
-    /// not the explained class, the label's map beside it) and `explain.csv`.
+    /// not the explained class, the label's map beside it), `explain.csv`,
+    /// and the maps at the layer's resolution as `maps.npy` (with labels,
+    /// the true classes' as `label_maps.npy`), row for row.
     pub out: &'a Path,
     /// An unreadable image is an error and nothing is written (else it is
     /// skipped and listed).
@@ -497,8 +499,41 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         let to = o.out.join(&r.heatmap);
         std::fs::rename(staging.path().join(&r.heatmap), &to).map_err(|e| Error::io(&to, e))?;
     }
+    // The maps themselves, row for row with the table, for analyses of
+    // one's own (per-class averages, overlap with masks).
+    let maps: Vec<&[f32]> = result.rows.iter().map(|r| r.map.as_slice()).collect();
+    write_maps(&o.out.join("maps.npy"), &maps, map_size)?;
+    let label_maps: Vec<&[f32]> = result
+        .rows
+        .iter()
+        .filter_map(|r| r.label_map.as_deref())
+        .collect();
+    let labels_npy = o.out.join("label_maps.npy");
+    if o.labels.is_some() && label_maps.len() == result.rows.len() {
+        write_maps(&labels_npy, &label_maps, map_size)?;
+    } else {
+        let _ = std::fs::remove_file(&labels_npy);
+    }
     crate::fsutil::write_atomic(&table, result.to_csv(o.names).as_bytes())?;
     Ok(result)
+}
+
+/// `maps` (each `size`, scaled to a largest value of 1) as a float32
+/// `.npy` of shape (maps, height, width).
+fn write_maps(path: &Path, maps: &[&[f32]], (h, w): (usize, usize)) -> Result<()> {
+    use npyz::WriterBuilder;
+    let io = |e: std::io::Error| Error::io(path, e);
+    let mut buf = Vec::new();
+    let mut out = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&[maps.len() as u64, h as u64, w as u64])
+        .writer(&mut buf)
+        .begin_nd()
+        .map_err(io)?;
+    out.extend(maps.iter().flat_map(|m| m.iter().copied()))
+        .map_err(io)?;
+    out.finish().map_err(io)?;
+    crate::fsutil::write_atomic(path, &buf)
 }
 
 /// The share of the view (of `size` from `origin`) that the object in it

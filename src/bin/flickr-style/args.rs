@@ -944,8 +944,8 @@ pub(crate) struct ExplainArgs {
     /// Trained .caffemodel.
     #[arg(long)]
     pub(crate) weights: PathBuf,
-    /// Folder for the heat maps (<n>_<image>.png: the map over the image the net saw, blue to red)
-    /// and explain.csv.
+    /// Folder for the heat maps (<n>_<image>.png: the map over the image the net saw, blue to red),
+    /// explain.csv, and maps.npy (the maps at the layer's resolution, a row each).
     #[arg(long)]
     pub(crate) out: PathBuf,
     /// The blob whose channels make the map (default: the output of the last Convolution layer
