@@ -517,6 +517,23 @@ pub(crate) fn input_net(o: &ClassifyOptions) -> Result<(NetParameter, InputSpec)
     Ok((with_input_layer(&def, &spec), spec))
 }
 
+/// Where `net`'s class scores are read for new images: `o.scores`, else
+/// the first bottom of its Accuracy or loss layer, else (a deploy net,
+/// which has neither) its last Softmax output. Scores only: no labels.
+pub(crate) fn scores_reader(net: &Net, o: &ClassifyOptions) -> Result<Reader> {
+    let scoring = ["Accuracy", "SoftmaxWithLoss", "InfogainLoss"];
+    let scores = o.scores.clone().or_else(|| {
+        if net.layer_params().any(|l| scoring.contains(&l.r#type())) {
+            return None;
+        }
+        net.layer_params()
+            .filter(|l| l.r#type() == "Softmax")
+            .last()
+            .and_then(|l| l.top.first().cloned())
+    });
+    Reader::find(net, &scores.map(|s| (s, String::new())), o.model)
+}
+
 /// With `strict`, the first unreadable image of `failed` (of `total`) as
 /// the error that leaves nothing written.
 pub(crate) fn refuse_unreadable(
@@ -590,18 +607,7 @@ pub fn classify(o: &ClassifyOptions) -> Result<Classification> {
         .expect("trained_nets makes one at least");
     // A deploy net has no Accuracy or loss layer to say where the scores
     // are: its (last) Softmax output.
-    let scoring = ["Accuracy", "SoftmaxWithLoss", "InfogainLoss"];
-    let scores = o.scores.clone().or_else(|| {
-        if net.layer_params().any(|l| scoring.contains(&l.r#type())) {
-            return None;
-        }
-        net.layer_params()
-            .filter(|l| l.r#type() == "Softmax")
-            .last()
-            .and_then(|l| l.top.first().cloned())
-    });
-    // Scores only: the labels blob is never read.
-    let reader = Reader::find(net, &scores.map(|s| (s, String::new())), o.model)?;
+    let reader = scores_reader(net, o)?;
     if o.oversample && (o.tta != Tta::None || spec.transformer.crop_size() == 0) {
         return Err(Error::model(
             o.model.display(),

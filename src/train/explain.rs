@@ -248,10 +248,24 @@ fn logits_blob(net: &Net, reader: &Reader) -> String {
 /// `o.out`, and returns the maps.
 pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
     let input = &o.input;
+    // What can be refused without the net is refused before it and its
+    // weights are loaded.
     if input.oversample || input.ensemble || input.weights.len() > 1 {
         return Err(Error::model(
             input.model.display(),
             "explain maps the centre view of one model (one weights file, no ten crops)",
+        ));
+    }
+    if o.mistakes && o.labels.is_none() {
+        return Err(Error::model(
+            input.model.display(),
+            "keeping only the mistakes needs each image's label (an image list)",
+        ));
+    }
+    if o.out.exists() && !o.out.is_dir() {
+        return Err(Error::invalid(
+            o.out.display(),
+            "is a file: the heat maps need a folder",
         ));
     }
     let (mut def, spec) = classify::input_net(input)?;
@@ -261,17 +275,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
     let mut net = trained_nets(&def, &ctx, input.weights, false)?
         .pop()
         .expect("one net without an ensemble");
-    let scoring = ["Accuracy", "SoftmaxWithLoss", "InfogainLoss"];
-    let scores = input.scores.clone().or_else(|| {
-        if net.layer_params().any(|l| scoring.contains(&l.r#type())) {
-            return None;
-        }
-        net.layer_params()
-            .filter(|l| l.r#type() == "Softmax")
-            .last()
-            .and_then(|l| l.top.first().cloned())
-    });
-    let reader = Reader::find(&net, &scores.map(|s| (s, String::new())), input.model)?;
+    let reader = classify::scores_reader(&net, input)?;
     let seed = logits_blob(&net, &reader);
     let layer = match &o.layer {
         Some(l) => l.clone(),
@@ -323,23 +327,11 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         ));
     }
     let size = spec.input_size();
-    if o.mistakes && o.labels.is_none() {
-        return Err(Error::model(
-            input.model.display(),
-            "keeping only the mistakes needs each image's label (an image list)",
-        ));
-    }
     let label_of = |p: &Path| o.labels.and_then(|l| l.get(p).copied());
     if let Some((p, l)) = o.labels.and_then(|l| l.iter().find(|(_, &k)| k >= classes)) {
         return Err(Error::model(
             p.display(),
             format!("label {l} is not one of the net's {classes} classes"),
-        ));
-    }
-    if o.out.exists() && !o.out.is_dir() {
-        return Err(Error::invalid(
-            o.out.display(),
-            "is a file: the heat maps need a folder",
         ));
     }
     // Heat maps go to a staging folder beside the output as they are made,
