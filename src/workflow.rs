@@ -505,6 +505,7 @@ fn train(
         bf16: opts.bf16,
         rotate90: opts.rotate90,
         augment: opts.augment,
+        state: None,
     })?;
     let stop_flag = solver.stop_flag();
     let watcher_stop = stop.clone();
@@ -541,6 +542,7 @@ fn evaluate_stage(
     .with_bf16(opts.bf16)?;
     let options = EvalOptions {
         model: net_path,
+        state: &crate::caffe::net_state::DEFAULT_STATE,
         weights: &[model],
         base_dir: Path::new("."),
         compute: &compute,

@@ -543,6 +543,7 @@ fn views_add_a_row_per_view_and_the_probe_trains_on_them() {
     let views = Tta::Mirror.views();
     let saved = extract(&FeatureOptions {
         model: &dir.join("train_val.prototxt"),
+        state: &flickr_style::caffe::net_state::DEFAULT_STATE,
         weights: &[weights.as_path()],
         base_dir: &dir,
         compute: &Compute::cpu(),

@@ -20,6 +20,7 @@ fn options<'a>(
     static BASE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     EvalOptions {
         model,
+        state: &flickr_style::caffe::net_state::DEFAULT_STATE,
         weights,
         base_dir: BASE.get_or_init(|| fixture("tiny-net")),
         compute: CPU.get_or_init(Compute::cpu),

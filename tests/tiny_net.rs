@@ -869,3 +869,196 @@ layer {{ name: "gain" type: "Power" bottom: "pool" top: "pool" power_param {{ sc
         "{slopes:?}"
     );
 }
+
+/// The tiny net as DIGITS writes nets: one file whose variants are told
+/// apart by stage (`train`, `val`, `deploy`) instead of by phase, with data
+/// paths made absolute.
+fn all_in_one_net(dir: &Path) -> PathBuf {
+    let fixture = common::fixture("tiny-net");
+    let text = std::fs::read_to_string(fixture.join("train_val.prototxt"))
+        .unwrap()
+        .replace("\"data/", &format!("\"{}/data/", fixture.display()))
+        .replacen(
+            "include { phase: TRAIN }",
+            "include { stage: \"train\" }",
+            1,
+        )
+        .replacen("include { phase: TEST }", "include { stage: \"val\" }", 1)
+        .replace(
+            "  top: \"accuracy\"\n",
+            "  top: \"accuracy\"\n  include { stage: \"val\" }\n",
+        )
+        .replace(
+            "  top: \"loss\"\n",
+            "  top: \"loss\"\n  exclude { stage: \"deploy\" }\n",
+        )
+        + r#"
+layer {
+  name: "data" type: "Input" top: "data"
+  input_param { shape { dim: 1 dim: 3 dim: 64 dim: 64 } }
+  include { stage: "deploy" }
+}
+layer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" include { stage: "deploy" } }
+"#;
+    // The deploy Input must come first, where the data layers are.
+    let (head, input) = text.split_at(
+        text.find("\nlayer {\n  name: \"data\" type: \"Input\"")
+            .unwrap(),
+    );
+    let (input, prob) = input.split_at(input.find("\nlayer { name: \"prob\"").unwrap());
+    let first = head.find("layer {").unwrap();
+    let net = format!(
+        "{}{}\n{}{}",
+        &head[..first],
+        input.trim_start(),
+        &head[first..],
+        prob
+    );
+    let path = dir.join("all_in_one.prototxt");
+    std::fs::write(&path, net).unwrap();
+    path
+}
+
+#[test]
+fn stage_flags_pick_a_variant_of_one_net_file_as_caffes_tools_do() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let net = all_in_one_net(dir);
+    let fixture = common::fixture("tiny-net");
+    let solver = std::fs::read_to_string(fixture.join("solver.prototxt"))
+        .unwrap()
+        .replace("train_val.prototxt", net.to_str().unwrap())
+        + "test_state { stage: \"val\" }\n";
+    std::fs::write(dir.join("solver.prototxt"), solver).unwrap();
+    let init = fixture.join("snapshots/init_iter_0.caffemodel");
+    let trained = fixture.join("snapshots/tiny_iter_30.caffemodel");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    // `caffe train -stage train`: the stage joins the training net's state,
+    // and the run retraces Caffe's (which built the same layers by phase).
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "finetune".to_string(),
+            "--solver".into(),
+            "solver.prototxt".into(),
+            "--weights".into(),
+            s(&init),
+            "--max-iter".into(),
+            "12".into(),
+            "--metrics".into(),
+            "m.jsonl".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run(dir, &args)
+    };
+    let (ok, _, err) = train(&[]);
+    assert!(!ok, "without the stage the training net has no data");
+    assert!(err.contains("'data'") && err.contains("stage"), "{err}");
+    let (ok, _, err) = train(&["--stage", "train"]);
+    assert!(ok, "{err}");
+    let losses: Vec<f64> = std::fs::read_to_string(dir.join("m.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["phase"] == "train")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 12);
+    for (i, (got, want)) in losses.iter().zip(caffe_trajectory()).enumerate() {
+        let rel = (got - want as f64).abs() / want as f64;
+        assert!(rel < 1e-4, "iteration {i}: {got} vs Caffe's {want}");
+    }
+    // The test net took the solver's `test_state` (the val stage):
+    // Caffe's 15th-iteration test is not reached, the first one is.
+    assert!(err.contains("Test net output #0: accuracy"), "{err}");
+
+    // `caffe test -stage val` scores as the phase-ruled file does.
+    let test = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["test", "--model", model.to_str().unwrap()];
+        args.extend_from_slice(&["--weights", trained.to_str().unwrap(), "--iterations", "3"]);
+        args.extend_from_slice(extra);
+        common::run(dir, &args)
+    };
+    let (ok, want, err) = test(&fixture.join("train_val.prototxt"), &[]);
+    assert!(ok, "{err}");
+    let (ok, got, err) = test(&net, &["--stage", "val"]);
+    assert!(ok, "{err}");
+    assert_eq!(got, want);
+    assert!(got.contains("accuracy = "), "{got}");
+
+    // `classify --stage deploy`: the deploy variant (an Input and a
+    // Softmax) with the mean file gives the trained net's probabilities.
+    let images = common::fixture("images/animal");
+    let classify = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["classify", "--model", model.to_str().unwrap()];
+        args.extend_from_slice(&["--weights", trained.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        args.push(images.to_str().unwrap());
+        common::run(dir, &args)
+    };
+    let (ok, want, err) = classify(&fixture.join("train_val.prototxt"), &[]);
+    assert!(ok, "{err}");
+    let mean = fixture.join("data/color64_mean.binaryproto");
+    let (ok, got, err) = classify(
+        &net,
+        &["--stage", "deploy", "--mean", mean.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    // Equal classes; probabilities to the last digits (batch 1 against the
+    // data layer's batch of 8 sums in another order).
+    assert_eq!(got.lines().count(), want.lines().count());
+    assert!(got.lines().count() > 1, "{got}");
+    for (g, w) in got.lines().zip(want.lines()).skip(1) {
+        for (i, (g, w)) in g.split(',').zip(w.split(',')).enumerate() {
+            // The image, then (class, probability) pairs.
+            if i % 2 == 1 || i == 0 {
+                assert_eq!(g, w);
+            } else {
+                let (g, w): (f64, f64) = (g.parse().unwrap(), w.parse().unwrap());
+                assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+            }
+        }
+    }
+
+    // `deploy --stage val` writes the same deploy net as the phase-ruled
+    // file gives, its rules gone.
+    let deploy = |model: &Path, out: &str, extra: &[&str]| {
+        let mut args = vec!["deploy", model.to_str().unwrap(), out];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = common::run(dir, &args);
+        assert!(ok, "{err}");
+        let text = std::fs::read_to_string(dir.join(out)).unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let want = deploy(&fixture.join("train_val.prototxt"), "want.prototxt", &[]);
+    let got = deploy(&net, "got.prototxt", &["--stage", "val"]);
+    assert_eq!(got, want);
+    assert!(!got.contains("stage"), "{got}");
+
+    // `caffe time -phase TEST -stage deploy`; the level replaces the file's.
+    let (ok, out, err) = common::run(
+        dir,
+        &[
+            "time",
+            "--model",
+            net.to_str().unwrap(),
+            "--phase",
+            "test",
+            "--iterations",
+            "1",
+            "--stage",
+            "deploy",
+            "--level",
+            "-1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("| prob | Softmax |") && !out.contains("| loss |"),
+        "{out}"
+    );
+}

@@ -12,6 +12,7 @@ pub mod hdf5_snapshot;
 pub mod libc_rand;
 pub mod mean_file;
 pub mod model;
+pub mod net_state;
 pub mod prototxt;
 pub mod rng;
 

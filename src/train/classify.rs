@@ -13,7 +13,7 @@ use super::transform::Transformer;
 use super::tta::Tta;
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::model::read_net_prototxt;
-use crate::caffe::proto::{NetParameter, NetState, Phase, TransformationParameter};
+use crate::caffe::proto::{NetParameter, Phase, TransformationParameter};
 use crate::error::{Error, Result};
 use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::mat::Mat8;
@@ -28,6 +28,9 @@ pub struct ClassifyOptions<'a> {
     /// The net as trained (e.g. the pipeline's train_val.prototxt): its TEST
     /// data layer describes the input.
     pub model: &'a Path,
+    /// The `--level` and `--stage` the net is opened with (Caffe's tools'
+    /// `-level`/`-stage`), which pick among a file's stage-ruled layers.
+    pub state: &'a crate::caffe::net_state::StateFlags,
     /// Trained weights (see `ensemble`).
     pub weights: &'a [&'a Path],
     /// One model per weights file, probabilities averaged; else all loaded
@@ -83,6 +86,7 @@ impl<'a> ClassifyOptions<'a> {
     ) -> Self {
         ClassifyOptions {
             model,
+            state: &crate::caffe::net_state::DEFAULT_STATE,
             weights,
             ensemble: false,
             base_dir,
@@ -161,10 +165,7 @@ impl InputSpec {
 }
 
 fn input_spec(def: &NetParameter, o: &ClassifyOptions) -> Result<InputSpec> {
-    let state = NetState {
-        phase: Some(Phase::Test as i32),
-        ..Default::default()
-    };
+    let state = crate::caffe::net_state::state_of(def, Phase::Test, None);
     let data: Vec<usize> = (0..def.layer.len())
         .filter(|&i| {
             included(&def.layer[i], &state) && matches!(def.layer[i].r#type(), "Data" | "ImageData")
@@ -512,7 +513,8 @@ fn score_batch(
 /// The net of `o.model` with its data layer replaced by an Input layer
 /// fed with `o.images`, and how each image becomes that input.
 pub(crate) fn input_net(o: &ClassifyOptions) -> Result<(NetParameter, InputSpec)> {
-    let def = read_net_prototxt(o.model)?;
+    let mut def = read_net_prototxt(o.model)?;
+    o.state.apply(&mut def);
     let spec = input_spec(&def, o)?;
     Ok((with_input_layer(&def, &spec), spec))
 }

@@ -4,6 +4,7 @@ use super::layers::BuildContext;
 use super::net::Net;
 use super::sgd::{sgd_update, SgdConfig};
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
+use crate::caffe::net_state::StateFlags;
 use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -93,10 +94,12 @@ pub fn test(
     model: &Path,
     weights: &[&Path],
     iterations: usize,
+    state: &StateFlags,
     base_dir: &Path,
     compute: &Compute,
 ) -> Result<Vec<(String, f32, f32)>> {
-    let def = read_net_prototxt(model)?;
+    let mut def = read_net_prototxt(model)?;
+    state.apply(&mut def);
     let ctx = BuildContext::new(base_dir, 0, Phase::Test, compute);
     let mut net = Net::new(&def, &ctx, None)?;
     for w in weights {
@@ -157,10 +160,12 @@ pub fn time(
     iterations: usize,
     synthetic: bool,
     phase: Phase,
+    state: &StateFlags,
     base_dir: &Path,
     compute: &Compute,
 ) -> Result<TimeReport> {
     let mut def = read_net_prototxt(model)?;
+    state.apply(&mut def);
     if synthetic {
         synthetic_inputs(&mut def)?;
     }

@@ -7,9 +7,7 @@
 //! into a comment at the top, since a deploy net does not carry it.
 use super::heads::main_loss;
 use super::net::included;
-use crate::caffe::proto::{
-    BlobShape, InputParameter, LayerParameter, NetParameter, NetState, Phase,
-};
+use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -25,10 +23,7 @@ pub fn deploy_net(
     path: &Path,
     base_dir: &Path,
 ) -> Result<(NetParameter, String)> {
-    let state = NetState {
-        phase: Some(Phase::Test as i32),
-        ..Default::default()
-    };
+    let state = crate::caffe::net_state::state_of(def, Phase::Test, None);
     let layers: Vec<&LayerParameter> = def.layer.iter().filter(|l| included(l, &state)).collect();
     let data: Vec<&LayerParameter> = layers
         .iter()

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 pub struct EvalOptions<'a> {
     /// Net prototxt; its TEST phase runs.
     pub model: &'a Path,
+    /// The `--level` and `--stage` the net is opened with (Caffe's tools'
+    /// `-level`/`-stage`), which pick among a file's stage-ruled layers.
+    pub state: &'a crate::caffe::net_state::StateFlags,
     /// Trained weights, loaded by layer name in order.
     pub weights: &'a [&'a Path],
     /// Where the net's relative data paths resolve.
@@ -221,6 +224,7 @@ impl Reader {
 /// Runs the TEST net of `o.model` over its data and counts every prediction.
 pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     let mut def = read_net_prototxt(o.model)?;
+    o.state.apply(&mut def);
     if let Some(source) = o.source {
         use_source(&mut def, source, o.model)?;
     }
@@ -381,10 +385,7 @@ pub(crate) fn use_source(
     source: &Path,
     model: &Path,
 ) -> Result<()> {
-    let state = crate::caffe::proto::NetState {
-        phase: Some(Phase::Test as i32),
-        ..Default::default()
-    };
+    let state = crate::caffe::net_state::state_of(def, Phase::Test, None);
     let mut data: Vec<&mut crate::caffe::proto::LayerParameter> = def
         .layer
         .iter_mut()

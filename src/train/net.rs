@@ -6,7 +6,7 @@
 use super::layers::{checked_count, create, BackwardArgs, BuildContext, Grads, Layer};
 use super::memory;
 use crate::caffe::blob::{shape_equals, shape_string};
-use crate::caffe::proto::{LayerParameter, NetParameter, NetState, NetStateRule, Phase};
+use crate::caffe::proto::{LayerParameter, NetParameter, NetState, Phase};
 use crate::caffe::BlobProto;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -155,27 +155,44 @@ fn mean_abs(t: &Tensor) -> Result<f32> {
     Ok(t.abs()?.sum_all()?.to_scalar::<f32>()? / n)
 }
 
-/// Whether `state` satisfies `rule` (Caffe's StateMeetsRule).
-fn meets(state: &NetState, rule: &NetStateRule) -> bool {
-    if rule.phase.is_some() && rule.phase() != state.phase() {
-        return false;
-    }
-    if rule.min_level.is_some_and(|m| state.level() < m)
-        || rule.max_level.is_some_and(|m| state.level() > m)
-    {
-        return false;
-    }
-    rule.stage.iter().all(|s| state.stage.contains(s))
-        && !rule.not_stage.iter().any(|s| state.stage.contains(s))
-}
+pub use crate::caffe::net_state::included;
 
-/// Whether a layer belongs to the net in `state`.
-pub fn included(layer: &LayerParameter, state: &NetState) -> bool {
-    if layer.include.is_empty() {
-        !layer.exclude.iter().any(|r| meets(state, r))
+/// The error for a bottom no earlier layer of the net makes: when an
+/// earlier layer of the file makes it but its rules leave it out, say which
+/// and what the net's state is, since that is what to change (a `--stage`).
+fn missing_bottom(
+    def: &NetParameter,
+    index: usize,
+    bottom: &str,
+    state: &NetState,
+    lctx: &str,
+) -> Error {
+    let phase = if state.phase() == Phase::Train {
+        "TRAIN"
     } else {
-        layer.include.iter().any(|r| meets(state, r))
+        "TEST"
+    };
+    let mut why =
+        format!("bottom '{bottom}' is not produced by any earlier layer in the {phase} net");
+    let left_out: Vec<&LayerParameter> = def.layer[..index]
+        .iter()
+        .filter(|l| l.top.iter().any(|t| t == bottom) && !included(l, state))
+        .collect();
+    if let Some(l) = left_out.first() {
+        let stages = if state.stage.is_empty() {
+            "no stages".to_string()
+        } else {
+            format!("stages {}", state.stage.join(", "))
+        };
+        why += &format!(
+            " (layer '{}' makes it, but its include/exclude rules leave it out of this net: \
+             phase {phase}, level {}, {stages}; pick its variant with --stage or --level, \
+             or the solver's train_state/test_state)",
+            l.name(),
+            state.level()
+        );
     }
+    Error::model(lctx, why)
 }
 
 impl Net {
@@ -184,15 +201,7 @@ impl Net {
     pub fn new(def: &NetParameter, ctx: &BuildContext, state: Option<&NetState>) -> Result<Net> {
         // Caffe merges the net's own `state` with the solver's: the stages
         // of both, the solver's level where it gives one.
-        let mut merged = def.state.clone().unwrap_or_default();
-        if let Some(s) = state {
-            if s.level.is_some() {
-                merged.level = s.level;
-            }
-            merged.stage.extend(s.stage.iter().cloned());
-        }
-        let mut state = merged;
-        state.phase = Some(ctx.phase as i32);
+        let state = crate::caffe::net_state::state_of(def, ctx.phase, state);
         let name = def.name().to_string();
         let mut net = Net {
             name: name.clone(),
@@ -222,6 +231,14 @@ impl Net {
         let mut consumed: HashSet<usize> = HashSet::new();
         let mut layer_names = HashSet::new();
         for (index, lp) in def.layer.iter().enumerate() {
+            // Caffe refuses a layer with both kinds of rule, even where
+            // neither applies.
+            if !lp.include.is_empty() && !lp.exclude.is_empty() {
+                return Err(Error::model(
+                    format!("layer '{}'", lp.name()),
+                    "has both include and exclude rules; give one kind or the other",
+                ));
+            }
             if !included(lp, &state) {
                 continue;
             }
@@ -238,15 +255,10 @@ impl Net {
                 .bottom
                 .iter()
                 .map(|b| {
-                    current.get(b).copied().ok_or_else(|| {
-                        Error::model(
-                            &lctx,
-                            format!(
-                                "bottom '{b}' is not produced by any earlier layer in the {:?} net",
-                                ctx.phase
-                            ),
-                        )
-                    })
+                    current
+                        .get(b)
+                        .copied()
+                        .ok_or_else(|| missing_bottom(def, index, b, &state, &lctx))
                 })
                 .collect::<Result<_>>()?;
             let (want, variadic) = (layer.num_bottoms(), layer.variadic_bottoms());

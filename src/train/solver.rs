@@ -56,6 +56,10 @@ pub struct SolverOptions {
     pub rotate90: bool,
     /// Warp training images by random affine maps (beyond Caffe).
     pub augment: Option<crate::train::augment::Augment>,
+    /// `caffe train`'s `-level` and `-stage`: the level replaces the
+    /// solver's `train_state` level and the stages join its stages. `None`
+    /// keeps the solver's states as written (as pycaffe's solvers do).
+    pub state: Option<crate::caffe::net_state::StateFlags>,
 }
 
 /// What Caffe does not store in a `.solverstate`, kept beside it.
@@ -140,6 +144,9 @@ impl Solver {
         }
         if let Some(m) = opts.max_iter {
             param.max_iter = Some(m as i32);
+        }
+        if let Some(flags) = &opts.state {
+            flags.apply_to_solver(&mut param);
         }
         // Caffe resolves paths from the CWD; if the net is not found there but
         // is beside the solver, resolve everything from the solver's folder.

@@ -60,6 +60,7 @@ pub fn solver_options(
         bf16: false,
         rotate90: false,
         augment: None,
+        state: None,
     }
 }
 

@@ -645,6 +645,8 @@ pub(crate) struct FinetuneArgs {
     #[arg(long, value_name = "SPEC")]
     pub(crate) augment: Option<Augment>,
     #[command(flatten)]
+    pub(crate) state: NetStateArgs,
+    #[command(flatten)]
     pub(crate) device: DeviceArgs,
     /// Train on the CPU even if the solver says solver_mode: GPU (without
     /// --gpu, a CUDA build follows the solver's solver_mode/device_id, like Caffe).
@@ -657,6 +659,32 @@ pub(crate) struct FinetuneArgs {
     /// and warnings (a frozen layer left at its random filler, a weights file no layer matches).
     #[arg(long, conflicts_with_all = ["metrics", "log"])]
     pub(crate) dry_run: bool,
+}
+
+/// Which of a net file's rule-picked layers are built, as Caffe's tools'
+/// `-level` and `-stage` flags pick them (e.g. the `deploy` or `val` variant
+/// of a net DIGITS wrote as one file).
+#[derive(Args)]
+pub(crate) struct NetStateArgs {
+    /// The net's level for its layers' `min_level`/`max_level` rules, as Caffe's `-level`: it
+    /// replaces the net file's `state` level (for finetune, the solver's `train_state` level).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub(crate) level: i32,
+    /// A stage for the layers' `stage`/`not_stage` rules, e.g. `--stage deploy` (repeat it or
+    /// separate with commas), as Caffe's `-stage`: added to the net file's `state` stages (for
+    /// finetune, to the solver's `train_state`; the test nets keep their `test_state`).
+    #[arg(long = "stage", value_name = "STAGE", value_delimiter = ',')]
+    pub(crate) stages: Vec<String>,
+}
+
+impl NetStateArgs {
+    /// The flags for the library.
+    pub(crate) fn flags(&self) -> flickr_style::caffe::net_state::StateFlags {
+        flickr_style::caffe::net_state::StateFlags {
+            level: self.level,
+            stages: self.stages.clone(),
+        }
+    }
 }
 
 /// Where a net runs (finetune, test, time).
@@ -707,6 +735,8 @@ pub(crate) struct TestArgs {
     /// Batches to average over.
     #[arg(long, default_value_t = 50)]
     pub(crate) iterations: usize,
+    #[command(flatten)]
+    pub(crate) state: NetStateArgs,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }
@@ -760,6 +790,8 @@ pub(crate) struct EvaluateArgs {
     /// files are loaded into one net in turn, as `caffe test --weights a,b` does.
     #[arg(long)]
     pub(crate) ensemble: bool,
+    #[command(flatten)]
+    pub(crate) state: NetStateArgs,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }
@@ -816,6 +848,8 @@ pub(crate) struct FeaturesArgs {
     /// With images: fail, writing nothing, if any image cannot be read (default: skip it and say so).
     #[arg(long, requires = "images")]
     pub(crate) strict: bool,
+    #[command(flatten)]
+    pub(crate) state: NetStateArgs,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }
@@ -905,6 +939,8 @@ pub(crate) struct ClassifyArgs {
     #[arg(long)]
     pub(crate) strict: bool,
     #[command(flatten)]
+    pub(crate) state: NetStateArgs,
+    #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }
 
@@ -988,6 +1024,8 @@ pub(crate) struct ExplainArgs {
     #[arg(long)]
     pub(crate) strict: bool,
     #[command(flatten)]
+    pub(crate) state: NetStateArgs,
+    #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }
 
@@ -1000,6 +1038,8 @@ pub(crate) struct DeployArgs {
     /// Images per forward pass in the Input layer's shape.
     #[arg(long, default_value_t = 1)]
     pub(crate) batch: usize,
+    #[command(flatten)]
+    pub(crate) state: NetStateArgs,
 }
 
 #[derive(Args)]
@@ -1033,6 +1073,8 @@ pub(crate) struct TimeArgs {
     /// Replace Data/ImageData layers by inputs of the same shape (no data needed).
     #[arg(long)]
     pub(crate) synthetic: bool,
+    #[command(flatten)]
+    pub(crate) state: NetStateArgs,
     #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }

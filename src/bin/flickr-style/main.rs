@@ -76,7 +76,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classify(a) => cmd_classify(a),
         Command::Explain(a) => cmd_explain(a),
         Command::Deploy(a) => {
-            let def = flickr_style::caffe::model::read_net_prototxt(&a.model)?;
+            let mut def = flickr_style::caffe::model::read_net_prototxt(&a.model)?;
+            a.state.flags().apply(&mut def);
             let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
             let (net, comment) =
                 flickr_style::train::deploy::deploy_net(&def, a.batch.max(1), &a.model, &base_dir)?;
@@ -470,6 +471,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         bf16: a.device.bf16,
         rotate90: a.rotate90,
         augment: a.augment,
+        state: Some(a.state.flags()),
     };
     let mut solver =
         Solver::new(&opts).with_context(|| format!("setting up {}", a.solver.display()))?;
@@ -505,6 +507,7 @@ fn cmd_test(a: TestArgs) -> Result<()> {
         &a.model,
         &weights,
         a.iterations,
+        &a.state.flags(),
         &flickr_style::train::commands::base_dir_for(&a.model),
         &a.device.compute()?,
     )?;
@@ -528,8 +531,10 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
+    let state = a.state.flags();
     let options = EvalOptions {
         model: &a.model,
+        state: &state,
         weights: &weights,
         base_dir: &base_dir,
         compute: &compute,
@@ -566,6 +571,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
+    let state = a.state.flags();
     let stop = stop_on_ctrl_c("Stopping: nothing is written")?;
     let save = SaveOptions {
         blobs: &a.blobs,
@@ -579,6 +585,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
         }
         extract(&FeatureOptions {
             model: &a.model,
+            state: &state,
             weights: &weights,
             base_dir: &base_dir,
             compute: &compute,
@@ -601,6 +608,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
             mean: a.mean.as_deref(),
             mean_values: &a.mean_value,
             batch_size: a.batch_size,
+            state: &state,
             ..ClassifyOptions::new(&a.model, &weights, &base_dir, &compute, &images)
         };
         extract_images(&input, &save, a.strict, Some(stop))
@@ -667,6 +675,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
+    let state = a.state.flags();
     let fuser = a
         .fusion
         .as_deref()
@@ -679,7 +688,9 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         tta: a.tta,
         oversample: a.oversample,
         fusion: fuser.as_ref(),
-        ..image_input(&a.input, &a.model, &weights, &base_dir, &compute, &images)?
+        ..image_input(
+            &a.input, &a.model, &state, &weights, &base_dir, &compute, &images,
+        )?
     })?;
     for (p, why) in &result.failed {
         eprintln!("skipped {}: {why}", p.display());
@@ -720,6 +731,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
 fn image_input<'a>(
     input: &'a ImageInputArgs,
     model: &'a Path,
+    state: &'a flickr_style::caffe::net_state::StateFlags,
     weights: &'a [&'a Path],
     base_dir: &'a Path,
     compute: &'a flickr_style::train::compute::Compute,
@@ -732,6 +744,7 @@ fn image_input<'a>(
         mean: input.mean.as_deref(),
         mean_values: &input.mean_value,
         batch_size: input.batch_size,
+        state,
         ..flickr_style::train::classify::ClassifyOptions::new(
             model, weights, base_dir, compute, images,
         )
@@ -774,6 +787,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     let weights = [a.weights.as_path()];
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
+    let state = a.state.flags();
     // The names are checked against the net's classes once it has run.
     let lines = match &a.names {
         Some(p) => std::fs::read_to_string(p)
@@ -802,7 +816,9 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     };
     let input = ClassifyOptions {
         scores: a.scores.clone(),
-        ..image_input(&a.input, &a.model, &weights, &base_dir, &compute, &images)?
+        ..image_input(
+            &a.input, &a.model, &state, &weights, &base_dir, &compute, &images,
+        )?
     };
     let result = explain(&ExplainOptions {
         input,
@@ -867,6 +883,7 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         a.iterations,
         a.synthetic,
         a.phase.into(),
+        &a.state.flags(),
         &flickr_style::train::commands::base_dir_for(&a.model),
         &a.device.compute()?,
     )?;

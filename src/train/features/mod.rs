@@ -48,6 +48,9 @@ pub struct SaveOptions<'a> {
 pub struct FeatureOptions<'a> {
     /// Net prototxt; its TEST phase runs.
     pub model: &'a Path,
+    /// The `--level` and `--stage` the net is opened with (Caffe's tools'
+    /// `-level`/`-stage`), which pick among a file's stage-ruled layers.
+    pub state: &'a crate::caffe::net_state::StateFlags,
     /// Trained weights, loaded by layer name in turn.
     pub weights: &'a [&'a Path],
     /// Where the net's relative data paths resolve.
@@ -128,6 +131,7 @@ impl Features {
 /// Runs the TEST net of `o.model` over its data and saves `o.save.blobs`.
 pub fn extract(o: &FeatureOptions) -> Result<Features> {
     let mut def = read_net_prototxt(o.model)?;
+    o.state.apply(&mut def);
     if let Some(source) = o.source {
         use_source(&mut def, source, o.model)?;
     }

@@ -1,8 +1,6 @@
 //! Where the probe cuts the recipe's net, and the nets on either side: the
 //! one that saves the features of the training images, and the probe's own.
-use crate::caffe::proto::{
-    data_parameter::Db, DataParameter, LayerParameter, NetParameter, NetState, Phase,
-};
+use crate::caffe::proto::{data_parameter::Db, DataParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
 use crate::train::net::included;
 use std::path::Path;
@@ -26,10 +24,7 @@ pub(super) struct Cut {
 /// layers.
 pub(super) fn cut(def: &NetParameter, net: &Path) -> Result<Cut> {
     let ctx = net.display().to_string();
-    let state = |phase: Phase| NetState {
-        phase: Some(phase as i32),
-        ..Default::default()
-    };
+    let state = |phase: Phase| crate::caffe::net_state::state_of(def, phase, None);
     let in_phase = |l: &LayerParameter, p: Phase| included(l, &state(p));
     let data = |p: Phase| {
         let found: Vec<usize> = def

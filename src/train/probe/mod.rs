@@ -161,6 +161,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
                 def,
                 &FeatureOptions {
                     model: &net_path,
+                    state: &crate::caffe::net_state::DEFAULT_STATE,
                     weights: &weight_refs,
                     base_dir: &base,
                     compute: &compute,
@@ -233,6 +234,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
         bf16: o.bf16,
         rotate90: false,
         augment: None,
+        state: None,
     })?;
     if let Some(stop) = &o.stop {
         solver.set_stop_flag(stop.clone());
