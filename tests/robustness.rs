@@ -158,10 +158,12 @@ layer { name: "fc" type: "InnerProduct" bottom: "p" top: "fc" inner_product_para
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
 "#;
 
-#[test]
-fn mutated_lookup_and_pyramid_nets_build_or_fail_cleanly() {
+/// Trains `rounds` mutations of `net` (the first unmutated, which must
+/// train) for two iterations each; every failure must be an error, never
+/// a panic. Returns (refused when built, failed training, trained).
+fn mutate_and_train(net_text: &str, seed: u64, rounds: usize) -> (usize, usize, usize) {
     let t = tempfile::tempdir().unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let solver = t.path().join("solver.prototxt");
     std::fs::write(
         &solver,
@@ -169,11 +171,11 @@ fn mutated_lookup_and_pyramid_nets_build_or_fail_cleanly() {
     )
     .unwrap();
     let (mut refused, mut trained, mut failed) = (0, 0, 0);
-    for i in 0..120 {
+    for i in 0..rounds {
         let net = if i == 0 {
-            LOOKUP_NET.to_string()
+            net_text.to_string()
         } else {
-            swap_numbers(&mut rng, LOOKUP_NET)
+            swap_numbers(&mut rng, net_text)
         };
         std::fs::write(t.path().join("net.prototxt"), &net).unwrap();
         match solver_in(t.path(), solver.to_str().unwrap(), &t.path().join("x")) {
@@ -194,13 +196,49 @@ fn mutated_lookup_and_pyramid_nets_build_or_fail_cleanly() {
             }
         }
         // The unmutated net trains.
-        assert!(i > 0 || trained == 1, "the lookup net does not train");
+        assert!(i > 0 || trained == 1, "the unmutated net does not train");
     }
+    (refused, failed, trained)
+}
+
+#[test]
+fn mutated_lookup_and_pyramid_nets_build_or_fail_cleanly() {
+    let (refused, failed, trained) = mutate_and_train(LOOKUP_NET, 7, 120);
     // Most mutations break the tightly coupled shapes (refused when built);
     // out-of-range indices fail the first step, naming the layer.
     eprintln!("lookup nets: {refused} of 120 refused, {failed} failed training, {trained} trained");
     assert!(
         refused >= 30 && failed >= 5 && trained >= 5,
+        "{refused} refused, {failed} failed, {trained} trained"
+    );
+}
+
+/// Sequences of 3 timesteps x 2 streams through an LSTM with a static
+/// input and exposed hidden state, then an RNN on its output.
+const RECURRENT_NET: &str = r#"name: "recurrent"
+layer { name: "d" type: "DummyData" top: "x" top: "cont" top: "s" top: "h0" top: "c0" top: "label"
+  dummy_data_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } shape { dim: 2 dim: 5 }
+    shape { dim: 1 dim: 2 dim: 3 } shape { dim: 1 dim: 2 dim: 3 } shape { dim: 6 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 0.5 }
+    data_filler { type: "constant" value: 0.2 } data_filler { type: "constant" value: 1 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" bottom: "h0" bottom: "c0"
+  top: "h" top: "hT" top: "cT"
+  recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "rnn" type: "RNN" bottom: "h" bottom: "cont" top: "o"
+  recurrent_param { num_output: 4 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "flat" type: "Reshape" bottom: "o" top: "f" reshape_param { shape { dim: 6 dim: -1 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "f" top: "fc" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+layer { name: "quiet" type: "Silence" bottom: "hT" bottom: "cT" }
+"#;
+
+#[test]
+fn mutated_recurrent_nets_build_or_fail_cleanly() {
+    let (refused, failed, trained) = mutate_and_train(RECURRENT_NET, 11, 120);
+    eprintln!("recurrent nets: {refused} of 120 refused, {failed} failed training, {trained} trained");
+    assert!(
+        refused >= 30 && trained >= 5,
         "{refused} refused, {failed} failed, {trained} trained"
     );
 }

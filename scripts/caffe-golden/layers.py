@@ -38,7 +38,7 @@ CASES = []
 
 def case(name, layer, shapes=((2, 3, 3, 4),), inputs=None, labels=None,
          loss=False, params=None, phase="TRAIN", after_forward=False, files=None,
-         filled=False, bottomless=False):
+         filled=False, bottomless=False, order=None):
     """One layer under test.
 
     layer: the layer's body (type and parameters), without name/bottom/top.
@@ -55,11 +55,13 @@ def case(name, layer, shapes=((2, 3, 3, 4),), inputs=None, labels=None,
         such as bilinear), so the test also checks our fillers against them.
     bottomless: the layer reads none of the inputs (a Parameter layer; the
         Input layer still needs a top).
+    order: the layer's bottoms as indices into [x0, x1, ..., label] (the
+        recurrent layers take their flags second, before other inputs).
     """
     CASES.append(dict(name=name, layer=layer, shapes=[list(s) for s in shapes],
                       inputs=inputs, labels=labels, loss=loss, params=params,
                       phase=phase, after_forward=after_forward, files=files or {},
-                      filled=filled, bottomless=bottomless))
+                      filled=filled, bottomless=bottomless, order=order))
 
 
 def positive(a):
@@ -309,6 +311,22 @@ case("conv_rect_dilation", 'type: "Convolution" convolution_param { num_output: 
      'dilation: 1 dilation: 2 pad: 1 stride: 2 }', shapes=[(2, 3, 7, 8)], params=CONV_W)
 case("deconv_rect_dilation", 'type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 2 '
      'dilation: 2 dilation: 1 stride: 2 }', shapes=[(2, 3, 3, 4)], params=CONV_W)
+# Recurrent layers: T x N x ... sequences with 0/1 continuation flags (the
+# label input, second among the bottoms). Without expose_hidden the first
+# pass starts from a zero state; with it, h_0 (and c_0) are inputs, which
+# Caffe gives no gradient.
+case("lstm", 'type: "LSTM" recurrent_param { num_output: 3 }', shapes=[(3, 2, 4)],
+     labels=((3, 2), 2), order=[0, 1], params=[normal(0.5), normal(0.5), normal(0.5)])
+case("lstm_static_exposed", 'type: "LSTM" recurrent_param { num_output: 3 expose_hidden: true }',
+     shapes=[(3, 2, 2, 2), (2, 5), (1, 2, 3), (1, 2, 3)], labels=((3, 2), 2), order=[0, 4, 1, 2, 3],
+     params=[normal(0.5), normal(0.5), normal(0.5), normal(0.5)])
+case("rnn", 'type: "RNN" recurrent_param { num_output: 3 }', shapes=[(4, 2, 3)],
+     labels=((4, 2), 2), order=[0, 1], params=[normal(0.5)] * 5)
+case("rnn_static_exposed", 'type: "RNN" recurrent_param { num_output: 2 expose_hidden: true }',
+     shapes=[(2, 3, 4), (3, 2), (1, 3, 2)], labels=((2, 3), 2), order=[0, 3, 1, 2],
+     params=[normal(0.5)] * 6)
+# One cell step; flags of 2 pin down Caffe's forget-gate slope.
+case("lstm_unit", 'type: "LSTMUnit"', shapes=[(1, 3, 2), (1, 3, 8)], labels=((1, 3), 3))
 
 
 def shape_text(shape):
@@ -337,6 +355,8 @@ def net_text(c, top_shapes):
     bottoms = [f"x{i}" for i in range(n_x)] + (["label"] if c["labels"] else [])
     if c["bottomless"]:
         bottoms = []
+    if c["order"]:
+        bottoms = [bottoms[i] for i in c["order"]]
     n_tops = len(top_shapes) if top_shapes else c.get("n_tops", 1)
     lines.append('layer { name: "under_test" '
                  + " ".join(f'bottom: "{b}"' for b in bottoms) + " "
@@ -369,6 +389,10 @@ def n_tops_of(layer):
         return points + 1 if points else 2
     if '"Split"' in layer:
         return 2
+    if '"LSTMUnit"' in layer:
+        return 2
+    if "expose_hidden: true" in layer:
+        return 3 if '"LSTM"' in layer else 2
     return 1
 
 

@@ -178,8 +178,34 @@ VARIANTS = {
                       .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7s"\n  top: "fc8"', 1)),
     "siamese": ('random_seed: 3 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
                 lambda net: SIAMESE, False),
+    # Recurrent layers over the batch read as 4 timesteps of 2 streams, the
+    # labels (0-3) as continuation flags, and fc8 on every timestep's
+    # output. The hidden state carries from one batch to the next (and the
+    # test net keeps its own), as in Caffe.
+    "lstm": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+             lambda net: recurrent(net, 'type: "LSTM" recurrent_param { num_output: 64 '
+                                        'weight_filler { type: "uniform" min: -0.08 max: 0.08 } '
+                                        'bias_filler { type: "constant" value: 0.1 } }')),
+    "rnn": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+            lambda net: recurrent(net, 'type: "RNN" recurrent_param { num_output: 64 '
+                                       'weight_filler { type: "gaussian" std: 0.1 } '
+                                       'bias_filler { type: "constant" value: 0.1 } }')),
 }
 
+
+
+def recurrent(net, layer):
+    """The tiny net with `layer` between fc7 and fc8 (see VARIANTS)."""
+    return (net.replace('layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }',
+                        'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+                        'layer { name: "seq" type: "Reshape" bottom: "fc7" top: "seq" '
+                        'reshape_param { shape { dim: 4 dim: 2 dim: -1 } } }\n'
+                        'layer { name: "cont" type: "Reshape" bottom: "label" top: "cont" '
+                        'reshape_param { shape { dim: 4 dim: 2 } } }\n'
+                        'layer { name: "rec" bottom: "seq" bottom: "cont" top: "rec" ' + layer + ' }\n'
+                        'layer { name: "rec_flat" type: "Reshape" bottom: "rec" top: "rec_flat" '
+                        'reshape_param { shape { dim: 8 dim: -1 } } }', 1)
+            .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "rec_flat"\n  top: "fc8"', 1))
 
 
 def run(name, variant):

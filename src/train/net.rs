@@ -1356,6 +1356,35 @@ impl Net {
             }
         }
     }
+
+    /// What each layer carries from one forward pass to the next (the
+    /// last hidden states of recurrent layers), by layer name.
+    pub fn carried(&self) -> Result<BTreeMap<String, Vec<Vec<f32>>>> {
+        let mut out = BTreeMap::new();
+        for e in &self.entries {
+            let values = e.layer.carried()?;
+            if !values.is_empty() {
+                out.insert(e.param.name().to_string(), values);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores what [`Net::carried`] returned (read from `source`).
+    pub fn restore_carried(
+        &mut self,
+        carried: &BTreeMap<String, Vec<Vec<f32>>>,
+        source: &str,
+    ) -> Result<()> {
+        for e in &mut self.entries {
+            if let Some(values) = carried.get(e.param.name()) {
+                e.layer
+                    .restore_carried(values)
+                    .map_err(|why| Error::invalid(source, why.to_string()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

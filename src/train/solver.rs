@@ -71,9 +71,18 @@ struct Sidecar {
     caffe_rng: Option<crate::caffe::rng::CaffeRngState>,
     train_states: BTreeMap<String, u64>,
     test_states: Vec<BTreeMap<String, u64>>,
+    /// Values layers carry between forward passes (recurrent layers' last
+    /// hidden states), by layer name; Caffe's snapshots lose them.
+    #[serde(default)]
+    train_carried: Carried,
+    #[serde(default)]
+    test_carried: Vec<Carried>,
     losses: Vec<f32>,
     smoothed_loss: f32,
 }
+
+/// Per layer name, the values it carries between forward passes.
+type Carried = BTreeMap<String, Vec<Vec<f32>>>;
 
 /// One test phase: (iteration, test net index, mean outputs by name).
 pub type TestResult = (usize, usize, Vec<(String, f32)>);
@@ -424,6 +433,11 @@ impl Solver {
                 self.train.restore_states(&s.train_states);
                 for (t, st) in self.tests.iter_mut().zip(&s.test_states) {
                     t.restore_states(st);
+                }
+                let what = sidecar_path.display().to_string();
+                self.train.restore_carried(&s.train_carried, &what)?;
+                for (t, c) in self.tests.iter_mut().zip(&s.test_carried) {
+                    t.restore_carried(c, &what)?;
                 }
                 self.losses = s.losses;
                 self.smoothed_loss = s.smoothed_loss;
@@ -847,6 +861,8 @@ impl Solver {
             caffe_rng: Some(crate::caffe::rng::lock(&self.caffe_rng).state()),
             train_states: self.train.states(),
             test_states: self.tests.iter().map(|t| t.states()).collect(),
+            train_carried: self.train.carried()?,
+            test_carried: self.tests.iter().map(Net::carried).collect::<Result<_>>()?,
             losses: self.losses.clone(),
             smoothed_loss: self.smoothed_loss,
         };

@@ -25,12 +25,14 @@ mod inner_product;
 mod loss;
 mod lrn;
 mod lrn_within;
+mod lstm_unit;
 mod multinomial_logistic;
 mod mvn;
 mod neuron;
 mod parameter;
 mod pool;
 mod prelu;
+mod recurrent;
 mod reduction;
 mod reshape;
 mod scale;
@@ -135,6 +137,16 @@ pub trait Layer: Send {
     }
     /// Restores what [`Layer::state`] returned.
     fn restore_state(&mut self, _state: u64) {}
+    /// Values the layer carries from one forward pass into the next (a
+    /// recurrent layer's last hidden state), saved beside snapshots so that
+    /// a resume repeats the uninterrupted run.
+    fn carried(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(Vec::new())
+    }
+    /// Restores what [`Layer::carried`] returned.
+    fn restore_carried(&mut self, _values: &[Vec<f32>]) -> Result<()> {
+        Ok(())
+    }
     /// Default loss weight of top `i` (1 for the first top of a loss layer).
     fn default_loss_weight(&self, _i: usize) -> f32 {
         0.0
@@ -360,6 +372,9 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "HDF5Data" => Box::new(hdf5_data::Hdf5Data::new(param, ctx)?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "Embed" => Box::new(embed::Embed::new(param, ctx.device.clone(), ctx.caffe_rng.clone())?),
+        "RNN" => Box::new(recurrent::Recurrent::new(param, recurrent::Kind::Rnn, ctx.device.clone(), ctx.caffe_rng.clone())?),
+        "LSTM" => Box::new(recurrent::Recurrent::new(param, recurrent::Kind::Lstm, ctx.device.clone(), ctx.caffe_rng.clone())?),
+        "LSTMUnit" => Box::new(lstm_unit::LstmUnit::new(name)),
         "Parameter" => Box::new(parameter::Parameter::new(param, ctx.device.clone())?),
         "BatchReindex" => Box::new(batch_reindex::BatchReindex::new(name)),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
@@ -381,7 +396,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, Concat, Crop, Slice, Split, Silence, BatchReindex, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
