@@ -37,6 +37,10 @@
 #   - `snapshot_diff`: our caffemodels' diffs (the last step, as Caffe's)
 #     against Caffe's after 3 iterations of SGD and of Adam, and h5py reads
 #     the diff group of our HDF5 snapshot;
+#   - a net file with train/val/deploy variants by stage (DIGITS' style):
+#     `caffe train -stage train` gives the losses of our `finetune --stage
+#     train`, and `caffe test -stage val -level 1` the outputs of our `test`
+#     with the same flags;
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -107,6 +111,29 @@ sed -e 's/train_val.prototxt/shared.prototxt/' -e 's/max_iter: 30/max_iter: 12/'
     -e 's/test_interval: 15/test_interval: 6/' solver.prototxt >solver_shared.prototxt
 "$bin" finetune --solver solver_shared.prototxt --weights snapshots/init_iter_0.caffemodel \
     --snapshot-prefix ours/shared >ours_shared.log 2>&1
+# One net file holding its train, val and deploy variants by stage (as
+# DIGITS writes nets), plus a top-2 accuracy only from level 1: ours trains
+# it with --stage train (the solver's test_state picks val) and tests it
+# with --stage val --level 1.
+python3 - <<'PY'
+net = open("train_val.prototxt").read()
+out = (net.replace("include { phase: TRAIN }", 'include { stage: "train" }', 1)
+       .replace("include { phase: TEST }", 'include { stage: "val" }', 1)
+       .replace('  top: "accuracy"\n', '  top: "accuracy"\n  include { stage: "val" }\n', 1)
+       .replace('  top: "loss"\n', '  top: "loss"\n  exclude { stage: "deploy" }\n', 1)
+       + 'layer { name: "top2" type: "Accuracy" bottom: "fc8" bottom: "label" top: "top2" '
+         'accuracy_param { top_k: 2 } include { stage: "val" min_level: 1 } }\n'
+       + 'layer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" include { stage: "deploy" } }\n')
+assert out.count("stage:") == 6
+open("stages.prototxt", "w").write(out)
+PY
+sed -e 's/train_val.prototxt/stages.prototxt/' -e 's/max_iter: 30/max_iter: 6/' -e 's/snapshot: 15/snapshot: 6/' \
+    -e 's/test_interval: 15/test_interval: 6/' -e 's|snapshots/tiny|snapshots/stages|' solver.prototxt >solver_stages.prototxt
+echo 'test_state { stage: "val" }' >>solver_stages.prototxt
+"$bin" finetune --solver solver_stages.prototxt --stage train --weights snapshots/init_iter_0.caffemodel \
+    --snapshot-prefix ours/stages >ours_stages.log 2>&1
+"$bin" test --model stages.prototxt --stage val --level 1 --weights ours/stages_iter_6.caffemodel \
+    --iterations 3 >ours/stages_test.txt 2>>"$log"
 # Adam and AdaDelta keep a second set of histories after the first in the
 # .solverstate: ours trains 12 iterations of each (a snapshot at 6).
 for kind in Adam AdaDelta; do
@@ -156,6 +183,10 @@ in_root "caffe train -solver $work/pipeline_gray/solver.prototxt -weights $(ls .
 in_root "caffe test -model $work/pipeline_gray/train_val.prototxt -weights ours/pipeline/gray_iter_6.caffemodel -iterations 1" \
     >caffe_gray_test.log 2>&1
 echo "${gray_eval#../}" >gray_eval.txt
+in_root "caffe train -solver solver_stages.prototxt -stage train -weights snapshots/init_iter_0.caffemodel" \
+    >caffe_stages.log 2>&1
+in_root "caffe test -model stages.prototxt -stage val -level 1 -weights ours/stages_iter_6.caffemodel -iterations 3" \
+    >caffe_stages_test.log 2>&1
 in_root "caffe train -solver solver_shared.prototxt -weights snapshots/init_iter_0.caffemodel" >caffe_shared.log 2>&1
 in_root "caffe train -solver solver_shared.prototxt -snapshot ours/shared_iter_6.solverstate" >caffe_shared_resume.log 2>&1
 for kind in Adam AdaDelta; do
@@ -340,6 +371,18 @@ rows.append(("Flickr Style's recipe from its fillers (ImageData crops and mirror
              f"losses 0-{len(want) - 1} within {dl:.1e} (log prints 6 digits)", len(want) == 4 and dl < 1e-5))
 rows.append(("two Caffe Data layers read our images and targets-lmdb in step (4 batches, a wrap-around)",
              "each record's targets are its label's" if in_step else "OUT OF STEP", in_step))
+
+ours, got = losses("ours_stages.log"), losses("caffe_stages.log")
+dl = max(abs(got[i] - ours[i]) / ours[i] for i in ours) if len(ours) == 6 and got.keys() == ours.keys() else 1.0
+rows.append(("caffe train -stage train on a net file holding train/val/deploy variants by stage (DIGITS' style) "
+             "vs ours finetune --stage train, 6 iterations", f"losses within {dl:.1e} (log prints 6 digits)", dl < 1e-5))
+test = open("caffe_stages_test.log").read()
+got = {k: float(v) for k, v in re.findall(r"caffe.cpp:\d+\] (\w+) = ([\d.e-]+)", test)}
+ours = {k: float(v) for k, v in re.findall(r"^(\w+) = ([\d.e-]+)", open("ours/stages_test.txt").read(), re.M)}
+same = sorted(got) == sorted(ours) == ["accuracy", "loss", "top2"] and all(
+    abs(got[k] - ours[k]) <= 1e-5 * max(1.0, abs(ours[k])) for k in ours)
+rows.append(("caffe test -stage val -level 1 (a top-2 accuracy from level 1) vs ours test --stage val --level 1",
+             ", ".join(f"{k} {got.get(k)} / {ours[k]}" for k in sorted(ours)), same))
 
 ours = losses("ours_shared.log")
 got = losses("caffe_shared.log")
