@@ -190,6 +190,12 @@ VARIANTS = {
             lambda net: recurrent(net, 'type: "RNN" recurrent_param { num_output: 64 '
                                        'weight_filler { type: "gaussian" std: 0.1 } '
                                        'bias_filler { type: "constant" value: 0.1 } }')),
+    # LRCN's LSTM language model (coco_caption's lstm_language_model.prototxt)
+    # on the labels read as 4 timesteps of 2 "sentences" of words 0-3:
+    # Embed, LSTM, a per-timestep InnerProduct (axis 2) and SoftmaxWithLoss
+    # and Accuracy over axis 2 with word 0 as the ignored padding label.
+    "language_model": ('base_lr: 0.1 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
+                       'clip_gradients: 10', lambda net: language_model(net), False),
 }
 
 
@@ -206,6 +212,26 @@ def recurrent(net, layer):
                         'layer { name: "rec_flat" type: "Reshape" bottom: "rec" top: "rec_flat" '
                         'reshape_param { shape { dim: 8 dim: -1 } } }', 1)
             .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "rec_flat"\n  top: "fc8"', 1))
+
+
+def language_model(net):
+    """The tiny net's data layers, then an LSTM language model on the labels."""
+    data = net[:net.index('layer {\n  name: "conv1"')]
+    seq = lambda top: (f'layer {{ name: "{top}" type: "Reshape" bottom: "label" top: "{top}" '
+                       'reshape_param { shape { dim: 4 dim: 2 } } }\n')
+    uniform = 'weight_filler { type: "uniform" min: -0.08 max: 0.08 }'
+    return (data + 'layer { name: "quiet" type: "Silence" bottom: "data" }\n'
+            + seq("words") + seq("cont") + seq("target")
+            + 'layer { name: "embed" type: "Embed" bottom: "words" top: "embedded" '
+              f'embed_param {{ num_output: 16 input_dim: 4 bias_term: false {uniform} }} }}\n'
+            + 'layer { name: "lstm1" type: "LSTM" bottom: "embedded" bottom: "cont" top: "lstm1" '
+              f'recurrent_param {{ num_output: 32 {uniform} bias_filler {{ type: "constant" value: 0 }} }} }}\n'
+            + 'layer { name: "predict" type: "InnerProduct" bottom: "lstm1" top: "predict" '
+              f'inner_product_param {{ num_output: 4 axis: 2 {uniform} bias_filler {{ type: "constant" value: 0 }} }} }}\n'
+            + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "predict" bottom: "target" top: "loss" '
+              'loss_param { ignore_label: 0 } softmax_param { axis: 2 } }\n'
+            + 'layer { name: "accuracy" type: "Accuracy" bottom: "predict" bottom: "target" top: "accuracy" '
+              'include { phase: TEST } accuracy_param { axis: 2 ignore_label: 0 } }\n')
 
 
 def run(name, variant):
