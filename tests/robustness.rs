@@ -236,7 +236,9 @@ layer { name: "quiet" type: "Silence" bottom: "hT" bottom: "cT" }
 #[test]
 fn mutated_recurrent_nets_build_or_fail_cleanly() {
     let (refused, failed, trained) = mutate_and_train(RECURRENT_NET, 11, 120);
-    eprintln!("recurrent nets: {refused} of 120 refused, {failed} failed training, {trained} trained");
+    eprintln!(
+        "recurrent nets: {refused} of 120 refused, {failed} failed training, {trained} trained"
+    );
     assert!(
         refused >= 30 && trained >= 5,
         "{refused} refused, {failed} failed, {trained} trained"
