@@ -377,6 +377,46 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
     ),
 ];
 
+/// Sequence layers: (name, layer prototxt, bottom shapes, the bottom of
+/// continuation flags, the bottoms without a gradient, the tops given a
+/// gradient). The recurrent
+/// layers take their first hidden state as bottoms (`expose_hidden`), so
+/// repeated passes do not carry state from one to the next.
+type SequenceCase = (
+    &'static str,
+    &'static str,
+    &'static [&'static [usize]],
+    usize,
+    &'static [usize],
+    usize,
+);
+const SEQUENCE_CASES: &[SequenceCase] = &[
+    (
+        "LSTM (static input, exposed hidden state)",
+        r#"name: "l" type: "LSTM" top: "h" top: "hT" top: "cT" recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } }"#,
+        &[&[3, 2, 4], &[3, 2], &[2, 5], &[1, 2, 3], &[1, 2, 3]],
+        1,
+        &[1, 3, 4],
+        1,
+    ),
+    (
+        "RNN (exposed hidden state)",
+        r#"name: "r" type: "RNN" top: "o" top: "hT" recurrent_param { num_output: 3 expose_hidden: true weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } }"#,
+        &[&[4, 2, 3], &[4, 2], &[1, 2, 3]],
+        1,
+        &[1, 2],
+        1,
+    ),
+    (
+        "LSTMUnit",
+        r#"name: "u" type: "LSTMUnit" top: "c" top: "h""#,
+        &[&[1, 3, 2], &[1, 3, 8], &[1, 3]],
+        2,
+        &[2],
+        2,
+    ),
+];
+
 fn relative(a: &[f32], reference: &[f32]) -> f32 {
     if a.len() != reference.len() {
         return f32::INFINITY;
@@ -408,13 +448,8 @@ fn bottoms_of(name: &str) -> usize {
 /// A layer built for a case, with its top shapes.
 type Built = (Box<dyn Layer>, Vec<Vec<usize>>);
 
-/// The layer (with `bottoms` inputs of `shape`) and its top shapes.
-fn build(
-    param: &LayerParameter,
-    compute: &Compute,
-    shape: &[usize],
-    bottoms: usize,
-) -> Result<Built> {
+/// The layer (with inputs of `shapes`) and its top shapes.
+fn build(param: &LayerParameter, compute: &Compute, shapes: &[Vec<usize>]) -> Result<Built> {
     // Dropout's per-pass streams on both sides: the masks a GPU draws, and
     // its fused kernel's CPU twin, are what is checked.
     let ctx = BuildContext {
@@ -422,21 +457,45 @@ fn build(
         ..BuildContext::new(".", 7, Phase::Train, compute)
     };
     let mut layer = create(param, &ctx, 0)?;
-    let tops = layer.setup(&vec![shape.to_vec(); bottoms])?;
+    let tops = layer.setup(shapes)?;
     Ok((layer, tops))
 }
 
-/// The values `xs` as `bottoms` tensors of `shape`, one after another.
-fn inputs(xs: &[f32], shape: &[usize], bottoms: usize, dev: &Device) -> Result<Vec<Tensor>> {
-    let count = xs.len() / bottoms;
-    xs.chunks(count)
-        .map(|c| Ok(Tensor::from_vec(c.to_vec(), shape.to_vec(), dev)?))
+/// The values `xs` as tensors of `shapes`, one after another.
+fn inputs(xs: &[f32], shapes: &[Vec<usize>], dev: &Device) -> Result<Vec<Tensor>> {
+    let mut at = 0;
+    shapes
+        .iter()
+        .map(|s| {
+            let n: usize = s.iter().product();
+            at += n;
+            Ok(Tensor::from_vec(xs[at - n..at].to_vec(), s.clone(), dev)?)
+        })
         .collect()
+}
+
+/// What a case's layer reads: each bottom's shape, and the bottoms that
+/// take no gradient (a recurrent layer's continuation flags, drawn as 0 or
+/// 1, and its exposed first hidden state).
+struct Bottoms {
+    shapes: Vec<Vec<usize>>,
+    /// The bottom of 0/1 continuation flags, if any.
+    flags: Option<usize>,
+    /// Bottoms without a gradient (the flags among them).
+    fixed: Vec<usize>,
+    /// Tops given a gradient; the rest get zeros (a recurrent layer's
+    /// exposed last hidden state passes none back, as in Caffe).
+    graded_tops: usize,
 }
 
 /// Forward, then backward with `dy` (one per top); returns (every top's
 /// values, one after another, [dx of each bottom, param grads...]).
-fn run(layer: &mut dyn Layer, x: &[Tensor], dy: &[Tensor]) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+fn run(
+    layer: &mut dyn Layer,
+    x: &[Tensor],
+    dy: &[Tensor],
+    fixed: &[usize],
+) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let top = layer.forward(x, Phase::Train)?;
     let n = layer.params().len();
     let top_diff: Vec<Option<Tensor>> = dy.iter().cloned().map(Some).collect();
@@ -444,7 +503,9 @@ fn run(layer: &mut dyn Layer, x: &[Tensor], dy: &[Tensor]) -> Result<(Vec<f32>, 
         bottom: x,
         top: &top,
         top_diff: &top_diff,
-        propagate: &vec![true; x.len()],
+        propagate: &(0..x.len())
+            .map(|i| !fixed.contains(&i))
+            .collect::<Vec<_>>(),
         param_grad: &vec![true; n],
     })?;
     let mut grads = Vec::new();
@@ -470,37 +531,58 @@ fn tops_values(tops: &[Tensor]) -> Result<Vec<f32>> {
 fn check_case(
     name: &str,
     text: &str,
-    shape: [usize; 4],
+    b: &Bottoms,
     ties: bool,
     compute: &Compute,
     rng: &mut ChaCha8Rng,
 ) -> Result<OpReport> {
     let param: LayerParameter = prototxt::parse(text, std::path::Path::new(name))?;
     let cpu = Compute::cpu();
-    let bottoms = bottoms_of(name);
     // Both built alike, so a Dropout layer draws the same masks in both.
-    let (mut reference, top_shapes) = build(&param, &cpu, &shape, bottoms)?;
-    let (mut twin, _) = build(&param, compute, &shape, bottoms)?;
+    let (mut reference, top_shapes) = build(&param, &cpu, &b.shapes)?;
+    let (mut twin, _) = build(&param, compute, &b.shapes)?;
     let dev = &compute.device;
     for (i, p) in reference.params().to_vec().iter().enumerate() {
         twin.params_mut()[i] = p.to_device(dev)?;
     }
-    let count = shape.iter().product::<usize>() * bottoms;
-    let xs: Vec<f32> = (0..count)
-        .map(|_| {
+    // Each value's bottom, for the flags and the finite differences.
+    let owner: Vec<usize> = b
+        .shapes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| std::iter::repeat_n(i, s.iter().product()))
+        .collect();
+    let count = owner.len();
+    let xs: Vec<f32> = owner
+        .iter()
+        .map(|&i| {
             let v: f32 = rng.random_range(-1.0..1.0);
-            if ties {
+            if b.flags == Some(i) {
+                f32::from(u8::from(v < 0.4)) // mostly continuing, some starts
+            } else if ties {
                 (v * 2.0).round().max(0.0) // ReLU-like: mostly 0, some 1 and 2
             } else {
                 v
             }
         })
         .collect();
-    let x_cpu = inputs(&xs, &shape, bottoms, &Device::Cpu)?;
+    let x_cpu = inputs(&xs, &b.shapes, &Device::Cpu)?;
     // One gradient per top; their values one after another, as the tops'.
     let top_count: usize = top_shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+    let graded: usize = top_shapes
+        .iter()
+        .take(b.graded_tops)
+        .map(|s| s.iter().product::<usize>())
+        .sum();
     let dys: Vec<f32> = (0..top_count)
-        .map(|_| rng.random_range(-1.0..1.0))
+        .map(|i| {
+            let v = rng.random_range(-1.0..1.0);
+            if i < graded {
+                v
+            } else {
+                0.0
+            }
+        })
         .collect();
     let mut dy_cpu = Vec::new();
     let mut at = 0;
@@ -513,13 +595,13 @@ fn check_case(
         )?);
         at += n;
     }
-    let (y_ref, g_ref) = run(reference.as_mut(), &x_cpu, &dy_cpu)?;
-    let x = inputs(&xs, &shape, bottoms, dev)?;
+    let (y_ref, g_ref) = run(reference.as_mut(), &x_cpu, &dy_cpu, &b.fixed)?;
+    let x = inputs(&xs, &b.shapes, dev)?;
     let dy = dy_cpu
         .iter()
         .map(|d| Ok(d.to_device(dev)?))
         .collect::<Result<Vec<Tensor>>>()?;
-    let (y, g) = run(twin.as_mut(), &x, &dy)?;
+    let (y, g) = run(twin.as_mut(), &x, &dy, &b.fixed)?;
     let forward = relative(&y, &y_ref);
     let backward = g
         .iter()
@@ -534,7 +616,7 @@ fn check_case(
     if !ties && twin.type_name() != "Dropout" && !compute.bf16 {
         let step = 1e-2f32;
         let loss = |layer: &mut dyn Layer, v: &[f32]| -> Result<f64> {
-            let t = inputs(v, &shape, bottoms, dev)?;
+            let t = inputs(v, &b.shapes, dev)?;
             let y = tops_values(&layer.forward(&t, Phase::Train)?)?;
             Ok(y.iter()
                 .zip(&dys)
@@ -546,6 +628,9 @@ fn check_case(
         while accepted < 12 && tries < 100 {
             tries += 1;
             let i = rng.random_range(0..count);
+            if b.fixed.contains(&owner[i]) {
+                continue;
+            }
             let mut v = xs.clone();
             v[i] = xs[i] + step;
             let up = loss(twin.as_mut(), &v)?;
@@ -561,8 +646,8 @@ fn check_case(
             accepted += 1;
             let numeric = ((up - down) / (2.0 * step as f64)) as f32;
             // The bottoms' gradients, one after another, as the inputs are.
-            let per = count / bottoms;
-            let analytic = g[i / per][i % per];
+            let first = owner.iter().position(|&o| o == owner[i]).unwrap_or(0);
+            let analytic = g[owner[i]][i - first];
             let err = (numeric - analytic).abs() / numeric.abs().max(analytic.abs()).max(1.0);
             finite_diff = finite_diff.max(err);
         }
@@ -690,9 +775,29 @@ pub fn check_ops(compute: &Compute, seed: u64) -> Result<Vec<OpReport>> {
             cudnn: pass.cudnn,
             ..compute.clone()
         };
-        for (name, text, shape, ties) in CASES.iter().filter(|c| (pass.covers)(c.0)) {
+        let plain = CASES.iter().map(|&(name, text, shape, ties)| {
+            let b = Bottoms {
+                shapes: vec![shape.to_vec(); bottoms_of(name)],
+                flags: None,
+                fixed: Vec::new(),
+                graded_tops: usize::MAX,
+            };
+            (name, text, b, ties)
+        });
+        let sequences = SEQUENCE_CASES
+            .iter()
+            .map(|&(name, text, shapes, flags, fixed, graded)| {
+                let b = Bottoms {
+                    shapes: shapes.iter().map(|s| s.to_vec()).collect(),
+                    flags: Some(flags),
+                    fixed: fixed.to_vec(),
+                    graded_tops: graded,
+                };
+                (name, text, b, false)
+            });
+        for (name, text, b, ties) in plain.chain(sequences).filter(|c| (pass.covers)(c.0)) {
             let label = format!("{name}{}", pass.tag);
-            let mut r = check_case(name, text, *shape, *ties, &compute, &mut rng)
+            let mut r = check_case(name, text, &b, ties, &compute, &mut rng)
                 .map_err(|e| Error::model(format!("op check '{label}'"), e.to_string()))?;
             r.name = label;
             reports.push(r);
