@@ -1114,6 +1114,13 @@ layer {{ name: "flat" type: "Reshape" bottom: "both" top: "flat" reshape_param {
         ))
         .unwrap()
     };
+    // The dry run names the recurrent layers' fillers.
+    let report = new("dry").dry_run_report().unwrap();
+    assert!(
+        report.contains("| lstm | LSTM | 4x2x16 | ")
+            && report.contains("filler: weights xavier, bias constant 0 |"),
+        "{report}"
+    );
     let mut s = new("rec");
     s.solve().unwrap();
     let state = dir.join("rec_iter_15.solverstate");

@@ -131,6 +131,10 @@ fn fillers(p: &LayerParameter) -> String {
             e.bias_filler.as_ref(),
         );
     }
+    if let Some(r) = &p.recurrent_param {
+        // Every weight matrix from one filler, every bias from the other.
+        return named(r.weight_filler.as_ref(), true, r.bias_filler.as_ref());
+    }
     if p.r#type() == "Parameter" {
         // Caffe never fills a Parameter layer's blob.
         return "zeros".into();
