@@ -176,9 +176,45 @@ impl Recurrent {
     }
 }
 
+/// The product of two 2-D tensors, each read transposed when asked. On the
+/// CPU it runs through [`crate::train::gemm`], which keeps the many small
+/// per-timestep products on one thread (candle would hand each to the
+/// thread pool, costing more than the product).
+fn product(a: &Tensor, ta: bool, b: &Tensor, tb: bool) -> Result<Tensor> {
+    if !a.device().is_cpu() {
+        let a = if ta { a.t()? } else { a.clone() };
+        let b = if tb { b.t()? } else { b.clone() };
+        return Ok(a.matmul(&b)?);
+    }
+    use crate::train::gemm::{sgemm, View};
+    let ((ar, ac), (br, bc)) = (a.dims2()?, b.dims2()?);
+    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if tb { (bc, br) } else { (br, bc) };
+    if k != k2 {
+        return Err(crate::error::Error::model(
+            "recurrent layer",
+            format!("product of {m}x{k} and {k2}x{n} matrices"),
+        ));
+    }
+    fn view(data: &[f32], cols: usize, t: bool) -> View<'_> {
+        if t {
+            View::transposed(data, cols)
+        } else {
+            View::rows(data, cols)
+        }
+    }
+    let mut dst = vec![0f32; m * n];
+    super::with_f32(a, |av| {
+        super::with_f32(b, |bv| {
+            sgemm(m, n, k, view(av, ac, ta), view(bv, bc, tb), &mut dst, false)
+        })
+    })??;
+    Ok(Tensor::from_vec(dst, (m, n), a.device())?)
+}
+
 /// `a` (rows x k) times `w` (m x k) transposed: an InnerProduct's product.
 fn times_t(a: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(a.matmul(&w.t()?)?)
+    product(a, false, w, true)
 }
 
 impl Layer for Recurrent {
@@ -406,7 +442,7 @@ impl Layer for Recurrent {
                 StepState::Rnn { h: h_t, o } => {
                     // o_t = tanh(W_ho h_t + b_o).
                     let da = dout.mul(&o.sqr()?.affine(-1.0, 1.0)?)?;
-                    let gw = da.t()?.matmul(h_t)?;
+                    let gw = product(&da, true, h_t, false)?;
                     dw_ho = Some(match dw_ho {
                         Some(s) => s.add(&gw)?,
                         None => gw,
@@ -416,7 +452,7 @@ impl Layer for Recurrent {
                         Some(s) => s.add(&gb)?,
                         None => gb,
                     });
-                    let mut dh = da.matmul(&self.params[r + 1])?;
+                    let mut dh = product(&da, false, &self.params[r + 1], false)?;
                     if let Some(next) = &dh_next {
                         dh = dh.add(next)?;
                     }
@@ -433,7 +469,7 @@ impl Layer for Recurrent {
                 }
             };
             // Through W_hh/W_hc to h̃, then the flags' scaling to h_{t-1}.
-            let dh_conted = dpre.matmul(&self.params[r])?;
+            let dh_conted = product(&dpre, false, &self.params[r], false)?;
             dh_next = Some(dh_conted.broadcast_mul(&cont.get(t)?)?);
             d_pre.push(dpre);
         }
@@ -449,35 +485,31 @@ impl Layer for Recurrent {
         )?;
         let x = a.bottom[0].reshape((t_len * n, ()))?;
         if a.param_grad[0] {
-            pg[0] = Some(d_pre.t()?.matmul(&x)?);
+            pg[0] = Some(product(&d_pre, true, &x, false)?);
         }
         if a.param_grad[1] {
             pg[1] = Some(d_pre.sum(0)?);
         }
         let mut grads = vec![None; n_bottoms];
         if a.propagate[0] {
-            grads[0] = Some(
-                d_pre
-                    .matmul(&self.params[0])?
-                    .reshape(a.bottom[0].shape())?,
-            );
+            grads[0] =
+                Some(product(&d_pre, false, &self.params[0], false)?.reshape(a.bottom[0].shape())?);
         }
         if self.has_static && (a.param_grad[2] || a.propagate[2]) {
             let d_stat = d_pre.reshape((t_len, n, ()))?.sum(0)?;
             let s = a.bottom[2].reshape((n, ()))?;
             if a.param_grad[2] {
-                pg[2] = Some(d_stat.t()?.matmul(&s)?);
+                pg[2] = Some(product(&d_stat, true, &s, false)?);
             }
             if a.propagate[2] {
                 grads[2] = Some(
-                    d_stat
-                        .matmul(&self.params[2])?
+                    product(&d_stat, false, &self.params[2], false)?
                         .reshape(a.bottom[2].shape())?,
                 );
             }
         }
         if a.param_grad[r] {
-            pg[r] = Some(d_pre.t()?.matmul(&h_conted)?);
+            pg[r] = Some(product(&d_pre, true, &h_conted, false)?);
         }
         if self.kind == Kind::Rnn {
             if a.param_grad[r + 1] {
