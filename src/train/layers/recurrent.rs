@@ -523,3 +523,34 @@ impl Layer for Recurrent {
         Ok((grads, pg))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_read_either_side_transposed_as_candle_does() {
+        let dev = Device::Cpu;
+        let a = Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let b = (Tensor::arange(0f32, 12.0, &dev).unwrap() * 0.5)
+            .unwrap()
+            .reshape((4, 3))
+            .unwrap();
+        let want = a.matmul(&b).unwrap().to_vec2::<f32>().unwrap();
+        let at = a.t().unwrap().contiguous().unwrap();
+        let bt = b.t().unwrap().contiguous().unwrap();
+        for (x, ta, y, tb) in [
+            (&a, false, &b, false),
+            (&at, true, &b, false),
+            (&a, false, &bt, true),
+            (&at, true, &bt, true),
+        ] {
+            let got = product(x, ta, y, tb).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(got, want, "transposed: {ta} {tb}");
+        }
+        assert!(product(&a, false, &a, false).is_err());
+    }
+}
