@@ -194,13 +194,7 @@ fn flickr_recipe_trains_snapshots_and_resumes_exactly() {
     assert!(snap
         .join("finetune_flickr_style_iter_10.solverstate")
         .exists());
-    let losses: Vec<f64> = std::fs::read_to_string(t.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["phase"] == "train")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect();
+    let losses = common::train_losses(&t.path().join("metrics.jsonl"));
     assert_eq!(losses.len(), 10);
     let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
     let last: f64 = losses[7..].iter().sum::<f64>() / 3.0;

@@ -957,13 +957,7 @@ fn stage_flags_pick_a_variant_of_one_net_file_as_caffes_tools_do() {
     assert!(err.contains("'data'") && err.contains("stage"), "{err}");
     let (ok, _, err) = train(&["--stage", "train"]);
     assert!(ok, "{err}");
-    let losses: Vec<f64> = std::fs::read_to_string(dir.join("m.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["phase"] == "train")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect();
+    let losses = common::train_losses(&dir.join("m.jsonl"));
     assert_eq!(losses.len(), 12);
     for (i, (got, want)) in losses.iter().zip(caffe_trajectory()).enumerate() {
         let rel = (got - want as f64).abs() / want as f64;

@@ -79,27 +79,10 @@ pub fn sgemm_rows(
         return;
     }
     let threads = rayon::current_num_threads();
-    if m * n * k < SERIAL_BELOW {
-        // Too small to pay for handing out to threads (a recurrent layer's
-        // per-timestep products); the crate splits the output, not the
-        // sums, so the values are the same either way.
-        // SAFETY: as below.
-        unsafe {
-            product(
-                m,
-                n,
-                k,
-                a,
-                b.data.as_ptr(),
-                b,
-                dst.as_mut_ptr(),
-                dst_row_stride,
-                accumulate,
-                gemm::Parallelism::None,
-            )
-        }
-        return;
-    }
+    // Products too small to pay for handing out to threads (a recurrent
+    // layer's per-timestep ones) stay on this one; the crate splits the
+    // output, not the sums, so the values are the same either way.
+    let threads = if m * n * k < SERIAL_BELOW { 1 } else { threads };
     if threads > 1 && m < SPLIT_BELOW_M && n >= threads * SPLIT_MIN_COLUMNS {
         // Few rows (a batch of 50 times a fully connected layer's weights):
         // the gemm crate's own threading gains little here, so each thread

@@ -75,6 +75,17 @@ pub fn npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, f.into_vec::<f32>().unwrap())
 }
 
+/// The training losses of a `--metrics` JSONL file, iteration by iteration.
+pub fn train_losses(metrics: &Path) -> Vec<f64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["phase"] == "train")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
 /// Largest |a-b| / max(largest |b|, floor) over the arrays.
 pub fn rel_err(a: &[f32], b: &[f32], floor: f32) -> f32 {
     assert_eq!(a.len(), b.len());
