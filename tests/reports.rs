@@ -1505,3 +1505,107 @@ fn evaluate_on_another_source_than_the_nets_own() {
     .to_string();
     assert!(e.contains("to-lmdb"), "{e}");
 }
+
+/// Counts (items, right) the pooled way from a reference forward pass:
+/// every position of `scores` (class axis `axis`) against its label, the
+/// `ignore` label left out.
+fn pooled_counts(net: &flickr_style::train::net::Net, axis: usize, ignore: i32) -> (u64, u64) {
+    let s = net.blob("score").unwrap();
+    let dims = s.dims().to_vec();
+    let v = s.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let l = net
+        .blob("label")
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let (outer, classes) = (dims[..axis].iter().product::<usize>(), dims[axis]);
+    let inner: usize = dims[axis + 1..].iter().product();
+    let (mut items, mut right) = (0, 0);
+    for o in 0..outer {
+        for i in 0..inner {
+            let label = l[o * inner + i] as i32;
+            if label == ignore {
+                continue;
+            }
+            let at = |c: usize| v[(o * classes + c) * inner + i];
+            let best = (0..classes).fold(0, |b, c| if at(c) > at(b) { c } else { b });
+            items += 1;
+            right += u64::from(best == label as usize);
+        }
+    }
+    (items, right)
+}
+
+/// A segmentation-style net (a score map, N x classes x H x W, against a
+/// label per pixel) and LRCN's language model (scores T x N x words, the
+/// class axis 2): evaluate counts every position as an item, in Caffe's
+/// label order, and leaves the ignore_label's positions out.
+#[test]
+fn score_maps_and_sequences_are_evaluated_position_by_position() {
+    use flickr_style::caffe::proto::Phase;
+    use flickr_style::train::layers::BuildContext;
+    use flickr_style::train::net::Net;
+    let t = tempfile::tempdir().unwrap();
+    // Per-pixel labels 0-2 made by the net itself (two thresholded noise
+    // maps added), 2 ignored.
+    let seg = r#"name: "seg"
+layer { name: "d" type: "DummyData" top: "data" top: "a" top: "b"
+  dummy_data_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } shape { dim: 2 dim: 4 dim: 5 } shape { dim: 2 dim: 4 dim: 5 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 } } }
+layer { name: "ta" type: "Threshold" bottom: "a" top: "ta" }
+layer { name: "tb" type: "Threshold" bottom: "b" top: "tb" }
+layer { name: "label" type: "Eltwise" bottom: "ta" bottom: "tb" top: "label" }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score"
+  convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" loss_param { ignore_label: 2 } }
+"#;
+    let data = std::fs::read_to_string(fixture("tiny-net/train_val.prototxt")).unwrap();
+    let data = &data[..data.find("layer {\n  name: \"conv1\"").unwrap()];
+    let uniform = r#"weight_filler { type: "uniform" min: -0.5 max: 0.5 }"#;
+    let lm = format!(
+        r#"{data}layer {{ name: "quiet" type: "Silence" bottom: "data" }}
+layer {{ name: "words" type: "Reshape" bottom: "label" top: "words" reshape_param {{ shape {{ dim: 4 dim: 2 }} }} }}
+layer {{ name: "cont" type: "Reshape" bottom: "label" top: "cont" reshape_param {{ shape {{ dim: 4 dim: 2 }} }} }}
+layer {{ name: "embed" type: "Embed" bottom: "words" top: "embedded" embed_param {{ num_output: 8 input_dim: 4 {uniform} }} }}
+layer {{ name: "lstm" type: "LSTM" bottom: "embedded" bottom: "cont" top: "lstm" recurrent_param {{ num_output: 8 {uniform} }} }}
+layer {{ name: "score" type: "InnerProduct" bottom: "lstm" top: "score" inner_product_param {{ num_output: 4 axis: 2 {uniform} }} }}
+layer {{ name: "target" type: "Reshape" bottom: "label" top: "target" reshape_param {{ shape {{ dim: 4 dim: 2 }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "target" top: "loss" loss_param {{ ignore_label: 0 }} softmax_param {{ axis: 2 }} }}
+"#
+    );
+    for (name, text, axis, ignore, iterations, positions) in [
+        ("seg", seg.to_string(), 1, 2, Some(1), 20),
+        ("lm", lm, 2, 0, None, 1),
+    ] {
+        let model = t.path().join(format!("{name}.prototxt"));
+        std::fs::write(&model, &text).unwrap();
+        let got = evaluate(&EvalOptions {
+            iterations,
+            ..options(&model, &[], None)
+        })
+        .unwrap();
+        // The same net from the same seed, one pass, counted here.
+        let ctx = BuildContext::cpu(fixture("tiny-net"), 0, Phase::Test);
+        let def = flickr_style::caffe::model::read_net_prototxt(&model).unwrap();
+        let mut net = Net::new(&def, &ctx, None).unwrap();
+        let (mut items, mut right) = (0, 0);
+        for _ in 0..iterations.unwrap_or(3) {
+            net.forward().unwrap();
+            let (i, r) = pooled_counts(&net, axis, ignore);
+            items += i;
+            right += r;
+        }
+        let diagonal: u64 = (0..got.confusion.classes())
+            .map(|c| got.confusion.count(c, c))
+            .sum();
+        assert_eq!((got.confusion.total(), diagonal), (items, right), "{name}");
+        assert!(
+            items > 5 && got.ignored > 0,
+            "{name}: {items} items, {} ignored",
+            got.ignored
+        );
+        assert_eq!(got.positions, positions, "{name}");
+    }
+}

@@ -109,6 +109,10 @@ pub struct Evaluation {
     /// With several runs per image (views, an ensemble): how many images
     /// every run gave the same best class, and how many of those it was right.
     pub unanimous: Option<(u64, u64)>,
+    /// Items counted per image: 1, or the positions of a per-position score
+    /// map (a segmentation's pixels, a sequence's timesteps), each counted
+    /// as an item with its own label.
+    pub positions: usize,
 }
 
 /// Where the scores and labels come from.
@@ -118,6 +122,10 @@ pub(crate) struct Reader {
     scores: String,
     label: String,
     ignore_label: Option<i32>,
+    /// The scores' class axis (the scoring layer's `axis`): with axes after
+    /// it, or more than one before it, each position is an item (a pixel
+    /// of a segmentation, a timestep of a sequence).
+    axis: i32,
     pub(crate) kind: ScoreKind,
 }
 
@@ -150,6 +158,7 @@ impl Reader {
                 scores: scores.clone(),
                 label: label.clone(),
                 ignore_label: None,
+                axis: 1,
                 kind: kind(scores),
             });
         }
@@ -164,11 +173,17 @@ impl Reader {
             "Accuracy" => layer.accuracy_param.as_ref().and_then(|p| p.ignore_label),
             _ => layer.loss_param.as_ref().and_then(|p| p.ignore_label),
         };
+        let axis = match layer.r#type() {
+            "Accuracy" => layer.accuracy_param.as_ref().map(|p| p.axis()),
+            "InfogainLoss" => layer.infogain_loss_param.as_ref().map(|p| p.axis()),
+            _ => layer.softmax_param.as_ref().map(|p| p.axis()),
+        };
         Ok(Reader {
             layer: Some(layer.name().to_string()),
             scores: layer.bottom[0].clone(),
             label: layer.bottom[1].clone(),
             ignore_label,
+            axis: axis.unwrap_or(1),
             kind: kind(&layer.bottom[0]),
         })
     }
@@ -204,10 +219,40 @@ impl Reader {
         .ok_or_else(|| Error::model(format!("blob '{name}'"), "the TEST net has no such blob"))
     }
 
-    /// The scores of the last forward pass as (images, classes, values).
+    /// The scores of the last forward pass as (items, classes, values), an
+    /// item an image, or with the class axis elsewhere than 1 or axes after
+    /// it, a position (in Caffe's label order: the axes before the class
+    /// axis, then those after it).
     pub(crate) fn read_scores(&self, net: &Net) -> Result<(usize, usize, Vec<f32>)> {
         let scores = self.blob(net, 0, &self.scores)?;
         let dims = scores.dims();
+        let axis = if self.axis < 0 {
+            self.axis + dims.len() as i32
+        } else {
+            self.axis
+        };
+        let positions = axis >= 1
+            && (axis as usize) < dims.len()
+            && (axis != 1 || dims[2..].iter().any(|&d| d != 1));
+        if positions {
+            let axis = axis as usize;
+            let (outer, classes) = (dims[..axis].iter().product::<usize>(), dims[axis]);
+            let inner: usize = dims[axis + 1..].iter().product();
+            if outer * inner == 0 || classes == 0 {
+                return Err(Error::model(
+                    format!("blob '{}'", self.scores),
+                    format!("has shape {dims:?}: no scores to evaluate"),
+                ));
+            }
+            let v = to_vec(scores)?;
+            let mut items = Vec::with_capacity(v.len());
+            for o in 0..outer {
+                for i in 0..inner {
+                    items.extend((0..classes).map(|c| v[(o * classes + c) * inner + i]));
+                }
+            }
+            return Ok((outer * inner, classes, items));
+        }
         let n = dims.first().copied().unwrap_or(0);
         if dims.len() < 2 || dims[2..].iter().any(|&d| d != 1) || n == 0 || dims[1] == 0 {
             return Err(Error::model(
@@ -249,10 +294,33 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
     let mut predictions = Some(Vec::new());
     let (mut seen, mut ignored, mut batches) = (0u64, 0u64, 0usize);
     let mut unanimous: Option<(u64, u64)> = None;
+    let mut positions = 1;
     while batches < max_batches && images.is_none_or(|total| seen < total) {
         net.forward()?;
         batches += 1;
         let (n, classes, scores, labels) = reader.read(net)?;
+        // Items per image: one score vector for a classifier, else each
+        // position of the image's score map (pixels, timesteps).
+        let records = match net.data_batch_sources() {
+            Some(s) => s.len(),
+            // No named images: the scores' first axis, Caffe's batch axis.
+            None => reader.blob(net, 0, &reader.scores)?.dims()[0],
+        };
+        if records == 0 || n % records != 0 {
+            return Err(Error::model(
+                format!("blob '{}'", reader.scores),
+                format!("holds {n} score vectors for a batch of {records} images"),
+            ));
+        }
+        positions = n / records;
+        if positions > 1 && views.len() > 1 {
+            return Err(Error::model(
+                format!("blob '{}'", reader.scores),
+                format!(
+                    "scores {positions} positions of each image; test-time views need one score vector per image"
+                ),
+            ));
+        }
         let averaged = match (views.len(), others.len()) {
             (1, 0) => None,
             _ => Some(average_views(
@@ -268,7 +336,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
             unanimous = Some((0, 0));
         }
         if images.is_none() && batches == 1 {
-            bar.set_length(max_batches.saturating_mul(n) as u64);
+            bar.set_length(max_batches.saturating_mul(records) as u64);
         }
         let m = confusion.get_or_insert_with(|| {
             let m = Confusion::new(classes, o.top_k);
@@ -283,7 +351,8 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                 "the number of classes changed between batches",
             ));
         }
-        let take = images.map_or(n, |t| ((t - seen) as usize).min(n));
+        let take_images = images.map_or(records, |t| ((t - seen) as usize).min(records));
+        let take = take_images * positions;
         let sources = net.data_batch_sources().filter(|s| s.len() == n);
         if sources.is_none() {
             predictions = None;
@@ -299,8 +368,9 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                 return Err(Error::model(
                     format!("blob '{}'", reader.label),
                     format!(
-                        "image {} of the pass has label {label}, outside the net's {classes} classes (0..{})",
-                        seen + i as u64,
+                        "{} {} of the pass has label {label}, outside the net's {classes} classes (0..{})",
+                        if positions > 1 { "position" } else { "image" },
+                        seen * positions as u64 + i as u64,
                         classes - 1
                     ),
                 ));
@@ -337,8 +407,8 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
                 });
             }
         }
-        seen += take as u64;
-        bar.inc(take as u64);
+        seen += take_images as u64;
+        bar.inc(take_images as u64);
     }
     bar.finish_and_clear();
     Ok(Evaluation {
@@ -350,6 +420,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<Evaluation> {
         label_blob: reader.label,
         ignored,
         unanimous,
+        positions,
     })
 }
 
@@ -659,9 +730,18 @@ impl Report<'_> {
                 self.options.tta.describe()
             );
         }
+        let item = if self.evaluation.positions > 1 {
+            s += &format!(
+                "; every position of the scores counted as an item, {} per image",
+                self.evaluation.positions
+            );
+            "positions"
+        } else {
+            "images"
+        };
         if self.evaluation.ignored > 0 {
             s += &format!(
-                "; {} images with the ignore_label left out",
+                "; {} {item} with the ignore_label left out",
                 self.evaluation.ignored
             );
         }
