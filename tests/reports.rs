@@ -1607,5 +1607,20 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "target" t
             got.ignored
         );
         assert_eq!(got.positions, positions, "{name}");
+        let opts = EvalOptions {
+            iterations,
+            ..options(&model, &[], None)
+        };
+        let md = flickr_style::train::evaluate::Report {
+            options: &opts,
+            evaluation: &got,
+            names: &[],
+        }
+        .markdown();
+        assert_eq!(
+            md.contains("20 per image") && md.contains("Mean IoU"),
+            positions > 1,
+            "{md}"
+        );
     }
 }

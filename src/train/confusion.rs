@@ -66,6 +66,10 @@ pub struct ClassMetrics {
     /// Harmonic mean of precision and recall (0 when the class has images
     /// but was never predicted); `None` when the class has no images.
     pub f1: Option<f64>,
+    /// Intersection over union, correct / (support + predicted - correct),
+    /// a segmentation's per-class score; `None` when the class was neither
+    /// present nor predicted.
+    pub iou: Option<f64>,
     /// Share of this class's images that the threshold for 95% accuracy
     /// (see [`Summary::abstention`]) leaves predicted, the rest going to a
     /// person; `None` without such a threshold, or when it keeps every
@@ -88,6 +92,12 @@ pub struct Summary {
     pub mean_class_accuracy: f64,
     /// Mean of the per-class F1 scores over classes with images.
     pub macro_f1: f64,
+    /// Mean of the per-class IoUs over the classes present or predicted
+    /// (FCN's mean IU, as its score.py averages with `nanmean`).
+    pub mean_iou: f64,
+    /// The per-class IoUs weighted by each class's share of the items
+    /// (FCN's frequency-weighted IU).
+    pub frequency_weighted_iou: f64,
     /// Per class, in class order.
     pub classes: Vec<ClassMetrics>,
     /// The most frequent mistakes: (true class, predicted class, images), most first.
@@ -252,6 +262,7 @@ impl Confusion {
                     precision,
                     recall,
                     f1,
+                    iou: ratio(correct, support + predicted - correct),
                     kept_at_95: t95.and_then(|t| kept_at(k, t)),
                 }
             })
@@ -272,8 +283,20 @@ impl Confusion {
             .collect();
         top_confusions.sort_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
         top_confusions.truncate(10);
+        let ious: Vec<f64> = classes.iter().filter_map(|m| m.iou).collect();
+        let mean_iou = if ious.is_empty() {
+            0.0
+        } else {
+            ious.iter().sum::<f64>() / ious.len() as f64
+        };
+        let frequency_weighted_iou = classes
+            .iter()
+            .filter_map(|m| Some(m.iou? * ratio(m.support, total)?))
+            .sum();
         Summary {
             images: total,
+            mean_iou,
+            frequency_weighted_iou,
             accuracy: ratio((0..c).map(|k| self.count(k, k)).sum(), total).unwrap_or(0.0),
             top_k: self.top_k,
             top_k_accuracy: ratio(self.top_k_hits, total).unwrap_or(0.0),
@@ -392,6 +415,28 @@ impl Summary {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn iou_is_fcns_mean_iu_and_frequency_weighted_iu() {
+        // Rows are true classes: class 2 is predicted but absent (IoU 0,
+        // counted), class 3 neither (left out of the mean).
+        let rows = [[3, 1, 0, 0], [0, 2, 2, 0], [0, 0, 0, 0], [0, 0, 0, 0]];
+        let mut m = Confusion::new(4, 1);
+        for (truth, row) in rows.iter().enumerate() {
+            for (predicted, &n) in row.iter().enumerate() {
+                let mut scores = [0f32; 4];
+                scores[predicted] = 1.0;
+                for _ in 0..n {
+                    m.add(&scores, truth);
+                }
+            }
+        }
+        let s = m.summary(&[]);
+        let iou: Vec<Option<f64>> = s.classes.iter().map(|c| c.iou).collect();
+        assert_eq!(iou, [Some(0.75), Some(0.4), Some(0.0), None]);
+        assert!((s.mean_iou - 1.15 / 3.0).abs() < 1e-12);
+        assert!((s.frequency_weighted_iou - 0.575).abs() < 1e-12);
+    }
 
     #[test]
     fn ties_count_against_the_true_class_as_in_caffe() {

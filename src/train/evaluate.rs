@@ -746,6 +746,13 @@ impl Report<'_> {
             );
         }
         s += ".\n";
+        if self.evaluation.positions > 1 {
+            let summary = self.summary();
+            s += &format!(
+                "\nMean IoU {:.4}, frequency-weighted IoU {:.4} (per class, the positions both true and predicted over those either; FCN's mean IU and fwIU).\n",
+                summary.mean_iou, summary.frequency_weighted_iou
+            );
+        }
         if let Some((agreed, right)) = self.evaluation.unanimous {
             let images = self.evaluation.confusion.total();
             let pct = |a: u64, b: u64| {
