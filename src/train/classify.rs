@@ -533,7 +533,9 @@ pub(crate) fn scores_reader(net: &Net, o: &ClassifyOptions) -> Result<Reader> {
             .last()
             .and_then(|l| l.top.first().cloned())
     });
-    Reader::find(net, &scores.map(|s| (s, String::new())), o.model)
+    // One score vector per image: classify and explain name files, not
+    // positions.
+    Ok(Reader::find(net, &scores.map(|s| (s, String::new())), o.model)?.per_image())
 }
 
 /// With `strict`, the first unreadable image of `failed` (of `total`) as

@@ -124,8 +124,9 @@ pub(crate) struct Reader {
     ignore_label: Option<i32>,
     /// The scores' class axis (the scoring layer's `axis`): with axes after
     /// it, or more than one before it, each position is an item (a pixel
-    /// of a segmentation, a timestep of a sequence).
-    axis: i32,
+    /// of a segmentation, a timestep of a sequence). `None` for blobs named
+    /// by the user: one score vector per image.
+    axis: Option<i32>,
     pub(crate) kind: ScoreKind,
 }
 
@@ -158,7 +159,7 @@ impl Reader {
                 scores: scores.clone(),
                 label: label.clone(),
                 ignore_label: None,
-                axis: 1,
+                axis: None,
                 kind: kind(scores),
             });
         }
@@ -183,9 +184,16 @@ impl Reader {
             scores: layer.bottom[0].clone(),
             label: layer.bottom[1].clone(),
             ignore_label,
-            axis: axis.unwrap_or(1),
+            axis: Some(axis.unwrap_or(1)),
             kind: kind(&layer.bottom[0]),
         })
+    }
+
+    /// The reader taking one score vector per image, whatever the scoring
+    /// layer's axis (a score map is then refused).
+    pub(crate) fn per_image(mut self) -> Self {
+        self.axis = None;
+        self
     }
 
     /// The blob the scores are read from.
@@ -198,12 +206,15 @@ impl Reader {
         let (n, classes, scores) = self.read_scores(net)?;
         let labels = self.blob(net, 1, &self.label)?;
         if labels.elem_count() != n {
+            let dims = self.blob(net, 0, &self.scores)?.dims().to_vec();
             return Err(Error::model(
                 format!("blob '{}'", self.label),
                 format!(
-                    "holds {} labels for {n} images in '{}'",
+                    "holds {} labels, but '{}' (shape {dims:?}) holds {n} score vectors along axis {}; \
+                     name a blob with one score vector per image (images x classes), or labels per position",
                     labels.elem_count(),
-                    self.scores
+                    self.scores,
+                    self.axis.unwrap_or(1)
                 ),
             ));
         }
@@ -226,10 +237,10 @@ impl Reader {
     pub(crate) fn read_scores(&self, net: &Net) -> Result<(usize, usize, Vec<f32>)> {
         let scores = self.blob(net, 0, &self.scores)?;
         let dims = scores.dims();
-        let axis = if self.axis < 0 {
-            self.axis + dims.len() as i32
-        } else {
-            self.axis
+        let axis = match self.axis {
+            Some(a) if a < 0 => a + dims.len() as i32,
+            Some(a) => a,
+            None => 0,
         };
         let positions = axis >= 1
             && (axis as usize) < dims.len()
