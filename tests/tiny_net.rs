@@ -955,6 +955,11 @@ fn stage_flags_pick_a_variant_of_one_net_file_as_caffes_tools_do() {
     let (ok, _, err) = train(&[]);
     assert!(!ok, "without the stage the training net has no data");
     assert!(err.contains("'data'") && err.contains("stage"), "{err}");
+    // Caffe's line for each layer left out, before the error.
+    assert!(
+        err.contains("net.cpp:306] The NetState did not contain stage 'train' specified by a rule in layer data"),
+        "{err}"
+    );
     let (ok, _, err) = train(&["--stage", "train"]);
     assert!(ok, "{err}");
     let losses = common::train_losses(&dir.join("m.jsonl"));

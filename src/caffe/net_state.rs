@@ -73,6 +73,52 @@ fn meets(state: &NetState, rule: &NetStateRule) -> bool {
         && !rule.not_stage.iter().any(|s| state.stage.contains(s))
 }
 
+/// Why `rule` does not hold in `state`, in the words Caffe logs.
+fn unmet(state: &NetState, rule: &NetStateRule, layer: &str) -> Option<String> {
+    let phase = |p: Phase| p as i32;
+    if rule.phase.is_some() && rule.phase() != state.phase() {
+        return Some(format!(
+            "The NetState phase ({}) differed from the phase ({}) specified by a rule in layer {layer}",
+            phase(state.phase()),
+            phase(rule.phase())
+        ));
+    }
+    // Caffe says "above" for both level bounds.
+    if let Some(m) = rule.min_level.filter(|&m| state.level() < m) {
+        return Some(format!(
+            "The NetState level ({}) is above the min_level ({m}) specified by a rule in layer {layer}",
+            state.level()
+        ));
+    }
+    if let Some(m) = rule.max_level.filter(|&m| state.level() > m) {
+        return Some(format!(
+            "The NetState level ({}) is above the max_level ({m}) specified by a rule in layer {layer}",
+            state.level()
+        ));
+    }
+    if let Some(s) = rule.stage.iter().find(|s| !state.stage.contains(s)) {
+        return Some(format!(
+            "The NetState did not contain stage '{s}' specified by a rule in layer {layer}"
+        ));
+    }
+    rule.not_stage
+        .iter()
+        .find(|s| state.stage.contains(s))
+        .map(|s| {
+            format!("The NetState contained a not_stage '{s}' specified by a rule in layer {layer}")
+        })
+}
+
+/// For each layer of `def` that its include rules leave out of the net in
+/// `state`, the line Caffe logs about it (the first rule's reason).
+pub fn left_out(def: &NetParameter, state: &NetState) -> Vec<String> {
+    def.layer
+        .iter()
+        .filter(|l| !l.include.is_empty() && !included(l, state))
+        .filter_map(|l| unmet(state, &l.include[0], l.name()))
+        .collect()
+}
+
 /// Whether a layer belongs to the net in `state`.
 pub fn included(layer: &LayerParameter, state: &NetState) -> bool {
     if layer.include.is_empty() {
@@ -122,6 +168,23 @@ mod tests {
         // The level is replaced (0 fails min_level 2); the file's stage stays.
         assert_eq!(names(&def, Phase::Test), ["deploy-data", "file"]);
         assert_eq!(names(&def, Phase::Train), ["deploy-data"]);
+    }
+
+    #[test]
+    fn layers_left_out_are_explained_in_caffes_words() {
+        let def: NetParameter = prototxt::parse(ALL_IN_ONE, std::path::Path::new("net")).unwrap();
+        let mut state = state_of(&def, Phase::Train, None);
+        state.level = Some(1);
+        assert_eq!(
+            left_out(&def, &state),
+            [
+                "The NetState did not contain stage 'train' specified by a rule in layer train-data",
+                "The NetState did not contain stage 'val' specified by a rule in layer val-data",
+                "The NetState did not contain stage 'deploy' specified by a rule in layer deploy-data",
+                "The NetState level (1) is above the min_level (2) specified by a rule in layer deep",
+                "The NetState phase (0) differed from the phase (1) specified by a rule in layer file",
+            ]
+        );
     }
 
     #[test]

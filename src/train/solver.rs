@@ -196,11 +196,26 @@ impl Solver {
             caffe_rng: caffe_rng.clone(),
             ..BuildContext::new(&base_dir, seed, phase, &compute)
         };
-        let train = Net::new(&train_def, &build(Phase::Train), param.train_state.as_ref())?;
+        let mut log = Logger::new(opts.echo);
+        // Each net as Caffe builds it, with its lines on the layers its
+        // rules leave out first (so they precede a net that fails).
+        let mut net = |def: &NetParameter, phase, extra: Option<&crate::caffe::proto::NetState>| {
+            let state = crate::caffe::net_state::state_of(def, phase, extra);
+            for line in crate::caffe::net_state::left_out(def, &state) {
+                let at = if line.starts_with("The NetState phase") {
+                    "net.cpp:296"
+                } else {
+                    "net.cpp:306"
+                };
+                log.info(at, &line);
+            }
+            Net::new(def, &build(phase), extra)
+        };
+        let train = net(&train_def, Phase::Train, param.train_state.as_ref())?;
         let tests = test_defs
             .iter()
             .enumerate()
-            .map(|(i, d)| Net::new(d, &build(Phase::Test), param.test_state.get(i)))
+            .map(|(i, d)| net(d, Phase::Test, param.test_state.get(i)))
             .collect::<Result<Vec<_>>>()?;
         if compute.device.is_cpu() {
             // Each net fits alone (Net::new checks); the solver keeps them all.
@@ -228,7 +243,6 @@ impl Solver {
             ),
             None => None,
         };
-        let mut log = Logger::new(opts.echo);
         if param.solver_mode() == crate::caffe::proto::solver_parameter::SolverMode::Gpu
             && compute.device.is_cpu()
         {
