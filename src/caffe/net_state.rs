@@ -110,12 +110,21 @@ fn unmet(state: &NetState, rule: &NetStateRule, layer: &str) -> Option<String> {
 }
 
 /// For each layer of `def` that its include rules leave out of the net in
-/// `state`, the line Caffe logs about it (the first rule's reason).
-pub fn left_out(def: &NetParameter, state: &NetState) -> Vec<String> {
+/// `state`, the line Caffe logs about it (the first rule's reason) and the
+/// source location Caffe's log gives it.
+pub fn left_out(def: &NetParameter, state: &NetState) -> Vec<(&'static str, String)> {
     def.layer
         .iter()
         .filter(|l| !l.include.is_empty() && !included(l, state))
         .filter_map(|l| unmet(state, &l.include[0], l.name()))
+        .map(|line| {
+            let at = if line.starts_with("The NetState phase") {
+                "net.cpp:296"
+            } else {
+                "net.cpp:306"
+            };
+            (at, line)
+        })
         .collect()
 }
 
@@ -175,8 +184,9 @@ mod tests {
         let def: NetParameter = prototxt::parse(ALL_IN_ONE, std::path::Path::new("net")).unwrap();
         let mut state = state_of(&def, Phase::Train, None);
         state.level = Some(1);
+        let lines: Vec<String> = left_out(&def, &state).into_iter().map(|l| l.1).collect();
         assert_eq!(
-            left_out(&def, &state),
+            lines,
             [
                 "The NetState did not contain stage 'train' specified by a rule in layer train-data",
                 "The NetState did not contain stage 'val' specified by a rule in layer val-data",

@@ -100,6 +100,12 @@ pub fn test(
 ) -> Result<Vec<(String, f32, f32)>> {
     let mut def = read_net_prototxt(model)?;
     state.apply(&mut def);
+    let mut log = crate::train::log::Logger::new(true);
+    // Caffe's line on each layer the rules leave out, before the net is built.
+    let net_state = crate::caffe::net_state::state_of(&def, Phase::Test, None);
+    for (at, line) in crate::caffe::net_state::left_out(&def, &net_state) {
+        log.info(at, &line);
+    }
     let ctx = BuildContext::new(base_dir, 0, Phase::Test, compute);
     let mut net = Net::new(&def, &ctx, None)?;
     for w in weights {
@@ -108,7 +114,6 @@ pub fn test(
     // The net's own `debug_info: true` prints its per-layer lines on every
     // pass, as `caffe test` does.
     net.set_debug_info(def.debug_info());
-    let mut log = crate::train::log::Logger::new(true);
     let mut sums: Vec<(String, f32, f32)> = Vec::new();
     for i in 0..iterations.max(1) {
         net.forward()?;

@@ -201,12 +201,7 @@ impl Solver {
         // rules leave out first (so they precede a net that fails).
         let mut net = |def: &NetParameter, phase, extra: Option<&crate::caffe::proto::NetState>| {
             let state = crate::caffe::net_state::state_of(def, phase, extra);
-            for line in crate::caffe::net_state::left_out(def, &state) {
-                let at = if line.starts_with("The NetState phase") {
-                    "net.cpp:296"
-                } else {
-                    "net.cpp:306"
-                };
+            for (at, line) in crate::caffe::net_state::left_out(def, &state) {
                 log.info(at, &line);
             }
             Net::new(def, &build(phase), extra)
