@@ -77,7 +77,7 @@ pub struct Recurrent {
     rng: SharedCaffeRng,
     ctx: String,
     params: Vec<Tensor>,
-    /// Timesteps, streams, hidden size, input and static input widths.
+    /// Timesteps, streams and hidden size, and whether a static input is given.
     t: usize,
     n: usize,
     h: usize,
