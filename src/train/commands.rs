@@ -89,6 +89,20 @@ pub fn base_dir_for(model: &Path) -> std::path::PathBuf {
     }
 }
 
+/// The net of `def` for `ctx`'s phase, after Caffe's line on each layer its
+/// rules leave out (so they precede a net that fails to build).
+fn build_logged(
+    def: &NetParameter,
+    ctx: &BuildContext,
+    log: &mut crate::train::log::Logger,
+) -> Result<Net> {
+    let state = crate::caffe::net_state::state_of(def, ctx.phase, None);
+    for (at, line) in crate::caffe::net_state::left_out(def, &state) {
+        log.info(at, &line);
+    }
+    Net::new(def, ctx, None)
+}
+
 /// `caffe test`: mean of every output over `iterations` TEST batches.
 pub fn test(
     model: &Path,
@@ -101,13 +115,8 @@ pub fn test(
     let mut def = read_net_prototxt(model)?;
     state.apply(&mut def);
     let mut log = crate::train::log::Logger::new(true);
-    // Caffe's line on each layer the rules leave out, before the net is built.
-    let net_state = crate::caffe::net_state::state_of(&def, Phase::Test, None);
-    for (at, line) in crate::caffe::net_state::left_out(&def, &net_state) {
-        log.info(at, &line);
-    }
     let ctx = BuildContext::new(base_dir, 0, Phase::Test, compute);
-    let mut net = Net::new(&def, &ctx, None)?;
+    let mut net = build_logged(&def, &ctx, &mut log)?;
     for w in weights {
         net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
     }
@@ -175,7 +184,7 @@ pub fn time(
         synthetic_inputs(&mut def)?;
     }
     let ctx = BuildContext::new(base_dir, 0, phase, compute);
-    let mut net = Net::new(&def, &ctx, None)?;
+    let mut net = build_logged(&def, &ctx, &mut crate::train::log::Logger::new(true))?;
     let train = phase == Phase::Train;
     net.forward()?;
     if train {
