@@ -186,6 +186,16 @@ fn jet(t: f32) -> [f32; 3] {
     [ramp(3.0), ramp(2.0), ramp(1.0)]
 }
 
+/// Pixel (y, x) of the view of `m` starting at `origin` (its channels),
+/// the edge pixel where the view reaches past the image.
+fn view_pixel(m: &Mat8, origin: (usize, usize), y: usize, x: usize) -> &[u8] {
+    let (sy, sx) = (
+        (origin.0 + y).min(m.height - 1),
+        (origin.1 + x).min(m.width - 1),
+    );
+    &m.data[(sy * m.width + sx) * m.channels..][..m.channels]
+}
+
 /// The heat map over the input's view of `m` (starting at `origin`,
 /// `size` pixels): half the image, half the map's colour. Returns RGB.
 fn overlay(m: &Mat8, origin: (usize, usize), size: (usize, usize), heat: &[f32]) -> Vec<u8> {
@@ -193,11 +203,7 @@ fn overlay(m: &Mat8, origin: (usize, usize), size: (usize, usize), heat: &[f32])
     let mut rgb = Vec::with_capacity(h * w * 3);
     for y in 0..h {
         for x in 0..w {
-            let (sy, sx) = (
-                (origin.0 + y).min(m.height - 1),
-                (origin.1 + x).min(m.width - 1),
-            );
-            let px = &m.data[(sy * m.width + sx) * m.channels..][..m.channels];
+            let px = view_pixel(m, origin, y, x);
             // Mat8 holds gray, BGR or BGRA.
             let pixel = if m.channels < 3 {
                 [px[0]; 3]
@@ -541,11 +547,7 @@ pub fn on_object(
     let mut gray = Vec::with_capacity(h * w);
     for y in 0..h {
         for x in 0..w {
-            let (sy, sx) = (
-                (origin.0 + y).min(m.height - 1),
-                (origin.1 + x).min(m.width - 1),
-            );
-            let px = &m.data[(sy * m.width + sx) * m.channels..][..m.channels];
+            let px = view_pixel(m, origin, y, x);
             gray.push(if m.channels < 3 {
                 px[0]
             } else {
