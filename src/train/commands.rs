@@ -89,20 +89,6 @@ pub fn base_dir_for(model: &Path) -> std::path::PathBuf {
     }
 }
 
-/// The net of `def` for `ctx`'s phase, after Caffe's line on each layer its
-/// rules leave out (so they precede a net that fails to build).
-fn build_logged(
-    def: &NetParameter,
-    ctx: &BuildContext,
-    log: &mut crate::train::log::Logger,
-) -> Result<Net> {
-    let state = crate::caffe::net_state::state_of(def, ctx.phase, None);
-    for (at, line) in crate::caffe::net_state::left_out(def, &state) {
-        log.info(at, &line);
-    }
-    Net::new(def, ctx, None)
-}
-
 /// `caffe test`: mean of every output over `iterations` TEST batches.
 pub fn test(
     model: &Path,
@@ -116,7 +102,7 @@ pub fn test(
     state.apply(&mut def);
     let mut log = crate::train::log::Logger::new(true);
     let ctx = BuildContext::new(base_dir, 0, Phase::Test, compute);
-    let mut net = build_logged(&def, &ctx, &mut log)?;
+    let mut net = Net::new_logged(&def, &ctx, None, &mut log)?;
     for w in weights {
         net.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
     }
@@ -184,7 +170,7 @@ pub fn time(
         synthetic_inputs(&mut def)?;
     }
     let ctx = BuildContext::new(base_dir, 0, phase, compute);
-    let mut net = build_logged(&def, &ctx, &mut crate::train::log::Logger::new(true))?;
+    let mut net = Net::new_logged(&def, &ctx, None, &mut crate::train::log::Logger::new(true))?;
     let train = phase == Phase::Train;
     net.forward()?;
     if train {

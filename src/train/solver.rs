@@ -197,14 +197,8 @@ impl Solver {
             ..BuildContext::new(&base_dir, seed, phase, &compute)
         };
         let mut log = Logger::new(opts.echo);
-        // Each net as Caffe builds it, with its lines on the layers its
-        // rules leave out first (so they precede a net that fails).
         let mut net = |def: &NetParameter, phase, extra: Option<&crate::caffe::proto::NetState>| {
-            let state = crate::caffe::net_state::state_of(def, phase, extra);
-            for (at, line) in crate::caffe::net_state::left_out(def, &state) {
-                log.info(at, &line);
-            }
-            Net::new(def, &build(phase), extra)
+            Net::new_logged(def, &build(phase), extra, &mut log)
         };
         let train = net(&train_def, Phase::Train, param.train_state.as_ref())?;
         let tests = test_defs

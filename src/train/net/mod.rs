@@ -154,6 +154,21 @@ fn missing_bottom(
 }
 
 impl Net {
+    /// [`Net::new`], after Caffe's log line on each layer the rules leave
+    /// out of the net (so they precede the error of a net that fails).
+    pub fn new_logged(
+        def: &NetParameter,
+        ctx: &BuildContext,
+        state: Option<&NetState>,
+        log: &mut crate::train::log::Logger,
+    ) -> Result<Net> {
+        let full = crate::caffe::net_state::state_of(def, ctx.phase, state);
+        for (at, line) in crate::caffe::net_state::left_out(def, &full) {
+            log.info(at, &line);
+        }
+        Net::new(def, ctx, state)
+    }
+
     /// Builds the net for `ctx.phase`, with the stages of the net's own
     /// `state` and of `state` (a solver's), and `state`'s level if it sets one.
     pub fn new(def: &NetParameter, ctx: &BuildContext, state: Option<&NetState>) -> Result<Net> {
