@@ -32,7 +32,7 @@ pub(super) fn sigmoid(x: &Tensor) -> Result<Tensor> {
 }
 
 /// 1 - x², the derivative of tanh given its value x.
-fn one_minus_square(x: &Tensor) -> Result<Tensor> {
+pub(super) fn one_minus_square(x: &Tensor) -> Result<Tensor> {
     Ok(x.sqr()?.affine(-1.0, 1.0)?)
 }
 

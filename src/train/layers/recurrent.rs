@@ -21,7 +21,7 @@
 //! hidden state the previous one ended with (zeros at first), no gradient
 //! crosses from one batch to the next, and with it no gradient flows into
 //! h_0 and c_0 or back from h_T and c_T.
-use super::lstm_unit::{cell_backward, cell_forward, Cell};
+use super::lstm_unit::{cell_backward, cell_forward, one_minus_square, Cell};
 use super::{BackwardArgs, Grads, Layer};
 use crate::caffe::proto::{LayerParameter, Phase, RecurrentParameter};
 use crate::caffe::rng::SharedCaffeRng;
@@ -434,29 +434,21 @@ impl Layer for Recurrent {
         let r = self.recur_index();
         let mut d_pre: Vec<Tensor> = Vec::with_capacity(t_len);
         let (mut dh_next, mut dc_next): (Option<Tensor>, Option<Tensor>) = (None, None);
-        let (mut dw_ho, mut db_o) = (None::<Tensor>, None::<Tensor>);
+        // RNN: each timestep's gradient of W_ho h_t + b_o, with its h_t.
+        let mut d_out: Vec<(Tensor, Tensor)> = Vec::new();
         for t in (0..t_len).rev() {
             let step = &self.steps[t];
             let dout = dtop.get(t)?;
             let dpre = match &step.state {
                 StepState::Rnn { h: h_t, o } => {
                     // o_t = tanh(W_ho h_t + b_o).
-                    let da = dout.mul(&o.sqr()?.affine(-1.0, 1.0)?)?;
-                    let gw = product(&da, true, h_t, false)?;
-                    dw_ho = Some(match dw_ho {
-                        Some(s) => s.add(&gw)?,
-                        None => gw,
-                    });
-                    let gb = da.sum(0)?;
-                    db_o = Some(match db_o {
-                        Some(s) => s.add(&gb)?,
-                        None => gb,
-                    });
+                    let da = dout.mul(&one_minus_square(o)?)?;
                     let mut dh = product(&da, false, &self.params[r + 1], false)?;
                     if let Some(next) = &dh_next {
                         dh = dh.add(next)?;
                     }
-                    dh.mul(&h_t.sqr()?.affine(-1.0, 1.0)?)?
+                    d_out.push((da, h_t.clone()));
+                    dh.mul(&one_minus_square(h_t)?)?
                 }
                 StepState::Lstm(cell) => {
                     let dh = match &dh_next {
@@ -511,12 +503,15 @@ impl Layer for Recurrent {
         if a.param_grad[r] {
             pg[r] = Some(product(&d_pre, true, &h_conted, false)?);
         }
-        if self.kind == Kind::Rnn {
+        if !d_out.is_empty() {
+            // Every timestep's share of W_ho and b_o in one product.
+            let (da, h): (Vec<Tensor>, Vec<Tensor>) = d_out.into_iter().unzip();
+            let da = Tensor::cat(&da, 0)?;
             if a.param_grad[r + 1] {
-                pg[r + 1] = dw_ho;
+                pg[r + 1] = Some(product(&da, true, &Tensor::cat(&h, 0)?, false)?);
             }
             if a.param_grad[r + 2] {
-                pg[r + 2] = db_o;
+                pg[r + 2] = Some(da.sum(0)?);
             }
         }
         // h_0 and c_0 get none (Caffe shares only their data).
