@@ -6,7 +6,6 @@
 //! it; what the data layer did to images (resize, crop, mean, scale) goes
 //! into a comment at the top, since a deploy net does not carry it.
 use super::heads::main_loss;
-use super::net::included;
 use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -23,8 +22,8 @@ pub fn deploy_net(
     path: &Path,
     base_dir: &Path,
 ) -> Result<(NetParameter, String)> {
-    let state = crate::caffe::net_state::state_of(def, Phase::Test, None);
-    let layers: Vec<&LayerParameter> = def.layer.iter().filter(|l| included(l, &state)).collect();
+    let layers: Vec<&LayerParameter> =
+        crate::caffe::net_state::layers_in(def, Phase::Test).collect();
     let data: Vec<&LayerParameter> = layers
         .iter()
         .copied()
