@@ -115,7 +115,7 @@ const VALUE_TOL: f64 = 5e-5;
 fn every_solver_variant_matches_caffe() {
     let golden: Golden = common::golden::load("caffe_solvers.json");
     eprintln!("golden numbers: {}", golden.provenance);
-    assert!(golden.variants.len() >= 24);
+    assert!(golden.variants.len() >= 28);
     assert!(golden.variants.iter().any(|v| !v.init_weights));
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();

@@ -870,6 +870,49 @@ layer {{ name: "gain" type: "Power" bottom: "pool" top: "pool" power_param {{ sc
     );
 }
 
+/// A multi-task net whose second head trains only on the items a Filter
+/// keeps (class 3, by a Threshold on the label): the fixture's batches
+/// hold 0, 0 and 6 of them in turn, so the head sees empty batches too
+/// (Caffe's FilterLayer gives them zero items; its loss is 0 then and its
+/// Accuracy 0). The net trains, a resume repeats it bit for bit, and the
+/// tensor-op (GPU) path on the CPU tracks it. `tests/caffe_solvers.rs`
+/// checks a Filter's numbers against Caffe itself.
+#[test]
+fn filtered_heads_train_on_empty_batches_and_resume_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let net = format!(
+        r#"name: "TinyFiltered"
+{}{}layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param {{ num_output: 8 kernel_size: 5 stride: 4 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
+layer {{ name: "pool" type: "Pooling" bottom: "conv1" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
+layer {{ name: "fc1" type: "InnerProduct" bottom: "pool" top: "fc1"
+  inner_product_param {{ num_output: 16 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "relu2" type: "ReLU" bottom: "fc1" top: "fc1" }}
+layer {{ name: "is3" type: "Threshold" bottom: "label" top: "is3" threshold_param {{ threshold: 2.5 }} }}
+layer {{ name: "select" type: "Filter" bottom: "fc1" bottom: "label" bottom: "is3" top: "fc1f" top: "labelf" }}
+layer {{ name: "flat" type: "Reshape" bottom: "fc1f" top: "flat" reshape_param {{ shape {{ dim: 0 dim: -1 }} }} }}
+layer {{ name: "drop" type: "Dropout" bottom: "flat" top: "flat" dropout_param {{ dropout_ratio: 0.2 }} }}
+layer {{ name: "both" type: "Concat" bottom: "flat" bottom: "fc1f" top: "both" }}
+layer {{ name: "head" type: "InnerProduct" bottom: "both" top: "head"
+  inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "head_loss" type: "SoftmaxWithLoss" bottom: "head" bottom: "labelf" top: "head_loss"
+  loss_weight: 0.5 propagate_down: true propagate_down: false }}
+layer {{ name: "head_accuracy" type: "Accuracy" bottom: "head" bottom: "labelf" top: "head_accuracy"
+  include {{ phase: TEST }} }}
+{}"#,
+        fixture_data("TRAIN"),
+        fixture_data("TEST"),
+        classifier("fc1"),
+    );
+    let s = train_resume_and_track(t.path(), &net, "filtered", 0.05, |_| 1e-4);
+    let test = &s.test_results.last().unwrap().2;
+    let score = |name: &str| test.iter().find(|r| r.0 == name).unwrap().1;
+    // Two of the three test batches have no class-3 image (accuracy 0).
+    assert!(score("head_accuracy") <= 1.0 / 3.0 + 1e-6, "{test:?}");
+    assert!(score("head_loss").is_finite(), "{test:?}");
+}
+
 /// The tiny net as DIGITS writes nets: one file whose variants are told
 /// apart by stage (`train`, `val`, `deploy`) instead of by phase, with data
 /// paths made absolute.

@@ -196,6 +196,13 @@ VARIANTS = {
     # and Accuracy over axis 2 with word 0 as the ignored padding label.
     "language_model": ('base_lr: 0.1 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed" '
                        'clip_gradients: 10', lambda net: language_model(net), False),
+    # Filter (a multi-task net's head trained only on the items that have
+    # its label): fc8, a Dropout before it and the loss see only the images
+    # whose label is not 0, so the item count changes from batch to batch
+    # (and with it how many numbers Dropout draws); the images left out get
+    # a zero gradient through fc7 and below.
+    "filter": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+               lambda net: filtered(net)),
 }
 
 
@@ -212,6 +219,21 @@ def recurrent(net, layer):
                         'layer { name: "rec_flat" type: "Reshape" bottom: "rec" top: "rec_flat" '
                         'reshape_param { shape { dim: 8 dim: -1 } } }', 1)
             .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "rec_flat"\n  top: "fc8"', 1))
+
+
+def filtered(net):
+    """The tiny net with fc8 and its loss behind a Filter (see VARIANTS)."""
+    return (net.replace('layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }',
+                        'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+                        'layer { name: "select" type: "Filter" bottom: "fc7" bottom: "label" '
+                        'bottom: "label" top: "fc7f" top: "labelf" }\n'
+                        'layer { name: "drop7f" type: "Dropout" bottom: "fc7f" top: "fc7f" '
+                        'dropout_param { dropout_ratio: 0.3 } }', 1)
+            .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7f"\n  top: "fc8"', 1)
+            .replace('bottom: "fc8"\n  bottom: "label"', 'bottom: "fc8"\n  bottom: "labelf"')
+            # labelf comes from a layer that runs backward, so Caffe would
+            # pass the loss a gradient for it (and abort) without this.
+            .replace('top: "loss"\n', 'top: "loss"\n  propagate_down: true\n  propagate_down: false\n', 1))
 
 
 def language_model(net):

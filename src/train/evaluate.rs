@@ -154,6 +154,10 @@ impl Reader {
             }
         };
         if let Some((scores, label)) = blobs {
+            net.check_per_item(scores, "scoring each image")?;
+            if !label.is_empty() {
+                net.check_per_item(label, "scoring each image")?;
+            }
             return Ok(Reader {
                 layer: None,
                 scores: scores.clone(),
@@ -179,6 +183,9 @@ impl Reader {
             "InfogainLoss" => layer.infogain_loss_param.as_ref().map(|p| p.axis()),
             _ => layer.softmax_param.as_ref().map(|p| p.axis()),
         };
+        for blob in &layer.bottom[..2] {
+            net.check_per_item(blob, "scoring each image")?;
+        }
         Ok(Reader {
             layer: Some(layer.name().to_string()),
             scores: layer.bottom[0].clone(),

@@ -415,6 +415,15 @@ const SEQUENCE_CASES: &[SequenceCase] = &[
         &[2],
         2,
     ),
+    // Not a sequence layer, but it reads 0/1 flags too: its selector.
+    (
+        "Filter",
+        r#"name: "f" type: "Filter" top: "y" top: "z""#,
+        &[&[7, 2, 3], &[7, 4], &[7]],
+        2,
+        &[2],
+        2,
+    ),
 ];
 
 fn relative(a: &[f32], reference: &[f32]) -> f32 {
@@ -567,6 +576,18 @@ fn check_case(
         })
         .collect();
     let x_cpu = inputs(&xs, &b.shapes, &Device::Cpu)?;
+    // The tops' shapes as a pass makes them (a Filter's depend on its
+    // selector's values), from a third instance so neither twin is moved on.
+    let top_shapes: Vec<Vec<usize>> = if reference.any_batch() {
+        let (mut probe, _) = build(&param, &cpu, &b.shapes)?;
+        probe
+            .forward(&x_cpu, Phase::Train)?
+            .iter()
+            .map(|t| t.dims().to_vec())
+            .collect()
+    } else {
+        top_shapes
+    };
     // One gradient per top; their values one after another, as the tops'.
     let top_count: usize = top_shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     let graded: usize = top_shapes

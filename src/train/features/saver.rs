@@ -55,6 +55,9 @@ impl<'a> Saver<'a> {
                 ));
             }
         }
+        for b in save.blobs {
+            net.check_per_item(b, "saving features per image")?;
+        }
         if save.lmdb && !save.force {
             if let Some(p) = files
                 .iter()

@@ -41,6 +41,9 @@ impl Concat {
 }
 
 impl Layer for Concat {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "Concat"
     }

@@ -42,6 +42,9 @@ impl Eltwise {
 }
 
 impl Layer for Eltwise {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "Eltwise"
     }

@@ -26,6 +26,9 @@ impl EuclideanLoss {
 }
 
 impl Layer for EuclideanLoss {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn allow_force_backward(&self, _i: usize) -> bool {
         // Both sides are values with a gradient, as in Caffe.
         true

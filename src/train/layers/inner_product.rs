@@ -100,6 +100,9 @@ fn host_product(
 }
 
 impl Layer for InnerProduct {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "InnerProduct"
     }
@@ -136,6 +139,27 @@ impl Layer for InnerProduct {
         )?;
         let mut top = shape[..axis].to_vec();
         top.push(out);
+        self.top = top.clone();
+        Ok(vec![top])
+    }
+
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        // The weights stay; only the rows change (Caffe checks the rest).
+        let shape = &bottom[0];
+        let axis = self.top.len() - 1;
+        let k: usize = shape.get(axis..).map_or(0, |s| s.iter().product());
+        if shape.len() < axis || k != self.k {
+            return Err(Error::model(
+                format!("layer '{}'", self.name),
+                format!(
+                    "a bottom of shape {shape:?} has {k} values per row from axis {axis} on, but its weights take {}",
+                    self.k
+                ),
+            ));
+        }
+        self.outer = shape[..axis].iter().product();
+        let mut top = shape[..axis].to_vec();
+        top.push(self.p.num_output() as usize);
         self.top = top.clone();
         Ok(vec![top])
     }

@@ -192,7 +192,12 @@ pub(super) fn loss_tops(
 /// otherwise); a gradient for the labels is refused.
 pub(super) fn loss_diff<'a>(a: &'a BackwardArgs, ctx: &str) -> Result<Option<&'a Tensor>> {
     if a.propagate.get(1).copied().unwrap_or(false) {
-        return Err(Error::model(ctx, "cannot backpropagate to the labels"));
+        return Err(Error::model(
+            ctx,
+            "cannot backpropagate to the labels, which a layer that takes gradients made (a Filter \
+             of the scores and labels together, say); give this layer `propagate_down: true \
+             propagate_down: false`, as Caffe needs too",
+        ));
     }
     Ok(match (&a.top_diff[0], a.propagate[0]) {
         (Some(d), true) => Some(d),
@@ -264,6 +269,9 @@ impl Softmax {
 }
 
 impl Layer for Softmax {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "Softmax"
     }
@@ -336,6 +344,9 @@ impl SoftmaxWithLoss {
 }
 
 impl Layer for SoftmaxWithLoss {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "SoftmaxWithLoss"
     }
@@ -403,6 +414,9 @@ impl Accuracy {
 }
 
 impl Layer for Accuracy {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn allow_force_backward(&self, _i: usize) -> bool {
         // No gradient in Caffe either (it aborts when forced).
         false

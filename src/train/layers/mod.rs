@@ -17,6 +17,7 @@ mod deconv;
 mod eltwise;
 mod embed;
 mod euclidean;
+mod filter;
 mod hdf5_data;
 pub use hdf5_data::row_shape as hdf5_row_shape;
 mod hinge;
@@ -70,6 +71,20 @@ pub trait Layer: Send {
     fn type_name(&self) -> &'static str;
     /// Top shapes for these bottom shapes; called once when the net is built.
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>>;
+    /// Whether the layer can follow a Filter: take bottoms whose first axis
+    /// (the items) changes from one pass to the next, as every Caffe layer
+    /// reshapes before each pass. Only layers whose shapes, bookkeeping and
+    /// kernels have been checked for that say yes.
+    fn any_batch(&self) -> bool {
+        false
+    }
+    /// For a layer that says [`Layer::any_batch`]: updates what it derived
+    /// from its bottoms' shapes before a pass whose bottoms differ from the
+    /// last pass's, and returns the new top shapes. The default runs
+    /// `setup` again, right for layers without learnable blobs.
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        self.setup(bottom)
+    }
     /// Learnable blobs (weights, biases), created by `setup`.
     fn params(&self) -> &[Tensor] {
         &[]
@@ -159,6 +174,10 @@ pub trait Layer: Send {
         !(i == 1 && self.default_loss_weight(0) != 0.0)
     }
 }
+
+/// The layer types that can follow a Filter (those whose
+/// [`Layer::any_batch`] says yes), for error messages.
+pub const FOLLOW_FILTER: &str = "InnerProduct (axis 1 or later), ReLU, Dropout, Threshold, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, Accuracy, EuclideanLoss, SigmoidCrossEntropyLoss, Split, Silence, Flatten, Reshape, Concat, Eltwise, Filter";
 
 /// Where relative paths in a net (sources, mean files) are resolved from, and
 /// how randomness is seeded.
@@ -377,6 +396,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "LSTMUnit" => Box::new(lstm_unit::LstmUnit::new(name)),
         "Parameter" => Box::new(parameter::Parameter::new(param, ctx.device.clone())?),
         "BatchReindex" => Box::new(batch_reindex::BatchReindex::new(name)),
+        "Filter" => Box::new(filter::Filter::new(name)),
         "Concat" => Box::new(concat::Concat::new(param.concat_param, name)?),
         "Crop" => Box::new(crop::Crop::new(param.crop_param.clone().unwrap_or_default(), name)),
         "Eltwise" => Box::new(eltwise::Eltwise::new(param.eltwise_param.clone(), name)?),
@@ -396,7 +416,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Filter, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }

@@ -432,6 +432,9 @@ fn map_host(x: &Tensor, f: impl Fn(usize, f32) -> f32 + Sync) -> Result<Tensor> 
 }
 
 impl Layer for NeuronLayer {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         self.neuron.type_name()
     }

@@ -46,6 +46,9 @@ impl SigmoidCrossEntropyLoss {
 }
 
 impl Layer for SigmoidCrossEntropyLoss {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "SigmoidCrossEntropyLoss"
     }

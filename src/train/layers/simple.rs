@@ -18,6 +18,9 @@ impl Relu {
 }
 
 impl Layer for Relu {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "ReLU"
     }
@@ -109,6 +112,9 @@ impl Dropout {
 }
 
 impl Layer for Dropout {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "Dropout"
     }
@@ -179,6 +185,9 @@ impl Threshold {
 }
 
 impl Layer for Threshold {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn allow_force_backward(&self, _i: usize) -> bool {
         // No gradient in Caffe either (it aborts when forced).
         false

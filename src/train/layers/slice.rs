@@ -141,6 +141,9 @@ impl Split {
 }
 
 impl Layer for Split {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "Split"
     }
@@ -169,6 +172,9 @@ impl Layer for Split {
 pub struct Silence;
 
 impl Layer for Silence {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "Silence"
     }

@@ -7,6 +7,7 @@
 //! (`debug`) and read-only views (`inspect`) in their own files.
 mod backward;
 mod debug;
+mod filtered;
 mod inspect;
 mod resume;
 mod weights;
@@ -37,6 +38,19 @@ struct Entry {
     /// Per parameter: the learnable parameter it is, or shares (an index
     /// into [`Net::params`]).
     slots: Vec<usize>,
+    /// Its bottoms' shapes as the layer last saw them, for a layer whose
+    /// bottoms follow a Filter (`None` for the others, whose shapes are
+    /// fixed when the net is built).
+    seen: Option<Vec<Vec<usize>>>,
+}
+
+/// Of a blob whose number of items changes from pass to pass: the Filter
+/// layer that sets it, and that layer's selector blob (two blobs with the
+/// same selector always hold as many items).
+#[derive(Clone, Debug, PartialEq)]
+struct Filtered {
+    filter: String,
+    selector: usize,
 }
 
 /// A learnable parameter's place and multipliers.
@@ -81,6 +95,8 @@ pub struct Net {
     entries: Vec<Entry>,
     blob_names: Vec<String>,
     blob_shapes: Vec<Vec<usize>>,
+    /// Per blob: set when a Filter decides its number of items.
+    filtered: Vec<Option<Filtered>>,
     blobs: Vec<Option<Tensor>>,
     outputs: Vec<usize>,
     /// The learnable parameters: each blob no earlier blob shares.
@@ -182,6 +198,7 @@ impl Net {
             entries: Vec::new(),
             blob_names: Vec::new(),
             blob_shapes: Vec::new(),
+            filtered: Vec::new(),
             blobs: Vec::new(),
             outputs: Vec::new(),
             params: Vec::new(),
@@ -247,6 +264,7 @@ impl Net {
                 ));
             }
             consumed.extend(&bottoms);
+            let follows = net.follows_filter(layer.as_ref(), lp, &bottoms)?;
             let bottom_shapes: Vec<Vec<usize>> = bottoms
                 .iter()
                 .map(|&b| net.blob_shapes[b].clone())
@@ -272,6 +290,9 @@ impl Net {
                 .zip(top_shapes)
                 .map(|(t, shape)| {
                     net.blob_names.push(t.clone());
+                    // A scalar (a loss) has no items to follow.
+                    net.filtered
+                        .push(follows.clone().filter(|_| !shape.is_empty()));
                     net.blob_shapes.push(shape);
                     net.blobs.push(None);
                     let id = net.blob_names.len() - 1;
@@ -347,6 +368,7 @@ impl Net {
                 param_grads: Vec::new(),
                 mults,
                 slots: Vec::new(),
+                seen: follows.is_some().then_some(bottom_shapes),
             });
         }
         if net.entries.is_empty() {
@@ -361,6 +383,7 @@ impl Net {
             .collect();
         net.outputs
             .sort_by(|&a, &b| net.blob_names[a].cmp(&net.blob_names[b]));
+        net.check_filtered_outputs()?;
         net.analyse_backward();
         for e in &mut net.entries {
             e.layer.plan_backward(e.need_backward, &e.param_grads);
@@ -618,6 +641,7 @@ impl Net {
                     })
                 })
                 .collect::<Result<Vec<Tensor>>>()?;
+            e.follow_shapes(&bottom)?;
             let start = Instant::now();
             let tops = e.layer.forward(&bottom, self.phase)?;
             if let Some(t) = &mut self.timing {

@@ -1,0 +1,205 @@
+//! Blobs whose number of items changes from pass to pass, behind a Filter
+//! layer: which layers may read them (those that reshape before each pass,
+//! as every Caffe layer does), the checks that keep the others out with a
+//! clear error when the net is built, and the reshaping before a pass.
+use super::{Entry, Filtered, Net};
+use crate::caffe::proto::LayerParameter;
+use crate::error::{Error, Result};
+use crate::train::layers::{Layer, FOLLOW_FILTER};
+
+impl Net {
+    /// For a layer about to be added with these bottoms: what decides the
+    /// number of items of its tops (`None`: the batch, fixed). Errors when
+    /// the layer reads a filtered blob it cannot follow, or blobs whose item
+    /// counts may differ.
+    pub(super) fn follows_filter(
+        &self,
+        layer: &dyn Layer,
+        lp: &LayerParameter,
+        bottoms: &[usize],
+    ) -> Result<Option<Filtered>> {
+        let lctx = format!("layer '{}'", lp.name());
+        let describe = |b: usize| match &self.filtered[b] {
+            Some(f) => format!(
+                "'{}' holds the items Filter layer '{}' keeps",
+                self.blob_names[b], f.filter
+            ),
+            None => format!("'{}' holds the whole batch", self.blob_names[b]),
+        };
+        if let Some(&first) = bottoms.first() {
+            if let Some(&other) = bottoms[1..]
+                .iter()
+                .find(|&&b| self.filtered[b] != self.filtered[first])
+            {
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "reads blobs whose numbers of items can differ from pass to pass: {}, {}; filter each of them by the same selector",
+                        describe(first),
+                        describe(other)
+                    ),
+                ));
+            }
+        }
+        if layer.type_name() == "Filter" {
+            let selector = *bottoms.last().expect("a Filter has bottoms");
+            return Ok(Some(Filtered {
+                filter: lp.name().to_string(),
+                selector,
+            }));
+        }
+        let Some(f) = bottoms.first().and_then(|&b| self.filtered[b].clone()) else {
+            return Ok(None);
+        };
+        if !layer.any_batch() {
+            return Err(Error::model(
+                &lctx,
+                format!(
+                    "reads '{}', whose number of items Filter layer '{}' changes from pass to pass, and {} layers cannot follow a Filter (these can: {FOLLOW_FILTER})",
+                    self.blob_names[bottoms[0]],
+                    f.filter,
+                    layer.type_name()
+                ),
+            ));
+        }
+        Ok(Some(f))
+    }
+
+    /// Refuses a net output whose number of items changes: `test` and the
+    /// test phases average each output value over passes (Caffe would index
+    /// past its sums).
+    pub(super) fn check_filtered_outputs(&self) -> Result<()> {
+        for &id in &self.outputs {
+            if let Some(f) = &self.filtered[id] {
+                return Err(Error::model(
+                    format!("blob '{}'", self.blob_names[id]),
+                    format!(
+                        "is an output of the net and Filter layer '{}' changes its number of items from pass to pass, so its values cannot be averaged over passes; give it to a layer (a loss, or a Silence layer)",
+                        f.filter
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Errors when the blob named `name` does not hold one row per image
+    /// (a Filter keeps some of them): `what` says what needs the rows.
+    pub fn check_per_item(&self, name: &str, what: &str) -> Result<()> {
+        let found = (0..self.blob_names.len())
+            .rev()
+            .find(|&i| self.blob_names[i] == name);
+        match found.and_then(|i| self.filtered[i].as_ref()) {
+            Some(f) => Err(Error::model(
+                format!("blob '{name}'"),
+                format!(
+                    "holds only the items Filter layer '{}' keeps, not one row per image, as {what} needs",
+                    f.filter
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Entry {
+    /// Before the layer runs on `bottom`: when its bottoms follow a Filter
+    /// and their shapes changed since its last pass, lets it reshape.
+    pub(super) fn follow_shapes(&mut self, bottom: &[candle_core::Tensor]) -> Result<()> {
+        let Some(seen) = &mut self.seen else {
+            return Ok(());
+        };
+        if seen.iter().zip(bottom).all(|(s, t)| s == t.dims()) {
+            return Ok(());
+        }
+        let dims: Vec<Vec<usize>> = bottom.iter().map(|t| t.dims().to_vec()).collect();
+        self.layer.reshape(&dims)?;
+        *seen = dims;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::caffe::proto::{NetParameter, Phase};
+    use crate::train::layers::BuildContext;
+    use crate::train::net::Net;
+
+    const INPUTS: &str = r#"layer { name: "in" type: "Input" top: "x" top: "label" top: "keep"
+  input_param { shape { dim: 4 dim: 2 dim: 3 dim: 3 } shape { dim: 4 } shape { dim: 4 } } }
+layer { name: "select" type: "Filter" bottom: "x" bottom: "label" bottom: "keep" top: "xf" top: "labelf" }
+"#;
+
+    fn build(rest: &str) -> crate::error::Result<Net> {
+        let def: NetParameter = crate::caffe::prototxt::parse(
+            &format!("name: \"f\"\n{INPUTS}{rest}"),
+            std::path::Path::new("f.prototxt"),
+        )
+        .unwrap();
+        Net::new(&def, &BuildContext::cpu(".", 1, Phase::Test), None)
+    }
+
+    #[test]
+    fn layers_that_cannot_follow_a_filter_are_refused_by_name() {
+        let err = build(
+            r#"layer { name: "conv" type: "Convolution" bottom: "xf" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "quiet" type: "Silence" bottom: "c" bottom: "labelf" }
+"#,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("layer 'conv'"), "{err}");
+        assert!(err.contains("Filter layer 'select'"), "{err}");
+        assert!(
+            err.contains("Convolution layers cannot follow a Filter"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn filtered_and_whole_batches_do_not_mix() {
+        let err = build(
+            r#"layer { name: "ip" type: "InnerProduct" bottom: "xf" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+layer { name: "quiet" type: "Silence" bottom: "labelf" }
+"#,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("layer 'loss'"), "{err}");
+        assert!(err.contains("'label' holds the whole batch"), "{err}");
+    }
+
+    #[test]
+    fn a_filtered_output_is_refused_and_a_consumed_one_reshapes_each_pass() {
+        let err = build("").err().unwrap().to_string();
+        assert!(err.contains("is an output of the net"), "{err}");
+        let mut net = build(
+            r#"layer { name: "ip" type: "InnerProduct" bottom: "xf" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "labelf" top: "loss" }
+"#,
+        )
+        .unwrap();
+        assert!(net.check_per_item("ip", "evaluate").is_err());
+        assert!(net.check_per_item("x", "evaluate").is_ok());
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Tensor::ones((4, 2, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        let label = candle_core::Tensor::new(&[0f32, 1.0, 2.0, 1.0], &dev).unwrap();
+        for keep in [[1.0f32, 0.0, 1.0, 1.0], [0.0; 4], [1.0; 4]] {
+            let keep_t = candle_core::Tensor::new(&keep, &dev).unwrap();
+            net.forward_batch(vec![x.clone(), label.clone(), keep_t])
+                .unwrap();
+            let kept = keep.iter().filter(|&&k| k != 0.0).count();
+            assert_eq!(net.blob("ip").unwrap().dims(), [kept, 3]);
+            assert!(net
+                .blob("loss")
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .is_finite());
+        }
+    }
+}
