@@ -107,6 +107,9 @@ fn check_matrix(blob: &BlobProto, path: &Path) -> Result<Vec<f32>> {
 }
 
 impl Layer for InfogainLoss {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn allow_force_backward(&self, i: usize) -> bool {
         // Neither the labels nor an H given as a bottom.
         i == 0

@@ -121,8 +121,8 @@ impl Entry {
 
 #[cfg(test)]
 mod tests {
-    use crate::caffe::proto::{NetParameter, Phase};
-    use crate::train::layers::BuildContext;
+    use crate::caffe::proto::{LayerParameter, NetParameter, Phase};
+    use crate::train::layers::{create, BuildContext, FOLLOW_FILTER};
     use crate::train::net::Net;
 
     const INPUTS: &str = r#"layer { name: "in" type: "Input" top: "x" top: "label" top: "keep"
@@ -137,6 +137,47 @@ layer { name: "select" type: "Filter" bottom: "x" bottom: "label" bottom: "keep"
         )
         .unwrap();
         Net::new(&def, &BuildContext::cpu(".", 1, Phase::Test), None)
+    }
+
+    /// The list the errors give is the layers that say `any_batch`.
+    #[test]
+    fn the_listed_types_are_those_that_follow_a_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = crate::caffe::proto::BlobProto {
+            data: vec![1.0; 4],
+            shape: Some(crate::caffe::proto::BlobShape { dim: vec![2, 2] }),
+            ..Default::default()
+        };
+        std::fs::write(
+            dir.path().join("h.binaryproto"),
+            prost::Message::encode_to_vec(&h),
+        )
+        .unwrap();
+        let ctx = BuildContext::cpu(dir.path(), 1, Phase::Train);
+        let listed: Vec<&str> = FOLLOW_FILTER
+            .split(", ")
+            .map(|t| t.split(' ').next().unwrap())
+            .collect();
+        assert!(listed.len() > 20, "{listed:?}");
+        for ty in listed
+            .iter()
+            .chain(&["Convolution", "Pooling", "BatchNorm", "HingeLoss"])
+        {
+            let extra = match *ty {
+                "InnerProduct" => "inner_product_param { num_output: 2 }",
+                "Convolution" => "convolution_param { num_output: 2 kernel_size: 1 }",
+                "InfogainLoss" => "infogain_loss_param { source: \"h.binaryproto\" }",
+                "Clip" => "clip_param { min: 0 max: 1 }",
+                _ => "",
+            };
+            let lp: LayerParameter = crate::caffe::prototxt::parse(
+                &format!("name: \"l\" type: \"{ty}\" {extra}"),
+                std::path::Path::new("l"),
+            )
+            .unwrap();
+            let layer = create(&lp, &ctx, 0).unwrap();
+            assert_eq!(layer.any_batch(), listed.contains(ty), "{ty}");
+        }
     }
 
     #[test]
