@@ -245,6 +245,34 @@ fn mutated_recurrent_nets_build_or_fail_cleanly() {
     );
 }
 
+/// A head behind a Filter whose selector (a Threshold of fresh Gaussian
+/// draws) keeps a different number of items every pass, none at times.
+const FILTER_NET: &str = r#"name: "filtered"
+layer { name: "d" type: "DummyData" top: "x" top: "score" top: "label"
+  dummy_data_param { shape { dim: 6 dim: 3 dim: 2 } shape { dim: 6 } shape { dim: 6 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "gaussian" std: 1 }
+    data_filler { type: "constant" value: 1 } } }
+layer { name: "pick" type: "Threshold" bottom: "score" top: "pick" threshold_param { threshold: 0.5 } }
+layer { name: "sel" type: "Filter" bottom: "x" bottom: "label" bottom: "pick" top: "xf" top: "lf" }
+layer { name: "flat" type: "Reshape" bottom: "xf" top: "f" reshape_param { shape { dim: 0 dim: -1 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "f" top: "fc"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "cat" type: "Concat" bottom: "fc" bottom: "f" top: "cat" concat_param { axis: 1 } }
+layer { name: "fc2" type: "InnerProduct" bottom: "cat" top: "fc2" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "lf" top: "loss"
+  propagate_down: true propagate_down: false }
+"#;
+
+#[test]
+fn mutated_filter_nets_build_or_fail_cleanly() {
+    let (refused, failed, trained) = mutate_and_train(FILTER_NET, 13, 120);
+    eprintln!("filter nets: {refused} of 120 refused, {failed} failed training, {trained} trained");
+    assert!(
+        refused >= 20 && trained >= 5,
+        "{refused} refused, {failed} failed, {trained} trained"
+    );
+}
+
 #[test]
 fn mutated_weights_and_solver_states_load_or_fail_cleanly() {
     let t = tempfile::tempdir().unwrap();
