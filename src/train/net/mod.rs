@@ -327,6 +327,21 @@ impl Net {
                 ));
             }
             let n_params = layer.params().len();
+            if let Some(p) = layer.params().iter().find(|p| p.elem_count() == 0) {
+                // Nothing to learn, and an update of nothing is no update.
+                return Err(Error::model(
+                    &lctx,
+                    format!(
+                        "has a learnable blob of shape {:?}, which holds no values; check the shapes of its bottoms ({})",
+                        p.dims(),
+                        bottom_shapes
+                            .iter()
+                            .map(|s| format!("{s:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
             if lp.param.len() > n_params {
                 return Err(Error::model(
                     &lctx,
