@@ -359,6 +359,7 @@ pub fn run(
     } else if opts.probe {
         let p = crate::train::probe::probe(&crate::train::probe::ProbeOptions {
             solver: &solver_path,
+            state: &crate::caffe::net_state::DEFAULT_STATE,
             weights: &[weights.as_path()],
             base_dir: Path::new("."),
             out: crate::fsutil::parent_dir(&final_model).as_path(),

@@ -263,6 +263,7 @@ fn the_probe_trains_as_a_frozen_finetune_does() {
     let run = |tensor_ops: bool, out: &str| {
         probe(&ProbeOptions {
             solver: Path::new("solver.prototxt"),
+            state: &flickr_style::caffe::net_state::DEFAULT_STATE,
             weights: &[init.as_path()],
             base_dir: &dir,
             out: &t.path().join(out),

@@ -1103,6 +1103,41 @@ fn stage_flags_pick_a_variant_of_one_net_file_as_caffes_tools_do() {
         out.contains("| prob | Softmax |") && !out.contains("| loss |"),
         "{out}"
     );
+
+    // `probe --stage train`: the training stage picks the data layer the
+    // classifier learns from, the solver's test_state the test images, and
+    // the classifier trains as it does on the phase-ruled file.
+    let probe = |cwd: &Path, solver: &str, out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec!["probe", "--solver", solver, "--weights"];
+        args.extend_from_slice(&[init.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        args.extend_from_slice(&["--max-iter", "20"]);
+        args.extend_from_slice(extra);
+        let (ok, stdout, err) = common::run(cwd, &args);
+        (ok, stdout, err, out)
+    };
+    let (ok, _, err, _) = probe(dir, "solver.prototxt", "probe_none", &[]);
+    assert!(!ok);
+    assert!(err.contains("--stage"), "{err}");
+    let (ok, want, err, plain) = probe(&fixture, "solver.prototxt", "probe_phases", &[]);
+    assert!(ok, "{err}");
+    let (ok, got, err, staged) = probe(
+        dir,
+        "solver.prototxt",
+        "probe_stages",
+        &["--stage", "train"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        got.replace(&*staged.to_string_lossy(), ""),
+        want.replace(&*plain.to_string_lossy(), "")
+    );
+    let fc8 = |out: &Path| {
+        let model = read_caffemodel(&out.join("probe.caffemodel")).unwrap();
+        let l = model.layer.iter().find(|l| l.name() == "fc8").unwrap();
+        l.blobs.iter().map(|b| b.values()).collect::<Vec<_>>()
+    };
+    assert_eq!(fc8(&staged), fc8(&plain));
 }
 
 /// Recurrent layers (an LSTM, and an RNN reading it, both feeding the

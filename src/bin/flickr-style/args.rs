@@ -882,6 +882,8 @@ pub(crate) struct ProbeArgs {
     #[arg(long)]
     pub(crate) metrics: Option<PathBuf>,
     #[command(flatten)]
+    pub(crate) state: NetStateArgs,
+    #[command(flatten)]
     pub(crate) device: DeviceArgs,
 }
 

@@ -623,8 +623,10 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
     flickr_style::train::compute::set_tf32(a.device.tf32);
     let stop = stop_on_ctrl_c("Stopping after this iteration")?;
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
+    let state = a.state.flags();
     let p = probe(&ProbeOptions {
         solver: &a.solver,
+        state: &state,
         weights: &weights,
         base_dir: Path::new("."),
         out: &a.out,

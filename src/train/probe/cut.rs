@@ -1,6 +1,8 @@
 //! Where the probe cuts the recipe's net, and the nets on either side: the
 //! one that saves the features of the training images, and the probe's own.
-use crate::caffe::proto::{data_parameter::Db, DataParameter, LayerParameter, NetParameter, Phase};
+use crate::caffe::proto::{
+    data_parameter::Db, DataParameter, LayerParameter, NetParameter, NetState, Phase,
+};
 use crate::error::{Error, Result};
 use crate::train::net::included;
 use std::path::Path;
@@ -22,10 +24,11 @@ pub(super) struct Cut {
 /// Finds the classifier (the InnerProduct or Convolution layer whose output
 /// the TRAIN net's loss reads), the blob it reads, the labels and the data
 /// layers.
-pub(super) fn cut(def: &NetParameter, net: &Path) -> Result<Cut> {
+/// `states` are the TRAIN and TEST nets' states.
+pub(super) fn cut(def: &NetParameter, net: &Path, states: [&NetState; 2]) -> Result<Cut> {
     let ctx = net.display().to_string();
-    let state = |phase: Phase| crate::caffe::net_state::state_of(def, phase, None);
-    let in_phase = |l: &LayerParameter, p: Phase| included(l, &state(p));
+    let in_phase =
+        |l: &LayerParameter, p: Phase| included(l, states[usize::from(p == Phase::Test)]);
     let data = |p: Phase| {
         let found: Vec<usize> = def
             .layer
@@ -39,9 +42,14 @@ pub(super) fn cut(def: &NetParameter, net: &Path) -> Result<Cut> {
             _ => Err(Error::model(
                 &ctx,
                 format!(
-                    "the probe needs one Data or ImageData layer with a label top in the {} phase (found {})",
+                    "the probe needs one Data or ImageData layer with a label top in the {} phase (found {}{})",
                     if p == Phase::Train { "TRAIN" } else { "TEST" },
-                    found.len()
+                    found.len(),
+                    if found.is_empty() && def.layer.iter().any(|l| l.include.iter().any(|r| !r.stage.is_empty() || r.min_level.is_some() || r.max_level.is_some())) {
+                        "; the net's rules ask for stages or levels: give --stage/--level, or the solver's train_state/test_state"
+                    } else {
+                        ""
+                    }
                 ),
             )),
         }
@@ -186,6 +194,16 @@ mod tests {
     use super::*;
     use crate::caffe::prototxt;
 
+    /// The cut with each phase's own state (no solver states).
+    fn cut_plain(def: &NetParameter) -> Result<Cut> {
+        let state = |p| crate::caffe::net_state::state_of(def, p, None);
+        cut(
+            def,
+            Path::new("n"),
+            [&state(Phase::Train), &state(Phase::Test)],
+        )
+    }
+
     fn parse(text: &str) -> NetParameter {
         prototxt::parse(text, Path::new("net.prototxt")).unwrap()
     }
@@ -209,7 +227,7 @@ layer { name: "accuracy" type: "Accuracy" bottom: "fc8" bottom: "label" top: "ac
     #[test]
     fn the_cut_is_at_the_classifier_that_feeds_the_loss() {
         let def = parse(NET);
-        let c = cut(&def, Path::new("n")).unwrap();
+        let c = cut_plain(&def).unwrap();
         assert_eq!(
             c,
             Cut {
@@ -251,7 +269,7 @@ layer { name: "c2" type: "InnerProduct" bottom: "mid" top: "deep" inner_product_
 "#
         );
         let def = parse(&text);
-        let c = cut(&def, Path::new("n")).unwrap();
+        let c = cut_plain(&def).unwrap();
         assert_eq!(def.layer[c.classifier].name(), "classifier");
         assert_eq!(c.feature, "deep");
         let p = probe_net_def(&def, &c, Path::new("/t"), Path::new("/s"), Path::new("n")).unwrap();
@@ -269,7 +287,7 @@ layer { name: "c2" type: "InnerProduct" bottom: "mid" top: "deep" inner_product_
   param { lr_mult: 10 } inner_product_param { num_output: 2 } }"#,
             r#"layer { name: "fc8" type: "Sigmoid" bottom: "fc7" top: "fc8" }"#,
         );
-        let e = cut(&parse(&no_ip), Path::new("n")).unwrap_err().to_string();
+        let e = cut_plain(&parse(&no_ip)).unwrap_err().to_string();
         assert!(
             e.contains("no InnerProduct or Convolution layer makes"),
             "{e}"
@@ -278,14 +296,10 @@ layer { name: "c2" type: "InnerProduct" bottom: "mid" top: "deep" inner_product_
             r#"layer { name: "data" type: "ImageData" top: "data" top: "label" include { phase: TEST }"#,
             r#"layer { name: "other" type: "ImageData" top: "x" top: "y" include { phase: TEST }"#,
         );
-        let e = cut(&parse(&shared), Path::new("n"))
-            .unwrap_err()
-            .to_string();
+        let e = cut_plain(&parse(&shared)).unwrap_err().to_string();
         assert!(e.contains("TEST phase"), "{e}");
         let no_loss = NET.replace("SoftmaxWithLoss", "Softmax");
-        let e = cut(&parse(&no_loss), Path::new("n"))
-            .unwrap_err()
-            .to_string();
+        let e = cut_plain(&parse(&no_loss)).unwrap_err().to_string();
         assert!(e.contains("no SoftmaxWithLoss"), "{e}");
         // A layer after the classifier that reads an earlier blob.
         let side = NET.replace(
@@ -293,7 +307,7 @@ layer { name: "c2" type: "InnerProduct" bottom: "mid" top: "deep" inner_product_
             r#"bottom: "fc8" bottom: "data" top: "accuracy""#,
         );
         let def = parse(&side);
-        let c = cut(&def, Path::new("n")).unwrap();
+        let c = cut_plain(&def).unwrap();
         let e = probe_net_def(&def, &c, Path::new("/t"), Path::new("/s"), Path::new("n"))
             .unwrap_err()
             .to_string();

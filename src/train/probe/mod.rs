@@ -22,6 +22,7 @@ use super::net::Net;
 use super::solver::{Solver, SolverOptions, TestResult};
 use super::tta::Tta;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
+use crate::caffe::net_state::{state_of, StateFlags};
 use crate::caffe::proto::{NetParameter, Phase, SolverParameter};
 use crate::caffe::{prototxt, write_binary};
 use crate::error::{Error, Result};
@@ -36,6 +37,11 @@ use std::sync::Arc;
 pub struct ProbeOptions<'a> {
     /// The recipe's solver prototxt (its `net` holds both phases).
     pub solver: &'a Path,
+    /// Stages and level for the training net, joined to the solver's
+    /// `train_state` as `finetune` joins them (the test net keeps the
+    /// solver's `test_state`): for a net file whose variants are told
+    /// apart by stage.
+    pub state: &'a crate::caffe::net_state::StateFlags,
     /// Pretrained weights, loaded by layer name in turn.
     pub weights: &'a [&'a Path],
     /// Where relative paths resolve (Caffe: the current folder).
@@ -95,7 +101,8 @@ pub struct Probe {
 /// `o.weights` and returns the whole net with it.
 pub fn probe(o: &ProbeOptions) -> Result<Probe> {
     let solver_path = o.base_dir.join(o.solver);
-    let param: SolverParameter = prototxt::read(&solver_path)?;
+    let mut param: SolverParameter = prototxt::read(&solver_path)?;
+    o.state.apply_to_solver(&mut param);
     let ctx = format!("solver {}", o.solver.display());
     let net_file =
         match (&param.net, &param.train_net, &param.test_net[..]) {
@@ -120,7 +127,20 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
         .collect::<Result<_>>()?;
     let weight_refs: Vec<&Path> = weights.iter().map(PathBuf::as_path).collect();
     let def = read_net_prototxt(&net_path)?;
-    let cut = cut(&def, &net_path)?;
+    // Each phase's layers as the solver picks them: its train_state (with
+    // the flags) for the training net, its first test_state for the test
+    // net, whose layers also save the features (the TEST transform).
+    let train_state = state_of(&def, Phase::Train, param.train_state.as_ref());
+    let test_state = state_of(&def, Phase::Test, param.test_state.first());
+    let cut = cut(&def, &net_path, [&train_state, &test_state])?;
+    let test_def = NetParameter {
+        state: Some(test_state.clone()),
+        ..def.clone()
+    };
+    let test_flags = StateFlags {
+        level: test_state.level(),
+        stages: Vec::new(),
+    };
     let mut compute = Compute::for_solver(o.device, &param)?;
     compute.tensor_ops |= o.tensor_ops;
     compute.fused |= o.fused && compute.tensor_ops;
@@ -161,7 +181,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
                 def,
                 &FeatureOptions {
                     model: &net_path,
-                    state: &crate::caffe::net_state::DEFAULT_STATE,
+                    state: &test_flags,
                     weights: &weight_refs,
                     base_dir: &base,
                     compute: &compute,
@@ -189,7 +209,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
         );
     }
     let train = save(
-        &reading_training_data(&def, &cut),
+        &reading_training_data(&test_def, &cut),
         "train_features",
         o.shuffle.then_some(seed),
         o.views,
@@ -197,7 +217,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
     if o.verbose {
         eprintln!("probe: and for the test images");
     }
-    let test = save(&def, "test_features", None, Tta::None)?;
+    let test = save(&test_def, "test_features", None, Tta::None)?;
 
     let probe_net = out.join("probe_net.prototxt");
     let lmdb = |f: &Features| f.blobs[0].lmdb.clone().expect("saved with an LMDB");
@@ -248,7 +268,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
     // The pretrained net with the trained classifier, as a snapshot of the
     // recipe's training net would hold it.
     let ctx = BuildContext::new(&base, seed, Phase::Train, &compute);
-    let mut whole = Net::new(&def, &ctx, None)?;
+    let mut whole = Net::new(&def, &ctx, param.train_state.as_ref())?;
     for w in weight_refs.iter().copied().chain([head.as_path()]) {
         whole.copy_trained_from(&read_caffemodel(w)?, &w.display().to_string())?;
     }
