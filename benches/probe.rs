@@ -47,6 +47,7 @@ fn main() {
         let t = Instant::now();
         let p = probe(&ProbeOptions {
             solver: Path::new("solver.prototxt"),
+            state: &flickr_style::caffe::net_state::DEFAULT_STATE,
             weights: &[],
             base_dir: dir.path(),
             out: &dir.path().join("probe"),
