@@ -873,8 +873,8 @@ layer {{ name: "gain" type: "Power" bottom: "pool" top: "pool" power_param {{ sc
 /// A multi-task net whose second head trains only on the items a Filter
 /// keeps (class 3, by a Threshold on the label): the fixture's batches
 /// hold 0, 0 and 6 of them in turn, so the head sees empty batches too
-/// (Caffe's FilterLayer gives them zero items; its loss is 0 then and its
-/// Accuracy 0). The net trains, a resume repeats it bit for bit, and the
+/// (which crash Caffe; here its loss and Accuracy are 0 then, and its
+/// gradients zero). The net trains, a resume repeats it bit for bit, and the
 /// tensor-op (GPU) path on the CPU tracks it. `tests/caffe_solvers.rs`
 /// checks a Filter's numbers against Caffe itself.
 #[test]

@@ -10,12 +10,13 @@ use std::time::Instant;
 
 /// Runs `e`'s backward pass on the gradients its tops hold in `diffs`
 /// (taken from there), with its parameter gradients when `params` (else
-/// none); `None` when no gradient reaches its tops.
+/// none), on `device`; `None` when no gradient reaches its tops.
 fn layer_backward(
     e: &mut Entry,
     blobs: &[Option<Tensor>],
     diffs: &mut [Option<Tensor>],
     params: bool,
+    device: &candle_core::Device,
 ) -> Result<Option<Grads>> {
     let top_diff: Vec<Option<Tensor>> = e.tops.iter().map(|&t| diffs[t].take()).collect();
     if top_diff.iter().all(Option::is_none) {
@@ -31,6 +32,9 @@ fn layer_backward(
     } else {
         vec![false; e.param_grads.len()]
     };
+    if let Some(grads) = e.empty_backward(&param_grad, device)? {
+        return Ok(Some(grads));
+    }
     Ok(Some(e.layer.backward(&BackwardArgs {
         bottom: &gather(&e.bottoms),
         top: &gather(&e.tops),
@@ -152,7 +156,9 @@ impl Net {
                 continue;
             }
             let start = Instant::now();
-            let Some((bgrads, pgrads)) = layer_backward(e, &self.blobs, &mut diffs, true)? else {
+            let Some((bgrads, pgrads)) =
+                layer_backward(e, &self.blobs, &mut diffs, true, &self.device)?
+            else {
                 // No loss below this layer (a layer forced to run backward
                 // that feeds no loss): its gradients are all zero.
                 continue;
@@ -259,7 +265,9 @@ impl Net {
                 // Every reader of the target comes after its producer.
                 break;
             }
-            if let Some((bgrads, _)) = layer_backward(e, &self.blobs, &mut diffs, false)? {
+            if let Some((bgrads, _)) =
+                layer_backward(e, &self.blobs, &mut diffs, false, &self.device)?
+            {
                 add_bottom_grads(&e.bottoms, bgrads, &mut diffs)?;
             }
         }

@@ -5,7 +5,9 @@
 use super::{Entry, Filtered, Net};
 use crate::caffe::proto::LayerParameter;
 use crate::error::{Error, Result};
+use crate::train::layers::Grads;
 use crate::train::layers::{Layer, FOLLOW_FILTER};
+use candle_core::{DType, Tensor};
 
 impl Net {
     /// For a layer about to be added with these bottoms: what decides the
@@ -104,18 +106,59 @@ impl Net {
 
 impl Entry {
     /// Before the layer runs on `bottom`: when its bottoms follow a Filter
-    /// and their shapes changed since its last pass, lets it reshape.
-    pub(super) fn follow_shapes(&mut self, bottom: &[candle_core::Tensor]) -> Result<()> {
+    /// and their shapes changed since its last pass, lets it reshape. When
+    /// they hold no items at all, returns the tops the layer would make
+    /// (empty blobs, and 0 for a loss or an accuracy) without running it,
+    /// so no kernel ever sees an empty blob (Caffe crashes on one).
+    pub(super) fn follow_shapes(&mut self, bottom: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
         let Some(seen) = &mut self.seen else {
-            return Ok(());
+            return Ok(None);
         };
-        if seen.iter().zip(bottom).all(|(s, t)| s == t.dims()) {
-            return Ok(());
+        if !seen.bottoms.iter().zip(bottom).all(|(s, t)| s == t.dims()) {
+            let dims: Vec<Vec<usize>> = bottom.iter().map(|t| t.dims().to_vec()).collect();
+            seen.tops = self.layer.reshape(&dims)?;
+            seen.bottoms = dims;
         }
-        let dims: Vec<Vec<usize>> = bottom.iter().map(|t| t.dims().to_vec()).collect();
-        self.layer.reshape(&dims)?;
-        *seen = dims;
-        Ok(())
+        seen.empty = !bottom.is_empty() && bottom.iter().all(|t| t.elem_count() == 0);
+        if !seen.empty {
+            return Ok(None);
+        }
+        let device = bottom[0].device();
+        let tops = seen
+            .tops
+            .iter()
+            .map(|s| Ok(Tensor::zeros(s.as_slice(), DType::F32, device)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(tops))
+    }
+
+    /// The backward pass of a layer whose last pass was empty: zeros for
+    /// the bottoms and parameters asked for (what the sums over no items
+    /// give); `None` when the last pass was not empty.
+    pub(super) fn empty_backward(
+        &self,
+        param_grad: &[bool],
+        device: &candle_core::Device,
+    ) -> Result<Option<Grads>> {
+        let Some(seen) = self.seen.as_ref().filter(|s| s.empty) else {
+            return Ok(None);
+        };
+        let zeros =
+            |shape: &[usize]| -> Result<Tensor> { Ok(Tensor::zeros(shape, DType::F32, device)?) };
+        let bottoms = seen
+            .bottoms
+            .iter()
+            .zip(&self.propagate)
+            .map(|(s, &p)| p.then(|| zeros(s)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let params = self
+            .layer
+            .params()
+            .iter()
+            .zip(param_grad)
+            .map(|(p, &g)| g.then(|| zeros(p.dims())).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((bottoms, params)))
     }
 }
 
@@ -235,12 +278,14 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "labelf" top: 
                 .unwrap();
             let kept = keep.iter().filter(|&&k| k != 0.0).count();
             assert_eq!(net.blob("ip").unwrap().dims(), [kept, 3]);
-            assert!(net
-                .blob("loss")
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .is_finite());
+            let loss = net.blob("loss").unwrap().to_scalar::<f32>().unwrap();
+            net.clear_grads();
+            net.backward().unwrap();
+            let dw = net.grad(0).unwrap().abs().unwrap().sum_all().unwrap();
+            let dw = dw.to_scalar::<f32>().unwrap();
+            // No items: a 0 loss and zero gradients, without running a kernel.
+            assert_eq!(kept == 0, loss == 0.0, "{loss}");
+            assert_eq!(kept == 0, dw == 0.0, "{dw}");
         }
     }
 }

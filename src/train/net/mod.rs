@@ -38,10 +38,19 @@ struct Entry {
     /// Per parameter: the learnable parameter it is, or shares (an index
     /// into [`Net::params`]).
     slots: Vec<usize>,
-    /// Its bottoms' shapes as the layer last saw them, for a layer whose
-    /// bottoms follow a Filter (`None` for the others, whose shapes are
-    /// fixed when the net is built).
-    seen: Option<Vec<Vec<usize>>>,
+    /// For a layer whose bottoms follow a Filter: the shapes of its last
+    /// pass (`None` for the others, whose shapes are fixed when the net is
+    /// built).
+    seen: Option<Seen>,
+}
+
+/// The shapes a layer behind a Filter last saw and made.
+struct Seen {
+    bottoms: Vec<Vec<usize>>,
+    tops: Vec<Vec<usize>>,
+    /// The last pass had no items: the layer did not run, its tops were
+    /// zeros, and its backward pass gives zeros.
+    empty: bool,
 }
 
 /// Of a blob whose number of items changes from pass to pass: the Filter
@@ -270,6 +279,11 @@ impl Net {
                 .map(|&b| net.blob_shapes[b].clone())
                 .collect();
             let top_shapes = layer.setup(&bottom_shapes)?;
+            let seen = follows.is_some().then(|| Seen {
+                bottoms: bottom_shapes.clone(),
+                tops: top_shapes.clone(),
+                empty: false,
+            });
             for (t, shape) in lp.top.iter().zip(&top_shapes) {
                 checked_count(shape, &lctx, &format!("top '{t}'"))?;
             }
@@ -383,7 +397,7 @@ impl Net {
                 param_grads: Vec::new(),
                 mults,
                 slots: Vec::new(),
-                seen: follows.is_some().then_some(bottom_shapes),
+                seen,
             });
         }
         if net.entries.is_empty() {
@@ -656,9 +670,12 @@ impl Net {
                     })
                 })
                 .collect::<Result<Vec<Tensor>>>()?;
-            e.follow_shapes(&bottom)?;
+            let empty = e.follow_shapes(&bottom)?;
             let start = Instant::now();
-            let tops = e.layer.forward(&bottom, self.phase)?;
+            let tops = match empty {
+                Some(tops) => tops,
+                None => e.layer.forward(&bottom, self.phase)?,
+            };
             if let Some(t) = &mut self.timing {
                 self.device.synchronize()?;
                 t[li].0 += start.elapsed();
