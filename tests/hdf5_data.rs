@@ -83,6 +83,94 @@ fn every_batch_is_caffes_and_a_resume_continues_the_feed() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// Caffe's solver run (`solver` in caffe_hdf5.json): training and test
+/// nets that both shuffle, drawing from the process's one `rand()`.
+#[derive(Deserialize)]
+struct SolverCase {
+    net: String,
+    solver: String,
+    params: Vec<Array>,
+    train_data: Array,
+    test_data: Array,
+}
+
+/// Writes the golden solver's net and solver into `dir` (its lists and
+/// files resolve from the golden folder) with `extra` solver lines.
+fn golden_solver(dir: &Path, case: &SolverCase, extra: &str) -> PathBuf {
+    let net = dir.join("shared_rand.prototxt");
+    std::fs::write(&net, &case.net).unwrap();
+    let solver = dir.join("solver.prototxt");
+    let text = case
+        .solver
+        .replace("shared_rand.prototxt", net.to_str().unwrap())
+        + extra;
+    std::fs::write(&solver, text).unwrap();
+    solver
+}
+
+/// The test net's shuffles (when it is set up, and each time its rows run
+/// out in a test pass) move the training net's feed on, as they do in
+/// Caffe, whose process has one `rand()`: after 12 iterations and 4 test
+/// passes the weights and both nets' last batches are Caffe's. A resume
+/// from a snapshot in the middle (the shared generator and each layer's
+/// orders kept in the sidecar) ends the same.
+#[test]
+fn shuffling_train_and_test_nets_share_one_rand_as_in_caffe() {
+    #[derive(Deserialize)]
+    struct Doc {
+        solver: SolverCase,
+    }
+    let case = common::golden::load::<Doc>("hdf5/caffe_hdf5.json").solver;
+    let t = tempfile::tempdir().unwrap();
+    let solver = golden_solver(t.path(), &case, "snapshot: 6\n");
+    let options = |prefix: &str| {
+        common::solver_options(&folder(), solver.to_str().unwrap(), &t.path().join(prefix))
+    };
+    let check = |s: &flickr_style::train::solver::Solver, what: &str| {
+        for (i, want) in case.params.iter().enumerate() {
+            let got = values(s.train.param(i));
+            let err = common::rel_err(&got, &want.data, 1e-6);
+            assert!(
+                err < 1e-5,
+                "{what}: fc blob {i}: {got:?} vs Caffe's {:?}",
+                want.data
+            );
+        }
+        assert_eq!(
+            values(s.train.blob("data").unwrap()),
+            case.train_data.data,
+            "{what}"
+        );
+        assert_eq!(
+            values(s.tests[0].blob("data").unwrap()),
+            case.test_data.data,
+            "{what}"
+        );
+    };
+    let mut s = flickr_style::train::solver::Solver::new(&options("run")).unwrap();
+    s.solve().unwrap();
+    check(&s, "uninterrupted");
+    let mut r = flickr_style::train::solver::Solver::new(&options("resumed")).unwrap();
+    r.restore(&t.path().join("run_iter_6.solverstate")).unwrap();
+    r.solve().unwrap();
+    check(&r, "resumed at 6");
+
+    // Saved orders that do not fit the files are refused by name.
+    let side = t.path().join("run_iter_6.solverstate.resume.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    let orders = &mut v["train_carried"]["data"];
+    assert_eq!(orders.as_array().unwrap().len(), 3, "{orders}");
+    orders[0] = serde_json::json!([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
+    std::fs::write(&side, v.to_string()).unwrap();
+    let mut bad = flickr_style::train::solver::Solver::new(&options("bad")).unwrap();
+    let err = bad
+        .restore(&t.path().join("run_iter_6.solverstate"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not fit its files"), "{err}");
+}
+
 #[test]
 fn bad_lists_files_and_datasets_are_named() {
     let t = tempfile::tempdir().unwrap();

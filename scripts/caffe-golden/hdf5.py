@@ -6,7 +6,9 @@ Writes tests/data/hdf5/ (argv[1]): a.h5 (7 rows: `data` float32 2x3 per
 row, `label` float64, `counts` int32 pairs), b.h5 (5 rows, the same
 datasets, `data` gzip-compressed in chunks), c.h5 (4 rows), the file lists
 one.txt (a.h5) and three.txt (a.h5 b.h5 c.h5), and caffe_hdf5.json: per
-case, the net and the values of every top for each of its first batches.
+case, the net and the values of every top for each of its first batches;
+and for a solver whose training and test nets both shuffle, the weights
+it trained and the last batch of each net.
 Each case starts from a fresh `srand(1)`, as a fresh Caffe process does
 (HDF5Data shuffles with std::random_shuffle, which draws from rand()).
 `tests/hdf5_data.rs` replays them.
@@ -79,9 +81,44 @@ def run(name, source, batch, shuffle, tops, batches):
     return {"name": name, "prototxt": text, "batches": seen}
 
 
+# A solver whose training and test nets both shuffle: Caffe's process has
+# one rand() sequence, so the test net's shuffles (at set-up, and when its
+# rows run out during the test passes) move the training net's on.
+SOLVER_NET = """name: "shared_rand"
+layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TRAIN }
+  hdf5_data_param { source: "three.txt" batch_size: 3 shuffle: true } }
+layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TEST }
+  hdf5_data_param { source: "three.txt" batch_size: 2 shuffle: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param { num_output: 1 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+SOLVER = ('net: "shared_rand.prototxt"\ntest_iter: 3\ntest_interval: 4\nbase_lr: 0.01\nmomentum: 0.9\n'
+          'lr_policy: "fixed"\nmax_iter: 12\ndisplay: 0\nrandom_seed: 1\nsolver_mode: CPU\n')
+
+
+def run_solver():
+    with open("shared_rand.prototxt", "w") as f:
+        f.write(SOLVER_NET)
+    with open("shared_rand_solver.prototxt", "w") as f:
+        f.write(SOLVER)
+    LIBC.srand(1)
+    solver = caffe.get_solver("shared_rand_solver.prototxt")
+    solver.solve()
+    blob = lambda b: {"shape": list(b.shape), "data": [float(v) for v in b.ravel()]}
+    result = {"net": SOLVER_NET, "solver": SOLVER,
+              "params": [blob(b.data) for b in solver.net.params["fc"]],
+              "train_data": blob(solver.net.blobs["data"].data),
+              "test_data": blob(solver.test_nets[0].blobs["data"].data)}
+    os.unlink("shared_rand.prototxt")
+    os.unlink("shared_rand_solver.prototxt")
+    return result
+
+
 doc = {"provenance": "scripts/caffe-golden/hdf5.py with Caffe " + os.environ.get("CAFFE_VERSION", "(version unknown)")
        + f" and h5py {h5py.__version__}, CPU mode",
-       "cases": [run(n, *c) for n, c in CASES.items()]}
+       "cases": [run(n, *c) for n, c in CASES.items()],
+       "solver": run_solver()}
 with open("caffe_hdf5.json", "w") as f:
     json.dump(doc, f, indent=1)
 print(f"{len(doc['cases'])} HDF5Data cases -> {out}/caffe_hdf5.json")

@@ -15,7 +15,46 @@ pub struct LibcRand {
     at: usize,
 }
 
+/// A `rand()` sequence shared by the nets one process (a solver) builds,
+/// as a process's C library has one.
+pub type SharedLibcRand = std::sync::Arc<std::sync::Mutex<LibcRand>>;
+
+/// A fresh process's `rand()` (as if seeded with 1), to share.
+pub fn shared() -> SharedLibcRand {
+    std::sync::Arc::new(std::sync::Mutex::new(LibcRand::new(1)))
+}
+
+/// Locks a shared generator (a poisoned lock still holds a usable state).
+pub fn lock(rand: &SharedLibcRand) -> std::sync::MutexGuard<'_, LibcRand> {
+    rand.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A generator's whole state, to save beside a snapshot.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LibcRandState {
+    /// The ring of the last 34 words.
+    pub words: Vec<u32>,
+    /// Where the next word goes in the ring.
+    pub at: usize,
+}
+
 impl LibcRand {
+    /// The state to save.
+    pub fn state(&self) -> LibcRandState {
+        LibcRandState {
+            words: self.words.to_vec(),
+            at: self.at,
+        }
+    }
+
+    /// The generator in a saved state (`None` if the state is malformed).
+    pub fn from_state(s: &LibcRandState) -> Option<LibcRand> {
+        Some(LibcRand {
+            words: s.words.as_slice().try_into().ok()?,
+            at: Some(s.at).filter(|&a| a < 34)?,
+        })
+    }
+
     /// The generator after `srand(seed)` (seed 0 counts as 1, as in glibc).
     pub fn new(seed: u32) -> LibcRand {
         let mut r = [0u32; 34];
@@ -67,6 +106,27 @@ impl LibcRand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_state_continues_the_sequence() {
+        let mut g = LibcRand::new(1);
+        for _ in 0..40 {
+            g.rand();
+        }
+        let mut h = LibcRand::from_state(&g.state()).unwrap();
+        let (a, b): (Vec<u32>, Vec<u32>) = (0..50).map(|_| (g.rand(), h.rand())).unzip();
+        assert_eq!(a, b);
+        let bad = LibcRandState {
+            words: vec![1; 33],
+            at: 0,
+        };
+        assert!(LibcRand::from_state(&bad).is_none());
+        let bad = LibcRandState {
+            words: vec![1; 34],
+            at: 34,
+        };
+        assert!(LibcRand::from_state(&bad).is_none());
+    }
 
     #[test]
     fn glibcs_first_outputs_for_seed_1() {

@@ -69,6 +69,9 @@ struct Sidecar {
     /// The nets' Caffe generator (Dropout draws from it on the CPU).
     #[serde(default)]
     caffe_rng: Option<crate::caffe::rng::CaffeRngState>,
+    /// The nets' C-library `rand()` (shuffled HDF5Data layers draw from it).
+    #[serde(default)]
+    libc_rand: Option<crate::caffe::libc_rand::LibcRandState>,
     train_states: BTreeMap<String, u64>,
     test_states: Vec<BTreeMap<String, u64>>,
     /// Values layers carry between forward passes (recurrent layers' last
@@ -99,6 +102,8 @@ pub struct Solver {
     pub tests: Vec<Net>,
     /// The Caffe generator the nets share (saved with each snapshot).
     caffe_rng: crate::caffe::rng::SharedCaffeRng,
+    /// The nets' shared `rand()` (see [`BuildContext::libc_rand`]).
+    libc_rand: crate::caffe::libc_rand::SharedLibcRand,
     history: Vec<Tensor>,
     /// With `snapshot_diff` under an adaptive rule: each parameter's last
     /// step (under SGD the history is the step).
@@ -190,10 +195,13 @@ impl Solver {
         // nets draw (their data layers' seeds, their fillers) after the
         // training net, in Caffe's order.
         let caffe_rng = crate::caffe::rng::shared(seed as u32);
+        // And one `rand()`, as Caffe's process has.
+        let libc_rand = crate::caffe::libc_rand::shared();
         let build = |phase| BuildContext {
             rotate90: opts.rotate90,
             augment: opts.augment,
             caffe_rng: caffe_rng.clone(),
+            libc_rand: libc_rand.clone(),
             ..BuildContext::new(&base_dir, seed, phase, &compute)
         };
         let mut log = Logger::new(opts.echo);
@@ -260,6 +268,7 @@ impl Solver {
             train,
             tests,
             caffe_rng,
+            libc_rand,
             history,
             last_steps: Vec::new(),
             iter: 0,
@@ -441,6 +450,16 @@ impl Solver {
                 self.train.restore_carried(&s.train_carried, &what)?;
                 for (t, c) in self.tests.iter_mut().zip(&s.test_carried) {
                     t.restore_carried(c, &what)?;
+                }
+                // After the data layers' replays above, which draw from it.
+                if let Some(st) = &s.libc_rand {
+                    let rand = crate::caffe::libc_rand::LibcRand::from_state(st).ok_or_else(|| {
+                        Error::invalid(
+                            sidecar_path.display(),
+                            "corrupt resume sidecar: the rand() state is malformed; delete this file to resume without it (the weights and history still load, but the run will not repeat the uninterrupted one exactly)",
+                        )
+                    })?;
+                    *crate::caffe::libc_rand::lock(&self.libc_rand) = rand;
                 }
                 self.losses = s.losses;
                 self.smoothed_loss = s.smoothed_loss;
@@ -862,6 +881,7 @@ impl Solver {
         let side = Sidecar {
             iter: self.iter,
             caffe_rng: Some(crate::caffe::rng::lock(&self.caffe_rng).state()),
+            libc_rand: Some(crate::caffe::libc_rand::lock(&self.libc_rand).state()),
             train_states: self.train.states(),
             test_states: self.tests.iter().map(|t| t.states()).collect(),
             train_carried: self.train.carried()?,

@@ -13,15 +13,19 @@
 //! start and after each pass over them, and a file's rows when it is
 //! loaded and each time its rows run out, all with `std::random_shuffle`,
 //! whose `rand()` Caffe never seeds: [`LibcRand`] reproduces it, so a
-//! shuffled feed is Caffe's. (Caffe's process has one `rand()` sequence;
-//! here each layer has its own, the same thing when one layer shuffles,
-//! the usual case: the TRAIN net's.)
+//! shuffled feed is Caffe's. Caffe's process has one `rand()` sequence,
+//! and so do the nets of a solver here ([`BuildContext::libc_rand`]): a
+//! test net that shuffles too moves the training net's order on, as in
+//! Caffe.
 //!
 //! Each file is read whole when its turn comes, as in Caffe. The layer's
 //! resumable state is the number of rows it has delivered: a resume
-//! replays the order (no data is read for that) to the same place.
+//! replays the order (no data is read for that) to the same place; a
+//! shuffled layer also keeps its orders beside snapshots
+//! ([`Layer::carried`]), since with other layers drawing from the same
+//! sequence its draws cannot be replayed alone.
 use super::{BackwardArgs, BuildContext, Grads, Layer};
-use crate::caffe::libc_rand::LibcRand;
+use crate::caffe::libc_rand::{lock, SharedLibcRand};
 use crate::caffe::proto::{LayerParameter, Phase};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -31,7 +35,6 @@ use std::path::PathBuf;
 /// permutations), apart from the data itself.
 #[derive(Clone, Debug)]
 struct Cursor {
-    rand: LibcRand,
     file_order: Vec<usize>,
     /// Index into `file_order`.
     file: usize,
@@ -50,6 +53,8 @@ pub struct Hdf5Data {
     datasets: Vec<(String, Vec<usize>)>,
     batch: usize,
     shuffle: bool,
+    /// The process's `rand()`, which the shuffles draw from.
+    rand: SharedLibcRand,
     /// The cursor right after set-up (a resume replays from it).
     start: Cursor,
     cursor: Cursor,
@@ -133,17 +138,20 @@ impl Hdf5Data {
             rows.push(n);
         }
         let shuffle = p.shuffle();
-        let mut rand = LibcRand::new(1);
+        // Caffe's set-up draws: the file order, then the first file's rows.
         let mut file_order: Vec<usize> = (0..files.len()).collect();
-        if shuffle {
-            rand.shuffle(&mut file_order);
-        }
-        let mut row_order: Vec<usize> = (0..rows[file_order[0]]).collect();
-        if shuffle {
-            rand.shuffle(&mut row_order);
+        let mut row_order: Vec<usize> = Vec::new();
+        {
+            let mut rand = lock(&ctx.libc_rand);
+            if shuffle {
+                rand.shuffle(&mut file_order);
+            }
+            row_order.extend(0..rows[file_order[0]]);
+            if shuffle {
+                rand.shuffle(&mut row_order);
+            }
         }
         let start = Cursor {
-            rand,
             file_order,
             file: 0,
             row_order,
@@ -156,6 +164,7 @@ impl Hdf5Data {
             datasets,
             batch: p.batch_size() as usize,
             shuffle,
+            rand: ctx.libc_rand.clone(),
             cursor: start.clone(),
             start,
             loaded: None,
@@ -172,23 +181,24 @@ impl Hdf5Data {
         if c.row < c.row_order.len() {
             return;
         }
+        let mut rand = lock(&self.rand);
         if self.files.len() > 1 {
             c.file += 1;
             if c.file == self.files.len() {
                 c.file = 0;
                 if self.shuffle {
-                    c.rand.shuffle(&mut c.file_order);
+                    rand.shuffle(&mut c.file_order);
                 }
             }
             // Loading a file starts its rows in order (shuffled if asked).
             c.row_order = (0..self.rows[c.file_order[c.file]]).collect();
             if self.shuffle {
-                c.rand.shuffle(&mut c.row_order);
+                rand.shuffle(&mut c.row_order);
             }
         }
         c.row = 0;
         if self.shuffle {
-            c.rand.shuffle(&mut c.row_order);
+            rand.shuffle(&mut c.row_order);
         }
     }
 
@@ -211,6 +221,34 @@ impl Hdf5Data {
         }
         Ok(&self.loaded.as_ref().expect("loaded").1)
     }
+}
+
+/// Indices as f32 pairs (high and low 16 bits), exact for any index below
+/// 2^40, for [`Layer::carried`].
+fn encode(indices: &[usize]) -> Vec<f32> {
+    indices
+        .iter()
+        .flat_map(|&i| [(i >> 16) as f32, (i & 0xffff) as f32])
+        .collect()
+}
+
+/// What [`encode`] made (a value that is not a whole number, or an odd
+/// count, gives an index no file has, which the caller refuses).
+fn decode(values: &[f32]) -> Vec<usize> {
+    if values.len() % 2 != 0 {
+        return vec![usize::MAX];
+    }
+    values
+        .chunks(2)
+        .map(|p| {
+            let whole =
+                |v: f32| (v >= 0.0 && v.fract() == 0.0 && v < 16_777_216.0).then_some(v as usize);
+            match (whole(p[0]), whole(p[1])) {
+                (Some(hi), Some(lo)) if lo < 1 << 16 => (hi << 16) | lo,
+                _ => usize::MAX,
+            }
+        })
+        .collect()
 }
 
 /// The shape of one row of dataset `top` in the first file the list
@@ -377,11 +415,64 @@ impl Layer for Hdf5Data {
         Some(self.cursor.delivered)
     }
     fn restore_state(&mut self, state: u64) {
+        // Exact alone; with other layers shuffling too, the orders and the
+        // shared sequence saved beside the snapshot then replace the result.
         self.last.clear();
         self.cursor = self.start.clone();
         for _ in 0..state {
             self.advance();
         }
+    }
+    fn carried(&self) -> Result<Vec<Vec<f32>>> {
+        if !self.shuffle {
+            return Ok(Vec::new());
+        }
+        let c = &self.cursor;
+        Ok(vec![
+            encode(&c.file_order),
+            encode(&[c.file, c.row]),
+            encode(&c.row_order),
+        ])
+    }
+    fn restore_carried(&mut self, values: &[Vec<f32>]) -> Result<()> {
+        let bad = || {
+            Error::model(
+                "an HDF5Data layer",
+                "the shuffled orders saved beside the snapshot do not fit its files (were the files or the list changed?)",
+            )
+        };
+        let [files, place, rows] = values else {
+            return Err(bad());
+        };
+        let (file_order, place, row_order) = (decode(files), decode(place), decode(rows));
+        let is_permutation = |v: &[usize], n: usize| {
+            let mut seen = vec![false; n];
+            v.len() == n
+                && v.iter()
+                    .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
+        };
+        let (&[file, row], true) = (
+            place.as_slice(),
+            is_permutation(&file_order, self.files.len()),
+        ) else {
+            return Err(bad());
+        };
+        let rows_in = |f: usize| self.rows[file_order[f]];
+        if file >= file_order.len()
+            || !is_permutation(&row_order, rows_in(file))
+            || row >= row_order.len()
+        {
+            return Err(bad());
+        }
+        let delivered = self.cursor.delivered;
+        self.cursor = Cursor {
+            file_order,
+            file,
+            row_order,
+            row,
+            delivered,
+        };
+        Ok(())
     }
     fn source_len(&self) -> Option<usize> {
         Some(self.rows.iter().sum())

@@ -191,6 +191,10 @@ pub struct BuildContext {
     /// Caffe's: data layers draw their own seeds and skips from it in
     /// Caffe's order, so their crops, mirrors and list orders are Caffe's.
     pub caffe_rng: crate::caffe::rng::SharedCaffeRng,
+    /// The C library's `rand()` of the process, which Caffe's HDF5Data
+    /// layers shuffle with: shared by the nets of a solver, as the layers
+    /// of Caffe's nets share one.
+    pub libc_rand: crate::caffe::libc_rand::SharedLibcRand,
     /// On the CPU, Dropout draws Caffe's masks from `caffe_rng` (on a GPU,
     /// and with this off, from its own per-pass streams, which the fused
     /// kernel and its CPU twin share).
@@ -256,6 +260,7 @@ impl BuildContext {
             seed,
             // Caffe converts random_seed to its 32-bit unsigned seed.
             caffe_rng: crate::caffe::rng::shared(seed as u32),
+            libc_rand: crate::caffe::libc_rand::shared(),
             caffe_dropout: true,
             phase,
             device: compute.device.clone(),
