@@ -8,6 +8,7 @@
 use super::heads::main_loss;
 use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Layer types that read labels and so have no place in a deploy net.
@@ -70,19 +71,37 @@ pub fn deploy_net(
             "has no SoftmaxWithLoss or InfogainLoss layer to say which blob holds the class scores",
         ));
     };
+    // A Filter (training a head on the images that have its label, say)
+    // has no place where every image is scored: the layers after it read
+    // the blobs it filtered, whole.
+    let mut unfiltered: HashMap<String, String> = HashMap::new();
+    let mut filters = Vec::new();
     for l in &layers {
         if std::ptr::eq(*l, data) {
+            continue;
+        }
+        let mut l = (*l).clone();
+        for b in l.bottom.iter_mut().chain(l.top.iter_mut()) {
+            if let Some(whole) = unfiltered.get(b) {
+                *b = whole.clone();
+            }
+        }
+        if l.r#type() == "Filter" {
+            for (t, b) in l.top.iter().zip(&l.bottom) {
+                unfiltered.insert(t.clone(), b.clone());
+            }
+            filters.push(l.name().to_string());
             continue;
         }
         let reads_labels = label_top.is_some_and(|t| l.bottom.contains(t));
         if LABEL_LAYERS.contains(&l.r#type()) || reads_labels {
             continue;
         }
-        let mut l = (*l).clone();
         l.include.clear();
         l.exclude.clear();
         out.layer.push(l);
     }
+    let scores = unfiltered.get(&scores).cloned().unwrap_or(scores);
     // Only what the main head's scores depend on: GoogLeNet's auxiliary
     // heads, say, have no place in a deploy net.
     let mut needed = std::collections::HashSet::from([scores.clone()]);
@@ -112,6 +131,12 @@ pub fn deploy_net(
         .filter(|l| matches!(l.r#type(), "CyclicSlice" | "CyclicPool"))
         .map(|l| l.name())
         .collect();
+    if !filters.is_empty() {
+        comment += &format!(
+            "# Filter layer(s) {} left out: every input image is scored.\n",
+            filters.join(", ")
+        );
+    }
     if !ours.is_empty() {
         comment += &format!(
             "# Layers {} are flickr-style's own (cyclic pooling): Caffe and OpenCV cannot run this net; flickr-style classify can.\n",
@@ -234,5 +259,45 @@ layer {{ name: "relu2" type: "ReLU" bottom: "deep" top: "deep" }}
         let names: Vec<&str> = net.layer.iter().map(|l| l.name()).collect();
         assert_eq!(names, ["data", "c1", "c2", "relu2", "classifier", "prob"]);
         assert_eq!(net.layer[5].bottom, ["classifier"]);
+    }
+
+    /// A head trained behind a Filter scores every image when deployed: the
+    /// Filter is left out and the layers after it (an in-place one too)
+    /// read the blob it filtered.
+    #[test]
+    fn filters_are_left_out_and_their_blobs_read_whole() {
+        let net = |filtered: bool| {
+            let (select, fc, relu, loss) = if filtered {
+                (
+                    r#"layer { name: "select" type: "Filter" bottom: "feat" bottom: "label" bottom: "label" top: "featf" top: "labelf" }"#,
+                    "featf",
+                    "featf",
+                    "labelf",
+                )
+            } else {
+                ("", "feat", "feat", "label")
+            };
+            format!(
+                r#"layer {{ name: "data" type: "ImageData" top: "data" top: "label" include {{ phase: TEST }}
+  image_data_param {{ source: "t.txt" batch_size: 2 new_height: 8 new_width: 8 }} }}
+layer {{ name: "feat" type: "InnerProduct" bottom: "data" top: "feat" inner_product_param {{ num_output: 4 }} }}
+{select}
+layer {{ name: "relu" type: "ReLU" bottom: "{relu}" top: "{relu}" }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "{fc}" top: "fc" inner_product_param {{ num_output: 3 }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "{loss}" top: "loss" propagate_down: true propagate_down: false }}
+"#
+            )
+        };
+        let deploy = |text: &str| {
+            let def: NetParameter = crate::caffe::prototxt::parse(text, Path::new("n")).unwrap();
+            deploy_net(&def, 1, Path::new("n"), Path::new(".")).unwrap()
+        };
+        let (want, _) = deploy(&net(false));
+        let (got, comment) = deploy(&net(true));
+        assert_eq!(got, want);
+        assert!(
+            comment.contains("Filter layer(s) select left out"),
+            "{comment}"
+        );
     }
 }

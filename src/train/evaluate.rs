@@ -154,9 +154,12 @@ impl Reader {
             }
         };
         if let Some((scores, label)) = blobs {
-            net.check_per_item(scores, "scoring each image")?;
+            net.check_per_item(
+                scores,
+                "scoring each image (`deploy` writes a net without Filters, for `classify --mean`)",
+            )?;
             if !label.is_empty() {
-                net.check_per_item(label, "scoring each image")?;
+                net.check_per_item(label, "scoring each image (`deploy` writes a net without Filters, for `classify --mean`)")?;
             }
             return Ok(Reader {
                 layer: None,
@@ -184,7 +187,10 @@ impl Reader {
             _ => layer.softmax_param.as_ref().map(|p| p.axis()),
         };
         for blob in &layer.bottom[..2] {
-            net.check_per_item(blob, "scoring each image")?;
+            net.check_per_item(
+                blob,
+                "scoring each image (`deploy` writes a net without Filters, for `classify --mean`)",
+            )?;
         }
         Ok(Reader {
             layer: Some(layer.name().to_string()),
