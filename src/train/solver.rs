@@ -433,12 +433,15 @@ impl Solver {
             Ok(text) => {
                 let s: Sidecar = serde_json::from_str(&text)
                     .map_err(|e| Error::invalid(sidecar_path.display(), format!("corrupt resume sidecar: {e}")))?;
+                let corrupt = |what: &str| {
+                    Error::invalid(
+                        sidecar_path.display(),
+                        format!("corrupt resume sidecar: {what}; delete this file to resume without it (the weights and history still load, but the run will not repeat the uninterrupted one exactly)"),
+                    )
+                };
                 if let Some(st) = &s.caffe_rng {
                     let rng = crate::caffe::rng::CaffeRng::from_state(st).ok_or_else(|| {
-                        Error::invalid(
-                            sidecar_path.display(),
-                            "corrupt resume sidecar: the random generator's state does not hang together; delete this file to resume without it (the weights and history still load, but the run will not repeat the uninterrupted one exactly)",
-                        )
+                        corrupt("the random generator's state does not hang together")
                     })?;
                     *crate::caffe::rng::lock(&self.caffe_rng) = rng;
                 }
@@ -453,12 +456,8 @@ impl Solver {
                 }
                 // After the data layers' replays above, which draw from it.
                 if let Some(st) = &s.libc_rand {
-                    let rand = crate::caffe::libc_rand::LibcRand::from_state(st).ok_or_else(|| {
-                        Error::invalid(
-                            sidecar_path.display(),
-                            "corrupt resume sidecar: the rand() state is malformed; delete this file to resume without it (the weights and history still load, but the run will not repeat the uninterrupted one exactly)",
-                        )
-                    })?;
+                    let rand = crate::caffe::libc_rand::LibcRand::from_state(st)
+                        .ok_or_else(|| corrupt("the rand() state is malformed"))?;
                     *crate::caffe::libc_rand::lock(&self.libc_rand) = rand;
                 }
                 self.losses = s.losses;
