@@ -201,6 +201,7 @@ fn upgrade_v1_layer(v1: V1LayerParameter, context: &str) -> Result<LayerParamete
         contrastive_loss_param: v1.contrastive_loss_param,
         hinge_loss_param: v1.hinge_loss_param,
         hdf5_data_param: v1.hdf5_data_param,
+        hdf5_output_param: v1.hdf5_output_param,
         image_data_param: v1.image_data_param,
         inner_product_param: v1.inner_product_param,
         lrn_param: v1.lrn_param,

@@ -20,6 +20,7 @@ mod euclidean;
 mod filter;
 mod hdf5_data;
 pub use hdf5_data::row_shape as hdf5_row_shape;
+mod hdf5_output;
 mod hinge;
 mod infogain;
 mod inner_product;
@@ -394,6 +395,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "Data" | "ImageData" => Box::new(data::DataLayer::new(param, ctx, seed)?),
         "Input" => Box::new(data::Input::new(param, ctx.device.clone())?),
         "HDF5Data" => Box::new(hdf5_data::Hdf5Data::new(param, ctx)?),
+        "HDF5Output" => Box::new(hdf5_output::Hdf5Output::new(param, ctx)?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
         "Embed" => Box::new(embed::Embed::new(param, ctx.device.clone(), ctx.caffe_rng.clone())?),
         "RNN" => Box::new(recurrent::Recurrent::new(param, recurrent::Kind::Rnn, ctx.device.clone(), ctx.caffe_rng.clone())?),
@@ -421,7 +423,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Filter, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, HDF5Output, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Filter, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
