@@ -41,6 +41,8 @@
 #     `caffe train -stage train` gives the losses of our `finetune --stage
 #     train`, and `caffe test -stage val -level 1` the outputs of our `test`
 #     with the same flags;
+#   - HDF5Output: our file of one TEST batch against the one `caffe test`
+#     writes; a Filter in front of fc8: `caffe train`'s losses against ours;
 #   - every field number, default and enum value of proto/caffe.proto is Caffe's.
 # Needs root (chroot) and a built binary; not run by CI.
 #
@@ -134,6 +136,31 @@ echo 'test_state { stage: "val" }' >>solver_stages.prototxt
     --snapshot-prefix ours/stages >ours_stages.log 2>&1
 "$bin" test --model stages.prototxt --stage val --level 1 --weights ours/stages_iter_6.caffemodel \
     --iterations 3 >ours/stages_test.txt 2>>"$log"
+# HDF5Output: the tiny net's TEST scores and labels of one batch, written by
+# ours and by Caffe (h5out.prototxt names each its own file); and a Filter
+# training fc8 on the images whose label is not 0 (the loss told not to pass
+# the Filter's labels a gradient), 6 iterations.
+python3 - <<'PY'
+net = open("train_val.prototxt").read()
+dump = ('layer { name: "dump" type: "HDF5Output" bottom: "fc8" bottom: "label" '
+        'hdf5_output_param { file_name: "%s" } include { phase: TEST } }\n')
+open("h5out.prototxt", "w").write(net + dump % "ours/dump.h5")
+open("h5out_caffe.prototxt", "w").write(net + dump % "caffe_dump.h5")
+filt = (net.replace('layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }',
+                    'layer { name: "relu7" type: "ReLU" bottom: "fc7" top: "fc7" }\n'
+                    'layer { name: "select" type: "Filter" bottom: "fc7" bottom: "label" bottom: "label" '
+                    'top: "fc7f" top: "labelf" }', 1)
+        .replace('bottom: "fc7"\n  top: "fc8"', 'bottom: "fc7f"\n  top: "fc8"', 1)
+        .replace('bottom: "fc8"\n  bottom: "label"', 'bottom: "fc8"\n  bottom: "labelf"')
+        .replace('top: "loss"\n', 'top: "loss"\n  propagate_down: true\n  propagate_down: false\n', 1))
+assert filt.count("labelf") == 3
+open("filter.prototxt", "w").write(filt)
+PY
+"$bin" test --model h5out.prototxt --weights ours/tiny_iter_30.caffemodel --iterations 1 >>"$log" 2>&1
+sed -e 's/train_val.prototxt/filter.prototxt/' -e 's/max_iter: 30/max_iter: 6/' -e 's/snapshot: 15/snapshot: 6/' \
+    -e 's/test_interval: 15/test_interval: 6/' -e 's|snapshots/tiny|snapshots/filter|' solver.prototxt >solver_filter.prototxt
+"$bin" finetune --solver solver_filter.prototxt --weights snapshots/init_iter_0.caffemodel \
+    --snapshot-prefix ours/filter >ours_filter.log 2>&1
 # Adam and AdaDelta keep a second set of histories after the first in the
 # .solverstate: ours trains 12 iterations of each (a snapshot at 6).
 for kind in Adam AdaDelta; do
@@ -187,6 +214,8 @@ in_root "caffe train -solver solver_stages.prototxt -stage train -weights snapsh
     >caffe_stages.log 2>&1
 in_root "caffe test -model stages.prototxt -stage val -level 1 -weights ours/stages_iter_6.caffemodel -iterations 3" \
     >caffe_stages_test.log 2>&1
+in_root "caffe test -model h5out_caffe.prototxt -weights ours/tiny_iter_30.caffemodel -iterations 1" >caffe_h5out.log 2>&1
+in_root "caffe train -solver solver_filter.prototxt -weights snapshots/init_iter_0.caffemodel" >caffe_filter.log 2>&1
 in_root "caffe train -solver solver_shared.prototxt -weights snapshots/init_iter_0.caffemodel" >caffe_shared.log 2>&1
 in_root "caffe train -solver solver_shared.prototxt -snapshot ours/shared_iter_6.solverstate" >caffe_shared_resume.log 2>&1
 for kind in Adam AdaDelta; do
@@ -434,6 +463,17 @@ binary = with_diffs("sd/ours_SGD_iter_3.caffemodel")
 ok = all(np.array_equal(h5[f"diff/{l}/{j}"][()].ravel(), binary[(l, j)][1]) for (l, j) in binary)
 rows.append(("... HDF5: h5py reads our .caffemodel.h5's diff group, equal to the binary snapshot's diffs",
              "equal" if ok else "DIFFERENT", ok))
+
+with h5py.File("ours/dump.h5", "r") as o, h5py.File("caffe_dump.h5", "r") as c:
+    same = all(o[k].shape == c[k].shape and o[k].dtype == c[k].dtype for k in ("data", "label"))
+    e = max(rel(o[k][()], c[k][()]) for k in ("data", "label")) if same else 1.0
+    shapes = ", ".join(f"{k} {o[k].shape}" for k in ("data", "label"))
+rows.append(("HDF5Output in a TEST net, one batch: our file vs the one caffe test writes",
+             f"{shapes}; values within {e:.1e} relative", same and e < 1e-5))
+got, want = losses("caffe_filter.log"), losses("ours_filter.log")
+e = max(abs(got[i] - want[i]) / want[i] for i in want) if want and got.keys() == want.keys() else 1.0
+rows.append(("caffe train with fc8 behind a Filter (items with label != 0) vs our finetune: losses 0-5",
+             f"within {e:.1e} (the log prints 6 digits)", len(want) == 6 and e < 2e-5))
 
 print("| check | result | ok |\n|---|---|---|")
 for what, result, ok in rows:
