@@ -327,6 +327,10 @@ case("rnn_static_exposed", 'type: "RNN" recurrent_param { num_output: 2 expose_h
      params=[normal(0.5)] * 6)
 # One cell step; flags of 2 pin down Caffe's forget-gate slope.
 case("lstm_unit", 'type: "LSTMUnit"', shapes=[(1, 3, 2), (1, 3, 8)], labels=((1, 3), 3))
+# Im2col: a convolution's column matrix as a top (its gradient folds back).
+case("im2col", 'type: "Im2col" convolution_param { kernel_size: 3 stride: 2 pad: 1 }', shapes=[(2, 3, 5, 6)])
+case("im2col_rect_dilated", 'type: "Im2col" convolution_param { kernel_h: 2 kernel_w: 3 pad_h: 1 pad_w: 0 '
+     'stride_h: 1 stride_w: 2 dilation: 2 }', shapes=[(2, 2, 7, 8)])
 
 
 def shape_text(shape):

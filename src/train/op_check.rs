@@ -375,6 +375,12 @@ const CASES: &[(&str, &str, [usize; 4], bool)] = &[
         [3, 2, 3, 3],
         false,
     ),
+    (
+        "Im2col 3x3 s2 p1",
+        r#"name: "i" type: "Im2col" convolution_param { kernel_size: 3 stride: 2 pad: 1 }"#,
+        [2, 3, 7, 8],
+        false,
+    ),
 ];
 
 /// Sequence layers: (name, layer prototxt, bottom shapes, the bottom of
@@ -697,6 +703,7 @@ fn has_fused(name: &str) -> bool {
     [
         "Convolution",
         "Deconvolution",
+        "Im2col",
         "Pooling MAX",
         "SPP MAX",
         "LRN",

@@ -22,6 +22,7 @@ mod hdf5_data;
 pub use hdf5_data::row_shape as hdf5_row_shape;
 mod hdf5_output;
 mod hinge;
+mod im2col;
 mod infogain;
 mod inner_product;
 mod loss;
@@ -356,6 +357,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             name,
         )?),
         "SPP" => Box::new(spp::Spp::new(param, &ctx.device, path)?),
+        "Im2col" => Box::new(im2col::Im2col::new(param.convolution_param.clone(), ctx, name)?),
         "Pooling" => Box::new(pool::Pooling::new(param.pooling_param.unwrap_or_default(), name, &ctx.device, path)?),
         "LRN" => {
             let p = param.lrn_param.unwrap_or_default();
@@ -423,7 +425,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, HDF5Output, Input, DummyData, Convolution, Deconvolution, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Filter, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, HDF5Output, Input, DummyData, Convolution, Deconvolution, Im2col, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Filter, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
