@@ -911,6 +911,21 @@ layer {{ name: "head_accuracy" type: "Accuracy" bottom: "head" bottom: "labelf" 
     // Two of the three test batches have no class-3 image (accuracy 0).
     assert!(score("head_accuracy") <= 1.0 / 3.0 + 1e-6, "{test:?}");
     assert!(score("head_loss").is_finite(), "{test:?}");
+    // `--dry-run` shows the most a filtered blob holds.
+    let solver = t.path().join("filtered_solver.prototxt");
+    let (ok, out, err) = common::run(
+        &common::fixture("tiny-net"),
+        &[
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("| select | Filter | ≤8x16, ≤8 |"), "{out}");
+    assert!(out.contains("| head_loss | SoftmaxWithLoss | 1 |"), "{out}");
+    assert!(out.contains("≤: a Filter keeps"), "{out}");
 }
 
 /// The tiny net as DIGITS writes nets: one file whose variants are told

@@ -60,6 +60,9 @@ pub struct LayerRow {
     pub type_name: String,
     /// Shapes of its tops.
     pub tops: Vec<Vec<usize>>,
+    /// Per top: whether a Filter decides its number of items (the shape
+    /// is then the most it holds).
+    pub filtered: Vec<bool>,
     /// Learnable values of its own (not counting the blobs it shares).
     pub params: usize,
     /// Per learnable blob, its lr_mult.
@@ -182,6 +185,7 @@ pub fn layer_rows(net: &Net, sources: &WeightSources) -> Vec<LayerRow> {
                 name,
                 type_name: l.type_name.to_string(),
                 tops: l.tops,
+                filtered: l.filtered,
                 params,
                 lr_mults: l.mults.iter().map(|m| m.0).collect(),
                 shares,
@@ -252,10 +256,15 @@ pub fn to_markdown(rows: &[LayerRow]) -> String {
         let tops = r
             .tops
             .iter()
-            .map(|t| match t.len() {
+            .zip(r.filtered.iter().chain(std::iter::repeat(&false)))
+            .map(|(t, &filtered)| match t.len() {
                 // A scalar (a loss, an accuracy).
                 0 => "1".to_string(),
-                _ => t.iter().map(usize::to_string).collect::<Vec<_>>().join("x"),
+                _ => {
+                    let most = if filtered { "≤" } else { "" };
+                    let dims = t.iter().map(usize::to_string).collect::<Vec<_>>();
+                    format!("{most}{}", dims.join("x"))
+                }
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -287,6 +296,11 @@ pub fn to_markdown(rows: &[LayerRow]) -> String {
             s,
             "| {} | {} | {tops} | {params} | {mults} | {start} | {back} |",
             r.name, r.type_name
+        );
+    }
+    if rows.iter().any(|r| r.filtered.contains(&true)) {
+        s.push_str(
+            "\n≤: a Filter keeps some of the batch's items each pass (at most this many).\n",
         );
     }
     let total: usize = rows.iter().map(|r| r.params).sum();
@@ -489,6 +503,7 @@ mod tests {
             name: name.into(),
             type_name: "InnerProduct".into(),
             tops: vec![vec![2, 3]],
+            filtered: vec![false],
             params,
             lr_mults: lr.to_vec(),
             shares: Vec::new(),

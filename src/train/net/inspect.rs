@@ -108,6 +108,7 @@ impl Net {
                     .iter()
                     .map(|&t| self.blob_shapes[t].clone())
                     .collect(),
+                filtered: e.tops.iter().map(|&t| self.filtered[t].is_some()).collect(),
                 param_shapes: e.layer.params().iter().map(|t| t.dims().to_vec()).collect(),
                 mults: e
                     .slots

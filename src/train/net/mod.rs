@@ -82,8 +82,10 @@ pub struct LayerInfo<'a> {
     pub param: &'a LayerParameter,
     /// Its type as Caffe names it.
     pub type_name: &'static str,
-    /// The shapes of its tops.
+    /// The shapes of its tops (behind a Filter: at most these items).
     pub tops: Vec<Vec<usize>>,
+    /// Per top: whether a Filter decides its number of items.
+    pub filtered: Vec<bool>,
     /// The shapes of its learnable blobs (weights, then bias).
     pub param_shapes: Vec<Vec<usize>>,
     /// Per learnable blob: (lr_mult, decay_mult) as the solver applies
