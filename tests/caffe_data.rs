@@ -2,7 +2,9 @@
 //! made by `scripts/caffe-golden/run.sh` (pycaffe 1.0.0 from Debian
 //! bullseye, which decodes and resizes with OpenCV 4.5). Each case is a
 //! Data or ImageData layer over the fixture images or the tiny-net LMDB
-//! (crop, mean file or values, scale, resize, gray); for several batches
+//! (crop, mean file or values, scale, resize, gray), or a WindowData layer
+//! over boxes in the fixture photos (context padding, square crops,
+//! mirrored windows, foreground and background sampling); for several batches
 //! (past a wrap-around) the labels must be Caffe's and the data blob's
 //! fingerprint (sum, sum of squares, 64 sampled values) must agree. The
 //! seeded cases set Caffe's random seed, as a solver's `random_seed` does:
@@ -25,6 +27,10 @@ struct Case {
     /// Seeded cases: the phase built and Caffe's random seed.
     phase: Option<String>,
     seed: Option<u64>,
+    /// Files the net reads besides the fixtures (WindowData's window
+    /// file), by name: written beside the net, which names them by path.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -52,7 +58,13 @@ impl Batch {
 /// Runs one case; returns what disagrees with Caffe.
 fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
     let file = dir.join(format!("{}.prototxt", case.name));
-    std::fs::write(&file, &case.prototxt).unwrap();
+    let mut prototxt = case.prototxt.clone();
+    for (name, text) in &case.files {
+        let path = dir.join(format!("{}_{name}", case.name));
+        std::fs::write(&path, text).unwrap();
+        prototxt = prototxt.replace(&format!("\"{name}\""), &format!("\"{}\"", path.display()));
+    }
+    std::fs::write(&file, &prototxt).unwrap();
     let def = read_net_prototxt(&file).unwrap();
     let phase = match case.phase.as_deref() {
         Some("TRAIN") => Phase::Train,
@@ -112,8 +124,15 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
 #[test]
 fn data_layers_give_caffes_batches() {
     let cases: Vec<Case> = common::golden::load_cases("caffe_data.json");
-    assert!(cases.len() >= 16);
-    assert!(cases.iter().filter(|c| c.seed.is_some()).count() >= 9);
+    assert!(cases.len() >= 19);
+    assert!(cases.iter().filter(|c| c.seed.is_some()).count() >= 12);
+    assert!(
+        cases
+            .iter()
+            .filter(|c| c.prototxt.contains("WindowData"))
+            .count()
+            >= 3
+    );
     let dir = tempfile::tempdir().unwrap();
     let failures = on_both_paths(
         &cases,

@@ -928,6 +928,64 @@ layer {{ name: "head_accuracy" type: "Accuracy" bottom: "head" bottom: "labelf" 
     assert!(out.contains("≤: a Filter keeps"), "{out}");
 }
 
+/// R-CNN's fine-tuning feed: WindowData layers (TRAIN and TEST) sample
+/// foreground and background boxes from the fixture photos, warped with
+/// context to 24x24, mirrored, minus the mean; a small net learns their
+/// classes, a resume repeats the run bit for bit (the draws replay), the
+/// tensor-op path tracks it, and `deploy` gives the net an Input of the
+/// windows' shape. (`tests/caffe_data.rs` checks the batches against
+/// Caffe's.)
+#[test]
+fn window_data_feeds_a_detection_fine_tune_that_resumes_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let windows = t.path().join("windows.txt");
+    std::fs::write(
+        &windows,
+        "# 0\nanimal/cat.jpg\n3 360 480\n3\n1 0.9 100 50 300 250\n0 0.1 0 0 120 100\n2 0.6 350 200 479 359\n\
+         # 1\nobject/astronaut.jpg\n3 512 512\n2\n3 0.8 100 100 400 511\n0 0.2 0 300 100 511\n\
+         # 2\nobject/coffee.jpeg\n3 400 600\n2\n2 0.95 150 20 450 380\n0 0.15 500 300 599 399\n",
+    )
+    .unwrap();
+    let data = |phase: &str| {
+        format!(
+            r#"layer {{ name: "data" type: "WindowData" top: "data" top: "label" include {{ phase: {phase} }}
+  transform_param {{ mirror: true crop_size: 24 mean_value: 104 mean_value: 117 mean_value: 123 }}
+  window_data_param {{ source: "{}" root_folder: "{}/" batch_size: 8 context_pad: 2 fg_fraction: 0.5 scale: 0.02 }} }}
+"#,
+            windows.display(),
+            common::fixture("images").display()
+        )
+    };
+    let net = format!(
+        r#"name: "TinyRcnn"
+{}{}layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param {{ num_output: 8 kernel_size: 5 stride: 2 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }}
+layer {{ name: "pool" type: "Pooling" bottom: "conv1" top: "pool" pooling_param {{ pool: AVE global_pooling: true }} }}
+{}"#,
+        data("TRAIN"),
+        data("TEST"),
+        classifier("pool"),
+    );
+    let s = train_resume_and_track(t.path(), &net, "rcnn", 0.1, |_| 1e-4);
+    assert_eq!(s.train.blob("data").unwrap().dims(), [8, 3, 24, 24]);
+    let (ok, _, err) = common::run(
+        t.path(),
+        &[
+            "deploy",
+            t.path().join("rcnn.prototxt").to_str().unwrap(),
+            "deploy.prototxt",
+        ],
+    );
+    assert!(ok, "{err}");
+    let deploy = std::fs::read_to_string(t.path().join("deploy.prototxt")).unwrap();
+    assert!(
+        deploy.contains("dim: 3") && deploy.contains("dim: 24"),
+        "{deploy}"
+    );
+    assert!(deploy.contains("2 pixels of context"), "{deploy}");
+}
+
 /// The tiny net as DIGITS writes nets: one file whose variants are told
 /// apart by stage (`train`, `val`, `deploy`) instead of by phase, with data
 /// paths made absolute.

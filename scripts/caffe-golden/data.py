@@ -71,6 +71,50 @@ SEEDED = {
 }
 
 
+# WindowData (R-CNN's fine-tuning feed) over boxes in six fixture photos:
+# foreground, background and unused windows (with bg_threshold 0.3), boxes
+# at the borders so that context padding reaches outside the image, a gray
+# JPEG read as colour. Written to windows.txt before the cases run.
+WINDOWS = [
+    ("animal/cat.jpg", 360, 480, [(1, 0.8, 100, 50, 300, 250), (0, 0.1, 0, 0, 120, 100),
+                                  (2, 0.6, 350, 200, 479, 359), (0, 0.3, 200, 100, 260, 180),
+                                  (3, 0.45, 10, 10, 50, 80)]),
+    ("animal/chelsea.png", 300, 451, [(1, 0.9, 50, 40, 400, 290), (0, 0.0, 5, 5, 60, 60),
+                                      (1, 0.55, 200, 0, 450, 150)]),
+    ("object/astronaut.jpg", 512, 512, [(3, 0.7, 100, 100, 400, 511), (0, 0.2, 0, 300, 100, 511)]),
+    ("animal/cat_gray.jpg", 360, 480, [(2, 0.75, 60, 60, 420, 300), (0, 0.05, 400, 0, 479, 80)]),
+    ("object/page.png", 191, 384, [(1, 0.5, 0, 0, 383, 190), (0, 0.25, 100, 50, 200, 150)]),
+    ("object/coffee.jpeg", 400, 600, [(2, 0.95, 150, 20, 450, 380), (0, 0.15, 500, 300, 599, 399)]),
+]
+
+
+def write_window_file():
+    with open("windows.txt", "w") as f:
+        for i, (path, h, w, boxes) in enumerate(WINDOWS):
+            f.write(f"# {i}\n{path}\n3\n{h}\n{w}\n{len(boxes)}\n")
+            for box in boxes:
+                f.write(" ".join(str(v) for v in box) + "\n")
+
+
+def window_data(params):
+    return f'type: "WindowData" window_data_param {{ source: "windows.txt" root_folder: "images/" {params} }}'
+
+
+SEEDED.update({
+    # Warped windows with 3 pixels of context, mirrored, the mean file read
+    # at the crop's offset, scaled.
+    "train_window_warp_context": ("TRAIN", 1701, 5, [(window_data(
+        "batch_size: 8 context_pad: 3 fg_fraction: 0.25 scale: 0.5"), f"mirror: true crop_size: 24 {MEAN_FILE}")]),
+    # Their tightest squares, mean values, half foreground, unused windows.
+    "train_window_square": ("TRAIN", 7, 4, [(window_data(
+        'batch_size: 6 crop_mode: "square" fg_fraction: 0.5 bg_threshold: 0.3 context_pad: 2 cache_images: true'),
+        "crop_size: 20 mean_value: 104 mean_value: 117 mean_value: 123")]),
+    # The bare windows warped (no context), mirrored; a TEST net samples too.
+    "test_window_warp": ("TEST", 3, 4, [(window_data("batch_size: 5 fg_fraction: 0.6"),
+                                         "mirror: true crop_size: 16")]),
+})
+
+
 def net_text(name, layers):
     text = f'name: "{name}"\n'
     for i, (layer, transform) in enumerate(layers):
@@ -98,6 +142,9 @@ def run(name, text, phase=caffe.TEST, seed=None, batches=BATCHES, tops=1):
             batch["data" + suffix] = fingerprint(net.blobs["data" + suffix].data, 64)
         out.append(batch)
     case = {"name": name, "prototxt": text, "batches": out}
+    if "windows.txt" in text:
+        # The replay writes it beside its net (the fixtures are read-only).
+        case["files"] = {"windows.txt": open("windows.txt").read()}
     if seed is not None:
         case["phase"] = "TRAIN" if phase == caffe.TRAIN else "TEST"
         case["seed"] = seed
@@ -105,6 +152,7 @@ def run(name, text, phase=caffe.TEST, seed=None, batches=BATCHES, tops=1):
 
 
 def main():
+    write_window_file()
     results = [run(n, net_text(n, [(l, t)])) for n, (l, t) in CASES.items()]
     for n, (phase, seed, batches, layers) in SEEDED.items():
         results.append(run(n, net_text(n, layers), getattr(caffe, phase), seed, batches, len(layers)))

@@ -28,13 +28,13 @@ pub fn deploy_net(
     let data: Vec<&LayerParameter> = layers
         .iter()
         .copied()
-        .filter(|l| matches!(l.r#type(), "Data" | "ImageData" | "HDF5Data"))
+        .filter(|l| matches!(l.r#type(), "Data" | "ImageData" | "WindowData" | "HDF5Data"))
         .collect();
     let [data] = data[..] else {
         return Err(Error::model(
             path.display(),
             format!(
-                "a deploy net is made from one Data, ImageData or HDF5Data layer in the TEST phase (found {})",
+                "a deploy net is made from one Data, ImageData, WindowData or HDF5Data layer in the TEST phase (found {})",
                 data.len()
             ),
         ));
@@ -46,10 +46,10 @@ pub fn deploy_net(
             "has no top",
         ));
     };
-    let (dims, inputs) = if data.r#type() == "HDF5Data" {
-        hdf5_input(data, image_top, base_dir, batch)?
-    } else {
-        image_input(data, base_dir, batch)?
+    let (dims, inputs) = match data.r#type() {
+        "HDF5Data" => hdf5_input(data, image_top, base_dir, batch)?,
+        "WindowData" => window_input(data, batch),
+        _ => image_input(data, base_dir, batch)?,
     };
     let mut out = NetParameter {
         name: def.name.clone(),
@@ -144,6 +144,29 @@ pub fn deploy_net(
         );
     }
     Ok((out, comment))
+}
+
+/// The Input shape and the description of a WindowData layer's inputs.
+fn window_input(data: &LayerParameter, batch: usize) -> (Vec<i64>, String) {
+    let tp = data.transform_param.clone().unwrap_or_default();
+    let wp = data.window_data_param.clone().unwrap_or_default();
+    let crop = tp.crop_size();
+    let mut inputs = format!(
+        "3x{crop}x{crop} image windows, made as the TEST data layer made them: warped to {crop}x{crop}"
+    );
+    if wp.crop_mode() == "square" {
+        inputs += " as their tightest squares";
+    }
+    if wp.context_pad() > 0 {
+        inputs += &format!(" with {} pixels of context around them", wp.context_pad());
+    }
+    match (&tp.mean_file, tp.mean_value.is_empty()) {
+        (Some(f), _) => inputs += &format!(", minus the mean image {f} (its centre {crop}x{crop})"),
+        (None, false) => inputs += &format!(", minus the channel means {:?}", tp.mean_value),
+        (None, true) => {}
+    }
+    inputs += &format!(", times {}; BGR channel order, 0-255.", wp.scale());
+    (vec![batch as i64, 3, crop as i64, crop as i64], inputs)
 }
 
 /// The Input shape and the description of an image data layer's inputs:

@@ -44,6 +44,7 @@ mod simple;
 mod slice;
 mod spp;
 mod staging;
+mod window_data;
 
 use crate::caffe::proto::{lrn_parameter::NormRegion, LayerParameter, Phase};
 use crate::error::{Error, Result};
@@ -399,6 +400,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
         "HDF5Data" => Box::new(hdf5_data::Hdf5Data::new(param, ctx)?),
         "HDF5Output" => Box::new(hdf5_output::Hdf5Output::new(param, ctx)?),
         "DummyData" => Box::new(data::DummyData::new(param, ctx.device.clone(), seed)?),
+        "WindowData" => Box::new(window_data::WindowData::new(param, ctx)?),
         "Embed" => Box::new(embed::Embed::new(param, ctx.device.clone(), ctx.caffe_rng.clone())?),
         "RNN" => Box::new(recurrent::Recurrent::new(param, recurrent::Kind::Rnn, ctx.device.clone(), ctx.caffe_rng.clone())?),
         "LSTM" => Box::new(recurrent::Recurrent::new(param, recurrent::Kind::Lstm, ctx.device.clone(), ctx.caffe_rng.clone())?),
@@ -425,7 +427,7 @@ pub fn create(param: &LayerParameter, ctx: &BuildContext, index: usize) -> Resul
             return Err(Error::model(
                 format!("layer '{name}'"),
                 format!(
-                    "type \"{other}\" is not supported (supported: Data, ImageData, HDF5Data, HDF5Output, Input, DummyData, Convolution, Deconvolution, Im2col, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Filter, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
+                    "type \"{other}\" is not supported (supported: Data, ImageData, WindowData, HDF5Data, HDF5Output, Input, DummyData, Convolution, Deconvolution, Im2col, Pooling, SPP, LRN, ReLU, Dropout, InnerProduct, Embed, Parameter, RNN, LSTM, LSTMUnit, Concat, Crop, Slice, Split, Silence, BatchReindex, Filter, Eltwise, BatchNorm, Scale, Bias, Flatten, Reshape, Reduction, Tile, MVN, PReLU, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Threshold, ArgMax, Softmax, SoftmaxWithLoss, InfogainLoss, EuclideanLoss, SigmoidCrossEntropyLoss, ContrastiveLoss, HingeLoss, MultinomialLogisticLoss, Accuracy; beyond Caffe: CyclicSlice, CyclicPool)"
                 ),
             ))
         }
