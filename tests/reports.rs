@@ -1427,7 +1427,7 @@ fn deploy_of_flickr_styles_train_val_is_caffes_own_deploy_net() {
         ],
     );
     assert!(
-        !ok && err.contains("one Data, ImageData or HDF5Data layer"),
+        !ok && err.contains("one Data, ImageData, WindowData or HDF5Data layer"),
         "{err}"
     );
 }

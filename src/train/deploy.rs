@@ -160,13 +160,20 @@ fn window_input(data: &LayerParameter, batch: usize) -> (Vec<i64>, String) {
     if wp.context_pad() > 0 {
         inputs += &format!(" with {} pixels of context around them", wp.context_pad());
     }
-    match (&tp.mean_file, tp.mean_value.is_empty()) {
-        (Some(f), _) => inputs += &format!(", minus the mean image {f} (its centre {crop}x{crop})"),
-        (None, false) => inputs += &format!(", minus the channel means {:?}", tp.mean_value),
-        (None, true) => {}
-    }
-    inputs += &format!(", times {}; BGR channel order, 0-255.", wp.scale());
+    inputs += ",";
+    inputs += &mean_and_scale(&tp, wp.scale());
     (vec![batch as i64, 3, crop as i64, crop as i64], inputs)
+}
+
+/// How the pixels became values: " minus the mean …, times s; …".
+fn mean_and_scale(tp: &crate::caffe::proto::TransformationParameter, scale: f32) -> String {
+    let mut out = match (&tp.mean_file, tp.mean_value.is_empty()) {
+        (Some(f), _) => format!(" minus the mean image {f},"),
+        (None, false) => format!(" minus the channel means {:?},", tp.mean_value),
+        (None, true) => String::new(),
+    };
+    out += &format!(" times {scale}; BGR channel order, 0-255.");
+    out
 }
 
 /// The Input shape and the description of an image data layer's inputs:
@@ -223,12 +230,7 @@ fn image_input(data: &LayerParameter, base_dir: &Path, batch: usize) -> Result<(
     if tp.crop_size() > 0 {
         inputs += &format!(" centre crop {},", tp.crop_size());
     }
-    match (&tp.mean_file, tp.mean_value.is_empty()) {
-        (Some(f), _) => inputs += &format!(" minus the mean image {f},"),
-        (None, false) => inputs += &format!(" minus the channel means {:?},", tp.mean_value),
-        (None, true) => {}
-    }
-    inputs += &format!(" times {}; BGR channel order, 0-255.", tp.scale());
+    inputs += &mean_and_scale(&tp, tp.scale());
     Ok((
         vec![batch as i64, channels as i64, side.0 as i64, side.1 as i64],
         inputs,
