@@ -67,11 +67,20 @@ fn check(v: &Variant, dir: &std::path::Path) -> Vec<String> {
     if let Err(e) = s.solve() {
         return vec![format!("solve: {e}")];
     }
+    // With the whole net behind a Filter, every third batch has 2 images,
+    // whose gradients magnify the order of the sums (Caffe adds image by
+    // image, we in one product): the first three losses are bit-equal,
+    // our CPU and GPU code paths agree to 4e-7 on conv3's bias, and both
+    // are 1.8e-4 from Caffe's after 12 steps (losses 9.1e-6).
+    let (loss_tol, sum_tol) = match v.name.as_str() {
+        "filter_images" => (3e-5, 3e-4),
+        _ => (1e-5, 1e-5),
+    };
     if let Some(want) = &v.losses {
         for ((it, got), w) in s.trajectory.iter().zip(want) {
             let rel = (got - w).abs() / w.abs();
             worst.0 = worst.0.max(f64::from(rel));
-            if rel > 1e-5 {
+            if rel > loss_tol {
                 bad.push(format!("iteration {it}: loss {got}, Caffe {w} ({rel:.1e})"));
             }
         }
@@ -91,7 +100,7 @@ fn check(v: &Variant, dir: &std::path::Path) -> Vec<String> {
                 // values: its error is taken over the root sum of squares.
                 worst.1 = worst.1.max(e.sum_over_root).max(e.sum_sq);
                 worst.2 = worst.2.max(e.values);
-                if e.sum_over_root > 1e-5 || e.sum_sq > 2e-5 || e.values > VALUE_TOL {
+                if e.sum_over_root > sum_tol || e.sum_sq > 2.0 * sum_tol || e.values > VALUE_TOL {
                     bad.push(format!("{what}: {e:?}"));
                 }
             }
@@ -115,7 +124,7 @@ const VALUE_TOL: f64 = 5e-5;
 fn every_solver_variant_matches_caffe() {
     let golden: Golden = common::golden::load("caffe_solvers.json");
     eprintln!("golden numbers: {}", golden.provenance);
-    assert!(golden.variants.len() >= 28);
+    assert!(golden.variants.len() >= 29);
     assert!(golden.variants.iter().any(|v| !v.init_weights));
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();

@@ -871,8 +871,9 @@ layer {{ name: "gain" type: "Power" bottom: "pool" top: "pool" power_param {{ sc
 }
 
 /// A multi-task net whose second head trains only on the items a Filter
-/// keeps (class 3, by a Threshold on the label): the fixture's batches
-/// hold 0, 0 and 6 of them in turn, so the head sees empty batches too
+/// keeps (class 3, by a Threshold on the label), and a third branch of
+/// convolution, LRN and pooling only on those images: the fixture's
+/// batches hold 0, 0 and 6 of them in turn, so both see empty batches too
 /// (which crash Caffe; here its loss and Accuracy are 0 then, and its
 /// gradients zero). The net trains, a resume repeats it bit for bit, and the
 /// tensor-op (GPU) path on the CPU tracks it. `tests/caffe_solvers.rs`
@@ -900,6 +901,15 @@ layer {{ name: "head_loss" type: "SoftmaxWithLoss" bottom: "head" bottom: "label
   loss_weight: 0.5 propagate_down: true propagate_down: false }}
 layer {{ name: "head_accuracy" type: "Accuracy" bottom: "head" bottom: "labelf" top: "head_accuracy"
   include {{ phase: TEST }} }}
+layer {{ name: "select_images" type: "Filter" bottom: "data" bottom: "is3" top: "dataf" }}
+layer {{ name: "convf" type: "Convolution" bottom: "dataf" top: "convf"
+  convolution_param {{ num_output: 4 kernel_size: 5 stride: 4 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "normf" type: "LRN" bottom: "convf" top: "normf" lrn_param {{ local_size: 3 }} }}
+layer {{ name: "poolf" type: "Pooling" bottom: "normf" top: "poolf" pooling_param {{ pool: MAX kernel_size: 3 stride: 2 }} }}
+layer {{ name: "fcf" type: "InnerProduct" bottom: "poolf" top: "fcf"
+  inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.01 }} }} }}
+layer {{ name: "image_loss" type: "SoftmaxWithLoss" bottom: "fcf" bottom: "labelf" top: "image_loss"
+  loss_weight: 0.5 propagate_down: true propagate_down: false }}
 {}"#,
         fixture_data("TRAIN"),
         fixture_data("TEST"),

@@ -203,6 +203,10 @@ VARIANTS = {
     # a zero gradient through fc7 and below.
     "filter": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
                lambda net: filtered(net)),
+    # The whole net on the images whose label is not 0: a Filter on the data
+    # itself, so the convolutions, poolings and LRNs see 2, 8 and 8 images.
+    "filter_images": ('base_lr: 0.01 momentum: 0.9 weight_decay: 0.0005 lr_policy: "fixed"',
+                      lambda net: filtered_images(net)),
 }
 
 
@@ -234,6 +238,15 @@ def filtered(net):
             # labelf comes from a layer that runs backward, so Caffe would
             # pass the loss a gradient for it (and abort) without this.
             .replace('top: "loss"\n', 'top: "loss"\n  propagate_down: true\n  propagate_down: false\n', 1))
+
+
+def filtered_images(net):
+    """The tiny net on the images a Filter keeps (see VARIANTS)."""
+    return (net.replace('layer {\n  name: "conv1"',
+                        'layer { name: "select" type: "Filter" bottom: "data" bottom: "label" bottom: "label" '
+                        'top: "dataf" top: "labelf" }\nlayer {\n  name: "conv1"', 1)
+            .replace('bottom: "data"\n  top: "conv1"', 'bottom: "dataf"\n  top: "conv1"', 1)
+            .replace('bottom: "fc8"\n  bottom: "label"', 'bottom: "fc8"\n  bottom: "labelf"'))
 
 
 def language_model(net):

@@ -181,6 +181,24 @@ impl Strided {
     }
 }
 
+/// The batch size of `bottom`, a single N x C x H x W blob whose images
+/// must keep the shape `win` was set up for (a layer behind a Filter sees
+/// other batch sizes, never other images).
+pub(super) fn same_image_shape(bottom: &[Vec<usize>], win: &Window, name: &str) -> Result<usize> {
+    let ctx = format!("layer '{name}'");
+    let [n, c, h, w] = nchw(bottom, &ctx)?;
+    if (c, h, w) != (win.c, win.h, win.w) {
+        return Err(Error::model(
+            &ctx,
+            format!(
+                "was set up for {}x{}x{} images, not {c}x{h}x{w}",
+                win.c, win.h, win.w
+            ),
+        ));
+    }
+    Ok(n)
+}
+
 /// Refuses a `group` that does not divide both channel counts.
 pub(super) fn check_groups(
     channels: usize,
@@ -414,6 +432,17 @@ impl Convolution {
 impl Layer for Convolution {
     fn type_name(&self) -> &'static str {
         "Convolution"
+    }
+
+    fn any_batch(&self) -> bool {
+        true
+    }
+
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        // Only the batch changes (behind a Filter); the weights stay.
+        let win = self.win.expect("setup ran");
+        let n = same_image_shape(bottom, &win, &self.name)?;
+        Ok(vec![vec![n, self.num_output, win.oh, win.ow]])
     }
 
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
@@ -945,5 +974,55 @@ mod tests {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
         }
         assert_eq!((blocked.2, blocked.3), (whole.2, whole.3));
+    }
+}
+
+/// Behind a Filter a convolution sees fewer images than it was set up for.
+#[cfg(test)]
+mod batch_change {
+    use super::super::{create, BackwardArgs, BuildContext, Layer};
+    use crate::caffe::proto::{LayerParameter, Phase};
+    use candle_core::{Device, Tensor};
+
+    /// Forward and backward of `l` on `x` with top gradient `dy`: the top,
+    /// the input gradient and the parameter gradients, as values.
+    fn pass(l: &mut dyn Layer, x: &Tensor, dy: &Tensor) -> Vec<Vec<f32>> {
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let top = l.forward(std::slice::from_ref(x), Phase::Train).unwrap();
+        let (dx, dp) = l
+            .backward(&BackwardArgs {
+                bottom: std::slice::from_ref(x),
+                top: &top,
+                top_diff: &[Some(dy.clone())],
+                propagate: &[true],
+                param_grad: &[true, true],
+            })
+            .unwrap();
+        let mut out = vec![v(&top[0]), v(dx[0].as_ref().unwrap())];
+        out.extend(dp.iter().map(|g| v(g.as_ref().unwrap())));
+        out
+    }
+
+    #[test]
+    fn reshaped_to_fewer_images_it_computes_as_one_set_up_for_them() {
+        let p: LayerParameter = crate::caffe::prototxt::parse(
+            r#"name: "c" type: "Convolution" convolution_param { num_output: 16 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.1 } bias_filler { type: "constant" value: 0.1 } }"#,
+            std::path::Path::new("c"),
+        )
+        .unwrap();
+        let ctx = BuildContext::cpu(".", 1, Phase::Train);
+        let (mut eight, mut two) = (create(&p, &ctx, 0).unwrap(), create(&p, &ctx, 0).unwrap());
+        eight.setup(&[vec![8, 8, 7, 7]]).unwrap();
+        two.setup(&[vec![2, 8, 7, 7]]).unwrap();
+        for (i, w) in eight.params().to_vec().into_iter().enumerate() {
+            two.params_mut()[i] = w;
+        }
+        let top = eight.reshape(&[vec![2, 8, 7, 7]]).unwrap();
+        assert_eq!(top, [vec![2, 16, 7, 7]]);
+        let x = Tensor::randn(0f32, 1.0, (2, 8, 7, 7), &Device::Cpu).unwrap();
+        let dy = Tensor::randn(0f32, 1.0, (2, 16, 7, 7), &Device::Cpu).unwrap();
+        assert_eq!(pass(eight.as_mut(), &x, &dy), pass(two.as_mut(), &x, &dy));
+        let err = eight.reshape(&[vec![2, 8, 6, 7]]).unwrap_err().to_string();
+        assert!(err.contains("set up for 8x7x7 images"), "{err}");
     }
 }

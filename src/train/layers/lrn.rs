@@ -44,6 +44,9 @@ impl LocalResponseNorm {
 }
 
 impl Layer for LocalResponseNorm {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "LRN"
     }

@@ -82,6 +82,9 @@ fn box_sums_tensor(v: &Tensor, size: usize) -> Result<Tensor> {
 }
 
 impl Layer for LrnWithin {
+    fn any_batch(&self) -> bool {
+        true
+    }
     fn type_name(&self) -> &'static str {
         "LRN"
     }

@@ -54,6 +54,17 @@ impl Layer for Pooling {
         "Pooling"
     }
 
+    fn any_batch(&self) -> bool {
+        true
+    }
+
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        // Only the batch changes (behind a Filter): the window tables stay.
+        let win = self.win.expect("setup ran");
+        let n = super::conv::same_image_shape(bottom, &win, &self.name)?;
+        Ok(vec![vec![n, win.c, win.oh, win.ow]])
+    }
+
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let ctx = format!("layer '{}'", self.name);
         let [n, c, h, w] = nchw(bottom, &ctx)?;

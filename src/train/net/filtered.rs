@@ -31,7 +31,7 @@ impl Net {
         if let Some(&first) = bottoms.first() {
             if let Some(&other) = bottoms[1..]
                 .iter()
-                .find(|&&b| self.filtered[b] != self.filtered[first])
+                .find(|&&b| self.selector(b) != self.selector(first))
             {
                 return Err(Error::model(
                     &lctx,
@@ -65,6 +65,11 @@ impl Net {
             ));
         }
         Ok(Some(f))
+    }
+
+    /// The selector blob that decides blob `b`'s items (`None`: the batch).
+    fn selector(&self, b: usize) -> Option<usize> {
+        self.filtered[b].as_ref().map(|f| f.selector)
     }
 
     /// Refuses a net output whose number of items changes: `test` and the
@@ -204,11 +209,13 @@ layer { name: "select" type: "Filter" bottom: "x" bottom: "label" bottom: "keep"
         assert!(listed.len() > 20, "{listed:?}");
         for ty in listed
             .iter()
-            .chain(&["Convolution", "Pooling", "BatchNorm", "HingeLoss"])
+            .chain(&["Deconvolution", "Im2col", "BatchNorm", "HingeLoss"])
         {
             let extra = match *ty {
                 "InnerProduct" => "inner_product_param { num_output: 2 }",
-                "Convolution" => "convolution_param { num_output: 2 kernel_size: 1 }",
+                "Convolution" | "Deconvolution" | "Im2col" => {
+                    "convolution_param { num_output: 2 kernel_size: 1 }"
+                }
                 "InfogainLoss" => "infogain_loss_param { source: \"h.binaryproto\" }",
                 "Clip" => "clip_param { min: 0 max: 1 }",
                 _ => "",
@@ -226,7 +233,7 @@ layer { name: "select" type: "Filter" bottom: "x" bottom: "label" bottom: "keep"
     #[test]
     fn layers_that_cannot_follow_a_filter_are_refused_by_name() {
         let err = build(
-            r#"layer { name: "conv" type: "Convolution" bottom: "xf" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+            r#"layer { name: "conv" type: "Deconvolution" bottom: "xf" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
 layer { name: "quiet" type: "Silence" bottom: "c" bottom: "labelf" }
 "#,
         )
@@ -236,7 +243,7 @@ layer { name: "quiet" type: "Silence" bottom: "c" bottom: "labelf" }
         assert!(err.contains("layer 'conv'"), "{err}");
         assert!(err.contains("Filter layer 'select'"), "{err}");
         assert!(
-            err.contains("Convolution layers cannot follow a Filter"),
+            err.contains("Deconvolution layers cannot follow a Filter"),
             "{err}"
         );
     }

@@ -56,7 +56,7 @@ struct Seen {
 /// Of a blob whose number of items changes from pass to pass: the Filter
 /// layer that sets it, and that layer's selector blob (two blobs with the
 /// same selector always hold as many items).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 struct Filtered {
     filter: String,
     selector: usize,
