@@ -288,7 +288,17 @@ impl WindowData {
                         ),
                     ));
                 }
+                // Caffe offsets both axes by the width's margin.
                 let off = (m.width as i64 - crop as i64) / 2;
+                if off as usize + crop > m.height {
+                    return Err(Error::model(
+                        &lctx,
+                        format!(
+                            "the mean file is {}x{}: Caffe reads its {crop}x{crop} window {off} pixels in on both axes (the width's margin), past its height; use a mean image at least as tall as it is wide",
+                            m.height, m.width
+                        ),
+                    ));
+                }
                 let values = m.values_f32();
                 Mean::Image(m, values, off)
             }
@@ -554,6 +564,32 @@ window_data_param {{ source: "{}" root_folder: "{}/images/" batch_size: 4 {param
         let last = super::super::to_vec(&b.forward(&[], Phase::Train).unwrap()[0]).unwrap();
         assert_eq!(last, batches[2]);
         assert_ne!(batches[1], batches[2]);
+    }
+
+    #[test]
+    fn a_mean_image_caffe_would_read_past_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mean = MeanImage {
+            channels: 3,
+            height: 16,
+            width: 40,
+            values: vec![100.0; 3 * 16 * 40],
+        };
+        mean.write_binaryproto(&dir.path().join("mean.binaryproto"))
+            .unwrap();
+        std::fs::write(dir.path().join("w.txt"), GOOD).unwrap();
+        let text = format!(
+            r#"name: "w" type: "WindowData" top: "data" top: "label"
+transform_param {{ crop_size: 16 mean_file: "mean.binaryproto" }}
+window_data_param {{ source: "w.txt" root_folder: "{}/images/" batch_size: 2 }}"#,
+            fixtures().display()
+        );
+        let p: LayerParameter = crate::caffe::prototxt::parse(&text, Path::new("w")).unwrap();
+        let err = WindowData::new(&p, &BuildContext::cpu(dir.path(), 5, Phase::Train))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("past its height"), "{err}");
     }
 
     #[test]
