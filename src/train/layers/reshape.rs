@@ -153,13 +153,6 @@ impl Layer for Reshape {
         let count: usize = shape.iter().product();
         if let Some(at) = inferred {
             let known: usize = top.iter().product();
-            if known == 0 && count == 0 && self.top.len() == top.len() {
-                // No items behind a Filter: the rest cannot tell the
-                // inferred size (Caffe divides by zero); keep the last one.
-                top[at] = self.top[at];
-                self.top = top.clone();
-                return Ok(vec![top]);
-            }
             if known == 0 || count % known != 0 {
                 return Err(Error::model(
                     &self.ctx,

@@ -109,6 +109,15 @@ impl Net {
     }
 }
 
+/// `shape` with no items: its first axis 0 (a scalar stays a scalar).
+fn no_items(shape: &[usize]) -> Vec<usize> {
+    let mut s = shape.to_vec();
+    if let Some(items) = s.first_mut() {
+        *items = 0;
+    }
+    s
+}
+
 impl Entry {
     /// Before the layer runs on `bottom`: when its bottoms follow a Filter
     /// and their shapes changed since its last pass, lets it reshape. When
@@ -119,22 +128,24 @@ impl Entry {
         let Some(seen) = &mut self.seen else {
             return Ok(None);
         };
+        seen.empty = !bottom.is_empty() && bottom.iter().all(|t| t.elem_count() == 0);
+        if seen.empty {
+            // The layer is not asked to reshape to nothing: its tops are
+            // its last ones with no items (a scalar stays a scalar).
+            let device = bottom[0].device();
+            let tops = seen
+                .tops
+                .iter()
+                .map(|s| Ok(Tensor::zeros(no_items(s), DType::F32, device)?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Some(tops));
+        }
         if !seen.bottoms.iter().zip(bottom).all(|(s, t)| s == t.dims()) {
             let dims: Vec<Vec<usize>> = bottom.iter().map(|t| t.dims().to_vec()).collect();
             seen.tops = self.layer.reshape(&dims)?;
             seen.bottoms = dims;
         }
-        seen.empty = !bottom.is_empty() && bottom.iter().all(|t| t.elem_count() == 0);
-        if !seen.empty {
-            return Ok(None);
-        }
-        let device = bottom[0].device();
-        let tops = seen
-            .tops
-            .iter()
-            .map(|s| Ok(Tensor::zeros(s.as_slice(), DType::F32, device)?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some(tops))
+        Ok(None)
     }
 
     /// The backward pass of a layer whose last pass was empty: zeros for
@@ -154,7 +165,7 @@ impl Entry {
             .bottoms
             .iter()
             .zip(&self.propagate)
-            .map(|(s, &p)| p.then(|| zeros(s)).transpose())
+            .map(|(s, &p)| p.then(|| zeros(&no_items(s))).transpose())
             .collect::<Result<Vec<_>>>()?;
         let params = self
             .layer
