@@ -872,7 +872,8 @@ layer {{ name: "gain" type: "Power" bottom: "pool" top: "pool" power_param {{ sc
 
 /// A multi-task net whose second head trains only on the items a Filter
 /// keeps (class 3, by a Threshold on the label), and a third branch of
-/// convolution, LRN and pooling only on those images: the fixture's
+/// convolution, BatchNorm, Scale, PReLU, LRN and pooling only on those
+/// images: the fixture's
 /// batches hold 0, 0 and 6 of them in turn, so both see empty batches too
 /// (which crash Caffe; here its loss and Accuracy are 0 then, and its
 /// gradients zero). The net trains, a resume repeats it bit for bit, and the
@@ -904,6 +905,9 @@ layer {{ name: "head_accuracy" type: "Accuracy" bottom: "head" bottom: "labelf" 
 layer {{ name: "select_images" type: "Filter" bottom: "data" bottom: "is3" top: "dataf" }}
 layer {{ name: "convf" type: "Convolution" bottom: "dataf" top: "convf"
   convolution_param {{ num_output: 4 kernel_size: 5 stride: 4 weight_filler {{ type: "msra" }} }} }}
+layer {{ name: "bnf" type: "BatchNorm" bottom: "convf" top: "convf" }}
+layer {{ name: "scalef" type: "Scale" bottom: "convf" top: "convf" scale_param {{ bias_term: true }} }}
+layer {{ name: "preluf" type: "PReLU" bottom: "convf" top: "convf" }}
 layer {{ name: "normf" type: "LRN" bottom: "convf" top: "normf" lrn_param {{ local_size: 3 }} }}
 layer {{ name: "poolf" type: "Pooling" bottom: "normf" top: "poolf" pooling_param {{ pool: MAX kernel_size: 3 stride: 2 }} }}
 layer {{ name: "fcf" type: "InnerProduct" bottom: "poolf" top: "fcf"

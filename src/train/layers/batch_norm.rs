@@ -187,6 +187,31 @@ impl Layer for BatchNorm {
     fn type_name(&self) -> &'static str {
         "BatchNorm"
     }
+    fn any_batch(&self) -> bool {
+        true
+    }
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        // Only the batch changes (behind a Filter); the statistics stay.
+        let shape = &bottom[0];
+        let (_, c, s) = self.dims;
+        let (n, rest) = (shape[0], shape.iter().skip(2).product::<usize>());
+        if shape.get(1).copied().unwrap_or(1) != c || rest != s {
+            return Err(Error::model(
+                &self.ctx,
+                format!(
+                    "was set up for {c} channels of {s} values, not a bottom of shape {shape:?}"
+                ),
+            ));
+        }
+        if !self.global && n * s < 2 {
+            return Err(Error::model(
+                &self.ctx,
+                format!("batch statistics need at least two values per channel, but the Filter before it kept one item of shape {shape:?} (Caffe divides by zero there)"),
+            ));
+        }
+        self.dims = (n, c, s);
+        Ok(vec![shape.clone()])
+    }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let shape = &bottom[0];
         let c = match shape.len() {
@@ -305,6 +330,22 @@ mod tests {
             .unwrap()
             .reshape((2, 2, 2))
             .unwrap()
+    }
+
+    /// Behind a Filter only the batch may change, and batch statistics
+    /// still need two values per channel.
+    #[test]
+    fn reshapes_to_other_batches_of_the_same_items() {
+        let mut l = layer("", Phase::Train);
+        l.setup(&[vec![4, 3]]).unwrap();
+        assert_eq!(l.reshape(&[vec![2, 3]]).unwrap(), [vec![2, 3]]);
+        let err = l.reshape(&[vec![1, 3]]).unwrap_err().to_string();
+        assert!(err.contains("kept one item"), "{err}");
+        let err = l.reshape(&[vec![2, 5]]).unwrap_err().to_string();
+        assert!(err.contains("set up for 3 channels"), "{err}");
+        let mut global = layer("use_global_stats: true", Phase::Train);
+        global.setup(&[vec![4, 3]]).unwrap();
+        assert!(global.reshape(&[vec![1, 3]]).is_ok());
     }
 
     #[test]

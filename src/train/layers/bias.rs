@@ -23,6 +23,8 @@ pub struct Bias {
     dims: (usize, usize, usize),
     /// Whether the shift is the second bottom (else the parameter).
     shift_bottom: bool,
+    /// Whether the batch axis comes before the shift's axes.
+    batch_outside: bool,
     ctx: String,
 }
 
@@ -42,6 +44,7 @@ impl Bias {
             rng,
             dims: (0, 0, 0),
             shift_bottom: false,
+            batch_outside: false,
             ctx: format!("layer '{name}'"),
         }
     }
@@ -59,6 +62,15 @@ impl Layer for Bias {
     fn type_name(&self) -> &'static str {
         "Bias"
     }
+    fn any_batch(&self) -> bool {
+        !self.shift_bottom && self.batch_outside
+    }
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let (dims, blob) = span(bottom, self.p.axis(), self.p.num_axes(), "shift", &self.ctx)?;
+        super::scale::same_blob(&self.params[0], &blob, &self.ctx)?;
+        self.dims = dims;
+        Ok(vec![bottom[0].clone()])
+    }
     fn variadic_bottoms(&self) -> bool {
         true
     }
@@ -72,6 +84,7 @@ impl Layer for Bias {
         self.shift_bottom = bottom.len() == 2;
         let (dims, blob) = span(bottom, self.p.axis(), self.p.num_axes(), "shift", &self.ctx)?;
         self.dims = dims;
+        self.batch_outside = super::scale::starts_after_batch(self.p.axis(), &bottom[0]);
         self.params.clear();
         if !self.shift_bottom {
             let shift = fill_or_constant(

@@ -82,9 +82,40 @@ impl PRelu {
     }
 }
 
+impl PRelu {
+    /// A bottom of `shape` as (outer, channels, inner); channels 1 when shared.
+    fn dims_of(&self, shape: &[usize]) -> (usize, usize, usize) {
+        let (channels, inner) = (shape[1], shape[2..].iter().product::<usize>());
+        if self.p.channel_shared() {
+            (1, 1, shape[0] * channels * inner)
+        } else {
+            (shape[0], channels, inner)
+        }
+    }
+}
+
 impl Layer for PRelu {
     fn type_name(&self) -> &'static str {
         "PReLU"
+    }
+    fn any_batch(&self) -> bool {
+        true
+    }
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        // Only the batch changes (behind a Filter); the slopes stay.
+        let shape = &bottom[0];
+        let channels = shape.get(1).copied().unwrap_or(0);
+        if shape.len() < 2 || (!self.p.channel_shared() && channels != self.dims.1) {
+            return Err(Error::model(
+                &self.ctx,
+                format!(
+                    "was set up for {} channels, not a bottom of shape {shape:?}",
+                    self.dims.1
+                ),
+            ));
+        }
+        self.dims = self.dims_of(shape);
+        Ok(vec![shape.clone()])
     }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let shape = &bottom[0];
@@ -95,12 +126,7 @@ impl Layer for PRelu {
             ));
         }
         let channels = shape[1];
-        let inner: usize = shape[2..].iter().product();
-        self.dims = if self.p.channel_shared() {
-            (1, 1, shape[0] * channels * inner)
-        } else {
-            (shape[0], channels, inner)
-        };
+        self.dims = self.dims_of(shape);
         let blob = vec![if self.p.channel_shared() { 1 } else { channels }];
         let slopes = fill_or_constant(
             self.p.filler.as_ref(),

@@ -24,6 +24,9 @@ pub struct Scale {
     dims: (usize, usize, usize),
     /// Whether the factor is the second bottom (else the first parameter).
     factor_bottom: bool,
+    /// Whether the batch axis comes before the factor's axes (so a Filter's
+    /// changing batch leaves the factor alone).
+    batch_outside: bool,
     ctx: String,
 }
 
@@ -43,6 +46,7 @@ impl Scale {
             rng,
             dims: (0, 0, 0),
             factor_bottom: false,
+            batch_outside: false,
             ctx: format!("layer '{name}'"),
         }
     }
@@ -148,6 +152,27 @@ impl Scale {
 /// then ignores `num_axes`). Returns the first bottom as (outer, positions,
 /// inner) and the blob's shape; a second bottom of another shape is an
 /// error naming it as `what`.
+/// Whether axis `axis` (Caffe's, negative from the end) of a blob of
+/// `shape` comes after its first (the batch).
+pub(super) fn starts_after_batch(axis: i32, shape: &[usize]) -> bool {
+    let rank = shape.len() as i32;
+    (if axis < 0 { axis + rank } else { axis }) >= 1
+}
+
+/// Refuses a reshaped bottom whose span no longer fits the learned blob.
+pub(super) fn same_blob(param: &Tensor, blob: &[usize], ctx: &str) -> Result<()> {
+    if param.dims() != blob {
+        return Err(Error::model(
+            ctx,
+            format!(
+                "was set up for a blob of shape {:?}, and this bottom asks for {blob:?}",
+                param.dims()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn span(
     bottom: &[Vec<usize>],
     axis: i32,
@@ -196,6 +221,21 @@ impl Layer for Scale {
     fn type_name(&self) -> &'static str {
         "Scale"
     }
+    fn any_batch(&self) -> bool {
+        !self.factor_bottom && self.batch_outside
+    }
+    fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
+        let (dims, blob) = span(
+            bottom,
+            self.p.axis(),
+            self.p.num_axes(),
+            "factor",
+            &self.ctx,
+        )?;
+        same_blob(&self.params[0], &blob, &self.ctx)?;
+        self.dims = dims;
+        Ok(vec![bottom[0].clone()])
+    }
     fn variadic_bottoms(&self) -> bool {
         // Counted here so that two bottoms get this layer's own message.
         true
@@ -217,6 +257,7 @@ impl Layer for Scale {
             &self.ctx,
         )?;
         self.dims = dims;
+        self.batch_outside = starts_after_batch(self.p.axis(), shape);
         self.params.clear();
         if !self.factor_bottom {
             // Caffe's default factor is 1; the shift's default filler is 0.

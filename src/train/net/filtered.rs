@@ -220,7 +220,7 @@ layer { name: "select" type: "Filter" bottom: "x" bottom: "label" bottom: "keep"
         assert!(listed.len() > 20, "{listed:?}");
         for ty in listed
             .iter()
-            .chain(&["Deconvolution", "Im2col", "BatchNorm", "HingeLoss"])
+            .chain(&["Deconvolution", "Im2col", "MVN", "HingeLoss"])
         {
             let extra = match *ty {
                 "InnerProduct" => "inner_product_param { num_output: 2 }",
@@ -236,7 +236,10 @@ layer { name: "select" type: "Filter" bottom: "x" bottom: "label" bottom: "keep"
                 std::path::Path::new("l"),
             )
             .unwrap();
-            let layer = create(&lp, &ctx, 0).unwrap();
+            let mut layer = create(&lp, &ctx, 0).unwrap();
+            // Scale and Bias can tell only once they know their bottom's
+            // axes (those that need two bottoms refuse this one).
+            let _ = layer.setup(&[vec![2, 3, 4, 4]]);
             assert_eq!(layer.any_batch(), listed.contains(ty), "{ty}");
         }
     }

@@ -275,12 +275,14 @@ impl Net {
                 ));
             }
             consumed.extend(&bottoms);
-            let follows = net.follows_filter(layer.as_ref(), lp, &bottoms)?;
             let bottom_shapes: Vec<Vec<usize>> = bottoms
                 .iter()
                 .map(|&b| net.blob_shapes[b].clone())
                 .collect();
             let top_shapes = layer.setup(&bottom_shapes)?;
+            // After set-up: whether a layer can follow a changing batch may
+            // depend on its shapes (the axis a Scale's factor starts at).
+            let follows = net.follows_filter(layer.as_ref(), lp, &bottoms)?;
             let seen = follows.is_some().then(|| Seen {
                 bottoms: bottom_shapes.clone(),
                 tops: top_shapes.clone(),
