@@ -58,8 +58,14 @@ struct Window {
 enum Mean {
     None,
     Values(Vec<f32>),
-    /// The mean image (CHW) and the offset of the crop in it.
-    Image(MeanImage, Vec<f32>, i64),
+    /// The mean image's CHW values, its width, and the crop's offset in
+    /// it (on both axes, as Caffe reads it).
+    Image {
+        values: Vec<f32>,
+        height: usize,
+        width: usize,
+        off: usize,
+    },
 }
 
 pub struct WindowData {
@@ -299,8 +305,12 @@ impl WindowData {
                         ),
                     ));
                 }
-                let values = m.values_f32();
-                Mean::Image(m, values, off)
+                Mean::Image {
+                    values: m.values_f32(),
+                    height: m.height,
+                    width: m.width,
+                    off: off as usize,
+                }
             }
             (None, []) => Mean::None,
             (None, [v]) => Mean::Values(vec![*v; 3]),
@@ -457,17 +467,15 @@ impl WindowData {
                     let mean = match &self.mean {
                         Mean::None => 0.0,
                         Mean::Values(v) => v[c],
-                        Mean::Image(m, values, off) => {
-                            let my = (oy as i64 + off) as usize;
-                            let mx = (ox as i64 + off) as usize;
-                            values[(c * m.height + my) * m.width + mx]
-                        }
+                        Mean::Image {
+                            values,
+                            height,
+                            width,
+                            off,
+                        } => values[(c * height + oy + off) * width + ox + off],
                     };
-                    out[(c * cs + oy) * cs + ox] = if matches!(self.mean, Mean::None) {
-                        pixel * self.scale
-                    } else {
-                        (pixel - mean) * self.scale
-                    };
+                    // (x - 0) is x exactly, so no mean needs no case of its own.
+                    out[(c * cs + oy) * cs + ox] = (pixel - mean) * self.scale;
                 }
             }
         }
