@@ -895,7 +895,9 @@ layer {{ name: "is3" type: "Threshold" bottom: "label" top: "is3" threshold_para
 layer {{ name: "select" type: "Filter" bottom: "fc1" bottom: "label" bottom: "is3" top: "fc1f" top: "labelf" }}
 layer {{ name: "flat" type: "Reshape" bottom: "fc1f" top: "flat" reshape_param {{ shape {{ dim: 0 dim: -1 }} }} }}
 layer {{ name: "drop" type: "Dropout" bottom: "flat" top: "flat" dropout_param {{ dropout_ratio: 0.2 }} }}
-layer {{ name: "both" type: "Concat" bottom: "flat" bottom: "fc1f" top: "both" }}
+layer {{ name: "halves" type: "Slice" bottom: "fc1f" top: "h1" top: "h2" slice_param {{ axis: 1 }} }}
+layer {{ name: "mix" type: "Eltwise" bottom: "h1" bottom: "h2" top: "mix" }}
+layer {{ name: "both" type: "Concat" bottom: "flat" bottom: "mix" top: "both" }}
 layer {{ name: "head" type: "InnerProduct" bottom: "both" top: "head"
   inner_product_param {{ num_output: 4 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
 layer {{ name: "head_loss" type: "SoftmaxWithLoss" bottom: "head" bottom: "labelf" top: "head_loss"

@@ -180,7 +180,7 @@ pub trait Layer: Send {
 
 /// The layer types that can follow a Filter (those whose
 /// [`Layer::any_batch`] says yes), for error messages.
-pub const FOLLOW_FILTER: &str = "InnerProduct (axis 1 or later), Convolution, Pooling, LRN, BatchNorm, Scale (one bottom; axis 1 or later), Bias (one bottom; axis 1 or later), PReLU, ReLU, Dropout, Threshold, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy, EuclideanLoss, SigmoidCrossEntropyLoss, Split, Silence, Flatten, Reshape, Concat, Eltwise, Filter";
+pub const FOLLOW_FILTER: &str = "InnerProduct (axis 1 or later), Convolution, Pooling, LRN, BatchNorm, Scale (one bottom; axis 1 or later), Bias (one bottom; axis 1 or later), PReLU, ReLU, Dropout, Threshold, Sigmoid, TanH, AbsVal, BNLL, ELU, Power, Exp, Log, Swish, Clip, Softmax, SoftmaxWithLoss, InfogainLoss, Accuracy, EuclideanLoss, SigmoidCrossEntropyLoss, Split, Slice (axis 1 or later), Silence, Flatten, Reshape, Concat, Eltwise, Filter";
 
 /// Where relative paths in a net (sources, mean files) are resolved from, and
 /// how randomness is seeded.

@@ -43,6 +43,10 @@ impl Layer for Slice {
     fn type_name(&self) -> &'static str {
         "Slice"
     }
+    fn any_batch(&self) -> bool {
+        // Cut along an axis after the batch, its parts keep the items.
+        self.axis >= 1
+    }
     fn setup(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let shape = &bottom[0];
         let n = shape.len() as i64;

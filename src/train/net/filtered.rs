@@ -229,6 +229,7 @@ layer { name: "select" type: "Filter" bottom: "x" bottom: "label" bottom: "keep"
                 }
                 "InfogainLoss" => "infogain_loss_param { source: \"h.binaryproto\" }",
                 "Clip" => "clip_param { min: 0 max: 1 }",
+                "Slice" => "top: \"a\" top: \"b\"",
                 _ => "",
             };
             let lp: LayerParameter = crate::caffe::prototxt::parse(
