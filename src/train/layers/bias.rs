@@ -58,6 +58,13 @@ impl Bias {
     }
 }
 
+impl Bias {
+    /// The bottom as (outer, shifted, inner) and the shift's shape.
+    fn span(&self, bottom: &[Vec<usize>]) -> Result<((usize, usize, usize), Vec<usize>)> {
+        span(bottom, self.p.axis(), self.p.num_axes(), "shift", &self.ctx)
+    }
+}
+
 impl Layer for Bias {
     fn type_name(&self) -> &'static str {
         "Bias"
@@ -66,7 +73,7 @@ impl Layer for Bias {
         !self.shift_bottom && self.batch_outside
     }
     fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        let (dims, blob) = span(bottom, self.p.axis(), self.p.num_axes(), "shift", &self.ctx)?;
+        let (dims, blob) = self.span(bottom)?;
         super::scale::same_blob(&self.params[0], &blob, &self.ctx)?;
         self.dims = dims;
         Ok(vec![bottom[0].clone()])
@@ -82,7 +89,7 @@ impl Layer for Bias {
             ));
         }
         self.shift_bottom = bottom.len() == 2;
-        let (dims, blob) = span(bottom, self.p.axis(), self.p.num_axes(), "shift", &self.ctx)?;
+        let (dims, blob) = self.span(bottom)?;
         self.dims = dims;
         self.batch_outside = super::scale::starts_after_batch(self.p.axis(), &bottom[0]);
         self.params.clear();

@@ -217,6 +217,19 @@ pub(super) fn span(
     Ok((dims, blob))
 }
 
+impl Scale {
+    /// The bottom as (outer, scaled, inner) and the factor's shape.
+    fn span(&self, bottom: &[Vec<usize>]) -> Result<((usize, usize, usize), Vec<usize>)> {
+        span(
+            bottom,
+            self.p.axis(),
+            self.p.num_axes(),
+            "factor",
+            &self.ctx,
+        )
+    }
+}
+
 impl Layer for Scale {
     fn type_name(&self) -> &'static str {
         "Scale"
@@ -225,13 +238,7 @@ impl Layer for Scale {
         !self.factor_bottom && self.batch_outside
     }
     fn reshape(&mut self, bottom: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
-        let (dims, blob) = span(
-            bottom,
-            self.p.axis(),
-            self.p.num_axes(),
-            "factor",
-            &self.ctx,
-        )?;
+        let (dims, blob) = self.span(bottom)?;
         same_blob(&self.params[0], &blob, &self.ctx)?;
         self.dims = dims;
         Ok(vec![bottom[0].clone()])
@@ -249,13 +256,7 @@ impl Layer for Scale {
         }
         let shape = &bottom[0];
         self.factor_bottom = bottom.len() == 2;
-        let (dims, blob) = span(
-            bottom,
-            self.p.axis(),
-            self.p.num_axes(),
-            "factor",
-            &self.ctx,
-        )?;
+        let (dims, blob) = self.span(bottom)?;
         self.dims = dims;
         self.batch_outside = starts_after_batch(self.p.axis(), shape);
         self.params.clear();
