@@ -357,7 +357,7 @@ fn cli_lists_feed_to_lmdb() {
         "{stdout}"
     );
     assert!(stdout.contains("12.0x"), "{stdout}");
-    assert!(stdout.contains("Skipped 1 unreadable images"), "{stdout}");
+    assert!(stdout.contains("Skipped 1 unreadable image:"), "{stdout}");
     // The lists hold absolute paths: any root folder works for to-lmdb.
     let (ok, _, err) = run(
         t.path(),

@@ -502,7 +502,9 @@ impl ImportSummary {
             );
         }
         if !self.skipped.is_empty() {
-            s += &format!("Skipped {} unreadable images:\n", self.skipped.len());
+            let n = self.skipped.len();
+            let noun = if n == 1 { "image" } else { "images" };
+            s += &format!("Skipped {n} unreadable {noun}:\n");
             for (p, e) in &self.skipped {
                 s += &format!("- {}: {e}\n", p.display());
             }

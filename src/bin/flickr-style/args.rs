@@ -25,81 +25,114 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
+    /// The whole recipe, from data to an evaluated model.
+    ///
+    /// Assemble Flickr Style (or import class folders or a manifest), compute-mean, (to-lmdb),
+    /// fetch CaffeNet, finetune, evaluate; also writes a deploy net. Each stage is skipped when
+    /// its outputs are complete, so a rerun continues where it stopped.
+    Pipeline(Box<PipelineArgs>),
+    /// Select the Flickr Style subset and download it in parallel (assemble_data.py).
+    Assemble(AssembleArgs),
+    /// A folder-per-class dataset into train.txt, test.txt and labels.txt.
+    ///
+    /// ROOT/<class>/<image>, e.g. zooplankton: labels from the sorted folder names, a seeded
+    /// split stratified by class.
+    ImportFolders(ImportFoldersArgs),
+    /// A CSV/TSV manifest into train.txt, test.txt, val.txt and labels.txt.
+    ///
+    /// One row per image: path, class, optional set. Split like import-folders unless a set
+    /// column decides.
+    ImportManifest(ImportManifestArgs),
+    /// Download a model zoo caffemodel and verify its SHA-1 (download_model_binary.py).
+    ///
+    /// The file, URL and checksum come from DIR/readme.md's front matter.
+    DownloadModel(DownloadModelArgs),
+    /// Download Caffe's ILSVRC-2012 mean and synsets (get_ilsvrc_aux.sh).
+    GetIlsvrcAux(GetIlsvrcAuxArgs),
     /// Convert an image list to an LMDB of Caffe Datums (convert_imageset).
     ToLmdb(ToLmdbArgs),
-    /// Compute the per-pixel mean of an LMDB or image list as mean.binaryproto (compute_image_mean).
+    /// The per-pixel mean of an LMDB or image list as mean.binaryproto (compute_image_mean).
     ComputeMean(ComputeMeanArgs),
-    /// Convert a mean between NumPy .npy and Caffe .binaryproto (direction from the extensions).
+    /// Convert a mean between NumPy .npy and Caffe .binaryproto.
+    ///
+    /// The direction comes from the file extensions.
     ConvertMean(ConvertMeanArgs),
-    /// Select the Flickr Style subset like assemble_data.py and download it in parallel.
-    Assemble(AssembleArgs),
-    /// A folder-per-class dataset (ROOT/<class>/<image>, e.g. zooplankton) into train.txt, test.txt
-    /// and labels.txt: labels from the sorted folder names, a seeded split stratified by class.
-    ImportFolders(ImportFoldersArgs),
-    /// A CSV/TSV manifest (one row per image: path, class, optional set) into train.txt, test.txt,
-    /// val.txt and labels.txt, split like import-folders unless a set column decides.
-    ImportManifest(ImportManifestArgs),
-    /// Class weights for a class-weighted loss: a training list's label counts as the diagonal
-    /// matrix H of Caffe's InfogainLoss layer (weight proportional to count^-alpha).
+    /// Class weights for imbalanced data, as InfogainLoss's matrix H.
+    ///
+    /// A training list's label counts as the diagonal matrix H of Caffe's InfogainLoss layer
+    /// (weight proportional to count^-alpha).
     ClassWeights(ClassWeightsArgs),
-    /// Regression or multi-label targets for an image LMDB: a CSV of `path,value,...` rows as an
-    /// LMDB of float Datums under the image records' keys, for a second Data layer feeding an
-    /// EuclideanLoss or SigmoidCrossEntropyLoss.
+    /// Regression or multi-label targets as an LMDB beside an image LMDB.
+    ///
+    /// A CSV of `path,value,...` rows as an LMDB of float Datums under the image records' keys,
+    /// for a second Data layer feeding an EuclideanLoss or SigmoidCrossEntropyLoss.
     TargetsLmdb(TargetsLmdbArgs),
-    /// A caffemodel for one-channel (gray) input: a convolution's filters summed over their input
-    /// channels, so that it reads one gray channel as it read three equal ones (see `pipeline --gray`).
+    /// A caffemodel for one-channel (gray) input.
+    ///
+    /// A convolution's filters summed over their input channels, so that it reads one gray
+    /// channel as it read three equal ones (see `pipeline --gray`).
     GrayWeights(GrayWeightsArgs),
-    /// Download a model zoo caffemodel named in DIR/readme.md and verify its SHA-1 (download_model_binary.py).
-    DownloadModel(DownloadModelArgs),
-    /// The whole recipe: assemble Flickr Style (or import class folders or a manifest),
-    /// compute-mean, (to-lmdb), fetch CaffeNet, finetune, evaluate; also writes a deploy net.
-    Pipeline(Box<PipelineArgs>),
-    /// Train or fine-tune a net from a Caffe solver prototxt (caffe train): any of Caffe's solver types (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam).
+    /// Train or fine-tune a net from a Caffe solver prototxt (caffe train).
+    ///
+    /// Any of Caffe's solver types (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam).
     Finetune(FinetuneArgs),
+    /// Train only the classifier on the pretrained net's features (a linear probe).
+    ///
+    /// One forward pass over the images, then seconds of training; writes the whole net as
+    /// probe.caffemodel.
+    Probe(ProbeArgs),
     /// Score a net's TEST phase with trained weights (caffe test).
     Test(TestArgs),
-    /// Per-class report of trained weights over the TEST data: confusion matrix, precision,
-    /// recall, F1, top-k and mean per-class accuracy.
-    Evaluate(EvaluateArgs),
-    /// Save blobs' values (e.g. fc7) per image, of the TEST data or of image files, as .npy (and
-    /// with --lmdb as Caffe's extract_features LMDB), for other learners (extract_features).
-    Features(FeaturesArgs),
-    /// Train only the classifier on the pretrained net's features (a linear probe): one forward
-    /// pass over the images, then seconds of training; writes the whole net as probe.caffemodel.
-    Probe(ProbeArgs),
-    /// Predict the classes of new, unlabelled images with trained weights (classify.py): the
-    /// net as trained (its TEST data layer says how an image becomes its input) or a deploy net
-    /// with --mean; writes a CSV of the top classes.
-    Classify(ClassifyArgs),
-    /// Where in each image the net found its class (beyond Caffe): Grad-CAM heat maps over the
-    /// images as the net saw them, and explain.csv (class, probability, where the map peaks).
-    Explain(ExplainArgs),
-    /// Late fusion: whether each image's original size (and measurements a manifest carries, or
-    /// `measure`'s shapes and textures) add to the net's probabilities, by a cross-validated
-    /// logistic regression on an evaluated set (evaluate --out's probabilities.csv with the
-    /// dataset's samples.csv).
-    Fuse(FuseArgs),
-    /// Measure the object in every image of a samples.csv (size, fill, elongation, Hu moments,
-    /// contrast, Haralick texture) from the original files into measures.csv, for
-    /// `fuse --measured`.
-    Measure(MeasureArgs),
-    /// Several evaluate reports side by side (accuracy, mean per-class accuracy, macro F1, log
-    /// loss), best first: which variant of a recipe helped.
-    Compare(CompareArgs),
-    /// Write the deploy net of a trained net (its TEST layers with an Input layer in place of the
-    /// data layer, no label layers, a Softmax `prob`), which Caffe, pycaffe and OpenCV's dnn
-    /// module load with the .caffemodel.
-    Deploy(DeployArgs),
-    /// Time a net layer by layer: the training step, or with --phase test the forward pass (caffe time).
+    /// Time a net layer by layer (caffe time).
+    ///
+    /// The training step, or with --phase test the forward pass.
     Time(TimeArgs),
-    /// Plot training runs as SVG (a `finetune --metrics` file or a Caffe training log; several
-    /// overlaid): training and test losses, test scores, learning rate (parse_log.py, plot_training_log.py).
-    #[command(override_usage = "flickr-style plot [OPTIONS] <RUN>... <OUT.svg>")]
-    Plot(PlotArgs),
     /// Check every layer's GPU code path against the CPU kernels (on --gpu N, or on the CPU).
     CheckOps(CheckOpsArgs),
-    /// Download and unpack Caffe's ILSVRC-2012 aux data: ImageNet mean and synsets (get_ilsvrc_aux.sh).
-    GetIlsvrcAux(GetIlsvrcAuxArgs),
+    /// Per-class report of trained weights over the TEST data.
+    ///
+    /// Confusion matrix, precision, recall, F1, top-k and mean per-class accuracy.
+    Evaluate(EvaluateArgs),
+    /// Several evaluate reports side by side, best first.
+    ///
+    /// Accuracy, mean per-class accuracy, macro F1, log loss: which variant of a recipe helped.
+    Compare(CompareArgs),
+    /// Plot training runs as SVG (parse_log.py, plot_training_log.py).
+    ///
+    /// A `finetune --metrics` file or a Caffe training log; several overlaid: training and test
+    /// losses, test scores, learning rate.
+    #[command(override_usage = "flickr-style plot [OPTIONS] <RUN>... <OUT.svg>")]
+    Plot(PlotArgs),
+    /// Predict the classes of new, unlabelled images (classify.py).
+    ///
+    /// The net as trained (its TEST data layer says how an image becomes its input) or a deploy
+    /// net with --mean; writes a CSV of the top classes.
+    Classify(ClassifyArgs),
+    /// Grad-CAM heat maps: where in each image the net found its class.
+    ///
+    /// Heat maps over the images as the net saw them, and explain.csv (class, probability, where
+    /// the map peaks).
+    Explain(ExplainArgs),
+    /// Save blobs' values (e.g. fc7) per image as .npy, for other learners (extract_features).
+    ///
+    /// Of the TEST data or of image files; with --lmdb also as Caffe's extract_features LMDB.
+    Features(FeaturesArgs),
+    /// Write the deploy net of a trained net, for Caffe, pycaffe or OpenCV's dnn.
+    ///
+    /// Its TEST layers with an Input layer in place of the data layer, no label layers, a
+    /// Softmax `prob`; loaded with the .caffemodel.
+    Deploy(DeployArgs),
+    /// Measure the object in every image of a samples.csv into measures.csv.
+    ///
+    /// Size, fill, elongation, Hu moments, contrast, Haralick texture, from the original files,
+    /// for `fuse --measured`.
+    Measure(MeasureArgs),
+    /// Late fusion: whether original sizes and measurements add to the net's probabilities.
+    ///
+    /// Each image's original size (and measurements a manifest carries, or `measure`'s shapes
+    /// and textures), by a cross-validated logistic regression on an evaluated set (evaluate
+    /// --out's probabilities.csv with the dataset's samples.csv).
+    Fuse(FuseArgs),
 }
 
 #[derive(Args)]
