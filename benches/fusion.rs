@@ -3,7 +3,7 @@
 //! of plankton-like shape: N images, C classes, ln(width), ln(height) and F
 //! further measurement columns.
 //! Run with `scripts/bench-fuse [N]`; prints a table.
-use flickr_style::train::fusion::{fuse, FuseOptions};
+use flickr_style::analysis::fusion::{fuse, FuseOptions};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::time::Instant;

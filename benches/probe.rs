@@ -60,7 +60,7 @@ fn main() {
             verbose: false,
             stop: None,
             shuffle: true,
-            views: flickr_style::train::tta::Tta::None,
+            views: flickr_style::inference::tta::Tta::None,
         })
         .unwrap();
         (p, t.elapsed().as_secs_f64())

@@ -10,6 +10,8 @@ use crate::caffe::proto::{
 };
 use crate::caffe::{proto::data_parameter::Db, prototxt};
 use crate::error::{Error, IoContext, Result};
+use crate::inference::evaluate::{evaluate, read_class_names, EvalOptions, Report};
+use crate::inference::tta::Tta;
 use crate::pipeline::assemble::{assemble, AssembleOptions};
 use crate::pipeline::class_weights::write_class_weights;
 use crate::pipeline::fetch::{fetch_file, Checksum, FetchOptions};
@@ -22,11 +24,9 @@ use crate::pipeline::split::ImportSummary;
 use crate::pipeline::to_lmdb::{to_lmdb, ToLmdbOptions};
 use crate::train::augment::Augment;
 use crate::train::compute::{Compute, DeviceChoice};
-use crate::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
 use crate::train::gray;
 use crate::train::heads;
 use crate::train::solver::{Solver, SolverOptions};
-use crate::train::tta::Tta;
 use std::path::{Path, PathBuf};
 
 /// Where Caffe's model zoo serves the reference CaffeNet weights, and their SHA-1.
@@ -373,9 +373,9 @@ pub fn run(
             stop: Some(stop.clone()),
             shuffle: true,
             views: if opts.rotate90 {
-                crate::train::tta::Tta::Dihedral
+                crate::inference::tta::Tta::Dihedral
             } else {
-                crate::train::tta::Tta::None
+                crate::inference::tta::Tta::None
             },
         })?;
         let (views, turn) = if opts.rotate90 {
@@ -411,7 +411,7 @@ pub fn run(
     if let Some(m) = opts.metrics.as_ref().filter(|m| m.exists()) {
         // A plot is a convenience: a metrics file it cannot read fails no run.
         let svg = report_dir.join("training.svg");
-        match crate::train::plot::plot_metrics(m, &svg) {
+        match crate::analysis::plot::plot_metrics(m, &svg) {
             Ok(()) => say(format!("      training curves: {}", svg.display())),
             Err(e) => say(format!("      no training plot: {e}")),
         }
@@ -467,9 +467,9 @@ pub fn run(
         }
     }
     // Earlier runs of other variants reported beside this one: side by side.
-    let reports = crate::train::compare::find_reports(&data)?;
+    let reports = crate::analysis::compare::find_reports(&data)?;
     if reports.len() > 1 {
-        use crate::train::compare::{read_reports, sorted, to_markdown, SortBy};
+        use crate::analysis::compare::{read_reports, sorted, to_markdown, SortBy};
         say(format!(
             "      the {} reports in {} side by side, best macro F1 first (flickr-style compare {}):",
             reports.len(),
@@ -588,7 +588,7 @@ fn evaluate_stage(
         let p = f.point.expect("found with a point");
         say(format!(
             "      for 95% accuracy, classify with --threshold {:.4}: it predicted {:.1}% of the test images, leaving {:.1}% to a person",
-            crate::train::abstention::printable(p.threshold),
+            crate::analysis::abstention::printable(p.threshold),
             100.0 * p.coverage,
             100.0 * (1.0 - p.coverage)
         ));
@@ -778,7 +778,7 @@ fn write_recipe(
     let net_path = data.join("train_val.prototxt");
     crate::fsutil::write_atomic(&net_path, prototxt::to_string(&net).as_bytes())?;
     // The deploy net for Caffe, pycaffe or OpenCV's dnn module.
-    let (deploy, mut comment) = crate::train::deploy::deploy_net(&net, 1, &net_path, data)?;
+    let (deploy, mut comment) = crate::inference::deploy::deploy_net(&net, 1, &net_path, data)?;
     if let Some(p) = opts.pad {
         let fill = match p.fill {
             PadFill::Border => "each image's edge colour".to_string(),

@@ -9,7 +9,7 @@ use common::golden::{Array, Fingerprint};
 use common::{fixture, npy, run};
 use flickr_style::caffe::model::{read_caffemodel, read_net_prototxt};
 use flickr_style::caffe::proto::Phase;
-use flickr_style::train::explain::grad_cam;
+use flickr_style::inference::explain::grad_cam;
 use flickr_style::train::layers::BuildContext;
 use flickr_style::train::net::Net;
 use serde::Deserialize;
@@ -383,7 +383,7 @@ fn turned(plane: &[f32], n: usize) -> Vec<f32> {
 
 #[test]
 fn under_cyclic_pooling_a_turned_image_has_the_turned_map() {
-    use flickr_style::train::explain::cyclic_grad_cams;
+    use flickr_style::inference::explain::cyclic_grad_cams;
     // The tiny net fed by an Input layer of two images: one, and the same
     // turned a quarter. Cyclic pooling makes the net blind to the turn;
     // the second image's map must be the first's, turned.
@@ -469,8 +469,8 @@ fn explain_maps_cyclic_nets_too() {
 
 #[test]
 fn a_stopped_run_writes_nothing() {
-    use flickr_style::train::classify::ClassifyOptions;
-    use flickr_style::train::explain::{explain, ExplainOptions};
+    use flickr_style::inference::classify::ClassifyOptions;
+    use flickr_style::inference::explain::{explain, ExplainOptions};
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     let dir = fixture("tiny-net");

@@ -276,7 +276,7 @@ fn the_probe_trains_as_a_frozen_finetune_does() {
             verbose: false,
             stop: None,
             shuffle: false,
-            views: flickr_style::train::tta::Tta::None,
+            views: flickr_style::inference::tta::Tta::None,
         })
         .unwrap()
     };
@@ -534,9 +534,9 @@ fn compute_mean_averages_a_feature_lmdb() {
 /// image's views (and its saved features follow the views asked for).
 #[test]
 fn views_add_a_row_per_view_and_the_probe_trains_on_them() {
+    use flickr_style::inference::features::{extract, FeatureOptions, SaveOptions};
+    use flickr_style::inference::tta::Tta;
     use flickr_style::train::compute::Compute;
-    use flickr_style::train::features::{extract, FeatureOptions, SaveOptions};
-    use flickr_style::train::tta::Tta;
     let t = tempfile::tempdir().unwrap();
     let dir = fixture("tiny-net");
     let weights = dir.join("snapshots/init_iter_0.caffemodel");

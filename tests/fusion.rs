@@ -3,7 +3,7 @@
 //! does and does not tell the classes apart, and the mistakes it names.
 mod common;
 use common::run;
-use flickr_style::train::fusion::{fuse, FuseOptions};
+use flickr_style::analysis::fusion::{fuse, FuseOptions};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 
@@ -327,7 +327,7 @@ fn measured_shape_tells_round_from_long_where_the_net_cannot() {
     assert!(f.net.accuracy < 0.65, "{:?}", f.net);
     // At 90% accuracy on what is predicted, the net must leave most images
     // to a person; the fused model almost none.
-    let ninety = |sc: &flickr_style::train::fusion::Score| {
+    let ninety = |sc: &flickr_style::analysis::fusion::Score| {
         assert_eq!(sc.abstaining[0].target, 0.9);
         sc.abstaining[0].point.map_or(0.0, |p| p.coverage)
     };
@@ -341,7 +341,7 @@ fn measured_shape_tells_round_from_long_where_the_net_cannot() {
         md.contains(&format!(
             "{:.1}% (p ≥ {:.4}) |",
             100.0 * p.coverage,
-            flickr_style::train::abstention::printable(p.threshold)
+            flickr_style::analysis::abstention::printable(p.threshold)
         )),
         "{md}"
     );

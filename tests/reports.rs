@@ -4,9 +4,9 @@
 //! Caffe's wording, checked against Caffe's own log of the tiny-net fixture).
 mod common;
 use common::{edited_net, fixture, fixture_photo_pngs, run, tiny_finetune_args, train_tiny_cli};
+use flickr_style::inference::evaluate::{evaluate, read_class_names, EvalOptions, ScoreKind};
+use flickr_style::inference::tta::Tta;
 use flickr_style::train::compute::Compute;
-use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions, ScoreKind};
-use flickr_style::train::tta::Tta;
 use std::path::Path;
 
 /// Options evaluating `model` (relative paths resolving beside the fixture)
@@ -39,7 +39,7 @@ fn eval_tiny(
     model: &Path,
     iterations: Option<usize>,
     blobs: Option<(&str, &str)>,
-) -> flickr_style::Result<flickr_style::train::evaluate::Evaluation> {
+) -> flickr_style::Result<flickr_style::inference::evaluate::Evaluation> {
     let weights = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
     evaluate(&EvalOptions {
         iterations,
@@ -121,14 +121,15 @@ fn batches_that_do_not_divide_the_set_count_each_image_once() {
         .confusion;
     // 24 images in batches of 5 and 7: the last batch wraps round to the
     // first images, which must not be counted twice.
-    let outcomes = |e: &flickr_style::train::evaluate::Evaluation| -> Vec<(String, usize, usize)> {
-        e.predictions
-            .as_ref()
-            .expect("the Data layer names its images")
-            .iter()
-            .map(|p| (p.image.clone(), p.label, p.predicted))
-            .collect()
-    };
+    let outcomes =
+        |e: &flickr_style::inference::evaluate::Evaluation| -> Vec<(String, usize, usize)> {
+            e.predictions
+                .as_ref()
+                .expect("the Data layer names its images")
+                .iter()
+                .map(|p| (p.image.clone(), p.label, p.predicted))
+                .collect()
+        };
     let whole = eval_tiny(&fixture("tiny-net/train_val.prototxt"), None, None).unwrap();
     for batch in [5, 7, 24, 30] {
         let t = tempfile::tempdir().unwrap();
@@ -462,7 +463,7 @@ fn six_digits(a: f64, b: f64) -> bool {
 
 #[test]
 fn caffe_training_logs_are_read_as_caffe_logged_them() {
-    use flickr_style::train::training_log::read_training_log;
+    use flickr_style::analysis::training_log::read_training_log;
     let logs = fixture("tiny-net/logs");
     let m = read_training_log(&logs.join("train.log")).unwrap();
     // Caffe's loss trajectory of the fixture (average_loss 1, so the
@@ -527,8 +528,8 @@ fn plot_overlays_our_log_our_metrics_and_caffes_log() {
     assert!(ok, "{err}");
     // Our log in Caffe's wording says what the metrics file says, to the
     // digits it prints.
-    let from_log = flickr_style::train::training_log::read_training_log(&log).unwrap();
-    let from_metrics = flickr_style::train::plot::read_metrics(&metrics).unwrap();
+    let from_log = flickr_style::analysis::training_log::read_training_log(&log).unwrap();
+    let from_metrics = flickr_style::analysis::plot::read_metrics(&metrics).unwrap();
     assert_eq!(from_metrics.train.len(), 15);
     for (i, want) in &from_metrics.train {
         let got = from_log.train[i];
@@ -723,7 +724,7 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
         .unwrap()
     };
     let run = |v: usize, tta: Tta| evaluate_with(v, tta, &[w30.as_path()]);
-    let label_probabilities = |e: flickr_style::train::evaluate::Evaluation| -> Vec<f32> {
+    let label_probabilities = |e: flickr_style::inference::evaluate::Evaluation| -> Vec<f32> {
         e.predictions
             .unwrap()
             .iter()
@@ -774,7 +775,7 @@ fn test_time_views_and_ensembles_average_what_each_net_gives_for_flipped_and_tur
         .collect();
     let both_eval = evaluate_with(0, Tta::Mirror, &[w15.as_path(), w30.as_path()]);
     // Unanimity: the images all four runs gave the same best class.
-    let predicted = |e: flickr_style::train::evaluate::Evaluation| -> Vec<(usize, usize)> {
+    let predicted = |e: flickr_style::inference::evaluate::Evaluation| -> Vec<(usize, usize)> {
         e.predictions
             .unwrap()
             .iter()
@@ -878,7 +879,7 @@ fn affine_test_time_views_warp_the_mean_subtracted_blob_and_average() {
     let out = tempfile::tempdir_in(t.path()).unwrap();
     let names: Vec<String> = Vec::new();
     let weights = [w30.as_path()];
-    let report = flickr_style::train::evaluate::Report {
+    let report = flickr_style::inference::evaluate::Report {
         evaluation: &e,
         options: &EvalOptions {
             tta: "affine:8".parse().unwrap(),
@@ -943,7 +944,7 @@ fn a_net_with_cyclic_pooling_scores_every_quarter_turn_alike() {
 
 #[test]
 fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
-    use flickr_style::train::classify::{classify, ClassifyOptions};
+    use flickr_style::inference::classify::{classify, ClassifyOptions};
     // The tiny net's TEST data is convert_imageset's 64x64 LMDB of the
     // fixture photos. Classifying the photo files themselves (decoded and
     // resized as OpenCV does, to the mean's 64x64) must give each photo the
@@ -1011,10 +1012,10 @@ fn classify_of_the_raw_photos_gives_the_predictions_over_caffes_lmdb_of_them() {
 
 #[test]
 fn classify_with_a_fusion_model_fuses_each_photos_probabilities_with_its_original_size() {
+    use flickr_style::analysis::fusion::{FromImage, Fuser, Model};
+    use flickr_style::inference::classify::{classify, ClassifyOptions};
     use flickr_style::pipeline::decode::{read_image, ColorMode};
     use flickr_style::pipeline::measure::measure_file;
-    use flickr_style::train::classify::{classify, ClassifyOptions};
-    use flickr_style::train::fusion::{FromImage, Fuser, Model};
     let model = fixture("tiny-net/train_val.prototxt");
     let w30 = fixture("tiny-net/snapshots/tiny_iter_30.caffemodel");
     let images = fixture("images");
@@ -1218,7 +1219,7 @@ fn classify_cli_walks_folders_and_writes_the_top_classes() {
 fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
     use flickr_style::caffe::mean_file::MeanImage;
     use flickr_style::caffe::proto::Phase;
-    use flickr_style::train::classify::{classify, ClassifyOptions};
+    use flickr_style::inference::classify::{classify, ClassifyOptions};
     use flickr_style::train::layers::BuildContext;
     use flickr_style::train::net::Net;
     // Flickr Style's train_val.prototxt (ImageData: resize 256, crop 227,
@@ -1368,7 +1369,7 @@ fn classify_with_caffes_deploy_net_matches_the_net_as_trained() {
     };
     let crops = deploy_with(&crop_files, false, Some((227, 227)));
     let ten = deploy_with(&images, true, None);
-    let prob = |r: &flickr_style::train::classify::Classified, c: usize| {
+    let prob = |r: &flickr_style::inference::classify::Classified, c: usize| {
         r.top.iter().find(|t| t.0 == c).unwrap().1
     };
     for (i, row) in ten.rows.iter().enumerate() {
@@ -1611,7 +1612,7 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "target" t
             iterations,
             ..options(&model, &[], None)
         };
-        let md = flickr_style::train::evaluate::Report {
+        let md = flickr_style::inference::evaluate::Report {
             options: &opts,
             evaluation: &got,
             names: &[],

@@ -363,7 +363,7 @@ fn mutated_infogain_matrices_train_or_fail_cleanly() {
 
 #[test]
 fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
-    use flickr_style::train::fusion::{fuse, FuseOptions, Fuser};
+    use flickr_style::analysis::fusion::{fuse, FuseOptions, Fuser};
     // A small evaluated set (probabilities.csv) and its samples.csv, each
     // mutated byte-wise and number-wise; then the fitted model's JSON.
     let t = tempfile::tempdir().unwrap();
@@ -472,7 +472,7 @@ fn mutated_fusion_inputs_fuse_or_fail_cleanly() {
     let out = t.path().join("out");
     fuse(&o).unwrap().write(&out).unwrap();
     let good = std::fs::read(out.join("fusion.json")).unwrap();
-    let size = flickr_style::train::fusion::FromImage {
+    let size = flickr_style::analysis::fusion::FromImage {
         size: (25, 31),
         measures: None,
     };

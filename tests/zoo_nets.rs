@@ -213,7 +213,8 @@ fn googlenet_builds_with_caffes_shapes_trains_and_deploys_its_main_head() {
         ..Default::default()
     });
     let (deploy, _) =
-        flickr_style::train::deploy::deploy_net(&with_test, 1, Path::new("g"), t.path()).unwrap();
+        flickr_style::inference::deploy::deploy_net(&with_test, 1, Path::new("g"), t.path())
+            .unwrap();
     let names: Vec<&str> = deploy.layer.iter().map(|l| l.name()).collect();
     assert!(
         !names

@@ -98,7 +98,7 @@ pub fn to_markdown(counts: &[u64], weights: &[f64], names: &[String]) -> String 
     for (k, (n, w)) in counts.iter().zip(weights).enumerate() {
         s += &format!(
             "| {k} | {} | {n} | {w:.4} |\n",
-            crate::train::confusion::class_name(names, k)
+            crate::analysis::confusion::class_name(names, k)
         );
     }
     s

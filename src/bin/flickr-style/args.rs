@@ -3,13 +3,13 @@
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flickr_style::caffe::mean_file::NpyDtype;
+use flickr_style::inference::tta::Tta;
 use flickr_style::pipeline::ilsvrc_aux;
 use flickr_style::pipeline::manifest::ManifestImportOptions;
 use flickr_style::pipeline::pad::{Pad, PadFill};
 use flickr_style::pipeline::split::SplitOptions;
 use flickr_style::train::augment::Augment;
 use flickr_style::train::compute::Compute;
-use flickr_style::train::tta::Tta;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -176,7 +176,7 @@ pub(crate) struct CompareArgs {
     /// Order: macro-f1, mean-class-accuracy, accuracy, predicted-at-95 (the share of images
     /// predicted at 95% accuracy; highest first) or log-loss (lowest first).
     #[arg(long, default_value = "macro-f1")]
-    pub(crate) by: flickr_style::train::compare::SortBy,
+    pub(crate) by: flickr_style::analysis::compare::SortBy,
 }
 
 #[derive(Args)]

@@ -79,8 +79,12 @@ fn run(cli: Cli) -> Result<()> {
             let mut def = flickr_style::caffe::model::read_net_prototxt(&a.model)?;
             a.state.flags().apply(&mut def);
             let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
-            let (net, comment) =
-                flickr_style::train::deploy::deploy_net(&def, a.batch.max(1), &a.model, &base_dir)?;
+            let (net, comment) = flickr_style::inference::deploy::deploy_net(
+                &def,
+                a.batch.max(1),
+                &a.model,
+                &base_dir,
+            )?;
             let text = comment + &flickr_style::caffe::prototxt::to_string(&net);
             flickr_style::fsutil::write_atomic(&a.out, text.as_bytes())?;
             eprintln!("wrote {}", a.out.display());
@@ -102,7 +106,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let runs: Vec<&Path> = runs.iter().map(PathBuf::as_path).collect();
-            flickr_style::train::plot::plot_runs(&runs, out, a.csv.as_deref())?;
+            flickr_style::analysis::plot::plot_runs(&runs, out, a.csv.as_deref())?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
@@ -111,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::ClassWeights(a) => cmd_class_weights(a),
         Command::TargetsLmdb(a) => cmd_targets_lmdb(a),
         Command::Compare(a) => {
-            use flickr_style::train::compare::{expand, read_reports, sorted, to_markdown};
+            use flickr_style::analysis::compare::{expand, read_reports, sorted, to_markdown};
             let rows = read_reports(&expand(&a.reports)?)?;
             print!("{}", to_markdown(&sorted(rows, a.by)));
             Ok(())
@@ -150,7 +154,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Fuse(a) => {
-            use flickr_style::train::fusion::{fuse, FuseOptions};
+            use flickr_style::analysis::fusion::{fuse, FuseOptions};
             let probabilities = if a.probabilities.is_dir() {
                 a.probabilities.join("probabilities.csv")
             } else {
@@ -203,7 +207,7 @@ fn cmd_class_weights(a: ClassWeightsArgs) -> Result<()> {
         bail!("--classes must be at least 1");
     }
     let names = match &a.names {
-        Some(p) => flickr_style::train::evaluate::read_class_names(p, a.classes)?,
+        Some(p) => flickr_style::inference::evaluate::read_class_names(p, a.classes)?,
         None => Vec::new(),
     };
     let (counts, weights) = write_class_weights(&a.list, a.classes, a.alpha, &a.out)
@@ -527,7 +531,7 @@ fn cmd_test(a: TestArgs) -> Result<()> {
 }
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
-    use flickr_style::train::evaluate::{evaluate, read_class_names, EvalOptions, Report};
+    use flickr_style::inference::evaluate::{evaluate, read_class_names, EvalOptions, Report};
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
@@ -566,8 +570,8 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
 }
 
 fn cmd_features(a: FeaturesArgs) -> Result<()> {
-    use flickr_style::train::classify::ClassifyOptions;
-    use flickr_style::train::features::{extract, extract_images, FeatureOptions, SaveOptions};
+    use flickr_style::inference::classify::ClassifyOptions;
+    use flickr_style::inference::features::{extract, extract_images, FeatureOptions, SaveOptions};
     let weights: Vec<&Path> = a.weights.iter().map(PathBuf::as_path).collect();
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
@@ -669,7 +673,7 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
 }
 
 fn cmd_classify(a: ClassifyArgs) -> Result<()> {
-    use flickr_style::train::classify::{classify, ClassifyOptions};
+    use flickr_style::inference::classify::{classify, ClassifyOptions};
     let images = flickr_style::pipeline::folders::find_images(&a.images)?;
     if images.is_empty() {
         bail!("no image files found in the given folders");
@@ -681,7 +685,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
     let fuser = a
         .fusion
         .as_deref()
-        .map(|f| flickr_style::train::fusion::Fuser::load(f, a.samples.as_deref()))
+        .map(|f| flickr_style::analysis::fusion::Fuser::load(f, a.samples.as_deref()))
         .transpose()?;
     let result = classify(&ClassifyOptions {
         ensemble: a.ensemble,
@@ -708,7 +712,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         bail!("none of the {} images could be read", images.len());
     }
     let names = match &a.names {
-        Some(p) => flickr_style::train::evaluate::read_class_names(p, result.classes)?,
+        Some(p) => flickr_style::inference::evaluate::read_class_names(p, result.classes)?,
         None => Vec::new(),
     };
     let csv = result.to_csv(&names, a.threshold);
@@ -738,8 +742,8 @@ fn image_input<'a>(
     base_dir: &'a Path,
     compute: &'a flickr_style::train::compute::Compute,
     images: &'a [PathBuf],
-) -> Result<flickr_style::train::classify::ClassifyOptions<'a>> {
-    Ok(flickr_style::train::classify::ClassifyOptions {
+) -> Result<flickr_style::inference::classify::ClassifyOptions<'a>> {
+    Ok(flickr_style::inference::classify::ClassifyOptions {
         size: input.resize.get()?,
         pad: input.resize.pad(),
         gray: input.gray,
@@ -747,15 +751,15 @@ fn image_input<'a>(
         mean_values: &input.mean_value,
         batch_size: input.batch_size,
         state,
-        ..flickr_style::train::classify::ClassifyOptions::new(
+        ..flickr_style::inference::classify::ClassifyOptions::new(
             model, weights, base_dir, compute, images,
         )
     })
 }
 
 fn cmd_explain(a: ExplainArgs) -> Result<()> {
-    use flickr_style::train::classify::ClassifyOptions;
-    use flickr_style::train::explain::{explain, ExplainOptions};
+    use flickr_style::inference::classify::ClassifyOptions;
+    use flickr_style::inference::explain::{explain, ExplainOptions};
     let (images, labels) = match &a.list {
         Some(list) => {
             let root = a.root.clone().unwrap_or_default();
@@ -1076,7 +1080,7 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
     });
     // Scored as the evaluation was, so a fusion model fitted on its
     // probabilities applies.
-    let tta = if opts.tta == flickr_style::train::tta::Tta::None {
+    let tta = if opts.tta == flickr_style::inference::tta::Tta::None {
         String::new()
     } else {
         format!(" --tta {}", opts.tta)

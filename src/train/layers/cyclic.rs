@@ -9,7 +9,7 @@
 use super::{nchw, BackwardArgs, Grads, Layer};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, Result};
-use crate::train::tta::View;
+use crate::inference::tta::View;
 use candle_core::Tensor;
 use rayon::prelude::*;
 

@@ -2,11 +2,11 @@
 //! and Accuracy (top-k, ties count against the true class). Computed on the
 //! host in f32 in Caffe's order, so losses match it to the last digits.
 use super::{to_vec, BackwardArgs, Grads, Layer};
+use crate::analysis::confusion::rank_of_label;
 use crate::caffe::proto::{
     loss_parameter::NormalizationMode, AccuracyParameter, LayerParameter, LossParameter, Phase,
 };
 use crate::error::{Error, Result};
-use crate::train::confusion::rank_of_label;
 use candle_core::Tensor;
 
 /// Splits `shape` at `axis` into (outer, channels, inner).

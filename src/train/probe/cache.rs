@@ -1,7 +1,7 @@
 //! Saved features are used again while what made them is unchanged.
 use crate::caffe::proto::NetParameter;
 use crate::caffe::prototxt;
-use crate::train::features::{Features, SavedBlob};
+use crate::inference::features::{Features, SavedBlob};
 use std::path::{Path, PathBuf};
 
 /// The file beside saved features that says what they were made from.

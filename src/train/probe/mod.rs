@@ -1,6 +1,6 @@
 //! `probe`: train only a net's classifier on its pretrained features (a
 //! "linear probe"), the fast route on a CPU: one forward pass over the
-//! training and test images ([`features`](super::features)), then the
+//! training and test images ([`features`](crate::inference::features)), then the
 //! classifier layer alone trained by the recipe's own solver on the saved
 //! features, which takes seconds where fine-tuning the whole net takes hours.
 //!
@@ -16,17 +16,17 @@ mod cache;
 mod cut;
 
 use super::compute::{Compute, DeviceChoice};
-use super::features::{extract_from, FeatureOptions, Features, SaveOptions};
 use super::layers::BuildContext;
 use super::net::Net;
 use super::solver::{Solver, SolverOptions, TestResult};
-use super::tta::Tta;
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::net_state::{state_of, StateFlags};
 use crate::caffe::proto::{NetParameter, Phase, SolverParameter};
 use crate::caffe::{prototxt, write_binary};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
+use crate::inference::features::{extract_from, FeatureOptions, Features, SaveOptions};
+use crate::inference::tta::Tta;
 use cache::{cached, stamp, STAMP};
 use cut::{batch_size, cut, probe_net_def, reading_training_data};
 use std::path::{Path, PathBuf};

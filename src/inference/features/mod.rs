@@ -18,13 +18,13 @@ mod npy_rows;
 mod saver;
 
 use super::classify::{self, ClassifyOptions};
-use super::compute::Compute;
 use super::evaluate::{images_per_pass, trained_nets, use_source};
-use super::layers::{to_vec, BuildContext};
 use super::tta::View;
 use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{NetParameter, Phase};
 use crate::error::{Error, Result};
+use crate::train::compute::Compute;
+use crate::train::layers::{to_vec, BuildContext};
 use saver::Saver;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,9 +5,9 @@
 //! and a Softmax `prob` on the main classifier. Caffe, pycaffe and OpenCV's dnn module load a caffemodel with
 //! it; what the data layer did to images (resize, crop, mean, scale) goes
 //! into a comment at the top, since a deploy net does not carry it.
-use super::heads::main_loss;
 use crate::caffe::proto::{BlobShape, InputParameter, LayerParameter, NetParameter, Phase};
 use crate::error::{Error, Result};
+use crate::train::heads::main_loss;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -250,7 +250,7 @@ fn hdf5_input(
         .as_ref()
         .map(|p| p.source().to_string())
         .unwrap_or_default();
-    let row = super::layers::hdf5_row_shape(&base_dir.join(&source), base_dir, top)?;
+    let row = crate::train::layers::hdf5_row_shape(&base_dir.join(&source), base_dir, top)?;
     let mut dims = vec![batch as i64];
     dims.extend(row.iter().map(|&d| d as i64));
     let shown: Vec<String> = row.iter().map(usize::to_string).collect();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// The figures of one report's `metrics.json` that the table shows: a
-/// subset of [`crate::train::confusion::Summary`], so that reports written
+/// subset of [`crate::analysis::confusion::Summary`], so that reports written
 /// before a field was added still read.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Figures {
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn the_share_predicted_at_95_percent_reads_back_from_an_evaluation() {
-        use crate::train::confusion::{tests::six_images, Confusion};
+        use crate::analysis::confusion::{tests::six_images, Confusion};
         // Six images whose three most confident are right: 95% accuracy
         // predicts half of them. evaluate's metrics.json holds the summary.
         let m = six_images();

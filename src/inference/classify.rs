@@ -3,14 +3,10 @@
 //! trained: its TEST data layer says how an image becomes the net's input
 //! (resize, crop, mean, scale), and is replaced by an Input layer that this
 //! module fills, so no list or LMDB is needed. Test-time views and ensembles
-//! work as in [`crate::train::evaluate`].
-use super::compute::Compute;
+//! work as in [`crate::inference::evaluate`].
 use super::evaluate::{trained_nets, Agreement, Reader, ScoreKind};
-use super::fusion::{FromImage, Fuser};
-use super::layers::BuildContext;
-use super::net::{included, Net};
-use super::transform::Transformer;
 use super::tta::Tta;
+use crate::analysis::fusion::{FromImage, Fuser};
 use crate::caffe::mean_file::MeanImage;
 use crate::caffe::model::read_net_prototxt;
 use crate::caffe::proto::{NetParameter, Phase, TransformationParameter};
@@ -19,6 +15,10 @@ use crate::pipeline::decode::{read_image, ColorMode};
 use crate::pipeline::mat::Mat8;
 use crate::pipeline::measure::{measure, measure_file};
 use crate::pipeline::pad::{fit, Pad};
+use crate::train::compute::Compute;
+use crate::train::layers::BuildContext;
+use crate::train::net::{included, Net};
+use crate::train::transform::Transformer;
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -360,8 +360,10 @@ fn trained_input_spec(def: &NetParameter, layer: usize, o: &ClassifyOptions) -> 
 fn with_input_layer(def: &NetParameter, spec: &InputSpec) -> NetParameter {
     let mut def = def.clone();
     let (h, w) = spec.out;
-    def.layer[spec.layer] =
-        super::commands::input_layer(&def.layer[spec.layer], [spec.batch, spec.channels, h, w]);
+    def.layer[spec.layer] = crate::train::commands::input_layer(
+        &def.layer[spec.layer],
+        [spec.batch, spec.channels, h, w],
+    );
     def
 }
 
@@ -702,7 +704,7 @@ impl Classification {
             None => "| class | images |\n|---|---:|\n".to_string(),
         };
         for c in order {
-            let name = super::confusion::class_name(names, c);
+            let name = crate::analysis::confusion::class_name(names, c);
             s += &match threshold {
                 Some(_) => format!("| {name} | {} | {} |\n", counts[c].0, counts[c].1),
                 None => format!("| {name} | {} |\n", counts[c].0),
@@ -739,7 +741,7 @@ impl Classification {
         for row in &self.rows {
             let mut rec = vec![row.image.display().to_string()];
             for &(c, p) in &row.top {
-                rec.push(super::confusion::class_name(names, c));
+                rec.push(crate::analysis::confusion::class_name(names, c));
                 rec.push(p.to_string());
             }
             if let Some(t) = threshold {

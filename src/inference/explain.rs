@@ -9,11 +9,11 @@
 //! the net looks at the organism or at a scale bar, a border or debris.
 use super::classify::{self, ClassifyOptions};
 use super::evaluate::{softmax, trained_nets, Reader, ScoreKind};
-use super::layers::BuildContext;
-use super::net::Net;
 use crate::caffe::proto::Phase;
 use crate::error::{Error, Result};
 use crate::pipeline::mat::Mat8;
+use crate::train::layers::BuildContext;
+use crate::train::net::Net;
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -355,7 +355,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         }
         classify::forward_view(&mut net, &spec, &batch, 0, input)?;
         let (_, _, values) = reader.read_scores(&net)?;
-        let logits = super::layers::to_vec(net.blob(&seed).expect("forward ran"))?;
+        let logits = crate::train::layers::to_vec(net.blob(&seed).expect("forward ran"))?;
         let best: Vec<usize> = (0..batch.len())
             .map(|i| {
                 let row = &logits[i * classes..(i + 1) * classes];
@@ -371,7 +371,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         if kept.is_empty() {
             return Ok(());
         }
-        let a = super::layers::to_vec(net.blob(&layer).expect("forward ran"))?;
+        let a = crate::train::layers::to_vec(net.blob(&layer).expect("forward ran"))?;
         let per = channels * map_size.0 * map_size.1;
         // One backward pass per set of classes: the ones explained, and
         // with labels the true ones.
@@ -383,7 +383,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
                 }
             }
             let diff = Tensor::from_vec(diff, seed_shape.as_slice(), &input.compute.device)?;
-            let g = super::layers::to_vec(&net.blob_gradient(&seed, diff, &layer)?)?;
+            let g = crate::train::layers::to_vec(&net.blob_gradient(&seed, diff, &layer)?)?;
             let raw: Vec<Vec<f32>> = if cyclic {
                 cyclic_grad_cams(&a, &g, spec.batch, channels, map_size.0)
             } else {
@@ -633,7 +633,7 @@ impl Explanation {
                 r.image.display().to_string(),
                 r.heatmap.clone(),
                 r.class.to_string(),
-                super::confusion::class_name(names, r.class),
+                crate::analysis::confusion::class_name(names, r.class),
                 number(r.probability),
                 r.peak.0.to_string(),
                 r.peak.1.to_string(),
@@ -641,10 +641,9 @@ impl Explanation {
             ];
             if labelled {
                 rec.push(r.label.map_or_else(String::new, |l| l.to_string()));
-                rec.push(
-                    r.label
-                        .map_or_else(String::new, |l| super::confusion::class_name(names, l)),
-                );
+                rec.push(r.label.map_or_else(String::new, |l| {
+                    crate::analysis::confusion::class_name(names, l)
+                }));
                 rec.push(number(r.label_probability));
             }
             if object {

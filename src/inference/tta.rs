@@ -6,8 +6,8 @@
 //! `affine:N` adds evenly spread rotations, zooms, shears, stretches and
 //! shifts (the Kaggle Deep Sea team averaged 70 such quasi-random views), for
 //! nets trained with `--augment`.
-use super::augment::{Affine, Augment};
 use crate::error::{Error, Result};
+use crate::train::augment::{Affine, Augment};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::fmt;

@@ -2,7 +2,7 @@
 //! over a parameter layout, minimized by L-BFGS on standardized features.
 use super::data::Data;
 use super::model::{softmax_in_place, standardize, Model};
-use crate::train::lbfgs::minimize;
+use crate::analysis::lbfgs::minimize;
 use rayon::prelude::*;
 
 /// Which parameters a fit may move.

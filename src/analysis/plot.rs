@@ -385,11 +385,11 @@ pub fn plot_svg(runs: &[(String, Metrics)], title: &str) -> std::result::Result<
 /// class's row is as readable as a common one's) and, up to 40 classes,
 /// labelled with its count; classes named by `names` (else numbered).
 pub fn confusion_svg(
-    m: &crate::train::confusion::Confusion,
+    m: &crate::analysis::confusion::Confusion,
     names: &[String],
     title: &str,
 ) -> std::result::Result<String, String> {
-    use crate::train::confusion::class_name;
+    use crate::analysis::confusion::class_name;
     let n = m.classes();
     if n == 0 {
         return Err("the matrix has no classes".into());
@@ -491,7 +491,7 @@ pub fn confusion_svg(
 /// thresholds marked and labelled. `images` holds each image's confidence
 /// and whether it was right.
 pub fn abstention_svg(images: &[(f64, bool)], title: &str) -> std::result::Result<String, String> {
-    use crate::train::abstention::{at, curve, THRESHOLDS};
+    use crate::analysis::abstention::{at, curve, THRESHOLDS};
     let points: Vec<(f64, f64)> = curve(images)
         .iter()
         .filter_map(|p| p.accuracy.map(|a| (p.coverage, a)))
@@ -688,7 +688,7 @@ mod tests {
 
     #[test]
     fn confusion_heat_map_names_classes_and_counts() {
-        use crate::train::confusion::Confusion;
+        use crate::analysis::confusion::Confusion;
         let mut m = Confusion::new(3, 1);
         // Two right for class 0, one class-1 image taken for class 2.
         m.add(&[0.9, 0.05, 0.05], 0);

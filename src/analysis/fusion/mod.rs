@@ -20,9 +20,9 @@ mod model;
 
 pub use model::{canonical, read_measurements, FromImage, Fuser, Model};
 
+use crate::analysis::abstention::{self, ForAccuracy};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
-use crate::train::abstention::{self, ForAccuracy};
 use data::load;
 use fit::{fit, Kind};
 use model::CLIP;

@@ -3,15 +3,15 @@
 //! gives only the mean accuracy; with imbalanced classes (zooplankton, or
 //! Flickr Style's 20 styles) the per-class figures are what tell a model's
 //! quality.
-use super::compute::Compute;
-use super::confusion::{class_name, Confusion, Summary};
-use super::layers::{to_vec, BuildContext};
-use super::net::Net;
 use super::tta::Tta;
+use crate::analysis::confusion::{class_name, Confusion, Summary};
 use crate::caffe::model::{read_caffemodel, read_net_prototxt};
 use crate::caffe::proto::Phase;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
+use crate::train::compute::Compute;
+use crate::train::layers::{to_vec, BuildContext};
+use crate::train::net::Net;
 use candle_core::Tensor;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -484,7 +484,9 @@ pub(crate) fn use_source(
     let mut data: Vec<&mut crate::caffe::proto::LayerParameter> = def
         .layer
         .iter_mut()
-        .filter(|l| super::net::included(l, &state) && matches!(l.r#type(), "Data" | "ImageData"))
+        .filter(|l| {
+            crate::train::net::included(l, &state) && matches!(l.r#type(), "Data" | "ImageData")
+        })
         .collect();
     let [layer] = &mut data[..] else {
         return Err(Error::model(
@@ -893,8 +895,9 @@ impl Report<'_> {
             summary.images,
             100.0 * summary.accuracy
         );
-        let heat_map = super::plot::confusion_svg(&self.evaluation.confusion, self.names, &title)
-            .map_err(|e| Error::invalid("confusion.svg", e))?;
+        let heat_map =
+            crate::analysis::plot::confusion_svg(&self.evaluation.confusion, self.names, &title)
+                .map_err(|e| Error::invalid("confusion.svg", e))?;
         files.push(("confusion.svg", heat_map));
         let confidence = self.evaluation.confusion.confidence();
         if !confidence.is_empty() {
@@ -903,7 +906,7 @@ impl Report<'_> {
                 summary.images,
                 100.0 * summary.accuracy
             );
-            let curve = super::plot::abstention_svg(&confidence, &title)
+            let curve = crate::analysis::plot::abstention_svg(&confidence, &title)
                 .map_err(|e| Error::invalid("abstention.svg", e))?;
             files.push(("abstention.svg", curve));
         }
