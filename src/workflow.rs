@@ -180,6 +180,44 @@ impl WorkflowOptions {
     }
 }
 
+/// The commands that use the model `run` returned: `classify` for new
+/// images and `explain` for the test images it gets wrong, each preparing
+/// images as training did (padding, class names; `classify` also scores the
+/// views the evaluation averaged, so a fusion model fitted on its
+/// probabilities applies). One line each.
+pub fn next_steps(opts: &WorkflowOptions, model: &Path) -> String {
+    let data = opts.dataset.data_dir();
+    let names = match (&opts.dataset, &opts.names) {
+        (_, Some(n)) => format!(" --names {}", n.display()),
+        (Dataset::FlickrStyle(_), None) => String::new(),
+        _ => format!(" --names {}", data.join("labels.txt").display()),
+    };
+    let pad = opts.pad.map_or(String::new(), |p| {
+        let fill = match p.fill {
+            PadFill::Border => "border".to_string(),
+            PadFill::Value(v) => v.to_string(),
+        };
+        let shrink = if p.upscale { "" } else { " --no-upscale" };
+        format!(" --pad-square {fill}{shrink}")
+    });
+    let tta = if opts.tta == Tta::None {
+        String::new()
+    } else {
+        format!(" --tta {}", opts.tta)
+    };
+    let net = data.join("train_val.prototxt");
+    format!(
+        "Classify new images with: flickr-style classify --model {} --weights {}{names}{pad}{tta} IMAGES_OR_FOLDERS\n\
+         See where the net looks in the test images it gets wrong (heat maps) with: flickr-style explain --model {} --weights {}{names}{pad} --list {} --mistakes --out {}\n",
+        net.display(),
+        model.display(),
+        net.display(),
+        model.display(),
+        data.join("test.txt").display(),
+        data.join("explain").display()
+    )
+}
+
 /// Runs every stage; `interrupt` is checked by the long-running ones.
 pub fn run(
     opts: &WorkflowOptions,

@@ -99,6 +99,8 @@ pub struct Explanation {
     pub rows: Vec<Explained>,
     /// Images that could not be read, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// Images read (mapped or, with `mistakes`, looked at).
+    pub read: usize,
 }
 
 /// The Grad-CAM map of one image from the layer's values `a` and the class
@@ -481,6 +483,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         scores: seed,
         classes,
         rows,
+        read: input.images.len() - failed.len(),
         failed,
     };
     std::fs::create_dir_all(o.out).map_err(|e| Error::io(o.out, e))?;
@@ -601,7 +604,86 @@ fn write_png(path: &Path, rgb: &[u8], (h, w): (usize, usize), panels: usize) -> 
     std::fs::write(path, png).map_err(|e| Error::io(path, e))
 }
 
+/// The images of a labelled list (`path label` lines, paths under `root`)
+/// in list order, each once, and each image's label: what `--list` hands
+/// [`explain`] so it can draw the true class's map beside a mistake.
+pub fn labelled_images(
+    list: &Path,
+    root: &Path,
+) -> Result<(Vec<PathBuf>, HashMap<PathBuf, usize>)> {
+    let mut labels = HashMap::new();
+    let mut images = Vec::new();
+    for e in crate::pipeline::image_list::read_list(list)? {
+        let path = root.join(&e.path);
+        let label = usize::try_from(e.label).map_err(|_| {
+            Error::invalid(
+                format!("{}:{}", list.display(), e.line),
+                format!("label {} is negative", e.label),
+            )
+        })?;
+        if labels.insert(path.clone(), label).is_none() {
+            images.push(path);
+        }
+    }
+    Ok((images, labels))
+}
+
+/// The class `--class` names: a class number, or one of `names` (label
+/// order; `names_file` is where they came from, for the message).
+pub fn class_by_number_or_name(
+    class: &str,
+    names: &[String],
+    names_file: Option<&Path>,
+) -> Result<usize> {
+    if let Ok(k) = class.parse::<usize>() {
+        return Ok(k);
+    }
+    names.iter().position(|n| n == class).ok_or_else(|| {
+        let where_ = names_file.map_or(" (give --names)".to_string(), |p| {
+            format!(" in {}", p.display())
+        });
+        Error::invalid(
+            "--class",
+            format!("{class:?} is neither a class number nor one of the names{where_}"),
+        )
+    })
+}
+
 impl Explanation {
+    /// What the run found, for the console: with `--object`, how much of
+    /// the map lies on the object; then the layer, the count of maps
+    /// (`mistakes`: of mistakes among the `images` read) and the table.
+    pub fn summary(&self, mistakes: bool, out: &Path) -> String {
+        let mut s = String::new();
+        let on: Vec<(f32, f32)> = self.rows.iter().filter_map(|r| r.object).collect();
+        if !on.is_empty() {
+            let mean = |f: fn(&(f32, f32)) -> f32| on.iter().map(f).sum::<f32>() / on.len() as f32;
+            s += &format!(
+                "the object covers {:.1}% of the input on average and holds {:.1}% of the map; the map \
+                 is denser on the object than off it in {} of {} images\n",
+                100.0 * mean(|o| o.0),
+                100.0 * mean(|o| o.1),
+                on.iter().filter(|o| o.1 > o.0).count(),
+                on.len()
+            );
+        }
+        let mapped = if mistakes {
+            format!("{} mistakes among {} images", self.rows.len(), self.read)
+        } else {
+            format!("{} images", self.rows.len())
+        };
+        s += &format!(
+            "Grad-CAM of '{}' ({}x{} positions) for the class scores in '{}': {mapped} ({} skipped) -> {}\n",
+            self.layer,
+            self.map_size.0,
+            self.map_size.1,
+            self.scores,
+            self.failed.len(),
+            out.join("explain.csv").display()
+        );
+        s
+    }
+
     /// One row per image: the file, its heat map, the class explained
     /// (number and name), its probability, where the map peaks in the
     /// net's input and the share of the input at half the peak or more.
@@ -660,6 +742,41 @@ impl Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_class_is_named_by_number_or_by_name() {
+        let names = ["copepod".to_string(), "diatom".to_string()];
+        assert_eq!(class_by_number_or_name("7", &names, None).unwrap(), 7);
+        assert_eq!(class_by_number_or_name("diatom", &names, None).unwrap(), 1);
+        let e = class_by_number_or_name("krill", &names, Some(Path::new("labels.txt")));
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("\"krill\" is neither") && e.contains("labels.txt"),
+            "{e}"
+        );
+        let e = class_by_number_or_name("krill", &[], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(give --names)"), "{e}");
+    }
+
+    #[test]
+    fn a_labelled_list_gives_each_image_once_with_its_label() {
+        let t = tempfile::tempdir().unwrap();
+        let list = t.path().join("test.txt");
+        std::fs::write(&list, "a.jpg 1\nb.jpg 0\na.jpg 1\n").unwrap();
+        let (images, labels) = labelled_images(&list, Path::new("/data")).unwrap();
+        assert_eq!(images, [Path::new("/data/a.jpg"), Path::new("/data/b.jpg")]);
+        assert_eq!(labels[Path::new("/data/b.jpg")], 0);
+        std::fs::write(&list, "a.jpg 1\nb.jpg -2\n").unwrap();
+        let e = labelled_images(&list, Path::new(""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.txt:2") && e.contains("label -2 is negative"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn channels_weigh_by_their_mean_gradient_and_negatives_vanish() {

@@ -7,7 +7,7 @@ use args::*;
 use clap::Parser;
 use flickr_style::caffe::mean_file::{MeanImage, NpyDtype};
 use flickr_style::pipeline::folders::FolderImportOptions;
-use flickr_style::pipeline::pad::{Pad, PadFill};
+use flickr_style::pipeline::pad::Pad;
 use flickr_style::pipeline::{fetch, ilsvrc_aux, mean, to_lmdb};
 use flickr_style::train::compute::{Compute, DeviceChoice};
 use std::path::{Path, PathBuf};
@@ -759,27 +759,12 @@ fn image_input<'a>(
 
 fn cmd_explain(a: ExplainArgs) -> Result<()> {
     use flickr_style::inference::classify::ClassifyOptions;
-    use flickr_style::inference::explain::{explain, ExplainOptions};
+    use flickr_style::inference::explain::{
+        class_by_number_or_name, explain, labelled_images, ExplainOptions,
+    };
     let (images, labels) = match &a.list {
         Some(list) => {
-            let root = a.root.clone().unwrap_or_default();
-            let entries = flickr_style::pipeline::image_list::read_list(list)?;
-            let mut labels = std::collections::HashMap::new();
-            let mut images = Vec::new();
-            for e in entries {
-                let path = root.join(&e.path);
-                let label = usize::try_from(e.label).map_err(|_| {
-                    anyhow::anyhow!(
-                        "{}:{}: label {} is negative",
-                        list.display(),
-                        e.line,
-                        e.label
-                    )
-                })?;
-                if labels.insert(path.clone(), label).is_none() {
-                    images.push(path);
-                }
-            }
+            let (images, labels) = labelled_images(list, &a.root.clone().unwrap_or_default())?;
             (images, Some(labels))
         }
         None => (
@@ -803,23 +788,11 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
             .collect(),
         None => Vec::new(),
     };
-    let class = match &a.class {
-        None => None,
-        Some(c) => Some(match c.parse::<usize>() {
-            Ok(k) => k,
-            Err(_) => lines.iter().position(|n| n == c).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--class {c:?} is neither a class number nor one of the names{}",
-                    a.names
-                        .as_ref()
-                        .map_or(" (give --names)".to_string(), |p| format!(
-                            " in {}",
-                            p.display()
-                        ))
-                )
-            })?,
-        }),
-    };
+    let class = a
+        .class
+        .as_deref()
+        .map(|c| class_by_number_or_name(c, &lines, a.names.as_deref()))
+        .transpose()?;
     let input = ClassifyOptions {
         scores: a.scores.clone(),
         ..image_input(
@@ -850,36 +823,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     for (p, why) in &result.failed {
         eprintln!("skipped {}: {why}", p.display());
     }
-    let mapped = if a.mistakes {
-        format!(
-            "{} mistakes among {} images",
-            result.rows.len(),
-            images.len() - result.failed.len()
-        )
-    } else {
-        format!("{} images", result.rows.len())
-    };
-    let on: Vec<(f32, f32)> = result.rows.iter().filter_map(|r| r.object).collect();
-    if !on.is_empty() {
-        let mean = |f: fn(&(f32, f32)) -> f32| on.iter().map(f).sum::<f32>() / on.len() as f32;
-        println!(
-            "the object covers {:.1}% of the input on average and holds {:.1}% of the map; the map \
-             is denser on the object than off it in {} of {} images",
-            100.0 * mean(|o| o.0),
-            100.0 * mean(|o| o.1),
-            on.iter().filter(|o| o.1 > o.0).count(),
-            on.len()
-        );
-    }
-    println!(
-        "Grad-CAM of '{}' ({}x{} positions) for the class scores in '{}': {mapped} ({} skipped) -> {}",
-        result.layer,
-        result.map_size.0,
-        result.map_size.1,
-        result.scores,
-        result.failed.len(),
-        a.out.join("explain.csv").display()
-    );
+    print!("{}", result.summary(a.mistakes, &a.out));
     Ok(())
 }
 
@@ -1063,39 +1007,6 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
     };
     let model = run(&opts, stop).with_context(|| format!("running {what}"))?;
     eprintln!("Done: {}", model.display());
-    let data = opts.dataset.data_dir();
-    let names = match (&opts.dataset, &opts.names) {
-        (_, Some(n)) => format!(" --names {}", n.display()),
-        (Dataset::FlickrStyle(_), None) => String::new(),
-        _ => format!(" --names {}", data.join("labels.txt").display()),
-    };
-    // Images must be prepared as the training ones were.
-    let pad = opts.pad.map_or(String::new(), |p| {
-        let fill = match p.fill {
-            PadFill::Border => "border".to_string(),
-            PadFill::Value(v) => v.to_string(),
-        };
-        let shrink = if p.upscale { "" } else { " --no-upscale" };
-        format!(" --pad-square {fill}{shrink}")
-    });
-    // Scored as the evaluation was, so a fusion model fitted on its
-    // probabilities applies.
-    let tta = if opts.tta == flickr_style::inference::tta::Tta::None {
-        String::new()
-    } else {
-        format!(" --tta {}", opts.tta)
-    };
-    eprintln!(
-        "Classify new images with: flickr-style classify --model {} --weights {}{names}{pad}{tta} IMAGES_OR_FOLDERS",
-        data.join("train_val.prototxt").display(),
-        model.display()
-    );
-    eprintln!(
-        "See where the net looks in the test images it gets wrong (heat maps) with: flickr-style explain --model {} --weights {}{names}{pad} --list {} --mistakes --out {}",
-        data.join("train_val.prototxt").display(),
-        model.display(),
-        data.join("test.txt").display(),
-        data.join("explain").display()
-    );
+    eprint!("{}", flickr_style::workflow::next_steps(&opts, &model));
     Ok(())
 }
