@@ -18,3 +18,19 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     pb.set_prefix(what.to_string());
     pb
 }
+
+/// Writes `line` and a newline to stderr. A closed stderr (its reader, such
+/// as `| head`, has gone) is ignored: the work goes on and its files are
+/// still written, where `eprintln!` would panic.
+pub fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn saying_never_panics() {
+        super::say(format_args!("{} and {}", "this", "that"));
+    }
+}

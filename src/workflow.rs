@@ -226,7 +226,7 @@ pub fn run(
     let data = opts.dataset.data_dir().to_path_buf();
     let say = |m: String| {
         if opts.verbose {
-            eprintln!("{m}");
+            crate::progress::say(&m);
         }
     };
     if opts.probe && opts.augment.is_some() {

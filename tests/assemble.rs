@@ -463,3 +463,53 @@ fn http_proxy_is_honoured_and_oversized_bodies_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn dry_run_lists_the_selection_and_a_reader_that_leaves_early_is_no_error() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("data");
+    let args = [
+        "assemble",
+        "--dry-run",
+        "--images",
+        "2000",
+        "--seed",
+        "831486",
+        "--csv",
+        &csv(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // The whole listing: the selection, in order, and nothing written.
+    let full = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(full.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let picked = selection(2000);
+    assert_eq!(lines.len(), picked.len());
+    assert!(lines[0].starts_with(&format!("{},{},", picked[0].id, picked[0].image_url)));
+    assert!(!out.exists(), "a dry run writes nothing");
+    // `| head -1`: the reader closes the pipe after one line; the command
+    // stops quietly with success instead of panicking on the closed pipe.
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -37,7 +37,7 @@ pub struct AssembleOptions {
     pub labels: i32,
     /// Fetch the same URL paths from this base URL instead of Flickr.
     pub mirror: Option<String>,
-    /// Only print the selection.
+    /// Only select: the summary lists the selection, nothing is downloaded.
     pub dry_run: bool,
     /// Network settings.
     pub download: DownloadConfig,
@@ -85,6 +85,9 @@ pub struct AssembleSummary {
     pub interrupted: bool,
     /// Wall time.
     pub seconds: f64,
+    /// With `dry_run`: each selected row as `id,image_url,label,split`, in
+    /// selection order (nothing is downloaded or written).
+    pub selection: Vec<String>,
 }
 
 /// The file name an image is stored under: the URL's basename, like Caffe.
@@ -118,7 +121,9 @@ fn load_rows(opts: &AssembleOptions) -> Result<Vec<StyleRow>> {
         Some(p) => PathBuf::from(p),
         None => {
             if !default.exists() {
-                eprintln!("Downloading the Flickr Style CSV from {CSV_URL}");
+                crate::progress::say(format_args!(
+                    "Downloading the Flickr Style CSV from {CSV_URL}"
+                ));
                 super::fetch::fetch_file(
                     CSV_URL,
                     &default,
@@ -145,14 +150,17 @@ pub async fn assemble(
         ..Default::default()
     };
     if opts.dry_run {
-        for r in &picked {
-            let split = if r.split == Split::Train {
-                "train"
-            } else {
-                "test"
-            };
-            println!("{},{},{},{split}", r.id, r.image_url, r.label);
-        }
+        summary.selection = picked
+            .iter()
+            .map(|r| {
+                let split = if r.split == Split::Train {
+                    "train"
+                } else {
+                    "test"
+                };
+                format!("{},{},{},{split}", r.id, r.image_url, r.label)
+            })
+            .collect();
         return Ok(summary);
     }
     let images_dir = opts.out.join("images");

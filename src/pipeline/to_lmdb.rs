@@ -119,7 +119,12 @@ pub fn to_lmdb(opts: &ToLmdbOptions) -> Result<ToLmdbSummary> {
                 let datum = match datum {
                     Ok(d) => d,
                     Err(e) if !opts.strict => {
-                        pb.suspend(|| eprintln!("warning: skipping {}: {e}", entry.path));
+                        pb.suspend(|| {
+                            crate::progress::say(format_args!(
+                                "warning: skipping {}: {e}",
+                                entry.path
+                            ))
+                        });
                         skipped.push(Skipped {
                             line: entry.line,
                             path: entry.path.clone(),

@@ -94,8 +94,8 @@ impl Logger {
         let line = format!("{level}{now} {:>5} {source}] {msg}", std::process::id());
         if self.echo {
             match &self.bar {
-                Some(b) => b.suspend(|| eprintln!("{line}")),
-                None => eprintln!("{line}"),
+                Some(b) => b.suspend(|| crate::progress::say(&line)),
+                None => crate::progress::say(&line),
             }
         }
         if let Some(f) = &mut self.file {

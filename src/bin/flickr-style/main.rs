@@ -13,6 +13,35 @@ use flickr_style::train::compute::{Compute, DeviceChoice};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Prints to stdout. When its reader has gone (`| head`), the command stops
+/// quietly with success, as command-line tools do; results are printed
+/// after their files are written, so nothing is lost.
+macro_rules! out {
+    ($($arg:tt)*) => { stdout_or_exit(format_args!($($arg)*)) };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => { stdout_or_exit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// A line to stderr that a closed stderr cannot turn into a panic.
+macro_rules! note {
+    ($($arg:tt)*) => { flickr_style::progress::say(format_args!($($arg)*)) };
+}
+
+fn stdout_or_exit(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        note!("error: writing to standard output: {e}");
+        std::process::exit(2);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -21,11 +50,11 @@ fn main() -> ExitCode {
             if e.downcast_ref::<flickr_style::Error>()
                 .is_some_and(|e| matches!(e, flickr_style::Error::Interrupted)) =>
         {
-            eprintln!("interrupted: the lists and manifest hold what finished; rerun to resume");
+            note!("interrupted: the lists and manifest hold what finished; rerun to resume");
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            note!("error: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -60,8 +89,8 @@ fn run(cli: Cli) -> Result<()> {
                 .options(a.manifest.clone(), a.split.options(a.out.clone(), a.seed));
             let s = import_manifest(&opts)
                 .with_context(|| format!("import-manifest {}", a.manifest.display()))?;
-            print!("{}", s.to_markdown());
-            eprintln!(
+            out!("{}", s.to_markdown());
+            note!(
                 "wrote the lists, labels.txt and samples.csv into {}",
                 a.out.display()
             );
@@ -87,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             let text = comment + &flickr_style::caffe::prototxt::to_string(&net);
             flickr_style::fsutil::write_atomic(&a.out, text.as_bytes())?;
-            eprintln!("wrote {}", a.out.display());
+            note!("wrote {}", a.out.display());
             Ok(())
         }
         Command::Time(a) => cmd_time(a),
@@ -107,7 +136,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let runs: Vec<&Path> = runs.iter().map(PathBuf::as_path).collect();
             flickr_style::analysis::plot::plot_runs(&runs, out, a.csv.as_deref())?;
-            eprintln!("wrote {}", out.display());
+            note!("wrote {}", out.display());
             Ok(())
         }
         Command::CheckOps(a) => cmd_check_ops(a),
@@ -117,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => {
             use flickr_style::analysis::compare::{expand, read_reports, sorted, to_markdown};
             let rows = read_reports(&expand(&a.reports)?)?;
-            print!("{}", to_markdown(&sorted(rows, a.by)));
+            out!("{}", to_markdown(&sorted(rows, a.by)));
             Ok(())
         }
         Command::GrayWeights(a) => {
@@ -128,7 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                 &a.weights.display().to_string(),
             )?;
             flickr_style::caffe::write_binary(&a.out, &w)?;
-            eprintln!(
+            note!(
                 "{}: {before} -> {after}; wrote {}. In the net, read one channel (is_color: false, or \
                  to-lmdb --gray) and give {}'s weights lr_mult x3 and decay_mult /3 to train as the \
                  three-channel net would",
@@ -146,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: a.out,
             })
             .with_context(|| format!("measure {}", a.samples.display()))?;
-            eprintln!(
+            note!(
                 "measured {} images into {}; fuse --measured uses them",
                 m.images,
                 m.out.display()
@@ -174,10 +203,10 @@ fn run(cli: Cli) -> Result<()> {
                 l2: a.l2,
             })
             .with_context(|| format!("fuse {}", a.probabilities.display()))?;
-            print!("{}", f.to_markdown());
+            out!("{}", f.to_markdown());
             if let Some(dir) = &a.out {
                 f.write(dir)?;
-                eprintln!(
+                note!(
                     "wrote fusion.md, fusion.json and fused.csv into {}",
                     dir.display()
                 );
@@ -191,7 +220,7 @@ fn cmd_targets_lmdb(a: TargetsLmdbArgs) -> Result<()> {
     let w =
         flickr_style::pipeline::targets::write_targets_lmdb(&a.images, &a.targets, &a.out, a.force)
             .with_context(|| format!("targets-lmdb {}", a.targets.display()))?;
-    eprintln!(
+    note!(
         "wrote {} records of {} values to {}; read them beside the images with\n  layer {{ name: \"targets\" type: \"Data\" top: \"targets\" include {{ phase: TRAIN }} data_param {{ source: \"{}\" batch_size: <the images' batch_size> backend: LMDB }} }}\nand feed \"targets\" to an EuclideanLoss or SigmoidCrossEntropyLoss",
         w.records,
         w.values,
@@ -212,8 +241,8 @@ fn cmd_class_weights(a: ClassWeightsArgs) -> Result<()> {
     };
     let (counts, weights) = write_class_weights(&a.list, a.classes, a.alpha, &a.out)
         .with_context(|| format!("class-weights {}", a.list.display()))?;
-    print!("{}", to_markdown(&counts, &weights, &names));
-    eprintln!(
+    out!("{}", to_markdown(&counts, &weights, &names));
+    note!(
         "wrote {}; use it in the net as\n  layer {{ name: \"loss\" type: \"InfogainLoss\" bottom: <scores> bottom: \"label\" top: \"loss\" infogain_loss_param {{ source: \"{}\" }} }}",
         a.out.display(),
         a.out.display()
@@ -229,8 +258,8 @@ fn cmd_import_folders(a: ImportFoldersArgs) -> Result<()> {
     };
     let s =
         import_folders(&opts).with_context(|| format!("import-folders {}", a.root.display()))?;
-    print!("{}", s.to_markdown());
-    eprintln!(
+    out!("{}", s.to_markdown());
+    note!(
         "wrote {}, {}, {} and {}",
         a.out.join("train.txt").display(),
         a.out.join("test.txt").display(),
@@ -257,7 +286,7 @@ fn cmd_to_lmdb(a: ToLmdbArgs) -> Result<()> {
         force: a.force,
     };
     let s = to_lmdb::to_lmdb(&opts).with_context(|| format!("to-lmdb into {}", a.db.display()))?;
-    eprintln!(
+    note!(
         "Processed {} files into {} ({} skipped) in {:.2} s, {:.0} images/s",
         s.written,
         a.db.display(),
@@ -288,9 +317,9 @@ fn cmd_compute_mean(a: ComputeMeanArgs) -> Result<()> {
         m.write_npy(npy, NpyDtype::F4)?;
     }
     for (c, v) in m.channel_means().iter().enumerate() {
-        println!("mean_value channel [{c}]: {v:.6}");
+        outln!("mean_value channel [{c}]: {v:.6}");
     }
-    eprintln!(
+    note!(
         "Averaged {count} images of {}x{}x{} in {:.2} s into {}",
         m.channels,
         m.height,
@@ -316,7 +345,7 @@ fn cmd_convert_mean(a: ConvertMeanArgs) -> Result<()> {
     } else {
         mean.write_binaryproto(&a.output)?;
     }
-    eprintln!(
+    note!(
         "Wrote {} ({}x{}x{})",
         a.output.display(),
         mean.channels,
@@ -336,11 +365,12 @@ fn cmd_get_ilsvrc_aux(a: GetIlsvrcAuxArgs) -> Result<()> {
     )
     .with_context(|| format!("fetching the ILSVRC aux data from {}", a.url))?;
     for f in &s.files {
-        println!("{}", f.display());
+        outln!("{}", f.display());
     }
-    eprintln!(
+    note!(
         "ImageNet mean per channel (B, G, R): {:?}; {} synsets",
-        s.channel_means, s.synsets
+        s.channel_means,
+        s.synsets
     );
     Ok(())
 }
@@ -359,7 +389,7 @@ fn stop_on_ctrl_c(what: &'static str) -> Result<std::sync::Arc<std::sync::atomic
         if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\n{what} (Ctrl-C again to quit now)");
+        note!("\n{what} (Ctrl-C again to quit now)");
     })?;
     Ok(stop)
 }
@@ -401,7 +431,10 @@ fn cmd_assemble(a: AssembleArgs) -> Result<()> {
         }
     }))?;
     if opts.dry_run {
-        eprintln!(
+        for line in &summary.selection {
+            outln!("{line}");
+        }
+        note!(
             "Selected {} images (dry run, nothing downloaded)",
             summary.selected
         );
@@ -412,7 +445,7 @@ fn cmd_assemble(a: AssembleArgs) -> Result<()> {
         .iter()
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
-    eprintln!(
+    note!(
         "Selected {}, {} available ({} reused), {} missing{} in {:.1} s",
         summary.selected,
         summary.ok,
@@ -425,7 +458,7 @@ fn cmd_assemble(a: AssembleArgs) -> Result<()> {
         },
         summary.seconds
     );
-    eprintln!(
+    note!(
         "Writing train/test for {} successfully downloaded images ({} train, {} test) to {}",
         summary.ok,
         summary.train,
@@ -446,9 +479,9 @@ fn cmd_download_model(a: DownloadModelArgs) -> Result<()> {
     )
     .with_context(|| format!("downloading the model of {}", a.dir.display()))?;
     if downloaded {
-        eprintln!("Downloaded and verified {}", path.display());
+        note!("Downloaded and verified {}", path.display());
     } else {
-        eprintln!("{} is already present and verified", path.display());
+        note!("{} is already present and verified", path.display());
     }
     Ok(())
 }
@@ -498,7 +531,7 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
         solver.load_solver_weights()?;
     }
     if a.dry_run {
-        print!("{}", solver.dry_run_report()?);
+        out!("{}", solver.dry_run_report()?);
         return Ok(());
     }
     solver.solve()?;
@@ -525,7 +558,7 @@ fn cmd_test(a: TestArgs) -> Result<()> {
         } else {
             String::new()
         };
-        println!("{name} = {}{extra}", flickr_style::train::log::g(value));
+        outln!("{name} = {}{extra}", flickr_style::train::log::g(value));
     }
     Ok(())
 }
@@ -560,10 +593,10 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         evaluation: &evaluation,
         names: &names,
     };
-    print!("{}", report.markdown());
+    out!("{}", report.markdown());
     if let Some(dir) = &a.out {
         for f in report.write(dir)? {
-            eprintln!("wrote {}", f.display());
+            note!("wrote {}", f.display());
         }
     }
     Ok(())
@@ -618,7 +651,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
         extract_images(&input, &save, a.strict, Some(stop))
     }
     .with_context(|| format!("features of {}", a.model.display()))?;
-    print!("{}", saved.summary());
+    out!("{}", saved.summary());
     Ok(())
 }
 
@@ -648,7 +681,7 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
     .with_context(|| format!("probe of {}", a.solver.display()))?;
     let views = a.views.views().len() as u64;
     if views > 1 {
-        println!(
+        outln!(
             "trained {} on {} ({} training images in {views} views each, {} test images)",
             p.classifier,
             p.feature,
@@ -656,9 +689,12 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
             p.test.rows
         );
     } else {
-        println!(
+        outln!(
             "trained {} on {} ({} training and {} test images)",
-            p.classifier, p.feature, p.train.rows, p.test.rows
+            p.classifier,
+            p.feature,
+            p.train.rows,
+            p.test.rows
         );
     }
     if let Some((iter, _, outputs)) = p.tests.last() {
@@ -666,9 +702,9 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
             .iter()
             .map(|(k, v)| format!("{k} = {v:.4}"))
             .collect();
-        println!("test images at iteration {iter}: {}", shown.join(", "));
+        outln!("test images at iteration {iter}: {}", shown.join(", "));
     }
-    println!("the net with it: {}", p.model.display());
+    outln!("the net with it: {}", p.model.display());
     Ok(())
 }
 
@@ -699,7 +735,7 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         )?
     })?;
     for (p, why) in &result.failed {
-        eprintln!("skipped {}: {why}", p.display());
+        note!("skipped {}: {why}", p.display());
     }
     if a.strict && !result.failed.is_empty() {
         bail!(
@@ -716,18 +752,18 @@ fn cmd_classify(a: ClassifyArgs) -> Result<()> {
         None => Vec::new(),
     };
     let csv = result.to_csv(&names, a.threshold);
-    eprint!("{}", result.summary(&names, a.threshold));
+    note!("{}", result.summary(&names, a.threshold).trim_end());
     match &a.out {
         Some(out) => {
             flickr_style::fsutil::write_atomic(out, csv.as_bytes())?;
-            eprintln!(
+            note!(
                 "classified {} images ({} skipped) into {}",
                 result.rows.len(),
                 result.failed.len(),
                 out.display()
             );
         }
-        None => print!("{csv}"),
+        None => out!("{csv}"),
     }
     Ok(())
 }
@@ -813,7 +849,7 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     })
     .with_context(|| format!("explain with {}", a.model.display()))?;
     if !lines.is_empty() && lines.len() != result.classes {
-        eprintln!(
+        note!(
             "warning: {} names {} classes, the net scores {}",
             a.names.as_ref().expect("names given").display(),
             lines.len(),
@@ -821,9 +857,9 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
         );
     }
     for (p, why) in &result.failed {
-        eprintln!("skipped {}: {why}", p.display());
+        note!("skipped {}: {why}", p.display());
     }
-    print!("{}", result.summary(a.mistakes, &a.out));
+    out!("{}", result.summary(a.mistakes, &a.out));
     Ok(())
 }
 
@@ -840,31 +876,31 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let threads = rayon::current_num_threads();
     if r.phase == flickr_style::caffe::proto::Phase::Test {
-        println!("| layer | type | forward ms |");
-        println!("|---|---|---|");
+        outln!("| layer | type | forward ms |");
+        outln!("|---|---|---|");
         for (name, ty, f, _) in &r.layers {
-            println!("| {name} | {ty} | {:.2} |", ms(*f));
+            outln!("| {name} | {ty} | {:.2} |", ms(*f));
         }
-        println!(
+        outln!(
             "Average Forward pass (TEST phase): {:.1} ms ({} iterations, {threads} threads).",
             ms(r.forward),
             r.iterations
         );
         return Ok(());
     }
-    println!("| layer | type | forward ms | backward ms |");
-    println!("|---|---|---|---|");
+    outln!("| layer | type | forward ms | backward ms |");
+    outln!("|---|---|---|---|");
     for (name, ty, f, b) in &r.layers {
-        println!("| {name} | {ty} | {:.2} | {:.2} |", ms(*f), ms(*b));
+        outln!("| {name} | {ty} | {:.2} | {:.2} |", ms(*f), ms(*b));
     }
-    println!("Average Forward pass: {:.1} ms.", ms(r.forward));
-    println!("Average Backward pass: {:.1} ms.", ms(r.backward));
-    println!(
+    outln!("Average Forward pass: {:.1} ms.", ms(r.forward));
+    outln!("Average Backward pass: {:.1} ms.", ms(r.backward));
+    outln!(
         "Average Forward-Backward: {:.1} ms.",
         ms(r.forward + r.backward)
     );
-    println!("Average SGD update: {:.1} ms.", ms(r.update));
-    println!(
+    outln!("Average SGD update: {:.1} ms.", ms(r.update));
+    outln!(
         "Average training step (forward, backward, update): {:.1} ms ({} iterations, {} threads).",
         ms(r.forward + r.backward + r.update),
         r.iterations,
@@ -889,17 +925,17 @@ fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
     } else {
         ""
     };
-    println!(
+    outln!(
         "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels, then [bf16] mixed precision{cudnn} (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, bf16 <= {BF16_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
         c.describe()
     );
-    println!("| op | forward | backward | finite diff | result |");
-    println!("|---|---|---|---|---|");
+    outln!("| op | forward | backward | finite diff | result |");
+    outln!("|---|---|---|---|---|");
     let mut failed = 0;
     for r in &reports {
         let ok = r.passed();
         failed += usize::from(!ok);
-        println!(
+        outln!(
             "| {} | {:.1e} | {:.1e} | {:.1e} | {} |",
             r.name,
             r.forward,
@@ -911,7 +947,7 @@ fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
     if failed > 0 {
         bail!("{failed} of {} op checks failed", reports.len());
     }
-    println!("All {} op checks passed.", reports.len());
+    outln!("All {} op checks passed.", reports.len());
     Ok(())
 }
 
@@ -1006,7 +1042,10 @@ fn cmd_pipeline(a: PipelineArgs) -> Result<()> {
         Dataset::Manifest(m) => format!("the pipeline on {}", m.manifest.display()),
     };
     let model = run(&opts, stop).with_context(|| format!("running {what}"))?;
-    eprintln!("Done: {}", model.display());
-    eprint!("{}", flickr_style::workflow::next_steps(&opts, &model));
+    note!("Done: {}", model.display());
+    note!(
+        "{}",
+        flickr_style::workflow::next_steps(&opts, &model).trim_end()
+    );
     Ok(())
 }

@@ -167,11 +167,11 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
             let extra_views = &views.views()[1..];
             if let Some(f) = cached(&dir, &cut.feature, &stamp) {
                 if o.verbose {
-                    eprintln!(
+                    crate::progress::say(format_args!(
                         "probe: {} features of {} images are up to date",
                         dir.display(),
                         f.rows
-                    );
+                    ));
                 }
                 return Ok(f);
             }
@@ -202,11 +202,11 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
             Ok(f)
         };
     if o.verbose {
-        eprintln!(
+        crate::progress::say(format_args!(
             "probe: saving {} (the input of {}) for the training images",
             cut.feature,
             def.layer[cut.classifier].name()
-        );
+        ));
     }
     let train = save(
         &reading_training_data(&test_def, &cut),
@@ -215,7 +215,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
         o.views,
     )?;
     if o.verbose {
-        eprintln!("probe: and for the test images");
+        crate::progress::say("probe: and for the test images");
     }
     let test = save(&test_def, "test_features", None, Tta::None)?;
 
