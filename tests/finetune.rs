@@ -805,6 +805,11 @@ fn time_reports_every_layer_of_the_phase_it_builds() {
         out.contains("Average training step (forward, backward, update): "),
         "{out}"
     );
+    // The tiny net's data layer takes 8 images a pass.
+    assert!(
+        out.contains(" threads, batch 8: ") && out.contains(" images/s)."),
+        "{out}"
+    );
     // TEST, from the fixture's LMDB: the forward pass alone.
     let (ok, out, err) = run(
         t.path(),
@@ -823,6 +828,7 @@ fn time_reports_every_layer_of_the_phase_it_builds() {
     assert!(out.contains("| accuracy | Accuracy | "), "{out}");
     assert!(!out.contains("backward"), "{out}");
     assert!(out.contains("Average Forward pass (TEST phase): "), "{out}");
+    assert!(out.contains(", batch 8: "), "{out}");
     let (ok, _, err) = run(t.path(), &["time", "--model", net, "--phase", "val"]);
     assert!(
         !ok && err.contains("'val'") && err.contains("train, test"),

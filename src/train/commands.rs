@@ -149,6 +149,56 @@ pub struct TimeReport {
     /// The net's phase: TRAIN times the training step, TEST the forward
     /// pass alone (what `test`, `evaluate`, `features` and `classify` run).
     pub phase: Phase,
+    /// Items a pass takes: the first dimension of the first layer's first
+    /// top (the data layer's batch), when the net has one.
+    pub batch: Option<usize>,
+}
+
+impl TimeReport {
+    /// `caffe time`'s report: a Markdown table of each layer's mean forward
+    /// (and in TRAIN, backward) milliseconds, then the averages, with the
+    /// images a second that the batch gives (`threads`: the CPU threads).
+    pub fn to_markdown(&self, threads: usize) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let rate = |d: Duration| {
+            self.batch.map_or(String::new(), |b| {
+                format!(", batch {b}: {:.1} images/s", b as f64 / d.as_secs_f64())
+            })
+        };
+        let mut s = String::new();
+        if self.phase == Phase::Test {
+            s += "| layer | type | forward ms |\n|---|---|---|\n";
+            for (name, ty, f, _) in &self.layers {
+                s += &format!("| {name} | {ty} | {:.2} |\n", ms(*f));
+            }
+            s += &format!(
+                "Average Forward pass (TEST phase): {:.1} ms ({} iterations, {threads} threads{}).\n",
+                ms(self.forward),
+                self.iterations,
+                rate(self.forward)
+            );
+            return s;
+        }
+        s += "| layer | type | forward ms | backward ms |\n|---|---|---|---|\n";
+        for (name, ty, f, b) in &self.layers {
+            s += &format!("| {name} | {ty} | {:.2} | {:.2} |\n", ms(*f), ms(*b));
+        }
+        let step = self.forward + self.backward + self.update;
+        s += &format!("Average Forward pass: {:.1} ms.\n", ms(self.forward));
+        s += &format!("Average Backward pass: {:.1} ms.\n", ms(self.backward));
+        s += &format!(
+            "Average Forward-Backward: {:.1} ms.\n",
+            ms(self.forward + self.backward)
+        );
+        s += &format!("Average SGD update: {:.1} ms.\n", ms(self.update));
+        s += &format!(
+            "Average training step (forward, backward, update): {:.1} ms ({} iterations, {threads} threads{}).\n",
+            ms(step),
+            self.iterations,
+            rate(step)
+        );
+        s
+    }
 }
 
 /// `caffe time`: forward + backward `iterations` times in TRAIN phase after
@@ -224,6 +274,11 @@ pub fn time(
             "timing produced no measurement",
         ));
     }
+    let batch = net
+        .layer_params()
+        .next()
+        .and_then(|l| net.layer_top(l.name(), 0))
+        .and_then(|t| t.dims().first().copied());
     Ok(TimeReport {
         layers,
         forward: fwd / n,
@@ -231,5 +286,6 @@ pub fn time(
         update: upd / n,
         iterations,
         phase,
+        batch,
     })
 }

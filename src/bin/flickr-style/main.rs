@@ -873,39 +873,7 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
         &flickr_style::train::commands::base_dir_for(&a.model),
         &a.device.compute()?,
     )?;
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let threads = rayon::current_num_threads();
-    if r.phase == flickr_style::caffe::proto::Phase::Test {
-        outln!("| layer | type | forward ms |");
-        outln!("|---|---|---|");
-        for (name, ty, f, _) in &r.layers {
-            outln!("| {name} | {ty} | {:.2} |", ms(*f));
-        }
-        outln!(
-            "Average Forward pass (TEST phase): {:.1} ms ({} iterations, {threads} threads).",
-            ms(r.forward),
-            r.iterations
-        );
-        return Ok(());
-    }
-    outln!("| layer | type | forward ms | backward ms |");
-    outln!("|---|---|---|---|");
-    for (name, ty, f, b) in &r.layers {
-        outln!("| {name} | {ty} | {:.2} | {:.2} |", ms(*f), ms(*b));
-    }
-    outln!("Average Forward pass: {:.1} ms.", ms(r.forward));
-    outln!("Average Backward pass: {:.1} ms.", ms(r.backward));
-    outln!(
-        "Average Forward-Backward: {:.1} ms.",
-        ms(r.forward + r.backward)
-    );
-    outln!("Average SGD update: {:.1} ms.", ms(r.update));
-    outln!(
-        "Average training step (forward, backward, update): {:.1} ms ({} iterations, {} threads).",
-        ms(r.forward + r.backward + r.update),
-        r.iterations,
-        threads
-    );
+    out!("{}", r.to_markdown(rayon::current_num_threads()));
     Ok(())
 }
 
