@@ -679,32 +679,7 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
         views: a.views,
     })
     .with_context(|| format!("probe of {}", a.solver.display()))?;
-    let views = a.views.views().len() as u64;
-    if views > 1 {
-        outln!(
-            "trained {} on {} ({} training images in {views} views each, {} test images)",
-            p.classifier,
-            p.feature,
-            p.train.rows / views,
-            p.test.rows
-        );
-    } else {
-        outln!(
-            "trained {} on {} ({} training and {} test images)",
-            p.classifier,
-            p.feature,
-            p.train.rows,
-            p.test.rows
-        );
-    }
-    if let Some((iter, _, outputs)) = p.tests.last() {
-        let shown: Vec<String> = outputs
-            .iter()
-            .map(|(k, v)| format!("{k} = {v:.4}"))
-            .collect();
-        outln!("test images at iteration {iter}: {}", shown.join(", "));
-    }
-    outln!("the net with it: {}", p.model.display());
+    out!("{}", p.summary(a.views.views().len()));
     Ok(())
 }
 

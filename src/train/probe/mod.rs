@@ -97,6 +97,36 @@ pub struct Probe {
     pub trajectory: Vec<(usize, f32)>,
 }
 
+impl Probe {
+    /// What was trained on what (`views`: the views of each training
+    /// image, 1 for the images alone), the last test phase's outputs and
+    /// where the net went, one line each.
+    pub fn summary(&self, views: usize) -> String {
+        let mut s = if views > 1 {
+            format!(
+                "trained {} on {} ({} training images in {views} views each, {} test images)\n",
+                self.classifier,
+                self.feature,
+                self.train.rows / views as u64,
+                self.test.rows
+            )
+        } else {
+            format!(
+                "trained {} on {} ({} training and {} test images)\n",
+                self.classifier, self.feature, self.train.rows, self.test.rows
+            )
+        };
+        if let Some((iter, _, outputs)) = self.tests.last() {
+            let shown: Vec<String> = outputs
+                .iter()
+                .map(|(k, v)| format!("{k} = {v:.4}"))
+                .collect();
+            s += &format!("test images at iteration {iter}: {}\n", shown.join(", "));
+        }
+        s + &format!("the net with it: {}\n", self.model.display())
+    }
+}
+
 /// Trains the classifier of `o.solver`'s net on the features of
 /// `o.weights` and returns the whole net with it.
 pub fn probe(o: &ProbeOptions) -> Result<Probe> {
