@@ -782,6 +782,38 @@ const PASSES: &[Pass] = &[
     },
 ];
 
+/// The `check-ops` report: what was compared on which device, a Markdown
+/// row per op, and a closing line when all passed; with the number failed.
+pub fn to_markdown(reports: &[OpReport], compute: &Compute) -> (String, usize) {
+    let cudnn = if compute.cudnn {
+        ", then convolutions on [cudnn] in fp32 and bf16"
+    } else {
+        ""
+    };
+    let mut s = format!(
+        "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels, then [bf16] mixed precision{cudnn} (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, bf16 <= {BF16_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})\n",
+        compute.describe()
+    );
+    s += "| op | forward | backward | finite diff | result |\n|---|---|---|---|---|\n";
+    let mut failed = 0;
+    for r in reports {
+        let ok = r.passed();
+        failed += usize::from(!ok);
+        s += &format!(
+            "| {} | {:.1e} | {:.1e} | {:.1e} | {} |\n",
+            r.name,
+            r.forward,
+            r.backward,
+            r.finite_diff,
+            if ok { "ok" } else { "FAILED" }
+        );
+    }
+    if failed == 0 {
+        s += &format!("All {} op checks passed.\n", reports.len());
+    }
+    (s, failed)
+}
+
 /// Runs every case on each GPU code path: the tensor-op compositions, then
 /// the fused kernels (marked `[fused]`) for the layers that have them, plus
 /// the SGD update; then the layers with matrix products in bf16 mixed

@@ -853,7 +853,7 @@ fn cmd_time(a: TimeArgs) -> Result<()> {
 }
 
 fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
-    use flickr_style::train::op_check::{check_ops, BF16_TOLERANCE, FD_TOLERANCE, TWIN_TOLERANCE};
+    use flickr_style::train::op_check::{check_ops, to_markdown};
     let c = DeviceArgs {
         gpu: a.gpu,
         tf32: false,
@@ -863,34 +863,11 @@ fn cmd_check_ops(a: CheckOpsArgs) -> Result<()> {
     }
     .compute()?;
     let reports = check_ops(&c, a.seed)?;
-    let cudnn = if c.cudnn {
-        ", then convolutions on [cudnn] in fp32 and bf16"
-    } else {
-        ""
-    };
-    outln!(
-        "Checking {} against the CPU kernels: tensor-op compositions, then [fused] kernels, then [bf16] mixed precision{cudnn} (max |diff| / max |CPU value|; pass: <= {TWIN_TOLERANCE:e}, bf16 <= {BF16_TOLERANCE:e}, finite differences <= {FD_TOLERANCE:e})",
-        c.describe()
-    );
-    outln!("| op | forward | backward | finite diff | result |");
-    outln!("|---|---|---|---|---|");
-    let mut failed = 0;
-    for r in &reports {
-        let ok = r.passed();
-        failed += usize::from(!ok);
-        outln!(
-            "| {} | {:.1e} | {:.1e} | {:.1e} | {} |",
-            r.name,
-            r.forward,
-            r.backward,
-            r.finite_diff,
-            if ok { "ok" } else { "FAILED" }
-        );
-    }
+    let (report, failed) = to_markdown(&reports, &c);
+    out!("{report}");
     if failed > 0 {
         bail!("{failed} of {} op checks failed", reports.len());
     }
-    outln!("All {} op checks passed.", reports.len());
     Ok(())
 }
 
