@@ -807,9 +807,29 @@ fn time_reports_every_layer_of_the_phase_it_builds() {
     );
     // The tiny net's data layer takes 8 images a pass.
     assert!(
-        out.contains(" threads, batch 8: ") && out.contains(" images/s)."),
+        out.contains(", batch 8: ") && out.contains(" images/s)."),
         "{out}"
     );
+    // --threads (before or after the command) sizes the CPU pool.
+    let (ok, out, err) = run(
+        t.path(),
+        &[
+            "--threads",
+            "1",
+            "time",
+            "--model",
+            net,
+            "--synthetic",
+            "--iterations",
+            "1",
+        ],
+    );
+    assert!(
+        ok && out.contains("(1 iteration, 1 thread, batch 8: "),
+        "{out}{err}"
+    );
+    let (ok, _, err) = run(t.path(), &["time", "--threads", "0", "--model", net]);
+    assert!(!ok && err.contains("'--threads <THREADS>'"), "{err}");
     // TEST, from the fixture's LMDB: the forward pass alone.
     let (ok, out, err) = run(
         t.path(),

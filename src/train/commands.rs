@@ -165,6 +165,14 @@ impl TimeReport {
                 format!(", batch {b}: {:.1} images/s", b as f64 / d.as_secs_f64())
             })
         };
+        let count = |n: usize, what: &str| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
+        let (iterations, threads) = (
+            count(self.iterations, "iteration"),
+            count(threads, "thread"),
+        );
         let mut s = String::new();
         if self.phase == Phase::Test {
             s += "| layer | type | forward ms |\n|---|---|---|\n";
@@ -172,9 +180,8 @@ impl TimeReport {
                 s += &format!("| {name} | {ty} | {:.2} |\n", ms(*f));
             }
             s += &format!(
-                "Average Forward pass (TEST phase): {:.1} ms ({} iterations, {threads} threads{}).\n",
+                "Average Forward pass (TEST phase): {:.1} ms ({iterations}, {threads}{}).\n",
                 ms(self.forward),
-                self.iterations,
                 rate(self.forward)
             );
             return s;
@@ -192,9 +199,8 @@ impl TimeReport {
         );
         s += &format!("Average SGD update: {:.1} ms.\n", ms(self.update));
         s += &format!(
-            "Average training step (forward, backward, update): {:.1} ms ({} iterations, {threads} threads{}).\n",
+            "Average training step (forward, backward, update): {:.1} ms ({iterations}, {threads}{}).\n",
             ms(step),
-            self.iterations,
             rate(step)
         );
         s

@@ -19,6 +19,10 @@ use std::path::PathBuf;
     about = "Caffe's fine-tune-CaffeNet-on-Flickr-Style workflow, fast and reliable"
 )]
 pub(crate) struct Cli {
+    /// CPU threads for decoding, kernels and matrix products (default: all cores, or
+    /// RAYON_NUM_THREADS when set). Fewer leave a laptop usable while it trains.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) threads: Option<u16>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -44,6 +44,19 @@ fn stdout_or_exit(args: std::fmt::Arguments) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Before any thread exists: rayon's pool and candle's CPU kernels
+        // (which size their own work from this variable) both follow it.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.into())
+            .build_global()
+        {
+            note!("error: --threads {n}: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
