@@ -513,3 +513,44 @@ fn dry_run_lists_the_selection_and_a_reader_that_leaves_early_is_no_error() {
     assert!(done.status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn the_csv_is_downloaded_inside_assembles_own_runtime() {
+    // `--csv URL` (and, without --csv, Caffe's copy on GitHub) is fetched
+    // while assemble's downloads run: that once panicked ("Cannot start a
+    // runtime from within a runtime").
+    let t = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    server.route(
+        "/flickr_style.csv.gz",
+        vec![Reply::ok(std::fs::read(csv()).unwrap())],
+    );
+    let out = t.path().join("data");
+    let run = |url: &str| {
+        Command::new(bin())
+            .args(["assemble", "--dry-run", "--images", "5", "--seed", "831486"])
+            .args(["--csv", url, "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let done = run(&server.url("/flickr_style.csv.gz"));
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    let listed = String::from_utf8(done.stdout).unwrap();
+    let picked = selection(5);
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert!(
+        listed.starts_with(&format!("{},", picked[0].id)),
+        "{listed}"
+    );
+    assert!(out.join("flickr_style.csv.gz").is_file());
+    // A CSV that cannot be fetched is an error that says what to do.
+    server.route("/gone.csv.gz", vec![Reply::status(404)]);
+    let done = run(&server.url("/gone.csv.gz"));
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!done.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("gone.csv.gz") && err.contains("--csv"),
+        "{err}"
+    );
+}

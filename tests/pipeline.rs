@@ -761,3 +761,36 @@ fn manifest_dataset_trains_on_the_split_it_gives() {
         "{err}"
     );
 }
+
+#[test]
+fn caffenet_is_fetched_from_weights_url_and_checked_before_training() {
+    // Without --weights the pipeline downloads CaffeNet (here from a local
+    // --weights-url) and verifies its SHA-1: a file that is not CaffeNet
+    // stops the run at that stage, named, before any training.
+    let t = tempfile::tempdir().unwrap();
+    let recipe = slim_recipe(t.path());
+    let server = Server::start();
+    server.route(
+        "/bvlc_reference_caffenet.caffemodel",
+        vec![Reply::ok(b"not caffenet".to_vec())],
+    );
+    let out = Command::new(bin())
+        .args(["pipeline", "--folders", fixture("images").to_str().unwrap()])
+        .args(["--recipe", recipe.to_str().unwrap()])
+        .args([
+            "--weights-url",
+            &server.url("/bvlc_reference_caffenet.caffemodel"),
+        ])
+        .args(["--test-fraction", "0.34", "--max-iter", "1"])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("[4/6] download-model"), "{err}");
+    assert!(err.contains("SHA-1"), "{err}");
+    assert_eq!(server.hits("/bvlc_reference_caffenet.caffemodel"), 1);
+    let data = t.path().join("data/images");
+    assert!(!data.join("bvlc_reference_caffenet.caffemodel").exists());
+    assert!(!data.join("snapshots").exists(), "nothing trained");
+}

@@ -110,12 +110,32 @@ pub fn mirrored(url: &str, mirror: &str) -> String {
     format!("{}{}", mirror.trim_end_matches('/'), path)
 }
 
-/// Loads the CSV from the option, the default location, or Caffe's repository.
-fn load_rows(opts: &AssembleOptions) -> Result<Vec<StyleRow>> {
+/// Downloads the CSV to `dest`; where it cannot be fetched, the error says
+/// how to do without the network.
+async fn fetch_csv(url: &str, dest: &Path) -> Result<()> {
+    let opts = super::fetch::FetchOptions::default();
+    match super::fetch::fetch_file_async(url, dest, None, &opts).await {
+        Ok(_) => Ok(()),
+        Err(Error::Http { url, message }) => Err(Error::Http {
+            url,
+            message: format!(
+                "{message} (the Flickr Style CSV: give --csv a local copy of it, e.g. Caffe's \
+                 examples/finetune_flickr_style/flickr_style.csv.gz)"
+            ),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads the CSV from the option, the default location, or Caffe's
+/// repository. Async: it runs inside `assemble`'s runtime, where the
+/// blocking [`fetch_file`](super::fetch::fetch_file) (a runtime of its own)
+/// would panic.
+async fn load_rows(opts: &AssembleOptions) -> Result<Vec<StyleRow>> {
     let default = opts.out.join("flickr_style.csv.gz");
     let path = match &opts.csv {
         Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
-            super::fetch::fetch_file(s, &default, None, &super::fetch::FetchOptions::default())?;
+            fetch_csv(s, &default).await?;
             default
         }
         Some(p) => PathBuf::from(p),
@@ -124,12 +144,7 @@ fn load_rows(opts: &AssembleOptions) -> Result<Vec<StyleRow>> {
                 crate::progress::say(format_args!(
                     "Downloading the Flickr Style CSV from {CSV_URL}"
                 ));
-                super::fetch::fetch_file(
-                    CSV_URL,
-                    &default,
-                    None,
-                    &super::fetch::FetchOptions::default(),
-                )?;
+                fetch_csv(CSV_URL, &default).await?;
             }
             default
         }
@@ -143,7 +158,7 @@ pub async fn assemble(
     interrupt: impl std::future::Future<Output = ()>,
 ) -> Result<AssembleSummary> {
     let start = Instant::now();
-    let rows = load_rows(opts)?;
+    let rows = load_rows(opts).await?;
     let picked = select(&rows, opts.seed, opts.images, opts.labels);
     let mut summary = AssembleSummary {
         selected: picked.len(),
