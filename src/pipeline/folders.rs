@@ -105,8 +105,15 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<ImportSummary> {
     let mut classes = Vec::new();
     let canonical_root = std::fs::canonicalize(&root).at(&root)?;
     let mut seen = std::collections::HashSet::new();
+    // The lists may be written inside the dataset (`import-folders data
+    // data/lists`, or a pipeline's data folder with its heat maps there):
+    // that folder is never read as a class or as images of one.
+    let out = std::fs::canonicalize(&o.split.out).ok();
+    if let Some(out) = &out {
+        seen.insert(out.clone());
+    }
     for p in entries(&root)? {
-        if is_hidden(&p) || !p.is_dir() {
+        if is_hidden(&p) || !p.is_dir() || std::fs::canonicalize(&p).ok() == out {
             summary.ignored += 1;
             continue;
         }
@@ -134,6 +141,50 @@ pub fn import_folders(o: &FolderImportOptions) -> Result<ImportSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_output_folder_inside_the_dataset_is_never_imported() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("zoo");
+        let png = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::GrayImage::from_pixel(4, 4, image::Luma([9]))
+                .save(p)
+                .unwrap();
+        };
+        for i in 0..3 {
+            png(&root.join(format!("copepod/{i}.png")));
+            png(&root.join(format!("diatom/{i}.png")));
+        }
+        for out in [root.join("lists"), root.join("copepod/lists")] {
+            // Heat maps an earlier run left in its output folder.
+            for i in 0..3 {
+                png(&out.join(format!("explain/{i}.png")));
+            }
+            let o = FolderImportOptions {
+                root: root.clone(),
+                split: SplitOptions {
+                    out: out.clone(),
+                    test_fraction: 0.34,
+                    seed: 1,
+                    check: true,
+                    strict: true,
+                    min_train_per_class: 0,
+                    max_train_per_class: None,
+                    balance_alpha: None,
+                },
+            };
+            // Twice: the second run sees the first one's files.
+            for _ in 0..2 {
+                let s = import_folders(&o).unwrap();
+                let names: Vec<&str> = s.classes.iter().map(|c| c.name.as_str()).collect();
+                assert_eq!(names, ["copepod", "diatom"]);
+                let counted: usize = s.classes.iter().map(|c| c.images).sum();
+                assert_eq!(counted, 6, "{out:?}");
+            }
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+    }
 
     #[test]
     fn image_files_by_extension() {
