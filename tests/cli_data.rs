@@ -338,3 +338,83 @@ fn get_ilsvrc_aux_downloads_verifies_and_unpacks_from_a_local_server() {
     assert!(!ok && err.contains("404"), "{err}");
     assert_eq!(server.hits("/gone.tar.gz"), 1, "a 404 is not retried");
 }
+
+#[test]
+fn counts_and_thresholds_out_of_range_are_refused_by_flag() {
+    // Refused before anything is read, naming the flag: a zero count would
+    // otherwise be quietly taken as 1, and a threshold above 1 predicts nothing.
+    let t = tempfile::tempdir().unwrap();
+    for (args, flag, why) in [
+        (
+            &["evaluate", "--model", "m", "--weights", "w", "--top-k", "0"][..],
+            "--top-k",
+            "at least 1",
+        ),
+        (
+            &[
+                "classify",
+                "--model",
+                "m",
+                "--weights",
+                "w",
+                "--threshold",
+                "1.5",
+                "x.jpg",
+            ],
+            "--threshold",
+            "at most 1",
+        ),
+        (
+            &[
+                "evaluate",
+                "--model",
+                "m",
+                "--weights",
+                "w",
+                "--threshold",
+                "0",
+            ],
+            "--threshold",
+            "above 0",
+        ),
+        (
+            &[
+                "test",
+                "--model",
+                "m",
+                "--weights",
+                "w",
+                "--iterations",
+                "0",
+            ],
+            "--iterations",
+            "at least 1",
+        ),
+        (
+            &["time", "--model", "m", "--iterations", "0"],
+            "--iterations",
+            "at least 1",
+        ),
+        (
+            &["deploy", "a", "b", "--batch", "0"],
+            "--batch",
+            "at least 1",
+        ),
+        (
+            &["class-weights", "a", "b", "--classes", "0"],
+            "--classes",
+            "at least 1",
+        ),
+        (
+            &["pipeline", "--batch-size", "0"],
+            "--batch-size",
+            "at least 1",
+        ),
+    ] {
+        let (ok, _, err) = run(t.path(), args);
+        assert!(
+            !ok && err.contains(flag) && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -160,7 +160,7 @@ pub(crate) struct ClassWeightsArgs {
     /// `infogain_loss_param { source: ... }`.
     pub(crate) out: PathBuf,
     /// Number of classes (the classifier's num_output).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub(crate) classes: usize,
     /// Exponent: each class weighs count^-alpha, scaled so the mean weight per image is 1
     /// (1: inverse frequency, 0.5: its square root, 0: no weighting).
@@ -618,7 +618,7 @@ pub(crate) struct PipelineArgs {
     #[arg(long, value_name = "ALPHA")]
     pub(crate) class_weights: Option<f64>,
     /// Override the nets' batch_size.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one_u32)]
     pub(crate) batch_size: Option<u32>,
     /// Override the solver's max_iter.
     #[arg(long)]
@@ -770,7 +770,7 @@ pub(crate) struct TestArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub(crate) weights: Vec<PathBuf>,
     /// Batches to average over.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 50)]
     pub(crate) iterations: usize,
     #[command(flatten)]
     pub(crate) state: NetStateArgs,
@@ -793,7 +793,7 @@ pub(crate) struct EvaluateArgs {
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
     /// Run this many batches instead of one pass over the TEST source.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub(crate) iterations: Option<usize>,
     /// Blob of class scores (default: the first bottom of the Accuracy, SoftmaxWithLoss or InfogainLoss layer).
     #[arg(long, requires = "label")]
@@ -802,11 +802,11 @@ pub(crate) struct EvaluateArgs {
     #[arg(long, requires = "scores")]
     pub(crate) label: Option<String>,
     /// The k of the top-k accuracy.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 5)]
     pub(crate) top_k: usize,
     /// Also report how many images get a prediction whose probability reaches this (e.g. 0.6),
     /// and how accurate those are; the rest would be left to a person.
-    #[arg(long)]
+    #[arg(long, value_parser = probability)]
     pub(crate) threshold: Option<f64>,
     /// Test-time augmentation: average each image's class probabilities over these views of it:
     /// none, mirror (left-right), rot90 (the four quarter turns; square inputs) or dihedral (the
@@ -858,7 +858,7 @@ pub(crate) struct FeaturesArgs {
     pub(crate) source: Option<PathBuf>,
     /// Run this many batches and keep every row, as extract_features' num_mini_batches (default:
     /// each image of the source once).
-    #[arg(long, conflicts_with = "images")]
+    #[arg(long, value_parser = at_least_one, conflicts_with = "images")]
     pub(crate) iterations: Option<usize>,
     /// Also write each blob as an LMDB in extract_features' layout (keys %010d, float_data Datums
     /// shaped like the blob), with each image's label, so a Data layer can train on them.
@@ -880,7 +880,7 @@ pub(crate) struct FeaturesArgs {
     #[arg(long, value_delimiter = ',', requires = "images")]
     pub(crate) mean_value: Vec<f32>,
     /// With images: images per forward pass (default: the data layer's batch_size).
-    #[arg(long, requires = "images")]
+    #[arg(long, value_parser = at_least_one, requires = "images")]
     pub(crate) batch_size: Option<usize>,
     /// With images: fail, writing nothing, if any image cannot be read (default: skip it and say so).
     #[arg(long, requires = "images")]
@@ -944,10 +944,10 @@ pub(crate) struct ClassifyArgs {
     #[arg(long)]
     pub(crate) names: Option<PathBuf>,
     /// Classes to list per image.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 3)]
     pub(crate) top_k: usize,
     /// Add a `confident` column: whether the best class's probability reaches this.
-    #[arg(long)]
+    #[arg(long, value_parser = probability)]
     pub(crate) threshold: Option<f64>,
     /// Test-time augmentation, as for `evaluate`.
     #[arg(long, value_name = "VIEWS", default_value = "none")]
@@ -1003,7 +1003,7 @@ pub(crate) struct ImageInputArgs {
     #[arg(long, value_delimiter = ',')]
     pub(crate) mean_value: Vec<f32>,
     /// Images per forward pass (default: the data layer's batch_size).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub(crate) batch_size: Option<usize>,
 }
 
@@ -1075,7 +1075,7 @@ pub(crate) struct DeployArgs {
     /// The deploy.prototxt to write.
     pub(crate) out: PathBuf,
     /// Images per forward pass in the Input layer's shape.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 1)]
     pub(crate) batch: usize,
     #[command(flatten)]
     pub(crate) state: NetStateArgs,
@@ -1107,7 +1107,7 @@ pub(crate) struct TimeArgs {
     #[arg(long, value_enum, default_value_t = TimePhase::Train)]
     pub(crate) phase: TimePhase,
     /// Passes to average (forward and backward in train, forward in test).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = at_least_one, default_value_t = 10)]
     pub(crate) iterations: usize,
     /// Replace Data/ImageData layers by inputs of the same shape (no data needed).
     #[arg(long)]
@@ -1156,4 +1156,29 @@ pub(crate) struct GetIlsvrcAuxArgs {
     /// Expected SHA-256 of the archive.
     #[arg(long)]
     pub(crate) sha256: Option<String>,
+}
+
+/// A count that must be at least 1 (a batch, a number of passes or classes).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// [`at_least_one`] for the flags Caffe's prototxts hold as 32-bit numbers.
+fn at_least_one_u32(s: &str) -> Result<u32, String> {
+    let n = at_least_one(s)?;
+    u32::try_from(n).map_err(|_| format!("must be at most {}", u32::MAX))
+}
+
+/// A probability threshold: above 0 and at most 1.
+fn probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if p > 0.0 && p <= 1.0 {
+        Ok(p)
+    } else {
+        Err("a probability threshold must be above 0 and at most 1".into())
+    }
 }
