@@ -418,3 +418,43 @@ fn counts_and_thresholds_out_of_range_are_refused_by_flag() {
         );
     }
 }
+
+#[test]
+fn an_empty_or_wholly_unreadable_list_writes_no_database() {
+    // Caffe's convert_imageset writes an empty database that a Data layer
+    // then cannot read; here it is an error naming the list.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("empty.txt"), "").unwrap();
+    let (ok, _, err) = run(t.path(), &["to-lmdb", ".", "empty.txt", "db"]);
+    assert!(!ok && err.contains("empty.txt: lists no images"), "{err}");
+    std::fs::write(t.path().join("bad.jpg"), b"not a jpeg").unwrap();
+    std::fs::write(t.path().join("bad.txt"), "bad.jpg 0\nmissing.jpg 1\n").unwrap();
+    let (ok, _, err) = run(t.path(), &["to-lmdb", ".", "bad.txt", "db"]);
+    assert!(
+        !ok && err.contains("none of its 2 images could be read (the first, bad.jpg: "),
+        "{err}"
+    );
+    assert!(!t.path().join("db").exists());
+    assert!(leftovers(t.path()).is_empty(), "{:?}", leftovers(t.path()));
+}
+
+#[test]
+fn convert_mean_refuses_a_conversion_to_the_same_format() {
+    let t = tempfile::tempdir().unwrap();
+    let npy = caffe_ref().join("ilsvrc12/ilsvrc_2012_mean.npy");
+    let (ok, _, err) = run(
+        t.path(),
+        &["convert-mean", npy.to_str().unwrap(), "copy.npy"],
+    );
+    assert!(!ok && err.contains("nothing to convert"), "{err}");
+    assert!(
+        run(
+            t.path(),
+            &["convert-mean", npy.to_str().unwrap(), "m.binaryproto"]
+        )
+        .0
+    );
+    let (ok, _, err) = run(t.path(), &["convert-mean", "m.binaryproto", "m.txt"]);
+    assert!(!ok && err.contains("both binaryproto"), "{err}");
+    assert!(!t.path().join("m.txt").exists() && !t.path().join("copy.npy").exists());
+}

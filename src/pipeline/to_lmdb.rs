@@ -77,6 +77,13 @@ const CHUNK: usize = 256;
 pub fn to_lmdb(opts: &ToLmdbOptions) -> Result<ToLmdbSummary> {
     let start = Instant::now();
     let mut entries = read_list(&opts.list)?;
+    // An empty database would only fail later, in a Data layer's set-up.
+    if entries.is_empty() {
+        return Err(Error::invalid(
+            opts.list.display(),
+            "lists no images: there is nothing to write",
+        ));
+    }
     if opts.shuffle {
         entries.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed));
     }
@@ -159,6 +166,18 @@ pub fn to_lmdb(opts: &ToLmdbOptions) -> Result<ToLmdbSummary> {
         Ok(())
     })?;
     pb.finish_and_clear();
+    if skipped.len() == entries.len() {
+        // Dropped unfinished, the staging database leaves nothing behind.
+        return Err(Error::invalid(
+            opts.list.display(),
+            format!(
+                "none of its {} images could be read (the first, {}: {}); nothing was written",
+                entries.len(),
+                skipped[0].path,
+                skipped[0].reason
+            ),
+        ));
+    }
     let written = writer.finish()?;
     Ok(ToLmdbSummary {
         written,

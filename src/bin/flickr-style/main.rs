@@ -348,6 +348,19 @@ fn is_npy(p: &Path) -> bool {
 }
 
 fn cmd_convert_mean(a: ConvertMeanArgs) -> Result<()> {
+    if is_npy(&a.input) == is_npy(&a.output) {
+        bail!(
+            "{} and {} are both {}: nothing to convert (the direction comes from the names: \
+             one ends in .npy, the other is the .binaryproto)",
+            a.input.display(),
+            a.output.display(),
+            if is_npy(&a.input) {
+                ".npy"
+            } else {
+                "binaryproto"
+            }
+        );
+    }
     let mean = if is_npy(&a.input) {
         MeanImage::read_npy(&a.input)?
     } else {
