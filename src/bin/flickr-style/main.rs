@@ -216,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 l2: a.l2,
             })
             .with_context(|| format!("fuse {}", a.probabilities.display()))?;
-            out!("{}", f.to_markdown());
+            // Files first: a reader that leaves early ends the command.
             if let Some(dir) = &a.out {
                 f.write(dir)?;
                 note!(
@@ -224,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
                     dir.display()
                 );
             }
+            out!("{}", f.to_markdown());
             Ok(())
         }
     }
@@ -619,12 +620,13 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         evaluation: &evaluation,
         names: &names,
     };
-    out!("{}", report.markdown());
+    // Files first: a reader that leaves early ends the command.
     if let Some(dir) = &a.out {
         for f in report.write(dir)? {
             note!("wrote {}", f.display());
         }
     }
+    out!("{}", report.markdown());
     Ok(())
 }
 
