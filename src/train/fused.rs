@@ -646,13 +646,17 @@ mod gpu {
         if n == 0 {
             return Ok(());
         }
-        if n > u32::MAX as usize {
+        const THREADS: u32 = 256;
+        const MAX_BLOCKS: u32 = 65_535 * 8;
+        // The kernels' grid-stride loops step a 32-bit index: it must not
+        // wrap past 2^32 on its last step.
+        if n as u64 + u64::from(THREADS * MAX_BLOCKS) > u64::from(u32::MAX) {
             bail!("fused op: {n} elements exceed the kernels' 32-bit indices");
         }
-        let blocks = (n as u32).div_ceil(256).min(65_535 * 8);
+        let blocks = (n as u32).div_ceil(THREADS).min(MAX_BLOCKS);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the argument lists match fused.cu's signatures.
