@@ -2,7 +2,7 @@
 //! (`../shared/caffe-ref/fixtures/finetune-semantics`), the binary's log,
 //! metrics, snapshots and resume, and every bad input the issue lists.
 mod common;
-use common::{edited_net, fixture, run, solver_in, train_tiny_cli};
+use common::{caffe_ref, edited_net, fixture, run, solver_in, train_tiny_cli};
 use flickr_style::caffe::model::read_caffemodel;
 use std::path::Path;
 
@@ -1525,4 +1525,27 @@ fn snapshot_diff_writes_each_blobs_last_step() {
         assert!(three[0].1.iter().all(|&d| d == 0.0));
         assert!(three[10].1.iter().any(|&d| d != 0.0));
     }
+}
+
+#[test]
+fn a_net_found_neither_here_nor_beside_the_solver_says_where_to_run() {
+    // Caffe's own solver names its net from Caffe's root folder
+    // (models/finetune_flickr_style/train_val.prototxt).
+    let t = tempfile::tempdir().unwrap();
+    let solver = caffe_ref().join("models/finetune_flickr_style/solver.prototxt");
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("\"models/finetune_flickr_style/train_val.prototxt\" is neither in ")
+            && err.contains("Caffe's root folder"),
+        "{err}"
+    );
 }

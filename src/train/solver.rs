@@ -164,13 +164,10 @@ impl Solver {
         }
         // Caffe resolves paths from the CWD; if the net is not found there but
         // is beside the solver, resolve everything from the solver's folder.
-        let mut base_dir = opts.base_dir.clone();
-        let solver_dir = crate::fsutil::parent_dir(&solver_path);
-        if let Some(net) = param.net.as_ref().or(param.train_net.as_ref()) {
-            if !base_dir.join(net).exists() && solver_dir.join(net).exists() {
-                base_dir = solver_dir;
-            }
-        }
+        let base_dir = match param.net.as_ref().or(param.train_net.as_ref()) {
+            Some(net) => paths_base(&opts.base_dir, &solver_path, net, &ctx)?,
+            None => opts.base_dir.clone(),
+        };
         let (train_def, test_defs) = net_definitions(&param, &base_dir, &ctx)?;
         if test_defs.len() != param.test_iter.len() {
             return Err(Error::model(
@@ -966,4 +963,30 @@ fn net_definitions(
         }
     }
     Ok((train, tests))
+}
+
+/// The folder a solver's paths start from. Caffe resolves them from the
+/// folder it runs in (`base_dir`); where the `net` is not there but beside
+/// the solver, they start beside the solver instead. Neither is an error
+/// that says where to run.
+pub(crate) fn paths_base(base_dir: &Path, solver: &Path, net: &str, ctx: &str) -> Result<PathBuf> {
+    if base_dir.join(net).exists() {
+        return Ok(base_dir.to_path_buf());
+    }
+    let solver_dir = crate::fsutil::parent_dir(solver);
+    if solver_dir.join(net).exists() {
+        return Ok(solver_dir);
+    }
+    Err(Error::model(
+        ctx,
+        format!(
+            "net {net:?} is neither in {} nor beside the solver in {}: as in Caffe, the solver's \
+             paths are relative to the folder it runs in, so run from the folder they start from \
+             (for Caffe's own recipes, Caffe's root folder)",
+            std::path::absolute(base_dir)
+                .unwrap_or_else(|_| base_dir.to_path_buf())
+                .display(),
+            solver_dir.display()
+        ),
+    ))
 }

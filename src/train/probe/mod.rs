@@ -143,11 +143,7 @@ pub fn probe(o: &ProbeOptions) -> Result<Probe> {
             )),
         };
     // Caffe resolves from the current folder; else beside the solver, as `finetune` does.
-    let base = if o.base_dir.join(&net_file).exists() {
-        o.base_dir.to_path_buf()
-    } else {
-        crate::fsutil::parent_dir(&solver_path)
-    };
+    let base = crate::train::solver::paths_base(o.base_dir, &solver_path, &net_file, &ctx)?;
     let net_path = base.join(&net_file);
     // Weights resolve from the base folder, whatever folder the probe's own solver runs in.
     let weights: Vec<PathBuf> = o
