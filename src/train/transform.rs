@@ -51,7 +51,9 @@ impl Transformer {
         }
         let mean_image = match &p.mean_file {
             Some(f) => {
-                let m = MeanImage::read_binaryproto(&resolve(f))?;
+                let m = MeanImage::read_binaryproto(&resolve(f)).map_err(|e| {
+                    Error::model(context, format!("transform_param.mean_file: {e}"))
+                })?;
                 Some((m.channels, m.height, m.width, m.values_f32()))
             }
             None => None,

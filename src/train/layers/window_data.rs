@@ -284,7 +284,8 @@ impl WindowData {
                 ))
             }
             (Some(f), []) => {
-                let m = MeanImage::read_binaryproto(&ctx.resolve(f))?;
+                let m = MeanImage::read_binaryproto(&ctx.resolve(f))
+                    .map_err(|e| Error::model(&lctx, format!("transform_param.mean_file: {e}")))?;
                 if m.channels != 3 || m.width < crop || m.height < crop {
                     return Err(Error::model(
                         &lctx,
