@@ -251,7 +251,7 @@ impl Net {
                     "appears twice in the net; layer names must be unique",
                 ));
             }
-            let mut layer = create(lp, ctx, index)?;
+            let mut layer = create(lp, ctx, index).map_err(|e| in_layer(e, &lctx))?;
             let bottoms: Vec<usize> = lp
                 .bottom
                 .iter()
@@ -279,7 +279,9 @@ impl Net {
                 .iter()
                 .map(|&b| net.blob_shapes[b].clone())
                 .collect();
-            let top_shapes = layer.setup(&bottom_shapes)?;
+            let top_shapes = layer
+                .setup(&bottom_shapes)
+                .map_err(|e| in_layer(e, &lctx))?;
             // After set-up: whether a layer can follow a changing batch may
             // depend on its shapes (the axis a Scale's factor starts at).
             let follows = net.follows_filter(layer.as_ref(), lp, &bottoms)?;
@@ -785,6 +787,20 @@ impl Net {
     /// Sets the gradient of parameter `i` (after clipping or normalising).
     pub fn set_grad(&mut self, i: usize, g: Tensor) {
         self.grads[i] = Some(g);
+    }
+}
+
+/// Names the layer in a set-up error about a file it reads (a data source,
+/// a mean file, an H matrix), which otherwise names only the file.
+fn in_layer(e: Error, lctx: &str) -> Error {
+    match e {
+        Error::Io { .. }
+        | Error::Proto { .. }
+        | Error::Prototxt { .. }
+        | Error::Image { .. }
+        | Error::Line { .. }
+        | Error::Lmdb { .. } => Error::model(lctx, e.to_string()),
+        e => e,
     }
 }
 
