@@ -1549,3 +1549,40 @@ fn a_net_found_neither_here_nor_beside_the_solver_says_where_to_run() {
         "{err}"
     );
 }
+
+#[test]
+fn weights_and_solver_states_given_to_the_wrong_flag_say_which_flag_takes_them() {
+    let t = tempfile::tempdir().unwrap();
+    let snapshots = fixture("tiny-net/snapshots");
+    let state = snapshots.join("tiny_iter_15.solverstate");
+    let model = snapshots.join("tiny_iter_15.caffemodel");
+    let solver = fixture("tiny-net/solver.prototxt");
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--weights",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("is a solver state") && err.contains("--snapshot"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        t.path(),
+        &[
+            "finetune",
+            "--solver",
+            solver.to_str().unwrap(),
+            "--snapshot",
+            model.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("holds weights, not a solver state"),
+        "{err}"
+    );
+}

@@ -12,12 +12,33 @@ use std::path::Path;
 
 /// Reads a binary `.caffemodel` and upgrades it to V2 layers.
 pub fn read_caffemodel(path: &Path) -> Result<NetParameter> {
-    if super::hdf5_snapshot::is_hdf5(path) {
-        return super::hdf5_snapshot::read_caffemodel(path);
-    }
-    let mut net: NetParameter = super::read_binary(path, "caffemodel (NetParameter)")?;
+    let read = if super::hdf5_snapshot::is_hdf5(path) {
+        super::hdf5_snapshot::read_caffemodel(path)
+    } else {
+        super::read_binary(path, "caffemodel (NetParameter)")
+    };
+    let mut net: NetParameter = read.map_err(|e| mixed_up(e, path, ".solverstate"))?;
     upgrade(&mut net, &path.display().to_string())?;
     Ok(net)
+}
+
+/// A weights file or solver state that did not read, where its name says it
+/// is the other kind (`other`: `.solverstate` or `.caffemodel`): the error
+/// says which flag takes it. Any other error is kept.
+pub fn mixed_up(e: Error, path: &Path, other: &str) -> Error {
+    let name = path.to_string_lossy();
+    let named = [other.to_string(), format!("{other}.h5")];
+    if matches!(e, Error::Io { .. }) || !named.iter().any(|n| name.ends_with(n.as_str())) {
+        return e;
+    }
+    let why = if other == ".solverstate" {
+        "is a solver state (the solver's history), not weights: resume from it with \
+         `finetune --snapshot`, or give the .caffemodel saved beside it as `--weights`"
+    } else {
+        "holds weights, not a solver state: start from it with `--weights`, or give the \
+         .solverstate saved beside it to `--snapshot`"
+    };
+    Error::invalid(path.display(), why)
 }
 
 /// Reads a `.prototxt` net definition and upgrades it to V2 layers.

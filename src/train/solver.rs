@@ -370,10 +370,11 @@ impl Solver {
     pub fn restore(&mut self, state_path: &Path) -> Result<()> {
         let full = self.resolve(state_path);
         let state: SolverState = if hdf5_snapshot::is_hdf5(&full) {
-            hdf5_snapshot::read_solverstate(&full)?
+            hdf5_snapshot::read_solverstate(&full)
         } else {
-            read_binary(&full, "solverstate")?
-        };
+            read_binary(&full, "solverstate")
+        }
+        .map_err(|e| crate::caffe::model::mixed_up(e, &full, ".caffemodel"))?;
         self.log.info(
             "sgd_solver.cpp:318",
             &format!(
