@@ -235,6 +235,15 @@ pub fn run(
             "trains on features saved once per view, not on fresh random warps; drop --augment (--rotate90 gives the probe each image's eight flips and turns), or fine-tune without --probe",
         ));
     }
+    // Fail before hours of downloading and importing, not at the training stage.
+    if let Some(w) = &opts.weights {
+        if !w.is_file() {
+            return Err(Error::invalid(
+                w.display(),
+                "--weights: no such file (leave --weights out to download CaffeNet)",
+            ));
+        }
+    }
     if opts.measure && matches!(opts.dataset, Dataset::FlickrStyle(_)) {
         return Err(Error::invalid(
             "--measure",
@@ -650,6 +659,12 @@ fn imported(s: ImportSummary, say: &impl Fn(String)) -> Result<usize> {
         return Err(Error::model(
             "import",
             "no test images: the recipe's test phase needs some; raise --test-fraction (or give the manifest a test set)",
+        ));
+    }
+    if s.classes.len() < 2 {
+        return Err(Error::model(
+            "import",
+            "one class: a classifier needs at least two (one folder, or one label in the manifest's column, per class)",
         ));
     }
     Ok(s.classes.len())

@@ -794,3 +794,51 @@ fn caffenet_is_fetched_from_weights_url_and_checked_before_training() {
     assert!(!data.join("bvlc_reference_caffenet.caffemodel").exists());
     assert!(!data.join("snapshots").exists(), "nothing trained");
 }
+
+#[test]
+fn a_missing_weights_file_or_a_single_class_stops_the_run_before_training() {
+    let t = tempfile::tempdir().unwrap();
+    let recipe = slim_recipe(t.path());
+    let one = t.path().join("one/copepod");
+    std::fs::create_dir_all(&one).unwrap();
+    for i in 0..5 {
+        std::fs::copy(
+            fixture("images/animal/cat.jpg"),
+            one.join(format!("{i}.jpg")),
+        )
+        .unwrap();
+    }
+    let run = |weights: &Path| {
+        let out = Command::new(bin())
+            .args([
+                "pipeline",
+                "--folders",
+                "one",
+                "--recipe",
+                recipe.to_str().unwrap(),
+            ])
+            .args(["--weights", weights.to_str().unwrap()])
+            .current_dir(t.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Checked first: nothing is imported.
+    let (ok, err) = run(Path::new("nope.caffemodel"));
+    assert!(
+        !ok && err.contains("nope.caffemodel: --weights: no such file"),
+        "{err}"
+    );
+    assert!(!t.path().join("data").exists());
+    let weights = t.path().join("caffenet.caffemodel");
+    caffenet_caffemodel(&weights);
+    let (ok, err) = run(&weights);
+    assert!(
+        !ok && err.contains("one class: a classifier needs at least two"),
+        "{err}"
+    );
+    assert!(!t.path().join("data/one/snapshots").exists());
+}
