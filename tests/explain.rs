@@ -299,6 +299,13 @@ fn explain_writes_a_heat_map_per_image_and_a_table() {
         csv.lines().skip(1).all(|l| l.contains(",2,science,")),
         "{csv}"
     );
+    let two = t.path().join("two.txt");
+    std::fs::write(&two, "animal\nobject\n").unwrap();
+    let (ok, _, err) = run_args(&["--names", two.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("--names: has 2 class names, but the net scores 4 classes"),
+        "{err}"
+    );
     let (ok, _, err) = run_args(&["--class", "plankton", "--names", names.to_str().unwrap()]);
     assert!(
         !ok && err.contains("\"plankton\" is neither a class number nor one of the names"),

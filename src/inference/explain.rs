@@ -30,7 +30,7 @@ pub struct ExplainOptions<'a> {
     pub layer: Option<String>,
     /// The class to explain in every image; `None`: each image's best.
     pub class: Option<usize>,
-    /// Class names for the table (label order; may be empty).
+    /// Class names for the table (label order; empty, or one per class).
     pub names: &'a [String],
     /// Folder for the heat maps (`<n>_<file stem>.png`; with a label that is
     /// not the explained class, the label's map beside it), `explain.csv`,
@@ -332,6 +332,16 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         return Err(Error::model(
             input.model.display(),
             format!("--class {c} is not one of the net's {classes} classes"),
+        ));
+    }
+    // As `evaluate` and `classify` check them, before any map is made.
+    if !o.names.is_empty() && o.names.len() != classes {
+        return Err(Error::invalid(
+            "--names",
+            format!(
+                "has {} class names, but the net scores {classes} classes (one name per line, in label order)",
+                o.names.len()
+            ),
         ));
     }
     let size = spec.input_size();

@@ -818,12 +818,14 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
     let state = a.state.flags();
-    // The names are checked against the net's classes once it has run.
+    // explain checks the names against the net's classes once it is built
+    // (read as evaluate reads them: blank lines at the end ignored).
     let lines = match &a.names {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("reading the class names {}", p.display()))?
+            .trim_end()
             .lines()
-            .map(str::to_string)
+            .map(|l| l.trim().to_string())
             .collect(),
         None => Vec::new(),
     };
@@ -851,14 +853,6 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
         object: a.object,
     })
     .with_context(|| format!("explain with {}", a.model.display()))?;
-    if !lines.is_empty() && lines.len() != result.classes {
-        note!(
-            "warning: {} names {} classes, the net scores {}",
-            a.names.as_ref().expect("names given").display(),
-            lines.len(),
-            result.classes
-        );
-    }
     for (p, why) in &result.failed {
         note!("skipped {}: {why}", p.display());
     }
