@@ -25,7 +25,7 @@ pub fn read_caffemodel(path: &Path) -> Result<NetParameter> {
 /// A weights file or solver state that did not read, where its name says it
 /// is the other kind (`other`: `.solverstate` or `.caffemodel`): the error
 /// says which flag takes it. Any other error is kept.
-pub fn mixed_up(e: Error, path: &Path, other: &str) -> Error {
+pub(crate) fn mixed_up(e: Error, path: &Path, other: &str) -> Error {
     let name = path.to_string_lossy();
     let named = [other.to_string(), format!("{other}.h5")];
     if matches!(e, Error::Io { .. }) || !named.iter().any(|n| name.ends_with(n.as_str())) {

@@ -655,22 +655,39 @@ pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
 /// Class names, one per line (blank lines at the end ignored); there must be
 /// one per class.
 pub fn read_class_names(path: &Path, classes: usize) -> Result<Vec<String>> {
+    let names = read_names(path)?;
+    check_class_names(&names, classes, path.display())?;
+    Ok(names)
+}
+
+/// Class names, one per line, in label order (blank lines at the end
+/// ignored), before the net says how many it scores.
+pub fn read_names(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).at(path)?;
-    let names: Vec<String> = text
+    Ok(text
         .trim_end()
         .lines()
         .map(|l| l.trim().to_string())
-        .collect();
+        .collect())
+}
+
+/// Refuses class names that are not one per class of the net (`context`:
+/// where they came from).
+pub fn check_class_names(
+    names: &[String],
+    classes: usize,
+    context: impl std::fmt::Display,
+) -> Result<()> {
     if names.len() != classes {
         return Err(Error::invalid(
-            path.display(),
+            context,
             format!(
                 "has {} class names, but the net scores {classes} classes (one name per line, in label order)",
                 names.len()
             ),
         ));
     }
-    Ok(names)
+    Ok(())
 }
 
 /// Everything `metrics.json` holds.

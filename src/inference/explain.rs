@@ -335,14 +335,8 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         ));
     }
     // As `evaluate` and `classify` check them, before any map is made.
-    if !o.names.is_empty() && o.names.len() != classes {
-        return Err(Error::invalid(
-            "--names",
-            format!(
-                "has {} class names, but the net scores {classes} classes (one name per line, in label order)",
-                o.names.len()
-            ),
-        ));
+    if !o.names.is_empty() {
+        super::evaluate::check_class_names(o.names, classes, "--names")?;
     }
     let size = spec.input_size();
     let label_of = |p: &Path| o.labels.and_then(|l| l.get(p).copied());

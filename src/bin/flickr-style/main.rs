@@ -818,15 +818,9 @@ fn cmd_explain(a: ExplainArgs) -> Result<()> {
     let base_dir = flickr_style::train::commands::base_dir_for(&a.model);
     let compute = a.device.compute()?;
     let state = a.state.flags();
-    // explain checks the names against the net's classes once it is built
-    // (read as evaluate reads them: blank lines at the end ignored).
+    // explain checks the names against the net's classes once it is built.
     let lines = match &a.names {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading the class names {}", p.display()))?
-            .trim_end()
-            .lines()
-            .map(|l| l.trim().to_string())
-            .collect(),
+        Some(p) => flickr_style::inference::evaluate::read_names(p)?,
         None => Vec::new(),
     };
     let class = a
