@@ -72,9 +72,14 @@ fn check(v: &Variant, dir: &std::path::Path) -> Vec<String> {
     // image, we in one product): the first three losses are bit-equal,
     // our CPU and GPU code paths agree to 4e-7 on conv3's bias, and both
     // are 1.8e-4 from Caffe's after 12 steps (losses 9.1e-6).
-    let (loss_tol, sum_tol) = match v.name.as_str() {
+    let (loss_tol, sum_tol): (f32, f64) = match v.name.as_str() {
         "filter_images" => (3e-5, 3e-4),
         _ => (1e-5, 1e-5),
+    };
+    let (sum_tol, value_tol) = if cfg!(target_arch = "x86_64") {
+        (sum_tol, VALUE_TOL)
+    } else {
+        (sum_tol.max(OFF_X86.0), OFF_X86.1)
     };
     if let Some(want) = &v.losses {
         for ((it, got), w) in s.trajectory.iter().zip(want) {
@@ -100,7 +105,7 @@ fn check(v: &Variant, dir: &std::path::Path) -> Vec<String> {
                 // values: its error is taken over the root sum of squares.
                 worst.1 = worst.1.max(e.sum_over_root).max(e.sum_sq);
                 worst.2 = worst.2.max(e.values);
-                if e.sum_over_root > sum_tol || e.sum_sq > 2.0 * sum_tol || e.values > VALUE_TOL {
+                if e.sum_over_root > sum_tol || e.sum_sq > 2.0 * sum_tol || e.values > value_tol {
                     bad.push(format!("{what}: {e:?}"));
                 }
             }
@@ -119,6 +124,17 @@ fn check(v: &Variant, dir: &std::path::Path) -> Vec<String> {
 /// gradient well above 1e-8, so float rounding in a near-zero gradient
 /// (a sum that cancels) moves a weight by up to 1.4e-5 of the blob's scale.
 const VALUE_TOL: f64 = 5e-5;
+
+/// The bounds on blob sums and sampled weights off x86-64. The goldens come
+/// from Caffe on x86-64, where ours land within the bounds above. On aarch64
+/// (`scripts/check-aarch64`: the suite under qemu) the gemm crate sums thin
+/// products in another order (fc8's 4 outputs from 64 inputs differ in
+/// their last bit), so the weights differ from x86-64's in the last bits
+/// from the first step (1e-7 of conv3's bias after 8 steps of sgd_poly);
+/// over the next 4 steps that bias, whose values are ~4e-3, moves to 1.2e-4
+/// of its largest value from x86-64's and 6.2e-4 from Caffe's (its sum
+/// 6.2e-5), while every loss still agrees with Caffe's to 1e-7.
+const OFF_X86: (f64, f64) = (1e-4, 1e-3);
 
 #[test]
 fn every_solver_variant_matches_caffe() {
