@@ -42,8 +42,7 @@ pub fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
 /// the temporary file (gone with the error, and never the user's name for
 /// it). A full disk says how much the file needed and that nothing changed.
 fn write_error(path: &Path, len: usize, cause: std::io::Error) -> crate::Error {
-    // ErrorKind::StorageFull is newer than the crate's MSRV.
-    if cause.raw_os_error() != Some(libc::ENOSPC) {
+    if !is_disk_full(&cause) {
         return crate::Error::io(path, cause);
     }
     let message = format!(
@@ -52,6 +51,18 @@ fn write_error(path: &Path, len: usize, cause: std::io::Error) -> crate::Error {
         len as f64 / 1e6
     );
     crate::Error::io(path, std::io::Error::other(message))
+}
+
+/// Whether a write failed for want of space. `ErrorKind::StorageFull` is
+/// newer than the crate's MSRV, so the OS codes: ENOSPC, or Windows'
+/// ERROR_HANDLE_DISK_FULL (39) and ERROR_DISK_FULL (112).
+fn is_disk_full(e: &std::io::Error) -> bool {
+    let codes: &[i32] = if cfg!(windows) {
+        &[39, 112]
+    } else {
+        &[libc::ENOSPC]
+    };
+    e.raw_os_error().is_some_and(|c| codes.contains(&c))
 }
 
 /// Gives a temporary file or folder (made private, 0600/0700, by `tempfile`)
@@ -83,6 +94,18 @@ fn umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+/// `path` as an image list or table writes it: UTF-8, and with `/` between
+/// its parts on Windows too (which takes either), so a list made there reads
+/// the same on Linux and in Caffe. `None` for a path that is not UTF-8.
+pub fn list_path(path: &Path) -> Option<String> {
+    let s = path.to_str()?;
+    Some(if cfg!(windows) {
+        s.replace('\\', "/")
+    } else {
+        s.to_string()
+    })
 }
 
 /// The folder holding `path` (`.` for a bare file name).

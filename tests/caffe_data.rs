@@ -62,7 +62,10 @@ fn check(case: &Case, dir: &std::path::Path, tensor_ops: bool) -> Vec<String> {
     for (name, text) in &case.files {
         let path = dir.join(format!("{}_{name}", case.name));
         std::fs::write(&path, text).unwrap();
-        prototxt = prototxt.replace(&format!("\"{name}\""), &format!("\"{}\"", path.display()));
+        prototxt = prototxt.replace(
+            &format!("\"{name}\""),
+            &format!("\"{}\"", common::slashed(&path)),
+        );
     }
     std::fs::write(&file, &prototxt).unwrap();
     let def = read_net_prototxt(&file).unwrap();

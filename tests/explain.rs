@@ -446,7 +446,7 @@ fn explain_maps_cyclic_nets_too() {
     let t = tempfile::tempdir().unwrap();
     let net = std::fs::read_to_string(dir.join("train_val.prototxt"))
         .unwrap()
-        .replace("\"data/", &format!("\"{}/data/", dir.display()));
+        .replace("\"data/", &format!("\"{}/data/", common::slashed(&dir)));
     let model = t.path().join("cyclic.prototxt");
     std::fs::write(&model, cyclic(net)).unwrap();
     let weights = dir.join("snapshots/tiny_iter_30.caffemodel");

@@ -106,6 +106,8 @@ fn saved_blobs_equal_caffes_and_the_lmdb_has_extract_features_layout() {
     )
     .unwrap();
     assert_eq!((d.channels(), d.height(), d.width()), (32, 7, 7));
+    // Windows cannot replace a database another process holds open.
+    drop(db);
     // An existing LMDB is kept unless --force.
     let before = std::fs::read(out.join("fc7.npy")).unwrap();
     let (ok, _, stderr) = tiny_features(&out, "fc7", &["--lmdb"]);
@@ -151,7 +153,7 @@ layer {{ name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
 layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
 layer {{ name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" include {{ phase: TEST }} }}
 "#,
-        out.join("fc7_lmdb").display()
+        common::slashed(&out.join("fc7_lmdb"))
     );
     std::fs::write(t.path().join("probe.prototxt"), net).unwrap();
     let solver = "net: \"probe.prototxt\"\ntest_iter: 3\ntest_interval: 300\ntest_initialization: false\n\
@@ -213,7 +215,7 @@ fn a_failure_mid_pass_leaves_no_partial_output() {
     std::fs::write(p.join("list.txt"), lines.join("\n") + "\n").unwrap();
     let image_data = format!(
         "image_data_param {{ source: \"{}\" batch_size: 8 new_height: 64 new_width: 64 }}",
-        p.join("list.txt").display()
+        common::slashed(&p.join("list.txt"))
     );
     edited_net(p, |mut s| {
         while let Some(at) = s.find(" data_param {") {

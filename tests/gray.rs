@@ -36,16 +36,19 @@ fn a_one_channel_net_with_summed_filters_trains_as_three_equal_channels_do() {
     let three = t.path().join("three");
     std::fs::create_dir(&three).unwrap();
     let solver3 = edited_net(&three, |s| {
-        let lmdb = format!("{}/data/color64_lmdb", fixture("tiny-net").display());
+        let lmdb = format!(
+            "{}/data/color64_lmdb",
+            common::slashed(&fixture("tiny-net"))
+        );
         let mean = format!(
             "{}/data/color64_mean.binaryproto",
-            fixture("tiny-net").display()
+            common::slashed(&fixture("tiny-net"))
         );
         s.replace("type: \"Data\"", "type: \"ImageData\"")
             .replace(&format!("mean_file: \"{mean}\""), "mean_value: 110")
             .replace(
                 &format!("data_param {{\n    source: \"{lmdb}\"\n    batch_size: 8\n    backend: LMDB\n  }}"),
-                &format!("image_data_param {{ source: \"{}\" batch_size: 8 }}", list.display()),
+                &format!("image_data_param {{ source: \"{}\" batch_size: 8 }}", common::slashed(&list)),
             )
             .replacen("param { lr_mult: 0 decay_mult: 1 }", "param { lr_mult: 1 decay_mult: 1 }", 1)
             .replacen("param { lr_mult: 0 decay_mult: 0 }", "param { lr_mult: 2 decay_mult: 0 }", 1)
@@ -69,7 +72,7 @@ fn a_one_channel_net_with_summed_filters_trains_as_three_equal_channels_do() {
         &solver1,
         std::fs::read_to_string(&solver3)
             .unwrap()
-            .replace(net3.to_str().unwrap(), net1.to_str().unwrap()),
+            .replace(&common::slashed(&net3), &common::slashed(&net1)),
     )
     .unwrap();
     let init = fixture("tiny-net/snapshots/init_iter_0.caffemodel");

@@ -27,7 +27,7 @@ struct Case {
 }
 
 fn folder() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hdf5")
+    std::path::absolute(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hdf5")).unwrap()
 }
 
 fn net(prototxt: &str, dir: &Path) -> flickr_style::Result<Net> {
@@ -102,7 +102,7 @@ fn golden_solver(dir: &Path, case: &SolverCase, extra: &str) -> PathBuf {
     let solver = dir.join("solver.prototxt");
     let text = case
         .solver
-        .replace("shared_rand.prototxt", net.to_str().unwrap())
+        .replace("shared_rand.prototxt", &common::slashed(&net))
         + extra;
     std::fs::write(&solver, text).unwrap();
     solver
@@ -214,14 +214,14 @@ fn bad_lists_files_and_datasets_are_named() {
         .with_f32_data(&[0.0; 8])
         .with_shape(&[2, 4]);
     b.write(p.join("x.h5")).unwrap();
-    let e = error(layer(odd.to_str().unwrap(), "top: \"data\"", ""));
+    let e = error(layer(&common::slashed(&odd), "top: \"data\"", ""));
     assert!(
         e.contains("x.h5") && e.contains("[4]") && e.contains("[2, 3]"),
         "{e}"
     );
     // Not an HDF5 file at all.
     std::fs::write(p.join("x.h5"), b"not hdf5").unwrap();
-    let e = error(layer(odd.to_str().unwrap(), "top: \"data\"", ""));
+    let e = error(layer(&common::slashed(&odd), "top: \"data\"", ""));
     assert!(e.contains("x.h5") && e.contains("cannot open"), "{e}");
 }
 
@@ -237,7 +237,7 @@ fn a_net_trains_from_hdf5_files_and_resumes_exactly() {
          layer {{ name: \"fc\" type: \"InnerProduct\" bottom: \"data\" top: \"fc\" \
            inner_product_param {{ num_output: 1 weight_filler {{ type: \"gaussian\" std: 0.1 }} }} }}\n\
          layer {{ name: \"loss\" type: \"EuclideanLoss\" bottom: \"fc\" bottom: \"label\" top: \"loss\" }}\n",
-        list.display()
+        common::slashed(&list)
     );
     std::fs::write(p.join("net.prototxt"), net).unwrap();
     std::fs::write(
@@ -245,7 +245,7 @@ fn a_net_trains_from_hdf5_files_and_resumes_exactly() {
         format!(
             "net: \"{}\"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: \"fixed\"\nmax_iter: 40\n\
          snapshot: 20\nsnapshot_prefix: \"fit\"\ndisplay: 1\nrandom_seed: 3\nsolver_mode: CPU\n",
-            p.join("net.prototxt").display()
+            common::slashed(&p.join("net.prototxt"))
         ),
     )
     .unwrap();

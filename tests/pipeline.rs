@@ -290,7 +290,8 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
     let predictions = std::fs::read_to_string(data.join("evaluation/predictions.csv")).unwrap();
     assert_eq!(predictions.lines().count(), 9);
     assert!(
-        predictions.contains(&format!("{}/", fixture("images").display())),
+        // The lists' paths, with `/` on every platform.
+        predictions.contains(&format!("{}/", common::slashed(&fixture("images")))),
         "{predictions}"
     );
     assert!(err.contains("8 test images: accuracy"), "{err}");
@@ -664,23 +665,29 @@ fn folder_dataset_trains_with_one_output_per_class_and_ends_with_a_report() {
         "{deploy}"
     );
     // Every variant's report, side by side at the end of the run and by `compare`.
-    assert!(err.contains("reports in data/images side by side"), "{err}");
+    // Paths as this platform joins them (`data\images` on Windows).
+    let shown = Path::new("data").join("images");
+    assert!(
+        err.contains(&format!("reports in {} side by side", shown.display())),
+        "{err}"
+    );
     let (ok, out, err) = common::run(t.path(), &["compare", "data/images", "--by", "log-loss"]);
     assert!(ok, "{err}");
+    let given = Path::new("data/images");
     for tag in [
-        "evaluation |",
-        "evaluation_gray |",
-        "evaluation_cyclic |",
-        "evaluation_tta_affine3 |",
-        "evaluation_cw0.5_probe |",
-        "evaluation_rot90_probe |",
+        "evaluation",
+        "evaluation_gray",
+        "evaluation_cyclic",
+        "evaluation_tta_affine3",
+        "evaluation_cw0.5_probe",
+        "evaluation_rot90_probe",
     ] {
-        assert!(out.contains(&format!("data/images/{tag}")), "{tag}: {out}");
+        let row = format!("{} |", given.join(tag).display());
+        assert!(out.contains(&row), "{tag}: {out}");
     }
+    let rows = format!("| {}", given.join("").display());
     assert_eq!(
-        out.lines()
-            .filter(|l| l.starts_with("| data/images/"))
-            .count(),
+        out.lines().filter(|l| l.starts_with(&rows)).count(),
         9,
         "{out}"
     );

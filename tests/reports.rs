@@ -618,8 +618,8 @@ fn shuffled_image_lists_name_each_prediction_after_its_own_image() {
         let image_data = format!(
             "layer {{ name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" include {{ phase: TEST }} \
              image_data_param {{ source: \"{}\" root_folder: \"{}/\" batch_size: 5 shuffle: true new_height: 64 new_width: 64 }} }}",
-            images.join("list.txt").display(),
-            images.display()
+            common::slashed(&images.join("list.txt")),
+            common::slashed(&images)
         );
         format!("{}{}{}", &s[..start], image_data, &s[end..])
     });
@@ -655,7 +655,7 @@ fn image_list_net(t: &Path, list: &Path) -> std::path::PathBuf {
             "layer {{ name: \"data\" type: \"ImageData\" top: \"data\" top: \"label\" include {{ phase: TEST }} \
              transform_param {{ mean_value: 104 mean_value: 117 mean_value: 123 }} \
              image_data_param {{ source: \"{}\" batch_size: 5 }} }}",
-            list.display(),
+            common::slashed(list),
         );
         format!("{}{}{}", &s[..start], image_data, &s[end..])
     });
@@ -1169,7 +1169,7 @@ fn classify_cli_walks_folders_and_writes_the_top_classes() {
     assert_eq!(rows.len(), 25);
     // Folders are searched recursively, in sorted order.
     assert!(
-        rows[1].starts_with(&format!("{}/animal/", images.display())),
+        rows[1].starts_with(&images.join("animal").join("").display().to_string()),
         "{}",
         rows[1]
     );

@@ -31,7 +31,7 @@ fn mutate(rng: &mut ChaCha8Rng, good: &[u8]) -> Vec<u8> {
             }
             _ => {
                 let n = rng.random_range(1..8);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.random::<u8>()).collect();
                 b.splice(at..at, bytes);
             }
         }
@@ -329,7 +329,7 @@ fn mutated_infogain_matrices_train_or_fail_cleanly() {
             "type: \"SoftmaxWithLoss\"",
             &format!(
                 "type: \"InfogainLoss\" infogain_loss_param {{ source: \"{}\" }}",
-                h_path.display()
+                common::slashed(&h_path)
             ),
             1,
         )

@@ -41,8 +41,8 @@ layer {{ name: "data" type: "Data" top: "data" top: "label"
 layer {{ name: "targets" type: "Data" top: "targets"
   data_param {{ source: "{}" batch_size: 8 backend: LMDB }} }}
 {body}"#,
-        images.display(),
-        targets.display()
+        common::slashed(images),
+        common::slashed(targets)
     )
 }
 

@@ -399,7 +399,7 @@ fn infogain_loss_with_the_identity_retraces_caffes_softmax_run() {
                 "type: \"SoftmaxWithLoss\"",
                 &format!(
                     "type: \"InfogainLoss\" infogain_loss_param {{ source: \"{}\" }}",
-                    h_path.display()
+                    common::slashed(&h_path)
                 ),
                 1,
             )
@@ -441,7 +441,7 @@ fn every_solver_type_trains_and_resumes_exactly() {
         .unwrap()
         .replace(
             "\"train_val.prototxt\"",
-            &format!("\"{}\"", dir.join("train_val.prototxt").display()),
+            &format!("\"{}\"", common::slashed(&dir.join("train_val.prototxt"))),
         );
     let t = tempfile::tempdir().unwrap();
     let mut finals = Vec::new();
@@ -625,7 +625,7 @@ fn fixture_data(phase: &str) -> String {
   transform_param {{ mean_file: "{0}/data/color64_mean.binaryproto" }}
   data_param {{ source: "{0}/data/color64_lmdb" batch_size: 8 backend: LMDB }} }}
 "#,
-        common::fixture("tiny-net").display()
+        common::slashed(&common::fixture("tiny-net"))
     )
 }
 
@@ -662,7 +662,7 @@ fn train_resume_and_track(
         &solver,
         format!(
             "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: {base_lr}\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
-            net_file.display()
+            common::slashed(&net_file)
         ),
     )
     .unwrap();
@@ -968,8 +968,8 @@ fn window_data_feeds_a_detection_fine_tune_that_resumes_exactly() {
   transform_param {{ mirror: true crop_size: 24 mean_value: 104 mean_value: 117 mean_value: 123 }}
   window_data_param {{ source: "{}" root_folder: "{}/" batch_size: 8 context_pad: 2 fg_fraction: 0.5 scale: 0.02 }} }}
 "#,
-            windows.display(),
-            common::fixture("images").display()
+            common::slashed(&windows),
+            common::slashed(&common::fixture("images"))
         )
     };
     let net = format!(
@@ -1009,7 +1009,7 @@ fn all_in_one_net(dir: &Path) -> PathBuf {
     let fixture = common::fixture("tiny-net");
     let text = std::fs::read_to_string(fixture.join("train_val.prototxt"))
         .unwrap()
-        .replace("\"data/", &format!("\"{}/data/", fixture.display()))
+        .replace("\"data/", &format!("\"{}/data/", common::slashed(&fixture)))
         .replacen(
             "include { phase: TRAIN }",
             "include { stage: \"train\" }",
@@ -1059,7 +1059,7 @@ fn stage_flags_pick_a_variant_of_one_net_file_as_caffes_tools_do() {
     let fixture = common::fixture("tiny-net");
     let solver = std::fs::read_to_string(fixture.join("solver.prototxt"))
         .unwrap()
-        .replace("train_val.prototxt", net.to_str().unwrap())
+        .replace("train_val.prototxt", &common::slashed(&net))
         + "test_state { stage: \"val\" }\n";
     std::fs::write(dir.join("solver.prototxt"), solver).unwrap();
     let init = fixture.join("snapshots/init_iter_0.caffemodel");
@@ -1267,7 +1267,7 @@ layer {{ name: "flat" type: "Reshape" bottom: "both" top: "flat" reshape_param {
         &solver,
         format!(
             "net: \"{}\"\ntest_iter: 3\ntest_interval: 15\nbase_lr: 0.02\nlr_policy: \"fixed\"\nmomentum: 0.9\nweight_decay: 0.0005\ndisplay: 0\nmax_iter: 30\nsnapshot: 15\nrandom_seed: 7\nsolver_mode: CPU\n",
-            net_file.display()
+            common::slashed(&net_file)
         ),
     )
     .unwrap();

@@ -284,7 +284,7 @@ mod tests {
         std::fs::write(data.join("evaluation_gray/metrics.json"), "{\"images\": 3}").unwrap();
         let e = read_reports(&found).unwrap_err().to_string();
         assert!(
-            e.contains("evaluation_gray/metrics.json")
+            e.contains(&found[1].join("metrics.json").display().to_string())
                 && e.contains("not an evaluate metrics.json"),
             "{e}"
         );

@@ -261,6 +261,9 @@ pub async fn assemble(
         }
     }
     drop(results);
+    // Closed before the manifest is rewritten in place: Windows refuses to
+    // rename a file over one that is still open.
+    drop(journal);
     pb.finish_and_clear();
     write_outputs(opts, &picked, &known, &mut summary)?;
     summary.seconds = start.elapsed().as_secs_f64();
@@ -344,9 +347,10 @@ fn write_outputs(
         manifest.push('\n');
         if e.status == "ok" {
             summary.ok += 1;
+            let path = images_dir.join(image_name(&row.image_url));
             let line = format!(
                 "{} {}\n",
-                images_dir.join(image_name(&row.image_url)).display(),
+                crate::fsutil::list_path(&path).unwrap_or_else(|| path.display().to_string()),
                 row.label
             );
             match row.split {

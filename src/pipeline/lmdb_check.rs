@@ -36,21 +36,7 @@ const MAX_DEPTH: u16 = 64;
 pub(crate) fn check_data_file(path: &Path) -> Result<u64, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut head = [0u8; 160];
-    read_at(&mut file, 0, &mut head).map_err(|_| "too short for an LMDB header".to_string())?;
-    let meta0 = Meta::parse(&head, 0)?;
-    let psize = meta0.page_size as u64;
-    if !(512..=65536).contains(&psize) || !psize.is_power_of_two() {
-        return Err(format!("meta page 0 gives an invalid page size {psize}"));
-    }
-    read_at(&mut file, psize, &mut head)
-        .map_err(|_| "too short for its second meta page".to_string())?;
-    let meta1 = Meta::parse(&head, 1)?;
-    let meta = if meta1.txnid > meta0.txnid {
-        meta1
-    } else {
-        meta0
-    };
+    let (meta, psize) = current_meta(&mut file)?;
     let pages = meta.last_page + 1;
     if len < pages * psize {
         return Err(damaged(format!(
@@ -75,6 +61,39 @@ pub(crate) fn check_data_file(path: &Path) -> Result<u64, String> {
         )));
     }
     Ok(walk.entries)
+}
+
+/// The bytes of `data.mdb` that its current meta page accounts for: its
+/// pages up to the last one in use. On Windows liblmdb grows the file to the
+/// whole map size (a gigabyte or more) and leaves it so; a reader opening it
+/// read-only maps only what the file holds, so the rest can go.
+pub(crate) fn used_len(path: &Path) -> Result<u64, String> {
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    let (meta, psize) = current_meta(&mut file)?;
+    Ok((meta.last_page + 1) * psize)
+}
+
+/// The current meta page (of the two, the one with the larger transaction
+/// id) and the page size.
+fn current_meta(file: &mut File) -> Result<(Meta, u64), String> {
+    let mut head = [0u8; 160];
+    read_at(file, 0, &mut head).map_err(|_| "too short for an LMDB header".to_string())?;
+    let meta0 = Meta::parse(&head, 0)?;
+    let psize = meta0.page_size as u64;
+    if !(512..=65536).contains(&psize) || !psize.is_power_of_two() {
+        return Err(format!("meta page 0 gives an invalid page size {psize}"));
+    }
+    read_at(file, psize, &mut head)
+        .map_err(|_| "too short for its second meta page".to_string())?;
+    let meta1 = Meta::parse(&head, 1)?;
+    Ok((
+        if meta1.txnid > meta0.txnid {
+            meta1
+        } else {
+            meta0
+        },
+        psize,
+    ))
 }
 
 /// What a user can do about a structurally broken file.

@@ -264,22 +264,107 @@ impl LmdbWriter {
         let env = self.env.take().expect("writer is open");
         env.sync(true).map_err(|e| Error::lmdb(&self.target, e))?;
         drop(env);
-        let staging = self.staging.take().expect("writer is open").keep();
+        let staging = self.staging.take().expect("writer is open");
+        trim_to_used(&staging.path().join("data.mdb"))?;
         if self.target.exists() && self.replace {
+            // The old copy steps aside first, and comes back if the new one
+            // cannot take its place (on Windows, a folder another program
+            // has open cannot be moved).
             let old = self.target.with_extension("lmdb-old");
+            if old.exists() {
+                std::fs::remove_dir_all(&old).at(&old)?;
+            }
             std::fs::rename(&self.target, &old).at(&self.target)?;
-            std::fs::rename(&staging, &self.target).at(&self.target)?;
-            std::fs::remove_dir_all(&old).at(&old)?;
+            if let Err(e) = std::fs::rename(staging.path(), &self.target) {
+                let _ = std::fs::rename(&old, &self.target);
+                return Err(Error::io(&self.target, e));
+            }
+            let _ = staging.keep();
+            // The new database is in place; a copy that cannot be removed
+            // (another program still reads it, as Windows then refuses) is
+            // left for the user rather than failing a finished job.
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                crate::progress::say(format!(
+                    "warning: {}: the replaced database could not be removed ({e}); \
+                     delete it once nothing reads it",
+                    old.display()
+                ));
+            }
         } else {
-            std::fs::rename(&staging, &self.target).at(&self.target)?;
+            std::fs::rename(staging.path(), &self.target).at(&self.target)?;
+            let _ = staging.keep();
         }
         Ok(self.written)
     }
 }
 
+/// Cuts a closed `data.mdb` down to the pages it uses, where liblmdb left
+/// it larger: on Windows it grows the file to the whole map (1 GiB at the
+/// least here) to map it. Elsewhere the file already ends at its last page.
+fn trim_to_used(data: &Path) -> Result<()> {
+    let used = super::lmdb_check::used_len(data).map_err(|e| Error::lmdb(data, e))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data)
+        .at(data)?;
+    if file.metadata().at(data)?.len() > used {
+        file.set_len(used).and_then(|()| file.sync_all()).at(data)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forced_write_replaces_the_old_database_and_leaves_no_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("db");
+        let write = |value: u8| {
+            let mut w = LmdbWriter::create(&target, true).unwrap();
+            w.put(b"k".to_vec(), vec![value; 5]).unwrap();
+            w.finish().unwrap()
+        };
+        write(1);
+        // A leftover from a run that could not remove its replaced copy.
+        std::fs::create_dir(dir.path().join("db.lmdb-old")).unwrap();
+        assert_eq!(write(2), 1);
+        let r = LmdbReader::open(&target).unwrap();
+        assert_eq!(r.records().unwrap(), [(b"k".to_vec(), vec![2; 5])]);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["db"]);
+    }
+
+    #[test]
+    fn data_files_end_at_their_last_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("db");
+        let mut w = LmdbWriter::create(&target, false).unwrap();
+        for i in 0..300 {
+            w.put(format!("{i:08}").into_bytes(), vec![7; 3000])
+                .unwrap();
+        }
+        w.finish().unwrap();
+        let data = target.join("data.mdb");
+        let used = crate::pipeline::lmdb_check::used_len(&data).unwrap();
+        assert_eq!(std::fs::metadata(&data).unwrap().len(), used);
+        assert!(used > 300 * 3000, "{used}");
+        // A file grown to its map, as liblmdb leaves it on Windows, is cut
+        // back and still reads.
+        let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+        f.set_len(64 << 20).unwrap();
+        drop(f);
+        trim_to_used(&data).unwrap();
+        assert_eq!(std::fs::metadata(&data).unwrap().len(), used);
+        let r = LmdbReader::open(&target).unwrap();
+        assert_eq!(r.len().unwrap(), 300);
+        assert_eq!(r.records().unwrap()[299].1, vec![7; 3000]);
+    }
 
     #[test]
     fn write_then_read_in_key_order_and_refuse_overwrite() {

@@ -285,8 +285,7 @@ fn resample<'a>(kept: &[&'a PathBuf], target: usize, rng: &mut ChaCha8Rng) -> Ve
 /// `path label\n`; the path must survive the list format (split at the last
 /// space, one line).
 fn list_line(p: &Path, label: usize) -> Result<String> {
-    let s = p
-        .to_str()
+    let s = crate::fsutil::list_path(p)
         .ok_or_else(|| Error::invalid(p.display(), "path is not valid UTF-8"))?;
     if s.contains('\n') || s.contains('\r') {
         return Err(Error::invalid(p.display(), "path contains a line break"));
@@ -442,7 +441,7 @@ pub fn write_lists(
         let extra = carried.values.get(path).unwrap_or(&no_values);
         w.write_record(
             [
-                &*path.to_string_lossy(),
+                &crate::fsutil::list_path(path).unwrap_or_default(),
                 class,
                 &label.to_string(),
                 list,

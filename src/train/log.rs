@@ -17,23 +17,22 @@ pub fn g(v: f32) -> String {
             "-inf".into()
         };
     }
-    let exp = v.abs().log10().floor() as i32;
-    // Rounding to 6 digits can bump the exponent (999999.5 -> 1e+06).
-    let rounded: f64 = format!("{:.5e}", v).parse().unwrap_or(v);
-    let exp = if rounded.abs() >= 10f64.powi(exp + 1) {
-        exp + 1
-    } else {
-        exp
-    };
+    // %g takes its exponent from the %e form at precision 5, after rounding
+    // (999999.5 -> 1e+06). Rust prints that form the same on every platform,
+    // where log10 and pow of the C library differ in their last bits.
+    let sci = format!("{:.5e}", v);
+    let (mant, e) = sci.split_once('e').expect("exponent");
+    let exp: i32 = e.parse().expect("exponent");
     // %g: scientific when the exponent is below -4 or at least the precision (6).
     if !(-4..6).contains(&exp) {
-        let s = format!("{:.5e}", v);
-        let (mant, e) = s.split_once('e').expect("exponent");
-        let mant = trim(mant);
-        let e: i32 = e.parse().expect("exponent");
-        format!("{mant}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+        format!(
+            "{}e{}{:02}",
+            trim(mant),
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
     } else {
-        trim(&format!("{:.*}", (5 - exp).max(0) as usize, v)).to_string()
+        trim(&format!("{:.*}", (5 - exp) as usize, v)).to_string()
     }
 }
 
@@ -143,5 +142,38 @@ mod tests {
         assert_eq!(g(128.42885), "128.429");
         assert_eq!(g(1234567.0), "1.23457e+06");
         assert_eq!(g(0.0), "0");
+    }
+
+    /// Against the C library's own `%g` (what C++ streams print in Caffe's
+    /// logs) over floats spread across every exponent, rounding edges among
+    /// them. Unix only: Microsoft's C library prints three-digit exponents.
+    #[cfg(unix)]
+    #[test]
+    fn agrees_with_printf_g() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut values: Vec<f32> = (0..20_000)
+            .map(|_| f32::from_bits(rng.random::<u32>()))
+            .filter(|v| v.is_finite())
+            .collect();
+        values.extend([
+            9.999995e-5,
+            999999.5,
+            99999.95,
+            0.99999949,
+            -1e-4,
+            1e-38,
+            3.4e38,
+        ]);
+        let mut buf = [0u8; 64];
+        for v in values {
+            // SAFETY: a 64-byte buffer holds any %g of a double; the format
+            // takes exactly one double.
+            let n = unsafe {
+                libc::snprintf(buf.as_mut_ptr().cast(), buf.len(), c"%g".as_ptr(), v as f64)
+            };
+            let want = std::str::from_utf8(&buf[..n as usize]).unwrap();
+            assert_eq!(g(v), want, "{v:e}");
+        }
     }
 }

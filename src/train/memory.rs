@@ -4,8 +4,10 @@
 //! than an allocation abort (or the OOM killer) in the middle of a run.
 use crate::error::{Error, Result};
 
-/// Physical memory plus swap in bytes, from Linux's `/proc/meminfo`;
-/// `None` where that is unavailable (the check is then skipped).
+/// Physical memory plus swap in bytes, from Linux's `/proc/meminfo` (on
+/// Windows, the commit limit: memory plus page file); `None` where that is
+/// unavailable (the check is then skipped).
+#[cfg(not(windows))]
 pub fn machine_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
@@ -14,6 +16,20 @@ pub fn machine_memory() -> Option<u64> {
         Some(kib * 1024)
     };
     Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
+}
+
+/// Physical memory plus page file in bytes (the commit limit), from
+/// `GlobalMemoryStatusEx`.
+#[cfg(windows)]
+pub fn machine_memory() -> Option<u64> {
+    use windows_sys::Win32::System::SystemInformation::{GlobalMemoryStatusEx, MEMORYSTATUSEX};
+    // SAFETY: MEMORYSTATUSEX is plain data; all zeroes is a valid value.
+    let mut status: MEMORYSTATUSEX = unsafe { std::mem::zeroed() };
+    status.dwLength = std::mem::size_of::<MEMORYSTATUSEX>() as u32;
+    // SAFETY: `status` is a MEMORYSTATUSEX with its length set, as the call
+    // requires; it writes only into it.
+    let ok = unsafe { GlobalMemoryStatusEx(&mut status) } != 0;
+    ok.then_some(status.ullTotalPageFile)
 }
 
 /// Has glibc's malloc serve buffers of up to 1 GiB from its heap, and keep
@@ -92,7 +108,7 @@ mod tests {
         assert_eq!(buf, vec![0.0; 16]);
         let e = try_resize(&mut buf, usize::MAX / 8, "layer 'c'").unwrap_err();
         assert!(e.to_string().contains("layer 'c'"), "{e}");
-        if cfg!(target_os = "linux") {
+        if cfg!(any(target_os = "linux", windows)) {
             assert!(machine_memory().unwrap() > 1 << 20);
         }
     }

@@ -2,9 +2,18 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
-/// `../shared/caffe-ref` relative to the crate root (read-only in CI).
+/// `../shared/caffe-ref` relative to the crate root (read-only in CI),
+/// absolute on this platform (a binary cross-built for Windows keeps the
+/// build machine's `/…` crate root, which Windows reads on the current drive).
 pub fn caffe_ref() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/caffe-ref")
+    std::path::absolute(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/caffe-ref"))
+        .expect("an absolute path")
+}
+
+/// `p` as a prototxt string or a list line can hold it on every platform:
+/// Windows takes `/` as well as `\`, which the text format reads as escapes.
+pub fn slashed(p: &Path) -> String {
+    p.display().to_string().replace('\\', "/")
 }
 
 /// `../shared/caffe-ref/fixtures/<rel>`.
@@ -102,12 +111,12 @@ pub fn edited_net(t: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     let dir = fixture("tiny-net");
     let text = std::fs::read_to_string(dir.join("train_val.prototxt"))
         .unwrap()
-        .replace("\"data/", &format!("\"{}/data/", dir.display()));
+        .replace("\"data/", &format!("\"{}/data/", slashed(&dir)));
     let net = t.join("net.prototxt");
     std::fs::write(&net, edit(text)).unwrap();
     let solver = std::fs::read_to_string(dir.join("solver.prototxt"))
         .unwrap()
-        .replace("train_val.prototxt", net.to_str().unwrap());
+        .replace("train_val.prototxt", &slashed(&net));
     std::fs::write(t.join("solver.prototxt"), solver).unwrap();
     t.join("solver.prototxt")
 }

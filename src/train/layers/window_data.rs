@@ -538,8 +538,19 @@ impl Layer for WindowData {
 mod tests {
     use super::*;
 
+    /// A path as a prototxt string can hold it on any platform: a Windows
+    /// path's backslashes would be escapes there, and Windows takes `/` too.
+    fn slashed(p: &Path) -> String {
+        p.display().to_string().replace('\\', "/")
+    }
+
     fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/caffe-ref/fixtures")
+        // Absolute on this platform: a build for Windows made elsewhere
+        // keeps a `/…` crate root.
+        std::path::absolute(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/caffe-ref/fixtures"),
+        )
+        .unwrap()
     }
 
     /// A WindowData layer over `windows` (the window file's text) with
@@ -551,8 +562,8 @@ mod tests {
             r#"name: "w" type: "WindowData" top: "data" top: "label"
 transform_param {{ mirror: true crop_size: 16 }}
 window_data_param {{ source: "{}" root_folder: "{}/images/" batch_size: 4 {params} }}"#,
-            file.display(),
-            fixtures().display()
+            slashed(&file),
+            slashed(&fixtures())
         );
         let p: LayerParameter = crate::caffe::prototxt::parse(&text, Path::new("w")).unwrap();
         WindowData::new(&p, &BuildContext::cpu(dir, 5, Phase::Train))
@@ -591,7 +602,7 @@ window_data_param {{ source: "{}" root_folder: "{}/images/" batch_size: 4 {param
             r#"name: "w" type: "WindowData" top: "data" top: "label"
 transform_param {{ crop_size: 16 mean_file: "mean.binaryproto" }}
 window_data_param {{ source: "w.txt" root_folder: "{}/images/" batch_size: 2 }}"#,
-            fixtures().display()
+            slashed(&fixtures())
         );
         let p: LayerParameter = crate::caffe::prototxt::parse(&text, Path::new("w")).unwrap();
         let err = WindowData::new(&p, &BuildContext::cpu(dir.path(), 5, Phase::Train))
