@@ -47,16 +47,22 @@ fn warn_without_nasm() {
 fn compile_host_kernels() {
     println!("cargo:rerun-if-changed=src/train/fused.cu");
     println!("cargo:rerun-if-changed=src/train/fused_host.h");
-    cc::Build::new()
-        .cpp(true)
-        .warnings(false)
-        .flag("-x")
-        .flag("c++")
-        .flag("-include")
-        .flag("src/train/fused_host.h")
-        .flag("-ffp-contract=off")
-        .file("src/train/fused.cu")
-        .compile("fused_host");
+    let mut build = cc::Build::new();
+    build.cpp(true).warnings(false).file("src/train/fused.cu");
+    if build.get_compiler().is_like_msvc() {
+        // cl.exe (Windows' MSVC toolchain, not built here): /TP reads the
+        // .cu file as C++, /FI includes the shim first; it fuses no
+        // multiply-add unless asked to (/fp:contract).
+        build.flag("/TP").flag("/FIsrc/train/fused_host.h");
+    } else {
+        build
+            .flag("-x")
+            .flag("c++")
+            .flag("-include")
+            .flag("src/train/fused_host.h")
+            .flag("-ffp-contract=off");
+    }
+    build.compile("fused_host");
 }
 
 /// `nvcc --ptx` for the compute capability in `CUDA_COMPUTE_CAP` (default
