@@ -276,7 +276,10 @@ impl LmdbWriter {
             }
             std::fs::rename(&self.target, &old).at(&self.target)?;
             if let Err(e) = std::fs::rename(staging.path(), &self.target) {
-                let _ = std::fs::rename(&old, &self.target);
+                if std::fs::rename(&old, &self.target).is_err() {
+                    let e = format!("{e}; the old database is now {}", old.display());
+                    return Err(Error::io(&self.target, std::io::Error::other(e)));
+                }
                 return Err(Error::io(&self.target, e));
             }
             let _ = staging.keep();
