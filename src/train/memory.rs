@@ -29,7 +29,11 @@ pub fn machine_memory() -> Option<u64> {
     // SAFETY: `status` is a MEMORYSTATUSEX with its length set, as the call
     // requires; it writes only into it.
     let ok = unsafe { GlobalMemoryStatusEx(&mut status) } != 0;
-    ok.then_some(status.ullTotalPageFile)
+    // Wine caches these figures and can hand a thread that asks while
+    // another fills the cache zeroes (seen once under the parallel tests):
+    // a zero is "unknown", and the commit limit is never below the RAM.
+    let total = status.ullTotalPageFile.max(status.ullTotalPhys);
+    (ok && total > 0).then_some(total)
 }
 
 /// Has glibc's malloc serve buffers of up to 1 GiB from its heap, and keep
