@@ -538,10 +538,10 @@ impl Layer for WindowData {
 mod tests {
     use super::*;
 
-    /// A path as a prototxt string can hold it on any platform: a Windows
-    /// path's backslashes would be escapes there, and Windows takes `/` too.
+    /// A path as a prototxt string can hold it: a Windows path's
+    /// backslashes would be escapes there (the lists' form has `/`).
     fn slashed(p: &Path) -> String {
-        p.display().to_string().replace('\\', "/")
+        crate::fsutil::list_path(p).expect("UTF-8 test paths")
     }
 
     fn fixtures() -> PathBuf {
